@@ -1,0 +1,236 @@
+package raftstore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Key layout. Big-endian integers make Pebble's bytewise order equal to
+// numeric order, so a group's log is one contiguous, index-ordered key range.
+//
+//	log entry:  keyKindLog    | shard (4 bytes BE) | index (8 bytes BE)
+//	stable key: keyKindStable | shard (4 bytes BE) | key bytes
+const (
+	keyKindLog    byte = 0x01
+	keyKindStable byte = 0x02
+
+	shardBytes   = 4
+	indexBytes   = 8
+	logKeyBytes  = 1 + shardBytes + indexBytes
+	keyHeadBytes = 1 + shardBytes
+
+	// maxStableKeyBytes bounds stable keys. Raft only uses a handful of short
+	// keys ("CurrentTerm", "LastVoteTerm", "LastVoteCand"); a long key means a
+	// caller bug, not a legitimate use.
+	maxStableKeyBytes = 1 << 10
+)
+
+// Log value layout (version 1):
+//
+//	version   1 byte (logCodecVersion)
+//	index     uvarint
+//	term      uvarint
+//	type      1 byte (raft.LogType)
+//	data      uvarint length, then bytes
+//	ext       uvarint length, then bytes
+//	appended  varint unix nanoseconds (0 encodes the zero time.Time)
+//	checksum  4 bytes BE, CRC32-C of every preceding byte
+//
+// The index is stored in the value as well as in the key so that a value
+// written under the wrong key (a bug, or a misdirected write) is detected.
+const (
+	logCodecVersion byte = 1
+	checksumBytes        = 4
+	// minLogValueBytes is version + index + term + type + two empty lengths +
+	// appended + checksum, each varint at its shortest (1 byte).
+	minLogValueBytes = 1 + 1 + 1 + 1 + 1 + 1 + 1 + checksumBytes
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// errChecksum and errMalformed are the causes wrapped by CorruptLogError.
+var (
+	errChecksum  = errors.New("checksum mismatch")
+	errMalformed = errors.New("malformed encoding")
+)
+
+// ErrCorruptLog is matched (errors.Is) by every error reporting a stored log
+// entry that failed verification.
+var ErrCorruptLog = errors.New("raftstore: corrupt log entry")
+
+// CorruptLogError reports a stored log entry that failed verification.
+type CorruptLogError struct {
+	Shard uint32
+	Index uint64
+	Cause error
+}
+
+func (e *CorruptLogError) Error() string {
+	return fmt.Sprintf("raftstore: corrupt log entry shard=%d index=%d: %v", e.Shard, e.Index, e.Cause)
+}
+
+// Is makes errors.Is(err, ErrCorruptLog) true.
+func (e *CorruptLogError) Is(target error) bool { return target == ErrCorruptLog }
+
+func (e *CorruptLogError) Unwrap() error { return e.Cause }
+
+func logKey(shard uint32, index uint64) []byte {
+	k := make([]byte, logKeyBytes, logKeyBytes+1)
+	k[0] = keyKindLog
+	binary.BigEndian.PutUint32(k[1:], shard)
+	binary.BigEndian.PutUint64(k[keyHeadBytes:], index)
+	return k
+}
+
+// logKeyEnd is the exclusive upper bound just past index: the immediate
+// successor of logKey(shard, index) in bytewise order.
+func logKeyEnd(shard uint32, index uint64) []byte {
+	return append(logKey(shard, index), 0)
+}
+
+func stableKey(shard uint32, key []byte) []byte {
+	k := make([]byte, keyHeadBytes+len(key))
+	k[0] = keyKindStable
+	binary.BigEndian.PutUint32(k[1:], shard)
+	copy(k[keyHeadBytes:], key)
+	return k
+}
+
+// logIndexOfKey returns the index of a log key of any shard.
+func logIndexOfKey(k []byte) (uint64, bool) {
+	if len(k) != logKeyBytes || k[0] != keyKindLog {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(k[keyHeadBytes:]), true
+}
+
+// appendLog appends the encoding of l to dst.
+func appendLog(dst []byte, l *raft.Log) []byte {
+	start := len(dst)
+	dst = append(dst, logCodecVersion)
+	dst = binary.AppendUvarint(dst, l.Index)
+	dst = binary.AppendUvarint(dst, l.Term)
+	dst = append(dst, byte(l.Type))
+	dst = binary.AppendUvarint(dst, uint64(len(l.Data)))
+	dst = append(dst, l.Data...)
+	dst = binary.AppendUvarint(dst, uint64(len(l.Extensions)))
+	dst = append(dst, l.Extensions...)
+	var appendedNs int64
+	if !l.AppendedAt.IsZero() {
+		appendedNs = l.AppendedAt.UnixNano()
+	}
+	dst = binary.AppendVarint(dst, appendedNs)
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
+}
+
+// encodedLogBytes is an upper bound on the encoding size of l.
+func encodedLogBytes(l *raft.Log) int {
+	return 1 + 3*binary.MaxVarintLen64 + 1 + 2*binary.MaxVarintLen64 + len(l.Data) + len(l.Extensions) + checksumBytes
+}
+
+// decodeLog verifies and decodes v into l. Data and Extensions are copied, so
+// v may be reused after decodeLog returns. The returned error is errChecksum or
+// errMalformed (wrapped); the caller adds shard and index.
+func decodeLog(v []byte, l *raft.Log) error {
+	if len(v) < minLogValueBytes {
+		return fmt.Errorf("%w: %d bytes is shorter than the minimum %d", errMalformed, len(v), minLogValueBytes)
+	}
+	body, sum := v[:len(v)-checksumBytes], v[len(v)-checksumBytes:]
+	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(sum) {
+		return errChecksum
+	}
+	if body[0] != logCodecVersion {
+		return fmt.Errorf("%w: unknown version %d", errMalformed, body[0])
+	}
+	d := decoder{b: body[1:]}
+	index := d.uvarint()
+	term := d.uvarint()
+	typ := d.byte()
+	data := d.bytes()
+	ext := d.bytes()
+	appendedNs := d.varint()
+	if d.err != nil {
+		return d.err
+	}
+	if len(d.b) != 0 {
+		return fmt.Errorf("%w: %d trailing bytes", errMalformed, len(d.b))
+	}
+	*l = raft.Log{
+		Index:      index,
+		Term:       term,
+		Type:       raft.LogType(typ),
+		Data:       data,
+		Extensions: ext,
+	}
+	if appendedNs != 0 {
+		l.AppendedAt = time.Unix(0, appendedNs)
+	}
+	return nil
+}
+
+// decoder reads fields in order; the first failure sticks in err.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(what string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: truncated or invalid %s", errMalformed, what)
+	}
+	d.b = nil
+}
+
+func (d *decoder) uvarint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("uvarint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail("varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) < 1 {
+		d.fail("byte")
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+// bytes reads a length-prefixed byte string, returning a copy (nil if empty).
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.fail("length")
+		return nil
+	}
+	if n == 0 {
+		return nil
+	}
+	v := make([]byte, n)
+	copy(v, d.b[:n])
+	d.b = d.b[n:]
+	return v
+}

@@ -1,0 +1,17 @@
+// Package raftstore keeps the Raft logs and stable stores of every Raft group
+// (shard) of a node in one Pebble database.
+//
+// Sharing one database means sharing one write-ahead log: the synced commits
+// of all groups are coalesced by Pebble's commit pipeline into as few fsyncs
+// as the disk allows (group commit), instead of one fsync stream per group.
+//
+// Invariants:
+//   - Every write (StoreLogs, DeleteRange, Set, SetUint64) is one Pebble batch
+//     committed with pebble.Sync, so a write that returned nil is durable.
+//   - A log entry is returned by GetLog only if its CRC32-C checksum and its
+//     index match; a corrupt entry is an error, never data.
+//   - FirstIndex and LastIndex are cached per group and always equal the
+//     smallest and largest log index stored for that group (0 when empty).
+//   - Groups never see each other's keys: every key starts with a kind byte
+//     and the shard as 4-byte big-endian.
+package raftstore

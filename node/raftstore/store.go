@@ -1,0 +1,314 @@
+package raftstore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/hashicorp/raft"
+)
+
+// Defaults for Options left zero.
+const (
+	// defaultCacheBytes sizes the block cache. Raft reads back mostly recent
+	// entries (replication to followers, FSM apply), which are usually still in
+	// the memtable; the cache serves followers catching up from sstables.
+	defaultCacheBytes = 64 << 20
+
+	// defaultMemTableBytes is larger than Pebble's 4 MiB default. A Raft log is
+	// write-once and read-recent, and entries are usually deleted (after a
+	// snapshot) soon after being written: a bigger memtable means fewer
+	// flushes and fewer L0 files for the same write rate, and more entries that
+	// are deleted before compactions ever have to rewrite them.
+	defaultMemTableBytes = 64 << 20
+
+	// memTableStopWritesThreshold lets up to this many memtables queue for
+	// flushing before Pebble stops writes (default 2). A write stall here stalls
+	// consensus in every group at once, so we trade memory for headroom.
+	memTableStopWritesThreshold = 4
+
+	// l0StopWritesThreshold is raised from Pebble's 12: L0 read amplification
+	// hurts a log store less than a stall does, because reads target recent
+	// entries. Compactions still start at the default L0CompactionThreshold.
+	l0StopWritesThreshold = 24
+)
+
+// Options configures Open. The zero value is usable.
+type Options struct {
+	// CacheBytes is the size of Pebble's block cache; 0 means defaultCacheBytes.
+	CacheBytes int64
+	// MemTableBytes is the size of one Pebble memtable; 0 means
+	// defaultMemTableBytes.
+	MemTableBytes uint64
+	// Logger receives recovery warnings and Pebble's own log; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// DB holds the Raft logs and stable stores of every group of a node.
+type DB struct {
+	pdb    *pebble.DB
+	logger *slog.Logger
+
+	// closeMu is held for reading by every operation on pdb and for writing by
+	// Close, so that a straggling Raft call after Close gets ErrClosed instead
+	// of a Pebble panic.
+	closeMu sync.RWMutex
+	closed  bool
+
+	groupsMu sync.Mutex
+	groups   map[uint32]*GroupStore
+}
+
+// ErrClosed is returned by every operation on a closed DB.
+var ErrClosed = errors.New("raftstore: closed")
+
+// Open opens (creating if needed) the store in dir. It verifies the tail of
+// every group's log and deletes trailing entries that fail verification; see
+// repairTail for why that is safe.
+func Open(dir string, opts Options) (*DB, error) {
+	if opts.CacheBytes == 0 {
+		opts.CacheBytes = defaultCacheBytes
+	}
+	if opts.MemTableBytes == 0 {
+		opts.MemTableBytes = defaultMemTableBytes
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	logger := opts.Logger.With("component", "raftstore")
+
+	cache := pebble.NewCache(opts.CacheBytes)
+	defer cache.Unref() // Pebble holds its own reference while open.
+	popts := &pebble.Options{
+		Cache:                       cache,
+		FormatMajorVersion:          pebble.FormatNewest,
+		MemTableSize:                opts.MemTableBytes,
+		MemTableStopWritesThreshold: memTableStopWritesThreshold,
+		L0StopWritesThreshold:       l0StopWritesThreshold,
+		// WALBytesPerSync stays 0: it only paces background syncs of
+		// unsynced writes, and every write here is committed with pebble.Sync.
+		// WALMinSyncInterval stays unset: Pebble already coalesces concurrent
+		// synced commits into one fsync, and an artificial delay would add
+		// latency to every Raft append for a small gain in IOPS.
+		Logger: pebbleLogger{logger},
+	}
+	pdb, err := pebble.Open(dir, popts)
+	if err != nil {
+		return nil, fmt.Errorf("raftstore: open %s: %w", dir, err)
+	}
+	db := &DB{pdb: pdb, logger: logger, groups: make(map[uint32]*GroupStore)}
+	shards, err := db.logShards()
+	if err == nil {
+		for _, shard := range shards {
+			if err = db.repairTail(shard); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		_ = pdb.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// Group returns the store of one Raft group, creating it on first use. It
+// returns the same *GroupStore for the same shard.
+func (db *DB) Group(shard uint32) *GroupStore {
+	db.groupsMu.Lock()
+	defer db.groupsMu.Unlock()
+	if g, ok := db.groups[shard]; ok {
+		return g
+	}
+	g := &GroupStore{db: db, shard: shard}
+	g.initErr = g.loadBounds()
+	db.groups[shard] = g
+	return g
+}
+
+// Groups lists the shards that have any log entry or stable key, ascending.
+func (db *DB) Groups() ([]uint32, error) {
+	seen := make(map[uint32]struct{})
+	for _, kind := range []byte{keyKindLog, keyKindStable} {
+		shards, err := db.shardsOfKind(kind)
+		if err != nil {
+			return nil, err
+		}
+		for _, s := range shards {
+			seen[s] = struct{}{}
+		}
+	}
+	out := make([]uint32, 0, len(seen))
+	for s := range seen {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func (db *DB) logShards() ([]uint32, error) { return db.shardsOfKind(keyKindLog) }
+
+// shardsOfKind lists the shards with at least one key of the kind, skipping
+// from one shard to the next with a seek rather than scanning every key.
+func (db *DB) shardsOfKind(kind byte) ([]uint32, error) {
+	db.closeMu.RLock()
+	defer db.closeMu.RUnlock()
+	if db.closed {
+		return nil, ErrClosed
+	}
+	it, err := db.pdb.NewIter(&pebble.IterOptions{LowerBound: []byte{kind}, UpperBound: []byte{kind + 1}})
+	if err != nil {
+		return nil, err
+	}
+	var shards []uint32
+	seek := make([]byte, keyHeadBytes)
+	seek[0] = kind
+	for ok := it.First(); ok; {
+		k := it.Key()
+		if len(k) < keyHeadBytes {
+			_ = it.Close()
+			return nil, fmt.Errorf("raftstore: malformed key %x", k)
+		}
+		shard := binary.BigEndian.Uint32(k[1:])
+		shards = append(shards, shard)
+		if shard == math.MaxUint32 {
+			break
+		}
+		binary.BigEndian.PutUint32(seek[1:], shard+1)
+		ok = it.SeekGE(seek)
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	return shards, nil
+}
+
+// repairTail verifies the last log entries of shard, newest first, and deletes
+// those that fail verification up to the newest one that passes.
+//
+// Why this is safe, precisely:
+//   - Pebble's WAL recovery already discards a torn final write (a record with
+//     a bad checksum at the end of the WAL), so a crash in the middle of a
+//     StoreLogs commit loses the whole batch, which was never acknowledged:
+//     Raft acknowledges an append to the leader only after StoreLogs returns,
+//     and StoreLogs returns only after its synced commit. Entries that were
+//     never acknowledged may be dropped freely; the leader resends them.
+//   - What our own checksum catches on open is therefore not a torn write but
+//     damage after the fact (bit rot, a lying disk, a bug). Such an entry's
+//     content is lost either way: serving it would feed wrong data to the FSM,
+//     and leaving it in place would make NewRaft fail reading the last entry.
+//     Dropping it makes this node behave as if it had a shorter log, which
+//     Raft repairs by re-fetching the entries from the leader.
+//   - The residual risk is that a dropped entry had been acknowledged and
+//     counted toward a commit quorum; with this node's shorter log, a
+//     candidate missing that entry could win its vote. That needs damage on a
+//     quorum-relevant node at the same time as a leader change, and is why
+//     every truncation is logged loudly as a warning.
+//
+// Only a contiguous run of bad entries at the tail is removed; corruption
+// below a valid entry is left alone and surfaces as an error from GetLog.
+func (db *DB) repairTail(shard uint32) error {
+	it, err := db.pdb.NewIter(&pebble.IterOptions{
+		LowerBound: logKey(shard, 0),
+		UpperBound: logKeyEnd(shard, math.MaxUint64),
+	})
+	if err != nil {
+		return err
+	}
+	var (
+		badLow, badHigh uint64
+		badCount        int
+		firstCause      error
+	)
+	for ok := it.Last(); ok; ok = it.Prev() {
+		index, _ := logIndexOfKey(it.Key())
+		v, err := it.ValueAndErr()
+		if err != nil {
+			_ = it.Close()
+			return fmt.Errorf("raftstore: read shard=%d index=%d: %w", shard, index, err)
+		}
+		cause := verifyLog(v, index)
+		if cause == nil {
+			break
+		}
+		if badCount == 0 {
+			badHigh, firstCause = index, cause
+		}
+		badLow = index
+		badCount++
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	if badCount == 0 {
+		return nil
+	}
+	db.logger.Warn("raftstore: deleting corrupt log tail; Raft will re-fetch these entries from the leader",
+		"shard", shard, "first_index", badLow, "last_index", badHigh, "entries", badCount, "cause", firstCause)
+	b := db.pdb.NewBatch()
+	defer func() { _ = b.Close() }()
+	if err := b.DeleteRange(logKey(shard, badLow), logKeyEnd(shard, badHigh), nil); err != nil {
+		return err
+	}
+	return b.Commit(pebble.Sync)
+}
+
+// verifyLog returns nil if v is a valid encoding of the entry at index.
+func verifyLog(v []byte, index uint64) error {
+	var l raft.Log
+	if err := decodeLog(v, &l); err != nil {
+		return err
+	}
+	if l.Index != index {
+		return fmt.Errorf("%w: value has index %d", errMalformed, l.Index)
+	}
+	return nil
+}
+
+// Close closes the database. Raft groups using it must be shut down first;
+// calls after Close return ErrClosed.
+func (db *DB) Close() error {
+	db.closeMu.Lock()
+	defer db.closeMu.Unlock()
+	if db.closed {
+		return nil
+	}
+	db.closed = true
+	return db.pdb.Close()
+}
+
+// Metrics returns Pebble's metrics (for export to Prometheus). It returns nil
+// after Close.
+func (db *DB) Metrics() *pebble.Metrics {
+	db.closeMu.RLock()
+	defer db.closeMu.RUnlock()
+	if db.closed {
+		return nil
+	}
+	return db.pdb.Metrics()
+}
+
+// pebbleLogger routes Pebble's log through slog.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Info(fmt.Sprintf(format, args...), "source", "pebble")
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "source", "pebble")
+}
+
+// Fatalf is called by Pebble on unrecoverable internal errors; like Pebble's
+// default logger we log and panic, since continuing could corrupt data.
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.l.Error(msg, "source", "pebble", "fatal", true)
+	panic(msg)
+}
