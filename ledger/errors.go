@@ -4,7 +4,7 @@ import "errors"
 
 // Code is a stable, machine-readable error code. Codes are part of the API:
 // never rename one; add new ones at the end. The mapping to gRPC status codes
-// lives in exactly one place (GRPCCode).
+// lives in exactly one place (node.grpcCode).
 type Code string
 
 const (
@@ -32,6 +32,7 @@ const (
 	CodeNotLeader            Code = "NOT_LEADER"
 	CodeUnavailable          Code = "UNAVAILABLE"
 	CodeInternal             Code = "INTERNAL"
+	CodeWrongShard           Code = "WRONG_SHARD" // a Submit whose ops span shards
 )
 
 // Error is a domain error: a stable code and a readable message.
