@@ -1,0 +1,743 @@
+package ledger
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// ErrInvariant is wrapped by every invariant violation the rules detect. It
+// means a bug or corrupt state, never a bad request: the FSM must stop rather
+// than write on top of it.
+var ErrInvariant = errors.New("ledger: invariant violated")
+
+// CheckAccount asserts the invariants of one account: a known state,
+// 0 <= HeldMinor <= PostedMinor, MaxBalanceMinor >= 0 and, when it is set,
+// PostedMinor <= MaxBalanceMinor, and a closed account holds nothing. The
+// error wraps ErrInvariant.
+func CheckAccount(a Account) error {
+	var what string
+	switch {
+	case a.State <= StateUnknown || a.State > StateClosed:
+		what = fmt.Sprintf("unknown state %s", a.State)
+	case a.HeldMinor < 0:
+		what = fmt.Sprintf("held %d < 0", a.HeldMinor)
+	case a.HeldMinor > a.PostedMinor:
+		what = fmt.Sprintf("held %d > posted %d", a.HeldMinor, a.PostedMinor)
+	case a.MaxBalanceMinor < 0:
+		what = fmt.Sprintf("max balance %d < 0", a.MaxBalanceMinor)
+	case a.MaxBalanceMinor > 0 && a.PostedMinor > a.MaxBalanceMinor:
+		what = fmt.Sprintf("posted %d > max balance %d", a.PostedMinor, a.MaxBalanceMinor)
+	case a.State == StateClosed && (a.PostedMinor != 0 || a.HeldMinor != 0):
+		what = fmt.Sprintf("closed with posted %d, held %d", a.PostedMinor, a.HeldMinor)
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: account %s: %s", ErrInvariant, a.Key, what)
+}
+
+// ApplyCommand applies one Raft log entry. Its log time is
+// max(c.TimeMs, lastTimeMs), so time never goes backwards even if leaders'
+// clocks disagree; the FSM stores the returned timeMs as the next lastTimeMs.
+// Expired holds are released first (at most MaxExpiriesPerEntry; a tick
+// command releases the rest), then each request is applied in order.
+//
+// results[i] holds the results of c.Requests[i], one per op. err is only a
+// Store failure or an invariant violation, and is fatal: the writes made so
+// far must be discarded. Domain failures are in Result.Code.
+func ApplyCommand(s Store, lastTimeMs int64, c Command) (timeMs int64, results [][]Result, err error) {
+	timeMs = max(c.TimeMs, lastTimeMs)
+	if _, err := ExpireHolds(s, timeMs); err != nil {
+		return timeMs, nil, err
+	}
+	total := 0
+	for i := range c.Requests {
+		total += len(c.Requests[i].Ops)
+	}
+	// One backing array for every result of the command.
+	flat := make([]Result, total)
+	results = make([][]Result, len(c.Requests))
+	for i := range c.Requests {
+		n := len(c.Requests[i].Ops)
+		out := flat[:n:n]
+		flat = flat[n:]
+		if err := applyRequest(s, timeMs, &c.Requests[i], out); err != nil {
+			return timeMs, nil, fmt.Errorf("request %d: %w", i, err)
+		}
+		results[i] = out
+	}
+	return timeMs, results, nil
+}
+
+// ExpireHolds releases up to MaxExpiriesPerEntry open holds with
+// ExpiresAtMs <= nowMs, oldest first: the held amount returns to the account's
+// available balance, whatever the account's state (a frozen account's held
+// value still returns), and the hold becomes Expired. It returns how many it
+// released.
+func ExpireHolds(s Store, nowMs int64) (int, error) {
+	refs, err := s.ExpiredHolds(nowMs, MaxExpiriesPerEntry)
+	if err != nil {
+		return 0, storeErr("list expired holds", err)
+	}
+	for _, ref := range refs {
+		h, found, err := s.Hold(ref.Program, ref.Member, ref.Key)
+		if err != nil {
+			return 0, storeErr("read hold", err)
+		}
+		if !found || h.State != HoldOpen || h.ExpiresAtMs != ref.ExpiresAtMs || h.ExpiresAtMs > nowMs {
+			return 0, fmt.Errorf("%w: expiry index lists hold %s/%s/%s (expires %d) but the hold is %+v",
+				ErrInvariant, ref.Program, ref.Member, ref.Key, ref.ExpiresAtMs, h)
+		}
+		a, found, err := s.Account(holdAccountKey(&h))
+		if err != nil {
+			return 0, storeErr("read account", err)
+		}
+		if !found {
+			return 0, fmt.Errorf("%w: open hold %s/%s/%s has no account", ErrInvariant, h.Program, h.Member, h.Key)
+		}
+		if err := expireHold(s, &h, &a, nowMs); err != nil {
+			return 0, err
+		}
+	}
+	return len(refs), nil
+}
+
+// Apply applies one request at log time timeMs and returns one result per op.
+//
+// Each op is first looked up by (program, idempotency key): the same op again
+// is served its recorded result (Replayed), a different op with that key gets
+// IDEMPOTENCY_KEY_REUSED and is neither applied nor recorded. Otherwise the
+// rules run and the outcome, success or failure, is recorded under a new
+// journal sequence number, so a retry sees the same outcome.
+//
+// A linked request applies all or none: its ops run on an Overlay that is
+// committed only if every op succeeds. Otherwise nothing they changed is
+// written; the failing op keeps its code (its Account and Hold are cleared, as
+// they described state that was never committed) and the others get
+// LINKED_FAILED, and every op not recorded before is recorded with that
+// outcome. Ops served from an earlier record keep that record's result.
+//
+// A request that fails ValidateRequest gets that error on every op, and
+// nothing is recorded (an invalid op may not even have a usable key).
+//
+// The error is fatal (Store failure, invariant violation), as for
+// ApplyCommand.
+func Apply(s Store, timeMs int64, r Request) ([]Result, error) {
+	out := make([]Result, len(r.Ops))
+	if err := applyRequest(s, timeMs, &r, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func applyRequest(s Store, timeMs int64, r *Request, out []Result) error {
+	if e := validateRequest(*r); e != nil {
+		for i := range out {
+			out[i] = Result{Code: e.Code, Message: e.Msg, TimeMs: timeMs}
+		}
+		return nil
+	}
+	// A linked request of one op is that op: its all-or-none is the op's own.
+	if r.Linked && len(r.Ops) > 1 {
+		return applyLinked(s, timeMs, r.Ops, out)
+	}
+	for i := range r.Ops {
+		res, err := applyOp(s, timeMs, &r.Ops[i])
+		if err != nil {
+			return fmt.Errorf("op %d (%s): %w", i, r.Ops[i].Kind, err)
+		}
+		out[i] = res
+	}
+	return nil
+}
+
+// applyOp deduplicates, evaluates and records one op on s.
+func applyOp(s Store, timeMs int64, op *Op) (Result, error) {
+	fp := Fingerprint(*op)
+	rec, found, err := s.Record(op.Program, op.IdempotencyKey)
+	if err != nil {
+		return Result{}, storeErr("read record", err)
+	}
+	if found {
+		return dedupResult(&rec, fp, op, timeMs), nil
+	}
+	res, err := evaluate(s, timeMs, op)
+	if err != nil {
+		return Result{}, err
+	}
+	return record(s, timeMs, op, fp, res)
+}
+
+// dedupResult is the result of an op whose key is already recorded.
+func dedupResult(rec *Record, fp [16]byte, op *Op, timeMs int64) Result {
+	if rec.Fingerprint == fp {
+		r := rec.Result
+		r.Replayed = true
+		return r
+	}
+	return Result{
+		Code: CodeIdempotencyKeyReused,
+		Message: fmt.Sprintf("idempotency key %q of program %q was already used by a different operation (%s, seq %d)",
+			op.IdempotencyKey, op.Program, rec.Op.Kind, rec.Seq),
+		TimeMs: timeMs,
+	}
+}
+
+// record stamps res with a new sequence number and the log time and stores it
+// as op's dedup record.
+func record(s Store, timeMs int64, op *Op, fp [16]byte, res Result) (Result, error) {
+	seq, err := s.NextSeq()
+	if err != nil {
+		return Result{}, storeErr("next seq", err)
+	}
+	res.Seq = seq
+	res.TimeMs = timeMs
+	res.Replayed = false
+	if err := s.PutRecord(Record{Seq: seq, Op: *op, Fingerprint: fp, Result: res}); err != nil {
+		return Result{}, storeErr("put record", err)
+	}
+	return res, nil
+}
+
+func applyLinked(s Store, timeMs int64, ops []Op, out []Result) error {
+	ov := NewOverlay(s)
+	// fresh[i]: op i was evaluated (not served from a record) and is not
+	// recorded yet. Records are never written to the overlay (keys within a
+	// request are distinct, so no op reads another's record); they go to s
+	// once the outcome is known.
+	fresh := make([]bool, len(ops))
+	fps := make([][16]byte, len(ops))
+	failed := -1
+	for i := range ops {
+		op := &ops[i]
+		fps[i] = Fingerprint(*op)
+		rec, found, err := s.Record(op.Program, op.IdempotencyKey)
+		if err != nil {
+			return storeErr("read record", err)
+		}
+		if found {
+			out[i] = dedupResult(&rec, fps[i], op, timeMs)
+		} else {
+			res, err := evaluate(ov, timeMs, op)
+			if err != nil {
+				return fmt.Errorf("linked op %d (%s): %w", i, op.Kind, err)
+			}
+			out[i] = res
+			fresh[i] = true
+		}
+		if !out[i].OK() {
+			failed = i
+			break
+		}
+	}
+
+	if failed < 0 {
+		if err := ov.Commit(); err != nil {
+			return err
+		}
+		for i := range ops {
+			if !fresh[i] {
+				continue
+			}
+			res, err := record(s, timeMs, &ops[i], fps[i], out[i])
+			if err != nil {
+				return err
+			}
+			out[i] = res
+		}
+		return nil
+	}
+
+	// The overlay is dropped: nothing the batch evaluated is written.
+	cause := out[failed]
+	linked := Result{
+		Code:    CodeLinkedFailed,
+		Message: fmt.Sprintf("not applied: linked op %d (%s) failed with %s", failed, ops[failed].Kind, cause.Code),
+	}
+	for i := range ops {
+		op := &ops[i]
+		var res Result
+		switch {
+		case i <= failed && !fresh[i]:
+			continue // served from a record (or key reused): keep that outcome
+		case i == failed:
+			res = Result{Code: cause.Code, Message: cause.Message}
+		case i < failed:
+			res = linked
+		default:
+			fps[i] = Fingerprint(*op)
+			rec, found, err := s.Record(op.Program, op.IdempotencyKey)
+			if err != nil {
+				return storeErr("read record", err)
+			}
+			if found {
+				out[i] = dedupResult(&rec, fps[i], op, timeMs)
+				continue
+			}
+			res = linked
+		}
+		res, err := record(s, timeMs, op, fps[i], res)
+		if err != nil {
+			return err
+		}
+		out[i] = res
+	}
+	return nil
+}
+
+// evaluate runs the rules of one op on s. Failures (domain errors) come back
+// as a Result with no writes made, except that a capture or release of an
+// open hold past its expiry expires it first, exactly as ExpireHolds would.
+func evaluate(s Store, timeMs int64, op *Op) (Result, error) {
+	switch op.Kind {
+	case OpDefineAsset:
+		return defineAsset(s, op)
+	case OpOpenAccount:
+		return openAccount(s, timeMs, op)
+	case OpCredit:
+		return credit(s, timeMs, op)
+	case OpDebit:
+		return debit(s, timeMs, op)
+	case OpHold:
+		return hold(s, timeMs, op)
+	case OpCaptureHold, OpReleaseHold:
+		return settleHold(s, timeMs, op)
+	case OpFreeze, OpUnfreeze, OpReportLost, OpReportFound, OpClose:
+		return transition(s, timeMs, op)
+	}
+	// Validate rejects unknown kinds before evaluate is reached.
+	return Result{}, fmt.Errorf("%w: evaluate of unknown kind %s", ErrInvariant, op.Kind)
+}
+
+func defineAsset(s Store, op *Op) (Result, error) {
+	a, found, err := s.Asset(op.Program, op.Asset)
+	if err != nil {
+		return Result{}, storeErr("read asset", err)
+	}
+	if found {
+		if a.Scale == op.Scale {
+			return Result{Code: CodeOK}, nil // assets never change; defining one again is a no-op
+		}
+		return failf(CodeAssetExists, "asset %s of program %q already exists with scale %d, not %d",
+			op.Asset, op.Program, a.Scale, op.Scale), nil
+	}
+	if err := s.PutAsset(Asset{Program: op.Program, Code: op.Asset, Scale: op.Scale}); err != nil {
+		return Result{}, storeErr("put asset", err)
+	}
+	return Result{Code: CodeOK}, nil
+}
+
+func openAccount(s Store, timeMs int64, op *Op) (Result, error) {
+	if _, found, err := s.Asset(op.Program, op.Asset); err != nil {
+		return Result{}, storeErr("read asset", err)
+	} else if !found {
+		return unknownAsset(op.Program, op.Asset), nil
+	}
+	key := AccountKey{Program: op.Program, Member: op.Member, Asset: op.Asset}
+	existing, found, err := s.Account(key)
+	if err != nil {
+		return Result{}, storeErr("read account", err)
+	}
+	if found {
+		r := failf(CodeAccountExists, "account %s already exists (%s)", key, existing.State)
+		r.Account = existing
+		return r, nil
+	}
+	a := Account{Key: key, State: StateActive, MaxBalanceMinor: op.MaxBalanceMinor, OpenedAtMs: timeMs}
+	if err := putAccount(s, &a, timeMs); err != nil {
+		return Result{}, err
+	}
+	return Result{Code: CodeOK, Account: a}, nil
+}
+
+func credit(s Store, timeMs int64, op *Op) (Result, error) {
+	a, fail, ok, err := lookup(s, op)
+	if !ok || err != nil {
+		return fail, err
+	}
+	switch a.State {
+	case StateFrozen, StateClosed:
+		return stateFailure(&a, op.Kind), nil
+	}
+	posted, ok := add64(a.PostedMinor, op.AmountMinor)
+	if !ok {
+		return withAccount(failf(CodeOverflow, "credit of %d to account %s (posted %d) overflows",
+			op.AmountMinor, a.Key, a.PostedMinor), &a), nil
+	}
+	if a.MaxBalanceMinor > 0 && posted > a.MaxBalanceMinor {
+		return withAccount(failf(CodeLimitExceeded, "credit of %d would bring account %s to %d, above its limit %d",
+			op.AmountMinor, a.Key, posted, a.MaxBalanceMinor), &a), nil
+	}
+	ctl, err := s.Control(op.Program, op.Asset)
+	if err != nil {
+		return Result{}, storeErr("read control", err)
+	}
+	newCtl, ok := add64(ctl, -op.AmountMinor) // AmountMinor > 0, so the negation is exact
+	if !ok {
+		return withAccount(failf(CodeOverflow, "credit of %d overflows the control account of %s/%s (%d)",
+			op.AmountMinor, op.Program, op.Asset, ctl), &a), nil
+	}
+	a.PostedMinor = posted
+	if err := putAccount(s, &a, timeMs); err != nil {
+		return Result{}, err
+	}
+	if err := s.PutControl(op.Program, op.Asset, newCtl); err != nil {
+		return Result{}, storeErr("put control", err)
+	}
+	return Result{Code: CodeOK, Account: a}, nil
+}
+
+func debit(s Store, timeMs int64, op *Op) (Result, error) {
+	a, fail, ok, err := lookup(s, op)
+	if !ok || err != nil {
+		return fail, err
+	}
+	if a.State != StateActive {
+		return stateFailure(&a, op.Kind), nil
+	}
+	if a.AvailableMinor() < op.AmountMinor {
+		return insufficient(&a, op), nil
+	}
+	ctl, err := s.Control(op.Program, op.Asset)
+	if err != nil {
+		return Result{}, storeErr("read control", err)
+	}
+	newCtl, ok := add64(ctl, op.AmountMinor)
+	if !ok {
+		return withAccount(failf(CodeOverflow, "debit of %d overflows the control account of %s/%s (%d)",
+			op.AmountMinor, op.Program, op.Asset, ctl), &a), nil
+	}
+	a.PostedMinor -= op.AmountMinor
+	if err := putAccount(s, &a, timeMs); err != nil {
+		return Result{}, err
+	}
+	if err := s.PutControl(op.Program, op.Asset, newCtl); err != nil {
+		return Result{}, storeErr("put control", err)
+	}
+	return Result{Code: CodeOK, Account: a}, nil
+}
+
+func hold(s Store, timeMs int64, op *Op) (Result, error) {
+	a, fail, ok, err := lookup(s, op)
+	if !ok || err != nil {
+		return fail, err
+	}
+	if a.State != StateActive {
+		return stateFailure(&a, op.Kind), nil
+	}
+	if a.AvailableMinor() < op.AmountMinor {
+		return insufficient(&a, op), nil
+	}
+	expiresAtMs, ok := add64(timeMs, op.HoldTTLMs)
+	if !ok {
+		return withAccount(failf(CodeOverflow, "hold expiry %d + %d overflows", timeMs, op.HoldTTLMs), &a), nil
+	}
+	a.HeldMinor += op.AmountMinor // <= PostedMinor, checked above
+	h := Hold{
+		Program:     op.Program,
+		Member:      op.Member,
+		Key:         op.IdempotencyKey,
+		Asset:       op.Asset,
+		AmountMinor: op.AmountMinor,
+		State:       HoldOpen,
+		CreatedAtMs: timeMs,
+		ExpiresAtMs: expiresAtMs,
+	}
+	if err := putAccount(s, &a, timeMs); err != nil {
+		return Result{}, err
+	}
+	if err := s.PutHold(h); err != nil {
+		return Result{}, storeErr("put hold", err)
+	}
+	return Result{Code: CodeOK, Account: a, Hold: h}, nil
+}
+
+// settleHold runs CaptureHold and ReleaseHold, which share their checks:
+// hold exists, (capture: asset and scale), account exists, hold is open and
+// not expired, (capture: account is active, amount fits the hold).
+func settleHold(s Store, timeMs int64, op *Op) (Result, error) {
+	h, found, err := s.Hold(op.Program, op.Member, op.HoldKey)
+	if err != nil {
+		return Result{}, storeErr("read hold", err)
+	}
+	if !found {
+		return failf(CodeHoldNotFound, "hold %q of member %q in program %q not found", op.HoldKey, op.Member, op.Program), nil
+	}
+	capture := op.Kind == OpCaptureHold
+	if capture {
+		asset, found, err := s.Asset(h.Program, h.Asset)
+		if err != nil {
+			return Result{}, storeErr("read asset", err)
+		}
+		if !found {
+			return withHold(unknownAsset(h.Program, h.Asset), &h), nil
+		}
+		// A whole-hold capture carries no amount, so it may leave Scale 0.
+		if op.Scale != asset.Scale && (op.AmountMinor != 0 || op.Scale != 0) {
+			return withHold(scaleMismatch(op.Scale, &asset), &h), nil
+		}
+	}
+	a, found, err := s.Account(holdAccountKey(&h))
+	if err != nil {
+		return Result{}, storeErr("read account", err)
+	}
+	if !found {
+		return Result{}, fmt.Errorf("%w: hold %s/%s/%s has no account", ErrInvariant, h.Program, h.Member, h.Key)
+	}
+	if err := CheckAccount(a); err != nil {
+		return Result{}, err
+	}
+
+	switch h.State {
+	case HoldCaptured, HoldReleased:
+		return withHold(withAccount(failf(CodeHoldClosed, "hold %q is already %s", h.Key, h.State), &a), &h), nil
+	case HoldExpired:
+		return withHold(withAccount(failf(CodeHoldExpired, "hold %q expired at %d", h.Key, h.ExpiresAtMs), &a), &h), nil
+	case HoldOpen:
+		if h.ExpiresAtMs <= timeMs {
+			if err := expireHold(s, &h, &a, timeMs); err != nil {
+				return Result{}, err
+			}
+			return withHold(withAccount(failf(CodeHoldExpired, "hold %q expired at %d", h.Key, h.ExpiresAtMs), &a), &h), nil
+		}
+	default:
+		return Result{}, fmt.Errorf("%w: hold %s/%s/%s in state %s", ErrInvariant, h.Program, h.Member, h.Key, h.State)
+	}
+
+	if !capture {
+		// Allowed in any account state: releasing only returns value.
+		a.HeldMinor -= h.AmountMinor
+		h.State = HoldReleased
+		if err := putAccount(s, &a, timeMs); err != nil {
+			return Result{}, err
+		}
+		if err := s.PutHold(h); err != nil {
+			return Result{}, storeErr("put hold", err)
+		}
+		return Result{Code: CodeOK, Account: a, Hold: h, ReleasedMinor: h.AmountMinor}, nil
+	}
+
+	if a.State != StateActive {
+		return withHold(stateFailure(&a, op.Kind), &h), nil
+	}
+	amount := op.AmountMinor
+	if amount == 0 {
+		amount = h.AmountMinor
+	}
+	if amount > h.AmountMinor {
+		return withHold(withAccount(failf(CodeInvalidAmount, "capture of %d is more than hold %q of %d",
+			amount, h.Key, h.AmountMinor), &a), &h), nil
+	}
+	ctl, err := s.Control(h.Program, h.Asset)
+	if err != nil {
+		return Result{}, storeErr("read control", err)
+	}
+	newCtl, ok := add64(ctl, amount)
+	if !ok {
+		return withHold(withAccount(failf(CodeOverflow, "capture of %d overflows the control account of %s/%s (%d)",
+			amount, h.Program, h.Asset, ctl), &a), &h), nil
+	}
+	a.PostedMinor -= amount
+	a.HeldMinor -= h.AmountMinor
+	h.State = HoldCaptured
+	if err := putAccount(s, &a, timeMs); err != nil {
+		return Result{}, err
+	}
+	if err := s.PutControl(h.Program, h.Asset, newCtl); err != nil {
+		return Result{}, storeErr("put control", err)
+	}
+	if err := s.PutHold(h); err != nil {
+		return Result{}, storeErr("put hold", err)
+	}
+	return Result{Code: CodeOK, Account: a, Hold: h, CapturedMinor: amount, ReleasedMinor: h.AmountMinor - amount}, nil
+}
+
+// transition runs the state-only operations: Freeze, Unfreeze, ReportLost,
+// ReportFound, Close. Asking for the state an account is already in is a
+// successful no-op (retries and double clicks are harmless).
+func transition(s Store, timeMs int64, op *Op) (Result, error) {
+	a, fail, ok, err := lookup(s, op)
+	if !ok || err != nil {
+		return fail, err
+	}
+	from := a.State
+	to, code := nextState(op.Kind, &a)
+	if code != CodeOK {
+		var msg string
+		switch code {
+		case CodeBalanceNotZero:
+			msg = fmt.Sprintf("cannot close account %s: posted %d, held %d", a.Key, a.PostedMinor, a.HeldMinor)
+		default:
+			msg = fmt.Sprintf("%s: account %s is %s", op.Kind, a.Key, from)
+		}
+		return withAccount(Result{Code: code, Message: msg}, &a), nil
+	}
+	if to == from {
+		return Result{Code: CodeOK, Account: a}, nil
+	}
+	a.State = to
+	if err := putAccount(s, &a, timeMs); err != nil {
+		return Result{}, err
+	}
+	return Result{Code: CodeOK, Account: a}, nil
+}
+
+// nextState is the account lifecycle: the state op kind k leads a to, or the
+// code that refuses it.
+func nextState(k OpKind, a *Account) (AccountState, Code) {
+	from := a.State
+	if from == StateClosed {
+		return from, CodeAccountClosed // final
+	}
+	switch k {
+	case OpFreeze:
+		switch from {
+		case StateActive, StateFrozen:
+			return StateFrozen, CodeOK
+		}
+	case OpUnfreeze:
+		switch from {
+		case StateFrozen, StateActive:
+			return StateActive, CodeOK
+		}
+	case OpReportLost:
+		switch from {
+		case StateActive, StateLost:
+			return StateLost, CodeOK
+		}
+	case OpReportFound:
+		switch from {
+		case StateLost, StateActive:
+			return StateActive, CodeOK
+		}
+	case OpClose:
+		if a.PostedMinor != 0 || a.HeldMinor != 0 {
+			return from, CodeBalanceNotZero
+		}
+		return StateClosed, CodeOK
+	}
+	return from, CodeInvalidState
+}
+
+// lookup runs the checks every op on an existing account starts with, in
+// priority order: the asset exists, the op's scale is the asset's (for kinds
+// that carry an amount), the account exists. ok is false when fail is the
+// op's result.
+func lookup(s Store, op *Op) (a Account, fail Result, ok bool, err error) {
+	asset, found, err := s.Asset(op.Program, op.Asset)
+	if err != nil {
+		return a, Result{}, false, storeErr("read asset", err)
+	}
+	if !found {
+		return a, unknownAsset(op.Program, op.Asset), false, nil
+	}
+	if carriesAmount(op.Kind) && op.Scale != asset.Scale {
+		return a, scaleMismatch(op.Scale, &asset), false, nil
+	}
+	key := AccountKey{Program: op.Program, Member: op.Member, Asset: op.Asset}
+	a, found, err = s.Account(key)
+	if err != nil {
+		return a, Result{}, false, storeErr("read account", err)
+	}
+	if !found {
+		return a, failf(CodeAccountNotFound, "account %s does not exist", key), false, nil
+	}
+	if err := CheckAccount(a); err != nil {
+		return a, Result{}, false, err
+	}
+	return a, Result{}, true, nil
+}
+
+func carriesAmount(k OpKind) bool {
+	switch k {
+	case OpCredit, OpDebit, OpHold, OpCaptureHold:
+		return true
+	}
+	return false
+}
+
+// putAccount stamps a with the log time, asserts its invariants and writes it.
+func putAccount(s Store, a *Account, timeMs int64) error {
+	a.UpdatedAtMs = timeMs
+	if err := CheckAccount(*a); err != nil {
+		return err
+	}
+	if err := s.PutAccount(*a); err != nil {
+		return storeErr("put account", err)
+	}
+	return nil
+}
+
+// expireHold releases an open hold's amount back to its account a and marks
+// it Expired.
+func expireHold(s Store, h *Hold, a *Account, timeMs int64) error {
+	a.HeldMinor -= h.AmountMinor
+	if err := putAccount(s, a, timeMs); err != nil {
+		return err
+	}
+	h.State = HoldExpired
+	if err := s.PutHold(*h); err != nil {
+		return storeErr("put hold", err)
+	}
+	return nil
+}
+
+func holdAccountKey(h *Hold) AccountKey {
+	return AccountKey{Program: h.Program, Member: h.Member, Asset: h.Asset}
+}
+
+// stateFailure is the result for an op refused by the account's state.
+func stateFailure(a *Account, k OpKind) Result {
+	var code Code
+	switch a.State {
+	case StateFrozen:
+		code = CodeAccountFrozen
+	case StateLost:
+		code = CodeAccountLost
+	case StateClosed:
+		code = CodeAccountClosed
+	default:
+		code = CodeInvalidState
+	}
+	return withAccount(failf(code, "%s refused: account %s is %s", k, a.Key, a.State), a)
+}
+
+func insufficient(a *Account, op *Op) Result {
+	return withAccount(failf(CodeInsufficientFunds, "%s of %d: account %s has %d available (posted %d, held %d)",
+		op.Kind, op.AmountMinor, a.Key, a.AvailableMinor(), a.PostedMinor, a.HeldMinor), a)
+}
+
+func unknownAsset(program, code string) Result {
+	return failf(CodeUnknownAsset, "asset %s of program %q is not defined", code, program)
+}
+
+func scaleMismatch(scale uint8, asset *Asset) Result {
+	return failf(CodeScaleMismatch, "amount is at scale %d but asset %s of program %q has scale %d",
+		scale, asset.Code, asset.Program, asset.Scale)
+}
+
+func failf(code Code, format string, args ...any) Result {
+	return Result{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+func withAccount(r Result, a *Account) Result {
+	r.Account = *a
+	return r
+}
+
+func withHold(r Result, h *Hold) Result {
+	r.Hold = *h
+	return r
+}
+
+// add64 returns a+b and whether it did not overflow.
+func add64(a, b int64) (int64, bool) {
+	if b > 0 && a > math.MaxInt64-b || b < 0 && a < math.MinInt64-b {
+		return 0, false
+	}
+	return a + b, true
+}
+
+func storeErr(what string, err error) error {
+	return fmt.Errorf("ledger: store: %s: %w", what, err)
+}
