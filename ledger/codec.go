@@ -75,6 +75,7 @@ var codeTable = [...]Code{
 	22: CodeNotLeader,
 	23: CodeUnavailable,
 	24: CodeInternal,
+	25: CodeWrongShard,
 }
 
 func codeIndex(c Code) byte {
