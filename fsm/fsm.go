@@ -1,0 +1,297 @@
+package fsm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/hashicorp/raft"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// DB is a node's state database: one Pebble instance holding the state of
+// every shard the node replicates.
+type DB struct {
+	db *pebble.DB
+}
+
+// OpenDB opens (creating if needed) the state database in dir.
+func OpenDB(dir string) (*DB, error) {
+	opts := &pebble.Options{
+		// State writes are not synced (the Raft log is the durable record),
+		// so the WAL only needs to bound loss, not guarantee it.
+		MemTableSize:          64 << 20,
+		L0CompactionThreshold: 4,
+		L0StopWritesThreshold: 24,
+		// Two cores: at most two compactions alongside the apply loop.
+		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
+	}
+	db, err := pebble.Open(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: open state db %s: %w", dir, err)
+	}
+	return &DB{db: db}, nil
+}
+
+// Flush makes every applied batch durable. The node calls it before
+// shutdown so a clean restart resumes without replaying the log.
+func (d *DB) Flush() error { return d.db.Flush() }
+
+// Close closes the database. All FSMs on it must be idle.
+func (d *DB) Close() error { return d.db.Close() }
+
+// Metrics exposes Pebble's metrics for the node's Prometheus collector.
+func (d *DB) Metrics() *pebble.Metrics { return d.db.Metrics() }
+
+// meta is the per-shard bookkeeping written in the same batch as the state
+// it describes.
+type meta struct {
+	appliedIndex uint64 // index of the last Raft entry applied
+	lastTimeMs   int64  // log time of the last command; never decreases
+	seq          uint64 // last journal sequence handed out
+}
+
+const metaLen = 24
+
+func (m meta) encode() []byte {
+	b := make([]byte, 0, metaLen)
+	b = binary.BigEndian.AppendUint64(b, m.appliedIndex)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.lastTimeMs))
+	return binary.BigEndian.AppendUint64(b, m.seq)
+}
+
+func decodeMeta(b []byte) (meta, error) {
+	if len(b) != metaLen {
+		return meta{}, fmt.Errorf("fsm: meta: bad length %d", len(b))
+	}
+	return meta{
+		appliedIndex: binary.BigEndian.Uint64(b),
+		lastTimeMs:   int64(binary.BigEndian.Uint64(b[8:])),
+		seq:          binary.BigEndian.Uint64(b[16:]),
+	}, nil
+}
+
+// Results is the response of one applied command entry: one slice of results
+// per request, in the order the requests were packed.
+type Results [][]ledger.Result
+
+// FSM is the state machine of one shard. It implements raft.FSM and
+// raft.BatchingFSM. Apply, Snapshot and Restore are called only from Raft's
+// FSM goroutine; the read methods may be called concurrently with them.
+type FSM struct {
+	shard uint32
+	db    *pebble.DB
+	kb    keyBuilder
+
+	// mu guards m; it is held only to copy or replace it.
+	mu sync.Mutex
+	m  meta
+
+	applied atomic.Uint64 // copy of m.appliedIndex for lock-free waits
+
+	// applyHook, if set, is called after each committed batch with the new
+	// applied index. The node uses it to wake readers and record metrics.
+	applyHook func(appliedIndex uint64, entries int)
+}
+
+var (
+	_ raft.FSM         = (*FSM)(nil)
+	_ raft.BatchingFSM = (*FSM)(nil)
+)
+
+// New returns the FSM of shard on db, loading its durable applied index.
+func New(db *DB, shard uint32) (*FSM, error) {
+	f := &FSM{shard: shard, db: db.db, kb: keyBuilder{prefix: shardPrefix(shard)}}
+	if err := f.loadMeta(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *FSM) loadMeta() error {
+	b, ok, err := dbReader(f.db).getValue(f.kb.meta())
+	if err != nil {
+		return fmt.Errorf("fsm: shard %d: read meta: %w", f.shard, err)
+	}
+	m := meta{}
+	if ok {
+		if m, err = decodeMeta(b); err != nil {
+			return err
+		}
+	}
+	f.mu.Lock()
+	f.m = m
+	f.mu.Unlock()
+	f.applied.Store(m.appliedIndex)
+	return nil
+}
+
+// SetApplyHook installs fn to be called after every applied batch. Call it
+// before Raft starts.
+func (f *FSM) SetApplyHook(fn func(appliedIndex uint64, entries int)) { f.applyHook = fn }
+
+// Shard returns the shard this FSM serves.
+func (f *FSM) Shard() uint32 { return f.shard }
+
+// AppliedIndex is the index of the last Raft entry this FSM applied (its
+// durable value at start, then every batch it applies).
+func (f *FSM) AppliedIndex() uint64 { return f.applied.Load() }
+
+// LastTimeMs is the log time of the last applied command.
+func (f *FSM) LastTimeMs() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.m.lastTimeMs
+}
+
+// NeedsRestore reports whether the durable state is behind a snapshot at
+// snapshotIndex. Raft does not replay entries at or below its newest
+// snapshot, so a node whose unsynced state writes were lost in a crash must
+// restore that snapshot instead of trusting its own state.
+func (f *FSM) NeedsRestore(snapshotIndex uint64) bool {
+	return f.AppliedIndex() < snapshotIndex
+}
+
+// Apply applies one entry (raft.FSM).
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies a batch of committed entries as one Pebble batch
+// (raft.BatchingFSM). Entries at or below the durable applied index were
+// applied before a restart and are skipped. The response of a command entry
+// is Results. A storage or decode failure panics: the node must stop rather
+// than diverge from its replicas.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	resp := make([]interface{}, len(logs))
+	f.mu.Lock()
+	m := f.m
+	f.mu.Unlock()
+
+	b := f.db.NewIndexedBatch()
+	defer b.Close()
+	st := newBatchStore(b, f.kb, m.seq)
+	applied := 0
+	for i, l := range logs {
+		if l.Index <= m.appliedIndex {
+			continue
+		}
+		if l.Type == raft.LogCommand {
+			cmd, err := ledger.DecodeCommand(l.Data)
+			if err != nil {
+				panic(fmt.Sprintf("fsm: shard %d: undecodable entry %d: %v", f.shard, l.Index, err))
+			}
+			t, results, err := ledger.ApplyCommand(st, m.lastTimeMs, cmd)
+			if err != nil {
+				panic(fmt.Sprintf("fsm: shard %d: apply entry %d: %v", f.shard, l.Index, err))
+			}
+			m.lastTimeMs = t
+			resp[i] = Results(results)
+			applied++
+		}
+		m.appliedIndex = l.Index
+	}
+	m.seq = st.seq
+	if err := b.Set(f.kb.meta(), m.encode(), nil); err != nil {
+		panic(fmt.Sprintf("fsm: shard %d: %v", f.shard, err))
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		panic(fmt.Sprintf("fsm: shard %d: commit: %v", f.shard, err))
+	}
+	f.mu.Lock()
+	f.m = m
+	f.mu.Unlock()
+	f.applied.Store(m.appliedIndex)
+	if f.applyHook != nil {
+		f.applyHook(m.appliedIndex, applied)
+	}
+	return resp
+}
+
+
+// reads gives a view over the live database; callers provide linearizability.
+func (f *FSM) reads() view { return view{r: dbReader(f.db), kb: f.kb} }
+
+// Account reads an account from local state.
+func (f *FSM) Account(k ledger.AccountKey) (ledger.Account, bool, error) {
+	return f.reads().account(k)
+}
+
+// Asset reads an asset definition from local state.
+func (f *FSM) Asset(program, code string) (ledger.Asset, bool, error) {
+	return f.reads().asset(program, code)
+}
+
+// Hold reads a hold from local state.
+func (f *FSM) Hold(program, member, key string) (ledger.Hold, bool, error) {
+	return f.reads().hold(program, member, key)
+}
+
+// Record reads the dedup record of (program, idempotency key).
+func (f *FSM) Record(program, key string) (ledger.Record, bool, error) {
+	return f.reads().record(program, key)
+}
+
+// NextExpiryMs returns the earliest expiry time of an open hold, if any. The
+// leader uses it to propose a tick once that time has passed.
+func (f *FSM) NextExpiryMs() (int64, bool, error) {
+	refs, err := f.reads().expiredHolds(1<<63-1, 1)
+	if err != nil || len(refs) == 0 {
+		return 0, false, err
+	}
+	return refs[0].ExpiresAtMs, true, nil
+}
+
+// Journal lists a member's successful operations newest first, with seq <
+// beforeSeq (0: from the newest), optionally only those on asset. It returns
+// the next page token (0 when done).
+func (f *FSM) Journal(program, member, asset string, beforeSeq uint64, limit int) ([]ledger.Record, uint64, error) {
+	snap := f.db.NewSnapshot()
+	defer snap.Close()
+	v := view{r: snapReader(snap), kb: f.kb}
+	prefix := f.kb.journalPrefix(program, member)
+	upper := prefixEnd(prefix)
+	if beforeSeq > 0 {
+		upper = f.kb.journal(program, member, beforeSeq)
+	}
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upper})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer it.Close()
+	var out []ledger.Record
+	var next uint64
+	for valid := it.Last(); valid; valid = it.Prev() {
+		if len(out) == limit {
+			next = binary.BigEndian.Uint64(it.Key()[len(prefix):]) + 1
+			break
+		}
+		rec, ok, err := v.record(program, string(it.Value()))
+		if err != nil {
+			return nil, 0, err
+		}
+		if !ok {
+			return nil, 0, fmt.Errorf("fsm: journal entry %x has no record", it.Key())
+		}
+		if asset != "" && rec.Op.Asset != asset && rec.Result.Account.Key.Asset != asset {
+			continue
+		}
+		out = append(out, rec)
+	}
+	return out, next, it.Error()
+}
+
+// ErrConservation is returned by CheckConservation when balances of some
+// (program, asset) on the shard do not sum to zero.
+var ErrConservation = errors.New("fsm: conservation violated")
+
+// StateInfo is a consistent summary of a shard's local state.
+type StateInfo struct {
+	AppliedIndex uint64
+	LastTimeMs   int64
+	Hash         []byte // SHA-256 over every key and value of the shard
+	Conservation error  // nil when every (program, asset) sums to zero
+}

@@ -1,0 +1,316 @@
+package fsm
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand"
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+func openFSM(t *testing.T, dir string, shard uint32) (*DB, *FSM) {
+	t.Helper()
+	db, err := OpenDB(dir)
+	require.NoError(t, err)
+	f, err := New(db, shard)
+	require.NoError(t, err)
+	return db, f
+}
+
+// logOf wraps a command as the Raft entry at index.
+func logOf(index uint64, c ledger.Command) *raft.Log {
+	return &raft.Log{Index: index, Term: 1, Type: raft.LogCommand, Data: ledger.AppendCommand(nil, c)}
+}
+
+func cmd(timeMs int64, ops ...ledger.Op) ledger.Command {
+	c := ledger.Command{TimeMs: timeMs}
+	for _, op := range ops {
+		c.Requests = append(c.Requests, ledger.Request{Ops: []ledger.Op{op}})
+	}
+	return c
+}
+
+const prog = "shop1"
+
+func define(key, asset string, scale uint8) ledger.Op {
+	return ledger.Op{Kind: ledger.OpDefineAsset, Program: prog, Asset: asset, Scale: scale, IdempotencyKey: key}
+}
+
+func open(key, member, asset string) ledger.Op {
+	return ledger.Op{Kind: ledger.OpOpenAccount, Program: prog, Member: member, Asset: asset, IdempotencyKey: key}
+}
+
+func move(kind ledger.OpKind, key, member, asset string, amount int64, scale uint8) ledger.Op {
+	return ledger.Op{Kind: kind, Program: prog, Member: member, Asset: asset, IdempotencyKey: key, AmountMinor: amount, Scale: scale}
+}
+
+func results(t *testing.T, resp interface{}) [][]ledger.Result {
+	t.Helper()
+	r, ok := resp.(Results)
+	require.True(t, ok, "response %T is not Results", resp)
+	return r
+}
+
+func TestApplyReadsAndConservation(t *testing.T) {
+	_, f := openFSM(t, t.TempDir(), 3)
+	resp := f.ApplyBatch([]*raft.Log{
+		logOf(1, cmd(1000, define("d1", "CNY", 2), open("o1", "alice", "CNY"))),
+		logOf(2, cmd(2000, move(ledger.OpCredit, "c1", "alice", "CNY", 50000, 2))),
+		{Index: 3, Term: 1, Type: raft.LogConfiguration}, // not a command: skipped, index advances
+		logOf(4, cmd(1500, move(ledger.OpDebit, "d2", "alice", "CNY", 12050, 2),
+			move(ledger.OpDebit, "d3", "alice", "CNY", 1_000_000, 2))),
+	})
+	require.Len(t, resp, 4)
+	require.Equal(t, ledger.CodeOK, results(t, resp[1])[0][0].Code)
+	r4 := results(t, resp[3])
+	require.Equal(t, ledger.CodeOK, r4[0][0].Code)
+	require.Equal(t, ledger.CodeInsufficientFunds, r4[1][0].Code)
+	require.Equal(t, int64(2000), r4[0][0].TimeMs, "log time never goes backwards")
+	require.Nil(t, resp[2])
+
+	require.Equal(t, uint64(4), f.AppliedIndex())
+	a, found, err := f.Account(ledger.AccountKey{Program: prog, Member: "alice", Asset: "CNY"})
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, int64(50000-12050), a.PostedMinor)
+
+	info, err := f.State()
+	require.NoError(t, err)
+	require.NoError(t, info.Conservation)
+	require.Equal(t, uint64(4), info.AppliedIndex)
+
+	// The journal lists successes newest first; the failed debit is only a
+	// dedup record.
+	recs, next, err := f.Journal(prog, "alice", "", 0, 10)
+	require.NoError(t, err)
+	require.Zero(t, next)
+	var keys []string
+	for _, r := range recs {
+		keys = append(keys, r.Op.IdempotencyKey)
+	}
+	require.Equal(t, []string{"d2", "c1", "o1"}, keys)
+	rec, found, err := f.Record(prog, "d3")
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, ledger.CodeInsufficientFunds, rec.Result.Code)
+
+	// Pagination.
+	page, next, err := f.Journal(prog, "alice", "", 0, 2)
+	require.NoError(t, err)
+	require.Len(t, page, 2)
+	require.NotZero(t, next)
+	rest, next2, err := f.Journal(prog, "alice", "", next, 2)
+	require.NoError(t, err)
+	require.Zero(t, next2)
+	require.Len(t, rest, 1)
+	require.Equal(t, "o1", rest[0].Op.IdempotencyKey)
+}
+
+func TestAppliedEntriesAreSkippedAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	db, f := openFSM(t, dir, 0)
+	logs := []*raft.Log{
+		logOf(1, cmd(1, define("d", "PTS", 0), open("o", "bob", "PTS"))),
+		logOf(2, cmd(2, move(ledger.OpCredit, "c", "bob", "PTS", 10, 0))),
+	}
+	f.ApplyBatch(logs)
+	before, err := f.State()
+	require.NoError(t, err)
+	require.NoError(t, db.Flush())
+	require.NoError(t, db.Close())
+
+	db, f = openFSM(t, dir, 0)
+	defer db.Close()
+	require.Equal(t, uint64(2), f.AppliedIndex())
+	// Raft replays from its snapshot index; entries already applied change nothing.
+	f.ApplyBatch(logs)
+	after, err := f.State()
+	require.NoError(t, err)
+	require.Equal(t, before.Hash, after.Hash)
+	a, _, err := f.Account(ledger.AccountKey{Program: prog, Member: "bob", Asset: "PTS"})
+	require.NoError(t, err)
+	require.Equal(t, int64(10), a.PostedMinor)
+	require.True(t, f.NeedsRestore(3))
+	require.False(t, f.NeedsRestore(2))
+}
+
+type bufSink struct {
+	bytes.Buffer
+	cancelled bool
+}
+
+func (s *bufSink) ID() string    { return "test" }
+func (s *bufSink) Cancel() error { s.cancelled = true; return nil }
+func (s *bufSink) Close() error  { return nil }
+
+func snapshotBytes(t *testing.T, f *FSM) []byte {
+	t.Helper()
+	snap, err := f.Snapshot()
+	require.NoError(t, err)
+	defer snap.Release()
+	var sink bufSink
+	require.NoError(t, snap.Persist(&sink))
+	require.False(t, sink.cancelled)
+	return sink.Bytes()
+}
+
+// randomLogs builds a seeded workload over a few members and assets.
+func randomLogs(seed int64, entries int) []*raft.Log {
+	rng := rand.New(rand.NewSource(seed))
+	members := []string{"m1", "m2", "m3", "m4"}
+	logs := []*raft.Log{logOf(1, cmd(1, define("dP", "PTS", 0), define("dC", "CNY", 2)))}
+	var opens []ledger.Op
+	for _, m := range members {
+		opens = append(opens, open("o-"+m+"P", m, "PTS"), open("o-"+m+"C", m, "CNY"))
+	}
+	logs = append(logs, logOf(2, cmd(2, opens...)))
+	kinds := []ledger.OpKind{ledger.OpCredit, ledger.OpCredit, ledger.OpDebit, ledger.OpHold, ledger.OpCaptureHold, ledger.OpReleaseHold}
+	var holds []ledger.Op
+	for i := 3; i < entries+3; i++ {
+		var ops []ledger.Op
+		for j := 0; j < 1+rng.Intn(5); j++ {
+			m := members[rng.Intn(len(members))]
+			asset, scale := "PTS", uint8(0)
+			if rng.Intn(2) == 0 {
+				asset, scale = "CNY", 2
+			}
+			key := fmt.Sprintf("k%d-%d", i, j)
+			switch k := kinds[rng.Intn(len(kinds))]; k {
+			case ledger.OpHold:
+				op := move(k, key, m, asset, 1+rng.Int63n(300), scale)
+				op.HoldTTLMs = 1 + rng.Int63n(50)
+				holds = append(holds, op)
+				ops = append(ops, op)
+			case ledger.OpCaptureHold, ledger.OpReleaseHold:
+				if len(holds) == 0 {
+					continue
+				}
+				h := holds[rng.Intn(len(holds))]
+				ops = append(ops, ledger.Op{Kind: k, Program: prog, Member: h.Member, HoldKey: h.IdempotencyKey, IdempotencyKey: key})
+			default:
+				ops = append(ops, move(k, key, m, asset, 1+rng.Int63n(1000), scale))
+			}
+		}
+		if rng.Intn(10) == 0 && i > 10 {
+			// A retry of an earlier entry: dedup must make it a no-op.
+			prev := logs[3+rng.Intn(i-4)]
+			logs = append(logs, &raft.Log{Index: uint64(i), Term: 1, Type: raft.LogCommand, Data: prev.Data})
+			continue
+		}
+		logs = append(logs, logOf(uint64(i), cmd(int64(i*10), ops...)))
+	}
+	return logs
+}
+
+func TestSnapshotRestoreRoundTrip(t *testing.T) {
+	seed := rand.Int63()
+	t.Logf("seed %d", seed)
+	_, src := openFSM(t, t.TempDir(), 5)
+	logs := randomLogs(seed, 300)
+	for i := 0; i < len(logs); i += 7 {
+		src.ApplyBatch(logs[i:min(i+7, len(logs))])
+	}
+	want, err := src.State()
+	require.NoError(t, err)
+	require.NoError(t, want.Conservation)
+	data := snapshotBytes(t, src)
+
+	// Restore into a node that has other state on the same shard (replaced)
+	// and on another shard (untouched).
+	_, dst := openFSM(t, t.TempDir(), 5)
+	dst.ApplyBatch([]*raft.Log{logOf(1, cmd(1, define("x", "ZZZ", 1)))})
+	other, err := New(&DB{db: dst.db}, 6)
+	require.NoError(t, err)
+	other.ApplyBatch([]*raft.Log{logOf(1, cmd(1, define("y", "YYY", 1)))})
+	otherBefore, err := other.State()
+	require.NoError(t, err)
+
+	require.NoError(t, dst.Restore(io.NopCloser(bytes.NewReader(data))))
+	got, err := dst.State()
+	require.NoError(t, err)
+	require.Equal(t, want.Hash, got.Hash)
+	require.Equal(t, want.AppliedIndex, dst.AppliedIndex())
+	_, found, err := dst.Asset(prog, "ZZZ")
+	require.NoError(t, err)
+	require.False(t, found, "restore replaces the shard's range")
+	otherAfter, err := other.State()
+	require.NoError(t, err)
+	require.Equal(t, otherBefore.Hash, otherAfter.Hash, "restore leaves other shards alone")
+
+	// Both continue identically.
+	more := logOf(want.AppliedIndex+1, cmd(1<<40, move(ledger.OpCredit, "after", "m1", "PTS", 7, 0)))
+	src.ApplyBatch([]*raft.Log{more})
+	dst.ApplyBatch([]*raft.Log{more})
+	s1, _ := src.State()
+	s2, _ := dst.State()
+	require.Equal(t, s1.Hash, s2.Hash)
+}
+
+func TestRestoreRejectsCorruptSnapshots(t *testing.T) {
+	_, src := openFSM(t, t.TempDir(), 1)
+	src.ApplyBatch(randomLogs(1, 50))
+	data := snapshotBytes(t, src)
+
+	_, dst := openFSM(t, t.TempDir(), 1)
+	dst.ApplyBatch([]*raft.Log{logOf(1, cmd(1, define("x", "ZZZ", 1)))})
+	before, err := dst.State()
+	require.NoError(t, err)
+
+	cases := map[string][]byte{
+		"truncated":  data[:len(data)/2],
+		"flipped":    func() []byte { b := bytes.Clone(data); b[len(b)/2] ^= 0x40; return b }(),
+		"bad magic":  append([]byte("NOTASNAP"), data[8:]...),
+		"no trailer": data[:len(data)-5],
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			require.Error(t, dst.Restore(io.NopCloser(bytes.NewReader(b))))
+			after, err := dst.State()
+			require.NoError(t, err)
+			require.Equal(t, before.Hash, after.Hash, "a failed restore changes nothing")
+		})
+	}
+	_, wrong := openFSM(t, t.TempDir(), 2)
+	require.ErrorContains(t, wrong.Restore(io.NopCloser(bytes.NewReader(data))), "shard 1")
+}
+
+// TestMatchesMemStore checks the Pebble store against ledger's in-memory
+// reference: the same log gives the same results.
+func TestMatchesMemStore(t *testing.T) {
+	seed := rand.Int63()
+	t.Logf("seed %d", seed)
+	_, f := openFSM(t, t.TempDir(), 0)
+	mem := ledger.NewMemStore()
+	var last int64
+	for _, l := range randomLogs(seed, 400) {
+		got := f.ApplyBatch([]*raft.Log{l})[0]
+		c, err := ledger.DecodeCommand(l.Data)
+		require.NoError(t, err)
+		var want [][]ledger.Result
+		last, want, err = ledger.ApplyCommand(mem, last, c)
+		require.NoError(t, err)
+		require.Equal(t, want, [][]ledger.Result(results(t, got)), "entry %d", l.Index)
+	}
+	for _, a := range mem.Accounts() {
+		got, found, err := f.Account(a.Key)
+		require.NoError(t, err)
+		require.True(t, found)
+		require.Equal(t, a, got)
+	}
+	info, err := f.State()
+	require.NoError(t, err)
+	require.NoError(t, info.Conservation)
+}
+
+func TestExpiryIndexOrder(t *testing.T) {
+	kb := keyBuilder{prefix: shardPrefix(1)}
+	times := []int64{-5, 0, 1, 255, 256, 1 << 40}
+	for i := 1; i < len(times); i++ {
+		require.Negative(t, bytes.Compare(kb.expiryUpTo(times[i-1]), kb.expiryUpTo(times[i])))
+	}
+}
