@@ -211,7 +211,6 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	return resp
 }
 
-
 // reads gives a view over the live database; callers provide linearizability.
 func (f *FSM) reads() view { return view{r: dbReader(f.db), kb: f.kb} }
 
