@@ -1,0 +1,254 @@
+package client
+
+import (
+	"context"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Convenience methods apply one operation each (coalesced with other callers'
+// when Config.Coalesce is set). Their error is the request-level error (an
+// *Error; the Result is then zero) or, when the request went through but the
+// operation failed, the op's code as a *ledger.Error, so that
+// errors.Is(err, ledger.ErrInsufficientFunds) works; the Result is returned in
+// both of the latter cases. A replayed result (same key, same op) is OK with
+// Replayed set.
+
+// Apply submits one op; the convenience methods below are built on it.
+func (c *Client) Apply(ctx context.Context, op Op) (Result, error) {
+	res, err := c.Submit(ctx, []Op{op}, false)
+	if err != nil {
+		return Result{}, err
+	}
+	return res[0], res[0].Err()
+}
+
+// DefineAsset defines an asset of a program on every shard (scale = decimal
+// places of its amounts). It is idempotent per key; defining an existing
+// asset with another scale fails with ASSET_EXISTS. The request goes to the
+// leader of shard 0, which applies it on every shard; NOT_LEADER redirects
+// are followed, to another shard's leader if the answer names one.
+func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale uint8, key string) (Result, error) {
+	req := &tallypb.DefineAssetRequest{Program: program, Asset: asset, Scale: uint32(scale), IdempotencyKey: key}
+	var resp *tallypb.DefineAssetResponse
+	if e := c.invoke(ctx, 0, true, true, func(actx context.Context, lc tallypb.LedgerClient) error {
+		r, err := lc.DefineAsset(actx, req)
+		if err != nil {
+			return err
+		}
+		resp = r
+		return nil
+	}); e != nil {
+		return Result{}, e
+	}
+	r, err := resultFromProto(resp.GetResult())
+	if err != nil {
+		return Result{}, newError(ledger.CodeInternal, -1, "define asset: bad result from server: %v", err)
+	}
+	return r, r.Err()
+}
+
+// OpenAccount opens a member's account of an asset; maxBalance (nil = none)
+// caps its posted balance.
+func (c *Client) OpenAccount(ctx context.Context, program, member, asset string, maxBalance *decimal.Decimal, key string) (Result, error) {
+	return c.Apply(ctx, Op{Kind: ledger.OpOpenAccount, Program: program, Member: member, Asset: asset, MaxBalance: maxBalance, IdempotencyKey: key})
+}
+
+// Credit adds amount to an account (earn, top-up, refund).
+func (c *Client) Credit(ctx context.Context, program, member, asset string, amount decimal.Decimal, key, memo string) (Result, error) {
+	return c.Apply(ctx, Op{Kind: ledger.OpCredit, Program: program, Member: member, Asset: asset, Amount: amount, IdempotencyKey: key, Memo: memo})
+}
+
+// Debit takes amount from an account's available balance (redeem, pay).
+func (c *Client) Debit(ctx context.Context, program, member, asset string, amount decimal.Decimal, key, memo string) (Result, error) {
+	return c.Apply(ctx, Op{Kind: ledger.OpDebit, Program: program, Member: member, Asset: asset, Amount: amount, IdempotencyKey: key, Memo: memo})
+}
+
+// Hold reserves amount of an account's available balance for ttl; the hold
+// is named by key (pass it to CaptureHold or ReleaseHold).
+func (c *Client) Hold(ctx context.Context, program, member, asset string, amount decimal.Decimal, ttl time.Duration, key string) (Result, error) {
+	return c.Apply(ctx, Op{Kind: ledger.OpHold, Program: program, Member: member, Asset: asset, Amount: amount, HoldTTL: ttl, IdempotencyKey: key})
+}
+
+// CaptureHold debits amount of the hold named holdKey (zero = all of it) and
+// releases the rest.
+func (c *Client) CaptureHold(ctx context.Context, program, member, holdKey string, amount decimal.Decimal, key string) (Result, error) {
+	return c.Apply(ctx, Op{Kind: ledger.OpCaptureHold, Program: program, Member: member, HoldKey: holdKey, Amount: amount, IdempotencyKey: key})
+}
+
+// ReleaseHold releases the hold named holdKey.
+func (c *Client) ReleaseHold(ctx context.Context, program, member, holdKey, key string) (Result, error) {
+	return c.Apply(ctx, Op{Kind: ledger.OpReleaseHold, Program: program, Member: member, HoldKey: holdKey, IdempotencyKey: key})
+}
+
+// Freeze freezes an account (fraud, dispute).
+func (c *Client) Freeze(ctx context.Context, program, member, asset, key string) (Result, error) {
+	return c.stateOp(ctx, ledger.OpFreeze, program, member, asset, key)
+}
+
+// Unfreeze makes a frozen account active again.
+func (c *Client) Unfreeze(ctx context.Context, program, member, asset, key string) (Result, error) {
+	return c.stateOp(ctx, ledger.OpUnfreeze, program, member, asset, key)
+}
+
+// ReportLost marks an account's card lost: no debits or holds until found.
+func (c *Client) ReportLost(ctx context.Context, program, member, asset, key string) (Result, error) {
+	return c.stateOp(ctx, ledger.OpReportLost, program, member, asset, key)
+}
+
+// ReportFound makes a lost account active again.
+func (c *Client) ReportFound(ctx context.Context, program, member, asset, key string) (Result, error) {
+	return c.stateOp(ctx, ledger.OpReportFound, program, member, asset, key)
+}
+
+// CloseAccount closes an account for good (its balance must be zero).
+func (c *Client) CloseAccount(ctx context.Context, program, member, asset, key string) (Result, error) {
+	return c.stateOp(ctx, ledger.OpClose, program, member, asset, key)
+}
+
+func (c *Client) stateOp(ctx context.Context, kind ledger.OpKind, program, member, asset, key string) (Result, error) {
+	return c.Apply(ctx, Op{Kind: kind, Program: program, Member: member, Asset: asset, IdempotencyKey: key})
+}
+
+// GetAccount reads an account from its shard's leader (linearizable).
+func (c *Client) GetAccount(ctx context.Context, program, member, asset string) (Account, error) {
+	shard := c.ShardOf(program, member)
+	req := &tallypb.GetAccountRequest{Program: program, Member: member, Asset: asset}
+	var resp *tallypb.GetAccountResponse
+	if e := c.invoke(ctx, shard, false, false, func(actx context.Context, lc tallypb.LedgerClient) error {
+		r, err := lc.GetAccount(actx, req)
+		if err != nil {
+			return err
+		}
+		resp = r
+		return nil
+	}); e != nil {
+		return Account{}, e
+	}
+	a, err := accountFromProto(resp.GetAccount())
+	if err != nil {
+		return Account{}, newError(ledger.CodeInternal, shard, "get account: bad answer from server: %v", err)
+	}
+	if a == nil {
+		return Account{}, newError(ledger.CodeInternal, shard, "get account: answer without an account")
+	}
+	return *a, nil
+}
+
+// GetOperation returns the stored outcome of the operation with idempotency
+// key of program (member routes the read to the member's shard): how to
+// resolve an indeterminate call. found=false means it was never applied and,
+// once no attempt can still be in flight, never will be.
+func (c *Client) GetOperation(ctx context.Context, program, member, key string) (bool, JournalEntry, error) {
+	shard := c.ShardOf(program, member)
+	req := &tallypb.GetOperationRequest{Program: program, Member: member, IdempotencyKey: key}
+	var resp *tallypb.GetOperationResponse
+	if e := c.invoke(ctx, shard, false, false, func(actx context.Context, lc tallypb.LedgerClient) error {
+		r, err := lc.GetOperation(actx, req)
+		if err != nil {
+			return err
+		}
+		resp = r
+		return nil
+	}); e != nil {
+		return false, JournalEntry{}, e
+	}
+	if !resp.GetFound() {
+		return false, JournalEntry{}, nil
+	}
+	entry, err := journalEntryFromProto(resp.GetEntry())
+	if err != nil {
+		return false, JournalEntry{}, newError(ledger.CodeInternal, shard, "get operation: bad answer from server: %v", err)
+	}
+	entry.Result.Shard = uint32(shard)
+	return true, entry, nil
+}
+
+// ListJournal lists a member's successful operations, newest first: up to
+// pageSize (0 = the server's default) with seq < beforeSeq (0 = from the
+// newest). nextBeforeSeq is the beforeSeq of the next page, 0 at the end.
+// asset "" lists every asset.
+func (c *Client) ListJournal(ctx context.Context, program, member, asset string, pageSize int, beforeSeq uint64) ([]JournalEntry, uint64, error) {
+	if pageSize < 0 {
+		return nil, 0, newError(ledger.CodeInvalidArgument, -1, "list journal: negative page size %d", pageSize)
+	}
+	shard := c.ShardOf(program, member)
+	req := &tallypb.ListJournalRequest{Program: program, Member: member, Asset: asset, PageSize: uint32(min(pageSize, 1<<31)), BeforeSeq: beforeSeq}
+	var resp *tallypb.ListJournalResponse
+	if e := c.invoke(ctx, shard, false, false, func(actx context.Context, lc tallypb.LedgerClient) error {
+		r, err := lc.ListJournal(actx, req)
+		if err != nil {
+			return err
+		}
+		resp = r
+		return nil
+	}); e != nil {
+		return nil, 0, e
+	}
+	entries := make([]JournalEntry, 0, len(resp.GetEntries()))
+	for _, p := range resp.GetEntries() {
+		entry, err := journalEntryFromProto(p)
+		if err != nil {
+			return nil, 0, newError(ledger.CodeInternal, shard, "list journal: bad answer from server: %v", err)
+		}
+		entry.Result.Shard = uint32(shard)
+		entries = append(entries, entry)
+	}
+	return entries, resp.GetNextBeforeSeq(), nil
+}
+
+// ClusterInfo asks the known nodes, in turn, for their view of the cluster
+// and returns the first answer; the client's routing cache is refreshed with
+// it.
+func (c *Client) ClusterInfo(ctx context.Context) (ClusterInfo, error) {
+	c.mu.Lock()
+	addrs := append([]string(nil), c.nodeAddrs...)
+	c.mu.Unlock()
+	var last *Error
+	for _, addr := range addrs {
+		info, e := c.clusterInfoFrom(ctx, addr, c.cfg.RequestTimeout)
+		if e == nil && info.Shards > 0 {
+			c.applyClusterInfo(info)
+			return info, nil
+		}
+		if e != nil {
+			last = e
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if last == nil {
+		last = newError(ledger.CodeUnavailable, -1, "no node answered ClusterInfo")
+	}
+	return ClusterInfo{}, last
+}
+
+// ShardState asks the node at addr (which need not be a leader) for its local
+// view of shard, in one attempt: operators and the fault harness compare
+// replicas, so the answer must come from that node.
+func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (ShardState, error) {
+	lc, err := c.ledgerClient(addr)
+	if err != nil {
+		return ShardState{}, giveUpError(err, int(shard), nil, false)
+	}
+	actx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := lc.ShardState(actx, &tallypb.ShardStateRequest{Shard: shard})
+	if err != nil {
+		return ShardState{}, fromRPC(err, int(shard))
+	}
+	return ShardState{
+		Shard:             resp.GetShard(),
+		AppliedIndex:      resp.GetAppliedIndex(),
+		StateHash:         resp.GetStateHash(),
+		ConservationOK:    resp.GetConservationOk(),
+		ConservationError: resp.GetConservationError(),
+		Leader:            resp.GetLeader(),
+		LastTimeMs:        resp.GetLastTimeMs(),
+	}, nil
+}

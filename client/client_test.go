@@ -1,0 +1,636 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+const testProgram = "shop"
+
+// testCtx bounds every test's waits.
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func dial(t *testing.T, fc *fakeCluster, cfg Config) *Client {
+	t.Helper()
+	cfg.Addrs = fc.addrs()
+	if cfg.BackoffMax == 0 {
+		cfg.BackoffMax = 20 * time.Millisecond
+	}
+	c, err := Dial(testCtx(t), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func credit(member, key, amount string) Op {
+	return Op{Kind: ledger.OpCredit, Program: testProgram, Member: member, Asset: "CNY", IdempotencyKey: key, Amount: decimal.RequireFromString(amount)}
+}
+
+func TestOpKindsMatchProto(t *testing.T) {
+	for k := ledger.OpDefineAsset; k <= ledger.OpClose; k++ {
+		assert.Equal(t, k.String(), tallypb.OpKind(k).String(), "kind %d", k)
+	}
+}
+
+func TestRoutingByShard(t *testing.T) {
+	fc := newFakeCluster(t, 3, 6)
+	c := dial(t, fc, Config{})
+	require.Equal(t, 6, c.Shards())
+
+	var ops []Op
+	for i := range 200 {
+		ops = append(ops, credit(fmt.Sprintf("member-%d", i%37), fmt.Sprintf("k%d", i), "1"))
+	}
+	res, err := c.Submit(testCtx(t), ops, false)
+	require.NoError(t, err)
+	require.Len(t, res, len(ops))
+	for i, r := range res {
+		assert.Equal(t, ledger.CodeOK, r.Code)
+		assert.Equal(t, ops[i].IdempotencyKey, r.Message, "results must come back in input order")
+		assert.Equal(t, uint32(ledger.ShardOf(testProgram, ops[i].Member, 6)), r.Shard)
+	}
+	total := 0
+	for _, n := range fc.nodes {
+		reqs := n.recorded()
+		for _, req := range reqs {
+			shard := ledger.ShardOf(testProgram, req.Ops[0].Member, 6)
+			assert.Equal(t, n.idx, shard%3, "request sent to a node that does not lead its shard")
+			for _, op := range req.Ops {
+				assert.Equal(t, shard, ledger.ShardOf(op.Program, op.Member, 6), "one request, one shard")
+			}
+			total += len(req.Ops)
+		}
+	}
+	assert.Equal(t, len(ops), total, "every op sent exactly once")
+}
+
+func TestBatchSplittingKeepsOrder(t *testing.T) {
+	fc := newFakeCluster(t, 1, 4)
+	c := dial(t, fc, Config{MaxBatchOps: 10})
+	var ops []Op
+	for i := range 35 {
+		// Two members on shard 1, one on shard 2, interleaved.
+		var m string
+		switch i % 3 {
+		case 0:
+			m = memberOn(testProgram, 1, 4, 0)
+		case 1:
+			m = memberOn(testProgram, 1, 4, 1)
+		default:
+			m = memberOn(testProgram, 2, 4, 0)
+		}
+		ops = append(ops, credit(m, fmt.Sprintf("k%02d", i), "1"))
+	}
+	res, err := c.Submit(testCtx(t), ops, false)
+	require.NoError(t, err)
+	for i, r := range res {
+		assert.Equal(t, ops[i].IdempotencyKey, r.Message)
+	}
+	var sizes []int
+	for _, req := range fc.nodes[0].recorded() {
+		require.LessOrEqual(t, len(req.Ops), 10)
+		sizes = append(sizes, len(req.Ops))
+	}
+	// Shard 1 has 24 ops (10+10+4), shard 2 has 11 (10+1).
+	assert.ElementsMatch(t, []int{10, 10, 4, 10, 1}, sizes)
+}
+
+func TestBatchSplittingAtServerLimit(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{})
+	n := 2*ledger.MaxBatchOps + 1
+	ops := make([]Op, n)
+	for i := range ops {
+		ops[i] = credit("alice", fmt.Sprintf("k%d", i), "0.01")
+	}
+	res, err := c.Submit(testCtx(t), ops, false)
+	require.NoError(t, err)
+	require.Len(t, res, n)
+	assert.Equal(t, fmt.Sprintf("k%d", n-1), res[n-1].Message)
+	var sizes []int
+	for _, req := range fc.nodes[0].recorded() {
+		sizes = append(sizes, len(req.Ops))
+	}
+	assert.Equal(t, []int{ledger.MaxBatchOps, ledger.MaxBatchOps, 1}, sizes, "chunks of one shard go in order")
+
+	_, err = c.Submit(testCtx(t), ops[:ledger.MaxBatchOps+1], true)
+	assert.ErrorIs(t, err, ledger.ErrInvalidArgument, "a linked batch cannot be split")
+}
+
+func TestNotLeaderRedirectWithHint(t *testing.T) {
+	fc := newFakeCluster(t, 2, 1)
+	c := dial(t, fc, Config{})
+	fc.setLeader(0, 1, true) // node 0 still claims shard 0 in ClusterInfo
+	infos := fc.totalClusterInfos()
+
+	r, err := c.Credit(testCtx(t), testProgram, "alice", "CNY", decimal.NewFromInt(5), "k1", "")
+	require.NoError(t, err)
+	assert.Equal(t, "k1", r.Message)
+	assert.Len(t, fc.nodes[0].recorded(), 1, "first attempt to the cached leader")
+	assert.Len(t, fc.nodes[1].recorded(), 1, "then straight to the hinted leader")
+	assert.Equal(t, infos, fc.totalClusterInfos(), "a hint needs no ClusterInfo refresh")
+
+	_, err = c.Credit(testCtx(t), testProgram, "alice", "CNY", decimal.NewFromInt(5), "k2", "")
+	require.NoError(t, err)
+	assert.Len(t, fc.nodes[0].recorded(), 1, "the hint is cached")
+	assert.Len(t, fc.nodes[1].recorded(), 2)
+}
+
+func TestNotLeaderWithoutHintRefreshes(t *testing.T) {
+	fc := newFakeCluster(t, 3, 1)
+	fc.hint = false
+	c := dial(t, fc, Config{})
+	fc.setLeader(0, 2, false) // ClusterInfo now knows; the client's cache does not
+	infos := fc.totalClusterInfos()
+
+	_, err := c.Credit(testCtx(t), testProgram, "alice", "CNY", decimal.NewFromInt(5), "k1", "")
+	require.NoError(t, err)
+	assert.Len(t, fc.nodes[0].recorded(), 1)
+	assert.Len(t, fc.nodes[2].recorded(), 1)
+	assert.Greater(t, fc.totalClusterInfos(), infos, "no hint: refresh ClusterInfo")
+}
+
+func TestRetryResendsSameOps(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{})
+	var mu sync.Mutex
+	calls := 0
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		switch calls {
+		case 1:
+			return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "no leader", nil), true
+		case 2:
+			// Applied, but the answer is lost: the retry must be a replay.
+			_, _ = n.apply(req)
+			return nil, status.Error(codes.Unavailable, "connection reset"), true
+		}
+		return nil, nil, false
+	})
+	ops := []Op{credit("alice", "a1", "2.50"), credit("bob", "b1", "1")}
+	res, err := c.Submit(testCtx(t), ops, false)
+	require.NoError(t, err)
+	for _, r := range res {
+		assert.True(t, r.Replayed, "second application must be a replay")
+		assert.Equal(t, ledger.CodeOK, r.Code)
+	}
+	reqs := fc.nodes[0].recorded()
+	require.Len(t, reqs, 3)
+	for _, req := range reqs[1:] {
+		assert.True(t, proto.Equal(reqs[0], req), "retries must re-send the very same ops")
+	}
+}
+
+func TestIndeterminateOnTimeout(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{RequestTimeout: 30 * time.Millisecond})
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		<-ctx.Done() // a leader that never answers
+		return nil, ctx.Err(), true
+	})
+	ctx, cancel := context.WithTimeout(testCtx(t), 250*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
+	require.Error(t, err)
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.True(t, IsIndeterminate(err), "err: %v", err)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Equal(t, ledger.CodeUnavailable, CodeOf(err))
+	assert.Greater(t, len(fc.nodes[0].recorded()), 1, "per-attempt timeouts are retried")
+}
+
+func TestNotIndeterminateWhenNothingCouldApply(t *testing.T) {
+	t.Run("no leader", func(t *testing.T) {
+		fc := newFakeCluster(t, 2, 1)
+		fc.setLeader(0, -1, false)
+		c := dial(t, fc, Config{})
+		ctx, cancel := context.WithTimeout(testCtx(t), 100*time.Millisecond)
+		defer cancel()
+		_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
+		require.Error(t, err)
+		assert.False(t, IsIndeterminate(err), "err: %v", err)
+		assert.ErrorIs(t, err, errUnavailable)
+	})
+	t.Run("only NOT_LEADER answers", func(t *testing.T) {
+		fc := newFakeCluster(t, 2, 1)
+		fc.hint = false
+		c := dial(t, fc, Config{})
+		fc.setLeader(0, 1, true) // ClusterInfo keeps naming node 0
+		ctx, cancel := context.WithTimeout(testCtx(t), 150*time.Millisecond)
+		defer cancel()
+		_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
+		require.Error(t, err)
+		assert.False(t, IsIndeterminate(err), "err: %v", err)
+		assert.Greater(t, len(fc.nodes[0].recorded()), 1, "NOT_LEADER without hint is retried")
+	})
+	t.Run("cancelled before the call", func(t *testing.T) {
+		fc := newFakeCluster(t, 1, 1)
+		c := dial(t, fc, Config{})
+		ctx, cancel := context.WithCancel(testCtx(t))
+		cancel()
+		_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
+		assert.ErrorIs(t, err, context.Canceled)
+		assert.False(t, IsIndeterminate(err))
+		assert.Empty(t, fc.nodes[0].recorded())
+	})
+}
+
+func TestInvalidArgumentIsNotRetried(t *testing.T) {
+	fc := newFakeCluster(t, 2, 4)
+	c := dial(t, fc, Config{})
+	var ops []Op
+	for i := range 8 {
+		ops = append(ops, credit(memberOn(testProgram, i%4, 4, 0), fmt.Sprintf("k%d", i), "1"))
+	}
+	ops[5].Amount = decimal.NewFromInt(-3) // shard 1, second op of its part
+	res, err := c.Submit(testCtx(t), ops, false)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, ledger.ErrInvalidAmount)
+	assert.False(t, IsIndeterminate(err))
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, 5, e.OpIndex, "op index maps back to the caller's slice")
+	assert.Equal(t, 1, e.Shard)
+	for i, r := range res {
+		if i%4 == 1 {
+			assert.Equal(t, ledger.CodeInvalidAmount, r.Code, "op %d", i)
+		} else {
+			assert.Equal(t, ledger.CodeOK, r.Code, "op %d: other shards still apply", i)
+		}
+	}
+	assert.Len(t, fc.nodes[1].recorded(), 2, "shard 1 (node 1) got one request, shard 3 one; no retry")
+}
+
+func TestOpErrorsAndReplay(t *testing.T) {
+	fc := newFakeCluster(t, 1, 2)
+	c := dial(t, fc, Config{})
+	ctx := testCtx(t)
+	_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.RequireFromString("10.00"), "c1", "")
+	require.NoError(t, err)
+	r, err := c.Debit(ctx, testProgram, "alice", "CNY", decimal.RequireFromString("10.01"), "d1", "")
+	assert.ErrorIs(t, err, ledger.ErrInsufficientFunds)
+	assert.NotErrorIs(t, err, ledger.ErrInvalidAmount)
+	assert.Equal(t, ledger.CodeInsufficientFunds, r.Code, "the result comes with an op error")
+	assert.ErrorIs(t, r.Err(), ledger.ErrInsufficientFunds)
+
+	r, err = c.Credit(ctx, testProgram, "alice", "CNY", decimal.RequireFromString("10.00"), "c1", "")
+	require.NoError(t, err)
+	assert.True(t, r.Replayed)
+	assert.True(t, r.Account.Posted.Equal(decimal.NewFromInt(10)), "a replay does not credit again")
+}
+
+func TestDecimalConversion(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{})
+	ctx := testCtx(t)
+	maxBal := decimal.RequireFromString("100.25")
+	r, err := c.OpenAccount(ctx, testProgram, "alice", "CNY", &maxBal, "o1")
+	require.NoError(t, err)
+	require.NotNil(t, r.Account.MaxBalance)
+	assert.True(t, r.Account.MaxBalance.Equal(maxBal))
+	r, err = c.Credit(ctx, testProgram, "alice", "CNY", decimal.RequireFromString("12.50"), "c1", "spring sale")
+	require.NoError(t, err)
+	assert.True(t, r.Account.Posted.Equal(decimal.RequireFromString("12.5")), "posted %s", r.Account.Posted)
+	assert.Equal(t, "12.50", r.Account.Posted.StringFixed(2))
+	assert.Equal(t, uint8(2), r.Account.Scale)
+	r, err = c.Hold(ctx, testProgram, "alice", "CNY", decimal.RequireFromString("0.01"), 15*time.Minute, "h1")
+	require.NoError(t, err)
+	require.NotNil(t, r.Hold)
+	assert.True(t, r.Hold.Amount.Equal(decimal.RequireFromString("0.01")))
+	assert.Equal(t, int64(1000+15*60*1000), r.Hold.ExpiresAtMs)
+	_, err = c.CaptureHold(ctx, testProgram, "alice", "h1", decimal.Zero, "cap1")
+	require.NoError(t, err)
+
+	reqs := fc.nodes[0].recorded()
+	require.Len(t, reqs, 4)
+	assert.Equal(t, "100.25", reqs[0].Ops[0].MaxBalance)
+	assert.Equal(t, "12.5", reqs[1].Ops[0].Amount)
+	assert.Equal(t, "spring sale", reqs[1].Ops[0].Memo)
+	assert.Equal(t, int64(900000), reqs[2].Ops[0].HoldTtlMs)
+	assert.Equal(t, "", reqs[3].Ops[0].Amount, "zero capture = whole hold = empty amount")
+	assert.Equal(t, "h1", reqs[3].Ops[0].HoldKey)
+}
+
+func TestOpToProto(t *testing.T) {
+	big := decimal.RequireFromString("123456789012345678.123456789")
+	tests := []struct {
+		name       string
+		op         Op
+		amount     string
+		maxBalance string
+	}{
+		{"credit keeps zero", Op{Kind: ledger.OpCredit}, "0", ""},
+		{"debit", Op{Kind: ledger.OpDebit, Amount: decimal.RequireFromString("0.10")}, "0.1", ""},
+		{"tiny", Op{Kind: ledger.OpHold, Amount: decimal.New(1, -18)}, "0.000000000000000001", ""},
+		{"big, no exponent", Op{Kind: ledger.OpCredit, Amount: big}, "123456789012345678.123456789", ""},
+		{"huge integer, no exponent", Op{Kind: ledger.OpCredit, Amount: decimal.New(5, 20)}, "500000000000000000000", ""},
+		{"capture zero is whole", Op{Kind: ledger.OpCaptureHold}, "", ""},
+		{"capture part", Op{Kind: ledger.OpCaptureHold, Amount: decimal.NewFromInt(3)}, "3", ""},
+		{"open without limit", Op{Kind: ledger.OpOpenAccount}, "", ""},
+		{"open with limit", Op{Kind: ledger.OpOpenAccount, MaxBalance: &big}, "", "123456789012345678.123456789"},
+		{"freeze", Op{Kind: ledger.OpFreeze}, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := opToProto(tt.op)
+			assert.Equal(t, tt.amount, p.Amount)
+			assert.Equal(t, tt.maxBalance, p.MaxBalance)
+			assert.Equal(t, tallypb.OpKind(tt.op.Kind), p.Kind)
+			back, err := opFromProto(p)
+			require.NoError(t, err)
+			assert.True(t, back.Amount.Equal(tt.op.Amount))
+		})
+	}
+}
+
+func TestResultFromProto(t *testing.T) {
+	r, err := resultFromProto(&tallypb.OpResult{Code: "OK", Seq: 9, Captured: "1.20", Released: "0.80",
+		Account: &tallypb.Account{Scale: 2, Posted: "-0.05", Held: "", Available: "7", MaxBalance: ""}})
+	require.NoError(t, err)
+	assert.True(t, r.Captured.Equal(decimal.RequireFromString("1.2")))
+	assert.True(t, r.Released.Equal(decimal.RequireFromString("0.8")))
+	assert.True(t, r.Account.Posted.Equal(decimal.RequireFromString("-0.05")))
+	assert.True(t, r.Account.Held.IsZero())
+	assert.Nil(t, r.Account.MaxBalance)
+	assert.Nil(t, r.Hold)
+	assert.NoError(t, r.Err())
+
+	_, err = resultFromProto(&tallypb.OpResult{Code: "OK", Captured: "1e"})
+	assert.Error(t, err)
+	_, err = resultFromProto(&tallypb.OpResult{})
+	assert.Error(t, err, "a result must have a code")
+	_, err = resultFromProto(&tallypb.OpResult{Code: "OK", Account: &tallypb.Account{Scale: 19}})
+	assert.Error(t, err)
+}
+
+func TestCoalescing(t *testing.T) {
+	fc := newFakeCluster(t, 1, 2)
+	c := dial(t, fc, Config{Coalesce: true, MaxBatchOps: 100, MaxInflightPerShard: 3})
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		time.Sleep(3 * time.Millisecond) // a commit takes a while; batches accumulate
+		return nil, nil, false
+	})
+	const callers = 600
+	var wg sync.WaitGroup
+	errs := make([]error, callers)
+	results := make([]Result, callers)
+	for i := range callers {
+		wg.Go(func() {
+			key := fmt.Sprintf("k%d", i)
+			results[i], errs[i] = c.Credit(testCtx(t), testProgram, fmt.Sprintf("member-%d", i%50), "CNY", decimal.NewFromInt(int64(i+1)), key, "")
+		})
+	}
+	wg.Wait()
+	for i := range callers {
+		require.NoError(t, errs[i], "caller %d", i)
+		assert.Equal(t, fmt.Sprintf("k%d", i), results[i].Message, "each caller gets its own result")
+	}
+	reqs := fc.nodes[0].recorded()
+	total, biggest := 0, 0
+	for _, req := range reqs {
+		total += len(req.Ops)
+		biggest = max(biggest, len(req.Ops))
+		assert.LessOrEqual(t, len(req.Ops), 100)
+	}
+	assert.Equal(t, callers, total)
+	assert.Less(t, len(reqs), callers/2, "concurrent calls must share requests")
+	assert.Greater(t, biggest, 1)
+	assert.LessOrEqual(t, int(fc.nodes[0].maxInflight.Load()), 2*3, "in flight per shard is bounded (2 shards)")
+	t.Logf("%d calls in %d requests, largest %d", callers, len(reqs), biggest)
+}
+
+func TestCoalescingIsolatesBadOp(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1})
+	gate := make(chan struct{})
+	var once sync.Once
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		once.Do(func() { <-gate }) // hold the first request so the rest pile up
+		return nil, nil, false
+	})
+	const callers = 40
+	var wg sync.WaitGroup
+	errs := make([]error, callers)
+	for i := range callers {
+		amount := "1"
+		if i == 17 || i == 23 {
+			amount = "-1"
+		}
+		wg.Go(func() {
+			_, errs[i] = c.Apply(testCtx(t), credit("alice", fmt.Sprintf("k%d", i), amount))
+		})
+	}
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		q := c.queues[0]
+		c.mu.Unlock()
+		if q == nil {
+			return false
+		}
+		reqs := fc.nodes[0].recorded()
+		if len(reqs) == 0 {
+			return false
+		}
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(reqs[0].Ops)+len(q.groups) == callers
+	}, 10*time.Second, time.Millisecond)
+	close(gate)
+	wg.Wait()
+	for i, err := range errs {
+		if i == 17 || i == 23 {
+			assert.ErrorIs(t, err, ledger.ErrInvalidAmount, "caller %d", i)
+			var e *Error
+			require.ErrorAs(t, err, &e)
+			assert.Equal(t, 0, e.OpIndex)
+		} else {
+			assert.NoError(t, err, "caller %d: another caller's bad op must not fail mine", i)
+		}
+	}
+}
+
+func TestCoalescedCallerGivesUp(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1, RequestTimeout: 2 * time.Second})
+	release := make(chan struct{})
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil, nil, false
+	})
+	defer close(release)
+
+	ctx1, cancel1 := context.WithTimeout(testCtx(t), 100*time.Millisecond)
+	defer cancel1()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Apply(ctx1, credit("alice", "k1", "1"))
+		done <- err
+	}()
+	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	// The only sender is busy: this one stays queued, never sent.
+	ctx2, cancel2 := context.WithTimeout(testCtx(t), 50*time.Millisecond)
+	defer cancel2()
+	_, err := c.Apply(ctx2, credit("alice", "k2", "1"))
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.False(t, IsIndeterminate(err), "a queued op that was never sent is not indeterminate")
+
+	err = <-done
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.True(t, IsIndeterminate(err), "a sent op whose caller gave up is indeterminate")
+}
+
+func TestReads(t *testing.T) {
+	fc := newFakeCluster(t, 2, 2)
+	c := dial(t, fc, Config{})
+	ctx := testCtx(t)
+	m := memberOn(testProgram, 1, 2, 0)
+	for i := range 5 {
+		_, err := c.Credit(ctx, testProgram, m, "CNY", decimal.RequireFromString("1.10"), fmt.Sprintf("c%d", i), "")
+		require.NoError(t, err)
+	}
+	fc.setLeader(1, 0, true) // leadership moved; the client's cache is stale
+
+	a, err := c.GetAccount(ctx, testProgram, m, "CNY")
+	require.NoError(t, err)
+	assert.True(t, a.Posted.Equal(decimal.RequireFromString("5.5")))
+	assert.Equal(t, "ACTIVE", a.State)
+
+	_, err = c.GetAccount(ctx, testProgram, "nobody", "CNY")
+	assert.ErrorIs(t, err, ledger.ErrAccountNotFound)
+
+	found, entry, err := c.GetOperation(ctx, testProgram, m, "c3")
+	require.NoError(t, err)
+	assert.True(t, found)
+	assert.Equal(t, ledger.OpCredit, entry.Op.Kind)
+	assert.True(t, entry.Op.Amount.Equal(decimal.RequireFromString("1.1")))
+	assert.Equal(t, ledger.CodeOK, entry.Result.Code)
+	found, _, err = c.GetOperation(ctx, testProgram, m, "never")
+	require.NoError(t, err)
+	assert.False(t, found)
+
+	var seqs []uint64
+	before := uint64(0)
+	for range 10 {
+		page, next, err := c.ListJournal(ctx, testProgram, m, "CNY", 2, before)
+		require.NoError(t, err)
+		for _, e := range page {
+			seqs = append(seqs, e.Seq)
+		}
+		if next == 0 {
+			break
+		}
+		before = next
+	}
+	assert.Equal(t, []uint64{5, 4, 3, 2, 1}, seqs)
+}
+
+func TestDefineAssetAndShardState(t *testing.T) {
+	fc := newFakeCluster(t, 2, 2)
+	c := dial(t, fc, Config{})
+	fc.setLeader(0, 1, true)
+	r, err := c.DefineAsset(testCtx(t), testProgram, "CNY", 2, "def-cny")
+	require.NoError(t, err)
+	assert.Equal(t, "CNY/2", r.Message)
+
+	st, err := c.ShardState(testCtx(t), fc.nodes[1].addr, 0)
+	require.NoError(t, err)
+	assert.True(t, st.Leader)
+	assert.Equal(t, uint64(42), st.AppliedIndex)
+	_, err = c.ShardState(testCtx(t), fc.nodes[1].addr, 9)
+	assert.ErrorIs(t, err, ledger.ErrInvalidArgument)
+
+	info, err := c.ClusterInfo(testCtx(t))
+	require.NoError(t, err)
+	assert.Equal(t, 2, info.Shards)
+	assert.Len(t, info.Nodes, 2)
+	assert.Equal(t, fc.nodes[0].addr, info.Leaders[0].LeaderAddr, "as the answering node sees it")
+}
+
+func TestLinkedValidation(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true})
+	_, err := c.Submit(testCtx(t), []Op{credit("alice", "k1", "1"), credit("bob", "k2", "1")}, true)
+	assert.ErrorIs(t, err, ledger.ErrInvalidArgument)
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, 1, e.OpIndex)
+	_, err = c.Submit(testCtx(t), nil, false)
+	assert.ErrorIs(t, err, ledger.ErrInvalidArgument)
+	_, err = c.Submit(testCtx(t), []Op{{Kind: ledger.OpDefineAsset, Program: testProgram}}, false)
+	assert.ErrorIs(t, err, ledger.ErrInvalidArgument)
+	assert.Empty(t, fc.nodes[0].recorded())
+
+	res, err := c.Submit(testCtx(t), []Op{credit("alice", "k1", "1"), credit("alice", "k2", "1")}, true)
+	require.NoError(t, err)
+	assert.Len(t, res, 2)
+	reqs := fc.nodes[0].recorded()
+	require.Len(t, reqs, 1)
+	assert.True(t, reqs[0].Linked, "linked requests bypass coalescing and keep the flag")
+}
+
+func TestDial(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	dead := lis.Addr().String()
+	require.NoError(t, lis.Close())
+
+	start := time.Now()
+	_, err = Dial(testCtx(t), Config{Addrs: []string{dead}, DialTimeout: 200 * time.Millisecond})
+	require.Error(t, err)
+	assert.ErrorIs(t, err, errUnavailable)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(start), 5*time.Second)
+
+	_, err = Dial(testCtx(t), Config{})
+	assert.ErrorIs(t, err, ledger.ErrInvalidArgument)
+
+	fc := newFakeCluster(t, 1, 3)
+	c, err := Dial(testCtx(t), Config{Addrs: []string{dead, fc.nodes[0].addr}})
+	require.NoError(t, err)
+	assert.Equal(t, 3, c.Shards())
+	require.NoError(t, c.Close())
+	_, err = c.Credit(testCtx(t), testProgram, "alice", "CNY", decimal.NewFromInt(1), "k", "")
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.NoError(t, c.Close(), "Close is idempotent")
+}
+
+func TestErrorFormatting(t *testing.T) {
+	e := &Error{Code: ledger.CodeNotLeader, Message: "not the leader", Leader: "10.0.0.2:7101", OpIndex: -1}
+	assert.Equal(t, "NOT_LEADER: not the leader (leader 10.0.0.2:7101)", e.Error())
+	assert.ErrorIs(t, e, ledger.ErrNotLeader)
+	assert.ErrorIs(t, fmt.Errorf("wrapped: %w", e), &Error{Code: ledger.CodeNotLeader})
+	ind := &Error{Code: ledger.CodeUnavailable, OpIndex: -1, Indeterminate: true, Err: context.DeadlineExceeded}
+	assert.True(t, strings.HasPrefix(ind.Error(), "indeterminate"))
+	assert.True(t, IsIndeterminate(errors.Join(errors.New("x"), fmt.Errorf("w: %w", ind))))
+	assert.False(t, IsIndeterminate(e))
+	assert.Equal(t, ledger.CodeInsufficientFunds, CodeOf(ledger.Errorf(ledger.CodeInsufficientFunds, "")))
+	assert.Equal(t, ledger.CodeNotLeader, CodeOf(fmt.Errorf("w: %w", e)))
+}
+
+var errUnavailable = &ledger.Error{Code: ledger.CodeUnavailable}

@@ -1,0 +1,247 @@
+package client
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Coalescing: each shard has a queue of groups (one caller's unlinked ops of
+// that shard) and Config.MaxInflightPerShard sender goroutines. A sender takes
+// every queued group that fits in one request (up to MaxBatchOps ops, whole
+// groups only, so one caller's ops stay in order and in one request), sends
+// it with the usual retries, and hands each group its slice of the results.
+// There is no timer: an idle sender sends a lone op at once, and while all
+// senders are busy the queue grows into the next, larger batch. Goroutines
+// per shard are fixed; ops cost a queue slot and a channel, not a goroutine.
+
+// Group states. A group moves from queued to taken (a sender owns it; it may
+// reach a server) or to abandoned (its caller gave up first; it is never
+// sent). The compare-and-swap between the two decides whether a caller whose
+// context ends gets a plain or an indeterminate error.
+const (
+	groupQueued int32 = iota
+	groupTaken
+	groupAbandoned
+)
+
+type group struct {
+	ctx   context.Context
+	ops   []*tallypb.Op
+	state atomic.Int32
+	done  chan groupOutcome // buffered: a sender never blocks on a caller
+}
+
+type groupOutcome struct {
+	results []*tallypb.OpResult
+	err     *Error // OpIndex relative to the group
+}
+
+type shardQueue struct {
+	c     *Client
+	shard int
+
+	mu     sync.Mutex
+	cond   sync.Cond
+	groups []*group
+	closed bool
+}
+
+// queue returns shard's queue, starting it (and its senders) on first use.
+func (c *Client) queue(shard int) (*shardQueue, *Error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, giveUpError(ErrClosed, shard, nil, false)
+	}
+	q, ok := c.queues[shard]
+	if !ok {
+		q = &shardQueue{c: c, shard: shard}
+		q.cond.L = &q.mu
+		c.queues[shard] = q
+		for range c.cfg.MaxInflightPerShard {
+			go q.sender()
+		}
+	}
+	return q, nil
+}
+
+// submit queues ops as one group and waits for their results.
+func (q *shardQueue) submit(ctx context.Context, ops []*tallypb.Op) ([]*tallypb.OpResult, *Error) {
+	if err := ctx.Err(); err != nil {
+		return nil, giveUpError(err, q.shard, nil, false)
+	}
+	g := &group{ctx: ctx, ops: ops, done: make(chan groupOutcome, 1)}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil, giveUpError(ErrClosed, q.shard, nil, false)
+	}
+	q.groups = append(q.groups, g)
+	q.cond.Signal()
+	q.mu.Unlock()
+
+	select {
+	case out := <-g.done:
+		return out.results, out.err
+	case <-ctx.Done():
+	}
+	if g.state.CompareAndSwap(groupQueued, groupAbandoned) {
+		return nil, giveUpError(ctx.Err(), q.shard, nil, false)
+	}
+	select {
+	case out := <-g.done: // finished meanwhile: the outcome beats a guess
+		return out.results, out.err
+	default:
+	}
+	return nil, giveUpError(ctx.Err(), q.shard, nil, true)
+}
+
+// close fails queued groups with ErrClosed and stops the senders.
+func (q *shardQueue) close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	for _, g := range q.groups {
+		if g.state.CompareAndSwap(groupQueued, groupTaken) {
+			g.done <- groupOutcome{err: giveUpError(ErrClosed, q.shard, nil, false)}
+		}
+	}
+	q.groups = nil
+	q.cond.Broadcast()
+}
+
+func (q *shardQueue) sender() {
+	for {
+		batch := q.take()
+		if batch == nil {
+			return
+		}
+		q.send(batch)
+	}
+}
+
+// take blocks until groups are queued and takes as many whole groups as fit
+// in one request (at least one). It returns nil once the queue is closed.
+func (q *shardQueue) take() []*group {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.groups) == 0 && !q.closed {
+		q.cond.Wait()
+	}
+	if q.closed {
+		return nil
+	}
+	var batch []*group
+	nOps, k := 0, 0
+	for ; k < len(q.groups); k++ {
+		g := q.groups[k]
+		if len(batch) > 0 && nOps+len(g.ops) > q.c.cfg.MaxBatchOps {
+			break
+		}
+		if g.state.CompareAndSwap(groupQueued, groupTaken) {
+			batch = append(batch, g)
+			nOps += len(g.ops)
+		}
+	}
+	n := copy(q.groups, q.groups[k:])
+	clear(q.groups[n:])
+	q.groups = q.groups[:n]
+	if len(q.groups) > 0 {
+		q.cond.Signal() // more for another idle sender
+	}
+	return batch
+}
+
+// send sends a batch and delivers each group its outcome. The batch lives as
+// long as one of its callers still waits (and the client is open): retries of
+// the ops of callers that gave up would be wasted.
+//
+// A request rejected on its merits (INVALID_ARGUMENT class) was not applied,
+// so one caller's bad op must not fail the others: the blamed group gets the
+// error and the rest is re-sent; a rejection that blames no op falls back to
+// sending each group on its own.
+func (q *shardQueue) send(batch []*group) {
+	ctx, cancel := context.WithCancel(q.c.ctx)
+	defer cancel()
+	var live atomic.Int32
+	live.Store(int32(len(batch)))
+	for _, g := range batch {
+		stop := context.AfterFunc(g.ctx, func() {
+			if live.Add(-1) == 0 {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+
+	for len(batch) > 0 {
+		var ops []*tallypb.Op
+		for _, g := range batch {
+			ops = append(ops, g.ops...)
+		}
+		res, e := q.c.submitDirect(ctx, q.shard, ops, false)
+		if e == nil {
+			off := 0
+			for _, g := range batch {
+				g.done <- groupOutcome{results: res[off : off+len(g.ops)]}
+				off += len(g.ops)
+			}
+			return
+		}
+		if len(batch) == 1 || e.GRPCCode != codes.InvalidArgument || e.Indeterminate {
+			deliverError(batch, e)
+			return
+		}
+		if e.OpIndex < 0 {
+			for _, g := range batch {
+				res, e := q.c.submitDirect(ctx, q.shard, g.ops, false)
+				if e != nil {
+					deliverError([]*group{g}, e)
+				} else {
+					g.done <- groupOutcome{results: res}
+				}
+			}
+			return
+		}
+		blamed, off := -1, 0
+		for k, g := range batch {
+			if e.OpIndex < off+len(g.ops) {
+				blamed = k
+				break
+			}
+			off += len(g.ops)
+		}
+		if blamed < 0 { // an index past the request: trust nothing
+			deliverError(batch, e)
+			return
+		}
+		ge := *e
+		ge.OpIndex -= off
+		batch[blamed].done <- groupOutcome{err: &ge}
+		batch = append(batch[:blamed:blamed], batch[blamed+1:]...)
+	}
+}
+
+// deliverError hands each group its own copy of e, with OpIndex made
+// relative to the group (or -1 if the blamed op is another group's).
+func deliverError(batch []*group, e *Error) {
+	off := 0
+	for _, g := range batch {
+		ge := *e
+		ge.OpIndex = -1
+		if e.OpIndex >= off && e.OpIndex < off+len(g.ops) {
+			ge.OpIndex = e.OpIndex - off
+		} else if e.GRPCCode == codes.InvalidArgument && e.OpIndex >= 0 {
+			ge.Code = ledger.CodeInvalidArgument
+			ge.Message = "another operation of the request was rejected: " + e.Message
+		}
+		off += len(g.ops)
+		g.done <- groupOutcome{err: &ge}
+	}
+}

@@ -1,0 +1,102 @@
+package client
+
+import (
+	"time"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Defaults of Config. Each is used when the corresponding field is zero.
+const (
+	// DefaultDialTimeout bounds Dial's search for a node that answers
+	// ClusterInfo; long enough to ride out one node restarting.
+	DefaultDialTimeout = 5 * time.Second
+	// DefaultRequestTimeout bounds one attempt of one RPC. A leader that does
+	// not answer within it is presumed gone: the client refreshes its view of
+	// the cluster and retries (with the same idempotency keys).
+	DefaultRequestTimeout = 5 * time.Second
+	// DefaultMaxInflightPerShard bounds the concurrent Submit RPCs that
+	// coalescing keeps in flight to one shard. A few keep the leader's commit
+	// pipeline busy; more only make smaller batches.
+	DefaultMaxInflightPerShard = 4
+	// DefaultBackoffMin and DefaultBackoffMax bound the wait between retries:
+	// it starts at the minimum and doubles, with jitter, up to the maximum. An
+	// election takes a few hundred milliseconds, so the cap is about that.
+	DefaultBackoffMin = 5 * time.Millisecond
+	DefaultBackoffMax = 500 * time.Millisecond
+	// DefaultKeepaliveTime is how long a connection with RPCs in flight may be
+	// silent before the client pings the server, and keepaliveTimeout how long
+	// it then waits for the ack before it closes the connection, so a dead
+	// peer is noticed in bounded time. The server's keepalive enforcement
+	// must allow pings this often.
+	DefaultKeepaliveTime = 30 * time.Second
+	keepaliveTimeout     = 10 * time.Second
+)
+
+// Internal limits.
+const (
+	// maxClusterInfoTimeout caps one ClusterInfo attempt during a refresh: the
+	// answer is cheap, and a partitioned node must not stall the search for
+	// one that knows the leader.
+	maxClusterInfoTimeout = time.Second
+	// maxImmediateRedirects bounds how many NOT_LEADER hints in a row are
+	// followed without backing off, so two nodes that name each other (stale
+	// views during an election) cannot make the client spin.
+	maxImmediateRedirects = 3
+)
+
+// Config configures a Client. Only Addrs is required.
+type Config struct {
+	// Addrs are gRPC addresses ("host:port") of some nodes of the cluster.
+	// Any one that answers is enough; the rest of the cluster is learnt from
+	// ClusterInfo.
+	Addrs []string
+	// DialTimeout bounds Dial (default DefaultDialTimeout).
+	DialTimeout time.Duration
+	// RequestTimeout bounds each attempt of each RPC; the caller's context
+	// bounds the whole call, retries included (default DefaultRequestTimeout).
+	RequestTimeout time.Duration
+	// MaxBatchOps is the most operations sent in one Submit RPC (default and
+	// upper bound ledger.MaxBatchOps). Larger unlinked batches are split.
+	MaxBatchOps int
+	// Coalesce queues concurrent unlinked submissions per shard and sends
+	// them together (see the package doc).
+	Coalesce bool
+	// MaxInflightPerShard bounds coalesced Submit RPCs in flight per shard
+	// (default DefaultMaxInflightPerShard).
+	MaxInflightPerShard int
+	// BackoffMin and BackoffMax bound the wait between retries (defaults
+	// DefaultBackoffMin, DefaultBackoffMax).
+	BackoffMin, BackoffMax time.Duration
+	// KeepaliveTime is the gRPC client keepalive interval (default
+	// DefaultKeepaliveTime).
+	KeepaliveTime time.Duration
+}
+
+// withDefaults returns cfg with zero fields set to their defaults and
+// MaxBatchOps clamped to the server's limit.
+func (cfg Config) withDefaults() Config {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.MaxBatchOps <= 0 || cfg.MaxBatchOps > ledger.MaxBatchOps {
+		cfg.MaxBatchOps = ledger.MaxBatchOps
+	}
+	if cfg.MaxInflightPerShard <= 0 {
+		cfg.MaxInflightPerShard = DefaultMaxInflightPerShard
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = DefaultBackoffMin
+	}
+	if cfg.BackoffMax < cfg.BackoffMin {
+		cfg.BackoffMax = max(DefaultBackoffMax, cfg.BackoffMin)
+	}
+	if cfg.KeepaliveTime <= 0 {
+		cfg.KeepaliveTime = DefaultKeepaliveTime
+	}
+	cfg.Addrs = append([]string(nil), cfg.Addrs...)
+	return cfg
+}

@@ -1,0 +1,33 @@
+// Package client is the Go client of Tally: what order and payment systems
+// import to move loyalty points and stored value.
+//
+// Amounts are shopspring decimals at this edge and decimal strings on the
+// wire; the server converts them to minor units of the asset's scale.
+//
+// Routing. Every member lives on one shard (ledger.ShardOf) and every shard has
+// one Raft leader. The client caches the shard count and each shard's leader
+// (from ClusterInfo, answered by any node) and keeps one gRPC connection per
+// node address. Submit splits a batch by shard and sends each shard's part to
+// that shard's leader, all parts concurrently.
+//
+// Retries. A request that fails with NOT_LEADER carrying a leader hint is
+// re-sent to the hint at once. NOT_LEADER without a hint, UNAVAILABLE,
+// connection errors and per-attempt timeouts are retried after a jittered,
+// doubling backoff and a ClusterInfo refresh, until the caller's context ends.
+// Every retry re-sends exactly the same operations with the same idempotency
+// keys, so an operation applies at most once however often it is sent.
+// Rejections of the request itself (INVALID_ARGUMENT, INVALID_AMOUNT, ...) are
+// never retried.
+//
+// Indeterminate outcomes. When the context ends after an attempt of a mutating
+// call may have reached a server, the operation may or may not have applied:
+// the error satisfies IsIndeterminate, and GetOperation with the same
+// idempotency key tells which (or re-send with the same key: the ledger
+// answers from its dedup record).
+//
+// Coalescing. With Config.Coalesce, concurrent unlinked submissions are queued
+// per shard and a small, fixed set of sender goroutines per shard sends
+// whatever is queued as one request, without waiting on a timer: while
+// requests are in flight the next batch accumulates. This turns a flash sale's
+// many single-operation calls into few large Raft entries.
+package client

@@ -1,0 +1,178 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Submit applies ops and returns one result per op, in the order of ops.
+//
+// The ops are split by shard; each shard's part goes to that shard's leader,
+// all parts concurrently. A part larger than Config.MaxBatchOps is sent as
+// consecutive chunks, one after another, so that the ops of one member apply
+// in the order given. With linked=true all ops must be on one member (one
+// program and member) and at most MaxBatchOps: they apply all or none.
+// With Config.Coalesce, unlinked parts may share a request with other
+// callers' ops; each caller still gets exactly its own results.
+//
+// Retries follow the package doc. The error is request-level: nil when every
+// part got its results (check each Result's Code), else an *Error (or several
+// joined, one per failed part). On error the results are still len(ops) long:
+// ops of parts that completed hold their outcomes, the others hold the
+// error's code. Use IsIndeterminate to learn whether failed ops may have
+// applied.
+func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, error) {
+	if len(ops) == 0 {
+		return nil, newError(ledger.CodeInvalidArgument, -1, "submit: no operations")
+	}
+	if linked && len(ops) > c.cfg.MaxBatchOps {
+		return nil, newError(ledger.CodeInvalidArgument, -1,
+			"submit: %d linked operations is above the maximum %d of one request", len(ops), c.cfg.MaxBatchOps)
+	}
+	shards := c.Shards()
+	wire := make([]*tallypb.Op, len(ops))
+	parts := make(map[int][]int) // shard -> indices into ops, in order
+	var order []int              // shards in order of first appearance
+	for i, op := range ops {
+		if op.Kind == ledger.OpDefineAsset {
+			e := newError(ledger.CodeInvalidArgument, -1, "submit: DEFINE_ASSET applies on every shard: use DefineAsset")
+			e.OpIndex = i
+			return nil, e
+		}
+		if linked && (op.Program != ops[0].Program || op.Member != ops[0].Member) {
+			e := newError(ledger.CodeInvalidArgument, -1, "submit: linked operations must all be on one member")
+			e.OpIndex = i
+			return nil, e
+		}
+		wire[i] = opToProto(op)
+		s := ledger.ShardOf(op.Program, op.Member, shards)
+		if _, ok := parts[s]; !ok {
+			order = append(order, s)
+		}
+		parts[s] = append(parts[s], i)
+	}
+
+	results := make([]Result, len(ops))
+	errs := make([]error, len(order))
+	runPart := func(k int) {
+		shard := order[k]
+		idx := parts[shard]
+		partOps := make([]*tallypb.Op, len(idx))
+		for j, i := range idx {
+			partOps[j] = wire[i]
+		}
+		res, e := c.submitPart(ctx, shard, partOps, linked)
+		if e == nil && len(res) != len(idx) {
+			e = newError(ledger.CodeInternal, shard, "internal: %d results for %d operations", len(res), len(idx))
+		}
+		if e != nil && e.OpIndex >= 0 && e.OpIndex < len(idx) {
+			e.OpIndex = idx[e.OpIndex]
+		}
+		for j, i := range idx {
+			if j < len(res) && res[j] != nil {
+				r, err := resultFromProto(res[j])
+				if err != nil {
+					r = Result{Code: ledger.CodeInternal, Message: "bad result from server: " + err.Error()}
+					if e == nil {
+						e = newError(ledger.CodeInternal, shard, "op %d: bad result from server: %v", i, err)
+						e.OpIndex = i
+					}
+				}
+				r.Shard = uint32(shard)
+				results[i] = r
+				continue
+			}
+			if e == nil {
+				e = newError(ledger.CodeInternal, shard, "internal: no result for op %d", i)
+			}
+			results[i] = Result{Code: e.Code, Message: e.Message, Shard: uint32(shard)}
+		}
+		if e != nil {
+			errs[k] = e
+		}
+	}
+	if len(order) == 1 {
+		runPart(0)
+	} else {
+		var wg sync.WaitGroup
+		for k := range order {
+			wg.Go(func() { runPart(k) })
+		}
+		wg.Wait()
+	}
+	return results, joinErrors(errs)
+}
+
+// submitPart sends ops of one shard and returns their results. On error the
+// results of the chunks that completed are returned (nil entries for the
+// rest) and the error's OpIndex is relative to ops.
+func (c *Client) submitPart(ctx context.Context, shard int, ops []*tallypb.Op, linked bool) ([]*tallypb.OpResult, *Error) {
+	if c.cfg.Coalesce && !linked && len(ops) <= c.cfg.MaxBatchOps {
+		q, err := c.queue(shard)
+		if err != nil {
+			return nil, err
+		}
+		return q.submit(ctx, ops)
+	}
+	out := make([]*tallypb.OpResult, 0, len(ops))
+	for start := 0; start < len(ops); start += c.cfg.MaxBatchOps {
+		end := min(start+c.cfg.MaxBatchOps, len(ops))
+		res, e := c.submitDirect(ctx, shard, ops[start:end], linked)
+		if e != nil {
+			if e.OpIndex >= 0 {
+				e.OpIndex += start
+			}
+			if start == 0 {
+				return nil, e
+			}
+			return append(out, make([]*tallypb.OpResult, len(ops)-start)...), e
+		}
+		out = append(out, res...)
+	}
+	return out, nil
+}
+
+// submitDirect sends one Submit RPC's worth of ops (<= MaxBatchOps) to the
+// leader of shard, with retries.
+func (c *Client) submitDirect(ctx context.Context, shard int, ops []*tallypb.Op, linked bool) ([]*tallypb.OpResult, *Error) {
+	req := &tallypb.SubmitRequest{Ops: ops, Linked: linked}
+	var resp *tallypb.SubmitResponse
+	e := c.invoke(ctx, shard, true, false, func(actx context.Context, lc tallypb.LedgerClient) error {
+		r, err := lc.Submit(actx, req)
+		if err != nil {
+			return err
+		}
+		resp = r
+		return nil
+	})
+	if e != nil {
+		return nil, e
+	}
+	if got := len(resp.GetResults()); got != len(ops) {
+		e := newError(ledger.CodeInternal, shard, "server returned %d results for %d operations", got, len(ops))
+		e.Indeterminate = true // it did something; we cannot tell what
+		return nil, e
+	}
+	return resp.GetResults(), nil
+}
+
+// joinErrors returns nil, the one non-nil error, or all of them joined.
+func joinErrors(errs []error) error {
+	var nonNil []error
+	for _, err := range errs {
+		if err != nil {
+			nonNil = append(nonNil, err)
+		}
+	}
+	switch len(nonNil) {
+	case 0:
+		return nil
+	case 1:
+		return nonNil[0]
+	}
+	return errors.Join(nonNil...)
+}
