@@ -230,7 +230,8 @@ func (c *Client) ClusterInfo(ctx context.Context) (ClusterInfo, error) {
 
 // ShardState asks the node at addr (which need not be a leader) for its local
 // view of shard, in one attempt: operators and the fault harness compare
-// replicas, so the answer must come from that node.
+// replicas, so the answer must come from that node. It asks for the full
+// state: the state hash and the conservation check scan the whole shard.
 func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (ShardState, error) {
 	lc, err := c.ledgerClient(addr)
 	if err != nil {
@@ -238,7 +239,7 @@ func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (Sha
 	}
 	actx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
-	resp, err := lc.ShardState(actx, &tallypb.ShardStateRequest{Shard: shard})
+	resp, err := lc.ShardState(actx, &tallypb.ShardStateRequest{Shard: shard, Full: true})
 	if err != nil {
 		return ShardState{}, fromRPC(err, int(shard))
 	}

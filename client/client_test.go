@@ -435,12 +435,15 @@ func TestCoalescingIsolatesBadOp(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, callers)
 	for i := range callers {
-		amount := "1"
-		if i == 17 || i == 23 {
-			amount = "-1"
+		op := credit("alice", fmt.Sprintf("k%d", i), "1")
+		switch i {
+		case 17, 23:
+			op.Amount = decimal.NewFromInt(-1)
+		case 30:
+			op.Asset = "NOPE"
 		}
 		wg.Go(func() {
-			_, errs[i] = c.Apply(testCtx(t), credit("alice", fmt.Sprintf("k%d", i), amount))
+			_, errs[i] = c.Apply(testCtx(t), op)
 		})
 	}
 	require.Eventually(t, func() bool {
@@ -461,6 +464,11 @@ func TestCoalescingIsolatesBadOp(t *testing.T) {
 	close(gate)
 	wg.Wait()
 	for i, err := range errs {
+		if i == 30 {
+			assert.ErrorIs(t, err, ledger.ErrUnknownAsset)
+			assert.Equal(t, "UNKNOWN_ASSET: no asset NOPE (op 0)", err.Error(), "the code and index appear once, as the caller's")
+			continue
+		}
 		if i == 17 || i == 23 {
 			assert.ErrorIs(t, err, ledger.ErrInvalidAmount, "caller %d", i)
 			var e *Error

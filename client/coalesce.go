@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"google.golang.org/grpc/codes"
-
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -162,10 +160,10 @@ func (q *shardQueue) take() []*group {
 // long as one of its callers still waits (and the client is open): retries of
 // the ops of callers that gave up would be wasted.
 //
-// A request rejected on its merits (INVALID_ARGUMENT class) was not applied,
-// so one caller's bad op must not fail the others: the blamed group gets the
-// error and the rest is re-sent; a rejection that blames no op falls back to
-// sending each group on its own.
+// A request rejected on its merits (INVALID_ARGUMENT, UNKNOWN_ASSET, ...) was
+// not applied, so one caller's bad op must not fail the others: the blamed
+// group gets the error and the rest is re-sent; a rejection that blames no op
+// falls back to sending each group on its own.
 func (q *shardQueue) send(batch []*group) {
 	ctx, cancel := context.WithCancel(q.c.ctx)
 	defer cancel()
@@ -194,7 +192,7 @@ func (q *shardQueue) send(batch []*group) {
 			}
 			return
 		}
-		if len(batch) == 1 || e.GRPCCode != codes.InvalidArgument || e.Indeterminate {
+		if len(batch) == 1 || !e.rejected() || e.Indeterminate {
 			deliverError(batch, e)
 			return
 		}
@@ -237,7 +235,7 @@ func deliverError(batch []*group, e *Error) {
 		ge.OpIndex = -1
 		if e.OpIndex >= off && e.OpIndex < off+len(g.ops) {
 			ge.OpIndex = e.OpIndex - off
-		} else if e.GRPCCode == codes.InvalidArgument && e.OpIndex >= 0 {
+		} else if e.rejected() && e.OpIndex >= 0 {
 			ge.Code = ledger.CodeInvalidArgument
 			ge.Message = "another operation of the request was rejected: " + e.Message
 		}

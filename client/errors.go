@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -146,6 +147,8 @@ func fromRPC(err error, shard int) *Error {
 			continue
 		}
 		e.Code = ledger.Code(info.GetReason())
+		// The server's message repeats the code; Error() adds it back.
+		e.Message = strings.TrimPrefix(e.Message, string(e.Code)+": ")
 		md := info.GetMetadata()
 		e.Leader = md["leader"]
 		if s, err := strconv.Atoi(md["shard"]); err == nil && s >= 0 {
@@ -153,6 +156,9 @@ func fromRPC(err error, shard int) *Error {
 		}
 		if i, err := strconv.Atoi(md["op_index"]); err == nil && i >= 0 {
 			e.OpIndex = i
+			// The index in the message is the request's, which coalescing
+			// and splitting change; Error() shows the caller's instead.
+			e.Message = strings.TrimPrefix(e.Message, "op "+md["op_index"]+": ")
 		}
 		break
 	}
@@ -184,6 +190,13 @@ func (e *Error) retryable() bool {
 		return true
 	}
 	return false
+}
+
+// rejected reports whether the server rejected the request on its merits
+// (a bad or unknown argument, a failed precondition): re-sending it cannot
+// help, and nothing of it applied.
+func (e *Error) rejected() bool {
+	return e.Code != ledger.CodeNotLeader && e.definitelyNotApplied()
 }
 
 // definitelyNotApplied reports whether the failed attempt certainly did not

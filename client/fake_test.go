@@ -121,7 +121,7 @@ func (n *fakeNode) recorded() []*tallypb.SubmitRequest {
 }
 
 func tallyErr(code codes.Code, reason ledger.Code, msg string, md map[string]string) error {
-	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Domain: "tally", Reason: string(reason), Metadata: md})
+	st, err := status.New(code, string(reason)+": "+msg).WithDetails(&errdetails.ErrorInfo{Domain: "tally", Reason: string(reason), Metadata: md})
 	if err != nil {
 		panic(err)
 	}
@@ -197,6 +197,9 @@ func (n *fakeNode) apply(req *tallypb.SubmitRequest) (*tallypb.SubmitResponse, e
 	for i, op := range req.Ops {
 		if ledger.ShardOf(op.Program, op.Member, c.shards) != shard {
 			return nil, tallyErr(codes.InvalidArgument, ledger.Code("WRONG_SHARD"), "ops of several shards", map[string]string{"op_index": strconv.Itoa(i)})
+		}
+		if op.Asset == "NOPE" {
+			return nil, tallyErr(codes.NotFound, ledger.CodeUnknownAsset, "op "+strconv.Itoa(i)+": no asset NOPE", map[string]string{"op_index": strconv.Itoa(i)})
 		}
 		switch op.Kind {
 		case tallypb.OpKind_CREDIT, tallypb.OpKind_DEBIT, tallypb.OpKind_HOLD:
