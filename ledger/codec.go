@@ -269,18 +269,18 @@ type decoder struct {
 	err error
 }
 
-func newDecoder(b []byte, what string) *decoder {
-	d := &decoder{s: string(b)}
+// init starts decoding b, a top-level encoding: version byte first.
+func (d *decoder) init(b []byte, what string) {
+	*d = decoder{s: string(b)}
 	if len(b) == 0 {
 		d.fail("%s: empty input", what)
-		return d
+		return
 	}
 	if b[0] != codecVersion {
 		d.fail("%s: unknown codec version %d", what, b[0])
-		return d
+		return
 	}
 	d.off = 1
-	return d
 }
 
 func (d *decoder) fail(format string, args ...any) {
@@ -525,7 +525,8 @@ func (d *decoder) record(r *Record) {
 // DecodeOp decodes an AppendOp encoding.
 func DecodeOp(b []byte) (Op, error) {
 	var op Op
-	d := newDecoder(b, "op")
+	var d decoder
+	d.init(b, "op")
 	d.op(&op)
 	if err := d.finish("op"); err != nil {
 		return Op{}, err
@@ -536,7 +537,8 @@ func DecodeOp(b []byte) (Op, error) {
 // DecodeRequest decodes an AppendRequest encoding.
 func DecodeRequest(b []byte) (Request, error) {
 	var r Request
-	d := newDecoder(b, "request")
+	var d decoder
+	d.init(b, "request")
 	d.request(&r)
 	if err := d.finish("request"); err != nil {
 		return Request{}, err
@@ -547,7 +549,8 @@ func DecodeRequest(b []byte) (Request, error) {
 // DecodeCommand decodes an AppendCommand encoding.
 func DecodeCommand(b []byte) (Command, error) {
 	var c Command
-	d := newDecoder(b, "command")
+	var d decoder
+	d.init(b, "command")
 	d.command(&c)
 	if err := d.finish("command"); err != nil {
 		return Command{}, err
@@ -558,7 +561,8 @@ func DecodeCommand(b []byte) (Command, error) {
 // DecodeResult decodes an AppendResult encoding; Replayed is false.
 func DecodeResult(b []byte) (Result, error) {
 	var r Result
-	d := newDecoder(b, "result")
+	var d decoder
+	d.init(b, "result")
 	d.result(&r)
 	if err := d.finish("result"); err != nil {
 		return Result{}, err
@@ -569,7 +573,8 @@ func DecodeResult(b []byte) (Result, error) {
 // DecodeRecord decodes an AppendRecord encoding.
 func DecodeRecord(b []byte) (Record, error) {
 	var r Record
-	d := newDecoder(b, "record")
+	var d decoder
+	d.init(b, "record")
 	d.record(&r)
 	if err := d.finish("record"); err != nil {
 		return Record{}, err
@@ -580,7 +585,8 @@ func DecodeRecord(b []byte) (Record, error) {
 // DecodeAccount decodes an AppendAccount encoding.
 func DecodeAccount(b []byte) (Account, error) {
 	var a Account
-	d := newDecoder(b, "account")
+	var d decoder
+	d.init(b, "account")
 	d.account(&a)
 	if err := d.finish("account"); err != nil {
 		return Account{}, err
@@ -591,7 +597,8 @@ func DecodeAccount(b []byte) (Account, error) {
 // DecodeHold decodes an AppendHold encoding.
 func DecodeHold(b []byte) (Hold, error) {
 	var h Hold
-	d := newDecoder(b, "hold")
+	var d decoder
+	d.init(b, "hold")
 	d.hold(&h)
 	if err := d.finish("hold"); err != nil {
 		return Hold{}, err
@@ -602,7 +609,8 @@ func DecodeHold(b []byte) (Hold, error) {
 // DecodeAsset decodes an AppendAsset encoding.
 func DecodeAsset(b []byte) (Asset, error) {
 	var a Asset
-	d := newDecoder(b, "asset")
+	var d decoder
+	d.init(b, "asset")
 	d.asset(&a)
 	if err := d.finish("asset"); err != nil {
 		return Asset{}, err
