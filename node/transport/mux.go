@@ -1,0 +1,299 @@
+package transport
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// Connection header, written by the dialer before anything else.
+const (
+	headerMagic   byte = 0xA7 // arbitrary; rejects stray non-Tally clients early
+	headerVersion byte = 1
+	headerBytes        = 1 + 1 + 4 // magic, version, shard (uint32 BE)
+
+	// defaultHeaderTimeout bounds how long an accepted connection may take to
+	// send its header. A peer sends the header together with its first RPC,
+	// so anything slower is broken or hostile.
+	defaultHeaderTimeout = 2 * time.Second
+
+	// maxPendingHandshakes bounds the connections whose header is still being
+	// read. Each costs a goroutine for up to the header timeout; beyond this
+	// many, new connections are closed at once instead of piling up.
+	maxPendingHandshakes = 1024
+
+	// acceptRetryMax caps the backoff after a failing Accept (for example
+	// EMFILE), so the loop neither spins nor stays asleep for long.
+	acceptRetryMax = time.Second
+)
+
+// Errors returned by Accept and Dial.
+var (
+	// ErrMuxClosed is returned after Mux.Close.
+	ErrMuxClosed = errors.New("transport: mux closed")
+	// ErrLayerClosed is returned after the StreamLayer itself was closed.
+	ErrLayerClosed = errors.New("transport: stream layer closed")
+)
+
+// Options configures Listen. The zero value is usable.
+type Options struct {
+	// DialRewrite maps a peer's advertised Raft address to the address
+	// actually dialed (lets a fault-injection proxy sit on each link). nil =
+	// dial as advertised.
+	DialRewrite map[string]string
+	// Advertise is the address peers should dial to reach this Mux, reported
+	// by every StreamLayer's Addr. Empty means the listener's address, which
+	// is right unless listening on a wildcard address or behind NAT.
+	Advertise string
+	// HeaderTimeout bounds reading an incoming connection's header; 0 means
+	// defaultHeaderTimeout.
+	HeaderTimeout time.Duration
+	// Logger receives connection-level warnings; nil means hclog.Default().
+	Logger hclog.Logger
+}
+
+// Mux accepts the connections of all Raft groups of a node on one listener
+// and routes them to per-shard StreamLayers.
+type Mux struct {
+	ln            net.Listener
+	addr          net.Addr
+	dialRewrite   map[string]string
+	headerTimeout time.Duration
+	logger        hclog.Logger
+
+	closeCh chan struct{}
+	// wg counts the accept loop and the header-reading goroutines.
+	wg sync.WaitGroup
+
+	mu      sync.Mutex
+	closed  bool
+	layers  map[uint32]*streamLayer
+	pending map[net.Conn]struct{} // connections whose header is being read
+}
+
+// Listen starts a Mux on addr (for example "127.0.0.1:0").
+func Listen(addr string, opts Options) (*Mux, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("transport: listen %s: %w", addr, err)
+	}
+	m := &Mux{
+		ln:            ln,
+		addr:          ln.Addr(),
+		dialRewrite:   make(map[string]string, len(opts.DialRewrite)),
+		headerTimeout: opts.HeaderTimeout,
+		logger:        opts.Logger,
+		closeCh:       make(chan struct{}),
+		layers:        make(map[uint32]*streamLayer),
+		pending:       make(map[net.Conn]struct{}),
+	}
+	// Copy so later changes by the caller cannot race with Dial.
+	for k, v := range opts.DialRewrite {
+		m.dialRewrite[k] = v
+	}
+	if opts.Advertise != "" {
+		m.addr = advertisedAddr(opts.Advertise)
+	}
+	if m.headerTimeout <= 0 {
+		m.headerTimeout = defaultHeaderTimeout
+	}
+	if m.logger == nil {
+		m.logger = hclog.Default()
+	}
+	m.logger = m.logger.Named("transport")
+	m.wg.Add(1)
+	go m.acceptLoop()
+	return m, nil
+}
+
+// Addr returns the advertised address shared by all shards.
+func (m *Mux) Addr() net.Addr { return m.addr }
+
+// StreamLayer returns the stream layer of shard, creating it on demand.
+// Repeated calls return the same layer until it is closed (raft closes it in
+// NetworkTransport.Close); after that a call creates a fresh one, so a shard's
+// Raft can be restarted on the same Mux. After Mux.Close the returned layer
+// is already closed.
+func (m *Mux) StreamLayer(shard uint32) raft.StreamLayer {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l, ok := m.layers[shard]; ok {
+		return l
+	}
+	l := newStreamLayer(m, shard)
+	if m.closed {
+		l.closeConns()
+		return l
+	}
+	m.layers[shard] = l
+	return l
+}
+
+// Close stops accepting, closes every layer and connection, and waits for the
+// Mux's goroutines to exit. It is safe to call more than once.
+func (m *Mux) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	close(m.closeCh)
+	layers := make([]*streamLayer, 0, len(m.layers))
+	for _, l := range m.layers {
+		layers = append(layers, l)
+	}
+	pending := make([]net.Conn, 0, len(m.pending))
+	for c := range m.pending {
+		pending = append(pending, c)
+	}
+	m.mu.Unlock()
+
+	err := m.ln.Close()
+	for _, c := range pending {
+		_ = c.Close()
+	}
+	for _, l := range layers {
+		_ = l.Close()
+	}
+	m.wg.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+func (m *Mux) acceptLoop() {
+	defer m.wg.Done()
+	var retry time.Duration
+	for {
+		c, err := m.ln.Accept()
+		if err != nil {
+			select {
+			case <-m.closeCh:
+				return
+			default:
+			}
+			retry = min(max(2*retry, 5*time.Millisecond), acceptRetryMax)
+			m.logger.Warn("accept failed; retrying", "error", err, "retry_in", retry)
+			select {
+			case <-m.closeCh:
+				return
+			case <-time.After(retry):
+			}
+			continue
+		}
+		retry = 0
+
+		m.mu.Lock()
+		if m.closed || len(m.pending) >= maxPendingHandshakes {
+			closed := m.closed
+			m.mu.Unlock()
+			_ = c.Close()
+			if closed {
+				return
+			}
+			m.logger.Warn("too many connections awaiting their header; dropping", "remote", c.RemoteAddr(), "limit", maxPendingHandshakes)
+			continue
+		}
+		m.pending[c] = struct{}{}
+		m.wg.Add(1)
+		m.mu.Unlock()
+		// The header is read in its own goroutine so that a slow or silent
+		// client cannot hold up other connections.
+		go m.handshake(c)
+	}
+}
+
+// handshake reads c's header and hands c to its shard's layer, or closes it.
+func (m *Mux) handshake(c net.Conn) {
+	defer m.wg.Done()
+	var h [headerBytes]byte
+	_ = c.SetReadDeadline(time.Now().Add(m.headerTimeout))
+	_, err := io.ReadFull(c, h[:])
+	if err == nil {
+		err = c.SetReadDeadline(time.Time{})
+	}
+
+	m.mu.Lock()
+	delete(m.pending, c)
+	m.mu.Unlock()
+
+	if err != nil {
+		m.logger.Debug("dropping connection: no header", "remote", c.RemoteAddr(), "error", err)
+		_ = c.Close()
+		return
+	}
+	if h[0] != headerMagic || h[1] != headerVersion {
+		m.logger.Warn("dropping connection: bad header", "remote", c.RemoteAddr(), "magic", h[0], "version", h[1])
+		_ = c.Close()
+		return
+	}
+	shard := binary.BigEndian.Uint32(h[2:])
+	m.mu.Lock()
+	l := m.layers[shard]
+	m.mu.Unlock()
+	if l == nil {
+		m.logger.Warn("dropping connection: unknown shard", "remote", c.RemoteAddr(), "shard", shard)
+		_ = c.Close()
+		return
+	}
+	tc, ok := l.track(c)
+	if !ok {
+		return // layer closed meanwhile; track closed c
+	}
+	select {
+	case l.acceptCh <- tc:
+	case <-l.closeCh:
+		_ = tc.Close()
+	case <-m.closeCh:
+		_ = tc.Close()
+	}
+}
+
+// dial connects to address (after DialRewrite) and writes the shard header.
+func (m *Mux) dial(shard uint32, address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	select {
+	case <-m.closeCh:
+		return nil, ErrMuxClosed
+	default:
+	}
+	target := string(address)
+	if rewritten, ok := m.dialRewrite[target]; ok {
+		target = rewritten
+	}
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.Dial("tcp", target)
+	if err != nil {
+		return nil, err
+	}
+	if timeout <= 0 {
+		timeout = m.headerTimeout
+	}
+	h := [headerBytes]byte{headerMagic, headerVersion}
+	binary.BigEndian.PutUint32(h[2:], shard)
+	_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := c.Write(h[:]); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("transport: write header to %s: %w", target, err)
+	}
+	if err := c.SetWriteDeadline(time.Time{}); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// advertisedAddr is an address given as a string (it may name a host that
+// does not resolve here).
+type advertisedAddr string
+
+func (a advertisedAddr) Network() string { return "tcp" }
+func (a advertisedAddr) String() string  { return string(a) }

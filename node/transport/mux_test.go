@@ -1,0 +1,367 @@
+package transport
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/stretchr/testify/require"
+)
+
+// cluster is one Raft group per shard, each replicated on every mux.
+type cluster struct {
+	muxes  []*Mux
+	shards []uint32
+	rafts  map[uint32][]*raft.Raft
+	fsms   map[uint32][]*sumFSM
+	want   map[uint32]uint64 // sum of all commands applied so far, per shard
+	seq    map[uint32]uint64 // last command value sent, per shard
+	down   bool
+}
+
+func startCluster(t *testing.T, muxes []*Mux, shards []uint32) *cluster {
+	t.Helper()
+	c := &cluster{muxes: muxes, shards: shards, rafts: map[uint32][]*raft.Raft{}, fsms: map[uint32][]*sumFSM{}, want: map[uint32]uint64{}, seq: map[uint32]uint64{}}
+	t.Cleanup(func() { c.shutdown(t) })
+	for _, shard := range shards {
+		var servers []raft.Server
+		for i, m := range muxes {
+			id := raft.ServerID(fmt.Sprintf("n%d", i))
+			trans := m.NewTransport(shard, TransportConfig{Logger: nullLogger(), Timeout: 2 * time.Second})
+			require.Equal(t, raft.ServerAddress(m.Addr().String()), trans.LocalAddr())
+			store := raft.NewInmemStore()
+			fsm := &sumFSM{}
+			r, err := raft.NewRaft(fastRaftConfig(id), fsm, store, store, raft.NewInmemSnapshotStore(), trans)
+			require.NoError(t, err)
+			c.rafts[shard] = append(c.rafts[shard], r)
+			c.fsms[shard] = append(c.fsms[shard], fsm)
+			servers = append(servers, raft.Server{ID: id, Address: trans.LocalAddr()})
+		}
+		require.NoError(t, c.rafts[shard][0].BootstrapCluster(raft.Configuration{Servers: servers}).Error())
+	}
+	return c
+}
+
+func (c *cluster) leader(t *testing.T, shard uint32) *raft.Raft {
+	t.Helper()
+	var leader *raft.Raft
+	waitFor(t, 10*time.Second, fmt.Sprintf("a leader of shard %d", shard), func() bool {
+		for _, r := range c.rafts[shard] {
+			if r.State() == raft.Leader {
+				leader = r
+				return true
+			}
+		}
+		return false
+	})
+	return leader
+}
+
+// applyAndCheck applies n commands to every shard and waits for every replica
+// to reach the same sum.
+func (c *cluster) applyAndCheck(t *testing.T, n int) {
+	t.Helper()
+	for _, shard := range c.shards {
+		want := c.want[shard]
+		for i := 1; i <= n; i++ {
+			c.seq[shard]++
+			v := c.seq[shard] // unique per shard, so the FSM's dedup is exact
+			for attempt := 0; ; attempt++ {
+				err := c.leader(t, shard).Apply(binary.BigEndian.AppendUint64(nil, v), 2*time.Second).Error()
+				if err == nil {
+					break
+				}
+				t.Logf("shard %d apply %d attempt %d: %v", shard, v, attempt, err)
+				require.Less(t, attempt, 10, "shard %d apply: %v", shard, err)
+			}
+			want += v
+		}
+		c.want[shard] = want
+		for i, f := range c.fsms[shard] {
+			waitFor(t, 5*time.Second, fmt.Sprintf("shard %d replica %d to apply (want %d, have %d)", shard, i, want, f.sum.Load()), func() bool { return f.sum.Load() == want })
+		}
+	}
+}
+
+func (c *cluster) shutdown(t *testing.T) {
+	t.Helper()
+	if c.down {
+		return
+	}
+	c.down = true
+	for _, rs := range c.rafts {
+		for _, r := range rs {
+			require.NoError(t, r.Shutdown().Error())
+		}
+	}
+	for _, m := range c.muxes {
+		require.NoError(t, m.Close())
+	}
+}
+
+func listenN(t *testing.T, n int, opts func(i int) Options) []*Mux {
+	t.Helper()
+	var muxes []*Mux
+	for i := 0; i < n; i++ {
+		o := Options{Logger: nullLogger()}
+		if opts != nil {
+			o = opts(i)
+		}
+		m, err := Listen("127.0.0.1:0", o)
+		require.NoError(t, err)
+		muxes = append(muxes, m)
+	}
+	return muxes
+}
+
+// TestRaftGroupsShareOnePort runs several 3-node Raft groups whose nodes each
+// use one Mux (one port) for all groups.
+func TestRaftGroupsShareOnePort(t *testing.T) {
+	checkNoLeaks(t)
+	muxes := listenN(t, 3, nil)
+	c := startCluster(t, muxes, []uint32{0, 1, 2, 7, 1<<32 - 1})
+	c.applyAndCheck(t, 30)
+
+	// A leader change in one shard moves traffic over the same ports.
+	leader := c.leader(t, 1)
+	require.NoError(t, leader.LeadershipTransfer().Error())
+	waitFor(t, 5*time.Second, "a new leader of shard 1", func() bool {
+		l := c.leader(t, 1)
+		return l != leader
+	})
+	c.applyAndCheck(t, 10)
+	c.shutdown(t)
+}
+
+// TestDialRewrite puts a forwarder on every link and checks that the Raft
+// traffic really flows through them.
+func TestDialRewrite(t *testing.T) {
+	checkNoLeaks(t)
+	targets := listenN(t, 3, nil)
+	var fwds []*forwarder
+	rewrites := make([]map[string]string, 3)
+	for i := range targets {
+		rewrites[i] = map[string]string{}
+		for j := range targets {
+			if i != j {
+				f := newForwarder(t, targets[j].Addr().String())
+				t.Cleanup(f.close)
+				fwds = append(fwds, f)
+				rewrites[i][targets[j].Addr().String()] = f.addr()
+			}
+		}
+	}
+	// A forwarder needs its target's port and a Mux copies DialRewrite at
+	// Listen, so the rewrites are installed after the fact (same package,
+	// before any dial). TestDialRewriteOption covers the Options path.
+	for i, m := range targets {
+		m.dialRewrite = rewrites[i]
+	}
+	c := startCluster(t, targets, []uint32{3, 4})
+	c.applyAndCheck(t, 20)
+	// Every leader dials each of its followers, and every such dial must go
+	// through a forwarder: so each node that followed in some shard received
+	// forwarded connections.
+	forwardedTo := map[string]int64{}
+	for _, f := range fwds {
+		forwardedTo[f.target] += f.accepted.Load()
+	}
+	for _, shard := range c.shards {
+		leader := c.leader(t, shard)
+		for i, r := range c.rafts[shard] {
+			if r != leader {
+				addr := targets[i].Addr().String()
+				require.Positive(t, forwardedTo[addr], "no forwarded connection reached follower %s of shard %d", addr, shard)
+			}
+		}
+	}
+	c.shutdown(t)
+}
+
+// TestDialRewriteOption checks the documented Options path end to end with
+// a single stream.
+func TestDialRewriteOption(t *testing.T) {
+	checkNoLeaks(t)
+	server := listenN(t, 1, nil)[0]
+	f := newForwarder(t, server.Addr().String())
+	client, err := Listen("127.0.0.1:0", Options{Logger: nullLogger(), DialRewrite: map[string]string{server.Addr().String(): f.addr()}})
+	require.NoError(t, err)
+
+	accepted := make(chan net.Conn, 1)
+	ln := server.StreamLayer(9)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	conn, err := client.StreamLayer(9).Dial(raft.ServerAddress(server.Addr().String()), time.Second)
+	require.NoError(t, err)
+	_, err = conn.Write([]byte("ping"))
+	require.NoError(t, err)
+	var got net.Conn
+	select {
+	case got = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection accepted")
+	}
+	buf := make([]byte, 4)
+	require.NoError(t, got.SetReadDeadline(time.Now().Add(5*time.Second)))
+	_, err = io.ReadFull(got, buf)
+	require.NoError(t, err)
+	require.Equal(t, "ping", string(buf))
+	require.EqualValues(t, 1, f.accepted.Load())
+
+	require.NoError(t, client.Close())
+	require.NoError(t, server.Close())
+	f.close()
+}
+
+// TestBadHeaderIsDropped sends malformed or missing headers and checks the
+// connection is closed by the Mux, never reaches Accept, and does not stall
+// good connections.
+func TestBadHeaderIsDropped(t *testing.T) {
+	checkNoLeaks(t)
+	const shard = 7
+	server, err := Listen("127.0.0.1:0", Options{Logger: nullLogger(), HeaderTimeout: 300 * time.Millisecond})
+	require.NoError(t, err)
+	client := listenN(t, 1, nil)[0]
+	layer := server.StreamLayer(shard)
+
+	var accepted atomic.Int64
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		for {
+			c, err := layer.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			_ = c.Close()
+		}
+	}()
+
+	header := func(magic, version byte, s uint32) []byte {
+		return binary.BigEndian.AppendUint32([]byte{magic, version}, s)
+	}
+	cases := []struct {
+		name string
+		send []byte
+	}{
+		{"bad magic", header(0x00, headerVersion, shard)},
+		{"bad version", header(headerMagic, headerVersion+1, shard)},
+		{"unknown shard", header(headerMagic, headerVersion, shard+1)},
+		{"short header then silence", []byte{headerMagic, headerVersion}},
+		{"silence", nil},
+		{"http", []byte("GET / HTTP/1.1\r\n\r\n")},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", server.Addr().String())
+			require.NoError(t, err)
+			defer conn.Close()
+			if len(tc.send) > 0 {
+				_, err = conn.Write(tc.send)
+				require.NoError(t, err)
+			}
+
+			// While this client stalls, a good connection still gets through.
+			before := accepted.Load()
+			good, err := client.StreamLayer(shard).Dial(raft.ServerAddress(server.Addr().String()), time.Second)
+			require.NoError(t, err)
+			waitFor(t, 2*time.Second, "the good connection to be accepted", func() bool { return accepted.Load() > before })
+			_ = good.Close()
+
+			// The bad one is closed by the server: a read ends with EOF or a
+			// reset well before our own deadline.
+			require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+			_, err = io.ReadAll(conn)
+			var ne net.Error
+			require.False(t, errors.As(err, &ne) && ne.Timeout(), "server never closed the connection")
+		})
+	}
+	require.NoError(t, server.Close())
+	require.NoError(t, client.Close())
+	<-acceptDone
+	require.EqualValues(t, len(cases), accepted.Load(), "only the good connections may be accepted")
+}
+
+func TestStreamLayerIdentityAndClose(t *testing.T) {
+	checkNoLeaks(t)
+	m := listenN(t, 1, nil)[0]
+	peer := listenN(t, 1, nil)[0]
+
+	a := m.StreamLayer(1)
+	require.Same(t, a, m.StreamLayer(1))
+	require.NotSame(t, a, m.StreamLayer(2))
+	require.Equal(t, m.Addr().String(), a.Addr().String())
+	require.Equal(t, m.Addr().String(), m.StreamLayer(2).Addr().String())
+
+	// An established connection is closed with its layer.
+	acceptedCh := make(chan net.Conn, 1)
+	go func() {
+		if c, err := a.Accept(); err == nil {
+			acceptedCh <- c
+		}
+	}()
+	out, err := peer.StreamLayer(1).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	require.NoError(t, err)
+	var in net.Conn
+	select {
+	case in = <-acceptedCh:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not accepted")
+	}
+	require.NoError(t, a.Close())
+	_, err = a.Accept()
+	require.ErrorIs(t, err, ErrLayerClosed)
+	_, err = in.Read(make([]byte, 1))
+	require.Error(t, err)
+	require.NoError(t, out.SetReadDeadline(time.Now().Add(5*time.Second)))
+	_, err = out.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF, "peer sees the close")
+	_ = out.Close()
+
+	// A closed layer is replaced on the next call, so a shard can restart.
+	b := m.StreamLayer(1)
+	require.NotSame(t, a, b)
+
+	// Close unblocks Accept with an error.
+	acceptErr := make(chan error, 1)
+	go func() {
+		_, err := b.Accept()
+		acceptErr <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	require.NoError(t, m.Close())
+	require.NoError(t, m.Close())
+	select {
+	case err := <-acceptErr:
+		require.ErrorIs(t, err, ErrMuxClosed)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Accept not unblocked by Close")
+	}
+	_, err = m.StreamLayer(5).Accept()
+	require.Error(t, err)
+	_, err = b.Dial(raft.ServerAddress(peer.Addr().String()), time.Second)
+	require.Error(t, err)
+	// Nothing listens any more.
+	_, err = net.DialTimeout("tcp", m.Addr().String(), time.Second)
+	require.Error(t, err)
+	require.NoError(t, peer.Close())
+}
+
+func TestAdvertise(t *testing.T) {
+	m, err := Listen("127.0.0.1:0", Options{Logger: nullLogger(), Advertise: "node-1.example:7000"})
+	require.NoError(t, err)
+	defer m.Close()
+	require.Equal(t, "node-1.example:7000", m.Addr().String())
+	require.Equal(t, "node-1.example:7000", m.StreamLayer(3).Addr().String())
+}

@@ -1,0 +1,58 @@
+package transport
+
+import (
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// Defaults for TransportConfig fields left zero.
+const (
+	// defaultMaxPool is the number of idle outgoing connections kept per peer.
+	// Replication uses one pipelined connection; the pool serves heartbeats,
+	// votes and the occasional snapshot alongside it.
+	defaultMaxPool = 3
+	// defaultTimeout is the I/O deadline for one RPC (scaled up by raft for
+	// snapshot installs). Generous, because a timeout tears down a connection
+	// and a busy peer fsyncing behind 64 groups may answer slowly.
+	defaultTimeout = 10 * time.Second
+)
+
+// TransportConfig configures NewTransport. The zero value is usable.
+type TransportConfig struct {
+	// MaxPool is the number of pooled connections per peer; 0 means
+	// defaultMaxPool.
+	MaxPool int
+	// Timeout is the per-RPC I/O deadline; 0 means defaultTimeout.
+	Timeout time.Duration
+	// MaxRPCsInFlight is passed to raft; 0 means raft's default.
+	MaxRPCsInFlight int
+	// Logger is raft's transport logger; nil means a logger named
+	// "raft-net" tagged with the shard, derived from the Mux's logger.
+	Logger hclog.Logger
+	// ServerAddressProvider, if set, resolves server IDs to addresses.
+	ServerAddressProvider raft.ServerAddressProvider
+}
+
+// NewTransport returns a raft.NetworkTransport for shard running over the
+// Mux. Closing it closes the shard's StreamLayer and all of its connections.
+func (m *Mux) NewTransport(shard uint32, cfg TransportConfig) *raft.NetworkTransport {
+	if cfg.MaxPool <= 0 {
+		cfg.MaxPool = defaultMaxPool
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = defaultTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = m.logger.Named("raft-net").With("shard", shard)
+	}
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		ServerAddressProvider: cfg.ServerAddressProvider,
+		Logger:                cfg.Logger,
+		Stream:                m.StreamLayer(shard),
+		MaxPool:               cfg.MaxPool,
+		MaxRPCsInFlight:       cfg.MaxRPCsInFlight,
+		Timeout:               cfg.Timeout,
+	})
+}
