@@ -16,11 +16,11 @@ type MemStore struct {
 	accounts map[AccountKey]Account
 	controls map[assetID]int64
 	holds    map[holdID]Hold
-	records  map[recordID]Record
+	records  map[recordID]*Record // pointers: records are large and never change
 	// expiry is the index of open holds, sorted by compareHoldRef.
 	expiry []HoldRef
 	// journals holds each member's successful records, oldest first.
-	journals map[memberID][]Record
+	journals map[memberID][]*Record
 	lastSeq  uint64
 }
 
@@ -33,8 +33,8 @@ func NewMemStore() *MemStore {
 		accounts: make(map[AccountKey]Account),
 		controls: make(map[assetID]int64),
 		holds:    make(map[holdID]Hold),
-		records:  make(map[recordID]Record),
-		journals: make(map[memberID][]Record),
+		records:  make(map[recordID]*Record),
+		journals: make(map[memberID][]*Record),
 	}
 }
 
@@ -90,7 +90,7 @@ func (m *MemStore) PutHold(h Hold) error {
 	if old, ok := m.holds[id]; ok && old.State == HoldOpen {
 		ref := holdRef(&old)
 		if i, found := slices.BinarySearchFunc(m.expiry, ref, compareHoldRef); found {
-			m.expiry = slices.Delete(m.expiry, i, i+1)
+			m.expiry = deleteAt(m.expiry, i)
 		}
 	}
 	m.holds[id] = h
@@ -100,6 +100,18 @@ func (m *MemStore) PutHold(h Hold) error {
 		m.expiry = slices.Insert(m.expiry, i, ref)
 	}
 	return nil
+}
+
+// deleteAt removes refs[i], moving whichever side of i is shorter: expiries
+// remove from the front and captures mostly near the back, so both stay
+// cheap on a large index.
+func deleteAt(refs []HoldRef, i int) []HoldRef {
+	if i < len(refs)/2 {
+		copy(refs[1:i+1], refs[:i])
+		refs[0] = HoldRef{}
+		return refs[1:]
+	}
+	return slices.Delete(refs, i, i+1)
 }
 
 func holdRef(h *Hold) HoldRef {
@@ -121,16 +133,20 @@ func (m *MemStore) ExpiredHolds(nowMs int64, limit int) ([]HoldRef, error) {
 // Record implements Store.
 func (m *MemStore) Record(program, key string) (Record, bool, error) {
 	r, ok := m.records[recordID{program, key}]
-	return r, ok, nil
+	if !ok {
+		return Record{}, false, nil
+	}
+	return *r, true, nil
 }
 
 // PutRecord implements Store. Successful ops that name a member are appended
 // to that member's journal.
 func (m *MemStore) PutRecord(r Record) error {
-	m.records[recordID{r.Op.Program, r.Op.IdempotencyKey}] = r
+	p := &r
+	m.records[recordID{r.Op.Program, r.Op.IdempotencyKey}] = p
 	if r.Result.OK() && r.Op.Member != "" {
 		id := memberID{r.Op.Program, r.Op.Member}
-		m.journals[id] = append(m.journals[id], r)
+		m.journals[id] = append(m.journals[id], p)
 	}
 	return nil
 }
@@ -152,7 +168,7 @@ func (m *MemStore) Journal(program, member string) []Record {
 	j := m.journals[memberID{program, member}]
 	out := make([]Record, len(j))
 	for i := range j {
-		out[len(j)-1-i] = j[i]
+		out[len(j)-1-i] = *j[i]
 	}
 	return out
 }
@@ -219,7 +235,7 @@ func (m *MemStore) Clone() *MemStore {
 		holds:    maps.Clone(m.holds),
 		records:  maps.Clone(m.records),
 		expiry:   slices.Clone(m.expiry),
-		journals: make(map[memberID][]Record, len(m.journals)),
+		journals: make(map[memberID][]*Record, len(m.journals)),
 		lastSeq:  m.lastSeq,
 	}
 	for k, v := range m.journals {
