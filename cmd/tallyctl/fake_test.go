@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/shopspring/decimal"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// fakeLedger is a one-node, in-memory stand-in for a Tally cluster that
+// leads every shard. Every asset has scale 2.
+type fakeLedger struct {
+	tallypb.UnimplementedLedgerServer
+	addr   string
+	shards int
+	// election makes ClusterInfo report no leader for shard 1.
+	election bool
+
+	mu       sync.Mutex
+	submits  []*tallypb.SubmitRequest
+	defines  []*tallypb.DefineAssetRequest
+	balances map[string]decimal.Decimal
+	records  map[string]*tallypb.JournalEntry
+	journal  []*tallypb.JournalEntry
+	seq      uint64
+}
+
+func startFake(t *testing.T) *fakeLedger {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeLedger{addr: lis.Addr().String(), shards: 2,
+		balances: make(map[string]decimal.Decimal), records: make(map[string]*tallypb.JournalEntry)}
+	srv := grpc.NewServer()
+	tallypb.RegisterLedgerServer(srv, f)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	return f
+}
+
+func (f *fakeLedger) lastSubmit() *tallypb.SubmitRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.submits) == 0 {
+		return nil
+	}
+	return f.submits[len(f.submits)-1]
+}
+
+func tallyErr(code codes.Code, reason ledger.Code, msg string, md map[string]string) error {
+	st, err := status.New(code, string(reason)+": "+msg).WithDetails(&errdetails.ErrorInfo{Domain: "tally", Reason: string(reason), Metadata: md})
+	if err != nil {
+		panic(err)
+	}
+	return st.Err()
+}
+
+func (f *fakeLedger) ClusterInfo(context.Context, *tallypb.ClusterInfoRequest) (*tallypb.ClusterInfoResponse, error) {
+	resp := &tallypb.ClusterInfoResponse{Shards: uint32(f.shards), NodeId: "n1",
+		Nodes: []*tallypb.NodeInfo{{Id: "n1", GrpcAddr: f.addr, RaftAddr: "127.0.0.1:7201"}}}
+	for s := range f.shards {
+		resp.Leaders = append(resp.Leaders, &tallypb.ShardLeader{Shard: uint32(s), LeaderId: "n1", LeaderGrpcAddr: f.addr})
+	}
+	if f.election {
+		resp.Leaders[1].LeaderId, resp.Leaders[1].LeaderGrpcAddr = "", ""
+	}
+	return resp, nil
+}
+
+func (f *fakeLedger) Submit(_ context.Context, req *tallypb.SubmitRequest) (*tallypb.SubmitResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.submits = append(f.submits, proto.Clone(req).(*tallypb.SubmitRequest))
+	for i, op := range req.Ops {
+		if op.Amount != "" {
+			if d, err := decimal.NewFromString(op.Amount); err != nil || d.Sign() <= 0 {
+				return nil, tallyErr(codes.InvalidArgument, ledger.CodeInvalidAmount, "op "+strconv.Itoa(i)+": amount must be > 0",
+					map[string]string{"op_index": strconv.Itoa(i)})
+			}
+		}
+	}
+	resp := &tallypb.SubmitResponse{}
+	for _, op := range req.Ops {
+		resp.Results = append(resp.Results, f.applyLocked(op))
+	}
+	return resp, nil
+}
+
+func (f *fakeLedger) applyLocked(op *tallypb.Op) *tallypb.OpResult {
+	if rec, ok := f.records[op.IdempotencyKey]; ok {
+		r := proto.Clone(rec.Result).(*tallypb.OpResult)
+		r.Replayed = true
+		return r
+	}
+	acct := op.Program + "/" + op.Member + "/" + op.Asset
+	amount, _ := decimal.NewFromString(op.Amount)
+	bal := f.balances[acct]
+	res := &tallypb.OpResult{Code: "OK", TimeMs: 1700000000000,
+		Shard: uint32(ledger.ShardOf(op.Program, op.Member, f.shards))}
+	switch op.Kind {
+	case tallypb.OpKind_CREDIT:
+		bal = bal.Add(amount)
+	case tallypb.OpKind_DEBIT:
+		if bal.LessThan(amount) {
+			res.Code, res.Message = string(ledger.CodeInsufficientFunds), "available "+bal.StringFixed(2)
+		} else {
+			bal = bal.Sub(amount)
+		}
+	case tallypb.OpKind_HOLD:
+		res.Hold = &tallypb.Hold{Key: op.IdempotencyKey, Asset: op.Asset, Amount: amount.StringFixed(2), State: "OPEN",
+			CreatedAtMs: res.TimeMs, ExpiresAtMs: res.TimeMs + op.HoldTtlMs}
+	case tallypb.OpKind_CAPTURE_HOLD:
+		res.Captured, res.Released = "5.00", "0.00"
+	}
+	f.balances[acct] = bal
+	res.Account = &tallypb.Account{Program: op.Program, Member: op.Member, Asset: op.Asset, Scale: 2, State: "ACTIVE",
+		Posted: bal.StringFixed(2), Held: "0.00", Available: bal.StringFixed(2), MaxBalance: op.MaxBalance,
+		OpenedAtMs: 1700000000000, UpdatedAtMs: res.TimeMs}
+	if res.Code == "OK" {
+		f.seq++
+		res.Seq = f.seq
+		e := &tallypb.JournalEntry{Seq: f.seq, Op: proto.Clone(op).(*tallypb.Op), Result: res}
+		f.records[op.IdempotencyKey] = e
+		f.journal = append(f.journal, e)
+	}
+	return res
+}
+
+func (f *fakeLedger) DefineAsset(_ context.Context, req *tallypb.DefineAssetRequest) (*tallypb.DefineAssetResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.defines = append(f.defines, proto.Clone(req).(*tallypb.DefineAssetRequest))
+	return &tallypb.DefineAssetResponse{Result: &tallypb.OpResult{Code: "OK", Seq: 1, TimeMs: 1700000000000}}, nil
+}
+
+func (f *fakeLedger) GetAccount(_ context.Context, req *tallypb.GetAccountRequest) (*tallypb.GetAccountResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	bal, ok := f.balances[req.Program+"/"+req.Member+"/"+req.Asset]
+	if !ok {
+		return nil, tallyErr(codes.NotFound, ledger.CodeAccountNotFound, "no account", nil)
+	}
+	return &tallypb.GetAccountResponse{Account: &tallypb.Account{Program: req.Program, Member: req.Member, Asset: req.Asset,
+		Scale: 2, State: "ACTIVE", Posted: bal.StringFixed(2), Held: "0.00", Available: bal.StringFixed(2),
+		MaxBalance: "1000.00", OpenedAtMs: 1700000000000, UpdatedAtMs: 1700000000000}}, nil
+}
+
+func (f *fakeLedger) GetOperation(_ context.Context, req *tallypb.GetOperationRequest) (*tallypb.GetOperationResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if e, ok := f.records[req.IdempotencyKey]; ok {
+		return &tallypb.GetOperationResponse{Found: true, Entry: e}, nil
+	}
+	return &tallypb.GetOperationResponse{}, nil
+}
+
+func (f *fakeLedger) ListJournal(_ context.Context, req *tallypb.ListJournalRequest) (*tallypb.ListJournalResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var mine []*tallypb.JournalEntry
+	for _, e := range f.journal {
+		if e.Op.Member == req.Member && (req.BeforeSeq == 0 || e.Seq < req.BeforeSeq) {
+			mine = append(mine, e)
+		}
+	}
+	sort.Slice(mine, func(i, j int) bool { return mine[i].Seq > mine[j].Seq })
+	resp := &tallypb.ListJournalResponse{}
+	if n := int(req.PageSize); len(mine) > n {
+		mine = mine[:n]
+		resp.NextBeforeSeq = mine[n-1].Seq
+	}
+	resp.Entries = mine
+	return resp, nil
+}
+
+func (f *fakeLedger) ShardState(_ context.Context, req *tallypb.ShardStateRequest) (*tallypb.ShardStateResponse, error) {
+	if !req.Full {
+		return nil, status.Error(codes.InvalidArgument, "test expects a full state request")
+	}
+	return &tallypb.ShardStateResponse{Shard: req.Shard, AppliedIndex: 42, StateHash: []byte{0xde, 0xad, 0xbe, 0xef},
+		ConservationOk: true, Leader: true, LastTimeMs: 1700000000000}, nil
+}

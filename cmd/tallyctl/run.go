@@ -1,0 +1,480 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitError = 1 // the request or the operation failed
+	exitUsage = 2
+)
+
+const (
+	defaultAddrs   = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+	defaultTimeout = 5 * time.Second
+	// defaultJournalLimit is the page size of "journal" without --limit.
+	defaultJournalLimit = 20
+	// keyRandomBytes of randomness make generated idempotency keys unique
+	// without coordination (128 bits).
+	keyRandomBytes = 16
+)
+
+// globals are the flags every command accepts, before or after its name.
+type globals struct {
+	addrs   string
+	json    bool
+	timeout time.Duration
+}
+
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.addrs, "addr", g.addrs, "comma-separated gRPC addresses of cluster nodes")
+	fs.BoolVar(&g.json, "json", g.json, "print JSON instead of aligned text")
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "bound on the whole command, retries included")
+}
+
+// args holds every command flag; each command registers the ones it uses.
+type args struct {
+	program, member, asset string
+	key                    string
+	keyGenerated           bool
+	amount                 string
+	memo                   string
+	maxBalance             string
+	ttl                    time.Duration
+	holdKey                string
+	scale                  uint
+	limit                  int
+	before                 uint64
+	node                   string
+	shard                  uint
+}
+
+// command is one tallyctl command.
+type command struct {
+	name     string
+	synopsis string
+	// flags registers the command's flags; required names those that must
+	// be set.
+	flags    func(fs *flag.FlagSet, a *args)
+	required []string
+	mutating bool // takes --key, generated when absent
+	// dial overrides the addresses to dial (state: the node asked).
+	dial func(g globals, a *args) []string
+	do   func(ctx context.Context, c *client.Client, a *args) (view, error)
+}
+
+func memberFlags(fs *flag.FlagSet, a *args) {
+	fs.StringVar(&a.program, "program", "", "loyalty program")
+	fs.StringVar(&a.member, "member", "", "member id")
+	fs.StringVar(&a.asset, "asset", "", "asset code (POINTS, CNY, ...)")
+}
+
+func amountFlags(fs *flag.FlagSet, a *args) {
+	memberFlags(fs, a)
+	fs.StringVar(&a.amount, "amount", "", "decimal amount, e.g. 12.50")
+}
+
+func stateCommand(name, synopsis string, do func(c *client.Client) func(context.Context, string, string, string, string) (client.Result, error)) command {
+	return command{
+		name: name, synopsis: synopsis, flags: memberFlags, required: []string{"program", "member", "asset"}, mutating: true,
+		do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+			r, err := do(c)(ctx, a.program, a.member, a.asset, a.key)
+			return resultOf(a, r, err)
+		},
+	}
+}
+
+func commands() []command {
+	return []command{
+		{
+			name: "define-asset", synopsis: "define an asset of a program on every shard",
+			flags: func(fs *flag.FlagSet, a *args) {
+				fs.StringVar(&a.program, "program", "", "loyalty program")
+				fs.StringVar(&a.asset, "asset", "", "asset code")
+				fs.UintVar(&a.scale, "scale", 0, "decimal places of the asset's amounts")
+			},
+			required: []string{"program", "asset"}, mutating: true,
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				if a.scale > ledger.MaxScale {
+					return nil, usageErr("--scale %d is above the maximum %d", a.scale, ledger.MaxScale)
+				}
+				r, err := c.DefineAsset(ctx, a.program, a.asset, uint8(a.scale), a.key)
+				return resultOf(a, r, err)
+			},
+		},
+		{
+			name: "open", synopsis: "open a member's account of an asset",
+			flags: func(fs *flag.FlagSet, a *args) {
+				memberFlags(fs, a)
+				fs.StringVar(&a.maxBalance, "max-balance", "", "upper bound of the posted balance (default none)")
+			},
+			required: []string{"program", "member", "asset"}, mutating: true,
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				var maxBal *decimal.Decimal
+				if a.maxBalance != "" {
+					d, err := parseDecimal("max-balance", a.maxBalance)
+					if err != nil {
+						return nil, err
+					}
+					maxBal = &d
+				}
+				r, err := c.OpenAccount(ctx, a.program, a.member, a.asset, maxBal, a.key)
+				return resultOf(a, r, err)
+			},
+		},
+		{
+			name: "credit", synopsis: "add to an account (earn, top-up, refund)",
+			flags: func(fs *flag.FlagSet, a *args) {
+				amountFlags(fs, a)
+				fs.StringVar(&a.memo, "memo", "", "free text stored in the journal")
+			},
+			required: []string{"program", "member", "asset", "amount"}, mutating: true,
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				amount, err := parseDecimal("amount", a.amount)
+				if err != nil {
+					return nil, err
+				}
+				r, err := c.Credit(ctx, a.program, a.member, a.asset, amount, a.key, a.memo)
+				return resultOf(a, r, err)
+			},
+		},
+		{
+			name: "debit", synopsis: "take from an account's available balance (redeem, pay)",
+			flags: func(fs *flag.FlagSet, a *args) {
+				amountFlags(fs, a)
+				fs.StringVar(&a.memo, "memo", "", "free text stored in the journal")
+			},
+			required: []string{"program", "member", "asset", "amount"}, mutating: true,
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				amount, err := parseDecimal("amount", a.amount)
+				if err != nil {
+					return nil, err
+				}
+				r, err := c.Debit(ctx, a.program, a.member, a.asset, amount, a.key, a.memo)
+				return resultOf(a, r, err)
+			},
+		},
+		{
+			name: "hold", synopsis: "reserve part of the available balance; the hold is named by --key",
+			flags: func(fs *flag.FlagSet, a *args) {
+				amountFlags(fs, a)
+				fs.DurationVar(&a.ttl, "ttl", 15*time.Minute, "lifetime of the hold")
+			},
+			required: []string{"program", "member", "asset", "amount"}, mutating: true,
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				amount, err := parseDecimal("amount", a.amount)
+				if err != nil {
+					return nil, err
+				}
+				r, err := c.Hold(ctx, a.program, a.member, a.asset, amount, a.ttl, a.key)
+				return resultOf(a, r, err)
+			},
+		},
+		{
+			name: "capture", synopsis: "debit a hold (all of it without --amount) and release the rest",
+			flags: func(fs *flag.FlagSet, a *args) {
+				fs.StringVar(&a.program, "program", "", "loyalty program")
+				fs.StringVar(&a.member, "member", "", "member id")
+				fs.StringVar(&a.holdKey, "hold-key", "", "idempotency key of the hold")
+				fs.StringVar(&a.amount, "amount", "", "amount to capture (default: the whole hold)")
+			},
+			required: []string{"program", "member", "hold-key"}, mutating: true,
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				amount := decimal.Zero
+				if a.amount != "" {
+					var err error
+					if amount, err = parseDecimal("amount", a.amount); err != nil {
+						return nil, err
+					}
+				}
+				r, err := c.CaptureHold(ctx, a.program, a.member, a.holdKey, amount, a.key)
+				return resultOf(a, r, err)
+			},
+		},
+		{
+			name: "release", synopsis: "release a hold",
+			flags: func(fs *flag.FlagSet, a *args) {
+				fs.StringVar(&a.program, "program", "", "loyalty program")
+				fs.StringVar(&a.member, "member", "", "member id")
+				fs.StringVar(&a.holdKey, "hold-key", "", "idempotency key of the hold")
+			},
+			required: []string{"program", "member", "hold-key"}, mutating: true,
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				r, err := c.ReleaseHold(ctx, a.program, a.member, a.holdKey, a.key)
+				return resultOf(a, r, err)
+			},
+		},
+		stateCommand("freeze", "freeze an account (fraud, dispute)", func(c *client.Client) func(context.Context, string, string, string, string) (client.Result, error) {
+			return c.Freeze
+		}),
+		stateCommand("unfreeze", "make a frozen account active again", func(c *client.Client) func(context.Context, string, string, string, string) (client.Result, error) {
+			return c.Unfreeze
+		}),
+		stateCommand("lost", "report an account's card lost", func(c *client.Client) func(context.Context, string, string, string, string) (client.Result, error) {
+			return c.ReportLost
+		}),
+		stateCommand("found", "report a lost card found", func(c *client.Client) func(context.Context, string, string, string, string) (client.Result, error) {
+			return c.ReportFound
+		}),
+		stateCommand("close", "close an account for good (zero balance)", func(c *client.Client) func(context.Context, string, string, string, string) (client.Result, error) {
+			return c.CloseAccount
+		}),
+		{
+			name: "get", synopsis: "show an account (linearizable read)",
+			flags: memberFlags, required: []string{"program", "member", "asset"},
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				acct, err := c.GetAccount(ctx, a.program, a.member, a.asset)
+				if err != nil {
+					return nil, err
+				}
+				return accountView{acct}, nil
+			},
+		},
+		{
+			name: "journal", synopsis: "list a member's operations, newest first",
+			flags: func(fs *flag.FlagSet, a *args) {
+				memberFlags(fs, a)
+				fs.IntVar(&a.limit, "limit", defaultJournalLimit, "entries per page")
+				fs.Uint64Var(&a.before, "before", 0, "list entries with seq below this (the next page's --before is printed)")
+			},
+			required: []string{"program", "member"},
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				if a.limit <= 0 {
+					return nil, usageErr("--limit must be positive, got %d", a.limit)
+				}
+				entries, next, err := c.ListJournal(ctx, a.program, a.member, a.asset, a.limit, a.before)
+				if err != nil {
+					return nil, err
+				}
+				return journalView{Entries: entries, NextBeforeSeq: next}, nil
+			},
+		},
+		{
+			name: "op", synopsis: "show the stored outcome of an operation by its idempotency key",
+			flags: func(fs *flag.FlagSet, a *args) {
+				fs.StringVar(&a.program, "program", "", "loyalty program")
+				fs.StringVar(&a.member, "member", "", "member id (routes to the member's shard)")
+				fs.StringVar(&a.key, "key", "", "idempotency key of the operation")
+			},
+			required: []string{"program", "member", "key"},
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				found, entry, err := c.GetOperation(ctx, a.program, a.member, a.key)
+				if err != nil {
+					return nil, err
+				}
+				return opView{Key: a.key, Found: found, Entry: entry}, nil
+			},
+		},
+		{
+			name: "cluster", synopsis: "show nodes and shard leaders",
+			flags: func(*flag.FlagSet, *args) {},
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				info, err := c.ClusterInfo(ctx)
+				if err != nil {
+					return nil, err
+				}
+				return clusterView{info}, nil
+			},
+		},
+		{
+			name: "state", synopsis: "show one node's local view of a shard (applied index, state hash)",
+			flags: func(fs *flag.FlagSet, a *args) {
+				fs.StringVar(&a.node, "node", "", "gRPC address of the node to ask")
+				fs.UintVar(&a.shard, "shard", 0, "shard number")
+			},
+			required: []string{"node", "shard"},
+			dial:     func(_ globals, a *args) []string { return []string{a.node} },
+			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+				st, err := c.ShardState(ctx, a.node, uint32(a.shard))
+				if err != nil {
+					return nil, err
+				}
+				return stateView{Node: a.node, ShardState: st}, nil
+			},
+		},
+	}
+}
+
+// usageError is a mistake in the command line (exit status 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usageErr(format string, v ...any) error { return &usageError{fmt.Sprintf(format, v...)} }
+
+func parseDecimal(flagName, s string) (decimal.Decimal, error) {
+	d, err := decimal.NewFromString(s)
+	if err != nil || strings.ContainsAny(s, "eE") {
+		return decimal.Zero, usageErr("%s: --%s %q is not a decimal number", ledger.CodeInvalidAmount, flagName, s)
+	}
+	return d, nil
+}
+
+func newKey() string {
+	var b [keyRandomBytes]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return "ctl-" + hex.EncodeToString(b[:])
+}
+
+// run is tallyctl: args without the program name; it returns the exit status.
+func run(argv []string, stdout, stderr io.Writer) int {
+	g := globals{addrs: defaultAddrs, timeout: defaultTimeout}
+	top := flag.NewFlagSet("tallyctl", flag.ContinueOnError)
+	top.SetOutput(stderr)
+	g.register(top)
+	top.Usage = func() { usage(stderr, top) }
+	if err := top.Parse(argv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	rest := top.Args()
+	if len(rest) == 0 {
+		usage(stderr, top)
+		return exitUsage
+	}
+	if rest[0] == "help" {
+		usage(stdout, top)
+		return exitOK
+	}
+	var cmd *command
+	for _, c := range commands() {
+		if c.name == rest[0] {
+			cmd = &c
+			break
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(stderr, "tallyctl: unknown command %q (see tallyctl help)\n", rest[0])
+		return exitUsage
+	}
+
+	var a args
+	fs := flag.NewFlagSet("tallyctl "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cmd.flags(fs, &a)
+	if cmd.mutating {
+		fs.StringVar(&a.key, "key", "", "idempotency key (default: a random one, printed)")
+	}
+	g.register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: tallyctl [global flags] %s [flags]\n%s\n\nflags:\n", cmd.name, cmd.synopsis)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(rest[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "tallyctl %s: unexpected arguments %q\n", cmd.name, fs.Args())
+		return exitUsage
+	}
+	set := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var missing []string
+	for _, name := range cmd.required {
+		if !set[name] {
+			missing = append(missing, "--"+name)
+		}
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(stderr, "tallyctl %s: missing %s\n", cmd.name, strings.Join(missing, ", "))
+		return exitUsage
+	}
+	if g.timeout <= 0 {
+		fmt.Fprintf(stderr, "tallyctl: --timeout must be positive\n")
+		return exitUsage
+	}
+	if cmd.mutating && a.key == "" {
+		a.key, a.keyGenerated = newKey(), true
+	}
+
+	addrs := splitAddrs(g.addrs)
+	if cmd.dial != nil {
+		addrs = cmd.dial(g, &a)
+	}
+	if len(addrs) == 0 {
+		fmt.Fprintf(stderr, "tallyctl: --addr names no address\n")
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
+	defer cancel()
+
+	c, err := client.Dial(ctx, client.Config{Addrs: addrs, DialTimeout: g.timeout, RequestTimeout: min(g.timeout, client.DefaultRequestTimeout)})
+	var v view
+	if err == nil {
+		v, err = cmd.do(ctx, c, &a)
+		_ = c.Close()
+	}
+	if v != nil {
+		if perr := printView(stdout, v, g.json); perr != nil {
+			fmt.Fprintf(stderr, "tallyctl: writing output: %v\n", perr)
+			return exitError
+		}
+	}
+	if err == nil {
+		return exitOK
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "tallyctl %s: %v\n", cmd.name, err)
+		return exitUsage
+	}
+	if v == nil && g.json {
+		_ = printView(stdout, newErrorView(err, &a), true)
+	}
+	fmt.Fprintf(stderr, "tallyctl: %v\n", err)
+	if client.IsIndeterminate(err) {
+		fmt.Fprintf(stderr, "tallyctl: the operation may or may not have applied; check with: tallyctl op --program %s --member %s --key %s\n",
+			a.program, a.member, a.key)
+	}
+	if a.keyGenerated && isRequestError(err) {
+		fmt.Fprintf(stderr, "tallyctl: idempotency key was %s; re-run with --key %s to retry safely\n", a.key, a.key)
+	}
+	return exitError
+}
+
+// isRequestError tells a failed request (worth a retry with the same key)
+// from an operation the ledger refused (its result was printed).
+func isRequestError(err error) bool {
+	var e *client.Error
+	return errors.As(err, &e)
+}
+
+func splitAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func usage(w io.Writer, top *flag.FlagSet) {
+	fmt.Fprintf(w, "usage: tallyctl [--addr A,B,C] [--json] [--timeout 5s] <command> [flags]\n\ncommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-13s %s\n", c.name, c.synopsis)
+	}
+	fmt.Fprintf(w, "\nRun \"tallyctl <command> --help\" for a command's flags. Mutating commands take\n--key (idempotency key; a random one is generated and printed when absent).\n\nglobal flags:\n")
+	top.SetOutput(w)
+	top.PrintDefaults()
+}

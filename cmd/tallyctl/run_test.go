@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+)
+
+// tallyctl runs the CLI against f and returns exit status, stdout, stderr.
+func tallyctl(t *testing.T, f *fakeLedger, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	full := append([]string{"--timeout", "5s"}, args...)
+	if f != nil {
+		full = append([]string{"--addr", f.addr}, full...)
+	}
+	code := run(full, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+// field returns the value of an aligned "name  value" line.
+func field(t *testing.T, out, name string) string {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\s{2,}(.*)$`)
+	m := re.FindStringSubmatch(out)
+	require.NotNil(t, m, "no %q line in:\n%s", name, out)
+	return strings.TrimSpace(m[1])
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no command", nil, "usage: tallyctl"},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"missing flags", []string{"credit", "--program", "p"}, "missing --member, --asset, --amount"},
+		{"bad amount", []string{"credit", "--program", "p", "--member", "m", "--asset", "A", "--amount", "12,50"}, "INVALID_AMOUNT"},
+		{"exponent amount", []string{"debit", "--program", "p", "--member", "m", "--asset", "A", "--amount", "1e3"}, "INVALID_AMOUNT"},
+		{"unknown flag", []string{"get", "--colour"}, "flag provided but not defined: -colour"},
+		{"stray argument", []string{"cluster", "extra"}, "unexpected arguments"},
+		{"bad limit", []string{"journal", "--program", "p", "--member", "m", "--limit", "0"}, "--limit must be positive"},
+		{"bad scale", []string{"define-asset", "--program", "p", "--asset", "X", "--scale", "19"}, "--scale 19"},
+	}
+	f := startFake(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := tallyctl(t, f, tt.args...)
+			assert.Equal(t, exitUsage, code)
+			assert.Empty(t, stdout)
+			assert.Contains(t, stderr, tt.want)
+		})
+	}
+	assert.Empty(t, f.submits, "usage errors send nothing")
+
+	code, stdout, _ := tallyctl(t, nil, "help")
+	assert.Equal(t, exitOK, code)
+	assert.Contains(t, stdout, "define-asset")
+	assert.Contains(t, stdout, "state")
+}
+
+func TestCreditText(t *testing.T) {
+	f := startFake(t)
+	code, stdout, stderr := tallyctl(t, f, "credit", "--program", "shop", "--member", "alice", "--asset", "CNY",
+		"--amount", "12.50", "--memo", "spring sale", "--key", "k1")
+	require.Equal(t, exitOK, code, stderr)
+	assert.Equal(t, "k1", field(t, stdout, "key"))
+	assert.Equal(t, "OK", field(t, stdout, "code"))
+	assert.Equal(t, "12.50", field(t, stdout, "posted"))
+	assert.Equal(t, "shop/alice/CNY", field(t, stdout, "account"))
+	assert.Equal(t, "2023-11-14T22:13:20.000Z", field(t, stdout, "time"))
+	// Values are aligned in one column.
+	assert.Regexp(t, `(?m)^key {10}k1$`, stdout)
+	assert.Regexp(t, `(?m)^available {4}12\.50$`, stdout)
+
+	req := f.lastSubmit()
+	require.NotNil(t, req)
+	require.Len(t, req.Ops, 1)
+	op := req.Ops[0]
+	assert.Equal(t, tallypb.OpKind_CREDIT, op.Kind)
+	assert.Equal(t, "12.5", op.Amount)
+	assert.Equal(t, "spring sale", op.Memo)
+	assert.Equal(t, "k1", op.IdempotencyKey)
+
+	// Same key again: a replay, still exit 0.
+	code, stdout, _ = tallyctl(t, f, "credit", "--program", "shop", "--member", "alice", "--asset", "CNY", "--amount", "12.50", "--key", "k1")
+	assert.Equal(t, exitOK, code)
+	assert.Contains(t, field(t, stdout, "replayed"), "true")
+	assert.Equal(t, "12.50", field(t, stdout, "posted"))
+}
+
+func TestGeneratedKeyIsPrinted(t *testing.T) {
+	f := startFake(t)
+	code, stdout, stderr := tallyctl(t, f, "open", "--program", "shop", "--member", "bob", "--asset", "CNY", "--max-balance", "1000")
+	require.Equal(t, exitOK, code, stderr)
+	key := field(t, stdout, "key")
+	assert.Regexp(t, `^ctl-[0-9a-f]{32}$`, key)
+	assert.Equal(t, key, f.lastSubmit().Ops[0].IdempotencyKey)
+	assert.Equal(t, "1000", f.lastSubmit().Ops[0].MaxBalance)
+	assert.Equal(t, "1000.00", field(t, stdout, "max balance"))
+}
+
+func TestOpFailureExitsNonZero(t *testing.T) {
+	f := startFake(t)
+	code, stdout, stderr := tallyctl(t, f, "debit", "--program", "shop", "--member", "carol", "--asset", "CNY", "--amount", "3", "--key", "d1")
+	assert.Equal(t, exitError, code)
+	assert.Equal(t, "INSUFFICIENT_FUNDS", field(t, stdout, "code"), "the refused result is still shown")
+	assert.Contains(t, stderr, "tallyctl: INSUFFICIENT_FUNDS: available 0.00")
+	assert.NotContains(t, stderr, "retry", "a refusal is final: no retry hint")
+
+	code, stdout, stderr = tallyctl(t, f, "--json", "credit", "--program", "shop", "--member", "carol", "--asset", "CNY", "--amount", "-3")
+	assert.Equal(t, exitError, code)
+	assert.Contains(t, stderr, "INVALID_AMOUNT")
+	var out struct {
+		Error struct {
+			Code          string `json:"code"`
+			Indeterminate bool   `json:"indeterminate"`
+			Key           string `json:"key"`
+		} `json:"error"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &out), stdout)
+	assert.Equal(t, "INVALID_AMOUNT", out.Error.Code)
+	assert.False(t, out.Error.Indeterminate)
+	assert.Contains(t, stderr, "re-run with --key "+out.Error.Key)
+}
+
+func TestUnreachableCluster(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	dead := lis.Addr().String()
+	require.NoError(t, lis.Close())
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"--addr", dead, "--timeout", "300ms", "get", "--program", "p", "--member", "m", "--asset", "A"}, &stdout, &stderr)
+	assert.Equal(t, exitError, code)
+	assert.Contains(t, stderr.String(), "tallyctl: UNAVAILABLE")
+}
+
+func TestGetJSON(t *testing.T) {
+	f := startFake(t)
+	code, _, stderr := tallyctl(t, f, "credit", "--program", "shop", "--member", "dave", "--asset", "CNY", "--amount", "7.5")
+	require.Equal(t, exitOK, code, stderr)
+	// Global flags work after the command name too.
+	code, stdout, stderr := tallyctl(t, f, "get", "--program", "shop", "--member", "dave", "--asset", "CNY", "--json")
+	require.Equal(t, exitOK, code, stderr)
+	var acct map[string]any
+	require.NoError(t, json.Unmarshal([]byte(stdout), &acct), stdout)
+	assert.Equal(t, "7.50", acct["posted"])
+	assert.Equal(t, "7.50", acct["available"])
+	assert.Equal(t, "1000.00", acct["max_balance"])
+	assert.Equal(t, "ACTIVE", acct["state"])
+	assert.EqualValues(t, 2, acct["scale"])
+
+	code, _, stderr = tallyctl(t, f, "get", "--program", "shop", "--member", "nobody", "--asset", "CNY")
+	assert.Equal(t, exitError, code)
+	assert.Contains(t, stderr, "ACCOUNT_NOT_FOUND")
+}
+
+func TestHoldCaptureRelease(t *testing.T) {
+	f := startFake(t)
+	code, stdout, stderr := tallyctl(t, f, "hold", "--program", "shop", "--member", "erin", "--asset", "CNY", "--amount", "5", "--ttl", "10m", "--key", "h1")
+	require.Equal(t, exitOK, code, stderr)
+	assert.Equal(t, int64(600000), f.lastSubmit().Ops[0].HoldTtlMs)
+	assert.Equal(t, "h1", field(t, stdout, "hold"))
+	assert.Equal(t, "5.00", field(t, stdout, "hold amount"))
+	assert.Equal(t, "2023-11-14T22:23:20.000Z", field(t, stdout, "hold expires"))
+
+	code, stdout, stderr = tallyctl(t, f, "--json", "capture", "--program", "shop", "--member", "erin", "--hold-key", "h1", "--key", "c1")
+	require.Equal(t, exitOK, code, stderr)
+	op := f.lastSubmit().Ops[0]
+	assert.Equal(t, tallypb.OpKind_CAPTURE_HOLD, op.Kind)
+	assert.Equal(t, "", op.Amount, "no --amount: the whole hold")
+	assert.Equal(t, "h1", op.HoldKey)
+	var res map[string]any
+	require.NoError(t, json.Unmarshal([]byte(stdout), &res), stdout)
+	assert.Equal(t, "5.00", res["captured"])
+	assert.Equal(t, "c1", res["key"])
+
+	code, _, stderr = tallyctl(t, f, "capture", "--program", "shop", "--member", "erin", "--hold-key", "h1", "--amount", "2.5")
+	require.Equal(t, exitOK, code, stderr)
+	assert.Equal(t, "2.5", f.lastSubmit().Ops[0].Amount)
+
+	code, _, stderr = tallyctl(t, f, "release", "--program", "shop", "--member", "erin", "--hold-key", "h1")
+	require.Equal(t, exitOK, code, stderr)
+	assert.Equal(t, tallypb.OpKind_RELEASE_HOLD, f.lastSubmit().Ops[0].Kind)
+}
+
+func TestStateCommands(t *testing.T) {
+	f := startFake(t)
+	for cmd, kind := range map[string]tallypb.OpKind{
+		"freeze": tallypb.OpKind_FREEZE, "unfreeze": tallypb.OpKind_UNFREEZE, "lost": tallypb.OpKind_REPORT_LOST,
+		"found": tallypb.OpKind_REPORT_FOUND, "close": tallypb.OpKind_CLOSE,
+	} {
+		code, _, stderr := tallyctl(t, f, cmd, "--program", "shop", "--member", "fay", "--asset", "CNY", "--key", cmd+"-1")
+		require.Equal(t, exitOK, code, "%s: %s", cmd, stderr)
+		op := f.lastSubmit().Ops[0]
+		assert.Equal(t, kind, op.Kind, cmd)
+		assert.Equal(t, "fay", op.Member)
+		assert.Equal(t, cmd+"-1", op.IdempotencyKey)
+	}
+}
+
+func TestDefineAsset(t *testing.T) {
+	f := startFake(t)
+	code, stdout, stderr := tallyctl(t, f, "define-asset", "--program", "shop", "--asset", "POINTS", "--scale", "0", "--key", "def-points")
+	require.Equal(t, exitOK, code, stderr)
+	assert.Equal(t, "OK", field(t, stdout, "code"))
+	require.Len(t, f.defines, 1)
+	assert.Equal(t, "POINTS", f.defines[0].Asset)
+	assert.Equal(t, uint32(0), f.defines[0].Scale)
+	assert.Equal(t, "def-points", f.defines[0].IdempotencyKey)
+}
+
+func TestJournalAndOp(t *testing.T) {
+	f := startFake(t)
+	for _, key := range []string{"j1", "j2", "j3"} {
+		code, _, stderr := tallyctl(t, f, "credit", "--program", "shop", "--member", "gus", "--asset", "CNY", "--amount", "1.25", "--key", key, "--memo", "memo "+key)
+		require.Equal(t, exitOK, code, stderr)
+	}
+	code, stdout, stderr := tallyctl(t, f, "journal", "--program", "shop", "--member", "gus", "--limit", "2")
+	require.Equal(t, exitOK, code, stderr)
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	require.GreaterOrEqual(t, len(lines), 4, stdout)
+	assert.Regexp(t, `^SEQ\s+TIME\s+KIND\s+ASSET\s+AMOUNT\s+POSTED\s+KEY\s+MEMO$`, lines[0])
+	assert.Regexp(t, `^3\s+2023-11-14T22:13:20.000Z\s+CREDIT\s+CNY\s+1\.25\s+3\.75\s+j3\s+memo j3$`, lines[1])
+	assert.Regexp(t, `^2\s+.*\s+j2\s+memo j2$`, lines[2])
+	assert.Equal(t, "more: --before 2", lines[len(lines)-1])
+
+	code, stdout, stderr = tallyctl(t, f, "--json", "journal", "--program", "shop", "--member", "gus", "--before", "2")
+	require.Equal(t, exitOK, code, stderr)
+	var page struct {
+		Entries []struct {
+			Seq uint64 `json:"seq"`
+			Op  struct {
+				Kind   string `json:"kind"`
+				Amount string `json:"amount"`
+				Key    string `json:"key"`
+			} `json:"op"`
+		} `json:"entries"`
+		NextBeforeSeq uint64 `json:"next_before_seq"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &page), stdout)
+	require.Len(t, page.Entries, 1)
+	assert.Equal(t, uint64(1), page.Entries[0].Seq)
+	assert.Equal(t, "CREDIT", page.Entries[0].Op.Kind)
+	assert.Equal(t, "1.25", page.Entries[0].Op.Amount)
+	assert.Zero(t, page.NextBeforeSeq)
+
+	code, stdout, stderr = tallyctl(t, f, "op", "--program", "shop", "--member", "gus", "--key", "j2")
+	require.Equal(t, exitOK, code, stderr)
+	assert.Equal(t, "true", field(t, stdout, "found"))
+	assert.Equal(t, "CREDIT", field(t, stdout, "kind"))
+	assert.Equal(t, "1.25", field(t, stdout, "amount"))
+	assert.Equal(t, "2.50", field(t, stdout, "posted"))
+
+	code, stdout, _ = tallyctl(t, f, "--json", "op", "--program", "shop", "--member", "gus", "--key", "nope")
+	require.Equal(t, exitOK, code)
+	assert.JSONEq(t, `{"key":"nope","found":false}`, stdout)
+}
+
+func TestClusterAndState(t *testing.T) {
+	f := startFake(t)
+	f.election = true
+	code, stdout, stderr := tallyctl(t, f, "cluster")
+	require.Equal(t, exitOK, code, stderr)
+	assert.Equal(t, "2", field(t, stdout, "shards"))
+	assert.Regexp(t, `(?m)^n1\s+`+regexp.QuoteMeta(f.addr)+`\s+127\.0\.0\.1:7201$`, stdout)
+	assert.Regexp(t, `(?m)^0\s+n1\s+`+regexp.QuoteMeta(f.addr)+`$`, stdout)
+	assert.Regexp(t, `(?m)^1\s+-\s+\(no leader known`, stdout)
+
+	code, stdout, stderr = tallyctl(t, f, "--json", "cluster")
+	require.Equal(t, exitOK, code, stderr)
+	var info struct {
+		Shards  int `json:"shards"`
+		Leaders []struct {
+			Shard      int    `json:"shard"`
+			LeaderAddr string `json:"leader_grpc_addr"`
+		} `json:"leaders"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &info), stdout)
+	assert.Equal(t, 2, info.Shards)
+	assert.Equal(t, f.addr, info.Leaders[0].LeaderAddr)
+
+	// state dials only the node it asks.
+	var out, errOut bytes.Buffer
+	code = run([]string{"--addr", "127.0.0.1:1", "state", "--node", f.addr, "--shard", "1"}, &out, &errOut)
+	require.Equal(t, exitOK, code, errOut.String())
+	assert.Equal(t, "42", field(t, out.String(), "applied index"))
+	assert.Equal(t, "deadbeef", field(t, out.String(), "state hash"))
+	assert.Equal(t, "ok", field(t, out.String(), "conservation"))
+	assert.Equal(t, "true", field(t, out.String(), "leader"))
+}
