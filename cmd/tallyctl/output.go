@@ -10,7 +10,8 @@ import (
 
 	"github.com/shopspring/decimal"
 
-	"github.com/tally-ledger/tally/client")
+	"github.com/tally-ledger/tally/client"
+)
 
 // view is what a command prints: aligned text by default, JSON with --json.
 type view interface {
@@ -191,7 +192,7 @@ func resultText(w io.Writer, r client.Result) {
 
 type accountView struct{ a client.Account }
 
-func (v accountView) jsonValue() any    { return toAccountJSON(v.a) }
+func (v accountView) jsonValue() any   { return toAccountJSON(v.a) }
 func (v accountView) text(w io.Writer) { accountText(w, v.a) }
 
 type opJSON struct {
