@@ -156,9 +156,11 @@ func fromRPC(err error, shard int) *Error {
 		}
 		if i, err := strconv.Atoi(md["op_index"]); err == nil && i >= 0 {
 			e.OpIndex = i
-			// The index in the message is the request's, which coalescing
-			// and splitting change; Error() shows the caller's instead.
+			// The index in the message ("op 7: CODE: ...") is the
+			// request's, which coalescing and splitting change; Error()
+			// shows the caller's instead.
 			e.Message = strings.TrimPrefix(e.Message, "op "+md["op_index"]+": ")
+			e.Message = strings.TrimPrefix(e.Message, string(e.Code)+": ")
 		}
 		break
 	}

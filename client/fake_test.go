@@ -199,7 +199,7 @@ func (n *fakeNode) apply(req *tallypb.SubmitRequest) (*tallypb.SubmitResponse, e
 			return nil, tallyErr(codes.InvalidArgument, ledger.Code("WRONG_SHARD"), "ops of several shards", map[string]string{"op_index": strconv.Itoa(i)})
 		}
 		if op.Asset == "NOPE" {
-			return nil, tallyErr(codes.NotFound, ledger.CodeUnknownAsset, "op "+strconv.Itoa(i)+": no asset NOPE", map[string]string{"op_index": strconv.Itoa(i)})
+			return nil, tallyErr(codes.NotFound, ledger.CodeUnknownAsset, "op "+strconv.Itoa(i)+": UNKNOWN_ASSET: no asset NOPE", map[string]string{"op_index": strconv.Itoa(i)})
 		}
 		switch op.Kind {
 		case tallypb.OpKind_CREDIT, tallypb.OpKind_DEBIT, tallypb.OpKind_HOLD:

@@ -27,6 +27,8 @@ type fakeLedger struct {
 	shards int
 	// election makes ClusterInfo report no leader for shard 1.
 	election bool
+	// hang makes Submit never answer (until the caller gives up).
+	hang bool
 
 	mu       sync.Mutex
 	submits  []*tallypb.SubmitRequest
@@ -81,7 +83,11 @@ func (f *fakeLedger) ClusterInfo(context.Context, *tallypb.ClusterInfoRequest) (
 	return resp, nil
 }
 
-func (f *fakeLedger) Submit(_ context.Context, req *tallypb.SubmitRequest) (*tallypb.SubmitResponse, error) {
+func (f *fakeLedger) Submit(ctx context.Context, req *tallypb.SubmitRequest) (*tallypb.SubmitResponse, error) {
+	if f.hang {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.submits = append(f.submits, proto.Clone(req).(*tallypb.SubmitRequest))

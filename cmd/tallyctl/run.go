@@ -446,10 +446,24 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tallyctl: the operation may or may not have applied; check with: tallyctl op --program %s --member %s --key %s\n",
 			a.program, a.member, a.key)
 	}
-	if a.keyGenerated && isRequestError(err) {
+	if a.keyGenerated && worthRetrying(err) {
 		fmt.Fprintf(stderr, "tallyctl: idempotency key was %s; re-run with --key %s to retry safely\n", a.key, a.key)
 	}
 	return exitError
+}
+
+// worthRetrying reports whether re-running the command with the same key
+// could succeed: the cluster was unreachable or the outcome is unknown, as
+// opposed to a request or an operation the ledger refused.
+func worthRetrying(err error) bool {
+	if client.IsIndeterminate(err) {
+		return true
+	}
+	switch client.CodeOf(err) {
+	case ledger.CodeUnavailable, ledger.CodeNotLeader, ledger.CodeInternal:
+		return isRequestError(err)
+	}
+	return false
 }
 
 // isRequestError tells a failed request (worth a retry with the same key)

@@ -130,7 +130,8 @@ func TestOpFailureExitsNonZero(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(stdout), &out), stdout)
 	assert.Equal(t, "INVALID_AMOUNT", out.Error.Code)
 	assert.False(t, out.Error.Indeterminate)
-	assert.Contains(t, stderr, "re-run with --key "+out.Error.Key)
+	assert.Regexp(t, `^ctl-`, out.Error.Key)
+	assert.NotContains(t, stderr, "re-run", "a rejected request needs a fix, not a retry")
 }
 
 func TestUnreachableCluster(t *testing.T) {
@@ -142,6 +143,12 @@ func TestUnreachableCluster(t *testing.T) {
 	code := run([]string{"--addr", dead, "--timeout", "300ms", "get", "--program", "p", "--member", "m", "--asset", "A"}, &stdout, &stderr)
 	assert.Equal(t, exitError, code)
 	assert.Contains(t, stderr.String(), "tallyctl: UNAVAILABLE")
+
+	stdout.Reset()
+	stderr.Reset()
+	code = run([]string{"--addr", dead, "--timeout", "300ms", "credit", "--program", "p", "--member", "m", "--asset", "A", "--amount", "1"}, &stdout, &stderr)
+	assert.Equal(t, exitError, code)
+	assert.Regexp(t, `re-run with --key ctl-[0-9a-f]{32} to retry safely`, stderr.String())
 }
 
 func TestGetJSON(t *testing.T) {
@@ -297,4 +304,27 @@ func TestClusterAndState(t *testing.T) {
 	assert.Equal(t, "deadbeef", field(t, out.String(), "state hash"))
 	assert.Equal(t, "ok", field(t, out.String(), "conservation"))
 	assert.Equal(t, "true", field(t, out.String(), "leader"))
+}
+
+func TestIndeterminateOutcome(t *testing.T) {
+	f := startFake(t)
+	f.hang = true
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"--addr", f.addr, "--timeout", "300ms", "--json", "debit", "--program", "shop", "--member", "hal",
+		"--asset", "CNY", "--amount", "1", "--key", "d-42"}, &stdout, &stderr)
+	assert.Equal(t, exitError, code)
+	assert.Contains(t, stderr.String(), "indeterminate")
+	assert.Contains(t, stderr.String(), "tallyctl op --program shop --member hal --key d-42")
+	assert.NotContains(t, stderr.String(), "idempotency key was", "the user chose the key")
+	var out struct {
+		Error struct {
+			Code          string `json:"code"`
+			Indeterminate bool   `json:"indeterminate"`
+			Key           string `json:"key"`
+		} `json:"error"`
+	}
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &out), stdout.String())
+	assert.Equal(t, "UNAVAILABLE", out.Error.Code)
+	assert.True(t, out.Error.Indeterminate)
+	assert.Equal(t, "d-42", out.Error.Key)
 }
