@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -353,7 +354,16 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 		}
 		lc, err := c.ledgerClient(addr)
 		if err != nil {
-			return giveUp()
+			if errors.Is(err, ErrClosed) {
+				return giveUp()
+			}
+			// An address gRPC cannot parse: ask the cluster again.
+			last = &Error{Code: ledger.CodeUnavailable, Message: "node " + addr, Shard: shard, OpIndex: -1, Err: err}
+			c.forgetLeader(shard, addr)
+			if !wait() {
+				return giveUp()
+			}
+			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 		err = call(actx, lc)

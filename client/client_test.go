@@ -642,3 +642,20 @@ func TestErrorFormatting(t *testing.T) {
 }
 
 var errUnavailable = &ledger.Error{Code: ledger.CodeUnavailable}
+
+func TestRedirectLoopBacksOff(t *testing.T) {
+	fc := newFakeCluster(t, 2, 1)
+	c := dial(t, fc, Config{})
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		other := fc.nodes[1-n.idx].addr // stale views naming each other
+		return nil, tallyErr(codes.FailedPrecondition, ledger.CodeNotLeader, "not the leader", map[string]string{"leader": other, "shard": "0"}), true
+	})
+	ctx, cancel := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	defer cancel()
+	_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
+	require.Error(t, err)
+	assert.False(t, IsIndeterminate(err), "NOT_LEADER answers apply nothing")
+	sent := len(fc.nodes[0].recorded()) + len(fc.nodes[1].recorded())
+	assert.Greater(t, sent, maxImmediateRedirects)
+	assert.Less(t, sent, 200, "hints that go in circles must back off, not spin")
+}
