@@ -70,6 +70,8 @@ type CorruptLogError struct {
 	Cause error
 }
 
+// Error reports shard, index and cause, e.g.
+// "raftstore: corrupt log entry shard=3 index=42: checksum mismatch".
 func (e *CorruptLogError) Error() string {
 	return fmt.Sprintf("raftstore: corrupt log entry shard=%d index=%d: %v", e.Shard, e.Index, e.Cause)
 }
@@ -77,6 +79,7 @@ func (e *CorruptLogError) Error() string {
 // Is makes errors.Is(err, ErrCorruptLog) true.
 func (e *CorruptLogError) Is(target error) bool { return target == ErrCorruptLog }
 
+// Unwrap returns the cause.
 func (e *CorruptLogError) Unwrap() error { return e.Cause }
 
 func logKey(shard uint32, index uint64) []byte {
