@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log"
 	"sync"
 	"sync/atomic"
 
@@ -28,12 +29,25 @@ func OpenDB(dir string) (*DB, error) {
 		L0StopWritesThreshold: 24,
 		// Two cores: at most two compactions alongside the apply loop.
 		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
+		Logger:                     quietLogger{},
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("fsm: open state db %s: %w", dir, err)
 	}
 	return &DB{db: db}, nil
+}
+
+// quietLogger drops Pebble's informational messages (WAL recovery, one line
+// per file on every open) and keeps errors.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...interface{}) {}
+func (quietLogger) Errorf(format string, args ...interface{}) {
+	log.Printf("fsm: pebble: "+format, args...)
+}
+func (quietLogger) Fatalf(format string, args ...interface{}) {
+	log.Fatalf("fsm: pebble: "+format, args...)
 }
 
 // Flush makes every applied batch durable. The node calls it before

@@ -124,8 +124,11 @@ type Op struct {
 	// Hold: lifetime in milliseconds of log time.
 	HoldTtlMs int64 `protobuf:"varint,8,opt,name=hold_ttl_ms,json=holdTtlMs,proto3" json:"hold_ttl_ms,omitempty"`
 	// OpenAccount: optional upper bound of the posted balance ("" = none).
-	MaxBalance    string `protobuf:"bytes,9,opt,name=max_balance,json=maxBalance,proto3" json:"max_balance,omitempty"`
-	Memo          string `protobuf:"bytes,10,opt,name=memo,proto3" json:"memo,omitempty"`
+	MaxBalance string `protobuf:"bytes,9,opt,name=max_balance,json=maxBalance,proto3" json:"max_balance,omitempty"`
+	Memo       string `protobuf:"bytes,10,opt,name=memo,proto3" json:"memo,omitempty"`
+	// DEFINE_ASSET only: the asset's scale. DefineAsset sends these ops to
+	// each shard's leader; clients call DefineAsset instead.
+	Scale         uint32 `protobuf:"varint,11,opt,name=scale,proto3" json:"scale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -228,6 +231,13 @@ func (x *Op) GetMemo() string {
 		return x.Memo
 	}
 	return ""
+}
+
+func (x *Op) GetScale() uint32 {
+	if x != nil {
+		return x.Scale
+	}
+	return 0
 }
 
 type Account struct {
@@ -1410,8 +1420,11 @@ func (x *ClusterInfoResponse) GetNodeId() string {
 }
 
 type ShardStateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// Also compute state_hash and the conservation check: a full scan of the
+	// shard, so only ask when comparing replicas.
+	Full          bool `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1451,6 +1464,13 @@ func (x *ShardStateRequest) GetShard() uint32 {
 		return x.Shard
 	}
 	return 0
+}
+
+func (x *ShardStateRequest) GetFull() bool {
+	if x != nil {
+		return x.Full
+	}
+	return false
 }
 
 type ShardStateResponse struct {
@@ -1549,7 +1569,7 @@ var File_tally_proto protoreflect.FileDescriptor
 
 const file_tally_proto_rawDesc = "" +
 	"\n" +
-	"\vtally.proto\x12\btally.v1\"\xa3\x02\n" +
+	"\vtally.proto\x12\btally.v1\"\xb9\x02\n" +
 	"\x02Op\x12$\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x10.tally.v1.OpKindR\x04kind\x12\x18\n" +
 	"\aprogram\x18\x02 \x01(\tR\aprogram\x12\x16\n" +
@@ -1562,7 +1582,8 @@ const file_tally_proto_rawDesc = "" +
 	"\vmax_balance\x18\t \x01(\tR\n" +
 	"maxBalance\x12\x12\n" +
 	"\x04memo\x18\n" +
-	" \x01(\tR\x04memo\"\xae\x02\n" +
+	" \x01(\tR\x04memo\x12\x14\n" +
+	"\x05scale\x18\v \x01(\rR\x05scale\"\xae\x02\n" +
 	"\aAccount\x12\x18\n" +
 	"\aprogram\x18\x01 \x01(\tR\aprogram\x12\x16\n" +
 	"\x06member\x18\x02 \x01(\tR\x06member\x12\x14\n" +
@@ -1652,9 +1673,10 @@ const file_tally_proto_rawDesc = "" +
 	"\x06shards\x18\x01 \x01(\rR\x06shards\x12(\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x12.tally.v1.NodeInfoR\x05nodes\x12/\n" +
 	"\aleaders\x18\x03 \x03(\v2\x15.tally.v1.ShardLeaderR\aleaders\x12\x17\n" +
-	"\anode_id\x18\x04 \x01(\tR\x06nodeId\")\n" +
+	"\anode_id\x18\x04 \x01(\tR\x06nodeId\"=\n" +
 	"\x11ShardStateRequest\x12\x14\n" +
-	"\x05shard\x18\x01 \x01(\rR\x05shard\"\x80\x02\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\"\x80\x02\n" +
 	"\x12ShardStateResponse\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x1d\n" +

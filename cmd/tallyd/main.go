@@ -1,0 +1,110 @@
+// Command tallyd runs one Tally node.
+//
+//	tallyd --id n1 --data ./data/n1 --grpc 127.0.0.1:7101 --raft 127.0.0.1:7201 \
+//	  --metrics 127.0.0.1:7301 --shards 8 --bootstrap \
+//	  --peers n1=127.0.0.1:7201/127.0.0.1:7101,n2=127.0.0.1:7202/127.0.0.1:7102,n3=127.0.0.1:7203/127.0.0.1:7103
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tally-ledger/tally/node"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "tallyd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("tallyd", flag.ContinueOnError)
+	var (
+		cfg       node.Config
+		peers     string
+		rewrite   string
+		snapEvery uint64
+		trailing  uint64
+	)
+	fs.StringVar(&cfg.ID, "id", "", "node ID (must appear in --peers)")
+	fs.StringVar(&cfg.DataDir, "data", "", "data directory")
+	fs.StringVar(&cfg.GRPCAddr, "grpc", "127.0.0.1:7101", "gRPC listen address")
+	fs.StringVar(&cfg.RaftAddr, "raft", "127.0.0.1:7201", "Raft listen address (all shards)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "Prometheus /metrics listen address (empty: off)")
+	fs.StringVar(&peers, "peers", "", "every node as id=raftAddr/grpcAddr, comma-separated, same order on every node")
+	fs.IntVar(&cfg.Shards, "shards", node.DefaultShards, "number of shards (fixed at bootstrap)")
+	fs.BoolVar(&cfg.Bootstrap, "bootstrap", false, "create the cluster from --peers on first start (safe on every node)")
+	fs.StringVar(&rewrite, "raft-dial-rewrite", "", "advertised=dialed Raft address pairs, comma-separated (fault-injection proxies)")
+	fs.StringVar(&cfg.LogLevel, "log-level", "warn", "Raft log level: trace, debug, info, warn, error")
+	fs.Uint64Var(&snapEvery, "snapshot-threshold", 0, "log entries between snapshots (0: default 8192)")
+	fs.Uint64Var(&trailing, "trailing-logs", 0, "log entries kept after a snapshot (0: default 10240)")
+	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 0, "leadership balancing period (0: 2s, negative: off)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg.Raft.SnapshotThreshold = snapEvery
+	cfg.Raft.TrailingLogs = trailing
+	var err error
+	if cfg.Peers, err = parsePeers(peers); err != nil {
+		return err
+	}
+	if rewrite != "" {
+		cfg.DialRewrite = map[string]string{}
+		for _, kv := range strings.Split(rewrite, ",") {
+			from, to, ok := strings.Cut(kv, "=")
+			if !ok {
+				return fmt.Errorf("--raft-dial-rewrite: %q is not advertised=dialed", kv)
+			}
+			cfg.DialRewrite[from] = to
+		}
+	}
+	n, err := node.Start(cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("tallyd %s: grpc %s, raft %s, metrics %s, %d shards, data %s\n",
+		cfg.ID, n.GRPCAddr(), cfg.RaftAddr, orNone(cfg.MetricsAddr), cfg.Shards, cfg.DataDir)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	<-sig
+	fmt.Printf("tallyd %s: stopping\n", cfg.ID)
+	done := make(chan error, 1)
+	go func() { done <- n.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(15 * time.Second):
+		return fmt.Errorf("shutdown took over 15s")
+	}
+}
+
+func parsePeers(s string) ([]node.Peer, error) {
+	if s == "" {
+		return nil, fmt.Errorf("--peers is required")
+	}
+	var out []node.Peer
+	for _, item := range strings.Split(s, ",") {
+		id, addrs, ok := strings.Cut(item, "=")
+		raftAddr, grpcAddr, ok2 := strings.Cut(addrs, "/")
+		if !ok || !ok2 || id == "" || raftAddr == "" || grpcAddr == "" {
+			return nil, fmt.Errorf("--peers: %q is not id=raftAddr/grpcAddr", item)
+		}
+		out = append(out, node.Peer{ID: id, RaftAddr: raftAddr, GRPCAddr: grpcAddr})
+	}
+	return out, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "off"
+	}
+	return s
+}

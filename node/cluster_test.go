@@ -1,0 +1,421 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// testCluster runs nodes in this process on 127.0.0.1 ports chosen at run
+// time, each with its own data directory.
+type testCluster struct {
+	t     *testing.T
+	cfgs  []Config
+	nodes []*Node
+	conns map[string]*grpc.ClientConn
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func newTestCluster(t *testing.T, size, shards int, tune func(*Config)) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, conns: map[string]*grpc.ClientConn{}}
+	var peers []Peer
+	for i := 0; i < size; i++ {
+		peers = append(peers, Peer{ID: fmt.Sprintf("n%d", i+1), RaftAddr: freeAddr(t), GRPCAddr: freeAddr(t)})
+	}
+	for i := 0; i < size; i++ {
+		cfg := Config{
+			ID: peers[i].ID, DataDir: t.TempDir(), GRPCAddr: peers[i].GRPCAddr, RaftAddr: peers[i].RaftAddr,
+			Peers: peers, Shards: shards, Bootstrap: true, LogOutput: io.Discard,
+			BalanceInterval: 500 * time.Millisecond,
+		}
+		if tune != nil {
+			tune(&cfg)
+		}
+		c.cfgs = append(c.cfgs, cfg)
+		c.nodes = append(c.nodes, nil)
+		c.start(i)
+	}
+	t.Cleanup(c.close)
+	c.waitLeaders()
+	return c
+}
+
+func (c *testCluster) start(i int) {
+	n, err := Start(c.cfgs[i])
+	require.NoError(c.t, err)
+	c.nodes[i] = n
+}
+
+func (c *testCluster) stop(i int) {
+	require.NoError(c.t, c.nodes[i].Close())
+	c.nodes[i] = nil
+}
+
+func (c *testCluster) close() {
+	for _, cc := range c.conns {
+		_ = cc.Close()
+	}
+	for i, n := range c.nodes {
+		if n != nil {
+			_ = n.Close()
+			c.nodes[i] = nil
+		}
+	}
+}
+
+func (c *testCluster) waitLeaders() {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, n := range c.nodes {
+		if n != nil {
+			require.NoError(c.t, n.WaitLeaders(ctx))
+		}
+	}
+}
+
+func (c *testCluster) client(addr string) tallypb.LedgerClient {
+	cc, ok := c.conns[addr]
+	if !ok {
+		var err error
+		cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		require.NoError(c.t, err)
+		c.conns[addr] = cc
+	}
+	return tallypb.NewLedgerClient(cc)
+}
+
+// leaderOf returns the index of the running node leading shard, waiting for one.
+func (c *testCluster) leaderOf(shard int) int {
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		for i, n := range c.nodes {
+			if n != nil && n.IsLeader(shard) {
+				return i
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatalf("shard %d has no leader", shard)
+	return -1
+}
+
+// call runs fn against the leader of shard, following NOT_LEADER and
+// retrying UNAVAILABLE like a client would, within a deadline.
+func call[T any](c *testCluster, shard int, fn func(ctx context.Context, cl tallypb.LedgerClient) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		i := c.leaderOf(shard)
+		actx, acancel := context.WithTimeout(ctx, 3*time.Second)
+		out, err := fn(actx, c.client(c.cfgs[i].GRPCAddr))
+		acancel()
+		code := reasonOf(err)
+		if err == nil || (code != ledger.CodeNotLeader && code != ledger.CodeUnavailable && ctx.Err() == nil && status.Code(err) != 4) {
+			return out, err
+		}
+		if ctx.Err() != nil {
+			return out, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func reasonOf(err error) ledger.Code {
+	if err == nil {
+		return ledger.CodeOK
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return ledger.Code(info.Reason)
+		}
+	}
+	return ""
+}
+
+func (c *testCluster) submit(ops ...*tallypb.Op) ([]*tallypb.OpResult, error) {
+	shard := ledger.ShardOf(ops[0].Program, ops[0].Member, c.cfgs[0].Shards)
+	resp, err := call(c, shard, func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.SubmitResponse, error) {
+		return cl.Submit(ctx, &tallypb.SubmitRequest{Ops: ops})
+	})
+	return resp.GetResults(), err
+}
+
+func (c *testCluster) mustSubmit(ops ...*tallypb.Op) []*tallypb.OpResult {
+	c.t.Helper()
+	rs, err := c.submit(ops...)
+	require.NoError(c.t, err)
+	require.Len(c.t, rs, len(ops))
+	return rs
+}
+
+func (c *testCluster) account(program, member, asset string) (*tallypb.Account, error) {
+	shard := ledger.ShardOf(program, member, c.cfgs[0].Shards)
+	resp, err := call(c, shard, func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.GetAccountResponse, error) {
+		return cl.GetAccount(ctx, &tallypb.GetAccountRequest{Program: program, Member: member, Asset: asset})
+	})
+	return resp.GetAccount(), err
+}
+
+func (c *testCluster) defineAsset(program, asset string, scale uint32) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		resp, err := c.client(c.cfgs[0].GRPCAddr).DefineAsset(ctx, &tallypb.DefineAssetRequest{
+			Program: program, Asset: asset, Scale: scale, IdempotencyKey: "define-" + program + "-" + asset})
+		if err == nil {
+			require.Equal(c.t, "OK", resp.GetResult().GetCode(), resp.GetResult().GetMessage())
+			return
+		}
+		require.NoError(c.t, ctx.Err(), "define asset: %v", err)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func op(kind tallypb.OpKind, key, member, asset, amount string) *tallypb.Op {
+	return &tallypb.Op{Kind: kind, Program: "shop", Member: member, Asset: asset, IdempotencyKey: key, Amount: amount}
+}
+
+// clusterState checks that every running replica of every shard has the
+// same state at the same applied index and that conservation holds.
+func (c *testCluster) checkReplicas() {
+	c.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for shard := 0; shard < c.cfgs[0].Shards; shard++ {
+		for {
+			var states []*tallypb.ShardStateResponse
+			for i, n := range c.nodes {
+				if n == nil {
+					continue
+				}
+				st, err := c.client(c.cfgs[i].GRPCAddr).ShardState(context.Background(),
+					&tallypb.ShardStateRequest{Shard: uint32(shard), Full: true})
+				require.NoError(c.t, err)
+				require.True(c.t, st.GetConservationOk(), "node %d shard %d: %s", i, shard, st.GetConservationError())
+				states = append(states, st)
+			}
+			same := true
+			for _, st := range states[1:] {
+				if st.GetAppliedIndex() != states[0].GetAppliedIndex() || string(st.GetStateHash()) != string(states[0].GetStateHash()) {
+					same = false
+				}
+			}
+			if same {
+				break
+			}
+			require.True(c.t, time.Now().Before(deadline), "shard %d replicas differ: %v", shard, states)
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func TestClusterOperations(t *testing.T) {
+	c := newTestCluster(t, 3, 2, nil)
+	c.defineAsset("shop", "CNY", 2)
+	c.defineAsset("shop", "POINTS", 0)
+
+	rs := c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "open-a", "alice", "CNY", ""))
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	rs = c.mustSubmit(op(tallypb.OpKind_CREDIT, "rc-1", "alice", "CNY", "500.00"))
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.Equal(t, "500.00", rs[0].Account.Posted)
+
+	// A retry returns the original result and changes nothing.
+	again := c.mustSubmit(op(tallypb.OpKind_CREDIT, "rc-1", "alice", "CNY", "500.00"))
+	require.True(t, again[0].Replayed)
+	require.Equal(t, rs[0].Seq, again[0].Seq)
+	// Same key, different request.
+	reused := c.mustSubmit(op(tallypb.OpKind_CREDIT, "rc-1", "alice", "CNY", "501.00"))
+	require.Equal(t, string(ledger.CodeIdempotencyKeyReused), reused[0].Code)
+
+	rs = c.mustSubmit(op(tallypb.OpKind_DEBIT, "buy-1", "alice", "CNY", "120.50"))
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	rs = c.mustSubmit(op(tallypb.OpKind_DEBIT, "buy-2", "alice", "CNY", "1000"))
+	require.Equal(t, string(ledger.CodeInsufficientFunds), rs[0].Code)
+
+	hold := op(tallypb.OpKind_HOLD, "order-9", "alice", "CNY", "79.50")
+	hold.HoldTtlMs = 60_000
+	rs = c.mustSubmit(hold)
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.Equal(t, "79.50", rs[0].Account.Held)
+	capture := &tallypb.Op{Kind: tallypb.OpKind_CAPTURE_HOLD, Program: "shop", Member: "alice", HoldKey: "order-9",
+		IdempotencyKey: "cap-9", Amount: "50"}
+	rs = c.mustSubmit(capture)
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.Equal(t, "50.00", rs[0].Captured)
+	require.Equal(t, "29.50", rs[0].Released)
+
+	acct, err := c.account("shop", "alice", "CNY")
+	require.NoError(t, err)
+	require.Equal(t, "329.50", acct.Posted) // 500 - 120.50 - 50
+	require.Equal(t, "0.00", acct.Held)
+	require.Equal(t, "ACTIVE", acct.State)
+
+	// Bad input: a clear code, nothing changed.
+	_, err = c.submit(op(tallypb.OpKind_CREDIT, "bad-1", "alice", "CNY", "1.234"))
+	require.Equal(t, ledger.CodeScaleMismatch, reasonOf(err))
+	_, err = c.submit(op(tallypb.OpKind_CREDIT, "bad-2", "alice", "CNY", "-5"))
+	require.Equal(t, ledger.CodeInvalidAmount, reasonOf(err))
+	_, err = c.submit(op(tallypb.OpKind_CREDIT, "bad-3", "alice", "GOLD", "5"))
+	require.Equal(t, ledger.CodeUnknownAsset, reasonOf(err))
+	_, err = c.submit(op(tallypb.OpKind_CREDIT, "", "alice", "CNY", "5"))
+	require.Equal(t, ledger.CodeInvalidArgument, reasonOf(err))
+	_, err = c.account("shop", "nobody", "CNY")
+	require.Equal(t, ledger.CodeAccountNotFound, reasonOf(err))
+	acct2, err := c.account("shop", "alice", "CNY")
+	require.NoError(t, err)
+	require.Equal(t, acct.Posted, acct2.Posted)
+
+	// Freeze blocks debits with a stable code.
+	c.mustSubmit(op(tallypb.OpKind_FREEZE, "frz", "alice", "CNY", ""))
+	rs = c.mustSubmit(op(tallypb.OpKind_DEBIT, "buy-3", "alice", "CNY", "1"))
+	require.Equal(t, string(ledger.CodeAccountFrozen), rs[0].Code)
+
+	// A follower answers NOT_LEADER with the leader's address.
+	shard := ledger.ShardOf("shop", "alice", 2)
+	leader := c.leaderOf(shard)
+	follower := (leader + 1) % 3
+	_, err = c.client(c.cfgs[follower].GRPCAddr).GetAccount(context.Background(),
+		&tallypb.GetAccountRequest{Program: "shop", Member: "alice", Asset: "CNY"})
+	require.Equal(t, ledger.CodeNotLeader, reasonOf(err))
+	st, _ := status.FromError(err)
+	info := st.Details()[0].(*errdetails.ErrorInfo)
+	require.Equal(t, c.cfgs[leader].GRPCAddr, info.Metadata["leader"])
+
+	// Journal, newest first.
+	shardResp, err := call(c, shard, func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.ListJournalResponse, error) {
+		return cl.ListJournal(ctx, &tallypb.ListJournalRequest{Program: "shop", Member: "alice"})
+	})
+	require.NoError(t, err)
+	var keys []string
+	for _, e := range shardResp.Entries {
+		keys = append(keys, e.Op.IdempotencyKey)
+	}
+	require.Equal(t, []string{"frz", "cap-9", "order-9", "buy-1", "rc-1", "open-a"}, keys)
+	c.checkReplicas()
+}
+
+func TestLeaderFailoverLosesNothing(t *testing.T) {
+	c := newTestCluster(t, 3, 2, func(cfg *Config) {
+		cfg.Raft.SnapshotThreshold = 64
+		cfg.Raft.TrailingLogs = 16
+		cfg.Raft.SnapshotInterval = 200 * time.Millisecond
+		cfg.BalanceInterval = -1
+	})
+	c.defineAsset("shop", "POINTS", 0)
+	members := []string{"m0", "m1", "m2", "m3", "m4", "m5"}
+	for _, m := range members {
+		rs := c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "open-"+m, m, "POINTS", ""))
+		require.Equal(t, "OK", rs[0].Code)
+	}
+	credited := map[string]int{}
+	creditAll := func(round int) {
+		for _, m := range members {
+			rs := c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("cr-%s-%d", m, round), m, "POINTS", "10"))
+			require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+			credited[m] += 10
+		}
+	}
+	for r := 0; r < 20; r++ {
+		creditAll(r)
+	}
+
+	// Kill the leader of shard 0: a new leader serves, nothing acknowledged is lost.
+	victim := c.leaderOf(0)
+	start := time.Now()
+	c.stop(victim)
+	newLeader := c.leaderOf(0)
+	require.NotEqual(t, victim, newLeader)
+	t.Logf("new leader of shard 0 after %v", time.Since(start))
+	// A retry of an acknowledged op does not apply twice.
+	rs := c.mustSubmit(op(tallypb.OpKind_CREDIT, "cr-m0-0", "m0", "POINTS", "10"))
+	require.True(t, rs[0].Replayed)
+	for r := 20; r < 60; r++ { // enough to force snapshots and log compaction
+		creditAll(r)
+	}
+	for _, m := range members {
+		a, err := c.account("shop", m, "POINTS")
+		require.NoError(t, err)
+		require.Equal(t, fmt.Sprint(credited[m]), a.Posted, m)
+	}
+
+	// Restart the victim: it catches up (from a snapshot: its log is behind
+	// the others' compaction point) and converges on the same state.
+	c.start(victim)
+	c.waitLeaders()
+	c.checkReplicas()
+
+	// The restarted node can lead again and serves everything.
+	for _, m := range members {
+		rs := c.mustSubmit(op(tallypb.OpKind_DEBIT, "db-"+m, m, "POINTS", "5"))
+		require.Equal(t, "OK", rs[0].Code)
+		require.Equal(t, fmt.Sprint(credited[m]-5), rs[0].Account.Posted)
+	}
+	c.checkReplicas()
+}
+
+func TestRestartResumesFromDurableState(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "zed", "POINTS", ""))
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "c", "zed", "POINTS", "42"))
+	// Stop every node (a full-cluster restart) and start them again.
+	for i := range c.nodes {
+		c.stop(i)
+	}
+	for i := range c.nodes {
+		c.start(i)
+	}
+	c.waitLeaders()
+	a, err := c.account("shop", "zed", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "42", a.Posted)
+	rs := c.mustSubmit(op(tallypb.OpKind_CREDIT, "c", "zed", "POINTS", "42"))
+	require.True(t, rs[0].Replayed, "dedup records survive restarts")
+	c.checkReplicas()
+}
+
+func TestLeadershipSpreadsEvenly(t *testing.T) {
+	c := newTestCluster(t, 3, 6, func(cfg *Config) { cfg.BalanceInterval = 200 * time.Millisecond })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		counts := make([]int, 3)
+		for shard := 0; shard < 6; shard++ {
+			counts[c.leaderOf(shard)]++
+		}
+		if counts[0] == 2 && counts[1] == 2 && counts[2] == 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leaders per node %v, want 2 each", counts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+var _ = errors.New

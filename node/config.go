@@ -1,0 +1,168 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Peer is one member of the cluster as every node knows it.
+type Peer struct {
+	ID       string
+	RaftAddr string // advertised Raft address (one port for all shards)
+	GRPCAddr string // advertised client address
+}
+
+// RaftTuning holds the hashicorp/raft settings a deployment may change.
+// Zero values take the defaults below.
+type RaftTuning struct {
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	MaxAppendEntries   int
+	SnapshotThreshold  uint64
+	SnapshotInterval   time.Duration
+	TrailingLogs       uint64
+}
+
+func (t RaftTuning) withDefaults() RaftTuning {
+	// Failover within ~1-2 s on a LAN; hashicorp's 1 s defaults are tuned for
+	// WANs. MaxAppendEntries is raised from 64 so a follower receives, and the
+	// FSM applies, big batches at flash-sale rates.
+	def := RaftTuning{
+		HeartbeatTimeout:   500 * time.Millisecond,
+		ElectionTimeout:    500 * time.Millisecond,
+		LeaderLeaseTimeout: 250 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+		MaxAppendEntries:   512,
+		SnapshotThreshold:  8192,
+		SnapshotInterval:   30 * time.Second,
+		TrailingLogs:       10240,
+	}
+	if t.HeartbeatTimeout == 0 {
+		t.HeartbeatTimeout = def.HeartbeatTimeout
+	}
+	if t.ElectionTimeout == 0 {
+		t.ElectionTimeout = def.ElectionTimeout
+	}
+	if t.LeaderLeaseTimeout == 0 {
+		t.LeaderLeaseTimeout = def.LeaderLeaseTimeout
+	}
+	if t.CommitTimeout == 0 {
+		t.CommitTimeout = def.CommitTimeout
+	}
+	if t.MaxAppendEntries == 0 {
+		t.MaxAppendEntries = def.MaxAppendEntries
+	}
+	if t.SnapshotThreshold == 0 {
+		t.SnapshotThreshold = def.SnapshotThreshold
+	}
+	if t.SnapshotInterval == 0 {
+		t.SnapshotInterval = def.SnapshotInterval
+	}
+	if t.TrailingLogs == 0 {
+		t.TrailingLogs = def.TrailingLogs
+	}
+	return t
+}
+
+// Config configures a node.
+type Config struct {
+	ID          string
+	DataDir     string
+	GRPCAddr    string // listen address for clients
+	RaftAddr    string // listen address for Raft (all shards)
+	MetricsAddr string // listen address for /metrics; "" disables it
+	// Peers lists every node, this one included, in the same order on every
+	// node: shard i prefers Peers[i mod len(Peers)] as its leader.
+	Peers []Peer
+	// Shards is fixed at bootstrap; every node must agree.
+	Shards int
+	// Bootstrap creates the cluster from Peers on first start. It is safe to
+	// set on every node (each writes the same configuration) and a no-op once
+	// a node has state.
+	Bootstrap bool
+	// DialRewrite maps a peer's advertised Raft address to the address to
+	// dial, so a fault-injection proxy can sit on each link.
+	DialRewrite map[string]string
+	Raft        RaftTuning
+	// MaxOpsPerEntry bounds how many operations the proposer packs into one
+	// log entry.
+	MaxOpsPerEntry int
+	// BalanceInterval is how often the node hands leadership of shards it
+	// leads to their preferred node; 0 = 2 s, negative disables it.
+	BalanceInterval time.Duration
+	// LogLevel is hclog's level for Raft logs ("warn" by default).
+	LogLevel  string
+	LogOutput io.Writer
+}
+
+// DefaultShards is the number of shards a cluster gets unless told otherwise.
+const DefaultShards = 8
+
+// MaxShards bounds the shard count: each shard is a Raft group with its own
+// heartbeats on every node.
+const MaxShards = 256
+
+func (c *Config) validate() error {
+	if c.ID == "" {
+		return errors.New("node: config: ID is required")
+	}
+	if c.DataDir == "" {
+		return errors.New("node: config: DataDir is required")
+	}
+	if c.Shards < 1 || c.Shards > MaxShards {
+		return fmt.Errorf("node: config: Shards must be 1..%d, got %d", MaxShards, c.Shards)
+	}
+	if len(c.Peers) == 0 {
+		return errors.New("node: config: Peers is empty")
+	}
+	found := false
+	ids := map[string]bool{}
+	for _, p := range c.Peers {
+		if p.ID == "" || p.RaftAddr == "" || p.GRPCAddr == "" {
+			return fmt.Errorf("node: config: peer %+v needs ID, RaftAddr and GRPCAddr", p)
+		}
+		if ids[p.ID] {
+			return fmt.Errorf("node: config: duplicate peer ID %q", p.ID)
+		}
+		ids[p.ID] = true
+		if p.ID == c.ID {
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("node: config: this node %q is not in Peers", c.ID)
+	}
+	if c.MaxOpsPerEntry == 0 {
+		c.MaxOpsPerEntry = 16000
+	}
+	if c.BalanceInterval == 0 {
+		c.BalanceInterval = 2 * time.Second
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "warn"
+	}
+	c.Raft = c.Raft.withDefaults()
+	return nil
+}
+
+func (c *Config) self() Peer {
+	for _, p := range c.Peers {
+		if p.ID == c.ID {
+			return p
+		}
+	}
+	return Peer{}
+}
+
+func (c *Config) peerByID(id string) (Peer, bool) {
+	for _, p := range c.Peers {
+		if p.ID == id {
+			return p, true
+		}
+	}
+	return Peer{}, false
+}

@@ -1,0 +1,236 @@
+package node
+
+import (
+	"context"
+	"sync"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// assetCache remembers asset definitions seen in local state. Assets never
+// change once defined, so a cached definition is always current; only
+// absence must be confirmed by a linearizable read.
+type assetCache struct {
+	m sync.Map // program + "\x00" + code -> ledger.Asset
+}
+
+func (c *assetCache) get(program, code string) (ledger.Asset, bool) {
+	v, ok := c.m.Load(program + "\x00" + code)
+	if !ok {
+		return ledger.Asset{}, false
+	}
+	return v.(ledger.Asset), true
+}
+
+func (c *assetCache) put(a ledger.Asset) { c.m.Store(a.Program+"\x00"+a.Code, a) }
+
+// asset returns the definition of (program, code) as shard s knows it. If
+// the local state lacks it, the shard first catches up to a linearizable
+// point, so an asset defined before this request is never reported missing.
+func (n *Node) asset(ctx context.Context, s *shard, program, code string) (ledger.Asset, error) {
+	if a, ok := n.assets.get(program, code); ok {
+		return a, nil
+	}
+	for attempt := 0; attempt < 2; attempt++ {
+		a, found, err := s.fsm.Asset(program, code)
+		if err != nil {
+			return ledger.Asset{}, errInternal(err.Error())
+		}
+		if found {
+			n.assets.put(a)
+			return a, nil
+		}
+		if attempt == 0 {
+			if err := s.linearizable(ctx); err != nil {
+				return ledger.Asset{}, err
+			}
+		}
+	}
+	return ledger.Asset{}, ledger.Errorf(ledger.CodeUnknownAsset, "program "+program+" has no asset "+code)
+}
+
+// holdAsset returns the asset of an open or closed hold, for converting a
+// capture amount. Holds never change asset, so local state is enough once
+// it has it.
+func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key string) (ledger.Asset, error) {
+	for attempt := 0; attempt < 2; attempt++ {
+		h, found, err := s.fsm.Hold(program, member, key)
+		if err != nil {
+			return ledger.Asset{}, errInternal(err.Error())
+		}
+		if found {
+			return n.asset(ctx, s, program, h.Asset)
+		}
+		if attempt == 0 {
+			if err := s.linearizable(ctx); err != nil {
+				return ledger.Asset{}, err
+			}
+		}
+	}
+	return ledger.Asset{}, ledger.Errorf(ledger.CodeHoldNotFound, "no hold "+key+" for member "+member)
+}
+
+// toLedgerOp converts one API op at the edge: decimal amounts become minor
+// units of the asset's scale, never rounded.
+func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op) (ledger.Op, error) {
+	op := ledger.Op{
+		Kind:           ledger.OpKind(p.GetKind()),
+		Program:        p.GetProgram(),
+		Member:         p.GetMember(),
+		Asset:          p.GetAsset(),
+		IdempotencyKey: p.GetIdempotencyKey(),
+		HoldKey:        p.GetHoldKey(),
+		HoldTTLMs:      p.GetHoldTtlMs(),
+		Memo:           p.GetMemo(),
+	}
+	if op.Kind == ledger.OpDefineAsset {
+		return op, ledger.Errorf(ledger.CodeInvalidArgument, "define assets with the DefineAsset call")
+	}
+	// Structural checks first, so a malformed op is rejected before any
+	// lookup (amounts are checked below, after conversion).
+	probe := op
+	if needsAmount(op.Kind) {
+		probe.AmountMinor = 1
+	}
+	if err := ledger.Validate(probe); err != nil {
+		return op, err
+	}
+	switch op.Kind {
+	case ledger.OpCredit, ledger.OpDebit, ledger.OpHold:
+		a, err := n.asset(ctx, s, op.Program, op.Asset)
+		if err != nil {
+			return op, err
+		}
+		if op.AmountMinor, err = ledger.ParseAmount(p.GetAmount(), a.Scale); err != nil {
+			return op, err
+		}
+		op.Scale = a.Scale
+	case ledger.OpCaptureHold:
+		if amt := p.GetAmount(); amt != "" && amt != "0" {
+			a, err := n.holdAsset(ctx, s, op.Program, op.Member, op.HoldKey)
+			if err != nil {
+				return op, err
+			}
+			if op.AmountMinor, err = ledger.ParseAmount(amt, a.Scale); err != nil {
+				return op, err
+			}
+			op.Scale = a.Scale
+		}
+	case ledger.OpOpenAccount:
+		if mb := p.GetMaxBalance(); mb != "" {
+			a, err := n.asset(ctx, s, op.Program, op.Asset)
+			if err != nil {
+				return op, err
+			}
+			if op.MaxBalanceMinor, err = ledger.ParseAmount(mb, a.Scale); err != nil {
+				return op, err
+			}
+		}
+	default:
+		if p.GetAmount() != "" {
+			return op, ledger.Errorf(ledger.CodeInvalidArgument, "amount: not used by "+op.Kind.String())
+		}
+	}
+	return op, ledger.Validate(op)
+}
+
+func needsAmount(k ledger.OpKind) bool {
+	return k == ledger.OpCredit || k == ledger.OpDebit || k == ledger.OpHold
+}
+
+// scaleOf finds the scale to format an account's amounts; 0 if unknown.
+func (n *Node) scaleOf(s *shard, program, code string) uint8 {
+	if code == "" {
+		return 0
+	}
+	if a, ok := n.assets.get(program, code); ok {
+		return a.Scale
+	}
+	if a, found, err := s.fsm.Asset(program, code); err == nil && found {
+		n.assets.put(a)
+		return a.Scale
+	}
+	return 0
+}
+
+func (n *Node) accountPB(s *shard, a ledger.Account) *tallypb.Account {
+	if a.Key.Program == "" {
+		return nil
+	}
+	sc := n.scaleOf(s, a.Key.Program, a.Key.Asset)
+	out := &tallypb.Account{
+		Program:     a.Key.Program,
+		Member:      a.Key.Member,
+		Asset:       a.Key.Asset,
+		Scale:       uint32(sc),
+		State:       a.State.String(),
+		Posted:      ledger.FormatAmount(a.PostedMinor, sc),
+		Held:        ledger.FormatAmount(a.HeldMinor, sc),
+		Available:   ledger.FormatAmount(a.AvailableMinor(), sc),
+		OpenedAtMs:  a.OpenedAtMs,
+		UpdatedAtMs: a.UpdatedAtMs,
+	}
+	if a.MaxBalanceMinor > 0 {
+		out.MaxBalance = ledger.FormatAmount(a.MaxBalanceMinor, sc)
+	}
+	return out
+}
+
+func (n *Node) holdPB(s *shard, h ledger.Hold) *tallypb.Hold {
+	if h.Key == "" {
+		return nil
+	}
+	sc := n.scaleOf(s, h.Program, h.Asset)
+	return &tallypb.Hold{
+		Key:         h.Key,
+		Asset:       h.Asset,
+		Amount:      ledger.FormatAmount(h.AmountMinor, sc),
+		State:       h.State.String(),
+		CreatedAtMs: h.CreatedAtMs,
+		ExpiresAtMs: h.ExpiresAtMs,
+	}
+}
+
+func (n *Node) resultPB(s *shard, r ledger.Result) *tallypb.OpResult {
+	out := &tallypb.OpResult{
+		Code:     string(r.Code),
+		Message:  r.Message,
+		Replayed: r.Replayed,
+		Seq:      r.Seq,
+		TimeMs:   r.TimeMs,
+		Account:  n.accountPB(s, r.Account),
+		Hold:     n.holdPB(s, r.Hold),
+		Shard:    s.id,
+	}
+	if r.CapturedMinor != 0 || r.ReleasedMinor != 0 {
+		sc := n.scaleOf(s, r.Hold.Program, r.Hold.Asset)
+		out.Captured = ledger.FormatAmount(r.CapturedMinor, sc)
+		out.Released = ledger.FormatAmount(r.ReleasedMinor, sc)
+	}
+	return out
+}
+
+func (n *Node) opPB(s *shard, op ledger.Op) *tallypb.Op {
+	out := &tallypb.Op{
+		Kind:           tallypb.OpKind(op.Kind),
+		Program:        op.Program,
+		Member:         op.Member,
+		Asset:          op.Asset,
+		IdempotencyKey: op.IdempotencyKey,
+		HoldKey:        op.HoldKey,
+		HoldTtlMs:      op.HoldTTLMs,
+		Memo:           op.Memo,
+	}
+	if op.AmountMinor != 0 {
+		out.Amount = ledger.FormatAmount(op.AmountMinor, op.Scale)
+	}
+	if op.MaxBalanceMinor != 0 {
+		out.MaxBalance = ledger.FormatAmount(op.MaxBalanceMinor, n.scaleOf(s, op.Program, op.Asset))
+	}
+	return out
+}
+
+func (n *Node) recordPB(s *shard, rec ledger.Record) *tallypb.JournalEntry {
+	return &tallypb.JournalEntry{Seq: rec.Seq, Op: n.opPB(s, rec.Op), Result: n.resultPB(s, rec.Result)}
+}

@@ -1,0 +1,330 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/fsm"
+	"github.com/tally-ledger/tally/node/raftstore"
+	"github.com/tally-ledger/tally/node/transport"
+)
+
+// Node is one running Tally process.
+type Node struct {
+	cfg    Config
+	logger hclog.Logger
+
+	logs    *raftstore.DB
+	state   *fsm.DB
+	mux     *transport.Mux
+	shards  []*shard
+	metrics *metrics
+
+	grpcLis    net.Listener
+	grpcServer *grpc.Server
+	httpServer *http.Server
+	peers      *peerConns
+	assets     assetCache
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start opens the node's storage, starts every shard's Raft group and serves
+// gRPC (and metrics). On a first start with cfg.Bootstrap it creates the
+// cluster from cfg.Peers.
+func Start(cfg Config) (*Node, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	out := cfg.LogOutput
+	if out == nil {
+		out = os.Stderr
+	}
+	n := &Node{
+		cfg:  cfg,
+		stop: make(chan struct{}),
+		logger: hclog.New(&hclog.LoggerOptions{
+			Name:   "tally." + cfg.ID,
+			Level:  hclog.LevelFromString(cfg.LogLevel),
+			Output: out,
+		}),
+	}
+	n.peers = newPeerConns()
+	n.metrics = newMetrics(n)
+	if err := n.open(); err != nil {
+		n.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) open() error {
+	cfg := n.cfg
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	if err := n.checkShardCount(); err != nil {
+		return err
+	}
+	var err error
+	if n.logs, err = raftstore.Open(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{Logger: n.slogger()}); err != nil {
+		return err
+	}
+	if n.state, err = fsm.OpenDB(filepath.Join(cfg.DataDir, "state")); err != nil {
+		return err
+	}
+	if n.mux, err = transport.Listen(cfg.RaftAddr, transport.Options{DialRewrite: cfg.DialRewrite}); err != nil {
+		return err
+	}
+	for i := 0; i < cfg.Shards; i++ {
+		s, err := n.openShard(uint32(i))
+		if err != nil {
+			return err
+		}
+		n.shards = append(n.shards, s)
+	}
+	for _, s := range n.shards {
+		s.start()
+	}
+
+	if n.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return fmt.Errorf("node: listen grpc %s: %w", cfg.GRPCAddr, err)
+	}
+	n.grpcServer = grpc.NewServer(
+		grpc.MaxRecvMsgSize(64<<20),
+		grpc.MaxSendMsgSize(64<<20),
+	)
+	tallypb.RegisterLedgerServer(n.grpcServer, &server{n: n})
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		_ = n.grpcServer.Serve(n.grpcLis)
+	}()
+
+	if cfg.MetricsAddr != "" {
+		lis, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("node: listen metrics %s: %w", cfg.MetricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{Registry: n.metrics.reg}))
+		n.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			_ = n.httpServer.Serve(lis)
+		}()
+	}
+	if cfg.BalanceInterval > 0 {
+		n.wg.Add(1)
+		go n.balanceLoop()
+	}
+	return nil
+}
+
+// checkShardCount pins the shard count in the data directory: changing it
+// would re-shard accounts and must never happen silently.
+func (n *Node) checkShardCount() error {
+	path := filepath.Join(n.cfg.DataDir, "SHARDS")
+	want := fmt.Sprintf("%d\n", n.cfg.Shards)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return os.WriteFile(path, []byte(want), 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	if string(b) != want {
+		return fmt.Errorf("node: data dir %s was created with %s shards, config says %d",
+			n.cfg.DataDir, string(b[:len(b)-1]), n.cfg.Shards)
+	}
+	return nil
+}
+
+func (n *Node) openShard(id uint32) (*shard, error) {
+	cfg := n.cfg
+	f, err := fsm.New(n.state, id)
+	if err != nil {
+		return nil, err
+	}
+	snapDir := filepath.Join(cfg.DataDir, "snapshots", fmt.Sprintf("shard-%03d", id))
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(snapDir, 2, n.logger.Named(fmt.Sprintf("snap%d", id)))
+	if err != nil {
+		return nil, fmt.Errorf("node: shard %d: snapshot store: %w", id, err)
+	}
+	var snapIndex uint64
+	if metas, err := snaps.List(); err != nil {
+		return nil, fmt.Errorf("node: shard %d: list snapshots: %w", id, err)
+	} else if len(metas) > 0 {
+		snapIndex = metas[0].Index
+	}
+	logs := n.logs.Group(id)
+	trans := n.mux.NewTransport(id, transport.TransportConfig{Logger: n.logger.Named(fmt.Sprintf("net%d", id))})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = n.logger.Named(fmt.Sprintf("raft%d", id))
+	rc.HeartbeatTimeout = cfg.Raft.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.Raft.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.Raft.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.Raft.CommitTimeout
+	rc.MaxAppendEntries = cfg.Raft.MaxAppendEntries
+	rc.SnapshotThreshold = cfg.Raft.SnapshotThreshold
+	rc.SnapshotInterval = cfg.Raft.SnapshotInterval
+	rc.TrailingLogs = cfg.Raft.TrailingLogs
+	rc.BatchApplyCh = true
+	// The FSM's state is durable up to its applied index; Raft need not
+	// restore a snapshot on start unless that state is behind the snapshot.
+	rc.NoSnapshotRestoreOnStart = !f.NeedsRestore(snapIndex)
+	if !rc.NoSnapshotRestoreOnStart {
+		n.logger.Warn("state is behind the newest snapshot; restoring it", "shard", id,
+			"applied", f.AppliedIndex(), "snapshot", snapIndex)
+	}
+
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(logs, logs, snaps)
+		if err != nil {
+			return nil, fmt.Errorf("node: shard %d: %w", id, err)
+		}
+		if !has {
+			var servers []raft.Server
+			for _, p := range cfg.Peers {
+				servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)})
+			}
+			if err := raft.BootstrapCluster(rc, logs, logs, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
+				return nil, fmt.Errorf("node: shard %d: bootstrap: %w", id, err)
+			}
+		}
+	}
+	s := newShard(n, id, f)
+	f.SetApplyHook(s.onApply)
+	r, err := raft.NewRaft(rc, f, logs, logs, snaps, trans)
+	if err != nil {
+		return nil, fmt.Errorf("node: shard %d: start raft: %w", id, err)
+	}
+	s.raft = r
+	return s, nil
+}
+
+// slogger is the structured logger given to storage: warnings and errors
+// only, to the node's log output.
+func (n *Node) slogger() *slog.Logger {
+	out := n.cfg.LogOutput
+	if out == nil {
+		out = os.Stderr
+	}
+	return slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", n.cfg.ID)
+}
+
+// ID returns the node's ID.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// GRPCAddr is the address the gRPC server listens on.
+func (n *Node) GRPCAddr() string {
+	if n.grpcLis == nil {
+		return ""
+	}
+	return n.grpcLis.Addr().String()
+}
+
+// Shards returns the number of shards.
+func (n *Node) Shards() int { return n.cfg.Shards }
+
+// IsLeader reports whether this node leads shard id.
+func (n *Node) IsLeader(id int) bool { return n.shards[id].raft.State() == raft.Leader }
+
+// WaitLeaders blocks until every shard has a known leader or ctx ends.
+func (n *Node) WaitLeaders(ctx context.Context) error {
+	for {
+		ok := true
+		for _, s := range n.shards {
+			if addr, _ := s.raft.LeaderWithID(); addr == "" {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops serving, shuts every Raft group down and closes storage. It
+// is safe to call more than once.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() { n.closeErr = n.close() })
+	return n.closeErr
+}
+
+func (n *Node) close() error {
+	close(n.stop)
+	var errs []error
+	if n.grpcServer != nil {
+		done := make(chan struct{})
+		go func() { n.grpcServer.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			n.grpcServer.Stop()
+		}
+	}
+	if n.httpServer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = n.httpServer.Shutdown(ctx)
+		cancel()
+	}
+	for _, s := range n.shards {
+		s.stopLoops()
+	}
+	for _, s := range n.shards {
+		if s.raft != nil {
+			if err := s.raft.Shutdown().Error(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	n.wg.Wait()
+	n.peers.close()
+	if n.mux != nil {
+		errs = append(errs, n.mux.Close())
+	}
+	if n.state != nil {
+		// Flush so a clean restart resumes from the applied index without
+		// replaying the log.
+		errs = append(errs, n.state.Flush(), n.state.Close())
+	}
+	if n.logs != nil {
+		errs = append(errs, n.logs.Close())
+	}
+	return errors.Join(errs...)
+}
+
+var _ io.Closer = (*Node)(nil)
+
+// registry exposes the node's Prometheus registry (for tests and embedding).
+func (n *Node) registry() *prometheus.Registry { return n.metrics.reg }

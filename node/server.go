@@ -1,0 +1,288 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Page sizes of ListJournal.
+const (
+	defaultJournalPage = 50
+	maxJournalPage     = 1000
+)
+
+// server implements the gRPC API on top of the node's shards.
+type server struct {
+	tallypb.UnimplementedLedgerServer
+	n *Node
+}
+
+func (sv *server) shardFor(program, member string) *shard {
+	return sv.n.shards[ledger.ShardOf(program, member, len(sv.n.shards))]
+}
+
+func (sv *server) observe(rpc string, start time.Time, err error) {
+	sv.n.metrics.requestLatency.WithLabelValues(rpc, string(codeOfErr(err))).Observe(time.Since(start).Seconds())
+}
+
+func codeOfErr(err error) ledger.Code {
+	if err == nil {
+		return ledger.CodeOK
+	}
+	if de, ok := err.(*domainError); ok {
+		return de.code
+	}
+	return ledger.CodeOf(err)
+}
+
+// Submit validates a batch at the edge, proposes it to its shard and returns
+// one result per op.
+func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *tallypb.SubmitResponse, err error) {
+	start := time.Now()
+	defer func() { sv.observe("Submit", start, err); err = toStatus(err) }()
+
+	ops := req.GetOps()
+	if len(ops) == 0 || len(ops) > ledger.MaxBatchOps {
+		return nil, ledger.Errorf(ledger.CodeInvalidArgument,
+			fmt.Sprintf("a batch has 1..%d ops, got %d", ledger.MaxBatchOps, len(ops)))
+	}
+	s, err := sv.submitShard(req)
+	if err != nil {
+		return nil, err
+	}
+	lr := ledger.Request{Linked: req.GetLinked(), Ops: make([]ledger.Op, len(ops))}
+	if ops[0].GetKind() == tallypb.OpKind_DEFINE_ASSET {
+		// Only the DefineAsset fan-out sends these, one per shard.
+		if len(ops) != 1 || req.GetLinked() {
+			return nil, ledger.Errorf(ledger.CodeInvalidArgument, "a DEFINE_ASSET submit carries exactly one op")
+		}
+		if ops[0].GetScale() > ledger.MaxScale {
+			return nil, opError(0, ledger.Errorf(ledger.CodeInvalidArgument, "scale above maximum"))
+		}
+		lr.Ops[0] = defineAssetOp(ops[0].GetProgram(), ops[0].GetAsset(), ops[0].GetIdempotencyKey(), uint8(ops[0].GetScale()))
+	} else {
+		for i, p := range ops {
+			op, err := sv.n.toLedgerOp(ctx, s, p)
+			if err != nil {
+				if _, ok := err.(*domainError); ok {
+					return nil, err
+				}
+				return nil, opError(i, err)
+			}
+			lr.Ops[i] = op
+		}
+	}
+	if err := ledger.ValidateRequest(lr); err != nil {
+		return nil, err
+	}
+	results, err := s.propose(ctx, lr)
+	if err != nil {
+		return nil, err
+	}
+	resp := &tallypb.SubmitResponse{Results: make([]*tallypb.OpResult, len(results))}
+	for i, r := range results {
+		resp.Results[i] = sv.n.resultPB(s, r)
+		sv.n.metrics.ops.WithLabelValues(lr.Ops[i].Kind.String(), string(r.Code)).Inc()
+	}
+	return resp, nil
+}
+
+// submitShard finds the one shard a batch belongs to.
+func (sv *server) submitShard(req *tallypb.SubmitRequest) (*shard, error) {
+	ops := req.GetOps()
+	shards := len(sv.n.shards)
+	target := -1
+	if req.Shard != nil {
+		if int(req.GetShard()) >= shards {
+			return nil, ledger.Errorf(ledger.CodeInvalidArgument, fmt.Sprintf("shard %d: cluster has %d shards", req.GetShard(), shards))
+		}
+		target = int(req.GetShard())
+	}
+	for i, p := range ops {
+		if p.GetKind() == tallypb.OpKind_DEFINE_ASSET {
+			if target < 0 {
+				return nil, opError(i, ledger.Errorf(ledger.CodeInvalidArgument, "DEFINE_ASSET needs the shard field"))
+			}
+			continue
+		}
+		sh := ledger.ShardOf(p.GetProgram(), p.GetMember(), shards)
+		if target < 0 {
+			target = sh
+		} else if sh != target {
+			return nil, opError(i, ledger.Errorf(ledger.CodeWrongShard,
+				fmt.Sprintf("op is on shard %d, batch on shard %d: split batches by shard", sh, target)))
+		}
+	}
+	return sv.n.shards[target], nil
+}
+
+// defineAssetOp builds the op the DefineAsset fan-out proposes on every shard.
+func defineAssetOp(program, code, key string, scale uint8) ledger.Op {
+	return ledger.Op{Kind: ledger.OpDefineAsset, Program: program, Asset: code, IdempotencyKey: key, Scale: scale}
+}
+
+// DefineAsset defines an asset on every shard: locally where this node
+// leads, forwarded to the leader elsewhere. Every shard gets the same
+// idempotency key, so a retry after a partial failure completes the rest.
+func (sv *server) DefineAsset(ctx context.Context, req *tallypb.DefineAssetRequest) (_ *tallypb.DefineAssetResponse, err error) {
+	start := time.Now()
+	defer func() { sv.observe("DefineAsset", start, err); err = toStatus(err) }()
+	if req.GetScale() > ledger.MaxScale {
+		return nil, ledger.Errorf(ledger.CodeInvalidArgument, fmt.Sprintf("scale %d is above %d", req.GetScale(), ledger.MaxScale))
+	}
+	op := defineAssetOp(req.GetProgram(), req.GetAsset(), req.GetIdempotencyKey(), uint8(req.GetScale()))
+	if err := ledger.Validate(op); err != nil {
+		return nil, err
+	}
+	var first *tallypb.OpResult
+	for i, s := range sv.n.shards {
+		var res *tallypb.OpResult
+		if s.raft.State() == raft.Leader {
+			rs, err := s.propose(ctx, ledger.Request{Ops: []ledger.Op{op}})
+			if err != nil {
+				return nil, fmt.Errorf("shard %d: %w", i, err)
+			}
+			res = sv.n.resultPB(s, rs[0])
+		} else {
+			res, err = sv.n.forwardDefine(ctx, s, req)
+			if err != nil {
+				return nil, err
+			}
+		}
+		if res.GetCode() != string(ledger.CodeOK) {
+			return &tallypb.DefineAssetResponse{Result: res}, nil
+		}
+		if first == nil {
+			first = res
+		}
+	}
+	return &tallypb.DefineAssetResponse{Result: first}, nil
+}
+
+// GetAccount is a linearizable read at the shard leader.
+func (sv *server) GetAccount(ctx context.Context, req *tallypb.GetAccountRequest) (_ *tallypb.GetAccountResponse, err error) {
+	start := time.Now()
+	defer func() { sv.observe("GetAccount", start, err); err = toStatus(err) }()
+	if err := ledger.Validate(ledger.Op{Kind: ledger.OpFreeze, Program: req.GetProgram(), Member: req.GetMember(),
+		Asset: req.GetAsset(), IdempotencyKey: "read"}); err != nil {
+		return nil, err
+	}
+	s := sv.shardFor(req.GetProgram(), req.GetMember())
+	if err := s.linearizable(ctx); err != nil {
+		return nil, err
+	}
+	applied := s.fsm.AppliedIndex()
+	a, found, err := s.fsm.Account(ledger.AccountKey{Program: req.GetProgram(), Member: req.GetMember(), Asset: req.GetAsset()})
+	if err != nil {
+		return nil, errInternal(err.Error())
+	}
+	if !found {
+		return nil, ledger.Errorf(ledger.CodeAccountNotFound, "no account "+req.GetProgram()+"/"+req.GetMember()+"/"+req.GetAsset())
+	}
+	return &tallypb.GetAccountResponse{Account: sv.n.accountPB(s, a), AppliedIndex: applied}, nil
+}
+
+// ListJournal lists a member's operations newest first (linearizable).
+func (sv *server) ListJournal(ctx context.Context, req *tallypb.ListJournalRequest) (_ *tallypb.ListJournalResponse, err error) {
+	start := time.Now()
+	defer func() { sv.observe("ListJournal", start, err); err = toStatus(err) }()
+	if err := ledger.Validate(ledger.Op{Kind: ledger.OpFreeze, Program: req.GetProgram(), Member: req.GetMember(),
+		Asset: "X", IdempotencyKey: "read"}); err != nil {
+		return nil, err
+	}
+	limit := int(req.GetPageSize())
+	if limit == 0 {
+		limit = defaultJournalPage
+	}
+	if limit > maxJournalPage {
+		return nil, ledger.Errorf(ledger.CodeInvalidArgument, "page_size: at most "+strconv.Itoa(maxJournalPage))
+	}
+	s := sv.shardFor(req.GetProgram(), req.GetMember())
+	if err := s.linearizable(ctx); err != nil {
+		return nil, err
+	}
+	recs, next, err := s.fsm.Journal(req.GetProgram(), req.GetMember(), req.GetAsset(), req.GetBeforeSeq(), limit)
+	if err != nil {
+		return nil, errInternal(err.Error())
+	}
+	resp := &tallypb.ListJournalResponse{NextBeforeSeq: next}
+	for _, rec := range recs {
+		resp.Entries = append(resp.Entries, sv.n.recordPB(s, rec))
+	}
+	return resp, nil
+}
+
+// GetOperation returns the stored outcome of an operation (linearizable).
+func (sv *server) GetOperation(ctx context.Context, req *tallypb.GetOperationRequest) (_ *tallypb.GetOperationResponse, err error) {
+	start := time.Now()
+	defer func() { sv.observe("GetOperation", start, err); err = toStatus(err) }()
+	if err := ledger.Validate(ledger.Op{Kind: ledger.OpFreeze, Program: req.GetProgram(), Member: req.GetMember(),
+		Asset: "X", IdempotencyKey: req.GetIdempotencyKey()}); err != nil {
+		return nil, err
+	}
+	s := sv.shardFor(req.GetProgram(), req.GetMember())
+	if err := s.linearizable(ctx); err != nil {
+		return nil, err
+	}
+	rec, found, err := s.fsm.Record(req.GetProgram(), req.GetIdempotencyKey())
+	if err != nil {
+		return nil, errInternal(err.Error())
+	}
+	if !found {
+		return &tallypb.GetOperationResponse{}, nil
+	}
+	return &tallypb.GetOperationResponse{Found: true, Entry: sv.n.recordPB(s, rec)}, nil
+}
+
+// ClusterInfo reports the nodes and each shard's leader as this node sees it.
+func (sv *server) ClusterInfo(ctx context.Context, _ *tallypb.ClusterInfoRequest) (*tallypb.ClusterInfoResponse, error) {
+	n := sv.n
+	resp := &tallypb.ClusterInfoResponse{Shards: uint32(len(n.shards)), NodeId: n.cfg.ID}
+	for _, p := range n.cfg.Peers {
+		resp.Nodes = append(resp.Nodes, &tallypb.NodeInfo{Id: p.ID, GrpcAddr: p.GRPCAddr, RaftAddr: p.RaftAddr})
+	}
+	for _, s := range n.shards {
+		_, id := s.raft.LeaderWithID()
+		l := &tallypb.ShardLeader{Shard: s.id, LeaderId: string(id)}
+		if p, ok := n.cfg.peerByID(string(id)); ok {
+			l.LeaderGrpcAddr = p.GRPCAddr
+		}
+		resp.Leaders = append(resp.Leaders, l)
+	}
+	return resp, nil
+}
+
+// ShardState reports this node's local view of a shard.
+func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest) (_ *tallypb.ShardStateResponse, err error) {
+	defer func() { err = toStatus(err) }()
+	if int(req.GetShard()) >= len(sv.n.shards) {
+		return nil, ledger.Errorf(ledger.CodeInvalidArgument, fmt.Sprintf("shard %d: cluster has %d shards", req.GetShard(), len(sv.n.shards)))
+	}
+	s := sv.n.shards[req.GetShard()]
+	resp := &tallypb.ShardStateResponse{
+		Shard:        s.id,
+		AppliedIndex: s.fsm.AppliedIndex(),
+		Leader:       s.raft.State() == raft.Leader,
+		LastTimeMs:   s.fsm.LastTimeMs(),
+	}
+	if !req.GetFull() {
+		return resp, nil
+	}
+	info, err := s.fsm.State()
+	if err != nil {
+		return nil, errInternal(err.Error())
+	}
+	resp.AppliedIndex, resp.LastTimeMs = info.AppliedIndex, info.LastTimeMs
+	resp.StateHash, resp.ConservationOk = info.Hash, info.Conservation == nil
+	if info.Conservation != nil {
+		resp.ConservationError = info.Conservation.Error()
+	}
+	return resp, nil
+}

@@ -1,0 +1,358 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tally-ledger/tally/fsm"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+const (
+	// proposeQueueLen bounds requests waiting for the proposer of one shard;
+	// a full queue pushes back on handlers instead of growing memory.
+	proposeQueueLen = 8192
+	// maxInflightEntries bounds log entries of one shard proposed but not yet
+	// applied, so Raft pipelines without unbounded queues.
+	maxInflightEntries = 64
+	// applyTimeout bounds how long Raft may take to accept an entry.
+	applyTimeout = 5 * time.Second
+	// expiryTick is how often a leader checks for holds past their expiry.
+	expiryTick = 250 * time.Millisecond
+)
+
+// proposal is one client request waiting to be packed into a log entry.
+type proposal struct {
+	req ledger.Request
+	res chan proposalResult // buffered: the waiter never blocks
+}
+
+type proposalResult struct {
+	results []ledger.Result
+	err     error
+}
+
+// entry is one log entry in flight with the proposals it packs.
+type entry struct {
+	fut       raft.ApplyFuture
+	proposals []*proposal
+	ops       int
+	start     time.Time
+}
+
+// shard is one Raft group on this node.
+type shard struct {
+	id   uint32
+	n    *Node
+	raft *raft.Raft
+	fsm  *fsm.FSM
+
+	proposeCh chan *proposal
+	inflight  chan *entry
+
+	// readyTerm is the term in which this node, as leader, has applied every
+	// entry of earlier terms (a Barrier completed); reads need it.
+	readyTerm atomic.Uint64
+	barrierMu sync.Mutex
+	verify    verifier
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
+	s := &shard{
+		id:        id,
+		n:         n,
+		fsm:       f,
+		proposeCh: make(chan *proposal, proposeQueueLen),
+		inflight:  make(chan *entry, maxInflightEntries),
+		stop:      make(chan struct{}),
+	}
+	s.verify.s = s
+	return s
+}
+
+func (s *shard) start() {
+	s.wg.Add(4)
+	go s.proposeLoop()
+	go s.completeLoop()
+	go s.expiryLoop()
+	go s.observeLoop()
+}
+
+func (s *shard) stopLoops() {
+	close(s.stop)
+	s.wg.Wait()
+}
+
+func (s *shard) onApply(appliedIndex uint64, entries int) {
+	s.n.metrics.appliedIndex.WithLabelValues(shardLabel(s.id)).Set(float64(appliedIndex))
+}
+
+// propose submits a validated request and waits for its results.
+func (s *shard) propose(ctx context.Context, req ledger.Request) ([]ledger.Result, error) {
+	if s.raft.State() != raft.Leader {
+		return nil, s.notLeader()
+	}
+	p := &proposal{req: req, res: make(chan proposalResult, 1)}
+	select {
+	case s.proposeCh <- p:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.stop:
+		return nil, errUnavailable("node is shutting down")
+	}
+	select {
+	case r := <-p.res:
+		return r.results, r.err
+	case <-ctx.Done():
+		// The request may still apply; the client resolves it by retrying
+		// with the same idempotency key.
+		return nil, ctx.Err()
+	}
+}
+
+// proposeLoop packs whatever requests are queued into one log entry, then
+// hands the entry to completeLoop, so while Raft replicates one entry the
+// next one fills up: batching without a timer.
+func (s *shard) proposeLoop() {
+	defer s.wg.Done()
+	maxOps := s.n.cfg.MaxOpsPerEntry
+	var buf []byte
+	for {
+		var first *proposal
+		select {
+		case first = <-s.proposeCh:
+		case <-s.stop:
+			return
+		}
+		ps := []*proposal{first}
+		ops := len(first.req.Ops)
+	drain:
+		for ops < maxOps {
+			select {
+			case p := <-s.proposeCh:
+				ps = append(ps, p)
+				ops += len(p.req.Ops)
+			default:
+				break drain
+			}
+		}
+		cmd := ledger.Command{TimeMs: time.Now().UnixMilli(), Requests: make([]ledger.Request, len(ps))}
+		for i, p := range ps {
+			cmd.Requests[i] = p.req
+		}
+		buf = ledger.AppendCommand(buf[:0], cmd)
+		data := append([]byte(nil), buf...) // Raft keeps the slice
+		e := &entry{proposals: ps, ops: ops, start: time.Now()}
+		e.fut = s.raft.Apply(data, applyTimeout)
+		s.n.metrics.entryOps.Observe(float64(ops))
+		select {
+		case s.inflight <- e:
+		case <-s.stop:
+			failAll(ps, errUnavailable("node is shutting down"))
+			return
+		}
+	}
+}
+
+// completeLoop waits for entries in proposal order and answers their
+// proposals. Raft completes futures in log order, so waiting in order costs
+// nothing.
+func (s *shard) completeLoop() {
+	defer s.wg.Done()
+	for {
+		var e *entry
+		select {
+		case e = <-s.inflight:
+		case <-s.stop:
+			// Drain what is in flight: Raft shutdown fails their futures.
+			for {
+				select {
+				case e := <-s.inflight:
+					failAll(e.proposals, errUnavailable("node is shutting down"))
+				default:
+					return
+				}
+			}
+		}
+		err := e.fut.Error()
+		s.n.metrics.commitLatency.Observe(time.Since(e.start).Seconds())
+		if err != nil {
+			failAll(e.proposals, s.raftError(err))
+			continue
+		}
+		results, ok := e.fut.Response().(fsm.Results)
+		if !ok || len(results) != len(e.proposals) {
+			failAll(e.proposals, errInternal("apply returned no results"))
+			continue
+		}
+		for i, p := range e.proposals {
+			p.res <- proposalResult{results: results[i]}
+		}
+	}
+}
+
+func failAll(ps []*proposal, err error) {
+	for _, p := range ps {
+		p.res <- proposalResult{err: err}
+	}
+}
+
+// raftError maps a failed Apply to what the client should do. NOT_LEADER is
+// returned only when the entry was certainly not appended; anything else is
+// UNAVAILABLE, and the client, retrying with the same idempotency keys,
+// learns the outcome either way.
+func (s *shard) raftError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader):
+		return s.notLeader()
+	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress),
+		errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown),
+		errors.Is(err, raft.ErrAbortedByRestore):
+		return errUnavailable(err.Error())
+	}
+	return errUnavailable(err.Error())
+}
+
+func (s *shard) notLeader() error {
+	_, id := s.raft.LeaderWithID()
+	addr := ""
+	if p, ok := s.n.cfg.peerByID(string(id)); ok && string(id) != s.n.cfg.ID {
+		addr = p.GRPCAddr
+	}
+	return errNotLeader(s.id, addr)
+}
+
+// linearizable returns once a read served from local state now reflects
+// every operation acknowledged before the call: this node is leader, has
+// applied everything committed in earlier terms, and a quorum confirmed its
+// leadership after the call began. Operations acknowledged in this term were
+// applied here before their acknowledgement.
+func (s *shard) linearizable(ctx context.Context) error {
+	if s.raft.State() != raft.Leader {
+		return s.notLeader()
+	}
+	term := s.raft.CurrentTerm()
+	if s.readyTerm.Load() != term {
+		s.barrierMu.Lock()
+		if s.readyTerm.Load() != term {
+			if err := s.raft.Barrier(applyTimeout).Error(); err != nil {
+				s.barrierMu.Unlock()
+				return s.raftError(err)
+			}
+			s.readyTerm.Store(term)
+		}
+		s.barrierMu.Unlock()
+	}
+	if err := s.verify.wait(ctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return s.raftError(err)
+	}
+	return nil
+}
+
+// verifier shares one VerifyLeader round among all reads that arrive while
+// another round is in flight: a read joins the next round, which starts
+// after it arrived, so the confirmation is never older than the read.
+type verifier struct {
+	s       *shard
+	mu      sync.Mutex
+	running bool
+	next    *verifyRound
+}
+
+type verifyRound struct {
+	done chan struct{}
+	err  error
+}
+
+func (v *verifier) wait(ctx context.Context) error {
+	v.mu.Lock()
+	if v.next == nil {
+		v.next = &verifyRound{done: make(chan struct{})}
+	}
+	r := v.next
+	if !v.running {
+		v.running = true
+		v.next = nil
+		go v.run(r)
+	}
+	v.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (v *verifier) run(r *verifyRound) {
+	for r != nil {
+		r.err = v.s.raft.VerifyLeader().Error()
+		v.s.n.metrics.verifyRounds.Inc()
+		close(r.done)
+		v.mu.Lock()
+		r = v.next
+		v.next = nil
+		if r == nil {
+			v.running = false
+		}
+		v.mu.Unlock()
+	}
+}
+
+// expiryLoop makes hold expiry happen without traffic: when an open hold's
+// expiry time has passed, the leader proposes an empty command (a tick),
+// whose apply releases expired holds at that entry's log time.
+func (s *shard) expiryLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(expiryTick)
+	defer t.Stop()
+	var buf []byte
+	for {
+		select {
+		case <-t.C:
+		case <-s.stop:
+			return
+		}
+		if s.raft.State() != raft.Leader {
+			continue
+		}
+		next, ok, err := s.fsm.NextExpiryMs()
+		now := time.Now().UnixMilli()
+		if err != nil || !ok || next > now {
+			continue
+		}
+		buf = ledger.AppendCommand(buf[:0], ledger.Command{TimeMs: now})
+		_ = s.raft.Apply(append([]byte(nil), buf...), applyTimeout).Error()
+	}
+}
+
+// observeLoop counts leadership changes and keeps the leader gauge current.
+func (s *shard) observeLoop() {
+	defer s.wg.Done()
+	ch := s.raft.LeaderCh()
+	label := shardLabel(s.id)
+	for {
+		select {
+		case isLeader := <-ch:
+			s.n.metrics.leaderChanges.WithLabelValues(label).Inc()
+			v := 0.0
+			if isLeader {
+				v = 1
+			}
+			s.n.metrics.isLeader.WithLabelValues(label).Set(v)
+		case <-s.stop:
+			return
+		}
+	}
+}
