@@ -94,6 +94,10 @@ type Config struct {
 	// BalanceInterval is how often the node hands leadership of shards it
 	// leads to their preferred node; 0 = 2 s, negative disables it.
 	BalanceInterval time.Duration
+	// UnsafeLocalReads serves reads from local state on any node, leader or
+	// not, without confirming anything: NOT linearizable. It exists only so
+	// the fault harness can prove its checker catches stale reads.
+	UnsafeLocalReads bool
 	// LogLevel is hclog's level for Raft logs ("warn" by default).
 	LogLevel  string
 	LogOutput io.Writer

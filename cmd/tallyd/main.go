@@ -46,6 +46,7 @@ func run(args []string) error {
 	fs.Uint64Var(&snapEvery, "snapshot-threshold", 0, "log entries between snapshots (0: default 8192)")
 	fs.Uint64Var(&trailing, "trailing-logs", 0, "log entries kept after a snapshot (0: default 10240)")
 	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 0, "leadership balancing period (0: 2s, negative: off)")
+	fs.BoolVar(&cfg.UnsafeLocalReads, "unsafe-local-reads", false, "BROKEN ON PURPOSE: serve reads from any replica without checks (only to prove the linearizability checker catches it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
