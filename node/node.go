@@ -179,7 +179,16 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		snapIndex = metas[0].Index
 	}
 	logs := n.logs.Group(id)
-	trans := n.mux.NewTransport(id, transport.TransportConfig{Logger: n.logger.Named(fmt.Sprintf("net%d", id))})
+	// Pipelined replication is off (MaxRPCsInFlight 1): with it on, once the
+	// pipeline's response decoder stops (a rejected append, a newer term), the
+	// sender can block forever on the pipeline's hand-off channel, wedging
+	// replication to that follower and hanging Shutdown. We hit that in our own
+	// cluster tests; it is hashicorp/raft issue #612. Large batches
+	// (MaxAppendEntries) recover most of what pipelining would give.
+	trans := n.mux.NewTransport(id, transport.TransportConfig{
+		Logger:          n.logger.Named(fmt.Sprintf("net%d", id)),
+		MaxRPCsInFlight: 1,
+	})
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
