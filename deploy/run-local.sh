@@ -14,6 +14,7 @@ mkdir -p "$data"
 pids=()
 stop() {
   trap - INT TERM EXIT
+  stopping=1
   echo "stopping tally nodes..."
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -51,4 +52,4 @@ Ctrl-C stops the cluster; 'make run' again resumes with the same data.
 MSG
 # Exit (and stop the others) as soon as any node exits.
 wait -n "${pids[@]}" || true
-echo "a node exited; see $data/n*.log"
+if [ -z "${stopping:-}" ]; then echo "a node exited; see $data/n*.log"; fi
