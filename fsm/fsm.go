@@ -7,6 +7,7 @@ import (
 	"log"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/hashicorp/raft"
@@ -106,9 +107,19 @@ type FSM struct {
 
 	applied atomic.Uint64 // copy of m.appliedIndex for lock-free waits
 
-	// applyHook, if set, is called after each committed batch with the new
-	// applied index. The node uses it to wake readers and record metrics.
-	applyHook func(appliedIndex uint64, entries int)
+	hooks Hooks
+}
+
+// Hooks let the node observe the FSM (metrics). Each is optional and is
+// called on Raft's FSM or snapshot goroutine, so it must be quick.
+type Hooks struct {
+	// OnApply runs after each committed batch: the new applied index, the
+	// number of command entries and operations in it, and how long it took.
+	OnApply func(appliedIndex uint64, entries, ops int, took time.Duration)
+	// OnSnapshot runs after a snapshot was persisted (or failed).
+	OnSnapshot func(bytes int64, took time.Duration, err error)
+	// OnRestore runs after a snapshot was restored (or failed).
+	OnRestore func(took time.Duration, err error)
 }
 
 var (
@@ -143,9 +154,8 @@ func (f *FSM) loadMeta() error {
 	return nil
 }
 
-// SetApplyHook installs fn to be called after every applied batch. Call it
-// before Raft starts.
-func (f *FSM) SetApplyHook(fn func(appliedIndex uint64, entries int)) { f.applyHook = fn }
+// SetHooks installs observers. Call it before Raft starts.
+func (f *FSM) SetHooks(h Hooks) { f.hooks = h }
 
 // Shard returns the shard this FSM serves.
 func (f *FSM) Shard() uint32 { return f.shard }
@@ -180,6 +190,7 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 // is Results. A storage or decode failure panics: the node must stop rather
 // than diverge from its replicas.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	start := time.Now()
 	resp := make([]interface{}, len(logs))
 	f.mu.Lock()
 	m := f.m
@@ -188,7 +199,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	b := f.db.NewIndexedBatch()
 	defer b.Close()
 	st := newBatchStore(b, f.kb, m.seq)
-	applied := 0
+	applied, ops := 0, 0
 	for i, l := range logs {
 		if l.Index <= m.appliedIndex {
 			continue
@@ -205,6 +216,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			m.lastTimeMs = t
 			resp[i] = Results(results)
 			applied++
+			for _, r := range cmd.Requests {
+				ops += len(r.Ops)
+			}
 		}
 		m.appliedIndex = l.Index
 	}
@@ -219,8 +233,8 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	f.m = m
 	f.mu.Unlock()
 	f.applied.Store(m.appliedIndex)
-	if f.applyHook != nil {
-		f.applyHook(m.appliedIndex, applied)
+	if f.hooks.OnApply != nil {
+		f.hooks.OnApply(m.appliedIndex, applied, ops, time.Since(start))
 	}
 	return resp
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/hashicorp/raft"
@@ -41,12 +42,30 @@ type fsmSnapshot struct {
 	index uint64
 }
 
-func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := s.f.writeSnapshot(s.snap, sink); err != nil {
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) (err error) {
+	start := time.Now()
+	cw := &countingWriter{w: sink}
+	defer func() {
+		if h := s.f.hooks.OnSnapshot; h != nil {
+			h(cw.n, time.Since(start), err)
+		}
+	}()
+	if err := s.f.writeSnapshot(s.snap, cw); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("fsm: shard %d: persist snapshot at %d: %w", s.f.shard, s.index, err)
 	}
 	return sink.Close()
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (s *fsmSnapshot) Release() { _ = s.snap.Close() }
@@ -104,8 +123,14 @@ const (
 // Restore replaces the shard's state with a snapshot (raft.FSM). The shard's
 // key range is deleted and rewritten in one synced batch, so a crash leaves
 // either the old state or the new one.
-func (f *FSM) Restore(rc io.ReadCloser) error {
+func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	defer rc.Close()
+	start := time.Now()
+	defer func() {
+		if h := f.hooks.OnRestore; h != nil {
+			h(time.Since(start), err)
+		}
+	}()
 	br := bufio.NewReaderSize(rc, 1<<20)
 	crc := crc32.New(castagnoli)
 	r := &crcReader{r: br, crc: crc}

@@ -318,6 +318,29 @@ func TestClusterOperations(t *testing.T) {
 	}
 	require.Equal(t, []string{"frz", "cap-9", "order-9", "buy-1", "rc-1", "open-a"}, keys)
 	c.checkReplicas()
+
+	// The leader's metrics count what it applied.
+	families, err := c.nodes[leader].registry().Gather()
+	require.NoError(t, err)
+	byName := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			switch {
+			case m.GetCounter() != nil:
+				byName[f.GetName()] += m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				byName[f.GetName()] += m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				byName[f.GetName()] += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	require.GreaterOrEqual(t, byName["tally_ops_total"], 8.0)
+	require.Greater(t, byName["tally_entry_ops"], 0.0)
+	require.Greater(t, byName["tally_apply_batch_ops"], 0.0)
+	require.Greater(t, byName["tally_shard_commit_index"], 0.0)
+	require.Greater(t, byName["tally_pebble_wal_bytes_written_total"], 0.0)
+	require.Greater(t, byName["tally_read_verify_rounds_total"], 0.0)
 }
 
 func TestLeaderFailoverLosesNothing(t *testing.T) {

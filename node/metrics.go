@@ -2,9 +2,14 @@ package node
 
 import (
 	"strconv"
+	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/tally-ledger/tally/fsm"
 )
 
 // metrics are the node's Prometheus metrics, on a registry of its own so
@@ -15,13 +20,21 @@ type metrics struct {
 	requestLatency *prometheus.HistogramVec
 	commitLatency  prometheus.Histogram
 	entryOps       prometheus.Histogram
+	applyBatch     prometheus.Histogram
+	applyLatency   prometheus.Histogram
 	appliedIndex   *prometheus.GaugeVec
 	isLeader       *prometheus.GaugeVec
 	leaderChanges  *prometheus.CounterVec
 	verifyRounds   prometheus.Counter
+	snapshots      *prometheus.CounterVec
+	snapshotTime   *prometheus.HistogramVec
+	snapshotBytes  prometheus.Histogram
 }
 
 func shardLabel(id uint32) string { return strconv.FormatUint(uint64(id), 10) }
+
+// latencyBuckets span 0.25 ms to ~8 s.
+var latencyBuckets = prometheus.ExponentialBuckets(0.00025, 2, 16)
 
 func newMetrics(n *Node) *metrics {
 	reg := prometheus.NewRegistry()
@@ -32,15 +45,23 @@ func newMetrics(n *Node) *metrics {
 		}, []string{"kind", "code"}),
 		requestLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tally_request_duration_seconds", Help: "gRPC request latency by method and outcome code.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+			Buckets: latencyBuckets,
 		}, []string{"rpc", "code"}),
 		commitLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tally_raft_commit_apply_seconds", Help: "Time from proposing a log entry to its apply on this leader.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+			Buckets: latencyBuckets,
 		}),
 		entryOps: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "tally_entry_ops", Help: "Operations packed into one Raft log entry.",
+			Name: "tally_entry_ops", Help: "Operations packed into one Raft log entry by the leader.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 15),
+		}),
+		applyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tally_apply_batch_ops", Help: "Operations applied in one FSM batch (one Pebble batch).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 16),
+		}),
+		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tally_apply_batch_seconds", Help: "Time to apply one FSM batch.",
+			Buckets: latencyBuckets,
 		}),
 		appliedIndex: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tally_shard_applied_index", Help: "Last Raft index applied by the shard's state machine.",
@@ -54,9 +75,122 @@ func newMetrics(n *Node) *metrics {
 		verifyRounds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_read_verify_rounds_total", Help: "VerifyLeader rounds run for linearizable reads (shared by concurrent reads).",
 		}),
+		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_snapshots_total", Help: "FSM snapshots persisted or restored, by result.",
+		}, []string{"op", "result"}),
+		snapshotTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tally_snapshot_seconds", Help: "Time to persist or restore an FSM snapshot.",
+			Buckets: latencyBuckets,
+		}, []string{"op"}),
+		snapshotBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tally_snapshot_bytes", Help: "Size of persisted FSM snapshots.",
+			Buckets: prometheus.ExponentialBuckets(1024, 4, 12),
+		}),
 	}
-	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.appliedIndex, m.isLeader,
-		m.leaderChanges, m.verifyRounds,
+	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.applyBatch, m.applyLatency,
+		m.appliedIndex, m.isLeader, m.leaderChanges, m.verifyRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
+		&stateCollector{n: n},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+func resultLabel(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "ok"
+}
+
+func (m *metrics) fsmHooks(shard uint32) fsm.Hooks {
+	label := shardLabel(shard)
+	return fsm.Hooks{
+		OnApply: func(appliedIndex uint64, entries, ops int, took time.Duration) {
+			m.appliedIndex.WithLabelValues(label).Set(float64(appliedIndex))
+			if entries > 0 {
+				m.applyBatch.Observe(float64(ops))
+				m.applyLatency.Observe(took.Seconds())
+			}
+		},
+		OnSnapshot: func(bytes int64, took time.Duration, err error) {
+			m.snapshots.WithLabelValues("persist", resultLabel(err)).Inc()
+			m.snapshotTime.WithLabelValues("persist").Observe(took.Seconds())
+			if err == nil {
+				m.snapshotBytes.Observe(float64(bytes))
+			}
+		},
+		OnRestore: func(took time.Duration, err error) {
+			m.snapshots.WithLabelValues("restore", resultLabel(err)).Inc()
+			m.snapshotTime.WithLabelValues("restore").Observe(took.Seconds())
+		},
+	}
+}
+
+// stateCollector reads Raft and Pebble state at scrape time.
+type stateCollector struct{ n *Node }
+
+var (
+	descCommitIndex = prometheus.NewDesc("tally_shard_commit_index", "Raft commit index known to this node.", []string{"shard"}, nil)
+	descApplyLag    = prometheus.NewDesc("tally_shard_apply_lag_entries", "Commit index minus the FSM's applied index on this node.", []string{"shard"}, nil)
+	descTerm        = prometheus.NewDesc("tally_shard_term", "Current Raft term.", []string{"shard"}, nil)
+	descLastContact = prometheus.NewDesc("tally_shard_last_contact_seconds", "Time since this follower last heard from its leader (0 on the leader).", []string{"shard"}, nil)
+	descCompactions = prometheus.NewDesc("tally_pebble_compactions_total", "Pebble compactions.", []string{"db"}, nil)
+	descCompactDebt = prometheus.NewDesc("tally_pebble_compaction_debt_bytes", "Pebble's estimated compaction debt.", []string{"db"}, nil)
+	descFlushes     = prometheus.NewDesc("tally_pebble_flushes_total", "Pebble memtable flushes.", []string{"db"}, nil)
+	descWALBytes    = prometheus.NewDesc("tally_pebble_wal_bytes_written_total", "Bytes written to Pebble's WAL.", []string{"db"}, nil)
+	descWALFiles    = prometheus.NewDesc("tally_pebble_wal_files", "Live WAL files.", []string{"db"}, nil)
+	descL0Files     = prometheus.NewDesc("tally_pebble_l0_files", "Files in L0 (write stalls grow with it).", []string{"db"}, nil)
+	descReadAmp     = prometheus.NewDesc("tally_pebble_read_amplification", "Pebble read amplification.", []string{"db"}, nil)
+	descDiskBytes   = prometheus.NewDesc("tally_pebble_disk_bytes", "Disk space used by the Pebble DB.", []string{"db"}, nil)
+	descMemtable    = prometheus.NewDesc("tally_pebble_memtable_bytes", "Memtable bytes.", []string{"db"}, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descCommitIndex, descApplyLag, descTerm, descLastContact, descCompactions,
+		descCompactDebt, descFlushes, descWALBytes, descWALFiles, descL0Files, descReadAmp, descDiskBytes, descMemtable} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.n.shards {
+		if s.raft == nil {
+			continue
+		}
+		label := shardLabel(s.id)
+		commit := s.raft.CommitIndex()
+		applied := s.fsm.AppliedIndex()
+		lag := 0.0
+		if commit > applied {
+			lag = float64(commit - applied)
+		}
+		contact := 0.0
+		if s.raft.State() != raft.Leader {
+			contact = time.Since(s.raft.LastContact()).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(descCommitIndex, prometheus.GaugeValue, float64(commit), label)
+		ch <- prometheus.MustNewConstMetric(descApplyLag, prometheus.GaugeValue, lag, label)
+		ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(s.raft.CurrentTerm()), label)
+		ch <- prometheus.MustNewConstMetric(descLastContact, prometheus.GaugeValue, contact, label)
+	}
+	if c.n.logs != nil {
+		collectPebble(ch, "raftlog", c.n.logs.Metrics())
+	}
+	if c.n.state != nil {
+		collectPebble(ch, "state", c.n.state.Metrics())
+	}
+}
+
+func collectPebble(ch chan<- prometheus.Metric, db string, m *pebble.Metrics) {
+	if m == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descCompactions, prometheus.CounterValue, float64(m.Compact.Count), db)
+	ch <- prometheus.MustNewConstMetric(descCompactDebt, prometheus.GaugeValue, float64(m.Compact.EstimatedDebt), db)
+	ch <- prometheus.MustNewConstMetric(descFlushes, prometheus.CounterValue, float64(m.Flush.Count), db)
+	ch <- prometheus.MustNewConstMetric(descWALBytes, prometheus.CounterValue, float64(m.WAL.BytesWritten), db)
+	ch <- prometheus.MustNewConstMetric(descWALFiles, prometheus.GaugeValue, float64(m.WAL.Files), db)
+	ch <- prometheus.MustNewConstMetric(descL0Files, prometheus.GaugeValue, float64(m.Levels[0].TablesCount), db)
+	ch <- prometheus.MustNewConstMetric(descReadAmp, prometheus.GaugeValue, float64(m.ReadAmp()), db)
+	ch <- prometheus.MustNewConstMetric(descDiskBytes, prometheus.GaugeValue, float64(m.DiskSpaceUsage()), db)
+	ch <- prometheus.MustNewConstMetric(descMemtable, prometheus.GaugeValue, float64(m.MemTable.Size), db)
 }

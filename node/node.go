@@ -226,7 +226,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		}
 	}
 	s := newShard(n, id, f)
-	f.SetApplyHook(s.onApply)
+	f.SetHooks(n.metrics.fsmHooks(id))
 	r, err := raft.NewRaft(rc, f, logs, logs, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("node: shard %d: start raft: %w", id, err)

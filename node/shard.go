@@ -91,10 +91,6 @@ func (s *shard) stopLoops() {
 	s.wg.Wait()
 }
 
-func (s *shard) onApply(appliedIndex uint64, entries int) {
-	s.n.metrics.appliedIndex.WithLabelValues(shardLabel(s.id)).Set(float64(appliedIndex))
-}
-
 // propose submits a validated request and waits for its results.
 func (s *shard) propose(ctx context.Context, req ledger.Request) ([]ledger.Result, error) {
 	if s.raft.State() != raft.Leader {
