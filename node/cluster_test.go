@@ -442,3 +442,68 @@ func TestLeadershipSpreadsEvenly(t *testing.T) {
 }
 
 var _ = errors.New
+
+func TestHoldExpiresWithoutTraffic(t *testing.T) {
+	c := newTestCluster(t, 3, 1, nil)
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "kim", "POINTS", ""))
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "c", "kim", "POINTS", "100"))
+	hold := op(tallypb.OpKind_HOLD, "h", "kim", "POINTS", "60")
+	hold.HoldTtlMs = 300
+	rs := c.mustSubmit(hold)
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.Equal(t, "60", rs[0].Account.Held)
+	// No further writes: the leader's tick must release the hold.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a, err := c.account("shop", "kim", "POINTS")
+		require.NoError(t, err)
+		if a.Held == "0" {
+			require.Equal(t, "100", a.Available)
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "hold never expired: %v", a)
+		time.Sleep(100 * time.Millisecond)
+	}
+	capture := &tallypb.Op{Kind: tallypb.OpKind_CAPTURE_HOLD, Program: "shop", Member: "kim", HoldKey: "h", IdempotencyKey: "cap"}
+	rs = c.mustSubmit(capture)
+	require.Equal(t, string(ledger.CodeHoldExpired), rs[0].Code)
+	c.checkReplicas()
+}
+
+func TestLinkedBatchIsAllOrNone(t *testing.T) {
+	c := newTestCluster(t, 3, 2, nil)
+	c.defineAsset("shop", "POINTS", 0)
+	c.defineAsset("shop", "CNY", 2)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "op", "lee", "POINTS", ""), op(tallypb.OpKind_OPEN_ACCOUNT, "oc", "lee", "CNY", ""))
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "cp", "lee", "POINTS", "100"))
+	linked := func(key string, points string) ([]*tallypb.OpResult, error) {
+		shard := ledger.ShardOf("shop", "lee", 2)
+		resp, err := call(c, shard, func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.SubmitResponse, error) {
+			return cl.Submit(ctx, &tallypb.SubmitRequest{Linked: true, Ops: []*tallypb.Op{
+				op(tallypb.OpKind_CREDIT, key+"-cny", "lee", "CNY", "50.00"), // recharge 50 ...
+				op(tallypb.OpKind_DEBIT, key+"-pts", "lee", "POINTS", points), // ... paid with points
+			}})
+		})
+		return resp.GetResults(), err
+	}
+	rs, err := linked("swap1", "500")
+	require.NoError(t, err)
+	require.Equal(t, string(ledger.CodeLinkedFailed), rs[0].Code)
+	require.Equal(t, string(ledger.CodeInsufficientFunds), rs[1].Code)
+	a, err := c.account("shop", "lee", "CNY")
+	require.NoError(t, err)
+	require.Equal(t, "0.00", a.Posted, "the failed link changed nothing")
+
+	rs, err = linked("swap2", "80")
+	require.NoError(t, err)
+	require.Equal(t, "OK", rs[0].Code)
+	require.Equal(t, "OK", rs[1].Code)
+	a, err = c.account("shop", "lee", "CNY")
+	require.NoError(t, err)
+	require.Equal(t, "50.00", a.Posted)
+	p, err := c.account("shop", "lee", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "20", p.Posted)
+	c.checkReplicas()
+}
