@@ -481,7 +481,7 @@ func TestLinkedBatchIsAllOrNone(t *testing.T) {
 		shard := ledger.ShardOf("shop", "lee", 2)
 		resp, err := call(c, shard, func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.SubmitResponse, error) {
 			return cl.Submit(ctx, &tallypb.SubmitRequest{Linked: true, Ops: []*tallypb.Op{
-				op(tallypb.OpKind_CREDIT, key+"-cny", "lee", "CNY", "50.00"), // recharge 50 ...
+				op(tallypb.OpKind_CREDIT, key+"-cny", "lee", "CNY", "50.00"),  // recharge 50 ...
 				op(tallypb.OpKind_DEBIT, key+"-pts", "lee", "POINTS", points), // ... paid with points
 			}})
 		})
