@@ -153,15 +153,6 @@ func (c *Config) validate() error {
 	return nil
 }
 
-func (c *Config) self() Peer {
-	for _, p := range c.Peers {
-		if p.ID == c.ID {
-			return p
-		}
-	}
-	return Peer{}
-}
-
 func (c *Config) peerByID(id string) (Peer, bool) {
 	for _, p := range c.Peers {
 		if p.ID == id {

@@ -43,9 +43,10 @@ const (
 //
 // The index is stored in the value as well as in the key so that a value
 // written under the wrong key (a bug, or a misdirected write) is detected.
+const logCodecVersion byte = 1
+
 const (
-	logCodecVersion byte = 1
-	checksumBytes        = 4
+	checksumBytes = 4
 	// minLogValueBytes is version + index + term + type + two empty lengths +
 	// appended + checksum, each varint at its shortest (1 byte).
 	minLogValueBytes = 1 + 1 + 1 + 1 + 1 + 1 + 1 + checksumBytes
