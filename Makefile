@@ -20,7 +20,7 @@ run: build
 	@BIN=$(BIN) ./deploy/run-local.sh
 
 ## test: everything, with the race detector (what CI runs).
-test: fmt-check vet build
+test: fmt-check vet staticcheck build
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## test-short: quick tests without the race detector.

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -100,6 +101,11 @@ func stateCommand(name, synopsis string, do func(c *client.Client) func(context.
 }
 
 func commands() []command {
+	return commandsWith(os.Stdin)
+}
+
+// commandsWith builds the command table; stdin feeds "batch --file -".
+func commandsWith(stdin io.Reader) []command {
 	return []command{
 		{
 			name: "define-asset", synopsis: "define an asset of a program on every shard",
@@ -307,6 +313,7 @@ func commands() []command {
 				return stateView{Node: a.node, ShardState: st}, nil
 			},
 		},
+		batchCommand(stdin),
 	}
 }
 

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "ops.json")
+	require.NoError(t, os.WriteFile(p, []byte(body), 0o644))
+	return p
+}
+
+func TestBatchLinked(t *testing.T) {
+	f := startFake(t)
+	path := writeFile(t, `{"kind":"credit","program":"shop","member":"alice","asset":"CNY","amount":"50.00","key":"b1"}
+{"kind":"HOLD","program":"shop","member":"alice","asset":"CNY","amount":"20","ttl":"10m","key":"b2"}
+`)
+	code, stdout, stderr := tallyctl(t, f, "batch", "--file", path, "--linked")
+	require.Equal(t, exitOK, code, stderr)
+	req := f.lastSubmit()
+	require.NotNil(t, req)
+	assert.True(t, req.Linked)
+	require.Len(t, req.Ops, 2)
+	assert.Equal(t, tallypb.OpKind_CREDIT, req.Ops[0].Kind)
+	assert.Equal(t, tallypb.OpKind_HOLD, req.Ops[1].Kind)
+	assert.Equal(t, int64(600000), req.Ops[1].HoldTtlMs)
+	assert.Regexp(t, `(?m)^0\s+b1\s+CREDIT\s+OK`, stdout)
+	assert.Regexp(t, `(?m)^1\s+b2\s+HOLD\s+OK`, stdout)
+}
+
+func TestBatchArrayAndErrors(t *testing.T) {
+	f := startFake(t)
+	ok := writeFile(t, `[{"kind":"DEBIT","program":"shop","member":"bob","asset":"CNY","amount":"1","key":"d1"}]`)
+	code, _, stderr := tallyctl(t, f, "batch", "--file", ok)
+	require.Equal(t, exitOK, code, stderr)
+	require.False(t, f.lastSubmit().Linked)
+
+	for name, body := range map[string]string{
+		"no key":       `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1"}`,
+		"unknown kind": `{"kind":"STEAL","program":"shop","member":"bob","asset":"CNY","amount":"1","key":"k"}`,
+		"bad amount":   `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1e3","key":"k"}`,
+		"bad ttl":      `{"kind":"HOLD","program":"shop","member":"bob","asset":"CNY","amount":"1","ttl":"soon","key":"k"}`,
+		"empty":        ``,
+		"not json":     `credit alice 5`,
+	} {
+		code, _, stderr := tallyctl(t, f, "batch", "--file", writeFile(t, body))
+		assert.Equal(t, exitUsage, code, "%s: %s", name, stderr)
+	}
+}
