@@ -1,0 +1,459 @@
+package linearizability
+
+import (
+	"fmt"
+	"hash/fnv"
+	"sort"
+	"strings"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Kind is the kind of one operation of the model: the mutating kinds of the
+// API that act on one account, and a read.
+type Kind uint8
+
+// Kinds of operations.
+const (
+	KindRead Kind = iota
+	KindCredit
+	KindDebit
+	KindHold
+	KindCapture
+	KindRelease
+	KindFreeze
+	KindUnfreeze
+)
+
+var kindNames = [...]string{"read", "credit", "debit", "hold", "capture", "release", "freeze", "unfreeze"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// Input is what one operation asked for. All amounts are minor units.
+type Input struct {
+	Kind    Kind
+	Member  string // the account (one asset per member): the partition key
+	Key     string // idempotency key ("" for reads); names the hold of a Hold
+	Amount  int64  // Credit, Debit, Hold; Capture (0 = the whole hold)
+	HoldKey string // Capture, Release
+	TTLMs   int64  // Hold
+}
+
+// Status says how much the client learned about an operation's outcome.
+type Status uint8
+
+const (
+	// Known: the client saw the result (or it was resolved afterwards with
+	// GetOperation).
+	Known Status = iota
+	// Indeterminate: the outcome is unknown; the operation may or may not
+	// have taken effect, at any time after its call.
+	Indeterminate
+	// NotApplied: the request failed in a way that certainly applied
+	// nothing (NOT_LEADER, a rejection at the edge). The model holds the
+	// client to it: the operation must have had no effect.
+	NotApplied
+)
+
+var statusNames = [...]string{"known", "indeterminate", "not-applied"}
+
+func (s Status) String() string {
+	if int(s) < len(statusNames) {
+		return statusNames[s]
+	}
+	return fmt.Sprintf("Status(%d)", uint8(s))
+}
+
+// Output is what the client learned.
+type Output struct {
+	Status Status
+	// Code is the operation's code (Known) or the request-level error code
+	// (NotApplied, Indeterminate: informational).
+	Code     ledger.Code
+	Seq      uint64 // journal sequence (Known writes; 0 if none)
+	TimeMs   int64  // log time the write applied at (Known writes)
+	Replayed bool   // served from the dedup record (informational)
+	// Account is the account after the operation (writes, when the result
+	// carries one) or as read (reads).
+	HasAccount bool
+	Posted     int64
+	Held       int64
+	Frozen     bool
+}
+
+// holdStatus is the lifecycle of a hold in the model.
+type holdStatus uint8
+
+const (
+	holdOpen holdStatus = iota
+	holdCaptured
+	holdReleased
+	holdExpired
+)
+
+var holdStatusNames = [...]string{"OPEN", "CAPTURED", "RELEASED", "EXPIRED"}
+
+type modelHold struct {
+	key         string
+	amount      int64
+	expiresAtMs int64
+	status      holdStatus
+}
+
+// State is the model's state of one account. It is immutable: Step copies
+// what it changes.
+type State struct {
+	Posted   int64
+	Held     int64
+	Frozen   bool
+	LastTime int64  // largest log time an operation of this account was linearized at (a lower bound)
+	LastSeq  uint64 // largest journal sequence seen on this account
+	holds    []modelHold
+}
+
+func (s State) hold(key string) (int, bool) {
+	for i := range s.holds {
+		if s.holds[i].key == key {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+// withHolds returns s with a private copy of its holds.
+func (s State) withHolds() State {
+	s.holds = append([]modelHold(nil), s.holds...)
+	return s
+}
+
+// expireAt expires every open hold with expiresAtMs <= t, as the ledger
+// does at the start of each entry at log time t.
+func (s State) expireAt(t int64) State {
+	copied := false
+	for i := range s.holds {
+		h := &s.holds[i]
+		if h.status != holdOpen || h.expiresAtMs > t {
+			continue
+		}
+		if !copied {
+			s = s.withHolds()
+			copied = true
+			h = &s.holds[i]
+		}
+		h.status = holdExpired
+		s.Held -= h.amount
+	}
+	return s
+}
+
+// expiryTimes returns the distinct expiry times of open holds after s.LastTime,
+// ascending: the log times at which the account's state can change without
+// an operation of its own.
+func (s State) expiryTimes() []int64 {
+	var ts []int64
+	for _, h := range s.holds {
+		if h.status == holdOpen && h.expiresAtMs > s.LastTime {
+			ts = append(ts, h.expiresAtMs)
+		}
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	out := ts[:0]
+	for i, t := range ts {
+		if i == 0 || t != ts[i-1] {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// apply runs one write at log time t on a state whose expiries up to t are
+// done, following the rules of package ledger (the subset the workload
+// uses: one active-or-frozen account, no limits, no closing).
+func apply(s State, in Input, t int64) (State, ledger.Code) {
+	available := s.Posted - s.Held
+	switch in.Kind {
+	case KindCredit:
+		if s.Frozen {
+			return s, ledger.CodeAccountFrozen
+		}
+		s.Posted += in.Amount
+	case KindDebit:
+		if s.Frozen {
+			return s, ledger.CodeAccountFrozen
+		}
+		if available < in.Amount {
+			return s, ledger.CodeInsufficientFunds
+		}
+		s.Posted -= in.Amount
+	case KindHold:
+		if s.Frozen {
+			return s, ledger.CodeAccountFrozen
+		}
+		if available < in.Amount {
+			return s, ledger.CodeInsufficientFunds
+		}
+		if _, dup := s.hold(in.Key); dup {
+			// A second hold under one key would be a dedup failure; the
+			// ledger never evaluates it. Modelled as impossible.
+			return s, ledger.CodeIdempotencyKeyReused
+		}
+		s.Held += in.Amount
+		s.holds = append(append([]modelHold(nil), s.holds...),
+			modelHold{key: in.Key, amount: in.Amount, expiresAtMs: t + in.TTLMs, status: holdOpen})
+	case KindCapture, KindRelease:
+		i, found := s.hold(in.HoldKey)
+		if !found {
+			return s, ledger.CodeHoldNotFound
+		}
+		h := s.holds[i]
+		switch h.status {
+		case holdCaptured, holdReleased:
+			return s, ledger.CodeHoldClosed
+		case holdExpired:
+			return s, ledger.CodeHoldExpired
+		}
+		if in.Kind == KindRelease {
+			s = s.withHolds()
+			s.holds[i].status = holdReleased
+			s.Held -= h.amount
+			return s, ledger.CodeOK
+		}
+		if s.Frozen {
+			return s, ledger.CodeAccountFrozen
+		}
+		amount := in.Amount
+		if amount == 0 {
+			amount = h.amount
+		}
+		if amount > h.amount {
+			return s, ledger.CodeInvalidAmount
+		}
+		s = s.withHolds()
+		s.holds[i].status = holdCaptured
+		s.Held -= h.amount
+		s.Posted -= amount
+	case KindFreeze:
+		s.Frozen = true
+	case KindUnfreeze:
+		s.Frozen = false
+	default:
+		return s, ledger.CodeInternal
+	}
+	return s, ledger.CodeOK
+}
+
+// accountMatches reports whether what the client saw of the account agrees
+// with s.
+func accountMatches(s State, out Output) bool {
+	return !out.HasAccount || (out.Posted == s.Posted && out.Held == s.Held && out.Frozen == s.Frozen)
+}
+
+// step is the nondeterministic step function: every state the account can
+// be in after the operation, none if the operation could not have returned
+// out from s.
+func step(s State, in Input, out Output) []State {
+	if in.Kind == KindRead {
+		return stepRead(s, out)
+	}
+	switch out.Status {
+	case NotApplied:
+		// Certainly not applied: no effect. A capture with an amount that
+		// the edge rejected with HOLD_NOT_FOUND also says the hold did not
+		// exist then.
+		if in.Kind == KindCapture && out.Code == ledger.CodeHoldNotFound {
+			if _, found := s.hold(in.HoldKey); found {
+				return nil
+			}
+		}
+		return []State{s}
+	case Indeterminate:
+		// Either it never took effect, or it took effect at some log time
+		// >= LastTime; only the expiry prefix of that time matters.
+		next := []State{s}
+		times := append([]int64{s.LastTime}, s.expiryTimes()...)
+		for _, t := range times {
+			e := s.expireAt(t)
+			n, _ := apply(e, in, t)
+			n.LastTime = t
+			next = append(next, n)
+		}
+		return next
+	}
+	// Known: the log time and sequence pin the order.
+	t := out.TimeMs
+	if t < s.LastTime || (out.Seq != 0 && out.Seq <= s.LastSeq) {
+		return nil
+	}
+	e := s.expireAt(t)
+	n, code := apply(e, in, t)
+	if code != out.Code {
+		return nil
+	}
+	if !accountMatches(n, out) {
+		return nil
+	}
+	n.LastTime = t
+	if out.Seq != 0 {
+		n.LastSeq = out.Seq
+	}
+	return []State{n}
+}
+
+// stepRead: a read sees the state after some prefix of the shard's log, at
+// a log time >= LastTime, so any prefix of the pending expiries may have
+// happened. Amounts are > 0, so held decreases strictly along the prefixes
+// and at most one of them matches.
+func stepRead(s State, out Output) []State {
+	if out.Status != Known {
+		return []State{s}
+	}
+	if accountMatches(s, out) {
+		return []State{s}
+	}
+	for _, t := range s.expiryTimes() {
+		e := s.expireAt(t)
+		if accountMatches(e, out) {
+			e.LastTime = t
+			return []State{e}
+		}
+	}
+	return nil
+}
+
+func statesEqual(a, b State) bool {
+	if a.Posted != b.Posted || a.Held != b.Held || a.Frozen != b.Frozen || a.LastTime != b.LastTime ||
+		a.LastSeq != b.LastSeq || len(a.holds) != len(b.holds) {
+		return false
+	}
+	for i := range a.holds {
+		if a.holds[i] != b.holds[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func stateHash(s State) uint64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d/%d/%t/%d/%d", s.Posted, s.Held, s.Frozen, s.LastTime, s.LastSeq)
+	for _, x := range s.holds {
+		fmt.Fprintf(h, "|%s/%d", x.key, x.status)
+	}
+	return h.Sum64()
+}
+
+// DescribeState renders a state for the visualization: balances, state and
+// open holds.
+func DescribeState(s State) string {
+	var b strings.Builder
+	state := "ACTIVE"
+	if s.Frozen {
+		state = "FROZEN"
+	}
+	fmt.Fprintf(&b, "posted=%d held=%d %s t=%d seq=%d", s.Posted, s.Held, state, s.LastTime, s.LastSeq)
+	var open []string
+	for _, h := range s.holds {
+		if h.status == holdOpen {
+			open = append(open, fmt.Sprintf("%s:%d@%d", h.key, h.amount, h.expiresAtMs))
+		}
+	}
+	if len(open) > 0 {
+		fmt.Fprintf(&b, " open=[%s]", strings.Join(open, " "))
+	}
+	return b.String()
+}
+
+// DescribeOperation renders an operation for the visualization.
+func DescribeOperation(in Input, out Output) string {
+	var call string
+	switch in.Kind {
+	case KindRead:
+		call = "read()"
+	case KindCredit, KindDebit:
+		call = fmt.Sprintf("%s(%d)", in.Kind, in.Amount)
+	case KindHold:
+		call = fmt.Sprintf("hold(%d, ttl %dms) %s", in.Amount, in.TTLMs, in.Key)
+	case KindCapture:
+		call = fmt.Sprintf("capture(%s, %d)", in.HoldKey, in.Amount)
+	case KindRelease:
+		call = fmt.Sprintf("release(%s)", in.HoldKey)
+	default:
+		call = in.Kind.String() + "()"
+	}
+	var ret string
+	switch {
+	case out.Status == Indeterminate:
+		ret = "? (indeterminate: " + string(out.Code) + ")"
+	case out.Status == NotApplied:
+		ret = "not applied: " + string(out.Code)
+	case in.Kind == KindRead:
+		state := "ACTIVE"
+		if out.Frozen {
+			state = "FROZEN"
+		}
+		ret = fmt.Sprintf("posted=%d held=%d %s", out.Posted, out.Held, state)
+	default:
+		ret = fmt.Sprintf("%s seq=%d t=%d", out.Code, out.Seq, out.TimeMs)
+		if out.HasAccount {
+			ret += fmt.Sprintf(" posted=%d held=%d", out.Posted, out.Held)
+		}
+		if out.Replayed {
+			ret += " (replayed)"
+		}
+	}
+	return call + " -> " + ret
+}
+
+// Model returns the porcupine model of one account per partition; the
+// history is partitioned by Input.Member. Every account starts ACTIVE with
+// nothing posted (the harness opens accounts before the history starts).
+func Model() porcupine.Model {
+	nm := porcupine.NondeterministicModel{
+		Partition: partitionByMember,
+		Init:      func() []any { return []any{State{}} },
+		Step: func(state, input, output any) []any {
+			next := step(state.(State), input.(Input), output.(Output))
+			out := make([]any, len(next))
+			for i := range next {
+				out[i] = next[i]
+			}
+			return out
+		},
+		Equal:             func(a, b any) bool { return statesEqual(a.(State), b.(State)) },
+		Hash:              func(s any) uint64 { return stateHash(s.(State)) },
+		DescribeOperation: func(in, out any) string { return DescribeOperation(in.(Input), out.(Output)) },
+		DescribeState:     func(s any) string { return DescribeState(s.(State)) },
+		DescribeOperationMetadata: func(m any) string {
+			if m == nil {
+				return ""
+			}
+			return fmt.Sprint(m)
+		},
+	}
+	return nm.ToModel()
+}
+
+func partitionByMember(history []porcupine.Operation) [][]porcupine.Operation {
+	byMember := map[string][]porcupine.Operation{}
+	var order []string
+	for _, op := range history {
+		m := op.Input.(Input).Member
+		if _, ok := byMember[m]; !ok {
+			order = append(order, m)
+		}
+		byMember[m] = append(byMember[m], op)
+	}
+	sort.Strings(order)
+	out := make([][]porcupine.Operation, 0, len(order))
+	for _, m := range order {
+		out = append(out, byMember[m])
+	}
+	return out
+}

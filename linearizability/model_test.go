@@ -1,0 +1,172 @@
+package linearizability
+
+import (
+	"testing"
+
+	"github.com/anishathalye/porcupine"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// op builds a history entry of member "a".
+func op(client int, call, ret int64, in Input, out Output) porcupine.Operation {
+	in.Member = "a"
+	return porcupine.Operation{ClientId: client, Input: in, Call: call, Output: out, Return: ret}
+}
+
+func ok(seq uint64, t int64, posted, held int64) Output {
+	return Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: t, HasAccount: true, Posted: posted, Held: held}
+}
+
+func fail(code ledger.Code, seq uint64, t int64) Output {
+	return Output{Status: Known, Code: code, Seq: seq, TimeMs: t}
+}
+
+func read(posted, held int64, frozen bool) Output {
+	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Posted: posted, Held: held, Frozen: frozen}
+}
+
+var indeterminate = Output{Status: Indeterminate, Code: ledger.CodeUnavailable}
+
+func credit(key string, amount int64) Input { return Input{Kind: KindCredit, Key: key, Amount: amount} }
+func debit(key string, amount int64) Input  { return Input{Kind: KindDebit, Key: key, Amount: amount} }
+func hold(key string, amount, ttl int64) Input {
+	return Input{Kind: KindHold, Key: key, Amount: amount, TTLMs: ttl}
+}
+func capture(key, holdKey string) Input { return Input{Kind: KindCapture, Key: key, HoldKey: holdKey} }
+func release(key, holdKey string) Input { return Input{Kind: KindRelease, Key: key, HoldKey: holdKey} }
+
+var readIn = Input{Kind: KindRead}
+
+func TestModel(t *testing.T) {
+	cases := []struct {
+		name    string
+		history []porcupine.Operation
+		want    bool
+	}{
+		{"sequential credit debit read", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, debit("k2", 20), ok(2, 101, 30, 0)),
+			op(0, 40, 50, readIn, read(30, 0, false)),
+		}, true},
+		{"stale read after an acknowledged credit", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(1, 20, 30, readIn, read(0, 0, false)),
+		}, false},
+		{"concurrent read may see either", []porcupine.Operation{
+			op(0, 0, 30, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(1, 10, 20, readIn, read(0, 0, false)),
+		}, true},
+		{"insufficient funds is legal only without the credit", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, debit("k2", 40), Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 2, TimeMs: 101}),
+		}, false},
+		{"debit beyond balance fails", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, debit("k2", 60), fail(ledger.CodeInsufficientFunds, 2, 101)),
+		}, true},
+		{"a credit applied twice", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, readIn, read(100, 0, false)),
+		}, false},
+		{"indeterminate credit may have applied", []porcupine.Operation{
+			op(0, 0, ReturnNever, credit("k1", 50), indeterminate),
+			op(1, 20, 30, readIn, read(50, 0, false)),
+			op(1, 40, 50, readIn, read(50, 0, false)),
+		}, true},
+		{"indeterminate credit may not have applied", []porcupine.Operation{
+			op(0, 0, ReturnNever, credit("k1", 50), indeterminate),
+			op(1, 20, 30, readIn, read(0, 0, false)),
+		}, true},
+		{"indeterminate credit cannot un-apply", []porcupine.Operation{
+			op(0, 0, ReturnNever, credit("k1", 50), indeterminate),
+			op(1, 20, 30, readIn, read(50, 0, false)),
+			op(1, 40, 50, readIn, read(0, 0, false)),
+		}, false},
+		{"not applied must have no effect", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), Output{Status: NotApplied, Code: ledger.CodeNotLeader}),
+			op(1, 20, 30, readIn, read(50, 0, false)),
+		}, false},
+		{"log time must not go backwards", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, credit("k2", 50), ok(2, 99, 100, 0)),
+		}, false},
+		{"seq must grow", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(5, 100, 50, 0)),
+			op(0, 20, 30, credit("k2", 50), ok(4, 100, 100, 0)),
+		}, false},
+		{"hold capture", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, debit("k3", 30), Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 3, TimeMs: 120, HasAccount: true, Posted: 50, Held: 30}),
+			op(0, 60, 70, capture("k4", "h1"), ok(4, 130, 20, 0)),
+			op(0, 80, 90, release("k5", "h1"), fail(ledger.CodeHoldClosed, 5, 140)),
+			op(0, 100, 110, readIn, read(20, 0, false)),
+		}, true},
+		{"hold expires by log time", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, capture("k3", "h1"), fail(ledger.CodeHoldExpired, 3, 1110)),
+			op(0, 60, 70, readIn, read(50, 0, false)),
+		}, true},
+		{"hold cannot expire early", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, capture("k3", "h1"), fail(ledger.CodeHoldExpired, 3, 1109)),
+		}, false},
+		{"a read may see an expiry no op of the account saw", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, readIn, read(50, 0, false)),
+			// The expiry happened at >= 1110: an op at 1105 is too early.
+			op(0, 60, 70, credit("k4", 1), ok(3, 1105, 51, 0)),
+		}, false},
+		{"expired hold cannot be captured after a read saw the expiry", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, readIn, read(50, 0, false)),
+			op(0, 60, 70, capture("k4", "h1"), ok(3, 1200, 20, 0)),
+		}, false},
+		{"frozen account refuses debits", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, Input{Kind: KindFreeze, Key: "k2"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 2, TimeMs: 101, HasAccount: true, Posted: 50, Frozen: true}),
+			op(0, 40, 50, debit("k3", 10), Output{Status: Known, Code: ledger.CodeAccountFrozen, Seq: 3, TimeMs: 102, HasAccount: true, Posted: 50, Frozen: true}),
+			op(0, 60, 70, readIn, read(50, 0, true)),
+			op(0, 80, 90, Input{Kind: KindUnfreeze, Key: "k4"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 4, TimeMs: 103, HasAccount: true, Posted: 50}),
+			op(0, 100, 110, debit("k5", 10), ok(5, 104, 40, 0)),
+		}, true},
+		{"indeterminate debit resolves insufficient funds either way", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(1, 20, ReturnNever, debit("k2", 40), indeterminate),
+			op(0, 30, 40, debit("k3", 40), fail(ledger.CodeInsufficientFunds, 3, 110)),
+			op(0, 50, 60, readIn, read(10, 0, false)),
+		}, true},
+	}
+	model := Model()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := porcupine.CheckOperations(model, c.history)
+			if got != c.want {
+				t.Fatalf("linearizable = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestMembersSpreadOverShards(t *testing.T) {
+	for _, shards := range []int{2, 3, 5} {
+		ms := Members(12, shards)
+		if len(ms) != 12 {
+			t.Fatalf("%d shards: %d members", shards, len(ms))
+		}
+		per := map[int]int{}
+		for _, m := range ms {
+			per[ledger.ShardOf(Program, m, shards)]++
+		}
+		for s := 0; s < shards; s++ {
+			if per[s] < 12/shards {
+				t.Fatalf("%d shards: shard %d has %d members: %v", shards, s, per[s], per)
+			}
+		}
+	}
+}
