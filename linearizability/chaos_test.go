@@ -1,0 +1,178 @@
+package linearizability
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Environment of the fault tests.
+const (
+	// envSeed replays a seed: TALLY_CHAOS_SEED=1234 go test -run TestChaos ./linearizability/
+	envSeed = "TALLY_CHAOS_SEED"
+	// envResults overrides where results go (default <repo>/results/linearizability).
+	envResults = "TALLY_CHAOS_RESULTS"
+)
+
+// tallydPath is the tallyd binary TestMain builds (without -race, to leave
+// the CPU to the cluster); "" under -short.
+var tallydPath string
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	// Flags are parsed by m.Run; -short must be known before building.
+	short := false
+	for _, a := range os.Args[1:] {
+		if a == "-test.short" || a == "-test.short=true" {
+			short = true
+		}
+	}
+	if !short {
+		dir, err := os.MkdirTemp("", "tally-chaos-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		tallydPath = filepath.Join(dir, "tallyd")
+		cmd := exec.Command("go", "build", "-o", tallydPath, "./cmd/tallyd")
+		cmd.Dir = ".."
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building tallyd:", err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+func testSeed(t *testing.T) uint64 {
+	if s := os.Getenv(envSeed); s != "" {
+		seed, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("%s=%q: %v", envSeed, s, err)
+		}
+		return seed
+	}
+	return uint64(time.Now().UnixNano())
+}
+
+func resultsDir(t *testing.T, seed uint64) string {
+	base := os.Getenv(envResults)
+	if base == "" {
+		abs, err := filepath.Abs(filepath.Join("..", "results", "linearizability"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		base = abs
+	}
+	return filepath.Join(base, fmt.Sprintf("%s-%s-seed%d", t.Name(), time.Now().Format("20060102-150405"), seed))
+}
+
+func needCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster and injects faults for minutes; skipped under -short")
+	}
+	if tallydPath == "" {
+		t.Fatal("tallyd was not built")
+	}
+}
+
+// CIProfile is the fault run of `make test`: at least 5,000 operations, at
+// least 3 faults of each kind over 2 shards, within about 3 minutes on two
+// cores with the race detector on the test process.
+func CIProfile(tallyd string, seed uint64, dir string, logf func(string, ...any)) Config {
+	return Config{
+		Tallyd: tallyd, Seed: seed, ResultsDir: dir, Logf: logf,
+		Shards: 2, Clients: 8, Accounts: 12,
+		Faults: AllFaults, FaultRounds: 3, Duration: 60 * time.Second,
+		MinOps: 5000, MaxDuration: 150 * time.Second,
+		CheckTimeout:      20 * time.Second,
+		SnapshotThreshold: 1024, TrailingLogs: 256,
+	}
+}
+
+// TestChaos is the CI profile: Tally under kill -9, pauses, partitions and
+// delays must stay linearizable, exactly-once, conserving and convergent.
+func TestChaos(t *testing.T) {
+	needCluster(t)
+	seed := testSeed(t)
+	dir := resultsDir(t, seed)
+	t.Logf("seed %d (replay: %s=%d), results %s", seed, envSeed, seed, dir)
+	cfg := CIProfile(tallydPath, seed, dir, t.Logf)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("seed %d: harness: %v (results %s)", seed, err, dir)
+	}
+	t.Log("\n" + rep.Summary())
+	if !rep.OK() {
+		t.Errorf("seed %d: checks failed; evidence under %s", seed, dir)
+	}
+	if rep.Ops < cfg.MinOps {
+		t.Errorf("only %d operations, want >= %d", rep.Ops, cfg.MinOps)
+	}
+	for _, k := range AllFaults {
+		if rep.Faults[k] < 3 {
+			t.Errorf("%d faults of kind %s, want >= 3", rep.Faults[k], k)
+		}
+	}
+	if c, _ := rep.Check("linearizable"); len(c.Unknown) > 0 {
+		t.Logf("WARNING: %d account histories undecided within %s (not violations): %v", len(c.Unknown), cfg.CheckTimeout, c.Unknown)
+	}
+}
+
+// TestChaosCatchesStaleReads proves the checker has teeth: with
+// --unsafe-local-reads and reads sent to random nodes, a node cut off from
+// the others serves stale balances, and the run must fail linearizability.
+func TestChaosCatchesStaleReads(t *testing.T) {
+	needCluster(t)
+	seed := testSeed(t)
+	dir := resultsDir(t, seed)
+	t.Logf("seed %d (replay: %s=%d), results %s", seed, envSeed, seed, dir)
+	cfg := Config{
+		Tallyd: tallydPath, Seed: seed, ResultsDir: dir, Logf: t.Logf,
+		Shards: 2, Clients: 6, Accounts: 6, UnsafeLocalReads: true,
+		Faults: []FaultKind{FaultPartition}, FaultRounds: 4,
+		Timing:      Timing{FaultMin: 3 * time.Second, FaultMax: 5 * time.Second, GapMin: 500 * time.Millisecond, GapMax: time.Second},
+		MinOps:      300,
+		MaxDuration: 90 * time.Second, CheckTimeout: 20 * time.Second,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("seed %d: harness: %v (results %s)", seed, err, dir)
+	}
+	t.Log("\n" + rep.Summary())
+	lin, ok := rep.Check("linearizable")
+	if !ok || lin.OK {
+		t.Fatalf("seed %d: stale reads from followers passed the linearizability check: the checker has no teeth", seed)
+	}
+	found := false
+	for _, a := range rep.AccountResults {
+		if a.Visualization != "" {
+			if _, err := os.Stat(a.Visualization); err != nil {
+				t.Errorf("visualization %s: %v", a.Visualization, err)
+			}
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no visualization written for the failing accounts")
+	}
+	for _, name := range []string{"timeline.txt", "summary.txt", "history.jsonl"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Errorf("evidence %s: %v", name, err)
+		}
+	}
+}

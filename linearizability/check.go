@@ -1,0 +1,386 @@
+package linearizability
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/shopspring/decimal"
+
+	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Limits of the checks after a run.
+const (
+	// convergeTimeout bounds waiting for every replica of every shard to
+	// reach the same applied index once faults are healed.
+	convergeTimeout = 90 * time.Second
+	// resolveTimeout bounds resolving one operation with GetOperation
+	// (retries included) and reading one journal page.
+	resolveTimeout = 20 * time.Second
+	// resolveWorkers is how many GetOperation calls run at once.
+	resolveWorkers = 8
+	// journalPage is the ListJournal page size (the server's maximum).
+	journalPage = 1000
+	// maxJournalPages bounds paging through one member's journal.
+	maxJournalPages = 1000
+	// maxFindings bounds the findings kept per check; the count is kept.
+	maxFindings = 20
+)
+
+// CheckResult is the outcome of one check.
+type CheckResult struct {
+	Name     string   `json:"name"`
+	OK       bool     `json:"ok"`
+	Detail   string   `json:"detail"`
+	Findings []string `json:"findings,omitempty"`
+	// Unknown lists what could not be decided in time (porcupine timeouts);
+	// it does not fail the check.
+	Unknown []string `json:"unknown,omitempty"`
+}
+
+type findings struct {
+	n    int
+	list []string
+}
+
+func (f *findings) addf(format string, args ...any) {
+	f.n++
+	if len(f.list) < maxFindings {
+		f.list = append(f.list, fmt.Sprintf(format, args...))
+	}
+}
+
+func (f *findings) result(name, okDetail string) CheckResult {
+	if f.n == 0 {
+		return CheckResult{Name: name, OK: true, Detail: okDetail}
+	}
+	return CheckResult{Name: name, Detail: fmt.Sprintf("%d violation(s)", f.n), Findings: f.list}
+}
+
+// ReplicaState is one node's view of one shard.
+type ReplicaState struct {
+	Node           string `json:"node"`
+	AppliedIndex   uint64 `json:"applied_index"`
+	StateHash      string `json:"state_hash"`
+	ConservationOK bool   `json:"conservation_ok"`
+	Error          string `json:"error,omitempty"`
+}
+
+// checkReplicas waits until every replica of each shard reports the same
+// applied index, then compares their state hashes and conservation checks.
+// Two replicas at the same applied index with different hashes fail at
+// once, whether or not the third has caught up.
+func checkReplicas(ctx context.Context, cl *client.Client, c *Cluster, shards int) (CheckResult, CheckResult, map[int][]ReplicaState) {
+	var rep, cons findings
+	final := map[int][]ReplicaState{}
+	for shard := 0; shard < shards; shard++ {
+		deadline := time.Now().Add(convergeTimeout)
+		var last []ReplicaState
+		converged := false
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			last = last[:0]
+			byIndex := map[uint64][]byte{}
+			mismatch := ""
+			for i := 0; i < ClusterSize; i++ {
+				st, err := cl.ShardState(ctx, c.GRPCAddr(i), uint32(shard))
+				r := ReplicaState{Node: c.NodeID(i)}
+				if err != nil {
+					r.Error = err.Error()
+				} else {
+					r.AppliedIndex, r.StateHash, r.ConservationOK = st.AppliedIndex, hex.EncodeToString(st.StateHash), st.ConservationOK
+					if h, ok := byIndex[st.AppliedIndex]; ok && !bytes.Equal(h, st.StateHash) {
+						mismatch = fmt.Sprintf("applied index %d", st.AppliedIndex)
+					}
+					byIndex[st.AppliedIndex] = st.StateHash
+					if !st.ConservationOK {
+						cons.addf("shard %d on %s (applied %d): %s", shard, r.Node, st.AppliedIndex, st.ConservationError)
+					}
+				}
+				last = append(last, r)
+			}
+			if mismatch != "" {
+				rep.addf("shard %d: replicas differ at %s: %s", shard, mismatch, describeReplicas(last))
+				converged = true
+				break
+			}
+			if len(byIndex) == 1 && allAnswered(last) {
+				converged = true
+				break
+			}
+			time.Sleep(pollInterval)
+		}
+		final[shard] = append([]ReplicaState(nil), last...)
+		if !converged {
+			rep.addf("shard %d: replicas did not reach one applied index within %s: %s", shard, convergeTimeout, describeReplicas(last))
+		}
+	}
+	return rep.result("replicas-equal", fmt.Sprintf("every shard's %d replicas have the same state hash at the same applied index", ClusterSize)),
+		cons.result("conservation", "every replica of every shard: balances of each asset sum to zero"), final
+}
+
+func allAnswered(rs []ReplicaState) bool {
+	for _, r := range rs {
+		if r.Error != "" {
+			return false
+		}
+	}
+	return true
+}
+
+func describeReplicas(rs []ReplicaState) string {
+	var parts []string
+	for _, r := range rs {
+		if r.Error != "" {
+			parts = append(parts, fmt.Sprintf("%s: error %s", r.Node, r.Error))
+			continue
+		}
+		h := r.StateHash
+		if len(h) > 12 {
+			h = h[:12]
+		}
+		parts = append(parts, fmt.Sprintf("%s: applied %d hash %s", r.Node, r.AppliedIndex, h))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// resolution is what GetOperation says about one recorded write.
+type resolution struct {
+	found bool
+	entry client.JournalEntry
+	err   error
+}
+
+func resolveAll(ctx context.Context, cl *client.Client, entries []Entry) []resolution {
+	out := make([]resolution, len(entries))
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < resolveWorkers; w++ {
+		wg.Go(func() {
+			for i := range work {
+				e := entries[i]
+				rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+				found, entry, err := cl.GetOperation(rctx, Program, e.Input.Member, e.Input.Key)
+				cancel()
+				out[i] = resolution{found: found, entry: entry, err: err}
+			}
+		})
+	}
+	for i, e := range entries {
+		if e.Input.Kind != KindRead {
+			work <- i
+		}
+	}
+	close(work)
+	wg.Wait()
+	return out
+}
+
+// checkExactlyOnce resolves every write with GetOperation and checks that
+// the stored outcome is the one the client saw: same code, sequence and
+// log time for acknowledged operations, nothing stored for operations the
+// client was told were certainly not applied, and the stored operation is
+// the one sent under that key. Indeterminate operations found in the store
+// get their stored outcome (their return time stays +infinity); those not
+// found stay indeterminate. It updates entries in place.
+func checkExactlyOnce(ctx context.Context, cl *client.Client, entries []Entry) (CheckResult, int, int) {
+	var f findings
+	res := resolveAll(ctx, cl, entries)
+	applied, notApplied := 0, 0
+	for i := range entries {
+		e := &entries[i]
+		if e.Input.Kind == KindRead {
+			continue
+		}
+		r := res[i]
+		if r.err != nil {
+			f.addf("%s: GetOperation failed: %v", e.Input.Key, r.err)
+			continue
+		}
+		if r.found && !sameOp(e.Input, r.entry.Op) {
+			f.addf("%s: the store holds a different operation under this key: %+v", e.Input.Key, r.entry.Op)
+			continue
+		}
+		switch e.Output.Status {
+		case Known:
+			switch {
+			case !r.found:
+				f.addf("%s: acknowledged (%s, seq %d) but not in the record store", e.Input.Key, e.Output.Code, e.Output.Seq)
+			case r.entry.Result.Code != e.Output.Code || r.entry.Result.Seq != e.Output.Seq || r.entry.Result.TimeMs != e.Output.TimeMs:
+				f.addf("%s: client saw %s seq %d t=%d, store has %s seq %d t=%d", e.Input.Key,
+					e.Output.Code, e.Output.Seq, e.Output.TimeMs, r.entry.Result.Code, r.entry.Result.Seq, r.entry.Result.TimeMs)
+			}
+		case NotApplied:
+			if r.found {
+				f.addf("%s: client was told %s (certainly not applied) but the store has %s seq %d", e.Input.Key,
+					e.Output.Code, r.entry.Result.Code, r.entry.Result.Seq)
+			}
+		case Indeterminate:
+			if r.found {
+				out := outputOf(r.entry.Result)
+				out.Replayed = false
+				e.Output = out
+				e.Resolved = true
+				applied++
+			} else {
+				notApplied++
+			}
+		}
+	}
+	return f.result("exactly-once", "every acknowledged write is stored with the outcome the client saw; "+
+		"no write the client was told failed is stored"), applied, notApplied
+}
+
+func sameOp(in Input, op client.Op) bool {
+	if op.Member != in.Member || op.IdempotencyKey != in.Key {
+		return false
+	}
+	want := toClientOp(in)
+	return op.Kind == want.Kind && op.HoldKey == want.HoldKey && op.Amount.Equal(want.Amount)
+}
+
+// checkJournal lists every member's journal and checks that no key and no
+// sequence number appears twice, that every acknowledged successful write
+// is in it with the sequence the client saw, that nothing is in it that the
+// history does not account for (every entry is a successful write of the
+// history, after resolution), and that each account's final posted balance
+// is the sum of its journal's postings.
+func checkJournal(ctx context.Context, cl *client.Client, entries []Entry, members []string, finalPosted map[string]int64) CheckResult {
+	var f findings
+	byKey := map[string]*Entry{}
+	for i := range entries {
+		if entries[i].Input.Kind != KindRead {
+			byKey[entries[i].Input.Key] = &entries[i]
+		}
+	}
+	seenKey := map[string]bool{}
+	seenSeq := map[[2]uint64]string{} // (shard, seq) -> key
+	total := 0
+	for _, m := range members {
+		var posted decimal.Decimal
+		var before uint64
+		for page := 0; page < maxJournalPages; page++ {
+			jctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+			js, next, err := cl.ListJournal(jctx, Program, m, "", journalPage, before)
+			cancel()
+			if err != nil {
+				f.addf("%s: ListJournal: %v", m, err)
+				break
+			}
+			for _, j := range js {
+				total++
+				key := j.Op.IdempotencyKey
+				if strings.HasPrefix(key, setupKeyPrefix) {
+					continue // the accounts' opening, before the history
+				}
+				if seenKey[key] {
+					f.addf("%s: key %s is in the journal twice", m, key)
+				}
+				seenKey[key] = true
+				sk := [2]uint64{uint64(j.Result.Shard), j.Seq}
+				if other, dup := seenSeq[sk]; dup {
+					f.addf("%s: seq %d of shard %d is used by %s and %s", m, j.Seq, j.Result.Shard, other, key)
+				}
+				seenSeq[sk] = key
+				e, ok := byKey[key]
+				switch {
+				case !ok:
+					f.addf("%s: journal has %s (seq %d) that no client sent", m, key, j.Seq)
+				case e.Output.Status != Known || e.Output.Code != ledger.CodeOK:
+					f.addf("%s: journal has %s (seq %d) but the client's outcome is %s %s", m, key, j.Seq, e.Output.Status, e.Output.Code)
+				case e.Output.Seq != j.Seq:
+					f.addf("%s: journal has %s at seq %d, client saw seq %d", m, key, j.Seq, e.Output.Seq)
+				}
+				switch j.Op.Kind {
+				case ledger.OpCredit:
+					posted = posted.Add(j.Op.Amount)
+				case ledger.OpDebit:
+					posted = posted.Sub(j.Op.Amount)
+				case ledger.OpCaptureHold:
+					posted = posted.Sub(j.Result.Captured)
+				}
+			}
+			if next == 0 {
+				break
+			}
+			before = next
+		}
+		if fp, ok := finalPosted[m]; ok && posted.IntPart() != fp {
+			f.addf("%s: final posted balance %d, but the journal's postings sum to %s", m, fp, posted)
+		}
+	}
+	for key, e := range byKey {
+		if e.Output.Status == Known && e.Output.Code == ledger.CodeOK && !seenKey[key] {
+			f.addf("%s: acknowledged OK (seq %d) but missing from the journal", key, e.Output.Seq)
+		}
+	}
+	return f.result("journal", fmt.Sprintf("%d journal entries: no key or seq twice, every acknowledged success present, "+
+		"final balances equal the journal's postings", total))
+}
+
+// AccountResult is the linearizability verdict of one account.
+type AccountResult struct {
+	Member string                `json:"member"`
+	Ops    int                   `json:"ops"`
+	Result porcupine.CheckResult `json:"result"`
+	// Visualization is the HTML file written for an Illegal history.
+	Visualization string `json:"visualization,omitempty"`
+}
+
+// checkLinearizable checks each account's history with porcupine (timeout
+// per account). Illegal histories get an HTML visualization under dir,
+// annotated with the fault timeline.
+func checkLinearizable(entries []Entry, members []string, timeout time.Duration, dir string, timeline []TimelineEvent) (CheckResult, []AccountResult) {
+	model := Model()
+	byMember := map[string][]Entry{}
+	for _, e := range entries {
+		byMember[e.Input.Member] = append(byMember[e.Input.Member], e)
+	}
+	var f findings
+	var unknown []string
+	var results []AccountResult
+	sort.Strings(members)
+	for _, m := range members {
+		ops := Operations(byMember[m])
+		res := porcupine.CheckOperationsTimeout(model, ops, timeout)
+		ar := AccountResult{Member: m, Ops: len(ops), Result: res}
+		switch res {
+		case porcupine.Illegal:
+			// Again, verbosely: the partial linearizations for the picture.
+			_, info := porcupine.CheckOperationsVerbose(model, ops, timeout)
+			path := fmt.Sprintf("%s/linearizability-%s.html", dir, m)
+			info.AddAnnotations(annotations(timeline))
+			if err := porcupine.VisualizePath(model, info, path); err != nil {
+				f.addf("%s: not linearizable (%d ops); writing the visualization failed: %v", m, len(ops), err)
+			} else {
+				ar.Visualization = path
+				f.addf("%s: not linearizable (%d ops): see %s", m, len(ops), path)
+			}
+		case porcupine.Unknown:
+			unknown = append(unknown, fmt.Sprintf("%s: undecided after %s (%d ops)", m, timeout, len(ops)))
+		}
+		results = append(results, ar)
+	}
+	r := f.result("linearizable", fmt.Sprintf("%d accounts, each history linearizable", len(members)))
+	r.Unknown = unknown
+	if len(unknown) > 0 && r.OK {
+		r.Detail += fmt.Sprintf(" (%d undecided within the timeout: not counted as violations)", len(unknown))
+	}
+	return r, results
+}
+
+func annotations(timeline []TimelineEvent) []porcupine.Annotation {
+	var out []porcupine.Annotation
+	for _, ev := range timeline {
+		out = append(out, porcupine.Annotation{Tag: "faults", Start: ev.AtNs, End: ev.EndNs,
+			Description: string(ev.Kind), Details: ev.What, BackgroundColor: "#fde2e2"})
+	}
+	return out
+}

@@ -1,0 +1,372 @@
+package linearizability
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+)
+
+// ClusterSize is the number of tallyd processes: the smallest cluster that
+// survives one fault.
+const ClusterSize = 3
+
+// Limits of cluster management.
+const (
+	// startupTimeout bounds waiting for a (re)started node to answer
+	// ClusterInfo; Pebble and Raft log replay on restart take a moment.
+	startupTimeout = 30 * time.Second
+	// pollInterval is how often readiness and convergence are polled.
+	pollInterval = 100 * time.Millisecond
+)
+
+// ClusterConfig configures a process cluster.
+type ClusterConfig struct {
+	Tallyd string // path to the tallyd binary
+	Dir    string // data directories and node logs go under it
+	Shards int
+	// UnsafeLocalReads starts every node with --unsafe-local-reads (the
+	// deliberately broken build the checker must catch).
+	UnsafeLocalReads bool
+	// SnapshotThreshold and TrailingLogs are passed to tallyd (0: its
+	// defaults); small values make snapshots and snapshot installs happen
+	// within a short run.
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+}
+
+// procNode is one tallyd process slot.
+type procNode struct {
+	id       string
+	grpcAddr string
+	raftAddr string
+	dataDir  string
+	logPath  string
+	args     []string
+
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd's Wait returns
+	paused bool
+}
+
+// Cluster is three tallyd processes on 127.0.0.1 with a Proxy on every
+// directed Raft link. Methods are safe for concurrent use.
+type Cluster struct {
+	cfg     ClusterConfig
+	mu      sync.Mutex
+	nodes   []*procNode
+	proxies map[[2]int]*Proxy // [from, to] -> proxy of the link
+	closed  bool
+	crashes []string // nodes that exited without being killed
+}
+
+// Crashes lists the nodes that exited on their own (a finding: a node
+// must never stop by itself, e.g. on an invariant violation).
+func (c *Cluster) Crashes() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.crashes...)
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// StartCluster starts the proxies and the three nodes and waits until every
+// node answers. On error everything started is stopped.
+func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
+	c := &Cluster{cfg: cfg, proxies: map[[2]int]*Proxy{}}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := c.start(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) start(ctx context.Context) error {
+	for i := 0; i < ClusterSize; i++ {
+		g, err := freePort()
+		if err != nil {
+			return err
+		}
+		r, err := freePort()
+		if err != nil {
+			return err
+		}
+		id := fmt.Sprintf("n%d", i+1)
+		c.nodes = append(c.nodes, &procNode{id: id, grpcAddr: g, raftAddr: r,
+			dataDir: filepath.Join(c.cfg.Dir, id), logPath: filepath.Join(c.cfg.Dir, id+".log")})
+	}
+	var peers []string
+	for _, n := range c.nodes {
+		peers = append(peers, fmt.Sprintf("%s=%s/%s", n.id, n.raftAddr, n.grpcAddr))
+	}
+	for from := range c.nodes {
+		var rewrite []string
+		for to := range c.nodes {
+			if from == to {
+				continue
+			}
+			p, err := NewProxy(fmt.Sprintf("%s->%s", c.nodes[from].id, c.nodes[to].id), c.nodes[to].raftAddr)
+			if err != nil {
+				return err
+			}
+			c.proxies[[2]int{from, to}] = p
+			rewrite = append(rewrite, c.nodes[to].raftAddr+"="+p.Addr())
+		}
+		n := c.nodes[from]
+		n.args = []string{"--id", n.id, "--data", n.dataDir, "--grpc", n.grpcAddr, "--raft", n.raftAddr,
+			"--shards", fmt.Sprint(c.cfg.Shards), "--bootstrap", "--peers", strings.Join(peers, ","),
+			"--raft-dial-rewrite", strings.Join(rewrite, ",")}
+		if c.cfg.UnsafeLocalReads {
+			n.args = append(n.args, "--unsafe-local-reads")
+		}
+		if c.cfg.SnapshotThreshold > 0 {
+			n.args = append(n.args, "--snapshot-threshold", fmt.Sprint(c.cfg.SnapshotThreshold))
+		}
+		if c.cfg.TrailingLogs > 0 {
+			n.args = append(n.args, "--trailing-logs", fmt.Sprint(c.cfg.TrailingLogs))
+		}
+	}
+	for i := range c.nodes {
+		if err := c.spawn(i); err != nil {
+			return err
+		}
+	}
+	for i := range c.nodes {
+		if err := c.waitReady(ctx, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// spawn starts node i's process in its own process group, appending its
+// output to its log file.
+func (c *Cluster) spawn(i int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("cluster closed")
+	}
+	n := c.nodes[i]
+	if n.cmd != nil {
+		return fmt.Errorf("%s is already running", n.id)
+	}
+	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(logf, "=== %s start %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(n.args, " "))
+	cmd := exec.Command(c.cfg.Tallyd, n.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Own process group, so a kill reaches anything the node starts; and
+	// die with the harness if it dies without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", n.id, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		c.mu.Lock()
+		if n.cmd == cmd && !c.closed {
+			// Not killed by the harness: the node died on its own.
+			c.crashes = append(c.crashes, fmt.Sprintf("%s exited unexpectedly at %s: %v (see %s)",
+				n.id, time.Now().Format(time.RFC3339Nano), err, n.logPath))
+		}
+		c.mu.Unlock()
+		close(exited)
+	}()
+	n.cmd, n.exited, n.paused = cmd, exited, false
+	return nil
+}
+
+// waitReady waits until node i answers ClusterInfo.
+func (c *Cluster) waitReady(ctx context.Context, i int) error {
+	addr := c.GRPCAddr(i)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	lc := tallypb.NewLedgerClient(cc)
+	deadline := time.Now().Add(startupTimeout)
+	for time.Now().Before(deadline) {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err = lc.ClusterInfo(actx, &tallypb.ClusterInfoRequest{})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if !c.Running(i) {
+			return fmt.Errorf("%s exited during startup (see %s)", c.nodes[i].id, c.nodes[i].logPath)
+		}
+		time.Sleep(pollInterval)
+	}
+	return fmt.Errorf("%s did not answer within %s: %v", c.nodes[i].id, startupTimeout, err)
+}
+
+// Running reports whether node i's process is alive (paused counts).
+func (c *Cluster) Running(i int) bool {
+	c.mu.Lock()
+	n := c.nodes[i]
+	cmd, exited := n.cmd, n.exited
+	c.mu.Unlock()
+	if cmd == nil {
+		return false
+	}
+	select {
+	case <-exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill sends SIGKILL to node i's process group and waits for it to exit.
+func (c *Cluster) Kill(i int) error {
+	c.mu.Lock()
+	n := c.nodes[i]
+	cmd, exited := n.cmd, n.exited
+	n.cmd, n.exited, n.paused = nil, nil, false
+	c.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("%s is not running", n.id)
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-exited:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("%s did not exit 10s after SIGKILL", n.id)
+	}
+}
+
+// Restart starts node i again with the same data directory and flags.
+func (c *Cluster) Restart(ctx context.Context, i int) error {
+	if err := c.spawn(i); err != nil {
+		return err
+	}
+	return c.waitReady(ctx, i)
+}
+
+// Pause stops node i with SIGSTOP; Resume continues it.
+func (c *Cluster) Pause(i int) error { return c.signal(i, syscall.SIGSTOP, true) }
+
+// Resume continues node i after Pause.
+func (c *Cluster) Resume(i int) error { return c.signal(i, syscall.SIGCONT, false) }
+
+func (c *Cluster) signal(i int, sig syscall.Signal, paused bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.nodes[i]
+	if n.cmd == nil {
+		return fmt.Errorf("%s is not running", n.id)
+	}
+	n.paused = paused
+	return syscall.Kill(-n.cmd.Process.Pid, sig)
+}
+
+// SetLink sets the mode and delay of the directed link from -> to.
+func (c *Cluster) SetLink(from, to int, mode LinkMode, delay time.Duration) {
+	c.proxies[[2]int{from, to}].Set(mode, delay)
+}
+
+// Heal resumes paused nodes, restarts dead ones and makes every link pass
+// without delay.
+func (c *Cluster) Heal(ctx context.Context) error {
+	for _, p := range c.proxies {
+		p.Set(LinkPass, 0)
+	}
+	var errs []error
+	for i := range c.nodes {
+		c.mu.Lock()
+		paused := c.nodes[i].paused
+		c.mu.Unlock()
+		if paused {
+			errs = append(errs, c.Resume(i))
+		}
+		if !c.Running(i) {
+			c.mu.Lock()
+			c.nodes[i].cmd = nil
+			c.mu.Unlock()
+			errs = append(errs, c.Restart(ctx, i))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// GRPCAddr is node i's client address.
+func (c *Cluster) GRPCAddr(i int) string { return c.nodes[i].grpcAddr }
+
+// GRPCAddrs are every node's client addresses.
+func (c *Cluster) GRPCAddrs() []string {
+	out := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		out[i] = n.grpcAddr
+	}
+	return out
+}
+
+// NodeID is node i's ID.
+func (c *Cluster) NodeID(i int) string { return c.nodes[i].id }
+
+// LogPaths are the nodes' log files.
+func (c *Cluster) LogPaths() []string {
+	out := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		out[i] = n.logPath
+	}
+	return out
+}
+
+// Close kills every node (SIGKILL to each process group, paused or not) and
+// closes the proxies. Safe to call more than once.
+func (c *Cluster) Close() {
+	c.mu.Lock()
+	c.closed = true
+	var waits []chan struct{}
+	for _, n := range c.nodes {
+		if n.cmd != nil {
+			_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+			waits = append(waits, n.exited)
+			n.cmd = nil
+		}
+	}
+	c.mu.Unlock()
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-time.After(10 * time.Second):
+		}
+	}
+	for _, p := range c.proxies {
+		p.Close()
+	}
+}

@@ -1,0 +1,246 @@
+package linearizability
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+)
+
+// FaultKind is a kind of fault the nemesis injects.
+type FaultKind string
+
+// Fault kinds.
+const (
+	// FaultKill: kill -9 a node (a shard leader preferred), restart it on
+	// the same data directory after a while.
+	FaultKill FaultKind = "kill"
+	// FaultPause: SIGSTOP a node (a leader preferred), SIGCONT it later.
+	FaultPause FaultKind = "pause"
+	// FaultPartition: cut a node off from both others (or cut one pair of
+	// nodes), by dropping or blackholing their Raft links.
+	FaultPartition FaultKind = "partition"
+	// FaultDelay: delay every Raft message to and from a node (or on every
+	// link).
+	FaultDelay FaultKind = "delay"
+)
+
+// AllFaults are the kinds a full run injects.
+var AllFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay}
+
+// Timing of the nemesis: how long a fault lasts and the calm between two.
+type Timing struct {
+	FaultMin, FaultMax time.Duration
+	GapMin, GapMax     time.Duration
+}
+
+// DefaultTiming suits a three-node cluster with 500 ms election timeouts:
+// faults long enough for elections to happen, gaps long enough for the
+// cluster to recover in between, now and then.
+var DefaultTiming = Timing{FaultMin: 1500 * time.Millisecond, FaultMax: 4 * time.Second,
+	GapMin: 500 * time.Millisecond, GapMax: 2 * time.Second}
+
+// TimelineEvent is one line of the fault timeline.
+type TimelineEvent struct {
+	AtNs  int64     `json:"at_ns"` // history clock
+	EndNs int64     `json:"end_ns"`
+	Kind  FaultKind `json:"kind"`
+	What  string    `json:"what"`
+	Err   string    `json:"err,omitempty"`
+}
+
+// Timeline records faults as they are injected.
+type Timeline struct {
+	mu     sync.Mutex
+	events []TimelineEvent
+}
+
+func (t *Timeline) add(ev TimelineEvent) {
+	t.mu.Lock()
+	t.events = append(t.events, ev)
+	t.mu.Unlock()
+}
+
+// Events returns the recorded faults in order.
+func (t *Timeline) Events() []TimelineEvent {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := append([]TimelineEvent(nil), t.events...)
+	sort.Slice(out, func(i, j int) bool { return out[i].AtNs < out[j].AtNs })
+	return out
+}
+
+// Counts returns how many faults of each kind were injected.
+func (t *Timeline) Counts() map[FaultKind]int {
+	out := map[FaultKind]int{}
+	for _, ev := range t.Events() {
+		out[ev.Kind]++
+	}
+	return out
+}
+
+// String renders the timeline, one fault per line, times in seconds since
+// the history started.
+func (t *Timeline) String() string {
+	var b strings.Builder
+	for _, ev := range t.Events() {
+		fmt.Fprintf(&b, "%8.3fs - %8.3fs  %-9s %s", float64(ev.AtNs)/1e9, float64(ev.EndNs)/1e9, ev.Kind, ev.What)
+		if ev.Err != "" {
+			fmt.Fprintf(&b, "  ERROR: %s", ev.Err)
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// nemesis injects faults on a schedule drawn from its random source.
+type nemesis struct {
+	c        *Cluster
+	rng      *rand.Rand
+	hist     *History
+	timeline *Timeline
+	timing   Timing
+	kinds    []FaultKind
+	shards   int
+	direct   []tallypb.LedgerClient // raw connections to each node
+}
+
+// run injects faults, one at a time, in rounds of every kind in a seeded
+// order, until at least minRounds rounds are done and minDuration has
+// passed, or ctx ends. The cluster is healed when it returns.
+func (n *nemesis) run(ctx context.Context, minRounds int, minDuration time.Duration) {
+	start := time.Now()
+	for round := 0; ctx.Err() == nil && (round < minRounds || time.Since(start) < minDuration); round++ {
+		order := append([]FaultKind(nil), n.kinds...)
+		n.rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		for _, k := range order {
+			if ctx.Err() != nil {
+				return
+			}
+			n.sleep(ctx, n.between(n.timing.GapMin, n.timing.GapMax))
+			n.inject(ctx, k)
+		}
+	}
+}
+
+func (n *nemesis) between(lo, hi time.Duration) time.Duration {
+	if hi <= lo {
+		return lo
+	}
+	return lo + time.Duration(n.rng.Int64N(int64(hi-lo)))
+}
+
+func (n *nemesis) sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// target picks a node: with probability 3/4 the leader of a random shard
+// (as the nodes report it), else a random node.
+func (n *nemesis) target(ctx context.Context) (int, string) {
+	if n.rng.IntN(4) != 0 {
+		shard := n.rng.IntN(n.shards)
+		if i, ok := n.leaderOf(ctx, shard); ok {
+			return i, fmt.Sprintf("%s (leader of shard %d)", n.c.NodeID(i), shard)
+		}
+	}
+	i := n.rng.IntN(ClusterSize)
+	return i, n.c.NodeID(i)
+}
+
+func (n *nemesis) leaderOf(ctx context.Context, shard int) (int, bool) {
+	for i, lc := range n.direct {
+		actx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		st, err := lc.ShardState(actx, &tallypb.ShardStateRequest{Shard: uint32(shard)})
+		cancel()
+		if err == nil && st.GetLeader() {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+func (n *nemesis) inject(ctx context.Context, kind FaultKind) {
+	d := n.between(n.timing.FaultMin, n.timing.FaultMax)
+	ev := TimelineEvent{Kind: kind, AtNs: n.hist.Now()}
+	var errs []string
+	note := func(err error) {
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	switch kind {
+	case FaultKill:
+		i, who := n.target(ctx)
+		ev.What = fmt.Sprintf("kill -9 %s, restart after %s", who, d.Round(time.Millisecond))
+		note(n.c.Kill(i))
+		n.sleep(ctx, d)
+		note(n.c.Restart(ctx, i))
+	case FaultPause:
+		i, who := n.target(ctx)
+		ev.What = fmt.Sprintf("SIGSTOP %s for %s", who, d.Round(time.Millisecond))
+		note(n.c.Pause(i))
+		n.sleep(ctx, d)
+		note(n.c.Resume(i))
+	case FaultPartition:
+		i, who := n.target(ctx)
+		mode := LinkBlackhole
+		if n.rng.IntN(2) == 0 {
+			mode = LinkDrop
+		}
+		others := []int{(i + 1) % ClusterSize, (i + 2) % ClusterSize}
+		what := "isolate " + who
+		if n.rng.IntN(4) == 0 {
+			others = others[:1]
+			what = fmt.Sprintf("cut %s <-> %s", who, n.c.NodeID(others[0]))
+		}
+		ev.What = fmt.Sprintf("%s (%s) for %s", what, mode, d.Round(time.Millisecond))
+		for _, o := range others {
+			n.c.SetLink(i, o, mode, 0)
+			n.c.SetLink(o, i, mode, 0)
+		}
+		n.sleep(ctx, d)
+		for _, o := range others {
+			n.c.SetLink(i, o, LinkPass, 0)
+			n.c.SetLink(o, i, LinkPass, 0)
+		}
+	case FaultDelay:
+		delay := time.Duration(20+n.rng.IntN(280)) * time.Millisecond
+		var links [][2]int
+		if n.rng.IntN(3) == 0 {
+			ev.What = fmt.Sprintf("delay every link by %s for %s", delay, d.Round(time.Millisecond))
+			for a := 0; a < ClusterSize; a++ {
+				for b := 0; b < ClusterSize; b++ {
+					if a != b {
+						links = append(links, [2]int{a, b})
+					}
+				}
+			}
+		} else {
+			i, who := n.target(ctx)
+			ev.What = fmt.Sprintf("delay links of %s by %s for %s", who, delay, d.Round(time.Millisecond))
+			for o := 0; o < ClusterSize; o++ {
+				if o != i {
+					links = append(links, [2]int{i, o}, [2]int{o, i})
+				}
+			}
+		}
+		for _, l := range links {
+			n.c.SetLink(l[0], l[1], LinkPass, delay)
+		}
+		n.sleep(ctx, d)
+		for _, l := range links {
+			n.c.SetLink(l[0], l[1], LinkPass, 0)
+		}
+	}
+	ev.EndNs = n.hist.Now()
+	ev.Err = strings.Join(errs, "; ")
+	n.timeline.add(ev)
+}

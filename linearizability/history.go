@@ -1,0 +1,106 @@
+package linearizability
+
+import (
+	"math"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// ReturnNever is the return time of an indeterminate operation: +infinity,
+// so the checker may linearize it anywhere after its call (or, in effect,
+// not at all).
+const ReturnNever = int64(math.MaxInt64)
+
+// Entry is one recorded operation: one idempotency key from the first call
+// to the last answer, retries included.
+type Entry struct {
+	ClientID int    `json:"client"`
+	Input    Input  `json:"input"`
+	Output   Output `json:"output"`
+	CallNs   int64  `json:"call_ns"`   // since the history's start
+	ReturnNs int64  `json:"return_ns"` // ReturnNever if indeterminate
+	Attempts int    `json:"attempts"`  // calls made with this key
+	Err      string `json:"err,omitempty"`
+	// Resolved is set when an indeterminate outcome was learnt after the
+	// run from GetOperation.
+	Resolved bool `json:"resolved,omitempty"`
+}
+
+// History records operations concurrently. Times are nanoseconds of the
+// monotonic clock since the history started.
+type History struct {
+	start time.Time
+	mu    sync.Mutex
+	ops   []Entry
+}
+
+// NewHistory starts a history now.
+func NewHistory() *History { return &History{start: time.Now()} }
+
+// Now is the history's clock.
+func (h *History) Now() int64 { return time.Since(h.start).Nanoseconds() }
+
+// Since converts a wall time to the history's clock.
+func (h *History) Since(t time.Time) int64 { return t.Sub(h.start).Nanoseconds() }
+
+// Add records a completed (or given up) operation.
+func (h *History) Add(e Entry) {
+	h.mu.Lock()
+	h.ops = append(h.ops, e)
+	h.mu.Unlock()
+}
+
+// Entries returns a copy of the history.
+func (h *History) Entries() []Entry {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]Entry(nil), h.ops...)
+}
+
+// Len is the number of operations recorded.
+func (h *History) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.ops)
+}
+
+// opMeta is what the visualization shows next to an operation.
+type opMeta struct {
+	key      string
+	attempts int
+	err      string
+	resolved bool
+}
+
+func (m opMeta) String() string {
+	s := m.key
+	if m.attempts > 1 {
+		s += " attempts=" + strconv.Itoa(m.attempts)
+	}
+	if m.resolved {
+		s += " (resolved after the run)"
+	}
+	if m.err != "" {
+		s += " err=" + m.err
+	}
+	return s
+}
+
+// Operations converts entries to porcupine operations.
+func Operations(entries []Entry) []porcupine.Operation {
+	out := make([]porcupine.Operation, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, porcupine.Operation{
+			ClientId: e.ClientID,
+			Input:    e.Input,
+			Call:     e.CallNs,
+			Output:   e.Output,
+			Return:   e.ReturnNs,
+			Metadata: opMeta{key: e.Input.Key, attempts: e.Attempts, err: e.Err, resolved: e.Resolved},
+		})
+	}
+	return out
+}

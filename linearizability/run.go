@@ -1,0 +1,446 @@
+package linearizability
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Config is one run of the harness.
+type Config struct {
+	// Tallyd is the tallyd binary to run.
+	Tallyd string
+	// Seed drives the fault schedule and the workload.
+	Seed uint64
+	// ResultsDir receives the evidence (and the nodes' data directories,
+	// removed after a run whose checks all pass unless KeepData is set).
+	ResultsDir string
+	KeepData   bool
+	Shards     int // >= 2
+	Clients    int // concurrent workers
+	Accounts   int // accounts (members) over all shards
+	// Faults are the kinds injected; each kind at least FaultRounds times,
+	// and rounds continue until Duration has passed.
+	Faults      []FaultKind
+	FaultRounds int
+	Duration    time.Duration
+	Timing      Timing
+	// MinOps: the workload continues after the faults (healed) until this
+	// many operations are recorded, or MaxDuration ends the run.
+	MinOps      int
+	MaxDuration time.Duration
+	// UnsafeLocalReads is the deliberately broken variant: nodes run with
+	// --unsafe-local-reads and reads go straight to a random node.
+	UnsafeLocalReads bool
+	// CheckTimeout bounds porcupine per account; undecided is reported,
+	// not failed.
+	CheckTimeout time.Duration
+	// SnapshotThreshold, TrailingLogs: see ClusterConfig.
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+	// Logf receives progress lines (nil: silent).
+	Logf func(format string, args ...any)
+}
+
+func (cfg *Config) defaults() error {
+	if cfg.Tallyd == "" {
+		return errors.New("config: Tallyd (path to the binary) is required")
+	}
+	if cfg.ResultsDir == "" {
+		return errors.New("config: ResultsDir is required")
+	}
+	if cfg.Shards < 2 {
+		cfg.Shards = 2
+	}
+	if cfg.Clients <= 0 {
+		cfg.Clients = 8
+	}
+	if cfg.Accounts <= 0 {
+		cfg.Accounts = 12
+	}
+	if cfg.Accounts < cfg.Shards {
+		cfg.Accounts = cfg.Shards
+	}
+	if len(cfg.Faults) == 0 {
+		cfg.Faults = AllFaults
+	}
+	if cfg.FaultRounds <= 0 {
+		cfg.FaultRounds = 1
+	}
+	if cfg.Timing == (Timing{}) {
+		cfg.Timing = DefaultTiming
+	}
+	if cfg.MaxDuration <= 0 {
+		cfg.MaxDuration = cfg.Duration + 5*time.Minute
+	}
+	if cfg.CheckTimeout <= 0 {
+		cfg.CheckTimeout = time.Minute
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	return nil
+}
+
+// Report is what a run found.
+type Report struct {
+	Seed       uint64        `json:"seed"`
+	ResultsDir string        `json:"results_dir"`
+	Broken     bool          `json:"unsafe_local_reads"`
+	Shards     int           `json:"shards"`
+	Clients    int           `json:"clients"`
+	Accounts   int           `json:"accounts"`
+	Workload   time.Duration `json:"workload_ns"`
+	Total      time.Duration `json:"total_ns"`
+	// Ops counts recorded operations by kind and by outcome.
+	Ops      int            `json:"ops"`
+	OpsBy    map[string]int `json:"ops_by_kind"`
+	Outcomes map[string]int `json:"outcomes"`
+	// Indeterminate writes: resolved as applied, or never applied.
+	ResolvedApplied    int                    `json:"resolved_applied"`
+	ResolvedNotApplied int                    `json:"resolved_not_applied"`
+	Faults             map[FaultKind]int      `json:"faults"`
+	Timeline           []TimelineEvent        `json:"timeline"`
+	Checks             []CheckResult          `json:"checks"`
+	AccountResults     []AccountResult        `json:"account_results"`
+	Replicas           map[int][]ReplicaState `json:"replicas"`
+	Crashes            []string               `json:"crashes,omitempty"`
+}
+
+// OK reports whether every check passed.
+func (r *Report) OK() bool {
+	for _, c := range r.Checks {
+		if !c.OK {
+			return false
+		}
+	}
+	return len(r.Checks) > 0
+}
+
+// Check returns the named check.
+func (r *Report) Check(name string) (CheckResult, bool) {
+	for _, c := range r.Checks {
+		if c.Name == name {
+			return c, true
+		}
+	}
+	return CheckResult{}, false
+}
+
+// Summary renders the report for a terminal.
+func (r *Report) Summary() string {
+	var b strings.Builder
+	verdict := "PASS"
+	if !r.OK() {
+		verdict = "FAIL"
+	}
+	fmt.Fprintf(&b, "tally chaos %s: seed %d, results %s\n", verdict, r.Seed, r.ResultsDir)
+	if r.Broken {
+		fmt.Fprintf(&b, "  BROKEN VARIANT: --unsafe-local-reads, reads sent to random nodes\n")
+	}
+	fmt.Fprintf(&b, "  cluster: %d nodes, %d shards, %d accounts, %d clients; workload %s, total %s\n",
+		ClusterSize, r.Shards, r.Accounts, r.Clients, r.Workload.Round(time.Second), r.Total.Round(time.Second))
+	fmt.Fprintf(&b, "  ops: %d  by kind: %s\n", r.Ops, formatCounts(r.OpsBy))
+	fmt.Fprintf(&b, "  outcomes: %s\n", formatCounts(r.Outcomes))
+	fmt.Fprintf(&b, "  indeterminate writes resolved after the run: %d applied, %d never applied\n", r.ResolvedApplied, r.ResolvedNotApplied)
+	fc := map[string]int{}
+	for k, v := range r.Faults {
+		fc[string(k)] = v
+	}
+	fmt.Fprintf(&b, "  faults: %s\n", formatCounts(fc))
+	for _, c := range r.Checks {
+		mark := "ok  "
+		if !c.OK {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(&b, "  [%s] %-15s %s\n", mark, c.Name, c.Detail)
+		for _, f := range c.Findings {
+			fmt.Fprintf(&b, "         - %s\n", f)
+		}
+		for _, u := range c.Unknown {
+			fmt.Fprintf(&b, "         ? %s\n", u)
+		}
+	}
+	for _, c := range r.Crashes {
+		fmt.Fprintf(&b, "  crash: %s\n", c)
+	}
+	if !r.OK() {
+		fmt.Fprintf(&b, "  replay: same seed (%d); evidence under %s\n", r.Seed, r.ResultsDir)
+	}
+	return b.String()
+}
+
+func formatCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// Run starts a cluster, runs the workload under the fault schedule, heals,
+// checks and writes the evidence. The error is for a harness that could not
+// run (the cluster did not start); check failures are in the Report.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	began := time.Now()
+	if err := os.MkdirAll(cfg.ResultsDir, 0o755); err != nil {
+		return nil, err
+	}
+	logf := cfg.Logf
+	logf("seed %d, results %s", cfg.Seed, cfg.ResultsDir)
+	_ = os.WriteFile(filepath.Join(cfg.ResultsDir, "seed"), []byte(fmt.Sprintf("%d\n", cfg.Seed)), 0o644)
+
+	clusterDir := filepath.Join(cfg.ResultsDir, "cluster")
+	c, err := StartCluster(ctx, ClusterConfig{Tallyd: cfg.Tallyd, Dir: clusterDir, Shards: cfg.Shards,
+		UnsafeLocalReads: cfg.UnsafeLocalReads, SnapshotThreshold: cfg.SnapshotThreshold, TrailingLogs: cfg.TrailingLogs})
+	if err != nil {
+		return nil, fmt.Errorf("start cluster: %w", err)
+	}
+	defer c.Close()
+
+	members := Members(cfg.Accounts, cfg.Shards)
+	if err := setup(ctx, c, members); err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	logf("cluster up (%s), %d accounts open; workload and faults start", strings.Join(c.GRPCAddrs(), ","), len(members))
+
+	hist := NewHistory()
+	timeline := &Timeline{}
+	var clients []*client.Client
+	defer func() {
+		for _, cl := range clients {
+			cl.Close()
+		}
+	}()
+	direct, directConns, err := newDirectClients(c.GRPCAddrs())
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, cc := range directConns {
+			cc.Close()
+		}
+	}()
+	var workers []*worker
+	for i := 0; i < cfg.Clients; i++ {
+		cl, err := client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout})
+		if err != nil {
+			return nil, fmt.Errorf("dial: %w", err)
+		}
+		clients = append(clients, cl)
+		w := &worker{id: i, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1)), cl: cl, members: members, hist: hist,
+			impatient: i%4 == 3}
+		if cfg.UnsafeLocalReads {
+			w.direct = direct
+		}
+		workers = append(workers, w)
+	}
+	stop := make(chan struct{})
+	// One PCG stream per purpose, all from the seed: stream 0 the nemesis,
+	// stream i+1 worker i.
+	var wg sync.WaitGroup
+	for _, w := range workers {
+		wg.Go(func() { w.run(stop) })
+	}
+
+	nctx, ncancel := context.WithTimeout(ctx, cfg.MaxDuration)
+	defer ncancel()
+	nem := &nemesis{c: c, rng: rand.New(rand.NewPCG(cfg.Seed, 0)), hist: hist, timeline: timeline,
+		timing: cfg.Timing, kinds: cfg.Faults, shards: cfg.Shards, direct: direct}
+	nem.run(nctx, cfg.FaultRounds, cfg.Duration)
+	logf("faults done (%s) after %s, %d ops so far; healing", formatFaults(timeline.Counts()),
+		time.Since(began).Round(time.Second), hist.Len())
+	if err := c.Heal(ctx); err != nil {
+		logf("heal: %v", err)
+	}
+	for hist.Len() < cfg.MinOps && nctx.Err() == nil {
+		time.Sleep(pollInterval)
+	}
+	close(stop)
+	wg.Wait()
+	workload := time.Since(began)
+	logf("workload stopped: %d ops in %s", hist.Len(), workload.Round(time.Second))
+
+	rep := &Report{Seed: cfg.Seed, ResultsDir: cfg.ResultsDir, Broken: cfg.UnsafeLocalReads, Shards: cfg.Shards,
+		Clients: cfg.Clients, Accounts: len(members), Workload: workload, Timeline: timeline.Events(), Faults: timeline.Counts()}
+	check(ctx, cfg, c, hist, members, rep)
+	rep.Crashes = c.Crashes()
+	if len(rep.Crashes) > 0 {
+		rep.Checks = append(rep.Checks, CheckResult{Name: "no-crashes", Detail: "nodes exited on their own", Findings: rep.Crashes})
+	}
+	rep.Total = time.Since(began)
+	c.Close()
+	if err := writeEvidence(cfg, rep, hist, timeline); err != nil {
+		logf("writing evidence: %v", err)
+	}
+	if rep.OK() && !cfg.KeepData {
+		_ = removeDataDirs(clusterDir)
+	}
+	return rep, nil
+}
+
+func formatFaults(m map[FaultKind]int) string {
+	fc := map[string]int{}
+	for k, v := range m {
+		fc[string(k)] = v
+	}
+	return formatCounts(fc)
+}
+
+// setupKeyPrefix marks the idempotency keys of the setup, which the
+// history does not record.
+const setupKeyPrefix = "setup-"
+
+// setup defines the asset and opens the accounts, retrying until the
+// cluster has leaders.
+func setup(ctx context.Context, c *Cluster, members []string) error {
+	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	cl, err := client.Dial(sctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: 2 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	for {
+		_, err := cl.DefineAsset(sctx, Program, Asset, 0, setupKeyPrefix+"define-"+Asset)
+		if err == nil {
+			break
+		}
+		if sctx.Err() != nil {
+			return fmt.Errorf("define asset: %w", err)
+		}
+		time.Sleep(pollInterval)
+	}
+	for _, m := range members {
+		for {
+			_, err := cl.OpenAccount(sctx, Program, m, Asset, nil, setupKeyPrefix+"open-"+m)
+			if err == nil || client.CodeOf(err) == ledger.CodeAccountExists {
+				break
+			}
+			if sctx.Err() != nil {
+				return fmt.Errorf("open account %s: %w", m, err)
+			}
+			time.Sleep(pollInterval)
+		}
+	}
+	return nil
+}
+
+// check runs every check after the run and fills rep.
+func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members []string, rep *Report) {
+	logf := cfg.Logf
+	cl, err := client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: 3 * time.Second, DialTimeout: 30 * time.Second})
+	if err != nil {
+		rep.Checks = append(rep.Checks, CheckResult{Name: "checker-client", Detail: "could not dial the healed cluster: " + err.Error()})
+		return
+	}
+	defer cl.Close()
+
+	replicas, conservation, states := checkReplicas(ctx, cl, c, cfg.Shards)
+	rep.Replicas = states
+	logf("replicas: %s; conservation: %s", replicas.Detail, conservation.Detail)
+
+	entries := hist.Entries()
+	exactly, applied, notApplied := checkExactlyOnce(ctx, cl, entries)
+	rep.ResolvedApplied, rep.ResolvedNotApplied = applied, notApplied
+	logf("exactly-once: %s (indeterminate writes: %d applied, %d never applied)", exactly.Detail, applied, notApplied)
+
+	// Final linearizable reads of every account join the history: lost
+	// writes show up as a final balance no linearization explains.
+	finalPosted := map[string]int64{}
+	for _, m := range members {
+		e := Entry{ClientID: cfg.Clients, Input: Input{Kind: KindRead, Member: m}, CallNs: hist.Now(), Attempts: 1}
+		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+		a, err := cl.GetAccount(rctx, Program, m, Asset)
+		cancel()
+		e.ReturnNs = hist.Now()
+		if err != nil {
+			e.Output, e.ReturnNs, e.Err = Output{Status: Indeterminate, Code: client.CodeOf(err)}, ReturnNever, err.Error()
+		} else {
+			e.Output = Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Posted: a.Posted.IntPart(),
+				Held: a.Held.IntPart(), Frozen: a.State == "FROZEN"}
+			finalPosted[m] = e.Output.Posted
+		}
+		entries = append(entries, e)
+	}
+	journal := checkJournal(ctx, cl, entries, members, finalPosted)
+	logf("journal: %s", journal.Detail)
+
+	lin, accounts := checkLinearizable(entries, members, cfg.CheckTimeout, cfg.ResultsDir, rep.Timeline)
+	rep.AccountResults = accounts
+	logf("linearizability: %s", lin.Detail)
+
+	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas)
+	rep.Ops = len(entries) - len(members)
+	rep.OpsBy, rep.Outcomes = map[string]int{}, map[string]int{}
+	for _, e := range entries[:rep.Ops] {
+		rep.OpsBy[e.Input.Kind.String()]++
+		switch e.Output.Status {
+		case Known:
+			rep.Outcomes[string(e.Output.Code)]++
+		default:
+			rep.Outcomes[e.Output.Status.String()]++
+		}
+	}
+	// Keep the resolved history for the evidence.
+	hist.mu.Lock()
+	hist.ops = entries
+	hist.mu.Unlock()
+}
+
+// writeEvidence writes the summary, the fault timeline and the history.
+func writeEvidence(cfg Config, rep *Report, hist *History, timeline *Timeline) error {
+	dir := cfg.ResultsDir
+	var errs []error
+	errs = append(errs, os.WriteFile(filepath.Join(dir, "summary.txt"), []byte(rep.Summary()), 0o644))
+	if b, err := json.MarshalIndent(rep, "", "  "); err == nil {
+		errs = append(errs, os.WriteFile(filepath.Join(dir, "summary.json"), b, 0o644))
+	} else {
+		errs = append(errs, err)
+	}
+	errs = append(errs, os.WriteFile(filepath.Join(dir, "timeline.txt"), []byte(timeline.String()), 0o644))
+	f, err := os.Create(filepath.Join(dir, "history.jsonl"))
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	enc := json.NewEncoder(f)
+	for _, e := range hist.Entries() {
+		errs = append(errs, enc.Encode(e))
+	}
+	errs = append(errs, f.Close())
+	return errors.Join(errs...)
+}
+
+// removeDataDirs removes the nodes' data directories, keeping their logs.
+func removeDataDirs(clusterDir string) error {
+	ents, err := os.ReadDir(clusterDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if e.IsDir() {
+			errs = append(errs, os.RemoveAll(filepath.Join(clusterDir, e.Name())))
+		}
+	}
+	return errors.Join(errs...)
+}
