@@ -1,0 +1,9 @@
+//go:build !linux
+
+package loadtest
+
+// selfCPU is not measured off Linux.
+func selfCPU() float64 { return 0 }
+
+// processesCPU is not measured off Linux.
+func processesCPU(pids []int) float64 { return 0 }

@@ -1,0 +1,588 @@
+package loadtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Config configures one run.
+type Config struct {
+	Workload Workload
+	// Clients is the number of concurrent clients: in a closed loop each
+	// sends one request at a time; in an open loop it bounds requests in
+	// flight (a request due while all are busy starts late, and its lateness
+	// counts in its latency).
+	Clients int
+	// Batch is operations per request (1: single-operation requests, which
+	// may be reads).
+	Batch int
+	// RatePerSec > 0 runs an open loop at that many requests per second.
+	RatePerSec float64
+	Duration   time.Duration
+	// Warmup runs before the measured window; its ops are verified too.
+	Warmup time.Duration
+	// Seed makes the generated traffic replayable; 0 picks one.
+	Seed uint64
+	// RunID names the run's program and prefixes every idempotency key; ""
+	// picks one.
+	RunID string
+	// OpTimeout bounds one call, retries included; a call that runs out
+	// after it may have reached a server is indeterminate and resolved by
+	// the verifier.
+	OpTimeout time.Duration
+	// HoldTTL is every hold's lifetime; longer than the run, so no hold
+	// expires under the load.
+	HoldTTL time.Duration
+	// VerifyOps and VerifyAccounts bound the verifier (see Verifier).
+	VerifyOps, VerifyAccounts int
+	// Progress receives the live line once per second (nil: none); TTY
+	// rewrites one line instead of printing one per second.
+	Progress io.Writer
+	TTY      bool
+	// ServerPIDs are local server processes whose CPU time is reported
+	// (Linux only; empty: none).
+	ServerPIDs []int
+}
+
+// Defaults of Config.
+const (
+	DefaultClients        = 256
+	DefaultDuration       = 15 * time.Second
+	DefaultWarmup         = 2 * time.Second
+	DefaultOpTimeout      = 30 * time.Second
+	DefaultHoldTTL        = time.Hour
+	DefaultVerifyOps      = 200_000
+	DefaultVerifyAccounts = 20_000
+	// memberSeedMinor and hotSeedMinor are opening balances in points: far
+	// above what a run's random walk of debits takes, so debits fail only
+	// where the scenario means them to. budgetSeedMinor is the campaign
+	// budget in cents (100 million CNY).
+	memberSeedMinor = 1_000_000
+	hotSeedMinor    = 1_000_000_000
+	budgetSeedMinor = 10_000_000_000
+	// setupBatchOps is ops per setup request, the server's maximum; setup
+	// sends setupParallel of them at a time.
+	setupBatchOps = ledger.MaxBatchOps
+	setupParallel = 4
+	// verifyConcurrency is the verifier's lookups in flight.
+	verifyConcurrency = 128
+	convergeTimeout   = 20 * time.Second
+)
+
+func (c Config) withDefaults() Config {
+	c.Workload = c.Workload.WithDefaults()
+	if c.Clients <= 0 {
+		c.Clients = DefaultClients
+	}
+	if c.Batch <= 0 {
+		c.Batch = 1
+	}
+	if c.Duration <= 0 {
+		c.Duration = DefaultDuration
+	}
+	if c.Warmup < 0 {
+		c.Warmup = 0
+	}
+	if c.Seed == 0 {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		for _, x := range b {
+			c.Seed = c.Seed<<8 | uint64(x)
+		}
+	}
+	if c.RunID == "" {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		c.RunID = "r" + time.Now().UTC().Format("0102150405") + hex.EncodeToString(b[:])
+	}
+	if c.OpTimeout <= 0 {
+		c.OpTimeout = DefaultOpTimeout
+	}
+	if c.HoldTTL <= 0 {
+		c.HoldTTL = DefaultHoldTTL
+	}
+	if c.VerifyOps == 0 {
+		c.VerifyOps = DefaultVerifyOps
+	}
+	if c.VerifyAccounts == 0 {
+		c.VerifyAccounts = DefaultVerifyAccounts
+	}
+	return c
+}
+
+// Program is the program a run works in: a fresh one per run, so runs never
+// see each other's accounts or keys.
+func (c Config) Program() string { return "lt-" + c.RunID }
+
+// Report is everything a run measured and found. JSON field names are the
+// benchmark's interface (deploy/bench.sh reads them).
+type Report struct {
+	RunID      string  `json:"run_id"`
+	Program    string  `json:"program"`
+	Seed       uint64  `json:"seed"`
+	Scenario   string  `json:"scenario"`
+	Mode       string  `json:"mode"` // closed or open
+	Clients    int     `json:"clients"`
+	Batch      int     `json:"batch"`
+	Coalesce   bool    `json:"coalesce"`
+	RatePerSec float64 `json:"target_rate_per_sec,omitempty"`
+	Mix        string  `json:"mix"`
+	Members    int     `json:"members"`
+	SetupS     float64 `json:"setup_s"`
+	DurationS  float64 `json:"duration_s"` // measured window
+
+	Ops            int64                   `json:"ops"`
+	Requests       int64                   `json:"requests"`
+	OpsPerSec      float64                 `json:"ops_per_sec"`
+	RequestsPerSec float64                 `json:"requests_per_sec"`
+	MeanMs         float64                 `json:"mean_ms"`
+	P50Ms          float64                 `json:"p50_ms"`
+	P90Ms          float64                 `json:"p90_ms"`
+	P99Ms          float64                 `json:"p99_ms"`
+	P999Ms         float64                 `json:"p999_ms"`
+	MaxMs          float64                 `json:"max_ms"`
+	ByKind         map[string]LatencyStats `json:"by_kind"`
+	Codes          map[string]int64        `json:"codes"`
+	Errors         map[string]int64        `json:"errors"` // non-OK codes, op outcomes and request failures
+	// LateStarts counts open-loop requests that started over a millisecond
+	// after they were due (every client was busy): the load generator, or
+	// the server through it, fell behind the schedule.
+	LateStarts int64 `json:"late_starts,omitempty"`
+
+	LostAcks     int64         `json:"lost_acks"`
+	InvariantOK  bool          `json:"invariant_ok"`
+	Verification *Verification `json:"verification"`
+
+	LoadgenCPUS     float64 `json:"loadgen_cpu_s"`
+	LoadgenCPUShare float64 `json:"loadgen_cpu_share"` // of all CPUs of the machine
+	ServerCPUS      float64 `json:"server_cpu_s,omitempty"`
+	ServerCPUShare  float64 `json:"server_cpu_share,omitempty"`
+	NumCPU          int     `json:"num_cpu"`
+
+	Timeline []Tick `json:"timeline"`
+	OK       bool   `json:"ok"`
+}
+
+// Run sets up, loads and verifies. coalesce says whether l coalesces (it is
+// only reported). The error is a failure to run at all (setup failed); a run
+// whose checks fail returns a Report with OK false.
+func Run(ctx context.Context, l Ledger, coalesce bool, cfg Config) (*Report, error) {
+	cfg = cfg.withDefaults()
+	w := cfg.Workload
+	if err := w.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Batch > ledger.MaxBatchOps {
+		return nil, fmt.Errorf("batch %d is above the maximum %d", cfg.Batch, ledger.MaxBatchOps)
+	}
+	if cfg.Batch > 1 {
+		w.Mix = w.Mix.WithoutReads()
+		if w.Mix.total() == 0 {
+			return nil, fmt.Errorf("batch mode needs mutating operations in the mix")
+		}
+	}
+	rep := &Report{
+		RunID: cfg.RunID, Program: cfg.Program(), Seed: cfg.Seed, Scenario: w.Scenario.String(),
+		Mode: "closed", Clients: cfg.Clients, Batch: cfg.Batch, Coalesce: coalesce, RatePerSec: cfg.RatePerSec,
+		Mix: w.Mix.String(), Members: w.Members, NumCPU: runtime.NumCPU(),
+	}
+	if cfg.RatePerSec > 0 {
+		rep.Mode = "open"
+	}
+
+	setupStart := time.Now()
+	if err := setup(ctx, l, cfg); err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	rep.SetupS = time.Since(setupStart).Seconds()
+
+	r := &runner{cfg: cfg, w: w, l: l, program: cfg.Program(), logs: make([][]ackRecord, cfg.Clients)}
+	r.load(ctx, rep)
+
+	var log []ackRecord
+	for _, lg := range r.logs {
+		log = append(log, lg...)
+	}
+	r.logs = nil
+	vf := &Verifier{
+		L: l, W: w, Program: cfg.Program(), RunID: cfg.RunID, SeedMinor: seedOf(w),
+		MaxOps: cfg.VerifyOps, MaxAccounts: cfg.VerifyAccounts, Concurrency: verifyConcurrency,
+		ConvergeTimeout: convergeTimeout, Seed: cfg.Seed,
+	}
+	v := vf.Verify(ctx, log)
+	rep.Verification = v
+	rep.LostAcks = v.LostAcks
+	rep.InvariantOK = v.InvariantOK
+	rep.OK = v.OK()
+	return rep, nil
+}
+
+// seedOf returns each account's opening balance (minor units).
+func seedOf(w Workload) func(int) int64 {
+	return func(i int) int64 {
+		switch {
+		case i == w.Budget():
+			return budgetSeedMinor
+		case w.Scenario == FlashSale && i < w.HotMembers:
+			return hotSeedMinor
+		}
+		return memberSeedMinor
+	}
+}
+
+// setup defines the assets, opens every account and seeds its balance, in
+// batches of setupBatchOps. Every op must come back OK.
+func setup(ctx context.Context, l Ledger, cfg Config) error {
+	w, program := cfg.Workload, cfg.Program()
+	if c, ok := l.(interface {
+		DefineAsset(ctx context.Context, program, asset string, scale uint8, key string) (client.Result, error)
+	}); ok {
+		for _, a := range []struct {
+			code  string
+			scale uint8
+		}{{MemberAsset, memberScale}, {BudgetAsset, budgetScale}} {
+			if _, err := c.DefineAsset(ctx, program, a.code, a.scale, cfg.RunID+"-asset-"+a.code); err != nil {
+				return fmt.Errorf("define asset %s: %w", a.code, err)
+			}
+		}
+	}
+	seed := seedOf(w)
+	ops := make([]client.Op, 0, 2*w.Accounts())
+	for i := range w.Accounts() {
+		member, asset := w.MemberName(i), w.AssetOf(i)
+		ops = append(ops,
+			client.Op{Kind: ledger.OpOpenAccount, Program: program, Member: member, Asset: asset,
+				IdempotencyKey: cfg.RunID + "-open-" + member},
+			client.Op{Kind: ledger.OpCredit, Program: program, Member: member, Asset: asset,
+				Amount: decimal.New(seed(i), -w.ScaleOf(i)), IdempotencyKey: cfg.RunID + "-seed-" + member, Memo: "seed"})
+	}
+	var (
+		next     atomic.Int64
+		firstErr error
+		mu       sync.Mutex
+		wg       sync.WaitGroup
+	)
+	nBatches := (len(ops) + setupBatchOps - 1) / setupBatchOps
+	for range setupParallel {
+		wg.Go(func() {
+			for {
+				b := int(next.Add(1) - 1)
+				if b >= nBatches {
+					return
+				}
+				part := ops[b*setupBatchOps : min((b+1)*setupBatchOps, len(ops))]
+				res, err := l.Submit(ctx, part, false)
+				if err == nil {
+					for k, r := range res {
+						if r.Code != ledger.CodeOK {
+							err = fmt.Errorf("%s %s: %s %s", part[k].Kind, part[k].Member, r.Code, r.Message)
+							break
+						}
+					}
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return firstErr
+}
+
+type runner struct {
+	cfg     Config
+	w       Workload
+	l       Ledger
+	program string
+	rec     *Recorder
+	stop    atomic.Bool
+	logs    [][]ackRecord // per client
+	late    atomic.Int64
+}
+
+// load runs the clients for Warmup + Duration and fills rep's figures.
+func (r *runner) load(ctx context.Context, rep *Report) {
+	cfg := r.cfg
+	now := time.Now()
+	r.rec = NewRecorder(now)
+
+	var sched *Schedule
+	var count uint64
+	var nextReq atomic.Uint64
+	if cfg.RatePerSec > 0 {
+		// A short lead so the first requests are not all late.
+		start := now.Add(10 * time.Millisecond)
+		sched = &Schedule{Start: start, RatePerSec: cfg.RatePerSec, End: start.Add(cfg.Warmup + cfg.Duration)}
+		count = sched.Count()
+	}
+
+	var wg sync.WaitGroup
+	for c := range cfg.Clients {
+		wg.Go(func() { r.client(ctx, int32(c), sched, count, &nextReq) })
+	}
+
+	// The measured window, and the live line once per second.
+	done := make(chan struct{})
+	var window struct{ start, end time.Time }
+	var cpuWin0 float64
+	var srvWin0 float64
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		warm := time.NewTimer(cfg.Warmup)
+		defer warm.Stop()
+		end := time.NewTimer(cfg.Warmup + cfg.Duration)
+		defer end.Stop()
+		startMeasuring := func() {
+			window.start = time.Now()
+			cpuWin0 = selfCPU()
+			srvWin0 = processesCPU(cfg.ServerPIDs)
+			r.rec.SetMeasuring(true)
+		}
+		if cfg.Warmup == 0 {
+			startMeasuring()
+		}
+		for {
+			select {
+			case <-warm.C:
+				if cfg.Warmup > 0 {
+					startMeasuring()
+				}
+			case <-end.C:
+				r.rec.SetMeasuring(false)
+				window.end = time.Now()
+				rep.LoadgenCPUS = selfCPU() - cpuWin0
+				rep.ServerCPUS = processesCPU(cfg.ServerPIDs) - srvWin0
+				r.stop.Store(true)
+			case t := <-tick.C:
+				tk := r.rec.Tick(t)
+				rep.Timeline = append(rep.Timeline, tk)
+				r.progress(tk)
+			case <-done:
+				if cfg.Progress != nil && cfg.TTY {
+					fmt.Fprintln(cfg.Progress)
+				}
+				return
+			case <-ctx.Done():
+				r.stop.Store(true)
+			}
+		}
+	}()
+	wg.Wait()
+	close(done)
+	<-progressDone
+	if window.end.IsZero() { // cancelled before the end
+		r.rec.SetMeasuring(false)
+		window.end = time.Now()
+		if window.start.IsZero() {
+			window.start = window.end
+		}
+	}
+
+	t := r.rec.Totals()
+	secs := window.end.Sub(window.start).Seconds()
+	rep.DurationS = secs
+	rep.Ops, rep.Requests = t.Ops, t.Requests
+	if secs > 0 {
+		rep.OpsPerSec = float64(t.Ops) / secs
+		rep.RequestsPerSec = float64(t.Requests) / secs
+		rep.LoadgenCPUShare = rep.LoadgenCPUS / (secs * float64(runtime.NumCPU()))
+		rep.ServerCPUShare = rep.ServerCPUS / (secs * float64(runtime.NumCPU()))
+	}
+	rep.MeanMs, rep.P50Ms, rep.P90Ms = t.All.MeanMs, t.All.P50Ms, t.All.P90Ms
+	rep.P99Ms, rep.P999Ms, rep.MaxMs = t.All.P99Ms, t.All.P999Ms, t.All.MaxMs
+	rep.ByKind, rep.Codes, rep.Errors = t.ByKind, t.Codes, errorsOf(t.Codes)
+	rep.LateStarts = r.late.Load()
+}
+
+func (r *runner) progress(t Tick) {
+	if r.cfg.Progress == nil {
+		return
+	}
+	phase := "warmup"
+	if t.Measuring {
+		phase = "measure"
+	}
+	line := fmt.Sprintf("[%5.1fs %-7s] %9.0f ops/s  p50 %7.2fms  p99 %7.2fms  max %8.2fms  errors %d",
+		t.AtS, phase, t.OpsPerSec, t.P50Ms, t.P99Ms, t.MaxMs, t.Errors)
+	if r.cfg.TTY {
+		fmt.Fprintf(r.cfg.Progress, "\r\033[K%s", line)
+	} else {
+		fmt.Fprintln(r.cfg.Progress, line)
+	}
+}
+
+// lateThreshold is how late an open-loop request may start before it
+// counts as late.
+const lateThreshold = time.Millisecond
+
+// client is one client's loop: closed (sched nil) until stop, or open,
+// taking due requests from the shared schedule until none is left.
+func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count uint64, nextReq *atomic.Uint64) {
+	gen := NewGenerator(r.w, r.cfg.Seed, int(id))
+	specs := make([]Spec, 0, r.cfg.Batch)
+	ops := make([]client.Op, 0, r.cfg.Batch)
+	codes := make([]ledger.Code, 0, r.cfg.Batch)
+	var log []ackRecord
+	defer func() { r.logs[id] = log }()
+	for ctx.Err() == nil {
+		var due time.Time
+		if sched != nil {
+			i := nextReq.Add(1) - 1
+			if i >= count || r.stop.Load() {
+				return
+			}
+			due = sched.Due(i)
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			} else if -d > lateThreshold {
+				r.late.Add(1)
+			}
+		} else if r.stop.Load() {
+			return
+		}
+
+		specs = specs[:0]
+		for range r.cfg.Batch {
+			specs = append(specs, gen.Next())
+		}
+		start := time.Now()
+		if sched == nil {
+			due = start
+		}
+		kind := specs[0].Kind
+		if r.cfg.Batch > 1 {
+			kind = KindBatch
+		}
+		codes = codes[:0]
+		if kind == KindRead {
+			cctx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
+			_, err := r.l.GetAccount(cctx, r.program, r.w.MemberName(specs[0].Account), r.w.AssetOf(specs[0].Account))
+			cancel()
+			codes = append(codes, client.CodeOf(err))
+			r.rec.Record(int(id), kind, CorrectedLatency(due, time.Now()), codes)
+			continue
+		}
+		ops = ops[:0]
+		for _, s := range specs {
+			ops = append(ops, r.op(id, s))
+		}
+		cctx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
+		res, err := r.l.Submit(cctx, ops, false)
+		cancel()
+		end := time.Now()
+		indeterminate := err != nil && client.IsIndeterminate(err)
+		for k, s := range specs {
+			rec := ackRecord{client: id, spec: s}
+			switch {
+			case k < len(res) && res[k].Seq > 0:
+				rec.state, rec.code, rec.seq = stateAcked, res[k].Code, res[k].Seq
+				if s.Kind == KindHold && res[k].Code == ledger.CodeOK {
+					gen.HoldAcked(s)
+				}
+			case indeterminate:
+				rec.state, rec.code = stateIndeterminate, ledger.CodeUnavailable
+			default:
+				rec.state = stateFailed
+				rec.code = client.CodeOf(err)
+				if k < len(res) && res[k].Code != "" {
+					rec.code = res[k].Code
+				}
+			}
+			codes = append(codes, rec.code)
+			log = append(log, rec)
+		}
+		r.rec.Record(int(id), kind, CorrectedLatency(due, end), codes)
+	}
+}
+
+// op builds the client.Op of s.
+func (r *runner) op(id int32, s Spec) client.Op {
+	member := r.w.MemberName(s.Account)
+	op := client.Op{Program: r.program, Member: member, IdempotencyKey: keyOf(r.cfg.RunID, id, s.Seq)}
+	amount := decimal.New(s.AmountMinor, -r.w.ScaleOf(s.Account))
+	switch s.Kind {
+	case KindCredit:
+		op.Kind, op.Asset, op.Amount = ledger.OpCredit, r.w.AssetOf(s.Account), amount
+	case KindDebit, KindDraw:
+		op.Kind, op.Asset, op.Amount = ledger.OpDebit, r.w.AssetOf(s.Account), amount
+	case KindHold:
+		op.Kind, op.Asset, op.Amount, op.HoldTTL = ledger.OpHold, r.w.AssetOf(s.Account), amount, r.cfg.HoldTTL
+	case KindCapture:
+		op.Kind, op.HoldKey = ledger.OpCaptureHold, keyOf(r.cfg.RunID, id, s.HoldSeq)
+	default:
+		panic("loadtest: no op for kind " + s.Kind.String())
+	}
+	return op
+}
+
+// Summary writes rep as text.
+func Summary(out io.Writer, rep *Report) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "run %s (program %s, seed %d)\n", rep.RunID, rep.Program, rep.Seed)
+	mode := fmt.Sprintf("closed loop, %d clients", rep.Clients)
+	if rep.Mode == "open" {
+		mode = fmt.Sprintf("open loop at %.0f req/s (latency from intended start), up to %d in flight", rep.RatePerSec, rep.Clients)
+	}
+	fmt.Fprintf(&b, "scenario %s, %d members, mix %s, batch %d, coalesce %v, %s\n",
+		rep.Scenario, rep.Members, rep.Mix, rep.Batch, rep.Coalesce, mode)
+	fmt.Fprintf(&b, "setup %.1fs; measured %.1fs: %d ops in %d requests\n", rep.SetupS, rep.DurationS, rep.Ops, rep.Requests)
+	fmt.Fprintf(&b, "throughput  %.0f ops/s  (%.0f requests/s)\n", rep.OpsPerSec, rep.RequestsPerSec)
+	fmt.Fprintf(&b, "latency     p50 %.2fms  p90 %.2fms  p99 %.2fms  p99.9 %.2fms  max %.2fms  mean %.2fms\n",
+		rep.P50Ms, rep.P90Ms, rep.P99Ms, rep.P999Ms, rep.MaxMs, rep.MeanMs)
+	for _, k := range sortedKeys(rep.ByKind) {
+		s := rep.ByKind[k]
+		fmt.Fprintf(&b, "  %-8s %9d  p50 %7.2fms  p99 %7.2fms  p99.9 %7.2fms  max %8.2fms\n", k, s.Count, s.P50Ms, s.P99Ms, s.P999Ms, s.MaxMs)
+	}
+	fmt.Fprintf(&b, "outcomes   ")
+	for _, c := range sortedKeys(rep.Codes) {
+		fmt.Fprintf(&b, " %s=%d", c, rep.Codes[c])
+	}
+	b.WriteString("\n")
+	if rep.Mode == "open" {
+		fmt.Fprintf(&b, "late starts %d (over %v after due)\n", rep.LateStarts, lateThreshold)
+	}
+	fmt.Fprintf(&b, "cpu         load generator %.1fs = %.0f%% of %d CPUs", rep.LoadgenCPUS, 100*rep.LoadgenCPUShare, rep.NumCPU)
+	if rep.ServerCPUS > 0 {
+		fmt.Fprintf(&b, "; servers %.1fs = %.0f%%", rep.ServerCPUS, 100*rep.ServerCPUShare)
+	}
+	b.WriteString("\n")
+	if v := rep.Verification; v != nil {
+		fmt.Fprintf(&b, "verify (%.1fs): %d of %d acked ops looked up (%s): lost_acks=%d; indeterminate %d (applied %d, unresolved %d)\n",
+			v.DurationS, v.VerifiedOps, v.AckedOps, v.VerifyMode, v.LostAcks, v.Indeterminate, v.ResolvedApplied, v.UnresolvedOps)
+		fmt.Fprintf(&b, "  balances: %d accounts checked, %d mismatches (%d skipped: unknown outcome)\n",
+			v.AccountsChecked, v.BalanceMismatch, v.AccountsSkipped)
+		fmt.Fprintf(&b, "  invariants over %d shards: conservation_ok=%v replicas_equal=%v invariant_ok=%v\n",
+			v.ShardsChecked, v.ConservationOK, v.ReplicasEqual, v.InvariantOK)
+		for _, s := range append(append(append([]string(nil), v.LostAckExamples...), v.BalanceExamples...), v.InvariantDetails...) {
+			fmt.Fprintf(&b, "  ! %s\n", s)
+		}
+	}
+	if rep.OK {
+		b.WriteString("result: PASS\n")
+	} else {
+		b.WriteString("result: FAIL\n")
+	}
+	_, _ = io.WriteString(out, b.String())
+}

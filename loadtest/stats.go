@@ -1,0 +1,234 @@
+package loadtest
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Histogram bounds: latencies are recorded in microseconds from 1 µs to a
+// minute (longer is clamped: a request that slow has failed anyway) with 3
+// significant digits, so p99.9 of a few milliseconds is exact to a few µs.
+const (
+	minLatencyUs  = 1
+	maxLatencyUs  = 60_000_000
+	latencyDigits = 3
+	// numStripes spreads recording over this many locks. Clients pick a
+	// stripe by index, so 256 clients share 16 locks that each are held for
+	// a histogram update (tens of ns).
+	numStripes = 16
+)
+
+func newHistogram() *hdr.Histogram { return hdr.New(minLatencyUs, maxLatencyUs, latencyDigits) }
+
+func recordLatency(h *hdr.Histogram, d time.Duration) {
+	us := min(max(d.Microseconds(), minLatencyUs), maxLatencyUs)
+	_ = h.RecordValue(us) // in range by construction
+}
+
+type stripe struct {
+	mu sync.Mutex
+	// Measured window (after warmup, before stop).
+	kinds    [numKinds]*hdr.Histogram
+	all      *hdr.Histogram
+	ops      int64
+	requests int64
+	codes    map[ledger.Code]int64
+	// Since the last Tick, measured or not (the live line and the timeline).
+	interval     *hdr.Histogram
+	intervalOps  int64
+	intervalErrs int64
+}
+
+// Recorder collects latencies and outcomes from many clients.
+type Recorder struct {
+	stripes   [numStripes]stripe
+	measuring atomic.Bool
+	start     time.Time // of the recorder: timeline times are relative to it
+	lastTick  time.Time
+	tickMu    sync.Mutex
+	scratch   *hdr.Histogram
+}
+
+// NewRecorder returns a recorder that is not yet measuring.
+func NewRecorder(now time.Time) *Recorder {
+	r := &Recorder{start: now, lastTick: now, scratch: newHistogram()}
+	for i := range r.stripes {
+		s := &r.stripes[i]
+		for k := range s.kinds {
+			s.kinds[k] = newHistogram()
+		}
+		s.all = newHistogram()
+		s.interval = newHistogram()
+		s.codes = make(map[ledger.Code]int64)
+	}
+	return r
+}
+
+// SetMeasuring starts (after warmup) or stops (at the end of the load) the
+// measured window. Requests are always counted in the live interval.
+func (r *Recorder) SetMeasuring(on bool) { r.measuring.Store(on) }
+
+// Record records one request of client with latency lat whose operations
+// ended with codes (one per op; a read is one op).
+func (r *Recorder) Record(client int, kind Kind, lat time.Duration, codes []ledger.Code) {
+	failed := int64(0)
+	for _, c := range codes {
+		if c != ledger.CodeOK {
+			failed++
+		}
+	}
+	s := &r.stripes[client%numStripes]
+	s.mu.Lock()
+	recordLatency(s.interval, lat)
+	s.intervalOps += int64(len(codes))
+	s.intervalErrs += failed
+	if r.measuring.Load() {
+		recordLatency(s.kinds[kind], lat)
+		recordLatency(s.all, lat)
+		s.ops += int64(len(codes))
+		s.requests++
+		for _, c := range codes {
+			s.codes[c]++
+		}
+	}
+	s.mu.Unlock()
+}
+
+// Tick is one second (or so) of the run: what the live line and the
+// latency-over-time plot show.
+type Tick struct {
+	AtS       float64 `json:"t_s"` // end of the interval, since the recorder started
+	OpsPerSec float64 `json:"ops_per_sec"`
+	Errors    int64   `json:"errors"` // non-OK op outcomes in the interval
+	P50Ms     float64 `json:"p50_ms"`
+	P99Ms     float64 `json:"p99_ms"`
+	P999Ms    float64 `json:"p999_ms"`
+	MaxMs     float64 `json:"max_ms"`
+	Measuring bool    `json:"measuring"` // inside the measured window
+}
+
+// Tick closes the current interval and returns its figures.
+func (r *Recorder) Tick(now time.Time) Tick {
+	r.tickMu.Lock()
+	defer r.tickMu.Unlock()
+	h := r.scratch
+	h.Reset()
+	var ops, errs int64
+	for i := range r.stripes {
+		s := &r.stripes[i]
+		s.mu.Lock()
+		h.Merge(s.interval)
+		s.interval.Reset()
+		ops += s.intervalOps
+		errs += s.intervalErrs
+		s.intervalOps, s.intervalErrs = 0, 0
+		s.mu.Unlock()
+	}
+	secs := now.Sub(r.lastTick).Seconds()
+	r.lastTick = now
+	t := Tick{AtS: now.Sub(r.start).Seconds(), Errors: errs, Measuring: r.measuring.Load()}
+	if secs > 0 {
+		t.OpsPerSec = float64(ops) / secs
+	}
+	if h.TotalCount() > 0 {
+		t.P50Ms = usToMs(h.ValueAtQuantile(50))
+		t.P99Ms = usToMs(h.ValueAtQuantile(99))
+		t.P999Ms = usToMs(h.ValueAtQuantile(99.9))
+		t.MaxMs = usToMs(h.Max())
+	}
+	return t
+}
+
+func usToMs(us int64) float64 { return float64(us) / 1000 }
+
+// LatencyStats summarises one histogram.
+type LatencyStats struct {
+	Count  int64   `json:"count"`
+	MeanMs float64 `json:"mean_ms"`
+	P50Ms  float64 `json:"p50_ms"`
+	P90Ms  float64 `json:"p90_ms"`
+	P99Ms  float64 `json:"p99_ms"`
+	P999Ms float64 `json:"p999_ms"`
+	MaxMs  float64 `json:"max_ms"`
+}
+
+func statsOf(h *hdr.Histogram) LatencyStats {
+	if h.TotalCount() == 0 {
+		return LatencyStats{}
+	}
+	return LatencyStats{
+		Count:  h.TotalCount(),
+		MeanMs: h.Mean() / 1000,
+		P50Ms:  usToMs(h.ValueAtQuantile(50)),
+		P90Ms:  usToMs(h.ValueAtQuantile(90)),
+		P99Ms:  usToMs(h.ValueAtQuantile(99)),
+		P999Ms: usToMs(h.ValueAtQuantile(99.9)),
+		MaxMs:  usToMs(h.Max()),
+	}
+}
+
+// Totals is the measured window merged over all clients.
+type Totals struct {
+	Ops, Requests int64
+	All           LatencyStats
+	ByKind        map[string]LatencyStats
+	Codes         map[string]int64
+}
+
+// Totals merges the measured window of every stripe.
+func (r *Recorder) Totals() Totals {
+	all := newHistogram()
+	kinds := [numKinds]*hdr.Histogram{}
+	for k := range kinds {
+		kinds[k] = newHistogram()
+	}
+	t := Totals{ByKind: map[string]LatencyStats{}, Codes: map[string]int64{}}
+	for i := range r.stripes {
+		s := &r.stripes[i]
+		s.mu.Lock()
+		all.Merge(s.all)
+		for k := range kinds {
+			kinds[k].Merge(s.kinds[k])
+		}
+		t.Ops += s.ops
+		t.Requests += s.requests
+		for c, n := range s.codes {
+			t.Codes[string(c)] += n
+		}
+		s.mu.Unlock()
+	}
+	t.All = statsOf(all)
+	for k, h := range kinds {
+		if h.TotalCount() > 0 {
+			t.ByKind[Kind(k).String()] = statsOf(h)
+		}
+	}
+	return t
+}
+
+// errorsOf returns the non-OK codes of codes.
+func errorsOf(codes map[string]int64) map[string]int64 {
+	out := map[string]int64{}
+	for c, n := range codes {
+		if c != string(ledger.CodeOK) {
+			out[c] = n
+		}
+	}
+	return out
+}
+
+// sortedKeys returns m's keys sorted, for stable output.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,89 @@
+package loadtest
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+func TestRecorderWindowAndPercentiles(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	r := NewRecorder(t0)
+	ok := []ledger.Code{ledger.CodeOK}
+	// Before the window: only the live interval sees it.
+	r.Record(0, KindCredit, time.Second, ok)
+	r.SetMeasuring(true)
+	for i := range 1000 { // 1..1000 ms, spread over clients and stripes
+		r.Record(i, KindDebit, time.Duration(i+1)*time.Millisecond, ok)
+	}
+	r.Record(3, KindBatch, 5*time.Millisecond, []ledger.Code{ledger.CodeOK, ledger.CodeInsufficientFunds, ledger.CodeOK})
+	r.SetMeasuring(false)
+	r.Record(0, KindCredit, time.Minute, ok)
+
+	tot := r.Totals()
+	if tot.Requests != 1001 || tot.Ops != 1003 {
+		t.Fatalf("requests %d ops %d, want 1001 and 1003", tot.Requests, tot.Ops)
+	}
+	if _, ok := tot.ByKind["credit"]; ok {
+		t.Errorf("credits outside the window were measured")
+	}
+	d := tot.ByKind["debit"]
+	if d.Count != 1000 || d.P50Ms < 499 || d.P50Ms > 501 || d.P99Ms < 989 || d.P99Ms > 991 || d.MaxMs < 999 || d.MaxMs > 1001 {
+		t.Errorf("debit stats %+v, want p50 500, p99 990, max 1000 ms", d)
+	}
+	if tot.Codes["OK"] != 1002 || tot.Codes["INSUFFICIENT_FUNDS"] != 1 {
+		t.Errorf("codes %v", tot.Codes)
+	}
+	if e := errorsOf(tot.Codes); len(e) != 1 || e["INSUFFICIENT_FUNDS"] != 1 {
+		t.Errorf("errors %v", e)
+	}
+
+	tk := r.Tick(t0.Add(2 * time.Second))
+	if tk.OpsPerSec != 1005.0/2 || tk.Errors != 1 || tk.MaxMs < 59_000 {
+		t.Errorf("tick %+v: want 502.5 ops/s, 1 error, max ~60000 ms", tk)
+	}
+	if tk2 := r.Tick(t0.Add(3 * time.Second)); tk2.OpsPerSec != 0 || tk2.P99Ms != 0 {
+		t.Errorf("second tick not reset: %+v", tk2)
+	}
+	// Out-of-range latencies are clamped, never dropped.
+	r.SetMeasuring(true)
+	r.Record(0, KindRead, 2*time.Hour, ok)
+	r.Record(0, KindRead, 0, ok)
+	if got := r.Totals().ByKind["read"]; got.Count != 2 || got.MaxMs < 59_000 || got.P50Ms > 0.002 {
+		t.Errorf("clamped read stats %+v", got)
+	}
+}
+
+func TestReportJSONHasTheBenchmarkFields(t *testing.T) {
+	rep := &Report{OpsPerSec: 1234.5, P50Ms: 1, P99Ms: 9, P999Ms: 20, Errors: map[string]int64{"INSUFFICIENT_FUNDS": 3},
+		LostAcks: 0, InvariantOK: true, Verification: &Verification{InvariantOK: true}, OK: true,
+		Timeline: []Tick{{AtS: 1, OpsPerSec: 100, P99Ms: 3, Measuring: true}}}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"ops_per_sec", "p50_ms", "p99_ms", "p999_ms", "errors", "lost_acks", "invariant_ok", "timeline"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("JSON lacks %q: %s", k, b)
+		}
+	}
+	if m["ops_per_sec"].(float64) != 1234.5 || m["errors"].(map[string]any)["INSUFFICIENT_FUNDS"].(float64) != 3 {
+		t.Errorf("JSON values: %s", b)
+	}
+	var sum, plot bytes.Buffer
+	Summary(&sum, rep)
+	if !strings.Contains(sum.String(), "1234 ops/s") || !strings.Contains(sum.String(), "result: PASS") {
+		t.Errorf("summary:\n%s", sum.String())
+	}
+	if err := WritePlot(&plot, rep); err != nil || !strings.Contains(plot.String(), "<polyline") {
+		t.Errorf("plot: %v\n%s", err, plot.String())
+	}
+}

@@ -1,0 +1,399 @@
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Ledger is what a run needs of a cluster; *client.Client implements it, and
+// tests use a fake.
+type Ledger interface {
+	Submit(ctx context.Context, ops []client.Op, linked bool) ([]client.Result, error)
+	GetAccount(ctx context.Context, program, member, asset string) (client.Account, error)
+	GetOperation(ctx context.Context, program, member, key string) (bool, client.JournalEntry, error)
+	ClusterInfo(ctx context.Context) (client.ClusterInfo, error)
+	ShardState(ctx context.Context, addr string, shard uint32) (client.ShardState, error)
+}
+
+// opState is what the load generator knows of one sent operation.
+type opState uint8
+
+const (
+	// stateAcked: the client got the op's result (code, seq).
+	stateAcked opState = iota
+	// stateFailed: the request failed in a way that certainly applied
+	// nothing (a rejection, NOT_LEADER).
+	stateFailed
+	// stateIndeterminate: the request gave up after it may have reached a
+	// server; the verifier resolves it with GetOperation.
+	stateIndeterminate
+)
+
+// ackRecord is one sent mutating operation. Keys are not stored: they are
+// rebuilt from (client, Spec.Seq), which keeps a multi-million op log small.
+type ackRecord struct {
+	client int32
+	spec   Spec
+	state  opState
+	code   ledger.Code
+	seq    uint64 // journal sequence, when acked
+}
+
+// keyOf is the idempotency key of client's op number seq in run runID.
+func keyOf(runID string, client int32, seq uint64) string {
+	return fmt.Sprintf("%s-%d-%d", runID, client, seq)
+}
+
+// Verification is what the checks after a run found.
+type Verification struct {
+	AckedOps int64 `json:"acked_ops"`
+	// VerifiedOps is how many acknowledged ops were looked up; VerifyMode
+	// says whether that is all of them or a uniform random sample.
+	VerifiedOps int64  `json:"verified_ops"`
+	VerifyMode  string `json:"verify_mode"`
+	// LostAcks counts acknowledged ops not stored, or stored with another
+	// code or sequence number than the client was told.
+	LostAcks         int64    `json:"lost_acks"`
+	LostAckExamples  []string `json:"lost_ack_examples,omitempty"`
+	Indeterminate    int64    `json:"indeterminate"`
+	ResolvedApplied  int64    `json:"resolved_applied"`
+	UnresolvedOps    int64    `json:"unresolved_ops"`
+	AccountsChecked  int64    `json:"accounts_checked"`
+	AccountsSkipped  int64    `json:"accounts_skipped"` // touched by an unresolved op
+	BalanceMismatch  int64    `json:"balance_mismatches"`
+	BalanceExamples  []string `json:"balance_examples,omitempty"`
+	ConservationOK   bool     `json:"conservation_ok"`
+	ReplicasEqual    bool     `json:"replicas_equal"`
+	InvariantOK      bool     `json:"invariant_ok"`
+	InvariantDetails []string `json:"invariant_details,omitempty"`
+	ShardsChecked    int      `json:"shards_checked"`
+	DurationS        float64  `json:"verify_s"`
+}
+
+// OK reports whether every check passed.
+func (v *Verification) OK() bool {
+	return v.LostAcks == 0 && v.BalanceMismatch == 0 && v.InvariantOK
+}
+
+// maxExamples bounds the examples of each failure kept in a report.
+const maxExamples = 10
+
+// Verifier checks a finished run against the cluster.
+type Verifier struct {
+	L       Ledger
+	W       Workload
+	Program string
+	RunID   string
+	// SeedMinor is each account's balance after setup (by account index).
+	SeedMinor func(account int) int64
+	// MaxOps bounds how many acknowledged ops are looked up: all of them
+	// when there are no more, else a uniform random sample of MaxOps.
+	MaxOps int
+	// MaxAccounts bounds how many accounts' balances are compared: the hot
+	// ones and the budget always, then a random sample of the rest.
+	MaxAccounts int
+	Concurrency int
+	// ConvergeTimeout bounds the wait for replicas to reach the same
+	// applied index.
+	ConvergeTimeout time.Duration
+	Seed            uint64
+}
+
+// Verify runs every check over log (every op the run sent).
+func (vf *Verifier) Verify(ctx context.Context, log []ackRecord) *Verification {
+	start := time.Now()
+	v := &Verification{}
+	rng := rand.New(rand.NewPCG(vf.Seed, 0x5eed))
+	vf.resolve(ctx, log, v)
+	vf.checkAcks(ctx, log, v, rng)
+	vf.checkBalances(ctx, log, v, rng)
+	vf.checkInvariants(ctx, v)
+	v.DurationS = time.Since(start).Seconds()
+	return v
+}
+
+// forEach runs fn(i) for i in [0, n) on Concurrency goroutines.
+func (vf *Verifier) forEach(n int, fn func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range max(vf.Concurrency, 1) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				fn(i)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// resolve looks up every indeterminate op: applied ones become acked with
+// the stored outcome, the rest failed; ops whose lookup fails stay
+// indeterminate and their accounts are left out of the balance check.
+func (vf *Verifier) resolve(ctx context.Context, log []ackRecord, v *Verification) {
+	var idx []int
+	for i := range log {
+		if log[i].state == stateIndeterminate {
+			idx = append(idx, i)
+		}
+	}
+	v.Indeterminate = int64(len(idx))
+	var applied, unresolved atomic.Int64
+	vf.forEach(len(idx), func(j int) {
+		r := &log[idx[j]]
+		found, e, err := vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), keyOf(vf.RunID, r.client, r.spec.Seq))
+		switch {
+		case err != nil:
+			unresolved.Add(1)
+		case found:
+			r.state, r.code, r.seq = stateAcked, e.Result.Code, e.Seq
+			applied.Add(1)
+		default:
+			r.state = stateFailed
+		}
+	})
+	v.ResolvedApplied, v.UnresolvedOps = applied.Load(), unresolved.Load()
+}
+
+// checkAcks looks up acknowledged ops (all, or a sample) and counts those
+// not stored as acknowledged.
+func (vf *Verifier) checkAcks(ctx context.Context, log []ackRecord, v *Verification, rng *rand.Rand) {
+	var acked []int32
+	for i := range log {
+		if log[i].state == stateAcked {
+			acked = append(acked, int32(i))
+		}
+	}
+	v.AckedOps = int64(len(acked))
+	v.VerifyMode = "all"
+	if vf.MaxOps >= 0 && len(acked) > vf.MaxOps {
+		// Partial Fisher-Yates: the first MaxOps are a uniform sample.
+		for i := range vf.MaxOps {
+			j := i + rng.IntN(len(acked)-i)
+			acked[i], acked[j] = acked[j], acked[i]
+		}
+		acked = acked[:vf.MaxOps]
+		v.VerifyMode = "sample"
+	}
+	v.VerifiedOps = int64(len(acked))
+	var lost atomic.Int64
+	var mu sync.Mutex
+	vf.forEach(len(acked), func(j int) {
+		r := &log[acked[j]]
+		key := keyOf(vf.RunID, r.client, r.spec.Seq)
+		found, e, err := vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
+		var why string
+		switch {
+		case err != nil:
+			// A read that fails cannot prove the op is there: count it,
+			// so a cluster that cannot answer does not pass.
+			why = "lookup failed: " + err.Error()
+		case !found:
+			why = "not found"
+		case e.Result.Code != r.code || e.Seq != r.seq:
+			why = fmt.Sprintf("stored %s seq %d", e.Result.Code, e.Seq)
+		default:
+			return
+		}
+		if lost.Add(1) <= maxExamples {
+			mu.Lock()
+			v.LostAckExamples = append(v.LostAckExamples,
+				fmt.Sprintf("%s %s on %s: acked %s seq %d, %s", key, r.spec.Kind, vf.W.MemberName(r.spec.Account), r.code, r.seq, why))
+			mu.Unlock()
+		}
+	})
+	v.LostAcks = lost.Load()
+}
+
+// predicted is an account's balance as the log says it must be.
+type predicted struct {
+	postedMinor, heldMinor int64
+	unknown                bool // touched by an op of unknown outcome
+}
+
+// Predict computes every account's balance from the seeds and the log.
+func (vf *Verifier) Predict(log []ackRecord) []predicted {
+	p := make([]predicted, vf.W.Accounts())
+	for i := range p {
+		p[i].postedMinor = vf.SeedMinor(i)
+	}
+	for i := range log {
+		r := &log[i]
+		a := &p[r.spec.Account]
+		switch {
+		case r.state == stateIndeterminate:
+			a.unknown = true
+			continue
+		case r.state == stateFailed:
+			continue
+		}
+		amt := r.spec.AmountMinor
+		switch r.code {
+		case ledger.CodeOK:
+			switch r.spec.Kind {
+			case KindCredit:
+				a.postedMinor += amt
+			case KindDebit, KindDraw:
+				a.postedMinor -= amt
+			case KindHold:
+				a.heldMinor += amt
+			case KindCapture: // of the whole hold
+				a.postedMinor -= amt
+				a.heldMinor -= amt
+			}
+		case ledger.CodeHoldExpired:
+			// The capture found the hold expired, and expired it: the held
+			// amount went back.
+			if r.spec.Kind == KindCapture {
+				a.heldMinor -= amt
+			}
+		}
+	}
+	return p
+}
+
+// checkBalances compares stored balances with predicted ones.
+func (vf *Verifier) checkBalances(ctx context.Context, log []ackRecord, v *Verification, rng *rand.Rand) {
+	p := vf.Predict(log)
+	var accounts []int
+	seen := map[int]bool{}
+	add := func(i int) {
+		if !seen[i] {
+			seen[i] = true
+			accounts = append(accounts, i)
+		}
+	}
+	add(vf.W.Budget())
+	if vf.W.Scenario == FlashSale {
+		for i := range vf.W.HotMembers {
+			add(i)
+		}
+	}
+	if n := vf.W.Accounts(); n <= vf.MaxAccounts {
+		for i := range n {
+			add(i)
+		}
+	} else {
+		for _, i := range rng.Perm(n)[:vf.MaxAccounts] {
+			add(i)
+		}
+	}
+	var checked, skipped, bad atomic.Int64
+	var mu sync.Mutex
+	vf.forEach(len(accounts), func(j int) {
+		i := accounts[j]
+		if p[i].unknown {
+			skipped.Add(1)
+			return
+		}
+		checked.Add(1)
+		member, asset := vf.W.MemberName(i), vf.W.AssetOf(i)
+		acct, err := vf.L.GetAccount(ctx, vf.Program, member, asset)
+		var why string
+		if err != nil {
+			why = "read failed: " + err.Error()
+		} else {
+			posted, held := toMinor(acct.Posted, vf.W.ScaleOf(i)), toMinor(acct.Held, vf.W.ScaleOf(i))
+			if posted == p[i].postedMinor && held == p[i].heldMinor {
+				return
+			}
+			why = fmt.Sprintf("stored posted %d held %d, predicted posted %d held %d (minor units)",
+				posted, held, p[i].postedMinor, p[i].heldMinor)
+		}
+		if bad.Add(1) <= maxExamples {
+			mu.Lock()
+			v.BalanceExamples = append(v.BalanceExamples, member+"/"+asset+": "+why)
+			mu.Unlock()
+		}
+	})
+	v.AccountsChecked, v.AccountsSkipped, v.BalanceMismatch = checked.Load(), skipped.Load(), bad.Load()
+}
+
+func toMinor(d decimal.Decimal, scale int32) int64 { return d.Shift(scale).IntPart() }
+
+// checkInvariants asks every node for every shard's full state once the
+// replicas have reached the same applied index: conservation must hold on
+// each, and equal indexes must have equal state hashes.
+func (vf *Verifier) checkInvariants(ctx context.Context, v *Verification) {
+	v.ConservationOK, v.ReplicasEqual = true, true
+	fail := func(conservation bool, format string, args ...any) {
+		if conservation {
+			v.ConservationOK = false
+		} else {
+			v.ReplicasEqual = false
+		}
+		v.InvariantDetails = append(v.InvariantDetails, fmt.Sprintf(format, args...))
+	}
+	info, err := vf.L.ClusterInfo(ctx)
+	if err != nil || info.Shards <= 0 || len(info.Nodes) == 0 {
+		fail(true, "cluster info: %v (%d shards, %d nodes)", err, info.Shards, len(info.Nodes))
+		v.InvariantOK = false
+		return
+	}
+	for shard := range uint32(info.Shards) {
+		states, err := vf.converged(ctx, info.Nodes, shard)
+		if err != nil {
+			fail(false, "shard %d: %v", shard, err)
+			continue
+		}
+		for k, st := range states {
+			if !st.ConservationOK {
+				fail(true, "shard %d on %s: conservation: %s", shard, info.Nodes[k].ID, st.ConservationError)
+			}
+			if !bytes.Equal(st.StateHash, states[0].StateHash) {
+				fail(false, "shard %d: %s and %s differ in state hash at applied index %d",
+					shard, info.Nodes[0].ID, info.Nodes[k].ID, st.AppliedIndex)
+			}
+		}
+		v.ShardsChecked++
+	}
+	v.InvariantOK = v.ConservationOK && v.ReplicasEqual
+}
+
+// convergePoll is how often converged asks again.
+const convergePoll = 100 * time.Millisecond
+
+// converged returns every node's state of shard once all report the same
+// applied index.
+func (vf *Verifier) converged(ctx context.Context, nodes []client.Node, shard uint32) ([]client.ShardState, error) {
+	deadline := time.Now().Add(vf.ConvergeTimeout)
+	for {
+		states := make([]client.ShardState, len(nodes))
+		same := true
+		var err error
+		for k, n := range nodes {
+			states[k], err = vf.L.ShardState(ctx, n.GRPCAddr, shard)
+			if err != nil {
+				break
+			}
+			same = same && states[k].AppliedIndex == states[0].AppliedIndex
+		}
+		if err == nil && same {
+			return states, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			if err != nil {
+				return nil, fmt.Errorf("shard state: %w", err)
+			}
+			idx := make([]uint64, len(states))
+			for k := range states {
+				idx[k] = states[k].AppliedIndex
+			}
+			return nil, fmt.Errorf("replicas did not reach one applied index within %v: %v", vf.ConvergeTimeout, idx)
+		}
+		time.Sleep(convergePoll)
+	}
+}

@@ -1,0 +1,201 @@
+package loadtest
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeRun runs a short closed-loop run against a fake ledger.
+func fakeRun(t *testing.T, f *fakeLedger, cfg Config) *Report {
+	t.Helper()
+	if cfg.Workload.Members == 0 {
+		cfg.Workload.Members = 200
+	}
+	if cfg.Duration == 0 {
+		cfg.Duration = 300 * time.Millisecond
+	}
+	if cfg.Clients == 0 {
+		cfg.Clients = 8
+	}
+	cfg.Warmup = 50 * time.Millisecond
+	cfg.Seed = testSeed
+	cfg.RunID = "t"
+	rep, err := Run(context.Background(), f, false, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+func TestRunAgainstFakePasses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"uniform single ops", Config{}},
+		{"flash-sale batches", Config{Workload: Workload{Scenario: FlashSale}, Batch: 50}},
+		{"zipf open loop", Config{Workload: Workload{Scenario: Zipf}, RatePerSec: 2000, Clients: 16}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeLedger(4)
+			rep := fakeRun(t, f, tc.cfg)
+			v := rep.Verification
+			if !rep.OK || rep.LostAcks != 0 || !rep.InvariantOK || v.BalanceMismatch != 0 {
+				var b strings.Builder
+				Summary(&b, rep)
+				t.Fatalf("run failed:\n%s", b.String())
+			}
+			if rep.Ops == 0 || v.AckedOps == 0 || v.VerifiedOps != v.AckedOps || v.VerifyMode != "all" {
+				t.Errorf("ops %d, acked %d, verified %d (%s)", rep.Ops, v.AckedOps, v.VerifiedOps, v.VerifyMode)
+			}
+			if v.AccountsChecked != 201 || v.ShardsChecked != 4 {
+				t.Errorf("checked %d accounts, %d shards; want 201, 4", v.AccountsChecked, v.ShardsChecked)
+			}
+			if int64(len(f.applied)) < v.AckedOps {
+				t.Errorf("fake applied %d ops, run acked %d", len(f.applied), v.AckedOps)
+			}
+			if tc.cfg.RatePerSec > 0 && rep.Mode != "open" {
+				t.Errorf("mode %s", rep.Mode)
+			}
+		})
+	}
+}
+
+// verifyFake runs the load against f, then lets lie change f before the
+// verifier looks.
+func verifyFake(t *testing.T, f *fakeLedger, lie func(log []ackRecord), extra ...ackRecord) *Verification {
+	t.Helper()
+	cfg := Config{Workload: Workload{Members: 200}, Clients: 4, Duration: 200 * time.Millisecond, Seed: testSeed, RunID: "t"}.withDefaults()
+	if err := setup(context.Background(), f, cfg); err != nil {
+		t.Fatal(err)
+	}
+	r := &runner{cfg: cfg, w: cfg.Workload, l: f, program: cfg.Program(), logs: make([][]ackRecord, cfg.Clients)}
+	r.load(context.Background(), &Report{})
+	var log []ackRecord
+	for _, l := range r.logs {
+		log = append(log, l...)
+	}
+	if len(log) == 0 {
+		t.Fatal("no ops")
+	}
+	lie(log)
+	log = append(log, extra...)
+	vf := &Verifier{L: f, W: cfg.Workload, Program: cfg.Program(), RunID: cfg.RunID, SeedMinor: seedOf(cfg.Workload),
+		MaxOps: 1 << 30, MaxAccounts: 1 << 30, Concurrency: 8, ConvergeTimeout: 200 * time.Millisecond, Seed: testSeed}
+	return vf.Verify(context.Background(), log)
+}
+
+func firstAcked(log []ackRecord, kind Kind) *ackRecord {
+	for i := range log {
+		if log[i].state == stateAcked && log[i].spec.Kind == kind && log[i].code == "OK" {
+			return &log[i]
+		}
+	}
+	return nil
+}
+
+func TestVerifierCatchesLies(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		lie   func(f *fakeLedger, log []ackRecord)
+		check func(v *Verification) bool
+	}{
+		{"missing op", func(f *fakeLedger, log []ackRecord) {
+			r := firstAcked(log, KindCredit)
+			f.hideKeys[keyOf("t", r.client, r.spec.Seq)] = true
+		}, func(v *Verification) bool {
+			return v.LostAcks == 1 && strings.Contains(v.LostAckExamples[0], "not found")
+		}},
+		{"wrong seq", func(f *fakeLedger, log []ackRecord) {
+			r := firstAcked(log, KindDebit)
+			f.wrongSeqKeys[keyOf("t", r.client, r.spec.Seq)] = true
+		}, func(v *Verification) bool {
+			return v.LostAcks == 1 && strings.Contains(v.LostAckExamples[0], "stored OK seq")
+		}},
+		{"client saw another code", func(f *fakeLedger, log []ackRecord) {
+			firstAcked(log, KindHold).code = "INSUFFICIENT_FUNDS"
+		}, func(v *Verification) bool { return v.LostAcks == 1 }},
+		{"balance off", func(f *fakeLedger, log []ackRecord) {
+			f.skewMember["m7"] = 1
+		}, func(v *Verification) bool {
+			return v.LostAcks == 0 && v.BalanceMismatch == 1 && strings.HasPrefix(v.BalanceExamples[0], "m7/POINTS")
+		}},
+		{"replica hash differs", func(f *fakeLedger, log []ackRecord) { f.badHashNode = 2 },
+			func(v *Verification) bool { return !v.ReplicasEqual && v.ConservationOK && !v.InvariantOK }},
+		{"conservation broken", func(f *fakeLedger, log []ackRecord) { f.badConsNode = 3 },
+			func(v *Verification) bool { return !v.ConservationOK && !v.InvariantOK }},
+		{"replica never converges", func(f *fakeLedger, log []ackRecord) { f.lagNode = 1 },
+			func(v *Verification) bool {
+				return !v.InvariantOK && strings.Contains(v.InvariantDetails[0], "did not reach one applied index")
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeLedger(4)
+			v := verifyFake(t, f, func(log []ackRecord) { tc.lie(f, log) })
+			if !tc.check(v) || v.OK() {
+				t.Errorf("verification did not catch it: %+v", v)
+			}
+		})
+	}
+}
+
+func TestVerifierResolvesIndeterminateOps(t *testing.T) {
+	f := newFakeLedger(4)
+	v := verifyFake(t, f, func(log []ackRecord) {
+		// Pretend the client never learnt two outcomes: one op that
+		// applied, and one (below) whose request never reached the ledger.
+		a := firstAcked(log, KindCredit)
+		a.state, a.code, a.seq = stateIndeterminate, "UNAVAILABLE", 0
+	}, ackRecord{client: 99, spec: Spec{Kind: KindDebit, Account: 5, AmountMinor: 10, Seq: 1}, state: stateIndeterminate})
+	if !v.OK() || v.Indeterminate != 2 || v.ResolvedApplied != 1 || v.UnresolvedOps != 0 {
+		t.Errorf("want both resolved (one applied) and a clean pass: %+v", v)
+	}
+}
+
+func TestVerifierSamplesLargeRuns(t *testing.T) {
+	f := newFakeLedger(2)
+	cfg := Config{Workload: Workload{Members: 50}, Clients: 4, Duration: 200 * time.Millisecond, Seed: testSeed, RunID: "t"}.withDefaults()
+	if err := setup(context.Background(), f, cfg); err != nil {
+		t.Fatal(err)
+	}
+	r := &runner{cfg: cfg, w: cfg.Workload, l: f, program: cfg.Program(), logs: make([][]ackRecord, cfg.Clients)}
+	r.load(context.Background(), &Report{})
+	var log []ackRecord
+	for _, l := range r.logs {
+		log = append(log, l...)
+	}
+	before := f.calls["GetOperation"]
+	vf := &Verifier{L: f, W: cfg.Workload, Program: cfg.Program(), RunID: "t", SeedMinor: seedOf(cfg.Workload),
+		MaxOps: 10, MaxAccounts: 5, Concurrency: 2, ConvergeTimeout: time.Second, Seed: 1}
+	v := vf.Verify(context.Background(), log)
+	if !v.OK() || v.VerifyMode != "sample" || v.VerifiedOps != 10 || f.calls["GetOperation"]-before != 10 {
+		t.Errorf("want a passing sample of 10 lookups: %+v, %d lookups", v, f.calls["GetOperation"]-before)
+	}
+	if v.AccountsChecked != 5+1 { // the sample and the budget (maybe one of them)
+		if v.AccountsChecked != 5 {
+			t.Errorf("checked %d accounts, want 5 or 6", v.AccountsChecked)
+		}
+	}
+}
+
+func TestPredictFollowsOutcomes(t *testing.T) {
+	w := Workload{Members: 2}.WithDefaults()
+	vf := &Verifier{W: w, SeedMinor: func(int) int64 { return 100 }}
+	log := []ackRecord{
+		{spec: Spec{Kind: KindCredit, Account: 0, AmountMinor: 5}, state: stateAcked, code: "OK"},
+		{spec: Spec{Kind: KindDebit, Account: 0, AmountMinor: 500}, state: stateAcked, code: "INSUFFICIENT_FUNDS"},
+		{spec: Spec{Kind: KindHold, Account: 0, AmountMinor: 30}, state: stateAcked, code: "OK"},
+		{spec: Spec{Kind: KindCapture, Account: 0, AmountMinor: 30}, state: stateAcked, code: "OK"},
+		{spec: Spec{Kind: KindHold, Account: 1, AmountMinor: 7}, state: stateAcked, code: "OK"},
+		{spec: Spec{Kind: KindHold, Account: 1, AmountMinor: 9}, state: stateAcked, code: "OK"},
+		{spec: Spec{Kind: KindCapture, Account: 1, AmountMinor: 9}, state: stateAcked, code: "HOLD_EXPIRED"},
+		{spec: Spec{Kind: KindDebit, Account: 1, AmountMinor: 1}, state: stateFailed, code: "INVALID_ARGUMENT"},
+		{spec: Spec{Kind: KindDraw, Account: 2, AmountMinor: 1}, state: stateIndeterminate},
+	}
+	p := vf.Predict(log)
+	if p[0] != (predicted{postedMinor: 75}) || p[1] != (predicted{postedMinor: 100, heldMinor: 7}) || !p[2].unknown {
+		t.Errorf("predicted %+v", p)
+	}
+}
