@@ -4,7 +4,7 @@
 # foreground; Ctrl-C stops all three nodes cleanly.
 #   Node i (1..3): gRPC 127.0.0.1:710i, Raft 127.0.0.1:720i, metrics 127.0.0.1:730i.
 # Environment: SHARDS (default 8, fixed at first start), DATA (default ./data),
-# BIN (default ./bin).
+# BIN (default ./bin), TALLYD_FLAGS (extra tallyd flags, e.g. --pprof).
 set -euo pipefail
 shards=${SHARDS:-8}
 data=${DATA:-./data}
@@ -24,7 +24,7 @@ trap stop INT TERM EXIT
 for i in 1 2 3; do
   "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
     --grpc "127.0.0.1:710$i" --raft "127.0.0.1:720$i" --metrics "127.0.0.1:730$i" \
-    --peers "$peers" >>"$data/n$i.log" 2>&1 &
+    --peers "$peers" ${TALLYD_FLAGS:-} >>"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
 addrs=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103

@@ -75,6 +75,8 @@ type Config struct {
 	GRPCAddr    string // listen address for clients
 	RaftAddr    string // listen address for Raft (all shards)
 	MetricsAddr string // listen address for /metrics; "" disables it
+	// Pprof also serves Go's /debug/pprof/ on MetricsAddr, for profiling.
+	Pprof bool
 	// Peers lists every node, this one included, in the same order on every
 	// node: shard i prefers Peers[i mod len(Peers)] as its leader.
 	Peers []Peer

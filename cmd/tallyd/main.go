@@ -39,6 +39,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.RaftAddr, "raft", "127.0.0.1:7201", "Raft listen address (all shards)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "Prometheus /metrics listen address (empty: off)")
 	fs.StringVar(&peers, "peers", "", "every node as id=raftAddr/grpcAddr, comma-separated, same order on every node")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve /debug/pprof/ on the metrics address")
 	fs.IntVar(&cfg.Shards, "shards", node.DefaultShards, "number of shards (fixed at bootstrap)")
 	fs.BoolVar(&cfg.Bootstrap, "bootstrap", false, "create the cluster from --peers on first start (safe on every node)")
 	fs.StringVar(&rewrite, "raft-dial-rewrite", "", "advertised=dialed Raft address pairs, comma-separated (fault-injection proxies)")
