@@ -50,3 +50,12 @@ proto:
 
 clean:
 	rm -rf $(BIN) $(TOOLS)
+
+## chaos: long fault run with a summary: make chaos DURATION=30m [SEED=n] [CHAOS_ARGS="--shards 4 ..."]
+## (results under ./results/chaos/; the CI profile is TestChaos in `make test`).
+DURATION ?= 5m
+SEED     ?= 0
+chaos:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/tallyd ./cmd/tallyd
+	$(GO) run ./cmd/tally-chaos --tallyd $(BIN)/tallyd --duration $(DURATION) --seed $(SEED) --results results/chaos $(CHAOS_ARGS)

@@ -155,7 +155,7 @@ func TestModel(t *testing.T) {
 
 func TestMembersSpreadOverShards(t *testing.T) {
 	for _, shards := range []int{2, 3, 5} {
-		ms := Members(12, shards)
+		ms := Members("p-", 12, shards)
 		if len(ms) != 12 {
 			t.Fatalf("%d shards: %d members", shards, len(ms))
 		}

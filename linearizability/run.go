@@ -29,7 +29,11 @@ type Config struct {
 	KeepData   bool
 	Shards     int // >= 2
 	Clients    int // concurrent workers
-	Accounts   int // accounts (members) over all shards
+	Accounts   int // accounts (members) over all shards, per epoch
+	// EpochLength, if set, moves the workload to a fresh set of Accounts
+	// accounts every EpochLength, so long runs keep per-account histories
+	// small (porcupine's cost grows fast with history length).
+	EpochLength time.Duration
 	// Faults are the kinds injected; each kind at least FaultRounds times,
 	// and rounds continue until Duration has passed.
 	Faults      []FaultKind
@@ -217,7 +221,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer c.Close()
 
-	members := Members(cfg.Accounts, cfg.Shards)
+	epochs := [][]string{Members("", cfg.Accounts, cfg.Shards)}
+	if cfg.EpochLength > 0 {
+		n := int((cfg.Duration + cfg.EpochLength - 1) / cfg.EpochLength)
+		epochs = nil
+		for e := 0; e < max(n, 1); e++ {
+			epochs = append(epochs, Members(fmt.Sprintf("e%03d-", e), cfg.Accounts, cfg.Shards))
+		}
+	}
+	var members []string
+	for _, ms := range epochs {
+		members = append(members, ms...)
+	}
 	if err := setup(ctx, c, members); err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
@@ -247,8 +262,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, fmt.Errorf("dial: %w", err)
 		}
 		clients = append(clients, cl)
-		w := &worker{id: i, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1)), cl: cl, members: members, hist: hist,
-			impatient: i%4 == 3}
+		w := &worker{id: i, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1)), cl: cl, hist: hist,
+			epochs: epochs, epochLen: cfg.EpochLength, began: time.Now(), impatient: i%4 == 3}
 		if cfg.UnsafeLocalReads {
 			w.direct = direct
 		}
@@ -407,6 +422,11 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	hist.mu.Unlock()
 }
 
+// maxPassingHistory is the most operations whose history a passing run
+// writes to history.jsonl (about 300 bytes each); a failing run always
+// writes it.
+const maxPassingHistory = 100_000
+
 // writeEvidence writes the summary, the fault timeline and the history.
 func writeEvidence(cfg Config, rep *Report, hist *History, timeline *Timeline) error {
 	dir := cfg.ResultsDir
@@ -418,6 +438,9 @@ func writeEvidence(cfg Config, rep *Report, hist *History, timeline *Timeline) e
 		errs = append(errs, err)
 	}
 	errs = append(errs, os.WriteFile(filepath.Join(dir, "timeline.txt"), []byte(timeline.String()), 0o644))
+	if rep.OK() && hist.Len() > maxPassingHistory {
+		return errors.Join(errs...)
+	}
 	f, err := os.Create(filepath.Join(dir, "history.jsonl"))
 	if err != nil {
 		return errors.Join(append(errs, err)...)

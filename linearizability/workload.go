@@ -57,13 +57,14 @@ var opWeights = [...]struct {
 	{KindCapture, 9}, {KindRelease, 7}, {KindFreeze, 2}, {KindUnfreeze, 6},
 }
 
-// Members returns n member names spread over the shards as evenly as the
-// names allow: every shard gets at least n/shards of them.
-func Members(n, shards int) []string {
+// Members returns n member names, each starting with prefix, spread over
+// the shards as evenly as the names allow: every shard gets at least
+// n/shards of them.
+func Members(prefix string, n, shards int) []string {
 	per := make([][]string, shards)
 	want := (n + shards - 1) / shards
 	for i := 0; len(flatten(per)) < n && i < 100*n; i++ {
-		m := fmt.Sprintf("m%03d", i)
+		m := fmt.Sprintf("%sm%03d", prefix, i)
 		s := ledger.ShardOf(Program, m, shards)
 		if len(per[s]) < want {
 			per[s] = append(per[s], m)
@@ -89,11 +90,17 @@ type heldHold struct {
 
 // worker issues operations one at a time and records each in the history.
 type worker struct {
-	id      int
-	rng     *rand.Rand
-	cl      *client.Client
-	members []string
-	hist    *History
+	id  int
+	rng *rand.Rand
+	cl  *client.Client
+	// epochs are the member sets the worker uses in turn, epochLen each
+	// (the last one until the end): a long run spreads its operations over
+	// many accounts so that each account's history stays small enough to
+	// check.
+	epochs   [][]string
+	epochLen time.Duration
+	began    time.Time
+	hist     *History
 	// direct, when set, are raw connections to every node: reads go to a
 	// random node, bypassing routing (the broken variant's read path).
 	direct []tallypb.LedgerClient
@@ -140,7 +147,11 @@ func (w *worker) pickKind() Kind {
 func (w *worker) next() Input {
 	w.seq++
 	key := fmt.Sprintf("w%d-%d", w.id, w.seq)
-	in := Input{Kind: w.pickKind(), Member: w.members[w.rng.IntN(len(w.members))], Key: key}
+	members := w.epochs[0]
+	if w.epochLen > 0 {
+		members = w.epochs[min(int(time.Since(w.began)/w.epochLen), len(w.epochs)-1)]
+	}
+	in := Input{Kind: w.pickKind(), Member: members[w.rng.IntN(len(members))], Key: key}
 	switch in.Kind {
 	case KindRead:
 		in.Key = ""
