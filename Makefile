@@ -51,11 +51,11 @@ proto:
 clean:
 	rm -rf $(BIN) $(TOOLS)
 
-## chaos: long fault run with a summary: make chaos DURATION=30m [SEED=n] [CHAOS_ARGS="--shards 4 ..."]
+## chaos: long fault run with a summary: make chaos CHAOS_DURATION=30m [CHAOS_SEED=n] [CHAOS_ARGS="--shards 4 ..."]
 ## (results under ./results/chaos/; the CI profile is TestChaos in `make test`).
-DURATION ?= 5m
-SEED     ?= 0
+CHAOS_DURATION ?= 5m
+CHAOS_SEED     ?= 0
 chaos:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/tallyd ./cmd/tallyd
-	$(GO) run ./cmd/tally-chaos --tallyd $(BIN)/tallyd --duration $(DURATION) --seed $(SEED) --results results/chaos $(CHAOS_ARGS)
+	$(GO) run ./cmd/tally-chaos --tallyd $(BIN)/tallyd --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED) --results results/chaos $(CHAOS_ARGS)

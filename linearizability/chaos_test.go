@@ -94,7 +94,7 @@ func CIProfile(tallyd string, seed uint64, dir string, logf func(string, ...any)
 		Tallyd: tallyd, Seed: seed, ResultsDir: dir, Logf: logf,
 		Shards: 2, Clients: 8, Accounts: 12,
 		Faults: AllFaults, FaultRounds: 3, Duration: 60 * time.Second,
-		MinOps: 5000, MaxDuration: 150 * time.Second,
+		MinOps: 5000, MaxDuration: 210 * time.Second,
 		CheckTimeout:      20 * time.Second,
 		SnapshotThreshold: 1024, TrailingLogs: 256,
 	}
@@ -174,5 +174,9 @@ func TestChaosCatchesStaleReads(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
 			t.Errorf("evidence %s: %v", name, err)
 		}
+	}
+	if !t.Failed() {
+		// The failure was the point: keep the evidence, not the data.
+		_ = removeDataDirs(filepath.Join(dir, "cluster"))
 	}
 }

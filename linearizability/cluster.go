@@ -30,6 +30,8 @@ const (
 	startupTimeout = 30 * time.Second
 	// pollInterval is how often readiness and convergence are polled.
 	pollInterval = 100 * time.Millisecond
+	// maxRestartAttempts bounds Heal's restarts of one dead node.
+	maxRestartAttempts = 3
 )
 
 // ClusterConfig configures a process cluster.
@@ -312,11 +314,16 @@ func (c *Cluster) Heal(ctx context.Context) error {
 		if paused {
 			errs = append(errs, c.Resume(i))
 		}
-		if !c.Running(i) {
+		// A restart can fail if another socket took the node's port while
+		// it was down; try a few times.
+		for attempt := 0; attempt < maxRestartAttempts && !c.Running(i); attempt++ {
 			c.mu.Lock()
 			c.nodes[i].cmd = nil
 			c.mu.Unlock()
-			errs = append(errs, c.Restart(ctx, i))
+			if err := c.Restart(ctx, i); err != nil {
+				errs = append(errs, err)
+				time.Sleep(time.Second)
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -98,8 +98,6 @@ const (
 	holdExpired
 )
 
-var holdStatusNames = [...]string{"OPEN", "CAPTURED", "RELEASED", "EXPIRED"}
-
 type modelHold struct {
 	key         string
 	amount      int64
