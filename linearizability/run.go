@@ -281,7 +281,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer ncancel()
 	nem := &nemesis{c: c, rng: rand.New(rand.NewPCG(cfg.Seed, 0)), hist: hist, timeline: timeline,
 		timing: cfg.Timing, kinds: cfg.Faults, shards: cfg.Shards, direct: direct}
+	progressDone := make(chan struct{})
+	go func() {
+		t := time.NewTicker(progressInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				logf("progress: %s, %d ops, faults %s", time.Since(began).Round(time.Second), hist.Len(), formatFaults(timeline.Counts()))
+			case <-progressDone:
+				return
+			}
+		}
+	}()
 	nem.run(nctx, cfg.FaultRounds, cfg.Duration)
+	close(progressDone)
 	logf("faults done (%s) after %s, %d ops so far; healing", formatFaults(timeline.Counts()),
 		time.Since(began).Round(time.Second), hist.Len())
 	if err := c.Heal(ctx); err != nil {
@@ -320,6 +334,9 @@ func formatFaults(m map[FaultKind]int) string {
 	}
 	return formatCounts(fc)
 }
+
+// progressInterval is how often a run logs its progress.
+const progressInterval = 30 * time.Second
 
 // setupKeyPrefix marks the idempotency keys of the setup, which the
 // history does not record.
