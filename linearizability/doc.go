@@ -32,6 +32,19 @@
 // most one prefix matches what was read). Per account, log time and
 // journal sequence numbers must not go backwards along the linearization.
 //
+// Running it:
+//
+//	go test -race -run TestChaos ./linearizability/       # CI profile (part of make test)
+//	TALLY_CHAOS_SEED=1234 go test -run TestChaos ./linearizability/   # replay a seed
+//	make chaos CHAOS_DURATION=30m                           # long run (cmd/tally-chaos)
+//
+// Results go under ./results/ (TALLY_CHAOS_RESULTS overrides it for tests):
+// summary.txt and summary.json, timeline.txt, history.jsonl, the nodes'
+// logs, and linearizability-<account>.html for every account whose history
+// is not linearizable. The nodes' data directories are kept only when a
+// check fails. A porcupine check that times out is reported as undecided,
+// not as a failure: only a found violation fails a run.
+//
 // Invariants of the harness: every process it starts is killed on Close
 // (process-group SIGKILL, also after SIGSTOP); every loop is bounded in
 // count and time; it binds 127.0.0.1 only; a run is reproducible from its
