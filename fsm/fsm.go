@@ -10,9 +10,13 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/hashicorp/raft"
 	"github.com/tally-ledger/tally/ledger"
 )
+
+// stateCacheBytes sizes the state DB's block cache.
+const stateCacheBytes = 256 << 20
 
 // DB is a node's state database: one Pebble instance holding the state of
 // every shard the node replicates.
@@ -22,7 +26,12 @@ type DB struct {
 
 // OpenDB opens (creating if needed) the state database in dir.
 func OpenDB(dir string) (*DB, error) {
+	// The block cache keeps index and filter blocks in memory: every new
+	// idempotency key is looked up (and missed) before it is written.
+	cache := pebble.NewCache(stateCacheBytes)
+	defer cache.Unref()
 	opts := &pebble.Options{
+		Cache: cache,
 		// State writes are not synced (the Raft log is the durable record),
 		// so the WAL only needs to bound loss, not guarantee it.
 		MemTableSize:          64 << 20,
@@ -31,6 +40,11 @@ func OpenDB(dir string) (*DB, error) {
 		// Two cores: at most two compactions alongside the apply loop.
 		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
 		Logger:                     quietLogger{},
+	}
+	// Bloom filters make the dedup lookup of a new idempotency key (always a
+	// miss) cheap below the memtable.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
@@ -107,6 +121,8 @@ type FSM struct {
 
 	applied atomic.Uint64 // copy of m.appliedIndex for lock-free waits
 
+	store *stateStore // used only by Raft's FSM goroutine
+
 	hooks Hooks
 }
 
@@ -130,6 +146,7 @@ var (
 // New returns the FSM of shard on db, loading its durable applied index.
 func New(db *DB, shard uint32) (*FSM, error) {
 	f := &FSM{shard: shard, db: db.db, kb: keyBuilder{prefix: shardPrefix(shard)}}
+	f.store = newStateStore(f.db, f.kb)
 	if err := f.loadMeta(); err != nil {
 		return nil, err
 	}
@@ -151,6 +168,10 @@ func (f *FSM) loadMeta() error {
 	f.m = m
 	f.mu.Unlock()
 	f.applied.Store(m.appliedIndex)
+	if f.store != nil {
+		// State was replaced (restore): cached values may be stale.
+		f.store.dropCache()
+	}
 	return nil
 }
 
@@ -196,9 +217,12 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	m := f.m
 	f.mu.Unlock()
 
-	b := f.db.NewIndexedBatch()
+	b := f.db.NewBatch()
 	defer b.Close()
-	st := newBatchStore(b, f.kb, m.seq)
+	st := f.store
+	st.b, st.seq = b, m.seq
+	defer func() { st.b = nil }()
+	ov := ledger.NewOverlay(st)
 	applied, ops := 0, 0
 	for i, l := range logs {
 		if l.Index <= m.appliedIndex {
@@ -209,7 +233,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			if err != nil {
 				panic(fmt.Sprintf("fsm: shard %d: undecodable entry %d: %v", f.shard, l.Index, err))
 			}
-			t, results, err := ledger.ApplyCommand(st, m.lastTimeMs, cmd)
+			t, results, err := ledger.ApplyCommand(ov, m.lastTimeMs, cmd)
 			if err != nil {
 				panic(fmt.Sprintf("fsm: shard %d: apply entry %d: %v", f.shard, l.Index, err))
 			}
@@ -221,6 +245,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			}
 		}
 		m.appliedIndex = l.Index
+	}
+	if err := ov.Commit(); err != nil {
+		panic(fmt.Sprintf("fsm: shard %d: flush: %v", f.shard, err))
 	}
 	m.seq = st.seq
 	if err := b.Set(f.kb.meta(), m.encode(), nil); err != nil {

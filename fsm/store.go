@@ -10,8 +10,7 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// pebbleReader is the read side shared by the apply batch (an indexed batch:
-// reads see its own writes) and read-only views (the DB, a snapshot).
+// pebbleReader is the read side shared by the DB and its snapshots.
 type pebbleReader struct {
 	get  func(key []byte) ([]byte, func() error, error)
 	iter func(o *pebble.IterOptions) (*pebble.Iterator, error)
@@ -27,19 +26,6 @@ func dbReader(db *pebble.DB) pebbleReader {
 			return v, c.Close, nil
 		},
 		iter: db.NewIter,
-	}
-}
-
-func batchReader(b *pebble.Batch) pebbleReader {
-	return pebbleReader{
-		get: func(k []byte) ([]byte, func() error, error) {
-			v, c, err := b.Get(k)
-			if err != nil {
-				return nil, nil, err
-			}
-			return v, c.Close, nil
-		},
-		iter: b.NewIter,
 	}
 }
 
@@ -153,47 +139,127 @@ func (v view) expiredHolds(nowMs int64, limit int) ([]ledger.HoldRef, error) {
 	return refs, it.Close()
 }
 
-// batchStore implements ledger.Store over one indexed Pebble batch: the whole
-// Raft batch is applied into it and committed at once.
-type batchStore struct {
+// stateStore is the FSM's ledger.Store over committed state. Reads come
+// from a write-through cache of decoded values or from the DB; writes go to
+// the current (non-indexed) Pebble batch and the cache. ApplyBatch runs the
+// rules on a ledger.Overlay over it, so reads within a Raft batch see the
+// batch's own writes without an indexed batch, and everything is flushed to
+// stateStore once, in a deterministic order, before the Pebble commit.
+//
+// Only Raft's FSM goroutine touches a stateStore.
+type stateStore struct {
 	view
-	b   *pebble.Batch
-	seq uint64 // last journal sequence handed out
+	b   *pebble.Batch // current batch; nil between batches
+	seq uint64        // last journal sequence handed out
+
+	assets   map[string]ledger.Asset   // program \x00 code
+	accounts map[string]ledger.Account // encoded account key
+	controls map[string]int64          // encoded control key
 }
 
-var _ ledger.Store = (*batchStore)(nil)
+// Cache bounds: when a map reaches its bound it is dropped and refilled from
+// the DB, which changes speed, never results.
+const (
+	maxCachedAccounts = 1 << 18
+	maxCachedControls = 1 << 12
+	maxCachedAssets   = 1 << 12
+)
 
-func newBatchStore(b *pebble.Batch, kb keyBuilder, seq uint64) *batchStore {
-	return &batchStore{view: view{r: batchReader(b), kb: kb}, b: b, seq: seq}
+var (
+	_ ledger.Store     = (*stateStore)(nil)
+	_ ledger.SeqPeeker = (*stateStore)(nil)
+)
+
+func newStateStore(db *pebble.DB, kb keyBuilder) *stateStore {
+	s := &stateStore{view: view{r: dbReader(db), kb: kb}}
+	s.dropCache()
+	return s
 }
 
-func (s *batchStore) Asset(program, code string) (ledger.Asset, bool, error) {
-	return s.asset(program, code)
+func (s *stateStore) dropCache() {
+	s.assets = make(map[string]ledger.Asset)
+	s.accounts = make(map[string]ledger.Account)
+	s.controls = make(map[string]int64)
 }
 
-func (s *batchStore) PutAsset(a ledger.Asset) error {
+func (s *stateStore) Asset(program, code string) (ledger.Asset, bool, error) {
+	k := program + "\x00" + code
+	if a, ok := s.assets[k]; ok {
+		return a, true, nil
+	}
+	a, found, err := s.asset(program, code)
+	if found && err == nil {
+		if len(s.assets) >= maxCachedAssets {
+			s.assets = make(map[string]ledger.Asset)
+		}
+		s.assets[k] = a
+	}
+	return a, found, err
+}
+
+func (s *stateStore) PutAsset(a ledger.Asset) error {
+	s.assets[a.Program+"\x00"+a.Code] = a
 	return s.b.Set(s.kb.asset(a.Program, a.Code), ledger.AppendAsset(nil, a), nil)
 }
 
-func (s *batchStore) Account(k ledger.AccountKey) (ledger.Account, bool, error) {
-	return s.account(k)
+func (s *stateStore) Account(k ledger.AccountKey) (ledger.Account, bool, error) {
+	key := s.kb.account(k.Program, k.Member, k.Asset)
+	if a, ok := s.accounts[string(key)]; ok {
+		return a, true, nil
+	}
+	b, found, err := s.r.getValue(key)
+	if err != nil || !found {
+		return ledger.Account{}, false, err
+	}
+	a, err := ledger.DecodeAccount(b)
+	if err != nil {
+		return ledger.Account{}, false, err
+	}
+	s.cacheAccount(string(key), a)
+	return a, true, nil
 }
 
-func (s *batchStore) PutAccount(a ledger.Account) error {
-	return s.b.Set(s.kb.account(a.Key.Program, a.Key.Member, a.Key.Asset), ledger.AppendAccount(nil, a), nil)
+func (s *stateStore) cacheAccount(key string, a ledger.Account) {
+	if len(s.accounts) >= maxCachedAccounts {
+		s.accounts = make(map[string]ledger.Account)
+	}
+	s.accounts[key] = a
 }
 
-func (s *batchStore) Control(program, asset string) (int64, error) { return s.control(program, asset) }
-
-func (s *batchStore) PutControl(program, asset string, balanceMinor int64) error {
-	return s.b.Set(s.kb.control(program, asset), binary.BigEndian.AppendUint64(nil, uint64(balanceMinor)), nil)
+func (s *stateStore) PutAccount(a ledger.Account) error {
+	key := s.kb.account(a.Key.Program, a.Key.Member, a.Key.Asset)
+	s.cacheAccount(string(key), a)
+	return s.b.Set(key, ledger.AppendAccount(nil, a), nil)
 }
 
-func (s *batchStore) Hold(program, member, key string) (ledger.Hold, bool, error) {
+func (s *stateStore) Control(program, asset string) (int64, error) {
+	key := s.kb.control(program, asset)
+	if v, ok := s.controls[string(key)]; ok {
+		return v, nil
+	}
+	v, err := s.control(program, asset)
+	if err == nil {
+		if len(s.controls) >= maxCachedControls {
+			s.controls = make(map[string]int64)
+		}
+		s.controls[string(key)] = v
+	}
+	return v, err
+}
+
+func (s *stateStore) PutControl(program, asset string, balanceMinor int64) error {
+	key := s.kb.control(program, asset)
+	s.controls[string(key)] = balanceMinor
+	return s.b.Set(key, binary.BigEndian.AppendUint64(nil, uint64(balanceMinor)), nil)
+}
+
+func (s *stateStore) Hold(program, member, key string) (ledger.Hold, bool, error) {
 	return s.hold(program, member, key)
 }
 
-func (s *batchStore) PutHold(h ledger.Hold) error {
+// PutHold keeps the expiry index in step: the overlay flushes each hold
+// once per batch, so the DB still holds its state before the batch.
+func (s *stateStore) PutHold(h ledger.Hold) error {
 	old, found, err := s.hold(h.Program, h.Member, h.Key)
 	if err != nil {
 		return err
@@ -211,15 +277,15 @@ func (s *batchStore) PutHold(h ledger.Hold) error {
 	return s.b.Set(s.kb.hold(h.Program, h.Member, h.Key), ledger.AppendHold(nil, h), nil)
 }
 
-func (s *batchStore) ExpiredHolds(nowMs int64, limit int) ([]ledger.HoldRef, error) {
+func (s *stateStore) ExpiredHolds(nowMs int64, limit int) ([]ledger.HoldRef, error) {
 	return s.expiredHolds(nowMs, limit)
 }
 
-func (s *batchStore) Record(program, key string) (ledger.Record, bool, error) {
+func (s *stateStore) Record(program, key string) (ledger.Record, bool, error) {
 	return s.record(program, key)
 }
 
-func (s *batchStore) PutRecord(r ledger.Record) error {
+func (s *stateStore) PutRecord(r ledger.Record) error {
 	op := r.Op
 	if err := s.b.Set(s.kb.record(op.Program, op.IdempotencyKey), ledger.AppendRecord(nil, r), nil); err != nil {
 		return err
@@ -230,7 +296,9 @@ func (s *batchStore) PutRecord(r ledger.Record) error {
 	return s.b.Set(s.kb.journal(op.Program, op.Member, r.Seq), []byte(op.IdempotencyKey), nil)
 }
 
-func (s *batchStore) NextSeq() (uint64, error) {
+func (s *stateStore) NextSeq() (uint64, error) {
 	s.seq++
 	return s.seq, nil
 }
+
+func (s *stateStore) PeekSeq() (uint64, error) { return s.seq + 1, nil }
