@@ -59,3 +59,8 @@ chaos:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/tallyd ./cmd/tallyd
 	$(GO) run ./cmd/tally-chaos --tallyd $(BIN)/tallyd --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED) --results results/chaos $(CHAOS_ARGS)
+
+## bench: the standard benchmark (deploy/bench.sh; BENCH_SECS, BENCH_CASES, ...) against a fresh local
+## three-node cluster, then the PostgreSQL baseline, with ratios (results under ./results/bench/).
+bench:
+	./deploy/bench.sh

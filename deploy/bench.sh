@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The standard benchmark: builds Tally, starts a fresh three-node cluster on
+# 127.0.0.1 (fsync on, replication 3) in a temporary data directory, runs the
+# standard cases with tally-load (each verifies its acks and conservation
+# afterwards), stops the cluster, runs the PostgreSQL baseline
+# (../shared/bench/pg_bench.sh: PostgreSQL 15, fsync on) in the same run, and
+# prints every Tally figure with its ratio to PostgreSQL's.
+#
+# Cases (closed loop unless said; 100,000 members):
+#   uniform-single      256 clients, one op per request
+#   uniform-coalesce    256 clients, one op per request, client coalescing on
+#   uniform-batch       16 clients, 1000 ops per request
+#   flash-sale          256 clients, one op per request, coalescing on:
+#                       90% of ops on 10 hot members and the campaign budget
+#   open-half           open loop at half the best single-op rate (latency
+#                       from the intended start: no coordinated omission)
+#   reads               256 clients, linearizable GetAccount only
+#
+# Environment: BENCH_SECS (measured seconds per case, default 15),
+# BENCH_WARMUP (default 3s), BENCH_OUT (results directory, default
+# results/bench/<time>), BENCH_PORT (first port, default 7400: gRPC
+# BENCH_PORT+1..3, Raft +11..13, metrics +21..23), SHARDS (default 8),
+# PG_SECS and PG_CLIENTS (default 15 and 64), BENCH_CASES (a subset, e.g.
+# "uniform-single flash-sale"), BENCH_SKIP_PG=1 (no baseline).
+# With a tallyd that has --pprof, a 10 s CPU profile of node n1 is taken
+# during each case (BENCH_PROFILE=0 turns that off).
+# Exit status: non-zero if any case failed its checks or could not run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${BENCH_SECS:-15}
+warmup=${BENCH_WARMUP:-3s}
+out=${BENCH_OUT:-results/bench/$(date +%Y%m%d-%H%M%S)}
+port=${BENCH_PORT:-7400}
+shards=${SHARDS:-8}
+cases=${BENCH_CASES:-uniform-single uniform-coalesce uniform-batch flash-sale open-half reads}
+bin=$PWD/bin
+mkdir -p "$out" "$bin"
+out=$(cd "$out" && pwd)
+
+echo "== build"
+go build -o "$bin/" ./cmd/tallyd ./cmd/tallyctl ./cmd/tally-load
+
+data=$(mktemp -d /tmp/tally-bench.XXXXXX)
+pids=()
+stop_cluster() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  trap - EXIT INT TERM
+  stop_cluster
+  rm -rf "$data"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+pprof_flag=
+profile=${BENCH_PROFILE:-1}
+if [ "$profile" = 1 ] && { "$bin/tallyd" --help 2>&1 || true; } | grep -q -- '-pprof'; then pprof_flag=--pprof; else profile=0; fi
+
+addrs=""
+peers=""
+for i in 1 2 3; do
+  peers+="${peers:+,}n$i=127.0.0.1:$((port + 10 + i))/127.0.0.1:$((port + i))"
+  addrs+="${addrs:+,}127.0.0.1:$((port + i))"
+done
+echo "== cluster: 3 nodes, $shards shards, data $data, gRPC $addrs"
+for i in 1 2 3; do
+  "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
+    --grpc "127.0.0.1:$((port + i))" --raft "127.0.0.1:$((port + 10 + i))" \
+    --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag >"$data/n$i.log" 2>&1 &
+  pids+=($!)
+done
+ready=0
+for _ in $(seq 1 150); do
+  if "$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -q "^$((shards - 1)) *n"; then ready=1; break; fi
+  sleep 0.2
+done
+if [ "$ready" != 1 ]; then echo "cluster did not elect every shard's leader; logs in $data" >&2; tail -5 "$data"/n*.log >&2; exit 1; fi
+server_pids=$(IFS=,; echo "${pids[*]}")
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "host: $(uname -srm); $(nproc) CPUs; $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+  echo "cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "go: $(go version)"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$out/machine.txt"
+
+# json_num FILE KEY: a top-level number of a tally-load JSON report.
+json_num() { sed -n "s/^  \"$2\": \([-0-9.e+]*\),\{0,1\}$/\1/p" "$1" | head -1; }
+json_bool() { sed -n "s/^  \"$2\": \(true\|false\),\{0,1\}$/\1/p" "$1" | head -1; }
+
+failed=0
+best_single=0
+run_case() {
+  local name=$1; shift
+  echo
+  echo "== $name: tally-load $*"
+  local prof_pid=
+  if [ "$profile" = 1 ]; then
+    # Profile the middle of the measured window (setup takes a few seconds).
+    (sleep 12; curl -s -o "$out/$name.n1.cpu.prof" "http://127.0.0.1:$((port + 21))/debug/pprof/profile?seconds=10" || true) &
+    prof_pid=$!
+  fi
+  local rc=0
+  "$bin/tally-load" --addrs "$addrs" --duration "${secs}s" --warmup "$warmup" --server-pids "$server_pids" \
+    --json "$out/$name.json" --plot "$out/$name.html" "$@" 2>"$out/$name.progress" | tee "$out/$name.txt" || rc=$?
+  if [ -n "$prof_pid" ]; then wait "$prof_pid" 2>/dev/null || true; fi
+  if [ "$rc" != 0 ]; then
+    echo "!! $name: tally-load exited $rc"
+    tail -3 "$out/$name.progress"
+    failed=1
+  fi
+}
+
+for c in $cases; do
+  case $c in
+    uniform-single) run_case "$c" --scenario uniform --clients 256 ;;
+    uniform-coalesce) run_case "$c" --scenario uniform --clients 256 --coalesce ;;
+    uniform-batch) run_case "$c" --scenario uniform --clients 16 --batch 1000 ;;
+    flash-sale) run_case "$c" --scenario flash-sale --clients 256 --coalesce ;;
+    open-half)
+      for f in "$out/uniform-single.json" "$out/uniform-coalesce.json"; do
+        [ -f "$f" ] || continue
+        v=$(json_num "$f" ops_per_sec)
+        best_single=$(awk -v a="$best_single" -v b="${v:-0}" 'BEGIN {print (b > a) ? b : a}')
+      done
+      rate=$(awk -v b="$best_single" 'BEGIN {r = int(b / 2); print (r < 100) ? 100 : r}')
+      run_case "$c" --scenario uniform --clients 2048 --coalesce --rate "$rate" ;;
+    reads) run_case "$c" --scenario uniform --clients 256 --mix read=100 ;;
+    *) echo "unknown case $c" >&2; failed=1 ;;
+  esac
+done
+
+echo
+echo "== stopping the cluster"
+stop_cluster
+
+pg_uniform=
+pg_hotspot=
+if [ "${BENCH_SKIP_PG:-0}" != 1 ]; then
+  echo
+  echo "== PostgreSQL baseline: ../shared/bench/pg_bench.sh ${PG_SECS:-15} ${PG_CLIENTS:-64}"
+  if bash ../shared/bench/pg_bench.sh "${PG_SECS:-15}" "${PG_CLIENTS:-64}" | tee "$out/pg.txt"; then
+    pg_uniform=$(sed -n 's/^pg uniform .* tps=\([0-9.]*\).*/\1/p' "$out/pg.txt")
+    pg_hotspot=$(sed -n 's/^pg hotspot .* tps=\([0-9.]*\).*/\1/p' "$out/pg.txt")
+  else
+    echo "!! pg_bench.sh failed"
+    failed=1
+  fi
+fi
+
+# ratio X BASE: X / BASE to one decimal, or "-" without a baseline.
+ratio() { awk -v x="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && x != "") printf "%.1fx", x / b; else print "-" }'; }
+echo
+echo "== summary ($out)"
+printf '%-17s %11s %9s %9s %9s %9s %6s %7s %-10s %s\n' case ops/s p50_ms p99_ms p999_ms errors lost inv_ok "vs pg" "pg case"
+for c in $cases; do
+  f="$out/$c.json"
+  [ -f "$f" ] || { printf '%-17s %11s\n' "$c" "no result"; continue; }
+  ops=$(json_num "$f" ops_per_sec)
+  errs=$(awk '/^  "errors": \{$/ {on=1; next} on && /^  \}/ {on=0} on {gsub(/[^0-9]/, "", $2); s += $2} END {print s + 0}' "$f")
+  base=$pg_uniform; bcase=uniform
+  if [ "$c" = flash-sale ]; then base=$pg_hotspot; bcase=hotspot; fi
+  printf '%-17s %11.0f %9s %9s %9s %9s %6s %7s %-10s %s\n' "$c" "$ops" "$(json_num "$f" p50_ms)" "$(json_num "$f" p99_ms)" \
+    "$(json_num "$f" p999_ms)" "$errs" "$(json_num "$f" lost_acks)" "$(json_bool "$f" invariant_ok)" "$(ratio "$ops" "$base")" "$bcase"
+done | tee "$out/summary.txt"
+[ -n "$pg_uniform" ] && echo "PostgreSQL: uniform $pg_uniform tps, hotspot $pg_hotspot tps (${PG_CLIENTS:-64} clients)" | tee -a "$out/summary.txt"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"
+exit "$failed"
