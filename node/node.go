@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/fsm"
@@ -112,8 +113,13 @@ func (n *Node) open() error {
 		return fmt.Errorf("node: listen grpc %s: %w", cfg.GRPCAddr, err)
 	}
 	n.grpcServer = grpc.NewServer(
+		// A batch of 8,000 ops with results is a few MiB.
 		grpc.MaxRecvMsgSize(64<<20),
 		grpc.MaxSendMsgSize(64<<20),
+		// Clients ping idle connections (client.Config.KeepaliveTime, 30 s by
+		// default); grpc's default policy would answer pings more often than
+		// every 5 min with GOAWAY.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	tallypb.RegisterLedgerServer(n.grpcServer, &server{n: n})
 	n.wg.Add(1)
