@@ -41,31 +41,22 @@ func (t RaftTuning) withDefaults() RaftTuning {
 		SnapshotInterval:   30 * time.Second,
 		TrailingLogs:       10240,
 	}
-	if t.HeartbeatTimeout == 0 {
-		t.HeartbeatTimeout = def.HeartbeatTimeout
-	}
-	if t.ElectionTimeout == 0 {
-		t.ElectionTimeout = def.ElectionTimeout
-	}
-	if t.LeaderLeaseTimeout == 0 {
-		t.LeaderLeaseTimeout = def.LeaderLeaseTimeout
-	}
-	if t.CommitTimeout == 0 {
-		t.CommitTimeout = def.CommitTimeout
-	}
-	if t.MaxAppendEntries == 0 {
-		t.MaxAppendEntries = def.MaxAppendEntries
-	}
-	if t.SnapshotThreshold == 0 {
-		t.SnapshotThreshold = def.SnapshotThreshold
-	}
-	if t.SnapshotInterval == 0 {
-		t.SnapshotInterval = def.SnapshotInterval
-	}
-	if t.TrailingLogs == 0 {
-		t.TrailingLogs = def.TrailingLogs
-	}
+	setDefault(&t.HeartbeatTimeout, def.HeartbeatTimeout)
+	setDefault(&t.ElectionTimeout, def.ElectionTimeout)
+	setDefault(&t.LeaderLeaseTimeout, def.LeaderLeaseTimeout)
+	setDefault(&t.CommitTimeout, def.CommitTimeout)
+	setDefault(&t.MaxAppendEntries, def.MaxAppendEntries)
+	setDefault(&t.SnapshotThreshold, def.SnapshotThreshold)
+	setDefault(&t.SnapshotInterval, def.SnapshotInterval)
+	setDefault(&t.TrailingLogs, def.TrailingLogs)
 	return t
+}
+
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
 }
 
 // Config configures a node.
