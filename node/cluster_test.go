@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -509,4 +511,43 @@ func TestLinkedBatchIsAllOrNone(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "20", p.Posted)
 	c.checkReplicas()
+}
+
+// TestStateBehindSnapshotIsRestored covers the storage trap: state writes
+// are not fsynced, so after a crash a node's durable applied index can be
+// behind its newest snapshot, and Raft never replays entries at or below a
+// snapshot. The node must restore the snapshot rather than trust its state.
+// Losing the whole state DB is the extreme case of losing unsynced writes.
+func TestStateBehindSnapshotIsRestored(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+		cfg.Raft.SnapshotThreshold = 32
+		cfg.Raft.TrailingLogs = 8
+		cfg.Raft.SnapshotInterval = 100 * time.Millisecond
+		cfg.BalanceInterval = -1
+	})
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	for i := 0; i < 120; i++ {
+		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "ann", "POINTS", "1"))
+	}
+	victim := (c.leaderOf(0) + 1) % 3
+	snapDir := filepath.Join(c.cfgs[victim].DataDir, "snapshots", "shard-000")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		entries, _ := os.ReadDir(snapDir)
+		if len(entries) > 0 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "no snapshot on node %d", victim)
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.stop(victim)
+	require.NoError(t, os.RemoveAll(filepath.Join(c.cfgs[victim].DataDir, "state")))
+	c.start(victim)
+	c.waitLeaders()
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "after", "ann", "POINTS", "1"))
+	c.checkReplicas()
+	a, err := c.account("shop", "ann", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "121", a.Posted)
 }
