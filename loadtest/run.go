@@ -46,8 +46,10 @@ type Config struct {
 	// HoldTTL is every hold's lifetime; longer than the run, so no hold
 	// expires under the load.
 	HoldTTL time.Duration
-	// VerifyOps and VerifyAccounts bound the verifier (see Verifier).
+	// VerifyOps, VerifyBudget and VerifyAccounts bound the verifier (see
+	// Verifier).
 	VerifyOps, VerifyAccounts int
+	VerifyBudget              time.Duration
 	// Progress receives the live line once per second (nil: none); TTY
 	// rewrites one line instead of printing one per second.
 	Progress io.Writer
@@ -64,7 +66,8 @@ const (
 	DefaultWarmup         = 2 * time.Second
 	DefaultOpTimeout      = 30 * time.Second
 	DefaultHoldTTL        = time.Hour
-	DefaultVerifyOps      = 200_000
+	DefaultVerifyOps      = 1_000_000
+	DefaultVerifyBudget   = 30 * time.Second
 	DefaultVerifyAccounts = 20_000
 	// memberSeedMinor and hotSeedMinor are opening balances in points: far
 	// above what a run's random walk of debits takes, so debits fail only
@@ -116,6 +119,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.VerifyOps == 0 {
 		c.VerifyOps = DefaultVerifyOps
+	}
+	if c.VerifyBudget == 0 {
+		c.VerifyBudget = DefaultVerifyBudget
 	}
 	if c.VerifyAccounts == 0 {
 		c.VerifyAccounts = DefaultVerifyAccounts
@@ -219,7 +225,7 @@ func Run(ctx context.Context, l Ledger, coalesce bool, cfg Config) (*Report, err
 	r.logs = nil
 	vf := &Verifier{
 		L: l, W: w, Program: cfg.Program(), RunID: cfg.RunID, SeedMinor: seedOf(w),
-		MaxOps: cfg.VerifyOps, MaxAccounts: cfg.VerifyAccounts, Concurrency: verifyConcurrency,
+		MaxOps: cfg.VerifyOps, OpsBudget: cfg.VerifyBudget, MaxAccounts: cfg.VerifyAccounts, Concurrency: verifyConcurrency,
 		ConvergeTimeout: convergeTimeout, Seed: cfg.Seed,
 	}
 	v := vf.Verify(ctx, log)

@@ -58,7 +58,8 @@ func keyOf(runID string, client int32, seq uint64) string {
 type Verification struct {
 	AckedOps int64 `json:"acked_ops"`
 	// VerifiedOps is how many acknowledged ops were looked up; VerifyMode
-	// says whether that is all of them or a uniform random sample.
+	// says whether that is all of them ("all") or a uniform random sample
+	// ("sample": the run had more than the verifier's count or time bound).
 	VerifiedOps int64  `json:"verified_ops"`
 	VerifyMode  string `json:"verify_mode"`
 	// LostAcks counts acknowledged ops not stored, or stored with another
@@ -96,9 +97,11 @@ type Verifier struct {
 	RunID   string
 	// SeedMinor is each account's balance after setup (by account index).
 	SeedMinor func(account int) int64
-	// MaxOps bounds how many acknowledged ops are looked up: all of them
-	// when there are no more, else a uniform random sample of MaxOps.
-	MaxOps int
+	// MaxOps and OpsBudget bound how many acknowledged ops are looked up
+	// and for how long: all of them if the bounds allow, else a uniform
+	// random sample (VerifyMode says which). OpsBudget 0 is no time bound.
+	MaxOps    int
+	OpsBudget time.Duration
 	// MaxAccounts bounds how many accounts' balances are compared: the hot
 	// ones and the budget always, then a random sample of the rest.
 	MaxAccounts int
@@ -168,8 +171,10 @@ func (vf *Verifier) resolve(ctx context.Context, log []ackRecord, v *Verificatio
 	v.ResolvedApplied, v.UnresolvedOps = applied.Load(), unresolved.Load()
 }
 
-// checkAcks looks up acknowledged ops (all, or a sample) and counts those
-// not stored as acknowledged.
+// checkAcks looks up acknowledged ops in a uniformly random order until all
+// are looked up, MaxOps are, or OpsBudget has passed, and counts those not
+// stored as acknowledged. A prefix of a random permutation is a uniform
+// sample, so a run cut short by the budget still checks a fair sample.
 func (vf *Verifier) checkAcks(ctx context.Context, log []ackRecord, v *Verification, rng *rand.Rand) {
 	var acked []int32
 	for i := range log {
@@ -178,23 +183,24 @@ func (vf *Verifier) checkAcks(ctx context.Context, log []ackRecord, v *Verificat
 		}
 	}
 	v.AckedOps = int64(len(acked))
-	v.VerifyMode = "all"
+	rng.Shuffle(len(acked), func(i, j int) { acked[i], acked[j] = acked[j], acked[i] })
 	if vf.MaxOps >= 0 && len(acked) > vf.MaxOps {
-		// Partial Fisher-Yates: the first MaxOps are a uniform sample.
-		for i := range vf.MaxOps {
-			j := i + rng.IntN(len(acked)-i)
-			acked[i], acked[j] = acked[j], acked[i]
-		}
 		acked = acked[:vf.MaxOps]
-		v.VerifyMode = "sample"
 	}
-	v.VerifiedOps = int64(len(acked))
-	var lost atomic.Int64
+	var deadline time.Time
+	if vf.OpsBudget > 0 {
+		deadline = time.Now().Add(vf.OpsBudget)
+	}
+	var lost, verified atomic.Int64
 	var mu sync.Mutex
 	vf.forEach(len(acked), func(j int) {
+		if !deadline.IsZero() && time.Now().After(deadline) {
+			return
+		}
 		r := &log[acked[j]]
 		key := keyOf(vf.RunID, r.client, r.spec.Seq)
 		found, e, err := vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
+		verified.Add(1)
 		var why string
 		switch {
 		case err != nil:
@@ -215,7 +221,11 @@ func (vf *Verifier) checkAcks(ctx context.Context, log []ackRecord, v *Verificat
 			mu.Unlock()
 		}
 	})
-	v.LostAcks = lost.Load()
+	v.LostAcks, v.VerifiedOps = lost.Load(), verified.Load()
+	v.VerifyMode = "all"
+	if v.VerifiedOps < v.AckedOps {
+		v.VerifyMode = "sample"
+	}
 }
 
 // predicted is an account's balance as the log says it must be.

@@ -173,6 +173,12 @@ func TestVerifierSamplesLargeRuns(t *testing.T) {
 	if !v.OK() || v.VerifyMode != "sample" || v.VerifiedOps != 10 || f.calls["GetOperation"]-before != 10 {
 		t.Errorf("want a passing sample of 10 lookups: %+v, %d lookups", v, f.calls["GetOperation"]-before)
 	}
+	// A time budget that runs out at once leaves a (tiny) sample.
+	vf.MaxOps, vf.OpsBudget = 1<<30, time.Nanosecond
+	v = vf.Verify(context.Background(), log)
+	if v.VerifyMode != "sample" || v.VerifiedOps >= v.AckedOps || v.LostAcks != 0 {
+		t.Errorf("budget: want a sample with no lost acks: %+v", v)
+	}
 	if v.AccountsChecked != 5+1 { // the sample and the budget (maybe one of them)
 		if v.AccountsChecked != 5 {
 			t.Errorf("checked %d accounts, want 5 or 6", v.AccountsChecked)

@@ -67,7 +67,8 @@ func run(args []string) int {
 	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: random; printed)")
 	fs.StringVar(&cfg.RunID, "run-id", "", "run ID: program name and key prefix (default: time and random)")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", loadtest.DefaultOpTimeout, "bound on one call, retries included")
-	fs.IntVar(&cfg.VerifyOps, "verify-ops", loadtest.DefaultVerifyOps, "look up all acked ops if at most this many, else a random sample of this many (-1: all)")
+	fs.IntVar(&cfg.VerifyOps, "verify-ops", loadtest.DefaultVerifyOps, "look up at most this many acked ops, in random order (-1: no limit)")
+	fs.DurationVar(&cfg.VerifyBudget, "verify-budget", loadtest.DefaultVerifyBudget, "stop looking up acked ops after this long (a random sample); negative: no limit")
 	fs.IntVar(&cfg.VerifyAccounts, "verify-accounts", loadtest.DefaultVerifyAccounts, "balances compared: hot accounts plus a sample of this many")
 	if err := fs.Parse(args); err != nil {
 		return exitNoRun
