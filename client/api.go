@@ -117,6 +117,24 @@ func (c *Client) stateOp(ctx context.Context, kind ledger.OpKind, program, membe
 // GetAccount reads an account from its shard's leader (linearizable).
 func (c *Client) GetAccount(ctx context.Context, program, member, asset string) (Account, error) {
 	shard := c.ShardOf(program, member)
+	if c.cfg.Coalesce {
+		q, e := c.readQueueFor(shard)
+		if e != nil {
+			return Account{}, e
+		}
+		r, e := q.read(ctx, &tallypb.AccountRef{Program: program, Member: member, Asset: asset})
+		if e != nil {
+			return Account{}, e
+		}
+		if r.GetCode() == string(ledger.CodeAccountNotFound) {
+			return Account{}, newError(ledger.CodeAccountNotFound, shard, "no account %s/%s/%s", program, member, asset)
+		}
+		read, e := accountReadFromProto(r, shard)
+		if e != nil {
+			return Account{}, e
+		}
+		return read.Account, nil
+	}
 	req := &tallypb.GetAccountRequest{Program: program, Member: member, Asset: asset}
 	var resp *tallypb.GetAccountResponse
 	if e := c.invoke(ctx, shard, false, false, func(actx context.Context, lc tallypb.LedgerClient) error {

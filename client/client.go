@@ -37,6 +37,7 @@ type Client struct {
 	leaders    []string                    // shard -> leader gRPC address, "" unknown
 	refreshing chan struct{}               // closed when the refresh in progress ends
 	queues     map[int]*shardQueue         // coalescing queues, created on first use
+	readQueues map[int]*readQueue          // read coalescing queues, likewise
 }
 
 // Dial connects to the cluster: it asks the nodes in cfg.Addrs for
@@ -47,7 +48,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if len(cfg.Addrs) == 0 {
 		return nil, newError(ledger.CodeInvalidArgument, -1, "client config: no addresses")
 	}
-	c := &Client{cfg: cfg, conns: make(map[string]*grpc.ClientConn), queues: make(map[int]*shardQueue)}
+	c := &Client{cfg: cfg, conns: make(map[string]*grpc.ClientConn), queues: make(map[int]*shardQueue),
+		readQueues: make(map[int]*readQueue)}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	for _, a := range cfg.Addrs {
 		c.addNodeAddrLocked(a)
@@ -92,10 +94,15 @@ func (c *Client) Close() error {
 	c.conns = nil
 	queues := c.queues
 	c.queues = nil
+	readQueues := c.readQueues
+	c.readQueues = nil
 	c.mu.Unlock()
 
 	c.cancel()
 	for _, q := range queues {
+		q.close()
+	}
+	for _, q := range readQueues {
 		q.close()
 	}
 	for _, cc := range conns {

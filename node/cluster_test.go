@@ -8,9 +8,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -18,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -550,4 +553,94 @@ func TestStateBehindSnapshotIsRestored(t *testing.T) {
 	a, err := c.account("shop", "ann", "POINTS")
 	require.NoError(t, err)
 	require.Equal(t, "121", a.Posted)
+}
+
+// TestClientCoalescesReads drives the real client against the cluster:
+// concurrent GetAccount calls with Coalesce go out as GetAccounts batches
+// and each caller gets its own account.
+func TestClientCoalescesReads(t *testing.T) {
+	c := newTestCluster(t, 3, 2, nil)
+	c.defineAsset("shop", "POINTS", 0)
+	var addrs []string
+	for _, cfg := range c.cfgs {
+		addrs = append(addrs, cfg.GRPCAddr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, client.Config{Addrs: addrs, Coalesce: true})
+	require.NoError(t, err)
+	defer cl.Close()
+	const members = 40
+	var ops []client.Op
+	for m := 0; m < members; m++ {
+		member := fmt.Sprintf("r%d", m)
+		ops = append(ops,
+			client.Op{Kind: ledger.OpOpenAccount, Program: "shop", Member: member, Asset: "POINTS", IdempotencyKey: "o-" + member},
+			client.Op{Kind: ledger.OpCredit, Program: "shop", Member: member, Asset: "POINTS", IdempotencyKey: "c-" + member,
+				Amount: decimal.NewFromInt(int64(m + 1))})
+	}
+	results, err := cl.Submit(ctx, ops, false)
+	require.NoError(t, err)
+	for _, r := range results {
+		require.Equal(t, ledger.CodeOK, r.Code, r.Message)
+	}
+
+	const readers, rounds = 32, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	for r := 0; r < readers; r++ {
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			for i := 0; i < rounds; i++ {
+				m := (r*rounds + i) % members
+				a, err := cl.GetAccount(ctx, "shop", fmt.Sprintf("r%d", m), "POINTS")
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !a.Posted.Equal(decimal.NewFromInt(int64(m + 1))) {
+					errs <- fmt.Errorf("member r%d: posted %s, want %d", m, a.Posted, m+1)
+					return
+				}
+			}
+		}(r)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	_, err = cl.GetAccount(ctx, "shop", "nobody", "POINTS")
+	require.ErrorIs(t, err, ledger.ErrAccountNotFound)
+
+	reads, err := cl.GetAccounts(ctx, []ledger.AccountKey{{Program: "shop", Member: "r3", Asset: "POINTS"},
+		{Program: "shop", Member: "ghost", Asset: "POINTS"}, {Program: "shop", Member: "r7", Asset: "POINTS"}})
+	require.NoError(t, err)
+	require.True(t, reads[0].Found)
+	require.Equal(t, "4", reads[0].Account.Posted.String())
+	require.False(t, reads[1].Found)
+	require.Equal(t, "8", reads[2].Account.Posted.String())
+
+	// Reads went out batched: fewer GetAccounts requests than reads.
+	var batches float64
+	for _, n := range c.nodes {
+		families, err := n.registry().Gather()
+		require.NoError(t, err)
+		for _, f := range families {
+			if f.GetName() != "tally_request_duration_seconds" {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "rpc" && l.GetValue() == "GetAccounts" {
+						batches += float64(m.GetHistogram().GetSampleCount())
+					}
+				}
+			}
+		}
+	}
+	require.Greater(t, batches, 0.0)
+	require.Less(t, batches, float64(readers*rounds))
+	t.Logf("%d reads in %v GetAccounts requests", readers*rounds, batches)
 }

@@ -189,6 +189,49 @@ func (sv *server) GetAccount(ctx context.Context, req *tallypb.GetAccountRequest
 	return &tallypb.GetAccountResponse{Account: sv.n.accountPB(s, a), AppliedIndex: applied}, nil
 }
 
+// GetAccounts reads many accounts of one shard at one linearizable point.
+func (sv *server) GetAccounts(ctx context.Context, req *tallypb.GetAccountsRequest) (_ *tallypb.GetAccountsResponse, err error) {
+	start := time.Now()
+	defer func() { sv.observe("GetAccounts", start, err); err = toStatus(err) }()
+	refs := req.GetAccounts()
+	if len(refs) == 0 || len(refs) > ledger.MaxBatchOps {
+		return nil, ledger.Errorf(ledger.CodeInvalidArgument,
+			fmt.Sprintf("a read batch has 1..%d accounts, got %d", ledger.MaxBatchOps, len(refs)))
+	}
+	shards := len(sv.n.shards)
+	target := -1
+	for i, r := range refs {
+		if err := ledger.Validate(ledger.Op{Kind: ledger.OpFreeze, Program: r.GetProgram(), Member: r.GetMember(),
+			Asset: r.GetAsset(), IdempotencyKey: "read"}); err != nil {
+			return nil, opError(i, err)
+		}
+		sh := ledger.ShardOf(r.GetProgram(), r.GetMember(), shards)
+		if target < 0 {
+			target = sh
+		} else if sh != target {
+			return nil, opError(i, ledger.Errorf(ledger.CodeWrongShard,
+				fmt.Sprintf("account is on shard %d, batch on shard %d: split reads by shard", sh, target)))
+		}
+	}
+	s := sv.n.shards[target]
+	if err := s.linearizable(ctx); err != nil {
+		return nil, err
+	}
+	resp := &tallypb.GetAccountsResponse{AppliedIndex: s.fsm.AppliedIndex(), Results: make([]*tallypb.AccountRead, len(refs))}
+	for i, r := range refs {
+		a, found, err := s.fsm.Account(ledger.AccountKey{Program: r.GetProgram(), Member: r.GetMember(), Asset: r.GetAsset()})
+		if err != nil {
+			return nil, errInternal(err.Error())
+		}
+		if !found {
+			resp.Results[i] = &tallypb.AccountRead{Code: string(ledger.CodeAccountNotFound)}
+			continue
+		}
+		resp.Results[i] = &tallypb.AccountRead{Code: string(ledger.CodeOK), Account: sv.n.accountPB(s, a)}
+	}
+	return resp, nil
+}
+
 // ListJournal lists a member's operations newest first (linearizable).
 func (sv *server) ListJournal(ctx context.Context, req *tallypb.ListJournalRequest) (_ *tallypb.ListJournalResponse, err error) {
 	start := time.Now()

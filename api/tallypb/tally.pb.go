@@ -895,6 +895,214 @@ func (x *GetAccountResponse) GetAppliedIndex() uint64 {
 	return 0
 }
 
+type AccountRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Program       string                 `protobuf:"bytes,1,opt,name=program,proto3" json:"program,omitempty"`
+	Member        string                 `protobuf:"bytes,2,opt,name=member,proto3" json:"member,omitempty"`
+	Asset         string                 `protobuf:"bytes,3,opt,name=asset,proto3" json:"asset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccountRef) Reset() {
+	*x = AccountRef{}
+	mi := &file_tally_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountRef) ProtoMessage() {}
+
+func (x *AccountRef) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountRef.ProtoReflect.Descriptor instead.
+func (*AccountRef) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *AccountRef) GetProgram() string {
+	if x != nil {
+		return x.Program
+	}
+	return ""
+}
+
+func (x *AccountRef) GetMember() string {
+	if x != nil {
+		return x.Member
+	}
+	return ""
+}
+
+func (x *AccountRef) GetAsset() string {
+	if x != nil {
+		return x.Asset
+	}
+	return ""
+}
+
+type GetAccountsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Accounts      []*AccountRef          `protobuf:"bytes,1,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAccountsRequest) Reset() {
+	*x = GetAccountsRequest{}
+	mi := &file_tally_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAccountsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAccountsRequest) ProtoMessage() {}
+
+func (x *GetAccountsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAccountsRequest.ProtoReflect.Descriptor instead.
+func (*GetAccountsRequest) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetAccountsRequest) GetAccounts() []*AccountRef {
+	if x != nil {
+		return x.Accounts
+	}
+	return nil
+}
+
+type AccountRead struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          string                 `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"` // "OK" or ACCOUNT_NOT_FOUND
+	Account       *Account               `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccountRead) Reset() {
+	*x = AccountRead{}
+	mi := &file_tally_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccountRead) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccountRead) ProtoMessage() {}
+
+func (x *AccountRead) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccountRead.ProtoReflect.Descriptor instead.
+func (*AccountRead) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AccountRead) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *AccountRead) GetAccount() *Account {
+	if x != nil {
+		return x.Account
+	}
+	return nil
+}
+
+type GetAccountsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*AccountRead         `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"` // in request order
+	AppliedIndex  uint64                 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAccountsResponse) Reset() {
+	*x = GetAccountsResponse{}
+	mi := &file_tally_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAccountsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAccountsResponse) ProtoMessage() {}
+
+func (x *GetAccountsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAccountsResponse.ProtoReflect.Descriptor instead.
+func (*GetAccountsResponse) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetAccountsResponse) GetResults() []*AccountRead {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *GetAccountsResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
 type JournalEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -906,7 +1114,7 @@ type JournalEntry struct {
 
 func (x *JournalEntry) Reset() {
 	*x = JournalEntry{}
-	mi := &file_tally_proto_msgTypes[10]
+	mi := &file_tally_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1126,7 @@ func (x *JournalEntry) String() string {
 func (*JournalEntry) ProtoMessage() {}
 
 func (x *JournalEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[10]
+	mi := &file_tally_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1139,7 @@ func (x *JournalEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JournalEntry.ProtoReflect.Descriptor instead.
 func (*JournalEntry) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{10}
+	return file_tally_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JournalEntry) GetSeq() uint64 {
@@ -968,7 +1176,7 @@ type ListJournalRequest struct {
 
 func (x *ListJournalRequest) Reset() {
 	*x = ListJournalRequest{}
-	mi := &file_tally_proto_msgTypes[11]
+	mi := &file_tally_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1188,7 @@ func (x *ListJournalRequest) String() string {
 func (*ListJournalRequest) ProtoMessage() {}
 
 func (x *ListJournalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[11]
+	mi := &file_tally_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1201,7 @@ func (x *ListJournalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJournalRequest.ProtoReflect.Descriptor instead.
 func (*ListJournalRequest) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{11}
+	return file_tally_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListJournalRequest) GetProgram() string {
@@ -1041,7 +1249,7 @@ type ListJournalResponse struct {
 
 func (x *ListJournalResponse) Reset() {
 	*x = ListJournalResponse{}
-	mi := &file_tally_proto_msgTypes[12]
+	mi := &file_tally_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1261,7 @@ func (x *ListJournalResponse) String() string {
 func (*ListJournalResponse) ProtoMessage() {}
 
 func (x *ListJournalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[12]
+	mi := &file_tally_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1274,7 @@ func (x *ListJournalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJournalResponse.ProtoReflect.Descriptor instead.
 func (*ListJournalResponse) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{12}
+	return file_tally_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListJournalResponse) GetEntries() []*JournalEntry {
@@ -1094,7 +1302,7 @@ type GetOperationRequest struct {
 
 func (x *GetOperationRequest) Reset() {
 	*x = GetOperationRequest{}
-	mi := &file_tally_proto_msgTypes[13]
+	mi := &file_tally_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1314,7 @@ func (x *GetOperationRequest) String() string {
 func (*GetOperationRequest) ProtoMessage() {}
 
 func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[13]
+	mi := &file_tally_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1327,7 @@ func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationRequest.ProtoReflect.Descriptor instead.
 func (*GetOperationRequest) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{13}
+	return file_tally_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetOperationRequest) GetProgram() string {
@@ -1153,7 +1361,7 @@ type GetOperationResponse struct {
 
 func (x *GetOperationResponse) Reset() {
 	*x = GetOperationResponse{}
-	mi := &file_tally_proto_msgTypes[14]
+	mi := &file_tally_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1373,7 @@ func (x *GetOperationResponse) String() string {
 func (*GetOperationResponse) ProtoMessage() {}
 
 func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[14]
+	mi := &file_tally_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1386,7 @@ func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationResponse.ProtoReflect.Descriptor instead.
 func (*GetOperationResponse) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{14}
+	return file_tally_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetOperationResponse) GetFound() bool {
@@ -1203,7 +1411,7 @@ type ClusterInfoRequest struct {
 
 func (x *ClusterInfoRequest) Reset() {
 	*x = ClusterInfoRequest{}
-	mi := &file_tally_proto_msgTypes[15]
+	mi := &file_tally_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1423,7 @@ func (x *ClusterInfoRequest) String() string {
 func (*ClusterInfoRequest) ProtoMessage() {}
 
 func (x *ClusterInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[15]
+	mi := &file_tally_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1436,7 @@ func (x *ClusterInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfoRequest.ProtoReflect.Descriptor instead.
 func (*ClusterInfoRequest) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{15}
+	return file_tally_proto_rawDescGZIP(), []int{19}
 }
 
 type NodeInfo struct {
@@ -1242,7 +1450,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_tally_proto_msgTypes[16]
+	mi := &file_tally_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1462,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[16]
+	mi := &file_tally_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1475,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{16}
+	return file_tally_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NodeInfo) GetId() string {
@@ -1302,7 +1510,7 @@ type ShardLeader struct {
 
 func (x *ShardLeader) Reset() {
 	*x = ShardLeader{}
-	mi := &file_tally_proto_msgTypes[17]
+	mi := &file_tally_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1522,7 @@ func (x *ShardLeader) String() string {
 func (*ShardLeader) ProtoMessage() {}
 
 func (x *ShardLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[17]
+	mi := &file_tally_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1535,7 @@ func (x *ShardLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardLeader.ProtoReflect.Descriptor instead.
 func (*ShardLeader) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{17}
+	return file_tally_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ShardLeader) GetShard() uint32 {
@@ -1363,7 +1571,7 @@ type ClusterInfoResponse struct {
 
 func (x *ClusterInfoResponse) Reset() {
 	*x = ClusterInfoResponse{}
-	mi := &file_tally_proto_msgTypes[18]
+	mi := &file_tally_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1583,7 @@ func (x *ClusterInfoResponse) String() string {
 func (*ClusterInfoResponse) ProtoMessage() {}
 
 func (x *ClusterInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[18]
+	mi := &file_tally_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1596,7 @@ func (x *ClusterInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClusterInfoResponse.ProtoReflect.Descriptor instead.
 func (*ClusterInfoResponse) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{18}
+	return file_tally_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ClusterInfoResponse) GetShards() uint32 {
@@ -1431,7 +1639,7 @@ type ShardStateRequest struct {
 
 func (x *ShardStateRequest) Reset() {
 	*x = ShardStateRequest{}
-	mi := &file_tally_proto_msgTypes[19]
+	mi := &file_tally_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1651,7 @@ func (x *ShardStateRequest) String() string {
 func (*ShardStateRequest) ProtoMessage() {}
 
 func (x *ShardStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[19]
+	mi := &file_tally_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1664,7 @@ func (x *ShardStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStateRequest.ProtoReflect.Descriptor instead.
 func (*ShardStateRequest) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{19}
+	return file_tally_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ShardStateRequest) GetShard() uint32 {
@@ -1488,7 +1696,7 @@ type ShardStateResponse struct {
 
 func (x *ShardStateResponse) Reset() {
 	*x = ShardStateResponse{}
-	mi := &file_tally_proto_msgTypes[20]
+	mi := &file_tally_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1708,7 @@ func (x *ShardStateResponse) String() string {
 func (*ShardStateResponse) ProtoMessage() {}
 
 func (x *ShardStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[20]
+	mi := &file_tally_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1721,7 @@ func (x *ShardStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStateResponse.ProtoReflect.Descriptor instead.
 func (*ShardStateResponse) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{20}
+	return file_tally_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ShardStateResponse) GetShard() uint32 {
@@ -1638,6 +1846,19 @@ const file_tally_proto_rawDesc = "" +
 	"\x05asset\x18\x03 \x01(\tR\x05asset\"f\n" +
 	"\x12GetAccountResponse\x12+\n" +
 	"\aaccount\x18\x01 \x01(\v2\x11.tally.v1.AccountR\aaccount\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"T\n" +
+	"\n" +
+	"AccountRef\x12\x18\n" +
+	"\aprogram\x18\x01 \x01(\tR\aprogram\x12\x16\n" +
+	"\x06member\x18\x02 \x01(\tR\x06member\x12\x14\n" +
+	"\x05asset\x18\x03 \x01(\tR\x05asset\"F\n" +
+	"\x12GetAccountsRequest\x120\n" +
+	"\baccounts\x18\x01 \x03(\v2\x14.tally.v1.AccountRefR\baccounts\"N\n" +
+	"\vAccountRead\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12+\n" +
+	"\aaccount\x18\x02 \x01(\v2\x11.tally.v1.AccountR\aaccount\"k\n" +
+	"\x13GetAccountsResponse\x12/\n" +
+	"\aresults\x18\x01 \x03(\v2\x15.tally.v1.AccountReadR\aresults\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"j\n" +
 	"\fJournalEntry\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1c\n" +
@@ -1703,12 +1924,13 @@ const file_tally_proto_rawDesc = "" +
 	"\vREPORT_LOST\x10\n" +
 	"\x12\x10\n" +
 	"\fREPORT_FOUND\x10\v\x12\t\n" +
-	"\x05CLOSE\x10\f2\x8a\x04\n" +
+	"\x05CLOSE\x10\f2\xd6\x04\n" +
 	"\x06Ledger\x12;\n" +
 	"\x06Submit\x12\x17.tally.v1.SubmitRequest\x1a\x18.tally.v1.SubmitResponse\x12J\n" +
 	"\vDefineAsset\x12\x1c.tally.v1.DefineAssetRequest\x1a\x1d.tally.v1.DefineAssetResponse\x12G\n" +
 	"\n" +
 	"GetAccount\x12\x1b.tally.v1.GetAccountRequest\x1a\x1c.tally.v1.GetAccountResponse\x12J\n" +
+	"\vGetAccounts\x12\x1c.tally.v1.GetAccountsRequest\x1a\x1d.tally.v1.GetAccountsResponse\x12J\n" +
 	"\vListJournal\x12\x1c.tally.v1.ListJournalRequest\x1a\x1d.tally.v1.ListJournalResponse\x12M\n" +
 	"\fGetOperation\x12\x1d.tally.v1.GetOperationRequest\x1a\x1e.tally.v1.GetOperationResponse\x12J\n" +
 	"\vClusterInfo\x12\x1c.tally.v1.ClusterInfoRequest\x1a\x1d.tally.v1.ClusterInfoResponse\x12G\n" +
@@ -1728,7 +1950,7 @@ func file_tally_proto_rawDescGZIP() []byte {
 }
 
 var file_tally_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tally_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_tally_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_tally_proto_goTypes = []any{
 	(OpKind)(0),                  // 0: tally.v1.OpKind
 	(*Op)(nil),                   // 1: tally.v1.Op
@@ -1741,17 +1963,21 @@ var file_tally_proto_goTypes = []any{
 	(*DefineAssetResponse)(nil),  // 8: tally.v1.DefineAssetResponse
 	(*GetAccountRequest)(nil),    // 9: tally.v1.GetAccountRequest
 	(*GetAccountResponse)(nil),   // 10: tally.v1.GetAccountResponse
-	(*JournalEntry)(nil),         // 11: tally.v1.JournalEntry
-	(*ListJournalRequest)(nil),   // 12: tally.v1.ListJournalRequest
-	(*ListJournalResponse)(nil),  // 13: tally.v1.ListJournalResponse
-	(*GetOperationRequest)(nil),  // 14: tally.v1.GetOperationRequest
-	(*GetOperationResponse)(nil), // 15: tally.v1.GetOperationResponse
-	(*ClusterInfoRequest)(nil),   // 16: tally.v1.ClusterInfoRequest
-	(*NodeInfo)(nil),             // 17: tally.v1.NodeInfo
-	(*ShardLeader)(nil),          // 18: tally.v1.ShardLeader
-	(*ClusterInfoResponse)(nil),  // 19: tally.v1.ClusterInfoResponse
-	(*ShardStateRequest)(nil),    // 20: tally.v1.ShardStateRequest
-	(*ShardStateResponse)(nil),   // 21: tally.v1.ShardStateResponse
+	(*AccountRef)(nil),           // 11: tally.v1.AccountRef
+	(*GetAccountsRequest)(nil),   // 12: tally.v1.GetAccountsRequest
+	(*AccountRead)(nil),          // 13: tally.v1.AccountRead
+	(*GetAccountsResponse)(nil),  // 14: tally.v1.GetAccountsResponse
+	(*JournalEntry)(nil),         // 15: tally.v1.JournalEntry
+	(*ListJournalRequest)(nil),   // 16: tally.v1.ListJournalRequest
+	(*ListJournalResponse)(nil),  // 17: tally.v1.ListJournalResponse
+	(*GetOperationRequest)(nil),  // 18: tally.v1.GetOperationRequest
+	(*GetOperationResponse)(nil), // 19: tally.v1.GetOperationResponse
+	(*ClusterInfoRequest)(nil),   // 20: tally.v1.ClusterInfoRequest
+	(*NodeInfo)(nil),             // 21: tally.v1.NodeInfo
+	(*ShardLeader)(nil),          // 22: tally.v1.ShardLeader
+	(*ClusterInfoResponse)(nil),  // 23: tally.v1.ClusterInfoResponse
+	(*ShardStateRequest)(nil),    // 24: tally.v1.ShardStateRequest
+	(*ShardStateResponse)(nil),   // 25: tally.v1.ShardStateResponse
 }
 var file_tally_proto_depIdxs = []int32{
 	0,  // 0: tally.v1.Op.kind:type_name -> tally.v1.OpKind
@@ -1761,31 +1987,36 @@ var file_tally_proto_depIdxs = []int32{
 	4,  // 4: tally.v1.SubmitResponse.results:type_name -> tally.v1.OpResult
 	4,  // 5: tally.v1.DefineAssetResponse.result:type_name -> tally.v1.OpResult
 	2,  // 6: tally.v1.GetAccountResponse.account:type_name -> tally.v1.Account
-	1,  // 7: tally.v1.JournalEntry.op:type_name -> tally.v1.Op
-	4,  // 8: tally.v1.JournalEntry.result:type_name -> tally.v1.OpResult
-	11, // 9: tally.v1.ListJournalResponse.entries:type_name -> tally.v1.JournalEntry
-	11, // 10: tally.v1.GetOperationResponse.entry:type_name -> tally.v1.JournalEntry
-	17, // 11: tally.v1.ClusterInfoResponse.nodes:type_name -> tally.v1.NodeInfo
-	18, // 12: tally.v1.ClusterInfoResponse.leaders:type_name -> tally.v1.ShardLeader
-	5,  // 13: tally.v1.Ledger.Submit:input_type -> tally.v1.SubmitRequest
-	7,  // 14: tally.v1.Ledger.DefineAsset:input_type -> tally.v1.DefineAssetRequest
-	9,  // 15: tally.v1.Ledger.GetAccount:input_type -> tally.v1.GetAccountRequest
-	12, // 16: tally.v1.Ledger.ListJournal:input_type -> tally.v1.ListJournalRequest
-	14, // 17: tally.v1.Ledger.GetOperation:input_type -> tally.v1.GetOperationRequest
-	16, // 18: tally.v1.Ledger.ClusterInfo:input_type -> tally.v1.ClusterInfoRequest
-	20, // 19: tally.v1.Ledger.ShardState:input_type -> tally.v1.ShardStateRequest
-	6,  // 20: tally.v1.Ledger.Submit:output_type -> tally.v1.SubmitResponse
-	8,  // 21: tally.v1.Ledger.DefineAsset:output_type -> tally.v1.DefineAssetResponse
-	10, // 22: tally.v1.Ledger.GetAccount:output_type -> tally.v1.GetAccountResponse
-	13, // 23: tally.v1.Ledger.ListJournal:output_type -> tally.v1.ListJournalResponse
-	15, // 24: tally.v1.Ledger.GetOperation:output_type -> tally.v1.GetOperationResponse
-	19, // 25: tally.v1.Ledger.ClusterInfo:output_type -> tally.v1.ClusterInfoResponse
-	21, // 26: tally.v1.Ledger.ShardState:output_type -> tally.v1.ShardStateResponse
-	20, // [20:27] is the sub-list for method output_type
-	13, // [13:20] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	11, // 7: tally.v1.GetAccountsRequest.accounts:type_name -> tally.v1.AccountRef
+	2,  // 8: tally.v1.AccountRead.account:type_name -> tally.v1.Account
+	13, // 9: tally.v1.GetAccountsResponse.results:type_name -> tally.v1.AccountRead
+	1,  // 10: tally.v1.JournalEntry.op:type_name -> tally.v1.Op
+	4,  // 11: tally.v1.JournalEntry.result:type_name -> tally.v1.OpResult
+	15, // 12: tally.v1.ListJournalResponse.entries:type_name -> tally.v1.JournalEntry
+	15, // 13: tally.v1.GetOperationResponse.entry:type_name -> tally.v1.JournalEntry
+	21, // 14: tally.v1.ClusterInfoResponse.nodes:type_name -> tally.v1.NodeInfo
+	22, // 15: tally.v1.ClusterInfoResponse.leaders:type_name -> tally.v1.ShardLeader
+	5,  // 16: tally.v1.Ledger.Submit:input_type -> tally.v1.SubmitRequest
+	7,  // 17: tally.v1.Ledger.DefineAsset:input_type -> tally.v1.DefineAssetRequest
+	9,  // 18: tally.v1.Ledger.GetAccount:input_type -> tally.v1.GetAccountRequest
+	12, // 19: tally.v1.Ledger.GetAccounts:input_type -> tally.v1.GetAccountsRequest
+	16, // 20: tally.v1.Ledger.ListJournal:input_type -> tally.v1.ListJournalRequest
+	18, // 21: tally.v1.Ledger.GetOperation:input_type -> tally.v1.GetOperationRequest
+	20, // 22: tally.v1.Ledger.ClusterInfo:input_type -> tally.v1.ClusterInfoRequest
+	24, // 23: tally.v1.Ledger.ShardState:input_type -> tally.v1.ShardStateRequest
+	6,  // 24: tally.v1.Ledger.Submit:output_type -> tally.v1.SubmitResponse
+	8,  // 25: tally.v1.Ledger.DefineAsset:output_type -> tally.v1.DefineAssetResponse
+	10, // 26: tally.v1.Ledger.GetAccount:output_type -> tally.v1.GetAccountResponse
+	14, // 27: tally.v1.Ledger.GetAccounts:output_type -> tally.v1.GetAccountsResponse
+	17, // 28: tally.v1.Ledger.ListJournal:output_type -> tally.v1.ListJournalResponse
+	19, // 29: tally.v1.Ledger.GetOperation:output_type -> tally.v1.GetOperationResponse
+	23, // 30: tally.v1.Ledger.ClusterInfo:output_type -> tally.v1.ClusterInfoResponse
+	25, // 31: tally.v1.Ledger.ShardState:output_type -> tally.v1.ShardStateResponse
+	24, // [24:32] is the sub-list for method output_type
+	16, // [16:24] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_tally_proto_init() }
@@ -1800,7 +2031,7 @@ func file_tally_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tally_proto_rawDesc), len(file_tally_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	Ledger_Submit_FullMethodName       = "/tally.v1.Ledger/Submit"
 	Ledger_DefineAsset_FullMethodName  = "/tally.v1.Ledger/DefineAsset"
 	Ledger_GetAccount_FullMethodName   = "/tally.v1.Ledger/GetAccount"
+	Ledger_GetAccounts_FullMethodName  = "/tally.v1.Ledger/GetAccounts"
 	Ledger_ListJournal_FullMethodName  = "/tally.v1.Ledger/ListJournal"
 	Ledger_GetOperation_FullMethodName = "/tally.v1.Ledger/GetOperation"
 	Ledger_ClusterInfo_FullMethodName  = "/tally.v1.Ledger/ClusterInfo"
@@ -51,6 +52,10 @@ type LedgerClient interface {
 	DefineAsset(ctx context.Context, in *DefineAssetRequest, opts ...grpc.CallOption) (*DefineAssetResponse, error)
 	// GetAccount is a linearizable read served by the shard leader.
 	GetAccount(ctx context.Context, in *GetAccountRequest, opts ...grpc.CallOption) (*GetAccountResponse, error)
+	// GetAccounts reads up to 8000 accounts of ONE shard at one linearizable
+	// point: one leadership check serves them all. The client library batches
+	// concurrent GetAccount calls into it.
+	GetAccounts(ctx context.Context, in *GetAccountsRequest, opts ...grpc.CallOption) (*GetAccountsResponse, error)
 	// ListJournal lists a member's successful operations, newest first.
 	ListJournal(ctx context.Context, in *ListJournalRequest, opts ...grpc.CallOption) (*ListJournalResponse, error)
 	// GetOperation returns the stored outcome of an operation by its
@@ -97,6 +102,16 @@ func (c *ledgerClient) GetAccount(ctx context.Context, in *GetAccountRequest, op
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetAccountResponse)
 	err := c.cc.Invoke(ctx, Ledger_GetAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *ledgerClient) GetAccounts(ctx context.Context, in *GetAccountsRequest, opts ...grpc.CallOption) (*GetAccountsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAccountsResponse)
+	err := c.cc.Invoke(ctx, Ledger_GetAccounts_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +171,10 @@ type LedgerServer interface {
 	DefineAsset(context.Context, *DefineAssetRequest) (*DefineAssetResponse, error)
 	// GetAccount is a linearizable read served by the shard leader.
 	GetAccount(context.Context, *GetAccountRequest) (*GetAccountResponse, error)
+	// GetAccounts reads up to 8000 accounts of ONE shard at one linearizable
+	// point: one leadership check serves them all. The client library batches
+	// concurrent GetAccount calls into it.
+	GetAccounts(context.Context, *GetAccountsRequest) (*GetAccountsResponse, error)
 	// ListJournal lists a member's successful operations, newest first.
 	ListJournal(context.Context, *ListJournalRequest) (*ListJournalResponse, error)
 	// GetOperation returns the stored outcome of an operation by its
@@ -186,6 +205,9 @@ func (UnimplementedLedgerServer) DefineAsset(context.Context, *DefineAssetReques
 }
 func (UnimplementedLedgerServer) GetAccount(context.Context, *GetAccountRequest) (*GetAccountResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetAccount not implemented")
+}
+func (UnimplementedLedgerServer) GetAccounts(context.Context, *GetAccountsRequest) (*GetAccountsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetAccounts not implemented")
 }
 func (UnimplementedLedgerServer) ListJournal(context.Context, *ListJournalRequest) (*ListJournalResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListJournal not implemented")
@@ -270,6 +292,24 @@ func _Ledger_GetAccount_Handler(srv interface{}, ctx context.Context, dec func(i
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(LedgerServer).GetAccount(ctx, req.(*GetAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Ledger_GetAccounts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAccountsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LedgerServer).GetAccounts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Ledger_GetAccounts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LedgerServer).GetAccounts(ctx, req.(*GetAccountsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -364,6 +404,10 @@ var Ledger_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetAccount",
 			Handler:    _Ledger_GetAccount_Handler,
+		},
+		{
+			MethodName: "GetAccounts",
+			Handler:    _Ledger_GetAccounts_Handler,
 		},
 		{
 			MethodName: "ListJournal",

@@ -1,0 +1,211 @@
+package client
+
+import (
+	"context"
+	"sync"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// AccountRead is one answer of GetAccounts: the account, or Found false
+// (ACCOUNT_NOT_FOUND).
+type AccountRead struct {
+	Found   bool
+	Account Account
+}
+
+// GetAccounts reads many accounts linearizably: one GetAccounts request per
+// shard (sent concurrently, each at one linearizable point of its shard, not
+// one point across shards), answers in input order.
+func (c *Client) GetAccounts(ctx context.Context, keys []ledger.AccountKey) ([]AccountRead, error) {
+	byShard := map[int][]int{}
+	var order []int
+	for i, k := range keys {
+		sh := c.ShardOf(k.Program, k.Member)
+		if _, ok := byShard[sh]; !ok {
+			order = append(order, sh)
+		}
+		byShard[sh] = append(byShard[sh], i)
+	}
+	out := make([]AccountRead, len(keys))
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	fail := func(e *Error) {
+		mu.Lock()
+		errs = append(errs, e)
+		mu.Unlock()
+	}
+	for _, sh := range order {
+		idx := byShard[sh]
+		for start := 0; start < len(idx); start += c.cfg.MaxBatchOps {
+			part := idx[start:min(start+c.cfg.MaxBatchOps, len(idx))]
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				refs := make([]*tallypb.AccountRef, len(part))
+				for n, i := range part {
+					refs[n] = &tallypb.AccountRef{Program: keys[i].Program, Member: keys[i].Member, Asset: keys[i].Asset}
+				}
+				reads, e := c.getAccountsPart(ctx, sh, refs)
+				if e != nil {
+					fail(e)
+					return
+				}
+				for n, i := range part {
+					if out[i], e = accountReadFromProto(reads[n], sh); e != nil {
+						fail(e)
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	return out, joinErrors(errs)
+}
+
+func (c *Client) getAccountsPart(ctx context.Context, shard int, refs []*tallypb.AccountRef) ([]*tallypb.AccountRead, *Error) {
+	req := &tallypb.GetAccountsRequest{Accounts: refs}
+	var resp *tallypb.GetAccountsResponse
+	if e := c.invoke(ctx, shard, false, false, func(actx context.Context, lc tallypb.LedgerClient) error {
+		r, err := lc.GetAccounts(actx, req)
+		if err != nil {
+			return err
+		}
+		resp = r
+		return nil
+	}); e != nil {
+		return nil, e
+	}
+	if len(resp.GetResults()) != len(refs) {
+		return nil, newError(ledger.CodeInternal, shard, "get accounts: %d answers for %d accounts", len(resp.GetResults()), len(refs))
+	}
+	return resp.GetResults(), nil
+}
+
+func accountReadFromProto(r *tallypb.AccountRead, shard int) (AccountRead, *Error) {
+	if r.GetCode() != string(ledger.CodeOK) {
+		if r.GetCode() == string(ledger.CodeAccountNotFound) {
+			return AccountRead{}, nil
+		}
+		return AccountRead{}, newError(ledger.Code(r.GetCode()), shard, "get accounts: %s", r.GetCode())
+	}
+	a, err := accountFromProto(r.GetAccount())
+	if err != nil || a == nil {
+		return AccountRead{}, newError(ledger.CodeInternal, shard, "get accounts: bad answer from server: %v", err)
+	}
+	return AccountRead{Found: true, Account: *a}, nil
+}
+
+// Read coalescing (Config.Coalesce): concurrent GetAccount calls of one
+// shard are queued and sent as one GetAccounts by a fixed set of sender
+// goroutines per shard, with no timer, exactly as writes are. Reads change
+// nothing, so a caller that gives up simply stops waiting.
+
+type pendingRead struct {
+	ref  *tallypb.AccountRef
+	done chan readOutcome // buffered
+}
+
+type readOutcome struct {
+	read *tallypb.AccountRead
+	err  *Error
+}
+
+type readQueue struct {
+	c     *Client
+	shard int
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	pending []*pendingRead
+	closed  bool
+}
+
+func (c *Client) readQueueFor(shard int) (*readQueue, *Error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, giveUpError(ErrClosed, shard, nil, false)
+	}
+	q, ok := c.readQueues[shard]
+	if !ok {
+		q = &readQueue{c: c, shard: shard}
+		q.cond.L = &q.mu
+		c.readQueues[shard] = q
+		for range c.cfg.MaxInflightPerShard {
+			go q.sender()
+		}
+	}
+	return q, nil
+}
+
+func (q *readQueue) read(ctx context.Context, ref *tallypb.AccountRef) (*tallypb.AccountRead, *Error) {
+	p := &pendingRead{ref: ref, done: make(chan readOutcome, 1)}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil, giveUpError(ErrClosed, q.shard, nil, false)
+	}
+	q.pending = append(q.pending, p)
+	q.cond.Signal()
+	q.mu.Unlock()
+	select {
+	case out := <-p.done:
+		return out.read, out.err
+	case <-ctx.Done():
+		return nil, giveUpError(ctx.Err(), q.shard, nil, false)
+	}
+}
+
+func (q *readQueue) close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	for _, p := range q.pending {
+		p.done <- readOutcome{err: giveUpError(ErrClosed, q.shard, nil, false)}
+	}
+	q.pending = nil
+	q.cond.Broadcast()
+}
+
+func (q *readQueue) sender() {
+	for {
+		q.mu.Lock()
+		for len(q.pending) == 0 && !q.closed {
+			q.cond.Wait()
+		}
+		if q.closed {
+			q.mu.Unlock()
+			return
+		}
+		n := min(len(q.pending), q.c.cfg.MaxBatchOps)
+		batch := append([]*pendingRead(nil), q.pending[:n]...)
+		rest := copy(q.pending, q.pending[n:])
+		clear(q.pending[rest:])
+		q.pending = q.pending[:rest]
+		if rest > 0 {
+			q.cond.Signal()
+		}
+		q.mu.Unlock()
+
+		refs := make([]*tallypb.AccountRef, len(batch))
+		for i, p := range batch {
+			refs[i] = p.ref
+		}
+		ctx, cancel := context.WithTimeout(q.c.ctx, q.c.cfg.RequestTimeout*4)
+		reads, e := q.c.getAccountsPart(ctx, q.shard, refs)
+		cancel()
+		for i, p := range batch {
+			if e != nil {
+				p.done <- readOutcome{err: e}
+			} else {
+				p.done <- readOutcome{read: reads[i]}
+			}
+		}
+	}
+}
