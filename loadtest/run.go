@@ -150,6 +150,10 @@ type Report struct {
 	SetupS     float64 `json:"setup_s"`
 	DurationS  float64 `json:"duration_s"` // measured window
 
+	// Ops and Requests are those of the measured window (sent in it, or
+	// due in it for an open loop); OpsPerSec is Ops over its length. In an
+	// open loop that keeps up it equals the offered rate; one that does not
+	// shows in the latencies.
 	Ops            int64                   `json:"ops"`
 	Requests       int64                   `json:"requests"`
 	OpsPerSec      float64                 `json:"ops_per_sec"`
@@ -323,21 +327,30 @@ type runner struct {
 	stop    atomic.Bool
 	logs    [][]ackRecord // per client
 	late    atomic.Int64
+	// The measured window (see load).
+	warmEnd, loadEnd time.Time
 }
 
-// load runs the clients for Warmup + Duration and fills rep's figures.
+// load runs the clients for Warmup + Duration and fills rep's figures. The
+// measured window is [warmEnd, loadEnd): a request belongs to it when it was
+// sent (closed loop) or due (open loop) inside it, however long it then
+// took, so the slowest requests at the end of the window are not dropped.
+// Clients stop sending at loadEnd; the open loop's requests are all due
+// before it.
 func (r *runner) load(ctx context.Context, rep *Report) {
 	cfg := r.cfg
 	now := time.Now()
 	r.rec = NewRecorder(now)
+	// A short lead so the first open-loop requests are not all late.
+	start := now.Add(10 * time.Millisecond)
+	r.warmEnd = start.Add(cfg.Warmup)
+	r.loadEnd = r.warmEnd.Add(cfg.Duration)
 
 	var sched *Schedule
 	var count uint64
 	var nextReq atomic.Uint64
 	if cfg.RatePerSec > 0 {
-		// A short lead so the first requests are not all late.
-		start := now.Add(10 * time.Millisecond)
-		sched = &Schedule{Start: start, RatePerSec: cfg.RatePerSec, End: start.Add(cfg.Warmup + cfg.Duration)}
+		sched = &Schedule{Start: start, RatePerSec: cfg.RatePerSec, End: r.loadEnd}
 		count = sched.Count()
 	}
 
@@ -346,41 +359,27 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 		wg.Go(func() { r.client(ctx, int32(c), sched, count, &nextReq) })
 	}
 
-	// The measured window, and the live line once per second.
+	// CPU time over the window, and the live line once per second.
 	done := make(chan struct{})
-	var window struct{ start, end time.Time }
-	var cpuWin0 float64
-	var srvWin0 float64
+	var cpu0, srv0 float64
 	progressDone := make(chan struct{})
 	go func() {
 		defer close(progressDone)
 		tick := time.NewTicker(time.Second)
 		defer tick.Stop()
-		warm := time.NewTimer(cfg.Warmup)
+		warm := time.NewTimer(time.Until(r.warmEnd))
 		defer warm.Stop()
-		end := time.NewTimer(cfg.Warmup + cfg.Duration)
+		end := time.NewTimer(time.Until(r.loadEnd))
 		defer end.Stop()
-		startMeasuring := func() {
-			window.start = time.Now()
-			cpuWin0 = selfCPU()
-			srvWin0 = processesCPU(cfg.ServerPIDs)
-			r.rec.SetMeasuring(true)
-		}
-		if cfg.Warmup == 0 {
-			startMeasuring()
-		}
 		for {
 			select {
 			case <-warm.C:
-				if cfg.Warmup > 0 {
-					startMeasuring()
-				}
+				cpu0, srv0 = selfCPU(), processesCPU(cfg.ServerPIDs)
+				r.rec.SetMeasuring(true)
 			case <-end.C:
 				r.rec.SetMeasuring(false)
-				window.end = time.Now()
-				rep.LoadgenCPUS = selfCPU() - cpuWin0
-				rep.ServerCPUS = processesCPU(cfg.ServerPIDs) - srvWin0
-				r.stop.Store(true)
+				rep.LoadgenCPUS = selfCPU() - cpu0
+				rep.ServerCPUS = processesCPU(cfg.ServerPIDs) - srv0
 			case t := <-tick.C:
 				tk := r.rec.Tick(t)
 				rep.Timeline = append(rep.Timeline, tk)
@@ -398,16 +397,12 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 	wg.Wait()
 	close(done)
 	<-progressDone
-	if window.end.IsZero() { // cancelled before the end
-		r.rec.SetMeasuring(false)
-		window.end = time.Now()
-		if window.start.IsZero() {
-			window.start = window.end
-		}
-	}
 
 	t := r.rec.Totals()
-	secs := window.end.Sub(window.start).Seconds()
+	secs := cfg.Duration.Seconds()
+	if ctx.Err() != nil { // cancelled: the window ended early
+		secs = max(time.Since(r.warmEnd).Seconds(), 0)
+	}
 	rep.DurationS = secs
 	rep.Ops, rep.Requests = t.Ops, t.Requests
 	if secs > 0 {
@@ -421,6 +416,9 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 	rep.ByKind, rep.Codes, rep.Errors = t.ByKind, t.Codes, errorsOf(t.Codes)
 	rep.LateStarts = r.late.Load()
 }
+
+// inWindow reports whether a request sent or due at t is measured.
+func (r *runner) inWindow(t time.Time) bool { return !t.Before(r.warmEnd) && t.Before(r.loadEnd) }
 
 func (r *runner) progress(t Tick) {
 	if r.cfg.Progress == nil {
@@ -465,7 +463,7 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			} else if -d > lateThreshold {
 				r.late.Add(1)
 			}
-		} else if r.stop.Load() {
+		} else if r.stop.Load() || !time.Now().Before(r.loadEnd) {
 			return
 		}
 
@@ -487,7 +485,7 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			_, err := r.l.GetAccount(cctx, r.program, r.w.MemberName(specs[0].Account), r.w.AssetOf(specs[0].Account))
 			cancel()
 			codes = append(codes, client.CodeOf(err))
-			r.rec.Record(int(id), kind, CorrectedLatency(due, time.Now()), codes)
+			r.rec.Record(int(id), kind, CorrectedLatency(due, time.Now()), codes, r.inWindow(due))
 			continue
 		}
 		ops = ops[:0]
@@ -519,7 +517,7 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			codes = append(codes, rec.code)
 			log = append(log, rec)
 		}
-		r.rec.Record(int(id), kind, CorrectedLatency(due, end), codes)
+		r.rec.Record(int(id), kind, CorrectedLatency(due, end), codes, r.inWindow(due))
 	}
 }
 

@@ -47,7 +47,9 @@ type stripe struct {
 
 // Recorder collects latencies and outcomes from many clients.
 type Recorder struct {
-	stripes   [numStripes]stripe
+	stripes [numStripes]stripe
+	// measuring only marks timeline ticks; what is measured is decided
+	// per request by the caller (Record's measured).
 	measuring atomic.Bool
 	start     time.Time // of the recorder: timeline times are relative to it
 	lastTick  time.Time
@@ -70,13 +72,16 @@ func NewRecorder(now time.Time) *Recorder {
 	return r
 }
 
-// SetMeasuring starts (after warmup) or stops (at the end of the load) the
-// measured window. Requests are always counted in the live interval.
+// SetMeasuring marks the ticks that follow as inside (or outside) the
+// measured window.
 func (r *Recorder) SetMeasuring(on bool) { r.measuring.Store(on) }
 
 // Record records one request of client with latency lat whose operations
-// ended with codes (one per op; a read is one op).
-func (r *Recorder) Record(client int, kind Kind, lat time.Duration, codes []ledger.Code) {
+// ended with codes (one per op; a read is one op). measured says whether it
+// belongs to the measured window (the caller decides by when the request
+// was due or sent, not when it ended, so the slow requests at the end of a
+// window count). Every request counts in the live interval.
+func (r *Recorder) Record(client int, kind Kind, lat time.Duration, codes []ledger.Code, measured bool) {
 	failed := int64(0)
 	for _, c := range codes {
 		if c != ledger.CodeOK {
@@ -88,7 +93,7 @@ func (r *Recorder) Record(client int, kind Kind, lat time.Duration, codes []ledg
 	recordLatency(s.interval, lat)
 	s.intervalOps += int64(len(codes))
 	s.intervalErrs += failed
-	if r.measuring.Load() {
+	if measured {
 		recordLatency(s.kinds[kind], lat)
 		recordLatency(s.all, lat)
 		s.ops += int64(len(codes))

@@ -14,15 +14,13 @@ func TestRecorderWindowAndPercentiles(t *testing.T) {
 	t0 := time.Unix(0, 0)
 	r := NewRecorder(t0)
 	ok := []ledger.Code{ledger.CodeOK}
-	// Before the window: only the live interval sees it.
-	r.Record(0, KindCredit, time.Second, ok)
-	r.SetMeasuring(true)
+	// Outside the window: only the live interval sees it.
+	r.Record(0, KindCredit, time.Second, ok, false)
 	for i := range 1000 { // 1..1000 ms, spread over clients and stripes
-		r.Record(i, KindDebit, time.Duration(i+1)*time.Millisecond, ok)
+		r.Record(i, KindDebit, time.Duration(i+1)*time.Millisecond, ok, true)
 	}
-	r.Record(3, KindBatch, 5*time.Millisecond, []ledger.Code{ledger.CodeOK, ledger.CodeInsufficientFunds, ledger.CodeOK})
-	r.SetMeasuring(false)
-	r.Record(0, KindCredit, time.Minute, ok)
+	r.Record(3, KindBatch, 5*time.Millisecond, []ledger.Code{ledger.CodeOK, ledger.CodeInsufficientFunds, ledger.CodeOK}, true)
+	r.Record(0, KindCredit, time.Minute, ok, false)
 
 	tot := r.Totals()
 	if tot.Requests != 1001 || tot.Ops != 1003 {
@@ -50,9 +48,8 @@ func TestRecorderWindowAndPercentiles(t *testing.T) {
 		t.Errorf("second tick not reset: %+v", tk2)
 	}
 	// Out-of-range latencies are clamped, never dropped.
-	r.SetMeasuring(true)
-	r.Record(0, KindRead, 2*time.Hour, ok)
-	r.Record(0, KindRead, 0, ok)
+	r.Record(0, KindRead, 2*time.Hour, ok, true)
+	r.Record(0, KindRead, 0, ok, true)
 	if got := r.Totals().ByKind["read"]; got.Count != 2 || got.MaxMs < 59_000 || got.P50Ms > 0.002 {
 		t.Errorf("clamped read stats %+v", got)
 	}
