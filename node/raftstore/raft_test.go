@@ -149,7 +149,7 @@ func applyN(t *testing.T, nodes []*testNode, count int, start uint64) uint64 {
 		v := start + uint64(i)
 		for attempt := 0; ; attempt++ {
 			var leader *testNode
-			waitFor(t, 5*time.Second, "a leader", func() bool { leader = leaderOf(nodes); return leader != nil })
+			waitFor(t, 20*time.Second, "a leader", func() bool { leader = leaderOf(nodes); return leader != nil })
 			err := leader.raft.Apply(binary.BigEndian.AppendUint64(nil, v), 2*time.Second).Error()
 			if err == nil {
 				break
@@ -190,7 +190,7 @@ func TestRaftClusterOnGroupStores(t *testing.T) {
 
 	want := applyN(t, nodes, 300, 1)
 	for _, n := range nodes {
-		waitFor(t, 5*time.Second, fmt.Sprintf("%s to apply everything", n.id), func() bool { return n.fsm.value() == want })
+		waitFor(t, 30*time.Second, fmt.Sprintf("%s to apply everything", n.id), func() bool { return n.fsm.value() == want })
 	}
 
 	// Restart a follower from the same directory while the others go on.
@@ -222,7 +222,7 @@ func TestRaftClusterOnGroupStores(t *testing.T) {
 
 	want += applyN(t, nodes, 50, 5000)
 	for _, n := range nodes {
-		waitFor(t, 10*time.Second, fmt.Sprintf("%s to catch up", n.id), func() bool { return n.fsm.value() == want })
+		waitFor(t, 30*time.Second, fmt.Sprintf("%s to catch up", n.id), func() bool { return n.fsm.value() == want })
 	}
 
 	// Log compaction ran: every log lost its prefix. A follower that caught
@@ -230,7 +230,7 @@ func TestRaftClusterOnGroupStores(t *testing.T) {
 	// delete the whole old log after a restore), which also counts.
 	for _, n := range nodes {
 		g := n.db.Group(testShard)
-		waitFor(t, 5*time.Second, fmt.Sprintf("%s to compact its log", n.id), func() bool {
+		waitFor(t, 30*time.Second, fmt.Sprintf("%s to compact its log", n.id), func() bool {
 			first, err := g.FirstIndex()
 			return err == nil && first != 1
 		})
