@@ -101,8 +101,10 @@ run_case() {
   echo "== $name: tally-load $*"
   local prof_pid=
   if [ "$profile" = 1 ]; then
-    # Profile the middle of the measured window (setup takes a few seconds).
-    (sleep 12; curl -s -o "$out/$name.n1.cpu.prof" "http://127.0.0.1:$((port + 21))/debug/pprof/profile?seconds=10" || true) &
+    # Profile the measured window: wait for its first progress line (setup
+    # and warmup take a while and vary).
+    (for _ in $(seq 1 600); do grep -q 'measure\]' "$out/$name.progress" 2>/dev/null && break; sleep 0.5; done
+     curl -s -o "$out/$name.n1.cpu.prof" "http://127.0.0.1:$((port + 21))/debug/pprof/profile?seconds=10" || true) &
     prof_pid=$!
   fi
   local rc=0
