@@ -262,10 +262,10 @@ func step(s State, in Input, out Output) []State {
 	}
 	switch out.Status {
 	case NotApplied:
-		// Certainly not applied: no effect. A capture with an amount that
-		// the edge rejected with HOLD_NOT_FOUND also says the hold did not
-		// exist then.
-		if in.Kind == KindCapture && out.Code == ledger.CodeHoldNotFound {
+		// Certainly not applied: no effect. A capture or release that the
+		// edge rejected with HOLD_NOT_FOUND also says the hold did not exist
+		// then.
+		if (in.Kind == KindCapture || in.Kind == KindRelease) && out.Code == ledger.CodeHoldNotFound {
 			if _, found := s.hold(in.HoldKey); found {
 				return nil
 			}

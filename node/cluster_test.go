@@ -296,6 +296,18 @@ func TestClusterOperations(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, acct.Posted, acct2.Posted)
 
+	// An unknown hold is rejected at the edge for captures and releases
+	// alike; nothing is recorded under the key.
+	_, err = c.submit(&tallypb.Op{Kind: tallypb.OpKind_RELEASE_HOLD, Program: "shop", Member: "alice", HoldKey: "nope", IdempotencyKey: "rel-x"})
+	require.Equal(t, ledger.CodeHoldNotFound, reasonOf(err))
+	_, err = c.submit(&tallypb.Op{Kind: tallypb.OpKind_CAPTURE_HOLD, Program: "shop", Member: "alice", HoldKey: "nope", IdempotencyKey: "cap-x", Amount: "1"})
+	require.Equal(t, ledger.CodeHoldNotFound, reasonOf(err))
+	opResp, err := call(c, ledger.ShardOf("shop", "alice", 2), func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.GetOperationResponse, error) {
+		return cl.GetOperation(ctx, &tallypb.GetOperationRequest{Program: "shop", Member: "alice", IdempotencyKey: "rel-x"})
+	})
+	require.NoError(t, err)
+	require.False(t, opResp.Found)
+
 	// Freeze blocks debits with a stable code.
 	c.mustSubmit(op(tallypb.OpKind_FREEZE, "frz", "alice", "CNY", ""))
 	rs = c.mustSubmit(op(tallypb.OpKind_DEBIT, "buy-3", "alice", "CNY", "1"))

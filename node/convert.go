@@ -106,16 +106,22 @@ func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op) (ledger.
 			return op, err
 		}
 		op.Scale = a.Scale
-	case ledger.OpCaptureHold:
-		if amt := p.GetAmount(); amt != "" && amt != "0" {
-			a, err := n.holdAsset(ctx, s, op.Program, op.Member, op.HoldKey)
-			if err != nil {
-				return op, err
-			}
+	case ledger.OpCaptureHold, ledger.OpReleaseHold:
+		// The hold must exist (holds are never deleted, so a hold seen here
+		// is there at apply): an unknown hold is HOLD_NOT_FOUND at the edge
+		// for captures and releases alike, recorded nowhere, so a retry after
+		// the hold is created can still succeed.
+		a, err := n.holdAsset(ctx, s, op.Program, op.Member, op.HoldKey)
+		if err != nil {
+			return op, err
+		}
+		if amt := p.GetAmount(); op.Kind == ledger.OpCaptureHold && amt != "" && amt != "0" {
 			if op.AmountMinor, err = ledger.ParseAmount(amt, a.Scale); err != nil {
 				return op, err
 			}
 			op.Scale = a.Scale
+		} else if amt != "" && amt != "0" {
+			return op, ledger.Errorf(ledger.CodeInvalidArgument, "amount: not used by "+op.Kind.String())
 		}
 	case ledger.OpOpenAccount:
 		if mb := p.GetMaxBalance(); mb != "" {
