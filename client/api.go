@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"google.golang.org/grpc/codes"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
@@ -117,12 +118,17 @@ func (c *Client) stateOp(ctx context.Context, kind ledger.OpKind, program, membe
 // GetAccount reads an account from its shard's leader (linearizable).
 func (c *Client) GetAccount(ctx context.Context, program, member, asset string) (Account, error) {
 	shard := c.ShardOf(program, member)
-	if c.cfg.Coalesce {
+	if c.cfg.Coalesce && !c.noGetAccounts.Load() {
 		q, e := c.readQueueFor(shard)
 		if e != nil {
 			return Account{}, e
 		}
 		r, e := q.read(ctx, &tallypb.AccountRef{Program: program, Member: member, Asset: asset})
+		if e != nil && e.GRPCCode == codes.Unimplemented {
+			// A server from before GetAccounts: read one by one from now on.
+			c.noGetAccounts.Store(true)
+			return c.GetAccount(ctx, program, member, asset)
+		}
 		if e != nil {
 			return Account{}, e
 		}

@@ -29,6 +29,10 @@ type Client struct {
 	// rotate spreads ClusterInfo refreshes over the known nodes.
 	rotate atomic.Uint32
 
+	// noGetAccounts is set once a server answered GetAccounts with
+	// Unimplemented (a node from before it): reads then go one by one.
+	noGetAccounts atomic.Bool
+
 	mu         sync.Mutex
 	closed     bool
 	conns      map[string]*grpc.ClientConn // one per node address

@@ -701,3 +701,18 @@ func TestRedirectLoopBacksOff(t *testing.T) {
 	assert.Greater(t, sent, maxImmediateRedirects)
 	assert.Less(t, sent, 200, "hints that go in circles must back off, not spin")
 }
+
+// TestCoalescedReadsFallBackOnOldServers: a server without GetAccounts
+// answers Unimplemented; coalesced GetAccount then reads one by one.
+func TestCoalescedReadsFallBackOnOldServers(t *testing.T) {
+	fc := newFakeCluster(t, 1, 2)
+	c := dial(t, fc, Config{Coalesce: true})
+	_, err := c.Credit(testCtx(t), testProgram, "m1", "CNY", decimal.NewFromInt(5), "k1", "")
+	require.NoError(t, err)
+	for range 3 {
+		a, err := c.GetAccount(testCtx(t), testProgram, "m1", "CNY")
+		require.NoError(t, err)
+		assert.Equal(t, "5", a.Posted.String())
+	}
+	assert.True(t, c.noGetAccounts.Load())
+}

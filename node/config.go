@@ -30,12 +30,16 @@ type RaftTuning struct {
 func (t RaftTuning) withDefaults() RaftTuning {
 	// Failover within ~1-2 s on a LAN; hashicorp's 1 s defaults are tuned for
 	// WANs. MaxAppendEntries is raised from 64 so a follower receives, and the
-	// FSM applies, big batches at flash-sale rates.
+	// FSM applies, big batches at flash-sale rates. CommitTimeout stays at
+	// hashicorp's 50 ms: at 5 ms an idle 3-node, 8-shard cluster burned 0.64
+	// of two cores in replication wake-ups (0.25 at 50 ms), and under load
+	// 50 ms gave 3,232 single ops/s against 2,661 (make bench, same box).
+	// It only delays when followers learn the commit index, not acks.
 	def := RaftTuning{
 		HeartbeatTimeout:   500 * time.Millisecond,
 		ElectionTimeout:    500 * time.Millisecond,
 		LeaderLeaseTimeout: 250 * time.Millisecond,
-		CommitTimeout:      5 * time.Millisecond,
+		CommitTimeout:      50 * time.Millisecond,
 		MaxAppendEntries:   512,
 		SnapshotThreshold:  8192,
 		SnapshotInterval:   30 * time.Second,
