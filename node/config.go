@@ -88,6 +88,11 @@ type Config struct {
 	// MaxOpsPerEntry bounds how many operations the proposer packs into one
 	// log entry.
 	MaxOpsPerEntry int
+	// MaxInflightEntries bounds a shard's log entries proposed but not yet
+	// applied. While that many are in flight, requests queue and the next
+	// entry packs them all: fewer, bigger entries under load (each entry
+	// costs encoding, a log write and a decode on every replica).
+	MaxInflightEntries int
 	// BalanceInterval is how often the node hands leadership of shards it
 	// leads to their preferred node; 0 = 2 s, negative disables it.
 	BalanceInterval time.Duration
@@ -99,6 +104,9 @@ type Config struct {
 	LogLevel  string
 	LogOutput io.Writer
 }
+
+// defaultMaxInflightEntries: see Config.MaxInflightEntries.
+const defaultMaxInflightEntries = 64
 
 // DefaultShards is the number of shards a cluster gets unless told otherwise.
 const DefaultShards = 8
@@ -139,6 +147,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxOpsPerEntry == 0 {
 		c.MaxOpsPerEntry = 16000
+	}
+	if c.MaxInflightEntries == 0 {
+		c.MaxInflightEntries = defaultMaxInflightEntries
 	}
 	if c.BalanceInterval == 0 {
 		c.BalanceInterval = 2 * time.Second

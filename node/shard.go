@@ -17,9 +17,6 @@ const (
 	// proposeQueueLen bounds requests waiting for the proposer of one shard;
 	// a full queue pushes back on handlers instead of growing memory.
 	proposeQueueLen = 8192
-	// maxInflightEntries bounds log entries of one shard proposed but not yet
-	// applied, so Raft pipelines without unbounded queues.
-	maxInflightEntries = 64
 	// applyTimeout bounds how long Raft may take to accept an entry.
 	applyTimeout = 5 * time.Second
 	// expiryTick is how often a leader checks for holds past their expiry.
@@ -71,7 +68,7 @@ func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
 		n:         n,
 		fsm:       f,
 		proposeCh: make(chan *proposal, proposeQueueLen),
-		inflight:  make(chan *entry, maxInflightEntries),
+		inflight:  make(chan *entry, n.cfg.MaxInflightEntries),
 		stop:      make(chan struct{}),
 	}
 	s.verify.s = s
