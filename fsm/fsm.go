@@ -146,9 +146,12 @@ var (
 // New returns the FSM of shard on db, loading its durable applied index.
 func New(db *DB, shard uint32) (*FSM, error) {
 	f := &FSM{shard: shard, db: db.db, kb: keyBuilder{prefix: shardPrefix(shard)}}
-	f.store = newStateStore(f.db, f.kb)
 	if err := f.loadMeta(); err != nil {
 		return nil, err
+	}
+	var err error
+	if f.store, err = newStateStore(f.db, f.kb); err != nil {
+		return nil, fmt.Errorf("fsm: shard %d: %w", shard, err)
 	}
 	return f, nil
 }
@@ -169,8 +172,11 @@ func (f *FSM) loadMeta() error {
 	f.mu.Unlock()
 	f.applied.Store(m.appliedIndex)
 	if f.store != nil {
-		// State was replaced (restore): cached values may be stale.
-		f.store.dropCache()
+		// State was replaced (restore): cached values may be stale and the
+		// record filter must cover the new records.
+		if err := f.store.reload(); err != nil {
+			return fmt.Errorf("fsm: shard %d: %w", f.shard, err)
+		}
 	}
 	return nil
 }
@@ -250,6 +256,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		panic(fmt.Sprintf("fsm: shard %d: flush: %v", f.shard, err))
 	}
 	m.seq = st.seq
+	grow := st.records.full()
 	if err := b.Set(f.kb.meta(), m.encode(), nil); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: %v", f.shard, err))
 	}
@@ -260,6 +267,13 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	f.m = m
 	f.mu.Unlock()
 	f.applied.Store(m.appliedIndex)
+	if grow {
+		// Rebuilt from the committed records, sized for twice as many.
+		var err error
+		if st.records, err = buildRecordFilter(f.db, f.kb); err != nil {
+			panic(fmt.Sprintf("fsm: shard %d: rebuild record filter: %v", f.shard, err))
+		}
+	}
 	if f.hooks.OnApply != nil {
 		f.hooks.OnApply(m.appliedIndex, applied, ops, time.Since(start))
 	}

@@ -155,6 +155,8 @@ type stateStore struct {
 	assets   map[string]ledger.Asset   // program \x00 code
 	accounts map[string]ledger.Account // encoded account key
 	controls map[string]int64          // encoded control key
+	records  *recordFilter             // every stored record key; see recordFilter
+	db       *pebble.DB
 }
 
 // Cache bounds: when a map reaches its bound it is dropped and refilled from
@@ -170,16 +172,23 @@ var (
 	_ ledger.SeqPeeker = (*stateStore)(nil)
 )
 
-func newStateStore(db *pebble.DB, kb keyBuilder) *stateStore {
-	s := &stateStore{view: view{r: dbReader(db), kb: kb}}
-	s.dropCache()
-	return s
+func newStateStore(db *pebble.DB, kb keyBuilder) (*stateStore, error) {
+	s := &stateStore{view: view{r: dbReader(db), kb: kb}, db: db}
+	return s, s.reload()
 }
 
-func (s *stateStore) dropCache() {
+// reload drops every cached value and rebuilds the record filter from the
+// DB: on open and after the shard's state was replaced by a restore.
+func (s *stateStore) reload() error {
 	s.assets = make(map[string]ledger.Asset)
 	s.accounts = make(map[string]ledger.Account)
 	s.controls = make(map[string]int64)
+	f, err := buildRecordFilter(s.db, s.kb)
+	if err != nil {
+		return err
+	}
+	s.records = f
+	return nil
 }
 
 func (s *stateStore) Asset(program, code string) (ledger.Asset, bool, error) {
@@ -282,14 +291,19 @@ func (s *stateStore) ExpiredHolds(nowMs int64, limit int) ([]ledger.HoldRef, err
 }
 
 func (s *stateStore) Record(program, key string) (ledger.Record, bool, error) {
+	if !s.records.mayContain(s.kb.record(program, key)) {
+		return ledger.Record{}, false, nil
+	}
 	return s.record(program, key)
 }
 
 func (s *stateStore) PutRecord(r ledger.Record) error {
 	op := r.Op
-	if err := s.b.Set(s.kb.record(op.Program, op.IdempotencyKey), ledger.AppendRecord(nil, r), nil); err != nil {
+	key := s.kb.record(op.Program, op.IdempotencyKey)
+	if err := s.b.Set(key, ledger.AppendRecord(nil, r), nil); err != nil {
 		return err
 	}
+	s.records.add(key)
 	if r.Result.Code != ledger.CodeOK || op.Member == "" {
 		return nil
 	}
