@@ -65,23 +65,28 @@ func (f *recordFilter) mayContain(key []byte) bool {
 func (f *recordFilter) full() bool { return f.count >= f.capacity }
 
 // buildRecordFilter scans every record key of the shard into a new filter
-// sized for at least twice as many.
+// sized for at least twice as many: one pass to count, one to add, so a big
+// shard's keys are never all held in memory.
 func buildRecordFilter(db *pebble.DB, kb keyBuilder) (*recordFilter, error) {
 	lower := kb.key(tagRecord)
-	it, err := db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)})
-	if err != nil {
+	opts := &pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(lower)}
+	scan := func(fn func(key []byte)) error {
+		it, err := db.NewIter(opts)
+		if err != nil {
+			return err
+		}
+		for valid := it.First(); valid; valid = it.Next() {
+			fn(it.Key())
+		}
+		return it.Close()
+	}
+	n := 0
+	if err := scan(func([]byte) { n++ }); err != nil {
 		return nil, err
 	}
-	var keys [][]byte
-	for valid := it.First(); valid; valid = it.Next() {
-		keys = append(keys, append([]byte(nil), it.Key()...))
-	}
-	if err := it.Close(); err != nil {
+	f := newRecordFilter(2 * n)
+	if err := scan(f.add); err != nil {
 		return nil, err
-	}
-	f := newRecordFilter(2 * len(keys))
-	for _, k := range keys {
-		f.add(k)
 	}
 	return f, nil
 }
