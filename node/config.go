@@ -105,8 +105,11 @@ type Config struct {
 	LogOutput io.Writer
 }
 
-// defaultMaxInflightEntries: see Config.MaxInflightEntries.
-const defaultMaxInflightEntries = 64
+// defaultMaxInflightEntries: see Config.MaxInflightEntries. Measured with
+// tally-load on a quiet 2-core box, 3 nodes, same binary, 10 s runs: 64 gave
+// 6,531-7,101 coalesced single ops/s and 24,100-24,400 batched (B=1000);
+// 4 gave 8,123 and 29,500; 2 gave 7,579 and 25,600.
+const defaultMaxInflightEntries = 4
 
 // DefaultShards is the number of shards a cluster gets unless told otherwise.
 const DefaultShards = 8
