@@ -100,6 +100,29 @@ func stateCommand(name, synopsis string, do func(c *client.Client) func(context.
 	}
 }
 
+// moveFunc is the client call of a credit or a debit.
+type moveFunc func(ctx context.Context, program, member, asset string, amount decimal.Decimal, key, memo string) (client.Result, error)
+
+// moveCommand is a credit or a debit: an amount and an optional memo.
+func moveCommand(name, synopsis string, call func(c *client.Client) moveFunc) command {
+	return command{
+		name: name, synopsis: synopsis,
+		flags: func(fs *flag.FlagSet, a *args) {
+			amountFlags(fs, a)
+			fs.StringVar(&a.memo, "memo", "", "free text stored in the journal")
+		},
+		required: []string{"program", "member", "asset", "amount"}, mutating: true,
+		do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
+			amount, err := parseDecimal("amount", a.amount)
+			if err != nil {
+				return nil, err
+			}
+			r, err := call(c)(ctx, a.program, a.member, a.asset, amount, a.key, a.memo)
+			return resultOf(a, r, err)
+		},
+	}
+}
+
 func commands() []command {
 	return commandsWith(os.Stdin)
 }
@@ -143,38 +166,8 @@ func commandsWith(stdin io.Reader) []command {
 				return resultOf(a, r, err)
 			},
 		},
-		{
-			name: "credit", synopsis: "add to an account (earn, top-up, refund)",
-			flags: func(fs *flag.FlagSet, a *args) {
-				amountFlags(fs, a)
-				fs.StringVar(&a.memo, "memo", "", "free text stored in the journal")
-			},
-			required: []string{"program", "member", "asset", "amount"}, mutating: true,
-			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
-				amount, err := parseDecimal("amount", a.amount)
-				if err != nil {
-					return nil, err
-				}
-				r, err := c.Credit(ctx, a.program, a.member, a.asset, amount, a.key, a.memo)
-				return resultOf(a, r, err)
-			},
-		},
-		{
-			name: "debit", synopsis: "take from an account's available balance (redeem, pay)",
-			flags: func(fs *flag.FlagSet, a *args) {
-				amountFlags(fs, a)
-				fs.StringVar(&a.memo, "memo", "", "free text stored in the journal")
-			},
-			required: []string{"program", "member", "asset", "amount"}, mutating: true,
-			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
-				amount, err := parseDecimal("amount", a.amount)
-				if err != nil {
-					return nil, err
-				}
-				r, err := c.Debit(ctx, a.program, a.member, a.asset, amount, a.key, a.memo)
-				return resultOf(a, r, err)
-			},
-		},
+		moveCommand("credit", "add to an account (earn, top-up, refund)", func(c *client.Client) moveFunc { return c.Credit }),
+		moveCommand("debit", "take from an account's available balance (redeem, pay)", func(c *client.Client) moveFunc { return c.Debit }),
 		{
 			name: "hold", synopsis: "reserve part of the available balance; the hold is named by --key",
 			flags: func(fs *flag.FlagSet, a *args) {
