@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 )
 
 // ErrInvariant is wrapped by every invariant violation the rules detect. It
@@ -368,23 +369,31 @@ func credit(s Store, timeMs int64, op *Op) (Result, error) {
 		return withAccount(failf(CodeLimitExceeded, "credit of %d would bring account %s to %d, above its limit %d",
 			op.AmountMinor, a.Key, posted, a.MaxBalanceMinor), &a), nil
 	}
+	return post(s, timeMs, op, &a, posted, -op.AmountMinor) // AmountMinor > 0: the negation is exact
+}
+
+// post is the double entry of a credit or debit: the account's posted
+// balance becomes posted and the control account of (program, asset) moves by
+// controlDelta, the opposite amount, so the shard's balances still sum to zero.
+// A control overflow fails the op before anything is written.
+func post(s Store, timeMs int64, op *Op, a *Account, posted, controlDelta int64) (Result, error) {
 	ctl, err := s.Control(op.Program, op.Asset)
 	if err != nil {
 		return Result{}, storeErr("read control", err)
 	}
-	newCtl, ok := add64(ctl, -op.AmountMinor) // AmountMinor > 0, so the negation is exact
+	newCtl, ok := add64(ctl, controlDelta)
 	if !ok {
-		return withAccount(failf(CodeOverflow, "credit of %d overflows the control account of %s/%s (%d)",
-			op.AmountMinor, op.Program, op.Asset, ctl), &a), nil
+		return withAccount(failf(CodeOverflow, "%s of %d overflows the control account of %s/%s (%d)",
+			strings.ToLower(op.Kind.String()), op.AmountMinor, op.Program, op.Asset, ctl), a), nil
 	}
 	a.PostedMinor = posted
-	if err := putAccount(s, &a, timeMs); err != nil {
+	if err := putAccount(s, a, timeMs); err != nil {
 		return Result{}, err
 	}
 	if err := s.PutControl(op.Program, op.Asset, newCtl); err != nil {
 		return Result{}, storeErr("put control", err)
 	}
-	return Result{Code: CodeOK, Account: a}, nil
+	return Result{Code: CodeOK, Account: *a}, nil
 }
 
 func debit(s Store, timeMs int64, op *Op) (Result, error) {
@@ -398,23 +407,7 @@ func debit(s Store, timeMs int64, op *Op) (Result, error) {
 	if a.AvailableMinor() < op.AmountMinor {
 		return insufficient(&a, op), nil
 	}
-	ctl, err := s.Control(op.Program, op.Asset)
-	if err != nil {
-		return Result{}, storeErr("read control", err)
-	}
-	newCtl, ok := add64(ctl, op.AmountMinor)
-	if !ok {
-		return withAccount(failf(CodeOverflow, "debit of %d overflows the control account of %s/%s (%d)",
-			op.AmountMinor, op.Program, op.Asset, ctl), &a), nil
-	}
-	a.PostedMinor -= op.AmountMinor
-	if err := putAccount(s, &a, timeMs); err != nil {
-		return Result{}, err
-	}
-	if err := s.PutControl(op.Program, op.Asset, newCtl); err != nil {
-		return Result{}, storeErr("put control", err)
-	}
-	return Result{Code: CodeOK, Account: a}, nil
+	return post(s, timeMs, op, &a, a.PostedMinor-op.AmountMinor, op.AmountMinor)
 }
 
 func hold(s Store, timeMs int64, op *Op) (Result, error) {
