@@ -15,6 +15,7 @@
 #   open-half           open loop at half the best single-op rate (latency
 #                       from the intended start: no coordinated omission)
 #   reads               256 clients, linearizable GetAccount only
+#   reads-coalesce      the same with client coalescing (GetAccounts batches per shard)
 #
 # Environment: BENCH_SECS (measured seconds per case, default 15),
 # BENCH_WARMUP (default 3s), BENCH_OUT (results directory, default
@@ -32,7 +33,7 @@ warmup=${BENCH_WARMUP:-3s}
 out=${BENCH_OUT:-results/bench/$(date +%Y%m%d-%H%M%S)}
 port=${BENCH_PORT:-7400}
 shards=${SHARDS:-8}
-cases=${BENCH_CASES:-uniform-single uniform-coalesce uniform-batch flash-sale open-half reads}
+cases=${BENCH_CASES:-uniform-single uniform-coalesce uniform-batch flash-sale open-half reads reads-coalesce}
 bin=$PWD/bin
 mkdir -p "$out" "$bin"
 out=$(cd "$out" && pwd)
@@ -133,6 +134,7 @@ for c in $cases; do
       rate=$(awk -v b="$best_single" 'BEGIN {r = int(b / 2); print (r < 100) ? 100 : r}')
       run_case "$c" --scenario uniform --clients 2048 --coalesce --rate "$rate" ;;
     reads) run_case "$c" --scenario uniform --clients 256 --mix read=100 ;;
+    reads-coalesce) run_case "$c" --scenario uniform --clients 256 --mix read=100 --coalesce ;;
     *) echo "unknown case $c" >&2; failed=1 ;;
   esac
 done
