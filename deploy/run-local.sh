@@ -51,5 +51,8 @@ Try, in another terminal:
 Ctrl-C stops the cluster; 'make run' again resumes with the same data.
 MSG
 # Exit (and stop the others) as soon as any node exits.
-wait -n "${pids[@]}" || true
-if [ -z "${stopping:-}" ]; then echo "a node exited; see $data/n*.log"; fi
+# A node stopped by Ctrl-C exits 0 (the whole process group gets the signal,
+# sometimes before this shell does); only a failure is worth a message.
+rc=0
+wait -n "${pids[@]}" || rc=$?
+if [ -z "${stopping:-}" ] && [ "$rc" -ne 0 ]; then echo "a node exited with status $rc; see $data/n*.log"; fi
