@@ -18,6 +18,19 @@ const (
 	maxJournalPage     = 1000
 )
 
+// Placeholders for validateRead when a read names no asset or no key.
+const (
+	anyAsset = "X"
+	noKey    = "read"
+)
+
+// validateRead checks a read's identifiers with the very rules writes use
+// (ledger.Validate on a probe op), so a malformed program, member, asset or
+// key gets the same code whether it is read or written.
+func validateRead(program, member, asset, key string) error {
+	return ledger.Validate(ledger.Op{Kind: ledger.OpFreeze, Program: program, Member: member, Asset: asset, IdempotencyKey: key})
+}
+
 // server implements the gRPC API on top of the node's shards.
 type server struct {
 	tallypb.UnimplementedLedgerServer
@@ -170,8 +183,7 @@ func (sv *server) DefineAsset(ctx context.Context, req *tallypb.DefineAssetReque
 func (sv *server) GetAccount(ctx context.Context, req *tallypb.GetAccountRequest) (_ *tallypb.GetAccountResponse, err error) {
 	start := time.Now()
 	defer func() { sv.observe("GetAccount", start, err); err = toStatus(err) }()
-	if err := ledger.Validate(ledger.Op{Kind: ledger.OpFreeze, Program: req.GetProgram(), Member: req.GetMember(),
-		Asset: req.GetAsset(), IdempotencyKey: "read"}); err != nil {
+	if err := validateRead(req.GetProgram(), req.GetMember(), req.GetAsset(), noKey); err != nil {
 		return nil, err
 	}
 	s := sv.shardFor(req.GetProgram(), req.GetMember())
@@ -201,8 +213,7 @@ func (sv *server) GetAccounts(ctx context.Context, req *tallypb.GetAccountsReque
 	shards := len(sv.n.shards)
 	target := -1
 	for i, r := range refs {
-		if err := ledger.Validate(ledger.Op{Kind: ledger.OpFreeze, Program: r.GetProgram(), Member: r.GetMember(),
-			Asset: r.GetAsset(), IdempotencyKey: "read"}); err != nil {
+		if err := validateRead(r.GetProgram(), r.GetMember(), r.GetAsset(), noKey); err != nil {
 			return nil, opError(i, err)
 		}
 		sh := ledger.ShardOf(r.GetProgram(), r.GetMember(), shards)
@@ -236,8 +247,7 @@ func (sv *server) GetAccounts(ctx context.Context, req *tallypb.GetAccountsReque
 func (sv *server) ListJournal(ctx context.Context, req *tallypb.ListJournalRequest) (_ *tallypb.ListJournalResponse, err error) {
 	start := time.Now()
 	defer func() { sv.observe("ListJournal", start, err); err = toStatus(err) }()
-	if err := ledger.Validate(ledger.Op{Kind: ledger.OpFreeze, Program: req.GetProgram(), Member: req.GetMember(),
-		Asset: "X", IdempotencyKey: "read"}); err != nil {
+	if err := validateRead(req.GetProgram(), req.GetMember(), anyAsset, noKey); err != nil {
 		return nil, err
 	}
 	limit := int(req.GetPageSize())
@@ -266,8 +276,7 @@ func (sv *server) ListJournal(ctx context.Context, req *tallypb.ListJournalReque
 func (sv *server) GetOperation(ctx context.Context, req *tallypb.GetOperationRequest) (_ *tallypb.GetOperationResponse, err error) {
 	start := time.Now()
 	defer func() { sv.observe("GetOperation", start, err); err = toStatus(err) }()
-	if err := ledger.Validate(ledger.Op{Kind: ledger.OpFreeze, Program: req.GetProgram(), Member: req.GetMember(),
-		Asset: "X", IdempotencyKey: req.GetIdempotencyKey()}); err != nil {
+	if err := validateRead(req.GetProgram(), req.GetMember(), anyAsset, req.GetIdempotencyKey()); err != nil {
 		return nil, err
 	}
 	s := sv.shardFor(req.GetProgram(), req.GetMember())
