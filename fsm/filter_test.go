@@ -23,20 +23,42 @@ func TestRecordFilterHasNoFalseNegatives(t *testing.T) {
 			falsePos++
 		}
 	}
-	require.Less(t, falsePos, 500, "false positives out of 10000 at %d keys", f.count)
-	require.False(t, f.full())
+	require.Less(t, falsePos, 100, "false positives out of 10000 at %d keys", f.count())
+	require.Equal(t, 50000, f.count())
+}
+
+// Growing adds layers, each twice the last, and keeps every key.
+func TestRecordFilterGrowsByLayers(t *testing.T) {
+	f := newRecordFilter(0)
+	n := 2*minFilterKeys + 17
+	for i := 0; i < n; i++ {
+		f.add([]byte(fmt.Sprintf("key-%d", i)))
+	}
+	require.Equal(t, 2, len(f.layers)) // 64k + 128k
+	require.Equal(t, n, f.count())
+	for i := 0; i < n; i += 7 {
+		require.True(t, f.mayContain([]byte(fmt.Sprintf("key-%d", i))), "key-%d", i)
+	}
+	falsePos := 0
+	for i := 0; i < 20000; i++ {
+		if f.mayContain([]byte(fmt.Sprintf("other-%d", i))) {
+			falsePos++
+		}
+	}
+	require.Less(t, falsePos, 200, "false positives out of 20000")
 }
 
 // Dedup must survive a reopen (filter rebuilt from the DB) and a filter that
-// fills up (rebuilt bigger mid-run).
+// fills up (grown by a layer mid-run).
 func TestDedupAcrossFilterRebuilds(t *testing.T) {
 	dir := t.TempDir()
 	db, f := openFSM(t, dir, 0)
 	logs := randomLogs(7, 200)
 	f.ApplyBatch(logs[:100])
-	f.store.records.capacity = f.store.records.count + 1 // force a rebuild on the next batch
+	last := &f.store.records.layers[len(f.store.records.layers)-1]
+	last.capacity = last.count + 1 // force a new layer on the next batch
 	f.ApplyBatch(logs[100:150])
-	require.Greater(t, f.store.records.capacity, f.store.records.count)
+	require.Greater(t, len(f.store.records.layers), 1)
 	before, err := f.State()
 	require.NoError(t, err)
 	require.NoError(t, db.Flush())

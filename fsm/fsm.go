@@ -256,7 +256,6 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		panic(fmt.Sprintf("fsm: shard %d: flush: %v", f.shard, err))
 	}
 	m.seq = st.seq
-	grow := st.records.full()
 	if err := b.Set(f.kb.meta(), m.encode(), nil); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: %v", f.shard, err))
 	}
@@ -267,13 +266,6 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	f.m = m
 	f.mu.Unlock()
 	f.applied.Store(m.appliedIndex)
-	if grow {
-		// Rebuilt from the committed records, sized for twice as many.
-		var err error
-		if st.records, err = buildRecordFilter(f.db, f.kb); err != nil {
-			panic(fmt.Sprintf("fsm: shard %d: rebuild record filter: %v", f.shard, err))
-		}
-	}
 	if f.hooks.OnApply != nil {
 		f.hooks.OnApply(m.appliedIndex, applied, ops, time.Since(start))
 	}
