@@ -32,8 +32,15 @@ func OpenDB(dir string) (*DB, error) {
 	defer cache.Unref()
 	opts := &pebble.Options{
 		Cache: cache,
-		// State writes are not synced (the Raft log is the durable record),
-		// so the WAL only needs to bound loss, not guarantee it.
+		// No WAL: the Raft log is the state's write-ahead log. A crash loses
+		// the memtables, which leaves the state as of the last flush: a
+		// prefix of the applied batches, with the applied index of that
+		// prefix (it is written in the same batch). On restart Raft replays
+		// the entries after it, or, if the state is behind the newest
+		// snapshot (whose entries Raft no longer replays), the node restores
+		// the snapshot instead (see FSM.NeedsRestore). A second WAL would
+		// copy every state byte once more and save nothing.
+		DisableWAL:            true,
 		MemTableSize:          64 << 20,
 		L0CompactionThreshold: 4,
 		L0StopWritesThreshold: 24,

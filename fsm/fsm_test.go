@@ -139,6 +139,46 @@ func TestAppliedEntriesAreSkippedAfterRestart(t *testing.T) {
 	require.False(t, f.NeedsRestore(2))
 }
 
+// The state DB has no WAL: a crash loses what was applied since the last
+// flush, and the state on disk is then exactly an earlier applied prefix.
+// Replaying the log from there must give the state of a replica that never
+// crashed.
+func TestUnflushedStateIsReplayedAfterCrash(t *testing.T) {
+	logs := randomLogs(11, 198) // 200 entries
+	require.Len(t, logs, 200)
+	refDB, ref := openFSM(t, t.TempDir(), 0)
+	defer refDB.Close()
+	for i := 0; i < len(logs); i += 10 {
+		ref.ApplyBatch(logs[i : i+10])
+	}
+	want, err := ref.State()
+	require.NoError(t, err)
+
+	dir := t.TempDir()
+	db, f := openFSM(t, dir, 0)
+	for i := 0; i < 100; i += 10 {
+		f.ApplyBatch(logs[i : i+10])
+	}
+	require.NoError(t, db.Flush())
+	for i := 100; i < 150; i += 10 {
+		f.ApplyBatch(logs[i : i+10])
+	}
+	require.NoError(t, db.db.Close()) // a crash: no flush, no WAL
+
+	db, f = openFSM(t, dir, 0)
+	defer db.Close()
+	require.Equal(t, logs[99].Index, f.AppliedIndex(), "state after the crash is the flushed prefix")
+	// Raft replays everything after its snapshot (here: from the start).
+	for i := 0; i < len(logs); i += 10 {
+		f.ApplyBatch(logs[i : i+10])
+	}
+	got, err := f.State()
+	require.NoError(t, err)
+	require.NoError(t, got.Conservation)
+	require.Equal(t, want.Hash, got.Hash)
+	require.Equal(t, want.AppliedIndex, got.AppliedIndex)
+}
+
 type bufSink struct {
 	bytes.Buffer
 	cancelled bool

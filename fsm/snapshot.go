@@ -121,8 +121,8 @@ const (
 )
 
 // Restore replaces the shard's state with a snapshot (raft.FSM). The shard's
-// key range is deleted and rewritten in one synced batch, so a crash leaves
-// either the old state or the new one.
+// key range is deleted and rewritten in one batch, then flushed, so a crash
+// leaves either the old state or the new one.
 func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	defer rc.Close()
 	start := time.Now()
@@ -189,8 +189,14 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	if want := binary.BigEndian.Uint32(trailer[8:]); want != sum {
 		return fmt.Errorf("fsm: restore: checksum mismatch (got %08x want %08x)", sum, want)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("fsm: restore: commit: %w", err)
+	}
+	// The state DB has no WAL: flush so the restored state is on disk
+	// before Raft compacts its log past it. (If we crash first, the node
+	// restores the same snapshot again.)
+	if err := f.db.Flush(); err != nil {
+		return fmt.Errorf("fsm: restore: flush: %w", err)
 	}
 	return f.loadMeta()
 }
