@@ -155,6 +155,7 @@ type stateStore struct {
 	assets   map[string]ledger.Asset   // program \x00 code
 	accounts map[string]ledger.Account // encoded account key
 	controls map[string]int64          // encoded control key
+	holds    map[string]ledger.Hold    // encoded hold key; captures follow holds closely
 	records  *recordFilter             // every stored record key; see recordFilter
 	db       *pebble.DB
 }
@@ -165,6 +166,7 @@ const (
 	maxCachedAccounts = 1 << 18
 	maxCachedControls = 1 << 12
 	maxCachedAssets   = 1 << 12
+	maxCachedHolds    = 1 << 16
 )
 
 var (
@@ -183,6 +185,7 @@ func (s *stateStore) reload() error {
 	s.assets = make(map[string]ledger.Asset)
 	s.accounts = make(map[string]ledger.Account)
 	s.controls = make(map[string]int64)
+	s.holds = make(map[string]ledger.Hold)
 	f, err := buildRecordFilter(s.db, s.kb)
 	if err != nil {
 		return err
@@ -262,14 +265,41 @@ func (s *stateStore) PutControl(program, asset string, balanceMinor int64) error
 	return s.b.Set(key, binary.BigEndian.AppendUint64(nil, uint64(balanceMinor)), nil)
 }
 
+// Hold reads a committed hold. A hold is named by the idempotency key of the
+// Hold operation that placed it, and its dedup record is written in the same
+// batch, so a key the record filter has never seen has no hold: a new hold
+// (and a capture of a hold that never existed) costs no Pebble lookup.
 func (s *stateStore) Hold(program, member, key string) (ledger.Hold, bool, error) {
-	return s.hold(program, member, key)
+	hk := s.kb.hold(program, member, key)
+	if h, ok := s.holds[string(hk)]; ok {
+		return h, true, nil
+	}
+	if !s.records.mayContain(s.kb.record(program, key)) {
+		return ledger.Hold{}, false, nil
+	}
+	b, found, err := s.r.getValue(hk)
+	if err != nil || !found {
+		return ledger.Hold{}, false, err
+	}
+	h, err := ledger.DecodeHold(b)
+	if err != nil {
+		return ledger.Hold{}, false, err
+	}
+	s.cacheHold(string(hk), h)
+	return h, true, nil
+}
+
+func (s *stateStore) cacheHold(key string, h ledger.Hold) {
+	if len(s.holds) >= maxCachedHolds {
+		s.holds = make(map[string]ledger.Hold)
+	}
+	s.holds[key] = h
 }
 
 // PutHold keeps the expiry index in step: the overlay flushes each hold
 // once per batch, so the DB still holds its state before the batch.
 func (s *stateStore) PutHold(h ledger.Hold) error {
-	old, found, err := s.hold(h.Program, h.Member, h.Key)
+	old, found, err := s.Hold(h.Program, h.Member, h.Key)
 	if err != nil {
 		return err
 	}
@@ -283,7 +313,9 @@ func (s *stateStore) PutHold(h ledger.Hold) error {
 			return err
 		}
 	}
-	return s.b.Set(s.kb.hold(h.Program, h.Member, h.Key), ledger.AppendHold(nil, h), nil)
+	hk := s.kb.hold(h.Program, h.Member, h.Key)
+	s.cacheHold(string(hk), h)
+	return s.b.Set(hk, ledger.AppendHold(nil, h), nil)
 }
 
 func (s *stateStore) ExpiredHolds(nowMs int64, limit int) ([]ledger.HoldRef, error) {
