@@ -72,6 +72,12 @@ type Config struct {
 	MetricsAddr string // listen address for /metrics; "" disables it
 	// Pprof also serves Go's /debug/pprof/ on MetricsAddr, for profiling.
 	Pprof bool
+	// RaftMetrics exports hashicorp/raft's own timings (raft_commitTime,
+	// raft_rpc_appendEntries_storeLogs, raft_replication_appendEntries_rpc,
+	// ...) as Prometheus summaries on /metrics. Raft reports them through a
+	// process-wide sink without a shard label, so they cover every shard of
+	// the node; only the first node started in a process gets them.
+	RaftMetrics bool
 	// Peers lists every node, this one included, in the same order on every
 	// node: shard i prefers Peers[i mod len(Peers)] as its leader.
 	Peers []Peer

@@ -1,10 +1,14 @@
 package node
 
 import (
+	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	gometrics "github.com/hashicorp/go-metrics"
+	gometricsprom "github.com/hashicorp/go-metrics/prometheus"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -193,4 +197,29 @@ func collectPebble(ch chan<- prometheus.Metric, db string, m *pebble.Metrics) {
 	ch <- prometheus.MustNewConstMetric(descReadAmp, prometheus.GaugeValue, float64(m.ReadAmp()), db)
 	ch <- prometheus.MustNewConstMetric(descDiskBytes, prometheus.GaugeValue, float64(m.DiskSpaceUsage()), db)
 	ch <- prometheus.MustNewConstMetric(descMemtable, prometheus.GaugeValue, float64(m.MemTable.Size), db)
+}
+
+// raftMetricsOnce guards go-metrics' process-wide sink, which hashicorp/raft
+// reports to.
+var raftMetricsOnce sync.Once
+
+// exportRaftMetrics routes hashicorp/raft's go-metrics into reg (once per
+// process; see Config.RaftMetrics).
+func exportRaftMetrics(reg prometheus.Registerer) error {
+	var err error
+	raftMetricsOnce.Do(func() {
+		var sink *gometricsprom.PrometheusSink
+		sink, err = gometricsprom.NewPrometheusSinkFrom(gometricsprom.PrometheusOpts{Registerer: reg, Expiration: time.Minute})
+		if err != nil {
+			return
+		}
+		conf := gometrics.DefaultConfig("")
+		conf.EnableHostname = false
+		conf.EnableRuntimeMetrics = false // the Go collector already covers them
+		_, err = gometrics.NewGlobal(conf, sink)
+	})
+	if err != nil {
+		return fmt.Errorf("node: raft metrics: %w", err)
+	}
+	return nil
 }

@@ -133,6 +133,11 @@ func (n *Node) open() error {
 		if err != nil {
 			return fmt.Errorf("node: listen metrics %s: %w", cfg.MetricsAddr, err)
 		}
+		if cfg.RaftMetrics {
+			if err := exportRaftMetrics(n.metrics.reg); err != nil {
+				return err
+			}
+		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{Registry: n.metrics.reg}))
 		if cfg.Pprof {

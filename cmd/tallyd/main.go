@@ -40,6 +40,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "Prometheus /metrics listen address (empty: off)")
 	fs.StringVar(&peers, "peers", "", "every node as id=raftAddr/grpcAddr, comma-separated, same order on every node")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve /debug/pprof/ on the metrics address")
+	fs.BoolVar(&cfg.RaftMetrics, "raft-metrics", true, "also export hashicorp/raft's internal timings (all shards together) on /metrics")
 	fs.IntVar(&cfg.Shards, "shards", node.DefaultShards, "number of shards (fixed at bootstrap)")
 	fs.BoolVar(&cfg.Bootstrap, "bootstrap", false, "create the cluster from --peers on first start (safe on every node)")
 	fs.StringVar(&rewrite, "raft-dial-rewrite", "", "advertised=dialed Raft address pairs, comma-separated (fault-injection proxies)")
