@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"sync"
 	"time"
@@ -94,7 +95,9 @@ func newMetrics(n *Node) *metrics {
 	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.applyBatch, m.applyLatency,
 		m.appliedIndex, m.isLeader, m.leaderChanges, m.verifyRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
 		&stateCollector{n: n},
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+			// Scheduler latency: how long runnable goroutines wait for a CPU.
+			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$`)})), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
