@@ -235,27 +235,35 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	st := f.store
 	st.b, st.seq = b, m.seq
 	defer func() { st.b = nil }()
-	ov := ledger.NewOverlay(st)
-	applied, ops := 0, 0
+	// Decode first: the operation count sizes the overlay's buffers.
+	cmds := make([]ledger.Command, len(logs))
+	ops := 0
+	for i, l := range logs {
+		if l.Index <= m.appliedIndex || l.Type != raft.LogCommand {
+			continue
+		}
+		var err error
+		if cmds[i], err = ledger.DecodeCommand(l.Data); err != nil {
+			panic(fmt.Sprintf("fsm: shard %d: undecodable entry %d: %v", f.shard, l.Index, err))
+		}
+		for _, r := range cmds[i].Requests {
+			ops += len(r.Ops)
+		}
+	}
+	ov := ledger.NewOverlaySized(st, ops)
+	applied := 0
 	for i, l := range logs {
 		if l.Index <= m.appliedIndex {
 			continue
 		}
 		if l.Type == raft.LogCommand {
-			cmd, err := ledger.DecodeCommand(l.Data)
-			if err != nil {
-				panic(fmt.Sprintf("fsm: shard %d: undecodable entry %d: %v", f.shard, l.Index, err))
-			}
-			t, results, err := ledger.ApplyCommand(ov, m.lastTimeMs, cmd)
+			t, results, err := ledger.ApplyCommand(ov, m.lastTimeMs, cmds[i])
 			if err != nil {
 				panic(fmt.Sprintf("fsm: shard %d: apply entry %d: %v", f.shard, l.Index, err))
 			}
 			m.lastTimeMs = t
 			resp[i] = Results(results)
 			applied++
-			for _, r := range cmd.Requests {
-				ops += len(r.Ops)
-			}
 		}
 		m.appliedIndex = l.Index
 	}
