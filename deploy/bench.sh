@@ -20,7 +20,7 @@
 # Environment: BENCH_SECS (measured seconds per case, default 15),
 # BENCH_WARMUP (default 3s), BENCH_OUT (results directory, default
 # results/bench/<time>), BENCH_PORT (first port, default 7400: gRPC
-# BENCH_PORT+1..3, Raft +11..13, metrics +21..23), SHARDS (default 8),
+# BENCH_PORT+1..3, Raft +11..13, metrics +21..23), SHARDS (default 3),
 # PG_SECS and PG_CLIENTS (default 15 and 64), BENCH_CASES (a subset, e.g.
 # "uniform-single flash-sale"), BENCH_SKIP_PG=1 (no baseline).
 # With a tallyd that has --pprof, a 10 s CPU profile of node n1 is taken
@@ -32,7 +32,11 @@ secs=${BENCH_SECS:-15}
 warmup=${BENCH_WARMUP:-3s}
 out=${BENCH_OUT:-results/bench/$(date +%Y%m%d-%H%M%S)}
 port=${BENCH_PORT:-7400}
-shards=${SHARDS:-8}
+# Three shards, one leader per node: on two shared cores, fewer Raft groups
+# pack more operations into each log entry (one fsync and one AppendEntries
+# round trip for more of them). A/B in docs/BENCHMARKS.md: 3 shards beat 8 in
+# every latency-bound case and matched it batched. tallyd's default stays 8.
+shards=${SHARDS:-3}
 cases=${BENCH_CASES:-uniform-single uniform-coalesce uniform-batch flash-sale open-half reads reads-coalesce}
 bin=$PWD/bin
 mkdir -p "$out" "$bin"
