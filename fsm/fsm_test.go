@@ -139,6 +139,32 @@ func TestAppliedEntriesAreSkippedAfterRestart(t *testing.T) {
 	require.False(t, f.NeedsRestore(2))
 }
 
+// Accounts answers like Account for each key, from one view, with that
+// view's applied index.
+func TestAccountsReadsOneView(t *testing.T) {
+	db, f := openFSM(t, t.TempDir(), 0)
+	defer db.Close()
+	logs := randomLogs(5, 60)
+	f.ApplyBatch(logs)
+	var keys []ledger.AccountKey
+	for _, m := range []string{"m4", "m1", "nobody", "m3", "m2"} {
+		for _, a := range []string{"CNY", "PTS"} {
+			keys = append(keys, ledger.AccountKey{Program: prog, Member: m, Asset: a})
+		}
+	}
+	accounts, found, applied, err := f.Accounts(keys)
+	require.NoError(t, err)
+	require.Equal(t, f.AppliedIndex(), applied)
+	require.Equal(t, logs[len(logs)-1].Index, applied)
+	for i, k := range keys {
+		a, ok, err := f.Account(k)
+		require.NoError(t, err)
+		require.Equal(t, ok, found[i], "%v", k)
+		require.Equal(t, a, accounts[i], "%v", k)
+		require.Equal(t, k.Member != "nobody", found[i], "%v", k)
+	}
+}
+
 // The state DB has no WAL: a crash loses what was applied since the last
 // flush, and the state on disk is then exactly an earlier applied prefix.
 // Replaying the log from there must give the state of a replica that never

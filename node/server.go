@@ -228,17 +228,22 @@ func (sv *server) GetAccounts(ctx context.Context, req *tallypb.GetAccountsReque
 	if err := s.linearizable(ctx); err != nil {
 		return nil, err
 	}
-	resp := &tallypb.GetAccountsResponse{AppliedIndex: s.fsm.AppliedIndex(), Results: make([]*tallypb.AccountRead, len(refs))}
+	keys := make([]ledger.AccountKey, len(refs))
 	for i, r := range refs {
-		a, found, err := s.fsm.Account(ledger.AccountKey{Program: r.GetProgram(), Member: r.GetMember(), Asset: r.GetAsset()})
-		if err != nil {
-			return nil, errInternal(err.Error())
-		}
-		if !found {
+		keys[i] = ledger.AccountKey{Program: r.GetProgram(), Member: r.GetMember(), Asset: r.GetAsset()}
+	}
+	// One point-in-time view for the whole batch, and its applied index.
+	accounts, found, applied, err := s.fsm.Accounts(keys)
+	if err != nil {
+		return nil, errInternal(err.Error())
+	}
+	resp := &tallypb.GetAccountsResponse{AppliedIndex: applied, Results: make([]*tallypb.AccountRead, len(refs))}
+	for i := range refs {
+		if !found[i] {
 			resp.Results[i] = &tallypb.AccountRead{Code: string(ledger.CodeAccountNotFound)}
 			continue
 		}
-		resp.Results[i] = &tallypb.AccountRead{Code: string(ledger.CodeOK), Account: sv.n.accountPB(s, a)}
+		resp.Results[i] = &tallypb.AccountRead{Code: string(ledger.CodeOK), Account: sv.n.accountPB(s, accounts[i])}
 	}
 	return resp, nil
 }
