@@ -86,7 +86,7 @@ func (q *shardQueue) submit(ctx context.Context, ops []*tallypb.Op) ([]*tallypb.
 
 	select {
 	case out := <-g.done:
-		return out.results, out.err
+		return out.results, q.settle(ctx, out.err)
 	case <-ctx.Done():
 	}
 	if g.state.CompareAndSwap(groupQueued, groupAbandoned) {
@@ -94,10 +94,22 @@ func (q *shardQueue) submit(ctx context.Context, ops []*tallypb.Op) ([]*tallypb.
 	}
 	select {
 	case out := <-g.done: // finished meanwhile: the outcome beats a guess
-		return out.results, out.err
+		return out.results, q.settle(ctx, out.err)
 	default:
 	}
 	return nil, giveUpError(ctx.Err(), q.shard, nil, true)
+}
+
+// settle picks the error a caller sees. An indeterminate failure that comes
+// back once the caller's own context has ended was caused by it (a batch is
+// cancelled when its last caller leaves), so the caller is told its own
+// reason (context.DeadlineExceeded or Canceled), still as indeterminate,
+// whichever of the two it noticed first.
+func (q *shardQueue) settle(ctx context.Context, err *Error) *Error {
+	if err != nil && err.Indeterminate && ctx.Err() != nil {
+		return giveUpError(ctx.Err(), q.shard, err, true)
+	}
+	return err
 }
 
 // close fails queued groups with ErrClosed and stops the senders.
