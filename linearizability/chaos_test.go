@@ -108,6 +108,11 @@ func TestChaos(t *testing.T) {
 	dir := resultsDir(t, seed)
 	t.Logf("seed %d (replay: %s=%d), results %s", seed, envSeed, seed, dir)
 	cfg := CIProfile(tallydPath, seed, dir, t.Logf)
+	// Odd seeds run the workers through one coalescing client (batched
+	// Submits, GetAccounts reads), even seeds through a client each: over
+	// CI runs both paths meet the faults, and a seed replays its mode.
+	cfg.Coalesce = seed%2 == 1
+	t.Logf("coalescing client: %v", cfg.Coalesce)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, cfg)

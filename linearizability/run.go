@@ -44,6 +44,11 @@ type Config struct {
 	// many operations are recorded, or MaxDuration ends the run.
 	MinOps      int
 	MaxDuration time.Duration
+	// Coalesce makes all workers share one client with Config.Coalesce on,
+	// so concurrent operations travel as batched Submits and reads as
+	// GetAccounts, and a worker that gives up leaves a batch other workers
+	// still wait on.
+	Coalesce bool
 	// UnsafeLocalReads is the deliberately broken variant: nodes run with
 	// --unsafe-local-reads and reads go straight to a random node.
 	UnsafeLocalReads bool
@@ -256,12 +261,22 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}()
 	var workers []*worker
-	for i := 0; i < cfg.Clients; i++ {
-		cl, err := client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout})
+	var shared *client.Client
+	if cfg.Coalesce {
+		shared, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout, Coalesce: true})
 		if err != nil {
 			return nil, fmt.Errorf("dial: %w", err)
 		}
-		clients = append(clients, cl)
+		clients = append(clients, shared)
+	}
+	for i := 0; i < cfg.Clients; i++ {
+		cl := shared
+		if cl == nil {
+			if cl, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout}); err != nil {
+				return nil, fmt.Errorf("dial: %w", err)
+			}
+			clients = append(clients, cl)
+		}
 		w := &worker{id: i, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1)), cl: cl, hist: hist,
 			epochs: epochs, epochLen: cfg.EpochLength, began: time.Now(), impatient: i%4 == 3}
 		if cfg.UnsafeLocalReads {

@@ -43,6 +43,7 @@ func run(args []string) (int, error) {
 		epoch    = fs.Duration("epoch", time.Minute, "move the workload to fresh accounts this often, so per-account histories stay checkable (0: never)")
 		minOps   = fs.Int("min-ops", 0, "keep the (healed) workload going until this many operations")
 		faults   = fs.String("faults", "kill,pause,partition,delay", "fault kinds, comma-separated")
+		coalesce = fs.Bool("coalesce", false, "all workers share one coalescing client (batched Submits and GetAccounts reads)")
 		unsafe   = fs.Bool("unsafe-local-reads", false, "BROKEN ON PURPOSE: nodes serve reads locally and reads go to random nodes; the run must fail")
 		tallyd   = fs.String("tallyd", "", "tallyd binary (default: build ./cmd/tallyd)")
 		keep     = fs.Bool("keep-data", false, "keep the nodes' data directories after a passing run")
@@ -100,7 +101,7 @@ func run(args []string) (int, error) {
 		Shards: *shards, Clients: *clients, Accounts: *accounts, EpochLength: *epoch,
 		Faults: kinds, FaultRounds: 1, Duration: *duration,
 		MinOps: *minOps, MaxDuration: *duration + 10*time.Minute,
-		UnsafeLocalReads: *unsafe, CheckTimeout: *timeout,
+		Coalesce: *coalesce, UnsafeLocalReads: *unsafe, CheckTimeout: *timeout,
 		SnapshotThreshold: *snap, TrailingLogs: *trailing,
 		Logf: logf,
 	})
