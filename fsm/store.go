@@ -83,13 +83,10 @@ func (v view) account(k ledger.AccountKey) (ledger.Account, bool, error) {
 	return a, err == nil, err
 }
 
-func (v view) control(program, asset string) (int64, error) {
-	b, ok, err := v.r.getValue(v.kb.control(program, asset))
-	if err != nil || !ok {
-		return 0, err
-	}
+// decodeControl decodes a control balance (8 bytes, big-endian).
+func decodeControl(b []byte) (int64, error) {
 	if len(b) != 8 {
-		return 0, fmt.Errorf("fsm: control balance %s/%s: bad length %d", program, asset, len(b))
+		return 0, fmt.Errorf("fsm: control balance: bad length %d", len(b))
 	}
 	return int64(binary.BigEndian.Uint64(b)), nil
 }
@@ -152,16 +149,59 @@ type stateStore struct {
 	b   *pebble.Batch // current batch; nil between batches
 	seq uint64        // last journal sequence handed out
 
-	assets   map[string]ledger.Asset   // program \x00 code
-	accounts map[string]ledger.Account // encoded account key
-	controls map[string]int64          // encoded control key
-	holds    map[string]ledger.Hold    // encoded hold key; captures follow holds closely
-	records  *recordFilter             // every stored record key; see recordFilter
+	assets   boundedCache[ledger.Asset]   // program \x00 code
+	accounts boundedCache[ledger.Account] // encoded account key
+	controls boundedCache[int64]          // encoded control key
+	holds    boundedCache[ledger.Hold]    // encoded hold key; captures follow holds closely
+	records  *recordFilter                // every stored record key; see recordFilter
 	db       *pebble.DB
 }
 
-// Cache bounds: when a map reaches its bound it is dropped and refilled from
-// the DB, which changes speed, never results.
+// boundedCache is a map of decoded values that is dropped when it reaches
+// its bound and refilled from the DB, which changes speed, never results.
+type boundedCache[V any] struct {
+	m   map[string]V
+	max int
+}
+
+func newBoundedCache[V any](max int) boundedCache[V] {
+	return boundedCache[V]{m: make(map[string]V), max: max}
+}
+
+// get looks key up; the string(key) conversion in a map index allocates
+// nothing.
+func (c *boundedCache[V]) get(key []byte) (V, bool) {
+	v, ok := c.m[string(key)]
+	return v, ok
+}
+
+func (c *boundedCache[V]) put(key []byte, v V) {
+	if len(c.m) >= c.max {
+		c.m = make(map[string]V)
+	}
+	c.m[string(key)] = v
+}
+
+// cachedRead returns key's value from c, or reads and decodes it from the
+// DB and caches it.
+func cachedRead[V any](s *stateStore, c *boundedCache[V], key []byte, decode func([]byte) (V, error)) (V, bool, error) {
+	if v, ok := c.get(key); ok {
+		return v, true, nil
+	}
+	var zero V
+	b, found, err := s.r.getValue(key)
+	if err != nil || !found {
+		return zero, false, err
+	}
+	v, err := decode(b)
+	if err != nil {
+		return zero, false, err
+	}
+	c.put(key, v)
+	return v, true, nil
+}
+
+// Cache bounds.
 const (
 	maxCachedAccounts = 1 << 18
 	maxCachedControls = 1 << 12
@@ -182,10 +222,10 @@ func newStateStore(db *pebble.DB, kb keyBuilder) (*stateStore, error) {
 // reload drops every cached value and rebuilds the record filter from the
 // DB: on open and after the shard's state was replaced by a restore.
 func (s *stateStore) reload() error {
-	s.assets = make(map[string]ledger.Asset)
-	s.accounts = make(map[string]ledger.Account)
-	s.controls = make(map[string]int64)
-	s.holds = make(map[string]ledger.Hold)
+	s.assets = newBoundedCache[ledger.Asset](maxCachedAssets)
+	s.accounts = newBoundedCache[ledger.Account](maxCachedAccounts)
+	s.controls = newBoundedCache[int64](maxCachedControls)
+	s.holds = newBoundedCache[ledger.Hold](maxCachedHolds)
 	f, err := buildRecordFilter(s.db, s.kb)
 	if err != nil {
 		return err
@@ -195,73 +235,34 @@ func (s *stateStore) reload() error {
 }
 
 func (s *stateStore) Asset(program, code string) (ledger.Asset, bool, error) {
-	k := program + "\x00" + code
-	if a, ok := s.assets[k]; ok {
-		return a, true, nil
-	}
-	a, found, err := s.asset(program, code)
-	if found && err == nil {
-		if len(s.assets) >= maxCachedAssets {
-			s.assets = make(map[string]ledger.Asset)
-		}
-		s.assets[k] = a
-	}
-	return a, found, err
+	return cachedRead(s, &s.assets, s.kb.asset(program, code), ledger.DecodeAsset)
 }
 
 func (s *stateStore) PutAsset(a ledger.Asset) error {
-	s.assets[a.Program+"\x00"+a.Code] = a
-	return s.b.Set(s.kb.asset(a.Program, a.Code), ledger.AppendAsset(nil, a), nil)
+	key := s.kb.asset(a.Program, a.Code)
+	s.assets.put(key, a)
+	return s.b.Set(key, ledger.AppendAsset(nil, a), nil)
 }
 
 func (s *stateStore) Account(k ledger.AccountKey) (ledger.Account, bool, error) {
-	key := s.kb.account(k.Program, k.Member, k.Asset)
-	if a, ok := s.accounts[string(key)]; ok {
-		return a, true, nil
-	}
-	b, found, err := s.r.getValue(key)
-	if err != nil || !found {
-		return ledger.Account{}, false, err
-	}
-	a, err := ledger.DecodeAccount(b)
-	if err != nil {
-		return ledger.Account{}, false, err
-	}
-	s.cacheAccount(string(key), a)
-	return a, true, nil
-}
-
-func (s *stateStore) cacheAccount(key string, a ledger.Account) {
-	if len(s.accounts) >= maxCachedAccounts {
-		s.accounts = make(map[string]ledger.Account)
-	}
-	s.accounts[key] = a
+	return cachedRead(s, &s.accounts, s.kb.account(k.Program, k.Member, k.Asset), ledger.DecodeAccount)
 }
 
 func (s *stateStore) PutAccount(a ledger.Account) error {
 	key := s.kb.account(a.Key.Program, a.Key.Member, a.Key.Asset)
-	s.cacheAccount(string(key), a)
+	s.accounts.put(key, a)
 	return s.b.Set(key, ledger.AppendAccount(nil, a), nil)
 }
 
+// Control reads a control balance; an absent one is zero.
 func (s *stateStore) Control(program, asset string) (int64, error) {
-	key := s.kb.control(program, asset)
-	if v, ok := s.controls[string(key)]; ok {
-		return v, nil
-	}
-	v, err := s.control(program, asset)
-	if err == nil {
-		if len(s.controls) >= maxCachedControls {
-			s.controls = make(map[string]int64)
-		}
-		s.controls[string(key)] = v
-	}
+	v, _, err := cachedRead(s, &s.controls, s.kb.control(program, asset), decodeControl)
 	return v, err
 }
 
 func (s *stateStore) PutControl(program, asset string, balanceMinor int64) error {
 	key := s.kb.control(program, asset)
-	s.controls[string(key)] = balanceMinor
+	s.controls.put(key, balanceMinor)
 	return s.b.Set(key, binary.BigEndian.AppendUint64(nil, uint64(balanceMinor)), nil)
 }
 
@@ -270,36 +271,22 @@ func (s *stateStore) PutControl(program, asset string, balanceMinor int64) error
 // batch, so a key the record filter has never seen has no hold: a new hold
 // (and a capture of a hold that never existed) costs no Pebble lookup.
 func (s *stateStore) Hold(program, member, key string) (ledger.Hold, bool, error) {
-	hk := s.kb.hold(program, member, key)
-	if h, ok := s.holds[string(hk)]; ok {
+	return s.holdAt(s.kb.hold(program, member, key), program, key)
+}
+
+func (s *stateStore) holdAt(hk []byte, program, key string) (ledger.Hold, bool, error) {
+	if h, ok := s.holds.get(hk); ok {
 		return h, true, nil
 	}
 	if !s.records.mayContain(s.kb.record(program, key)) {
 		return ledger.Hold{}, false, nil
 	}
-	b, found, err := s.r.getValue(hk)
-	if err != nil || !found {
-		return ledger.Hold{}, false, err
-	}
-	h, err := ledger.DecodeHold(b)
-	if err != nil {
-		return ledger.Hold{}, false, err
-	}
-	s.cacheHold(string(hk), h)
-	return h, true, nil
+	return cachedRead(s, &s.holds, hk, ledger.DecodeHold)
 }
 
-func (s *stateStore) cacheHold(key string, h ledger.Hold) {
-	if len(s.holds) >= maxCachedHolds {
-		s.holds = make(map[string]ledger.Hold)
-	}
-	s.holds[key] = h
-}
-
-// PutHold keeps the expiry index in step: the overlay flushes each hold
-// once per batch, so the DB still holds its state before the batch.
 func (s *stateStore) PutHold(h ledger.Hold) error {
-	old, found, err := s.Hold(h.Program, h.Member, h.Key)
+	hk := s.kb.hold(h.Program, h.Member, h.Key)
+	old, found, err := s.holdAt(hk, h.Program, h.Key)
 	if err != nil {
 		return err
 	}
@@ -313,8 +300,7 @@ func (s *stateStore) PutHold(h ledger.Hold) error {
 			return err
 		}
 	}
-	hk := s.kb.hold(h.Program, h.Member, h.Key)
-	s.cacheHold(string(hk), h)
+	s.holds.put(hk, h)
 	return s.b.Set(hk, ledger.AppendHold(nil, h), nil)
 }
 
