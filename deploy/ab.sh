@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# One measured load run against a fresh three-node cluster, with the nodes'
+# own timings over the measured window: the tool behind the A/B figures in
+# docs/BENCHMARKS.md. Run it for two binaries or flag sets, alternating.
+#
+#   deploy/ab.sh [tally-load args...]
+#   BIN=/path/to/bins TALLYD_FLAGS="--max-inflight-entries 12" SHARDS=3 \
+#     deploy/ab.sh --scenario uniform --clients 256 --duration 10s --warmup 3s
+#
+# Environment: BIN (folder with tallyd, tallyctl, tally-load; default: build
+# ./bin), TALLYD_FLAGS (extra tallyd flags), SHARDS (default 3), MEMBERS
+# (default 20000), AB_PORT (first port, default 7500), AB_PROFILE=FILE (8 s
+# CPU profile of n1 in the window), AB_KEEP=1 (keep the data folder). Prints tally-load's summary, then per
+# node the mean of each timing over the window (metrics scraped when the
+# measured window starts and 8 s later): entry size, propose-to-apply,
+# hashicorp/raft's commitTime, leader log write, follower log write, the
+# AppendEntries round trip, and the share of goroutine wakeups that waited
+# over 1 ms for a CPU. Every process it starts is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+port=${AB_PORT:-7500}
+shards=${SHARDS:-3}
+if [ -z "${BIN:-}" ]; then
+  BIN=$PWD/bin
+  go build -o "$BIN/" ./cmd/tallyd ./cmd/tallyctl ./cmd/tally-load
+fi
+data=$(mktemp -d /tmp/tally-ab.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${AB_KEEP:-}" ] || rm -rf "$data"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+peers=""; addrs=""
+for i in 1 2 3; do
+  peers+="${peers:+,}n$i=127.0.0.1:$((port + 10 + i))/127.0.0.1:$((port + i))"
+  addrs+="${addrs:+,}127.0.0.1:$((port + i))"
+done
+for i in 1 2 3; do
+  # shellcheck disable=SC2086 # TALLYD_FLAGS is a list of flags
+  "$BIN/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap --grpc "127.0.0.1:$((port + i))" \
+    --raft "127.0.0.1:$((port + 10 + i))" --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" --pprof \
+    ${TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
+  pids+=($!)
+done
+for _ in $(seq 1 150); do
+  "$BIN/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -q "^$((shards - 1)) *n" && break
+  sleep 0.2
+done
+scrape() { for i in 1 2 3; do curl -s "http://127.0.0.1:$((port + 20 + i))/metrics" >"$data/$1.n$i" || true; done; }
+(for _ in $(seq 1 600); do grep -q 'measure\]' "$data/progress" 2>/dev/null && break; sleep 0.5; done
+ scrape m0
+ if [ -n "${AB_PROFILE:-}" ]; then
+   curl -s -o "$AB_PROFILE" "http://127.0.0.1:$((port + 21))/debug/pprof/profile?seconds=8"
+ else
+   sleep 8
+ fi
+ scrape m1) &
+window=$!
+server_pids=$(IFS=,; echo "${pids[*]}")
+rc=0
+"$BIN/tally-load" --addrs "$addrs" --server-pids "$server_pids" --members "${MEMBERS:-20000}" \
+  --verify-budget 5s "$@" 2>"$data/progress" | grep -E '^(throughput|latency|cpu|result)' || rc=$?
+wait "$window" || true
+for i in 1 2 3; do
+  [ -s "$data/m1.n$i" ] || continue
+  awk -v node="n$i" '
+    FNR == 1 { f++ }
+    /^#/ { next }
+    { name = $1; sub(/\{.*/, "", name); v[f, $1] = $2 }
+    function mean(base, lbl,   s, c) {
+      s = v[2, base "_sum" lbl] - v[1, base "_sum" lbl]; c = v[2, base "_count" lbl] - v[1, base "_count" lbl]
+      return c > 0 ? sprintf("%.3g", s / c) : "-"
+    }
+    function peers(base,   k, s, c, key) {
+      s = 0; c = 0
+      for (key in v) { split(key, k, SUBSEP)
+        if (k[1] == 2 && index(k[2], base "_sum{peer_id=") == 1) { s += v[2, k[2]] - v[1, k[2]] }
+        if (k[1] == 2 && index(k[2], base "_count{peer_id=") == 1) { c += v[2, k[2]] - v[1, k[2]] } }
+      return c > 0 ? sprintf("%.3g", s / c) : "-"
+    }
+    END {
+      tot = v[2, "go_sched_latencies_seconds_count"] - v[1, "go_sched_latencies_seconds_count"]
+      fast = 0
+      for (key in v) { split(key, k, SUBSEP)
+        if (k[1] == 2 && index(k[2], "go_sched_latencies_seconds_bucket{le=") == 1) {
+          le = k[2]; gsub(/.*le="|".*/, "", le)
+          if (le + 0 <= 0.001 && le + 0 > best) { best = le + 0; fast = v[2, k[2]] - v[1, k[2]] } } }
+      printf "%s: entry_ops %s, propose->apply %s s, raft_commitTime %s ms, leader log write %s ms, follower log write %s ms, AppendEntries rpc %s ms, wakeups waiting >1ms %s\n",
+        node, mean("tally_entry_ops", ""), mean("tally_raft_commit_apply_seconds", ""), mean("raft_commitTime", ""),
+        mean("raft_leader_dispatchLog", ""), mean("raft_rpc_appendEntries_storeLogs", ""),
+        peers("raft_replication_appendEntries_rpc"), (tot > 0 ? sprintf("%.1f%%", 100 * (tot - fast) / tot) : "-")
+    }' "$data/m0.n$i" "$data/m1.n$i"
+done
+exit "$rc"
