@@ -14,6 +14,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/hashicorp/raft"
+	"github.com/tally-ledger/tally/internal/pebblestall"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -23,7 +24,8 @@ const stateCacheBytes = 256 << 20
 // DB is a node's state database: one Pebble instance holding the state of
 // every shard the node replicates.
 type DB struct {
-	db *pebble.DB
+	db     *pebble.DB
+	stalls *pebblestall.Counter
 }
 
 // OpenDB opens (creating if needed) the state database in dir.
@@ -32,8 +34,10 @@ func OpenDB(dir string) (*DB, error) {
 	// idempotency key is looked up (and missed) before it is written.
 	cache := pebble.NewCache(stateCacheBytes)
 	defer cache.Unref()
+	stalls := new(pebblestall.Counter)
 	opts := &pebble.Options{
-		Cache: cache,
+		Cache:         cache,
+		EventListener: stalls.Listener(),
 		// No WAL: the Raft log is the state's write-ahead log. A crash loses
 		// the memtables, which leaves the state as of the last flush: a
 		// prefix of the applied batches, with the applied index of that
@@ -59,7 +63,7 @@ func OpenDB(dir string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: open state db %s: %w", dir, err)
 	}
-	return &DB{db: db}, nil
+	return &DB{db: db, stalls: stalls}, nil
 }
 
 // quietLogger drops Pebble's informational messages (WAL recovery, one line
@@ -83,6 +87,10 @@ func (d *DB) Close() error { return d.db.Close() }
 
 // Metrics exposes Pebble's metrics for the node's Prometheus collector.
 func (d *DB) Metrics() *pebble.Metrics { return d.db.Metrics() }
+
+// Stalls reports the write stalls so far: every apply on the node waits
+// through one.
+func (d *DB) Stalls() (count uint64, total time.Duration) { return d.stalls.Stalls() }
 
 // meta is the per-shard bookkeeping written in the same batch as the state
 // it describes.

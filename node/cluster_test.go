@@ -361,6 +361,10 @@ func TestClusterOperations(t *testing.T) {
 	require.Greater(t, byName["tally_shard_commit_index"], 0.0)
 	require.Greater(t, byName["tally_pebble_wal_bytes_written_total"], 0.0)
 	require.Greater(t, byName["tally_read_verify_rounds_total"], 0.0)
+	for _, name := range []string{"tally_pebble_write_stalls_total", "tally_pebble_write_stall_seconds_total"} {
+		_, ok := byName[name]
+		require.True(t, ok, "%s is exported (zero without stalls)", name)
+	}
 }
 
 func TestLeaderFailoverLosesNothing(t *testing.T) {

@@ -149,11 +149,13 @@ var (
 	descReadAmp     = prometheus.NewDesc("tally_pebble_read_amplification", "Pebble read amplification.", []string{"db"}, nil)
 	descDiskBytes   = prometheus.NewDesc("tally_pebble_disk_bytes", "Disk space used by the Pebble DB.", []string{"db"}, nil)
 	descMemtable    = prometheus.NewDesc("tally_pebble_memtable_bytes", "Memtable bytes.", []string{"db"}, nil)
+	descStalls      = prometheus.NewDesc("tally_pebble_write_stalls_total", "Pebble write stalls (memtables or L0 full: every write waits).", []string{"db"}, nil)
+	descStallTime   = prometheus.NewDesc("tally_pebble_write_stall_seconds_total", "Time spent in finished Pebble write stalls.", []string{"db"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCommitIndex, descApplyLag, descTerm, descLastContact, descCompactions,
-		descCompactDebt, descFlushes, descWALBytes, descWALFiles, descL0Files, descReadAmp, descDiskBytes, descMemtable} {
+		descCompactDebt, descFlushes, descWALBytes, descWALFiles, descL0Files, descReadAmp, descDiskBytes, descMemtable, descStalls, descStallTime} {
 		ch <- d
 	}
 }
@@ -181,9 +183,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.n.logs != nil {
 		collectPebble(ch, "raftlog", c.n.logs.Metrics())
+		collectStalls(ch, "raftlog", c.n.logs)
 	}
 	if c.n.state != nil {
 		collectPebble(ch, "state", c.n.state.Metrics())
+		collectStalls(ch, "state", c.n.state)
 	}
 }
 
@@ -200,6 +204,14 @@ func collectPebble(ch chan<- prometheus.Metric, db string, m *pebble.Metrics) {
 	ch <- prometheus.MustNewConstMetric(descReadAmp, prometheus.GaugeValue, float64(m.ReadAmp()), db)
 	ch <- prometheus.MustNewConstMetric(descDiskBytes, prometheus.GaugeValue, float64(m.DiskSpaceUsage()), db)
 	ch <- prometheus.MustNewConstMetric(descMemtable, prometheus.GaugeValue, float64(m.MemTable.Size), db)
+}
+
+func collectStalls(ch chan<- prometheus.Metric, db string, s interface {
+	Stalls() (uint64, time.Duration)
+}) {
+	n, d := s.Stalls()
+	ch <- prometheus.MustNewConstMetric(descStalls, prometheus.CounterValue, float64(n), db)
+	ch <- prometheus.MustNewConstMetric(descStallTime, prometheus.CounterValue, d.Seconds(), db)
 }
 
 // raftMetricsOnce guards go-metrics' process-wide sink, which hashicorp/raft

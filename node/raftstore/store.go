@@ -8,9 +8,11 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/hashicorp/raft"
+	"github.com/tally-ledger/tally/internal/pebblestall"
 )
 
 // Defaults for Options left zero.
@@ -54,6 +56,7 @@ type Options struct {
 type DB struct {
 	pdb    *pebble.DB
 	logger *slog.Logger
+	stalls *pebblestall.Counter
 
 	// closeMu is held for reading by every operation on pdb and for writing by
 	// Close, so that a straggling Raft call after Close gets ErrClosed instead
@@ -85,8 +88,10 @@ func Open(dir string, opts Options) (*DB, error) {
 
 	cache := pebble.NewCache(opts.CacheBytes)
 	defer cache.Unref() // Pebble holds its own reference while open.
+	stalls := new(pebblestall.Counter)
 	popts := &pebble.Options{
 		Cache:                       cache,
+		EventListener:               stalls.Listener(),
 		FormatMajorVersion:          pebble.FormatNewest,
 		MemTableSize:                opts.MemTableBytes,
 		MemTableStopWritesThreshold: memTableStopWritesThreshold,
@@ -102,7 +107,7 @@ func Open(dir string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: open %s: %w", dir, err)
 	}
-	db := &DB{pdb: pdb, logger: logger, groups: make(map[uint32]*GroupStore)}
+	db := &DB{pdb: pdb, logger: logger, stalls: stalls, groups: make(map[uint32]*GroupStore)}
 	shards, err := db.logShards()
 	if err == nil {
 		for _, shard := range shards {
@@ -293,6 +298,10 @@ func (db *DB) Metrics() *pebble.Metrics {
 	}
 	return db.pdb.Metrics()
 }
+
+// Stalls reports the write stalls so far: every Raft append on the node
+// waits through one.
+func (db *DB) Stalls() (count uint64, total time.Duration) { return db.stalls.Stalls() }
 
 // pebbleLogger routes Pebble's log through slog.
 type pebbleLogger struct{ l *slog.Logger }
