@@ -21,10 +21,19 @@
 # BENCH_WARMUP (default 3s), BENCH_OUT (results directory, default
 # results/bench/<time>), BENCH_PORT (first port, default 7400: gRPC
 # BENCH_PORT+1..3, Raft +11..13, metrics +21..23), SHARDS (default 3),
-# PG_SECS and PG_CLIENTS (default 15 and 64), BENCH_CASES (a subset, e.g.
-# "uniform-single flash-sale"), BENCH_SKIP_PG=1 (no baseline).
+# PG_SECS and PG_CLIENTS (default 15 and 64), BENCH_RATE (open-half's rate
+# instead of half the best single-op figure of this run), BENCH_CASES (a subset, e.g.
+# "uniform-single flash-sale"), BENCH_SKIP_PG=1 (no baseline),
+# BENCH_NOBUILD=1 (use the binaries already in bin/: for a machine without Go),
+# BENCH_CPUS="<n1> <n2> <n3> <load>" (taskset CPU lists, e.g. "0-3 4-7 8-11
+# 12-15": each node and the load generator on their own cores, as on separate
+# machines; the PostgreSQL baseline then runs unpinned, on every CPU, unless
+# BENCH_PG_CPUS gives it a CPU list too, e.g. "0-3,12-15": one node's cores
+# for the server and the load generator's for pgbench).
 # With a tallyd that has --pprof, a 10 s CPU profile of node n1 is taken
 # during each case (BENCH_PROFILE=0 turns that off).
+# Every node's /metrics is saved after each case, and the nodes' logs (Raft at
+# info: elections, snapshots) when the run ends.
 # Exit status: non-zero if any case failed its checks or could not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +51,18 @@ bin=$PWD/bin
 mkdir -p "$out" "$bin"
 out=$(cd "$out" && pwd)
 
-echo "== build"
-go build -o "$bin/" ./cmd/tallyd ./cmd/tallyctl ./cmd/tally-load
+if [ "${BENCH_NOBUILD:-0}" = 1 ]; then
+  echo "== using the binaries in $bin (BENCH_NOBUILD=1)"
+else
+  echo "== build"
+  go build -o "$bin/" ./cmd/tallyd ./cmd/tallyctl ./cmd/tally-load
+fi
+
+# pin N: the command prefix that runs process N (1-3 a node, 4 the load
+# generator) on its BENCH_CPUS set; empty when unpinned.
+read -r -a cpus <<<"${BENCH_CPUS:-}"
+if [ -n "${BENCH_CPUS:-}" ] && [ "${#cpus[@]}" != 4 ]; then echo "BENCH_CPUS needs four CPU lists" >&2; exit 2; fi
+pin() { if [ -n "${BENCH_CPUS:-}" ]; then echo "taskset -c ${cpus[$1 - 1]}"; fi; }
 
 data=$(mktemp -d /tmp/tally-bench.XXXXXX)
 pids=()
@@ -55,6 +74,7 @@ stop_cluster() {
 cleanup() {
   trap - EXIT INT TERM
   stop_cluster
+  cp "$data"/n*.log "$out/" 2>/dev/null || true
   rm -rf "$data"
 }
 trap cleanup EXIT
@@ -72,9 +92,9 @@ for i in 1 2 3; do
 done
 echo "== cluster: 3 nodes, $shards shards, data $data, gRPC $addrs"
 for i in 1 2 3; do
-  "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
+  $(pin "$i") "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
     --grpc "127.0.0.1:$((port + i))" --raft "127.0.0.1:$((port + 10 + i))" \
-    --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag >"$data/n$i.log" 2>&1 &
+    --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
 ready=0
@@ -89,7 +109,8 @@ server_pids=$(IFS=,; echo "${pids[*]}")
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "host: $(uname -srm); $(nproc) CPUs; $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
   echo "cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
-  echo "go: $(go version)"
+  echo "go: $(go version 2>/dev/null || echo "none (BENCH_NOBUILD)")"
+  echo "cpus: ${BENCH_CPUS:-unpinned} (n1 n2 n3 load)"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out/machine.txt"
@@ -113,9 +134,12 @@ run_case() {
     prof_pid=$!
   fi
   local rc=0
-  "$bin/tally-load" --addrs "$addrs" --duration "${secs}s" --warmup "$warmup" --server-pids "$server_pids" \
+  $(pin 4) "$bin/tally-load" --addrs "$addrs" --duration "${secs}s" --warmup "$warmup" --server-pids "$server_pids" \
     --json "$out/$name.json" --plot "$out/$name.html" "$@" 2>"$out/$name.progress" | tee "$out/$name.txt" || rc=$?
   if [ -n "$prof_pid" ]; then wait "$prof_pid" 2>/dev/null || true; fi
+  # Each node's counters after the case (snapshots, write stalls, Raft
+  # timings): diff two cases' files to see what one case did.
+  for i in 1 2 3; do curl -s -o "$out/$name.n$i.metrics" "http://127.0.0.1:$((port + 20 + i))/metrics" || true; done
   if [ "$rc" != 0 ]; then
     echo "!! $name: tally-load exited $rc"
     tail -3 "$out/$name.progress"
@@ -136,6 +160,7 @@ for c in $cases; do
         best_single=$(awk -v a="$best_single" -v b="${v:-0}" 'BEGIN {print (b > a) ? b : a}')
       done
       rate=$(awk -v b="$best_single" 'BEGIN {r = int(b / 2); print (r < 100) ? 100 : r}')
+      rate=${BENCH_RATE:-$rate}
       run_case "$c" --scenario uniform --clients 2048 --coalesce --rate "$rate" ;;
     reads) run_case "$c" --scenario uniform --clients 256 --mix read=100 ;;
     reads-coalesce) run_case "$c" --scenario uniform --clients 256 --mix read=100 --coalesce ;;
@@ -152,7 +177,9 @@ pg_hotspot=
 if [ "${BENCH_SKIP_PG:-0}" != 1 ]; then
   echo
   echo "== PostgreSQL baseline: ../shared/bench/pg_bench.sh ${PG_SECS:-15} ${PG_CLIENTS:-64}"
-  if bash ../shared/bench/pg_bench.sh "${PG_SECS:-15}" "${PG_CLIENTS:-64}" | tee "$out/pg.txt"; then
+  pg_pin=()
+  if [ -n "${BENCH_PG_CPUS:-}" ]; then pg_pin=(taskset -c "$BENCH_PG_CPUS"); echo "(PostgreSQL and pgbench on CPUs $BENCH_PG_CPUS)"; fi
+  if "${pg_pin[@]}" bash ../shared/bench/pg_bench.sh "${PG_SECS:-15}" "${PG_CLIENTS:-64}" | tee "$out/pg.txt"; then
     pg_uniform=$(sed -n 's/^pg uniform .* tps=\([0-9.]*\).*/\1/p' "$out/pg.txt")
     pg_hotspot=$(sed -n 's/^pg hotspot .* tps=\([0-9.]*\).*/\1/p' "$out/pg.txt")
   else

@@ -433,7 +433,9 @@ func (r *runner) progress(t Tick) {
 	if r.cfg.TTY {
 		fmt.Fprintf(r.cfg.Progress, "\r\033[K%s", line)
 	} else {
-		fmt.Fprintln(r.cfg.Progress, line)
+		// A log keeps the wall-clock time too, to line a stall up with the
+		// nodes' logs and metrics.
+		fmt.Fprintf(r.cfg.Progress, "%s  at %s\n", line, time.Now().UTC().Format("15:04:05.0"))
 	}
 }
 
