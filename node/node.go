@@ -186,10 +186,11 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		return nil, err
 	}
 	snapDir := filepath.Join(cfg.DataDir, "snapshots", fmt.Sprintf("shard-%03d", id))
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(snapDir, 2, n.logger.Named(fmt.Sprintf("snap%d", id)))
+	fileSnaps, err := raft.NewFileSnapshotStoreWithLogger(snapDir, 2, n.logger.Named(fmt.Sprintf("snap%d", id)))
 	if err != nil {
 		return nil, fmt.Errorf("node: shard %d: snapshot store: %w", id, err)
 	}
+	snaps := newSyncingSnapshots(fileSnaps, snapDir)
 	var snapIndex uint64
 	if metas, err := snaps.List(); err != nil {
 		return nil, fmt.Errorf("node: shard %d: list snapshots: %w", id, err)

@@ -1,0 +1,113 @@
+package node
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/raft"
+)
+
+// snapshotBytesPerSync is how much of a snapshot may be written before it is
+// synced. A snapshot is the whole shard (hundreds of MB after a busy hour);
+// written in one go and synced once when the sink closes, that fsync pushes
+// it all to the disk at once, and every Raft log fsync queued behind it
+// waits: on the 16-CPU benchmark machine each snapshot showed up as a
+// 100-400 ms stall of all requests (docs/BENCHMARKS.md). Syncing as we go
+// keeps the disk queue short, as Pebble's BytesPerSync does for sstables.
+const snapshotBytesPerSync = 1 << 20
+
+// syncingSnapshots is hashicorp/raft's FileSnapshotStore with snapshots
+// synced every bytesPerSync bytes while they are written. Durability is
+// unchanged: the store's own fsync at Close still decides whether a snapshot
+// exists. The early syncs need the state file's path, which FileSnapshotStore
+// does not export; it is <base>/snapshots/<id>.tmp/state.bin, and if that
+// layout ever changes the syncs are skipped (only pacing is lost).
+type syncingSnapshots struct {
+	*raft.FileSnapshotStore
+	base         string
+	bytesPerSync int
+}
+
+func newSyncingSnapshots(store *raft.FileSnapshotStore, base string) *syncingSnapshots {
+	return &syncingSnapshots{FileSnapshotStore: store, base: base, bytesPerSync: snapshotBytesPerSync}
+}
+
+// Create implements raft.SnapshotStore.
+func (s *syncingSnapshots) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
+	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	sink, err := s.FileSnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
+	if err != nil {
+		return nil, err
+	}
+	return &syncingSink{
+		SnapshotSink: sink,
+		path:         filepath.Join(s.base, "snapshots", sink.ID()+".tmp", "state.bin"),
+		every:        s.bytesPerSync,
+	}, nil
+}
+
+// syncingSink forwards writes to the store's sink and syncs the state file
+// behind it every `every` bytes.
+type syncingSink struct {
+	raft.SnapshotSink
+	path     string
+	every    int
+	unsynced int
+	f        *os.File // the state file, opened for syncing at the first sync
+	off      bool     // the file could not be opened or synced: stop trying
+	syncs    int      // syncs done (for tests)
+}
+
+func (s *syncingSink) Write(p []byte) (int, error) {
+	n, err := s.SnapshotSink.Write(p)
+	s.unsynced += n
+	if err == nil && s.unsynced >= s.every {
+		s.unsynced = 0
+		s.sync()
+	}
+	return n, err
+}
+
+// sync flushes what the sink has written so far. The sink buffers at most a
+// few KiB, so nearly all of it is in the file already. Errors only turn the
+// pacing off: Close syncs again and reports what matters.
+func (s *syncingSink) sync() {
+	if s.off {
+		return
+	}
+	if s.f == nil {
+		f, err := os.Open(s.path)
+		if err != nil {
+			s.off = true
+			return
+		}
+		s.f = f
+	}
+	if err := s.f.Sync(); err != nil {
+		s.off = true
+		return
+	}
+	s.syncs++
+}
+
+func (s *syncingSink) closeFile() {
+	if s.f != nil {
+		_ = s.f.Close()
+		s.f = nil
+	}
+}
+
+// Close implements raft.SnapshotSink.
+func (s *syncingSink) Close() error {
+	s.closeFile()
+	return s.SnapshotSink.Close()
+}
+
+// Cancel implements raft.SnapshotSink.
+func (s *syncingSink) Cancel() error {
+	s.closeFile()
+	return s.SnapshotSink.Cancel()
+}
+
+var _ io.Writer = (*syncingSink)(nil)
