@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // clockTicksPerSec is USER_HZ, the unit of /proc/<pid>/stat times: 100 on
@@ -45,4 +47,23 @@ func processesCPU(pids []int) float64 {
 		total += (ut + st) / clockTicksPerSec
 	}
 	return total
+}
+
+// processesCPUCount is how many CPUs pids may run on together (the union of
+// their affinity masks): with the nodes pinned to their own cores it is not
+// the load generator's runtime.NumCPU. 0 if no mask can be read.
+func processesCPUCount(pids []int) int {
+	var union unix.CPUSet
+	n := 0
+	for _, pid := range pids {
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(pid, &set); err != nil {
+			continue
+		}
+		for i := range union {
+			union[i] |= set[i]
+		}
+		n = union.Count()
+	}
+	return n
 }

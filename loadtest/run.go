@@ -177,10 +177,11 @@ type Report struct {
 	Verification *Verification `json:"verification"`
 
 	LoadgenCPUS     float64 `json:"loadgen_cpu_s"`
-	LoadgenCPUShare float64 `json:"loadgen_cpu_share"` // of all CPUs of the machine
+	LoadgenCPUShare float64 `json:"loadgen_cpu_share"` // of the NumCPU CPUs it may run on
 	ServerCPUS      float64 `json:"server_cpu_s,omitempty"`
-	ServerCPUShare  float64 `json:"server_cpu_share,omitempty"`
+	ServerCPUShare  float64 `json:"server_cpu_share,omitempty"` // of the ServerNumCPU CPUs they may run on
 	NumCPU          int     `json:"num_cpu"`
+	ServerNumCPU    int     `json:"server_num_cpu,omitempty"`
 
 	Timeline []Tick `json:"timeline"`
 	OK       bool   `json:"ok"`
@@ -409,7 +410,11 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 		rep.OpsPerSec = float64(t.Ops) / secs
 		rep.RequestsPerSec = float64(t.Requests) / secs
 		rep.LoadgenCPUShare = rep.LoadgenCPUS / (secs * float64(runtime.NumCPU()))
-		rep.ServerCPUShare = rep.ServerCPUS / (secs * float64(runtime.NumCPU()))
+		rep.ServerNumCPU = processesCPUCount(cfg.ServerPIDs)
+		if rep.ServerNumCPU == 0 {
+			rep.ServerNumCPU = runtime.NumCPU()
+		}
+		rep.ServerCPUShare = rep.ServerCPUS / (secs * float64(rep.ServerNumCPU))
 	}
 	rep.MeanMs, rep.P50Ms, rep.P90Ms = t.All.MeanMs, t.All.P50Ms, t.All.P90Ms
 	rep.P99Ms, rep.P999Ms, rep.MaxMs = t.All.P99Ms, t.All.P999Ms, t.All.MaxMs
@@ -571,7 +576,7 @@ func Summary(out io.Writer, rep *Report) {
 	}
 	fmt.Fprintf(&b, "cpu         load generator %.1fs = %.0f%% of %d CPUs", rep.LoadgenCPUS, 100*rep.LoadgenCPUShare, rep.NumCPU)
 	if rep.ServerCPUS > 0 {
-		fmt.Fprintf(&b, "; servers %.1fs = %.0f%%", rep.ServerCPUS, 100*rep.ServerCPUShare)
+		fmt.Fprintf(&b, "; servers %.1fs = %.0f%% of %d CPUs", rep.ServerCPUS, 100*rep.ServerCPUShare, rep.ServerNumCPU)
 	}
 	b.WriteString("\n")
 	if v := rep.Verification; v != nil {
