@@ -22,7 +22,8 @@
 # results/bench/<time>), BENCH_PORT (first port, default 7400: gRPC
 # BENCH_PORT+1..3, Raft +11..13, metrics +21..23), SHARDS (default 3),
 # PG_SECS and PG_CLIENTS (default 15 and 64), BENCH_RATE (open-half's rate
-# instead of half the best single-op figure of this run), BENCH_CASES (a subset, e.g.
+# instead of half the best single-op figure of this run), BENCH_TALLYD_FLAGS
+# (extra tallyd flags, for A/B runs), BENCH_CASES (a subset, e.g.
 # "uniform-single flash-sale"), BENCH_SKIP_PG=1 (no baseline),
 # BENCH_NOBUILD=1 (use the binaries already in bin/: for a machine without Go),
 # BENCH_CPUS="<n1> <n2> <n3> <load>" (taskset CPU lists, e.g. "0-3 4-7 8-11
@@ -94,7 +95,7 @@ echo "== cluster: 3 nodes, $shards shards, data $data, gRPC $addrs"
 for i in 1 2 3; do
   $(pin "$i") "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
     --grpc "127.0.0.1:$((port + i))" --raft "127.0.0.1:$((port + 10 + i))" \
-    --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info >"$data/n$i.log" 2>&1 &
+    --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info ${BENCH_TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
 ready=0
@@ -111,6 +112,7 @@ server_pids=$(IFS=,; echo "${pids[*]}")
   echo "cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
   echo "go: $(go version 2>/dev/null || echo "none (BENCH_NOBUILD)")"
   echo "cpus: ${BENCH_CPUS:-unpinned} (n1 n2 n3 load)"
+  echo "tallyd flags: --shards $shards ${BENCH_TALLYD_FLAGS:-}"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out/machine.txt"

@@ -47,6 +47,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.LogLevel, "log-level", "warn", "Raft log level: trace, debug, info, warn, error")
 	fs.Uint64Var(&snapEvery, "snapshot-threshold", 0, "log entries between snapshots (0: default 8192)")
 	fs.Uint64Var(&trailing, "trailing-logs", 0, "log entries kept after a snapshot (0: default 10240)")
+	fs.DurationVar(&cfg.Raft.SnapshotInterval, "snapshot-interval", 0, "how often each shard checks whether to snapshot, randomized up to twice that (0: default 30s)")
 	fs.IntVar(&cfg.MaxInflightEntries, "max-inflight-entries", 0, "log entries per shard proposed but not yet applied (0: default)")
 	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 0, "leadership balancing period (0: 2s, negative: off)")
 	fs.BoolVar(&cfg.UnsafeLocalReads, "unsafe-local-reads", false, "BROKEN ON PURPOSE: serve reads from any replica without checks (only to prove the linearizability checker catches it)")
