@@ -138,6 +138,11 @@ type FSM struct {
 
 	applied atomic.Uint64 // copy of m.appliedIndex for lock-free waits
 
+	// logBytes counts the entry bytes handed to ApplyBatch since the FSM
+	// was created (skipped replays included). It is not state: the node
+	// uses it to size its snapshot schedule to the log (see LogBytes).
+	logBytes atomic.Uint64
+
 	store *stateStore // used only by Raft's FSM goroutine
 
 	hooks Hooks
@@ -223,6 +228,10 @@ func (f *FSM) NeedsRestore(snapshotIndex uint64) bool {
 	return f.AppliedIndex() < snapshotIndex
 }
 
+// LogBytes is the number of Raft entry bytes this FSM has been given since
+// it was created. It only grows, and it is not replicated state.
+func (f *FSM) LogBytes() uint64 { return f.logBytes.Load() }
+
 // Apply applies one entry (raft.FSM).
 func (f *FSM) Apply(l *raft.Log) interface{} {
 	return f.ApplyBatch([]*raft.Log{l})[0]
@@ -235,6 +244,11 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 // than diverge from its replicas.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	start := time.Now()
+	var n uint64
+	for _, l := range logs {
+		n += uint64(len(l.Data))
+	}
+	f.logBytes.Add(n)
 	resp := make([]interface{}, len(logs))
 	f.mu.Lock()
 	m := f.m

@@ -96,7 +96,7 @@ func CIProfile(tallyd string, seed uint64, dir string, logf func(string, ...any)
 		Faults: AllFaults, FaultRounds: 3, Duration: 60 * time.Second,
 		MinOps: 5000, MaxDuration: 210 * time.Second,
 		CheckTimeout:      20 * time.Second,
-		SnapshotThreshold: 1024, TrailingLogs: 256,
+		SnapshotThreshold: 1024, SnapshotLogBytes: 256 << 10, TrailingLogs: 256,
 	}
 }
 

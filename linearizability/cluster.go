@@ -42,10 +42,11 @@ type ClusterConfig struct {
 	// UnsafeLocalReads starts every node with --unsafe-local-reads (the
 	// deliberately broken build the checker must catch).
 	UnsafeLocalReads bool
-	// SnapshotThreshold and TrailingLogs are passed to tallyd (0: its
-	// defaults); small values make snapshots and snapshot installs happen
-	// within a short run.
+	// SnapshotThreshold, SnapshotLogBytes and TrailingLogs are passed to
+	// tallyd (0: its defaults); small values make snapshots (by entry count
+	// and by log bytes) and snapshot installs happen within a short run.
 	SnapshotThreshold uint64
+	SnapshotLogBytes  uint64
 	TrailingLogs      uint64
 }
 
@@ -145,6 +146,9 @@ func (c *Cluster) start(ctx context.Context) error {
 		}
 		if c.cfg.SnapshotThreshold > 0 {
 			n.args = append(n.args, "--snapshot-threshold", fmt.Sprint(c.cfg.SnapshotThreshold))
+		}
+		if c.cfg.SnapshotLogBytes > 0 {
+			n.args = append(n.args, "--snapshot-log-bytes", fmt.Sprint(c.cfg.SnapshotLogBytes))
 		}
 		if c.cfg.TrailingLogs > 0 {
 			n.args = append(n.args, "--trailing-logs", fmt.Sprint(c.cfg.TrailingLogs))

@@ -55,8 +55,9 @@ type Config struct {
 	// CheckTimeout bounds porcupine per account; undecided is reported,
 	// not failed.
 	CheckTimeout time.Duration
-	// SnapshotThreshold, TrailingLogs: see ClusterConfig.
+	// SnapshotThreshold, SnapshotLogBytes, TrailingLogs: see ClusterConfig.
 	SnapshotThreshold uint64
+	SnapshotLogBytes  uint64
 	TrailingLogs      uint64
 	// Logf receives progress lines (nil: silent).
 	Logf func(format string, args ...any)
@@ -220,7 +221,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	clusterDir := filepath.Join(cfg.ResultsDir, "cluster")
 	c, err := StartCluster(ctx, ClusterConfig{Tallyd: cfg.Tallyd, Dir: clusterDir, Shards: cfg.Shards,
-		UnsafeLocalReads: cfg.UnsafeLocalReads, SnapshotThreshold: cfg.SnapshotThreshold, TrailingLogs: cfg.TrailingLogs})
+		UnsafeLocalReads: cfg.UnsafeLocalReads, SnapshotThreshold: cfg.SnapshotThreshold,
+		SnapshotLogBytes: cfg.SnapshotLogBytes, TrailingLogs: cfg.TrailingLogs})
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)
 	}

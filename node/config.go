@@ -25,6 +25,10 @@ type RaftTuning struct {
 	SnapshotThreshold  uint64
 	SnapshotInterval   time.Duration
 	TrailingLogs       uint64
+	// SnapshotLogBytes is the least log a shard applies between two
+	// snapshots; past it, a shard snapshots once its log since the last
+	// snapshot is as big as that snapshot (node/snaptrigger.go).
+	SnapshotLogBytes uint64
 }
 
 func (t RaftTuning) withDefaults() RaftTuning {
@@ -41,9 +45,12 @@ func (t RaftTuning) withDefaults() RaftTuning {
 		LeaderLeaseTimeout: 250 * time.Millisecond,
 		CommitTimeout:      50 * time.Millisecond,
 		MaxAppendEntries:   512,
-		SnapshotThreshold:  8192,
-		SnapshotInterval:   30 * time.Second,
-		TrailingLogs:       10240,
+		// The entry count is only a backstop (about 1M entries); snapshots
+		// follow the log's bytes (SnapshotLogBytes, snaptrigger.go).
+		SnapshotThreshold: 1 << 20,
+		SnapshotInterval:  30 * time.Second,
+		TrailingLogs:      10240,
+		SnapshotLogBytes:  64 << 20,
 	}
 	setDefault(&t.HeartbeatTimeout, def.HeartbeatTimeout)
 	setDefault(&t.ElectionTimeout, def.ElectionTimeout)
@@ -53,6 +60,7 @@ func (t RaftTuning) withDefaults() RaftTuning {
 	setDefault(&t.SnapshotThreshold, def.SnapshotThreshold)
 	setDefault(&t.SnapshotInterval, def.SnapshotInterval)
 	setDefault(&t.TrailingLogs, def.TrailingLogs)
+	setDefault(&t.SnapshotLogBytes, def.SnapshotLogBytes)
 	return t
 }
 

@@ -251,6 +251,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		return nil, fmt.Errorf("node: shard %d: start raft: %w", id, err)
 	}
 	s.raft = r
+	s.snaps = snaps
 	return s, nil
 }
 

@@ -44,10 +44,11 @@ type entry struct {
 
 // shard is one Raft group on this node.
 type shard struct {
-	id   uint32
-	n    *Node
-	raft *raft.Raft
-	fsm  *fsm.FSM
+	id    uint32
+	n     *Node
+	raft  *raft.Raft
+	fsm   *fsm.FSM
+	snaps raft.SnapshotStore
 
 	proposeCh chan *proposal
 	inflight  chan *entry
@@ -76,11 +77,12 @@ func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
 }
 
 func (s *shard) start() {
-	s.wg.Add(4)
+	s.wg.Add(5)
 	go s.proposeLoop()
 	go s.completeLoop()
 	go s.expiryLoop()
 	go s.observeLoop()
+	go s.snapshotLoop(s.n.cfg.Raft.SnapshotLogBytes)
 }
 
 func (s *shard) stopLoops() {

@@ -49,6 +49,7 @@ func run(args []string) (int, error) {
 		keep     = fs.Bool("keep-data", false, "keep the nodes' data directories after a passing run")
 		timeout  = fs.Duration("check-timeout", time.Minute, "porcupine time limit per account (undecided is reported, not failed)")
 		snap     = fs.Uint64("snapshot-threshold", 1024, "tallyd --snapshot-threshold (small: snapshots happen during the run)")
+		snapLog  = fs.Uint64("snapshot-log-bytes", 256<<10, "tallyd --snapshot-log-bytes (small: byte-triggered snapshots happen during the run too)")
 		trailing = fs.Uint64("trailing-logs", 256, "tallyd --trailing-logs")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -102,7 +103,7 @@ func run(args []string) (int, error) {
 		Faults: kinds, FaultRounds: 1, Duration: *duration,
 		MinOps: *minOps, MaxDuration: *duration + 10*time.Minute,
 		Coalesce: *coalesce, UnsafeLocalReads: *unsafe, CheckTimeout: *timeout,
-		SnapshotThreshold: *snap, TrailingLogs: *trailing,
+		SnapshotThreshold: *snap, SnapshotLogBytes: *snapLog, TrailingLogs: *trailing,
 		Logf: logf,
 	})
 	if err != nil {
