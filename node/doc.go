@@ -9,6 +9,8 @@
 // packs concurrent requests into one log entry stamped with the leader's
 // clock. Reads: served only by the shard leader after it has applied every
 // entry of earlier terms (one Barrier per term) and confirmed, after the read
-// arrived, that a quorum still follows it (VerifyLeader, shared by all reads
-// that arrive while one is in flight).
+// arrived, that a quorum still follows it: followers accepted it as leader in
+// requests sent after the read arrived (acks.go; VerifyLeader makes them
+// answer, and one round is shared by all reads that arrive while one is in
+// flight).
 package node

@@ -78,7 +78,7 @@ func newMetrics(n *Node) *metrics {
 			Name: "tally_shard_leader_changes_total", Help: "Leadership gained or lost by this node, per shard.",
 		}, []string{"shard"}),
 		verifyRounds: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tally_read_verify_rounds_total", Help: "VerifyLeader rounds run for linearizable reads (shared by concurrent reads).",
+			Name: "tally_read_verify_rounds_total", Help: "VerifyLeader calls made for linearizable reads (a round shared by concurrent reads makes one, or more if answers to older heartbeats arrive first).",
 		}),
 		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_snapshots_total", Help: "FSM snapshots persisted or restored, by result.",

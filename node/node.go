@@ -204,10 +204,10 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	// replication to that follower and hanging Shutdown. We hit that in our own
 	// cluster tests; it is hashicorp/raft issue #612. Large batches
 	// (MaxAppendEntries) recover most of what pipelining would give.
-	trans := n.mux.NewTransport(id, transport.TransportConfig{
+	trans := newAckTransport(n.mux.NewTransport(id, transport.TransportConfig{
 		Logger:          n.logger.Named(fmt.Sprintf("net%d", id)),
 		MaxRPCsInFlight: 1,
-	})
+	}))
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
@@ -252,6 +252,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	}
 	s.raft = r
 	s.snaps = snaps
+	s.trans = trans
 	return s, nil
 }
 

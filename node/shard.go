@@ -49,6 +49,7 @@ type shard struct {
 	raft  *raft.Raft
 	fsm   *fsm.FSM
 	snaps raft.SnapshotStore
+	trans *ackTransport
 
 	proposeCh chan *proposal
 	inflight  chan *entry
@@ -260,7 +261,10 @@ func (s *shard) linearizable(ctx context.Context) error {
 
 // verifier shares one VerifyLeader round among all reads that arrive while
 // another round is in flight: a read joins the next round, which starts
-// after it arrived, so the confirmation is never older than the read.
+// after it arrived, so the confirmation is never older than the read. A
+// round counts only once a quorum has accepted this node as leader in
+// requests sent after the round started (ackTransport says why VerifyLeader
+// alone is not enough).
 type verifier struct {
 	s       *shard
 	mu      sync.Mutex
@@ -295,8 +299,7 @@ func (v *verifier) wait(ctx context.Context) error {
 
 func (v *verifier) run(r *verifyRound) {
 	for r != nil {
-		r.err = v.s.raft.VerifyLeader().Error()
-		v.s.n.metrics.verifyRounds.Inc()
+		r.err = v.s.confirmLeader()
 		close(r.done)
 		v.mu.Lock()
 		r = v.next
@@ -306,6 +309,38 @@ func (v *verifier) run(r *verifyRound) {
 		}
 		v.mu.Unlock()
 	}
+}
+
+// maxVerifyTries bounds the VerifyLeader calls of one round. The first may
+// be answered by heartbeats sent before the round began; the heartbeats it
+// triggers are sent after, so a second normally settles it.
+const maxVerifyTries = 4
+
+// errStaleConfirmation: a leader that could not get fresh confirmations
+// does not serve the read; the client retries (perhaps elsewhere).
+var errStaleConfirmation = errors.New("node: leadership not confirmed by requests sent after the read")
+
+// confirmLeader returns nil once this node is confirmed as leader by a
+// quorum of acceptances of requests sent after the call began, in the term
+// it began in.
+func (s *shard) confirmLeader() error {
+	start := time.Now()
+	term := s.raft.CurrentTerm()
+	need := len(s.n.cfg.Peers)/2 + 1 - 1 // a majority, counting this node
+	for try := 0; try < maxVerifyTries; try++ {
+		err := s.raft.VerifyLeader().Error()
+		s.n.metrics.verifyRounds.Inc()
+		if err != nil {
+			return err
+		}
+		if s.raft.CurrentTerm() != term {
+			return raft.ErrNotLeader
+		}
+		if s.trans.ackedSince(term, start) >= need {
+			return nil
+		}
+	}
+	return errStaleConfirmation
 }
 
 // expiryLoop makes hold expiry happen without traffic: when an open hold's
