@@ -244,11 +244,6 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 // than diverge from its replicas.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	start := time.Now()
-	var n uint64
-	for _, l := range logs {
-		n += uint64(len(l.Data))
-	}
-	f.logBytes.Add(n)
 	resp := make([]interface{}, len(logs))
 	f.mu.Lock()
 	m := f.m
@@ -262,7 +257,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	// Decode first: the operation count sizes the overlay's buffers.
 	cmds := make([]ledger.Command, len(logs))
 	ops := 0
+	var logBytes uint64
 	for i, l := range logs {
+		logBytes += uint64(len(l.Data))
 		if l.Index <= m.appliedIndex || l.Type != raft.LogCommand {
 			continue
 		}
@@ -274,6 +271,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			ops += len(r.Ops)
 		}
 	}
+	f.logBytes.Add(logBytes)
 	ov := ledger.NewOverlaySized(st, ops)
 	applied := 0
 	for i, l := range logs {

@@ -54,7 +54,6 @@ func processesCPU(pids []int) float64 {
 // the load generator's runtime.NumCPU. 0 if no mask can be read.
 func processesCPUCount(pids []int) int {
 	var union unix.CPUSet
-	n := 0
 	for _, pid := range pids {
 		var set unix.CPUSet
 		if err := unix.SchedGetaffinity(pid, &set); err != nil {
@@ -63,7 +62,6 @@ func processesCPUCount(pids []int) int {
 		for i := range union {
 			union[i] |= set[i]
 		}
-		n = union.Count()
 	}
-	return n
+	return union.Count()
 }

@@ -326,7 +326,7 @@ var errStaleConfirmation = errors.New("node: leadership not confirmed by request
 func (s *shard) confirmLeader() error {
 	start := time.Now()
 	term := s.raft.CurrentTerm()
-	need := len(s.n.cfg.Peers)/2 + 1 - 1 // a majority, counting this node
+	need := len(s.n.cfg.Peers) / 2 // followers that make a majority with this node
 	for try := 0; try < maxVerifyTries; try++ {
 		err := s.raft.VerifyLeader().Error()
 		s.n.metrics.verifyRounds.Inc()

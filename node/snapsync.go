@@ -1,7 +1,6 @@
 package node
 
 import (
-	"io"
 	"os"
 	"path/filepath"
 
@@ -109,5 +108,3 @@ func (s *syncingSink) Cancel() error {
 	s.closeFile()
 	return s.SnapshotSink.Cancel()
 }
-
-var _ io.Writer = (*syncingSink)(nil)
