@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"math/rand"
@@ -140,29 +141,45 @@ func TestAppliedEntriesAreSkippedAfterRestart(t *testing.T) {
 }
 
 // Accounts answers like Account for each key, from one view, with that
-// view's applied index.
+// view's applied index, wherever the account's versions are: in the memtable,
+// in a flushed table beneath a newer version, or compacted into lower levels.
 func TestAccountsReadsOneView(t *testing.T) {
 	db, f := openFSM(t, t.TempDir(), 0)
 	defer db.Close()
 	logs := randomLogs(5, 60)
-	f.ApplyBatch(logs)
 	var keys []ledger.AccountKey
 	for _, m := range []string{"m4", "m1", "nobody", "m3", "m2"} {
 		for _, a := range []string{"CNY", "PTS"} {
 			keys = append(keys, ledger.AccountKey{Program: prog, Member: m, Asset: a})
 		}
 	}
-	accounts, found, applied, err := f.Accounts(keys)
-	require.NoError(t, err)
-	require.Equal(t, f.AppliedIndex(), applied)
-	require.Equal(t, logs[len(logs)-1].Index, applied)
-	for i, k := range keys {
-		a, ok, err := f.Account(k)
+	check := func(stage string) {
+		t.Helper()
+		accounts, found, applied, err := f.Accounts(keys)
 		require.NoError(t, err)
-		require.Equal(t, ok, found[i], "%v", k)
-		require.Equal(t, a, accounts[i], "%v", k)
-		require.Equal(t, k.Member != "nobody", found[i], "%v", k)
+		require.Equal(t, f.AppliedIndex(), applied, stage)
+		for i, k := range keys {
+			a, ok, err := f.Account(k)
+			require.NoError(t, err)
+			require.Equal(t, ok, found[i], "%s: %v", stage, k)
+			require.Equal(t, a, accounts[i], "%s: %v", stage, k)
+			if applied == logs[len(logs)-1].Index {
+				require.Equal(t, k.Member != "nobody", found[i], "%s: %v", stage, k)
+			}
+		}
 	}
+	half := len(logs) / 2
+	f.ApplyBatch(logs[:half])
+	check("memtable")
+	require.NoError(t, db.Flush())
+	f.ApplyBatch(logs[half:])
+	require.Equal(t, logs[len(logs)-1].Index, f.AppliedIndex())
+	check("memtable over a flushed table")
+	require.NoError(t, db.Flush())
+	check("two flushed tables")
+	lower, upper := shardBounds(0)
+	require.NoError(t, db.db.Compact(context.Background(), lower, upper, false))
+	check("compacted")
 }
 
 // The state DB has no WAL: a crash loses what was applied since the last
