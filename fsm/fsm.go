@@ -143,7 +143,7 @@ type FSM struct {
 	// uses it to size its snapshot schedule to the log (see LogBytes).
 	logBytes atomic.Uint64
 
-	store *stateStore // used only by Raft's FSM goroutine
+	store *stateStore // used only by Raft's FSM goroutine, but for its accounts cache
 
 	hooks Hooks
 }
@@ -172,7 +172,7 @@ func New(db *DB, shard uint32) (*FSM, error) {
 		return nil, err
 	}
 	var err error
-	if f.store, err = newStateStore(f.db, f.kb); err != nil {
+	if f.store, err = newStateStore(f.db, f.kb, f.m.appliedIndex); err != nil {
 		return nil, fmt.Errorf("fsm: shard %d: %w", shard, err)
 	}
 	return f, nil
@@ -189,17 +189,18 @@ func (f *FSM) loadMeta() error {
 			return err
 		}
 	}
+	if f.store != nil {
+		// State was replaced (restore): cached values may be stale and the
+		// record filter must cover the new records. Before the new applied
+		// index is published, so no reader pairs it with old accounts.
+		if err := f.store.reload(m.appliedIndex); err != nil {
+			return fmt.Errorf("fsm: shard %d: %w", f.shard, err)
+		}
+	}
 	f.mu.Lock()
 	f.m = m
 	f.mu.Unlock()
 	f.applied.Store(m.appliedIndex)
-	if f.store != nil {
-		// State was replaced (restore): cached values may be stale and the
-		// record filter must cover the new records.
-		if err := f.store.reload(); err != nil {
-			return fmt.Errorf("fsm: shard %d: %w", f.shard, err)
-		}
-	}
 	return nil
 }
 
@@ -299,6 +300,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: commit: %v", f.shard, err))
 	}
+	// Readers may use the new accounts from here: before the applied index
+	// that lets them read is published.
+	st.publish(m.appliedIndex)
 	f.mu.Lock()
 	f.m = m
 	f.mu.Unlock()
@@ -312,8 +316,12 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 // reads gives a view over the live database; callers provide linearizability.
 func (f *FSM) reads() view { return view{r: dbReader(f.db), kb: f.kb} }
 
-// Account reads an account from local state.
+// Account reads an account from local state: the committed-account cache,
+// else the DB.
 func (f *FSM) Account(k ledger.AccountKey) (ledger.Account, bool, error) {
+	if accounts, _, ok := f.store.accounts.lookup([][]byte{f.kb.account(k.Program, k.Member, k.Asset)}); ok {
+		return accounts[0], true, nil
+	}
 	return f.reads().account(k)
 }
 
@@ -327,6 +335,24 @@ func (f *FSM) Account(k ledger.AccountKey) (ledger.Account, bool, error) {
 // and data block reads). After a few million writes an account's versions
 // sit in one or two of the seven levels.
 func (f *FSM) Accounts(keys []ledger.AccountKey) (accounts []ledger.Account, found []bool, appliedIndex uint64, err error) {
+	enc := make([][]byte, len(keys))
+	for i, k := range keys {
+		enc[i] = f.kb.account(k.Program, k.Member, k.Asset)
+	}
+	// Every account cached: they are all as of the cache's index, which is
+	// one view. Otherwise read them all from one DB view.
+	if accounts, index, ok := f.store.accounts.lookup(enc); ok {
+		found = make([]bool, len(keys))
+		for i := range found {
+			found[i] = true
+		}
+		return accounts, found, index, nil
+	}
+	return f.accountsFromDB(enc)
+}
+
+// accountsFromDB reads encoded account keys from one DB iterator.
+func (f *FSM) accountsFromDB(enc [][]byte) (accounts []ledger.Account, found []bool, appliedIndex uint64, err error) {
 	lower, upper := shardBounds(f.shard)
 	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
@@ -345,15 +371,13 @@ func (f *FSM) Accounts(keys []ledger.AccountKey) (accounts []ledger.Account, fou
 		}
 		appliedIndex = m.appliedIndex
 	}
-	enc := make([][]byte, len(keys))
-	order := make([]int, len(keys))
-	for i, k := range keys {
-		enc[i] = f.kb.account(k.Program, k.Member, k.Asset)
+	order := make([]int, len(enc))
+	for i := range order {
 		order[i] = i
 	}
 	slices.SortFunc(order, func(a, b int) int { return bytes.Compare(enc[a], enc[b]) })
-	accounts = make([]ledger.Account, len(keys))
-	found = make([]bool, len(keys))
+	accounts = make([]ledger.Account, len(enc))
+	found = make([]bool, len(enc))
 	for _, i := range order {
 		if !it.SeekPrefixGE(enc[i]) || !bytes.Equal(it.Key(), enc[i]) {
 			continue

@@ -153,20 +153,39 @@ func TestAccountsReadsOneView(t *testing.T) {
 			keys = append(keys, ledger.AccountKey{Program: prog, Member: m, Asset: a})
 		}
 	}
+	var enc [][]byte
+	for _, k := range keys {
+		if k.Member != "nobody" {
+			enc = append(enc, f.kb.account(k.Program, k.Member, k.Asset))
+		}
+	}
 	check := func(stage string) {
 		t.Helper()
+		// With "nobody" in the batch the cache cannot answer: one DB view.
 		accounts, found, applied, err := f.Accounts(keys)
 		require.NoError(t, err)
 		require.Equal(t, f.AppliedIndex(), applied, stage)
 		for i, k := range keys {
-			a, ok, err := f.Account(k)
+			a, ok, err := f.reads().account(k)
 			require.NoError(t, err)
 			require.Equal(t, ok, found[i], "%s: %v", stage, k)
 			require.Equal(t, a, accounts[i], "%s: %v", stage, k)
 			if applied == logs[len(logs)-1].Index {
 				require.Equal(t, k.Member != "nobody", found[i], "%s: %v", stage, k)
 			}
+			cached, ok, err := f.Account(k)
+			require.NoError(t, err)
+			require.Equal(t, found[i], ok, "%s: %v", stage, k)
+			require.Equal(t, a, cached, "%s: %v", stage, k)
 		}
+		// The same accounts from the cache and from the DB.
+		cached, index, ok := f.store.accounts.lookup(enc)
+		require.True(t, ok, "%s: applied accounts are cached", stage)
+		require.Equal(t, applied, index, stage)
+		fromDB, _, dbIndex, err := f.accountsFromDB(enc)
+		require.NoError(t, err)
+		require.Equal(t, fromDB, cached, stage)
+		require.Equal(t, dbIndex, index, stage)
 	}
 	half := len(logs) / 2
 	f.ApplyBatch(logs[:half])
@@ -180,6 +199,96 @@ func TestAccountsReadsOneView(t *testing.T) {
 	lower, upper := shardBounds(0)
 	require.NoError(t, db.db.Compact(context.Background(), lower, upper, false))
 	check("compacted")
+}
+
+// A reader running while batches are applied sees every account of its
+// batch as of one applied index, from the cache or from the DB: each entry
+// credits every member by one, so the members' balances in any view must be
+// equal and match the view's applied index. A cache that published a batch's
+// accounts one at a time, or paired them with the wrong index, fails here.
+func TestAccountReadsDuringApplySeeOneBatch(t *testing.T) {
+	db, f := openFSM(t, t.TempDir(), 0)
+	defer db.Close()
+	const members, entries = 50, 400
+	var setup []ledger.Op
+	setup = append(setup, define("d", "PTS", 0))
+	var keys []ledger.AccountKey
+	for m := 0; m < members; m++ {
+		member := fmt.Sprintf("m%d", m)
+		setup = append(setup, open("o"+member, member, "PTS"))
+		keys = append(keys, ledger.AccountKey{Program: prog, Member: member, Asset: "PTS"})
+	}
+	f.ApplyBatch([]*raft.Log{logOf(1, ledger.Command{TimeMs: 1, Requests: []ledger.Request{{Ops: setup}}})})
+	withMissing := append(append([]ledger.AccountKey(nil), keys...), ledger.AccountKey{Program: prog, Member: "nobody", Asset: "PTS"})
+
+	done := make(chan struct{})
+	errs := make(chan error, 2)
+	for r, ks := range [][]ledger.AccountKey{keys, withMissing} {
+		go func() {
+			var err error
+			defer func() { errs <- err }()
+			for reads := 0; ; reads++ {
+				select {
+				case <-done:
+					if reads == 0 {
+						err = fmt.Errorf("reader %d never read", r)
+					}
+					return
+				default:
+				}
+				accounts, found, applied, rerr := f.Accounts(ks)
+				if rerr != nil {
+					err = rerr
+					return
+				}
+				for i := range keys {
+					if !found[i] || accounts[i].PostedMinor != int64(applied-1) {
+						err = fmt.Errorf("reader %d: view at index %d: %s has %d (found %v)",
+							r, applied, keys[i].Member, accounts[i].PostedMinor, found[i])
+						return
+					}
+				}
+			}
+		}()
+	}
+	for i := 0; i < entries; i++ {
+		index := uint64(2 + i)
+		var ops []ledger.Op
+		for m := 0; m < members; m++ {
+			ops = append(ops, move(ledger.OpCredit, fmt.Sprintf("c%d-%d", i, m), fmt.Sprintf("m%d", m), "PTS", 1, 0))
+		}
+		f.ApplyBatch([]*raft.Log{logOf(index, ledger.Command{TimeMs: int64(index), Requests: []ledger.Request{{Ops: ops}}})})
+	}
+	close(done)
+	require.NoError(t, <-errs)
+	require.NoError(t, <-errs)
+}
+
+// A full cache is dropped and refilled: later lookups of dropped accounts
+// miss (and go to the DB), never return stale values.
+func TestAccountCacheBound(t *testing.T) {
+	c := newAccountCache(2, 0)
+	acct := func(m string, posted int64) cachedAccount {
+		return cachedAccount{key: []byte(m), a: ledger.Account{Key: ledger.AccountKey{Member: m}, PostedMinor: posted}}
+	}
+	c.publish([]cachedAccount{acct("a", 1), acct("b", 2)}, 5)
+	got, index, ok := c.lookup([][]byte{[]byte("b"), []byte("a")})
+	require.True(t, ok)
+	require.Equal(t, uint64(5), index)
+	require.Equal(t, []int64{2, 1}, []int64{got[0].PostedMinor, got[1].PostedMinor})
+	c.publish([]cachedAccount{acct("a", 3)}, 6) // a replacement does not drop
+	_, _, ok = c.lookup([][]byte{[]byte("a"), []byte("b")})
+	require.True(t, ok)
+	c.publish([]cachedAccount{acct("c", 4)}, 7) // a third account drops a and b
+	_, _, ok = c.lookup([][]byte{[]byte("a")})
+	require.False(t, ok)
+	got, index, ok = c.lookup([][]byte{[]byte("c")})
+	require.True(t, ok)
+	require.Equal(t, uint64(7), index)
+	require.Equal(t, int64(4), got[0].PostedMinor)
+	c.reset(9)
+	_, _, ok = c.lookup([][]byte{[]byte("c")})
+	require.False(t, ok)
 }
 
 // The state DB has no WAL: a crash loses what was applied since the last

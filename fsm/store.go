@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/tally-ledger/tally/ledger"
@@ -143,17 +144,19 @@ func (v view) expiredHolds(nowMs int64, limit int) ([]ledger.HoldRef, error) {
 // batch's own writes without an indexed batch, and everything is flushed to
 // stateStore once, in a deterministic order, before the Pebble commit.
 //
-// Only Raft's FSM goroutine touches a stateStore.
+// Only Raft's FSM goroutine touches a stateStore, except its accounts cache,
+// which the FSM's readers share (see accountCache).
 type stateStore struct {
 	view
 	b   *pebble.Batch // current batch; nil between batches
 	seq uint64        // last journal sequence handed out
 
-	assets   boundedCache[ledger.Asset]   // program \x00 code
-	accounts boundedCache[ledger.Account] // encoded account key
-	controls boundedCache[int64]          // encoded control key
-	holds    boundedCache[ledger.Hold]    // encoded hold key; captures follow holds closely
-	records  *recordFilter                // every stored record key; see recordFilter
+	assets   boundedCache[ledger.Asset] // program \x00 code
+	accounts *accountCache              // committed accounts, shared with readers
+	dirty    []cachedAccount            // accounts of the current batch, published after its commit
+	controls boundedCache[int64]        // encoded control key
+	holds    boundedCache[ledger.Hold]  // encoded hold key; captures follow holds closely
+	records  *recordFilter              // every stored record key; see recordFilter
 	db       *pebble.DB
 }
 
@@ -180,6 +183,78 @@ func (c *boundedCache[V]) put(key []byte, v V) {
 		c.m = make(map[string]V)
 	}
 	c.m[string(key)] = v
+}
+
+// accountCache holds the shard's committed accounts, decoded, as of index.
+// Raft's FSM goroutine is its only writer: it reads the map without the lock
+// (nothing else writes it), fills misses from the DB, and after each batch's
+// Pebble commit adds that batch's accounts and advances index in one write
+// critical section (publish). Readers take the read lock and see every cached
+// account exactly as of index, never a mix of two batches; an account that is
+// not cached is read from the DB instead. The DB is at index too while a
+// reader holds the lock: a miss filled during apply is read before that
+// batch's commit (the overlay holds the batch's own writes), and the next
+// commit's accounts reach the map only under the write lock.
+//
+// Linearizable account reads at the leader are served from here: it spares
+// each read a seek through the LSM levels.
+type accountCache struct {
+	mu    sync.RWMutex
+	m     map[string]ledger.Account // encoded account key
+	max   int
+	index uint64
+}
+
+type cachedAccount struct {
+	key []byte
+	a   ledger.Account
+}
+
+func newAccountCache(max int, index uint64) *accountCache {
+	return &accountCache{m: make(map[string]ledger.Account), max: max, index: index}
+}
+
+// putLocked adds or replaces key's account; a full map is dropped and
+// refilled, which changes speed, never results. The caller holds mu.
+func (c *accountCache) putLocked(key []byte, a ledger.Account) {
+	if _, ok := c.m[string(key)]; !ok && len(c.m) >= c.max {
+		c.m = make(map[string]ledger.Account)
+	}
+	c.m[string(key)] = a
+}
+
+// publish makes a committed batch's accounts visible to readers, as of index.
+func (c *accountCache) publish(batch []cachedAccount, index uint64) {
+	c.mu.Lock()
+	for _, d := range batch {
+		c.putLocked(d.key, d.a)
+	}
+	c.index = index
+	c.mu.Unlock()
+}
+
+// reset drops every account (the state was replaced) and sets the index.
+func (c *accountCache) reset(index uint64) {
+	c.mu.Lock()
+	c.m = make(map[string]ledger.Account)
+	c.index = index
+	c.mu.Unlock()
+}
+
+// lookup returns the cached accounts of keys, all as of the returned index,
+// or ok=false if any of them is not cached. Called by readers.
+func (c *accountCache) lookup(keys [][]byte) (accounts []ledger.Account, index uint64, ok bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	accounts = make([]ledger.Account, len(keys))
+	for i, k := range keys {
+		a, hit := c.m[string(k)]
+		if !hit {
+			return nil, 0, false
+		}
+		accounts[i] = a
+	}
+	return accounts, c.index, true
 }
 
 // cachedRead returns key's value from c, or reads and decodes it from the
@@ -214,16 +289,19 @@ var (
 	_ ledger.SeqPeeker = (*stateStore)(nil)
 )
 
-func newStateStore(db *pebble.DB, kb keyBuilder) (*stateStore, error) {
-	s := &stateStore{view: view{r: dbReader(db), kb: kb}, db: db}
-	return s, s.reload()
+func newStateStore(db *pebble.DB, kb keyBuilder, appliedIndex uint64) (*stateStore, error) {
+	s := &stateStore{view: view{r: dbReader(db), kb: kb}, db: db,
+		accounts: newAccountCache(maxCachedAccounts, appliedIndex)}
+	return s, s.reload(appliedIndex)
 }
 
 // reload drops every cached value and rebuilds the record filter from the
-// DB: on open and after the shard's state was replaced by a restore.
-func (s *stateStore) reload() error {
+// DB: on open and after the shard's state was replaced by a restore, whose
+// applied index is given.
+func (s *stateStore) reload(appliedIndex uint64) error {
 	s.assets = newBoundedCache[ledger.Asset](maxCachedAssets)
-	s.accounts = newBoundedCache[ledger.Account](maxCachedAccounts)
+	s.accounts.reset(appliedIndex)
+	s.dirty = nil
 	s.controls = newBoundedCache[int64](maxCachedControls)
 	s.holds = newBoundedCache[ledger.Hold](maxCachedHolds)
 	f, err := buildRecordFilter(s.db, s.kb)
@@ -244,14 +322,42 @@ func (s *stateStore) PutAsset(a ledger.Asset) error {
 	return s.b.Set(key, ledger.AppendAsset(nil, a), nil)
 }
 
+// Account reads the committed account (the overlay above holds the current
+// batch's own changes). The FSM goroutine is the cache's only writer, so it
+// reads the map without the lock; a miss is read from the DB, which is still
+// at the cache's index, and cached under the lock.
 func (s *stateStore) Account(k ledger.AccountKey) (ledger.Account, bool, error) {
-	return cachedRead(s, &s.accounts, s.kb.account(k.Program, k.Member, k.Asset), ledger.DecodeAccount)
+	key := s.kb.account(k.Program, k.Member, k.Asset)
+	if a, ok := s.accounts.m[string(key)]; ok {
+		return a, true, nil
+	}
+	b, found, err := s.r.getValue(key)
+	if err != nil || !found {
+		return ledger.Account{}, false, err
+	}
+	a, err := ledger.DecodeAccount(b)
+	if err != nil {
+		return ledger.Account{}, false, err
+	}
+	s.accounts.mu.Lock()
+	s.accounts.putLocked(key, a)
+	s.accounts.mu.Unlock()
+	return a, true, nil
 }
 
+// PutAccount writes a to the batch; readers see it in the cache only once
+// the batch is committed (publish).
 func (s *stateStore) PutAccount(a ledger.Account) error {
 	key := s.kb.account(a.Key.Program, a.Key.Member, a.Key.Asset)
-	s.accounts.put(key, a)
+	s.dirty = append(s.dirty, cachedAccount{key: key, a: a})
 	return s.b.Set(key, ledger.AppendAccount(nil, a), nil)
+}
+
+// publish makes the committed batch's accounts visible to readers.
+func (s *stateStore) publish(appliedIndex uint64) {
+	s.accounts.publish(s.dirty, appliedIndex)
+	clear(s.dirty)
+	s.dirty = s.dirty[:0]
 }
 
 // Control reads a control balance; an absent one is zero.
