@@ -25,6 +25,9 @@ type ackTransport struct {
 
 	mu   sync.Mutex
 	acks map[raft.ServerID]ack
+	// wake is closed when an acceptance is recorded, if anyone waits for
+	// one (waitAckedSince); made on demand so acks cost nothing otherwise.
+	wake chan struct{}
 }
 
 type ack struct {
@@ -53,6 +56,10 @@ func (t *ackTransport) record(id raft.ServerID, a ack) {
 	if old, ok := t.acks[id]; !ok || old.term < a.term || (old.term == a.term && old.sent.Before(a.sent)) {
 		t.acks[id] = a
 	}
+	if t.wake != nil {
+		close(t.wake)
+		t.wake = nil
+	}
 }
 
 // ackedSince counts the followers that accepted this node as leader of term
@@ -60,6 +67,34 @@ func (t *ackTransport) record(id raft.ServerID, a ack) {
 func (t *ackTransport) ackedSince(term uint64, since time.Time) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	return t.ackedSinceLocked(term, since)
+}
+
+// waitAckedSince waits up to timeout for need followers to have accepted
+// this node as leader of term in requests sent at or after since.
+func (t *ackTransport) waitAckedSince(term uint64, since time.Time, need int, timeout time.Duration) bool {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		t.mu.Lock()
+		if t.ackedSinceLocked(term, since) >= need {
+			t.mu.Unlock()
+			return true
+		}
+		if t.wake == nil {
+			t.wake = make(chan struct{})
+		}
+		wake := t.wake
+		t.mu.Unlock()
+		select {
+		case <-wake:
+		case <-timer.C:
+			return false
+		}
+	}
+}
+
+func (t *ackTransport) ackedSinceLocked(term uint64, since time.Time) int {
 	n := 0
 	for _, a := range t.acks {
 		if a.term == term && !a.sent.Before(since) {

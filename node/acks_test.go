@@ -40,3 +40,29 @@ func TestAckedSinceCountsOnlyFreshAcceptances(t *testing.T) {
 	var _ raft.WithPreVote = tr
 	var _ raft.WithClose = tr
 }
+
+// waitAckedSince returns once enough fresh acceptances are recorded, and
+// gives up after its timeout when they are not.
+func TestWaitAckedSince(t *testing.T) {
+	tr := newAckTransport(nil)
+	start := time.Now()
+	tr.record("n2", ack{sent: start.Add(-time.Millisecond), term: 3}) // stale
+	require.False(t, tr.waitAckedSince(3, start, 1, 20*time.Millisecond))
+
+	done := make(chan bool)
+	go func() { done <- tr.waitAckedSince(3, start, 2, 10*time.Second) }()
+	tr.record("n2", ack{sent: start, term: 3})
+	time.Sleep(5 * time.Millisecond)
+	select {
+	case <-done:
+		t.Fatal("returned with one of two acceptances")
+	default:
+	}
+	tr.record("n3", ack{sent: start.Add(time.Millisecond), term: 3})
+	select {
+	case ok := <-done:
+		require.True(t, ok)
+	case <-time.After(5 * time.Second):
+		t.Fatal("not woken by the second acceptance")
+	}
+}

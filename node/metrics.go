@@ -31,6 +31,7 @@ type metrics struct {
 	isLeader       *prometheus.GaugeVec
 	leaderChanges  *prometheus.CounterVec
 	verifyRounds   prometheus.Counter
+	readRounds     prometheus.Counter
 	snapshots      *prometheus.CounterVec
 	snapshotTime   *prometheus.HistogramVec
 	snapshotBytes  prometheus.Histogram
@@ -80,6 +81,9 @@ func newMetrics(n *Node) *metrics {
 		verifyRounds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_read_verify_rounds_total", Help: "VerifyLeader calls made for linearizable reads (a round shared by concurrent reads makes one, or more if answers to older heartbeats arrive first).",
 		}),
+		readRounds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_read_rounds_total", Help: "Leadership confirmation rounds for linearizable reads; concurrent reads share one.",
+		}),
 		snapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_snapshots_total", Help: "FSM snapshots persisted or restored, by result.",
 		}, []string{"op", "result"}),
@@ -93,7 +97,7 @@ func newMetrics(n *Node) *metrics {
 		}),
 	}
 	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.applyBatch, m.applyLatency,
-		m.appliedIndex, m.isLeader, m.leaderChanges, m.verifyRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
+		m.appliedIndex, m.isLeader, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
 		&stateCollector{n: n},
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 			// Scheduler latency: how long runnable goroutines wait for a CPU.

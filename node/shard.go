@@ -313,7 +313,8 @@ func (v *verifier) run(r *verifyRound) {
 
 // maxVerifyTries bounds the VerifyLeader calls of one round. The first may
 // be answered by heartbeats sent before the round began; the heartbeats it
-// triggers are sent after, so a second normally settles it.
+// triggers are sent after, so their answers (waited for up to freshAckWait)
+// normally settle it.
 const maxVerifyTries = 4
 
 // errStaleConfirmation: a leader that could not get fresh confirmations
@@ -327,6 +328,7 @@ func (s *shard) confirmLeader() error {
 	start := time.Now()
 	term := s.raft.CurrentTerm()
 	need := len(s.n.cfg.Peers) / 2 // followers that make a majority with this node
+	s.n.metrics.readRounds.Inc()
 	for try := 0; try < maxVerifyTries; try++ {
 		err := s.raft.VerifyLeader().Error()
 		s.n.metrics.verifyRounds.Inc()
@@ -336,12 +338,22 @@ func (s *shard) confirmLeader() error {
 		if s.raft.CurrentTerm() != term {
 			return raft.ErrNotLeader
 		}
-		if s.trans.ackedSince(term, start) >= need {
+		// If VerifyLeader was answered by heartbeats sent before start, the
+		// heartbeats it triggered are sent after them and are normally on
+		// their way: wait for those answers rather than trigger more.
+		if s.trans.waitAckedSince(term, start, need, freshAckWait) {
+			if s.raft.CurrentTerm() != term {
+				return raft.ErrNotLeader
+			}
 			return nil
 		}
 	}
 	return errStaleConfirmation
 }
+
+// freshAckWait bounds the wait for answers to the heartbeats a VerifyLeader
+// call triggered, before the round calls it again.
+const freshAckWait = 50 * time.Millisecond
 
 // expiryLoop makes hold expiry happen without traffic: when an open hold's
 // expiry time has passed, the leader proposes an empty command (a tick),
