@@ -190,11 +190,13 @@ func (c *boundedCache[V]) put(key []byte, v V) {
 // (nothing else writes it), fills misses from the DB, and after each batch's
 // Pebble commit adds that batch's accounts and advances index in one write
 // critical section (publish). Readers take the read lock and see every cached
-// account exactly as of index, never a mix of two batches; an account that is
-// not cached is read from the DB instead. The DB is at index too while a
-// reader holds the lock: a miss filled during apply is read before that
-// batch's commit (the overlay holds the batch's own writes), and the next
-// commit's accounts reach the map only under the write lock.
+// account exactly as of index, never a mix of two batches. A reader never
+// mixes the map and the DB either: it takes all its accounts from the map,
+// or, if one is missing, all from one DB iterator (whose view may be a batch
+// ahead of the map until publish; each answer carries its own index). A miss
+// filled during apply is read before that batch's commit, while the DB is at
+// the map's index (the batch's own writes are still in the overlay), so the
+// map never holds a value of another index.
 //
 // Linearizable account reads at the leader are served from here: it spares
 // each read a seek through the LSM levels.
