@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
@@ -289,6 +291,34 @@ func TestAccountCacheBound(t *testing.T) {
 	c.reset(9)
 	_, _, ok = c.lookup([][]byte{[]byte("c")})
 	require.False(t, ok)
+}
+
+// Cached accounts must not keep the Raft entries they were decoded from
+// alive: their strings are copies, and a replaced account keeps the cached
+// copies.
+func TestAccountCacheCopiesEntryStrings(t *testing.T) {
+	entry := strings.Repeat("x", 1<<16) + "shop|m1|PTS" // stands in for a decoded entry
+	within := func(str string) bool {
+		p, lo := uintptr(unsafe.Pointer(unsafe.StringData(str))), uintptr(unsafe.Pointer(unsafe.StringData(entry)))
+		return p >= lo && p < lo+uintptr(len(entry))
+	}
+	n := len(entry)
+	a := ledger.Account{Key: ledger.AccountKey{Program: entry[n-11 : n-7], Member: entry[n-6 : n-4], Asset: entry[n-3:]}, PostedMinor: 1}
+	require.True(t, within(a.Key.Member))
+	c := newAccountCache(8, 0)
+	c.publish([]cachedAccount{{key: []byte("k"), a: a}}, 1)
+	got, _, ok := c.lookup([][]byte{[]byte("k")})
+	require.True(t, ok)
+	require.Equal(t, a.Key, got[0].Key)
+	for _, str := range []string{got[0].Key.Program, got[0].Key.Member, got[0].Key.Asset} {
+		require.False(t, within(str), "cached string %q points into the entry", str)
+	}
+	first := got[0].Key
+	a.PostedMinor = 2
+	c.publish([]cachedAccount{{key: []byte("k"), a: a}}, 2)
+	got, _, _ = c.lookup([][]byte{[]byte("k")})
+	require.Equal(t, int64(2), got[0].PostedMinor)
+	require.Equal(t, unsafe.StringData(first.Member), unsafe.StringData(got[0].Key.Member), "a replacement reuses the cached strings")
 }
 
 // The state DB has no WAL: a crash loses what was applied since the last
