@@ -143,7 +143,8 @@ type FSM struct {
 	// uses it to size its snapshot schedule to the log (see LogBytes).
 	logBytes atomic.Uint64
 
-	store *stateStore // used only by Raft's FSM goroutine, but for its accounts cache
+	store *stateStore     // used only by Raft's FSM goroutine, but for its accounts cache
+	ov    *ledger.Overlay // ApplyBatch's overlay over store, reused (FSM goroutine only)
 
 	hooks Hooks
 }
@@ -273,7 +274,11 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		}
 	}
 	f.logBytes.Add(logBytes)
-	ov := ledger.NewOverlaySized(st, ops)
+	if f.ov == nil {
+		f.ov = ledger.NewOverlay(st)
+	}
+	ov := f.ov // empty: the last batch's Commit reset it
+	ov.Reserve(ops)
 	applied := 0
 	for i, l := range logs {
 		if l.Index <= m.appliedIndex {

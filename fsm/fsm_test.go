@@ -536,3 +536,13 @@ func TestExpiryIndexOrder(t *testing.T) {
 		require.Negative(t, bytes.Compare(kb.expiryUpTo(times[i-1]), kb.expiryUpTo(times[i])))
 	}
 }
+
+// The scratch-buffer key builders write the same keys as the allocating ones.
+func TestAppendKeysMatchKeys(t *testing.T) {
+	kb := keyBuilder{prefix: shardPrefix(7)}
+	buf := []byte("garbage to be overwritten")
+	buf = kb.appendKey(buf[:0], tagRecord, "shop", "key-1")
+	require.Equal(t, kb.record("shop", "key-1"), buf)
+	buf = kb.appendJournal(buf[:0], "shop", "m1", 42)
+	require.Equal(t, kb.journal("shop", "m1", 42), buf)
+}

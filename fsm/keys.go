@@ -46,8 +46,13 @@ func (kb keyBuilder) key(tag byte, parts ...string) []byte {
 	for _, p := range parts {
 		n += len(p) + 1
 	}
-	k := make([]byte, 0, n+8)
-	k = append(k, kb.prefix...)
+	return kb.appendKey(make([]byte, 0, n+8), tag, parts...)
+}
+
+// appendKey appends the key to dst: for keys that are only handed to a
+// Pebble batch, which copies them, so one buffer serves every write.
+func (kb keyBuilder) appendKey(dst []byte, tag byte, parts ...string) []byte {
+	k := append(dst, kb.prefix...)
 	k = append(k, tag)
 	for i, p := range parts {
 		if i > 0 {
@@ -107,6 +112,12 @@ func (kb keyBuilder) journalPrefix(program, member string) []byte {
 
 func (kb keyBuilder) journal(program, member string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(kb.journalPrefix(program, member), seq)
+}
+
+// appendJournal appends journal(program, member, seq) to dst.
+func (kb keyBuilder) appendJournal(dst []byte, program, member string, seq uint64) []byte {
+	k := append(kb.appendKey(dst, tagJournal, program, member), 0)
+	return binary.BigEndian.AppendUint64(k, seq)
 }
 
 // prefixEnd returns the smallest key greater than every key with prefix p.

@@ -158,7 +158,10 @@ type stateStore struct {
 	controls boundedCache[int64]        // encoded control key
 	holds    boundedCache[ledger.Hold]  // encoded hold key; captures follow holds closely
 	records  *recordFilter              // every stored record key; see recordFilter
-	db       *pebble.DB
+	// kbuf and vbuf are scratch buffers for keys and values that only go to
+	// the batch (Pebble copies them on Set).
+	kbuf, vbuf []byte
+	db         *pebble.DB
 }
 
 // boundedCache is a map of decoded values that is dropped when it reaches
@@ -338,7 +341,8 @@ func (s *stateStore) PutAsset(a ledger.Asset) error {
 	cached := a
 	cached.Program, cached.Code = strings.Clone(a.Program), strings.Clone(a.Code) // see accountCache.putLocked
 	s.assets.put(key, cached)
-	return s.b.Set(key, ledger.AppendAsset(nil, a), nil)
+	s.vbuf = ledger.AppendAsset(s.vbuf[:0], a)
+	return s.b.Set(key, s.vbuf, nil)
 }
 
 // Account reads the committed account (the overlay above holds the current
@@ -369,7 +373,8 @@ func (s *stateStore) Account(k ledger.AccountKey) (ledger.Account, bool, error) 
 func (s *stateStore) PutAccount(a ledger.Account) error {
 	key := s.kb.account(a.Key.Program, a.Key.Member, a.Key.Asset)
 	s.dirty = append(s.dirty, cachedAccount{key: key, a: a})
-	return s.b.Set(key, ledger.AppendAccount(nil, a), nil)
+	s.vbuf = ledger.AppendAccount(s.vbuf[:0], a)
+	return s.b.Set(key, s.vbuf, nil)
 }
 
 // publish makes the committed batch's accounts visible to readers.
@@ -388,7 +393,8 @@ func (s *stateStore) Control(program, asset string) (int64, error) {
 func (s *stateStore) PutControl(program, asset string, balanceMinor int64) error {
 	key := s.kb.control(program, asset)
 	s.controls.put(key, balanceMinor)
-	return s.b.Set(key, binary.BigEndian.AppendUint64(nil, uint64(balanceMinor)), nil)
+	s.vbuf = binary.BigEndian.AppendUint64(s.vbuf[:0], uint64(balanceMinor))
+	return s.b.Set(key, s.vbuf, nil)
 }
 
 // Hold reads a committed hold. A hold is named by the idempotency key of the
@@ -435,7 +441,8 @@ func (s *stateStore) PutHold(h ledger.Hold) error {
 		cached.Key, cached.Asset = strings.Clone(h.Key), strings.Clone(h.Asset)
 	}
 	s.holds.put(hk, cached)
-	return s.b.Set(hk, ledger.AppendHold(nil, h), nil)
+	s.vbuf = ledger.AppendHold(s.vbuf[:0], h)
+	return s.b.Set(hk, s.vbuf, nil)
 }
 
 func (s *stateStore) ExpiredHolds(nowMs int64, limit int) ([]ledger.HoldRef, error) {
@@ -451,15 +458,18 @@ func (s *stateStore) Record(program, key string) (ledger.Record, bool, error) {
 
 func (s *stateStore) PutRecord(r ledger.Record) error {
 	op := r.Op
-	key := s.kb.record(op.Program, op.IdempotencyKey)
-	if err := s.b.Set(key, ledger.AppendRecord(nil, r), nil); err != nil {
+	s.kbuf = s.kb.appendKey(s.kbuf[:0], tagRecord, op.Program, op.IdempotencyKey)
+	s.vbuf = ledger.AppendRecord(s.vbuf[:0], r)
+	if err := s.b.Set(s.kbuf, s.vbuf, nil); err != nil {
 		return err
 	}
-	s.records.add(key)
+	s.records.add(s.kbuf)
 	if r.Result.Code != ledger.CodeOK || op.Member == "" {
 		return nil
 	}
-	return s.b.Set(s.kb.journal(op.Program, op.Member, r.Seq), []byte(op.IdempotencyKey), nil)
+	s.kbuf = s.kb.appendJournal(s.kbuf[:0], op.Program, op.Member, r.Seq)
+	s.vbuf = append(s.vbuf[:0], op.IdempotencyKey...)
+	return s.b.Set(s.kbuf, s.vbuf, nil)
 }
 
 func (s *stateStore) NextSeq() (uint64, error) {

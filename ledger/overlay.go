@@ -326,7 +326,36 @@ func (o *Overlay) Commit() error {
 	return nil
 }
 
-// Reset drops everything buffered, as if the overlay were new.
+// Reset drops everything buffered, as if the overlay were new, but keeps
+// its buffers' capacity: the FSM reuses one overlay for every Raft batch, so
+// a batch does not allocate its maps and slices again. Values are zeroed, so
+// nothing buffered stays reachable.
 func (o *Overlay) Reset() {
-	*o = Overlay{base: o.base}
+	clear(o.assets)
+	clear(o.accounts)
+	clear(o.controls)
+	clear(o.holds)
+	clear(o.records)
+	o.assetVals = resetSlice(o.assetVals)
+	o.accountVals = resetSlice(o.accountVals)
+	o.controlVals = resetSlice(o.controlVals)
+	o.holdVals = resetSlice(o.holdVals)
+	o.recordVals = resetSlice(o.recordVals)
+	o.order = o.order[:0]
+	o.seqNext, o.seqTaken, o.seqKnown = 0, 0, false
+}
+
+func resetSlice[T any](s []T) []T {
+	clear(s)
+	return s[:0]
+}
+
+// Reserve makes room for about ops more operations' records, like
+// NewOverlaySized.
+func (o *Overlay) Reserve(ops int) {
+	if o.records == nil {
+		o.records = make(map[recordID]int, ops)
+	}
+	o.recordVals = slices.Grow(o.recordVals, ops)
+	o.order = slices.Grow(o.order, 2*ops)
 }
