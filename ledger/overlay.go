@@ -76,19 +76,6 @@ type overlayRef struct {
 // NewOverlay returns an empty overlay over base.
 func NewOverlay(base Store) *Overlay { return &Overlay{base: base} }
 
-// NewOverlaySized returns an empty overlay over base with room for about
-// ops operations' records, so a large Raft batch does not regrow (and copy)
-// its buffers again and again: with 16 entries of 1,000 operations, growing
-// them took a third of the FSM's apply time.
-func NewOverlaySized(base Store, ops int) *Overlay {
-	return &Overlay{
-		base:       base,
-		records:    make(map[recordID]int, ops),
-		recordVals: make([]Record, 0, ops),
-		order:      make([]overlayRef, 0, 2*ops),
-	}
-}
-
 var _ Store = (*Overlay)(nil)
 
 // Asset implements Store.
@@ -350,8 +337,10 @@ func resetSlice[T any](s []T) []T {
 	return s[:0]
 }
 
-// Reserve makes room for about ops more operations' records, like
-// NewOverlaySized.
+// Reserve makes room for about ops operations' records, so a large Raft
+// batch does not regrow (and copy) the overlay's buffers again and again:
+// with 16 entries of 1,000 operations, growing them took a third of the
+// FSM's apply time.
 func (o *Overlay) Reserve(ops int) {
 	if o.records == nil {
 		o.records = make(map[recordID]int, ops)
