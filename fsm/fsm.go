@@ -230,6 +230,10 @@ func (f *FSM) NeedsRestore(snapshotIndex uint64) bool {
 	return f.AppliedIndex() < snapshotIndex
 }
 
+// maxRetainedOverlayOps bounds the batch size whose overlay buffers
+// ApplyBatch keeps for the next batch: about 10 MiB per shard.
+const maxRetainedOverlayOps = 16384
+
 // LogBytes is the number of Raft entry bytes this FSM has been given since
 // it was created. It only grows, and it is not replicated state.
 func (f *FSM) LogBytes() uint64 { return f.logBytes.Load() }
@@ -297,6 +301,11 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	if err := ov.Commit(); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: flush: %v", f.shard, err))
+	}
+	if ops > maxRetainedOverlayOps {
+		// Keep a reused overlay's buffers (~650 bytes per operation) to the
+		// size of ordinary batches, not the largest one ever seen.
+		f.ov = nil
 	}
 	m.seq = st.seq
 	if err := b.Set(f.kb.meta(), m.encode(), nil); err != nil {
