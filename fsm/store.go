@@ -380,6 +380,10 @@ func (s *stateStore) PutAccount(a ledger.Account) error {
 // publish makes the committed batch's accounts visible to readers.
 func (s *stateStore) publish(appliedIndex uint64) {
 	s.accounts.publish(s.dirty, appliedIndex)
+	if cap(s.dirty) > maxRetainedOverlayOps { // as ApplyBatch does with its overlay
+		s.dirty = nil
+		return
+	}
 	clear(s.dirty)
 	s.dirty = s.dirty[:0]
 }
