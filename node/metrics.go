@@ -79,7 +79,7 @@ func newMetrics(n *Node) *metrics {
 			Name: "tally_shard_leader_changes_total", Help: "Leadership gained or lost by this node, per shard.",
 		}, []string{"shard"}),
 		verifyRounds: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "tally_read_verify_rounds_total", Help: "VerifyLeader calls made for linearizable reads (a round shared by concurrent reads makes one, or more if answers to older heartbeats arrive first).",
+			Name: "tally_read_verify_rounds_total", Help: "VerifyLeader calls made for linearizable reads (a round makes one, more only if fresh answers do not come within 50 ms).",
 		}),
 		readRounds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_read_rounds_total", Help: "Leadership confirmation rounds for linearizable reads; concurrent reads share one.",
