@@ -23,7 +23,8 @@
 # BENCH_PORT+1..3, Raft +11..13, metrics +21..23), SHARDS (default 3),
 # PG_SECS and PG_CLIENTS (default 15 and 64), BENCH_RATE (open-half's rate
 # instead of half the best single-op figure of this run), BENCH_TALLYD_FLAGS
-# (extra tallyd flags, for A/B runs), BENCH_CASES (a subset, e.g.
+# (extra tallyd flags, for A/B runs), BENCH_LOAD_FLAGS (extra tally-load
+# flags for every case, e.g. "--max-inflight-per-shard 2"), BENCH_CASES (a subset, e.g.
 # "uniform-single flash-sale"), BENCH_SKIP_PG=1 (no baseline),
 # BENCH_NOBUILD=1 (use the binaries already in bin/: for a machine without Go),
 # BENCH_CPUS="<n1> <n2> <n3> <load>" (taskset CPU lists, e.g. "0-3 4-7 8-11
@@ -113,6 +114,7 @@ server_pids=$(IFS=,; echo "${pids[*]}")
   echo "go: $(go version 2>/dev/null || echo "none (BENCH_NOBUILD)")"
   echo "cpus: ${BENCH_CPUS:-unpinned} (n1 n2 n3 load)"
   echo "tallyd flags: --shards $shards ${BENCH_TALLYD_FLAGS:-}"
+  echo "tally-load flags: ${BENCH_LOAD_FLAGS:-}"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out/machine.txt"
@@ -137,7 +139,7 @@ run_case() {
   fi
   local rc=0
   $(pin 4) "$bin/tally-load" --addrs "$addrs" --duration "${secs}s" --warmup "$warmup" --server-pids "$server_pids" \
-    --json "$out/$name.json" --plot "$out/$name.html" "$@" 2>"$out/$name.progress" | tee "$out/$name.txt" || rc=$?
+    --json "$out/$name.json" --plot "$out/$name.html" ${BENCH_LOAD_FLAGS:-} "$@" 2>"$out/$name.progress" | tee "$out/$name.txt" || rc=$?
   if [ -n "$prof_pid" ]; then wait "$prof_pid" 2>/dev/null || true; fi
   # Each node's counters after the case (snapshots, write stalls, Raft
   # timings): diff two cases' files to see what one case did.

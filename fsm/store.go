@@ -68,21 +68,11 @@ type view struct {
 }
 
 func (v view) asset(program, code string) (ledger.Asset, bool, error) {
-	b, ok, err := v.r.getValue(v.kb.asset(program, code))
-	if err != nil || !ok {
-		return ledger.Asset{}, false, err
-	}
-	a, err := ledger.DecodeAsset(b)
-	return a, err == nil, err
+	return readDecoded(v.r, v.kb.asset(program, code), ledger.DecodeAsset)
 }
 
 func (v view) account(k ledger.AccountKey) (ledger.Account, bool, error) {
-	b, ok, err := v.r.getValue(v.kb.account(k.Program, k.Member, k.Asset))
-	if err != nil || !ok {
-		return ledger.Account{}, false, err
-	}
-	a, err := ledger.DecodeAccount(b)
-	return a, err == nil, err
+	return readDecoded(v.r, v.kb.account(k.Program, k.Member, k.Asset), ledger.DecodeAccount)
 }
 
 // decodeControl decodes a control balance (8 bytes, big-endian).
@@ -94,21 +84,11 @@ func decodeControl(b []byte) (int64, error) {
 }
 
 func (v view) hold(program, member, key string) (ledger.Hold, bool, error) {
-	b, ok, err := v.r.getValue(v.kb.hold(program, member, key))
-	if err != nil || !ok {
-		return ledger.Hold{}, false, err
-	}
-	h, err := ledger.DecodeHold(b)
-	return h, err == nil, err
+	return readDecoded(v.r, v.kb.hold(program, member, key), ledger.DecodeHold)
 }
 
 func (v view) record(program, key string) (ledger.Record, bool, error) {
-	b, ok, err := v.r.getValue(v.kb.record(program, key))
-	if err != nil || !ok {
-		return ledger.Record{}, false, err
-	}
-	rec, err := ledger.DecodeRecord(b)
-	return rec, err == nil, err
+	return readDecoded(v.r, v.kb.record(program, key), ledger.DecodeRecord)
 }
 
 func (v view) expiredHolds(nowMs int64, limit int) ([]ledger.HoldRef, error) {
@@ -283,8 +263,17 @@ func cachedRead[V any](s *stateStore, c *boundedCache[V], key []byte, decode fun
 	if v, ok := c.get(key); ok {
 		return v, true, nil
 	}
+	v, found, err := readDecoded(s.r, key, decode)
+	if found {
+		c.put(key, v)
+	}
+	return v, found, err
+}
+
+// readDecoded reads key's value from r and decodes it; found=false if absent.
+func readDecoded[V any](r pebbleReader, key []byte, decode func([]byte) (V, error)) (V, bool, error) {
 	var zero V
-	b, found, err := s.r.getValue(key)
+	b, found, err := r.getValue(key)
 	if err != nil || !found {
 		return zero, false, err
 	}
@@ -292,7 +281,6 @@ func cachedRead[V any](s *stateStore, c *boundedCache[V], key []byte, decode fun
 	if err != nil {
 		return zero, false, err
 	}
-	c.put(key, v)
 	return v, true, nil
 }
 
@@ -354,12 +342,8 @@ func (s *stateStore) Account(k ledger.AccountKey) (ledger.Account, bool, error) 
 	if a, ok := s.accounts.m[string(key)]; ok {
 		return a, true, nil
 	}
-	b, found, err := s.r.getValue(key)
+	a, found, err := readDecoded(s.r, key, ledger.DecodeAccount)
 	if err != nil || !found {
-		return ledger.Account{}, false, err
-	}
-	a, err := ledger.DecodeAccount(b)
-	if err != nil {
 		return ledger.Account{}, false, err
 	}
 	s.accounts.mu.Lock()

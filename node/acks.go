@@ -62,14 +62,6 @@ func (t *ackTransport) record(id raft.ServerID, a ack) {
 	}
 }
 
-// ackedSince counts the followers that accepted this node as leader of term
-// in a request sent at or after since.
-func (t *ackTransport) ackedSince(term uint64, since time.Time) int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.ackedSinceLocked(term, since)
-}
-
 // waitAckedSince waits up to timeout for need followers to have accepted
 // this node as leader of term in requests sent at or after since.
 func (t *ackTransport) waitAckedSince(term uint64, since time.Time, need int, timeout time.Duration) bool {
@@ -94,6 +86,8 @@ func (t *ackTransport) waitAckedSince(term uint64, since time.Time, need int, ti
 	}
 }
 
+// ackedSinceLocked counts the followers that accepted this node as leader of
+// term in a request sent at or after since. The caller holds mu.
 func (t *ackTransport) ackedSinceLocked(term uint64, since time.Time) int {
 	n := 0
 	for _, a := range t.acks {

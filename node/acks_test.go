@@ -8,6 +8,13 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// ackedSince is ackedSinceLocked under the lock, for the tests.
+func (t *ackTransport) ackedSince(term uint64, since time.Time) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ackedSinceLocked(term, since)
+}
+
 // Only acceptances of requests sent at or after the read's start, in its
 // term, count; an older one that is answered late (the paused-leader case)
 // does not.

@@ -335,16 +335,14 @@ func (s *shard) confirmLeader() error {
 		if err != nil {
 			return err
 		}
-		if s.raft.CurrentTerm() != term {
-			return raft.ErrNotLeader
-		}
 		// If VerifyLeader was answered by heartbeats sent before start, the
 		// heartbeats it triggered are sent after them and are normally on
 		// their way: wait for those answers rather than trigger more.
-		if s.trans.waitAckedSince(term, start, need, freshAckWait) {
-			if s.raft.CurrentTerm() != term {
-				return raft.ErrNotLeader
-			}
+		confirmed := s.trans.waitAckedSince(term, start, need, freshAckWait)
+		if s.raft.CurrentTerm() != term {
+			return raft.ErrNotLeader
+		}
+		if confirmed {
 			return nil
 		}
 	}
