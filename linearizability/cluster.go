@@ -83,13 +83,14 @@ func (c *Cluster) Crashes() []string {
 	return append([]string(nil), c.crashes...)
 }
 
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
+// reservePort listens on a free port and keeps listening, so that no port
+// picked meanwhile (another node's, a proxy's: the kernel hands out any port
+// nobody holds) can be the same one. start closes it just before the nodes
+// start. Closing it at once let a proxy get a node's gRPC port, and that
+// node then failed to start (TestChaosCatchesStaleReads, seed
+// 1795421501053748640).
+func reservePort() (net.Listener, error) {
+	return net.Listen("tcp", "127.0.0.1:0")
 }
 
 // StartCluster starts the proxies and the three nodes and waits until every
@@ -107,17 +108,27 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 }
 
 func (c *Cluster) start(ctx context.Context) error {
+	var held []net.Listener
+	release := func() {
+		for _, l := range held {
+			_ = l.Close()
+		}
+		held = nil
+	}
+	defer release()
 	for i := 0; i < ClusterSize; i++ {
-		g, err := freePort()
+		g, err := reservePort()
 		if err != nil {
 			return err
 		}
-		r, err := freePort()
+		held = append(held, g)
+		r, err := reservePort()
 		if err != nil {
 			return err
 		}
+		held = append(held, r)
 		id := fmt.Sprintf("n%d", i+1)
-		c.nodes = append(c.nodes, &procNode{id: id, grpcAddr: g, raftAddr: r,
+		c.nodes = append(c.nodes, &procNode{id: id, grpcAddr: g.Addr().String(), raftAddr: r.Addr().String(),
 			dataDir: filepath.Join(c.cfg.Dir, id), logPath: filepath.Join(c.cfg.Dir, id+".log")})
 	}
 	var peers []string
@@ -154,6 +165,7 @@ func (c *Cluster) start(ctx context.Context) error {
 			n.args = append(n.args, "--trailing-logs", fmt.Sprint(c.cfg.TrailingLogs))
 		}
 	}
+	release() // the nodes bind their ports now; the proxies keep theirs
 	for i := range c.nodes {
 		if err := c.spawn(i); err != nil {
 			return err
