@@ -302,6 +302,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if err := ov.Commit(); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: flush: %v", f.shard, err))
 	}
+	if err := st.flushWrites(); err != nil {
+		panic(fmt.Sprintf("fsm: shard %d: flush: %v", f.shard, err))
+	}
 	if ops > maxRetainedOverlayOps {
 		// Keep a reused overlay's buffers (~650 bytes per operation) to the
 		// size of ordinary batches, not the largest one ever seen.

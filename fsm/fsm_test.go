@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"math/rand"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
 
@@ -545,4 +547,66 @@ func TestAppendKeysMatchKeys(t *testing.T) {
 	require.Equal(t, kb.record("shop", "key-1"), buf)
 	buf = kb.appendJournal(buf[:0], "shop", "m1", 42)
 	require.Equal(t, kb.journal("shop", "m1", 42), buf)
+}
+
+// The write queue hands a batch's writes to Pebble in key order, and two
+// writes of one key in the order they were made, whatever order the rules
+// made them in.
+func TestWritesReachTheBatchInKeyOrder(t *testing.T) {
+	db, err := OpenDB(t.TempDir())
+	require.NoError(t, err)
+	defer db.Close()
+	s := &stateStore{}
+	rng := rand.New(rand.NewSource(1))
+	type write struct {
+		key, value string
+		del        bool
+	}
+	var want []write
+	for i := range 500 {
+		w := write{key: fmt.Sprintf("k%08d", rng.Intn(1_000_000)), value: fmt.Sprintf("v%d", i)}
+		want = append(want, w)
+		s.set([]byte(w.key), []byte(w.value))
+	}
+	// One key set, deleted and set again: Pebble keeps the last write.
+	for _, w := range []write{{key: "k-same", value: "first"}, {key: "k-same", del: true}, {key: "k-same", value: "again"}} {
+		want = append(want, w)
+		if w.del {
+			s.del([]byte(w.key))
+		} else {
+			s.set([]byte(w.key), []byte(w.value))
+		}
+	}
+	slices.SortStableFunc(want, func(x, y write) int { return strings.Compare(x.key, y.key) })
+
+	for round := range 2 { // the second round reuses the queue's buffers
+		b := db.db.NewBatch()
+		s.b = b
+		if round == 1 {
+			for i := len(want) - 1; i >= 0; i-- { // reverse order this time
+				w := want[i]
+				if w.del {
+					s.del([]byte(w.key))
+				} else {
+					s.set([]byte(w.key), []byte(w.value))
+				}
+			}
+			// Reversed, the three writes of k-same are reversed too.
+			n := slices.IndexFunc(want, func(w write) bool { return w.key == "k-same" })
+			slices.Reverse(want[n : n+3])
+		}
+		require.NoError(t, s.flushWrites())
+		r := b.Reader()
+		var got []write
+		for {
+			kind, k, v, ok, err := r.Next()
+			require.NoError(t, err)
+			if !ok {
+				break
+			}
+			got = append(got, write{key: string(k), value: string(v), del: kind == pebble.InternalKeyKindDelete})
+		}
+		require.Equal(t, want, got, "round %d", round)
+		require.NoError(t, b.Close())
+	}
 }
