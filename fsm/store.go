@@ -154,8 +154,9 @@ type stateStore struct {
 // went: keys in order make most of a search free, while keys in the order the
 // rules wrote them (random idempotency keys and members) each cost a walk down
 // the skiplist through cold cache lines. Measured on the batched bench case:
-// memtable inserts 6.7 -> 2.3 us per operation per replica, for a sort of
-// ~1.6 us (docs/BENCHMARKS.md, run 14).
+// memtable inserts 6.7 -> 2.3-3.0 us per operation per replica, for a sort of
+// ~1 us (docs/BENCHMARKS.md, run 14). Small batches gain nothing: their keys
+// are too far apart in the memtable for one search to help the next.
 //
 // Keys and values are copied into one arena (the rules' key and value buffers
 // are reused as soon as a Put returns), and the entries sort by key, then by
