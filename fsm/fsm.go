@@ -255,11 +255,8 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	m := f.m
 	f.mu.Unlock()
 
-	b := f.db.NewBatch()
-	defer b.Close()
 	st := f.store
-	st.b, st.seq = b, m.seq
-	defer func() { st.b = nil }()
+	st.seq = m.seq
 	// Decode first: the operation count sizes the overlay's buffers.
 	cmds := make([]ledger.Command, len(logs))
 	ops := 0
@@ -302,7 +299,11 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if err := ov.Commit(); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: flush: %v", f.shard, err))
 	}
-	if err := st.flushWrites(); err != nil {
+	// Every write of the batch is queued now, so the Pebble batch is made
+	// at its final size and never regrows.
+	b := f.db.NewBatchWithSize(st.w.batchSize())
+	defer b.Close()
+	if err := st.flushWrites(b); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: flush: %v", f.shard, err))
 	}
 	if ops > maxRetainedOverlayOps {

@@ -581,7 +581,6 @@ func TestWritesReachTheBatchInKeyOrder(t *testing.T) {
 
 	for round := range 2 { // the second round reuses the queue's buffers
 		b := db.db.NewBatch()
-		s.b = b
 		if round == 1 {
 			for i := len(want) - 1; i >= 0; i-- { // reverse order this time
 				w := want[i]
@@ -595,7 +594,7 @@ func TestWritesReachTheBatchInKeyOrder(t *testing.T) {
 			n := slices.IndexFunc(want, func(w write) bool { return w.key == "k-same" })
 			slices.Reverse(want[n : n+3])
 		}
-		require.NoError(t, s.flushWrites())
+		require.NoError(t, s.flushWrites(b))
 		r := b.Reader()
 		var got []write
 		for {

@@ -132,8 +132,7 @@ func (v view) expiredHolds(nowMs int64, limit int) ([]ledger.HoldRef, error) {
 // which the FSM's readers share (see accountCache).
 type stateStore struct {
 	view
-	b   *pebble.Batch // current batch; nil between batches
-	seq uint64        // last journal sequence handed out
+	seq uint64 // last journal sequence handed out
 
 	assets   boundedCache[ledger.Asset] // program \x00 code
 	accounts *accountCache              // committed accounts, shared with readers
@@ -185,13 +184,18 @@ func (w *sortedWrites) add(key, value []byte, del bool) {
 	w.ents = append(w.ents, sortedWrite{k0: k0, k1: k1, v1: len(w.arena), del: del})
 }
 
+// batchSize bounds the size of a Pebble batch holding the queued writes
+// and the shard's meta: a 12-byte header, and per record a kind byte and two
+// length varints besides the key and value.
+func (w *sortedWrites) batchSize() int { return 12 + len(w.arena) + 11*len(w.ents) + 128 }
+
 // set and del queue a write for the current batch.
 func (s *stateStore) set(key, value []byte) { s.w.add(key, value, false) }
 
 func (s *stateStore) del(key []byte) { s.w.add(key, nil, true) }
 
-// flushWrites hands the queued writes to the Pebble batch in key order.
-func (s *stateStore) flushWrites() error {
+// flushWrites hands the queued writes to b in key order.
+func (s *stateStore) flushWrites(b *pebble.Batch) error {
 	a, ents := s.w.arena, s.w.ents
 	slices.SortFunc(ents, func(x, y sortedWrite) int {
 		if c := bytes.Compare(a[x.k0:x.k1], a[y.k0:y.k1]); c != 0 {
@@ -202,9 +206,9 @@ func (s *stateStore) flushWrites() error {
 	for _, e := range ents {
 		var err error
 		if e.del {
-			err = s.b.Delete(a[e.k0:e.k1], nil)
+			err = b.Delete(a[e.k0:e.k1], nil)
 		} else {
-			err = s.b.Set(a[e.k0:e.k1], a[e.k1:e.v1], nil)
+			err = b.Set(a[e.k0:e.k1], a[e.k1:e.v1], nil)
 		}
 		if err != nil {
 			return err
