@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -426,11 +427,11 @@ func (f *FSM) Record(program, key string) (ledger.Record, bool, error) {
 // NextExpiryMs returns the earliest expiry time of an open hold, if any. The
 // leader uses it to propose a tick once that time has passed.
 func (f *FSM) NextExpiryMs() (int64, bool, error) {
-	refs, err := f.reads().expiredHolds(1<<63-1, 1)
-	if err != nil || len(refs) == 0 {
+	_, next, err := f.reads().expiredHolds(math.MinInt64, 1)
+	if err != nil || next == math.MaxInt64 {
 		return 0, false, err
 	}
-	return refs[0].ExpiresAtMs, true, nil
+	return next, true, nil
 }
 
 // Journal lists a member's successful operations newest first, with seq <

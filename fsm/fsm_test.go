@@ -609,3 +609,66 @@ func TestWritesReachTheBatchInKeyOrder(t *testing.T) {
 		require.NoError(t, b.Close())
 	}
 }
+
+// The expiry floor (stateStore.ExpiredHolds answers below it without
+// reading) must not outlive the state it describes: a shard that had no open
+// hold, then restores a snapshot with one, still expires it on time.
+func TestHoldsExpireAfterRestoreOverEmptyState(t *testing.T) {
+	_, src := openFSM(t, t.TempDir(), 3)
+	src.ApplyBatch([]*raft.Log{
+		logOf(1, cmd(1, define("dP", "PTS", 0), open("o1", "m1", "PTS"))),
+		logOf(2, cmd(2, move(ledger.OpCredit, "c1", "m1", "PTS", 100, 0))),
+	})
+	hold := move(ledger.OpHold, "h1", "m1", "PTS", 40, 0)
+	hold.HoldTTLMs = 1000
+	src.ApplyBatch([]*raft.Log{logOf(3, cmd(10, hold))}) // expires at 1010
+	data := snapshotBytes(t, src)
+
+	_, dst := openFSM(t, t.TempDir(), 3)
+	// No open hold here: the scan at time 5 leaves the floor at "never".
+	dst.ApplyBatch([]*raft.Log{logOf(1, cmd(5, define("dP", "PTS", 0)))})
+	require.NoError(t, dst.Restore(io.NopCloser(bytes.NewReader(data))))
+
+	dst.ApplyBatch([]*raft.Log{logOf(4, cmd(2000, move(ledger.OpCredit, "c2", "m1", "PTS", 1, 0)))})
+	h, found, err := dst.Hold(prog, "m1", "h1")
+	require.NoError(t, err)
+	require.True(t, found)
+	require.Equal(t, ledger.HoldExpired, h.State)
+	a, _, err := dst.Account(ledger.AccountKey{Program: prog, Member: "m1", Asset: "PTS"})
+	require.NoError(t, err)
+	require.Zero(t, a.HeldMinor)
+	next, ok, err := dst.NextExpiryMs()
+	require.NoError(t, err)
+	require.False(t, ok, "no open hold left, next expiry %d", next)
+}
+
+// Entries applied several to a Raft batch give the same results as one at a
+// time: holds placed, captured and expiring within one batch.
+func TestMatchesMemStoreInBatches(t *testing.T) {
+	seed := rand.Int63()
+	t.Logf("seed %d", seed)
+	_, f := openFSM(t, t.TempDir(), 0)
+	mem := ledger.NewMemStore()
+	rng := rand.New(rand.NewSource(seed))
+	logs := randomLogs(seed, 400)
+	var last int64
+	for i := 0; i < len(logs); {
+		n := min(1+rng.Intn(8), len(logs)-i)
+		got := f.ApplyBatch(logs[i : i+n])
+		for j, l := range logs[i : i+n] {
+			c, err := ledger.DecodeCommand(l.Data)
+			require.NoError(t, err)
+			var want [][]ledger.Result
+			last, want, err = ledger.ApplyCommand(mem, last, c)
+			require.NoError(t, err)
+			require.Equal(t, want, [][]ledger.Result(results(t, got[j])), "entry %d", l.Index)
+		}
+		i += n
+	}
+	for _, a := range mem.Accounts() {
+		got, found, err := f.Account(a.Key)
+		require.NoError(t, err)
+		require.True(t, found)
+		require.Equal(t, a, got)
+	}
+}
