@@ -504,31 +504,42 @@ func TestRestoreRejectsCorruptSnapshots(t *testing.T) {
 }
 
 // TestMatchesMemStore checks the Pebble store against ledger's in-memory
-// reference: the same log gives the same results.
+// reference: the same log gives the same results, applied one entry per Raft
+// batch or several (holds placed, captured and expiring within one batch).
 func TestMatchesMemStore(t *testing.T) {
-	seed := rand.Int63()
-	t.Logf("seed %d", seed)
-	_, f := openFSM(t, t.TempDir(), 0)
-	mem := ledger.NewMemStore()
-	var last int64
-	for _, l := range randomLogs(seed, 400) {
-		got := f.ApplyBatch([]*raft.Log{l})[0]
-		c, err := ledger.DecodeCommand(l.Data)
-		require.NoError(t, err)
-		var want [][]ledger.Result
-		last, want, err = ledger.ApplyCommand(mem, last, c)
-		require.NoError(t, err)
-		require.Equal(t, want, [][]ledger.Result(results(t, got)), "entry %d", l.Index)
+	for _, maxPerBatch := range []int{1, 8} {
+		t.Run(fmt.Sprintf("entries-per-batch<=%d", maxPerBatch), func(t *testing.T) {
+			seed := rand.Int63()
+			t.Logf("seed %d", seed)
+			_, f := openFSM(t, t.TempDir(), 0)
+			mem := ledger.NewMemStore()
+			rng := rand.New(rand.NewSource(seed))
+			logs := randomLogs(seed, 400)
+			var last int64
+			for i := 0; i < len(logs); {
+				n := min(1+rng.Intn(maxPerBatch), len(logs)-i)
+				got := f.ApplyBatch(logs[i : i+n])
+				for j, l := range logs[i : i+n] {
+					c, err := ledger.DecodeCommand(l.Data)
+					require.NoError(t, err)
+					var want [][]ledger.Result
+					last, want, err = ledger.ApplyCommand(mem, last, c)
+					require.NoError(t, err)
+					require.Equal(t, want, [][]ledger.Result(results(t, got[j])), "entry %d", l.Index)
+				}
+				i += n
+			}
+			for _, a := range mem.Accounts() {
+				got, found, err := f.Account(a.Key)
+				require.NoError(t, err)
+				require.True(t, found)
+				require.Equal(t, a, got)
+			}
+			info, err := f.State()
+			require.NoError(t, err)
+			require.NoError(t, info.Conservation)
+		})
 	}
-	for _, a := range mem.Accounts() {
-		got, found, err := f.Account(a.Key)
-		require.NoError(t, err)
-		require.True(t, found)
-		require.Equal(t, a, got)
-	}
-	info, err := f.State()
-	require.NoError(t, err)
-	require.NoError(t, info.Conservation)
 }
 
 func TestExpiryIndexOrder(t *testing.T) {
@@ -640,35 +651,4 @@ func TestHoldsExpireAfterRestoreOverEmptyState(t *testing.T) {
 	next, ok, err := dst.NextExpiryMs()
 	require.NoError(t, err)
 	require.False(t, ok, "no open hold left, next expiry %d", next)
-}
-
-// Entries applied several to a Raft batch give the same results as one at a
-// time: holds placed, captured and expiring within one batch.
-func TestMatchesMemStoreInBatches(t *testing.T) {
-	seed := rand.Int63()
-	t.Logf("seed %d", seed)
-	_, f := openFSM(t, t.TempDir(), 0)
-	mem := ledger.NewMemStore()
-	rng := rand.New(rand.NewSource(seed))
-	logs := randomLogs(seed, 400)
-	var last int64
-	for i := 0; i < len(logs); {
-		n := min(1+rng.Intn(8), len(logs)-i)
-		got := f.ApplyBatch(logs[i : i+n])
-		for j, l := range logs[i : i+n] {
-			c, err := ledger.DecodeCommand(l.Data)
-			require.NoError(t, err)
-			var want [][]ledger.Result
-			last, want, err = ledger.ApplyCommand(mem, last, c)
-			require.NoError(t, err)
-			require.Equal(t, want, [][]ledger.Result(results(t, got[j])), "entry %d", l.Index)
-		}
-		i += n
-	}
-	for _, a := range mem.Accounts() {
-		got, found, err := f.Account(a.Key)
-		require.NoError(t, err)
-		require.True(t, found)
-		require.Equal(t, a, got)
-	}
 }

@@ -94,10 +94,10 @@ func (v view) record(program, key string) (ledger.Record, bool, error) {
 	return readDecoded(v.r, v.kb.record(program, key), ledger.DecodeRecord)
 }
 
-// expiredHolds lists up to limit open holds with ExpiresAtMs <= nowMs, in
-// expiry order. next is the expiry time of the first index entry after them
-// when there are none (math.MaxInt64 when the index is empty): no open hold
-// expires before it.
+// expiredHolds lists up to limit (> 0) open holds with ExpiresAtMs <= nowMs,
+// in expiry order. next is the earliest expiry in the index (refs[0]'s when
+// there are refs), math.MaxInt64 when it is empty: no open hold expires
+// before it.
 func (v view) expiredHolds(nowMs int64, limit int) (refs []ledger.HoldRef, next int64, err error) {
 	lower := v.kb.expiryUpTo(math.MinInt64)
 	upper := prefixEnd(lower[:len(lower)-8])
@@ -109,10 +109,8 @@ func (v view) expiredHolds(nowMs int64, limit int) (refs []ledger.HoldRef, next 
 	for valid := it.First(); valid && len(refs) < limit; valid = it.Next() {
 		k := it.Key()[len(lower)-8:]
 		t := int64(binary.BigEndian.Uint64(k[:8]) ^ (1 << 63))
+		next = min(next, t) // the first entry's: the index is in time order
 		if t > nowMs {
-			if len(refs) == 0 {
-				next = t
-			}
 			break
 		}
 		parts := bytes.SplitN(k[8:], []byte{0}, 3)
@@ -122,9 +120,6 @@ func (v view) expiredHolds(nowMs int64, limit int) (refs []ledger.HoldRef, next 
 		}
 		refs = append(refs, ledger.HoldRef{Program: string(parts[0]), Member: string(parts[1]),
 			Key: string(parts[2]), ExpiresAtMs: t})
-	}
-	if len(refs) > 0 {
-		next = refs[0].ExpiresAtMs
 	}
 	return refs, next, it.Close()
 }
