@@ -20,7 +20,7 @@ const (
 	// enough: the leader already pipelines entries from many clients, and
 	// while the one RPC is out the next batch grows, so each RPC carries more
 	// operations for the same CPU. Measured against 4 (docs/BENCHMARKS.md,
-	// run 16): flash sale +20%, coalesced reads +35%, and open-loop p99 at
+	// run 16): flash sale +20%, coalesced reads +37%, and open-loop p99 at
 	// 3,600 req/s 22-25 ms instead of 28-34 ms.
 	DefaultMaxInflightPerShard = 1
 	// DefaultBackoffMin and DefaultBackoffMax bound the wait between retries:
