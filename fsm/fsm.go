@@ -22,6 +22,10 @@ import (
 // stateCacheBytes sizes the state DB's block cache.
 const stateCacheBytes = 256 << 20
 
+// stateBlockSize is the state DB's sstable data block size (Pebble's default
+// is 4 KiB).
+const stateBlockSize = 32 << 10
+
 // DB is a node's state database: one Pebble instance holding the state of
 // every shard the node replicates.
 type DB struct {
@@ -47,9 +51,15 @@ func OpenDB(dir string) (*DB, error) {
 		// snapshot (whose entries Raft no longer replays), the node restores
 		// the snapshot instead (see FSM.NeedsRestore). A second WAL would
 		// copy every state byte once more and save nothing.
-		DisableWAL:            true,
-		MemTableSize:          64 << 20,
-		L0CompactionThreshold: 4,
+		DisableWAL:   true,
+		MemTableSize: 64 << 20,
+		// Every operation adds records under random keys that are never
+		// deleted, so every L0 compaction rewrites most of Lbase. Waiting for
+		// 8 flushed sublevels instead of 4 halves those rewrites (a bench
+		// run's state-DB compactions on n1: 30 -> 10; docs/BENCHMARKS.md,
+		// run 17); point reads pay little for the extra sublevels, since new
+		// idempotency keys miss in the bloom filters and accounts are cached.
+		L0CompactionThreshold: 8,
 		L0StopWritesThreshold: 24,
 		// Two cores: at most two compactions alongside the apply loop.
 		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
@@ -59,6 +69,10 @@ func OpenDB(dir string) (*DB, error) {
 	// miss) cheap below the memtable.
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+		// 32 KiB blocks instead of 4 KiB: a compaction reads its inputs
+		// one block per pread, and syscalls are dear on small virtual
+		// machines; point reads rarely reach a data block (above).
+		opts.Levels[i].BlockSize = stateBlockSize
 	}
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
