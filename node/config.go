@@ -39,10 +39,21 @@ func (t RaftTuning) withDefaults() RaftTuning {
 	// of two cores in replication wake-ups (0.25 at 50 ms), and under load
 	// 50 ms gave 3,232 single ops/s against 2,661 (make bench, same box).
 	// It only delays when followers learn the commit index, not acks.
+	//
+	// LeaderLeaseTimeout is how long a leader goes without hearing from a
+	// quorum before it steps down. Reads never trust it (they confirm
+	// leadership with a heartbeat round, shard.go), and failover after a
+	// leader dies is driven by the followers' HeartbeatTimeout, so the lease
+	// only decides how long a stall every node shares is ridden out. With
+	// 250 ms, stopping all three nodes for 400 ms under 5,000 req/s made
+	// every shard's leader step down in 2 of 3 runs (p99 1.1-1.3 s, max
+	// 1.7-2.0 s); with 500 ms, in none of 3 (p99 0.22-0.28 s, max 0.52-0.61
+	// s; docs/BENCHMARKS.md, "Stall tolerance"). hashicorp/raft requires it
+	// to be at most HeartbeatTimeout.
 	def := RaftTuning{
 		HeartbeatTimeout:   500 * time.Millisecond,
 		ElectionTimeout:    500 * time.Millisecond,
-		LeaderLeaseTimeout: 250 * time.Millisecond,
+		LeaderLeaseTimeout: 500 * time.Millisecond,
 		CommitTimeout:      50 * time.Millisecond,
 		MaxAppendEntries:   512,
 		// The entry count is only a backstop (about 1M entries); snapshots
@@ -54,7 +65,9 @@ func (t RaftTuning) withDefaults() RaftTuning {
 	}
 	setDefault(&t.HeartbeatTimeout, def.HeartbeatTimeout)
 	setDefault(&t.ElectionTimeout, def.ElectionTimeout)
-	setDefault(&t.LeaderLeaseTimeout, def.LeaderLeaseTimeout)
+	// A shorter HeartbeatTimeout than the default caps the default lease,
+	// which hashicorp/raft requires to be no longer.
+	setDefault(&t.LeaderLeaseTimeout, min(def.LeaderLeaseTimeout, t.HeartbeatTimeout))
 	setDefault(&t.CommitTimeout, def.CommitTimeout)
 	setDefault(&t.MaxAppendEntries, def.MaxAppendEntries)
 	setDefault(&t.SnapshotThreshold, def.SnapshotThreshold)
