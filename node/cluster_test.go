@@ -321,7 +321,7 @@ func TestClusterOperations(t *testing.T) {
 	soleLeader := func() int {
 		leader := -1
 		for i, n := range c.nodes {
-			if n.IsLeader(shard) {
+			if n != nil && n.IsLeader(shard) {
 				if leader >= 0 {
 					return -1
 				}
