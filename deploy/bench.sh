@@ -32,6 +32,9 @@
 # machines; the PostgreSQL baseline then runs unpinned, on every CPU, unless
 # BENCH_PG_CPUS gives it a CPU list too, e.g. "0-3,12-15": one node's cores
 # for the server and the load generator's for pgbench).
+# BENCH_STALL="<s>:<ms>" stops all three nodes (SIGSTOP) for <ms> milliseconds
+# <s> seconds into each case's measured window, as a stall of the whole
+# machine would (docs/BENCHMARKS.md, "Stall tolerance").
 # With a tallyd that has --pprof, a 10 s CPU profile of node n1 is taken
 # during each case (BENCH_PROFILE=0 turns that off).
 # Every node's /metrics is saved after each case, and the nodes' logs (Raft at
@@ -69,7 +72,8 @@ pin() { if [ -n "${BENCH_CPUS:-}" ]; then echo "taskset -c ${cpus[$1 - 1]}"; fi;
 data=$(mktemp -d /tmp/tally-bench.XXXXXX)
 pids=()
 stop_cluster() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  # CONT first: a node left stopped by BENCH_STALL would never act on TERM.
+  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
 }
@@ -137,10 +141,22 @@ run_case() {
      curl -s -o "$out/$name.n1.cpu.prof" "http://127.0.0.1:$((port + 21))/debug/pprof/profile?seconds=10" || true) &
     prof_pid=$!
   fi
+  local stall_pid=
+  if [ -n "${BENCH_STALL:-}" ]; then
+    local at=${BENCH_STALL%%:*} ms=${BENCH_STALL#*:}
+    (for _ in $(seq 1 600); do grep -q 'measure\]' "$out/$name.progress" 2>/dev/null && break; sleep 0.5; done
+     sleep "$at"
+     kill -STOP "${pids[@]}"
+     sleep "$(awk -v ms="$ms" 'BEGIN {print ms / 1000}')"
+     kill -CONT "${pids[@]}"
+     echo "stalled all nodes for ${ms} ms at $(date -u +%T.%N)" >>"$out/$name.stall") &
+    stall_pid=$!
+  fi
   local rc=0
   $(pin 4) "$bin/tally-load" --addrs "$addrs" --duration "${secs}s" --warmup "$warmup" --server-pids "$server_pids" \
     --json "$out/$name.json" --plot "$out/$name.html" ${BENCH_LOAD_FLAGS:-} "$@" 2>"$out/$name.progress" | tee "$out/$name.txt" || rc=$?
   if [ -n "$prof_pid" ]; then wait "$prof_pid" 2>/dev/null || true; fi
+  if [ -n "$stall_pid" ]; then wait "$stall_pid" 2>/dev/null || true; fi
   # Each node's counters after the case (snapshots, write stalls, Raft
   # timings): diff two cases' files to see what one case did.
   for i in 1 2 3; do curl -s -o "$out/$name.n$i.metrics" "http://127.0.0.1:$((port + 20 + i))/metrics" || true; done
