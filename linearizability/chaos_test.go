@@ -100,6 +100,31 @@ func CIProfile(tallyd string, seed uint64, dir string, logf func(string, ...any)
 	}
 }
 
+// Floors of a CI run on a slow disk.
+const (
+	// slowDiskSync is the median sync latency from which a disk counts as
+	// slow: an SSD syncs a 4 KiB write in about a millisecond, a network or
+	// throttled cloud volume in tens to hundreds.
+	slowDiskSync = 20 * time.Millisecond
+	// minOpsSlowDisk is the operation floor on a slow disk. A commit waits
+	// for a sync on the leader and then one on a follower, so eight workers
+	// make a few dozen operations a second with 50 ms syncs (5,014 in 127 s
+	// here, a 50 ms sleep added to every Raft-log sync), and one CI run made
+	// 3,963 in 214 s, a twentieth of this machine's rate, while passing every
+	// check. The floor still proves that the workload ran through the faults.
+	minOpsSlowDisk = 1000
+)
+
+// opsFloor is the operation count a run must reach: minOps, or
+// minOpsSlowDisk when the slowest probe of the disk shows a slow one. The
+// floor is about coverage, not speed; the checks are the same either way.
+func opsFloor(minOps int, slowestSync time.Duration) int {
+	if slowestSync >= slowDiskSync {
+		return min(minOps, minOpsSlowDisk)
+	}
+	return minOps
+}
+
 // TestChaos is the CI profile: Tally under kill -9, pauses, partitions and
 // delays must stay linearizable, exactly-once, conserving and convergent.
 func TestChaos(t *testing.T) {
@@ -123,8 +148,11 @@ func TestChaos(t *testing.T) {
 	if !rep.OK() {
 		t.Errorf("seed %d: checks failed; evidence under %s", seed, dir)
 	}
-	if rep.Ops < cfg.MinOps {
-		t.Errorf("only %d operations, want >= %d", rep.Ops, cfg.MinOps)
+	if floor := opsFloor(cfg.MinOps, rep.SlowestSync()); rep.Ops < floor {
+		t.Errorf("only %d operations, want >= %d (slowest median disk sync %s)", rep.Ops, floor, rep.SlowestSync())
+	} else if floor < cfg.MinOps {
+		t.Logf("WARNING: a median disk sync took %s (an SSD takes about 1 ms); every commit waits for two, so the floor was %d operations, not %d",
+			rep.SlowestSync(), floor, cfg.MinOps)
 	}
 	for _, k := range AllFaults {
 		if rep.Faults[k] < 3 {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -126,6 +127,19 @@ type Report struct {
 	AccountResults     []AccountResult        `json:"account_results"`
 	Replicas           map[int][]ReplicaState `json:"replicas"`
 	Crashes            []string               `json:"crashes,omitempty"`
+	// DiskSync is the sync latency of the disk under the nodes' data,
+	// probed before the cluster starts and again after the workload.
+	DiskSync []SyncProbe `json:"disk_sync"`
+}
+
+// SlowestSync is the higher of the disk's median sync latencies before and
+// after the workload: the one that bounded the run's throughput.
+func (r *Report) SlowestSync() time.Duration {
+	var d time.Duration
+	for _, p := range r.DiskSync {
+		d = max(d, p.Median)
+	}
+	return d
 }
 
 // OK reports whether every check passed.
@@ -169,6 +183,10 @@ func (r *Report) Summary() string {
 		fc[string(k)] = v
 	}
 	fmt.Fprintf(&b, "  faults: %s\n", formatCounts(fc))
+	if n := len(r.DiskSync); n > 0 {
+		fmt.Fprintf(&b, "  disk sync (4 KiB write + fsync; %d probes, before, every %s, after): first %s; last %s; slowest median %s\n",
+			n, progressInterval, r.DiskSync[0], r.DiskSync[n-1], r.SlowestSync().Round(10*time.Microsecond))
+	}
 	for _, c := range r.Checks {
 		mark := "ok  "
 		if !c.OK {
@@ -218,6 +236,26 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	logf := cfg.Logf
 	logf("seed %d, results %s", cfg.Seed, cfg.ResultsDir)
 	_ = os.WriteFile(filepath.Join(cfg.ResultsDir, "seed"), []byte(fmt.Sprintf("%d\n", cfg.Seed)), 0o644)
+
+	// The disk is probed before, during (with each progress line) and
+	// after the run: a disk that slows down mid-run (a cloud volume out of
+	// burst credit) shows in the slowest probe.
+	var (
+		probeMu sync.Mutex
+		probes  []SyncProbe
+	)
+	probe := func(when string) string {
+		p, err := ProbeSync(cfg.ResultsDir, syncProbeWrites)
+		if err != nil {
+			return fmt.Sprintf("disk sync probe %s: %v", when, err)
+		}
+		probeMu.Lock()
+		probes = append(probes, p)
+		probeMu.Unlock()
+		return fmt.Sprintf("disk sync %s", p)
+	}
+	logf("%s", probe("before the run"))
+	probe("before the run")
 
 	clusterDir := filepath.Join(cfg.ResultsDir, "cluster")
 	c, err := StartCluster(ctx, ClusterConfig{Tallyd: cfg.Tallyd, Dir: clusterDir, Shards: cfg.Shards,
@@ -305,7 +343,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		for {
 			select {
 			case <-t.C:
-				logf("progress: %s, %d ops, faults %s", time.Since(began).Round(time.Second), hist.Len(), formatFaults(timeline.Counts()))
+				logf("progress: %s, %d ops, faults %s; %s", time.Since(began).Round(time.Second), hist.Len(),
+					formatFaults(timeline.Counts()), probe("now"))
 			case <-progressDone:
 				return
 			}
@@ -325,9 +364,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	wg.Wait()
 	workload := time.Since(began)
 	logf("workload stopped: %d ops in %s", hist.Len(), workload.Round(time.Second))
+	logf("%s", probe("after the workload"))
 
 	rep := &Report{Seed: cfg.Seed, ResultsDir: cfg.ResultsDir, Broken: cfg.UnsafeLocalReads, Shards: cfg.Shards,
 		Clients: cfg.Clients, Accounts: len(members), Workload: workload, Timeline: timeline.Events(), Faults: timeline.Counts()}
+	probeMu.Lock()
+	rep.DiskSync = slices.Clone(probes)
+	probeMu.Unlock()
 	check(ctx, cfg, c, hist, members, rep)
 	rep.Crashes = c.Crashes()
 	if len(rep.Crashes) > 0 {
@@ -446,6 +489,10 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 		switch e.Output.Status {
 		case Known:
 			rep.Outcomes[string(e.Output.Code)]++
+		case NotApplied:
+			// By code: many "gave up before any attempt" (UNAVAILABLE)
+			// mean requests queued behind slow commits.
+			rep.Outcomes[e.Output.Status.String()+":"+string(e.Output.Code)]++
 		default:
 			rep.Outcomes[e.Output.Status.String()]++
 		}
