@@ -102,10 +102,6 @@ func CIProfile(tallyd string, seed uint64, dir string, logf func(string, ...any)
 
 // Floors of a CI run on a slow disk.
 const (
-	// slowDiskSync is the median sync latency from which a disk counts as
-	// slow: an SSD syncs a 4 KiB write in about a millisecond, a network or
-	// throttled cloud volume in tens to hundreds.
-	slowDiskSync = 20 * time.Millisecond
 	// minOpsSlowDisk is the operation floor on a slow disk. A commit waits
 	// for a sync on the leader and then one on a follower, so eight workers
 	// make a few dozen operations a second with 50 ms syncs (5,014 in 127 s

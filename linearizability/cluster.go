@@ -48,6 +48,11 @@ type ClusterConfig struct {
 	SnapshotThreshold uint64
 	SnapshotLogBytes  uint64
 	TrailingLogs      uint64
+	// HeartbeatTimeout, ElectionTimeout and LeaderLeaseTimeout are passed
+	// to tallyd (0: its defaults).
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
 }
 
 // procNode is one tallyd process slot.
@@ -163,6 +168,18 @@ func (c *Cluster) start(ctx context.Context) error {
 		}
 		if c.cfg.TrailingLogs > 0 {
 			n.args = append(n.args, "--trailing-logs", fmt.Sprint(c.cfg.TrailingLogs))
+		}
+		for _, d := range []struct {
+			flag string
+			v    time.Duration
+		}{
+			{"--heartbeat-timeout", c.cfg.HeartbeatTimeout},
+			{"--election-timeout", c.cfg.ElectionTimeout},
+			{"--leader-lease-timeout", c.cfg.LeaderLeaseTimeout},
+		} {
+			if d.v > 0 {
+				n.args = append(n.args, d.flag, d.v.String())
+			}
 		}
 	}
 	release() // the nodes bind their ports now; the proxies keep theirs

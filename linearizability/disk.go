@@ -24,6 +24,24 @@ func (p SyncProbe) String() string {
 		p.Max.Round(10*time.Microsecond), p.Syncs)
 }
 
+// slowDiskSync is the median sync latency from which a disk counts as slow:
+// an SSD syncs a 4 KiB write in about a millisecond, a network or throttled
+// cloud volume in tens to hundreds.
+const slowDiskSync = 20 * time.Millisecond
+
+// Raft timeouts of a cluster on a slow disk. Every vote is synced before it
+// is granted, so with the defaults (500 ms) elections time out before they
+// finish: with this machine's disk throttled to 20 write IOPS (blkio
+// cgroup; probes of 200-300 ms), a fresh cluster made 192 candidacies and
+// had no leader of shard 0 after 3 minutes; with these it had both shards'
+// leaders within 20 s (5 candidacies). The faults (1.5-4 s) still outlast
+// the heartbeat timeout, so they still cause elections.
+const (
+	slowDiskHeartbeatTimeout = time.Second
+	slowDiskElectionTimeout  = 2 * time.Second
+	slowDiskLeaseTimeout     = time.Second
+)
+
 // syncProbeWrites is how many synced 4 KiB writes a probe makes: enough
 // for a median, few enough to take well under a second on a normal disk.
 const syncProbeWrites = 20

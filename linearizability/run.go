@@ -130,6 +130,9 @@ type Report struct {
 	// DiskSync is the sync latency of the disk under the nodes' data,
 	// probed before the cluster starts and again after the workload.
 	DiskSync []SyncProbe `json:"disk_sync"`
+	// SlowDiskTimeouts is set when the first probe found a slow disk and
+	// the nodes ran with the longer Raft timeouts.
+	SlowDiskTimeouts bool `json:"slow_disk_timeouts"`
 }
 
 // SlowestSync is the higher of the disk's median sync latencies before and
@@ -186,6 +189,10 @@ func (r *Report) Summary() string {
 	if n := len(r.DiskSync); n > 0 {
 		fmt.Fprintf(&b, "  disk sync (4 KiB write + fsync; %d probes, before, every %s, after): first %s; last %s; slowest median %s\n",
 			n, progressInterval, r.DiskSync[0], r.DiskSync[n-1], r.SlowestSync().Round(10*time.Microsecond))
+	}
+	if r.SlowDiskTimeouts {
+		fmt.Fprintf(&b, "  slow disk: nodes ran with --heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s\n",
+			slowDiskHeartbeatTimeout, slowDiskElectionTimeout, slowDiskLeaseTimeout)
 	}
 	for _, c := range r.Checks {
 		mark := "ok  "
@@ -258,9 +265,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	probe("before the run")
 
 	clusterDir := filepath.Join(cfg.ResultsDir, "cluster")
-	c, err := StartCluster(ctx, ClusterConfig{Tallyd: cfg.Tallyd, Dir: clusterDir, Shards: cfg.Shards,
+	ccfg := ClusterConfig{Tallyd: cfg.Tallyd, Dir: clusterDir, Shards: cfg.Shards,
 		UnsafeLocalReads: cfg.UnsafeLocalReads, SnapshotThreshold: cfg.SnapshotThreshold,
-		SnapshotLogBytes: cfg.SnapshotLogBytes, TrailingLogs: cfg.TrailingLogs})
+		SnapshotLogBytes: cfg.SnapshotLogBytes, TrailingLogs: cfg.TrailingLogs}
+	if len(probes) > 0 && probes[0].Median >= slowDiskSync {
+		// What an operator does on such a disk: longer Raft timeouts, so
+		// that elections finish (see slowDiskElectionTimeout).
+		ccfg.HeartbeatTimeout, ccfg.ElectionTimeout, ccfg.LeaderLeaseTimeout =
+			slowDiskHeartbeatTimeout, slowDiskElectionTimeout, slowDiskLeaseTimeout
+		logf("slow disk: nodes start with --heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s",
+			slowDiskHeartbeatTimeout, slowDiskElectionTimeout, slowDiskLeaseTimeout)
+	}
+	c, err := StartCluster(ctx, ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)
 	}
@@ -367,7 +383,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	logf("%s", probe("after the workload"))
 
 	rep := &Report{Seed: cfg.Seed, ResultsDir: cfg.ResultsDir, Broken: cfg.UnsafeLocalReads, Shards: cfg.Shards,
-		Clients: cfg.Clients, Accounts: len(members), Workload: workload, Timeline: timeline.Events(), Faults: timeline.Counts()}
+		Clients: cfg.Clients, Accounts: len(members), Workload: workload, Timeline: timeline.Events(), Faults: timeline.Counts(),
+		SlowDiskTimeouts: ccfg.ElectionTimeout > 0}
 	probeMu.Lock()
 	rep.DiskSync = slices.Clone(probes)
 	probeMu.Unlock()

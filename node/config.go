@@ -64,7 +64,9 @@ func (t RaftTuning) withDefaults() RaftTuning {
 		SnapshotLogBytes:  64 << 20,
 	}
 	setDefault(&t.HeartbeatTimeout, def.HeartbeatTimeout)
-	setDefault(&t.ElectionTimeout, def.ElectionTimeout)
+	// A longer HeartbeatTimeout raises the default ElectionTimeout with it,
+	// which hashicorp/raft requires to be no shorter.
+	setDefault(&t.ElectionTimeout, max(def.ElectionTimeout, t.HeartbeatTimeout))
 	// A shorter HeartbeatTimeout than the default caps the default lease,
 	// which hashicorp/raft requires to be no longer.
 	setDefault(&t.LeaderLeaseTimeout, min(def.LeaderLeaseTimeout, t.HeartbeatTimeout))
@@ -188,6 +190,12 @@ func (c *Config) validate() error {
 		c.LogLevel = "warn"
 	}
 	c.Raft = c.Raft.withDefaults()
+	// hashicorp/raft checks these too, but only once the stores are open.
+	if t := c.Raft; t.LeaderLeaseTimeout > t.HeartbeatTimeout {
+		return fmt.Errorf("node: config: LeaderLeaseTimeout (%s) must be at most HeartbeatTimeout (%s)", t.LeaderLeaseTimeout, t.HeartbeatTimeout)
+	} else if t.ElectionTimeout < t.HeartbeatTimeout {
+		return fmt.Errorf("node: config: ElectionTimeout (%s) must be at least HeartbeatTimeout (%s)", t.ElectionTimeout, t.HeartbeatTimeout)
+	}
 	return nil
 }
 

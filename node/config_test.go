@@ -14,17 +14,37 @@ func TestRaftTuningDefaultLease(t *testing.T) {
 		name                     string
 		in                       RaftTuning
 		wantHeartbeat, wantLease time.Duration
+		wantElection             time.Duration
 	}{
-		{"all defaults", RaftTuning{}, 500 * time.Millisecond, 500 * time.Millisecond},
-		{"short heartbeat caps the default lease", RaftTuning{HeartbeatTimeout: 200 * time.Millisecond}, 200 * time.Millisecond, 200 * time.Millisecond},
-		{"long heartbeat keeps the default lease", RaftTuning{HeartbeatTimeout: 2 * time.Second}, 2 * time.Second, 500 * time.Millisecond},
-		{"an explicit lease is kept", RaftTuning{HeartbeatTimeout: time.Second, LeaderLeaseTimeout: 100 * time.Millisecond}, time.Second, 100 * time.Millisecond},
+		{"all defaults", RaftTuning{}, 500 * time.Millisecond, 500 * time.Millisecond, 500 * time.Millisecond},
+		{"short heartbeat caps the default lease", RaftTuning{HeartbeatTimeout: 200 * time.Millisecond}, 200 * time.Millisecond, 200 * time.Millisecond, 500 * time.Millisecond},
+		{"long heartbeat keeps the default lease, raises the election timeout", RaftTuning{HeartbeatTimeout: 2 * time.Second}, 2 * time.Second, 500 * time.Millisecond, 2 * time.Second},
+		{"an explicit lease is kept", RaftTuning{HeartbeatTimeout: time.Second, LeaderLeaseTimeout: 100 * time.Millisecond}, time.Second, 100 * time.Millisecond, time.Second},
+		{"an explicit election timeout is kept", RaftTuning{HeartbeatTimeout: time.Second, ElectionTimeout: 3 * time.Second}, time.Second, 500 * time.Millisecond, 3 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.in.withDefaults()
 			require.Equal(t, tc.wantHeartbeat, got.HeartbeatTimeout)
 			require.Equal(t, tc.wantLease, got.LeaderLeaseTimeout)
+			require.Equal(t, tc.wantElection, got.ElectionTimeout)
 			require.LessOrEqual(t, got.LeaderLeaseTimeout, got.HeartbeatTimeout)
+			require.GreaterOrEqual(t, got.ElectionTimeout, got.HeartbeatTimeout)
 		})
 	}
+}
+
+func TestConfigRejectsRaftTimeouts(t *testing.T) {
+	base := func() Config {
+		return Config{ID: "n1", DataDir: t.TempDir(), Shards: 1,
+			Peers: []Peer{{ID: "n1", RaftAddr: "127.0.0.1:1", GRPCAddr: "127.0.0.1:2"}}}
+	}
+	c := base()
+	c.Raft = RaftTuning{HeartbeatTimeout: time.Second, LeaderLeaseTimeout: 2 * time.Second}
+	require.ErrorContains(t, c.validate(), "LeaderLeaseTimeout (2s) must be at most HeartbeatTimeout (1s)")
+	c = base()
+	c.Raft = RaftTuning{HeartbeatTimeout: 2 * time.Second, ElectionTimeout: time.Second}
+	require.ErrorContains(t, c.validate(), "ElectionTimeout (1s) must be at least HeartbeatTimeout (2s)")
+	c = base()
+	c.Raft = RaftTuning{HeartbeatTimeout: time.Second, ElectionTimeout: 2 * time.Second, LeaderLeaseTimeout: time.Second}
+	require.NoError(t, c.validate())
 }
