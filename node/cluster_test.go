@@ -388,6 +388,7 @@ func TestClusterOperations(t *testing.T) {
 	require.Greater(t, byName["tally_shard_commit_index"], 0.0)
 	require.Greater(t, byName["tally_pebble_wal_bytes_written_total"], 0.0)
 	require.Greater(t, byName["tally_read_verify_rounds_total"], 0.0)
+	require.Greater(t, byName["tally_pebble_wal_fsync_seconds"], 0.0, "the Raft log's fsyncs are counted")
 	for _, name := range []string{"tally_pebble_write_stalls_total", "tally_pebble_write_stall_seconds_total"} {
 		_, ok := byName[name]
 		require.True(t, ok, "%s is exported (zero without stalls)", name)

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tally-ledger/tally/fsm"
 )
@@ -155,11 +156,12 @@ var (
 	descMemtable    = prometheus.NewDesc("tally_pebble_memtable_bytes", "Memtable bytes.", []string{"db"}, nil)
 	descStalls      = prometheus.NewDesc("tally_pebble_write_stalls_total", "Pebble write stalls (memtables or L0 full: every write waits).", []string{"db"}, nil)
 	descStallTime   = prometheus.NewDesc("tally_pebble_write_stall_seconds_total", "Time spent in finished Pebble write stalls.", []string{"db"}, nil)
+	descWALFsync    = prometheus.NewDesc("tally_pebble_wal_fsync_seconds", "Latency of Pebble's WAL fsyncs (only the Raft log DB has a WAL): every Raft append waits for one on the leader and one on a follower.", []string{"db"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCommitIndex, descApplyLag, descTerm, descLastContact, descCompactions,
-		descCompactDebt, descFlushes, descWALBytes, descWALFiles, descL0Files, descReadAmp, descDiskBytes, descMemtable, descStalls, descStallTime} {
+		descCompactDebt, descFlushes, descWALBytes, descWALFiles, descL0Files, descReadAmp, descDiskBytes, descMemtable, descStalls, descStallTime, descWALFsync} {
 		ch <- d
 	}
 }
@@ -208,6 +210,35 @@ func collectPebble(ch chan<- prometheus.Metric, db string, m *pebble.Metrics) {
 	ch <- prometheus.MustNewConstMetric(descReadAmp, prometheus.GaugeValue, float64(m.ReadAmp()), db)
 	ch <- prometheus.MustNewConstMetric(descDiskBytes, prometheus.GaugeValue, float64(m.DiskSpaceUsage()), db)
 	ch <- prometheus.MustNewConstMetric(descMemtable, prometheus.GaugeValue, float64(m.MemTable.Size), db)
+	if h, ok := fsyncHistogram(m.LogWriter.FsyncLatency, db); ok {
+		ch <- h
+	}
+}
+
+// fsyncHistogram re-exports Pebble's WAL fsync histogram, which has no name
+// and counts nanoseconds, as seconds under descWALFsync. Pebble's own
+// buckets are kept (100 of them: 0.1 ms steps to 5 ms, then exponential to
+// 10 s), so the counts stay exact. A slow disk shows here first: on one
+// whose syncs took 100-300 ms, elections with the default timeouts never
+// finished (docs/ARCHITECTURE.md, "Log").
+func fsyncHistogram(h prometheus.Histogram, db string) (prometheus.Metric, bool) {
+	if h == nil {
+		return nil, false
+	}
+	var pb dto.Metric
+	if err := h.Write(&pb); err != nil || pb.GetHistogram() == nil {
+		return nil, false
+	}
+	src := pb.GetHistogram()
+	buckets := make(map[float64]uint64, len(src.GetBucket()))
+	for _, b := range src.GetBucket() {
+		buckets[b.GetUpperBound()/1e9] = b.GetCumulativeCount()
+	}
+	m, err := prometheus.NewConstHistogram(descWALFsync, src.GetSampleCount(), src.GetSampleSum()/1e9, buckets, db)
+	if err != nil {
+		return nil, false
+	}
+	return m, true
 }
 
 func collectStalls(ch chan<- prometheus.Metric, db string, s interface {
