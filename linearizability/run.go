@@ -128,15 +128,16 @@ type Report struct {
 	Replicas           map[int][]ReplicaState `json:"replicas"`
 	Crashes            []string               `json:"crashes,omitempty"`
 	// DiskSync is the sync latency of the disk under the nodes' data,
-	// probed before the cluster starts and again after the workload.
+	// probed before the cluster starts, with every progress line and after
+	// the workload.
 	DiskSync []SyncProbe `json:"disk_sync"`
 	// SlowDiskTimeouts is set when the first probe found a slow disk and
 	// the nodes ran with the longer Raft timeouts.
 	SlowDiskTimeouts bool `json:"slow_disk_timeouts"`
 }
 
-// SlowestSync is the higher of the disk's median sync latencies before and
-// after the workload: the one that bounded the run's throughput.
+// SlowestSync is the highest median sync latency of all the disk probes:
+// the disk at its slowest, which bounded the run's throughput then.
 func (r *Report) SlowestSync() time.Duration {
 	var d time.Duration
 	for _, p := range r.DiskSync {
@@ -262,7 +263,6 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return fmt.Sprintf("disk sync %s", p)
 	}
 	logf("%s", probe("before the run"))
-	probe("before the run")
 
 	clusterDir := filepath.Join(cfg.ResultsDir, "cluster")
 	ccfg := ClusterConfig{Tallyd: cfg.Tallyd, Dir: clusterDir, Shards: cfg.Shards,
