@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/tally-ledger/tally/internal/diskprobe"
 )
 
 // Environment of the fault tests.
@@ -117,7 +119,7 @@ const (
 // minOpsSlowDisk when the slowest probe of the disk shows a slow one. The
 // floor is about coverage, not speed; the checks are the same either way.
 func opsFloor(minOps int, slowestSync time.Duration) int {
-	if slowestSync >= slowDiskSync {
+	if slowestSync >= diskprobe.SlowMedian {
 		return min(minOps, minOpsSlowDisk)
 	}
 	return minOps

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/internal/diskprobe"
 )
 
 // ClusterSize is the number of tallyd processes: the smallest cluster that
@@ -49,10 +50,13 @@ type ClusterConfig struct {
 	SnapshotLogBytes  uint64
 	TrailingLogs      uint64
 	// HeartbeatTimeout, ElectionTimeout and LeaderLeaseTimeout are passed
-	// to tallyd (0: its defaults).
+	// to tallyd. Left at 0, StartCluster probes the disk under Dir (or
+	// takes DiskProbe) and on a slow one uses diskprobe's slow-disk
+	// timeouts, as an operator would; else tallyd's defaults.
 	HeartbeatTimeout   time.Duration
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
+	DiskProbe          *diskprobe.Result
 }
 
 // procNode is one tallyd process slot.
@@ -78,7 +82,11 @@ type Cluster struct {
 	proxies map[[2]int]*Proxy // [from, to] -> proxy of the link
 	closed  bool
 	crashes []string // nodes that exited without being killed
+	slow    bool     // started with the slow-disk Raft timeouts
 }
+
+// SlowDisk reports whether the nodes run with the slow-disk Raft timeouts.
+func (c *Cluster) SlowDisk() bool { return c.slow }
 
 // Crashes lists the nodes that exited on their own (a finding: a node
 // must never stop by itself, e.g. on an invariant violation).
@@ -104,6 +112,19 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	c := &Cluster{cfg: cfg, proxies: map[[2]int]*Proxy{}}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, err
+	}
+	if cfg.HeartbeatTimeout == 0 && cfg.ElectionTimeout == 0 && cfg.LeaderLeaseTimeout == 0 {
+		probe := cfg.DiskProbe
+		if probe == nil {
+			if p, err := diskprobe.Probe(cfg.Dir, diskprobe.DefaultSyncs); err == nil {
+				probe = &p
+			}
+		}
+		if probe != nil && probe.Slow() {
+			c.cfg.HeartbeatTimeout, c.cfg.ElectionTimeout, c.cfg.LeaderLeaseTimeout =
+				diskprobe.SlowHeartbeatTimeout, diskprobe.SlowElectionTimeout, diskprobe.SlowLeaseTimeout
+			c.slow = true
+		}
 	}
 	if err := c.start(ctx); err != nil {
 		c.Close()

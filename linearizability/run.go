@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/internal/diskprobe"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -130,7 +131,7 @@ type Report struct {
 	// DiskSync is the sync latency of the disk under the nodes' data,
 	// probed before the cluster starts, with every progress line and after
 	// the workload.
-	DiskSync []SyncProbe `json:"disk_sync"`
+	DiskSync []diskprobe.Result `json:"disk_sync"`
 	// SlowDiskTimeouts is set when the first probe found a slow disk and
 	// the nodes ran with the longer Raft timeouts.
 	SlowDiskTimeouts bool `json:"slow_disk_timeouts"`
@@ -193,7 +194,7 @@ func (r *Report) Summary() string {
 	}
 	if r.SlowDiskTimeouts {
 		fmt.Fprintf(&b, "  slow disk: nodes ran with --heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s\n",
-			slowDiskHeartbeatTimeout, slowDiskElectionTimeout, slowDiskLeaseTimeout)
+			diskprobe.SlowHeartbeatTimeout, diskprobe.SlowElectionTimeout, diskprobe.SlowLeaseTimeout)
 	}
 	for _, c := range r.Checks {
 		mark := "ok  "
@@ -250,10 +251,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	// burst credit) shows in the slowest probe.
 	var (
 		probeMu sync.Mutex
-		probes  []SyncProbe
+		probes  []diskprobe.Result
 	)
 	probe := func(when string) string {
-		p, err := ProbeSync(cfg.ResultsDir, syncProbeWrites)
+		p, err := diskprobe.Probe(cfg.ResultsDir, diskprobe.DefaultSyncs)
 		if err != nil {
 			return fmt.Sprintf("disk sync probe %s: %v", when, err)
 		}
@@ -268,17 +269,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	ccfg := ClusterConfig{Tallyd: cfg.Tallyd, Dir: clusterDir, Shards: cfg.Shards,
 		UnsafeLocalReads: cfg.UnsafeLocalReads, SnapshotThreshold: cfg.SnapshotThreshold,
 		SnapshotLogBytes: cfg.SnapshotLogBytes, TrailingLogs: cfg.TrailingLogs}
-	if len(probes) > 0 && probes[0].Median >= slowDiskSync {
-		// What an operator does on such a disk: longer Raft timeouts, so
-		// that elections finish (see slowDiskElectionTimeout).
-		ccfg.HeartbeatTimeout, ccfg.ElectionTimeout, ccfg.LeaderLeaseTimeout =
-			slowDiskHeartbeatTimeout, slowDiskElectionTimeout, slowDiskLeaseTimeout
-		logf("slow disk: nodes start with --heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s",
-			slowDiskHeartbeatTimeout, slowDiskElectionTimeout, slowDiskLeaseTimeout)
+	if len(probes) > 0 {
+		// StartCluster need not probe the same disk again.
+		first := probes[0]
+		ccfg.DiskProbe = &first
 	}
 	c, err := StartCluster(ctx, ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)
+	}
+	if c.SlowDisk() {
+		logf("slow disk: nodes run with --heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s",
+			diskprobe.SlowHeartbeatTimeout, diskprobe.SlowElectionTimeout, diskprobe.SlowLeaseTimeout)
 	}
 	defer c.Close()
 
@@ -384,7 +386,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	rep := &Report{Seed: cfg.Seed, ResultsDir: cfg.ResultsDir, Broken: cfg.UnsafeLocalReads, Shards: cfg.Shards,
 		Clients: cfg.Clients, Accounts: len(members), Workload: workload, Timeline: timeline.Events(), Faults: timeline.Counts(),
-		SlowDiskTimeouts: ccfg.ElectionTimeout > 0}
+		SlowDiskTimeouts: c.SlowDisk()}
 	probeMu.Lock()
 	rep.DiskSync = slices.Clone(probes)
 	probeMu.Unlock()

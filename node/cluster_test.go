@@ -21,6 +21,7 @@ import (
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/internal/diskprobe"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -48,11 +49,19 @@ func newTestCluster(t *testing.T, size, shards int, tune func(*Config)) *testClu
 	for i := 0; i < size; i++ {
 		peers = append(peers, Peer{ID: fmt.Sprintf("n%d", i+1), RaftAddr: freeAddr(t), GRPCAddr: freeAddr(t)})
 	}
+	// On a slow disk, the Raft timeouts an operator would pick there
+	// (internal/diskprobe): with the defaults, elections never finish.
+	var raftTuning RaftTuning
+	if p, err := diskprobe.Probe(t.TempDir(), diskprobe.DefaultSyncs); err == nil && p.Slow() {
+		t.Logf("slow disk (%s): Raft timeouts raised", p)
+		raftTuning = RaftTuning{HeartbeatTimeout: diskprobe.SlowHeartbeatTimeout,
+			ElectionTimeout: diskprobe.SlowElectionTimeout, LeaderLeaseTimeout: diskprobe.SlowLeaseTimeout}
+	}
 	for i := 0; i < size; i++ {
 		cfg := Config{
 			ID: peers[i].ID, DataDir: t.TempDir(), GRPCAddr: peers[i].GRPCAddr, RaftAddr: peers[i].RaftAddr,
 			Peers: peers, Shards: shards, Bootstrap: true, LogOutput: io.Discard,
-			BalanceInterval: 500 * time.Millisecond,
+			BalanceInterval: 500 * time.Millisecond, Raft: raftTuning,
 		}
 		if tune != nil {
 			tune(&cfg)

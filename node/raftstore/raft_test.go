@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -12,6 +13,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/diskprobe"
 )
 
 // counterFSM sums the uint64 commands applied to it.
@@ -75,6 +78,12 @@ type testNode struct {
 	raft  *raft.Raft
 }
 
+// slowDisk probes the disk under the test's data once.
+var slowDisk = sync.OnceValue(func() bool {
+	p, err := diskprobe.Probe(os.TempDir(), diskprobe.DefaultSyncs)
+	return err == nil && p.Slow()
+})
+
 func testRaftConfig(id raft.ServerID) *raft.Config {
 	c := raft.DefaultConfig()
 	c.LocalID = id
@@ -82,6 +91,11 @@ func testRaftConfig(id raft.ServerID) *raft.Config {
 	c.ElectionTimeout = 100 * time.Millisecond
 	c.LeaderLeaseTimeout = 100 * time.Millisecond
 	c.CommitTimeout = 5 * time.Millisecond
+	if slowDisk() {
+		// Elections would never finish (internal/diskprobe).
+		c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout =
+			diskprobe.SlowHeartbeatTimeout, diskprobe.SlowElectionTimeout, diskprobe.SlowLeaseTimeout
+	}
 	// Snapshot often so log compaction (DeleteRange) and snapshot install run.
 	c.SnapshotThreshold = 64
 	c.SnapshotInterval = 50 * time.Millisecond
