@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tally-ledger/tally/internal/diskprobe"
 	"github.com/tally-ledger/tally/node"
 )
 
@@ -59,6 +60,7 @@ func run(args []string) error {
 		return err
 	}
 	cfg.Raft.SnapshotThreshold = snapEvery
+	timeoutsSet := cfg.Raft.HeartbeatTimeout > 0 || cfg.Raft.ElectionTimeout > 0
 	cfg.Raft.TrailingLogs = trailing
 	var err error
 	if cfg.Peers, err = parsePeers(peers); err != nil {
@@ -80,6 +82,14 @@ func run(args []string) error {
 	}
 	fmt.Printf("tallyd %s: grpc %s, raft %s, metrics %s, %d shards, data %s\n",
 		cfg.ID, n.GRPCAddr(), cfg.RaftAddr, orNone(cfg.MetricsAddr), cfg.Shards, cfg.DataDir)
+	// A slow disk stops elections from finishing with the default timeouts;
+	// say so at start rather than leave an operator to find it in the
+	// metrics. A few syncs: milliseconds on a normal disk.
+	if p, err := diskprobe.Probe(cfg.DataDir, slowDiskProbeSyncs); err == nil {
+		if w := slowDiskWarning(p, timeoutsSet); w != "" {
+			fmt.Fprintf(os.Stderr, "tallyd %s: %s\n", cfg.ID, w)
+		}
+	}
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -93,6 +103,20 @@ func run(args []string) error {
 	case <-time.After(15 * time.Second):
 		return fmt.Errorf("shutdown took over 15s")
 	}
+}
+
+// slowDiskProbeSyncs is how many synced writes the start-up probe makes.
+const slowDiskProbeSyncs = 5
+
+// slowDiskWarning is the warning for a disk probe, or "" when the disk is
+// fast or the operator already chose the Raft timeouts.
+func slowDiskWarning(p diskprobe.Result, timeoutsSet bool) string {
+	if !p.Slow() || timeoutsSet {
+		return ""
+	}
+	return fmt.Sprintf("WARNING: this disk syncs a 4 KiB write in %s (median of %d); every Raft append and vote waits for a sync, "+
+		"and with the default 500 ms timeouts elections may never finish: consider --heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s",
+		p.Median.Round(time.Millisecond), p.Syncs, diskprobe.SlowHeartbeatTimeout, diskprobe.SlowElectionTimeout, diskprobe.SlowLeaseTimeout)
 }
 
 func parsePeers(s string) ([]node.Peer, error) {

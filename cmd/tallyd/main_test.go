@@ -2,9 +2,11 @@ package main
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/internal/diskprobe"
 	"github.com/tally-ledger/tally/node"
 )
 
@@ -25,4 +27,14 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	require.ErrorContains(t, run([]string{"--id", "n9", "--data", t.TempDir(),
 		"--peers", "n1=127.0.0.1:1/127.0.0.1:2"}), "not in Peers")
 	require.ErrorContains(t, run([]string{"--peers", "n1=127.0.0.1:1/127.0.0.1:2", "--raft-dial-rewrite", "x"}), "advertised=dialed")
+}
+
+func TestSlowDiskWarning(t *testing.T) {
+	fast := diskprobe.Result{Syncs: 5, Median: time.Millisecond}
+	slow := diskprobe.Result{Syncs: 5, Median: 150 * time.Millisecond}
+	require.Empty(t, slowDiskWarning(fast, false))
+	require.Empty(t, slowDiskWarning(slow, true), "the operator chose the timeouts")
+	w := slowDiskWarning(slow, false)
+	require.Contains(t, w, "150ms")
+	require.Contains(t, w, "--election-timeout 2s")
 }
