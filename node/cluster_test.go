@@ -380,6 +380,9 @@ func TestClusterOperations(t *testing.T) {
 		require.NoError(t, err)
 		for _, f := range families {
 			for _, m := range f.GetMetric() {
+				if f.GetName() == "tally_pebble_wal_fsync_seconds" {
+					require.Equal(t, "raftlog", m.GetLabel()[0].GetValue(), "only the Raft log DB has a WAL")
+				}
 				switch {
 				case m.GetCounter() != nil:
 					byName[f.GetName()] += m.GetCounter().GetValue()

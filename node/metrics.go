@@ -188,7 +188,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLastContact, prometheus.GaugeValue, contact, label)
 	}
 	if c.n.logs != nil {
-		collectPebble(ch, "raftlog", c.n.logs.Metrics())
+		m := c.n.logs.Metrics()
+		collectPebble(ch, "raftlog", m)
+		// Only the Raft log DB has a WAL; the state DB's histogram would
+		// be an empty series.
+		if m != nil {
+			if h, ok := fsyncHistogram(m.LogWriter.FsyncLatency, "raftlog"); ok {
+				ch <- h
+			}
+		}
 		collectStalls(ch, "raftlog", c.n.logs)
 	}
 	if c.n.state != nil {
@@ -210,9 +218,6 @@ func collectPebble(ch chan<- prometheus.Metric, db string, m *pebble.Metrics) {
 	ch <- prometheus.MustNewConstMetric(descReadAmp, prometheus.GaugeValue, float64(m.ReadAmp()), db)
 	ch <- prometheus.MustNewConstMetric(descDiskBytes, prometheus.GaugeValue, float64(m.DiskSpaceUsage()), db)
 	ch <- prometheus.MustNewConstMetric(descMemtable, prometheus.GaugeValue, float64(m.MemTable.Size), db)
-	if h, ok := fsyncHistogram(m.LogWriter.FsyncLatency, db); ok {
-		ch <- h
-	}
 }
 
 // fsyncHistogram re-exports Pebble's WAL fsync histogram, which has no name
