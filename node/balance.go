@@ -21,7 +21,7 @@ const (
 // node leading a shard whose preferred node is up and caught up hands the
 // shard over, one shard per round so writes barely notice.
 func (n *Node) balanceLoop() {
-	defer n.wg.Done()
+	defer n.balancing.Done()
 	t := time.NewTicker(n.cfg.BalanceInterval)
 	defer t.Stop()
 	retryAt := make([]time.Time, len(n.shards))

@@ -46,6 +46,9 @@ type Node struct {
 
 	stop chan struct{}
 	wg   sync.WaitGroup
+	// balancing tracks balanceLoop alone: close waits for it before it
+	// shuts Raft down (see close).
+	balancing sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -154,7 +157,7 @@ func (n *Node) open() error {
 		}()
 	}
 	if cfg.BalanceInterval > 0 {
-		n.wg.Add(1)
+		n.balancing.Add(1)
 		go n.balanceLoop()
 	}
 	return nil
@@ -328,6 +331,13 @@ func (n *Node) close() error {
 		_ = n.httpServer.Shutdown(ctx)
 		cancel()
 	}
+	// The balancer must be done before Raft shuts down. A leadership
+	// transfer asked of a shut-down hashicorp/raft may be queued on a
+	// channel nobody reads any more (initiateLeadershipTransfer selects at
+	// random between the queue and shutdownCh), and its Error() then
+	// blocks forever: a test's Close hung for 13 minutes that way. While
+	// Raft runs, a transfer resolves within its timeout.
+	n.balancing.Wait()
 	for _, s := range n.shards {
 		s.stopLoops()
 	}
