@@ -69,10 +69,6 @@ func (kb keyBuilder) asset(program, code string) []byte {
 	return kb.key(tagAsset, program, code)
 }
 
-func (kb keyBuilder) control(program, asset string) []byte {
-	return kb.key(tagControl, program, asset)
-}
-
 func (kb keyBuilder) account(program, member, asset string) []byte {
 	return kb.key(tagAccount, program, member, asset)
 }
