@@ -26,6 +26,7 @@ type metrics struct {
 	requestLatency *prometheus.HistogramVec
 	commitLatency  prometheus.Histogram
 	entryOps       prometheus.Histogram
+	unanswered     prometheus.Counter
 	applyBatch     prometheus.Histogram
 	applyLatency   prometheus.Histogram
 	appliedIndex   *prometheus.GaugeVec
@@ -62,6 +63,10 @@ func newMetrics(n *Node) *metrics {
 			Name: "tally_entry_ops", Help: "Operations packed into one Raft log entry by the leader.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 15),
 		}),
+		unanswered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_raft_unanswered_total",
+			Help: "Raft futures (log entries, barriers) not answered within 10 s; their requests got UNAVAILABLE. Should stay 0.",
+		}),
 		applyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tally_apply_batch_ops", Help: "Operations applied in one FSM batch (one Pebble batch).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 16),
@@ -97,7 +102,7 @@ func newMetrics(n *Node) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1024, 4, 12),
 		}),
 	}
-	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.applyBatch, m.applyLatency,
+	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.applyBatch, m.applyLatency,
 		m.appliedIndex, m.isLeader, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
 		&stateCollector{n: n},
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(

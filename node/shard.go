@@ -21,7 +21,42 @@ const (
 	applyTimeout = 5 * time.Second
 	// expiryTick is how often a leader checks for holds past their expiry.
 	expiryTick = 250 * time.Millisecond
+	// answerTimeout bounds the wait for Raft to answer a future it accepted.
+	// hashicorp/raft answers each one in the normal course (applied,
+	// leadership lost, shut down), but an open report (hashicorp/raft#498)
+	// has Apply futures that never complete around leader changes, and a
+	// chaos run here had one node's writes on each shard time out for
+	// minutes, through later leader changes, while reads and the other
+	// replicas were fine: the signature of a completion loop blocked on one
+	// future. One unanswered future must not stop a shard, so after this
+	// long its entry is answered UNAVAILABLE and the next one is waited for.
+	// That is a true answer: the outcome is unknown, and clients retrying
+	// with the same idempotency keys learn it. A commit normally takes
+	// milliseconds, and a leader that cannot reach a quorum steps down
+	// within its lease (0.5-1 s), answering its entries.
+	answerTimeout = 10 * time.Second
 )
+
+// errNotAnswered is awaitFuture's error when Raft did not answer in time.
+var errNotAnswered = errors.New("raft did not answer the entry in time; its outcome is unknown")
+
+// awaitFuture waits for f at most timeout, or until stop is closed
+// (ErrRaftShutdown). A future that is never answered leaves one goroutine
+// blocked in its Error for good: the price of not blocking the caller.
+func awaitFuture(f raft.Future, timeout time.Duration, stop <-chan struct{}) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return errNotAnswered
+	case <-stop:
+		return raft.ErrRaftShutdown
+	}
+}
 
 // proposal is one client request waiting to be packed into a log entry.
 type proposal struct {
@@ -53,6 +88,8 @@ type shard struct {
 
 	proposeCh chan *proposal
 	inflight  chan *entry
+	// answerTimeout is the package's answerTimeout; tests shorten it.
+	answerTimeout time.Duration
 
 	// readyTerm is the term in which this node, as leader, has applied every
 	// entry of earlier terms (a Barrier completed); reads need it.
@@ -72,6 +109,8 @@ func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
 		proposeCh: make(chan *proposal, proposeQueueLen),
 		inflight:  make(chan *entry, n.cfg.MaxInflightEntries),
 		stop:      make(chan struct{}),
+
+		answerTimeout: answerTimeout,
 	}
 	s.verify.s = s
 	return s
@@ -178,7 +217,14 @@ func (s *shard) completeLoop() {
 				}
 			}
 		}
-		err := e.fut.Error()
+		err := awaitFuture(e.fut, s.answerTimeout, s.stop)
+		if errors.Is(err, errNotAnswered) {
+			s.n.metrics.unanswered.Inc()
+			s.n.logger.Error("raft did not answer a log entry; its requests get UNAVAILABLE",
+				"shard", s.id, "after", s.answerTimeout, "requests", len(e.proposals), "ops", e.ops, "state", s.raftState())
+			failAll(e.proposals, errUnavailable(err.Error()))
+			continue
+		}
 		s.n.metrics.commitLatency.Observe(time.Since(e.start).Seconds())
 		if err != nil {
 			failAll(e.proposals, s.raftError(err))
@@ -193,6 +239,14 @@ func (s *shard) completeLoop() {
 			p.res <- proposalResult{results: results[i]}
 		}
 	}
+}
+
+// raftState is the shard's Raft state for logs; tests run without Raft.
+func (s *shard) raftState() string {
+	if s.raft == nil {
+		return "none"
+	}
+	return s.raft.State().String()
 }
 
 func failAll(ps []*proposal, err error) {
@@ -242,8 +296,12 @@ func (s *shard) linearizable(ctx context.Context) error {
 	if s.readyTerm.Load() != term {
 		s.barrierMu.Lock()
 		if s.readyTerm.Load() != term {
-			if err := s.raft.Barrier(applyTimeout).Error(); err != nil {
+			if err := awaitFuture(s.raft.Barrier(applyTimeout), s.answerTimeout, s.stop); err != nil {
 				s.barrierMu.Unlock()
+				if errors.Is(err, errNotAnswered) {
+					s.n.metrics.unanswered.Inc()
+					return errUnavailable("barrier: " + err.Error())
+				}
 				return s.raftError(err)
 			}
 			s.readyTerm.Store(term)
@@ -376,7 +434,9 @@ func (s *shard) expiryLoop() {
 			continue
 		}
 		buf = ledger.AppendCommand(buf[:0], ledger.Command{TimeMs: now})
-		_ = s.raft.Apply(append([]byte(nil), buf...), applyTimeout).Error()
+		if errors.Is(awaitFuture(s.raft.Apply(append([]byte(nil), buf...), applyTimeout), s.answerTimeout, s.stop), errNotAnswered) {
+			s.n.metrics.unanswered.Inc()
+		}
 	}
 }
 

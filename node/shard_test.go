@@ -1,0 +1,89 @@
+package node
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/fsm"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// fakeFuture is a raft.ApplyFuture that is answered when answer is called,
+// or never.
+type fakeFuture struct {
+	ch   chan error
+	resp interface{}
+}
+
+func newFakeFuture() *fakeFuture { return &fakeFuture{ch: make(chan error, 1)} }
+
+func (f *fakeFuture) answer(err error, resp interface{}) {
+	f.resp = resp
+	f.ch <- err
+}
+
+func (f *fakeFuture) Error() error          { return <-f.ch }
+func (f *fakeFuture) Index() uint64         { return 0 }
+func (f *fakeFuture) Response() interface{} { return f.resp }
+
+var _ raft.ApplyFuture = (*fakeFuture)(nil)
+
+func TestAwaitFuture(t *testing.T) {
+	stop := make(chan struct{})
+	answered := newFakeFuture()
+	answered.answer(raft.ErrLeadershipLost, nil)
+	require.ErrorIs(t, awaitFuture(answered, time.Second, stop), raft.ErrLeadershipLost)
+
+	require.ErrorIs(t, awaitFuture(newFakeFuture(), 20*time.Millisecond, stop), errNotAnswered)
+
+	close(stop)
+	require.ErrorIs(t, awaitFuture(newFakeFuture(), time.Minute, stop), raft.ErrRaftShutdown)
+}
+
+// A future Raft never answers must cost its own requests an UNAVAILABLE
+// after the timeout, and must not hold up the entries behind it: before the
+// bound, the completion loop waited for it forever and every later write of
+// the shard on this node timed out.
+func TestCompleteLoopSurvivesUnansweredFuture(t *testing.T) {
+	n := &Node{logger: hclog.NewNullLogger(), cfg: Config{MaxInflightEntries: 4}}
+	n.metrics = newMetrics(n)
+	s := newShard(n, 0, nil)
+	s.answerTimeout = 50 * time.Millisecond
+	s.wg.Add(1)
+	go s.completeLoop()
+	defer s.stopLoops()
+
+	newProposal := func() *proposal { return &proposal{res: make(chan proposalResult, 1)} }
+	stuck, next := newProposal(), newProposal()
+	s.inflight <- &entry{fut: newFakeFuture(), proposals: []*proposal{stuck}, start: time.Now()}
+	f := newFakeFuture()
+	want := []ledger.Result{{Code: ledger.CodeOK, Seq: 7}}
+	f.answer(nil, fsm.Results{want})
+	s.inflight <- &entry{fut: f, proposals: []*proposal{next}, start: time.Now()}
+
+	wait := func(p *proposal) proposalResult {
+		select {
+		case r := <-p.res:
+			return r
+		case <-time.After(10 * time.Second):
+			t.Fatal("no answer")
+			return proposalResult{}
+		}
+	}
+	r := wait(stuck)
+	var de *domainError
+	require.True(t, errors.As(r.err, &de), "%v", r.err)
+	require.Equal(t, ledger.CodeUnavailable, de.code)
+	r = wait(next)
+	require.NoError(t, r.err)
+	require.Equal(t, want, r.results)
+	var m dto.Metric
+	require.NoError(t, n.metrics.unanswered.Write(&m))
+	require.Equal(t, 1.0, m.GetCounter().GetValue())
+}
