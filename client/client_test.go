@@ -504,7 +504,6 @@ func TestCoalescedCallerGivesUp(t *testing.T) {
 		}
 		return nil, nil, false
 	})
-	defer close(release)
 
 	ctx1, cancel1 := context.WithTimeout(testCtx(t), time.Second) // outlives ctx2 by far
 	defer cancel1()
@@ -524,6 +523,18 @@ func TestCoalescedCallerGivesUp(t *testing.T) {
 	err = <-done
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 	assert.True(t, IsIndeterminate(err), "a sent op whose caller gave up is indeterminate")
+	close(release)
+
+	// The sender came back to a queue holding only k2's abandoned group. It
+	// must keep serving the queue: it used to exit (the empty batch read as
+	// a closed queue), and with every sender of a shard gone every later
+	// write to the shard waited in the queue until its caller gave up, for
+	// good, as a chaos run showed.
+	ctx3, cancel3 := context.WithTimeout(testCtx(t), 5*time.Second)
+	defer cancel3()
+	res, err := c.Apply(ctx3, credit("alice", "k3", "1"))
+	require.NoError(t, err, "a write after the abandoned ones must still be sent")
+	require.Equal(t, ledger.CodeOK, res.Code)
 }
 
 func TestReads(t *testing.T) {

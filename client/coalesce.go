@@ -137,35 +137,49 @@ func (q *shardQueue) sender() {
 }
 
 // take blocks until groups are queued and takes as many whole groups as fit
-// in one request (at least one). It returns nil once the queue is closed.
+// in one request (at least one). It returns nil once the queue is closed,
+// and only then: a sender that gets nil exits.
+//
+// Groups whose callers gave up while they waited are dropped here. If every
+// queued group was, take waits for more instead of returning the empty
+// batch: it used to return it, its sender took that for a closed queue and
+// exited, and once every sender of a shard had gone (a few rounds of callers
+// timing out in the queue, which faults cause) every write to that shard
+// waited in the queue until its caller gave up, for good. A chaos run lost a
+// shard's writes that way for minutes while its reads, which have their own
+// queue, worked.
 func (q *shardQueue) take() []*group {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for len(q.groups) == 0 && !q.closed {
-		q.cond.Wait()
-	}
-	if q.closed {
-		return nil
-	}
-	var batch []*group
-	nOps, k := 0, 0
-	for ; k < len(q.groups); k++ {
-		g := q.groups[k]
-		if len(batch) > 0 && nOps+len(g.ops) > q.c.cfg.MaxBatchOps {
-			break
+	for {
+		for len(q.groups) == 0 && !q.closed {
+			q.cond.Wait()
 		}
-		if g.state.CompareAndSwap(groupQueued, groupTaken) {
-			batch = append(batch, g)
-			nOps += len(g.ops)
+		if q.closed {
+			return nil
+		}
+		var batch []*group
+		nOps, k := 0, 0
+		for ; k < len(q.groups); k++ {
+			g := q.groups[k]
+			if len(batch) > 0 && nOps+len(g.ops) > q.c.cfg.MaxBatchOps {
+				break
+			}
+			if g.state.CompareAndSwap(groupQueued, groupTaken) {
+				batch = append(batch, g)
+				nOps += len(g.ops)
+			}
+		}
+		n := copy(q.groups, q.groups[k:])
+		clear(q.groups[n:])
+		q.groups = q.groups[:n]
+		if len(q.groups) > 0 {
+			q.cond.Signal() // more for another idle sender
+		}
+		if len(batch) > 0 {
+			return batch
 		}
 	}
-	n := copy(q.groups, q.groups[k:])
-	clear(q.groups[n:])
-	q.groups = q.groups[:n]
-	if len(q.groups) > 0 {
-		q.cond.Signal() // more for another idle sender
-	}
-	return batch
 }
 
 // send sends a batch and delivers each group its outcome. The batch lives as
