@@ -24,11 +24,9 @@ const (
 	// answerTimeout bounds the wait for Raft to answer a future it accepted.
 	// hashicorp/raft answers each one in the normal course (applied,
 	// leadership lost, shut down), but an open report (hashicorp/raft#498)
-	// has Apply futures that never complete around leader changes, and a
-	// chaos run here had one node's writes on each shard time out for
-	// minutes, through later leader changes, while reads and the other
-	// replicas were fine: the signature of a completion loop blocked on one
-	// future. One unanswered future must not stop a shard, so after this
+	// has Apply futures that never complete around leader changes, and the
+	// completion loop waits for entries in order: one unanswered future
+	// would stop the shard's writes on this node for good. So after this
 	// long its entry is answered UNAVAILABLE and the next one is waited for.
 	// That is a true answer: the outcome is unknown, and clients retrying
 	// with the same idempotency keys learn it. A commit normally takes
