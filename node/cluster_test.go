@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -34,12 +35,54 @@ type testCluster struct {
 	conns map[string]*grpc.ClientConn
 }
 
+// freeAddr returns a 127.0.0.1 address whose port nobody held a moment ago.
+// Nodes bind their ports later (and again after a restart), so the port is
+// drawn below the kernel's ephemeral range: a port from :0 is one the
+// kernel also hands to outgoing connections and to other processes' :0
+// listeners, and a fresh-clone .ci/run once failed TestLeadershipSpreadsEvenly
+// with "address already in use" while the chaos and load tests ran beside
+// it. A port is never handed out twice in one test process.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
+	lo := ephemeralPortsFrom()
+	usedPorts.Lock()
+	defer usedPorts.Unlock()
+	for range 1000 {
+		port := minTestPort + rand.IntN(lo-minTestPort)
+		if usedPorts.m[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		usedPorts.m[port] = true
+		return l.Addr().String()
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return ""
+}
+
+// minTestPort is the lowest port freeAddr draws: well above the ports
+// system services listen on.
+const minTestPort = 12000
+
+var usedPorts = struct {
+	sync.Mutex
+	m map[int]bool
+}{m: map[int]bool{}}
+
+// ephemeralPortsFrom is the first port of the kernel's ephemeral range
+// (Linux's default when it cannot be read).
+func ephemeralPortsFrom() int {
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if _, err := fmt.Sscan(string(b), &lo); err != nil || lo <= minTestPort+1000 {
+			lo = 32768
+		}
+	}
+	return lo
 }
 
 func newTestCluster(t *testing.T, size, shards int, tune func(*Config)) *testCluster {
