@@ -193,8 +193,7 @@ func (r *Report) Summary() string {
 			n, progressInterval, r.DiskSync[0], r.DiskSync[n-1], r.SlowestSync().Round(10*time.Microsecond))
 	}
 	if r.SlowDiskTimeouts {
-		fmt.Fprintf(&b, "  slow disk: nodes ran with --heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s\n",
-			diskprobe.SlowHeartbeatTimeout, diskprobe.SlowElectionTimeout, diskprobe.SlowLeaseTimeout)
+		fmt.Fprintf(&b, "  slow disk: nodes ran with %s\n", diskprobe.SlowTimeoutFlags())
 	}
 	for _, c := range r.Checks {
 		mark := "ok  "
@@ -279,8 +278,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, fmt.Errorf("start cluster: %w", err)
 	}
 	if c.SlowDisk() {
-		logf("slow disk: nodes run with --heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s",
-			diskprobe.SlowHeartbeatTimeout, diskprobe.SlowElectionTimeout, diskprobe.SlowLeaseTimeout)
+		logf("slow disk: nodes run with %s", diskprobe.SlowTimeoutFlags())
 	}
 	defer c.Close()
 

@@ -56,6 +56,16 @@ func awaitFuture(f raft.Future, timeout time.Duration, stop <-chan struct{}) err
 	}
 }
 
+// await is awaitFuture with the shard's timeout and stop channel; it counts
+// the futures Raft did not answer in time (tally_raft_unanswered_total).
+func (s *shard) await(f raft.Future) error {
+	err := awaitFuture(f, s.answerTimeout, s.stop)
+	if errors.Is(err, errNotAnswered) {
+		s.n.metrics.unanswered.Inc()
+	}
+	return err
+}
+
 // proposal is one client request waiting to be packed into a log entry.
 type proposal struct {
 	req ledger.Request
@@ -215,9 +225,8 @@ func (s *shard) completeLoop() {
 				}
 			}
 		}
-		err := awaitFuture(e.fut, s.answerTimeout, s.stop)
+		err := s.await(e.fut)
 		if errors.Is(err, errNotAnswered) {
-			s.n.metrics.unanswered.Inc()
 			s.n.logger.Error("raft did not answer a log entry; its requests get UNAVAILABLE",
 				"shard", s.id, "after", s.answerTimeout, "requests", len(e.proposals), "ops", e.ops, "state", s.raftState())
 			failAll(e.proposals, errUnavailable(err.Error()))
@@ -294,10 +303,9 @@ func (s *shard) linearizable(ctx context.Context) error {
 	if s.readyTerm.Load() != term {
 		s.barrierMu.Lock()
 		if s.readyTerm.Load() != term {
-			if err := awaitFuture(s.raft.Barrier(applyTimeout), s.answerTimeout, s.stop); err != nil {
+			if err := s.await(s.raft.Barrier(applyTimeout)); err != nil {
 				s.barrierMu.Unlock()
 				if errors.Is(err, errNotAnswered) {
-					s.n.metrics.unanswered.Inc()
 					return errUnavailable("barrier: " + err.Error())
 				}
 				return s.raftError(err)
@@ -432,9 +440,7 @@ func (s *shard) expiryLoop() {
 			continue
 		}
 		buf = ledger.AppendCommand(buf[:0], ledger.Command{TimeMs: now})
-		if errors.Is(awaitFuture(s.raft.Apply(append([]byte(nil), buf...), applyTimeout), s.answerTimeout, s.stop), errNotAnswered) {
-			s.n.metrics.unanswered.Inc()
-		}
+		_ = s.await(s.raft.Apply(append([]byte(nil), buf...), applyTimeout))
 	}
 }
 

@@ -115,8 +115,8 @@ func slowDiskWarning(p diskprobe.Result, timeoutsSet bool) string {
 		return ""
 	}
 	return fmt.Sprintf("WARNING: this disk syncs a 4 KiB write in %s (median of %d); every Raft append and vote waits for a sync, "+
-		"and with the default 500 ms timeouts elections may never finish: consider --heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s",
-		p.Median.Round(time.Millisecond), p.Syncs, diskprobe.SlowHeartbeatTimeout, diskprobe.SlowElectionTimeout, diskprobe.SlowLeaseTimeout)
+		"and with the default 500 ms timeouts elections may never finish: consider %s",
+		p.Median.Round(time.Millisecond), p.Syncs, diskprobe.SlowTimeoutFlags())
 }
 
 func parsePeers(s string) ([]node.Peer, error) {

@@ -48,6 +48,12 @@ const (
 	SlowLeaseTimeout     = time.Second
 )
 
+// SlowTimeoutFlags is how tallyd is told the slow-disk timeouts.
+func SlowTimeoutFlags() string {
+	return fmt.Sprintf("--heartbeat-timeout %s --election-timeout %s --leader-lease-timeout %s",
+		SlowHeartbeatTimeout, SlowElectionTimeout, SlowLeaseTimeout)
+}
+
 // DefaultSyncs is how many synced writes a probe makes: enough for a median,
 // few enough to take a few milliseconds on a normal disk.
 const DefaultSyncs = 20
