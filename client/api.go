@@ -119,6 +119,11 @@ func (c *Client) stateOp(ctx context.Context, kind ledger.OpKind, program, membe
 func (c *Client) GetAccount(ctx context.Context, program, member, asset string) (Account, error) {
 	shard := c.ShardOf(program, member)
 	if c.cfg.Coalesce && !c.noGetAccounts.Load() {
+		// Checked before it shares a request with other callers' reads, by
+		// the rules the server applies, so a bad read fails only its caller.
+		if err := ledger.ValidateAccountKey(ledger.AccountKey{Program: program, Member: member, Asset: asset}); err != nil {
+			return Account{}, newError(ledger.CodeOf(err), shard, "get account: %v", err)
+		}
 		q, e := c.readQueueFor(shard)
 		if e != nil {
 			return Account{}, e

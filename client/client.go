@@ -127,6 +127,14 @@ func (c *Client) ShardOf(program, member string) int {
 	return ledger.ShardOf(program, member, c.Shards())
 }
 
+// maxMsgBytes bounds a request or response, as the node's server does. gRPC's
+// default receive limit, 4 MiB, is below the answer to a full request: 8,000
+// hold results with 100-byte names come to 4-5 MB. A response over the limit
+// fails as RESOURCE_EXHAUSTED after the server applied the request, and that
+// code is retried: the applied batch was re-sent (each replay as big) until
+// the caller gave up, every caller told "indeterminate".
+const maxMsgBytes = 64 << 20
+
 // ledgerClient returns a stub on the cached connection to addr, creating the
 // connection (which connects lazily) on first use.
 func (c *Client) ledgerClient(addr string) (tallypb.LedgerClient, error) {
@@ -140,6 +148,7 @@ func (c *Client) ledgerClient(addr string) (tallypb.LedgerClient, error) {
 		var err error
 		cc, err = grpc.NewClient(addr,
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsgBytes), grpc.MaxCallSendMsgSize(maxMsgBytes)),
 			grpc.WithKeepaliveParams(keepalive.ClientParameters{
 				Time:    c.cfg.KeepaliveTime,
 				Timeout: keepaliveTimeout,
@@ -336,8 +345,10 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 		backoff        = c.cfg.BackoffMin
 	)
 	giveUp := func() *Error {
+		// A closed client cancels the contexts of coalesced requests too:
+		// say ErrClosed, not a Canceled its callers would take for theirs.
 		cause := ctx.Err()
-		if cause == nil {
+		if cause == nil || c.isClosed() {
 			cause = ErrClosed
 		}
 		return giveUpError(cause, shard, last, mutating && mayHaveApplied)

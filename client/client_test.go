@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -726,4 +727,138 @@ func TestCoalescedReadsFallBackOnOldServers(t *testing.T) {
 		assert.Equal(t, "5", a.Posted.String())
 	}
 	assert.True(t, c.noGetAccounts.Load())
+}
+
+// TestCoalescedOpOfGoneCallerIsNotResent: a caller that gave up after its op
+// was sent holds "indeterminate" and may settle the op itself. Retries of
+// the batch for the callers that still wait must leave its op out, or it
+// could apply after the caller found it not applied.
+func TestCoalescedOpOfGoneCallerIsNotResent(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1, RequestTimeout: time.Second})
+	gate := make(chan struct{})
+	var failing atomic.Bool
+	failing.Store(true)
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		if req.Ops[0].IdempotencyKey == "blocker" {
+			<-gate
+			return nil, nil, false
+		}
+		if failing.Load() {
+			return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "election", nil), true
+		}
+		return nil, nil, false
+	})
+	go func() { _, _ = c.Apply(testCtx(t), credit("alice", "blocker", "1")) }()
+	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	// A and a patient B queue behind the blocker and share the next batch.
+	ctxA, cancelA := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	defer cancelA()
+	doneA := make(chan error, 1)
+	go func() { _, err := c.Apply(ctxA, credit("alice", "payA", "100")); doneA <- err }()
+	doneB := make(chan error, 1)
+	go func() { _, err := c.Apply(testCtx(t), credit("bob", "payB", "1")); doneB <- err }()
+	require.Eventually(t, func() bool {
+		q := c.queues[0]
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.groups) == 2
+	}, 5*time.Second, time.Millisecond)
+	close(gate)
+
+	errA := <-doneA
+	require.True(t, IsIndeterminate(errA), "A gave up after its op was sent: %v", errA)
+	found, _, err := c.GetOperation(testCtx(t), testProgram, "alice", "payA")
+	require.NoError(t, err)
+	require.False(t, found)
+
+	failing.Store(false) // the election ends; B's retry goes through
+	require.NoError(t, <-doneB)
+	found, _, err = c.GetOperation(testCtx(t), testProgram, "alice", "payA")
+	require.NoError(t, err)
+	assert.False(t, found, "A's op was re-sent for B after A had gone")
+	found, _, err = c.GetOperation(testCtx(t), testProgram, "bob", "payB")
+	require.NoError(t, err)
+	assert.True(t, found)
+}
+
+// TestFullBatchAnswerFitsTheClient: the answer to 8,000 holds with long
+// names is over gRPC's default 4 MiB receive limit. It failed as
+// RESOURCE_EXHAUSTED after the server had applied the batch, and was re-sent
+// until the caller gave up.
+func TestFullBatchAnswerFitsTheClient(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{})
+	long := func(p string, i int) string { return p + strings.Repeat("x", 120) + fmt.Sprintf("%07d", i) }
+	ops := make([]Op, ledger.MaxBatchOps)
+	for i := range ops {
+		ops[i] = Op{Kind: ledger.OpHold, Program: long("p", 0), Member: long("m", i), Asset: "CNY", IdempotencyKey: long("k", i),
+			Amount: decimal.NewFromInt(1), HoldTTL: time.Minute}
+	}
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	res, err := c.Submit(ctx, ops, false)
+	require.NoError(t, err)
+	require.Len(t, res, len(ops))
+	assert.Len(t, fc.nodes[0].recorded(), 1, "sent once")
+}
+
+// TestCoalescedReadRejectionFailsOnlyItsCaller: reads of many callers share
+// one GetAccounts; the server rejects the whole request when one ref is bad.
+// Only that ref's caller may fail.
+func TestCoalescedReadRejectionFailsOnlyItsCaller(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	fc.getAccounts = true
+	fc.badReadMember = "mallory" // passes the client's checks, not the server's
+	c := dial(t, fc, Config{Coalesce: true})
+	_, err := c.Credit(testCtx(t), testProgram, "alice", "CNY", decimal.NewFromInt(5), "seed", "")
+	require.NoError(t, err)
+
+	const readers = 50
+	errs := make([]error, readers)
+	var wg sync.WaitGroup
+	for i := range readers {
+		wg.Go(func() {
+			member, asset := "alice", "CNY"
+			switch i {
+			case 10:
+				asset = "" // caught before it is queued
+			case 20, 30:
+				member = "mallory"
+			}
+			_, errs[i] = c.GetAccount(testCtx(t), testProgram, member, asset)
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		switch i {
+		case 10, 20, 30:
+			assert.Equal(t, ledger.CodeInvalidArgument, CodeOf(err), "reader %d: %v", i, err)
+		default:
+			assert.NoError(t, err, "reader %d", i)
+		}
+	}
+	assert.False(t, c.noGetAccounts.Load())
+}
+
+// TestCloseFailsInflightCoalescedCallsWithErrClosed: a coalesced request
+// runs under the client's context, which Close cancels; its callers must
+// learn ErrClosed, not a context.Canceled they would take for their own.
+func TestCloseFailsInflightCoalescedCallsWithErrClosed(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c, err := Dial(testCtx(t), Config{Addrs: fc.addrs(), Coalesce: true})
+	require.NoError(t, err)
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		<-ctx.Done()
+		return nil, status.Error(codes.Canceled, "canceled"), true
+	})
+	done := make(chan error, 1)
+	go func() { _, err := c.Apply(testCtx(t), credit("alice", "k1", "1")); done <- err }()
+	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, c.Close())
+	err = <-done
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.NotErrorIs(t, err, context.Canceled)
+	assert.True(t, IsIndeterminate(err), "it was sent: %v", err)
 }

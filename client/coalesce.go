@@ -183,8 +183,13 @@ func (q *shardQueue) take() []*group {
 }
 
 // send sends a batch and delivers each group its outcome. The batch lives as
-// long as one of its callers still waits (and the client is open): retries of
-// the ops of callers that gave up would be wasted.
+// long as one of its callers still waits (and the client is open), and each
+// attempt carries only the ops of callers that still wait. A caller that
+// gave up after its group was taken has been told "indeterminate" and may
+// settle the operation itself (GetOperation, or a retry of its own); were
+// the sender to go on re-sending that op for the callers that still wait,
+// it could apply long after the caller settled it, and a caller with no
+// deadline would keep it alive for good.
 //
 // A request rejected on its merits (INVALID_ARGUMENT, UNKNOWN_ASSET, ...) was
 // not applied, so one caller's bad op must not fail the others: the blamed
@@ -195,68 +200,142 @@ func (q *shardQueue) send(batch []*group) {
 	defer cancel()
 	var live atomic.Int32
 	live.Store(int32(len(batch)))
-	for _, g := range batch {
-		stop := context.AfterFunc(g.ctx, func() {
-			if live.Add(-1) == 0 {
-				cancel()
-			}
-		})
-		defer stop()
-	}
-
-	for len(batch) > 0 {
-		var ops []*tallypb.Op
-		for _, g := range batch {
-			ops = append(ops, g.ops...)
+	leave := func() {
+		if live.Add(-1) == 0 {
+			cancel()
 		}
-		res, e := q.c.submitDirect(ctx, q.shard, ops, false)
+	}
+	stops := make([]func() bool, len(batch))
+	for k, g := range batch {
+		stops[k] = context.AfterFunc(g.ctx, leave)
+	}
+	// answer hands group k its outcome; its caller no longer waits.
+	answer := func(k int, out groupOutcome) {
+		batch[k].done <- out
+		if stops[k]() {
+			leave()
+		}
+	}
+	defer func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+
+	pending := make([]int, len(batch)) // indexes into batch not yet answered
+	for k := range batch {
+		pending[k] = k
+	}
+	for len(pending) > 0 {
+		sent, res, e := q.attempt(ctx, cancel, batch, pending)
+		// Groups left out of the last attempt gave up before it: they hold
+		// "indeterminate" if an earlier attempt carried them, and this
+		// answer is only there so that every group gets exactly one.
+		inSent := make(map[int]bool, len(sent))
+		for _, k := range sent {
+			inSent[k] = true
+		}
+		for _, k := range pending {
+			if !inSent[k] {
+				answer(k, groupOutcome{err: giveUpError(context.Cause(batch[k].ctx), q.shard, e, true)})
+			}
+		}
 		if e == nil {
 			off := 0
-			for _, g := range batch {
-				g.done <- groupOutcome{results: res[off : off+len(g.ops)]}
-				off += len(g.ops)
+			for _, k := range sent {
+				n := len(batch[k].ops)
+				answer(k, groupOutcome{results: res[off : off+n]})
+				off += n
 			}
 			return
 		}
-		if len(batch) == 1 || !e.rejected() || e.Indeterminate {
-			deliverError(batch, e)
+		if len(sent) <= 1 || !e.rejected() || e.Indeterminate {
+			deliverError(batch, sent, e, answer)
 			return
 		}
 		if e.OpIndex < 0 {
-			for _, g := range batch {
-				res, e := q.c.submitDirect(ctx, q.shard, g.ops, false)
+			for _, k := range sent {
+				if err := context.Cause(batch[k].ctx); err != nil {
+					// Gone meanwhile; the request it was in applied nothing.
+					answer(k, groupOutcome{err: giveUpError(err, q.shard, e, false)})
+					continue
+				}
+				res, e := q.c.submitDirect(ctx, q.shard, batch[k].ops, false)
 				if e != nil {
-					deliverError([]*group{g}, e)
+					deliverError(batch, []int{k}, e, answer)
 				} else {
-					g.done <- groupOutcome{results: res}
+					answer(k, groupOutcome{results: res})
 				}
 			}
 			return
 		}
 		blamed, off := -1, 0
-		for k, g := range batch {
-			if e.OpIndex < off+len(g.ops) {
-				blamed = k
+		for j, k := range sent {
+			if e.OpIndex < off+len(batch[k].ops) {
+				blamed = j
 				break
 			}
-			off += len(g.ops)
+			off += len(batch[k].ops)
 		}
 		if blamed < 0 { // an index past the request: trust nothing
-			deliverError(batch, e)
+			deliverError(batch, sent, e, answer)
 			return
 		}
 		ge := *e
 		ge.OpIndex -= off
-		batch[blamed].done <- groupOutcome{err: &ge}
-		batch = append(batch[:blamed:blamed], batch[blamed+1:]...)
+		answer(sent[blamed], groupOutcome{err: &ge})
+		pending = append(sent[:blamed:blamed], sent[blamed+1:]...)
 	}
 }
 
-// deliverError hands each group its own copy of e, with OpIndex made
-// relative to the group (or -1 if the blamed op is another group's).
-func deliverError(batch []*group, e *Error) {
+// attempt sends the ops of the pending groups of batch whose callers still
+// wait, with the usual retries, and reports which groups the last attempt
+// carried (in order; the results and an error's OpIndex follow it). Every
+// retry drops the groups whose callers have gone meanwhile. If none is left
+// the call ends as given up (cancel ends ctx, which the callers' leaving
+// is about to do anyway).
+func (q *shardQueue) attempt(ctx context.Context, cancel context.CancelFunc, batch []*group, pending []int) (sent []int, res []*tallypb.OpResult, e *Error) {
+	var (
+		resp *tallypb.SubmitResponse
+		ops  []*tallypb.Op
+	)
+	e = q.c.invoke(ctx, q.shard, true, false, func(actx context.Context, lc tallypb.LedgerClient) error {
+		sent, ops = sent[:0], ops[:0]
+		for _, k := range pending {
+			if batch[k].ctx.Err() == nil {
+				sent = append(sent, k)
+				ops = append(ops, batch[k].ops...)
+			}
+		}
+		if len(sent) == 0 {
+			cancel()
+			return ctx.Err()
+		}
+		r, err := lc.Submit(actx, &tallypb.SubmitRequest{Ops: ops})
+		if err != nil {
+			return err
+		}
+		resp = r
+		return nil
+	})
+	if e != nil {
+		return sent, nil, e
+	}
+	if got := len(resp.GetResults()); got != len(ops) {
+		e := newError(ledger.CodeInternal, q.shard, "server returned %d results for %d operations", got, len(ops))
+		e.Indeterminate = true // it did something; we cannot tell what
+		return sent, nil, e
+	}
+	return sent, resp.GetResults(), nil
+}
+
+// deliverError answers each group of batch named in sent with its own copy
+// of e, with OpIndex made relative to the group (or -1 if the blamed op is
+// another group's).
+func deliverError(batch []*group, sent []int, e *Error, answer func(int, groupOutcome)) {
 	off := 0
-	for _, g := range batch {
+	for _, k := range sent {
+		g := batch[k]
 		ge := *e
 		ge.OpIndex = -1
 		if e.OpIndex >= off && e.OpIndex < off+len(g.ops) {
@@ -266,6 +345,6 @@ func deliverError(batch []*group, e *Error) {
 			ge.Message = "another operation of the request was rejected: " + e.Message
 		}
 		off += len(g.ops)
-		g.done <- groupOutcome{err: &ge}
+		answer(k, groupOutcome{err: &ge})
 	}
 }

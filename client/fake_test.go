@@ -40,6 +40,11 @@ type fakeCluster struct {
 	// submitHook, if set, runs before the node's own handling; handled=true
 	// makes its answer final.
 	submitHook func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (resp *tallypb.SubmitResponse, err error, handled bool)
+	// getAccounts makes nodes serve GetAccounts (else Unimplemented, as a
+	// server from before it); a ref naming badReadMember is rejected there
+	// with its index, as the node rejects a ref it finds invalid.
+	getAccounts   bool
+	badReadMember string
 }
 
 type fakeNode struct {
@@ -281,6 +286,34 @@ func (n *fakeNode) GetAccount(ctx context.Context, req *tallypb.GetAccountReques
 	}
 	return &tallypb.GetAccountResponse{Account: &tallypb.Account{Program: req.Program, Member: req.Member, Asset: req.Asset,
 		Scale: 2, State: "ACTIVE", Posted: bal.StringFixed(2), Held: "0.00", Available: bal.StringFixed(2)}, AppliedIndex: 7}, nil
+}
+
+func (n *fakeNode) GetAccounts(ctx context.Context, req *tallypb.GetAccountsRequest) (*tallypb.GetAccountsResponse, error) {
+	n.reads.Add(1)
+	c := n.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.getAccounts {
+		return nil, status.Error(codes.Unimplemented, "no GetAccounts")
+	}
+	resp := &tallypb.GetAccountsResponse{AppliedIndex: 7}
+	for i, r := range req.Accounts {
+		if err := n.notLeaderLocked(ledger.ShardOf(r.Program, r.Member, c.shards)); err != nil {
+			return nil, err
+		}
+		if err := ledger.ValidateAccountKey(ledger.AccountKey{Program: r.Program, Member: r.Member, Asset: r.Asset}); err != nil || r.Member == c.badReadMember {
+			return nil, tallyErr(codes.InvalidArgument, ledger.CodeInvalidArgument, fmt.Sprintf("op %d: bad account", i),
+				map[string]string{"op_index": strconv.Itoa(i)})
+		}
+		bal, ok := c.balances[r.Program+"/"+r.Member+"/"+r.Asset]
+		if !ok {
+			resp.Results = append(resp.Results, &tallypb.AccountRead{Code: string(ledger.CodeAccountNotFound)})
+			continue
+		}
+		resp.Results = append(resp.Results, &tallypb.AccountRead{Code: string(ledger.CodeOK), Account: &tallypb.Account{Program: r.Program,
+			Member: r.Member, Asset: r.Asset, Scale: 2, State: "ACTIVE", Posted: bal.StringFixed(2), Held: "0.00", Available: bal.StringFixed(2)}})
+	}
+	return resp, nil
 }
 
 func (n *fakeNode) GetOperation(ctx context.Context, req *tallypb.GetOperationRequest) (*tallypb.GetOperationResponse, error) {

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
@@ -52,6 +53,9 @@ func (c *Client) GetAccounts(ctx context.Context, keys []ledger.AccountKey) ([]A
 				}
 				reads, e := c.getAccountsPart(ctx, sh, refs)
 				if e != nil {
+					if e.OpIndex >= 0 && e.OpIndex < len(part) {
+						e.OpIndex = part[e.OpIndex] // an index into keys
+					}
 					fail(e)
 					return
 				}
@@ -104,9 +108,13 @@ func accountReadFromProto(r *tallypb.AccountRead, shard int) (AccountRead, *Erro
 // Read coalescing (Config.Coalesce): concurrent GetAccount calls of one
 // shard are queued and sent as one GetAccounts by a fixed set of sender
 // goroutines per shard, with no timer, exactly as writes are. Reads change
-// nothing, so a caller that gives up simply stops waiting.
+// nothing, so a caller that gives up simply stops waiting; a batch is
+// retried as long as one of its callers waits, as a lone GetAccount would be.
+// A read rejected on its merits fails only its own caller (GetAccount checks
+// its input before it queues, so that is rare).
 
 type pendingRead struct {
+	ctx  context.Context
 	ref  *tallypb.AccountRef
 	done chan readOutcome // buffered
 }
@@ -145,7 +153,7 @@ func (c *Client) readQueueFor(shard int) (*readQueue, *Error) {
 }
 
 func (q *readQueue) read(ctx context.Context, ref *tallypb.AccountRef) (*tallypb.AccountRead, *Error) {
-	p := &pendingRead{ref: ref, done: make(chan readOutcome, 1)}
+	p := &pendingRead{ctx: ctx, ref: ref, done: make(chan readOutcome, 1)}
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -193,19 +201,54 @@ func (q *readQueue) sender() {
 		}
 		q.mu.Unlock()
 
+		q.send(batch)
+	}
+}
+
+// send reads batch and answers each caller. A rejection that blames one read
+// (INVALID_ARGUMENT, WRONG_SHARD) goes to that read's caller and the rest
+// are sent again; one that blames none sends each read on its own.
+func (q *readQueue) send(batch []*pendingRead) {
+	ctx, cancel := context.WithCancel(q.c.ctx)
+	defer cancel()
+	var live atomic.Int32
+	live.Store(int32(len(batch)))
+	for _, p := range batch {
+		stop := context.AfterFunc(p.ctx, func() {
+			if live.Add(-1) == 0 {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+	for len(batch) > 0 {
 		refs := make([]*tallypb.AccountRef, len(batch))
 		for i, p := range batch {
 			refs[i] = p.ref
 		}
-		ctx, cancel := context.WithTimeout(q.c.ctx, q.c.cfg.RequestTimeout*4)
 		reads, e := q.c.getAccountsPart(ctx, q.shard, refs)
-		cancel()
-		for i, p := range batch {
-			if e != nil {
-				p.done <- readOutcome{err: e}
-			} else {
+		switch {
+		case e == nil:
+			for i, p := range batch {
 				p.done <- readOutcome{read: reads[i]}
 			}
+			return
+		case len(batch) == 1 || !e.rejected():
+			for _, p := range batch {
+				pe := *e
+				pe.OpIndex = -1
+				p.done <- readOutcome{err: &pe}
+			}
+			return
+		case e.OpIndex < 0 || e.OpIndex >= len(batch):
+			for _, p := range batch {
+				q.send([]*pendingRead{p})
+			}
+			return
 		}
+		pe := *e
+		pe.OpIndex = -1
+		batch[e.OpIndex].done <- readOutcome{err: &pe}
+		batch = append(batch[:e.OpIndex:e.OpIndex], batch[e.OpIndex+1:]...)
 	}
 }

@@ -24,6 +24,12 @@ func Validate(op Op) error {
 	return nil
 }
 
+// ValidateAccountKey checks an account's identifiers by the rules an
+// operation on it must pass: what a read of the account is checked against.
+func ValidateAccountKey(k AccountKey) error {
+	return Validate(Op{Kind: OpFreeze, Program: k.Program, Member: k.Member, Asset: k.Asset, IdempotencyKey: "read"})
+}
+
 // validateOp returns a typed nil-able *Error so callers avoid the interface
 // nil trap.
 func validateOp(op Op) *Error {
