@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"github.com/tally-ledger/tally/api/tallypb"
@@ -74,6 +75,11 @@ func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key str
 // toLedgerOp converts one API op at the edge: decimal amounts become minor
 // units of the asset's scale, never rounded.
 func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op) (ledger.Op, error) {
+	// The wire kind is an int32 and ledger.OpKind a uint8: an unknown kind
+	// must not wrap into a known one (264 would be FREEZE).
+	if k := p.GetKind(); k <= tallypb.OpKind_OP_KIND_UNSPECIFIED || k > tallypb.OpKind_CLOSE {
+		return ledger.Op{}, ledger.Errorf(ledger.CodeInvalidArgument, fmt.Sprintf("kind: unknown operation kind %d", k))
+	}
 	op := ledger.Op{
 		Kind:           ledger.OpKind(p.GetKind()),
 		Program:        p.GetProgram(),

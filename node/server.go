@@ -159,10 +159,19 @@ func (sv *server) DefineAsset(ctx context.Context, req *tallypb.DefineAssetReque
 		var res *tallypb.OpResult
 		if s.raft.State() == raft.Leader {
 			rs, err := s.propose(ctx, ledger.Request{Ops: []ledger.Op{op}})
-			if err != nil {
+			switch {
+			case err == nil:
+				res = sv.n.resultPB(s, rs[0])
+			case codeOfErr(err) == ledger.CodeNotLeader:
+				// Leadership moved since the check. Answering NOT_LEADER
+				// would tell the client nothing applied, and shards before
+				// this one may have: follow the new leader instead.
+				if res, err = sv.n.forwardDefine(ctx, s, req); err != nil {
+					return nil, err
+				}
+			default:
 				return nil, fmt.Errorf("shard %d: %w", i, err)
 			}
-			res = sv.n.resultPB(s, rs[0])
 		} else {
 			res, err = sv.n.forwardDefine(ctx, s, req)
 			if err != nil {
@@ -190,11 +199,13 @@ func (sv *server) GetAccount(ctx context.Context, req *tallypb.GetAccountRequest
 	if err := s.linearizable(ctx); err != nil {
 		return nil, err
 	}
-	applied := s.fsm.AppliedIndex()
-	a, found, err := s.fsm.Account(ledger.AccountKey{Program: req.GetProgram(), Member: req.GetMember(), Asset: req.GetAsset()})
+	// Accounts, not Account: it returns the applied index of the view it
+	// read, where reading the index first could name an older one.
+	as, founds, applied, err := s.fsm.Accounts([]ledger.AccountKey{{Program: req.GetProgram(), Member: req.GetMember(), Asset: req.GetAsset()}})
 	if err != nil {
 		return nil, errInternal(err.Error())
 	}
+	a, found := as[0], founds[0]
 	if !found {
 		return nil, ledger.Errorf(ledger.CodeAccountNotFound, "no account "+req.GetProgram()+"/"+req.GetMember()+"/"+req.GetAsset())
 	}

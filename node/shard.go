@@ -102,8 +102,10 @@ type shard struct {
 	// readyTerm is the term in which this node, as leader, has applied every
 	// entry of earlier terms (a Barrier completed); reads need it.
 	readyTerm atomic.Uint64
-	barrierMu sync.Mutex
-	verify    verifier
+	// barrier admits one Barrier call at a time (a 1-slot semaphore, so a
+	// read that waits for it still honours its deadline).
+	barrier chan struct{}
+	verify  verifier
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -116,6 +118,7 @@ func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
 		fsm:       f,
 		proposeCh: make(chan *proposal, proposeQueueLen),
 		inflight:  make(chan *entry, n.cfg.MaxInflightEntries),
+		barrier:   make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 
 		answerTimeout: answerTimeout,
@@ -301,10 +304,14 @@ func (s *shard) linearizable(ctx context.Context) error {
 	}
 	term := s.raft.CurrentTerm()
 	if s.readyTerm.Load() != term {
-		s.barrierMu.Lock()
+		select {
+		case s.barrier <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		if s.readyTerm.Load() != term {
 			if err := s.await(s.raft.Barrier(applyTimeout)); err != nil {
-				s.barrierMu.Unlock()
+				<-s.barrier
 				if errors.Is(err, errNotAnswered) {
 					return errUnavailable("barrier: " + err.Error())
 				}
@@ -312,13 +319,21 @@ func (s *shard) linearizable(ctx context.Context) error {
 			}
 			s.readyTerm.Store(term)
 		}
-		s.barrierMu.Unlock()
+		<-s.barrier
 	}
 	if err := s.verify.wait(ctx); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		return s.raftError(err)
+	}
+	// The round confirmed the term it began in, which may be later than
+	// the one whose barrier was checked above (a read that waited while
+	// this node lost and won leadership again). Entries of the terms in
+	// between may not be applied here yet; only a round in term itself
+	// vouches for this read, and then the term is still term now.
+	if s.raft.CurrentTerm() != term {
+		return errUnavailable("leadership changed during the read")
 	}
 	return nil
 }
@@ -394,7 +409,7 @@ func (s *shard) confirmLeader() error {
 	need := len(s.n.cfg.Peers) / 2 // followers that make a majority with this node
 	s.n.metrics.readRounds.Inc()
 	for try := 0; try < maxVerifyTries; try++ {
-		err := s.raft.VerifyLeader().Error()
+		err := s.await(s.raft.VerifyLeader())
 		s.n.metrics.verifyRounds.Inc()
 		if err != nil {
 			return err
