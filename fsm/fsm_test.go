@@ -3,7 +3,9 @@ package fsm
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math/rand"
 	"slices"
@@ -490,6 +492,9 @@ func TestRestoreRejectsCorruptSnapshots(t *testing.T) {
 		"flipped":    func() []byte { b := bytes.Clone(data); b[len(b)/2] ^= 0x40; return b }(),
 		"bad magic":  append([]byte("NOTASNAP"), data[8:]...),
 		"no trailer": data[:len(data)-5],
+		// Well framed, but its meta cannot be decoded: found only after the
+		// commit, this used to leave the shard wiped.
+		"bad meta": framedSnapshot(1, [][2][]byte{{[]byte{tagMeta}, {1, 2, 3}}}),
 	}
 	for name, b := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -499,6 +504,14 @@ func TestRestoreRejectsCorruptSnapshots(t *testing.T) {
 			require.Equal(t, before.Hash, after.Hash, "a failed restore changes nothing")
 		})
 	}
+	t.Run("over one batch", func(t *testing.T) {
+		defer func(n int) { maxRestoreBatchBytes = n }(maxRestoreBatchBytes)
+		maxRestoreBatchBytes = len(data) / 2
+		require.ErrorContains(t, dst.Restore(io.NopCloser(bytes.NewReader(data))), "more than one batch")
+		after, err := dst.State()
+		require.NoError(t, err)
+		require.Equal(t, before.Hash, after.Hash, "a failed restore changes nothing")
+	})
 	_, wrong := openFSM(t, t.TempDir(), 2)
 	require.ErrorContains(t, wrong.Restore(io.NopCloser(bytes.NewReader(data))), "shard 1")
 }
@@ -651,4 +664,25 @@ func TestHoldsExpireAfterRestoreOverEmptyState(t *testing.T) {
 	next, ok, err := dst.NextExpiryMs()
 	require.NoError(t, err)
 	require.False(t, ok, "no open hold left, next expiry %d", next)
+}
+
+// framedSnapshot builds a snapshot stream of shard holding records (keys
+// without the shard prefix) with a correct count and checksum.
+func framedSnapshot(shard uint32, records [][2][]byte) []byte {
+	var b bytes.Buffer
+	b.WriteString(snapshotMagic)
+	b.WriteByte(snapshotVersion)
+	b.Write(binary.BigEndian.AppendUint32(nil, shard))
+	for _, r := range records {
+		b.WriteByte(1)
+		b.Write(binary.AppendUvarint(nil, uint64(len(r[0]))))
+		b.Write(r[0])
+		b.Write(binary.AppendUvarint(nil, uint64(len(r[1]))))
+		b.Write(r[1])
+	}
+	b.WriteByte(0)
+	sum := crc32.Checksum(b.Bytes(), castagnoli)
+	b.Write(binary.BigEndian.AppendUint64(nil, uint64(len(records))))
+	b.Write(binary.BigEndian.AppendUint32(nil, sum))
+	return b.Bytes()
 }

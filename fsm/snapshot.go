@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -120,9 +121,21 @@ const (
 	maxSnapshotValueBytes = 16 << 20
 )
 
+// maxRestoreBatchBytes bounds the one batch a restore writes. Pebble panics
+// on a batch of 4 GiB or more, on Raft's FSM goroutine, and the node would
+// then crash again on every start, as it must restore that snapshot. Above
+// this bound Restore fails instead, changing nothing (docs/ARCHITECTURE.md,
+// Known limits). A variable so tests can lower it.
+var maxRestoreBatchBytes = 3 << 30
+
 // Restore replaces the shard's state with a snapshot (raft.FSM). The shard's
 // key range is deleted and rewritten in one batch, then flushed, so a crash
-// leaves either the old state or the new one.
+// leaves either the old state or the new one. Everything that can reject
+// the stream (framing, count, checksum, the meta record, the size bound) is
+// checked before the batch commits, so a failed restore changes nothing;
+// once it has committed, a failure panics: the state was replaced and the
+// FSM cannot go on with the old meta over it (the node restores the
+// snapshot again on start).
 func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	defer rc.Close()
 	start := time.Now()
@@ -173,6 +186,14 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 			return fmt.Errorf("fsm: restore: record %d value: %w", count, err)
 		}
 		key := append(shardPrefix(f.shard), k...)
+		if bytes.Equal(key, f.kb.meta()) {
+			if _, err := decodeMeta(v); err != nil {
+				return fmt.Errorf("fsm: restore: record %d: %w", count, err)
+			}
+		}
+		if b.Len()+len(key)+len(v) > maxRestoreBatchBytes {
+			return fmt.Errorf("fsm: restore: shard %d's snapshot is over %d bytes, more than one batch can restore", f.shard, maxRestoreBatchBytes)
+		}
 		if err := b.Set(key, v, nil); err != nil {
 			return err
 		}
@@ -196,9 +217,12 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	// before Raft compacts its log past it. (If we crash first, the node
 	// restores the same snapshot again.)
 	if err := f.db.Flush(); err != nil {
-		return fmt.Errorf("fsm: restore: flush: %w", err)
+		panic(fmt.Sprintf("fsm: shard %d: restore: flush after replacing the state: %v", f.shard, err))
 	}
-	return f.loadMeta()
+	if err := f.loadMeta(); err != nil {
+		panic(fmt.Sprintf("fsm: shard %d: restore: after replacing the state: %v", f.shard, err))
+	}
+	return nil
 }
 
 type crcReader struct {

@@ -411,6 +411,12 @@ func newStateStore(db *pebble.DB, kb keyBuilder, appliedIndex uint64) (*stateSto
 // DB: on open and after the shard's state was replaced by a restore, whose
 // applied index is given.
 func (s *stateStore) reload(appliedIndex uint64) error {
+	// The filter first: if building it fails, nothing was dropped.
+	f, err := buildRecordFilter(s.db, s.kb)
+	if err != nil {
+		return err
+	}
+	s.records = f
 	s.assets = newBoundedCache[ledger.Asset](maxCachedAssets)
 	s.accounts.reset(appliedIndex)
 	s.dirty, s.dirtyKeys = nil, nil
@@ -418,11 +424,6 @@ func (s *stateStore) reload(appliedIndex uint64) error {
 	s.controls = newBoundedCache[int64](maxCachedControls)
 	s.holds = newBoundedCache[ledger.Hold](maxCachedHolds)
 	s.expiryFloor = math.MinInt64
-	f, err := buildRecordFilter(s.db, s.kb)
-	if err != nil {
-		return err
-	}
-	s.records = f
 	return nil
 }
 
