@@ -96,7 +96,11 @@ func CIProfile(tallyd string, seed uint64, dir string, logf func(string, ...any)
 		Tallyd: tallyd, Seed: seed, ResultsDir: dir, Logf: logf,
 		Shards: 2, Clients: 8, Accounts: 12,
 		Faults: AllFaults, FaultRounds: 3, Duration: 60 * time.Second,
-		MinOps: 5000, MaxDuration: 210 * time.Second,
+		// Fresh accounts every 20 s keep each history to a few hundred
+		// operations, which porcupine decides well within CheckTimeout (an
+		// undecided history fails the check).
+		EpochLength: 20 * time.Second,
+		MinOps:      5000, MaxDuration: 210 * time.Second,
 		CheckTimeout:      20 * time.Second,
 		SnapshotThreshold: 1024, SnapshotLogBytes: 256 << 10, TrailingLogs: 256,
 	}
@@ -159,9 +163,6 @@ func TestChaos(t *testing.T) {
 			t.Errorf("%d faults of kind %s, want >= 3", rep.Faults[k], k)
 		}
 	}
-	if c, _ := rep.Check("linearizable"); len(c.Unknown) > 0 {
-		t.Logf("WARNING: %d account histories undecided within %s (not violations): %v", len(c.Unknown), cfg.CheckTimeout, c.Unknown)
-	}
 }
 
 // TestChaosCatchesStaleReads proves the checker has teeth: with
@@ -190,6 +191,13 @@ func TestChaosCatchesStaleReads(t *testing.T) {
 	lin, ok := rep.Check("linearizable")
 	if !ok || lin.OK {
 		t.Fatalf("seed %d: stale reads from followers passed the linearizability check: the checker has no teeth", seed)
+	}
+	// Only reads were made unsafe: the other checks must still pass, so
+	// the failure above is the stale reads and not something else.
+	for _, name := range []string{"exactly-once", "journal", "conservation", "replicas-equal", "final-reads"} {
+		if c, ok := rep.Check(name); !ok || !c.OK {
+			t.Errorf("check %s: want ok with only reads made unsafe, got %+v", name, c)
+		}
 	}
 	found := false
 	for _, a := range rep.AccountResults {

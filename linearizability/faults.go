@@ -75,11 +75,15 @@ func (t *Timeline) Events() []TimelineEvent {
 	return out
 }
 
-// Counts returns how many faults of each kind were injected.
+// Counts returns how many faults of each kind were injected, counting only
+// those whose injection (and undoing) raised no error: the floors on
+// faults must not count a kill whose restart failed.
 func (t *Timeline) Counts() map[FaultKind]int {
 	out := map[FaultKind]int{}
 	for _, ev := range t.Events() {
-		out[ev.Kind]++
+		if ev.Err == "" {
+			out[ev.Kind]++
+		}
 	}
 	return out
 }

@@ -475,7 +475,10 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 
 	// Final linearizable reads of every account join the history: lost
 	// writes show up as a final balance no linearization explains.
+	// Every one must succeed: a failed one constrains nothing, and it is
+	// also how a shard that stayed without a leader after the heal shows.
 	finalPosted := map[string]int64{}
+	var finalFails findings
 	for _, m := range members {
 		e := Entry{ClientID: cfg.Clients, Input: Input{Kind: KindRead, Member: m}, CallNs: hist.Now(), Attempts: 1}
 		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
@@ -484,6 +487,7 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 		e.ReturnNs = hist.Now()
 		if err != nil {
 			e.Output, e.ReturnNs, e.Err = Output{Status: Indeterminate, Code: client.CodeOf(err)}, ReturnNever, err.Error()
+			finalFails.addf("%s: final read failed: %v", m, err)
 		} else {
 			e.Output = Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Posted: a.Posted.IntPart(),
 				Held: a.Held.IntPart(), Frozen: a.State == "FROZEN"}
@@ -498,7 +502,8 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	rep.AccountResults = accounts
 	logf("linearizability: %s", lin.Detail)
 
-	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas)
+	finalReads := finalFails.result("final-reads", fmt.Sprintf("all %d accounts read after the heal", len(members)))
+	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas, finalReads)
 	rep.Ops = len(entries) - len(members)
 	rep.OpsBy, rep.Outcomes = map[string]int{}, map[string]int{}
 	for _, e := range entries[:rep.Ops] {
