@@ -580,8 +580,8 @@ func Summary(out io.Writer, rep *Report) {
 	}
 	b.WriteString("\n")
 	if v := rep.Verification; v != nil {
-		fmt.Fprintf(&b, "verify (%.1fs): %d of %d acked ops looked up (%s): lost_acks=%d; indeterminate %d (applied %d, unresolved %d)\n",
-			v.DurationS, v.VerifiedOps, v.AckedOps, v.VerifyMode, v.LostAcks, v.Indeterminate, v.ResolvedApplied, v.UnresolvedOps)
+		fmt.Fprintf(&b, "verify (%.1fs): %d of %d acked ops looked up (%s): lost_acks=%d keys_reused=%d; indeterminate %d (applied %d, unresolved %d)\n",
+			v.DurationS, v.VerifiedOps, v.AckedOps, v.VerifyMode, v.LostAcks, v.KeysReused, v.Indeterminate, v.ResolvedApplied, v.UnresolvedOps)
 		fmt.Fprintf(&b, "  balances: %d accounts checked, %d mismatches (%d skipped: unknown outcome)\n",
 			v.AccountsChecked, v.BalanceMismatch, v.AccountsSkipped)
 		fmt.Fprintf(&b, "  invariants over %d shards: conservation_ok=%v replicas_equal=%v invariant_ok=%v\n",

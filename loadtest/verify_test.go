@@ -2,9 +2,13 @@ package loadtest
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // fakeRun runs a short closed-loop run against a fake ledger.
@@ -154,9 +158,10 @@ func TestVerifierResolvesIndeterminateOps(t *testing.T) {
 	}
 }
 
-func TestVerifierSamplesLargeRuns(t *testing.T) {
-	f := newFakeLedger(2)
-	cfg := Config{Workload: Workload{Members: 50}, Clients: 4, Duration: 200 * time.Millisecond, Seed: testSeed, RunID: "t"}.withDefaults()
+// fakeLoad sets up and runs cfg's load phase against f and returns the log
+// of every op sent, for a Verifier.
+func fakeLoad(t *testing.T, f *fakeLedger, cfg Config) []ackRecord {
+	t.Helper()
 	if err := setup(context.Background(), f, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -166,6 +171,13 @@ func TestVerifierSamplesLargeRuns(t *testing.T) {
 	for _, l := range r.logs {
 		log = append(log, l...)
 	}
+	return log
+}
+
+func TestVerifierSamplesLargeRuns(t *testing.T) {
+	f := newFakeLedger(2)
+	cfg := Config{Workload: Workload{Members: 50}, Clients: 4, Duration: 200 * time.Millisecond, Seed: testSeed, RunID: "t"}.withDefaults()
+	log := fakeLoad(t, f, cfg)
 	before := f.calls["GetOperation"]
 	vf := &Verifier{L: f, W: cfg.Workload, Program: cfg.Program(), RunID: "t", SeedMinor: seedOf(cfg.Workload),
 		MaxOps: 10, MaxAccounts: 5, Concurrency: 2, ConvergeTimeout: time.Second, Seed: 1}
@@ -203,5 +215,47 @@ func TestPredictFollowsOutcomes(t *testing.T) {
 	p := vf.Predict(log)
 	if p[0] != (predicted{postedMinor: 75}) || p[1] != (predicted{postedMinor: 100, heldMinor: 7}) || !p[2].unknown {
 		t.Errorf("predicted %+v", p)
+	}
+}
+
+// lookupDown applied everything but cannot answer GetOperation (a shard
+// without a leader while the verifier runs, say).
+type lookupDown struct{ *fakeLedger }
+
+func (l lookupDown) GetOperation(ctx context.Context, program, member, key string) (bool, client.JournalEntry, error) {
+	return false, client.JournalEntry{}, errors.New("shard unavailable")
+}
+
+// TestVerifierFailsWhatItCannotCheck: every op came back indeterminate and
+// none can be looked up, so nothing was verified and every account was
+// skipped; a wrong balance went unseen and the run used to PASS. A run
+// whose ops all have their own keys must also never see
+// IDEMPOTENCY_KEY_REUSED.
+func TestVerifierFailsWhatItCannotCheck(t *testing.T) {
+	f := newFakeLedger(4)
+	cfg := Config{Workload: Workload{Members: 200}, Clients: 4, Duration: 200 * time.Millisecond, Seed: testSeed, RunID: "t"}.withDefaults()
+	log := fakeLoad(t, f, cfg)
+	verify := func(l Ledger, log []ackRecord) *Verification {
+		vf := &Verifier{L: l, W: cfg.Workload, Program: cfg.Program(), RunID: cfg.RunID, SeedMinor: seedOf(cfg.Workload),
+			MaxOps: 1 << 30, MaxAccounts: 1 << 30, Concurrency: 8, ConvergeTimeout: 200 * time.Millisecond, Seed: testSeed}
+		return vf.Verify(context.Background(), log)
+	}
+	if v := verify(f, append([]ackRecord(nil), log...)); !v.OK() {
+		t.Fatalf("the honest run fails: %+v", v)
+	}
+
+	reused := append([]ackRecord(nil), log...)
+	reused[len(reused)/2].state, reused[len(reused)/2].code = stateFailed, ledger.CodeIdempotencyKeyReused
+	if v := verify(f, reused); v.OK() || v.KeysReused != 1 {
+		t.Errorf("IDEMPOTENCY_KEY_REUSED passed: ok=%v keys_reused=%d", v.OK(), v.KeysReused)
+	}
+
+	for i := range log {
+		log[i].state, log[i].code, log[i].seq = stateIndeterminate, ledger.CodeUnavailable, 0
+	}
+	f.skewMember["m7"] = 1_000
+	v := verify(lookupDown{f}, log)
+	if v.OK() {
+		t.Errorf("passed with %d unresolved ops, %d accounts checked, %d skipped", v.UnresolvedOps, v.AccountsChecked, v.AccountsSkipped)
 	}
 }
