@@ -29,5 +29,11 @@
 // per shard and a small, fixed set of sender goroutines per shard sends
 // whatever is queued as one request, without waiting on a timer: while
 // requests are in flight the next batch accumulates. This turns a flash sale's
-// many single-operation calls into few large Raft entries.
+// many single-operation calls into few large Raft entries. A batch is retried
+// as a single call is, as long as one of its callers waits, and each attempt
+// carries only the operations of callers that still wait: once a call has
+// returned (indeterminate or not), no attempt made after it carries its
+// operations. One caller's operation rejected on its merits fails only that
+// caller; the rest are sent again. Concurrent GetAccount calls are coalesced
+// into GetAccounts the same way.
 package client

@@ -161,6 +161,10 @@ func (s *shard) propose(ctx context.Context, req ledger.Request) ([]ledger.Resul
 		// The request may still apply; the client resolves it by retrying
 		// with the same idempotency key.
 		return nil, ctx.Err()
+	case <-s.stop:
+		// Its entry may have been proposed (UNAVAILABLE: the outcome is
+		// unknown), and the loops that would answer it are stopping.
+		return nil, errUnavailable("node is shutting down")
 	}
 }
 
