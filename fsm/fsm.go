@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log"
 	"math"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -30,8 +31,14 @@ const stateBlockSize = 32 << 10
 // every shard the node replicates.
 type DB struct {
 	db     *pebble.DB
+	dir    string
+	opts   *pebble.Options
 	stalls *pebblestall.Counter
 }
+
+// restoreDir is where restores write the sstables they ingest: beside the
+// DB's directory, on the same file system.
+func (d *DB) restoreDir() string { return d.dir + ".restore" }
 
 // OpenDB opens (creating if needed) the state database in dir.
 func OpenDB(dir string) (*DB, error) {
@@ -66,6 +73,10 @@ func OpenDB(dir string) (*DB, error) {
 		// Two cores: at most two compactions alongside the apply loop.
 		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
 		Logger:                     quietLogger{},
+		// Restore ingests a snapshot's sstables with the shard's range
+		// excised (IngestAndExcise), which needs virtual sstables. Older
+		// stores are ratcheted up on open.
+		FormatMajorVersion: pebble.FormatVirtualSSTables,
 	}
 	// Bloom filters make the dedup lookup of a new idempotency key (always a
 	// miss) cheap below the memtable.
@@ -78,11 +89,20 @@ func OpenDB(dir string) (*DB, error) {
 		// took as long as with 4 KiB blocks.
 		opts.Levels[i].BlockSize = stateBlockSize
 	}
+	// Defaults filled in here (Open fills a copy) so that Restore can make
+	// writer options from them.
+	opts.EnsureDefaults()
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("fsm: open state db %s: %w", dir, err)
 	}
-	return &DB{db: db, stalls: stalls}, nil
+	d := &DB{db: db, dir: dir, opts: opts, stalls: stalls}
+	// Tables of a restore that a crash interrupted: never ingested.
+	if err := os.RemoveAll(d.restoreDir()); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("fsm: open state db %s: %w", dir, err)
+	}
+	return d, nil
 }
 
 // quietLogger drops Pebble's informational messages (WAL recovery, one line
@@ -149,6 +169,7 @@ type Results [][]ledger.Result
 type FSM struct {
 	shard uint32
 	db    *pebble.DB
+	sdb   *DB // db's wrapper: what Restore needs to write and ingest tables
 	kb    keyBuilder
 
 	// mu guards m; it is held only to copy or replace it.
@@ -187,7 +208,7 @@ var (
 
 // New returns the FSM of shard on db, loading its durable applied index.
 func New(db *DB, shard uint32) (*FSM, error) {
-	f := &FSM{shard: shard, db: db.db, kb: keyBuilder{prefix: shardPrefix(shard)}}
+	f := &FSM{shard: shard, db: db.db, sdb: db, kb: keyBuilder{prefix: shardPrefix(shard)}}
 	if err := f.loadMeta(); err != nil {
 		return nil, err
 	}

@@ -3,15 +3,21 @@ package fsm
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/raft"
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -20,12 +26,10 @@ import (
 // (1, uvarint key length, key without the shard prefix, uvarint value
 // length, value) in key order, then a trailer (0, record count uint64, CRC-32C
 // of every byte before the trailer's count). Restore verifies count and CRC
-// before it commits anything.
+// before it changes anything.
 const (
 	snapshotMagic   = "TALLYSNP"
 	snapshotVersion = 1
-	// restoreBatchBytes is unused on purpose: Restore applies the whole shard
-	// in one batch so that a crash mid-restore leaves the old state intact.
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -121,21 +125,23 @@ const (
 	maxSnapshotValueBytes = 16 << 20
 )
 
-// maxRestoreBatchBytes bounds the one batch a restore writes. Pebble panics
-// on a batch of 4 GiB or more, on Raft's FSM goroutine, and the node would
-// then crash again on every start, as it must restore that snapshot. Above
-// this bound Restore fails instead, changing nothing (docs/ARCHITECTURE.md,
-// Known limits). A variable so tests can lower it.
-var maxRestoreBatchBytes = 3 << 30
+// restoreTableBytes is the key and value bytes Restore writes into one
+// sstable before it starts the next. A variable so tests can lower it.
+var restoreTableBytes = 128 << 20
 
-// Restore replaces the shard's state with a snapshot (raft.FSM). The shard's
-// key range is deleted and rewritten in one batch, then flushed, so a crash
-// leaves either the old state or the new one. Everything that can reject
-// the stream (framing, count, checksum, the meta record, the size bound) is
-// checked before the batch commits, so a failed restore changes nothing;
-// once it has committed, a failure panics: the state was replaced and the
-// FSM cannot go on with the old meta over it (the node restores the
-// snapshot again on start).
+// Restore replaces the shard's state with a snapshot (raft.FSM). It writes
+// the stream into sstables beside the state DB, checking everything that
+// can reject it (framing, key order, count, checksum, the meta record) on
+// the way, and only then ingests them with the shard's key range excised,
+// in one atomic step (pebble's IngestAndExcise, as CockroachDB applies
+// snapshots): a failed restore changes nothing, a crash leaves the old state
+// or the new one, and no part of the shard is held in memory. It used to
+// write the shard as one batch, which needed memory for all of it and which
+// Pebble refuses (with a panic) at 4 GiB. The ingested state is flushed, so
+// it is on disk before Raft compacts its log past it. A failure after the
+// ingest panics: the state was replaced and the FSM cannot go on over it
+// with its old applied index (on start the node restores the snapshot
+// again).
 func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	defer rc.Close()
 	start := time.Now()
@@ -159,13 +165,15 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 		return fmt.Errorf("fsm: restore: snapshot of shard %d offered to shard %d", shard, f.shard)
 	}
 
-	b := f.db.NewBatch()
-	defer b.Close()
-	lower, upper := shardBounds(f.shard)
-	if err := b.DeleteRange(lower, upper, nil); err != nil {
-		return err
+	tables, err := newTableSet(f.sdb, f.shard)
+	if err != nil {
+		return fmt.Errorf("fsm: restore: %w", err)
 	}
-	var count uint64
+	defer tables.cleanup()
+	var (
+		count uint64
+		prev  []byte
+	)
 	for {
 		tag, err := r.ReadByte()
 		if err != nil {
@@ -186,17 +194,18 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 			return fmt.Errorf("fsm: restore: record %d value: %w", count, err)
 		}
 		key := append(shardPrefix(f.shard), k...)
+		if prev != nil && bytes.Compare(key, prev) <= 0 {
+			return fmt.Errorf("fsm: restore: record %d: keys out of order", count)
+		}
 		if bytes.Equal(key, f.kb.meta()) {
 			if _, err := decodeMeta(v); err != nil {
 				return fmt.Errorf("fsm: restore: record %d: %w", count, err)
 			}
 		}
-		if b.Len()+len(key)+len(v) > maxRestoreBatchBytes {
-			return fmt.Errorf("fsm: restore: shard %d's snapshot is over %d bytes, more than one batch can restore", f.shard, maxRestoreBatchBytes)
+		if err := tables.set(key, v); err != nil {
+			return fmt.Errorf("fsm: restore: record %d: %w", count, err)
 		}
-		if err := b.Set(key, v, nil); err != nil {
-			return err
-		}
+		prev = key
 		count++
 	}
 	sum := crc.Sum32()
@@ -210,8 +219,22 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	if want := binary.BigEndian.Uint32(trailer[8:]); want != sum {
 		return fmt.Errorf("fsm: restore: checksum mismatch (got %08x want %08x)", sum, want)
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("fsm: restore: commit: %w", err)
+	paths, err := tables.finish()
+	if err != nil {
+		return fmt.Errorf("fsm: restore: %w", err)
+	}
+	lower, upper := shardBounds(f.shard)
+	if len(paths) == 0 { // an empty shard: nothing to ingest, only to delete
+		b := f.db.NewBatch()
+		defer b.Close()
+		if err := b.DeleteRange(lower, upper, nil); err != nil {
+			return err
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			return fmt.Errorf("fsm: restore: commit: %w", err)
+		}
+	} else if _, err := f.db.IngestAndExcise(context.Background(), paths, nil, nil, pebble.KeyRange{Start: lower, End: upper}); err != nil {
+		return fmt.Errorf("fsm: restore: ingest: %w", err)
 	}
 	// The state DB has no WAL: flush so the restored state is on disk
 	// before Raft compacts its log past it. (If we crash first, the node
@@ -223,6 +246,74 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 		panic(fmt.Sprintf("fsm: shard %d: restore: after replacing the state: %v", f.shard, err))
 	}
 	return nil
+}
+
+// tableSet writes a restore's records, in key order, into sstables in a
+// fresh directory beside the state DB (the same file system, so ingesting
+// them is a hard link).
+type tableSet struct {
+	dir   string
+	opts  sstable.WriterOptions
+	paths []string
+	w     *sstable.Writer
+	bytes int
+}
+
+func newTableSet(db *DB, shard uint32) (*tableSet, error) {
+	if err := os.MkdirAll(db.restoreDir(), 0o755); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(db.restoreDir(), fmt.Sprintf("shard%d-", shard))
+	if err != nil {
+		return nil, err
+	}
+	// Level 6 options: the tables are ingested into the bottom level when
+	// nothing overlaps them, which the excise ensures for the shard's range.
+	return &tableSet{dir: dir, opts: db.opts.MakeWriterOptions(6, db.db.TableFormat())}, nil
+}
+
+func (t *tableSet) set(key, value []byte) error {
+	if t.w == nil || t.bytes >= restoreTableBytes {
+		if err := t.closeTable(); err != nil {
+			return err
+		}
+		path := filepath.Join(t.dir, fmt.Sprintf("%06d.sst", len(t.paths)))
+		f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
+		if err != nil {
+			return err
+		}
+		t.paths = append(t.paths, path)
+		t.w = sstable.NewWriter(objstorageprovider.NewFileWritable(f), t.opts)
+		t.bytes = 0
+	}
+	t.bytes += len(key) + len(value)
+	return t.w.Set(key, value)
+}
+
+// closeTable finishes (and syncs) the table being written, if any.
+func (t *tableSet) closeTable() error {
+	if t.w == nil {
+		return nil
+	}
+	w := t.w
+	t.w = nil
+	return w.Close()
+}
+
+// finish closes the last table and returns every table's path.
+func (t *tableSet) finish() ([]string, error) {
+	if err := t.closeTable(); err != nil {
+		return nil, err
+	}
+	return t.paths, nil
+}
+
+// cleanup removes the directory and whatever ingesting left in it.
+func (t *tableSet) cleanup() {
+	if t.w != nil {
+		_ = t.w.Close()
+	}
+	_ = os.RemoveAll(t.dir)
 }
 
 type crcReader struct {
