@@ -13,8 +13,11 @@ const (
 	// balanceCatchUpEntries is how far behind a preferred node may be and
 	// still receive leadership; a transfer to a lagging node stalls writes.
 	balanceCatchUpEntries = 1000
-	// balanceBackoff is how long a shard waits after a failed transfer.
-	balanceBackoff = 30 * time.Second
+	// balanceBackoff is how long a shard waits after a transfer before
+	// this node tries another; it doubles with each transfer until the
+	// preferred node is seen leading, up to balanceBackoffMax.
+	balanceBackoff    = 30 * time.Second
+	balanceBackoffMax = 10 * time.Minute
 )
 
 // balanceLoop spreads leadership evenly: shard i prefers Peers[i mod N]. A
@@ -25,6 +28,15 @@ func (n *Node) balanceLoop() {
 	t := time.NewTicker(n.cfg.BalanceInterval)
 	defer t.Stop()
 	retryAt := make([]time.Time, len(n.shards))
+	backoff := make([]time.Duration, len(n.shards))
+	stopping := func() bool {
+		select {
+		case <-n.stop:
+			return true
+		default:
+			return false
+		}
+	}
 	for {
 		select {
 		case <-t.C:
@@ -32,17 +44,28 @@ func (n *Node) balanceLoop() {
 			return
 		}
 		for i, s := range n.shards {
+			pref := n.cfg.Peers[i%len(n.cfg.Peers)]
+			if _, id := s.raft.LeaderWithID(); string(id) == pref.ID {
+				backoff[i] = 0 // a transfer worked, or was not needed
+			}
 			if s.raft.State() != raft.Leader || time.Now().Before(retryAt[i]) {
 				continue
 			}
-			pref := n.cfg.Peers[i%len(n.cfg.Peers)]
-			if pref.ID == n.cfg.ID || !n.caughtUp(pref, s) {
+			if pref.ID == n.cfg.ID || stopping() || !n.caughtUp(pref, s) || stopping() {
 				continue
 			}
+			// A nil answer only means this node stepped down, not that
+			// pref leads: hashicorp/raft returns nil once the target's
+			// higher term arrives, even if the target then loses its
+			// election (a node that can receive but not send, say). So
+			// every transfer backs off, failed or not, and keeps doubling
+			// until pref is seen leading; otherwise a shard whose preferred
+			// node cannot win would go leaderless every round.
 			if err := s.raft.LeadershipTransferToServer(raft.ServerID(pref.ID), raft.ServerAddress(pref.RaftAddr)).Error(); err != nil {
 				n.logger.Debug("leadership transfer failed", "shard", i, "to", pref.ID, "error", err)
-				retryAt[i] = time.Now().Add(balanceBackoff)
 			}
+			backoff[i] = min(max(2*backoff[i], balanceBackoff), balanceBackoffMax)
+			retryAt[i] = time.Now().Add(backoff[i])
 			break
 		}
 	}

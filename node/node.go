@@ -116,6 +116,9 @@ func (n *Node) open() error {
 		return fmt.Errorf("node: listen grpc %s: %w", cfg.GRPCAddr, err)
 	}
 	n.grpcServer = grpc.NewServer(
+		// Stop (after GracefulStop's 2 s) waits for running handlers, so
+		// none touches the state DB after Close closes it.
+		grpc.WaitForHandlers(true),
 		// A batch of 8,000 ops with results is a few MiB.
 		grpc.MaxRecvMsgSize(64<<20),
 		grpc.MaxSendMsgSize(64<<20),

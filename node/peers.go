@@ -16,8 +16,9 @@ import (
 // peerConns keeps one gRPC connection per peer for node-to-node calls (the
 // DefineAsset fan-out and leadership balancing).
 type peerConns struct {
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool // a handler still running after close must not dial anew
 }
 
 func newPeerConns() *peerConns { return &peerConns{conns: map[string]*grpc.ClientConn{}} }
@@ -25,6 +26,9 @@ func newPeerConns() *peerConns { return &peerConns{conns: map[string]*grpc.Clien
 func (p *peerConns) get(addr string) (tallypb.LedgerClient, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil, errUnavailable("node is shutting down")
+	}
 	if c, ok := p.conns[addr]; ok {
 		return tallypb.NewLedgerClient(c), nil
 	}
@@ -43,6 +47,7 @@ func (p *peerConns) close() {
 		_ = c.Close()
 	}
 	p.conns = map[string]*grpc.ClientConn{}
+	p.closed = true
 }
 
 // forwardDefine sends one shard's DEFINE_ASSET op to that shard's leader,
