@@ -101,13 +101,19 @@ func readBatchFile(path string, stdin io.Reader) ([]client.Op, error) {
 	}
 	trimmed := strings.TrimSpace(string(data))
 	var raw []batchOp
+	// Unknown fields are refused: a misspelt "amout" would otherwise send
+	// an operation without the amount meant.
+	dec := json.NewDecoder(strings.NewReader(trimmed))
+	dec.DisallowUnknownFields()
 	if strings.HasPrefix(trimmed, "[") {
-		if err := json.Unmarshal([]byte(trimmed), &raw); err != nil {
+		if err := dec.Decode(&raw); err != nil {
 			return nil, usageErr("batch file: %v", err)
+		}
+		if dec.More() {
+			return nil, usageErr("batch file: data after the array")
 		}
 		return toClientOps(raw)
 	}
-	dec := json.NewDecoder(strings.NewReader(trimmed))
 	for dec.More() {
 		var b batchOp
 		if err := dec.Decode(&b); err != nil {
@@ -158,10 +164,27 @@ func batchCommand(stdin io.Reader) command {
 				return nil, err
 			}
 			results, err := c.Submit(ctx, ops, linked)
-			if len(results) == len(ops) {
-				return batchView{ops: ops, results: results}, err
+			if len(results) != len(ops) {
+				return nil, err
 			}
-			return nil, err
+			if err == nil {
+				// Exit 1, as a single refused operation does: a script
+				// must not read a batch with refusals (or a linked batch
+				// that applied nothing) as a success.
+				failed, first := 0, -1
+				for i, r := range results {
+					if r.Code != ledger.CodeOK {
+						failed++
+						if first < 0 {
+							first = i
+						}
+					}
+				}
+				if failed > 0 {
+					err = fmt.Errorf("%d of %d operations did not apply (first: op %d, %s)", failed, len(ops), first, results[first].Code)
+				}
+			}
+			return batchView{ops: ops, results: results}, err
 		},
 	}
 }

@@ -38,20 +38,36 @@ func TestBatchLinked(t *testing.T) {
 
 func TestBatchArrayAndErrors(t *testing.T) {
 	f := startFake(t)
-	ok := writeFile(t, `[{"kind":"DEBIT","program":"shop","member":"bob","asset":"CNY","amount":"1","key":"d1"}]`)
+	ok := writeFile(t, `[{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1","key":"d1"}]`)
 	code, _, stderr := tallyctl(t, f, "batch", "--file", ok)
 	require.Equal(t, exitOK, code, stderr)
 	require.False(t, f.lastSubmit().Linked)
 
 	for name, body := range map[string]string{
-		"no key":       `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1"}`,
-		"unknown kind": `{"kind":"STEAL","program":"shop","member":"bob","asset":"CNY","amount":"1","key":"k"}`,
-		"bad amount":   `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1e3","key":"k"}`,
-		"bad ttl":      `{"kind":"HOLD","program":"shop","member":"bob","asset":"CNY","amount":"1","ttl":"soon","key":"k"}`,
-		"empty":        ``,
-		"not json":     `credit alice 5`,
+		"no key":        `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1"}`,
+		"unknown kind":  `{"kind":"STEAL","program":"shop","member":"bob","asset":"CNY","amount":"1","key":"k"}`,
+		"bad amount":    `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1e3","key":"k"}`,
+		"bad ttl":       `{"kind":"HOLD","program":"shop","member":"bob","asset":"CNY","amount":"1","ttl":"soon","key":"k"}`,
+		"empty":         ``,
+		"not json":      `credit alice 5`,
+		"unknown field": `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amout":"1","key":"k"}`,
 	} {
 		code, _, stderr := tallyctl(t, f, "batch", "--file", writeFile(t, body))
 		assert.Equal(t, exitUsage, code, "%s: %s", name, stderr)
 	}
+}
+
+// TestBatchRefusalsExitNonZero: a batch whose operations were refused
+// (here a linked one that applied nothing) exits 1, as a single refused
+// operation does, and still prints every result.
+func TestBatchRefusalsExitNonZero(t *testing.T) {
+	f := startFake(t)
+	path := writeFile(t, `{"kind":"CREDIT","program":"shop","member":"dave","asset":"CNY","amount":"1","key":"r1"}
+{"kind":"DEBIT","program":"shop","member":"dave","asset":"CNY","amount":"5","key":"r2"}
+`)
+	code, stdout, stderr := tallyctl(t, f, "batch", "--file", path)
+	assert.Equal(t, exitError, code, stderr)
+	assert.Contains(t, stderr, "1 of 2 operations did not apply (first: op 1, INSUFFICIENT_FUNDS)")
+	assert.Regexp(t, `(?m)^0\s+r1\s+CREDIT\s+OK`, stdout)
+	assert.Regexp(t, `(?m)^1\s+r2\s+DEBIT\s+INSUFFICIENT_FUNDS`, stdout)
 }

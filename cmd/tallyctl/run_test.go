@@ -50,6 +50,9 @@ func TestUsageErrors(t *testing.T) {
 		{"stray argument", []string{"cluster", "extra"}, "unexpected arguments"},
 		{"bad limit", []string{"journal", "--program", "p", "--member", "m", "--limit", "0"}, "--limit must be positive"},
 		{"bad scale", []string{"define-asset", "--program", "p", "--asset", "X", "--scale", "19"}, "--scale 19"},
+		// Zero is the API's "whole hold"; typed out it must be refused.
+		{"zero capture", []string{"capture", "--program", "p", "--member", "m", "--hold-key", "h", "--amount", "0"}, "INVALID_AMOUNT"},
+		{"negative capture", []string{"capture", "--program", "p", "--member", "m", "--hold-key", "h", "--amount", "-1"}, "not positive"},
 	}
 	f := startFake(t)
 	for _, tt := range tests {
