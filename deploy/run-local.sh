@@ -28,10 +28,33 @@ for i in 1 2 3; do
   pids+=($!)
 done
 addrs=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
-for _ in $(seq 1 100); do
-  if "$bin/tallyctl" --addr "$addrs" --timeout 1s cluster >/dev/null 2>&1; then break; fi
+# fail shows why a node did not come up and exits non-zero (the trap stops
+# the others).
+fail() {
+  echo "tally: $1" >&2
+  for i in 1 2 3; do echo "--- last lines of $data/n$i.log:" >&2; tail -n 5 "$data/n$i.log" >&2 || true; done
+  exit 1
+}
+# Ready when every one of this cluster's shards has a leader. Every node
+# must still be running: a node that exits at start (data of another shard
+# count, a data directory in use, a port taken) must not be hidden behind a
+# cluster answering from elsewhere.
+ready=
+for _ in $(seq 1 150); do
+  for k in 0 1 2; do
+    kill -0 "${pids[$k]}" 2>/dev/null || fail "node n$((k + 1)) exited at start"
+  done
+  if "$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -q "^$((shards - 1)) *n"; then ready=1; break; fi
   sleep 0.2
 done
+[ -n "$ready" ] || fail "no leader for every one of $shards shards after 30 s"
+# Another cluster on these ports (a second 'make run') answers at once while
+# this one's nodes are still failing to bind: look again a moment later.
+sleep 1
+for k in 0 1 2; do
+  kill -0 "${pids[$k]}" 2>/dev/null || fail "node n$((k + 1)) exited at start (another cluster on these ports or this data directory?)"
+done
+grep -h 'WARNING: this disk' "$data"/n[123].log 2>/dev/null | tail -n 1 || true
 cat <<MSG
 Tally: 3 nodes, $shards shards, data under $data/ (logs: $data/n*.log)
   node  gRPC             Raft             metrics
@@ -55,4 +78,7 @@ MSG
 # sometimes before this shell does); only a failure is worth a message.
 rc=0
 wait -n "${pids[@]}" || rc=$?
-if [ -z "${stopping:-}" ] && [ "$rc" -ne 0 ]; then echo "a node exited with status $rc; see $data/n*.log"; fi
+if [ -z "${stopping:-}" ] && [ "$rc" -ne 0 ]; then
+  echo "a node exited with status $rc; see $data/n*.log" >&2
+  exit "$rc"
+fi

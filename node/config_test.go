@@ -1,6 +1,8 @@
 package node
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -47,4 +49,16 @@ func TestConfigRejectsRaftTimeouts(t *testing.T) {
 	c = base()
 	c.Raft = RaftTuning{HeartbeatTimeout: time.Second, ElectionTimeout: 2 * time.Second, LeaderLeaseTimeout: time.Second}
 	require.NoError(t, c.validate())
+}
+
+// TestShardCountIsPinned: the first start writes SHARDS, later starts with
+// another count are refused, and a damaged file is an error, not a panic.
+func TestShardCountIsPinned(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, (&Node{cfg: Config{DataDir: dir, Shards: 3}}).checkShardCount())
+	require.NoError(t, (&Node{cfg: Config{DataDir: dir, Shards: 3}}).checkShardCount())
+	require.ErrorContains(t, (&Node{cfg: Config{DataDir: dir, Shards: 4}}).checkShardCount(), `created with "3" shards, config says 4`)
+
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "SHARDS"), nil, 0o644))
+	require.ErrorContains(t, (&Node{cfg: Config{DataDir: dir, Shards: 3}}).checkShardCount(), `created with "" shards`)
 }

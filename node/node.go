@@ -11,7 +11,9 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -93,6 +95,9 @@ func (n *Node) open() error {
 	}
 	var err error
 	if n.logs, err = raftstore.Open(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{Logger: n.slogger()}); err != nil {
+		if errors.Is(err, syscall.EAGAIN) { // Pebble's directory lock is held
+			return fmt.Errorf("%w (data directory %s in use: is another tallyd running on it?)", err, cfg.DataDir)
+		}
 		return err
 	}
 	if n.state, err = fsm.OpenDB(filepath.Join(cfg.DataDir, "state")); err != nil {
@@ -173,16 +178,56 @@ func (n *Node) checkShardCount() error {
 	want := fmt.Sprintf("%d\n", n.cfg.Shards)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return os.WriteFile(path, []byte(want), 0o644)
+		return writeFileAtomic(path, []byte(want))
 	}
 	if err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
 	if string(b) != want {
-		return fmt.Errorf("node: data dir %s was created with %s shards, config says %d",
-			n.cfg.DataDir, string(b[:len(b)-1]), n.cfg.Shards)
+		return fmt.Errorf("node: data dir %s was created with %q shards, config says %d",
+			n.cfg.DataDir, strings.TrimSpace(string(b)), n.cfg.Shards)
 	}
 	return nil
+}
+
+// writeFileAtomic writes path so that a crash leaves it absent or whole,
+// never empty or torn (a torn SHARDS file would stop the node at start).
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("node: %w", err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		return fmt.Errorf("node: write %s: %w", path, err)
+	}
+	return nil
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func (n *Node) openShard(id uint32) (*shard, error) {

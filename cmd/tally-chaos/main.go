@@ -55,6 +55,9 @@ func run(args []string) (int, error) {
 	if err := fs.Parse(args); err != nil {
 		return 2, err
 	}
+	if fs.NArg() > 0 { // the flags after it would be dropped
+		return 2, fmt.Errorf("unexpected argument %q (boolean flags take --flag or --flag=false)", fs.Arg(0))
+	}
 	if *seed == 0 {
 		*seed = uint64(time.Now().UnixNano())
 	}

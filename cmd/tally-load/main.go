@@ -77,6 +77,9 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "tally-load: "+format+"\n", a...)
 		return exitNoRun
 	}
+	if fs.NArg() > 0 { // the flag parser stopped there: the flags after it would be dropped
+		return fail("unexpected argument %q (boolean flags take --flag or --flag=false)", fs.Arg(0))
+	}
 	var err error
 	if cfg.Workload.Scenario, err = loadtest.ParseScenario(*scenario); err != nil {
 		return fail("%v", err)

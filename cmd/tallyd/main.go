@@ -59,6 +59,11 @@ func run(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	// The flag parser stops at the first argument that is not a flag
+	// ("--bootstrap false"), and every flag after it would be dropped.
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (boolean flags take --flag or --flag=false)", fs.Arg(0))
+	}
 	cfg.Raft.SnapshotThreshold = snapEvery
 	timeoutsSet := cfg.Raft.HeartbeatTimeout > 0 || cfg.Raft.ElectionTimeout > 0
 	cfg.Raft.TrailingLogs = trailing

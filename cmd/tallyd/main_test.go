@@ -27,6 +27,8 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	require.ErrorContains(t, run([]string{"--id", "n9", "--data", t.TempDir(),
 		"--peers", "n1=127.0.0.1:1/127.0.0.1:2"}), "not in Peers")
 	require.ErrorContains(t, run([]string{"--peers", "n1=127.0.0.1:1/127.0.0.1:2", "--raft-dial-rewrite", "x"}), "advertised=dialed")
+	// "--bootstrap false" sets --bootstrap and stops the parser at "false".
+	require.ErrorContains(t, run([]string{"--bootstrap", "false", "--id", "n1"}), `unexpected argument "false"`)
 }
 
 func TestSlowDiskWarning(t *testing.T) {
