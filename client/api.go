@@ -75,10 +75,20 @@ func (c *Client) Hold(ctx context.Context, program, member, asset string, amount
 	return c.Apply(ctx, Op{Kind: ledger.OpHold, Program: program, Member: member, Asset: asset, Amount: amount, HoldTTL: ttl, IdempotencyKey: key})
 }
 
-// CaptureHold debits amount of the hold named holdKey (zero = all of it) and
-// releases the rest.
+// CaptureHold debits amount of the hold named holdKey and releases the
+// rest. amount must be positive: a zero is INVALID_AMOUNT here, not "the
+// whole hold" (a computed amount that came out zero must not take it all);
+// use CaptureHoldAll for that.
 func (c *Client) CaptureHold(ctx context.Context, program, member, holdKey string, amount decimal.Decimal, key string) (Result, error) {
+	if !amount.IsPositive() {
+		return Result{}, newError(ledger.CodeInvalidAmount, -1, "capture: amount %s is not positive (CaptureHoldAll captures the whole hold)", amount)
+	}
 	return c.Apply(ctx, Op{Kind: ledger.OpCaptureHold, Program: program, Member: member, HoldKey: holdKey, Amount: amount, IdempotencyKey: key})
+}
+
+// CaptureHoldAll debits the whole hold named holdKey.
+func (c *Client) CaptureHoldAll(ctx context.Context, program, member, holdKey, key string) (Result, error) {
+	return c.Apply(ctx, Op{Kind: ledger.OpCaptureHold, Program: program, Member: member, HoldKey: holdKey, IdempotencyKey: key})
 }
 
 // ReleaseHold releases the hold named holdKey.

@@ -335,7 +335,10 @@ func TestDecimalConversion(t *testing.T) {
 	require.NotNil(t, r.Hold)
 	assert.True(t, r.Hold.Amount.Equal(decimal.RequireFromString("0.01")))
 	assert.Equal(t, int64(1000+15*60*1000), r.Hold.ExpiresAtMs)
-	_, err = c.CaptureHold(ctx, testProgram, "alice", "h1", decimal.Zero, "cap1")
+	_, err = c.CaptureHold(ctx, testProgram, "alice", "h1", decimal.Zero, "cap0")
+	require.Equal(t, ledger.CodeInvalidAmount, CodeOf(err), "zero is not 'the whole hold' here: %v", err)
+	assert.False(t, IsIndeterminate(err))
+	_, err = c.CaptureHoldAll(ctx, testProgram, "alice", "h1", "cap1")
 	require.NoError(t, err)
 
 	reqs := fc.nodes[0].recorded()

@@ -16,7 +16,8 @@ import (
 //   - Credit, Debit: Program, Member, Asset, Amount, Memo.
 //   - Hold: Program, Member, Asset, Amount, HoldTTL; the hold is named by
 //     this op's IdempotencyKey.
-//   - CaptureHold: Program, Member, HoldKey, Amount (zero = the whole hold).
+//   - CaptureHold: Program, Member, HoldKey, Amount (zero = the whole hold;
+//     the CaptureHold method refuses zero, CaptureHoldAll sends it).
 //   - ReleaseHold: Program, Member, HoldKey.
 //   - Freeze, Unfreeze, ReportLost, ReportFound, Close: Program, Member, Asset.
 //

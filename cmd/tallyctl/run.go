@@ -194,18 +194,18 @@ func commandsWith(stdin io.Reader) []command {
 			},
 			required: []string{"program", "member", "hold-key"}, mutating: true,
 			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
-				amount := decimal.Zero // the API's "the whole hold"
-				if a.amount != "" {
-					var err error
-					if amount, err = parseDecimal("amount", a.amount); err != nil {
-						return nil, err
-					}
-					// An explicit amount must be one: "--amount 0" (a
-					// script's computed amount, say) would otherwise
-					// capture the whole hold.
-					if !amount.IsPositive() {
-						return nil, usageErr("%s: --amount %s is not positive (leave --amount out to capture the whole hold)", ledger.CodeInvalidAmount, a.amount)
-					}
+				if a.amount == "" {
+					r, err := c.CaptureHoldAll(ctx, a.program, a.member, a.holdKey, a.key)
+					return resultOf(a, r, err)
+				}
+				amount, err := parseDecimal("amount", a.amount)
+				if err != nil {
+					return nil, err
+				}
+				// An explicit amount must be one: "--amount 0" (a script's
+				// computed amount, say) must not capture the whole hold.
+				if !amount.IsPositive() {
+					return nil, usageErr("%s: --amount %s is not positive (leave --amount out to capture the whole hold)", ledger.CodeInvalidAmount, a.amount)
 				}
 				r, err := c.CaptureHold(ctx, a.program, a.member, a.holdKey, amount, a.key)
 				return resultOf(a, r, err)
