@@ -265,7 +265,13 @@ func sameOp(in Input, op client.Op) bool {
 // history does not account for (every entry is a successful write of the
 // history, after resolution), and that each account's final posted balance
 // is the sum of its journal's postings.
-func checkJournal(ctx context.Context, cl *client.Client, entries []Entry, members []string, finalPosted map[string]int64) CheckResult {
+// journalLister is what checkJournal needs of a cluster; *client.Client
+// implements it, and tests use a fake.
+type journalLister interface {
+	ListJournal(ctx context.Context, program, member, asset string, pageSize int, beforeSeq uint64) ([]client.JournalEntry, uint64, error)
+}
+
+func checkJournal(ctx context.Context, cl journalLister, entries []Entry, members []string, finalPosted map[string]int64) CheckResult {
 	var f findings
 	byKey := map[string]*Entry{}
 	for i := range entries {

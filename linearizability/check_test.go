@@ -60,3 +60,73 @@ func TestUndecidedHistoryFailsTheCheck(t *testing.T) {
 	assert.False(t, r.OK, r.Detail)
 	assert.Len(t, r.Unknown, 1)
 }
+
+// TestExactlyOnceCatchesLies: the exactly-once check fails when the store
+// disagrees with what the client saw: an acknowledged write stored with
+// another sequence, missing, or a different operation under its key, and a
+// write the client was told certainly failed found applied.
+func TestExactlyOnceCatchesLies(t *testing.T) {
+	acked := Entry{Input: Input{Kind: KindCredit, Member: "a", Key: "c1", Amount: 5},
+		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}, CallNs: 0, ReturnNs: 10}
+	failed := Entry{Input: Input{Kind: KindDebit, Member: "a", Key: "d1", Amount: 5},
+		Output: Output{Status: NotApplied, Code: ledger.CodeNotLeader}, CallNs: 0, ReturnNs: 10}
+	stored := func(e Entry, seq uint64) client.JournalEntry {
+		return client.JournalEntry{Seq: seq, Op: toClientOp(e.Input), Result: client.Result{Code: ledger.CodeOK, Seq: seq, TimeMs: 100}}
+	}
+	other := stored(acked, 1)
+	other.Op.Amount = other.Op.Amount.Add(other.Op.Amount)
+
+	for name, tc := range map[string]struct {
+		entries []Entry
+		lookup  fakeLookup
+	}{
+		"honest":            {[]Entry{acked, failed}, fakeLookup{"c1": stored(acked, 1)}},
+		"acked, other seq":  {[]Entry{acked}, fakeLookup{"c1": stored(acked, 2)}},
+		"acked, missing":    {[]Entry{acked}, fakeLookup{}},
+		"acked, other op":   {[]Entry{acked}, fakeLookup{"c1": other}},
+		"failed but stored": {[]Entry{failed}, fakeLookup{"d1": stored(failed, 3)}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			res, _, _ := checkExactlyOnce(context.Background(), tc.lookup, append([]Entry(nil), tc.entries...))
+			assert.Equal(t, name == "honest", res.OK, "%s: %v", res.Detail, res.Findings)
+		})
+	}
+}
+
+// fakeJournal lists a fixed journal per member, in one page.
+type fakeJournal map[string][]client.JournalEntry
+
+func (f fakeJournal) ListJournal(_ context.Context, _, member, _ string, _ int, _ uint64) ([]client.JournalEntry, uint64, error) {
+	return f[member], 0, nil
+}
+
+// TestJournalCheckCatchesLies: the journal check fails on a key or a
+// sequence used twice, an entry no client sent, an acknowledged success
+// missing, and a final balance the postings do not explain.
+func TestJournalCheckCatchesLies(t *testing.T) {
+	credit := func(key string, seq uint64, amount int64) (Entry, client.JournalEntry) {
+		e := Entry{Input: Input{Kind: KindCredit, Member: "a", Key: key, Amount: amount},
+			Output: Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: 100}}
+		return e, client.JournalEntry{Seq: seq, Op: toClientOp(e.Input), Result: client.Result{Code: ledger.CodeOK, Seq: seq}}
+	}
+	e1, j1 := credit("c1", 1, 5)
+	e2, j2 := credit("c2", 2, 7)
+	_, j3 := credit("c3", 3, 1)
+	entries := []Entry{e1, e2}
+	for name, tc := range map[string]struct {
+		journal []client.JournalEntry
+		final   int64
+	}{
+		"honest":         {[]client.JournalEntry{j2, j1}, 12},
+		"key twice":      {[]client.JournalEntry{j2, j1, j1}, 17},
+		"seq twice":      {[]client.JournalEntry{j2, {Seq: 2, Op: j1.Op, Result: j1.Result}}, 12},
+		"unsent entry":   {[]client.JournalEntry{j3, j2, j1}, 13},
+		"ack missing":    {[]client.JournalEntry{j1}, 5},
+		"balance is off": {[]client.JournalEntry{j2, j1}, 13},
+	} {
+		t.Run(name, func(t *testing.T) {
+			res := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, entries, []string{"a"}, map[string]int64{"a": tc.final})
+			assert.Equal(t, name == "honest", res.OK, "%s: %v", res.Detail, res.Findings)
+		})
+	}
+}
