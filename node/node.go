@@ -230,6 +230,30 @@ func syncDir(dir string) error {
 	return err
 }
 
+// maxNoCommandScan bounds the entries noCommandsBetween reads.
+const maxNoCommandScan = 4096
+
+// noCommandsBetween reports whether every entry in (applied, snapIndex] is
+// still in the log and none is a command, so the state at applied is the
+// state at snapIndex. hashicorp/raft does not hand no-op or barrier entries
+// to a BatchingFSM, so the durable applied index stays at the last command
+// or configuration entry; a snapshot taken just after a leader change on a
+// quiet shard ends on a no-op, and without this check every restart would
+// restore (copy) the whole snapshot. Raft then starts at the snapshot's
+// index and replays the entries after it.
+func noCommandsBetween(logs raft.LogStore, applied, snapIndex uint64) bool {
+	if snapIndex <= applied || snapIndex-applied > maxNoCommandScan {
+		return false
+	}
+	var l raft.Log
+	for i := applied + 1; i <= snapIndex; i++ {
+		if err := logs.GetLog(i, &l); err != nil || l.Type == raft.LogCommand {
+			return false
+		}
+	}
+	return true
+}
+
 func (n *Node) openShard(id uint32) (*shard, error) {
 	cfg := n.cfg
 	f, err := fsm.New(n.state, id)
@@ -273,8 +297,9 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	rc.TrailingLogs = cfg.Raft.TrailingLogs
 	rc.BatchApplyCh = true
 	// The FSM's state is durable up to its applied index; Raft need not
-	// restore a snapshot on start unless that state is behind the snapshot.
-	rc.NoSnapshotRestoreOnStart = !f.NeedsRestore(snapIndex)
+	// restore a snapshot on start unless that state is behind the snapshot,
+	// and it is not when only entries that change no state lie between.
+	rc.NoSnapshotRestoreOnStart = !f.NeedsRestore(snapIndex) || noCommandsBetween(logs, f.AppliedIndex(), snapIndex)
 	if !rc.NoSnapshotRestoreOnStart {
 		n.logger.Warn("state is behind the newest snapshot; restoring it", "shard", id,
 			"applied", f.AppliedIndex(), "snapshot", snapIndex)

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/fsm"
@@ -86,4 +87,30 @@ func TestCompleteLoopSurvivesUnansweredFuture(t *testing.T) {
 	var m dto.Metric
 	require.NoError(t, n.metrics.unanswered.Write(&m))
 	require.Equal(t, 1.0, m.GetCounter().GetValue())
+}
+
+// TestNoCommandsBetween: a restart skips restoring a snapshot only when every
+// entry between the durable applied index and the snapshot is still in the
+// log and changes no state.
+func TestNoCommandsBetween(t *testing.T) {
+	logs := raft.NewInmemStore()
+	types := []raft.LogType{raft.LogCommand, raft.LogNoop, raft.LogBarrier, raft.LogConfiguration, raft.LogCommand, raft.LogNoop}
+	for i, typ := range types {
+		require.NoError(t, logs.StoreLog(&raft.Log{Index: uint64(i + 1), Term: 1, Type: typ}))
+	}
+	for _, tc := range []struct {
+		applied, snap uint64
+		want          bool
+	}{
+		{1, 4, true},  // no-op, barrier, configuration
+		{1, 5, false}, // a command at 5
+		{5, 6, true},
+		{4, 4, false}, // not behind: the caller does not ask
+		{0, 1, false}, // a command at 1
+		{6, 8, false}, // entries 7 and 8 are not in the log
+	} {
+		assert.Equal(t, tc.want, noCommandsBetween(logs, tc.applied, tc.snap), "(%d, %d]", tc.applied, tc.snap)
+	}
+	require.NoError(t, logs.DeleteRange(1, 2))
+	assert.False(t, noCommandsBetween(logs, 1, 4), "entry 2 compacted away")
 }
