@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // Peer is one member of the cluster as every node knows it.
@@ -188,6 +190,9 @@ func (c *Config) validate() error {
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "warn"
+	}
+	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
+		return fmt.Errorf("node: config: log level %q is not one of trace, debug, info, warn, error", c.LogLevel)
 	}
 	c.Raft = c.Raft.withDefaults()
 	// hashicorp/raft checks these too, but only once the stores are open.

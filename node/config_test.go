@@ -49,6 +49,11 @@ func TestConfigRejectsRaftTimeouts(t *testing.T) {
 	c = base()
 	c.Raft = RaftTuning{HeartbeatTimeout: time.Second, ElectionTimeout: 2 * time.Second, LeaderLeaseTimeout: time.Second}
 	require.NoError(t, c.validate())
+	c = base()
+	c.LogLevel = "bogus"
+	require.ErrorContains(t, c.validate(), `log level "bogus"`)
+	c.LogLevel = "DEBUG"
+	require.NoError(t, c.validate())
 }
 
 // TestShardCountIsPinned: the first start writes SHARDS, later starts with

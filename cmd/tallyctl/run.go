@@ -323,6 +323,27 @@ func (e *usageError) Error() string { return e.msg }
 
 func usageErr(format string, v ...any) error { return &usageError{fmt.Sprintf(format, v...)} }
 
+// precheck checks the set flags that need no cluster to check.
+func precheck(a *args, set map[string]bool) error {
+	if set["amount"] {
+		if _, err := parseDecimal("amount", a.amount); err != nil {
+			return err
+		}
+	}
+	if set["max-balance"] {
+		if _, err := parseDecimal("max-balance", a.maxBalance); err != nil {
+			return err
+		}
+	}
+	if set["scale"] && a.scale > ledger.MaxScale {
+		return usageErr("--scale %d is above the maximum %d", a.scale, ledger.MaxScale)
+	}
+	if set["limit"] && a.limit <= 0 {
+		return usageErr("--limit must be positive, got %d", a.limit)
+	}
+	return nil
+}
+
 func parseDecimal(flagName, s string) (decimal.Decimal, error) {
 	d, err := decimal.NewFromString(s)
 	if err != nil || strings.ContainsAny(s, "eE") {
@@ -407,6 +428,13 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	}
 	if g.timeout <= 0 {
 		fmt.Fprintf(stderr, "tallyctl: --timeout must be positive\n")
+		return exitUsage
+	}
+	// The commands check their flags again; checking the common ones before
+	// dialing makes bad input exit 2 with its own message even when the
+	// cluster is down, instead of UNAVAILABLE and a retry hint.
+	if err := precheck(&a, set); err != nil {
+		fmt.Fprintf(stderr, "tallyctl %s: %v\n", cmd.name, err)
 		return exitUsage
 	}
 	if cmd.mutating && a.key == "" {

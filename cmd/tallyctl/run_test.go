@@ -152,6 +152,19 @@ func TestUnreachableCluster(t *testing.T) {
 	code = run([]string{"--addr", dead, "--timeout", "300ms", "credit", "--program", "p", "--member", "m", "--asset", "A", "--amount", "1"}, &stdout, &stderr)
 	assert.Equal(t, exitError, code)
 	assert.Regexp(t, `re-run with --key ctl-[0-9a-f]{32} to retry safely`, stderr.String())
+
+	// Bad input is bad input whether or not the cluster answers.
+	for _, args := range [][]string{
+		{"credit", "--program", "p", "--member", "m", "--asset", "A", "--amount", "abc"},
+		{"define-asset", "--program", "p", "--asset", "X", "--scale", "99"},
+		{"journal", "--program", "p", "--member", "m", "--limit", "0"},
+	} {
+		stdout.Reset()
+		stderr.Reset()
+		code = run(append([]string{"--addr", dead, "--timeout", "300ms"}, args...), &stdout, &stderr)
+		assert.Equal(t, exitUsage, code, "%v: %s", args, stderr.String())
+		assert.NotContains(t, stderr.String(), "UNAVAILABLE")
+	}
 }
 
 func TestGetJSON(t *testing.T) {

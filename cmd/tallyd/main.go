@@ -81,6 +81,11 @@ func run(args []string) error {
 			cfg.DialRewrite[from] = to
 		}
 	}
+	// From before Start: a start can take a while (a snapshot restore), and
+	// a SIGTERM meanwhile must stop the node cleanly once it is up, not
+	// kill it half-started.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	n, err := node.Start(cfg)
 	if err != nil {
 		return err
@@ -96,8 +101,6 @@ func run(args []string) error {
 		}
 	}
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	<-sig
 	fmt.Printf("tallyd %s: stopping\n", cfg.ID)
 	done := make(chan error, 1)
