@@ -151,10 +151,13 @@ type Report struct {
 	DurationS  float64 `json:"duration_s"` // measured window
 
 	// Ops and Requests are those of the measured window (sent in it, or
-	// due in it for an open loop); OpsPerSec is Ops over its length. In an
-	// open loop that keeps up it equals the offered rate; one that does not
-	// shows in the latencies.
+	// due in it for an open loop): the latencies and codes are theirs.
+	// OpsPerSec is AnsweredOps over the window's length: the ops that ended
+	// inside the window with an answer (OK or a business refusal, not a
+	// failure), so an open loop that falls behind reports the rate it
+	// achieved, not the one it offered, and failing fast does not count.
 	Ops            int64                   `json:"ops"`
+	AnsweredOps    int64                   `json:"answered_ops"`
 	Requests       int64                   `json:"requests"`
 	OpsPerSec      float64                 `json:"ops_per_sec"`
 	RequestsPerSec float64                 `json:"requests_per_sec"`
@@ -166,7 +169,11 @@ type Report struct {
 	MaxMs          float64                 `json:"max_ms"`
 	ByKind         map[string]LatencyStats `json:"by_kind"`
 	Codes          map[string]int64        `json:"codes"`
-	Errors         map[string]int64        `json:"errors"` // non-OK codes, op outcomes and request failures
+	// Errors counts the ops the system failed by code (UNAVAILABLE,
+	// NOT_LEADER, INTERNAL, INDETERMINATE: outcome unknown, ...); Refusals
+	// the business answers (INSUFFICIENT_FUNDS, HOLD_EXPIRED, ...).
+	Errors   map[string]int64 `json:"errors"`
+	Refusals map[string]int64 `json:"refusals"`
 	// LateStarts counts open-loop requests that started over a millisecond
 	// after they were due (every client was busy): the load generator, or
 	// the server through it, fell behind the schedule.
@@ -372,20 +379,31 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 		defer warm.Stop()
 		end := time.NewTimer(time.Until(r.loadEnd))
 		defer end.Stop()
+		ended := false
+		endWindow := func() {
+			if ended {
+				return
+			}
+			ended = true
+			r.rec.SetMeasuring(false)
+			rep.LoadgenCPUS = selfCPU() - cpu0
+			rep.ServerCPUS = processesCPU(cfg.ServerPIDs) - srv0
+		}
 		for {
 			select {
 			case <-warm.C:
 				cpu0, srv0 = selfCPU(), processesCPU(cfg.ServerPIDs)
 				r.rec.SetMeasuring(true)
 			case <-end.C:
-				r.rec.SetMeasuring(false)
-				rep.LoadgenCPUS = selfCPU() - cpu0
-				rep.ServerCPUS = processesCPU(cfg.ServerPIDs) - srv0
+				endWindow()
 			case t := <-tick.C:
 				tk := r.rec.Tick(t)
 				rep.Timeline = append(rep.Timeline, tk)
 				r.progress(tk)
 			case <-done:
+				// done and end.C can be ready together, and select picks
+				// at random: the window's CPU must still be taken.
+				endWindow()
 				if cfg.Progress != nil && cfg.TTY {
 					fmt.Fprintln(cfg.Progress)
 				}
@@ -405,9 +423,9 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 		secs = max(time.Since(r.warmEnd).Seconds(), 0)
 	}
 	rep.DurationS = secs
-	rep.Ops, rep.Requests = t.Ops, t.Requests
+	rep.Ops, rep.Requests, rep.AnsweredOps = t.Ops, t.Requests, t.Answered
 	if secs > 0 {
-		rep.OpsPerSec = float64(t.Ops) / secs
+		rep.OpsPerSec = float64(t.Answered) / secs
 		rep.RequestsPerSec = float64(t.Requests) / secs
 		rep.LoadgenCPUShare = rep.LoadgenCPUS / (secs * float64(runtime.NumCPU()))
 		rep.ServerNumCPU = processesCPUCount(cfg.ServerPIDs)
@@ -418,7 +436,8 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 	}
 	rep.MeanMs, rep.P50Ms, rep.P90Ms = t.All.MeanMs, t.All.P50Ms, t.All.P90Ms
 	rep.P99Ms, rep.P999Ms, rep.MaxMs = t.All.P99Ms, t.All.P999Ms, t.All.MaxMs
-	rep.ByKind, rep.Codes, rep.Errors = t.ByKind, t.Codes, errorsOf(t.Codes)
+	rep.ByKind, rep.Codes = t.ByKind, t.Codes
+	rep.Errors, rep.Refusals = errorsOf(t.Codes)
 	rep.LateStarts = r.late.Load()
 }
 
@@ -492,7 +511,8 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			_, err := r.l.GetAccount(cctx, r.program, r.w.MemberName(specs[0].Account), r.w.AssetOf(specs[0].Account))
 			cancel()
 			codes = append(codes, client.CodeOf(err))
-			r.rec.Record(int(id), kind, CorrectedLatency(due, time.Now()), codes, r.inWindow(due))
+			end := time.Now()
+			r.rec.Record(int(id), kind, CorrectedLatency(due, end), codes, r.inWindow(due), r.inWindow(end))
 			continue
 		}
 		ops = ops[:0]
@@ -513,7 +533,7 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 					gen.HoldAcked(s)
 				}
 			case indeterminate:
-				rec.state, rec.code = stateIndeterminate, ledger.CodeUnavailable
+				rec.state, rec.code = stateIndeterminate, codeIndeterminate
 			default:
 				rec.state = stateFailed
 				rec.code = client.CodeOf(err)
@@ -524,7 +544,7 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			codes = append(codes, rec.code)
 			log = append(log, rec)
 		}
-		r.rec.Record(int(id), kind, CorrectedLatency(due, end), codes, r.inWindow(due))
+		r.rec.Record(int(id), kind, CorrectedLatency(due, end), codes, r.inWindow(due), r.inWindow(end))
 	}
 }
 
@@ -559,7 +579,7 @@ func Summary(out io.Writer, rep *Report) {
 	fmt.Fprintf(&b, "scenario %s, %d members, mix %s, batch %d, coalesce %v, %s\n",
 		rep.Scenario, rep.Members, rep.Mix, rep.Batch, rep.Coalesce, mode)
 	fmt.Fprintf(&b, "setup %.1fs; measured %.1fs: %d ops in %d requests\n", rep.SetupS, rep.DurationS, rep.Ops, rep.Requests)
-	fmt.Fprintf(&b, "throughput  %.0f ops/s  (%.0f requests/s)\n", rep.OpsPerSec, rep.RequestsPerSec)
+	fmt.Fprintf(&b, "throughput  %.0f ops/s answered in the window (%d ops; %.0f requests/s sent)\n", rep.OpsPerSec, rep.AnsweredOps, rep.RequestsPerSec)
 	fmt.Fprintf(&b, "latency     p50 %.2fms  p90 %.2fms  p99 %.2fms  p99.9 %.2fms  max %.2fms  mean %.2fms\n",
 		rep.P50Ms, rep.P90Ms, rep.P99Ms, rep.P999Ms, rep.MaxMs, rep.MeanMs)
 	for _, k := range sortedKeys(rep.ByKind) {

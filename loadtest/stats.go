@@ -11,12 +11,15 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// Histogram bounds: latencies are recorded in microseconds from 1 µs to a
-// minute (longer is clamped: a request that slow has failed anyway) with 3
-// significant digits, so p99.9 of a few milliseconds is exact to a few µs.
+// Histogram bounds: latencies are recorded in microseconds from 1 µs to an
+// hour with 3 significant digits, so p99.9 of a few milliseconds is exact to
+// a few µs. The bound is an hour, not the request timeout: an open loop
+// that falls behind its schedule measures from when each request was due,
+// and those latencies grow with the run (they used to be clamped at a
+// minute, so an overloaded run's p99.9 and max read exactly 60 s).
 const (
 	minLatencyUs  = 1
-	maxLatencyUs  = 60_000_000
+	maxLatencyUs  = 3_600_000_000
 	latencyDigits = 3
 	// numStripes spreads recording over this many locks. Clients pick a
 	// stripe by index, so 256 clients share 16 locks that each are held for
@@ -31,6 +34,25 @@ func recordLatency(h *hdr.Histogram, d time.Duration) {
 	_ = h.RecordValue(us) // in range by construction
 }
 
+// codeIndeterminate is the outcome of an op whose request gave up after it
+// may have reached a server: neither applied nor refused as far as the
+// load generator knows (the verifier resolves it after the run).
+const codeIndeterminate ledger.Code = "INDETERMINATE"
+
+// failed reports whether an op's code says the system did not answer it:
+// unavailable, no leader, an internal error, an outcome unknown, or a
+// request the ledger should never have seen from this workload. Business
+// refusals (INSUFFICIENT_FUNDS, HOLD_EXPIRED, ACCOUNT_FROZEN, ...) are the
+// ledger doing its job: they count as answered operations.
+func failed(c ledger.Code) bool {
+	switch c {
+	case ledger.CodeUnavailable, ledger.CodeNotLeader, ledger.CodeInternal, codeIndeterminate,
+		ledger.CodeInvalidArgument, ledger.CodeWrongShard, ledger.CodeIdempotencyKeyReused:
+		return true
+	}
+	return false
+}
+
 type stripe struct {
 	mu sync.Mutex
 	// Measured window (after warmup, before stop).
@@ -38,6 +60,9 @@ type stripe struct {
 	all      *hdr.Histogram
 	ops      int64
 	requests int64
+	// answered counts the ops that completed inside the window with an
+	// answer (OK or a business refusal): what throughput is made of.
+	answered int64
 	codes    map[ledger.Code]int64
 	// Since the last Tick, measured or not (the live line and the timeline).
 	interval     *hdr.Histogram
@@ -77,22 +102,29 @@ func NewRecorder(now time.Time) *Recorder {
 func (r *Recorder) SetMeasuring(on bool) { r.measuring.Store(on) }
 
 // Record records one request of client with latency lat whose operations
-// ended with codes (one per op; a read is one op). measured says whether it
-// belongs to the measured window (the caller decides by when the request
-// was due or sent, not when it ended, so the slow requests at the end of a
-// window count). Every request counts in the live interval.
-func (r *Recorder) Record(client int, kind Kind, lat time.Duration, codes []ledger.Code, measured bool) {
-	failed := int64(0)
+// ended with codes (one per op; a read is one op). measured says whether
+// its latency and outcomes belong to the measured window (the caller
+// decides by when the request was due or sent, not when it ended, so the
+// slow requests at the end of a window count); endedIn says whether it
+// ended inside the window, which is what throughput counts (an open loop
+// that falls behind still sends every request due in the window, late, and
+// counting those by when they were due reported the offered rate, not the
+// achieved one). Every request counts in the live interval.
+func (r *Recorder) Record(client int, kind Kind, lat time.Duration, codes []ledger.Code, measured, endedIn bool) {
+	nFailed := int64(0)
 	for _, c := range codes {
-		if c != ledger.CodeOK {
-			failed++
+		if failed(c) {
+			nFailed++
 		}
 	}
 	s := &r.stripes[client%numStripes]
 	s.mu.Lock()
 	recordLatency(s.interval, lat)
-	s.intervalOps += int64(len(codes))
-	s.intervalErrs += failed
+	s.intervalOps += int64(len(codes)) - nFailed
+	s.intervalErrs += nFailed
+	if endedIn {
+		s.answered += int64(len(codes)) - nFailed
+	}
 	if measured {
 		recordLatency(s.kinds[kind], lat)
 		recordLatency(s.all, lat)
@@ -110,7 +142,7 @@ func (r *Recorder) Record(client int, kind Kind, lat time.Duration, codes []ledg
 type Tick struct {
 	AtS       float64 `json:"t_s"` // end of the interval, since the recorder started
 	OpsPerSec float64 `json:"ops_per_sec"`
-	Errors    int64   `json:"errors"` // non-OK op outcomes in the interval
+	Errors    int64   `json:"errors"` // failed ops in the interval (see failed); OpsPerSec counts the others
 	P50Ms     float64 `json:"p50_ms"`
 	P99Ms     float64 `json:"p99_ms"`
 	P999Ms    float64 `json:"p999_ms"`
@@ -181,9 +213,11 @@ func statsOf(h *hdr.Histogram) LatencyStats {
 // Totals is the measured window merged over all clients.
 type Totals struct {
 	Ops, Requests int64
-	All           LatencyStats
-	ByKind        map[string]LatencyStats
-	Codes         map[string]int64
+	// Answered is the ops that ended in the window with an answer.
+	Answered int64
+	All      LatencyStats
+	ByKind   map[string]LatencyStats
+	Codes    map[string]int64
 }
 
 // Totals merges the measured window of every stripe.
@@ -203,6 +237,7 @@ func (r *Recorder) Totals() Totals {
 		}
 		t.Ops += s.ops
 		t.Requests += s.requests
+		t.Answered += s.answered
 		for c, n := range s.codes {
 			t.Codes[string(c)] += n
 		}
@@ -217,15 +252,20 @@ func (r *Recorder) Totals() Totals {
 	return t
 }
 
-// errorsOf returns the non-OK codes of codes.
-func errorsOf(codes map[string]int64) map[string]int64 {
-	out := map[string]int64{}
+// errorsOf returns the codes of failed ops (see failed) and the business
+// refusals, apart.
+func errorsOf(codes map[string]int64) (errs, refusals map[string]int64) {
+	errs, refusals = map[string]int64{}, map[string]int64{}
 	for c, n := range codes {
-		if c != string(ledger.CodeOK) {
-			out[c] = n
+		switch {
+		case c == string(ledger.CodeOK):
+		case failed(ledger.Code(c)):
+			errs[c] = n
+		default:
+			refusals[c] = n
 		}
 	}
-	return out
+	return errs, refusals
 }
 
 // sortedKeys returns m's keys sorted, for stable output.

@@ -15,43 +15,53 @@ func TestRecorderWindowAndPercentiles(t *testing.T) {
 	r := NewRecorder(t0)
 	ok := []ledger.Code{ledger.CodeOK}
 	// Outside the window: only the live interval sees it.
-	r.Record(0, KindCredit, time.Second, ok, false)
+	r.Record(0, KindCredit, time.Second, ok, false, false)
 	for i := range 1000 { // 1..1000 ms, spread over clients and stripes
-		r.Record(i, KindDebit, time.Duration(i+1)*time.Millisecond, ok, true)
+		r.Record(i, KindDebit, time.Duration(i+1)*time.Millisecond, ok, true, true)
 	}
-	r.Record(3, KindBatch, 5*time.Millisecond, []ledger.Code{ledger.CodeOK, ledger.CodeInsufficientFunds, ledger.CodeOK}, true)
-	r.Record(0, KindCredit, time.Minute, ok, false)
+	// A refusal is an answer; a failure and an unknown outcome are not.
+	r.Record(3, KindBatch, 5*time.Millisecond, []ledger.Code{ledger.CodeOK, ledger.CodeInsufficientFunds, ledger.CodeOK}, true, true)
+	r.Record(4, KindBatch, 5*time.Millisecond, []ledger.Code{ledger.CodeUnavailable, codeIndeterminate}, true, true)
+	// Due in the window, ended after it (an open loop behind its schedule):
+	// its latency counts, its op is not throughput.
+	r.Record(5, KindCredit, 3*time.Second, ok, true, false)
+	r.Record(0, KindCredit, time.Minute, ok, false, false)
 
 	tot := r.Totals()
-	if tot.Requests != 1001 || tot.Ops != 1003 {
-		t.Fatalf("requests %d ops %d, want 1001 and 1003", tot.Requests, tot.Ops)
+	if tot.Requests != 1003 || tot.Ops != 1006 || tot.Answered != 1003 {
+		t.Fatalf("requests %d ops %d answered %d, want 1003, 1006 and 1003", tot.Requests, tot.Ops, tot.Answered)
 	}
-	if _, ok := tot.ByKind["credit"]; ok {
-		t.Errorf("credits outside the window were measured")
+	if c := tot.ByKind["credit"]; c.Count != 1 {
+		t.Errorf("credit stats %+v: want only the one due in the window", c)
 	}
 	d := tot.ByKind["debit"]
 	if d.Count != 1000 || d.P50Ms < 499 || d.P50Ms > 501 || d.P99Ms < 989 || d.P99Ms > 991 || d.MaxMs < 999 || d.MaxMs > 1001 {
 		t.Errorf("debit stats %+v, want p50 500, p99 990, max 1000 ms", d)
 	}
-	if tot.Codes["OK"] != 1002 || tot.Codes["INSUFFICIENT_FUNDS"] != 1 {
+	if tot.Codes["OK"] != 1003 || tot.Codes["INSUFFICIENT_FUNDS"] != 1 || tot.Codes["UNAVAILABLE"] != 1 || tot.Codes["INDETERMINATE"] != 1 {
 		t.Errorf("codes %v", tot.Codes)
 	}
-	if e := errorsOf(tot.Codes); len(e) != 1 || e["INSUFFICIENT_FUNDS"] != 1 {
-		t.Errorf("errors %v", e)
+	errs, refusals := errorsOf(tot.Codes)
+	if len(errs) != 2 || errs["UNAVAILABLE"] != 1 || errs["INDETERMINATE"] != 1 || len(refusals) != 1 || refusals["INSUFFICIENT_FUNDS"] != 1 {
+		t.Errorf("errors %v, refusals %v", errs, refusals)
 	}
 
 	tk := r.Tick(t0.Add(2 * time.Second))
-	if tk.OpsPerSec != 1005.0/2 || tk.Errors != 1 || tk.MaxMs < 59_000 {
-		t.Errorf("tick %+v: want 502.5 ops/s, 1 error, max ~60000 ms", tk)
+	if tk.OpsPerSec != 1006.0/2 || tk.Errors != 2 || tk.MaxMs < 59_000 {
+		t.Errorf("tick %+v: want 503 ops/s, 2 errors, max ~60000 ms", tk)
 	}
 	if tk2 := r.Tick(t0.Add(3 * time.Second)); tk2.OpsPerSec != 0 || tk2.P99Ms != 0 {
 		t.Errorf("second tick not reset: %+v", tk2)
 	}
-	// Out-of-range latencies are clamped, never dropped.
-	r.Record(0, KindRead, 2*time.Hour, ok, true)
-	r.Record(0, KindRead, 0, ok, true)
-	if got := r.Totals().ByKind["read"]; got.Count != 2 || got.MaxMs < 59_000 || got.P50Ms > 0.002 {
-		t.Errorf("clamped read stats %+v", got)
+	// Latencies up to an hour are kept (an open loop behind schedule
+	// measures from when requests were due); beyond it they are clamped,
+	// never dropped.
+	r.Record(0, KindRead, 3*time.Minute, ok, true, true)
+	r.Record(0, KindRead, 2*time.Hour, ok, true, true)
+	r.Record(0, KindRead, 0, ok, true, true)
+	got := r.Totals().ByKind["read"]
+	if got.Count != 3 || got.P50Ms < 179_000 || got.P50Ms > 181_000 || got.MaxMs < 3_590_000 || got.MaxMs > 3_610_000 {
+		t.Errorf("read stats %+v: want p50 3 min, max 1 h", got)
 	}
 }
 

@@ -17,8 +17,8 @@ const (
 	// a long tail).
 	Zipf
 	// FlashSale sends HotShare of operations to the hot set: the campaign
-	// budget (BudgetShare of all operations, every one a draw on it) and
-	// HotMembers members; the rest go uniformly to all members.
+	// budget and HotMembers members; the rest go uniformly to all members.
+	// (See Workload.BudgetShare for what lands on the budget.)
 	FlashSale
 )
 
@@ -150,10 +150,13 @@ type Workload struct {
 	Members int
 	// ZipfS is the zipf exponent (> 1); larger is more skewed.
 	ZipfS float64
-	// HotMembers, HotShare and BudgetShare shape the flash sale: HotShare of
-	// all operations go to the hot set, of which BudgetShare (of all
-	// operations) are draws on the campaign budget and the rest go to the
-	// HotMembers first members.
+	// HotMembers, HotShare and BudgetShare shape the flash sale: the
+	// account of every operation but a capture (which takes a hold placed
+	// earlier) is the campaign budget with probability BudgetShare, one of
+	// the HotMembers first members with HotShare-BudgetShare, else any
+	// member. A mutating operation on the budget is a draw (a debit), a
+	// read reads it; so with the default mix draws are about 21% of all
+	// operations, not BudgetShare (docs/BENCHMARKS.md, What tally-load does).
 	HotMembers  int
 	HotShare    float64
 	BudgetShare float64
