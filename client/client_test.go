@@ -865,3 +865,21 @@ func TestCloseFailsInflightCoalescedCallsWithErrClosed(t *testing.T) {
 	assert.NotErrorIs(t, err, context.Canceled)
 	assert.True(t, IsIndeterminate(err), "it was sent: %v", err)
 }
+
+// TestCoalescedCallNeverSentIsNotIndeterminate: a coalesced call whose
+// batch never found a leader, ended by Close, was never sent: ErrClosed,
+// not "indeterminate".
+func TestCoalescedCallNeverSentIsNotIndeterminate(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	fc.setLeader(0, -1, false) // no leader, and ClusterInfo says so
+	c, err := Dial(testCtx(t), Config{Addrs: fc.addrs(), Coalesce: true})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() { _, err := c.Apply(testCtx(t), credit("alice", "k1", "1")); done <- err }()
+	time.Sleep(200 * time.Millisecond) // the sender is waiting for a leader
+	require.NoError(t, c.Close())
+	err = <-done
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.False(t, IsIndeterminate(err), "never sent: %v", err)
+	assert.Empty(t, fc.nodes[0].recorded())
+}

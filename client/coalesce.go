@@ -228,6 +228,12 @@ func (q *shardQueue) send(batch []*group) {
 	}
 	for len(pending) > 0 {
 		sent, res, e := q.attempt(ctx, cancel, batch, pending)
+		if sent == nil {
+			// No attempt was made (the client closed, or no leader was
+			// found before the batch ended): every pending group shares
+			// the outcome, which says nothing was sent.
+			sent = pending
+		}
 		// Groups left out of the last attempt gave up before it: they hold
 		// "indeterminate" if an earlier attempt carried them, and this
 		// answer is only there so that every group gets exactly one.
