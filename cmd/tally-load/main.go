@@ -80,6 +80,16 @@ func run(args []string) int {
 	if fs.NArg() > 0 { // the flag parser stopped there: the flags after it would be dropped
 		return fail("unexpected argument %q (boolean flags take --flag or --flag=false)", fs.Arg(0))
 	}
+	// The library fills zero values with defaults; typed out, they are
+	// mistakes, and a run with other settings than asked must not start.
+	switch {
+	case cfg.Clients <= 0:
+		return fail("--clients must be positive, got %d", cfg.Clients)
+	case cfg.Batch <= 0:
+		return fail("--batch must be positive, got %d", cfg.Batch)
+	case cfg.Workload.ZipfS <= 1:
+		return fail("--zipf-s must be above 1, got %v", cfg.Workload.ZipfS)
+	}
 	var err error
 	if cfg.Workload.Scenario, err = loadtest.ParseScenario(*scenario); err != nil {
 		return fail("%v", err)
