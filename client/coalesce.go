@@ -196,31 +196,18 @@ func (q *shardQueue) take() []*group {
 // group gets the error and the rest is re-sent; a rejection that blames no op
 // falls back to sending each group on its own.
 func (q *shardQueue) send(batch []*group) {
-	ctx, cancel := context.WithCancel(q.c.ctx)
-	defer cancel()
-	var live atomic.Int32
-	live.Store(int32(len(batch)))
-	leave := func() {
-		if live.Add(-1) == 0 {
-			cancel()
-		}
-	}
-	stops := make([]func() bool, len(batch))
+	callers := make([]context.Context, len(batch))
 	for k, g := range batch {
-		stops[k] = context.AfterFunc(g.ctx, leave)
+		callers[k] = g.ctx
 	}
+	life := newBatchLife(q.c.ctx, callers)
+	defer life.end()
+	ctx, cancel := life.ctx, life.cancel
 	// answer hands group k its outcome; its caller no longer waits.
 	answer := func(k int, out groupOutcome) {
 		batch[k].done <- out
-		if stops[k]() {
-			leave()
-		}
+		life.answered(k)
 	}
-	defer func() {
-		for _, stop := range stops {
-			stop()
-		}
-	}()
 
 	pending := make([]int, len(batch)) // indexes into batch not yet answered
 	for k := range batch {
@@ -353,4 +340,46 @@ func deliverError(batch []*group, sent []int, e *Error, answer func(int, groupOu
 		off += len(g.ops)
 		answer(k, groupOutcome{err: &ge})
 	}
+}
+
+// batchLife is the context of one coalesced request: it ends when the
+// client closes or when none of the batch's callers still waits (each
+// caller leaves when its context ends or when it got its answer), so
+// retries are made only for someone.
+type batchLife struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	live   atomic.Int32
+	stops  []func() bool
+}
+
+func newBatchLife(parent context.Context, callers []context.Context) *batchLife {
+	b := &batchLife{stops: make([]func() bool, len(callers))}
+	b.ctx, b.cancel = context.WithCancel(parent)
+	b.live.Store(int32(len(callers)))
+	for k, c := range callers {
+		b.stops[k] = context.AfterFunc(c, b.leave)
+	}
+	return b
+}
+
+func (b *batchLife) leave() {
+	if b.live.Add(-1) == 0 {
+		b.cancel()
+	}
+}
+
+// answered records that caller k has its answer and no longer waits.
+func (b *batchLife) answered(k int) {
+	if b.stops[k]() { // else its context ended first and it already left
+		b.leave()
+	}
+}
+
+// end releases the batch's context and watchers.
+func (b *batchLife) end() {
+	for _, stop := range b.stops {
+		stop()
+	}
+	b.cancel()
 }

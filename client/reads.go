@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
@@ -209,18 +208,13 @@ func (q *readQueue) sender() {
 // (INVALID_ARGUMENT, WRONG_SHARD) goes to that read's caller and the rest
 // are sent again; one that blames none sends each read on its own.
 func (q *readQueue) send(batch []*pendingRead) {
-	ctx, cancel := context.WithCancel(q.c.ctx)
-	defer cancel()
-	var live atomic.Int32
-	live.Store(int32(len(batch)))
-	for _, p := range batch {
-		stop := context.AfterFunc(p.ctx, func() {
-			if live.Add(-1) == 0 {
-				cancel()
-			}
-		})
-		defer stop()
+	callers := make([]context.Context, len(batch))
+	for k, p := range batch {
+		callers[k] = p.ctx
 	}
+	life := newBatchLife(q.c.ctx, callers)
+	defer life.end()
+	ctx := life.ctx
 	for len(batch) > 0 {
 		refs := make([]*tallypb.AccountRef, len(batch))
 		for i, p := range batch {

@@ -310,9 +310,7 @@ func (t *tableSet) finish() ([]string, error) {
 
 // cleanup removes the directory and whatever ingesting left in it.
 func (t *tableSet) cleanup() {
-	if t.w != nil {
-		_ = t.w.Close()
-	}
+	_ = t.closeTable()
 	_ = os.RemoveAll(t.dir)
 }
 

@@ -155,8 +155,8 @@ type Workload struct {
 	// earlier) is the campaign budget with probability BudgetShare, one of
 	// the HotMembers first members with HotShare-BudgetShare, else any
 	// member. A mutating operation on the budget is a draw (a debit), a
-	// read reads it; so with the default mix draws are about 21% of all
-	// operations, not BudgetShare (docs/BENCHMARKS.md, What tally-load does).
+	// read reads it; so with the default mix draws are about 21.6% of all
+	// operations, not BudgetShare (TestFlashSaleHotSpot).
 	HotMembers  int
 	HotShare    float64
 	BudgetShare float64

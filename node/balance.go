@@ -51,6 +51,7 @@ func (n *Node) balanceLoop() {
 			if s.raft.State() != raft.Leader || time.Now().Before(retryAt[i]) {
 				continue
 			}
+			// stopping is asked again after caughtUp, which may wait 300 ms.
 			if pref.ID == n.cfg.ID || stopping() || !n.caughtUp(pref, s) || stopping() {
 				continue
 			}

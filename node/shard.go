@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -316,10 +317,7 @@ func (s *shard) linearizable(ctx context.Context) error {
 		if s.readyTerm.Load() != term {
 			if err := s.await(s.raft.Barrier(applyTimeout)); err != nil {
 				<-s.barrier
-				if errors.Is(err, errNotAnswered) {
-					return errUnavailable("barrier: " + err.Error())
-				}
-				return s.raftError(err)
+				return s.raftError(fmt.Errorf("barrier: %w", err)) // errNotAnswered too: UNAVAILABLE
 			}
 			s.readyTerm.Store(term)
 		}
