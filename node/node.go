@@ -273,15 +273,10 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		snapIndex = metas[0].Index
 	}
 	logs := n.logs.Group(id)
-	// Pipelined replication is off (MaxRPCsInFlight 1): with it on, once the
-	// pipeline's response decoder stops (a rejected append, a newer term), the
-	// sender can block forever on the pipeline's hand-off channel, wedging
-	// replication to that follower and hanging Shutdown. We hit that in our own
-	// cluster tests; it is hashicorp/raft issue #612. Large batches
-	// (MaxAppendEntries) recover most of what pipelining would give.
+	// The transport never pipelines replication (hashicorp/raft #612); see
+	// transport.noPipelining.
 	trans := newAckTransport(n.mux.NewTransport(id, transport.TransportConfig{
-		Logger:          n.logger.Named(fmt.Sprintf("net%d", id)),
-		MaxRPCsInFlight: 1,
+		Logger: n.logger.Named(fmt.Sprintf("net%d", id)),
 	}))
 
 	rc := raft.DefaultConfig()

@@ -365,3 +365,17 @@ func TestAdvertise(t *testing.T) {
 	require.Equal(t, "node-1.example:7000", m.Addr().String())
 	require.Equal(t, "node-1.example:7000", m.StreamLayer(3).Addr().String())
 }
+
+// TestNoPipelining pins pipelined replication off: with it on, hashicorp/raft
+// can wedge replication to a follower and hang Shutdown (issue #612), which
+// TestRaftGroupsShareOnePort hit in CI before the transport refused it.
+func TestNoPipelining(t *testing.T) {
+	checkNoLeaks(t)
+	m := listenN(t, 1, nil)[0]
+	trans := m.NewTransport(1, TransportConfig{Logger: nullLogger()})
+	p, err := trans.AppendEntriesPipeline("n1", raft.ServerAddress(m.Addr().String()))
+	require.Nil(t, p)
+	require.ErrorIs(t, err, raft.ErrPipelineReplicationNotSupported)
+	require.NoError(t, trans.Close())
+	require.NoError(t, m.Close())
+}
