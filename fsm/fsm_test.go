@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
+	"io/fs"
 	"math/rand"
 	"os"
 	"slices"
@@ -536,8 +538,11 @@ func TestRestoreRejectsCorruptSnapshots(t *testing.T) {
 			after, err := dst.State()
 			require.NoError(t, err)
 			require.Equal(t, before.Hash, after.Hash, "a failed restore changes nothing")
+			// A stream refused at its header never makes the directory.
 			left, err := os.ReadDir(dstDB.restoreDir())
-			require.NoError(t, err)
+			if !errors.Is(err, fs.ErrNotExist) {
+				require.NoError(t, err)
+			}
 			require.Empty(t, left, "a failed restore's tables are removed")
 		})
 	}
