@@ -13,11 +13,12 @@ const (
 	// balanceCatchUpEntries is how far behind a preferred node may be and
 	// still receive leadership; a transfer to a lagging node stalls writes.
 	balanceCatchUpEntries = 1000
-	// balanceBackoff is how long a shard waits after a transfer before
-	// this node tries another; it doubles with each transfer until the
-	// preferred node is seen leading, up to balanceBackoffMax.
-	balanceBackoff    = 30 * time.Second
-	balanceBackoffMax = 10 * time.Minute
+	// balanceBackoffRounds is how many balancing rounds a shard waits after
+	// a transfer before this node tries another (30 s at the default 2 s
+	// interval); the wait doubles with each transfer until the preferred
+	// node is seen leading, up to balanceBackoffMaxRounds (10 min).
+	balanceBackoffRounds    = 15
+	balanceBackoffMaxRounds = 300
 )
 
 // balanceLoop spreads leadership evenly: shard i prefers Peers[i mod N]. A
@@ -29,6 +30,8 @@ func (n *Node) balanceLoop() {
 	defer t.Stop()
 	retryAt := make([]time.Time, len(n.shards))
 	backoff := make([]time.Duration, len(n.shards))
+	minBackoff := balanceBackoffRounds * n.cfg.BalanceInterval
+	maxBackoff := balanceBackoffMaxRounds * n.cfg.BalanceInterval
 	stopping := func() bool {
 		select {
 		case <-n.stop:
@@ -46,7 +49,9 @@ func (n *Node) balanceLoop() {
 		for i, s := range n.shards {
 			pref := n.cfg.Peers[i%len(n.cfg.Peers)]
 			if _, id := s.raft.LeaderWithID(); string(id) == pref.ID {
-				backoff[i] = 0 // a transfer worked, or was not needed
+				// A transfer worked, or was not needed: if pref loses the
+				// shard later, that is news, and worth a transfer at once.
+				backoff[i], retryAt[i] = 0, time.Time{}
 			}
 			if s.raft.State() != raft.Leader || time.Now().Before(retryAt[i]) {
 				continue
@@ -65,7 +70,7 @@ func (n *Node) balanceLoop() {
 			if err := s.raft.LeadershipTransferToServer(raft.ServerID(pref.ID), raft.ServerAddress(pref.RaftAddr)).Error(); err != nil {
 				n.logger.Debug("leadership transfer failed", "shard", i, "to", pref.ID, "error", err)
 			}
-			backoff[i] = min(max(2*backoff[i], balanceBackoff), balanceBackoffMax)
+			backoff[i] = min(max(2*backoff[i], minBackoff), maxBackoff)
 			retryAt[i] = time.Now().Add(backoff[i])
 			break
 		}
