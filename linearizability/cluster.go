@@ -18,6 +18,7 @@ import (
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/internal/diskprobe"
+	"github.com/tally-ledger/tally/internal/freeport"
 )
 
 // ClusterSize is the number of tallyd processes: the smallest cluster that
@@ -97,13 +98,14 @@ func (c *Cluster) Crashes() []string {
 }
 
 // reservePort listens on a free port and keeps listening, so that no port
-// picked meanwhile (another node's, a proxy's: the kernel hands out any port
-// nobody holds) can be the same one. start closes it just before the nodes
-// start. Closing it at once let a proxy get a node's gRPC port, and that
-// node then failed to start (TestChaosCatchesStaleReads, seed
-// 1795421501053748640).
+// picked meanwhile (another node's, a proxy's) can be the same one. start
+// closes it just before the nodes start. Closing it at once let a proxy get
+// a node's gRPC port, and that node then failed to start
+// (TestChaosCatchesStaleReads, seed 1795421501053748640). The port lies
+// below the ephemeral range (internal/freeport), so no outgoing connection
+// takes it while a killed node is down.
 func reservePort() (net.Listener, error) {
-	return net.Listen("tcp", "127.0.0.1:0")
+	return freeport.Listen()
 }
 
 // StartCluster starts the proxies and the three nodes and waits until every

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -23,6 +21,7 @@ import (
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/internal/diskprobe"
+	"github.com/tally-ledger/tally/internal/freeport"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -35,54 +34,13 @@ type testCluster struct {
 	conns map[string]*grpc.ClientConn
 }
 
-// freeAddr returns a 127.0.0.1 address whose port nobody held a moment ago.
-// Nodes bind their ports later (and again after a restart), so the port is
-// drawn below the kernel's ephemeral range: a port from :0 is one the
-// kernel also hands to outgoing connections and to other processes' :0
-// listeners, and a fresh-clone .ci/run once failed TestLeadershipSpreadsEvenly
-// with "address already in use" while the chaos and load tests ran beside
-// it. A port is never handed out twice in one test process.
+// freeAddr returns a 127.0.0.1 address below the ephemeral range whose port
+// nobody held a moment ago (see internal/freeport).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	lo := ephemeralPortsFrom()
-	usedPorts.Lock()
-	defer usedPorts.Unlock()
-	for range 1000 {
-		port := minTestPort + rand.IntN(lo-minTestPort)
-		if usedPorts.m[port] {
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		_ = l.Close()
-		usedPorts.m[port] = true
-		return l.Addr().String()
-	}
-	t.Fatal("no free port below the ephemeral range")
-	return ""
-}
-
-// minTestPort is the lowest port freeAddr draws: well above the ports
-// system services listen on.
-const minTestPort = 12000
-
-var usedPorts = struct {
-	sync.Mutex
-	m map[int]bool
-}{m: map[int]bool{}}
-
-// ephemeralPortsFrom is the first port of the kernel's ephemeral range
-// (Linux's default when it cannot be read).
-func ephemeralPortsFrom() int {
-	lo := 32768
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if _, err := fmt.Sscan(string(b), &lo); err != nil || lo <= minTestPort+1000 {
-			lo = 32768
-		}
-	}
-	return lo
+	addr, err := freeport.Addr()
+	require.NoError(t, err)
+	return addr
 }
 
 func newTestCluster(t *testing.T, size, shards int, tune func(*Config)) *testCluster {
@@ -100,6 +58,7 @@ func newTestCluster(t *testing.T, size, shards int, tune func(*Config)) *testClu
 		raftTuning = RaftTuning{HeartbeatTimeout: diskprobe.SlowHeartbeatTimeout,
 			ElectionTimeout: diskprobe.SlowElectionTimeout, LeaderLeaseTimeout: diskprobe.SlowLeaseTimeout}
 	}
+	t.Cleanup(c.close) // before any start, so a failed start stops the others
 	for i := 0; i < size; i++ {
 		cfg := Config{
 			ID: peers[i].ID, DataDir: t.TempDir(), GRPCAddr: peers[i].GRPCAddr, RaftAddr: peers[i].RaftAddr,
@@ -113,7 +72,6 @@ func newTestCluster(t *testing.T, size, shards int, tune func(*Config)) *testClu
 		c.nodes = append(c.nodes, nil)
 		c.start(i)
 	}
-	t.Cleanup(c.close)
 	c.waitLeaders()
 	return c
 }
@@ -270,8 +228,10 @@ func (c *testCluster) checkReplicas() {
 				if n == nil {
 					continue
 				}
-				st, err := c.client(c.cfgs[i].GRPCAddr).ShardState(context.Background(),
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				st, err := c.client(c.cfgs[i].GRPCAddr).ShardState(ctx,
 					&tallypb.ShardStateRequest{Shard: uint32(shard), Full: true})
+				cancel()
 				require.NoError(c.t, err)
 				require.True(c.t, st.GetConservationOk(), "node %d shard %d: %s", i, shard, st.GetConservationError())
 				states = append(states, st)
@@ -390,8 +350,10 @@ func TestClusterOperations(t *testing.T) {
 			continue
 		}
 		follower := (leader + 1) % 3
-		_, err = c.client(c.cfgs[follower].GRPCAddr).GetAccount(context.Background(),
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = c.client(c.cfgs[follower].GRPCAddr).GetAccount(ctx,
 			&tallypb.GetAccountRequest{Program: "shop", Member: "alice", Asset: "CNY"})
+		cancel()
 		if soleLeader() != leader {
 			time.Sleep(50 * time.Millisecond)
 			continue
