@@ -211,7 +211,8 @@ func TestIndeterminateOnTimeout(t *testing.T) {
 		<-ctx.Done() // a leader that never answers
 		return nil, ctx.Err(), true
 	})
-	ctx, cancel := context.WithTimeout(testCtx(t), 250*time.Millisecond)
+	// Long enough for several 30 ms attempts on a slow, contended machine.
+	ctx, cancel := context.WithTimeout(testCtx(t), time.Second)
 	defer cancel()
 	start := time.Now()
 	_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
@@ -252,7 +253,8 @@ func TestNotIndeterminateWhenNothingCouldApply(t *testing.T) {
 			}
 			return nil, tallyErr(codes.FailedPrecondition, ledger.CodeNotLeader, "not the leader", nil), true
 		})
-		ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
+		// Room for three round trips on a slow, contended machine.
+		ctx, cancel := context.WithTimeout(testCtx(t), 2*time.Second)
 		defer cancel()
 		_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
 		require.Error(t, err)
@@ -756,7 +758,8 @@ func TestCoalescedOpOfGoneCallerIsNotResent(t *testing.T) {
 	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
 
 	// A and a patient B queue behind the blocker and share the next batch.
-	ctxA, cancelA := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	// A must outlive the blocker and its own batch's send, then give up.
+	ctxA, cancelA := context.WithTimeout(testCtx(t), time.Second)
 	defer cancelA()
 	doneA := make(chan error, 1)
 	go func() { _, err := c.Apply(ctxA, credit("alice", "payA", "100")); doneA <- err }()

@@ -326,7 +326,7 @@ func TestIndeterminateOutcome(t *testing.T) {
 	f := startFake(t)
 	f.hang = true
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"--addr", f.addr, "--timeout", "300ms", "--json", "debit", "--program", "shop", "--member", "hal",
+	code := run([]string{"--addr", f.addr, "--timeout", "1s", "--json", "debit", "--program", "shop", "--member", "hal",
 		"--asset", "CNY", "--amount", "1", "--key", "d-42"}, &stdout, &stderr)
 	assert.Equal(t, exitError, code)
 	assert.Contains(t, stderr.String(), "indeterminate")

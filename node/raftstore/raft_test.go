@@ -17,18 +17,24 @@ import (
 	"github.com/tally-ledger/tally/internal/diskprobe"
 )
 
-// counterFSM sums the uint64 commands applied to it.
+// counterFSM sums the uint64 commands applied to it. The tests send strictly
+// increasing values, but an Apply that failed with "leadership lost" may
+// still have committed and is then sent again, so a value not above the last
+// one applied is a repeat and is ignored (deterministically, and surviving
+// snapshots, unlike a set of values seen).
 type counterFSM struct {
-	mu      sync.Mutex
-	sum     uint64
-	applied uint64
+	mu   sync.Mutex
+	sum  uint64
+	last uint64
 }
 
 func (f *counterFSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sum += binary.BigEndian.Uint64(l.Data)
-	f.applied++
+	if v := binary.BigEndian.Uint64(l.Data); v > f.last {
+		f.sum += v
+		f.last = v
+	}
 	return f.sum
 }
 
@@ -41,25 +47,26 @@ func (f *counterFSM) value() uint64 {
 func (f *counterFSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return counterSnapshot(f.sum), nil
+	return counterSnapshot{f.sum, f.last}, nil
 }
 
 func (f *counterFSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	var b [8]byte
+	var b [16]byte
 	if _, err := io.ReadFull(rc, b[:]); err != nil {
 		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sum = binary.BigEndian.Uint64(b[:])
+	f.sum = binary.BigEndian.Uint64(b[:8])
+	f.last = binary.BigEndian.Uint64(b[8:])
 	return nil
 }
 
-type counterSnapshot uint64
+type counterSnapshot struct{ sum, last uint64 }
 
 func (s counterSnapshot) Persist(sink raft.SnapshotSink) error {
-	if _, err := sink.Write(binary.BigEndian.AppendUint64(nil, uint64(s))); err != nil {
+	if _, err := sink.Write(binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, s.sum), s.last)); err != nil {
 		_ = sink.Cancel()
 		return err
 	}
@@ -67,6 +74,14 @@ func (s counterSnapshot) Persist(sink raft.SnapshotSink) error {
 }
 
 func (s counterSnapshot) Release() {}
+
+// noPipeline turns off pipelined replication, as node/transport does in
+// production: raft's pipeline can wedge (hashicorp/raft #612).
+type noPipeline struct{ *raft.InmemTransport }
+
+func (noPipeline) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
+}
 
 // testNode is one member of a test cluster: a Raft group on a GroupStore.
 type testNode struct {
@@ -115,7 +130,7 @@ func (n *testNode) start(t *testing.T) {
 	n.fsm = &counterFSM{}
 	_, n.trans = raft.NewInmemTransport(raft.ServerAddress(n.id))
 	g := n.db.Group(testShard)
-	n.raft, err = raft.NewRaft(testRaftConfig(n.id), n.fsm, g, g, snaps, n.trans)
+	n.raft, err = raft.NewRaft(testRaftConfig(n.id), n.fsm, g, g, snaps, noPipeline{n.trans})
 	require.NoError(t, err)
 }
 

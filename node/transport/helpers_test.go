@@ -95,10 +95,12 @@ func (s sumSnapshot) Release() {}
 func fastRaftConfig(id raft.ServerID) *raft.Config {
 	c := raft.DefaultConfig()
 	c.LocalID = id
-	c.HeartbeatTimeout = 100 * time.Millisecond
-	c.ElectionTimeout = 100 * time.Millisecond
-	c.LeaderLeaseTimeout = 100 * time.Millisecond
-	c.CommitTimeout = 5 * time.Millisecond
+	// Fast enough for short tests, slow enough that a 2-core machine under
+	// -race does not flap leaders.
+	c.HeartbeatTimeout = 300 * time.Millisecond
+	c.ElectionTimeout = 300 * time.Millisecond
+	c.LeaderLeaseTimeout = 300 * time.Millisecond
+	c.CommitTimeout = 20 * time.Millisecond
 	c.Logger = nullLogger()
 	return c
 }

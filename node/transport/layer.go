@@ -41,9 +41,15 @@ func (l *streamLayer) Accept() (net.Conn, error) {
 	case c := <-l.acceptCh:
 		return c, nil
 	case <-l.closeCh:
-		return nil, ErrLayerClosed
+	case <-l.mux.closeCh:
+	}
+	// Mux.Close closes every layer as well, and select picks at random
+	// among ready cases: name the mux when it is closed, whichever woke us.
+	select {
 	case <-l.mux.closeCh:
 		return nil, ErrMuxClosed
+	default:
+		return nil, ErrLayerClosed
 	}
 }
 

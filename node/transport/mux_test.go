@@ -129,11 +129,17 @@ func TestRaftGroupsShareOnePort(t *testing.T) {
 	c.applyAndCheck(t, 30)
 
 	// A leader change in one shard moves traffic over the same ports.
+	// A transfer may time out on a busy machine (raft allows it one election
+	// timeout), so it is asked again until another node leads.
 	leader := c.leader(t, 1)
-	require.NoError(t, leader.LeadershipTransfer().Error())
-	waitFor(t, 5*time.Second, "a new leader of shard 1", func() bool {
-		l := c.leader(t, 1)
-		return l != leader
+	waitFor(t, 20*time.Second, "a new leader of shard 1", func() bool {
+		if c.leader(t, 1) != leader {
+			return true
+		}
+		if err := leader.LeadershipTransfer().Error(); err != nil {
+			t.Logf("leadership transfer: %v", err)
+		}
+		return false
 	})
 	c.applyAndCheck(t, 10)
 	c.shutdown(t)
