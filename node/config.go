@@ -92,8 +92,8 @@ func setDefault[T comparable](v *T, def T) {
 type Config struct {
 	ID          string
 	DataDir     string
-	GRPCAddr    string // listen address for clients
-	RaftAddr    string // listen address for Raft (all shards)
+	GRPCAddr    string // listen address for clients; "" = this node's Peers entry
+	RaftAddr    string // listen address for Raft (all shards); "" = this node's Peers entry
 	MetricsAddr string // listen address for /metrics; "" disables it
 	// Pprof also serves Go's /debug/pprof/ on MetricsAddr, for profiling.
 	Pprof bool
@@ -174,6 +174,14 @@ func (c *Config) validate() error {
 		ids[p.ID] = true
 		if p.ID == c.ID {
 			found = true
+			// Listen where the other nodes will dial unless told otherwise
+			// (a wildcard address or a mapped port).
+			if c.GRPCAddr == "" {
+				c.GRPCAddr = p.GRPCAddr
+			}
+			if c.RaftAddr == "" {
+				c.RaftAddr = p.RaftAddr
+			}
 		}
 	}
 	if !found {

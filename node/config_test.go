@@ -56,6 +56,23 @@ func TestConfigRejectsRaftTimeouts(t *testing.T) {
 	require.NoError(t, c.validate())
 }
 
+// TestListenAddressesDefaultToOwnPeer: a node told nothing else listens
+// where the others dial it; explicit addresses are kept.
+func TestListenAddressesDefaultToOwnPeer(t *testing.T) {
+	peers := []Peer{
+		{ID: "n1", RaftAddr: "10.0.0.1:7201", GRPCAddr: "10.0.0.1:7101"},
+		{ID: "n2", RaftAddr: "10.0.0.2:7201", GRPCAddr: "10.0.0.2:7101"},
+	}
+	c := Config{ID: "n2", DataDir: t.TempDir(), Shards: 1, Peers: peers}
+	require.NoError(t, c.validate())
+	require.Equal(t, "10.0.0.2:7101", c.GRPCAddr)
+	require.Equal(t, "10.0.0.2:7201", c.RaftAddr)
+	c = Config{ID: "n2", DataDir: t.TempDir(), Shards: 1, Peers: peers, GRPCAddr: "0.0.0.0:7101", RaftAddr: "0.0.0.0:7201"}
+	require.NoError(t, c.validate())
+	require.Equal(t, "0.0.0.0:7101", c.GRPCAddr)
+	require.Equal(t, "0.0.0.0:7201", c.RaftAddr)
+}
+
 // TestShardCountIsPinned: the first start writes SHARDS, later starts with
 // another count are refused, and a damaged file is an error, not a panic.
 func TestShardCountIsPinned(t *testing.T) {

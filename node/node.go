@@ -348,6 +348,14 @@ func (n *Node) GRPCAddr() string {
 	return n.grpcLis.Addr().String()
 }
 
+// RaftAddr is the address the Raft port (all shards) listens on.
+func (n *Node) RaftAddr() string {
+	if n.mux == nil {
+		return ""
+	}
+	return n.mux.Addr().String()
+}
+
 // Shards returns the number of shards.
 func (n *Node) Shards() int { return n.cfg.Shards }
 

@@ -1,13 +1,13 @@
 // Command tallyd runs one Tally node.
 //
-//	tallyd --id n1 --data ./data/n1 --grpc 127.0.0.1:7101 --raft 127.0.0.1:7201 \
-//	  --metrics 127.0.0.1:7301 --shards 8 --bootstrap \
+//	tallyd --id n1 --data ./data/n1 --metrics 127.0.0.1:7301 --shards 8 --bootstrap \
 //	  --peers n1=127.0.0.1:7201/127.0.0.1:7101,n2=127.0.0.1:7202/127.0.0.1:7102,n3=127.0.0.1:7203/127.0.0.1:7103
 package main
 
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -36,8 +36,8 @@ func run(args []string) error {
 	)
 	fs.StringVar(&cfg.ID, "id", "", "node ID (must appear in --peers)")
 	fs.StringVar(&cfg.DataDir, "data", "", "data directory")
-	fs.StringVar(&cfg.GRPCAddr, "grpc", "127.0.0.1:7101", "gRPC listen address")
-	fs.StringVar(&cfg.RaftAddr, "raft", "127.0.0.1:7201", "Raft listen address (all shards)")
+	fs.StringVar(&cfg.GRPCAddr, "grpc", "", "gRPC listen address (default: this node's address in --peers)")
+	fs.StringVar(&cfg.RaftAddr, "raft", "", "Raft listen address, all shards (default: this node's address in --peers)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "Prometheus /metrics listen address (empty: off)")
 	fs.StringVar(&peers, "peers", "", "every node as id=raftAddr/grpcAddr, comma-separated, same order on every node")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "also serve /debug/pprof/ on the metrics address")
@@ -71,6 +71,9 @@ func run(args []string) error {
 	if cfg.Peers, err = parsePeers(peers); err != nil {
 		return err
 	}
+	for _, w := range listenWarnings(cfg) {
+		fmt.Fprintf(os.Stderr, "tallyd %s: WARNING: %s\n", cfg.ID, w)
+	}
 	if rewrite != "" {
 		cfg.DialRewrite = map[string]string{}
 		for _, kv := range strings.Split(rewrite, ",") {
@@ -91,7 +94,7 @@ func run(args []string) error {
 		return err
 	}
 	fmt.Printf("tallyd %s: grpc %s, raft %s, metrics %s, %d shards, data %s\n",
-		cfg.ID, n.GRPCAddr(), cfg.RaftAddr, orNone(cfg.MetricsAddr), cfg.Shards, cfg.DataDir)
+		cfg.ID, n.GRPCAddr(), n.RaftAddr(), orNone(cfg.MetricsAddr), cfg.Shards, cfg.DataDir)
 	// A slow disk stops elections from finishing with the default timeouts;
 	// say so at start rather than leave an operator to find it in the
 	// metrics. A few syncs: milliseconds on a normal disk.
@@ -111,6 +114,33 @@ func run(args []string) error {
 	case <-time.After(15 * time.Second):
 		return fmt.Errorf("shutdown took over 15s")
 	}
+}
+
+// listenWarnings flags a --grpc or --raft whose port is not the one --peers
+// gives this node: the other nodes and the clients dial the --peers address,
+// so such a node is never reached unless a port mapping sits between. (The
+// old fixed defaults made every node but n1 listen on n1's ports this way.)
+func listenWarnings(cfg node.Config) []string {
+	var warnings []string
+	for _, p := range cfg.Peers {
+		if p.ID != cfg.ID {
+			continue
+		}
+		for _, a := range []struct{ flag, listen, peer string }{
+			{"--grpc", cfg.GRPCAddr, p.GRPCAddr}, {"--raft", cfg.RaftAddr, p.RaftAddr},
+		} {
+			if a.listen == "" {
+				continue
+			}
+			_, lp, err1 := net.SplitHostPort(a.listen)
+			_, pp, err2 := net.SplitHostPort(a.peer)
+			if err1 == nil && err2 == nil && lp != pp {
+				warnings = append(warnings, fmt.Sprintf("%s %s listens on port %s, but --peers gives %s for %s: "+
+					"that address is dialed, so this works only behind a port mapping", a.flag, a.listen, lp, a.peer, cfg.ID))
+			}
+		}
+	}
+	return warnings
 }
 
 // slowDiskProbeSyncs is how many synced writes the start-up probe makes.

@@ -31,6 +31,21 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	require.ErrorContains(t, run([]string{"--bootstrap", "false", "--id", "n1"}), `unexpected argument "false"`)
 }
 
+func TestListenWarnings(t *testing.T) {
+	peers := []node.Peer{
+		{ID: "n1", RaftAddr: "10.0.0.1:7201", GRPCAddr: "10.0.0.1:7101"},
+		{ID: "n2", RaftAddr: "10.0.0.2:7201", GRPCAddr: "10.0.0.2:7101"},
+	}
+	// Defaults (empty), the same address, or a wildcard on the same port: fine.
+	require.Empty(t, listenWarnings(node.Config{ID: "n2", Peers: peers}))
+	require.Empty(t, listenWarnings(node.Config{ID: "n2", Peers: peers, GRPCAddr: "0.0.0.0:7101", RaftAddr: "10.0.0.2:7201"}))
+	// Another port than --peers gives: warned, per flag.
+	w := listenWarnings(node.Config{ID: "n2", Peers: peers, GRPCAddr: "0.0.0.0:7102", RaftAddr: "127.0.0.1:7202"})
+	require.Len(t, w, 2)
+	require.Contains(t, w[0], "--grpc 0.0.0.0:7102 listens on port 7102, but --peers gives 10.0.0.2:7101 for n2")
+	require.Contains(t, w[1], "--raft 127.0.0.1:7202")
+}
+
 func TestSlowDiskWarning(t *testing.T) {
 	fast := diskprobe.Result{Syncs: 5, Median: time.Millisecond}
 	slow := diskprobe.Result{Syncs: 5, Median: 150 * time.Millisecond}
