@@ -49,9 +49,11 @@ func (n *Node) balanceLoop() {
 		for i, s := range n.shards {
 			pref := n.cfg.Peers[i%len(n.cfg.Peers)]
 			if _, id := s.raft.LeaderWithID(); string(id) == pref.ID {
-				// A transfer worked, or was not needed: if pref loses the
-				// shard later, that is news, and worth a transfer at once.
-				backoff[i], retryAt[i] = 0, time.Time{}
+				// A transfer worked, or was not needed: the doubling starts
+				// over. The wait already set stays, so a preferred node that
+				// wins but cannot hold the shard (a lease lapsing on a busy
+				// box) gets it back at most once per wait, not every round.
+				backoff[i] = 0
 			}
 			if s.raft.State() != raft.Leader || time.Now().Before(retryAt[i]) {
 				continue

@@ -116,10 +116,12 @@ func run(args []string) error {
 	}
 }
 
-// listenWarnings flags a --grpc or --raft whose port is not the one --peers
-// gives this node: the other nodes and the clients dial the --peers address,
-// so such a node is never reached unless a port mapping sits between. (The
-// old fixed defaults made every node but n1 listen on n1's ports this way.)
+// listenWarnings flags a --grpc or --raft that other nodes and clients
+// cannot reach at the address --peers gives this node (which is the one
+// they dial): another port, or another IP than the one given unless it is
+// a wildcard. A port mapping or NAT can make either right, so these are
+// warnings. (The old fixed defaults made every node but n1 listen on n1's
+// loopback ports this way.)
 func listenWarnings(cfg node.Config) []string {
 	var warnings []string
 	for _, p := range cfg.Peers {
@@ -132,12 +134,23 @@ func listenWarnings(cfg node.Config) []string {
 			if a.listen == "" {
 				continue
 			}
-			_, lp, err1 := net.SplitHostPort(a.listen)
-			_, pp, err2 := net.SplitHostPort(a.peer)
-			if err1 == nil && err2 == nil && lp != pp {
-				warnings = append(warnings, fmt.Sprintf("%s %s listens on port %s, but --peers gives %s for %s: "+
-					"that address is dialed, so this works only behind a port mapping", a.flag, a.listen, lp, a.peer, cfg.ID))
+			lh, lp, err1 := net.SplitHostPort(a.listen)
+			ph, pp, err2 := net.SplitHostPort(a.peer)
+			if err1 != nil || err2 != nil {
+				continue
 			}
+			var why string
+			lip, pip := net.ParseIP(lh), net.ParseIP(ph)
+			switch {
+			case lp != pp:
+				why = "port " + lp
+			case lh != "" && lip != nil && !lip.IsUnspecified() && pip != nil && !lip.Equal(pip):
+				why = "IP " + lh
+			default:
+				continue
+			}
+			warnings = append(warnings, fmt.Sprintf("%s %s listens on %s, but --peers gives %s for %s: "+
+				"that address is dialed, so this works only behind a port mapping or NAT", a.flag, a.listen, why, a.peer, cfg.ID))
 		}
 	}
 	return warnings

@@ -39,11 +39,19 @@ func TestListenWarnings(t *testing.T) {
 	// Defaults (empty), the same address, or a wildcard on the same port: fine.
 	require.Empty(t, listenWarnings(node.Config{ID: "n2", Peers: peers}))
 	require.Empty(t, listenWarnings(node.Config{ID: "n2", Peers: peers, GRPCAddr: "0.0.0.0:7101", RaftAddr: "10.0.0.2:7201"}))
+	require.Empty(t, listenWarnings(node.Config{ID: "n2", Peers: peers, GRPCAddr: ":7101", RaftAddr: "[::]:7201"}))
 	// Another port than --peers gives: warned, per flag.
-	w := listenWarnings(node.Config{ID: "n2", Peers: peers, GRPCAddr: "0.0.0.0:7102", RaftAddr: "127.0.0.1:7202"})
+	w := listenWarnings(node.Config{ID: "n2", Peers: peers, GRPCAddr: "0.0.0.0:7102", RaftAddr: "10.0.0.2:7202"})
 	require.Len(t, w, 2)
 	require.Contains(t, w[0], "--grpc 0.0.0.0:7102 listens on port 7102, but --peers gives 10.0.0.2:7101 for n2")
-	require.Contains(t, w[1], "--raft 127.0.0.1:7202")
+	require.Contains(t, w[1], "--raft 10.0.0.2:7202 listens on port 7202")
+	// Loopback while the others dial the real address: warned.
+	w = listenWarnings(node.Config{ID: "n2", Peers: peers, GRPCAddr: "127.0.0.1:7101"})
+	require.Len(t, w, 1)
+	require.Contains(t, w[0], "--grpc 127.0.0.1:7101 listens on IP 127.0.0.1, but --peers gives 10.0.0.2:7101")
+	// Host names are not resolved, so not compared.
+	named := []node.Peer{{ID: "n1", RaftAddr: "db1.example:7201", GRPCAddr: "db1.example:7101"}}
+	require.Empty(t, listenWarnings(node.Config{ID: "n1", Peers: named, GRPCAddr: "127.0.0.1:7101", RaftAddr: "10.1.1.1:7201"}))
 }
 
 func TestSlowDiskWarning(t *testing.T) {

@@ -23,9 +23,10 @@ import (
 // one applied is a repeat and is ignored (deterministically, and surviving
 // snapshots, unlike a set of values seen).
 type counterFSM struct {
-	mu   sync.Mutex
-	sum  uint64
-	last uint64
+	mu      sync.Mutex
+	sum     uint64
+	last    uint64
+	repeats int // ignored repeats; at most the retries the test made
 }
 
 func (f *counterFSM) Apply(l *raft.Log) any {
@@ -34,6 +35,8 @@ func (f *counterFSM) Apply(l *raft.Log) any {
 	if v := binary.BigEndian.Uint64(l.Data); v > f.last {
 		f.sum += v
 		f.last = v
+	} else {
+		f.repeats++
 	}
 	return f.sum
 }
@@ -171,9 +174,10 @@ func leaderOf(nodes []*testNode) *testNode {
 	return nil
 }
 
-func applyN(t *testing.T, nodes []*testNode, count int, start uint64) uint64 {
+// applyN applies count values from start and returns their sum and how
+// many applies failed and were retried.
+func applyN(t *testing.T, nodes []*testNode, count int, start uint64) (want uint64, retries int) {
 	t.Helper()
-	var want uint64
 	for i := 0; i < count; i++ {
 		v := start + uint64(i)
 		for attempt := 0; ; attempt++ {
@@ -184,10 +188,11 @@ func applyN(t *testing.T, nodes []*testNode, count int, start uint64) uint64 {
 				break
 			}
 			require.Less(t, attempt, 10, "apply %d: %v", v, err)
+			retries++
 		}
 		want += v
 	}
-	return want
+	return want, retries
 }
 
 // TestRaftClusterOnGroupStores runs a real 3-node hashicorp/raft cluster on
@@ -217,7 +222,7 @@ func TestRaftClusterOnGroupStores(t *testing.T) {
 	}
 	require.NoError(t, nodes[0].raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error())
 
-	want := applyN(t, nodes, 300, 1)
+	want, retries := applyN(t, nodes, 300, 1)
 	for _, n := range nodes {
 		waitFor(t, 30*time.Second, fmt.Sprintf("%s to apply everything", n.id), func() bool { return n.fsm.value() == want })
 	}
@@ -237,7 +242,8 @@ func TestRaftClusterOnGroupStores(t *testing.T) {
 	follower.stop(t)
 	follower.raft = nil
 
-	want += applyN(t, nodes, 200, 1000)
+	w, r := applyN(t, nodes, 200, 1000)
+	want, retries = want+w, retries+r
 
 	follower.start(t)
 	// The reopened store still has the log it had before the restart.
@@ -249,9 +255,14 @@ func TestRaftClusterOnGroupStores(t *testing.T) {
 	require.Positive(t, term)
 	connectAll(nodes)
 
-	want += applyN(t, nodes, 50, 5000)
+	w, r = applyN(t, nodes, 50, 5000)
+	want, retries = want+w, retries+r
 	for _, n := range nodes {
 		waitFor(t, 30*time.Second, fmt.Sprintf("%s to catch up", n.id), func() bool { return n.fsm.value() == want })
+		n.fsm.mu.Lock()
+		repeats := n.fsm.repeats
+		n.fsm.mu.Unlock()
+		require.LessOrEqual(t, repeats, retries, "%s applied an entry twice", n.id)
 	}
 
 	// Log compaction ran: every log lost its prefix. A follower that caught
