@@ -37,8 +37,9 @@ const minSpan = 1000
 
 var claimed = struct {
 	sync.Mutex
-	ports map[int]*os.File // held open: closing a file drops its lock
-}{ports: map[int]*os.File{}}
+	ports map[int]bool // handed out by this process
+	locks []*os.File   // held open: closing a file drops its lock
+}{ports: map[int]bool{}}
 
 // Listen listens on a free 127.0.0.1 port outside the ephemeral range that
 // no process using this package holds. Holding the listener also keeps
@@ -50,7 +51,7 @@ func Listen() (net.Listener, error) {
 	defer claimed.Unlock()
 	for range 1000 {
 		port := lo + rand.IntN(hi-lo)
-		if claimed.ports[port] != nil {
+		if claimed.ports[port] {
 			continue
 		}
 		lock, ok := claim(port)
@@ -59,10 +60,15 @@ func Listen() (net.Listener, error) {
 		}
 		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
-			_ = lock.Close()
+			if lock != nil {
+				_ = lock.Close()
+			}
 			continue
 		}
-		claimed.ports[port] = lock
+		claimed.ports[port] = true
+		if lock != nil {
+			claimed.locks = append(claimed.locks, lock)
+		}
 		return l, nil
 	}
 	return nil, errors.New("freeport: no free port outside the ephemeral range")
@@ -80,21 +86,24 @@ func Addr() (string, error) {
 }
 
 // claim takes the port's lock file without waiting; false if another
-// process holds it. The files stay behind (empty, one per port at most):
-// removing one while another process opens it would let two processes lock
-// two different files for the same port.
+// process holds it. Where no lock file can be made (a temporary directory
+// another user owns, say), the port is used unclaimed (nil, true): that
+// only brings back the small chance of a clash between processes. The
+// files stay behind (empty, one per port at most): removing one while
+// another process opens it would let two processes lock two different
+// files for the same port.
 func claim(port int) (*os.File, bool) {
 	dir := filepath.Join(os.TempDir(), "tally-freeport")
 	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return nil, false
+		return nil, true
 	}
 	f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
 	if err != nil {
-		return nil, false
+		return nil, true
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		_ = f.Close()
-		return nil, false
+		return nil, !errors.Is(err, syscall.EWOULDBLOCK)
 	}
 	return f, true
 }
