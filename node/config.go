@@ -124,6 +124,10 @@ type Config struct {
 	// entry packs them all: fewer, bigger entries under load (each entry
 	// costs encoding, a log write and a decode on every replica).
 	MaxInflightEntries int
+	// RepairLogTail deletes a damaged tail of a shard's Raft log at start
+	// instead of refusing to start (raftstore.Options.RepairTail): safe only
+	// when the other nodes hold every committed entry.
+	RepairLogTail bool
 	// BalanceInterval is how often the node hands leadership of shards it
 	// leads to their preferred node; 0 = 2 s, negative disables it.
 	BalanceInterval time.Duration

@@ -94,7 +94,7 @@ func (n *Node) open() error {
 		return err
 	}
 	var err error
-	if n.logs, err = raftstore.Open(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{Logger: n.slogger()}); err != nil {
+	if n.logs, err = raftstore.Open(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{Logger: n.slogger(), RepairTail: cfg.RepairLogTail}); err != nil {
 		if errors.Is(err, syscall.EAGAIN) { // Pebble's directory lock is held
 			return fmt.Errorf("%w (data directory %s in use: is another tallyd running on it?)", err, cfg.DataDir)
 		}
@@ -241,7 +241,14 @@ const maxNoCommandScan = 4096
 // quiet shard ends on a no-op, and without this check every restart would
 // restore (copy) the whole snapshot. Raft then starts at the snapshot's
 // index and replays the entries after it.
-func noCommandsBetween(logs raft.LogStore, applied, snapIndex uint64) bool {
+//
+// The local entry at snapIndex must also have the snapshot's term. A node
+// killed while installing a leader's snapshot has the snapshot on disk but
+// may still hold an old, divergent tail from a deposed leader; if that tail
+// held only no-ops, the type check alone would skip the restore and lose the
+// leader's commands in that range. Equal terms at snapIndex mean, by Raft's
+// log matching, that the whole local prefix is the snapshot's.
+func noCommandsBetween(logs raft.LogStore, applied, snapIndex, snapTerm uint64) bool {
 	if snapIndex <= applied || snapIndex-applied > maxNoCommandScan {
 		return false
 	}
@@ -251,7 +258,7 @@ func noCommandsBetween(logs raft.LogStore, applied, snapIndex uint64) bool {
 			return false
 		}
 	}
-	return true
+	return l.Term == snapTerm
 }
 
 func (n *Node) openShard(id uint32) (*shard, error) {
@@ -266,11 +273,11 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		return nil, fmt.Errorf("node: shard %d: snapshot store: %w", id, err)
 	}
 	snaps := newSyncingSnapshots(fileSnaps, snapDir)
-	var snapIndex uint64
+	var snapIndex, snapTerm uint64
 	if metas, err := snaps.List(); err != nil {
 		return nil, fmt.Errorf("node: shard %d: list snapshots: %w", id, err)
 	} else if len(metas) > 0 {
-		snapIndex = metas[0].Index
+		snapIndex, snapTerm = metas[0].Index, metas[0].Term
 	}
 	logs := n.logs.Group(id)
 	// The transport never pipelines replication (hashicorp/raft #612); see
@@ -294,7 +301,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	// The FSM's state is durable up to its applied index; Raft need not
 	// restore a snapshot on start unless that state is behind the snapshot,
 	// and it is not when only entries that change no state lie between.
-	rc.NoSnapshotRestoreOnStart = !f.NeedsRestore(snapIndex) || noCommandsBetween(logs, f.AppliedIndex(), snapIndex)
+	rc.NoSnapshotRestoreOnStart = !f.NeedsRestore(snapIndex) || noCommandsBetween(logs, f.AppliedIndex(), snapIndex, snapTerm)
 	if !rc.NoSnapshotRestoreOnStart {
 		n.logger.Warn("state is behind the newest snapshot; restoring it", "shard", id,
 			"applied", f.AppliedIndex(), "snapshot", snapIndex)

@@ -91,26 +91,36 @@ func TestCompleteLoopSurvivesUnansweredFuture(t *testing.T) {
 
 // TestNoCommandsBetween: a restart skips restoring a snapshot only when every
 // entry between the durable applied index and the snapshot is still in the
-// log and changes no state.
+// log, changes no state, and is the snapshot's own history (same term at its
+// index).
 func TestNoCommandsBetween(t *testing.T) {
 	logs := raft.NewInmemStore()
 	types := []raft.LogType{raft.LogCommand, raft.LogNoop, raft.LogBarrier, raft.LogConfiguration, raft.LogCommand, raft.LogNoop}
 	for i, typ := range types {
-		require.NoError(t, logs.StoreLog(&raft.Log{Index: uint64(i + 1), Term: 1, Type: typ}))
+		term := uint64(1)
+		if i+1 == 6 {
+			term = 2 // a leader change: the new leader's no-op
+		}
+		require.NoError(t, logs.StoreLog(&raft.Log{Index: uint64(i + 1), Term: term, Type: typ}))
 	}
 	for _, tc := range []struct {
-		applied, snap uint64
-		want          bool
+		applied, snap, snapTerm uint64
+		want                    bool
 	}{
-		{1, 4, true},  // no-op, barrier, configuration
-		{1, 5, false}, // a command at 5
-		{5, 6, true},
-		{4, 4, false}, // not behind: the caller does not ask
-		{0, 1, false}, // a command at 1
-		{6, 8, false}, // entries 7 and 8 are not in the log
+		{1, 4, 1, true},  // no-op, barrier, configuration
+		{1, 5, 1, false}, // a command at 5
+		{5, 6, 2, true},
+		{4, 4, 1, false}, // not behind: the caller does not ask
+		{0, 1, 1, false}, // a command at 1
+		{6, 8, 2, false}, // entries 7 and 8 are not in the log
+		// The snapshot's entry 4 or 6 was written in another term than the
+		// local one: the local entries are a deposed leader's tail, and the
+		// snapshot's history may hold commands there.
+		{1, 4, 3, false},
+		{5, 6, 3, false},
 	} {
-		assert.Equal(t, tc.want, noCommandsBetween(logs, tc.applied, tc.snap), "(%d, %d]", tc.applied, tc.snap)
+		assert.Equal(t, tc.want, noCommandsBetween(logs, tc.applied, tc.snap, tc.snapTerm), "(%d, %d] term %d", tc.applied, tc.snap, tc.snapTerm)
 	}
 	require.NoError(t, logs.DeleteRange(1, 2))
-	assert.False(t, noCommandsBetween(logs, 1, 4), "entry 2 compacted away")
+	assert.False(t, noCommandsBetween(logs, 1, 4, 1), "entry 2 compacted away")
 }

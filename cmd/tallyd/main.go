@@ -55,6 +55,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.Raft.LeaderLeaseTimeout, "leader-lease-timeout", 0, "a leader that hears from no quorum for this long steps down; at most --heartbeat-timeout (0: default 500ms, capped by it)")
 	fs.IntVar(&cfg.MaxInflightEntries, "max-inflight-entries", 0, "log entries per shard proposed but not yet applied (0: default)")
 	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 0, "leadership balancing period (0: 2s, negative: off)")
+	fs.BoolVar(&cfg.RepairLogTail, "repair-log-tail", false, "delete Raft log entries that fail verification at the end of a shard's log instead of refusing to start; safe only if the other nodes hold every committed entry (else wipe this node's data and add it back)")
 	fs.BoolVar(&cfg.UnsafeLocalReads, "unsafe-local-reads", false, "BROKEN ON PURPOSE: serve reads from any replica without checks (only to prove the linearizability checker catches it)")
 	if err := fs.Parse(args); err != nil {
 		return err

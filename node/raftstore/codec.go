@@ -58,6 +58,9 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 var (
 	errChecksum  = errors.New("checksum mismatch")
 	errMalformed = errors.New("malformed encoding")
+	// errUnknownVersion is an entry this build cannot read, most likely
+	// written by a newer one: never deleted as damage.
+	errUnknownVersion = fmt.Errorf("%w: unknown version", errMalformed)
 )
 
 // ErrCorruptLog is matched (errors.Is) by every error reporting a stored log
@@ -149,7 +152,7 @@ func decodeLog(v []byte, l *raft.Log) error {
 		return errChecksum
 	}
 	if body[0] != logCodecVersion {
-		return fmt.Errorf("%w: unknown version %d", errMalformed, body[0])
+		return fmt.Errorf("%w %d", errUnknownVersion, body[0])
 	}
 	d := decoder{b: body[1:]}
 	index := d.uvarint()

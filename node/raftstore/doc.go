@@ -7,11 +7,17 @@
 //
 // Invariants:
 //   - Every write (StoreLogs, DeleteRange, Set, SetUint64) is one Pebble batch
-//     committed with pebble.Sync, so a write that returned nil is durable.
+//     committed with pebble.Sync, so a write that returned nil is durable; a
+//     failed synced commit panics (see commitSync).
+//   - Open refuses a log whose last entries fail verification unless told to
+//     repair it (Options.RepairTail), and never deletes an entry in an
+//     unknown codec version.
 //   - A log entry is returned by GetLog only if its CRC32-C checksum and its
 //     index match; a corrupt entry is an error, never data.
-//   - FirstIndex and LastIndex are cached per group and always equal the
-//     smallest and largest log index stored for that group (0 when empty).
+//   - FirstIndex and LastIndex are cached per group and, between writes,
+//     equal the smallest and largest log index stored for that group (0 when
+//     empty). The two are separate atomics, so a reader racing a write may
+//     see one updated and not the other; Raft's readers tolerate that.
 //   - Groups never see each other's keys: every key starts with a kind byte
 //     and the shard as 4-byte big-endian.
 package raftstore

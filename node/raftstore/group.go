@@ -148,8 +148,8 @@ func (g *GroupStore) StoreLogs(logs []*raft.Log) error {
 			return fmt.Errorf("raftstore: store logs shard=%d: %w", g.shard, err)
 		}
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("raftstore: store logs shard=%d: %w", g.shard, err)
+	if err := commitSync(b, "store logs", g.shard); err != nil {
+		return err
 	}
 	if first := g.firstIndex.Load(); first == 0 || minIndex < first {
 		g.firstIndex.Store(minIndex)
@@ -183,8 +183,8 @@ func (g *GroupStore) DeleteRange(minIndex, maxIndex uint64) error {
 	if err := b.DeleteRange(logKey(g.shard, minIndex), logKeyEnd(g.shard, maxIndex), nil); err != nil {
 		return fmt.Errorf("raftstore: delete range shard=%d: %w", g.shard, err)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("raftstore: delete range shard=%d: %w", g.shard, err)
+	if err := commitSync(b, "delete range", g.shard); err != nil {
+		return err
 	}
 	first, last := g.firstIndex.Load(), g.lastIndex.Load()
 	switch {
@@ -256,10 +256,22 @@ func (g *GroupStore) Set(key []byte, val []byte) error {
 	if err := b.Set(stableKey(g.shard, key), val, nil); err != nil {
 		return fmt.Errorf("raftstore: set shard=%d key=%q: %w", g.shard, key, err)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("raftstore: set shard=%d key=%q: %w", g.shard, key, err)
+	return commitSync(b, fmt.Sprintf("set key=%q", key), g.shard)
+}
+
+// commitSync commits b with a WAL sync. A failed commit crashes the node:
+// Pebble applies a batch to its memtable before it learns that the WAL write
+// or sync failed, and then fails every later write. The batch would be
+// readable (GetLog would serve entries that may not be durable, and Raft
+// would have been told they were not stored) while the store could make no
+// progress. As PostgreSQL does on a failed WAL fsync, the node stops, and on
+// restart recovers from what is durable.
+func commitSync(b *pebble.Batch, what string, shard uint32) error {
+	err := b.Commit(pebble.Sync)
+	if err == nil || errors.Is(err, pebble.ErrClosed) {
+		return err
 	}
-	return nil
+	panic(fmt.Sprintf("raftstore: %s shard=%d: synced commit failed, stopping: %v", what, shard, err))
 }
 
 // Get implements raft.StableStore. A missing key returns ErrKeyNotFound.

@@ -50,6 +50,9 @@ type Options struct {
 	// Logger receives recovery warnings and Pebble's own log; nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// RepairTail makes Open delete a damaged log tail instead of refusing
+	// to open. Only an operator should set it; see repairTail.
+	RepairTail bool
 }
 
 // DB holds the Raft logs and stable stores of every group of a node.
@@ -72,8 +75,8 @@ type DB struct {
 var ErrClosed = errors.New("raftstore: closed")
 
 // Open opens (creating if needed) the store in dir. It verifies the tail of
-// every group's log and deletes trailing entries that fail verification; see
-// repairTail for why that is safe.
+// every group's log and refuses to open if trailing entries fail
+// verification, unless opts.RepairTail; see repairTail.
 func Open(dir string, opts Options) (*DB, error) {
 	if opts.CacheBytes == 0 {
 		opts.CacheBytes = defaultCacheBytes
@@ -111,7 +114,7 @@ func Open(dir string, opts Options) (*DB, error) {
 	shards, err := db.logShards()
 	if err == nil {
 		for _, shard := range shards {
-			if err = db.repairTail(shard); err != nil {
+			if err = db.repairTail(shard, opts.RepairTail); err != nil {
 				break
 			}
 		}
@@ -194,31 +197,32 @@ func (db *DB) shardsOfKind(kind byte) ([]uint32, error) {
 	return shards, nil
 }
 
-// repairTail verifies the last log entries of shard, newest first, and deletes
-// those that fail verification up to the newest one that passes.
+// repairTail verifies the last log entries of shard, newest first. If some
+// fail verification it refuses to open, or with repair deletes them up to the
+// newest entry that passes.
 //
-// Why this is safe, precisely:
-//   - Pebble's WAL recovery already discards a torn final write (a record with
-//     a bad checksum at the end of the WAL), so a crash in the middle of a
-//     StoreLogs commit loses the whole batch, which was never acknowledged:
-//     Raft acknowledges an append to the leader only after StoreLogs returns,
-//     and StoreLogs returns only after its synced commit. Entries that were
-//     never acknowledged may be dropped freely; the leader resends them.
-//   - What our own checksum catches on open is therefore not a torn write but
-//     damage after the fact (bit rot, a lying disk, a bug). Such an entry's
-//     content is lost either way: serving it would feed wrong data to the FSM,
-//     and leaving it in place would make NewRaft fail reading the last entry.
-//     Dropping it makes this node behave as if it had a shorter log, which
-//     Raft repairs by re-fetching the entries from the leader.
-//   - The residual risk is that a dropped entry had been acknowledged and
-//     counted toward a commit quorum; with this node's shorter log, a
-//     candidate missing that entry could win its vote. That needs damage on a
-//     quorum-relevant node at the same time as a leader change, and is why
-//     every truncation is logged loudly as a warning.
+// Why refusing is the default:
+//   - A crash cannot leave a bad tail. Pebble's WAL recovery discards a torn
+//     final write, and each StoreLogs is one atomic batch, so a crash in the
+//     middle of one loses the whole batch, which was never acknowledged (Raft
+//     acknowledges an append only after StoreLogs returns, and StoreLogs
+//     returns only after its synced commit).
+//   - What our own checksum catches on open is therefore damage after the
+//     fact (bit rot, a lying disk, a bug), to entries that were acknowledged
+//     and may have counted toward a commit quorum. Deleting them makes this
+//     node's log shorter than it told the leader it was, and its vote could
+//     then elect a candidate that lacks a committed entry: an acknowledged
+//     write lost, and replicas that already applied it diverging.
+//   - So deletion is an operator's decision (Options.RepairTail, tallyd
+//     --repair-log-tail), safe when the other nodes hold every committed
+//     entry, e.g. they form a quorum that has not lost a node since. The
+//     alternative is to wipe this node's data and add it back.
+//   - An entry in a codec version this build does not know is never deleted:
+//     it is most likely intact and written by a newer build.
 //
-// Only a contiguous run of bad entries at the tail is removed; corruption
-// below a valid entry is left alone and surfaces as an error from GetLog.
-func (db *DB) repairTail(shard uint32) error {
+// Only a contiguous run of bad entries at the tail counts; corruption below a
+// valid entry is left alone and surfaces as an error from GetLog.
+func (db *DB) repairTail(shard uint32, repair bool) error {
 	it, err := db.pdb.NewIter(&pebble.IterOptions{
 		LowerBound: logKey(shard, 0),
 		UpperBound: logKeyEnd(shard, math.MaxUint64),
@@ -230,6 +234,7 @@ func (db *DB) repairTail(shard uint32) error {
 		badLow, badHigh uint64
 		badCount        int
 		firstCause      error
+		unknownVersion  error
 	)
 	for ok := it.Last(); ok; ok = it.Prev() {
 		index, _ := logIndexOfKey(it.Key())
@@ -245,6 +250,9 @@ func (db *DB) repairTail(shard uint32) error {
 		if badCount == 0 {
 			badHigh, firstCause = index, cause
 		}
+		if errors.Is(cause, errUnknownVersion) && unknownVersion == nil {
+			unknownVersion = fmt.Errorf("index %d: %w", index, cause)
+		}
 		badLow = index
 		badCount++
 	}
@@ -253,6 +261,18 @@ func (db *DB) repairTail(shard uint32) error {
 	}
 	if badCount == 0 {
 		return nil
+	}
+	if unknownVersion != nil {
+		return fmt.Errorf("%w: shard %d: log entries %d-%d include one this build cannot read (%v); "+
+			"was the data written by a newer tallyd? Refusing to open, and never deleting it",
+			ErrCorruptLog, shard, badLow, badHigh, unknownVersion)
+	}
+	if !repair {
+		return fmt.Errorf("%w: shard %d: the last %d log entries (%d-%d) fail verification (%v); refusing to open: "+
+			"deleting them could lose writes this node acknowledged. If the other nodes hold every committed entry "+
+			"(a quorum of them up and healthy), restart with --repair-log-tail to delete them (Raft re-fetches them "+
+			"from the leader), or wipe this node's data and add it back",
+			ErrCorruptLog, shard, badCount, badLow, badHigh, firstCause)
 	}
 	db.logger.Warn("raftstore: deleting corrupt log tail; Raft will re-fetch these entries from the leader",
 		"shard", shard, "first_index", badLow, "last_index", badHigh, "entries", badCount, "cause", firstCause)

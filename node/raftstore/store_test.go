@@ -1,8 +1,10 @@
 package raftstore
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"slices"
@@ -272,7 +274,10 @@ func TestCorruptEntryIsNeverReturned(t *testing.T) {
 	require.NoError(t, g.GetLog(44, &l))
 }
 
-func TestOpenTruncatesCorruptTail(t *testing.T) {
+// TestOpenRefusesCorruptTail: damaged entries at the end of a log were
+// acknowledged once, so Open refuses to start over them unless told to
+// repair, and then deletes exactly the damaged tail.
+func TestOpenRefusesCorruptTail(t *testing.T) {
 	dir := t.TempDir()
 	db := openTest(t, dir)
 	require.NoError(t, db.Group(1).StoreLogs(mkLogs(1, 20, 1)))
@@ -291,7 +296,14 @@ func TestOpenTruncatesCorruptTail(t *testing.T) {
 	}
 	require.NoError(t, db.Close())
 
-	db = openTest(t, dir)
+	// Refused, naming the shard and the entries, and nothing is deleted.
+	_, err := Open(dir, Options{Logger: quietLogger()})
+	require.ErrorIs(t, err, ErrCorruptLog)
+	require.ErrorContains(t, err, "shard 1: the last 3 log entries (18-20) fail verification")
+	require.ErrorContains(t, err, "--repair-log-tail")
+
+	db, err = Open(dir, Options{Logger: quietLogger(), RepairTail: true})
+	require.NoError(t, err)
 	defer db.Close()
 	requireBounds(t, db.Group(1), 1, 17)
 	var l raft.Log
@@ -303,4 +315,29 @@ func TestOpenTruncatesCorruptTail(t *testing.T) {
 	// Untouched shards keep everything.
 	requireBounds(t, db.Group(2), 1, 20)
 	requireBounds(t, db.Group(3), 0, 0)
+}
+
+// TestOpenNeverDeletesUnknownVersion: an intact entry in a codec version this
+// build does not know (a newer tallyd's) is refused even with repair on.
+func TestOpenNeverDeletesUnknownVersion(t *testing.T) {
+	dir := t.TempDir()
+	db := openTest(t, dir)
+	require.NoError(t, db.Group(1).StoreLogs(mkLogs(1, 5, 1)))
+	v := rawGet(t, db, logKey(1, 5))
+	v[0] = logCodecVersion + 1
+	binary.BigEndian.PutUint32(v[len(v)-checksumBytes:], crc32.Checksum(v[:len(v)-checksumBytes], castagnoli))
+	rawSet(t, db, logKey(1, 5), v)
+	require.NoError(t, db.Close())
+
+	_, err := Open(dir, Options{Logger: quietLogger(), RepairTail: true})
+	require.ErrorIs(t, err, ErrCorruptLog)
+	require.ErrorContains(t, err, "newer tallyd")
+	// The entry is still there, byte for byte.
+	pdb, err := pebble.Open(dir, &pebble.Options{})
+	require.NoError(t, err)
+	got, closer, err := pdb.Get(logKey(1, 5))
+	require.NoError(t, err)
+	require.Equal(t, v, got)
+	require.NoError(t, closer.Close())
+	require.NoError(t, pdb.Close())
 }
