@@ -17,7 +17,9 @@ const (
 	// snapshot installs). Generous, because a timeout tears down a connection
 	// and a busy peer fsyncing behind 64 groups may answer slowly.
 	defaultTimeout = 10 * time.Second
+)
 
+const (
 	// noPipelining turns off raft's pipelined replication (it needs at least
 	// 2 RPCs in flight). With it on, once the pipeline's response decoder
 	// stops (a rejected append, a newer term) the sender can block forever on
