@@ -196,11 +196,7 @@ func (q *shardQueue) take() []*group {
 // group gets the error and the rest is re-sent; a rejection that blames no op
 // falls back to sending each group on its own.
 func (q *shardQueue) send(batch []*group) {
-	callers := make([]context.Context, len(batch))
-	for k, g := range batch {
-		callers[k] = g.ctx
-	}
-	life := newBatchLife(q.c.ctx, callers)
+	life := newBatchLife(q.c.ctx, batch, func(g *group) context.Context { return g.ctx })
 	defer life.end()
 	ctx, cancel := life.ctx, life.cancel
 	// answer hands group k its outcome; its caller no longer waits.
@@ -353,12 +349,14 @@ type batchLife struct {
 	stops  []func() bool
 }
 
-func newBatchLife(parent context.Context, callers []context.Context) *batchLife {
-	b := &batchLife{stops: make([]func() bool, len(callers))}
+// newBatchLife starts the life of batch, whose k-th caller waits under
+// callerCtx(batch[k]).
+func newBatchLife[T any](parent context.Context, batch []T, callerCtx func(T) context.Context) *batchLife {
+	b := &batchLife{stops: make([]func() bool, len(batch))}
 	b.ctx, b.cancel = context.WithCancel(parent)
-	b.live.Store(int32(len(callers)))
-	for k, c := range callers {
-		b.stops[k] = context.AfterFunc(c, b.leave)
+	b.live.Store(int32(len(batch)))
+	for k, c := range batch {
+		b.stops[k] = context.AfterFunc(callerCtx(c), b.leave)
 	}
 	return b
 }

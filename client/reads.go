@@ -208,11 +208,7 @@ func (q *readQueue) sender() {
 // (INVALID_ARGUMENT, WRONG_SHARD) goes to that read's caller and the rest
 // are sent again; one that blames none sends each read on its own.
 func (q *readQueue) send(batch []*pendingRead) {
-	callers := make([]context.Context, len(batch))
-	for k, p := range batch {
-		callers[k] = p.ctx
-	}
-	life := newBatchLife(q.c.ctx, callers)
+	life := newBatchLife(q.c.ctx, batch, func(p *pendingRead) context.Context { return p.ctx })
 	defer life.end()
 	ctx := life.ctx
 	for len(batch) > 0 {
