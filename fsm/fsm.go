@@ -137,26 +137,49 @@ type meta struct {
 	appliedIndex uint64 // index of the last Raft entry applied
 	lastTimeMs   int64  // log time of the last command; never decreases
 	seq          uint64 // last journal sequence handed out
+	version      uint32 // rules version (ledger.Version1...); 0 before any entry
 }
 
-const metaLen = 24
+// A shard at version 1 keeps the 24-byte meta that binaries before versions
+// wrote, so they can still open it; from version 2 the meta has the version
+// appended, and those binaries refuse to open the shard (bad length) instead
+// of applying its entries under rules they do not know.
+const (
+	metaLen   = 24
+	metaLenV2 = 28
+)
 
 func (m meta) encode() []byte {
-	b := make([]byte, 0, metaLen)
+	b := make([]byte, 0, metaLenV2)
 	b = binary.BigEndian.AppendUint64(b, m.appliedIndex)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.lastTimeMs))
-	return binary.BigEndian.AppendUint64(b, m.seq)
+	b = binary.BigEndian.AppendUint64(b, m.seq)
+	if m.version > ledger.Version1 {
+		b = binary.BigEndian.AppendUint32(b, m.version)
+	}
+	return b
 }
 
 func decodeMeta(b []byte) (meta, error) {
-	if len(b) != metaLen {
+	if len(b) != metaLen && len(b) != metaLenV2 {
 		return meta{}, fmt.Errorf("fsm: meta: bad length %d", len(b))
 	}
-	return meta{
+	m := meta{
 		appliedIndex: binary.BigEndian.Uint64(b),
 		lastTimeMs:   int64(binary.BigEndian.Uint64(b[8:])),
 		seq:          binary.BigEndian.Uint64(b[16:]),
-	}, nil
+	}
+	if len(b) == metaLenV2 {
+		m.version = binary.BigEndian.Uint32(b[24:])
+		if m.version <= ledger.Version1 {
+			return meta{}, fmt.Errorf("fsm: meta: version %d in a version-2 meta", m.version)
+		}
+		if m.version > ledger.MaxVersion {
+			return meta{}, fmt.Errorf("fsm: meta: %w: the shard is at version %d, this binary applies up to %d",
+				ledger.ErrVersion, m.version, ledger.MaxVersion)
+		}
+	}
+	return m, nil
 }
 
 // Results is the response of one applied command entry: one slice of results
@@ -262,6 +285,14 @@ func (f *FSM) LastTimeMs() int64 {
 	return f.m.lastTimeMs
 }
 
+// Version is the version of the rules the shard applies its next entry
+// under (ledger.Version1 until an entry raised it).
+func (f *FSM) Version() uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return max(f.m.version, ledger.Version1)
+}
+
 // NeedsRestore reports whether the durable state is behind a snapshot at
 // snapshotIndex. Raft does not replay entries at or below its newest
 // snapshot, so a node whose unsynced state writes were lost in a crash must
@@ -308,7 +339,8 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		}
 		var err error
 		if cmds[i], err = ledger.DecodeCommand(l.Data); err != nil {
-			panic(fmt.Sprintf("fsm: shard %d: undecodable entry %d: %v", f.shard, l.Index, err))
+			panic(fmt.Sprintf("fsm: shard %d: undecodable entry %d (written by a newer tallyd? then upgrade this node): %v",
+				f.shard, l.Index, err))
 		}
 		for _, r := range cmds[i].Requests {
 			ops += len(r.Ops)
@@ -326,11 +358,14 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			continue
 		}
 		if l.Type == raft.LogCommand {
-			t, results, err := ledger.ApplyCommand(ov, m.lastTimeMs, cmds[i])
+			p, results, err := ledger.ApplyCommand(ov, ledger.Progress{TimeMs: m.lastTimeMs, Version: m.version}, cmds[i])
+			if errors.Is(err, ledger.ErrVersion) {
+				panic(fmt.Sprintf("fsm: shard %d: entry %d: %v: upgrade this node's tallyd", f.shard, l.Index, err))
+			}
 			if err != nil {
 				panic(fmt.Sprintf("fsm: shard %d: apply entry %d: %v", f.shard, l.Index, err))
 			}
-			m.lastTimeMs = t
+			m.lastTimeMs, m.version = p.TimeMs, p.Version
 			resp[i] = Results(results)
 			applied++
 		}

@@ -562,7 +562,13 @@ func TestMatchesMemStore(t *testing.T) {
 			mem := ledger.NewMemStore()
 			rng := rand.New(rand.NewSource(seed))
 			logs := randomLogs(seed, 400)
-			var last int64
+			// Halfway, an entry raises the shard's version: both sides
+			// must switch rules at that entry.
+			mid, err := ledger.DecodeCommand(logs[len(logs)/2].Data)
+			require.NoError(t, err)
+			mid.SetVersion = ledger.MaxVersion
+			logs[len(logs)/2].Data = ledger.AppendCommand(nil, mid)
+			var p ledger.Progress
 			for i := 0; i < len(logs); {
 				n := min(1+rng.Intn(maxPerBatch), len(logs)-i)
 				got := f.ApplyBatch(logs[i : i+n])
@@ -570,12 +576,13 @@ func TestMatchesMemStore(t *testing.T) {
 					c, err := ledger.DecodeCommand(l.Data)
 					require.NoError(t, err)
 					var want [][]ledger.Result
-					last, want, err = ledger.ApplyCommand(mem, last, c)
+					p, want, err = ledger.ApplyCommand(mem, p, c)
 					require.NoError(t, err)
 					require.Equal(t, want, [][]ledger.Result(results(t, got[j])), "entry %d", l.Index)
 				}
 				i += n
 			}
+			require.Equal(t, ledger.MaxVersion, f.Version())
 			for _, a := range mem.Accounts() {
 				got, found, err := f.Account(a.Key)
 				require.NoError(t, err)
@@ -719,4 +726,59 @@ func framedSnapshot(shard uint32, records [][2][]byte) []byte {
 	b.Write(binary.BigEndian.AppendUint64(nil, uint64(len(records))))
 	b.Write(binary.BigEndian.AppendUint32(nil, sum))
 	return b.Bytes()
+}
+
+// The version an entry raised outlives a restart and travels in snapshots;
+// a shard at version 1 keeps the meta that binaries before versions read.
+func TestVersionIsDurableState(t *testing.T) {
+	dir := t.TempDir()
+	db, f := openFSM(t, dir, 0)
+	f.ApplyBatch([]*raft.Log{logOf(1, cmd(1, define("d", "PTS", 0)))})
+	require.Equal(t, ledger.Version1, f.Version())
+	b, ok, err := dbReader(f.db).getValue(f.kb.meta())
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Len(t, b, metaLen, "version 1 writes the old meta")
+
+	bump := cmd(2)
+	bump.SetVersion = ledger.Version2
+	f.ApplyBatch([]*raft.Log{logOf(2, bump)})
+	require.Equal(t, ledger.Version2, f.Version())
+	data := snapshotBytes(t, f)
+	require.NoError(t, db.Flush())
+	require.NoError(t, db.Close())
+
+	db, f = openFSM(t, dir, 0)
+	defer db.Close()
+	require.Equal(t, ledger.Version2, f.Version(), "after a restart")
+	// A replayed (already applied) bump and a lower SetVersion change nothing.
+	low := cmd(3)
+	low.SetVersion = ledger.Version1
+	f.ApplyBatch([]*raft.Log{logOf(2, bump), logOf(3, low)})
+	require.Equal(t, ledger.Version2, f.Version())
+
+	_, dst := openFSM(t, t.TempDir(), 0)
+	require.Equal(t, ledger.Version1, dst.Version())
+	require.NoError(t, dst.Restore(io.NopCloser(bytes.NewReader(data))))
+	require.Equal(t, ledger.Version2, dst.Version(), "after a restore")
+}
+
+func TestMetaCodec(t *testing.T) {
+	for _, m := range []meta{
+		{appliedIndex: 9, lastTimeMs: 8, seq: 7},
+		{appliedIndex: 9, lastTimeMs: 8, seq: 7, version: ledger.Version2},
+	} {
+		got, err := decodeMeta(m.encode())
+		require.NoError(t, err)
+		require.Equal(t, m, got)
+	}
+	v1 := meta{appliedIndex: 1, version: ledger.Version1}
+	require.Len(t, v1.encode(), metaLen)
+	bad := binary.BigEndian.AppendUint32(meta{appliedIndex: 1}.encode(), ledger.MaxVersion+1)
+	_, err := decodeMeta(bad)
+	require.ErrorIs(t, err, ledger.ErrVersion, "a shard at an unknown version is not opened")
+	_, err = decodeMeta(binary.BigEndian.AppendUint32(meta{}.encode(), ledger.Version1))
+	require.Error(t, err, "version 1 has one encoding")
+	_, err = decodeMeta(make([]byte, 30))
+	require.Error(t, err)
 }

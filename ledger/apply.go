@@ -37,19 +37,38 @@ func CheckAccount(a Account) error {
 	return fmt.Errorf("%w: account %s: %s", ErrInvariant, a.Key, what)
 }
 
-// ApplyCommand applies one Raft log entry. Its log time is
-// max(c.TimeMs, lastTimeMs), so time never goes backwards even if leaders'
-// clocks disagree; the FSM stores the returned timeMs as the next lastTimeMs.
-// Expired holds are released first (at most MaxExpiriesPerEntry; a tick
-// command releases the rest), then each request is applied in order.
+// Progress is what a shard carries from one entry to the next besides its
+// store: the log time of the last command and the version of the rules. The
+// FSM keeps it in its meta record.
+type Progress struct {
+	TimeMs  int64  // never decreases
+	Version uint32 // 0 means Version1; never decreases
+}
+
+// ApplyCommand applies one Raft log entry after the entries that left p. Its
+// log time is max(c.TimeMs, p.TimeMs), so time never goes backwards even if
+// leaders' clocks disagree. A SetVersion above p's version raises it first,
+// for this entry and every later one. Expired holds are released next (at
+// most MaxExpiriesPerEntry; a tick command releases the rest), then each
+// request is applied in order. The FSM stores the returned Progress.
 //
 // results[i] holds the results of c.Requests[i], one per op. err is only a
-// Store failure or an invariant violation, and is fatal: the writes made so
-// far must be discarded. Domain failures are in Result.Code.
-func ApplyCommand(s Store, lastTimeMs int64, c Command) (timeMs int64, results [][]Result, err error) {
-	timeMs = max(c.TimeMs, lastTimeMs)
+// Store failure, an invariant violation or an unknown version (ErrVersion),
+// and is fatal: the writes made so far must be discarded. Domain failures are
+// in Result.Code.
+func ApplyCommand(s Store, p Progress, c Command) (Progress, [][]Result, error) {
+	p.TimeMs = max(c.TimeMs, p.TimeMs)
+	p.Version = max(p.Version, Version1)
+	if c.SetVersion > p.Version {
+		if c.SetVersion > MaxVersion {
+			return p, nil, fmt.Errorf("%w: the entry raises the shard to version %d, this binary applies up to %d",
+				ErrVersion, c.SetVersion, MaxVersion)
+		}
+		p.Version = c.SetVersion
+	}
+	timeMs := p.TimeMs
 	if _, err := ExpireHolds(s, timeMs); err != nil {
-		return timeMs, nil, err
+		return p, nil, err
 	}
 	total := 0
 	for i := range c.Requests {
@@ -57,17 +76,17 @@ func ApplyCommand(s Store, lastTimeMs int64, c Command) (timeMs int64, results [
 	}
 	// One backing array for every result of the command.
 	flat := make([]Result, total)
-	results = make([][]Result, len(c.Requests))
+	results := make([][]Result, len(c.Requests))
 	for i := range c.Requests {
 		n := len(c.Requests[i].Ops)
 		out := flat[:n:n]
 		flat = flat[n:]
-		if err := applyRequest(s, timeMs, &c.Requests[i], out); err != nil {
-			return timeMs, nil, fmt.Errorf("request %d: %w", i, err)
+		if err := applyRequest(s, timeMs, p.Version, &c.Requests[i], out); err != nil {
+			return p, nil, fmt.Errorf("request %d: %w", i, err)
 		}
 		results[i] = out
 	}
-	return timeMs, results, nil
+	return p, results, nil
 }
 
 // ExpireHolds releases up to MaxExpiriesPerEntry open holds with
@@ -103,11 +122,14 @@ func ExpireHolds(s Store, nowMs int64) (int, error) {
 	return len(refs), nil
 }
 
-// Apply applies one request at log time timeMs and returns one result per op.
+// Apply applies one request at log time timeMs under the rules of version v
+// and returns one result per op.
 //
 // Each op is first looked up by (program, idempotency key): the same op again
 // is served its recorded result (Replayed), a different op with that key gets
-// IDEMPOTENCY_KEY_REUSED and is neither applied nor recorded. Otherwise the
+// IDEMPOTENCY_KEY_REUSED and is neither applied nor recorded. From Version2,
+// the same op sent in a linked request of several ops and in any other
+// request are different ops. Otherwise the
 // rules run and the outcome, success or failure, is recorded under a new
 // journal sequence number, so a retry sees the same outcome.
 //
@@ -116,22 +138,23 @@ func ExpireHolds(s Store, nowMs int64) (int, error) {
 // written; the failing op keeps its code (its Account and Hold are cleared, as
 // they described state that was never committed) and the others get
 // LINKED_FAILED, and every op not recorded before is recorded with that
-// outcome. Ops served from an earlier record keep that record's result.
+// outcome. Ops served from an earlier record keep that record's result. From
+// Version2, when the failure is IDEMPOTENCY_KEY_REUSED no op is recorded.
 //
 // A request that fails ValidateRequest gets that error on every op, and
 // nothing is recorded (an invalid op may not even have a usable key).
 //
 // The error is fatal (Store failure, invariant violation), as for
 // ApplyCommand.
-func Apply(s Store, timeMs int64, r Request) ([]Result, error) {
+func Apply(s Store, timeMs int64, v uint32, r Request) ([]Result, error) {
 	out := make([]Result, len(r.Ops))
-	if err := applyRequest(s, timeMs, &r, out); err != nil {
+	if err := applyRequest(s, timeMs, max(v, Version1), &r, out); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func applyRequest(s Store, timeMs int64, r *Request, out []Result) error {
+func applyRequest(s Store, timeMs int64, v uint32, r *Request, out []Result) error {
 	if e := validateRequest(*r); e != nil {
 		for i := range out {
 			out[i] = Result{Code: e.Code, Message: e.Msg, TimeMs: timeMs}
@@ -140,10 +163,10 @@ func applyRequest(s Store, timeMs int64, r *Request, out []Result) error {
 	}
 	// A linked request of one op is that op: its all-or-none is the op's own.
 	if r.Linked && len(r.Ops) > 1 {
-		return applyLinked(s, timeMs, r.Ops, out)
+		return applyLinked(s, timeMs, v, r.Ops, out)
 	}
 	for i := range r.Ops {
-		res, err := applyOp(s, timeMs, &r.Ops[i])
+		res, err := applyOp(s, timeMs, v, &r.Ops[i])
 		if err != nil {
 			return fmt.Errorf("op %d (%s): %w", i, r.Ops[i].Kind, err)
 		}
@@ -153,14 +176,14 @@ func applyRequest(s Store, timeMs int64, r *Request, out []Result) error {
 }
 
 // applyOp deduplicates, evaluates and records one op on s.
-func applyOp(s Store, timeMs int64, op *Op) (Result, error) {
-	fp := Fingerprint(*op)
+func applyOp(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
+	fp := fingerprintFor(v, op, false)
 	rec, found, err := s.Record(op.Program, op.IdempotencyKey)
 	if err != nil {
 		return Result{}, storeErr("read record", err)
 	}
 	if found {
-		return dedupResult(&rec, fp, op, timeMs), nil
+		return dedupResult(v, &rec, fp, op, timeMs), nil
 	}
 	res, err := evaluate(s, timeMs, op)
 	if err != nil {
@@ -169,9 +192,10 @@ func applyOp(s Store, timeMs int64, op *Op) (Result, error) {
 	return record(s, timeMs, op, fp, res)
 }
 
-// dedupResult is the result of an op whose key is already recorded.
-func dedupResult(rec *Record, fp [16]byte, op *Op, timeMs int64) Result {
-	if rec.Fingerprint == fp {
+// dedupResult is the result of an op whose key is already recorded; fp is
+// the op's fingerprintFor(v, ...).
+func dedupResult(v uint32, rec *Record, fp [16]byte, op *Op, timeMs int64) Result {
+	if sameOp(v, rec, op, fp) {
 		r := rec.Result
 		r.Replayed = true
 		return r
@@ -200,7 +224,7 @@ func record(s Store, timeMs int64, op *Op, fp [16]byte, res Result) (Result, err
 	return res, nil
 }
 
-func applyLinked(s Store, timeMs int64, ops []Op, out []Result) error {
+func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error {
 	ov := NewOverlay(s)
 	// fresh[i]: op i was evaluated (not served from a record) and is not
 	// recorded yet. Records are never written to the overlay (keys within a
@@ -211,13 +235,13 @@ func applyLinked(s Store, timeMs int64, ops []Op, out []Result) error {
 	failed := -1
 	for i := range ops {
 		op := &ops[i]
-		fps[i] = Fingerprint(*op)
+		fps[i] = fingerprintFor(v, op, true)
 		rec, found, err := s.Record(op.Program, op.IdempotencyKey)
 		if err != nil {
 			return storeErr("read record", err)
 		}
 		if found {
-			out[i] = dedupResult(&rec, fps[i], op, timeMs)
+			out[i] = dedupResult(v, &rec, fps[i], op, timeMs)
 		} else {
 			res, err := evaluate(ov, timeMs, op)
 			if err != nil {
@@ -255,6 +279,12 @@ func applyLinked(s Store, timeMs int64, ops []Op, out []Result) error {
 		Code:    CodeLinkedFailed,
 		Message: fmt.Sprintf("not applied: linked op %d (%s) failed with %s", failed, ops[failed].Kind, cause.Code),
 	}
+	// From version 2 a reused key makes the request a client error that
+	// records nothing, like a request that fails validation: recording the
+	// other ops would spend keys the client must reuse in the corrected
+	// request. A retry of the same request gets the same answers, since the
+	// reused key is still recorded.
+	keep := v < Version2 || cause.Code != CodeIdempotencyKeyReused
 	for i := range ops {
 		op := &ops[i]
 		var res Result
@@ -266,16 +296,21 @@ func applyLinked(s Store, timeMs int64, ops []Op, out []Result) error {
 		case i < failed:
 			res = linked
 		default:
-			fps[i] = Fingerprint(*op)
+			fps[i] = fingerprintFor(v, op, true)
 			rec, found, err := s.Record(op.Program, op.IdempotencyKey)
 			if err != nil {
 				return storeErr("read record", err)
 			}
 			if found {
-				out[i] = dedupResult(&rec, fps[i], op, timeMs)
+				out[i] = dedupResult(v, &rec, fps[i], op, timeMs)
 				continue
 			}
 			res = linked
+		}
+		if !keep {
+			res.TimeMs = timeMs
+			out[i] = res
+			continue
 		}
 		res, err := record(s, timeMs, op, fps[i], res)
 		if err != nil {

@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"testing"
 
@@ -42,7 +43,7 @@ func runRuleCases(t *testing.T, cases []ruleCase) {
 			require.NoError(t, err)
 			require.True(t, found)
 			require.Equal(t, r, rec.Result)
-			require.Equal(t, Fingerprint(op), rec.Fingerprint)
+			require.Equal(t, fingerprintFor(f.version, &op, false), rec.Fingerprint)
 
 			if r.Code != CodeOK {
 				require.NotEmpty(t, r.Message, "every failure explains itself")
@@ -494,41 +495,81 @@ func TestLinked(t *testing.T) {
 			}
 		}
 	})
-	t.Run("reused key fails the batch and is not recorded", func(t *testing.T) {
-		f := newFixture(t)
-		prior := mkCredit("alice", tPts, 1)
-		prior.IdempotencyKey = "used"
-		f.must(prior)
-		seq := f.s.LastSeq()
-		clash := mkCredit("alice", tPts, 2)
-		clash.IdempotencyKey = "used"
-		res := f.applyReq(true, mkCredit("alice", tPts, 3), clash, mkCredit("alice", tPts, 4))
-		require.Equal(t, []Code{CodeLinkedFailed, CodeIdempotencyKeyReused, CodeLinkedFailed},
-			[]Code{res[0].Code, res[1].Code, res[2].Code})
-		require.Zero(t, res[1].Seq)
-		require.Equal(t, seq+2, f.s.LastSeq())
-		rec, _, _ := f.s.Record(tProg, "used")
-		require.Equal(t, int64(1), rec.Op.AmountMinor)
-		require.Equal(t, int64(101), f.account("alice", tPts).PostedMinor)
-	})
+	for _, v := range []uint32{Version1, Version2} {
+		t.Run(fmt.Sprintf("v%d reused key fails the batch", v), func(t *testing.T) {
+			f := newFixture(t)
+			f.version = v
+			prior := mkCredit("alice", tPts, 1)
+			prior.IdempotencyKey = "used"
+			f.must(prior)
+			seq := f.s.LastSeq()
+			clash := mkCredit("alice", tPts, 2)
+			clash.IdempotencyKey = "used"
+			ops := f.keyed([]Op{mkCredit("alice", tPts, 3), clash, mkCredit("alice", tPts, 4)})
+			res := f.applyReq(true, ops...)
+			require.Equal(t, []Code{CodeLinkedFailed, CodeIdempotencyKeyReused, CodeLinkedFailed},
+				[]Code{res[0].Code, res[1].Code, res[2].Code})
+			require.Zero(t, res[1].Seq, "the reused key is never recorded")
+			rec, _, _ := f.s.Record(tProg, "used")
+			require.Equal(t, int64(1), rec.Op.AmountMinor)
+			require.Equal(t, int64(101), f.account("alice", tPts).PostedMinor)
+			again := f.applyReq(true, ops...)
+			require.Equal(t, CodeIdempotencyKeyReused, again[1].Code, "a retry gets the same answer")
+			ops[1].IdempotencyKey = "fresh"
+			fixed := f.applyReq(true, ops...)
+			if v == Version1 {
+				// The others were recorded as failed: their keys are spent.
+				require.Equal(t, seq+2, f.s.LastSeq()-1)
+				require.True(t, again[0].Replayed)
+				require.Equal(t, CodeLinkedFailed, fixed[0].Code)
+				require.Equal(t, int64(101), f.account("alice", tPts).PostedMinor)
+				return
+			}
+			// Nothing was recorded, so the corrected request applies.
+			require.Zero(t, res[0].Seq)
+			require.False(t, again[0].Replayed)
+			for i, r := range fixed {
+				require.Equal(t, CodeOK, r.Code, "op %d: %s", i, r.Message)
+				require.Equal(t, seq+uint64(i)+1, r.Seq)
+			}
+			require.Equal(t, int64(110), f.account("alice", tPts).PostedMinor)
+		})
+	}
 	t.Run("replayed ops keep their outcome", func(t *testing.T) {
-		f := newFixture(t)
-		done := f.keyed([]Op{mkCredit("alice", tPts, 1)})[0]
-		first := f.must(done)[0]
-		res := f.applyReq(true, done, mkDebit("alice", tPts, 500))
-		require.Equal(t, CodeOK, res[0].Code)
-		require.True(t, res[0].Replayed)
-		require.Equal(t, first.Seq, res[0].Seq)
-		require.Equal(t, CodeInsufficientFunds, res[1].Code)
-		require.Equal(t, int64(101), f.account("alice", tPts).PostedMinor)
+		for _, v := range []uint32{Version1, Version2} {
+			f := newFixture(t)
+			f.version = v
+			done := f.keyed([]Op{mkCredit("alice", tPts, 1)})[0]
+			var first Result
+			if v == Version1 {
+				first = f.must(done)[0]
+			} else {
+				// From version 2 an op replays only in a request of its kind.
+				first = f.applyReq(true, done, mkCredit("alice", tPts, 1))[0]
+			}
+			posted := f.account("alice", tPts).PostedMinor
+			res := f.applyReq(true, done, mkDebit("alice", tPts, 500))
+			require.Equal(t, CodeOK, res[0].Code, "v%d", v)
+			require.True(t, res[0].Replayed)
+			require.Equal(t, first.Seq, res[0].Seq)
+			require.Equal(t, CodeInsufficientFunds, res[1].Code)
+			require.Equal(t, posted, f.account("alice", tPts).PostedMinor)
+		}
 	})
 	t.Run("replayed success with new ops commits", func(t *testing.T) {
-		f := newFixture(t)
-		done := f.keyed([]Op{mkCredit("alice", tPts, 1)})[0]
-		f.must(done)
-		res := f.applyReq(true, done, mkDebit("alice", tPts, 101))
-		require.Equal(t, CodeOK, res[1].Code, res[1].Message)
-		require.Equal(t, int64(0), f.account("alice", tPts).PostedMinor)
+		for _, v := range []uint32{Version1, Version2} {
+			f := newFixture(t)
+			f.version = v
+			done := f.keyed([]Op{mkCredit("alice", tPts, 1)})[0]
+			if v == Version1 {
+				f.must(done)
+			} else {
+				f.applyReq(true, done, mkCredit("alice", tPts, 1))
+			}
+			res := f.applyReq(true, done, mkDebit("alice", tPts, f.account("alice", tPts).PostedMinor))
+			require.Equal(t, CodeOK, res[1].Code, res[1].Message)
+			require.Equal(t, int64(0), f.account("alice", tPts).PostedMinor)
+		}
 	})
 	t.Run("must be one member", func(t *testing.T) {
 		f := newFixture(t)
@@ -543,7 +584,7 @@ func TestLinked(t *testing.T) {
 		res := f.applyReq(true, mkCredit("alice", tPts, 1), mkCapture("alice", "h1", 0, 0))
 		require.Equal(t, CodeHoldExpired, res[1].Code)
 		require.Equal(t, HoldOpen, f.hold("alice", "h1").State, "ExpireHolds will take it")
-		_, _, err := ApplyCommand(f.s, f.timeMs, Command{TimeMs: f.timeMs})
+		_, _, err := applyAt(f.s, f.timeMs, Command{TimeMs: f.timeMs})
 		require.NoError(t, err)
 		require.Equal(t, HoldExpired, f.hold("alice", "h1").State)
 		checkInvariants(t, f.s)
@@ -554,12 +595,12 @@ func TestApplyCommandTimeAndExpiry(t *testing.T) {
 	t.Run("time never goes backwards", func(t *testing.T) {
 		f := newFixture(t)
 		op := f.keyed([]Op{mkCredit("alice", tPts, 1)})[0]
-		now, res, err := ApplyCommand(f.s, t0+5000, Command{TimeMs: t0 + 4000, Requests: []Request{{Ops: []Op{op}}}})
+		now, res, err := applyAt(f.s, t0+5000, Command{TimeMs: t0 + 4000, Requests: []Request{{Ops: []Op{op}}}})
 		require.NoError(t, err)
 		require.Equal(t, t0+5000, now)
 		require.Equal(t, t0+5000, res[0][0].TimeMs)
 		require.Equal(t, t0+5000, f.account("alice", tPts).UpdatedAtMs)
-		now, _, err = ApplyCommand(f.s, now, Command{TimeMs: t0 + 6000})
+		now, _, err = applyAt(f.s, now, Command{TimeMs: t0 + 6000})
 		require.NoError(t, err)
 		require.Equal(t, t0+6000, now)
 	})
@@ -567,12 +608,12 @@ func TestApplyCommandTimeAndExpiry(t *testing.T) {
 		f := newFixture(t)
 		f.must(mkHold("h1", "alice", tPts, 30, 1000), mkHold("h2", "alice", tPts, 20, 2000))
 		f.must(mkState(OpFreeze, "alice", tPts)) // expiry ignores account state
-		now, _, err := ApplyCommand(f.s, t0, Command{TimeMs: t0 + 999})
+		now, _, err := applyAt(f.s, t0, Command{TimeMs: t0 + 999})
 		require.NoError(t, err)
 		require.Equal(t, HoldOpen, f.hold("alice", "h1").State)
 		require.Equal(t, int64(50), f.account("alice", tPts).HeldMinor)
 
-		now, _, err = ApplyCommand(f.s, now, Command{TimeMs: t0 + 1000})
+		now, _, err = applyAt(f.s, now, Command{TimeMs: t0 + 1000})
 		require.NoError(t, err)
 		require.Equal(t, HoldExpired, f.hold("alice", "h1").State)
 		require.Equal(t, HoldOpen, f.hold("alice", "h2").State)
@@ -584,7 +625,7 @@ func TestApplyCommandTimeAndExpiry(t *testing.T) {
 		// Expiry runs before the requests of the same command.
 		f.must(mkState(OpUnfreeze, "alice", tPts))
 		capture := f.keyed([]Op{mkCapture("alice", "h2", 0, 0)})[0]
-		_, res, err := ApplyCommand(f.s, now, Command{TimeMs: t0 + 2000, Requests: []Request{{Ops: []Op{capture}}}})
+		_, res, err := applyAt(f.s, now, Command{TimeMs: t0 + 2000, Requests: []Request{{Ops: []Op{capture}}}})
 		require.NoError(t, err)
 		require.Equal(t, CodeHoldExpired, res[0][0].Code)
 		require.Equal(t, int64(0), f.account("alice", tPts).HeldMinor)
@@ -598,10 +639,10 @@ func TestApplyCommandTimeAndExpiry(t *testing.T) {
 			ops = append(ops, mkHold("", "alice", tPts, 1, 10))
 		}
 		f.must(ops...)
-		now, _, err := ApplyCommand(f.s, t0, Command{TimeMs: t0 + 10})
+		now, _, err := applyAt(f.s, t0, Command{TimeMs: t0 + 10})
 		require.NoError(t, err)
 		require.Equal(t, int64(5), f.account("alice", tPts).HeldMinor)
-		_, _, err = ApplyCommand(f.s, now, Command{TimeMs: t0 + 10})
+		_, _, err = applyAt(f.s, now, Command{TimeMs: t0 + 10})
 		require.NoError(t, err)
 		require.Equal(t, int64(0), f.account("alice", tPts).HeldMinor)
 		checkInvariants(t, f.s)
@@ -612,7 +653,7 @@ func TestApplyCommandTimeAndExpiry(t *testing.T) {
 			{Ops: f.keyed([]Op{mkCredit("alice", tPts, 1), mkCredit("bob", tPts, 2)})},
 			{Ops: f.keyed([]Op{mkDebit("alice", tPts, 1000)})},
 		}}
-		_, res, err := ApplyCommand(f.s, t0, c)
+		_, res, err := applyAt(f.s, t0, c)
 		require.NoError(t, err)
 		require.Len(t, res, 2)
 		require.Len(t, res[0], 2)
@@ -658,7 +699,7 @@ func TestFatalErrors(t *testing.T) {
 			f := newFixture(t)
 			s := &failingStore{MemStore: f.s, writesLeft: writes}
 			op := f.keyed([]Op{mkCredit("alice", tPts, 1)})[0]
-			_, _, err := ApplyCommand(s, t0, Command{TimeMs: t0, Requests: []Request{{Ops: []Op{op}}}})
+			_, _, err := applyAt(s, t0, Command{TimeMs: t0, Requests: []Request{{Ops: []Op{op}}}})
 			require.ErrorIs(t, err, errDisk)
 			require.Equal(t, CodeInternal, CodeOf(err))
 		}
@@ -668,14 +709,14 @@ func TestFatalErrors(t *testing.T) {
 		a := f.account("alice", tPts)
 		a.HeldMinor = a.PostedMinor + 1
 		require.NoError(t, f.s.PutAccount(a))
-		_, err := Apply(f.s, t0, Request{Ops: f.keyed([]Op{mkCredit("alice", tPts, 1)})})
+		_, err := Apply(f.s, t0, MaxVersion, Request{Ops: f.keyed([]Op{mkCredit("alice", tPts, 1)})})
 		require.ErrorIs(t, err, ErrInvariant)
 	})
 	t.Run("expiry index out of step", func(t *testing.T) {
 		f := newFixture(t)
 		require.NoError(t, f.s.PutHold(Hold{Program: tProg, Member: "ghost", Key: "g", Asset: tPts,
 			AmountMinor: 1, State: HoldOpen, ExpiresAtMs: t0}))
-		_, _, err := ApplyCommand(f.s, t0, Command{TimeMs: t0})
+		_, _, err := applyAt(f.s, t0, Command{TimeMs: t0})
 		require.ErrorIs(t, err, ErrInvariant)
 	})
 }

@@ -17,7 +17,7 @@ func benchStore(b *testing.B) *MemStore {
 			Op{Kind: OpOpenAccount, Program: "shop", Member: m, Asset: "POINTS", IdempotencyKey: "open-" + m},
 			Op{Kind: OpCredit, Program: "shop", Member: m, Asset: "POINTS", AmountMinor: 1e9, IdempotencyKey: "fund-" + m})
 	}
-	res, err := Apply(s, t0, Request{Ops: ops})
+	res, err := Apply(s, t0, MaxVersion, Request{Ops: ops})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -56,7 +56,7 @@ func BenchmarkApply(b *testing.B) {
 		}
 		c.TimeMs = last + 1
 		b.StartTimer()
-		now, _, err := ApplyCommand(s, last, c)
+		now, _, err := applyAt(s, last, c)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -82,7 +82,7 @@ func BenchmarkApplyLinked(b *testing.B) {
 		}
 		ops[3].Kind = OpDebit
 		b.StartTimer()
-		if _, err := Apply(s, t0, Request{Linked: true, Ops: ops}); err != nil {
+		if _, err := Apply(s, t0, MaxVersion, Request{Linked: true, Ops: ops}); err != nil {
 			b.Fatal(err)
 		}
 	}

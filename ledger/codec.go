@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 )
 
 // Binary codec of the ledger's values, for the Raft log (Command) and for
@@ -211,9 +212,19 @@ func AppendRequest(dst []byte, r Request) []byte {
 	return appendRequestBody(append(dst, codecVersion), &r)
 }
 
+// commandCodecVersion2 starts the encoding of a command that carries
+// SetVersion: the version-1 body, then SetVersion as a uvarint (never 0).
+// Commands without it keep version 1, so a cluster writes entries that every
+// binary decodes until one of its shards raises its version.
+const commandCodecVersion2 byte = 2
+
 // AppendCommand appends the encoding of c, a Raft log entry's payload, to dst.
 func AppendCommand(dst []byte, c Command) []byte {
-	return appendCommandBody(append(dst, codecVersion), &c)
+	if c.SetVersion == 0 {
+		return appendCommandBody(append(dst, codecVersion), &c)
+	}
+	dst = appendCommandBody(append(dst, commandCodecVersion2), &c)
+	return binary.AppendUvarint(dst, uint64(c.SetVersion))
 }
 
 // AppendResult appends the encoding of r to dst. Replayed is not encoded.
@@ -248,10 +259,13 @@ const fingerprintTag byte = 'F'
 // Fingerprint identifies an op for deduplication: the first 16 bytes of the
 // SHA-256 of its canonical encoding, every field included (the idempotency
 // key too). A retry must carry the same op to be served the first result.
-func Fingerprint(op Op) [16]byte {
+// It is the fingerprint of state machine version 1 (fingerprintFor).
+func Fingerprint(op Op) [16]byte { return taggedFingerprint(fingerprintTag, &op) }
+
+func taggedFingerprint(tag byte, op *Op) [16]byte {
 	var buf [512]byte
-	b := append(buf[:0], fingerprintTag)
-	b = appendOpBody(b, &op)
+	b := append(buf[:0], tag)
+	b = appendOpBody(b, op)
 	sum := sha256.Sum256(b)
 	var fp [16]byte
 	copy(fp[:], sum[:16])
@@ -550,8 +564,20 @@ func DecodeRequest(b []byte) (Request, error) {
 func DecodeCommand(b []byte) (Command, error) {
 	var c Command
 	var d decoder
-	d.init(b, "command")
+	v2 := len(b) > 0 && b[0] == commandCodecVersion2
+	if v2 {
+		d = decoder{s: string(b), off: 1}
+	} else {
+		d.init(b, "command")
+	}
 	d.command(&c)
+	if v2 {
+		sv := d.uvarint()
+		if d.err == nil && (sv == 0 || sv > math.MaxUint32) {
+			d.fail("command: set version %d out of range", sv)
+		}
+		c.SetVersion = uint32(sv)
+	}
 	if err := d.finish("command"); err != nil {
 		return Command{}, err
 	}

@@ -261,6 +261,7 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Add(AppendCommand(nil, sampleCommand()))
 	f.Add(AppendCommand(nil, Command{}))
 	f.Add(AppendCommand(nil, benchCommand(3)))
+	f.Add(AppendCommand(nil, Command{TimeMs: 5, SetVersion: Version2}))
 	f.Add([]byte{})
 	f.Add([]byte{codecVersion, 0x80})
 	f.Add([]byte{codecVersion, 0, 0xff, 0xff, 0xff, 0x0f})

@@ -69,20 +69,28 @@ func scaleOf(asset string) uint8 {
 // fixture is a MemStore with the test program set up: alice has 100 POINTS
 // and 10.00 CNY, bob has an empty POINTS account limited to 500.
 type fixture struct {
-	t      testing.TB
-	s      *MemStore
-	timeMs int64
-	nextID int
+	t       testing.TB
+	s       *MemStore
+	timeMs  int64
+	version uint32 // rules the fixture applies under (MaxVersion by default)
+	nextID  int
 }
 
 const t0 = int64(1_700_000_000_000)
 
 func newFixture(t testing.TB) *fixture {
-	f := &fixture{t: t, s: NewMemStore(), timeMs: t0}
+	f := &fixture{t: t, s: NewMemStore(), timeMs: t0, version: MaxVersion}
 	f.must(mkDefine(tPts, 0), mkDefine(tCNY, 2),
 		mkOpen("alice", tPts, 0), mkOpen("alice", tCNY, 0), mkOpen("bob", tPts, 500),
 		mkCredit("alice", tPts, 100), mkCredit("alice", tCNY, 1000))
 	return f
+}
+
+// applyAt applies c after log time last under MaxVersion and returns the new
+// log time: ApplyCommand for tests that follow only time.
+func applyAt(s Store, last int64, c Command) (int64, [][]Result, error) {
+	p, res, err := ApplyCommand(s, Progress{TimeMs: last, Version: MaxVersion}, c)
+	return p.TimeMs, res, err
 }
 
 // keyed gives every op without an idempotency key a fresh one.
@@ -100,7 +108,7 @@ func (f *fixture) keyed(ops []Op) []Op {
 
 func (f *fixture) applyReq(linked bool, ops ...Op) []Result {
 	f.t.Helper()
-	res, err := Apply(f.s, f.timeMs, Request{Linked: linked, Ops: f.keyed(ops)})
+	res, err := Apply(f.s, f.timeMs, f.version, Request{Linked: linked, Ops: f.keyed(ops)})
 	require.NoError(f.t, err)
 	require.Len(f.t, res, len(ops))
 	return res

@@ -137,6 +137,8 @@ func (g *opGen) request() Request {
 type applied struct {
 	op  Op
 	res Result
+	req Request // the request it came in (from Version2 a replay needs the same linkage)
+	idx int     // its index there
 }
 
 // TestPropertyRandomCommands applies random commands to a MemStore and, after
@@ -164,6 +166,7 @@ func TestPropertyRandomCommands(t *testing.T) {
 		history  []applied // ops recorded with their first outcome
 		requests []Request // for retries of whole requests
 		lastTime = t0
+		version  = Version1 // raised to MaxVersion halfway, through the log
 		lastSeq  uint64
 		codes    = map[Code]int{}
 	)
@@ -188,13 +191,18 @@ func TestPropertyRandomCommands(t *testing.T) {
 			c.Requests = append(c.Requests, r)
 			requests = append(requests, r)
 		}
+		if i == n/2 {
+			c.SetVersion = MaxVersion
+		}
 		enc := AppendCommand(nil, c)
 		log = append(log, enc)
 
-		now, res, err := ApplyCommand(s, lastTime, c)
+		p, res, err := ApplyCommand(s, Progress{TimeMs: lastTime, Version: version}, c)
 		require.NoError(t, err, "seed %d command %d", seed, i)
+		now := p.TimeMs
 		require.Equal(t, max(lastTime, c.TimeMs), now)
-		lastTime = now
+		require.Equal(t, max(version, c.SetVersion), p.Version)
+		lastTime, version = now, p.Version
 		allRes = append(allRes, res)
 
 		for ri, req := range c.Requests {
@@ -211,21 +219,26 @@ func TestPropertyRandomCommands(t *testing.T) {
 				require.Equal(t, lastSeq+1, r.Seq, "seed %d command %d", seed, i)
 				lastSeq = r.Seq
 				require.Equal(t, now, r.TimeMs)
-				history = append(history, applied{op: req.Ops[oi], res: r})
+				history = append(history, applied{op: req.Ops[oi], res: r, req: req, idx: oi})
 			}
 		}
 		require.Equal(t, lastSeq, s.LastSeq())
 		checkInvariants(t, s)
 
-		// Re-applying an earlier op with its key is a replay and changes nothing.
+		// Re-applying an earlier op with its key is a replay and changes
+		// nothing: alone if it came unlinked, else in its request again.
 		if len(history) > 0 {
 			h := history[rng.IntN(len(history))]
 			before := snap(s)
-			again, err := Apply(s, now, Request{Ops: []Op{h.op}})
+			req, idx := Request{Ops: []Op{h.op}}, 0
+			if h.req.Linked && len(h.req.Ops) > 1 {
+				req, idx = h.req, h.idx
+			}
+			again, err := Apply(s, now, version, req)
 			require.NoError(t, err)
 			want := h.res
 			want.Replayed = true
-			require.Equal(t, want, again[0], "seed %d command %d", seed, i)
+			require.Equal(t, want, again[idx], "seed %d command %d", seed, i)
 			require.Equal(t, before, snap(s))
 			require.Equal(t, lastSeq, s.LastSeq())
 		}
@@ -242,13 +255,13 @@ func TestPropertyRandomCommands(t *testing.T) {
 
 	// A replica applying the same log reaches the same state and results.
 	replica := NewMemStore()
-	last := t0
+	last, rv := t0, Version1
 	for i, enc := range log {
 		c, err := DecodeCommand(enc)
 		require.NoError(t, err)
-		now, res, err := ApplyCommand(replica, last, c)
+		p, res, err := ApplyCommand(replica, Progress{TimeMs: last, Version: rv}, c)
 		require.NoError(t, err)
-		last = now
+		last, rv = p.TimeMs, p.Version
 		require.Equal(t, allRes[i], res, "seed %d command %d", seed, i)
 	}
 	require.Equal(t, snap(s), snap(replica))

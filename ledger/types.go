@@ -200,6 +200,11 @@ type Request struct {
 type Command struct {
 	TimeMs   int64
 	Requests []Request
+	// SetVersion, when above the shard's version, raises it before the
+	// requests apply (see Version1). A command that carries it is encoded
+	// in command codec version 2, which binaries that predate versions
+	// refuse to decode, so they stop instead of applying it.
+	SetVersion uint32
 }
 
 // Result is the outcome of one operation. It is stored, with the fingerprint

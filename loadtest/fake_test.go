@@ -22,7 +22,7 @@ type fakeLedger struct {
 
 	mu     sync.Mutex
 	stores []*ledger.MemStore
-	lastMs []int64
+	prog   []ledger.Progress
 
 	// Lies.
 	hideKeys     map[string]bool   // GetOperation: not found
@@ -44,7 +44,7 @@ func newFakeLedger(shards int) *fakeLedger {
 		calls: map[string]int{}, applied: map[string]uint64{}}
 	for range shards {
 		f.stores = append(f.stores, ledger.NewMemStore())
-		f.lastMs = append(f.lastMs, 0)
+		f.prog = append(f.prog, ledger.Progress{Version: ledger.MaxVersion})
 	}
 	return f
 }
@@ -56,11 +56,11 @@ func (f *fakeLedger) count(method string) {
 // apply applies one request on one shard (f.mu held).
 func (f *fakeLedger) apply(shard int, req ledger.Request) []ledger.Result {
 	cmd := ledger.Command{TimeMs: time.Now().UnixMilli(), Requests: []ledger.Request{req}}
-	t, res, err := ledger.ApplyCommand(f.stores[shard], f.lastMs[shard], cmd)
+	p, res, err := ledger.ApplyCommand(f.stores[shard], f.prog[shard], cmd)
 	if err != nil {
 		panic(err)
 	}
-	f.lastMs[shard] = t
+	f.prog[shard] = p
 	return res[0]
 }
 

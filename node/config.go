@@ -128,6 +128,12 @@ type Config struct {
 	// instead of refusing to start (raftstore.Options.RepairTail): safe only
 	// when the other nodes hold every committed entry.
 	RepairLogTail bool
+	// MaxVersion holds this node's shards at or below a rules version
+	// (ledger.Version1...): the shards of the cluster are raised to the
+	// newest version every node allows. 0 allows this binary's newest. Set
+	// it on a node during a rolling upgrade to keep a downgrade possible:
+	// once a shard is raised, older binaries refuse to open it.
+	MaxVersion uint32
 	// BalanceInterval is how often the node hands leadership of shards it
 	// leads to their preferred node; 0 = 2 s, negative disables it.
 	BalanceInterval time.Duration

@@ -31,6 +31,7 @@ type metrics struct {
 	applyLatency   prometheus.Histogram
 	appliedIndex   *prometheus.GaugeVec
 	isLeader       *prometheus.GaugeVec
+	version        *prometheus.GaugeVec
 	leaderChanges  *prometheus.CounterVec
 	verifyRounds   prometheus.Counter
 	readRounds     prometheus.Counter
@@ -81,6 +82,9 @@ func newMetrics(n *Node) *metrics {
 		isLeader: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tally_shard_is_leader", Help: "1 if this node leads the shard.",
 		}, []string{"shard"}),
+		version: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tally_shard_version", Help: "Version of the rules the shard's state machine applies (raised through the log once every node may apply it).",
+		}, []string{"shard"}),
 		leaderChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_shard_leader_changes_total", Help: "Leadership gained or lost by this node, per shard.",
 		}, []string{"shard"}),
@@ -103,7 +107,7 @@ func newMetrics(n *Node) *metrics {
 		}),
 	}
 	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.applyBatch, m.applyLatency,
-		m.appliedIndex, m.isLeader, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
+		m.appliedIndex, m.isLeader, m.version, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
 		&stateCollector{n: n},
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 			// Scheduler latency: how long runnable goroutines wait for a CPU.

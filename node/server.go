@@ -339,6 +339,8 @@ func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest
 		AppliedIndex: s.fsm.AppliedIndex(),
 		Leader:       s.raft.State() == raft.Leader,
 		LastTimeMs:   s.fsm.LastTimeMs(),
+		Version:      s.fsm.Version(),
+		MaxVersion:   sv.n.maxVersion(),
 	}
 	if !req.GetFull() {
 		return resp, nil

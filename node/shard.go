@@ -129,11 +129,12 @@ func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
 }
 
 func (s *shard) start() {
-	s.wg.Add(5)
+	s.wg.Add(6)
 	go s.proposeLoop()
 	go s.completeLoop()
 	go s.expiryLoop()
 	go s.observeLoop()
+	go s.versionLoop()
 	go s.snapshotLoop(s.n.cfg.Raft.SnapshotLogBytes)
 }
 
@@ -443,12 +444,11 @@ func (s *shard) expiryLoop() {
 	defer t.Stop()
 	var buf []byte
 	for {
-		select {
-		case <-t.C:
-		case <-s.stop:
+		running, leads := s.leaderTick(t)
+		if !running {
 			return
 		}
-		if s.raft.State() != raft.Leader {
+		if !leads {
 			continue
 		}
 		next, ok, err := s.fsm.NextExpiryMs()
@@ -459,6 +459,17 @@ func (s *shard) expiryLoop() {
 		buf = ledger.AppendCommand(buf[:0], ledger.Command{TimeMs: now})
 		_ = s.await(s.raft.Apply(append([]byte(nil), buf...), applyTimeout))
 	}
+}
+
+// leaderTick waits for t's next tick. running is false once the shard stops;
+// leads says whether this node leads the shard at the tick.
+func (s *shard) leaderTick(t *time.Ticker) (running, leads bool) {
+	select {
+	case <-t.C:
+	case <-s.stop:
+		return false, false
+	}
+	return true, s.raft.State() == raft.Leader
 }
 
 // observeLoop counts leadership changes and keeps the leader gauge current.

@@ -1690,8 +1690,13 @@ type ShardStateResponse struct {
 	ConservationError string                 `protobuf:"bytes,5,opt,name=conservation_error,json=conservationError,proto3" json:"conservation_error,omitempty"`
 	Leader            bool                   `protobuf:"varint,6,opt,name=leader,proto3" json:"leader,omitempty"`
 	LastTimeMs        int64                  `protobuf:"varint,7,opt,name=last_time_ms,json=lastTimeMs,proto3" json:"last_time_ms,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The version of the rules the shard applies (1 until an entry raised it),
+	// and the newest version this node's binary applies and may be raised to
+	// (0 from a binary that predates versions: it applies only version 1).
+	Version       uint32 `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
+	MaxVersion    uint32 `protobuf:"varint,9,opt,name=max_version,json=maxVersion,proto3" json:"max_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ShardStateResponse) Reset() {
@@ -1769,6 +1774,20 @@ func (x *ShardStateResponse) GetLeader() bool {
 func (x *ShardStateResponse) GetLastTimeMs() int64 {
 	if x != nil {
 		return x.LastTimeMs
+	}
+	return 0
+}
+
+func (x *ShardStateResponse) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ShardStateResponse) GetMaxVersion() uint32 {
+	if x != nil {
+		return x.MaxVersion
 	}
 	return 0
 }
@@ -1897,7 +1916,7 @@ const file_tally_proto_rawDesc = "" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\"=\n" +
 	"\x11ShardStateRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
-	"\x04full\x18\x02 \x01(\bR\x04full\"\x80\x02\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\"\xbb\x02\n" +
 	"\x12ShardStateResponse\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x1d\n" +
@@ -1907,7 +1926,10 @@ const file_tally_proto_rawDesc = "" +
 	"\x12conservation_error\x18\x05 \x01(\tR\x11conservationError\x12\x16\n" +
 	"\x06leader\x18\x06 \x01(\bR\x06leader\x12 \n" +
 	"\flast_time_ms\x18\a \x01(\x03R\n" +
-	"lastTimeMs*\xd2\x01\n" +
+	"lastTimeMs\x12\x18\n" +
+	"\aversion\x18\b \x01(\rR\aversion\x12\x1f\n" +
+	"\vmax_version\x18\t \x01(\rR\n" +
+	"maxVersion*\xd2\x01\n" +
 	"\x06OpKind\x12\x17\n" +
 	"\x13OP_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDEFINE_ASSET\x10\x01\x12\x10\n" +

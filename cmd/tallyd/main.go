@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -56,6 +57,11 @@ func run(args []string) error {
 	fs.IntVar(&cfg.MaxInflightEntries, "max-inflight-entries", 0, "log entries per shard proposed but not yet applied (0: default)")
 	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 0, "leadership balancing period (0: 2s, negative: off)")
 	fs.BoolVar(&cfg.RepairLogTail, "repair-log-tail", false, "delete Raft log entries that fail verification at the end of a shard's log instead of refusing to start; safe only if the other nodes hold every committed entry (else wipe this node's data and add it back)")
+	fs.Func("max-version", "hold this node's shards at or below this state machine rules version (0: this binary's newest); shards are raised to the newest version every node allows, after which older binaries refuse them, so set it during a rolling upgrade to keep a downgrade possible", func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		cfg.MaxVersion = uint32(n)
+		return err
+	})
 	fs.BoolVar(&cfg.UnsafeLocalReads, "unsafe-local-reads", false, "BROKEN ON PURPOSE: serve reads from any replica without checks (only to prove the linearizability checker catches it)")
 	if err := fs.Parse(args); err != nil {
 		return err

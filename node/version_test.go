@@ -1,0 +1,105 @@
+package node
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// versions reports every running node's version of every shard.
+func (c *testCluster) versions() [][]uint32 {
+	c.t.Helper()
+	var out [][]uint32
+	for i, n := range c.nodes {
+		if n == nil {
+			continue
+		}
+		var vs []uint32
+		for shard := 0; shard < c.cfgs[0].Shards; shard++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			st, err := c.client(c.cfgs[i].GRPCAddr).ShardState(ctx, &tallypb.ShardStateRequest{Shard: uint32(shard)})
+			cancel()
+			require.NoError(c.t, err)
+			vs = append(vs, st.GetVersion())
+		}
+		out = append(out, vs)
+	}
+	return out
+}
+
+func allAt(vs [][]uint32, v uint32) bool {
+	for _, node := range vs {
+		for _, got := range node {
+			if got != v {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// A rolling upgrade: while one node allows only version 1 (as a binary that
+// predates versions would), every shard stays at version 1 and keeps the old
+// rules; once that node allows the newest, every shard is raised through its
+// log, every replica at the same entry, and the new rules apply.
+func TestShardsRaiseTheirVersionOnceEveryNodeMay(t *testing.T) {
+	c := newTestCluster(t, 3, 2, func(cfg *Config) {
+		if cfg.ID == "n3" {
+			cfg.MaxVersion = ledger.Version1
+		}
+	})
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "open", "kim", "POINTS", ""))
+	credit := op(tallypb.OpKind_CREDIT, "c1", "kim", "POINTS", "5")
+	c.mustSubmit(credit)
+
+	time.Sleep(3 * versionCheckInterval)
+	require.True(t, allAt(c.versions(), ledger.Version1), "held back by n3: %v", c.versions())
+	linked := func(ops ...*tallypb.Op) []*tallypb.OpResult {
+		shard := ledger.ShardOf("shop", "kim", 2)
+		resp, err := call(c, shard, func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.SubmitResponse, error) {
+			return cl.Submit(ctx, &tallypb.SubmitRequest{Linked: true, Ops: ops})
+		})
+		require.NoError(t, err)
+		return resp.GetResults()
+	}
+	// Version 1: the unlinked credit's key, resent in a linked request, replays.
+	rs := linked(credit, op(tallypb.OpKind_CREDIT, "c2", "kim", "POINTS", "1"))
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.True(t, rs[0].Replayed)
+
+	// n3 is upgraded (restarted allowing the newest version).
+	c.stop(2)
+	c.cfgs[2].MaxVersion = 0
+	c.start(2)
+	deadline := time.Now().Add(30 * time.Second)
+	for !allAt(c.versions(), ledger.MaxVersion) {
+		require.True(t, time.Now().Before(deadline), "not raised: %v", c.versions())
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// The new rules: an op's linkage is part of it.
+	fresh := op(tallypb.OpKind_CREDIT, "c3", "kim", "POINTS", "2")
+	c.mustSubmit(fresh)
+	rs = linked(fresh, op(tallypb.OpKind_CREDIT, "c4", "kim", "POINTS", "1"))
+	require.Equal(t, string(ledger.CodeIdempotencyKeyReused), rs[0].Code, rs[0].Message)
+	require.Equal(t, string(ledger.CodeLinkedFailed), rs[1].Code)
+	// ... while an op recorded under version 1 still replays either way.
+	rs = linked(credit, op(tallypb.OpKind_CREDIT, "c5", "kim", "POINTS", "1"))
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.True(t, rs[0].Replayed)
+	// c4 was neither applied nor recorded: its key is free for the
+	// corrected request.
+	rs = c.mustSubmit(op(tallypb.OpKind_CREDIT, "c4", "kim", "POINTS", "1"))
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.False(t, rs[0].Replayed)
+	c.checkReplicas()
+	a, err := c.account("shop", "kim", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "10", a.GetPosted(), "5 + 1 (c2) + 2 (c3) + 1 (c5) + 1 (c4, resent)")
+}
