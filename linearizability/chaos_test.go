@@ -79,6 +79,30 @@ func resultsDir(t *testing.T, seed uint64) string {
 	return filepath.Join(base, fmt.Sprintf("%s-%s-seed%d", t.Name(), time.Now().Format("20060102-150405"), seed))
 }
 
+// reportMargin is the time a fault test keeps, before the test binary's
+// -timeout, for what follows the checks: Run kills the nodes (waiting up
+// to 10 s for each), writes the evidence (history.jsonl can be tens of MB)
+// and the test logs the summary. Without it a run whose checks are slow
+// would be killed by the -timeout panic with no summary and no evidence.
+const reportMargin = time.Minute
+
+// runContext is the context of one Run: it ends after limit, or
+// reportMargin before the test binary's -timeout, whichever comes first,
+// so Run's checks stop and fail by themselves in time to be reported.
+func runContext(t *testing.T, limit time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(t.Context(), limit)
+	deadline, ok := t.Deadline()
+	if !ok {
+		return ctx, cancel
+	}
+	// The earlier of the two deadlines wins.
+	ctx, dcancel := context.WithDeadline(ctx, deadline.Add(-reportMargin))
+	end, _ := ctx.Deadline()
+	t.Logf("the run ends by %s (limit %s; -timeout at %s, less %s to report)", end.Format(time.TimeOnly), limit,
+		deadline.Format(time.TimeOnly), reportMargin)
+	return ctx, func() { dcancel(); cancel() }
+}
+
 func needCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a three-node cluster and injects faults for minutes; skipped under -short")
@@ -142,7 +166,7 @@ func TestChaos(t *testing.T) {
 	// CI runs both paths meet the faults, and a seed replays its mode.
 	cfg.Coalesce = seed%2 == 1
 	t.Logf("coalescing client: %v", cfg.Coalesce)
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := runContext(t, 8*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, cfg)
 	if err != nil {
@@ -181,7 +205,7 @@ func TestChaosCatchesStaleReads(t *testing.T) {
 		MinOps:      300,
 		MaxDuration: 90 * time.Second, CheckTimeout: 20 * time.Second,
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := runContext(t, 4*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, cfg)
 	if err != nil {

@@ -41,8 +41,9 @@ type CheckResult struct {
 	OK       bool     `json:"ok"`
 	Detail   string   `json:"detail"`
 	Findings []string `json:"findings,omitempty"`
-	// Unknown lists what could not be decided in time (porcupine timeouts);
-	// it does not fail the check.
+	// Unknown lists what could not be decided in time (porcupine timeouts,
+	// accounts left unchecked when the run's context ended); each also fails
+	// the check.
 	Unknown []string `json:"unknown,omitempty"`
 }
 
@@ -353,10 +354,19 @@ type AccountResult struct {
 	Visualization string `json:"visualization,omitempty"`
 }
 
-// checkLinearizable checks each account's history with porcupine (timeout
-// per account). Illegal histories get an HTML visualization under dir,
-// annotated with the fault timeline.
-func checkLinearizable(entries []Entry, members []string, timeout time.Duration, dir string, timeline []TimelineEvent) (CheckResult, []AccountResult) {
+// checkLinearizable checks each account's history with porcupine, giving
+// each at most timeout. Illegal histories get an HTML visualization under
+// dir, annotated with the fault timeline.
+//
+// It stops when ctx ends: porcupine takes no context, so each call's
+// timeout is also cut to the time left before ctx's deadline, and ctx is
+// checked between accounts (a cancellation without a deadline is noticed
+// after the account in progress, at most timeout late). Accounts not
+// checked by then fail the check, with their count and ctx's error: a run
+// whose checks cannot finish must fail by itself, not run on into the test
+// binary's -timeout, and an unchecked account is not proven linearizable.
+func checkLinearizable(ctx context.Context, entries []Entry, members []string, timeout time.Duration, dir string,
+	timeline []TimelineEvent) (CheckResult, []AccountResult) {
 	model := Model()
 	byMember := map[string][]Entry{}
 	for _, e := range entries {
@@ -365,15 +375,29 @@ func checkLinearizable(entries []Entry, members []string, timeout time.Duration,
 	var f findings
 	var unknown []string
 	var results []AccountResult
+	unchecked := 0
+	var stopped error // why the accounts from the unchecked one on were not checked
 	sort.Strings(members)
-	for _, m := range members {
+	for i, m := range members {
+		limit, cut, err := timeLeft(ctx, timeout)
+		if err != nil {
+			unchecked, stopped = len(members)-i, err
+			break
+		}
 		ops := Operations(byMember[m])
-		res := porcupine.CheckOperationsTimeout(model, ops, timeout)
+		res := porcupine.CheckOperationsTimeout(model, ops, limit)
 		ar := AccountResult{Member: m, Ops: len(ops), Result: res}
 		switch res {
 		case porcupine.Illegal:
 			// Again, verbosely: the partial linearizations for the picture.
-			_, info := porcupine.CheckOperationsVerbose(model, ops, timeout)
+			// Within what is left of ctx too; a violation is reported
+			// whether or not the picture could be drawn.
+			vlimit, _, err := timeLeft(ctx, timeout)
+			if err != nil {
+				f.addf("%s: not linearizable (%d ops); no visualization: %v", m, len(ops), err)
+				break
+			}
+			_, info := porcupine.CheckOperationsVerbose(model, ops, vlimit)
 			path := fmt.Sprintf("%s/linearizability-%s.html", dir, m)
 			info.AddAnnotations(annotations(timeline))
 			if err := porcupine.VisualizePath(model, info, path); err != nil {
@@ -386,14 +410,52 @@ func checkLinearizable(entries []Entry, members []string, timeout time.Duration,
 			// Not a violation found, but not a history proven linearizable
 			// either: the check fails (shorten the account histories with
 			// EpochLength, or raise CheckTimeout).
-			unknown = append(unknown, fmt.Sprintf("%s: undecided after %s (%d ops)", m, timeout, len(ops)))
-			f.addf("%s: undecided within %s (%d ops): not proven linearizable", m, timeout, len(ops))
+			why := ""
+			if cut {
+				why = " (cut short by the context's deadline)"
+			}
+			unknown = append(unknown, fmt.Sprintf("%s: undecided after %s%s (%d ops)", m, limit, why, len(ops)))
+			f.addf("%s: undecided within %s%s (%d ops): not proven linearizable", m, limit, why, len(ops))
 		}
 		results = append(results, ar)
 	}
 	r := f.result("linearizable", fmt.Sprintf("%d accounts, each history linearizable", len(members)))
 	r.Unknown = unknown
+	if unchecked > 0 {
+		// In Detail and Unknown rather than a finding: the findings list is
+		// capped, and this must show however many accounts failed before.
+		note := fmt.Sprintf("%d of %d accounts not checked: %v", unchecked, len(members), stopped)
+		if r.OK {
+			r.OK, r.Detail = false, note
+		} else {
+			r.Detail += "; " + note
+		}
+		r.Unknown = append(r.Unknown, note)
+	}
 	return r, results
+}
+
+// timeLeft is the time limit for one porcupine call: timeout (0: none, as
+// for porcupine), cut to what is left before ctx's deadline; cut says it
+// was. The error is set when ctx has ended or its deadline has passed; the
+// caller must not call porcupine then, as a limit of 0 would be none.
+func timeLeft(ctx context.Context, timeout time.Duration) (limit time.Duration, cut bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, false, err
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return max(timeout, 0), false, nil
+	}
+	left := time.Until(deadline)
+	if left <= 0 {
+		// Passed, though ctx's timer may not have fired yet.
+		return 0, false, context.DeadlineExceeded
+	}
+	if timeout <= 0 || left < timeout {
+		return left, true, nil
+	}
+	return timeout, false, nil
 }
 
 func annotations(timeline []TimelineEvent) []porcupine.Annotation {

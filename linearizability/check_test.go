@@ -3,6 +3,7 @@ package linearizability
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -41,24 +42,112 @@ func TestResolvedNotFoundWriteIsNotApplied(t *testing.T) {
 	assert.Equal(t, 1, notApplied)
 	assert.Equal(t, NotApplied, entries[0].Output.Status)
 
-	lin, _ := checkLinearizable(entries, []string{"a"}, 10*time.Second, t.TempDir(), nil)
+	lin, _ := checkLinearizable(t.Context(), entries, []string{"a"}, 10*time.Second, t.TempDir(), nil)
 	assert.False(t, lin.OK, "a read of a freeze that never applied passed: %s", lin.Detail)
 }
 
 // TestUndecidedHistoryFailsTheCheck: a history porcupine cannot decide in
 // time is not proven linearizable; it used to pass with a note.
 func TestUndecidedHistoryFailsTheCheck(t *testing.T) {
-	entries := []Entry{{Input: Input{Kind: KindCredit, Member: "a", Key: "c0", Amount: 1},
+	r, _ := checkLinearizable(t.Context(), undecidable("a"), []string{"a"}, 200*time.Millisecond, t.TempDir(), nil)
+	assert.False(t, r.OK, r.Detail)
+	assert.Len(t, r.Unknown, 1)
+}
+
+// undecidable is a history of member that porcupine cannot decide in any
+// reasonable time: concurrent indeterminate credits of distinct amounts
+// (2^40 subsets to try) before a read that none of them explains.
+func undecidable(member string) []Entry {
+	entries := []Entry{{Input: Input{Kind: KindCredit, Member: member, Key: member + "-c0", Amount: 1},
 		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, Posted: 1}, CallNs: 0, ReturnNs: 1}}
-	for i := range 40 { // concurrent indeterminate credits of distinct amounts: a huge search
-		entries = append(entries, Entry{Input: Input{Kind: KindCredit, Member: "a", Key: fmt.Sprint("k", i), Amount: int64(1) << i},
+	for i := range 40 {
+		entries = append(entries, Entry{Input: Input{Kind: KindCredit, Member: member, Key: fmt.Sprint(member, "-k", i), Amount: int64(1) << i},
 			Output: indeterminate, CallNs: 10, ReturnNs: ReturnNever})
 	}
 	// Posted can never be 0 after the acknowledged credit of 1.
-	entries = append(entries, Entry{Input: Input{Kind: KindRead, Member: "a"}, Output: read(0, 0, false), CallNs: 20, ReturnNs: 30})
-	r, _ := checkLinearizable(entries, []string{"a"}, 200*time.Millisecond, t.TempDir(), nil)
-	assert.False(t, r.OK, r.Detail)
-	assert.Len(t, r.Unknown, 1)
+	return append(entries, Entry{Input: Input{Kind: KindRead, Member: member}, Output: read(0, 0, false), CallNs: 20, ReturnNs: 30})
+}
+
+// linearizable is a short history of member that porcupine decides at once.
+func linearizable(member string) []Entry {
+	return []Entry{
+		{Input: Input{Kind: KindCredit, Member: member, Key: member + "-c1", Amount: 5},
+			Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, Posted: 5}, CallNs: 0, ReturnNs: 10},
+		{Input: Input{Kind: KindRead, Member: member}, Output: read(5, 0, false), CallNs: 20, ReturnNs: 30},
+	}
+}
+
+// TestLinearizableCheckStopsWithItsContext: the check returns when its
+// context ends, even with a per-account limit far beyond it, and fails
+// saying how many accounts it left unchecked and why. Before, it ignored
+// its context, and a run whose accounts all timed out could overrun the
+// test binary's -timeout.
+func TestLinearizableCheckStopsWithItsContext(t *testing.T) {
+	const perAccount = time.Hour // only ctx can stop the slow histories
+	// promptly allows for the race detector on a shared two-CPU machine;
+	// without ctx the first undecidable account alone takes perAccount.
+	const promptly = 10 * time.Second
+	cancelled, cancel := context.WithCancel(t.Context())
+	cancel()
+
+	for _, tc := range []struct {
+		name      string
+		ctx       func(t *testing.T) context.Context
+		entries   []Entry
+		members   []string
+		ok        bool
+		checked   int    // AccountResults returned
+		unchecked string // in Detail; "" for none
+		cutShort  bool   // an account undecided because ctx's deadline cut its limit
+	}{
+		{
+			name:    "decidable, ample time",
+			ctx:     func(t *testing.T) context.Context { return t.Context() },
+			entries: slices.Concat(linearizable("a"), linearizable("b")),
+			members: []string{"a", "b"},
+			ok:      true, checked: 2,
+		},
+		{
+			name:      "already cancelled",
+			ctx:       func(*testing.T) context.Context { return cancelled },
+			entries:   slices.Concat(linearizable("a"), linearizable("b"), linearizable("c")),
+			members:   []string{"a", "b", "c"},
+			unchecked: "3 of 3 accounts not checked: context canceled",
+		},
+		{
+			name: "deadline passes during a slow account",
+			ctx: func(t *testing.T) context.Context {
+				ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+				t.Cleanup(cancel)
+				return ctx
+			},
+			entries:   slices.Concat(linearizable("a"), undecidable("b"), undecidable("c"), linearizable("d")),
+			members:   []string{"a", "b", "c", "d"},
+			checked:   2, // a decided, b cut short
+			unchecked: "2 of 4 accounts not checked: context deadline exceeded",
+			cutShort:  true,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			began := time.Now()
+			r, accounts := checkLinearizable(tc.ctx(t), tc.entries, tc.members, perAccount, t.TempDir(), nil)
+			took := time.Since(began)
+			assert.Less(t, took, promptly, "the check did not stop with its context")
+			assert.Equal(t, tc.ok, r.OK, "%s: %v", r.Detail, r.Findings)
+			assert.Len(t, accounts, tc.checked)
+			if tc.unchecked == "" {
+				assert.NotContains(t, r.Detail, "not checked")
+			} else {
+				assert.Contains(t, r.Detail, tc.unchecked)
+				assert.Contains(t, r.Unknown, tc.unchecked)
+			}
+			if tc.cutShort {
+				require.NotEmpty(t, r.Findings)
+				assert.Contains(t, r.Findings[0], "b: undecided within")
+				assert.Contains(t, r.Findings[0], "cut short by the context's deadline")
+			}
+		})
+	}
 }
 
 // TestExactlyOnceCatchesLies: the exactly-once check fails when the store

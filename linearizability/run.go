@@ -54,8 +54,9 @@ type Config struct {
 	// UnsafeLocalReads is the deliberately broken variant: nodes run with
 	// --unsafe-local-reads and reads go straight to a random node.
 	UnsafeLocalReads bool
-	// CheckTimeout bounds porcupine per account; undecided is reported,
-	// not failed.
+	// CheckTimeout bounds porcupine per account; an undecided account
+	// fails the linearizability check. Run's context bounds the checks as
+	// a whole: accounts not checked when it ends fail the check too.
 	CheckTimeout time.Duration
 	// SnapshotThreshold, SnapshotLogBytes, TrailingLogs: see ClusterConfig.
 	SnapshotThreshold uint64
@@ -498,7 +499,7 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	journal := checkJournal(ctx, cl, entries, members, finalPosted)
 	logf("journal: %s", journal.Detail)
 
-	lin, accounts := checkLinearizable(entries, members, cfg.CheckTimeout, cfg.ResultsDir, rep.Timeline)
+	lin, accounts := checkLinearizable(ctx, entries, members, cfg.CheckTimeout, cfg.ResultsDir, rep.Timeline)
 	rep.AccountResults = accounts
 	logf("linearizability: %s", lin.Detail)
 
