@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -30,9 +31,15 @@ const (
 	maxStableKeyBytes = 1 << 10
 )
 
-// Log value layout (version 1):
+// Log value layouts. Every version starts with its version byte and ends with
+// a 4-byte BE CRC32-C of every preceding byte. That frame must stay the same in
+// every future version: it is how a build tells an intact entry in a version it
+// does not know (a newer build's, never deleted) from damage.
 //
-//	version   1 byte (logCodecVersion)
+// Version 2, written by this build:
+//
+//	version   1 byte (logCodecV2)
+//	shard     uvarint
 //	index     uvarint
 //	term      uvarint
 //	type      1 byte (raft.LogType)
@@ -41,14 +48,34 @@ const (
 //	appended  varint unix nanoseconds (0 encodes the zero time.Time)
 //	checksum  4 bytes BE, CRC32-C of every preceding byte
 //
-// The index is stored in the value as well as in the key so that a value
-// written under the wrong key (a bug, or a misdirected write) is detected.
-const logCodecVersion byte = 1
+// The shard and index of the key are stored in the value, under the checksum,
+// and decoding requires them to equal the key's: a value copied or written
+// under another key (another shard's log, or another index) is corrupt, not
+// data.
+//
+// Version 1, written by older builds and still read, is version 2 without the
+// shard. Its index is checked against the key's, but an entry moved to another
+// shard at the same index is not detected.
+//
+// Why the key is stored in the value rather than only mixed into the checksum
+// (a CRC seeded with shard and index): an older build verifies the frame
+// checksum before looking at the version, so a seeded checksum would make it
+// see every version-2 entry as damage, and Options.RepairTail would then
+// delete intact, acknowledged entries after a downgrade. Stored, the key costs
+// a byte or two per entry and the older build reports "unknown version",
+// which it never deletes.
+const (
+	logCodecV1 byte = 1
+	logCodecV2 byte = 2
+	// logCodecVersion is the version this build writes.
+	logCodecVersion = logCodecV2
+)
 
 const (
 	checksumBytes = 4
-	// minLogValueBytes is version + index + term + type + two empty lengths +
-	// appended + checksum, each varint at its shortest (1 byte).
+	// minLogValueBytes is the shortest value of any known version: version +
+	// index + term + type + two empty lengths + appended + checksum, each
+	// varint at its shortest (1 byte), as in version 1.
 	minLogValueBytes = 1 + 1 + 1 + 1 + 1 + 1 + 1 + checksumBytes
 )
 
@@ -61,6 +88,10 @@ var (
 	// errUnknownVersion is an entry this build cannot read, most likely
 	// written by a newer one: never deleted as damage.
 	errUnknownVersion = fmt.Errorf("%w: unknown version", errMalformed)
+	// errMisplaced is an intact value that names another shard or index than
+	// the key it is stored under: damage (a misdirected write or copy), the
+	// same as a checksum mismatch.
+	errMisplaced = fmt.Errorf("%w: stored under another key", errMalformed)
 )
 
 // ErrCorruptLog is matched (errors.Is) by every error reporting a stored log
@@ -116,10 +147,13 @@ func logIndexOfKey(k []byte) (uint64, bool) {
 	return binary.BigEndian.Uint64(k[keyHeadBytes:]), true
 }
 
-// appendLog appends the encoding of l to dst.
-func appendLog(dst []byte, l *raft.Log) []byte {
+// appendLog appends the encoding of l, stored in shard's log, to dst in the
+// current version. It does not allocate when dst has room: StoreLogs calls it
+// for every entry.
+func appendLog(dst []byte, shard uint32, l *raft.Log) []byte {
 	start := len(dst)
 	dst = append(dst, logCodecVersion)
+	dst = binary.AppendUvarint(dst, uint64(shard))
 	dst = binary.AppendUvarint(dst, l.Index)
 	dst = binary.AppendUvarint(dst, l.Term)
 	dst = append(dst, byte(l.Type))
@@ -137,25 +171,40 @@ func appendLog(dst []byte, l *raft.Log) []byte {
 
 // encodedLogBytes is an upper bound on the encoding size of l.
 func encodedLogBytes(l *raft.Log) int {
-	return 1 + 3*binary.MaxVarintLen64 + 1 + 2*binary.MaxVarintLen64 + len(l.Data) + len(l.Extensions) + checksumBytes
+	return 1 + binary.MaxVarintLen32 + 3*binary.MaxVarintLen64 + 1 + 2*binary.MaxVarintLen64 +
+		len(l.Data) + len(l.Extensions) + checksumBytes
 }
 
-// decodeLog verifies and decodes v into l. Data and Extensions are copied, so
-// v may be reused after decodeLog returns. The returned error is errChecksum or
-// errMalformed (wrapped); the caller adds shard and index.
-func decodeLog(v []byte, l *raft.Log) error {
+// decodeLog verifies v, the value stored under the log key (shard, index),
+// and decodes it into l. Data and Extensions are copied, so v may be reused
+// after decodeLog returns. The returned error is errChecksum or wraps
+// errMalformed (errUnknownVersion, errMisplaced); the caller adds shard and
+// index. On error l is left unchanged.
+func decodeLog(v []byte, shard uint32, index uint64, l *raft.Log) error {
 	if len(v) < minLogValueBytes {
 		return fmt.Errorf("%w: %d bytes is shorter than the minimum %d", errMalformed, len(v), minLogValueBytes)
 	}
 	body, sum := v[:len(v)-checksumBytes], v[len(v)-checksumBytes:]
+	// The checksum comes first, so that damage to the version byte reads as
+	// damage, not as an unknown version that must never be deleted.
 	if crc32.Checksum(body, castagnoli) != binary.BigEndian.Uint32(sum) {
 		return errChecksum
 	}
-	if body[0] != logCodecVersion {
+	d := decoder{b: body[1:]}
+	valueShard := shard
+	switch body[0] {
+	case logCodecV1:
+		// Version 1 does not name its shard; only its index can be checked.
+	case logCodecV2:
+		if s := d.uvarint(); s <= math.MaxUint32 {
+			valueShard = uint32(s)
+		} else {
+			d.fail("shard")
+		}
+	default:
 		return fmt.Errorf("%w %d", errUnknownVersion, body[0])
 	}
-	d := decoder{b: body[1:]}
-	index := d.uvarint()
+	valueIndex := d.uvarint()
 	term := d.uvarint()
 	typ := d.byte()
 	data := d.bytes()
@@ -167,8 +216,14 @@ func decodeLog(v []byte, l *raft.Log) error {
 	if len(d.b) != 0 {
 		return fmt.Errorf("%w: %d trailing bytes", errMalformed, len(d.b))
 	}
+	if valueShard != shard {
+		return fmt.Errorf("%w: value has shard %d", errMisplaced, valueShard)
+	}
+	if valueIndex != index {
+		return fmt.Errorf("%w: value has index %d", errMisplaced, valueIndex)
+	}
 	*l = raft.Log{
-		Index:      index,
+		Index:      valueIndex,
 		Term:       term,
 		Type:       raft.LogType(typ),
 		Data:       data,

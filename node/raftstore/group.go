@@ -76,7 +76,7 @@ func (g *GroupStore) LastIndex() (uint64, error) {
 
 // GetLog implements raft.LogStore. It returns raft.ErrLogNotFound for a
 // missing entry and an error matching ErrCorruptLog for an entry that fails
-// its checksum or is stored under the wrong index.
+// its checksum or is stored under the wrong key (see decodeLog).
 func (g *GroupStore) GetLog(index uint64, log *raft.Log) error {
 	if g.initErr != nil {
 		return g.initErr
@@ -93,11 +93,8 @@ func (g *GroupStore) GetLog(index uint64, log *raft.Log) error {
 	if err != nil {
 		return fmt.Errorf("raftstore: get log shard=%d index=%d: %w", g.shard, index, err)
 	}
-	err = decodeLog(v, log)
+	err = decodeLog(v, g.shard, index, log)
 	_ = closer.Close()
-	if err == nil && log.Index != index {
-		err = fmt.Errorf("%w: value has index %d", errMalformed, log.Index)
-	}
 	if err != nil {
 		*log = raft.Log{}
 		return &CorruptLogError{Shard: g.shard, Index: index, Cause: err}
@@ -142,7 +139,7 @@ func (g *GroupStore) StoreLogs(logs []*raft.Log) error {
 	defer func() { _ = b.Close() }()
 	var buf []byte
 	for _, l := range logs {
-		buf = appendLog(buf[:0], l)
+		buf = appendLog(buf[:0], g.shard, l)
 		// Batch.Set copies key and value into the batch, so buf is reused.
 		if err := b.Set(logKey(g.shard, l.Index), buf, nil); err != nil {
 			return fmt.Errorf("raftstore: store logs shard=%d: %w", g.shard, err)

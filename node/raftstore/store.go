@@ -243,7 +243,7 @@ func (db *DB) repairTail(shard uint32, repair bool) error {
 			_ = it.Close()
 			return fmt.Errorf("raftstore: read shard=%d index=%d: %w", shard, index, err)
 		}
-		cause := verifyLog(v, index)
+		cause := verifyLog(v, shard, index)
 		if cause == nil {
 			break
 		}
@@ -284,16 +284,11 @@ func (db *DB) repairTail(shard uint32, repair bool) error {
 	return b.Commit(pebble.Sync)
 }
 
-// verifyLog returns nil if v is a valid encoding of the entry at index.
-func verifyLog(v []byte, index uint64) error {
+// verifyLog returns nil if v is a valid encoding of the entry stored under
+// the log key (shard, index).
+func verifyLog(v []byte, shard uint32, index uint64) error {
 	var l raft.Log
-	if err := decodeLog(v, &l); err != nil {
-		return err
-	}
-	if l.Index != index {
-		return fmt.Errorf("%w: value has index %d", errMalformed, l.Index)
-	}
-	return nil
+	return decodeLog(v, shard, index, &l)
 }
 
 // Close closes the database. Raft groups using it must be shut down first;

@@ -263,15 +263,61 @@ func TestCorruptEntryIsNeverReturned(t *testing.T) {
 	require.Equal(t, "raftstore: corrupt log entry shard=3 index=42: checksum mismatch", err.Error())
 	require.Equal(t, raft.Log{}, l, "a corrupt entry must not leak into the caller's log")
 
-	// A valid entry stored under the wrong key is corrupt too.
+	// A valid entry stored under the wrong key is corrupt too: another index
+	// of the same shard, or the same index of another shard.
 	rawSet(t, db, logKey(3, 43), rawGet(t, db, logKey(3, 44)))
 	err = g.GetLog(43, &l)
 	require.ErrorIs(t, err, ErrCorruptLog)
-	require.Contains(t, err.Error(), "value has index 44")
+	require.ErrorIs(t, err, errMisplaced)
+	require.Equal(t, "raftstore: corrupt log entry shard=3 index=43: malformed encoding: stored under another key: "+
+		"value has index 44", err.Error())
+	require.NoError(t, db.Group(4).StoreLogs(mkLogs(45, 45, 1)))
+	rawSet(t, db, logKey(3, 45), rawGet(t, db, logKey(4, 45)))
+	err = g.GetLog(45, &l)
+	require.ErrorIs(t, err, ErrCorruptLog)
+	require.ErrorContains(t, err, "shard=3 index=45: malformed encoding: stored under another key: value has shard 4")
+	require.Equal(t, raft.Log{}, l)
 
 	// Neighbours are unaffected.
 	require.NoError(t, g.GetLog(41, &l))
 	require.NoError(t, g.GetLog(44, &l))
+	require.NoError(t, db.Group(4).GetLog(45, &l))
+}
+
+// TestVersion1EntriesStillRead: a log written by an older build (codec
+// version 1) opens and reads as before, with new entries appended in version
+// 2 after it.
+func TestVersion1EntriesStillRead(t *testing.T) {
+	dir := t.TempDir()
+	db := openTest(t, dir)
+	for i := uint64(1); i <= 5; i++ {
+		rawSet(t, db, logKey(7, i), appendLogV1(nil, mkLog(i, 1)))
+	}
+	require.NoError(t, db.Close())
+
+	want := append(mkLogs(1, 5, 1), mkLogs(6, 8, 2)...)
+	check := func(db *DB, last uint64) {
+		t.Helper()
+		g := db.Group(7)
+		requireBounds(t, g, 1, last)
+		var l raft.Log
+		for _, w := range want[:last] {
+			require.NoError(t, g.GetLog(w.Index, &l))
+			requireLogEqual(t, w, &l)
+		}
+	}
+
+	// Version-1 entries are the tail that Open verifies, and they pass.
+	db = openTest(t, dir)
+	check(db, 5)
+	require.NoError(t, db.Group(7).StoreLogs(want[5:]))
+	require.Equal(t, logCodecV1, rawGet(t, db, logKey(7, 5))[0])
+	require.Equal(t, logCodecV2, rawGet(t, db, logKey(7, 6))[0], "new writes use version 2")
+	require.NoError(t, db.Close())
+
+	db = openTest(t, dir)
+	defer db.Close()
+	check(db, 8)
 }
 
 // TestOpenRefusesCorruptTail: damaged entries at the end of a log were
@@ -315,6 +361,42 @@ func TestOpenRefusesCorruptTail(t *testing.T) {
 	// Untouched shards keep everything.
 	requireBounds(t, db.Group(2), 1, 20)
 	requireBounds(t, db.Group(3), 0, 0)
+}
+
+// TestOpenRefusesMisplacedTail: an intact version-2 entry at the tail that
+// belongs to another key is damage like any other, refused unless repairing.
+func TestOpenRefusesMisplacedTail(t *testing.T) {
+	cases := []struct {
+		name string
+		from []byte // the key whose value is copied to shard 1 index 5
+	}{
+		{"another shard", logKey(2, 5)},
+		{"another index", logKey(1, 4)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			db := openTest(t, dir)
+			require.NoError(t, db.Group(1).StoreLogs(mkLogs(1, 5, 1)))
+			require.NoError(t, db.Group(2).StoreLogs(mkLogs(1, 5, 1)))
+			rawSet(t, db, logKey(1, 5), rawGet(t, db, tc.from))
+			require.NoError(t, db.Close())
+
+			_, err := Open(dir, Options{Logger: quietLogger()})
+			require.ErrorIs(t, err, ErrCorruptLog)
+			require.ErrorContains(t, err, "shard 1: the last 1 log entries (5-5) fail verification")
+			require.ErrorContains(t, err, "stored under another key")
+
+			db, err = Open(dir, Options{Logger: quietLogger(), RepairTail: true})
+			require.NoError(t, err)
+			defer db.Close()
+			requireBounds(t, db.Group(1), 1, 4)
+			requireBounds(t, db.Group(2), 1, 5)
+			var l raft.Log
+			require.NoError(t, db.Group(2).GetLog(5, &l))
+			requireLogEqual(t, mkLog(5, 1), &l)
+		})
+	}
 }
 
 // TestOpenNeverDeletesUnknownVersion: an intact entry in a codec version this
