@@ -139,7 +139,8 @@ func ExpireHolds(s Store, nowMs int64) (int, error) {
 // they described state that was never committed) and the others get
 // LINKED_FAILED, and every op not recorded before is recorded with that
 // outcome. Ops served from an earlier record keep that record's result. From
-// Version2, when the failure is IDEMPOTENCY_KEY_REUSED no op is recorded.
+// Version2, a linked request with a reused key is answered from the records
+// alone and nothing is evaluated or recorded (refuseReusedKeys).
 //
 // A request that fails ValidateRequest gets that error on every op, and
 // nothing is recorded (an invalid op may not even have a usable key).
@@ -225,6 +226,11 @@ func record(s Store, timeMs int64, op *Op, fp [16]byte, res Result) (Result, err
 }
 
 func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error {
+	if v >= Version2 {
+		if refused, err := refuseReusedKeys(s, timeMs, v, ops, out); refused || err != nil {
+			return err
+		}
+	}
 	ov := NewOverlay(s)
 	// fresh[i]: op i was evaluated (not served from a record) and is not
 	// recorded yet. Records are never written to the overlay (keys within a
@@ -279,12 +285,6 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 		Code:    CodeLinkedFailed,
 		Message: fmt.Sprintf("not applied: linked op %d (%s) failed with %s", failed, ops[failed].Kind, cause.Code),
 	}
-	// From version 2 a reused key makes the request a client error that
-	// records nothing, like a request that fails validation: recording the
-	// other ops would spend keys the client must reuse in the corrected
-	// request. A retry of the same request gets the same answers, since the
-	// reused key is still recorded.
-	keep := v < Version2 || cause.Code != CodeIdempotencyKeyReused
 	for i := range ops {
 		op := &ops[i]
 		var res Result
@@ -307,11 +307,6 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 			}
 			res = linked
 		}
-		if !keep {
-			res.TimeMs = timeMs
-			out[i] = res
-			continue
-		}
 		res, err := record(s, timeMs, op, fps[i], res)
 		if err != nil {
 			return err
@@ -319,6 +314,49 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 		out[i] = res
 	}
 	return nil
+}
+
+// refuseReusedKeys answers a linked request under version 2 or later without
+// evaluating or recording anything when one of its keys is recorded for a
+// different op: a reused key makes the request a client error, like one that
+// fails validation, and recording the other ops would spend keys the client
+// must send again in the corrected request. The answers depend on the records
+// alone, never on balances or on the order of the ops, and records never
+// change, so a retry of the same request gets the same answers: the reused
+// keys IDEMPOTENCY_KEY_REUSED, keys recorded for the same op their replay, the
+// others LINKED_FAILED (not recorded). refused is false, and out untouched,
+// when no key is reused.
+func refuseReusedKeys(s Store, timeMs int64, v uint32, ops []Op, out []Result) (refused bool, err error) {
+	first := -1
+	for i := range ops {
+		op := &ops[i]
+		rec, found, err := s.Record(op.Program, op.IdempotencyKey)
+		if err != nil {
+			return false, storeErr("read record", err)
+		}
+		out[i] = Result{}
+		if found {
+			out[i] = dedupResult(v, &rec, fingerprintFor(v, op, true), op, timeMs)
+			if out[i].Code == CodeIdempotencyKeyReused && first < 0 {
+				first = i
+			}
+		}
+	}
+	if first < 0 {
+		clear(out)
+		return false, nil
+	}
+	for i := range ops {
+		if out[i].Code == "" {
+			out[i] = Result{
+				Code: CodeLinkedFailed,
+				Message: fmt.Sprintf("not applied: linked op %d (%s) failed with %s", first, ops[first].Kind,
+					CodeIdempotencyKeyReused),
+				TimeMs: timeMs,
+			}
+		}
+	}
+	return true, nil
 }
 
 // evaluate runs the rules of one op on s. Failures (domain errors) come back

@@ -177,6 +177,28 @@ func TestPropertyRandomCommands(t *testing.T) {
 			switch x := rng.IntN(20); {
 			case x == 0 && len(requests) > 0:
 				r = requests[rng.IntN(len(requests))] // a client retry
+			case x == 2 && len(history) > 0:
+				// An earlier op resent linked beside a fresh op of its
+				// member, sometimes with another amount: a replay (same
+				// linkage), a linkage mismatch or a reused key in a
+				// linked request, each with the rules of the version.
+				h := history[rng.IntN(len(history))]
+				op := h.op
+				if rng.IntN(2) == 0 {
+					op.AmountMinor++
+				}
+				fresh := g.op(op.Program, op.Member)
+				if fresh.Kind == OpDefineAsset || fresh.Kind == OpCaptureHold || fresh.Kind == OpReleaseHold {
+					fresh = Op{Kind: OpCredit, Program: op.Program, Member: op.Member, Asset: "PTS", AmountMinor: 1,
+						IdempotencyKey: fresh.IdempotencyKey}
+				}
+				r = Request{Linked: true, Ops: []Op{fresh, op}}
+				if rng.IntN(2) == 0 {
+					r.Ops[0], r.Ops[1] = op, fresh
+				}
+				if op.Kind == OpDefineAsset || op.Member == "" {
+					r = g.request()
+				}
 			case x == 1 && len(history) > 0:
 				op := history[rng.IntN(len(history))].op // same key, other op
 				op.Memo = "different"

@@ -107,10 +107,11 @@ func TestVersion1RecordsReplayAfterTheUpgrade(t *testing.T) {
 			f.version = Version1
 			ops := f.keyed([]Op{mkCredit("alice", tPts, 1), mkCredit("alice", tPts, 2)})
 			first := f.applyReq(firstLinked, ops...)
-			_, _, err := ApplyCommand(f.s, Progress{TimeMs: f.timeMs, Version: Version1},
+			p, _, err := ApplyCommand(f.s, Progress{TimeMs: f.timeMs, Version: f.version},
 				Command{TimeMs: f.timeMs, SetVersion: Version2})
 			require.NoError(t, err)
-			f.version = Version2
+			f.version = p.Version
+			require.Equal(t, Version2, f.version)
 			again := f.applyReq(retryLinked, ops...)
 			for i := range ops {
 				require.True(t, again[i].Replayed, "linked %v then %v, op %d: %s", firstLinked, retryLinked, i, again[i].Code)
@@ -135,4 +136,57 @@ func TestFingerprintsOfVersions(t *testing.T) {
 	require.NotEqual(t, v1, u, "a version-2 record is told from a version-1 one by its fingerprint")
 	require.NotEqual(t, v1, l)
 	require.Zero(t, testing.AllocsPerRun(100, func() { fingerprintFor(Version2, &op, true) }))
+}
+
+// From version 2, a linked request with a reused key is answered from the
+// records alone: the answers and what is recorded (nothing) depend neither on
+// balances nor on where the reused key stands in the request.
+func TestLinkedRequestWithAReusedKeyRecordsNothing(t *testing.T) {
+	used := mkCredit("alice", tPts, 1)
+	used.IdempotencyKey = "used"
+	clash := used
+	clash.AmountMinor = 2
+	for _, tc := range []struct {
+		name string
+		ops  []Op // the reused key is the op equal to clash
+	}{
+		{"reused key first", []Op{clash, mkDebit("alice", tPts, 50), mkCredit("alice", tPts, 3)}},
+		{"reused key after an op that succeeds", []Op{mkDebit("alice", tPts, 50), clash}},
+		{"reused key after an op that fails", []Op{mkDebit("alice", tPts, 5000), clash, mkCredit("alice", tPts, 3)}},
+	} {
+		for _, v := range []uint32{Version1, Version2} {
+			f := newFixture(t)
+			f.version = v
+			f.must(used)
+			ops := f.keyed(tc.ops)
+			seq, before := f.s.LastSeq(), snap(f.s)
+			res := f.applyReq(true, ops...)
+			codes := func(rs []Result) []Code {
+				var out []Code
+				for _, r := range rs {
+					out = append(out, r.Code)
+				}
+				return out
+			}
+			if v == Version1 {
+				require.Greater(t, f.s.LastSeq(), seq, "%s: version 1 records the others", tc.name)
+				continue
+			}
+			require.Equal(t, seq, f.s.LastSeq(), "%s: nothing recorded", tc.name)
+			require.Equal(t, before, snap(f.s), "%s: nothing changed", tc.name)
+			for i, op := range ops {
+				want := CodeLinkedFailed
+				if op.IdempotencyKey == "used" {
+					want = CodeIdempotencyKeyReused
+				}
+				require.Equal(t, want, res[i].Code, "%s: op %d: %s", tc.name, i, res[i].Message)
+				require.Zero(t, res[i].Seq)
+			}
+			// The balance changes; a retry still gets the same answers.
+			f.must(mkDebit("alice", tPts, f.account("alice", tPts).PostedMinor))
+			again := f.applyReq(true, ops...)
+			require.Equal(t, codes(res), codes(again), tc.name)
+			require.Equal(t, seq+1, f.s.LastSeq(), "%s: only the drain was recorded", tc.name)
+		}
+	}
 }

@@ -31,7 +31,6 @@ type metrics struct {
 	applyLatency   prometheus.Histogram
 	appliedIndex   *prometheus.GaugeVec
 	isLeader       *prometheus.GaugeVec
-	version        *prometheus.GaugeVec
 	leaderChanges  *prometheus.CounterVec
 	verifyRounds   prometheus.Counter
 	readRounds     prometheus.Counter
@@ -82,9 +81,6 @@ func newMetrics(n *Node) *metrics {
 		isLeader: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tally_shard_is_leader", Help: "1 if this node leads the shard.",
 		}, []string{"shard"}),
-		version: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tally_shard_version", Help: "Version of the rules the shard's state machine applies (raised through the log once every node may apply it).",
-		}, []string{"shard"}),
 		leaderChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_shard_leader_changes_total", Help: "Leadership gained or lost by this node, per shard.",
 		}, []string{"shard"}),
@@ -107,7 +103,7 @@ func newMetrics(n *Node) *metrics {
 		}),
 	}
 	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.applyBatch, m.applyLatency,
-		m.appliedIndex, m.isLeader, m.version, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
+		m.appliedIndex, m.isLeader, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
 		&stateCollector{n: n},
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 			// Scheduler latency: how long runnable goroutines wait for a CPU.
@@ -153,6 +149,7 @@ var (
 	descCommitIndex = prometheus.NewDesc("tally_shard_commit_index", "Raft commit index known to this node.", []string{"shard"}, nil)
 	descApplyLag    = prometheus.NewDesc("tally_shard_apply_lag_entries", "Commit index minus the FSM's applied index on this node.", []string{"shard"}, nil)
 	descTerm        = prometheus.NewDesc("tally_shard_term", "Current Raft term.", []string{"shard"}, nil)
+	descVersion     = prometheus.NewDesc("tally_shard_version", "Version of the rules the shard's state machine applies (raised through the log once every node allows it).", []string{"shard"}, nil)
 	descLastContact = prometheus.NewDesc("tally_shard_last_contact_seconds", "Time since this follower last heard from its leader (0 on the leader).", []string{"shard"}, nil)
 	descCompactions = prometheus.NewDesc("tally_pebble_compactions_total", "Pebble compactions.", []string{"db"}, nil)
 	descCompactDebt = prometheus.NewDesc("tally_pebble_compaction_debt_bytes", "Pebble's estimated compaction debt.", []string{"db"}, nil)
@@ -169,7 +166,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCommitIndex, descApplyLag, descTerm, descLastContact, descCompactions,
+	for _, d := range []*prometheus.Desc{descCommitIndex, descApplyLag, descTerm, descVersion, descLastContact, descCompactions,
 		descCompactDebt, descFlushes, descWALBytes, descWALFiles, descL0Files, descReadAmp, descDiskBytes, descMemtable, descStalls, descStallTime, descWALFsync} {
 		ch <- d
 	}
@@ -194,6 +191,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descCommitIndex, prometheus.GaugeValue, float64(commit), label)
 		ch <- prometheus.MustNewConstMetric(descApplyLag, prometheus.GaugeValue, lag, label)
 		ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(s.raft.CurrentTerm()), label)
+		ch <- prometheus.MustNewConstMetric(descVersion, prometheus.GaugeValue, float64(s.fsm.Version()), label)
 		ch <- prometheus.MustNewConstMetric(descLastContact, prometheus.GaugeValue, contact, label)
 	}
 	if c.n.logs != nil {

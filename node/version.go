@@ -2,7 +2,10 @@ package node
 
 import (
 	"context"
+	"errors"
 	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
@@ -22,24 +25,28 @@ func (n *Node) maxVersion() uint32 {
 }
 
 // versionLoop raises the shard's rules version (ledger.Version1) to the
-// newest one every node may apply. Only the leader proposes, and the raise is
-// an entry of the log like any other, so every replica switches rules at the
-// same index; until every node reports a binary that applies the new rules,
-// the shard keeps the old ones, so a rolling upgrade never has replicas
-// disagree about an entry. A node that does not answer counts as one that
-// cannot, since it may run an old binary. Once the shard is at this node's
-// newest version the loop has nothing left to do and ends.
+// newest one every member of the shard may apply. Only the leader proposes,
+// and the raise is an entry of the log like any other, so every replica
+// switches rules at the same index; until every member reports a binary that
+// applies the new rules, the shard keeps the old ones, so a rolling upgrade
+// never has replicas disagree about an entry. A member that does not answer
+// counts as one that cannot, since it may run an old binary. Once the shard
+// is at this node's newest version the loop has nothing left to do and ends
+// (tally_shard_version is read from the FSM at scrape time, not from here).
 func (s *shard) versionLoop() {
 	defer s.wg.Done()
-	label := shardLabel(s.id)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	t := time.NewTicker(versionCheckInterval)
 	defer t.Stop()
-	for {
-		v := s.fsm.Version()
-		s.n.metrics.version.WithLabelValues(label).Set(float64(v))
-		if v >= s.n.maxVersion() {
-			return
-		}
+	for s.fsm.Version() < s.n.maxVersion() {
 		running, leads := s.leaderTick(t)
 		if !running {
 			return
@@ -47,34 +54,51 @@ func (s *shard) versionLoop() {
 		if !leads {
 			continue
 		}
-		target := s.n.clusterMaxVersion(s.id)
-		if target <= s.fsm.Version() {
+		from, target := s.fsm.Version(), s.membersMaxVersion(ctx)
+		if target <= from {
 			continue
 		}
 		c := ledger.AppendCommand(nil, ledger.Command{TimeMs: time.Now().UnixMilli(), SetVersion: target})
-		if err := s.await(s.raft.Apply(c, applyTimeout)); err != nil {
-			s.n.logger.Warn("raising the shard's version failed; will retry", "shard", s.id, "version", target, "error", err)
-			continue
+		err := s.await(s.raft.Apply(c, applyTimeout))
+		switch {
+		case err == nil:
+			s.n.logger.Info("raised the shard's rules version", "shard", s.id, "from", from, "to", target)
+		case errors.Is(err, raft.ErrRaftShutdown) || ctx.Err() != nil:
+			return
+		default:
+			s.n.logger.Debug("raising the shard's rules version failed; will retry", "shard", s.id, "to", target, "error", err)
 		}
-		s.n.logger.Info("raised the shard's rules version", "shard", s.id, "from", v, "to", target)
 	}
 }
 
-// clusterMaxVersion is the newest rules version every node may apply to the
-// shard: the least of the nodes' maxVersion, and version 1 if any node does
-// not answer or predates versions (it reports 0).
-func (n *Node) clusterMaxVersion(shard uint32) uint32 {
-	v := n.maxVersion()
-	for _, p := range n.cfg.Peers {
-		if p.ID == n.cfg.ID {
+// membersMaxVersion is the newest rules version every member of the shard's
+// Raft configuration may apply: the least of their maxVersion, and version 1
+// if any member is unknown, does not answer, or predates versions (it
+// reports 0).
+func (s *shard) membersMaxVersion(ctx context.Context) uint32 {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return ledger.Version1
+	}
+	grpcAddr := make(map[raft.ServerID]string, len(s.n.cfg.Peers))
+	for _, p := range s.n.cfg.Peers {
+		grpcAddr[raft.ServerID(p.ID)] = p.GRPCAddr
+	}
+	v := s.n.maxVersion()
+	for _, srv := range f.Configuration().Servers {
+		if string(srv.ID) == s.n.cfg.ID {
 			continue
 		}
-		c, err := n.peers.get(p.GRPCAddr)
+		addr, ok := grpcAddr[srv.ID]
+		if !ok {
+			return ledger.Version1
+		}
+		c, err := s.n.peers.get(addr)
 		if err != nil {
 			return ledger.Version1
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		st, err := c.ShardState(ctx, &tallypb.ShardStateRequest{Shard: shard})
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := c.ShardState(rctx, &tallypb.ShardStateRequest{Shard: s.id})
 		cancel()
 		if err != nil {
 			return ledger.Version1
