@@ -610,6 +610,34 @@ func TestDefineAssetAndShardState(t *testing.T) {
 	assert.Equal(t, fc.nodes[0].addr, info.Leaders[0].LeaderAddr, "as the answering node sees it")
 }
 
+// One key for two members is refused before anything is sent, also when the
+// members are on different shards, where no shard could see both.
+func TestSubmitRefusesAKeyUsedTwice(t *testing.T) {
+	fc := newFakeCluster(t, 1, 8)
+	c := dial(t, fc, Config{})
+	var a, b string
+	for i := 0; b == ""; i++ {
+		m := fmt.Sprintf("m%d", i)
+		switch {
+		case a == "":
+			a = m
+		case ledger.ShardOf(testProgram, m, 8) != ledger.ShardOf(testProgram, a, 8):
+			b = m
+		}
+	}
+	_, err := c.Submit(testCtx(t), []Op{credit(a, "k1", "1"), credit(a, "k2", "1"), credit(b, "k1", "1")}, false)
+	assert.ErrorIs(t, err, ledger.ErrInvalidArgument)
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, 2, e.OpIndex)
+	assert.Empty(t, fc.nodes[0].recorded(), "nothing was sent")
+
+	other := credit(b, "k1", "1")
+	other.Program = "another-program"
+	_, err = c.Submit(testCtx(t), []Op{credit(a, "k1", "1"), other}, false)
+	require.NoError(t, err, "keys are unique per program")
+}
+
 func TestLinkedValidation(t *testing.T) {
 	fc := newFakeCluster(t, 1, 1)
 	c := dial(t, fc, Config{Coalesce: true})
