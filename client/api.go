@@ -290,5 +290,7 @@ func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (Sha
 		ConservationError: resp.GetConservationError(),
 		Leader:            resp.GetLeader(),
 		LastTimeMs:        resp.GetLastTimeMs(),
+		Version:           resp.GetVersion(),
+		MaxVersion:        resp.GetMaxVersion(),
 	}, nil
 }

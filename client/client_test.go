@@ -600,6 +600,8 @@ func TestDefineAssetAndShardState(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, st.Leader)
 	assert.Equal(t, uint64(42), st.AppliedIndex)
+	assert.Equal(t, uint32(2), st.Version)
+	assert.Equal(t, uint32(3), st.MaxVersion)
 	_, err = c.ShardState(testCtx(t), fc.nodes[1].addr, 9)
 	assert.ErrorIs(t, err, ledger.ErrInvalidArgument)
 

@@ -368,7 +368,7 @@ func (n *fakeNode) ShardState(ctx context.Context, req *tallypb.ShardStateReques
 		return nil, tallyErr(codes.InvalidArgument, ledger.CodeInvalidArgument, "no such shard", nil)
 	}
 	return &tallypb.ShardStateResponse{Shard: req.Shard, AppliedIndex: 42, StateHash: []byte{0xab, 0xcd},
-		ConservationOk: true, Leader: c.leader[req.Shard] == n.idx, LastTimeMs: 1000}, nil
+		ConservationOk: true, Leader: c.leader[req.Shard] == n.idx, LastTimeMs: 1000, Version: 2, MaxVersion: 3}, nil
 }
 
 // memberOn returns the i-th member name (m0, m1, ...) of program on shard.

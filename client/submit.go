@@ -40,15 +40,17 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 	// A key is deduplicated on its member's shard only, so the ledger cannot
 	// see one key used for two members on different shards (docs/
 	// ARCHITECTURE.md, Known limits). Within one call the client can.
-	keys := make(map[[2]string]int, len(ops))
-	for i, op := range ops {
-		k := [2]string{op.Program, op.IdempotencyKey}
-		if j, dup := keys[k]; dup {
-			e := newError(ledger.CodeInvalidArgument, -1, "submit: op %d: idempotency key %q is also used by op %d", i, op.IdempotencyKey, j)
-			e.OpIndex = i
-			return nil, e
+	if len(ops) > 1 {
+		keys := make(map[[2]string]int, len(ops))
+		for i, op := range ops {
+			k := [2]string{op.Program, op.IdempotencyKey}
+			if j, dup := keys[k]; dup {
+				e := newError(ledger.CodeInvalidArgument, -1, "submit: op %d: idempotency key %q is also used by op %d", i, op.IdempotencyKey, j)
+				e.OpIndex = i
+				return nil, e
+			}
+			keys[k] = i
 		}
-		keys[k] = i
 	}
 	for i, op := range ops {
 		if op.Kind == ledger.OpDefineAsset {

@@ -122,6 +122,10 @@ type ShardState struct {
 	ConservationError string
 	Leader            bool
 	LastTimeMs        int64
+	// Version is the rules version the shard applies on that node, and
+	// MaxVersion the newest that node allows (0: it predates versions).
+	Version    uint32
+	MaxVersion uint32
 }
 
 // opToProto converts an op for the wire. Amounts that an op kind does not

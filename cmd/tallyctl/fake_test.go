@@ -198,5 +198,5 @@ func (f *fakeLedger) ShardState(_ context.Context, req *tallypb.ShardStateReques
 		return nil, status.Error(codes.InvalidArgument, "test expects a full state request")
 	}
 	return &tallypb.ShardStateResponse{Shard: req.Shard, AppliedIndex: 42, StateHash: []byte{0xde, 0xad, 0xbe, 0xef},
-		ConservationOk: true, Leader: true, LastTimeMs: 1700000000000}, nil
+		ConservationOk: true, Leader: true, LastTimeMs: 1700000000000, Version: 2, MaxVersion: 2}, nil
 }

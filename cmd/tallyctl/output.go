@@ -366,7 +366,10 @@ func (v stateView) jsonValue() any {
 		ConservationOK    bool   `json:"conservation_ok"`
 		ConservationError string `json:"conservation_error,omitempty"`
 		LastTimeMs        int64  `json:"last_time_ms"`
-	}{v.Node, v.Shard, v.Leader, v.AppliedIndex, hex.EncodeToString(v.StateHash), v.ConservationOK, v.ConservationError, v.LastTimeMs}
+		Version           uint32 `json:"version"`
+		MaxVersion        uint32 `json:"max_version"`
+	}{v.Node, v.Shard, v.Leader, v.AppliedIndex, hex.EncodeToString(v.StateHash), v.ConservationOK, v.ConservationError,
+		v.LastTimeMs, v.Version, v.MaxVersion}
 }
 
 func (v stateView) text(w io.Writer) {
@@ -381,6 +384,7 @@ func (v stateView) text(w io.Writer) {
 		fmt.Fprintf(w, "conservation\tFAILED: %s\n", v.ConservationError)
 	}
 	fmt.Fprintf(w, "last time\t%s\n", formatTime(v.LastTimeMs))
+	fmt.Fprintf(w, "rules version\t%d (this node allows up to %d)\n", v.Version, v.MaxVersion)
 }
 
 // errorView is the JSON printed for a failed request with --json, so that

@@ -317,6 +317,7 @@ func TestClusterAndState(t *testing.T) {
 	code = run([]string{"--addr", "127.0.0.1:1", "state", "--node", f.addr, "--shard", "1"}, &out, &errOut)
 	require.Equal(t, exitOK, code, errOut.String())
 	assert.Equal(t, "42", field(t, out.String(), "applied index"))
+	assert.Equal(t, "2 (this node allows up to 2)", field(t, out.String(), "rules version"))
 	assert.Equal(t, "deadbeef", field(t, out.String(), "state hash"))
 	assert.Equal(t, "ok", field(t, out.String(), "conservation"))
 	assert.Equal(t, "true", field(t, out.String(), "leader"))
