@@ -21,10 +21,11 @@ import (
 //
 // Retries follow the package doc. The error is request-level: nil when every
 // part got its results (check each Result's Code), else an *Error (or several
-// joined, one per failed part). On error the results are still len(ops) long:
-// ops of parts that completed hold their outcomes, the others hold the
-// error's code. Use IsIndeterminate to learn whether failed ops may have
-// applied.
+// joined, one per failed part). Invalid input is refused before anything
+// is sent, with nil results and the op's index in the error. Any other error
+// still returns len(ops) results: ops of parts that completed hold their
+// outcomes, the others hold the error's code. Use IsIndeterminate to learn
+// whether failed ops may have applied.
 func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, error) {
 	if len(ops) == 0 {
 		return nil, newError(ledger.CodeInvalidArgument, -1, "submit: no operations")
@@ -38,19 +39,13 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 	parts := make(map[int][]int) // shard -> indices into ops, in order
 	var order []int              // shards in order of first appearance
 	// A key is deduplicated on its member's shard only, so the ledger cannot
-	// see one key used for two members on different shards (docs/
-	// ARCHITECTURE.md, Known limits). Within one call the client can.
+	// see one key used twice when the ops go to different shards (docs/
+	// ARCHITECTURE.md, Known limits). Within one call the client can. By the
+	// key alone, as the server checks a request (ledger.ValidateRequest);
+	// an empty key is left for the server to refuse as missing.
+	var keys map[string]int
 	if len(ops) > 1 {
-		keys := make(map[[2]string]int, len(ops))
-		for i, op := range ops {
-			k := [2]string{op.Program, op.IdempotencyKey}
-			if j, dup := keys[k]; dup {
-				e := newError(ledger.CodeInvalidArgument, -1, "submit: op %d: idempotency key %q is also used by op %d", i, op.IdempotencyKey, j)
-				e.OpIndex = i
-				return nil, e
-			}
-			keys[k] = i
-		}
+		keys = make(map[string]int, len(ops))
 	}
 	for i, op := range ops {
 		if op.Kind == ledger.OpDefineAsset {
@@ -62,6 +57,14 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 			e := newError(ledger.CodeInvalidArgument, -1, "submit: linked operations must all be on one member")
 			e.OpIndex = i
 			return nil, e
+		}
+		if keys != nil && op.IdempotencyKey != "" {
+			if j, dup := keys[op.IdempotencyKey]; dup {
+				e := newError(ledger.CodeInvalidArgument, -1, "submit: op %d: idempotency key %q is also used by op %d", i, op.IdempotencyKey, j)
+				e.OpIndex = i
+				return nil, e
+			}
+			keys[op.IdempotencyKey] = i
 		}
 		wire[i] = opToProto(op)
 		s := ledger.ShardOf(op.Program, op.Member, shards)

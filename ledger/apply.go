@@ -324,7 +324,7 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 // alone, never on balances or on the order of the ops, and records never
 // change, so a retry of the same request gets the same answers: the reused
 // keys IDEMPOTENCY_KEY_REUSED, keys recorded for the same op their replay, the
-// others LINKED_FAILED (not recorded). refused is false, and out untouched,
+// others LINKED_FAILED (not recorded). refused is false, and out cleared,
 // when no key is reused.
 func refuseReusedKeys(s Store, timeMs int64, v uint32, ops []Op, out []Result) (refused bool, err error) {
 	first := -1

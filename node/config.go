@@ -132,7 +132,9 @@ type Config struct {
 	// (ledger.Version1...): the shards of the cluster are raised to the
 	// newest version every node allows. 0 allows this binary's newest. Set
 	// it on a node during a rolling upgrade to keep a downgrade possible:
-	// once a shard is raised, older binaries refuse to open it.
+	// once a shard is raised, older binaries refuse to open it. At 1 the
+	// node also writes its Raft log in the codec older builds read
+	// (raftstore.Options.LegacyCodec).
 	MaxVersion uint32
 	// BalanceInterval is how often the node hands leadership of shards it
 	// leads to their preferred node; 0 = 2 s, negative disables it.

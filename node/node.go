@@ -25,6 +25,7 @@ import (
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/fsm"
+	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/node/raftstore"
 	"github.com/tally-ledger/tally/node/transport"
 )
@@ -94,7 +95,10 @@ func (n *Node) open() error {
 		return err
 	}
 	var err error
-	if n.logs, err = raftstore.Open(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{Logger: n.slogger(), RepairTail: cfg.RepairLogTail}); err != nil {
+	if n.logs, err = raftstore.Open(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{Logger: n.slogger(), RepairTail: cfg.RepairLogTail,
+		// A node held at rules version 1 keeps its Raft log readable by the
+		// builds before versions too, so it can be downgraded whole.
+		LegacyCodec: n.maxVersion() < ledger.Version2}); err != nil {
 		if errors.Is(err, syscall.EAGAIN) { // Pebble's directory lock is held
 			return fmt.Errorf("%w (data directory %s in use: is another tallyd running on it?)", err, cfg.DataDir)
 		}

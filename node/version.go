@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/tally-ledger/tally/api/tallypb"
@@ -46,6 +47,7 @@ func (s *shard) versionLoop() {
 	}()
 	t := time.NewTicker(versionCheckInterval)
 	defer t.Stop()
+	fails := 0
 	for s.fsm.Version() < s.n.maxVersion() {
 		running, leads := s.leaderTick(t)
 		if !running {
@@ -66,7 +68,15 @@ func (s *shard) versionLoop() {
 		case errors.Is(err, raft.ErrRaftShutdown) || ctx.Err() != nil:
 			return
 		default:
-			s.n.logger.Debug("raising the shard's rules version failed; will retry", "shard", s.id, "to", target, "error", err)
+			// A lost leadership fails one attempt; one that keeps failing
+			// is worth an operator's look, once in a while.
+			fails++
+			level := hclog.Debug
+			if fails%10 == 0 {
+				level = hclog.Warn
+			}
+			s.n.logger.Log(level, "raising the shard's rules version failed; will retry", "shard", s.id, "to", target,
+				"failures", fails, "error", err)
 		}
 	}
 }

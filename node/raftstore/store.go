@@ -53,6 +53,11 @@ type Options struct {
 	// RepairTail makes Open delete a damaged log tail instead of refusing
 	// to open. Only an operator should set it; see repairTail.
 	RepairTail bool
+	// LegacyCodec writes log entries in codec version 1, which builds before
+	// version 2 read, so that the node can still be downgraded to one (its
+	// state machine must be held back too: node.Config.MaxVersion). Version-2
+	// entries already written stay as they are.
+	LegacyCodec bool
 }
 
 // DB holds the Raft logs and stable stores of every group of a node.
@@ -60,6 +65,7 @@ type DB struct {
 	pdb    *pebble.DB
 	logger *slog.Logger
 	stalls *pebblestall.Counter
+	codec  byte // the log codec version StoreLogs writes (Options.LegacyCodec)
 
 	// closeMu is held for reading by every operation on pdb and for writing by
 	// Close, so that a straggling Raft call after Close gets ErrClosed instead
@@ -110,7 +116,10 @@ func Open(dir string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raftstore: open %s: %w", dir, err)
 	}
-	db := &DB{pdb: pdb, logger: logger, stalls: stalls, groups: make(map[uint32]*GroupStore)}
+	db := &DB{pdb: pdb, logger: logger, stalls: stalls, groups: make(map[uint32]*GroupStore), codec: logCodecVersion}
+	if opts.LegacyCodec {
+		db.codec = logCodecV1
+	}
 	shards, err := db.logShards()
 	if err == nil {
 		for _, shard := range shards {

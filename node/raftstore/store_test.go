@@ -243,6 +243,31 @@ func rawGet(t *testing.T, db *DB, key []byte) []byte {
 	return append([]byte(nil), v...)
 }
 
+// A node that may still be downgraded writes version 1, which older builds
+// read; without the option the same log goes on in version 2.
+func TestLegacyCodecWritesVersion1(t *testing.T) {
+	dir := t.TempDir()
+	db, err := Open(dir, Options{Logger: quietLogger(), LegacyCodec: true})
+	require.NoError(t, err)
+	require.NoError(t, db.Group(3).StoreLogs(mkLogs(1, 4, 1)))
+	for i := uint64(1); i <= 4; i++ {
+		require.Equal(t, logCodecV1, rawGet(t, db, logKey(3, i))[0], "entry %d", i)
+	}
+	require.NoError(t, db.Close())
+
+	db = openTest(t, dir)
+	defer db.Close()
+	g := db.Group(3)
+	requireBounds(t, g, 1, 4)
+	require.NoError(t, g.StoreLogs(mkLogs(5, 6, 2)))
+	require.Equal(t, logCodecV2, rawGet(t, db, logKey(3, 5))[0])
+	var l raft.Log
+	for _, w := range append(mkLogs(1, 4, 1), mkLogs(5, 6, 2)...) {
+		require.NoError(t, g.GetLog(w.Index, &l))
+		requireLogEqual(t, w, &l)
+	}
+}
+
 func TestCorruptEntryIsNeverReturned(t *testing.T) {
 	db := openTest(t, t.TempDir())
 	defer db.Close()
