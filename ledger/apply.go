@@ -127,11 +127,11 @@ func ExpireHolds(s Store, nowMs int64) (int, error) {
 //
 // Each op is first looked up by (program, idempotency key): the same op again
 // is served its recorded result (Replayed), a different op with that key gets
-// IDEMPOTENCY_KEY_REUSED and is neither applied nor recorded. From Version2,
-// the same op sent in a linked request of several ops and in any other
-// request are different ops. Otherwise the
-// rules run and the outcome, success or failure, is recorded under a new
-// journal sequence number, so a retry sees the same outcome.
+// IDEMPOTENCY_KEY_REUSED and is neither applied nor recorded (from Version2,
+// an op sent in a linked request of several ops and the same op sent in any
+// other request are different ops). Otherwise the rules run and the outcome,
+// success or failure, is recorded under a new journal sequence number, so a
+// retry sees the same outcome.
 //
 // A linked request applies all or none: its ops run on an Overlay that is
 // committed only if every op succeeds. Otherwise nothing they changed is
