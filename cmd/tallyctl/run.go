@@ -297,7 +297,7 @@ func commandsWith(stdin io.Reader) []command {
 			},
 		},
 		{
-			name: "state", synopsis: "show one node's local view of a shard (applied index, state hash)",
+			name: "state", synopsis: "show one node's local view of a shard (applied index, state hash, rules version)",
 			flags: func(fs *flag.FlagSet, a *args) {
 				fs.StringVar(&a.node, "node", "", "gRPC address of the node to ask")
 				fs.UintVar(&a.shard, "shard", 0, "shard number")
