@@ -29,6 +29,8 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	require.ErrorContains(t, run([]string{"--peers", "n1=127.0.0.1:1/127.0.0.1:2", "--raft-dial-rewrite", "x"}), "advertised=dialed")
 	// "--bootstrap false" sets --bootstrap and stops the parser at "false".
 	require.ErrorContains(t, run([]string{"--bootstrap", "false", "--id", "n1"}), `unexpected argument "false"`)
+	require.ErrorContains(t, run([]string{"--max-version", "-1"}), "max-version")
+	require.ErrorContains(t, run([]string{"--max-version", "4294967296"}), "max-version")
 }
 
 func TestListenWarnings(t *testing.T) {
