@@ -257,9 +257,12 @@ func (d *decoder) fail(what string) {
 	d.b = nil
 }
 
+// uvarint and varint accept only the shortest encoding, the one
+// binary.AppendUvarint and AppendVarint write, so that a value decodes from
+// exactly one byte string (as the ledger's codec does).
 func (d *decoder) uvarint() uint64 {
 	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
+	if n <= 0 || n != uvarintLen(v) {
 		d.fail("uvarint")
 		return 0
 	}
@@ -267,9 +270,18 @@ func (d *decoder) uvarint() uint64 {
 	return v
 }
 
+// uvarintLen is the length of the shortest uvarint encoding of v.
+func uvarintLen(v uint64) int {
+	n := 1
+	for ; v >= 0x80; v >>= 7 {
+		n++
+	}
+	return n
+}
+
 func (d *decoder) varint() int64 {
 	v, n := binary.Varint(d.b)
-	if n <= 0 {
+	if n <= 0 || n != uvarintLen(uint64(v)<<1^uint64(v>>63)) {
 		d.fail("varint")
 		return 0
 	}

@@ -215,3 +215,28 @@ func requireLogEqual(t testing.TB, want, got *raft.Log) {
 	}
 	require.True(t, want.AppendedAt.Equal(got.AppendedAt), "appended %v != %v", want.AppendedAt, got.AppendedAt)
 }
+
+// An intact value whose numbers are padded (0x85 0x00 for 5) is not an
+// encoding this codec writes: it is refused as malformed, so every value
+// that decodes re-encodes to the same bytes.
+func TestDecodeLogRefusesPaddedVarints(t *testing.T) {
+	l := raft.Log{Index: 5, Term: 3, Type: raft.LogCommand, Data: []byte("x"), AppendedAt: time.Unix(0, 0)}
+	good := appendLog(nil, 2, &l)
+	var out raft.Log
+	require.NoError(t, decodeLog(good, 2, 5, &out))
+	for _, tc := range []struct {
+		name string
+		at   int // offset of the one-byte number to pad
+	}{
+		{"shard", 1},
+		{"index", 2},
+		{"term", 3},
+		{"appended (signed)", len(good) - checksumBytes - 1},
+	} {
+		padded := append([]byte(nil), good[:tc.at]...)
+		padded = append(padded, good[tc.at]|0x80, 0x00)
+		padded = append(padded, good[tc.at+1:]...)
+		err := decodeLog(withChecksum(padded), 2, 5, &out)
+		require.ErrorIs(t, err, errMalformed, tc.name)
+	}
+}
