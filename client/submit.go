@@ -21,8 +21,11 @@ import (
 //
 // Retries follow the package doc. The error is request-level: nil when every
 // part got its results (check each Result's Code), else an *Error (or several
-// joined, one per failed part). Invalid input is refused before anything
-// is sent, with nil results and the op's index in the error. Any other error
+// joined, one per failed part). Invalid input that the client can see (no
+// ops, DEFINE_ASSET, a linked request over members or MaxBatchOps, a key used
+// twice) is refused before anything is sent, with nil results and the op's
+// index in the error; what only the server checks comes back as results.
+// Any other error
 // still returns len(ops) results: ops of parts that completed hold their
 // outcomes, the others hold the error's code. Use IsIndeterminate to learn
 // whether failed ops may have applied.

@@ -54,10 +54,12 @@ func (s *shard) versionLoop() {
 			return
 		}
 		if !leads {
+			fails = 0
 			continue
 		}
 		from, target := s.fsm.Version(), s.membersMaxVersion(ctx)
 		if target <= from {
+			fails = 0
 			continue
 		}
 		c := ledger.AppendCommand(nil, ledger.Command{TimeMs: time.Now().UnixMilli(), SetVersion: target})

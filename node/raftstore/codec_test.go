@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"hash/crc32"
 	"math"
@@ -14,6 +15,15 @@ import (
 
 // appendLogV1 writes what builds before version 2 wrote.
 func appendLogV1(dst []byte, l *raft.Log) []byte { return appendLogVersion(dst, logCodecV1, 0, l) }
+
+// Version 1 is written for builds before version 2 to read (LegacyCodec), so
+// its bytes are pinned to what those builds wrote: the golden value is
+// 2a671b3's appendLog of this entry.
+func TestLogCodecVersion1IsFrozen(t *testing.T) {
+	l := raft.Log{Index: 300, Term: 7, Type: raft.LogCommand, Data: []byte("tally"), Extensions: []byte{1, 2},
+		AppendedAt: time.Unix(1700000000, 5)}
+	require.Equal(t, "01ac0207000574616c6c790201028a80d0e2c6bfce972fdfc938ef", hex.EncodeToString(appendLogV1(nil, &l)))
+}
 
 // withChecksum replaces the checksum of v with a valid one, as an intact
 // value would have.
