@@ -226,28 +226,36 @@ func record(s Store, timeMs int64, op *Op, fp [16]byte, res Result) (Result, err
 }
 
 func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error {
-	if v >= Version2 {
-		if refused, err := refuseReusedKeys(s, timeMs, v, ops, out); refused || err != nil {
-			return err
-		}
-	}
-	ov := NewOverlay(s)
-	// fresh[i]: op i was evaluated (not served from a record) and is not
-	// recorded yet. Records are never written to the overlay (keys within a
-	// request are distinct, so no op reads another's record); they go to s
-	// once the outcome is known.
-	fresh := make([]bool, len(ops))
+	// Every op's record is read once, before anything is evaluated: records
+	// are never written to the overlay, and keys within a request are
+	// distinct, so no op's evaluation or record changes another op's record.
 	fps := make([][16]byte, len(ops))
-	failed := -1
+	found := make([]bool, len(ops))
+	prior := make([]Result, len(ops)) // for found ops: the replay, or KEY_REUSED
 	for i := range ops {
 		op := &ops[i]
 		fps[i] = fingerprintFor(v, op, true)
-		rec, found, err := s.Record(op.Program, op.IdempotencyKey)
+		rec, ok, err := s.Record(op.Program, op.IdempotencyKey)
 		if err != nil {
 			return storeErr("read record", err)
 		}
-		if found {
-			out[i] = dedupResult(v, &rec, fps[i], op, timeMs)
+		if found[i] = ok; ok {
+			prior[i] = dedupResult(v, &rec, fps[i], op, timeMs)
+		}
+	}
+	if v >= Version2 && refuseReusedKeys(timeMs, ops, found, prior, out) {
+		return nil
+	}
+
+	ov := NewOverlay(s)
+	// fresh[i]: op i was evaluated (not served from a record) and is not
+	// recorded yet; records go to s once the outcome is known.
+	fresh := make([]bool, len(ops))
+	failed := -1
+	for i := range ops {
+		op := &ops[i]
+		if found[i] {
+			out[i] = prior[i]
 		} else {
 			res, err := evaluate(ov, timeMs, op)
 			if err != nil {
@@ -295,16 +303,10 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 			res = Result{Code: cause.Code, Message: cause.Message}
 		case i < failed:
 			res = linked
+		case found[i]:
+			out[i] = prior[i]
+			continue
 		default:
-			fps[i] = fingerprintFor(v, op, true)
-			rec, found, err := s.Record(op.Program, op.IdempotencyKey)
-			if err != nil {
-				return storeErr("read record", err)
-			}
-			if found {
-				out[i] = dedupResult(v, &rec, fps[i], op, timeMs)
-				continue
-			}
 			res = linked
 		}
 		res, err := record(s, timeMs, op, fps[i], res)
@@ -321,42 +323,35 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 // different op: a reused key makes the request a client error, like one that
 // fails validation, and recording the other ops would spend keys the client
 // must send again in the corrected request. The answers depend on the records
-// alone, never on balances or on the order of the ops, and records never
-// change, so a retry of the same request gets the same answers: the reused
-// keys IDEMPOTENCY_KEY_REUSED, keys recorded for the same op their replay, the
-// others LINKED_FAILED (not recorded). refused is false, and out cleared,
-// when no key is reused.
-func refuseReusedKeys(s Store, timeMs int64, v uint32, ops []Op, out []Result) (refused bool, err error) {
+// alone (prior, for the found ops), never on balances or on the order of the
+// ops, and records never change, so a retry of the same request gets the same
+// answers: the reused keys IDEMPOTENCY_KEY_REUSED, keys recorded for the same
+// op their replay, the others LINKED_FAILED (not recorded). It reports false,
+// and leaves out alone, when no key is reused.
+func refuseReusedKeys(timeMs int64, ops []Op, found []bool, prior, out []Result) bool {
 	first := -1
 	for i := range ops {
-		op := &ops[i]
-		rec, found, err := s.Record(op.Program, op.IdempotencyKey)
-		if err != nil {
-			return false, storeErr("read record", err)
-		}
-		out[i] = Result{}
-		if found {
-			out[i] = dedupResult(v, &rec, fingerprintFor(v, op, true), op, timeMs)
-			if out[i].Code == CodeIdempotencyKeyReused && first < 0 {
-				first = i
-			}
+		if found[i] && prior[i].Code == CodeIdempotencyKeyReused {
+			first = i
+			break
 		}
 	}
 	if first < 0 {
-		clear(out)
-		return false, nil
+		return false
+	}
+	refused := Result{
+		Code:    CodeLinkedFailed,
+		Message: fmt.Sprintf("not applied: linked op %d (%s) failed with %s", first, ops[first].Kind, CodeIdempotencyKeyReused),
+		TimeMs:  timeMs,
 	}
 	for i := range ops {
-		if out[i].Code == "" {
-			out[i] = Result{
-				Code: CodeLinkedFailed,
-				Message: fmt.Sprintf("not applied: linked op %d (%s) failed with %s", first, ops[first].Kind,
-					CodeIdempotencyKeyReused),
-				TimeMs: timeMs,
-			}
+		if found[i] {
+			out[i] = prior[i]
+		} else {
+			out[i] = refused
 		}
 	}
-	return true, nil
+	return true
 }
 
 // evaluate runs the rules of one op on s. Failures (domain errors) come back
