@@ -577,6 +577,72 @@ func TestLinkedBatchIsAllOrNone(t *testing.T) {
 	c.checkReplicas()
 }
 
+// TestHoldSettledInItsOwnRequest: a capture or release of a hold that an
+// earlier op of the same request opens ("authorize and capture" as one
+// linked request). The edge used to look for the hold in the store only and
+// refuse the whole request with HOLD_NOT_FOUND; the chaos workload found it.
+func TestHoldSettledInItsOwnRequest(t *testing.T) {
+	c := newTestCluster(t, 3, 1, nil)
+	c.defineAsset("shop", "CNY", 2)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "CNY", ""))
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "c", "ann", "CNY", "100.00"))
+	submit := func(linked bool, ops ...*tallypb.Op) []*tallypb.OpResult {
+		resp, err := call(c, 0, func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.SubmitResponse, error) {
+			return cl.Submit(ctx, &tallypb.SubmitRequest{Linked: linked, Ops: ops})
+		})
+		require.NoError(t, err)
+		return resp.GetResults()
+	}
+	settle := func(kind tallypb.OpKind, key, holdKey, amount string) *tallypb.Op {
+		return &tallypb.Op{Kind: kind, Program: "shop", Member: "ann", HoldKey: holdKey, IdempotencyKey: key, Amount: amount}
+	}
+	hold := func(key, amount string) *tallypb.Op {
+		h := op(tallypb.OpKind_HOLD, key, "ann", "CNY", amount)
+		h.HoldTtlMs = 60_000
+		return h
+	}
+	balance := func(posted, held string) {
+		t.Helper()
+		a, err := c.account("shop", "ann", "CNY")
+		require.NoError(t, err)
+		require.Equal(t, posted, a.Posted)
+		require.Equal(t, held, a.Held)
+	}
+
+	// Linked: hold 30.00 and capture 12.50 of it.
+	rs := submit(true, hold("h1", "30.00"), settle(tallypb.OpKind_CAPTURE_HOLD, "cap1", "h1", "12.50"))
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.Equal(t, "OK", rs[1].Code, rs[1].Message)
+	require.Equal(t, "12.50", rs[1].Captured)
+	balance("87.50", "0.00")
+
+	// Unlinked: hold and release in one request.
+	rs = submit(false, hold("h2", "5.00"), settle(tallypb.OpKind_RELEASE_HOLD, "rel2", "h2", ""))
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.Equal(t, "OK", rs[1].Code, rs[1].Message)
+	balance("87.50", "0.00")
+
+	// Linked, the hold fails: nothing applies, the capture is LINKED_FAILED.
+	rs = submit(true, hold("h3", "500.00"), settle(tallypb.OpKind_CAPTURE_HOLD, "cap3", "h3", ""))
+	require.Equal(t, string(ledger.CodeInsufficientFunds), rs[0].Code)
+	require.Equal(t, string(ledger.CodeLinkedFailed), rs[1].Code)
+	// Unlinked, the hold fails: the capture finds no hold when it applies.
+	rs = submit(false, hold("h4", "500.00"), settle(tallypb.OpKind_CAPTURE_HOLD, "cap4", "h4", ""))
+	require.Equal(t, string(ledger.CodeInsufficientFunds), rs[0].Code)
+	require.Equal(t, string(ledger.CodeHoldNotFound), rs[1].Code)
+	balance("87.50", "0.00")
+
+	// A hold neither stored nor opened before the capture in its request
+	// is still refused at the edge, and recorded nowhere.
+	_, err := call(c, 0, func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.SubmitResponse, error) {
+		return cl.Submit(ctx, &tallypb.SubmitRequest{Ops: []*tallypb.Op{
+			settle(tallypb.OpKind_CAPTURE_HOLD, "cap5", "h5", ""), hold("h5", "1.00")}})
+	})
+	require.Error(t, err)
+	require.Contains(t, err.Error(), string(ledger.CodeHoldNotFound))
+	c.checkReplicas()
+}
+
 // TestStateBehindSnapshotIsRestored covers the storage trap: state writes
 // are not fsynced, so after a crash a node's durable applied index can be
 // behind its newest snapshot, and Raft never replays entries at or below a

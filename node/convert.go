@@ -53,8 +53,11 @@ func (n *Node) asset(ctx context.Context, s *shard, program, code string) (ledge
 
 // holdAsset returns the asset of an open or closed hold, for converting a
 // capture amount. Holds never change asset, so local state is enough once
-// it has it.
-func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key string) (ledger.Asset, error) {
+// it has it. A hold that an earlier op of the same request opens (earlier:
+// the request's ops before this one, converted) is not in any state yet:
+// its asset is that op's. If that op fails, the ledger answers this one
+// HOLD_NOT_FOUND when it applies.
+func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key string, earlier []ledger.Op) (ledger.Asset, error) {
 	for attempt := 0; attempt < 2; attempt++ {
 		h, found, err := s.fsm.Hold(program, member, key)
 		if err != nil {
@@ -63,18 +66,25 @@ func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key str
 		if found {
 			return n.asset(ctx, s, program, h.Asset)
 		}
-		if attempt == 0 {
-			if err := s.linearizable(ctx); err != nil {
-				return ledger.Asset{}, err
+		if attempt > 0 {
+			break
+		}
+		for j := len(earlier) - 1; j >= 0; j-- {
+			if o := &earlier[j]; o.Kind == ledger.OpHold && o.Program == program && o.Member == member && o.IdempotencyKey == key {
+				return n.asset(ctx, s, program, o.Asset)
 			}
+		}
+		if err := s.linearizable(ctx); err != nil {
+			return ledger.Asset{}, err
 		}
 	}
 	return ledger.Asset{}, ledger.Errorf(ledger.CodeHoldNotFound, "no hold "+key+" for member "+member)
 }
 
 // toLedgerOp converts one API op at the edge: decimal amounts become minor
-// units of the asset's scale, never rounded.
-func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op) (ledger.Op, error) {
+// units of the asset's scale, never rounded. earlier are the ops of the
+// request before this one, already converted.
+func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op, earlier []ledger.Op) (ledger.Op, error) {
 	// The wire kind is an int32 and ledger.OpKind a uint8: an unknown kind
 	// must not wrap into a known one (264 would be FREEZE).
 	if k := p.GetKind(); k <= tallypb.OpKind_OP_KIND_UNSPECIFIED || k > tallypb.OpKind_CLOSE {
@@ -114,10 +124,11 @@ func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op) (ledger.
 		op.Scale = a.Scale
 	case ledger.OpCaptureHold, ledger.OpReleaseHold:
 		// The hold must exist (holds are never deleted, so a hold seen here
-		// is there at apply): an unknown hold is HOLD_NOT_FOUND at the edge
-		// for captures and releases alike, recorded nowhere, so a retry after
-		// the hold is created can still succeed.
-		a, err := n.holdAsset(ctx, s, op.Program, op.Member, op.HoldKey)
+		// is there at apply), or an earlier op of the request must open it:
+		// an unknown hold is HOLD_NOT_FOUND at the edge for captures and
+		// releases alike, recorded nowhere, so a retry after the hold is
+		// created can still succeed.
+		a, err := n.holdAsset(ctx, s, op.Program, op.Member, op.HoldKey, earlier)
 		if err != nil {
 			return op, err
 		}

@@ -18,7 +18,7 @@ func TestUnknownWireKindIsRejected(t *testing.T) {
 	for _, k := range []int32{0, -1, 13, 256 + int32(tallypb.OpKind_CREDIT), 256 + int32(tallypb.OpKind_FREEZE), -248, 1 << 30} {
 		_, err := n.toLedgerOp(context.Background(), nil, &tallypb.Op{
 			Kind: tallypb.OpKind(k), Program: "p", Member: "m", Asset: "USD", IdempotencyKey: "k1", Amount: "1",
-		})
+		}, nil)
 		require.Error(t, err, "wire kind %d", k)
 		require.Equal(t, ledger.CodeInvalidArgument, ledger.CodeOf(err), "wire kind %d", k)
 	}

@@ -82,7 +82,7 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 		lr.Ops[0] = defineAssetOp(ops[0].GetProgram(), ops[0].GetAsset(), ops[0].GetIdempotencyKey(), uint8(ops[0].GetScale()))
 	} else {
 		for i, p := range ops {
-			op, err := sv.n.toLedgerOp(ctx, s, p)
+			op, err := sv.n.toLedgerOp(ctx, s, p, lr.Ops[:i])
 			if err != nil {
 				if _, ok := err.(*domainError); ok {
 					return nil, err
