@@ -165,24 +165,40 @@ type operationLookup interface {
 	GetOperation(ctx context.Context, program, member, key string) (bool, client.JournalEntry, error)
 }
 
-func resolveAll(ctx context.Context, cl operationLookup, entries []Entry) []resolution {
-	out := make([]resolution, len(entries))
-	work := make(chan int)
+// keysOf returns the idempotency keys of a write: its own, or one per op of
+// a linked request.
+func keysOf(in Input) []Input {
+	if in.Kind == KindLinked {
+		return in.Ops
+	}
+	return []Input{in}
+}
+
+// resolveAll looks up every key of every write: out[i][j] is the j-th key
+// of entries[i] (keysOf), nil for reads.
+func resolveAll(ctx context.Context, cl operationLookup, entries []Entry) [][]resolution {
+	out := make([][]resolution, len(entries))
+	type job struct{ i, j int }
+	work := make(chan job)
 	var wg sync.WaitGroup
 	for w := 0; w < resolveWorkers; w++ {
 		wg.Go(func() {
-			for i := range work {
-				e := entries[i]
+			for jb := range work {
+				in := keysOf(entries[jb.i].Input)[jb.j]
 				rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-				found, entry, err := cl.GetOperation(rctx, Program, e.Input.Member, e.Input.Key)
+				found, entry, err := cl.GetOperation(rctx, Program, in.Member, in.Key)
 				cancel()
-				out[i] = resolution{found: found, entry: entry, err: err}
+				out[jb.i][jb.j] = resolution{found: found, entry: entry, err: err}
 			}
 		})
 	}
 	for i, e := range entries {
-		if e.Input.Kind != KindRead {
-			work <- i
+		if e.Input.Kind == KindRead {
+			continue
+		}
+		out[i] = make([]resolution, len(keysOf(e.Input)))
+		for j := range out[i] {
+			work <- job{i, j}
 		}
 	}
 	close(work)
@@ -211,45 +227,86 @@ func checkExactlyOnce(ctx context.Context, cl operationLookup, entries []Entry) 
 		if e.Input.Kind == KindRead {
 			continue
 		}
-		r := res[i]
-		if r.err != nil {
-			f.addf("%s: GetOperation failed: %v", e.Input.Key, r.err)
-			continue
+		ins := keysOf(e.Input)
+		failed := false
+		found := 0
+		for j, r := range res[i] {
+			in := ins[j]
+			switch {
+			case r.err != nil:
+				f.addf("%s: GetOperation failed: %v", in.Key, r.err)
+				failed = true
+			case r.found && !sameOp(in, r.entry.Op):
+				f.addf("%s: the store holds a different operation under this key: %+v", in.Key, r.entry.Op)
+				failed = true
+			case r.found:
+				found++
+			}
 		}
-		if r.found && !sameOp(e.Input, r.entry.Op) {
-			f.addf("%s: the store holds a different operation under this key: %+v", e.Input.Key, r.entry.Op)
+		if failed {
 			continue
 		}
 		switch e.Output.Status {
 		case Known:
-			switch {
-			case !r.found:
-				f.addf("%s: acknowledged (%s, seq %d) but not in the record store", e.Input.Key, e.Output.Code, e.Output.Seq)
-			case r.entry.Result.Code != e.Output.Code || r.entry.Result.Seq != e.Output.Seq || r.entry.Result.TimeMs != e.Output.TimeMs:
-				f.addf("%s: client saw %s seq %d t=%d, store has %s seq %d t=%d", e.Input.Key,
-					e.Output.Code, e.Output.Seq, e.Output.TimeMs, r.entry.Result.Code, r.entry.Result.Seq, r.entry.Result.TimeMs)
+			outs := []Output{e.Output}
+			if e.Input.Kind == KindLinked {
+				outs = e.Output.Ops
+			}
+			for j, r := range res[i] {
+				in, out := ins[j], outs[j]
+				switch {
+				case !r.found:
+					f.addf("%s: acknowledged (%s, seq %d) but not in the record store", in.Key, out.Code, out.Seq)
+				case r.entry.Result.Code != out.Code || r.entry.Result.Seq != out.Seq || r.entry.Result.TimeMs != out.TimeMs:
+					f.addf("%s: client saw %s seq %d t=%d, store has %s seq %d t=%d", in.Key,
+						out.Code, out.Seq, out.TimeMs, r.entry.Result.Code, r.entry.Result.Seq, r.entry.Result.TimeMs)
+				}
 			}
 		case NotApplied:
-			if r.found {
-				f.addf("%s: client was told %s (certainly not applied) but the store has %s seq %d", e.Input.Key,
-					e.Output.Code, r.entry.Result.Code, r.entry.Result.Seq)
+			for j, r := range res[i] {
+				if r.found {
+					f.addf("%s: client was told %s (certainly not applied) but the store has %s seq %d", ins[j].Key,
+						e.Output.Code, r.entry.Result.Code, r.entry.Result.Seq)
+				}
 			}
 		case Indeterminate:
-			if r.found {
-				out := outputOf(r.entry.Result)
-				out.Replayed = false
-				e.Output = out
+			switch found {
+			case len(res[i]):
+				if e.Input.Kind == KindLinked {
+					rs := make([]client.Result, len(res[i]))
+					for j, r := range res[i] {
+						rs[j] = r.entry.Result
+					}
+					e.Output = linkedOutput(rs)
+				} else {
+					e.Output = outputOf(res[i][0].entry.Result)
+				}
+				e.Output.Replayed = false
 				e.Resolved = true
 				applied++
-			} else {
+			case 0:
 				e.Output = Output{Status: NotApplied, Code: e.Output.Code}
 				e.Resolved = true
 				notApplied++
+			default:
+				// A linked request is recorded in one log entry, all of it
+				// or nothing: part of it is a broken all-or-none. Left
+				// indeterminate, for the model to judge as well.
+				f.addf("%s: linked request partly recorded: %d of its %d keys are in the store", describeKeys(ins), found, len(ins))
 			}
 		}
 	}
 	return f.result("exactly-once", "every acknowledged write is stored with the outcome the client saw; "+
-		"no write the client was told failed is stored"), applied, notApplied
+		"no write the client was told failed is stored; every linked request is stored whole or not at all"), applied, notApplied
+}
+
+// describeKeys names the keys of ins.
+func describeKeys(ins []Input) string {
+	keys := make([]string, len(ins))
+	for i, in := range ins {
+		keys[i] = in.Key
+	}
+	return strings.Join(keys, "+")
 }
 
 func sameOp(in Input, op client.Op) bool {
@@ -274,12 +331,7 @@ type journalLister interface {
 
 func checkJournal(ctx context.Context, cl journalLister, entries []Entry, members []string, finalPosted map[string]int64) CheckResult {
 	var f findings
-	byKey := map[string]*Entry{}
-	for i := range entries {
-		if entries[i].Input.Kind != KindRead {
-			byKey[entries[i].Input.Key] = &entries[i]
-		}
-	}
+	byKey := writesByKey(entries)
 	seenKey := map[string]bool{}
 	seenSeq := map[[2]uint64]string{} // (shard, seq) -> key
 	total := 0
@@ -343,6 +395,35 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 	}
 	return f.result("journal", fmt.Sprintf("%d journal entries: no key or seq twice, every acknowledged success present, "+
 		"final balances equal the journal's postings", total))
+}
+
+// write is one key's op and the outcome the client has for it.
+type write struct {
+	Input  Input
+	Output Output
+}
+
+// writesByKey maps every key of every write of entries to its op and
+// outcome; the ops of a linked request get their own results when they are
+// known, else the request's status and code.
+func writesByKey(entries []Entry) map[string]write {
+	byKey := map[string]write{}
+	for _, e := range entries {
+		switch e.Input.Kind {
+		case KindRead:
+		case KindLinked:
+			for j, in := range e.Input.Ops {
+				out := Output{Status: e.Output.Status, Code: e.Output.Code}
+				if e.Output.Status == Known && j < len(e.Output.Ops) {
+					out = e.Output.Ops[j]
+				}
+				byKey[in.Key] = write{in, out}
+			}
+		default:
+			byKey[e.Input.Key] = write{e.Input, e.Output}
+		}
+	}
+	return byKey
 }
 
 // AccountResult is the linearizability verdict of one account.

@@ -219,3 +219,83 @@ func TestJournalCheckCatchesLies(t *testing.T) {
 		})
 	}
 }
+
+// TestExactlyOnceLinked: the keys of a linked request are checked one by
+// one, an indeterminate request is resolved only when all its keys are
+// stored (or none), and one stored in part fails the check.
+func TestExactlyOnceLinked(t *testing.T) {
+	in := Input{Kind: KindLinked, Member: "a", Ops: []Input{
+		{Kind: KindCredit, Member: "a", Key: "l1", Amount: 5},
+		{Kind: KindDebit, Member: "a", Key: "l2", Amount: 9},
+	}}
+	stored := func(i int, code ledger.Code) client.JournalEntry {
+		seq := uint64(10 + i)
+		return client.JournalEntry{Seq: seq, Op: toClientOp(in.Ops[i]), Result: client.Result{Code: code, Seq: seq, TimeMs: 100}}
+	}
+	failedLookup := fakeLookup{"l1": stored(0, ledger.CodeLinkedFailed), "l2": stored(1, ledger.CodeInsufficientFunds)}
+	acked := Entry{Input: in, Output: linkedOutput([]client.Result{failedLookup["l1"].Result, failedLookup["l2"].Result}), ReturnNs: 10}
+	require.Equal(t, ledger.CodeInsufficientFunds, acked.Output.Code, "the request's code is the failing op's")
+	pending := Entry{Input: in, Output: indeterminate, ReturnNs: ReturnNever}
+
+	for name, tc := range map[string]struct {
+		entry  Entry
+		lookup fakeLookup
+		ok     bool
+		status Status // after the check
+	}{
+		"acked, stored":             {acked, failedLookup, true, Known},
+		"acked, one key missing":    {acked, fakeLookup{"l2": failedLookup["l2"]}, false, Known},
+		"acked, another outcome":    {acked, fakeLookup{"l1": stored(0, ledger.CodeOK), "l2": stored(1, ledger.CodeOK)}, false, Known},
+		"indeterminate, all stored": {pending, failedLookup, true, Known},
+		"indeterminate, none":       {pending, fakeLookup{}, true, NotApplied},
+		"indeterminate, in part":    {pending, fakeLookup{"l1": failedLookup["l1"]}, false, Indeterminate},
+	} {
+		t.Run(name, func(t *testing.T) {
+			entries := []Entry{tc.entry}
+			res, _, _ := checkExactlyOnce(context.Background(), tc.lookup, entries)
+			assert.Equal(t, tc.ok, res.OK, "%s: %v", res.Detail, res.Findings)
+			assert.Equal(t, tc.status, entries[0].Output.Status)
+			if name == "indeterminate, all stored" {
+				assert.Equal(t, acked.Output, entries[0].Output, "resolved to the stored results")
+				assert.True(t, entries[0].Resolved)
+			}
+		})
+	}
+}
+
+// TestJournalCheckLinked: the ops of a linked request that applied are
+// each in the journal with their own sequence; the ops of one that failed
+// must not be.
+func TestJournalCheckLinked(t *testing.T) {
+	ops := []Input{
+		{Kind: KindCredit, Member: "a", Key: "l1", Amount: 5},
+		{Kind: KindDebit, Member: "a", Key: "l2", Amount: 2},
+	}
+	res := func(seq uint64, code ledger.Code) client.Result {
+		return client.Result{Code: code, Seq: seq, TimeMs: 100}
+	}
+	applied := Entry{Input: Input{Kind: KindLinked, Member: "a", Ops: ops},
+		Output: linkedOutput([]client.Result{res(1, ledger.CodeOK), res(2, ledger.CodeOK)})}
+	failed := applied
+	failed.Output = linkedOutput([]client.Result{res(1, ledger.CodeLinkedFailed), res(2, ledger.CodeInsufficientFunds)})
+	j := func(i int, seq uint64) client.JournalEntry {
+		return client.JournalEntry{Seq: seq, Op: toClientOp(ops[i]), Result: res(seq, ledger.CodeOK)}
+	}
+	for name, tc := range map[string]struct {
+		entry   Entry
+		journal []client.JournalEntry
+		final   int64
+		ok      bool
+	}{
+		"applied, in the journal":  {applied, []client.JournalEntry{j(1, 2), j(0, 1)}, 3, true},
+		"applied, one op missing":  {applied, []client.JournalEntry{j(0, 1)}, 5, false},
+		"applied, seqs swapped":    {applied, []client.JournalEntry{j(1, 1), j(0, 2)}, 3, false},
+		"failed, not in it":        {failed, nil, 0, true},
+		"failed, but one op in it": {failed, []client.JournalEntry{j(0, 1)}, 5, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, []Entry{tc.entry}, []string{"a"}, map[string]int64{"a": tc.final})
+			assert.Equal(t, tc.ok, r.OK, "%s: %v", r.Detail, r.Findings)
+		})
+	}
+}

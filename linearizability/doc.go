@@ -5,7 +5,11 @@
 //
 //   - Model: a porcupine model of one account with every operation the API
 //     offers (credit, debit, hold, capture, release, hold expiry, freeze,
-//     unfreeze, read), partitioned by account. Operations whose outcome the
+//     unfreeze, read) and linked requests of several of them on one account,
+//     partitioned by account. A linked request is one operation of the
+//     model: its ops apply in order in one log entry, all of them or none,
+//     and when one fails it keeps its code and the others get LINKED_FAILED.
+//     Operations whose outcome the
 //     client never learned are indeterminate: they return at +infinity and
 //     the model lets them take effect at any point after their call, or
 //     never. They are never dropped and never assumed failed.
@@ -17,8 +21,8 @@
 //     makes (same idempotency key), and the checks after the run:
 //     linearizability per account, conservation per shard, every
 //     acknowledged operation in the record store and journal with the
-//     result the client saw, no key applied twice, replicas equal at the
-//     same applied index.
+//     result the client saw, no key applied twice, every linked request
+//     stored whole or not at all, replicas equal at the same applied index.
 //   - Evidence: on failure, porcupine's HTML visualization per failing
 //     account, the fault timeline, node logs and the seed, under a results
 //     folder.

@@ -93,13 +93,17 @@ func (m opMeta) String() string {
 func Operations(entries []Entry) []porcupine.Operation {
 	out := make([]porcupine.Operation, 0, len(entries))
 	for _, e := range entries {
+		key := e.Input.Key
+		if e.Input.Kind == KindLinked {
+			key = describeKeys(e.Input.Ops)
+		}
 		out = append(out, porcupine.Operation{
 			ClientId: e.ClientID,
 			Input:    e.Input,
 			Call:     e.CallNs,
 			Output:   e.Output,
 			Return:   e.ReturnNs,
-			Metadata: opMeta{key: e.Input.Key, attempts: e.Attempts, err: e.Err, resolved: e.Resolved},
+			Metadata: opMeta{key: key, attempts: e.Attempts, err: e.Err, resolved: e.Resolved},
 		})
 	}
 	return out

@@ -25,9 +25,12 @@ const (
 	KindRelease
 	KindFreeze
 	KindUnfreeze
+	// KindLinked is a linked request: Input.Ops, all on Input.Member,
+	// applied all or none in one log entry.
+	KindLinked
 )
 
-var kindNames = [...]string{"read", "credit", "debit", "hold", "capture", "release", "freeze", "unfreeze"}
+var kindNames = [...]string{"read", "credit", "debit", "hold", "capture", "release", "freeze", "unfreeze", "linked"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -44,6 +47,9 @@ type Input struct {
 	Amount  int64  // Credit, Debit, Hold; Capture (0 = the whole hold)
 	HoldKey string // Capture, Release
 	TTLMs   int64  // Hold
+	// Ops are the ops of a KindLinked request, in order, each with its own
+	// key (Key is then ""); none is KindRead or KindLinked.
+	Ops []Input
 }
 
 // Status says how much the client learned about an operation's outcome.
@@ -86,6 +92,9 @@ type Output struct {
 	Posted     int64
 	Held       int64
 	Frozen     bool
+	// Ops are the results of a KindLinked request's ops (Known only), one
+	// per op. Code is then the request's: OK, or the failing op's code.
+	Ops []Output
 }
 
 // holdStatus is the lifecycle of a hold in the model.
@@ -257,8 +266,11 @@ func accountMatches(s State, out Output) bool {
 // be in after the operation, none if the operation could not have returned
 // out from s.
 func step(s State, in Input, out Output) []State {
-	if in.Kind == KindRead {
+	switch in.Kind {
+	case KindRead:
 		return stepRead(s, out)
+	case KindLinked:
+		return stepLinked(s, in, out)
 	}
 	switch out.Status {
 	case NotApplied:
@@ -301,6 +313,80 @@ func step(s State, in Input, out Output) []State {
 	if out.Seq != 0 {
 		n.LastSeq = out.Seq
 	}
+	return []State{n}
+}
+
+// applyLinked runs a linked request's ops at log time t on a state whose
+// expiries up to t are done, as ledger.Apply does: in order, each on the
+// state the ones before it left; if one fails, the request changes nothing.
+// It returns the state after the request, each op's state after it
+// (meaningful only when all succeed), and each op's own code up to the first
+// failure; failed is that op's index, or -1.
+func applyLinked(s State, ops []Input, t int64) (next State, after []State, codes []ledger.Code, failed int) {
+	cur := s
+	for i, op := range ops {
+		n, code := apply(cur, op, t)
+		codes = append(codes, code)
+		if code != ledger.CodeOK {
+			return s, nil, codes, i
+		}
+		after = append(after, n)
+		cur = n
+	}
+	return cur, after, codes, -1
+}
+
+// stepLinked is step for a linked request. Its ops are recorded together,
+// in one log entry, in order: all at one log time and with increasing
+// sequence numbers, whether they succeed or not. When one fails, it keeps
+// its code and the others get LINKED_FAILED, and no result describes the
+// account (its state was never committed).
+func stepLinked(s State, in Input, out Output) []State {
+	switch out.Status {
+	case NotApplied:
+		return []State{s}
+	case Indeterminate:
+		next := []State{s}
+		times := append([]int64{s.LastTime}, s.expiryTimes()...)
+		for _, t := range times {
+			n, _, _, _ := applyLinked(s.expireAt(t), in.Ops, t)
+			n.LastTime = t
+			next = append(next, n)
+		}
+		return next
+	}
+	if len(out.Ops) != len(in.Ops) || len(in.Ops) == 0 {
+		return nil
+	}
+	t := out.Ops[0].TimeMs
+	if t < s.LastTime {
+		return nil
+	}
+	lastSeq := s.LastSeq
+	for _, o := range out.Ops {
+		if o.Status != Known || o.TimeMs != t || o.Seq <= lastSeq {
+			return nil
+		}
+		lastSeq = o.Seq
+	}
+	n, after, codes, failed := applyLinked(s.expireAt(t), in.Ops, t)
+	for i, o := range out.Ops {
+		switch {
+		case failed < 0:
+			if o.Code != ledger.CodeOK || !accountMatches(after[i], o) {
+				return nil
+			}
+		case i == failed:
+			if o.Code != codes[i] || o.HasAccount {
+				return nil
+			}
+		default:
+			if o.Code != ledger.CodeLinkedFailed || o.HasAccount {
+				return nil
+			}
+		}
+	}
+	n.LastTime, n.LastSeq = t, lastSeq
 	return []State{n}
 }
 
@@ -382,6 +468,8 @@ func DescribeOperation(in Input, out Output) string {
 		call = fmt.Sprintf("capture(%s, %d)", in.HoldKey, in.Amount)
 	case KindRelease:
 		call = fmt.Sprintf("release(%s)", in.HoldKey)
+	case KindLinked:
+		return describeLinked(in, out)
 	default:
 		call = in.Kind.String() + "()"
 	}
@@ -407,6 +495,27 @@ func DescribeOperation(in Input, out Output) string {
 		}
 	}
 	return call + " -> " + ret
+}
+
+// describeLinked renders a linked request: each op with its own result when
+// they are known, else the request's outcome once.
+func describeLinked(in Input, out Output) string {
+	parts := make([]string, len(in.Ops))
+	for i, op := range in.Ops {
+		if out.Status == Known && i < len(out.Ops) {
+			parts[i] = DescribeOperation(op, out.Ops[i])
+			continue
+		}
+		parts[i] = strings.TrimSuffix(DescribeOperation(op, Output{Status: Indeterminate}), " -> ? (indeterminate: )")
+	}
+	s := "linked[" + strings.Join(parts, "; ") + "]"
+	switch out.Status {
+	case Indeterminate:
+		s += " -> ? (indeterminate: " + string(out.Code) + ")"
+	case NotApplied:
+		s += " -> not applied: " + string(out.Code)
+	}
+	return s
 }
 
 // Model returns the porcupine model of one account per partition; the

@@ -153,6 +153,106 @@ func TestModel(t *testing.T) {
 	}
 }
 
+// linked builds a linked request of member "a"'s ops.
+func linked(ops ...Input) Input {
+	for i := range ops {
+		ops[i].Member = "a"
+	}
+	return Input{Kind: KindLinked, Ops: ops}
+}
+
+// linkedOut is the Known outcome of a linked request with the ops' outputs.
+func linkedOut(outs ...Output) Output {
+	out := Output{Status: Known, Code: ledger.CodeOK, Ops: outs}
+	for _, o := range outs {
+		if o.Code != ledger.CodeOK && o.Code != ledger.CodeLinkedFailed {
+			out.Code = o.Code
+		}
+	}
+	return out
+}
+
+// TestModelLinked: a linked request applies all its ops in one log entry,
+// each seeing the ones before it, or none of them; the model must refuse
+// every history in which part of one took effect.
+func TestModelLinked(t *testing.T) {
+	lf := func(seq uint64, t int64) Output { return fail(ledger.CodeLinkedFailed, seq, t) }
+	cases := []struct {
+		name    string
+		history []porcupine.Operation
+		want    bool
+	}{
+		{"all applied, each op sees the ones before it", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 30)), linkedOut(ok(1, 100, 50, 0), ok(2, 100, 20, 0))),
+			op(0, 20, 30, readIn, read(20, 0, false)),
+		}, true},
+		{"an op reports the state before an earlier op of its request", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 30)), linkedOut(ok(1, 100, 50, 0), ok(2, 100, 20, 0))),
+			op(0, 0, 10, linked(credit("k3", 5), credit("k4", 5)), linkedOut(ok(3, 101, 25, 0), ok(4, 101, 25, 0))),
+		}, false},
+		{"a read sees only the first op", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 30)), linkedOut(ok(1, 100, 50, 0), ok(2, 100, 20, 0))),
+			op(0, 20, 30, readIn, read(50, 0, false)),
+		}, false},
+		{"one fails: nothing applied", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 80)), linkedOut(lf(1, 100), fail(ledger.CodeInsufficientFunds, 2, 100))),
+			op(0, 20, 30, readIn, read(0, 0, false)),
+		}, true},
+		{"one fails but the others applied", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 80)), linkedOut(lf(1, 100), fail(ledger.CodeInsufficientFunds, 2, 100))),
+			op(0, 20, 30, readIn, read(50, 0, false)),
+		}, false},
+		{"a failure the rules do not give", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 30)), linkedOut(lf(1, 100), fail(ledger.CodeInsufficientFunds, 2, 100))),
+		}, false},
+		{"the wrong op blamed", []porcupine.Operation{
+			op(0, 0, 10, linked(debit("k1", 80), credit("k2", 50)), linkedOut(lf(1, 100), fail(ledger.CodeInsufficientFunds, 2, 100))),
+		}, false},
+		{"a failed request describes the account", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 80)), linkedOut(lf(1, 100),
+				Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 2, TimeMs: 100, HasAccount: true, Posted: 50})),
+		}, false},
+		{"ops of one request at two log times", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 30)), linkedOut(ok(1, 100, 50, 0), ok(2, 101, 20, 0))),
+		}, false},
+		{"ops of one request out of sequence", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 30)), linkedOut(ok(2, 100, 50, 0), ok(1, 100, 20, 0))),
+		}, false},
+		{"hold and capture it in one request", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, linked(hold("h1", 30, 1000), capture("k3", "h1")), linkedOut(ok(2, 110, 50, 30), ok(3, 110, 20, 0))),
+			op(0, 40, 50, readIn, read(20, 0, false)),
+		}, true},
+		{"indeterminate: all of it", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(1, 20, ReturnNever, linked(debit("k2", 10), hold("h1", 30, 1000)), Output{Status: Indeterminate, Code: ledger.CodeUnavailable}),
+			op(0, 30, 40, readIn, read(40, 30, false)),
+		}, true},
+		{"indeterminate: none of it", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(1, 20, ReturnNever, linked(debit("k2", 10), hold("h1", 30, 1000)), Output{Status: Indeterminate, Code: ledger.CodeUnavailable}),
+			op(0, 30, 40, readIn, read(50, 0, false)),
+		}, true},
+		{"indeterminate: part of it", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(1, 20, ReturnNever, linked(debit("k2", 10), credit("k3", 3)), Output{Status: Indeterminate, Code: ledger.CodeUnavailable}),
+			op(0, 30, 40, readIn, read(40, 0, false)),
+		}, false},
+		{"not applied: none of it", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), credit("k2", 5)), Output{Status: NotApplied, Code: ledger.CodeNotLeader}),
+			op(0, 20, 30, readIn, read(50, 0, false)),
+		}, false},
+	}
+	model := Model()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := porcupine.CheckOperations(model, c.history); got != c.want {
+				t.Fatalf("linearizable = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
 func TestMembersSpreadOverShards(t *testing.T) {
 	for _, shards := range []int{2, 3, 5} {
 		ms := Members("p-", 12, shards)

@@ -55,7 +55,26 @@ var opWeights = [...]struct {
 }{
 	{KindRead, 25}, {KindCredit, 20}, {KindDebit, 18}, {KindHold, 13},
 	{KindCapture, 9}, {KindRelease, 7}, {KindFreeze, 2}, {KindUnfreeze, 6},
+	{KindLinked, 8},
 }
+
+// linkedWeights is the mix of the ops within a linked request: what a
+// payment system links (a recharge and its bonus, a spend and its points, an
+// authorization and its capture), with debits large enough that some
+// requests fail and must leave nothing behind.
+var linkedWeights = [...]struct {
+	kind   Kind
+	weight int
+}{
+	{KindCredit, 30}, {KindDebit, 30}, {KindHold, 18}, {KindCapture, 10}, {KindRelease, 5},
+	{KindFreeze, 2}, {KindUnfreeze, 5},
+}
+
+// Linked requests have minLinked to maxLinked ops.
+const (
+	minLinked = 2
+	maxLinked = 4
+)
 
 // Members returns n member names, each starting with prefix, spread over
 // the shards as evenly as the names allow: every shard gets at least
@@ -128,25 +147,44 @@ func newDirectClients(addrs []string) ([]tallypb.LedgerClient, []*grpc.ClientCon
 	return lcs, ccs, nil
 }
 
-func (w *worker) pickKind() Kind {
+func (w *worker) pickKind() Kind { return pickWeighted(w.rng, opWeights[:]) }
+
+// pickWeighted draws a kind with the given weights.
+func pickWeighted(rng *rand.Rand, weights []struct {
+	kind   Kind
+	weight int
+}) Kind {
 	total := 0
-	for _, x := range opWeights {
+	for _, x := range weights {
 		total += x.weight
 	}
-	r := w.rng.IntN(total)
-	for _, x := range opWeights {
+	r := rng.IntN(total)
+	for _, x := range weights {
 		if r < x.weight {
 			return x.kind
 		}
 		r -= x.weight
 	}
-	return KindRead
+	return weights[0].kind
+}
+
+// holdTTL is a hold's lifetime: half expire during the run, half are
+// meant to be captured or released.
+func (w *worker) holdTTL() int64 {
+	if w.rng.IntN(2) == 0 {
+		return shortTTLMinMs + w.rng.Int64N(shortTTLMaxMs-shortTTLMinMs)
+	}
+	return longTTLMs
+}
+
+func (w *worker) nextKey() string {
+	w.seq++
+	return fmt.Sprintf("w%d-%d", w.id, w.seq)
 }
 
 // next generates the next operation.
 func (w *worker) next() Input {
-	w.seq++
-	key := fmt.Sprintf("w%d-%d", w.id, w.seq)
+	key := w.nextKey()
 	members := w.epochs[0]
 	if w.epochLen > 0 {
 		members = w.epochs[min(int(time.Since(w.began)/w.epochLen), len(w.epochs)-1)]
@@ -155,17 +193,14 @@ func (w *worker) next() Input {
 	switch in.Kind {
 	case KindRead:
 		in.Key = ""
+	case KindLinked:
+		return w.nextLinked(in.Member, key)
 	case KindCredit:
 		in.Amount = 1 + w.rng.Int64N(100)
 	case KindDebit:
 		in.Amount = 1 + w.rng.Int64N(120)
 	case KindHold:
-		in.Amount = 1 + w.rng.Int64N(60)
-		if w.rng.IntN(2) == 0 {
-			in.TTLMs = shortTTLMinMs + w.rng.Int64N(shortTTLMaxMs-shortTTLMinMs)
-		} else {
-			in.TTLMs = longTTLMs
-		}
+		in.Amount, in.TTLMs = 1+w.rng.Int64N(60), w.holdTTL()
 	case KindCapture, KindRelease:
 		switch r := w.rng.IntN(20); {
 		case r == 0:
@@ -190,6 +225,89 @@ func (w *worker) next() Input {
 	return in
 }
 
+// nextLinked generates a linked request of minLinked to maxLinked ops on
+// member; key is the first op's. A capture or release settles a hold of an
+// earlier op of the request, or one the worker holds on member.
+func (w *worker) nextLinked(member, key string) Input {
+	in := Input{Kind: KindLinked, Member: member}
+	var own []heldHold // holds opened by this request and not yet settled
+	n := minLinked + w.rng.IntN(maxLinked-minLinked+1)
+	for i := range n {
+		if i > 0 {
+			key = w.nextKey()
+		}
+		op := Input{Kind: pickWeighted(w.rng, linkedWeights[:]), Member: member, Key: key}
+		switch op.Kind {
+		case KindCredit:
+			op.Amount = 1 + w.rng.Int64N(100)
+		case KindDebit:
+			op.Amount = 1 + w.rng.Int64N(150)
+		case KindHold:
+			op.Amount, op.TTLMs = 1+w.rng.Int64N(60), w.holdTTL()
+			own = append(own, heldHold{member: member, key: key, amount: op.Amount})
+		case KindCapture, KindRelease:
+			h, ok := w.takeHold(member, &own)
+			if !ok {
+				op = Input{Kind: KindCredit, Member: member, Key: key, Amount: 1 + w.rng.Int64N(100)}
+				break
+			}
+			op.HoldKey = h.key
+			if op.Kind == KindCapture && w.rng.IntN(4) == 0 && h.amount > 1 {
+				op.Amount = 1 + w.rng.Int64N(h.amount-1) // partial capture
+			}
+		}
+		in.Ops = append(in.Ops, op)
+	}
+	return in
+}
+
+// takeHold picks a hold on member to settle: one of own (the request's
+// own, removed from it) or of the worker's (moved to closed).
+func (w *worker) takeHold(member string, own *[]heldHold) (heldHold, bool) {
+	var mine []int
+	for i, h := range w.holds {
+		if h.member == member {
+			mine = append(mine, i)
+		}
+	}
+	k := w.rng.IntN(len(*own) + len(mine) + 1)
+	switch {
+	case k < len(*own):
+		h := (*own)[k]
+		*own = append((*own)[:k], (*own)[k+1:]...)
+		return h, true
+	case k < len(*own)+len(mine):
+		i := mine[k-len(*own)]
+		h := w.holds[i]
+		w.holds = append(w.holds[:i], w.holds[i+1:]...)
+		w.closed = append(w.closed, h)
+		return h, true
+	}
+	return heldHold{}, false
+}
+
+// opened returns the holds an operation may have left open: its own hold,
+// or a linked request's holds that no later op of it settles.
+func opened(in Input) []heldHold {
+	if in.Kind == KindHold {
+		return []heldHold{{member: in.Member, key: in.Key, amount: in.Amount}}
+	}
+	var hs []heldHold
+	for i, op := range in.Ops {
+		if op.Kind != KindHold {
+			continue
+		}
+		settled := false
+		for _, later := range in.Ops[i+1:] {
+			settled = settled || ((later.Kind == KindCapture || later.Kind == KindRelease) && later.HoldKey == op.Key)
+		}
+		if !settled {
+			hs = append(hs, heldHold{member: op.Member, key: op.Key, amount: op.Amount})
+		}
+	}
+	return hs
+}
+
 // run issues operations until stop is closed.
 func (w *worker) run(stop <-chan struct{}) {
 	for {
@@ -201,9 +319,8 @@ func (w *worker) run(stop <-chan struct{}) {
 		in := w.next()
 		e := w.do(in)
 		w.hist.Add(e)
-		if in.Kind == KindHold && e.Output.Status != NotApplied &&
-			(e.Output.Status == Indeterminate || e.Output.Code == ledger.CodeOK) {
-			w.holds = append(w.holds, heldHold{member: in.Member, key: in.Key, amount: in.Amount})
+		if e.Output.Status == Indeterminate || (e.Output.Status == Known && e.Output.Code == ledger.CodeOK) {
+			w.holds = append(w.holds, opened(in)...)
 		}
 	}
 }
@@ -236,17 +353,23 @@ func (w *worker) do(in Input) Entry {
 	for e.Attempts < calls {
 		e.Attempts++
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		res, err := w.cl.Apply(ctx, toClientOp(in))
+		out, err := w.call(ctx, in)
 		cancel()
-		var ce *client.Error
-		if err == nil || !errors.As(err, &ce) {
+		if err == nil {
 			// The op got a result (OK or a domain code).
 			e.ReturnNs = w.hist.Now()
-			e.Output = outputOf(res)
+			e.Output = out
 			e.Err = ""
 			return e
 		}
 		e.Err = err.Error()
+		var ce *client.Error
+		if !errors.As(err, &ce) {
+			// Not the client library's request-level error: nothing says
+			// whether it applied.
+			indeterminate = true
+			continue
+		}
 		if client.IsIndeterminate(err) {
 			indeterminate = true
 			continue
@@ -261,6 +384,48 @@ func (w *worker) do(in Input) Entry {
 	e.ReturnNs = ReturnNever
 	e.Output = Output{Status: Indeterminate, Code: ledger.CodeUnavailable}
 	return e
+}
+
+// call makes one call of the client library for a write: the result of an
+// op or a linked request, or the request-level error (an *client.Error).
+func (w *worker) call(ctx context.Context, in Input) (Output, error) {
+	if in.Kind != KindLinked {
+		res, err := w.cl.Apply(ctx, toClientOp(in))
+		var ce *client.Error
+		if err != nil && errors.As(err, &ce) {
+			return Output{}, err
+		}
+		return outputOf(res), nil
+	}
+	ops := make([]client.Op, len(in.Ops))
+	for i, op := range in.Ops {
+		ops[i] = toClientOp(op)
+	}
+	res, err := w.cl.Submit(ctx, ops, true)
+	if err != nil {
+		return Output{}, err
+	}
+	if len(res) != len(ops) {
+		return Output{}, fmt.Errorf("linked request of %d ops got %d results", len(ops), len(res))
+	}
+	return linkedOutput(res), nil
+}
+
+// linkedOutput is the outcome of a linked request with results rs: Known,
+// each op's output, and the request's code (OK, or the code of the op that
+// failed: the others have LINKED_FAILED).
+func linkedOutput(rs []client.Result) Output {
+	out := Output{Status: Known, Code: ledger.CodeOK}
+	for _, r := range rs {
+		o := outputOf(r)
+		out.Ops = append(out.Ops, o)
+		out.TimeMs = o.TimeMs
+		if o.Code != ledger.CodeOK && (out.Code == ledger.CodeOK || out.Code == ledger.CodeLinkedFailed) {
+			out.Code = o.Code
+		}
+		out.Replayed = out.Replayed || o.Replayed
+	}
+	return out
 }
 
 func (w *worker) read(ctx context.Context, member string) (Output, error) {
