@@ -251,6 +251,10 @@ func checkExactlyOnce(ctx context.Context, cl operationLookup, entries []Entry) 
 			outs := []Output{e.Output}
 			if e.Input.Kind == KindLinked {
 				outs = e.Output.Ops
+				if len(outs) != len(ins) {
+					f.addf("%s: acknowledged with %d results for %d ops", describeKeys(ins), len(outs), len(ins))
+					continue
+				}
 			}
 			for j, r := range res[i] {
 				in, out := ins[j], outs[j]

@@ -299,3 +299,20 @@ func TestJournalCheckLinked(t *testing.T) {
 		})
 	}
 }
+
+// TestExactlyOnceLinkedShortOps: a Known linked entry whose Ops are fewer
+// than its Input.Ops must be a finding, not a panic.
+func TestExactlyOnceLinkedShortOps(t *testing.T) {
+	in := Input{Kind: KindLinked, Member: "a", Ops: []Input{
+		{Kind: KindCredit, Member: "a", Key: "l1", Amount: 5},
+		{Kind: KindCredit, Member: "a", Key: "l2", Amount: 9},
+	}}
+	st := func(i int) client.JournalEntry {
+		return client.JournalEntry{Seq: uint64(i + 1), Op: toClientOp(in.Ops[i]), Result: client.Result{Code: ledger.CodeOK, Seq: uint64(i + 1), TimeMs: 100}}
+	}
+	e := Entry{Input: in, Output: Output{Status: Known, Code: ledger.CodeOK, Ops: []Output{{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}}}}
+	res, _, _ := checkExactlyOnce(context.Background(), fakeLookup{"l1": st(0), "l2": st(1)}, []Entry{e})
+	if res.OK {
+		t.Fatal("accepted")
+	}
+}

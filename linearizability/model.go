@@ -285,7 +285,13 @@ func step(s State, in Input, out Output) []State {
 		return []State{s}
 	case Indeterminate:
 		// Either it never took effect, or it took effect at some log time
-		// >= LastTime; only the expiry prefix of that time matters.
+		// >= LastTime; only the expiry prefix of that time matters. Not
+		// quite: a hold it opens expires TTL after that time, and the model
+		// tries only the earliest time of each prefix, so a later op that
+		// finds the hold still open can be refused. The checks resolve
+		// every indeterminate write from the store after the run; one left
+		// indeterminate has already failed exactly-once (its lookup failed,
+		// or a linked request is stored in part), so no run passes on it.
 		next := []State{s}
 		times := append([]int64{s.LastTime}, s.expiryTimes()...)
 		for _, t := range times {
@@ -346,6 +352,8 @@ func stepLinked(s State, in Input, out Output) []State {
 	case NotApplied:
 		return []State{s}
 	case Indeterminate:
+		// As for one op (step), with the same approximation for the holds
+		// it opens.
 		next := []State{s}
 		times := append([]int64{s.LastTime}, s.expiryTimes()...)
 		for _, t := range times {

@@ -125,7 +125,10 @@ type worker struct {
 	direct []tallypb.LedgerClient
 	holds  []heldHold
 	closed []heldHold // settled holds, to try once more (HOLD_CLOSED)
-	seq    int
+	// taken are the worker's holds the pending linked request settles:
+	// closed if it applied (or may have), back to holds if it did not.
+	taken []heldHold
+	seq   int
 	// impatient workers make one short call per key and never re-send.
 	impatient bool
 }
@@ -262,7 +265,7 @@ func (w *worker) nextLinked(member, key string) Input {
 }
 
 // takeHold picks a hold on member to settle: one of own (the request's
-// own, removed from it) or of the worker's (moved to closed).
+// own, removed from it) or of the worker's (moved to taken).
 func (w *worker) takeHold(member string, own *[]heldHold) (heldHold, bool) {
 	var mine []int
 	for i, h := range w.holds {
@@ -280,7 +283,7 @@ func (w *worker) takeHold(member string, own *[]heldHold) (heldHold, bool) {
 		i := mine[k-len(*own)]
 		h := w.holds[i]
 		w.holds = append(w.holds[:i], w.holds[i+1:]...)
-		w.closed = append(w.closed, h)
+		w.taken = append(w.taken, h)
 		return h, true
 	}
 	return heldHold{}, false
@@ -321,7 +324,13 @@ func (w *worker) run(stop <-chan struct{}) {
 		w.hist.Add(e)
 		if e.Output.Status == Indeterminate || (e.Output.Status == Known && e.Output.Code == ledger.CodeOK) {
 			w.holds = append(w.holds, opened(in)...)
+			w.closed = append(w.closed, w.taken...)
+		} else {
+			// A linked request that failed settled nothing: its holds stay
+			// open, to be settled by a later operation.
+			w.holds = append(w.holds, w.taken...)
 		}
+		w.taken = w.taken[:0]
 	}
 }
 

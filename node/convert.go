@@ -51,13 +51,32 @@ func (n *Node) asset(ctx context.Context, s *shard, program, code string) (ledge
 	return ledger.Asset{}, ledger.Errorf(ledger.CodeUnknownAsset, "program "+program+" has no asset "+code)
 }
 
+// requestHolds maps the holds that a request's ops open, (program, member,
+// key), to their assets, as the request is converted op by op.
+type requestHolds map[[3]string]string
+
+// add notes op if it opens a hold, allocating the map on first use.
+func (h *requestHolds) add(op *ledger.Op) {
+	if op.Kind != ledger.OpHold {
+		return
+	}
+	if *h == nil {
+		*h = requestHolds{}
+	}
+	(*h)[[3]string{op.Program, op.Member, op.IdempotencyKey}] = op.Asset
+}
+
 // holdAsset returns the asset of an open or closed hold, for converting a
 // capture amount. Holds never change asset, so local state is enough once
-// it has it. A hold that an earlier op of the same request opens (earlier:
-// the request's ops before this one, converted) is not in any state yet:
-// its asset is that op's. If that op fails, the ledger answers this one
-// HOLD_NOT_FOUND when it applies.
-func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key string, earlier []ledger.Op) (ledger.Asset, error) {
+// it has it; a miss is confirmed with a linearizable read. A hold that is
+// in no state yet but that an earlier op of the same request opens
+// (opened) takes that op's asset. The stored hold is looked for first, so
+// a HOLD in the request that reuses the key of an existing hold cannot lend
+// the capture another asset. If the earlier HOLD fails when it applies, a
+// linked request fails whole; unlinked, the capture is evaluated against
+// whatever hold has that key by then: usually none (HOLD_NOT_FOUND, or
+// SCALE_MISMATCH if a racing request opened one in another asset).
+func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key string, opened requestHolds) (ledger.Asset, error) {
 	for attempt := 0; attempt < 2; attempt++ {
 		h, found, err := s.fsm.Hold(program, member, key)
 		if err != nil {
@@ -66,25 +85,22 @@ func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key str
 		if found {
 			return n.asset(ctx, s, program, h.Asset)
 		}
-		if attempt > 0 {
-			break
-		}
-		for j := len(earlier) - 1; j >= 0; j-- {
-			if o := &earlier[j]; o.Kind == ledger.OpHold && o.Program == program && o.Member == member && o.IdempotencyKey == key {
-				return n.asset(ctx, s, program, o.Asset)
+		if attempt == 0 {
+			if err := s.linearizable(ctx); err != nil {
+				return ledger.Asset{}, err
 			}
 		}
-		if err := s.linearizable(ctx); err != nil {
-			return ledger.Asset{}, err
-		}
+	}
+	if asset, ok := opened[[3]string{program, member, key}]; ok {
+		return n.asset(ctx, s, program, asset)
 	}
 	return ledger.Asset{}, ledger.Errorf(ledger.CodeHoldNotFound, "no hold "+key+" for member "+member)
 }
 
 // toLedgerOp converts one API op at the edge: decimal amounts become minor
-// units of the asset's scale, never rounded. earlier are the ops of the
-// request before this one, already converted.
-func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op, earlier []ledger.Op) (ledger.Op, error) {
+// units of the asset's scale, never rounded. opened are the holds the ops
+// of the request before this one open.
+func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op, opened requestHolds) (ledger.Op, error) {
 	// The wire kind is an int32 and ledger.OpKind a uint8: an unknown kind
 	// must not wrap into a known one (264 would be FREEZE).
 	if k := p.GetKind(); k <= tallypb.OpKind_OP_KIND_UNSPECIFIED || k > tallypb.OpKind_CLOSE {
@@ -128,7 +144,7 @@ func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op, earlier 
 		// an unknown hold is HOLD_NOT_FOUND at the edge for captures and
 		// releases alike, recorded nowhere, so a retry after the hold is
 		// created can still succeed.
-		a, err := n.holdAsset(ctx, s, op.Program, op.Member, op.HoldKey, earlier)
+		a, err := n.holdAsset(ctx, s, op.Program, op.Member, op.HoldKey, opened)
 		if err != nil {
 			return op, err
 		}

@@ -81,8 +81,9 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 		}
 		lr.Ops[0] = defineAssetOp(ops[0].GetProgram(), ops[0].GetAsset(), ops[0].GetIdempotencyKey(), uint8(ops[0].GetScale()))
 	} else {
+		var opened requestHolds
 		for i, p := range ops {
-			op, err := sv.n.toLedgerOp(ctx, s, p, lr.Ops[:i])
+			op, err := sv.n.toLedgerOp(ctx, s, p, opened)
 			if err != nil {
 				if _, ok := err.(*domainError); ok {
 					return nil, err
@@ -90,6 +91,9 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 				return nil, opError(i, err)
 			}
 			lr.Ops[i] = op
+			if i+1 < len(ops) { // the last op's hold serves no later op
+				opened.add(&lr.Ops[i])
+			}
 		}
 	}
 	if err := ledger.ValidateRequest(lr); err != nil {

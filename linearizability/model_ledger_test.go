@@ -1,0 +1,142 @@
+package linearizability
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// ledgerOp converts a model input to the ledger op the edge would send.
+func ledgerOp(in Input) ledger.Op {
+	op := ledger.Op{Program: Program, Member: in.Member, Asset: Asset, IdempotencyKey: in.Key}
+	switch in.Kind {
+	case KindCredit:
+		op.Kind, op.AmountMinor = ledger.OpCredit, in.Amount
+	case KindDebit:
+		op.Kind, op.AmountMinor = ledger.OpDebit, in.Amount
+	case KindHold:
+		op.Kind, op.AmountMinor, op.HoldTTLMs = ledger.OpHold, in.Amount, in.TTLMs
+	case KindCapture:
+		op.Kind, op.HoldKey, op.AmountMinor, op.Asset = ledger.OpCaptureHold, in.HoldKey, in.Amount, ""
+	case KindRelease:
+		op.Kind, op.HoldKey, op.Asset = ledger.OpReleaseHold, in.HoldKey, ""
+	case KindFreeze:
+		op.Kind = ledger.OpFreeze
+	case KindUnfreeze:
+		op.Kind = ledger.OpUnfreeze
+	}
+	return op
+}
+
+func outOf(r ledger.Result) Output {
+	o := Output{Status: Known, Code: r.Code, Seq: r.Seq, TimeMs: r.TimeMs, Replayed: r.Replayed}
+	if r.Account.Key.Program != "" {
+		o.HasAccount, o.Posted, o.Held, o.Frozen = true, r.Account.PostedMinor, r.Account.HeldMinor, r.Account.State == ledger.StateFrozen
+	}
+	return o
+}
+
+// TestModelAgainstLedger feeds random single and linked requests through the
+// real ledger and checks that the model accepts every result, in order.
+func TestModelAgainstLedger(t *testing.T) {
+	for seed := uint64(0); seed < 300; seed++ {
+		rng := rand.New(rand.NewPCG(seed, 1))
+		s := ledger.NewMemStore()
+		p := ledger.Progress{Version: ledger.Version2}
+		now := int64(1000)
+		cmd := func(reqs ...ledger.Request) [][]ledger.Result {
+			var res [][]ledger.Result
+			var err error
+			p, res, err = ledger.ApplyCommand(s, p, ledger.Command{TimeMs: now, Requests: reqs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res
+		}
+		cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpDefineAsset, Program: Program, Asset: Asset, IdempotencyKey: "d"}}})
+		cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpOpenAccount, Program: Program, Member: "a", Asset: Asset, IdempotencyKey: "o"}}})
+		st := State{}
+		var holds []string
+		n := 0
+		gen := func() Input {
+			n++
+			in := Input{Member: "a", Key: fmt.Sprintf("k%d", n)}
+			switch rng.IntN(8) {
+			case 0, 1:
+				in.Kind, in.Amount = KindCredit, 1+rng.Int64N(100)
+			case 2:
+				in.Kind, in.Amount = KindDebit, 1+rng.Int64N(150)
+			case 3, 4:
+				in.Kind, in.Amount, in.TTLMs = KindHold, 1+rng.Int64N(60), 1+rng.Int64N(300)
+				holds = append(holds, in.Key)
+			case 5:
+				if len(holds) == 0 {
+					in.Kind = KindUnfreeze
+					break
+				}
+				in.Kind, in.HoldKey = KindCapture, holds[rng.IntN(len(holds))]
+				if rng.IntN(3) == 0 {
+					in.Amount = 1 + rng.Int64N(30)
+				}
+			case 6:
+				if len(holds) == 0 {
+					in.Kind = KindUnfreeze
+					break
+				}
+				in.Kind, in.HoldKey = KindRelease, holds[rng.IntN(len(holds))]
+			default:
+				if rng.IntN(2) == 0 {
+					in.Kind = KindFreeze
+				} else {
+					in.Kind = KindUnfreeze
+				}
+			}
+			return in
+		}
+		for i := 0; i < 200; i++ {
+			now += rng.Int64N(120)
+			var ins []Input
+			var reqs []ledger.Request
+			for range 1 + rng.IntN(3) { // several requests in one entry, as the proposer batches them
+				var in Input
+				r := ledger.Request{}
+				if rng.IntN(3) == 0 {
+					in = Input{Kind: KindLinked, Member: "a"}
+					r.Linked = true
+					for j := 0; j < 2+rng.IntN(3); j++ {
+						in.Ops = append(in.Ops, gen())
+						r.Ops = append(r.Ops, ledgerOp(in.Ops[j]))
+					}
+				} else {
+					in = gen()
+					r.Ops = []ledger.Op{ledgerOp(in)}
+				}
+				ins, reqs = append(ins, in), append(reqs, r)
+			}
+			res := cmd(reqs...)
+			for k, in := range ins {
+				var out Output
+				if in.Kind == KindLinked {
+					out = Output{Status: Known, Code: ledger.CodeOK}
+					for _, x := range res[k] {
+						out.Ops = append(out.Ops, outOf(x))
+					}
+				} else {
+					out = outOf(res[k][0])
+				}
+				next := step(st, in, out)
+				if len(next) != 1 {
+					t.Fatalf("seed %d op %d: model refuses %s from %s", seed, i, DescribeOperation(in, out), DescribeState(st))
+				}
+				st = next[0]
+			}
+			a, _, _ := s.Account(ledger.AccountKey{Program: Program, Member: "a", Asset: Asset})
+			if got := step(st, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true,
+				Posted: a.PostedMinor, Held: a.HeldMinor, Frozen: a.State == ledger.StateFrozen}); len(got) == 0 {
+				t.Fatalf("seed %d op %d: read of %+v refused from %s", seed, i, a, DescribeState(st))
+			}
+		}
+	}
+}
