@@ -388,7 +388,8 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 			}
 			before = next
 		}
-		if fp, ok := finalPosted[m]; ok && posted.IntPart() != fp {
+		_, scale := AssetOf(m)
+		if fp, ok := finalPosted[m]; ok && minorUnits(posted, scale) != fp {
 			f.addf("%s: final posted balance %d, but the journal's postings sum to %s", m, fp, posted)
 		}
 	}

@@ -18,7 +18,9 @@
 //     and restart, SIGSTOP/SIGCONT.
 //   - Run: a seeded fault schedule (nemesis), concurrent workers issuing
 //     operations through package client with the retries a payment system
-//     makes (same idempotency key), and the checks after the run:
+//     makes (same idempotency key), on accounts of points (scale 0) and of
+//     stored value (scale 2, amounts in fen: every amount crosses the edge
+//     as a decimal and is checked exact), and the checks after the run:
 //     linearizability per account, conservation per shard, every
 //     acknowledged operation in the record store and journal with the
 //     result the client saw, no key applied twice, every linked request

@@ -430,19 +430,22 @@ func setup(ctx context.Context, c *Cluster, members []string) error {
 		return err
 	}
 	defer cl.Close()
-	for {
-		_, err := cl.DefineAsset(sctx, Program, Asset, 0, setupKeyPrefix+"define-"+Asset)
-		if err == nil {
-			break
+	for _, a := range assetScales {
+		for {
+			_, err := cl.DefineAsset(sctx, Program, a.code, uint8(a.scale), setupKeyPrefix+"define-"+a.code)
+			if err == nil {
+				break
+			}
+			if sctx.Err() != nil {
+				return fmt.Errorf("define asset %s: %w", a.code, err)
+			}
+			time.Sleep(pollInterval)
 		}
-		if sctx.Err() != nil {
-			return fmt.Errorf("define asset: %w", err)
-		}
-		time.Sleep(pollInterval)
 	}
 	for _, m := range members {
+		asset, _ := AssetOf(m)
 		for {
-			_, err := cl.OpenAccount(sctx, Program, m, Asset, nil, setupKeyPrefix+"open-"+m)
+			_, err := cl.OpenAccount(sctx, Program, m, asset, nil, setupKeyPrefix+"open-"+m)
 			if err == nil || client.CodeOf(err) == ledger.CodeAccountExists {
 				break
 			}
@@ -483,15 +486,14 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	for _, m := range members {
 		e := Entry{ClientID: cfg.Clients, Input: Input{Kind: KindRead, Member: m}, CallNs: hist.Now(), Attempts: 1}
 		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-		a, err := cl.GetAccount(rctx, Program, m, Asset)
+		out, err := readAccount(rctx, cl, m)
 		cancel()
 		e.ReturnNs = hist.Now()
 		if err != nil {
 			e.Output, e.ReturnNs, e.Err = Output{Status: Indeterminate, Code: client.CodeOf(err)}, ReturnNever, err.Error()
 			finalFails.addf("%s: final read failed: %v", m, err)
 		} else {
-			e.Output = Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Posted: a.Posted.IntPart(),
-				Held: a.Held.IntPart(), Frozen: a.State == "FROZEN"}
+			e.Output = out
 			finalPosted[m] = e.Output.Posted
 		}
 		entries = append(entries, e)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"math"
 	"math/rand/v2"
 	"time"
 
@@ -16,11 +18,43 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// The workload's program and asset. Scale 0: amounts are whole points.
+// The workload's program and assets: points (scale 0: whole points) and
+// stored value (scale 2: amounts in fen). Each member has an account in one
+// of them (AssetOf), so the model's amounts are that asset's minor units.
 const (
-	Program = "chaos"
-	Asset   = "PTS"
+	Program     = "chaos"
+	Asset       = "PTS"
+	StoredValue = "CNY"
 )
+
+// assetScales are the workload's assets and their scales.
+var assetScales = [...]struct {
+	code  string
+	scale int32
+}{{Asset, 0}, {StoredValue, 2}}
+
+// AssetOf is the asset of member's account and its scale: half of the
+// members, by a hash of the name, hold stored value.
+func AssetOf(member string) (string, int32) {
+	h := fnv.New32a()
+	h.Write([]byte(member))
+	a := assetScales[h.Sum32()%uint32(len(assetScales))]
+	return a.code, a.scale
+}
+
+// minorUnits converts an amount of an asset of the given scale to minor
+// units. An amount with more decimals than the scale (which the server must
+// never report) becomes badAmount, which no state of the model matches.
+func minorUnits(d decimal.Decimal, scale int32) int64 {
+	m := d.Shift(scale)
+	if !m.IsInteger() || !m.Equal(decimal.NewFromInt(m.IntPart())) {
+		return badAmount
+	}
+	return m.IntPart()
+}
+
+// badAmount stands for an amount that is not a whole number of minor units.
+const badAmount = math.MinInt64
 
 // Limits of one operation of the workload.
 const (
@@ -440,22 +474,36 @@ func linkedOutput(rs []client.Result) Output {
 func (w *worker) read(ctx context.Context, member string) (Output, error) {
 	if w.direct != nil {
 		lc := w.direct[w.rng.IntN(len(w.direct))]
-		resp, err := lc.GetAccount(ctx, &tallypb.GetAccountRequest{Program: Program, Member: member, Asset: Asset})
+		asset, scale := AssetOf(member)
+		resp, err := lc.GetAccount(ctx, &tallypb.GetAccountRequest{Program: Program, Member: member, Asset: asset})
 		if err != nil {
 			return Output{}, err
 		}
 		a := resp.GetAccount()
-		return readOutput(a.GetPosted(), a.GetHeld(), a.GetState())
+		return readOutput(a.GetPosted(), a.GetHeld(), a.GetState(), scale)
 	}
-	a, err := w.cl.GetAccount(ctx, Program, member, Asset)
+	return readAccount(ctx, w.cl, member)
+}
+
+// readAccount reads member's account through the client library.
+func readAccount(ctx context.Context, cl *client.Client, member string) (Output, error) {
+	asset, _ := AssetOf(member)
+	a, err := cl.GetAccount(ctx, Program, member, asset)
 	if err != nil {
 		return Output{}, err
 	}
-	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true,
-		Posted: a.Posted.IntPart(), Held: a.Held.IntPart(), Frozen: a.State == "FROZEN"}, nil
+	return accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &a), nil
 }
 
-func readOutput(posted, held, state string) (Output, error) {
+// accountOutput is out describing a, in minor units of a's scale.
+func accountOutput(out Output, a *client.Account) Output {
+	sc := int32(a.Scale)
+	out.HasAccount = true
+	out.Posted, out.Held, out.Frozen = minorUnits(a.Posted, sc), minorUnits(a.Held, sc), a.State == "FROZEN"
+	return out
+}
+
+func readOutput(posted, held, state string, scale int32) (Output, error) {
 	p, err := decimal.NewFromString(posted)
 	if err != nil {
 		return Output{}, fmt.Errorf("posted %q: %w", posted, err)
@@ -465,22 +513,24 @@ func readOutput(posted, held, state string) (Output, error) {
 		return Output{}, fmt.Errorf("held %q: %w", held, err)
 	}
 	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true,
-		Posted: p.IntPart(), Held: h.IntPart(), Frozen: state == "FROZEN"}, nil
+		Posted: minorUnits(p, scale), Held: minorUnits(h, scale), Frozen: state == "FROZEN"}, nil
 }
 
 func toClientOp(in Input) client.Op {
-	op := client.Op{Program: Program, Member: in.Member, Asset: Asset, IdempotencyKey: in.Key}
+	asset, scale := AssetOf(in.Member)
+	amount := decimal.New(in.Amount, -scale)
+	op := client.Op{Program: Program, Member: in.Member, Asset: asset, IdempotencyKey: in.Key}
 	switch in.Kind {
 	case KindCredit:
-		op.Kind, op.Amount = ledger.OpCredit, decimal.NewFromInt(in.Amount)
+		op.Kind, op.Amount = ledger.OpCredit, amount
 	case KindDebit:
-		op.Kind, op.Amount = ledger.OpDebit, decimal.NewFromInt(in.Amount)
+		op.Kind, op.Amount = ledger.OpDebit, amount
 	case KindHold:
-		op.Kind, op.Amount, op.HoldTTL = ledger.OpHold, decimal.NewFromInt(in.Amount), time.Duration(in.TTLMs)*time.Millisecond
+		op.Kind, op.Amount, op.HoldTTL = ledger.OpHold, amount, time.Duration(in.TTLMs)*time.Millisecond
 	case KindCapture:
 		op.Kind, op.HoldKey, op.Asset = ledger.OpCaptureHold, in.HoldKey, ""
 		if in.Amount > 0 {
-			op.Amount = decimal.NewFromInt(in.Amount)
+			op.Amount = amount
 		}
 	case KindRelease:
 		op.Kind, op.HoldKey, op.Asset = ledger.OpReleaseHold, in.HoldKey, ""
@@ -496,8 +546,7 @@ func toClientOp(in Input) client.Op {
 func outputOf(r client.Result) Output {
 	out := Output{Status: Known, Code: r.Code, Seq: r.Seq, TimeMs: r.TimeMs, Replayed: r.Replayed}
 	if r.Account != nil {
-		out.HasAccount = true
-		out.Posted, out.Held, out.Frozen = r.Account.Posted.IntPart(), r.Account.Held.IntPart(), r.Account.State == "FROZEN"
+		out = accountOutput(out, r.Account)
 	}
 	return out
 }
