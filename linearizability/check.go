@@ -340,7 +340,8 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 	seenSeq := map[[2]uint64]string{} // (shard, seq) -> key
 	total := 0
 	for _, m := range members {
-		var posted decimal.Decimal
+		_, scale := AssetOf(m)
+		var posted int64 // minor units
 		var before uint64
 		for page := 0; page < maxJournalPages; page++ {
 			jctx, cancel := context.WithTimeout(ctx, resolveTimeout)
@@ -374,13 +375,21 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 				case e.Output.Seq != j.Seq:
 					f.addf("%s: journal has %s at seq %d, client saw seq %d", m, key, j.Seq, e.Output.Seq)
 				}
+				// Each posting in minor units of the member's asset: one the
+				// scale cannot express is a finding, not a rounding.
+				var delta decimal.Decimal
 				switch j.Op.Kind {
 				case ledger.OpCredit:
-					posted = posted.Add(j.Op.Amount)
+					delta = j.Op.Amount
 				case ledger.OpDebit:
-					posted = posted.Sub(j.Op.Amount)
+					delta = j.Op.Amount.Neg()
 				case ledger.OpCaptureHold:
-					posted = posted.Sub(j.Result.Captured)
+					delta = j.Result.Captured.Neg()
+				}
+				if d := minorUnits(delta, scale); d == badAmount {
+					f.addf("%s: journal has %s (seq %d) posting %s, not a whole number of minor units at scale %d", m, key, j.Seq, delta, scale)
+				} else {
+					posted += d
 				}
 			}
 			if next == 0 {
@@ -388,9 +397,8 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 			}
 			before = next
 		}
-		_, scale := AssetOf(m)
-		if fp, ok := finalPosted[m]; ok && minorUnits(posted, scale) != fp {
-			f.addf("%s: final posted balance %d, but the journal's postings sum to %s", m, fp, posted)
+		if fp, ok := finalPosted[m]; ok && posted != fp {
+			f.addf("%s: final posted balance %d minor units, but the journal's postings sum to %d", m, fp, posted)
 		}
 	}
 	for key, e := range byKey {

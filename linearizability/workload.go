@@ -495,11 +495,16 @@ func readAccount(ctx context.Context, cl *client.Client, member string) (Output,
 	return accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &a), nil
 }
 
-// accountOutput is out describing a, in minor units of a's scale.
+// accountOutput is out describing a, in minor units of the scale of the
+// member's asset (AssetOf), not the one the server reports: an account
+// reported in another asset or scale is badAmount, which no state matches.
 func accountOutput(out Output, a *client.Account) Output {
-	sc := int32(a.Scale)
+	asset, sc := AssetOf(a.Member)
 	out.HasAccount = true
 	out.Posted, out.Held, out.Frozen = minorUnits(a.Posted, sc), minorUnits(a.Held, sc), a.State == "FROZEN"
+	if a.Asset != asset || int32(a.Scale) != sc {
+		out.Posted, out.Held = badAmount, badAmount
+	}
 	return out
 }
 

@@ -6,6 +6,8 @@ import (
 	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/client"
 )
 
 // TestWorkloadAssets: the members of a run hold both assets, and amounts
@@ -45,4 +47,21 @@ func TestWorkloadAssets(t *testing.T) {
 	} {
 		assert.Equal(t, tc.want, minorUnits(decimal.RequireFromString(tc.amount), tc.scale), "%s at scale %d", tc.amount, tc.scale)
 	}
+}
+
+// TestAccountOutputScale: an account reported at the wrong scale (the
+// node's scaleOf falls back to 0) must not convert to the right minor units.
+func TestAccountOutputScale(t *testing.T) {
+	var sv string
+	for _, m := range Members("x-", 20, 2) {
+		if a, _ := AssetOf(m); a == StoredValue {
+			sv = m
+			break
+		}
+	}
+	require.NotEmpty(t, sv)
+	// 1.37 CNY reported as "137" at scale 0: a 100x error the client sees.
+	a := client.Account{Member: sv, Asset: StoredValue, Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
+	out := accountOutput(Output{}, &a)
+	assert.NotEqual(t, int64(137), out.Posted, "wrong scale accepted")
 }

@@ -68,14 +68,20 @@ func (h *requestHolds) add(op *ledger.Op) {
 
 // holdAsset returns the asset of an open or closed hold, for converting a
 // capture amount. Holds never change asset, so local state is enough once
-// it has it; a miss is confirmed with a linearizable read. A hold that is
-// in no state yet but that an earlier op of the same request opens
-// (opened) takes that op's asset. The stored hold is looked for first, so
-// a HOLD in the request that reuses the key of an existing hold cannot lend
-// the capture another asset. If the earlier HOLD fails when it applies, a
-// linked request fails whole; unlinked, the capture is evaluated against
-// whatever hold has that key by then: usually none (HOLD_NOT_FOUND, or
-// SCALE_MISMATCH if a racing request opened one in another asset).
+// it has it. A hold that is not in local state but that an earlier op of the
+// same request opens (opened) takes that op's asset without a read, so
+// "authorize and capture" in one request costs no leadership round. Else a
+// miss is confirmed with a linearizable read before HOLD_NOT_FOUND.
+//
+// The request's own HOLD is trusted only for the scale: the ledger checks
+// the capture against the hold it finds when it applies. If that HOLD fails,
+// a linked request fails whole; unlinked, the capture is evaluated against
+// whatever hold has the key by then, usually none (HOLD_NOT_FOUND, recorded
+// under the capture's key). A HOLD that reuses the key of a hold this node
+// has not applied yet may lend another scale: SCALE_MISMATCH, recorded (the
+// HOLD itself is IDEMPOTENCY_KEY_REUSED). With client coalescing, callers'
+// ops share a request, so one caller's HOLD can serve another's capture of
+// that key: the order is one the two concurrent calls allow.
 func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key string, opened requestHolds) (ledger.Asset, error) {
 	for attempt := 0; attempt < 2; attempt++ {
 		h, found, err := s.fsm.Hold(program, member, key)
@@ -85,14 +91,15 @@ func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key str
 		if found {
 			return n.asset(ctx, s, program, h.Asset)
 		}
-		if attempt == 0 {
-			if err := s.linearizable(ctx); err != nil {
-				return ledger.Asset{}, err
-			}
+		if attempt > 0 {
+			break
 		}
-	}
-	if asset, ok := opened[[3]string{program, member, key}]; ok {
-		return n.asset(ctx, s, program, asset)
+		if asset, ok := opened[[3]string{program, member, key}]; ok {
+			return n.asset(ctx, s, program, asset)
+		}
+		if err := s.linearizable(ctx); err != nil {
+			return ledger.Asset{}, err
+		}
 	}
 	return ledger.Asset{}, ledger.Errorf(ledger.CodeHoldNotFound, "no hold "+key+" for member "+member)
 }
