@@ -77,9 +77,10 @@ func (h *requestHolds) add(op *ledger.Op) {
 // the capture against the hold it finds when it applies. If that HOLD fails,
 // a linked request fails whole; unlinked, the capture is evaluated against
 // whatever hold has the key by then, usually none (HOLD_NOT_FOUND, recorded
-// under the capture's key). A HOLD that reuses the key of a hold this node
-// has not applied yet may lend another scale: SCALE_MISMATCH, recorded (the
-// HOLD itself is IDEMPOTENCY_KEY_REUSED). With client coalescing, callers'
+// under the capture's key). Unlinked, a HOLD that reuses the key of a hold
+// this node has not applied yet may lend another scale: SCALE_MISMATCH,
+// recorded (the HOLD itself is IDEMPOTENCY_KEY_REUSED; linked, the request is
+// refused whole and nothing is recorded). With client coalescing, callers'
 // ops share a request, so one caller's HOLD can serve another's capture of
 // that key: the order is one the two concurrent calls allow.
 func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key string, opened requestHolds) (ledger.Asset, error) {
