@@ -92,6 +92,10 @@ type Output struct {
 	Posted     int64
 	Held       int64
 	Frozen     bool
+	// Captured and Released are what a successful capture or release moved
+	// out of its hold (minor units; 0 for other kinds).
+	Captured int64
+	Released int64
 	// Ops are the results of a KindLinked request's ops (Known only), one
 	// per op. Code is then the request's: OK, or the failing op's code.
 	Ops []Output
@@ -262,6 +266,27 @@ func accountMatches(s State, out Output) bool {
 	return !out.HasAccount || (out.Posted == s.Posted && out.Held == s.Held && out.Frozen == s.Frozen)
 }
 
+// settledMatches reports whether a successful op's captured and released
+// amounts agree with the rules, given the state before it: a capture takes
+// its amount (the whole hold when 0) and releases the rest, a release frees
+// the whole hold, and nothing else moves either.
+func settledMatches(before State, in Input, out Output) bool {
+	var captured, released int64
+	if in.Kind == KindCapture || in.Kind == KindRelease {
+		if i, found := before.hold(in.HoldKey); found {
+			released = before.holds[i].amount
+		}
+		if in.Kind == KindCapture {
+			captured = in.Amount
+			if captured == 0 {
+				captured = released
+			}
+			released -= captured
+		}
+	}
+	return out.Captured == captured && out.Released == released
+}
+
 // step is the nondeterministic step function: every state the account can
 // be in after the operation, none if the operation could not have returned
 // out from s.
@@ -312,7 +337,7 @@ func step(s State, in Input, out Output) []State {
 	if code != out.Code {
 		return nil
 	}
-	if !accountMatches(n, out) {
+	if !accountMatches(n, out) || (code == ledger.CodeOK && !settledMatches(e, in, out)) {
 		return nil
 	}
 	n.LastTime = t
@@ -377,11 +402,16 @@ func stepLinked(s State, in Input, out Output) []State {
 		}
 		lastSeq = o.Seq
 	}
-	n, after, codes, failed := applyLinked(s.expireAt(t), in.Ops, t)
+	e := s.expireAt(t)
+	n, after, codes, failed := applyLinked(e, in.Ops, t)
 	for i, o := range out.Ops {
 		switch {
 		case failed < 0:
-			if o.Code != ledger.CodeOK || !accountMatches(after[i], o) {
+			before := e
+			if i > 0 {
+				before = after[i-1]
+			}
+			if o.Code != ledger.CodeOK || !accountMatches(after[i], o) || !settledMatches(before, in.Ops[i], o) {
 				return nil
 			}
 		case i == failed:
@@ -497,6 +527,9 @@ func DescribeOperation(in Input, out Output) string {
 		ret = fmt.Sprintf("%s seq=%d t=%d", out.Code, out.Seq, out.TimeMs)
 		if out.HasAccount {
 			ret += fmt.Sprintf(" posted=%d held=%d", out.Posted, out.Held)
+		}
+		if out.Captured != 0 || out.Released != 0 {
+			ret += fmt.Sprintf(" captured=%d released=%d", out.Captured, out.Released)
 		}
 		if out.Replayed {
 			ret += " (replayed)"

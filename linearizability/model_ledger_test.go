@@ -31,7 +31,8 @@ func ledgerOp(in Input) ledger.Op {
 }
 
 func outOf(r ledger.Result) Output {
-	o := Output{Status: Known, Code: r.Code, Seq: r.Seq, TimeMs: r.TimeMs, Replayed: r.Replayed}
+	o := Output{Status: Known, Code: r.Code, Seq: r.Seq, TimeMs: r.TimeMs, Replayed: r.Replayed,
+		Captured: r.CapturedMinor, Released: r.ReleasedMinor}
 	if r.Account.Key.Program != "" {
 		o.HasAccount, o.Posted, o.Held, o.Frozen = true, r.Account.PostedMinor, r.Account.HeldMinor, r.Account.State == ledger.StateFrozen
 	}

@@ -28,6 +28,12 @@ func read(posted, held int64, frozen bool) Output {
 
 var indeterminate = Output{Status: Indeterminate, Code: ledger.CodeUnavailable}
 
+// settled is out with the amounts a capture or release moved.
+func settled(out Output, captured, released int64) Output {
+	out.Captured, out.Released = captured, released
+	return out
+}
+
 func credit(key string, amount int64) Input { return Input{Kind: KindCredit, Key: key, Amount: amount} }
 func debit(key string, amount int64) Input  { return Input{Kind: KindDebit, Key: key, Amount: amount} }
 func hold(key string, amount, ttl int64) Input {
@@ -99,10 +105,25 @@ func TestModel(t *testing.T) {
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
 			op(0, 40, 50, debit("k3", 30), Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 3, TimeMs: 120, HasAccount: true, Posted: 50, Held: 30}),
-			op(0, 60, 70, capture("k4", "h1"), ok(4, 130, 20, 0)),
+			op(0, 60, 70, capture("k4", "h1"), settled(ok(4, 130, 20, 0), 30, 0)),
 			op(0, 80, 90, release("k5", "h1"), fail(ledger.CodeHoldClosed, 5, 140)),
 			op(0, 100, 110, readIn, read(20, 0, false)),
 		}, true},
+		{"a partial capture releases the rest", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, Input{Kind: KindCapture, Key: "k3", HoldKey: "h1", Amount: 12}, settled(ok(3, 120, 38, 0), 12, 18)),
+		}, true},
+		{"a capture reports another amount than it took", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, Input{Kind: KindCapture, Key: "k3", HoldKey: "h1", Amount: 12}, settled(ok(3, 120, 38, 0), 30, 0)),
+		}, false},
+		{"a release reports nothing released", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, release("k3", "h1"), ok(3, 120, 50, 0)),
+		}, false},
 		{"hold expires by log time", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
@@ -220,7 +241,7 @@ func TestModelLinked(t *testing.T) {
 		}, false},
 		{"hold and capture it in one request", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
-			op(0, 20, 30, linked(hold("h1", 30, 1000), capture("k3", "h1")), linkedOut(ok(2, 110, 50, 30), ok(3, 110, 20, 0))),
+			op(0, 20, 30, linked(hold("h1", 30, 1000), capture("k3", "h1")), linkedOut(ok(2, 110, 50, 30), settled(ok(3, 110, 20, 0), 30, 0))),
 			op(0, 40, 50, readIn, read(20, 0, false)),
 		}, true},
 		{"indeterminate: all of it", []porcupine.Operation{

@@ -553,5 +553,14 @@ func outputOf(r client.Result) Output {
 	if r.Account != nil {
 		out = accountOutput(out, r.Account)
 	}
+	if !r.Captured.IsZero() || !r.Released.IsZero() {
+		// Only a capture or release moves a hold, and its result names the
+		// account; without one the amounts cannot be placed.
+		out.Captured, out.Released = badAmount, badAmount
+		if r.Account != nil {
+			_, sc := AssetOf(r.Account.Member)
+			out.Captured, out.Released = minorUnits(r.Captured, sc), minorUnits(r.Released, sc)
+		}
+	}
 	return out
 }
