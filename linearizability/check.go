@@ -318,7 +318,7 @@ func sameOp(in Input, op client.Op) bool {
 		return false
 	}
 	want := toClientOp(in)
-	return op.Kind == want.Kind && op.HoldKey == want.HoldKey && op.Amount.Equal(want.Amount)
+	return op.Kind == want.Kind && op.Asset == want.Asset && op.HoldKey == want.HoldKey && op.Amount.Equal(want.Amount)
 }
 
 // checkJournal lists every member's journal and checks that no key and no
