@@ -8,24 +8,14 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// ledgerOp converts a model input to the ledger op the edge would send.
+// ledgerOp is the ledger op the edge makes of the op the workload sends.
 func ledgerOp(in Input) ledger.Op {
-	op := ledger.Op{Program: Program, Member: in.Member, Asset: Asset, IdempotencyKey: in.Key}
-	switch in.Kind {
-	case KindCredit:
-		op.Kind, op.AmountMinor = ledger.OpCredit, in.Amount
-	case KindDebit:
-		op.Kind, op.AmountMinor = ledger.OpDebit, in.Amount
-	case KindHold:
-		op.Kind, op.AmountMinor, op.HoldTTLMs = ledger.OpHold, in.Amount, in.TTLMs
-	case KindCapture:
-		op.Kind, op.HoldKey, op.AmountMinor, op.Asset = ledger.OpCaptureHold, in.HoldKey, in.Amount, ""
-	case KindRelease:
-		op.Kind, op.HoldKey, op.Asset = ledger.OpReleaseHold, in.HoldKey, ""
-	case KindFreeze:
-		op.Kind = ledger.OpFreeze
-	case KindUnfreeze:
-		op.Kind = ledger.OpUnfreeze
+	c := toClientOp(in)
+	_, scale := AssetOf(in.Member)
+	op := ledger.Op{Kind: c.Kind, Program: c.Program, Member: c.Member, Asset: c.Asset, IdempotencyKey: c.IdempotencyKey,
+		HoldKey: c.HoldKey, AmountMinor: minorUnits(c.Amount, scale), HoldTTLMs: c.HoldTTL.Milliseconds()}
+	if op.AmountMinor != 0 {
+		op.Scale = uint8(scale) // as the edge sets it: with the amount it converted
 	}
 	return op
 }
@@ -56,8 +46,9 @@ func TestModelAgainstLedger(t *testing.T) {
 			}
 			return res
 		}
-		cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpDefineAsset, Program: Program, Asset: Asset, IdempotencyKey: "d"}}})
-		cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpOpenAccount, Program: Program, Member: "a", Asset: Asset, IdempotencyKey: "o"}}})
+		asset, scale := AssetOf("a")
+		cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpDefineAsset, Program: Program, Asset: asset, Scale: uint8(scale), IdempotencyKey: "d"}}})
+		cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpOpenAccount, Program: Program, Member: "a", Asset: asset, IdempotencyKey: "o"}}})
 		st := State{}
 		var holds []string
 		n := 0
@@ -133,7 +124,7 @@ func TestModelAgainstLedger(t *testing.T) {
 				}
 				st = next[0]
 			}
-			a, _, _ := s.Account(ledger.AccountKey{Program: Program, Member: "a", Asset: Asset})
+			a, _, _ := s.Account(ledger.AccountKey{Program: Program, Member: "a", Asset: asset})
 			if got := step(st, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true,
 				Posted: a.PostedMinor, Held: a.HeldMinor, Frozen: a.State == ledger.StateFrozen}); len(got) == 0 {
 				t.Fatalf("seed %d op %d: read of %+v refused from %s", seed, i, a, DescribeState(st))
