@@ -42,7 +42,7 @@ type CheckResult struct {
 	Detail   string   `json:"detail"`
 	Findings []string `json:"findings,omitempty"`
 	// Unknown lists what could not be decided in time (porcupine timeouts,
-	// accounts left unchecked when the run's context ended); each also fails
+	// members left unchecked when the run's context ended); each also fails
 	// the check.
 	Unknown []string `json:"unknown,omitempty"`
 }
@@ -321,18 +321,22 @@ func sameOp(in Input, op client.Op) bool {
 	return op.Kind == want.Kind && op.Asset == want.Asset && op.HoldKey == want.HoldKey && op.Amount.Equal(want.Amount)
 }
 
-// checkJournal lists every member's journal and checks that no key and no
-// sequence number appears twice, that every acknowledged successful write
-// is in it with the sequence the client saw, that nothing is in it that the
-// history does not account for (every entry is a successful write of the
-// history, after resolution), and that each account's final posted balance
-// is the sum of its journal's postings.
 // journalLister is what checkJournal needs of a cluster; *client.Client
 // implements it, and tests use a fake.
 type journalLister interface {
 	ListJournal(ctx context.Context, program, member, asset string, pageSize int, beforeSeq uint64) ([]client.JournalEntry, uint64, error)
 }
 
+// accountName names member's account of asset in findings and in
+// checkJournal's finalPosted.
+func accountName(member, asset string) string { return member + "/" + asset }
+
+// checkJournal lists every member's journal and checks that no key and no
+// sequence number appears twice, that every acknowledged successful write
+// is in it with the sequence the client saw, that nothing is in it that the
+// history does not account for (every entry is a successful write of the
+// history, after resolution), and that each account's final posted balance
+// (finalPosted, by accountName) is the sum of its journal's postings.
 func checkJournal(ctx context.Context, cl journalLister, entries []Entry, members []string, finalPosted map[string]int64) CheckResult {
 	var f findings
 	byKey := writesByKey(entries)
@@ -340,8 +344,7 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 	seenSeq := map[[2]uint64]string{} // (shard, seq) -> key
 	total := 0
 	for _, m := range members {
-		_, scale := AssetOf(m)
-		var posted int64 // minor units
+		posted := map[string]int64{} // by asset, in its minor units
 		var before uint64
 		for page := 0; page < maxJournalPages; page++ {
 			jctx, cancel := context.WithTimeout(ctx, resolveTimeout)
@@ -375,9 +378,12 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 				case e.Output.Seq != j.Seq:
 					f.addf("%s: journal has %s at seq %d, client saw seq %d", m, key, j.Seq, e.Output.Seq)
 				}
-				// Each posting in minor units of the member's asset: one the
-				// scale cannot express is a finding, not a rounding.
+				// Each posting in minor units of its account's asset: one the
+				// scale cannot express is a finding, not a rounding. A
+				// capture names no asset (its hold does); its result names
+				// the account it posted to.
 				var delta decimal.Decimal
+				asset := j.Op.Asset
 				switch j.Op.Kind {
 				case ledger.OpCredit:
 					delta = j.Op.Amount
@@ -385,11 +391,21 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 					delta = j.Op.Amount.Neg()
 				case ledger.OpCaptureHold:
 					delta = j.Result.Captured.Neg()
+					asset = ""
+					if j.Result.Account != nil {
+						asset = j.Result.Account.Asset
+					}
 				}
-				if d := minorUnits(delta, scale); d == badAmount {
+				scale, known := scaleOf(asset)
+				d := minorUnits(delta, scale)
+				switch {
+				case delta.IsZero():
+				case !known:
+					f.addf("%s: journal has %s (seq %d) posting %s to an account in asset %q", m, key, j.Seq, delta, asset)
+				case d == badAmount:
 					f.addf("%s: journal has %s (seq %d) posting %s, not a whole number of minor units at scale %d", m, key, j.Seq, delta, scale)
-				} else {
-					posted += d
+				default:
+					posted[asset] += d
 				}
 			}
 			if next == 0 {
@@ -397,8 +413,11 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 			}
 			before = next
 		}
-		if fp, ok := finalPosted[m]; ok && posted != fp {
-			f.addf("%s: final posted balance %d minor units, but the journal's postings sum to %d", m, fp, posted)
+		for _, a := range assetScales {
+			name := accountName(m, a.code)
+			if fp, ok := finalPosted[name]; ok && posted[a.code] != fp {
+				f.addf("%s: final posted balance %d minor units, but the journal's postings sum to %d", name, fp, posted[a.code])
+			}
 		}
 	}
 	for key, e := range byKey {
@@ -439,7 +458,7 @@ func writesByKey(entries []Entry) map[string]write {
 	return byKey
 }
 
-// AccountResult is the linearizability verdict of one account.
+// AccountResult is the linearizability verdict of one member's accounts.
 type AccountResult struct {
 	Member string                `json:"member"`
 	Ops    int                   `json:"ops"`
@@ -448,17 +467,17 @@ type AccountResult struct {
 	Visualization string `json:"visualization,omitempty"`
 }
 
-// checkLinearizable checks each account's history with porcupine, giving
+// checkLinearizable checks each member's history with porcupine, giving
 // each at most timeout. Illegal histories get an HTML visualization under
 // dir, annotated with the fault timeline.
 //
 // It stops when ctx ends: porcupine takes no context, so each call's
 // timeout is also cut to the time left before ctx's deadline, and ctx is
-// checked between accounts (a cancellation without a deadline is noticed
-// after the account in progress, at most timeout late). Accounts not
+// checked between members (a cancellation without a deadline is noticed
+// after the member in progress, at most timeout late). Members not
 // checked by then fail the check, with their count and ctx's error: a run
 // whose checks cannot finish must fail by itself, not run on into the test
-// binary's -timeout, and an unchecked account is not proven linearizable.
+// binary's -timeout, and an unchecked member is not proven linearizable.
 func checkLinearizable(ctx context.Context, entries []Entry, members []string, timeout time.Duration, dir string,
 	timeline []TimelineEvent) (CheckResult, []AccountResult) {
 	model := Model()
@@ -502,7 +521,7 @@ func checkLinearizable(ctx context.Context, entries []Entry, members []string, t
 			}
 		case porcupine.Unknown:
 			// Not a violation found, but not a history proven linearizable
-			// either: the check fails (shorten the account histories with
+			// either: the check fails (shorten the member histories with
 			// EpochLength, or raise CheckTimeout).
 			why := ""
 			if cut {
@@ -513,12 +532,12 @@ func checkLinearizable(ctx context.Context, entries []Entry, members []string, t
 		}
 		results = append(results, ar)
 	}
-	r := f.result("linearizable", fmt.Sprintf("%d accounts, each history linearizable", len(members)))
+	r := f.result("linearizable", fmt.Sprintf("%d members, each history linearizable", len(members)))
 	r.Unknown = unknown
 	if unchecked > 0 {
 		// In Detail and Unknown rather than a finding: the findings list is
-		// capped, and this must show however many accounts failed before.
-		note := fmt.Sprintf("%d of %d accounts not checked: %v", unchecked, len(members), stopped)
+		// capped, and this must show however many members failed before.
+		note := fmt.Sprintf("%d of %d members not checked: %v", unchecked, len(members), stopped)
 		if r.OK {
 			r.OK, r.Detail = false, note
 		} else {

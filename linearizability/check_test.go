@@ -28,11 +28,11 @@ func (f fakeLookup) GetOperation(_ context.Context, _, _, key string) (bool, cli
 // read of a freeze that never committed, undone by a later unfreeze).
 func TestResolvedNotFoundWriteIsNotApplied(t *testing.T) {
 	entries := []Entry{
-		{Input: Input{Kind: KindFreeze, Member: "a", Key: "f1"}, Output: indeterminate, CallNs: 20, ReturnNs: ReturnNever},
-		{Input: Input{Kind: KindRead, Member: "a"}, Output: read(0, 0, true), CallNs: 30, ReturnNs: 40},
-		{Input: Input{Kind: KindUnfreeze, Member: "a", Key: "u1"}, Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 200},
+		{Input: Input{Kind: KindFreeze, Member: "a", Asset: Asset, Key: "f1"}, Output: indeterminate, CallNs: 20, ReturnNs: ReturnNever},
+		{Input: Input{Kind: KindRead, Member: "a", Asset: Asset}, Output: read(0, 0, true), CallNs: 30, ReturnNs: 40},
+		{Input: Input{Kind: KindUnfreeze, Member: "a", Asset: Asset, Key: "u1"}, Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 200},
 			CallNs: 45, ReturnNs: 48},
-		{Input: Input{Kind: KindRead, Member: "a"}, Output: read(0, 0, false), CallNs: 50, ReturnNs: 60},
+		{Input: Input{Kind: KindRead, Member: "a", Asset: Asset}, Output: read(0, 0, false), CallNs: 50, ReturnNs: 60},
 	}
 	lookup := fakeLookup{"u1": {Seq: 1, Op: toClientOp(entries[2].Input), Result: client.Result{Code: ledger.CodeOK, Seq: 1, TimeMs: 200}}}
 
@@ -58,22 +58,22 @@ func TestUndecidedHistoryFailsTheCheck(t *testing.T) {
 // reasonable time: concurrent indeterminate credits of distinct amounts
 // (2^40 subsets to try) before a read that none of them explains.
 func undecidable(member string) []Entry {
-	entries := []Entry{{Input: Input{Kind: KindCredit, Member: member, Key: member + "-c0", Amount: 1},
-		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, Posted: 1}, CallNs: 0, ReturnNs: 1}}
+	entries := []Entry{{Input: Input{Kind: KindCredit, Member: member, Asset: Asset, Key: member + "-c0", Amount: 1},
+		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, Asset: Asset, Posted: 1}, CallNs: 0, ReturnNs: 1}}
 	for i := range 40 {
-		entries = append(entries, Entry{Input: Input{Kind: KindCredit, Member: member, Key: fmt.Sprint(member, "-k", i), Amount: int64(1) << i},
+		entries = append(entries, Entry{Input: Input{Kind: KindCredit, Member: member, Asset: Asset, Key: fmt.Sprint(member, "-k", i), Amount: int64(1) << i},
 			Output: indeterminate, CallNs: 10, ReturnNs: ReturnNever})
 	}
 	// Posted can never be 0 after the acknowledged credit of 1.
-	return append(entries, Entry{Input: Input{Kind: KindRead, Member: member}, Output: read(0, 0, false), CallNs: 20, ReturnNs: 30})
+	return append(entries, Entry{Input: Input{Kind: KindRead, Member: member, Asset: Asset}, Output: read(0, 0, false), CallNs: 20, ReturnNs: 30})
 }
 
 // linearizable is a short history of member that porcupine decides at once.
 func linearizable(member string) []Entry {
 	return []Entry{
-		{Input: Input{Kind: KindCredit, Member: member, Key: member + "-c1", Amount: 5},
-			Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, Posted: 5}, CallNs: 0, ReturnNs: 10},
-		{Input: Input{Kind: KindRead, Member: member}, Output: read(5, 0, false), CallNs: 20, ReturnNs: 30},
+		{Input: Input{Kind: KindCredit, Member: member, Asset: Asset, Key: member + "-c1", Amount: 5},
+			Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, Asset: Asset, Posted: 5}, CallNs: 0, ReturnNs: 10},
+		{Input: Input{Kind: KindRead, Member: member, Asset: Asset}, Output: read(5, 0, false), CallNs: 20, ReturnNs: 30},
 	}
 }
 
@@ -112,7 +112,7 @@ func TestLinearizableCheckStopsWithItsContext(t *testing.T) {
 			ctx:       func(*testing.T) context.Context { return cancelled },
 			entries:   slices.Concat(linearizable("a"), linearizable("b"), linearizable("c")),
 			members:   []string{"a", "b", "c"},
-			unchecked: "3 of 3 accounts not checked: context canceled",
+			unchecked: "3 of 3 members not checked: context canceled",
 		},
 		{
 			name: "deadline passes during a slow account",
@@ -124,7 +124,7 @@ func TestLinearizableCheckStopsWithItsContext(t *testing.T) {
 			entries:   slices.Concat(linearizable("a"), undecidable("b"), undecidable("c"), linearizable("d")),
 			members:   []string{"a", "b", "c", "d"},
 			checked:   2, // a decided, b cut short
-			unchecked: "2 of 4 accounts not checked: context deadline exceeded",
+			unchecked: "2 of 4 members not checked: context deadline exceeded",
 			cutShort:  true,
 		},
 	} {
@@ -155,9 +155,9 @@ func TestLinearizableCheckStopsWithItsContext(t *testing.T) {
 // another sequence, missing, or a different operation under its key, and a
 // write the client was told certainly failed found applied.
 func TestExactlyOnceCatchesLies(t *testing.T) {
-	acked := Entry{Input: Input{Kind: KindCredit, Member: "a", Key: "c1", Amount: 5},
+	acked := Entry{Input: Input{Kind: KindCredit, Member: "a", Asset: Asset, Key: "c1", Amount: 5},
 		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}, CallNs: 0, ReturnNs: 10}
-	failed := Entry{Input: Input{Kind: KindDebit, Member: "a", Key: "d1", Amount: 5},
+	failed := Entry{Input: Input{Kind: KindDebit, Member: "a", Asset: Asset, Key: "d1", Amount: 5},
 		Output: Output{Status: NotApplied, Code: ledger.CodeNotLeader}, CallNs: 0, ReturnNs: 10}
 	stored := func(e Entry, seq uint64) client.JournalEntry {
 		return client.JournalEntry{Seq: seq, Op: toClientOp(e.Input), Result: client.Result{Code: ledger.CodeOK, Seq: seq, TimeMs: 100}}
@@ -197,7 +197,7 @@ func (f fakeJournal) ListJournal(_ context.Context, _, member, _ string, _ int, 
 // missing, and a final balance the postings do not explain.
 func TestJournalCheckCatchesLies(t *testing.T) {
 	credit := func(key string, seq uint64, amount int64) (Entry, client.JournalEntry) {
-		e := Entry{Input: Input{Kind: KindCredit, Member: "a", Key: key, Amount: amount},
+		e := Entry{Input: Input{Kind: KindCredit, Member: "a", Asset: Asset, Key: key, Amount: amount},
 			Output: Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: 100}}
 		return e, client.JournalEntry{Seq: seq, Op: toClientOp(e.Input), Result: client.Result{Code: ledger.CodeOK, Seq: seq}}
 	}
@@ -217,7 +217,7 @@ func TestJournalCheckCatchesLies(t *testing.T) {
 		"balance is off": {[]client.JournalEntry{j2, j1}, 13},
 	} {
 		t.Run(name, func(t *testing.T) {
-			res := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, entries, []string{"a"}, map[string]int64{"a": tc.final})
+			res := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, entries, []string{"a"}, map[string]int64{"a/" + Asset: tc.final})
 			assert.Equal(t, name == "honest", res.OK, "%s: %v", res.Detail, res.Findings)
 		})
 	}
@@ -228,8 +228,8 @@ func TestJournalCheckCatchesLies(t *testing.T) {
 // stored (or none), and one stored in part fails the check.
 func TestExactlyOnceLinked(t *testing.T) {
 	in := Input{Kind: KindLinked, Member: "a", Ops: []Input{
-		{Kind: KindCredit, Member: "a", Key: "l1", Amount: 5},
-		{Kind: KindDebit, Member: "a", Key: "l2", Amount: 9},
+		{Kind: KindCredit, Member: "a", Asset: Asset, Key: "l1", Amount: 5},
+		{Kind: KindDebit, Member: "a", Asset: Asset, Key: "l2", Amount: 9},
 	}}
 	stored := func(i int, code ledger.Code) client.JournalEntry {
 		seq := uint64(10 + i)
@@ -271,8 +271,8 @@ func TestExactlyOnceLinked(t *testing.T) {
 // must not be.
 func TestJournalCheckLinked(t *testing.T) {
 	ops := []Input{
-		{Kind: KindCredit, Member: "a", Key: "l1", Amount: 5},
-		{Kind: KindDebit, Member: "a", Key: "l2", Amount: 2},
+		{Kind: KindCredit, Member: "a", Asset: Asset, Key: "l1", Amount: 5},
+		{Kind: KindDebit, Member: "a", Asset: Asset, Key: "l2", Amount: 2},
 	}
 	res := func(seq uint64, code ledger.Code) client.Result {
 		return client.Result{Code: code, Seq: seq, TimeMs: 100}
@@ -297,7 +297,7 @@ func TestJournalCheckLinked(t *testing.T) {
 		"failed, but one op in it": {failed, []client.JournalEntry{j(0, 1)}, 5, false},
 	} {
 		t.Run(name, func(t *testing.T) {
-			r := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, []Entry{tc.entry}, []string{"a"}, map[string]int64{"a": tc.final})
+			r := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, []Entry{tc.entry}, []string{"a"}, map[string]int64{"a/" + Asset: tc.final})
 			assert.Equal(t, tc.ok, r.OK, "%s: %v", r.Detail, r.Findings)
 		})
 	}
@@ -307,8 +307,8 @@ func TestJournalCheckLinked(t *testing.T) {
 // than its Input.Ops must be a finding, not a panic.
 func TestExactlyOnceLinkedShortOps(t *testing.T) {
 	in := Input{Kind: KindLinked, Member: "a", Ops: []Input{
-		{Kind: KindCredit, Member: "a", Key: "l1", Amount: 5},
-		{Kind: KindCredit, Member: "a", Key: "l2", Amount: 9},
+		{Kind: KindCredit, Member: "a", Asset: Asset, Key: "l1", Amount: 5},
+		{Kind: KindCredit, Member: "a", Asset: Asset, Key: "l2", Amount: 9},
 	}}
 	st := func(i int) client.JournalEntry {
 		return client.JournalEntry{Seq: uint64(i + 1), Op: toClientOp(in.Ops[i]), Result: client.Result{Code: ledger.CodeOK, Seq: uint64(i + 1), TimeMs: 100}}

@@ -3,12 +3,15 @@
 //
 // It provides:
 //
-//   - Model: a porcupine model of one account with every operation the API
-//     offers (credit, debit, hold, capture, release, hold expiry, freeze,
-//     unfreeze, read) and linked requests of several of them on one account,
-//     partitioned by account. A linked request is one operation of the
-//     model: its ops apply in order in one log entry, all of them or none,
-//     and when one fails it keeps its code and the others get LINKED_FAILED.
+//   - Model: a porcupine model of one member's accounts, one per asset,
+//     with every operation the API offers on an account (credit, debit,
+//     hold, capture, release, hold expiry, freeze, unfreeze, read) and
+//     linked requests of several of them on either account (a recharge of
+//     stored value with its bonus points), partitioned by member. Each op
+//     acts on its own account, and a result must describe that one. A
+//     linked request is one operation of the model: its ops apply in order
+//     in one log entry, all of them or none, and when one fails it keeps its
+//     code and the others get LINKED_FAILED.
 //     Operations whose outcome the
 //     client never learned are indeterminate: they return at +infinity and
 //     the model lets them take effect at any point after their call, or
@@ -18,10 +21,10 @@
 //     and restart, SIGSTOP/SIGCONT.
 //   - Run: a seeded fault schedule (nemesis), concurrent workers issuing
 //     operations through package client with the retries a payment system
-//     makes (same idempotency key), on accounts of points (scale 0) and of
-//     stored value (scale 2, amounts in fen: every amount crosses the edge
-//     as a decimal and is checked exact), and the checks after the run:
-//     linearizability per account, conservation per shard, every
+//     makes (same idempotency key), on every member's two accounts: points
+//     (scale 0) and stored value (scale 2, amounts in fen: every amount
+//     crosses the edge as a decimal and is checked exact), and the checks
+//     after the run: linearizability per member, conservation per shard, every
 //     acknowledged operation in the record store and journal with the
 //     result the client saw, no key applied twice, every linked request
 //     stored whole or not at all, replicas equal at the same applied index.
@@ -34,9 +37,11 @@
 // the model expires every open hold with ExpiresAt <= T, exactly as the
 // ledger's ExpireHolds does at the start of every Raft entry. A read
 // carries no log time, so the model lets it observe any expiry prefix
-// consistent with the log times it has seen (held amounts are > 0, so at
-// most one prefix matches what was read). Per account, log time and
-// journal sequence numbers must not go backwards along the linearization.
+// consistent with the log times it has seen (it sees one account, so
+// expiries on the other can make several prefixes match; the earliest is
+// kept, as every later one is reachable from it). Per member,
+// log time and journal sequence numbers must not go backwards along the
+// linearization.
 //
 // Running it:
 //
@@ -46,7 +51,7 @@
 //
 // Results go under ./results/ (TALLY_CHAOS_RESULTS overrides it for tests):
 // summary.txt and summary.json, timeline.txt, history.jsonl, the nodes'
-// logs, and linearizability-<account>.html for every account whose history
+// logs, and linearizability-<member>.html for every member whose history
 // is not linearizable. The nodes' data directories are kept only when a
 // check fails. A porcupine check that times out fails the run too: an
 // undecided history is not proven linearizable (long runs keep histories

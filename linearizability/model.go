@@ -12,7 +12,7 @@ import (
 )
 
 // Kind is the kind of one operation of the model: the mutating kinds of the
-// API that act on one account, and a read.
+// API that act on one account, a read of one account, and a linked request.
 type Kind uint8
 
 // Kinds of operations.
@@ -25,8 +25,8 @@ const (
 	KindRelease
 	KindFreeze
 	KindUnfreeze
-	// KindLinked is a linked request: Input.Ops, all on Input.Member,
-	// applied all or none in one log entry.
+	// KindLinked is a linked request: Input.Ops, all on Input.Member (on
+	// either of its accounts), applied all or none in one log entry.
 	KindLinked
 )
 
@@ -39,10 +39,16 @@ func (k Kind) String() string {
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
 
-// Input is what one operation asked for. All amounts are minor units.
+// Input is what one operation asked for. All amounts are minor units of
+// its asset.
 type Input struct {
-	Kind    Kind
-	Member  string // the account (one asset per member): the partition key
+	Kind   Kind
+	Member string // the member: the partition key
+	// Asset names the member's account (one of assetScales): the one a
+	// read, credit, debit, hold, freeze or unfreeze acts on; for a capture
+	// or release, the asset of the hold it names, whose scale its amount is
+	// in ("" for a linked request).
+	Asset   string
 	Key     string // idempotency key ("" for reads); names the hold of a Hold
 	Amount  int64  // Credit, Debit, Hold; Capture (0 = the whole hold)
 	HoldKey string // Capture, Release
@@ -87,8 +93,10 @@ type Output struct {
 	TimeMs   int64  // log time the write applied at (Known writes)
 	Replayed bool   // served from the dedup record (informational)
 	// Account is the account after the operation (writes, when the result
-	// carries one) or as read (reads).
+	// carries one) or as read (reads), in minor units of Asset, the asset
+	// the server reported it in.
 	HasAccount bool
+	Asset      string
 	Posted     int64
 	Held       int64
 	Frozen     bool
@@ -113,20 +121,50 @@ const (
 
 type modelHold struct {
 	key         string
+	account     int // index into State.Accounts
 	amount      int64
 	expiresAtMs int64
 	status      holdStatus
 }
 
-// State is the model's state of one account. It is immutable: Step copies
-// what it changes.
+// Balance is the model's state of one account.
+type Balance struct {
+	Posted int64
+	Held   int64
+	Frozen bool
+}
+
+// State is the model's state of one member: its accounts, one per asset of
+// assetScales and in that order, and its holds (whose keys are unique per
+// member, whichever account holds them). It is immutable: Step copies what
+// it changes.
 type State struct {
-	Posted   int64
-	Held     int64
-	Frozen   bool
-	LastTime int64  // largest log time an operation of this account was linearized at (a lower bound)
-	LastSeq  uint64 // largest journal sequence seen on this account
+	Accounts [len(assetScales)]Balance
+	LastTime int64  // largest log time an operation of this member was linearized at (a lower bound)
+	LastSeq  uint64 // largest journal sequence seen on this member (the shard's sequence)
 	holds    []modelHold
+}
+
+// accountIndex is the index in State.Accounts of asset's account, -1 for an
+// asset the workload does not use.
+func accountIndex(asset string) int {
+	for i, a := range assetScales {
+		if a.code == asset {
+			return i
+		}
+	}
+	return -1
+}
+
+// accountOf is the account in.Kind acts on: a capture's or release's is its
+// hold's, if s has it; every other kind's is in.Asset's.
+func accountOf(s State, in Input) int {
+	if in.Kind == KindCapture || in.Kind == KindRelease {
+		if i, found := s.hold(in.HoldKey); found {
+			return s.holds[i].account
+		}
+	}
+	return accountIndex(in.Asset)
 }
 
 func (s State) hold(key string) (int, bool) {
@@ -159,7 +197,7 @@ func (s State) expireAt(t int64) State {
 			h = &s.holds[i]
 		}
 		h.status = holdExpired
-		s.Held -= h.amount
+		s.Accounts[h.account].Held -= h.amount
 	}
 	return s
 }
@@ -186,25 +224,35 @@ func (s State) expiryTimes() []int64 {
 
 // apply runs one write at log time t on a state whose expiries up to t are
 // done, following the rules of package ledger (the subset the workload
-// uses: one active-or-frozen account, no limits, no closing).
+// uses: active-or-frozen accounts, no limits, no closing).
 func apply(s State, in Input, t int64) (State, ledger.Code) {
-	available := s.Posted - s.Held
+	if in.Kind == KindCapture || in.Kind == KindRelease {
+		return settle(s, in)
+	}
+	ai := accountIndex(in.Asset)
+	if ai < 0 {
+		// Not an account of the workload: a harness bug, which no result
+		// of the server explains.
+		return s, ledger.CodeInternal
+	}
+	a := &s.Accounts[ai] // s is a copy: this changes only the returned state
+	available := a.Posted - a.Held
 	switch in.Kind {
 	case KindCredit:
-		if s.Frozen {
+		if a.Frozen {
 			return s, ledger.CodeAccountFrozen
 		}
-		s.Posted += in.Amount
+		a.Posted += in.Amount
 	case KindDebit:
-		if s.Frozen {
+		if a.Frozen {
 			return s, ledger.CodeAccountFrozen
 		}
 		if available < in.Amount {
 			return s, ledger.CodeInsufficientFunds
 		}
-		s.Posted -= in.Amount
+		a.Posted -= in.Amount
 	case KindHold:
-		if s.Frozen {
+		if a.Frozen {
 			return s, ledger.CodeAccountFrozen
 		}
 		if available < in.Amount {
@@ -215,55 +263,72 @@ func apply(s State, in Input, t int64) (State, ledger.Code) {
 			// ledger never evaluates it. Modelled as impossible.
 			return s, ledger.CodeIdempotencyKeyReused
 		}
-		s.Held += in.Amount
+		a.Held += in.Amount
 		s.holds = append(append([]modelHold(nil), s.holds...),
-			modelHold{key: in.Key, amount: in.Amount, expiresAtMs: t + in.TTLMs, status: holdOpen})
-	case KindCapture, KindRelease:
-		i, found := s.hold(in.HoldKey)
-		if !found {
-			return s, ledger.CodeHoldNotFound
-		}
-		h := s.holds[i]
-		switch h.status {
-		case holdCaptured, holdReleased:
-			return s, ledger.CodeHoldClosed
-		case holdExpired:
-			return s, ledger.CodeHoldExpired
-		}
-		if in.Kind == KindRelease {
-			s = s.withHolds()
-			s.holds[i].status = holdReleased
-			s.Held -= h.amount
-			return s, ledger.CodeOK
-		}
-		if s.Frozen {
-			return s, ledger.CodeAccountFrozen
-		}
-		amount := in.Amount
-		if amount == 0 {
-			amount = h.amount
-		}
-		if amount > h.amount {
-			return s, ledger.CodeInvalidAmount
-		}
-		s = s.withHolds()
-		s.holds[i].status = holdCaptured
-		s.Held -= h.amount
-		s.Posted -= amount
+			modelHold{key: in.Key, account: ai, amount: in.Amount, expiresAtMs: t + in.TTLMs, status: holdOpen})
 	case KindFreeze:
-		s.Frozen = true
+		a.Frozen = true
 	case KindUnfreeze:
-		s.Frozen = false
+		a.Frozen = false
 	default:
 		return s, ledger.CodeInternal
 	}
 	return s, ledger.CodeOK
 }
 
-// accountMatches reports whether what the client saw of the account agrees
-// with s.
-func accountMatches(s State, out Output) bool {
-	return !out.HasAccount || (out.Posted == s.Posted && out.Held == s.Held && out.Frozen == s.Frozen)
+// settle is apply for a capture or release: it acts on the account of the
+// hold it names.
+func settle(s State, in Input) (State, ledger.Code) {
+	i, found := s.hold(in.HoldKey)
+	if !found {
+		return s, ledger.CodeHoldNotFound
+	}
+	h := s.holds[i]
+	if h.account != accountIndex(in.Asset) {
+		// The workload sends a capture's amount at the scale of the asset it
+		// believes the hold is in; a wrong belief is a harness bug.
+		return s, ledger.CodeInternal
+	}
+	switch h.status {
+	case holdCaptured, holdReleased:
+		return s, ledger.CodeHoldClosed
+	case holdExpired:
+		return s, ledger.CodeHoldExpired
+	}
+	if in.Kind == KindRelease {
+		s = s.withHolds()
+		s.holds[i].status = holdReleased
+		s.Accounts[h.account].Held -= h.amount
+		return s, ledger.CodeOK
+	}
+	if s.Accounts[h.account].Frozen {
+		return s, ledger.CodeAccountFrozen
+	}
+	amount := in.Amount
+	if amount == 0 {
+		amount = h.amount
+	}
+	if amount > h.amount {
+		return s, ledger.CodeInvalidAmount
+	}
+	s = s.withHolds()
+	s.holds[i].status = holdCaptured
+	s.Accounts[h.account].Held -= h.amount
+	s.Accounts[h.account].Posted -= amount
+	return s, ledger.CodeOK
+}
+
+// accountMatches reports whether what the client saw of account ai agrees
+// with s: in the same asset, with the same balances and state.
+func accountMatches(s State, ai int, out Output) bool {
+	if !out.HasAccount {
+		return true
+	}
+	if ai < 0 || accountIndex(out.Asset) != ai {
+		return false
+	}
+	a := s.Accounts[ai]
+	return out.Posted == a.Posted && out.Held == a.Held && out.Frozen == a.Frozen
 }
 
 // settledMatches reports whether a successful op's captured and released
@@ -293,7 +358,7 @@ func settledMatches(before State, in Input, out Output) bool {
 func step(s State, in Input, out Output) []State {
 	switch in.Kind {
 	case KindRead:
-		return stepRead(s, out)
+		return stepRead(s, in, out)
 	case KindLinked:
 		return stepLinked(s, in, out)
 	}
@@ -337,7 +402,7 @@ func step(s State, in Input, out Output) []State {
 	if code != out.Code {
 		return nil
 	}
-	if !accountMatches(n, out) || (code == ledger.CodeOK && !settledMatches(e, in, out)) {
+	if !accountMatches(n, accountOf(e, in), out) || (code == ledger.CodeOK && !settledMatches(e, in, out)) {
 		return nil
 	}
 	n.LastTime = t
@@ -411,7 +476,7 @@ func stepLinked(s State, in Input, out Output) []State {
 			if i > 0 {
 				before = after[i-1]
 			}
-			if o.Code != ledger.CodeOK || !accountMatches(after[i], o) || !settledMatches(before, in.Ops[i], o) {
+			if o.Code != ledger.CodeOK || !accountMatches(after[i], accountOf(before, in.Ops[i]), o) || !settledMatches(before, in.Ops[i], o) {
 				return nil
 			}
 		case i == failed:
@@ -430,18 +495,22 @@ func stepLinked(s State, in Input, out Output) []State {
 
 // stepRead: a read sees the state after some prefix of the shard's log, at
 // a log time >= LastTime, so any prefix of the pending expiries may have
-// happened. Amounts are > 0, so held decreases strictly along the prefixes
-// and at most one of them matches.
-func stepRead(s State, out Output) []State {
+// happened. It sees one account, which expiries on the other leave as they
+// were, so several prefixes can match: the shortest one is kept, as every
+// state a longer one leads to is also reachable from it (later operations
+// expire what is due at their own log time, and later reads try the
+// prefixes again).
+func stepRead(s State, in Input, out Output) []State {
 	if out.Status != Known {
 		return []State{s}
 	}
-	if accountMatches(s, out) {
+	ai := accountIndex(in.Asset)
+	if accountMatches(s, ai, out) {
 		return []State{s}
 	}
 	for _, t := range s.expiryTimes() {
 		e := s.expireAt(t)
-		if accountMatches(e, out) {
+		if accountMatches(e, ai, out) {
 			e.LastTime = t
 			return []State{e}
 		}
@@ -450,8 +519,7 @@ func stepRead(s State, out Output) []State {
 }
 
 func statesEqual(a, b State) bool {
-	if a.Posted != b.Posted || a.Held != b.Held || a.Frozen != b.Frozen || a.LastTime != b.LastTime ||
-		a.LastSeq != b.LastSeq || len(a.holds) != len(b.holds) {
+	if a.Accounts != b.Accounts || a.LastTime != b.LastTime || a.LastSeq != b.LastSeq || len(a.holds) != len(b.holds) {
 		return false
 	}
 	for i := range a.holds {
@@ -464,26 +532,32 @@ func statesEqual(a, b State) bool {
 
 func stateHash(s State) uint64 {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%d/%d/%t/%d/%d", s.Posted, s.Held, s.Frozen, s.LastTime, s.LastSeq)
+	for _, a := range s.Accounts {
+		fmt.Fprintf(h, "%d/%d/%t/", a.Posted, a.Held, a.Frozen)
+	}
+	fmt.Fprintf(h, "%d/%d", s.LastTime, s.LastSeq)
 	for _, x := range s.holds {
 		fmt.Fprintf(h, "|%s/%d", x.key, x.status)
 	}
 	return h.Sum64()
 }
 
-// DescribeState renders a state for the visualization: balances, state and
-// open holds.
+// DescribeState renders a state for the visualization: each account's
+// balances and state, and the open holds.
 func DescribeState(s State) string {
 	var b strings.Builder
-	state := "ACTIVE"
-	if s.Frozen {
-		state = "FROZEN"
+	for i, a := range s.Accounts {
+		state := "ACTIVE"
+		if a.Frozen {
+			state = "FROZEN"
+		}
+		fmt.Fprintf(&b, "%s posted=%d held=%d %s; ", assetScales[i].code, a.Posted, a.Held, state)
 	}
-	fmt.Fprintf(&b, "posted=%d held=%d %s t=%d seq=%d", s.Posted, s.Held, state, s.LastTime, s.LastSeq)
+	fmt.Fprintf(&b, "t=%d seq=%d", s.LastTime, s.LastSeq)
 	var open []string
 	for _, h := range s.holds {
 		if h.status == holdOpen {
-			open = append(open, fmt.Sprintf("%s:%d@%d", h.key, h.amount, h.expiresAtMs))
+			open = append(open, fmt.Sprintf("%s:%s %d@%d", h.key, assetScales[h.account].code, h.amount, h.expiresAtMs))
 		}
 	}
 	if len(open) > 0 {
@@ -497,11 +571,11 @@ func DescribeOperation(in Input, out Output) string {
 	var call string
 	switch in.Kind {
 	case KindRead:
-		call = "read()"
+		call = fmt.Sprintf("read(%s)", in.Asset)
 	case KindCredit, KindDebit:
-		call = fmt.Sprintf("%s(%d)", in.Kind, in.Amount)
+		call = fmt.Sprintf("%s(%d %s)", in.Kind, in.Amount, in.Asset)
 	case KindHold:
-		call = fmt.Sprintf("hold(%d, ttl %dms) %s", in.Amount, in.TTLMs, in.Key)
+		call = fmt.Sprintf("hold(%d %s, ttl %dms) %s", in.Amount, in.Asset, in.TTLMs, in.Key)
 	case KindCapture:
 		call = fmt.Sprintf("capture(%s, %d)", in.HoldKey, in.Amount)
 	case KindRelease:
@@ -509,7 +583,7 @@ func DescribeOperation(in Input, out Output) string {
 	case KindLinked:
 		return describeLinked(in, out)
 	default:
-		call = in.Kind.String() + "()"
+		call = in.Kind.String() + "(" + in.Asset + ")"
 	}
 	var ret string
 	switch {
@@ -522,11 +596,11 @@ func DescribeOperation(in Input, out Output) string {
 		if out.Frozen {
 			state = "FROZEN"
 		}
-		ret = fmt.Sprintf("posted=%d held=%d %s", out.Posted, out.Held, state)
+		ret = fmt.Sprintf("%s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, state)
 	default:
 		ret = fmt.Sprintf("%s seq=%d t=%d", out.Code, out.Seq, out.TimeMs)
 		if out.HasAccount {
-			ret += fmt.Sprintf(" posted=%d held=%d", out.Posted, out.Held)
+			ret += fmt.Sprintf(" %s posted=%d held=%d", out.Asset, out.Posted, out.Held)
 		}
 		if out.Captured != 0 || out.Released != 0 {
 			ret += fmt.Sprintf(" captured=%d released=%d", out.Captured, out.Released)
@@ -559,9 +633,10 @@ func describeLinked(in Input, out Output) string {
 	return s
 }
 
-// Model returns the porcupine model of one account per partition; the
-// history is partitioned by Input.Member. Every account starts ACTIVE with
-// nothing posted (the harness opens accounts before the history starts).
+// Model returns the porcupine model of one member per partition: its
+// accounts, one per asset; the history is partitioned by Input.Member.
+// Every account starts ACTIVE with nothing posted (the harness opens the
+// accounts before the history starts).
 func Model() porcupine.Model {
 	nm := porcupine.NondeterministicModel{
 		Partition: partitionByMember,

@@ -11,7 +11,7 @@ import (
 // ledgerOp is the ledger op the edge makes of the op the workload sends.
 func ledgerOp(in Input) ledger.Op {
 	c := toClientOp(in)
-	_, scale := AssetOf(in.Member)
+	scale, _ := scaleOf(in.Asset)
 	op := ledger.Op{Kind: c.Kind, Program: c.Program, Member: c.Member, Asset: c.Asset, IdempotencyKey: c.IdempotencyKey,
 		HoldKey: c.HoldKey, AmountMinor: minorUnits(c.Amount, scale), HoldTTLMs: c.HoldTTL.Milliseconds()}
 	if op.AmountMinor != 0 {
@@ -24,13 +24,15 @@ func outOf(r ledger.Result) Output {
 	o := Output{Status: Known, Code: r.Code, Seq: r.Seq, TimeMs: r.TimeMs, Replayed: r.Replayed,
 		Captured: r.CapturedMinor, Released: r.ReleasedMinor}
 	if r.Account.Key.Program != "" {
-		o.HasAccount, o.Posted, o.Held, o.Frozen = true, r.Account.PostedMinor, r.Account.HeldMinor, r.Account.State == ledger.StateFrozen
+		o.HasAccount, o.Asset = true, r.Account.Key.Asset
+		o.Posted, o.Held, o.Frozen = r.Account.PostedMinor, r.Account.HeldMinor, r.Account.State == ledger.StateFrozen
 	}
 	return o
 }
 
-// TestModelAgainstLedger feeds random single and linked requests through the
-// real ledger and checks that the model accepts every result, in order.
+// TestModelAgainstLedger feeds random single and linked requests on a
+// member's two accounts through the real ledger and checks that the model
+// accepts every result, in order, and every read of either account.
 func TestModelAgainstLedger(t *testing.T) {
 	for seed := uint64(0); seed < 300; seed++ {
 		rng := rand.New(rand.NewPCG(seed, 1))
@@ -46,15 +48,16 @@ func TestModelAgainstLedger(t *testing.T) {
 			}
 			return res
 		}
-		asset, scale := AssetOf("a")
-		cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpDefineAsset, Program: Program, Asset: asset, Scale: uint8(scale), IdempotencyKey: "d"}}})
-		cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpOpenAccount, Program: Program, Member: "a", Asset: asset, IdempotencyKey: "o"}}})
+		for _, a := range assetScales {
+			cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpDefineAsset, Program: Program, Asset: a.code, Scale: uint8(a.scale), IdempotencyKey: "d" + a.code}}})
+			cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpOpenAccount, Program: Program, Member: "a", Asset: a.code, IdempotencyKey: "o" + a.code}}})
+		}
 		st := State{}
-		var holds []string
+		var holds []heldHold
 		n := 0
 		gen := func() Input {
 			n++
-			in := Input{Member: "a", Key: fmt.Sprintf("k%d", n)}
+			in := Input{Member: "a", Asset: assetScales[rng.IntN(len(assetScales))].code, Key: fmt.Sprintf("k%d", n)}
 			switch rng.IntN(8) {
 			case 0, 1:
 				in.Kind, in.Amount = KindCredit, 1+rng.Int64N(100)
@@ -62,13 +65,14 @@ func TestModelAgainstLedger(t *testing.T) {
 				in.Kind, in.Amount = KindDebit, 1+rng.Int64N(150)
 			case 3, 4:
 				in.Kind, in.Amount, in.TTLMs = KindHold, 1+rng.Int64N(60), 1+rng.Int64N(300)
-				holds = append(holds, in.Key)
+				holds = append(holds, heldHold{member: "a", asset: in.Asset, key: in.Key})
 			case 5:
 				if len(holds) == 0 {
 					in.Kind = KindUnfreeze
 					break
 				}
-				in.Kind, in.HoldKey = KindCapture, holds[rng.IntN(len(holds))]
+				h := holds[rng.IntN(len(holds))]
+				in.Kind, in.Asset, in.HoldKey = KindCapture, h.asset, h.key
 				if rng.IntN(3) == 0 {
 					in.Amount = 1 + rng.Int64N(30)
 				}
@@ -77,7 +81,8 @@ func TestModelAgainstLedger(t *testing.T) {
 					in.Kind = KindUnfreeze
 					break
 				}
-				in.Kind, in.HoldKey = KindRelease, holds[rng.IntN(len(holds))]
+				h := holds[rng.IntN(len(holds))]
+				in.Kind, in.Asset, in.HoldKey = KindRelease, h.asset, h.key
 			default:
 				if rng.IntN(2) == 0 {
 					in.Kind = KindFreeze
@@ -124,10 +129,13 @@ func TestModelAgainstLedger(t *testing.T) {
 				}
 				st = next[0]
 			}
-			a, _, _ := s.Account(ledger.AccountKey{Program: Program, Member: "a", Asset: asset})
-			if got := step(st, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true,
-				Posted: a.PostedMinor, Held: a.HeldMinor, Frozen: a.State == ledger.StateFrozen}); len(got) == 0 {
-				t.Fatalf("seed %d op %d: read of %+v refused from %s", seed, i, a, DescribeState(st))
+			for _, as := range assetScales {
+				a, _, _ := s.Account(ledger.AccountKey{Program: Program, Member: "a", Asset: as.code})
+				got := step(st, Input{Kind: KindRead, Member: "a", Asset: as.code}, Output{Status: Known, Code: ledger.CodeOK,
+					HasAccount: true, Asset: as.code, Posted: a.PostedMinor, Held: a.HeldMinor, Frozen: a.State == ledger.StateFrozen})
+				if len(got) == 0 {
+					t.Fatalf("seed %d op %d: read of %+v refused from %s", seed, i, a, DescribeState(st))
+				}
 			}
 		}
 	}

@@ -15,7 +15,7 @@ func op(client int, call, ret int64, in Input, out Output) porcupine.Operation {
 }
 
 func ok(seq uint64, t int64, posted, held int64) Output {
-	return Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: t, HasAccount: true, Posted: posted, Held: held}
+	return Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: t, HasAccount: true, Asset: Asset, Posted: posted, Held: held}
 }
 
 func fail(code ledger.Code, seq uint64, t int64) Output {
@@ -23,7 +23,7 @@ func fail(code ledger.Code, seq uint64, t int64) Output {
 }
 
 func read(posted, held int64, frozen bool) Output {
-	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Posted: posted, Held: held, Frozen: frozen}
+	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: Asset, Posted: posted, Held: held, Frozen: frozen}
 }
 
 var indeterminate = Output{Status: Indeterminate, Code: ledger.CodeUnavailable}
@@ -34,15 +34,23 @@ func settled(out Output, captured, released int64) Output {
 	return out
 }
 
-func credit(key string, amount int64) Input { return Input{Kind: KindCredit, Key: key, Amount: amount} }
-func debit(key string, amount int64) Input  { return Input{Kind: KindDebit, Key: key, Amount: amount} }
-func hold(key string, amount, ttl int64) Input {
-	return Input{Kind: KindHold, Key: key, Amount: amount, TTLMs: ttl}
+func credit(key string, amount int64) Input {
+	return Input{Kind: KindCredit, Asset: Asset, Key: key, Amount: amount}
 }
-func capture(key, holdKey string) Input { return Input{Kind: KindCapture, Key: key, HoldKey: holdKey} }
-func release(key, holdKey string) Input { return Input{Kind: KindRelease, Key: key, HoldKey: holdKey} }
+func debit(key string, amount int64) Input {
+	return Input{Kind: KindDebit, Asset: Asset, Key: key, Amount: amount}
+}
+func hold(key string, amount, ttl int64) Input {
+	return Input{Kind: KindHold, Asset: Asset, Key: key, Amount: amount, TTLMs: ttl}
+}
+func capture(key, holdKey string) Input {
+	return Input{Kind: KindCapture, Asset: Asset, Key: key, HoldKey: holdKey}
+}
+func release(key, holdKey string) Input {
+	return Input{Kind: KindRelease, Asset: Asset, Key: key, HoldKey: holdKey}
+}
 
-var readIn = Input{Kind: KindRead}
+var readIn = Input{Kind: KindRead, Asset: Asset}
 
 func TestModel(t *testing.T) {
 	cases := []struct {
@@ -104,7 +112,7 @@ func TestModel(t *testing.T) {
 		{"hold capture", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
-			op(0, 40, 50, debit("k3", 30), Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 3, TimeMs: 120, HasAccount: true, Posted: 50, Held: 30}),
+			op(0, 40, 50, debit("k3", 30), Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 3, TimeMs: 120, HasAccount: true, Asset: Asset, Posted: 50, Held: 30}),
 			op(0, 60, 70, capture("k4", "h1"), settled(ok(4, 130, 20, 0), 30, 0)),
 			op(0, 80, 90, release("k5", "h1"), fail(ledger.CodeHoldClosed, 5, 140)),
 			op(0, 100, 110, readIn, read(20, 0, false)),
@@ -112,12 +120,12 @@ func TestModel(t *testing.T) {
 		{"a partial capture releases the rest", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
-			op(0, 40, 50, Input{Kind: KindCapture, Key: "k3", HoldKey: "h1", Amount: 12}, settled(ok(3, 120, 38, 0), 12, 18)),
+			op(0, 40, 50, Input{Kind: KindCapture, Asset: Asset, Key: "k3", HoldKey: "h1", Amount: 12}, settled(ok(3, 120, 38, 0), 12, 18)),
 		}, true},
 		{"a capture reports another amount than it took", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
-			op(0, 40, 50, Input{Kind: KindCapture, Key: "k3", HoldKey: "h1", Amount: 12}, settled(ok(3, 120, 38, 0), 30, 0)),
+			op(0, 40, 50, Input{Kind: KindCapture, Asset: Asset, Key: "k3", HoldKey: "h1", Amount: 12}, settled(ok(3, 120, 38, 0), 30, 0)),
 		}, false},
 		{"a release reports nothing released", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
@@ -150,10 +158,10 @@ func TestModel(t *testing.T) {
 		}, false},
 		{"frozen account refuses debits", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
-			op(0, 20, 30, Input{Kind: KindFreeze, Key: "k2"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 2, TimeMs: 101, HasAccount: true, Posted: 50, Frozen: true}),
-			op(0, 40, 50, debit("k3", 10), Output{Status: Known, Code: ledger.CodeAccountFrozen, Seq: 3, TimeMs: 102, HasAccount: true, Posted: 50, Frozen: true}),
+			op(0, 20, 30, Input{Kind: KindFreeze, Asset: Asset, Key: "k2"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 2, TimeMs: 101, HasAccount: true, Asset: Asset, Posted: 50, Frozen: true}),
+			op(0, 40, 50, debit("k3", 10), Output{Status: Known, Code: ledger.CodeAccountFrozen, Seq: 3, TimeMs: 102, HasAccount: true, Asset: Asset, Posted: 50, Frozen: true}),
 			op(0, 60, 70, readIn, read(50, 0, true)),
-			op(0, 80, 90, Input{Kind: KindUnfreeze, Key: "k4"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 4, TimeMs: 103, HasAccount: true, Posted: 50}),
+			op(0, 80, 90, Input{Kind: KindUnfreeze, Asset: Asset, Key: "k4"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 4, TimeMs: 103, HasAccount: true, Asset: Asset, Posted: 50}),
 			op(0, 100, 110, debit("k5", 10), ok(5, 104, 40, 0)),
 		}, true},
 		{"indeterminate debit resolves insufficient funds either way", []porcupine.Operation{
@@ -231,7 +239,7 @@ func TestModelLinked(t *testing.T) {
 		}, false},
 		{"a failed request describes the account", []porcupine.Operation{
 			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 80)), linkedOut(lf(1, 100),
-				Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 2, TimeMs: 100, HasAccount: true, Posted: 50})),
+				Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 2, TimeMs: 100, HasAccount: true, Asset: Asset, Posted: 50})),
 		}, false},
 		{"ops of one request at two log times", []porcupine.Operation{
 			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 30)), linkedOut(ok(1, 100, 50, 0), ok(2, 101, 20, 0))),
@@ -289,5 +297,99 @@ func TestMembersSpreadOverShards(t *testing.T) {
 				t.Fatalf("%d shards: shard %d has %d members: %v", shards, s, per[s], per)
 			}
 		}
+	}
+}
+
+// sv is in on the member's stored-value account.
+func sv(in Input) Input {
+	in.Asset = StoredValue
+	return in
+}
+
+// svOut is out describing the stored-value account.
+func svOut(out Output) Output {
+	out.Asset = StoredValue
+	return out
+}
+
+// TestModelTwoAccounts: each member has a points and a stored-value account;
+// an op acts on its own account only, a result must describe that account,
+// and a linked request across both applies on both or on neither.
+func TestModelTwoAccounts(t *testing.T) {
+	readSV := sv(readIn)
+	cases := []struct {
+		name    string
+		history []porcupine.Operation
+		want    bool
+	}{
+		{"recharge with bonus points", []porcupine.Operation{
+			op(0, 0, 10, linked(sv(credit("k1", 50000)), credit("k2", 50)),
+				linkedOut(svOut(ok(1, 100, 50000, 0)), ok(2, 100, 50, 0))),
+			op(0, 20, 30, readSV, svOut(read(50000, 0, false))),
+			op(0, 40, 50, readIn, read(50, 0, false)),
+		}, true},
+		{"recharge applied, its bonus lost", []porcupine.Operation{
+			op(0, 0, 10, linked(sv(credit("k1", 50000)), credit("k2", 50)),
+				linkedOut(svOut(ok(1, 100, 50000, 0)), ok(2, 100, 50, 0))),
+			op(0, 40, 50, readIn, read(0, 0, false)),
+		}, false},
+		{"a failed spend leaves the points it would earn unposted", []porcupine.Operation{
+			op(0, 0, 10, linked(sv(debit("k1", 100)), credit("k2", 1)),
+				linkedOut(fail(ledger.CodeInsufficientFunds, 1, 100), fail(ledger.CodeLinkedFailed, 2, 100))),
+			op(0, 20, 30, readIn, read(0, 0, false)),
+		}, true},
+		{"a failed spend posts its points", []porcupine.Operation{
+			op(0, 0, 10, linked(sv(debit("k1", 100)), credit("k2", 1)),
+				linkedOut(fail(ledger.CodeInsufficientFunds, 1, 100), fail(ledger.CodeLinkedFailed, 2, 100))),
+			op(0, 20, 30, readIn, read(1, 0, false)),
+		}, false},
+		{"indeterminate across both: one account only", []porcupine.Operation{
+			op(1, 0, ReturnNever, linked(sv(credit("k1", 500)), credit("k2", 5)), indeterminate),
+			op(0, 20, 30, readSV, svOut(read(500, 0, false))),
+			op(0, 40, 50, readIn, read(0, 0, false)),
+		}, false},
+		{"indeterminate across both: both", []porcupine.Operation{
+			op(1, 0, ReturnNever, linked(sv(credit("k1", 500)), credit("k2", 5)), indeterminate),
+			op(0, 20, 30, readSV, svOut(read(500, 0, false))),
+			op(0, 40, 50, readIn, read(5, 0, false)),
+		}, true},
+		{"a credit answered with the other account", []porcupine.Operation{
+			op(0, 0, 10, sv(credit("k1", 50)), ok(1, 100, 50, 0)),
+		}, false},
+		{"a freeze of points leaves stored value active", []porcupine.Operation{
+			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "f"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, Frozen: true}),
+			op(0, 20, 30, sv(credit("k1", 50)), svOut(ok(2, 101, 50, 0))),
+			op(0, 40, 50, credit("k2", 5), Output{Status: Known, Code: ledger.CodeAccountFrozen, Seq: 3, TimeMs: 102, HasAccount: true, Asset: Asset, Frozen: true}),
+		}, true},
+		{"a frozen points account refuses a stored-value credit", []porcupine.Operation{
+			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "f"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, Frozen: true}),
+			op(0, 20, 30, sv(credit("k1", 50)), fail(ledger.CodeAccountFrozen, 2, 101)),
+		}, false},
+		{"a stored-value hold is captured from stored value", []porcupine.Operation{
+			op(0, 0, 10, linked(sv(credit("k1", 50)), credit("k2", 7)), linkedOut(svOut(ok(1, 100, 50, 0)), ok(2, 100, 7, 0))),
+			op(0, 20, 30, sv(hold("h1", 30, 1000)), svOut(ok(3, 110, 50, 30))),
+			op(0, 40, 50, sv(capture("k4", "h1")), svOut(settled(ok(4, 120, 20, 0), 30, 0))),
+			op(0, 60, 70, readIn, read(7, 0, false)),
+		}, true},
+		{"a stored-value capture reported on points", []porcupine.Operation{
+			op(0, 0, 10, linked(sv(credit("k1", 50)), credit("k2", 30)), linkedOut(svOut(ok(1, 100, 50, 0)), ok(2, 100, 30, 0))),
+			op(0, 20, 30, sv(hold("h1", 30, 1000)), svOut(ok(3, 110, 50, 30))),
+			op(0, 40, 50, sv(capture("k4", "h1")), settled(ok(4, 120, 0, 0), 30, 0)),
+		}, false},
+		{"a stored-value hold expiring, seen from points", []porcupine.Operation{
+			op(0, 0, 10, sv(credit("k1", 50)), svOut(ok(1, 100, 50, 0))),
+			op(0, 20, 30, sv(hold("h1", 30, 1000)), svOut(ok(2, 110, 50, 30))),
+			op(0, 40, 50, readIn, read(0, 0, false)),
+			op(0, 60, 70, readSV, svOut(read(50, 0, false))),
+			op(0, 80, 90, credit("k3", 5), ok(3, 1200, 5, 0)),
+		}, true},
+	}
+	model := Model()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := porcupine.CheckOperations(model, c.history); got != c.want {
+				t.Fatalf("linearizable = %v, want %v", got, c.want)
+			}
+		})
 	}
 }

@@ -31,9 +31,11 @@ type Config struct {
 	KeepData   bool
 	Shards     int // >= 2
 	Clients    int // concurrent workers
-	Accounts   int // accounts (members) over all shards, per epoch
+	// Accounts is the number of members over all shards, per epoch; each
+	// has an account in every asset of the workload.
+	Accounts int
 	// EpochLength, if set, moves the workload to a fresh set of Accounts
-	// accounts every EpochLength, so long runs keep per-account histories
+	// members every EpochLength, so long runs keep per-member histories
 	// small (porcupine's cost grows fast with history length).
 	EpochLength time.Duration
 	// Faults are the kinds injected; each kind at least FaultRounds times,
@@ -54,9 +56,9 @@ type Config struct {
 	// UnsafeLocalReads is the deliberately broken variant: nodes run with
 	// --unsafe-local-reads and reads go straight to a random node.
 	UnsafeLocalReads bool
-	// CheckTimeout bounds porcupine per account; an undecided account
+	// CheckTimeout bounds porcupine per member; an undecided member
 	// fails the linearizability check. Run's context bounds the checks as
-	// a whole: accounts not checked when it ends fail the check too.
+	// a whole: members not checked when it ends fail the check too.
 	CheckTimeout time.Duration
 	// SnapshotThreshold, SnapshotLogBytes, TrailingLogs: see ClusterConfig.
 	SnapshotThreshold uint64
@@ -113,6 +115,7 @@ type Report struct {
 	Broken     bool          `json:"unsafe_local_reads"`
 	Shards     int           `json:"shards"`
 	Clients    int           `json:"clients"`
+	Members    int           `json:"members"`
 	Accounts   int           `json:"accounts"`
 	Workload   time.Duration `json:"workload_ns"`
 	Total      time.Duration `json:"total_ns"`
@@ -179,8 +182,8 @@ func (r *Report) Summary() string {
 	if r.Broken {
 		fmt.Fprintf(&b, "  BROKEN VARIANT: --unsafe-local-reads, reads sent to random nodes\n")
 	}
-	fmt.Fprintf(&b, "  cluster: %d nodes, %d shards, %d accounts, %d clients; workload %s, total %s\n",
-		ClusterSize, r.Shards, r.Accounts, r.Clients, r.Workload.Round(time.Second), r.Total.Round(time.Second))
+	fmt.Fprintf(&b, "  cluster: %d nodes, %d shards, %d members (%d accounts), %d clients; workload %s, total %s\n",
+		ClusterSize, r.Shards, r.Members, r.Accounts, r.Clients, r.Workload.Round(time.Second), r.Total.Round(time.Second))
 	fmt.Fprintf(&b, "  ops: %d  by kind: %s\n", r.Ops, formatCounts(r.OpsBy))
 	fmt.Fprintf(&b, "  outcomes: %s\n", formatCounts(r.Outcomes))
 	fmt.Fprintf(&b, "  indeterminate writes resolved after the run: %d applied, %d never applied\n", r.ResolvedApplied, r.ResolvedNotApplied)
@@ -298,7 +301,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err := setup(ctx, c, members); err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
-	logf("cluster up (%s), %d accounts open; workload and faults start", strings.Join(c.GRPCAddrs(), ","), len(members))
+	logf("cluster up (%s), %d members with %d accounts open; workload and faults start", strings.Join(c.GRPCAddrs(), ","), len(members), len(members)*len(assetScales))
 
 	hist := NewHistory()
 	timeline := &Timeline{}
@@ -384,7 +387,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	logf("%s", probe("after the workload"))
 
 	rep := &Report{Seed: cfg.Seed, ResultsDir: cfg.ResultsDir, Broken: cfg.UnsafeLocalReads, Shards: cfg.Shards,
-		Clients: cfg.Clients, Accounts: len(members), Workload: workload, Timeline: timeline.Events(), Faults: timeline.Counts(),
+		Clients: cfg.Clients, Members: len(members), Accounts: len(members) * len(assetScales), Workload: workload, Timeline: timeline.Events(), Faults: timeline.Counts(),
 		SlowDiskTimeouts: c.SlowDisk()}
 	probeMu.Lock()
 	rep.DiskSync = slices.Clone(probes)
@@ -443,16 +446,17 @@ func setup(ctx context.Context, c *Cluster, members []string) error {
 		}
 	}
 	for _, m := range members {
-		asset, _ := AssetOf(m)
-		for {
-			_, err := cl.OpenAccount(sctx, Program, m, asset, nil, setupKeyPrefix+"open-"+m)
-			if err == nil || client.CodeOf(err) == ledger.CodeAccountExists {
-				break
+		for _, a := range assetScales {
+			for {
+				_, err := cl.OpenAccount(sctx, Program, m, a.code, nil, setupKeyPrefix+"open-"+accountName(m, a.code))
+				if err == nil || client.CodeOf(err) == ledger.CodeAccountExists {
+					break
+				}
+				if sctx.Err() != nil {
+					return fmt.Errorf("open account %s: %w", accountName(m, a.code), err)
+				}
+				time.Sleep(pollInterval)
 			}
-			if sctx.Err() != nil {
-				return fmt.Errorf("open account %s: %w", m, err)
-			}
-			time.Sleep(pollInterval)
 		}
 	}
 	return nil
@@ -481,22 +485,26 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	// writes show up as a final balance no linearization explains.
 	// Every one must succeed: a failed one constrains nothing, and it is
 	// also how a shard that stayed without a leader after the heal shows.
-	finalPosted := map[string]int64{}
+	finalPosted := map[string]int64{} // by accountName
 	var finalFails findings
+	finalReads := 0
 	for _, m := range members {
-		e := Entry{ClientID: cfg.Clients, Input: Input{Kind: KindRead, Member: m}, CallNs: hist.Now(), Attempts: 1}
-		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-		out, err := readAccount(rctx, cl, m)
-		cancel()
-		e.ReturnNs = hist.Now()
-		if err != nil {
-			e.Output, e.ReturnNs, e.Err = Output{Status: Indeterminate, Code: client.CodeOf(err)}, ReturnNever, err.Error()
-			finalFails.addf("%s: final read failed: %v", m, err)
-		} else {
-			e.Output = out
-			finalPosted[m] = e.Output.Posted
+		for _, a := range assetScales {
+			e := Entry{ClientID: cfg.Clients, Input: Input{Kind: KindRead, Member: m, Asset: a.code}, CallNs: hist.Now(), Attempts: 1}
+			rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+			out, err := readAccount(rctx, cl, m, a.code)
+			cancel()
+			e.ReturnNs = hist.Now()
+			if err != nil {
+				e.Output, e.ReturnNs, e.Err = Output{Status: Indeterminate, Code: client.CodeOf(err)}, ReturnNever, err.Error()
+				finalFails.addf("%s: final read failed: %v", accountName(m, a.code), err)
+			} else {
+				e.Output = out
+				finalPosted[accountName(m, a.code)] = e.Output.Posted
+			}
+			entries = append(entries, e)
+			finalReads++
 		}
-		entries = append(entries, e)
 	}
 	journal := checkJournal(ctx, cl, entries, members, finalPosted)
 	logf("journal: %s", journal.Detail)
@@ -505,9 +513,9 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	rep.AccountResults = accounts
 	logf("linearizability: %s", lin.Detail)
 
-	finalReads := finalFails.result("final-reads", fmt.Sprintf("all %d accounts read after the heal", len(members)))
-	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas, finalReads)
-	rep.Ops = len(entries) - len(members)
+	final := finalFails.result("final-reads", fmt.Sprintf("all %d accounts read after the heal", finalReads))
+	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas, final)
+	rep.Ops = len(entries) - finalReads
 	rep.OpsBy, rep.Outcomes = map[string]int{}, map[string]int{}
 	for _, e := range entries[:rep.Ops] {
 		rep.OpsBy[e.Input.Kind.String()]++

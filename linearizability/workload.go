@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"math"
 	"math/rand/v2"
 	"time"
@@ -19,8 +18,8 @@ import (
 )
 
 // The workload's program and assets: points (scale 0: whole points) and
-// stored value (scale 2: amounts in fen). Each member has an account in one
-// of them (AssetOf), so the model's amounts are that asset's minor units.
+// stored value (scale 2: amounts in fen). Every member has an account in
+// each, and the model's amounts are minor units of the op's asset.
 const (
 	Program     = "chaos"
 	Asset       = "PTS"
@@ -33,13 +32,13 @@ var assetScales = [...]struct {
 	scale int32
 }{{Asset, 0}, {StoredValue, 2}}
 
-// AssetOf is the asset of member's account and its scale: half of the
-// members, by a hash of the name, hold stored value.
-func AssetOf(member string) (string, int32) {
-	h := fnv.New32a()
-	h.Write([]byte(member))
-	a := assetScales[h.Sum32()%uint32(len(assetScales))]
-	return a.code, a.scale
+// scaleOf is asset's scale; ok is false for an asset the workload does not
+// use.
+func scaleOf(asset string) (scale int32, ok bool) {
+	if i := accountIndex(asset); i >= 0 {
+		return assetScales[i].scale, true
+	}
+	return 0, false
 }
 
 // minorUnits converts an amount of an asset of the given scale to minor
@@ -137,6 +136,7 @@ func flatten(per [][]string) []string {
 // heldHold is a hold a worker created (or may have) and may settle later.
 type heldHold struct {
 	member string
+	asset  string
 	key    string
 	amount int64
 }
@@ -148,7 +148,7 @@ type worker struct {
 	cl  *client.Client
 	// epochs are the member sets the worker uses in turn, epochLen each
 	// (the last one until the end): a long run spreads its operations over
-	// many accounts so that each account's history stays small enough to
+	// many members so that each member's history stays small enough to
 	// check.
 	epochs   [][]string
 	epochLen time.Duration
@@ -185,6 +185,9 @@ func newDirectClients(addrs []string) ([]tallypb.LedgerClient, []*grpc.ClientCon
 }
 
 func (w *worker) pickKind() Kind { return pickWeighted(w.rng, opWeights[:]) }
+
+// pickAsset picks one of the member's accounts.
+func (w *worker) pickAsset() string { return assetScales[w.rng.IntN(len(assetScales))].code }
 
 // pickWeighted draws a kind with the given weights.
 func pickWeighted(rng *rand.Rand, weights []struct {
@@ -226,7 +229,7 @@ func (w *worker) next() Input {
 	if w.epochLen > 0 {
 		members = w.epochs[min(int(time.Since(w.began)/w.epochLen), len(w.epochs)-1)]
 	}
-	in := Input{Kind: w.pickKind(), Member: members[w.rng.IntN(len(members))], Key: key}
+	in := Input{Kind: w.pickKind(), Member: members[w.rng.IntN(len(members))], Asset: w.pickAsset(), Key: key}
 	switch in.Kind {
 	case KindRead:
 		in.Key = ""
@@ -245,26 +248,28 @@ func (w *worker) next() Input {
 			in.HoldKey = fmt.Sprintf("ghost-%d-%d", w.id, w.seq)
 		case r == 1 && len(w.closed) > 0:
 			h := w.closed[w.rng.IntN(len(w.closed))]
-			in.Member, in.HoldKey = h.member, h.key
+			in.Member, in.Asset, in.HoldKey = h.member, h.asset, h.key
 		case len(w.holds) > 0:
 			i := w.rng.IntN(len(w.holds))
 			h := w.holds[i]
 			w.holds = append(w.holds[:i], w.holds[i+1:]...)
 			w.closed = append(w.closed, h)
-			in.Member, in.HoldKey = h.member, h.key
+			in.Member, in.Asset, in.HoldKey = h.member, h.asset, h.key
 			if in.Kind == KindCapture && w.rng.IntN(4) == 0 && h.amount > 1 {
 				in.Amount = 1 + w.rng.Int64N(h.amount-1) // partial capture
 			}
 		default:
-			return Input{Kind: KindCredit, Member: in.Member, Key: key, Amount: 1 + w.rng.Int64N(100)}
+			return Input{Kind: KindCredit, Member: in.Member, Asset: in.Asset, Key: key, Amount: 1 + w.rng.Int64N(100)}
 		}
 	}
 	return in
 }
 
 // nextLinked generates a linked request of minLinked to maxLinked ops on
-// member; key is the first op's. A capture or release settles a hold of an
-// earlier op of the request, or one the worker holds on member.
+// member's accounts, each op on either (a recharge of stored value with its
+// bonus points, a spend that earns points); key is the first op's. A capture
+// or release settles a hold of an earlier op of the request, or one the
+// worker holds on member.
 func (w *worker) nextLinked(member, key string) Input {
 	in := Input{Kind: KindLinked, Member: member}
 	var own []heldHold // holds opened by this request and not yet settled
@@ -273,7 +278,7 @@ func (w *worker) nextLinked(member, key string) Input {
 		if i > 0 {
 			key = w.nextKey()
 		}
-		op := Input{Kind: pickWeighted(w.rng, linkedWeights[:]), Member: member, Key: key}
+		op := Input{Kind: pickWeighted(w.rng, linkedWeights[:]), Member: member, Asset: w.pickAsset(), Key: key}
 		switch op.Kind {
 		case KindCredit:
 			op.Amount = 1 + w.rng.Int64N(100)
@@ -281,14 +286,14 @@ func (w *worker) nextLinked(member, key string) Input {
 			op.Amount = 1 + w.rng.Int64N(150)
 		case KindHold:
 			op.Amount, op.TTLMs = 1+w.rng.Int64N(60), w.holdTTL()
-			own = append(own, heldHold{member: member, key: key, amount: op.Amount})
+			own = append(own, heldHold{member: member, asset: op.Asset, key: key, amount: op.Amount})
 		case KindCapture, KindRelease:
 			h, ok := w.takeHold(member, &own)
 			if !ok {
-				op = Input{Kind: KindCredit, Member: member, Key: key, Amount: 1 + w.rng.Int64N(100)}
+				op = Input{Kind: KindCredit, Member: member, Asset: op.Asset, Key: key, Amount: 1 + w.rng.Int64N(100)}
 				break
 			}
-			op.HoldKey = h.key
+			op.Asset, op.HoldKey = h.asset, h.key
 			if op.Kind == KindCapture && w.rng.IntN(4) == 0 && h.amount > 1 {
 				op.Amount = 1 + w.rng.Int64N(h.amount-1) // partial capture
 			}
@@ -327,7 +332,7 @@ func (w *worker) takeHold(member string, own *[]heldHold) (heldHold, bool) {
 // or a linked request's holds that no later op of it settles.
 func opened(in Input) []heldHold {
 	if in.Kind == KindHold {
-		return []heldHold{{member: in.Member, key: in.Key, amount: in.Amount}}
+		return []heldHold{{member: in.Member, asset: in.Asset, key: in.Key, amount: in.Amount}}
 	}
 	var hs []heldHold
 	for i, op := range in.Ops {
@@ -339,7 +344,7 @@ func opened(in Input) []heldHold {
 			settled = settled || ((later.Kind == KindCapture || later.Kind == KindRelease) && later.HoldKey == op.Key)
 		}
 		if !settled {
-			hs = append(hs, heldHold{member: op.Member, key: op.Key, amount: op.Amount})
+			hs = append(hs, heldHold{member: op.Member, asset: op.Asset, key: op.Key, amount: op.Amount})
 		}
 	}
 	return hs
@@ -375,7 +380,7 @@ func (w *worker) do(in Input) Entry {
 	if in.Kind == KindRead {
 		e.Attempts = 1
 		ctx, cancel := context.WithTimeout(context.Background(), opAttemptTimeout)
-		out, err := w.read(ctx, in.Member)
+		out, err := w.read(ctx, in.Member, in.Asset)
 		cancel()
 		e.ReturnNs = w.hist.Now()
 		if err != nil {
@@ -471,23 +476,22 @@ func linkedOutput(rs []client.Result) Output {
 	return out
 }
 
-func (w *worker) read(ctx context.Context, member string) (Output, error) {
+func (w *worker) read(ctx context.Context, member, asset string) (Output, error) {
 	if w.direct != nil {
 		lc := w.direct[w.rng.IntN(len(w.direct))]
-		asset, scale := AssetOf(member)
+		scale, _ := scaleOf(asset)
 		resp, err := lc.GetAccount(ctx, &tallypb.GetAccountRequest{Program: Program, Member: member, Asset: asset})
 		if err != nil {
 			return Output{}, err
 		}
 		a := resp.GetAccount()
-		return readOutput(a.GetPosted(), a.GetHeld(), a.GetState(), scale)
+		return readOutput(asset, a.GetPosted(), a.GetHeld(), a.GetState(), scale)
 	}
-	return readAccount(ctx, w.cl, member)
+	return readAccount(ctx, w.cl, member, asset)
 }
 
-// readAccount reads member's account through the client library.
-func readAccount(ctx context.Context, cl *client.Client, member string) (Output, error) {
-	asset, _ := AssetOf(member)
+// readAccount reads member's account of asset through the client library.
+func readAccount(ctx context.Context, cl *client.Client, member, asset string) (Output, error) {
 	a, err := cl.GetAccount(ctx, Program, member, asset)
 	if err != nil {
 		return Output{}, err
@@ -495,20 +499,22 @@ func readAccount(ctx context.Context, cl *client.Client, member string) (Output,
 	return accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &a), nil
 }
 
-// accountOutput is out describing a, in minor units of the scale of the
-// member's asset (AssetOf), not the one the server reports: an account
-// reported in another asset or scale is badAmount, which no state matches.
+// accountOutput is out describing a, in minor units of the workload's scale
+// for the asset the server reports (the model checks that asset is the one
+// the op acts on), not the scale it reports: an account reported in an
+// asset the workload does not use, or in another scale, is badAmount, which
+// no state matches.
 func accountOutput(out Output, a *client.Account) Output {
-	asset, sc := AssetOf(a.Member)
-	out.HasAccount = true
+	sc, known := scaleOf(a.Asset)
+	out.HasAccount, out.Asset = true, a.Asset
 	out.Posted, out.Held, out.Frozen = minorUnits(a.Posted, sc), minorUnits(a.Held, sc), a.State == "FROZEN"
-	if a.Asset != asset || int32(a.Scale) != sc {
+	if !known || int32(a.Scale) != sc {
 		out.Posted, out.Held = badAmount, badAmount
 	}
 	return out
 }
 
-func readOutput(posted, held, state string, scale int32) (Output, error) {
+func readOutput(asset, posted, held, state string, scale int32) (Output, error) {
 	p, err := decimal.NewFromString(posted)
 	if err != nil {
 		return Output{}, fmt.Errorf("posted %q: %w", posted, err)
@@ -517,14 +523,17 @@ func readOutput(posted, held, state string, scale int32) (Output, error) {
 	if err != nil {
 		return Output{}, fmt.Errorf("held %q: %w", held, err)
 	}
-	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true,
+	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: asset,
 		Posted: minorUnits(p, scale), Held: minorUnits(h, scale), Frozen: state == "FROZEN"}, nil
 }
 
+// toClientOp is the op the workload sends for in: its amount at the scale of
+// in.Asset, which for a capture is the asset of the hold (the edge finds it
+// from the hold, so the op names none).
 func toClientOp(in Input) client.Op {
-	asset, scale := AssetOf(in.Member)
+	scale, _ := scaleOf(in.Asset)
 	amount := decimal.New(in.Amount, -scale)
-	op := client.Op{Program: Program, Member: in.Member, Asset: asset, IdempotencyKey: in.Key}
+	op := client.Op{Program: Program, Member: in.Member, Asset: in.Asset, IdempotencyKey: in.Key}
 	switch in.Kind {
 	case KindCredit:
 		op.Kind, op.Amount = ledger.OpCredit, amount
@@ -558,8 +567,9 @@ func outputOf(r client.Result) Output {
 		// account; without one the amounts cannot be placed.
 		out.Captured, out.Released = badAmount, badAmount
 		if r.Account != nil {
-			_, sc := AssetOf(r.Account.Member)
-			out.Captured, out.Released = minorUnits(r.Captured, sc), minorUnits(r.Released, sc)
+			if sc, known := scaleOf(r.Account.Asset); known {
+				out.Captured, out.Released = minorUnits(r.Captured, sc), minorUnits(r.Released, sc)
+			}
 		}
 	}
 	return out

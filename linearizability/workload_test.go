@@ -1,6 +1,7 @@
 package linearizability
 
 import (
+	"math/rand/v2"
 	"testing"
 
 	"github.com/shopspring/decimal"
@@ -8,29 +9,47 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
 )
 
-// TestWorkloadAssets: the members of a run hold both assets, and amounts
-// cross the edge as exact decimals of their asset's scale both ways.
+// TestWorkloadAssets: the workload's ops act on both of a member's
+// accounts, its linked requests span both, and amounts cross the edge as
+// exact decimals of their asset's scale both ways.
 func TestWorkloadAssets(t *testing.T) {
-	held := map[string]int{}
-	for _, m := range Members("e000-", 16, 3) {
-		a, _ := AssetOf(m)
-		held[a]++
-	}
-	assert.Positive(t, held[Asset], "no member holds points: %v", held)
-	assert.Positive(t, held[StoredValue], "no member holds stored value: %v", held)
-
-	var sv string // a member holding stored value
-	for _, m := range Members("x-", 20, 2) {
-		if a, _ := AssetOf(m); a == StoredValue && sv == "" {
-			sv = m
+	w := &worker{id: 1, rng: rand.New(rand.NewPCG(7, 7)), epochs: [][]string{{"m1", "m2"}}}
+	byAsset := map[string]int{}
+	spanning := 0 // linked requests on both accounts
+	for range 2000 {
+		in := w.next()
+		for _, op := range keysOf(in) {
+			byAsset[op.Asset]++
+		}
+		if in.Kind == KindLinked {
+			seen := map[string]bool{}
+			for _, op := range in.Ops {
+				seen[op.Asset] = true
+			}
+			if len(seen) == len(assetScales) {
+				spanning++
+			}
+		}
+		if in.Kind == KindHold || in.Kind == KindLinked {
+			w.holds = append(w.holds, opened(in)...)
 		}
 	}
-	require.NotEmpty(t, sv)
-	op := toClientOp(Input{Kind: KindDebit, Member: sv, Key: "k", Amount: 137})
+	assert.Positive(t, byAsset[Asset], "no op on points: %v", byAsset)
+	assert.Positive(t, byAsset[StoredValue], "no op on stored value: %v", byAsset)
+	assert.Len(t, byAsset, len(assetScales), "an op on no account or another: %v", byAsset)
+	assert.Positive(t, spanning, "no linked request spans both accounts")
+
+	op := toClientOp(Input{Kind: KindDebit, Member: "m1", Asset: StoredValue, Key: "k", Amount: 137})
 	assert.Equal(t, StoredValue, op.Asset)
 	assert.Equal(t, "1.37", op.Amount.String(), "137 fen")
+	// A capture names no asset (the edge takes the hold's) but sends its
+	// amount at the hold's scale.
+	op = toClientOp(Input{Kind: KindCapture, Member: "m1", Asset: StoredValue, Key: "c", HoldKey: "h", Amount: 5})
+	assert.Empty(t, op.Asset)
+	assert.Equal(t, "0.05", op.Amount.String())
 
 	for _, tc := range []struct {
 		amount string
@@ -50,18 +69,24 @@ func TestWorkloadAssets(t *testing.T) {
 }
 
 // TestAccountOutputScale: an account reported at the wrong scale (the
-// node's scaleOf falls back to 0) must not convert to the right minor units.
+// node's scaleOf falls back to 0) or in an asset the workload does not use
+// must not convert to minor units any state has; one reported in the other
+// asset keeps that asset, which the model then refuses.
 func TestAccountOutputScale(t *testing.T) {
-	var sv string
-	for _, m := range Members("x-", 20, 2) {
-		if a, _ := AssetOf(m); a == StoredValue {
-			sv = m
-			break
-		}
-	}
-	require.NotEmpty(t, sv)
 	// 1.37 CNY reported as "137" at scale 0: a 100x error the client sees.
-	a := client.Account{Member: sv, Asset: StoredValue, Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
+	a := client.Account{Member: "m", Asset: StoredValue, Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
 	out := accountOutput(Output{}, &a)
 	assert.NotEqual(t, int64(137), out.Posted, "wrong scale accepted")
+
+	a = client.Account{Member: "m", Asset: "XYZ", Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
+	assert.Equal(t, int64(badAmount), accountOutput(Output{}, &a).Posted, "unknown asset accepted")
+
+	a = client.Account{Member: "m", Asset: Asset, Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
+	out = accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &a)
+	require.Equal(t, int64(137), out.Posted)
+	credit := Input{Kind: KindCredit, Member: "m", Asset: StoredValue, Key: "k", Amount: 137}
+	out.Seq, out.TimeMs = 1, 1
+	assert.Empty(t, step(State{}, credit, out), "a credit of stored value answered with the points account")
+	credit.Asset = Asset
+	assert.Len(t, step(State{}, credit, out), 1)
 }
