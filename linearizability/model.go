@@ -440,6 +440,12 @@ func applyLinked(s State, ops []Input, t int64) (next State, after []State, code
 func stepLinked(s State, in Input, out Output) []State {
 	switch out.Status {
 	case NotApplied:
+		// As for one op: HOLD_NOT_FOUND from the edge says a hold that one
+		// of the request's captures or releases names, and that no earlier
+		// op of it opens, did not exist then.
+		if out.Code == ledger.CodeHoldNotFound && !holdMissing(s, in.Ops) {
+			return nil
+		}
 		return []State{s}
 	case Indeterminate:
 		// As for one op (step), with the same approximation for the holds
@@ -491,6 +497,31 @@ func stepLinked(s State, in Input, out Output) []State {
 	}
 	n.LastTime, n.LastSeq = t, lastSeq
 	return []State{n}
+}
+
+// holdMissing reports whether s lacks a hold that a capture or release of
+// ops names and no earlier op of ops opens: what the edge refuses a request
+// for with HOLD_NOT_FOUND. With no such op it reports true, as it
+// constrains nothing then.
+func holdMissing(s State, ops []Input) bool {
+	candidates := 0
+	for i, op := range ops {
+		if op.Kind != KindCapture && op.Kind != KindRelease {
+			continue
+		}
+		opened := false
+		for _, earlier := range ops[:i] {
+			opened = opened || (earlier.Kind == KindHold && earlier.Key == op.HoldKey)
+		}
+		if opened {
+			continue
+		}
+		candidates++
+		if _, found := s.hold(op.HoldKey); !found {
+			return true
+		}
+	}
+	return candidates == 0
 }
 
 // stepRead: a read sees the state after some prefix of the shard's log, at

@@ -267,6 +267,21 @@ func TestModelLinked(t *testing.T) {
 			op(1, 20, ReturnNever, linked(debit("k2", 10), credit("k3", 3)), Output{Status: Indeterminate, Code: ledger.CodeUnavailable}),
 			op(0, 30, 40, readIn, read(40, 0, false)),
 		}, false},
+		{"refused for a missing hold that existed", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, linked(credit("k3", 1), capture("k4", "h1")), Output{Status: NotApplied, Code: ledger.CodeHoldNotFound}),
+		}, false},
+		{"refused for a missing hold: one of them is", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, linked(release("k3", "h1"), capture("k4", "ghost")), Output{Status: NotApplied, Code: ledger.CodeHoldNotFound}),
+		}, true},
+		{"refused for a missing hold before it was opened", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 50, linked(credit("k3", 1), capture("k4", "h1")), Output{Status: NotApplied, Code: ledger.CodeHoldNotFound}),
+			op(1, 30, 40, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+		}, true},
 		{"not applied: none of it", []porcupine.Operation{
 			op(0, 0, 10, linked(credit("k1", 50), credit("k2", 5)), Output{Status: NotApplied, Code: ledger.CodeNotLeader}),
 			op(0, 20, 30, readIn, read(50, 0, false)),
