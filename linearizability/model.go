@@ -28,9 +28,14 @@ const (
 	// KindLinked is a linked request: Input.Ops, all on Input.Member (on
 	// either of its accounts), applied all or none in one log entry.
 	KindLinked
+	// KindReportLost and KindReportFound report the member's card lost
+	// and found (after KindLinked, so histories of older runs still read).
+	KindReportLost
+	KindReportFound
 )
 
-var kindNames = [...]string{"read", "credit", "debit", "hold", "capture", "release", "freeze", "unfreeze", "linked"}
+var kindNames = [...]string{"read", "credit", "debit", "hold", "capture", "release", "freeze", "unfreeze", "linked",
+	"report-lost", "report-found"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -45,7 +50,7 @@ type Input struct {
 	Kind   Kind
 	Member string // the member: the partition key
 	// Asset names the member's account (one of assetScales): the one a
-	// read, credit, debit, hold, freeze or unfreeze acts on; for a capture
+	// read, credit, debit, hold or change of state acts on; for a capture
 	// or release, the asset of the hold it names, whose scale its amount is
 	// in ("" for a linked request).
 	Asset   string
@@ -100,6 +105,7 @@ type Output struct {
 	Posted     int64
 	Held       int64
 	Frozen     bool
+	Lost       bool
 	// Captured and Released are what a successful capture or release moved
 	// out of its hold (minor units; 0 for other kinds).
 	Captured int64
@@ -127,11 +133,24 @@ type modelHold struct {
 	status      holdStatus
 }
 
-// Balance is the model's state of one account.
+// Balance is the model's state of one account: its balances, and its
+// state, ACTIVE unless Frozen or Lost (never both).
 type Balance struct {
 	Posted int64
 	Held   int64
 	Frozen bool
+	Lost   bool
+}
+
+// stateName is the account state of a Balance or Output.
+func stateName(frozen, lost bool) string {
+	switch {
+	case frozen:
+		return "FROZEN"
+	case lost:
+		return "LOST"
+	}
+	return "ACTIVE"
 }
 
 // State is the model's state of one member: its accounts, one per asset of
@@ -239,21 +258,23 @@ func apply(s State, in Input, t int64) (State, ledger.Code) {
 	available := a.Posted - a.Held
 	switch in.Kind {
 	case KindCredit:
+		// A lost card still takes value (a refund, a recharge at the
+		// counter); only spending is refused.
 		if a.Frozen {
 			return s, ledger.CodeAccountFrozen
 		}
 		a.Posted += in.Amount
 	case KindDebit:
-		if a.Frozen {
-			return s, ledger.CodeAccountFrozen
+		if code := spendable(*a); code != ledger.CodeOK {
+			return s, code
 		}
 		if available < in.Amount {
 			return s, ledger.CodeInsufficientFunds
 		}
 		a.Posted -= in.Amount
 	case KindHold:
-		if a.Frozen {
-			return s, ledger.CodeAccountFrozen
+		if code := spendable(*a); code != ledger.CodeOK {
+			return s, code
 		}
 		if available < in.Amount {
 			return s, ledger.CodeInsufficientFunds
@@ -266,10 +287,16 @@ func apply(s State, in Input, t int64) (State, ledger.Code) {
 		a.Held += in.Amount
 		s.holds = append(append([]modelHold(nil), s.holds...),
 			modelHold{key: in.Key, account: ai, amount: in.Amount, expiresAtMs: t + in.TTLMs, status: holdOpen})
-	case KindFreeze:
-		a.Frozen = true
-	case KindUnfreeze:
-		a.Frozen = false
+	case KindFreeze, KindUnfreeze:
+		if a.Lost {
+			return s, ledger.CodeInvalidState
+		}
+		a.Frozen = in.Kind == KindFreeze
+	case KindReportLost, KindReportFound:
+		if a.Frozen {
+			return s, ledger.CodeInvalidState
+		}
+		a.Lost = in.Kind == KindReportLost
 	default:
 		return s, ledger.CodeInternal
 	}
@@ -301,8 +328,8 @@ func settle(s State, in Input) (State, ledger.Code) {
 		s.Accounts[h.account].Held -= h.amount
 		return s, ledger.CodeOK
 	}
-	if s.Accounts[h.account].Frozen {
-		return s, ledger.CodeAccountFrozen
+	if code := spendable(s.Accounts[h.account]); code != ledger.CodeOK {
+		return s, code
 	}
 	amount := in.Amount
 	if amount == 0 {
@@ -318,6 +345,18 @@ func settle(s State, in Input) (State, ledger.Code) {
 	return s, ledger.CodeOK
 }
 
+// spendable is the code an account's state gives a debit, hold or capture:
+// only an active account spends.
+func spendable(a Balance) ledger.Code {
+	switch {
+	case a.Frozen:
+		return ledger.CodeAccountFrozen
+	case a.Lost:
+		return ledger.CodeAccountLost
+	}
+	return ledger.CodeOK
+}
+
 // accountMatches reports whether what the client saw of account ai agrees
 // with s: in the same asset, with the same balances and state.
 func accountMatches(s State, ai int, out Output) bool {
@@ -328,7 +367,7 @@ func accountMatches(s State, ai int, out Output) bool {
 		return false
 	}
 	a := s.Accounts[ai]
-	return out.Posted == a.Posted && out.Held == a.Held && out.Frozen == a.Frozen
+	return out.Posted == a.Posted && out.Held == a.Held && out.Frozen == a.Frozen && out.Lost == a.Lost
 }
 
 // settledMatches reports whether a successful op's captured and released
@@ -564,7 +603,7 @@ func statesEqual(a, b State) bool {
 func stateHash(s State) uint64 {
 	h := fnv.New64a()
 	for _, a := range s.Accounts {
-		fmt.Fprintf(h, "%d/%d/%t/", a.Posted, a.Held, a.Frozen)
+		fmt.Fprintf(h, "%d/%d/%t/%t/", a.Posted, a.Held, a.Frozen, a.Lost)
 	}
 	fmt.Fprintf(h, "%d/%d", s.LastTime, s.LastSeq)
 	for _, x := range s.holds {
@@ -578,11 +617,7 @@ func stateHash(s State) uint64 {
 func DescribeState(s State) string {
 	var b strings.Builder
 	for i, a := range s.Accounts {
-		state := "ACTIVE"
-		if a.Frozen {
-			state = "FROZEN"
-		}
-		fmt.Fprintf(&b, "%s posted=%d held=%d %s; ", assetScales[i].code, a.Posted, a.Held, state)
+		fmt.Fprintf(&b, "%s posted=%d held=%d %s; ", assetScales[i].code, a.Posted, a.Held, stateName(a.Frozen, a.Lost))
 	}
 	fmt.Fprintf(&b, "t=%d seq=%d", s.LastTime, s.LastSeq)
 	var open []string
@@ -623,11 +658,7 @@ func DescribeOperation(in Input, out Output) string {
 	case out.Status == NotApplied:
 		ret = "not applied: " + string(out.Code)
 	case in.Kind == KindRead:
-		state := "ACTIVE"
-		if out.Frozen {
-			state = "FROZEN"
-		}
-		ret = fmt.Sprintf("%s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, state)
+		ret = fmt.Sprintf("%s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, stateName(out.Frozen, out.Lost))
 	default:
 		ret = fmt.Sprintf("%s seq=%d t=%d", out.Code, out.Seq, out.TimeMs)
 		if out.HasAccount {

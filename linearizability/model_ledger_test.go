@@ -25,7 +25,8 @@ func outOf(r ledger.Result) Output {
 		Captured: r.CapturedMinor, Released: r.ReleasedMinor}
 	if r.Account.Key.Program != "" {
 		o.HasAccount, o.Asset = true, r.Account.Key.Asset
-		o.Posted, o.Held, o.Frozen = r.Account.PostedMinor, r.Account.HeldMinor, r.Account.State == ledger.StateFrozen
+		o.Posted, o.Held = r.Account.PostedMinor, r.Account.HeldMinor
+		o.Frozen, o.Lost = r.Account.State == ledger.StateFrozen, r.Account.State == ledger.StateLost
 	}
 	return o
 }
@@ -84,11 +85,7 @@ func TestModelAgainstLedger(t *testing.T) {
 				h := holds[rng.IntN(len(holds))]
 				in.Kind, in.Asset, in.HoldKey = KindRelease, h.asset, h.key
 			default:
-				if rng.IntN(2) == 0 {
-					in.Kind = KindFreeze
-				} else {
-					in.Kind = KindUnfreeze
-				}
+				in.Kind = []Kind{KindFreeze, KindUnfreeze, KindReportLost, KindReportFound}[rng.IntN(4)]
 			}
 			return in
 		}
@@ -132,7 +129,8 @@ func TestModelAgainstLedger(t *testing.T) {
 			for _, as := range assetScales {
 				a, _, _ := s.Account(ledger.AccountKey{Program: Program, Member: "a", Asset: as.code})
 				got := step(st, Input{Kind: KindRead, Member: "a", Asset: as.code}, Output{Status: Known, Code: ledger.CodeOK,
-					HasAccount: true, Asset: as.code, Posted: a.PostedMinor, Held: a.HeldMinor, Frozen: a.State == ledger.StateFrozen})
+					HasAccount: true, Asset: as.code, Posted: a.PostedMinor, Held: a.HeldMinor,
+					Frozen: a.State == ledger.StateFrozen, Lost: a.State == ledger.StateLost})
 				if len(got) == 0 {
 					t.Fatalf("seed %d op %d: read of %+v refused from %s", seed, i, a, DescribeState(st))
 				}

@@ -408,3 +408,61 @@ func TestModelTwoAccounts(t *testing.T) {
 		})
 	}
 }
+
+// TestModelLostCard: a card reported lost takes value but spends none, and
+// its account cannot be frozen until it is found (nor a frozen one reported
+// lost).
+func TestModelLostCard(t *testing.T) {
+	lostIn := Input{Kind: KindReportLost, Asset: Asset, Key: "l"}
+	foundIn := Input{Kind: KindReportFound, Asset: Asset, Key: "f"}
+	lost := func(seq uint64, t, posted, held int64) Output {
+		o := ok(seq, t, posted, held)
+		o.Lost = true
+		return o
+	}
+	cases := []struct {
+		name    string
+		history []porcupine.Operation
+		want    bool
+	}{
+		{"lost: credits yes, spending no, found again", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, lostIn, lost(2, 101, 50, 0)),
+			op(0, 40, 50, credit("k3", 5), lost(3, 102, 55, 0)),
+			op(0, 60, 70, debit("k4", 5), Output{Status: Known, Code: ledger.CodeAccountLost, Seq: 4, TimeMs: 103, HasAccount: true, Asset: Asset, Posted: 55, Lost: true}),
+			op(0, 80, 90, hold("h1", 5, 1000), fail(ledger.CodeAccountLost, 5, 104)),
+			op(0, 100, 110, Input{Kind: KindFreeze, Asset: Asset, Key: "z"}, fail(ledger.CodeInvalidState, 6, 105)),
+			op(0, 120, 130, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: Asset, Posted: 55, Lost: true}),
+			op(0, 140, 150, foundIn, ok(7, 106, 55, 0)),
+			op(0, 160, 170, debit("k8", 5), ok(8, 107, 50, 0)),
+		}, true},
+		{"a lost card spends", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, lostIn, lost(2, 101, 50, 0)),
+			op(0, 40, 50, debit("k3", 5), lost(3, 102, 45, 0)),
+		}, false},
+		{"a lost card's capture", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, lostIn, lost(3, 111, 50, 30)),
+			op(0, 60, 70, capture("k4", "h1"), fail(ledger.CodeAccountLost, 4, 112)),
+			op(0, 80, 90, release("k5", "h1"), settled(lost(5, 113, 50, 0), 0, 30)),
+		}, true},
+		{"a frozen account reported lost", []porcupine.Operation{
+			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "z"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, Frozen: true}),
+			op(0, 20, 30, lostIn, lost(2, 101, 0, 0)),
+		}, false},
+		{"a read misses a lost report", []porcupine.Operation{
+			op(0, 0, 10, lostIn, lost(1, 100, 0, 0)),
+			op(0, 20, 30, readIn, read(0, 0, false)),
+		}, false},
+	}
+	model := Model()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := porcupine.CheckOperations(model, c.history); got != c.want {
+				t.Fatalf("linearizable = %v, want %v", got, c.want)
+			}
+		})
+	}
+}

@@ -80,15 +80,17 @@ const (
 )
 
 // opWeights is the mix of operations (out of the sum). Reads are frequent
-// so that stale or lost state is observed; freezes are rare and unfreezes
-// a little more common, so accounts are mostly active.
+// so that stale or lost state is observed; freezes and lost cards are rare
+// and unfreezes and found cards a little more common, so accounts are mostly
+// active (a frozen account refuses reports of a lost card and a lost one
+// refuses freezes: INVALID_STATE).
 var opWeights = [...]struct {
 	kind   Kind
 	weight int
 }{
 	{KindRead, 25}, {KindCredit, 20}, {KindDebit, 18}, {KindHold, 13},
 	{KindCapture, 9}, {KindRelease, 7}, {KindFreeze, 2}, {KindUnfreeze, 6},
-	{KindLinked, 8},
+	{KindReportLost, 1}, {KindReportFound, 5}, {KindLinked, 8},
 }
 
 // linkedWeights is the mix of the ops within a linked request: what a
@@ -100,7 +102,7 @@ var linkedWeights = [...]struct {
 	weight int
 }{
 	{KindCredit, 30}, {KindDebit, 30}, {KindHold, 18}, {KindCapture, 10}, {KindRelease, 5},
-	{KindFreeze, 2}, {KindUnfreeze, 5},
+	{KindFreeze, 2}, {KindUnfreeze, 5}, {KindReportLost, 1}, {KindReportFound, 2},
 }
 
 // Linked requests have minLinked to maxLinked ops.
@@ -507,7 +509,8 @@ func readAccount(ctx context.Context, cl *client.Client, member, asset string) (
 func accountOutput(out Output, a *client.Account) Output {
 	sc, known := scaleOf(a.Asset)
 	out.HasAccount, out.Asset = true, a.Asset
-	out.Posted, out.Held, out.Frozen = minorUnits(a.Posted, sc), minorUnits(a.Held, sc), a.State == "FROZEN"
+	out.Posted, out.Held = minorUnits(a.Posted, sc), minorUnits(a.Held, sc)
+	out.Frozen, out.Lost = a.State == "FROZEN", a.State == "LOST"
 	if !known || int32(a.Scale) != sc {
 		out.Posted, out.Held = badAmount, badAmount
 	}
@@ -524,7 +527,7 @@ func readOutput(asset, posted, held, state string, scale int32) (Output, error) 
 		return Output{}, fmt.Errorf("held %q: %w", held, err)
 	}
 	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: asset,
-		Posted: minorUnits(p, scale), Held: minorUnits(h, scale), Frozen: state == "FROZEN"}, nil
+		Posted: minorUnits(p, scale), Held: minorUnits(h, scale), Frozen: state == "FROZEN", Lost: state == "LOST"}, nil
 }
 
 // toClientOp is the op the workload sends for in: its amount at the scale of
@@ -552,6 +555,10 @@ func toClientOp(in Input) client.Op {
 		op.Kind = ledger.OpFreeze
 	case KindUnfreeze:
 		op.Kind = ledger.OpUnfreeze
+	case KindReportLost:
+		op.Kind = ledger.OpReportLost
+	case KindReportFound:
+		op.Kind = ledger.OpReportFound
 	}
 	return op
 }
