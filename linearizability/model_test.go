@@ -52,12 +52,27 @@ func release(key, holdKey string) Input {
 
 var readIn = Input{Kind: KindRead, Asset: Asset}
 
+// modelCase is a history and whether the model must find it linearizable.
+type modelCase struct {
+	name    string
+	history []porcupine.Operation
+	want    bool
+}
+
+func checkModelCases(t *testing.T, cases []modelCase) {
+	t.Helper()
+	model := Model()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := porcupine.CheckOperations(model, c.history); got != c.want {
+				t.Fatalf("linearizable = %v, want %v", got, c.want)
+			}
+		})
+	}
+}
+
 func TestModel(t *testing.T) {
-	cases := []struct {
-		name    string
-		history []porcupine.Operation
-		want    bool
-	}{
+	cases := []modelCase{
 		{"sequential credit debit read", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, debit("k2", 20), ok(2, 101, 30, 0)),
@@ -171,15 +186,7 @@ func TestModel(t *testing.T) {
 			op(0, 50, 60, readIn, read(10, 0, false)),
 		}, true},
 	}
-	model := Model()
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			got := porcupine.CheckOperations(model, c.history)
-			if got != c.want {
-				t.Fatalf("linearizable = %v, want %v", got, c.want)
-			}
-		})
-	}
+	checkModelCases(t, cases)
 }
 
 // linked builds a linked request of member "a"'s ops.
@@ -206,11 +213,7 @@ func linkedOut(outs ...Output) Output {
 // every history in which part of one took effect.
 func TestModelLinked(t *testing.T) {
 	lf := func(seq uint64, t int64) Output { return fail(ledger.CodeLinkedFailed, seq, t) }
-	cases := []struct {
-		name    string
-		history []porcupine.Operation
-		want    bool
-	}{
+	cases := []modelCase{
 		{"all applied, each op sees the ones before it", []porcupine.Operation{
 			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 30)), linkedOut(ok(1, 100, 50, 0), ok(2, 100, 20, 0))),
 			op(0, 20, 30, readIn, read(20, 0, false)),
@@ -287,14 +290,7 @@ func TestModelLinked(t *testing.T) {
 			op(0, 20, 30, readIn, read(50, 0, false)),
 		}, false},
 	}
-	model := Model()
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			if got := porcupine.CheckOperations(model, c.history); got != c.want {
-				t.Fatalf("linearizable = %v, want %v", got, c.want)
-			}
-		})
-	}
+	checkModelCases(t, cases)
 }
 
 func TestMembersSpreadOverShards(t *testing.T) {
@@ -332,11 +328,7 @@ func svOut(out Output) Output {
 // and a linked request across both applies on both or on neither.
 func TestModelTwoAccounts(t *testing.T) {
 	readSV := sv(readIn)
-	cases := []struct {
-		name    string
-		history []porcupine.Operation
-		want    bool
-	}{
+	cases := []modelCase{
 		{"recharge with bonus points", []porcupine.Operation{
 			op(0, 0, 10, linked(sv(credit("k1", 50000)), credit("k2", 50)),
 				linkedOut(svOut(ok(1, 100, 50000, 0)), ok(2, 100, 50, 0))),
@@ -399,14 +391,7 @@ func TestModelTwoAccounts(t *testing.T) {
 			op(0, 80, 90, credit("k3", 5), ok(3, 1200, 5, 0)),
 		}, true},
 	}
-	model := Model()
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			if got := porcupine.CheckOperations(model, c.history); got != c.want {
-				t.Fatalf("linearizable = %v, want %v", got, c.want)
-			}
-		})
-	}
+	checkModelCases(t, cases)
 }
 
 // TestModelLostCard: a card reported lost takes value but spends none, and
@@ -420,11 +405,7 @@ func TestModelLostCard(t *testing.T) {
 		o.Lost = true
 		return o
 	}
-	cases := []struct {
-		name    string
-		history []porcupine.Operation
-		want    bool
-	}{
+	cases := []modelCase{
 		{"lost: credits yes, spending no, found again", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, lostIn, lost(2, 101, 50, 0)),
@@ -457,12 +438,5 @@ func TestModelLostCard(t *testing.T) {
 			op(0, 20, 30, readIn, read(0, 0, false)),
 		}, false},
 	}
-	model := Model()
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			if got := porcupine.CheckOperations(model, c.history); got != c.want {
-				t.Fatalf("linearizable = %v, want %v", got, c.want)
-			}
-		})
-	}
+	checkModelCases(t, cases)
 }
