@@ -120,7 +120,7 @@ func CIProfile(tallyd string, seed uint64, dir string, logf func(string, ...any)
 		Tallyd: tallyd, Seed: seed, ResultsDir: dir, Logf: logf,
 		Shards: 2, Clients: 8, Accounts: 12,
 		Faults: AllFaults, FaultRounds: 3, Duration: 60 * time.Second,
-		// Fresh accounts every 20 s keep each history to a few hundred
+		// Fresh members every 20 s keep each history to a few hundred
 		// operations, which porcupine decides well within CheckTimeout (an
 		// undecided history fails the check).
 		EpochLength: 20 * time.Second,
@@ -233,7 +233,7 @@ func TestChaosCatchesStaleReads(t *testing.T) {
 		}
 	}
 	if !found {
-		t.Errorf("no visualization written for the failing accounts")
+		t.Errorf("no visualization written for the failing members")
 	}
 	for _, name := range []string{"timeline.txt", "summary.txt", "history.jsonl"} {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {

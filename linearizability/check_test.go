@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -317,5 +318,43 @@ func TestExactlyOnceLinkedShortOps(t *testing.T) {
 	res, _, _ := checkExactlyOnce(context.Background(), fakeLookup{"l1": st(0), "l2": st(1)}, []Entry{e})
 	if res.OK {
 		t.Fatal("accepted")
+	}
+}
+
+// TestJournalCheckTwoAssets: postings are summed per account, a capture's to
+// the account its result names, each at its asset's scale; a capture booked
+// to the other account fails the check.
+func TestJournalCheckTwoAssets(t *testing.T) {
+	write := func(in Input, seq uint64) Entry {
+		in.Member = "a"
+		return Entry{Input: in, Output: Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: 100}}
+	}
+	cr := write(Input{Kind: KindCredit, Asset: StoredValue, Key: "c1", Amount: 137}, 1)
+	cp := write(Input{Kind: KindCredit, Asset: Asset, Key: "c2", Amount: 5}, 2)
+	h := write(Input{Kind: KindHold, Asset: StoredValue, Key: "h1", Amount: 30, TTLMs: 1000}, 3)
+	capt := write(Input{Kind: KindCapture, Asset: StoredValue, Key: "k4", HoldKey: "h1"}, 4)
+	j := func(e Entry, res client.Result) client.JournalEntry {
+		res.Code, res.Seq = ledger.CodeOK, e.Output.Seq
+		return client.JournalEntry{Seq: e.Output.Seq, Op: toClientOp(e.Input), Result: res}
+	}
+	entries := []Entry{cr, cp, h, capt}
+	final := map[string]int64{"a/" + StoredValue: 107, "a/" + Asset: 5}
+	for name, tc := range map[string]struct {
+		account *client.Account // the capture's
+		final   map[string]int64
+		ok      bool
+	}{
+		"honest":                   {&client.Account{Member: "a", Asset: StoredValue, Scale: 2}, final, true},
+		"capture on the other":     {&client.Account{Member: "a", Asset: Asset}, final, false},
+		"capture names no account": {nil, final, false},
+		"balances swapped":         {&client.Account{Member: "a", Asset: StoredValue, Scale: 2}, map[string]int64{"a/" + StoredValue: 5, "a/" + Asset: 107}, false},
+		"stored value in points":   {&client.Account{Member: "a", Asset: StoredValue, Scale: 2}, map[string]int64{"a/" + StoredValue: 10700, "a/" + Asset: 5}, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			journal := []client.JournalEntry{j(capt, client.Result{Account: tc.account, Captured: decimal.RequireFromString("0.30")}),
+				j(h, client.Result{}), j(cp, client.Result{}), j(cr, client.Result{})}
+			res := checkJournal(context.Background(), fakeJournal{"a": journal}, entries, []string{"a"}, tc.final)
+			assert.Equal(t, tc.ok, res.OK, "%s: %v", res.Detail, res.Findings)
+		})
 	}
 }

@@ -383,6 +383,24 @@ func TestModelTwoAccounts(t *testing.T) {
 			op(0, 20, 30, sv(hold("h1", 30, 1000)), svOut(ok(3, 110, 50, 30))),
 			op(0, 40, 50, sv(capture("k4", "h1")), settled(ok(4, 120, 0, 0), 30, 0)),
 		}, false},
+		{"an expiry seen on points implies the earlier one on stored value", []porcupine.Operation{
+			op(0, 0, 10, linked(sv(credit("k1", 50)), credit("k2", 50)), linkedOut(svOut(ok(1, 100, 50, 0)), ok(2, 100, 50, 0))),
+			op(0, 20, 30, sv(hold("h1", 30, 110)), svOut(ok(3, 100, 50, 30))), // expires at 210
+			op(0, 40, 50, hold("h2", 20, 200), ok(4, 100, 50, 20)),            // expires at 300
+			op(0, 60, 70, readIn, read(50, 0, false)),
+			op(0, 80, 90, readSV, svOut(read(50, 30, false))),
+		}, false},
+		{"a read of points leaves the stored-value expiry to come", []porcupine.Operation{
+			op(0, 0, 10, linked(sv(credit("k1", 50)), credit("k2", 50)), linkedOut(svOut(ok(1, 100, 50, 0)), ok(2, 100, 50, 0))),
+			op(0, 20, 30, sv(hold("h1", 30, 110)), svOut(ok(3, 100, 50, 30))),
+			op(0, 60, 70, readIn, read(50, 0, false)),
+			op(0, 80, 90, sv(credit("k5", 1)), svOut(ok(5, 150, 51, 30))),
+		}, true},
+		{"the edge finds no stored-value hold that exists", []porcupine.Operation{
+			op(0, 0, 10, sv(credit("k1", 50)), svOut(ok(1, 100, 50, 0))),
+			op(0, 20, 30, sv(hold("h1", 30, 1000)), svOut(ok(2, 100, 50, 30))),
+			op(0, 40, 50, sv(capture("k3", "h1")), Output{Status: NotApplied, Code: ledger.CodeHoldNotFound}),
+		}, false},
 		{"a stored-value hold expiring, seen from points", []porcupine.Operation{
 			op(0, 0, 10, sv(credit("k1", 50)), svOut(ok(1, 100, 50, 0))),
 			op(0, 20, 30, sv(hold("h1", 30, 1000)), svOut(ok(2, 110, 50, 30))),

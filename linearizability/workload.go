@@ -481,13 +481,12 @@ func linkedOutput(rs []client.Result) Output {
 func (w *worker) read(ctx context.Context, member, asset string) (Output, error) {
 	if w.direct != nil {
 		lc := w.direct[w.rng.IntN(len(w.direct))]
-		scale, _ := scaleOf(asset)
 		resp, err := lc.GetAccount(ctx, &tallypb.GetAccountRequest{Program: Program, Member: member, Asset: asset})
 		if err != nil {
 			return Output{}, err
 		}
 		a := resp.GetAccount()
-		return readOutput(asset, a.GetPosted(), a.GetHeld(), a.GetState(), scale)
+		return readOutput(a.GetAsset(), a.GetScale(), a.GetPosted(), a.GetHeld(), a.GetState())
 	}
 	return readAccount(ctx, w.cl, member, asset)
 }
@@ -517,7 +516,9 @@ func accountOutput(out Output, a *client.Account) Output {
 	return out
 }
 
-func readOutput(asset, posted, held, state string, scale int32) (Output, error) {
+// readOutput is a read of an account as the server reported it on the wire,
+// checked as accountOutput checks one from the client library.
+func readOutput(asset string, scale uint32, posted, held, state string) (Output, error) {
 	p, err := decimal.NewFromString(posted)
 	if err != nil {
 		return Output{}, fmt.Errorf("posted %q: %w", posted, err)
@@ -526,8 +527,9 @@ func readOutput(asset, posted, held, state string, scale int32) (Output, error) 
 	if err != nil {
 		return Output{}, fmt.Errorf("held %q: %w", held, err)
 	}
-	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: asset,
-		Posted: minorUnits(p, scale), Held: minorUnits(h, scale), Frozen: state == "FROZEN", Lost: state == "LOST"}, nil
+	// A scale beyond uint8 is a wrong one: kept wrong, not wrapped.
+	return accountOutput(Output{Status: Known, Code: ledger.CodeOK},
+		&client.Account{Asset: asset, Scale: uint8(min(scale, math.MaxUint8)), State: state, Posted: p, Held: h}), nil
 }
 
 // toClientOp is the op the workload sends for in: its amount at the scale of

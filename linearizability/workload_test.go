@@ -78,6 +78,17 @@ func TestAccountOutputScale(t *testing.T) {
 	out := accountOutput(Output{}, &a)
 	assert.NotEqual(t, int64(137), out.Posted, "wrong scale accepted")
 
+	// The same through the broken variant's direct reads, and a scale that
+	// would wrap to the right one in a uint8.
+	for _, scale := range []uint32{0, 258} {
+		out, err := readOutput(StoredValue, scale, "137", "0", "ACTIVE")
+		require.NoError(t, err)
+		assert.NotEqual(t, int64(137), out.Posted, "wrong scale %d accepted", scale)
+	}
+	out, err := readOutput(StoredValue, 2, "1.37", "0", "LOST")
+	require.NoError(t, err)
+	assert.Equal(t, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: StoredValue, Posted: 137, Lost: true}, out)
+
 	a = client.Account{Member: "m", Asset: "XYZ", Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
 	assert.Equal(t, int64(badAmount), accountOutput(Output{}, &a).Posted, "unknown asset accepted")
 

@@ -1,7 +1,7 @@
 // Command tally-chaos runs Tally's fault harness for as long as asked: a
 // three-node cluster of tallyd processes on 127.0.0.1 under kill -9,
 // SIGSTOP pauses, partitions and delays, with concurrent clients, then the
-// checks (linearizability per account, exactly-once, journal, conservation,
+// checks (linearizability per member, exactly-once, journal, conservation,
 // replica equality) and a summary. Exit status 1 when a check fails.
 //
 //	go run ./cmd/tally-chaos --duration 30m --results ./results/chaos
@@ -47,7 +47,7 @@ func run(args []string) (int, error) {
 		unsafe   = fs.Bool("unsafe-local-reads", false, "BROKEN ON PURPOSE: nodes serve reads locally and reads go to random nodes; the run must fail")
 		tallyd   = fs.String("tallyd", "", "tallyd binary (default: build ./cmd/tallyd)")
 		keep     = fs.Bool("keep-data", false, "keep the nodes' data directories after a passing run")
-		timeout  = fs.Duration("check-timeout", time.Minute, "porcupine time limit per account (an undecided account fails the run)")
+		timeout  = fs.Duration("check-timeout", time.Minute, "porcupine time limit per member (an undecided member fails the run)")
 		snap     = fs.Uint64("snapshot-threshold", 1024, "tallyd --snapshot-threshold (small: snapshots happen during the run)")
 		snapLog  = fs.Uint64("snapshot-log-bytes", 256<<10, "tallyd --snapshot-log-bytes (small: byte-triggered snapshots happen during the run too)")
 		trailing = fs.Uint64("trailing-logs", 256, "tallyd --trailing-logs")
