@@ -113,6 +113,9 @@ type Output struct {
 	// Ops are the results of a KindLinked request's ops (Known only), one
 	// per op. Code is then the request's: OK, or the failing op's code.
 	Ops []Output
+	// Blamed is, for a KindLinked request the edge refused (NotApplied),
+	// 1 + the index of the op it blamed; 0 when none was named.
+	Blamed int
 }
 
 // holdStatus is the lifecycle of a hold in the model.
@@ -243,7 +246,7 @@ func (s State) expiryTimes() []int64 {
 
 // apply runs one write at log time t on a state whose expiries up to t are
 // done, following the rules of package ledger (the subset the workload
-// uses: active-or-frozen accounts, no limits, no closing).
+// uses: active, frozen or lost accounts, no limits, no closing).
 func apply(s State, in Input, t int64) (State, ledger.Code) {
 	if in.Kind == KindCapture || in.Kind == KindRelease {
 		return settle(s, in)
@@ -482,7 +485,7 @@ func stepLinked(s State, in Input, out Output) []State {
 		// As for one op: HOLD_NOT_FOUND from the edge says a hold that one
 		// of the request's captures or releases names, and that no earlier
 		// op of it opens, did not exist then.
-		if out.Code == ledger.CodeHoldNotFound && !holdMissing(s, in.Ops) {
+		if out.Code == ledger.CodeHoldNotFound && !holdMissing(s, in.Ops, out.Blamed) {
 			return nil
 		}
 		return []State{s}
@@ -538,26 +541,51 @@ func stepLinked(s State, in Input, out Output) []State {
 	return []State{n}
 }
 
-// holdMissing reports whether s lacks a hold that a capture or release of
-// ops names and no earlier op of ops opens: what the edge refuses a request
-// for with HOLD_NOT_FOUND. With no such op it reports true, as it
-// constrains nothing then.
-func holdMissing(s State, ops []Input) bool {
-	candidates := 0
-	for i, op := range ops {
+// holdMissing reports whether s is a state in which the edge could refuse
+// ops with HOLD_NOT_FOUND, blaming op blamed-1 (blamed 0: not named). The
+// edge converts ops in order and stops at the first that fails; a capture or
+// release fails when its hold is neither stored (after a linearizable read)
+// nor opened by an earlier op of the request. So the blamed op must be such
+// an op, its hold missing, and every such op before it must have found its
+// hold (holds are never deleted, so one moment of the call has all of
+// that). Without a blamed op, one such op's hold must be missing; with no
+// such op at all it reports true, as nothing is known then.
+func holdMissing(s State, ops []Input, blamed int) bool {
+	candidate := func(i int) bool {
+		op := ops[i]
 		if op.Kind != KindCapture && op.Kind != KindRelease {
-			continue
+			return false
 		}
-		opened := false
 		for _, earlier := range ops[:i] {
-			opened = opened || (earlier.Kind == KindHold && earlier.Key == op.HoldKey)
+			if earlier.Kind == KindHold && earlier.Key == op.HoldKey {
+				return false
+			}
 		}
-		if opened {
-			continue
+		return true
+	}
+	missing := func(i int) bool {
+		_, found := s.hold(ops[i].HoldKey)
+		return !found
+	}
+	if blamed > 0 {
+		b := blamed - 1
+		if b >= len(ops) || !candidate(b) || !missing(b) {
+			return false
 		}
-		candidates++
-		if _, found := s.hold(op.HoldKey); !found {
-			return true
+		for i := range b {
+			if candidate(i) && missing(i) {
+				return false
+			}
+		}
+		return true
+	}
+	candidates := 0
+	for i := range ops {
+		if candidate(i) {
+			candidates++
+			if missing(i) {
+				return true
+			}
 		}
 	}
 	return candidates == 0

@@ -197,6 +197,12 @@ func linked(ops ...Input) Input {
 	return Input{Kind: KindLinked, Ops: ops}
 }
 
+// hnf is the edge's HOLD_NOT_FOUND refusal of a linked request, blaming
+// its op number blamed (1-based).
+func hnf(blamed int) Output {
+	return Output{Status: NotApplied, Code: ledger.CodeHoldNotFound, Blamed: blamed}
+}
+
 // linkedOut is the Known outcome of a linked request with the ops' outputs.
 func linkedOut(outs ...Output) Output {
 	out := Output{Status: Known, Code: ledger.CodeOK, Ops: outs}
@@ -285,6 +291,26 @@ func TestModelLinked(t *testing.T) {
 			op(0, 20, 50, linked(credit("k3", 1), capture("k4", "h1")), Output{Status: NotApplied, Code: ledger.CodeHoldNotFound}),
 			op(1, 30, 40, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
 		}, true},
+		{"blamed: the second capture's hold missing, the first's there", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, linked(release("k3", "h1"), capture("k4", "ghost")), hnf(2)),
+		}, true},
+		{"blamed: an op whose hold exists", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, linked(release("k3", "h1"), capture("k4", "ghost")), hnf(1)),
+		}, false},
+		{"blamed: a later op though an earlier hold is missing", []porcupine.Operation{
+			op(0, 0, 10, linked(capture("k3", "ghost1"), capture("k4", "ghost2")), hnf(2)),
+		}, false},
+		{"blamed: a capture of the request's own hold", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, linked(hold("h1", 30, 1000), capture("k3", "h1")), hnf(2)),
+		}, false},
+		{"blamed: not a capture or release", []porcupine.Operation{
+			op(0, 0, 10, linked(credit("k1", 50), capture("k3", "ghost")), hnf(1)),
+		}, false},
 		{"not applied: none of it", []porcupine.Operation{
 			op(0, 0, 10, linked(credit("k1", 50), credit("k2", 5)), Output{Status: NotApplied, Code: ledger.CodeNotLeader}),
 			op(0, 20, 30, readIn, read(50, 0, false)),

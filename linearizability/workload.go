@@ -427,6 +427,9 @@ func (w *worker) do(in Input) Entry {
 		if !indeterminate {
 			e.ReturnNs = w.hist.Now()
 			e.Output = Output{Status: NotApplied, Code: ce.Code}
+			if in.Kind == KindLinked && ce.OpIndex >= 0 {
+				e.Output.Blamed = ce.OpIndex + 1
+			}
 			return e
 		}
 		// Certainly not applied now, but an earlier call may have been.
