@@ -24,7 +24,8 @@
 //     operations through package client with the retries a payment system
 //     makes (same idempotency key), on every member's two accounts: points
 //     (scale 0) and stored value (scale 2, amounts in fen: every amount
-//     crosses the edge as a decimal and is checked exact), and the checks
+//     crosses the edge as a decimal and is checked exact; capped at a
+//     balance the run's recharges reach), and the checks
 //     after the run: linearizability per member, conservation per shard, every
 //     acknowledged operation in the record store and journal with the
 //     result the client saw, no key applied twice, every linked request

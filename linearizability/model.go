@@ -246,7 +246,8 @@ func (s State) expiryTimes() []int64 {
 
 // apply runs one write at log time t on a state whose expiries up to t are
 // done, following the rules of package ledger (the subset the workload
-// uses: active, frozen or lost accounts, no limits, no closing).
+// uses: active, frozen or lost accounts, the assets' balance limits, no
+// closing).
 func apply(s State, in Input, t int64) (State, ledger.Code) {
 	if in.Kind == KindCapture || in.Kind == KindRelease {
 		return settle(s, in)
@@ -265,6 +266,9 @@ func apply(s State, in Input, t int64) (State, ledger.Code) {
 		// counter); only spending is refused.
 		if a.Frozen {
 			return s, ledger.CodeAccountFrozen
+		}
+		if limit := assetScales[ai].maxBalance; limit > 0 && a.Posted+in.Amount > limit {
+			return s, ledger.CodeLimitExceeded
 		}
 		a.Posted += in.Amount
 	case KindDebit:

@@ -35,6 +35,7 @@ func outOf(r ledger.Result) Output {
 // member's two accounts through the real ledger and checks that the model
 // accepts every result, in order, and every read of either account.
 func TestModelAgainstLedger(t *testing.T) {
+	codes := map[ledger.Code]int{} // of every op, to show what the seeds reach
 	for seed := uint64(0); seed < 300; seed++ {
 		rng := rand.New(rand.NewPCG(seed, 1))
 		s := ledger.NewMemStore()
@@ -51,7 +52,8 @@ func TestModelAgainstLedger(t *testing.T) {
 		}
 		for _, a := range assetScales {
 			cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpDefineAsset, Program: Program, Asset: a.code, Scale: uint8(a.scale), IdempotencyKey: "d" + a.code}}})
-			cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpOpenAccount, Program: Program, Member: "a", Asset: a.code, IdempotencyKey: "o" + a.code}}})
+			cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpOpenAccount, Program: Program, Member: "a", Asset: a.code,
+				MaxBalanceMinor: a.maxBalance, IdempotencyKey: "o" + a.code}}})
 		}
 		st := State{}
 		var holds []heldHold
@@ -61,7 +63,7 @@ func TestModelAgainstLedger(t *testing.T) {
 			in := Input{Member: "a", Asset: assetScales[rng.IntN(len(assetScales))].code, Key: fmt.Sprintf("k%d", n)}
 			switch rng.IntN(8) {
 			case 0, 1:
-				in.Kind, in.Amount = KindCredit, 1+rng.Int64N(100)
+				in.Kind, in.Amount = KindCredit, 1+rng.Int64N(300) // large enough to reach the limit of stored value
 			case 2:
 				in.Kind, in.Amount = KindDebit, 1+rng.Int64N(150)
 			case 3, 4:
@@ -110,6 +112,11 @@ func TestModelAgainstLedger(t *testing.T) {
 				ins, reqs = append(ins, in), append(reqs, r)
 			}
 			res := cmd(reqs...)
+			for _, rs := range res {
+				for _, r := range rs {
+					codes[r.Code]++
+				}
+			}
 			for k, in := range ins {
 				var out Output
 				if in.Kind == KindLinked {
@@ -137,4 +144,13 @@ func TestModelAgainstLedger(t *testing.T) {
 			}
 		}
 	}
+	// The rules the model must agree with are all reached.
+	for _, c := range []ledger.Code{ledger.CodeOK, ledger.CodeInsufficientFunds, ledger.CodeAccountFrozen, ledger.CodeAccountLost,
+		ledger.CodeInvalidState, ledger.CodeLimitExceeded, ledger.CodeHoldExpired, ledger.CodeHoldClosed, ledger.CodeInvalidAmount,
+		ledger.CodeLinkedFailed} {
+		if codes[c] == 0 {
+			t.Errorf("no op got %s: %v", c, codes)
+		}
+	}
+	t.Logf("codes: %v", codes)
 }

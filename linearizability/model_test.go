@@ -356,14 +356,14 @@ func TestModelTwoAccounts(t *testing.T) {
 	readSV := sv(readIn)
 	cases := []modelCase{
 		{"recharge with bonus points", []porcupine.Operation{
-			op(0, 0, 10, linked(sv(credit("k1", 50000)), credit("k2", 50)),
-				linkedOut(svOut(ok(1, 100, 50000, 0)), ok(2, 100, 50, 0))),
-			op(0, 20, 30, readSV, svOut(read(50000, 0, false))),
+			op(0, 0, 10, linked(sv(credit("k1", 2000)), credit("k2", 50)),
+				linkedOut(svOut(ok(1, 100, 2000, 0)), ok(2, 100, 50, 0))),
+			op(0, 20, 30, readSV, svOut(read(2000, 0, false))),
 			op(0, 40, 50, readIn, read(50, 0, false)),
 		}, true},
 		{"recharge applied, its bonus lost", []porcupine.Operation{
-			op(0, 0, 10, linked(sv(credit("k1", 50000)), credit("k2", 50)),
-				linkedOut(svOut(ok(1, 100, 50000, 0)), ok(2, 100, 50, 0))),
+			op(0, 0, 10, linked(sv(credit("k1", 2000)), credit("k2", 50)),
+				linkedOut(svOut(ok(1, 100, 2000, 0)), ok(2, 100, 50, 0))),
 			op(0, 40, 50, readIn, read(0, 0, false)),
 		}, false},
 		{"a failed spend leaves the points it would earn unposted", []porcupine.Operation{
@@ -408,6 +408,17 @@ func TestModelTwoAccounts(t *testing.T) {
 			op(0, 0, 10, linked(sv(credit("k1", 50)), credit("k2", 30)), linkedOut(svOut(ok(1, 100, 50, 0)), ok(2, 100, 30, 0))),
 			op(0, 20, 30, sv(hold("h1", 30, 1000)), svOut(ok(3, 110, 50, 30))),
 			op(0, 40, 50, sv(capture("k4", "h1")), settled(ok(4, 120, 0, 0), 30, 0)),
+		}, false},
+		{"a recharge past the card's limit fails, and its bonus with it", []porcupine.Operation{
+			op(0, 0, 10, sv(credit("k1", 2400)), svOut(ok(1, 100, 2400, 0))),
+			op(0, 20, 30, linked(sv(credit("k2", 101)), credit("k3", 10)),
+				linkedOut(fail(ledger.CodeLimitExceeded, 2, 101), fail(ledger.CodeLinkedFailed, 3, 101))),
+			op(0, 40, 50, sv(credit("k4", 100)), svOut(ok(4, 102, 2500, 0))),
+			op(0, 60, 70, readIn, read(0, 0, false)),
+		}, true},
+		{"a credit past the card's limit applied", []porcupine.Operation{
+			op(0, 0, 10, sv(credit("k1", 2400)), svOut(ok(1, 100, 2400, 0))),
+			op(0, 20, 30, sv(credit("k2", 101)), svOut(ok(2, 101, 2501, 0))),
 		}, false},
 		{"an expiry seen on points implies the earlier one on stored value", []porcupine.Operation{
 			op(0, 0, 10, linked(sv(credit("k1", 50)), credit("k2", 50)), linkedOut(svOut(ok(1, 100, 50, 0)), ok(2, 100, 50, 0))),

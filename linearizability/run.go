@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shopspring/decimal"
+
 	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/internal/diskprobe"
 	"github.com/tally-ledger/tally/ledger"
@@ -454,8 +456,13 @@ func setup(ctx context.Context, c *Cluster, members []string) error {
 	var ops []client.Op
 	for _, m := range members {
 		for _, a := range assetScales {
-			ops = append(ops, client.Op{Kind: ledger.OpOpenAccount, Program: Program, Member: m, Asset: a.code,
-				IdempotencyKey: setupKeyPrefix + "open-" + accountName(m, a.code)})
+			op := client.Op{Kind: ledger.OpOpenAccount, Program: Program, Member: m, Asset: a.code,
+				IdempotencyKey: setupKeyPrefix + "open-" + accountName(m, a.code)}
+			if a.maxBalance > 0 {
+				limit := decimal.New(a.maxBalance, -a.scale)
+				op.MaxBalance = &limit
+			}
+			ops = append(ops, op)
 		}
 	}
 	for len(ops) > 0 {

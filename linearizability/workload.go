@@ -26,11 +26,16 @@ const (
 	StoredValue = "CNY"
 )
 
-// assetScales are the workload's assets and their scales.
+// assetScales are the workload's assets, their scales, and the balance
+// limit each member's account of the asset opens with (minor units; 0:
+// none). Stored-value cards are capped, as prepaid cards are by law in many
+// places: 25.00 CNY is low enough that a run's recharges reach it, so
+// credits and linked requests fail with LIMIT_EXCEEDED under faults too.
 var assetScales = [...]struct {
-	code  string
-	scale int32
-}{{Asset, 0}, {StoredValue, 2}}
+	code       string
+	scale      int32
+	maxBalance int64
+}{{Asset, 0, 0}, {StoredValue, 2, 2500}}
 
 // scaleOf is asset's scale; ok is false for an asset the workload does not
 // use.
