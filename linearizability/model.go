@@ -723,6 +723,9 @@ func describeLinked(in Input, out Output) string {
 		s += " -> ? (indeterminate: " + string(out.Code) + ")"
 	case NotApplied:
 		s += " -> not applied: " + string(out.Code)
+		if out.Blamed > 0 {
+			s += fmt.Sprintf(" (op %d)", out.Blamed)
+		}
 	}
 	return s
 }

@@ -147,7 +147,7 @@ func TestModelAgainstLedger(t *testing.T) {
 	// The rules the model must agree with are all reached.
 	for _, c := range []ledger.Code{ledger.CodeOK, ledger.CodeInsufficientFunds, ledger.CodeAccountFrozen, ledger.CodeAccountLost,
 		ledger.CodeInvalidState, ledger.CodeLimitExceeded, ledger.CodeHoldExpired, ledger.CodeHoldClosed, ledger.CodeInvalidAmount,
-		ledger.CodeLinkedFailed} {
+		ledger.CodeLinkedFailed, ledger.CodeHoldNotFound} {
 		if codes[c] == 0 {
 			t.Errorf("no op got %s: %v", c, codes)
 		}

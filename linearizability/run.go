@@ -469,8 +469,10 @@ func setup(ctx context.Context, c *Cluster, members []string) error {
 		batch := ops[:min(len(ops), setupBatch)]
 		res, err := cl.Submit(sctx, batch, false)
 		for i := 0; err == nil && i < len(res); i++ {
+			// An op's own code is the rules' answer, the same on every
+			// retry: only request-level errors are worth retrying.
 			if c := res[i].Code; c != ledger.CodeOK && c != ledger.CodeAccountExists {
-				err = fmt.Errorf("%s: %s %s", accountName(batch[i].Member, batch[i].Asset), c, res[i].Message)
+				return fmt.Errorf("open account %s: %s %s", accountName(batch[i].Member, batch[i].Asset), c, res[i].Message)
 			}
 		}
 		if err == nil {

@@ -96,9 +96,9 @@ func run(args []string) (int, error) {
 	fmt.Printf("tally-chaos: seed %d, results %s\n", *seed, dir)
 
 	// No deadline: a long run's checks take as long as they take, each
-	// account bounded by --check-timeout. An interrupt ends the workload
-	// and the checks (the linearizability check after the account in
-	// progress), and the accounts left unchecked fail the run.
+	// member bounded by --check-timeout. An interrupt ends the workload
+	// and the checks (the linearizability check after the member in
+	// progress), and the members left unchecked fail the run.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	logf := func(format string, args ...any) {
