@@ -6,7 +6,7 @@
 //   - Model: a porcupine model of one member's accounts, one per asset,
 //     with every operation the API offers on an account (credit, debit,
 //     hold, capture, release, hold expiry, freeze, unfreeze, report lost,
-//     report found, read; not close) and
+//     report found, close, read) and
 //     linked requests of several of them on either account (a recharge of
 //     stored value with its bonus points), partitioned by member. Each op
 //     acts on its own account, and a result must describe that one. A

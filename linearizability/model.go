@@ -29,13 +29,15 @@ const (
 	// either of its accounts), applied all or none in one log entry.
 	KindLinked
 	// KindReportLost and KindReportFound report the member's card lost
-	// and found (after KindLinked, so histories of older runs still read).
+	// and found, and KindClose closes an account for good (after
+	// KindLinked, so histories of older runs still read).
 	KindReportLost
 	KindReportFound
+	KindClose
 )
 
 var kindNames = [...]string{"read", "credit", "debit", "hold", "capture", "release", "freeze", "unfreeze", "linked",
-	"report-lost", "report-found"}
+	"report-lost", "report-found", "close"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -106,6 +108,7 @@ type Output struct {
 	Held       int64
 	Frozen     bool
 	Lost       bool
+	Closed     bool
 	// Captured and Released are what a successful capture or release moved
 	// out of its hold (minor units; 0 for other kinds).
 	Captured int64
@@ -137,21 +140,24 @@ type modelHold struct {
 }
 
 // Balance is the model's state of one account: its balances, and its
-// state, ACTIVE unless Frozen or Lost (never both).
+// state, ACTIVE unless Frozen, Lost or Closed (at most one of them).
 type Balance struct {
 	Posted int64
 	Held   int64
 	Frozen bool
 	Lost   bool
+	Closed bool
 }
 
 // stateName is the account state of a Balance or Output.
-func stateName(frozen, lost bool) string {
+func stateName(frozen, lost, closed bool) string {
 	switch {
 	case frozen:
 		return "FROZEN"
 	case lost:
 		return "LOST"
+	case closed:
+		return "CLOSED"
 	}
 	return "ACTIVE"
 }
@@ -246,8 +252,7 @@ func (s State) expiryTimes() []int64 {
 
 // apply runs one write at log time t on a state whose expiries up to t are
 // done, following the rules of package ledger (the subset the workload
-// uses: active, frozen or lost accounts, the assets' balance limits, no
-// closing).
+// uses: every account state, and the assets' balance limits).
 func apply(s State, in Input, t int64) (State, ledger.Code) {
 	if in.Kind == KindCapture || in.Kind == KindRelease {
 		return settle(s, in)
@@ -259,6 +264,9 @@ func apply(s State, in Input, t int64) (State, ledger.Code) {
 		return s, ledger.CodeInternal
 	}
 	a := &s.Accounts[ai] // s is a copy: this changes only the returned state
+	if a.Closed {
+		return s, ledger.CodeAccountClosed // final: every op on it is refused
+	}
 	available := a.Posted - a.Held
 	switch in.Kind {
 	case KindCredit:
@@ -304,6 +312,12 @@ func apply(s State, in Input, t int64) (State, ledger.Code) {
 			return s, ledger.CodeInvalidState
 		}
 		a.Lost = in.Kind == KindReportLost
+	case KindClose:
+		// From any state but closed, once nothing is posted or held.
+		if a.Posted != 0 || a.Held != 0 {
+			return s, ledger.CodeBalanceNotZero
+		}
+		*a = Balance{Closed: true}
 	default:
 		return s, ledger.CodeInternal
 	}
@@ -360,6 +374,8 @@ func spendable(a Balance) ledger.Code {
 		return ledger.CodeAccountFrozen
 	case a.Lost:
 		return ledger.CodeAccountLost
+	case a.Closed:
+		return ledger.CodeAccountClosed
 	}
 	return ledger.CodeOK
 }
@@ -374,7 +390,7 @@ func accountMatches(s State, ai int, out Output) bool {
 		return false
 	}
 	a := s.Accounts[ai]
-	return out.Posted == a.Posted && out.Held == a.Held && out.Frozen == a.Frozen && out.Lost == a.Lost
+	return out.Posted == a.Posted && out.Held == a.Held && out.Frozen == a.Frozen && out.Lost == a.Lost && out.Closed == a.Closed
 }
 
 // settledMatches reports whether a successful op's captured and released
@@ -635,7 +651,7 @@ func statesEqual(a, b State) bool {
 func stateHash(s State) uint64 {
 	h := fnv.New64a()
 	for _, a := range s.Accounts {
-		fmt.Fprintf(h, "%d/%d/%t/%t/", a.Posted, a.Held, a.Frozen, a.Lost)
+		fmt.Fprintf(h, "%d/%d/%t/%t/%t/", a.Posted, a.Held, a.Frozen, a.Lost, a.Closed)
 	}
 	fmt.Fprintf(h, "%d/%d", s.LastTime, s.LastSeq)
 	for _, x := range s.holds {
@@ -649,7 +665,7 @@ func stateHash(s State) uint64 {
 func DescribeState(s State) string {
 	var b strings.Builder
 	for i, a := range s.Accounts {
-		fmt.Fprintf(&b, "%s posted=%d held=%d %s; ", assetScales[i].code, a.Posted, a.Held, stateName(a.Frozen, a.Lost))
+		fmt.Fprintf(&b, "%s posted=%d held=%d %s; ", assetScales[i].code, a.Posted, a.Held, stateName(a.Frozen, a.Lost, a.Closed))
 	}
 	fmt.Fprintf(&b, "t=%d seq=%d", s.LastTime, s.LastSeq)
 	var open []string
@@ -690,7 +706,7 @@ func DescribeOperation(in Input, out Output) string {
 	case out.Status == NotApplied:
 		ret = "not applied: " + string(out.Code)
 	case in.Kind == KindRead:
-		ret = fmt.Sprintf("%s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, stateName(out.Frozen, out.Lost))
+		ret = fmt.Sprintf("%s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, stateName(out.Frozen, out.Lost, out.Closed))
 	default:
 		ret = fmt.Sprintf("%s seq=%d t=%d", out.Code, out.Seq, out.TimeMs)
 		if out.HasAccount {

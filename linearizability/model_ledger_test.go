@@ -26,7 +26,7 @@ func outOf(r ledger.Result) Output {
 	if r.Account.Key.Program != "" {
 		o.HasAccount, o.Asset = true, r.Account.Key.Asset
 		o.Posted, o.Held = r.Account.PostedMinor, r.Account.HeldMinor
-		o.Frozen, o.Lost = r.Account.State == ledger.StateFrozen, r.Account.State == ledger.StateLost
+		o.Frozen, o.Lost, o.Closed = r.Account.State == ledger.StateFrozen, r.Account.State == ledger.StateLost, r.Account.State == ledger.StateClosed
 	}
 	return o
 }
@@ -88,6 +88,9 @@ func TestModelAgainstLedger(t *testing.T) {
 				in.Kind, in.Asset, in.HoldKey = KindRelease, h.asset, h.key
 			default:
 				in.Kind = []Kind{KindFreeze, KindUnfreeze, KindReportLost, KindReportFound}[rng.IntN(4)]
+				if rng.IntN(10) == 0 {
+					in.Kind = KindClose // rare: a closed account refuses everything after
+				}
 			}
 			return in
 		}
@@ -137,7 +140,7 @@ func TestModelAgainstLedger(t *testing.T) {
 				a, _, _ := s.Account(ledger.AccountKey{Program: Program, Member: "a", Asset: as.code})
 				got := step(st, Input{Kind: KindRead, Member: "a", Asset: as.code}, Output{Status: Known, Code: ledger.CodeOK,
 					HasAccount: true, Asset: as.code, Posted: a.PostedMinor, Held: a.HeldMinor,
-					Frozen: a.State == ledger.StateFrozen, Lost: a.State == ledger.StateLost})
+					Frozen: a.State == ledger.StateFrozen, Lost: a.State == ledger.StateLost, Closed: a.State == ledger.StateClosed})
 				if len(got) == 0 {
 					t.Fatalf("seed %d op %d: read of %+v refused from %s", seed, i, a, DescribeState(st))
 				}
@@ -147,7 +150,7 @@ func TestModelAgainstLedger(t *testing.T) {
 	// The rules the model must agree with are all reached.
 	for _, c := range []ledger.Code{ledger.CodeOK, ledger.CodeInsufficientFunds, ledger.CodeAccountFrozen, ledger.CodeAccountLost,
 		ledger.CodeInvalidState, ledger.CodeLimitExceeded, ledger.CodeHoldExpired, ledger.CodeHoldClosed, ledger.CodeInvalidAmount,
-		ledger.CodeLinkedFailed, ledger.CodeHoldNotFound} {
+		ledger.CodeLinkedFailed, ledger.CodeHoldNotFound, ledger.CodeBalanceNotZero, ledger.CodeAccountClosed} {
 		if codes[c] == 0 {
 			t.Errorf("no op got %s: %v", c, codes)
 		}

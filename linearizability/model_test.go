@@ -449,9 +449,16 @@ func TestModelTwoAccounts(t *testing.T) {
 	checkModelCases(t, cases)
 }
 
+// closeIn closes member "a"'s points account; closed is its success.
+func closeIn(key string) Input { return Input{Kind: KindClose, Asset: Asset, Key: key} }
+
+func closed(seq uint64, t int64) Output {
+	return Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: t, HasAccount: true, Asset: Asset, Closed: true}
+}
+
 // TestModelLostCard: a card reported lost takes value but spends none, and
 // its account cannot be frozen until it is found (nor a frozen one reported
-// lost).
+// lost). Closing needs an empty account and is final.
 func TestModelLostCard(t *testing.T) {
 	lostIn := Input{Kind: KindReportLost, Asset: Asset, Key: "l"}
 	foundIn := Input{Kind: KindReportFound, Asset: Asset, Key: "f"}
@@ -487,6 +494,26 @@ func TestModelLostCard(t *testing.T) {
 		{"a frozen account reported lost", []porcupine.Operation{
 			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "z"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, Frozen: true}),
 			op(0, 20, 30, lostIn, lost(2, 101, 0, 0)),
+		}, false},
+		{"close: only with nothing posted or held, then for good", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 5), ok(1, 100, 5, 0)),
+			op(0, 20, 30, closeIn("c1"), Output{Status: Known, Code: ledger.CodeBalanceNotZero, Seq: 2, TimeMs: 101, HasAccount: true, Asset: Asset, Posted: 5}),
+			op(0, 40, 50, debit("k3", 5), ok(3, 102, 0, 0)),
+			op(0, 60, 70, closeIn("c2"), closed(4, 103)),
+			op(0, 80, 90, credit("k5", 5), Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 5, TimeMs: 104, HasAccount: true, Asset: Asset, Closed: true}),
+			op(0, 100, 110, Input{Kind: KindUnfreeze, Asset: Asset, Key: "u"}, fail(ledger.CodeAccountClosed, 6, 105)),
+			op(0, 120, 130, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: Asset, Closed: true}),
+			op(0, 140, 150, sv(credit("k8", 5)), svOut(ok(8, 106, 5, 0))),
+		}, true},
+		{"a closed account takes a credit", []porcupine.Operation{
+			op(0, 0, 10, closeIn("c1"), closed(1, 100)),
+			op(0, 20, 30, credit("k2", 5), ok(2, 101, 5, 0)),
+		}, false},
+		{"a close with a hold open", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 5), ok(1, 100, 5, 0)),
+			op(0, 20, 30, hold("h1", 5, 1000), ok(2, 101, 5, 5)),
+			op(0, 40, 50, debit("k3", 5), fail(ledger.CodeInsufficientFunds, 3, 102)),
+			op(0, 60, 70, closeIn("c4"), closed(4, 103)),
 		}, false},
 		{"a read misses a lost report", []porcupine.Operation{
 			op(0, 0, 10, lostIn, lost(1, 100, 0, 0)),

@@ -88,14 +88,16 @@ const (
 // so that stale or lost state is observed; freezes and lost cards are rare
 // and unfreezes and found cards a little more common, so accounts are mostly
 // active (a frozen account refuses reports of a lost card and a lost one
-// refuses freezes: INVALID_STATE).
+// refuses freezes: INVALID_STATE). Closes are rarer still: most find money
+// in the account (BALANCE_NOT_ZERO), and one that succeeds, mostly on a
+// fresh account, ends it for the rest of its epoch (ACCOUNT_CLOSED).
 var opWeights = [...]struct {
 	kind   Kind
 	weight int
 }{
 	{KindRead, 25}, {KindCredit, 20}, {KindDebit, 18}, {KindHold, 13},
 	{KindCapture, 9}, {KindRelease, 7}, {KindFreeze, 2}, {KindUnfreeze, 6},
-	{KindReportLost, 1}, {KindReportFound, 5}, {KindLinked, 8},
+	{KindReportLost, 1}, {KindReportFound, 5}, {KindClose, 1}, {KindLinked, 8},
 }
 
 // linkedWeights is the mix of the ops within a linked request: what a
@@ -517,7 +519,7 @@ func accountOutput(out Output, a *client.Account) Output {
 	sc, known := scaleOf(a.Asset)
 	out.HasAccount, out.Asset = true, a.Asset
 	out.Posted, out.Held = minorUnits(a.Posted, sc), minorUnits(a.Held, sc)
-	out.Frozen, out.Lost = a.State == "FROZEN", a.State == "LOST"
+	out.Frozen, out.Lost, out.Closed = a.State == "FROZEN", a.State == "LOST", a.State == "CLOSED"
 	if !known || int32(a.Scale) != sc {
 		out.Posted, out.Held = badAmount, badAmount
 	}
@@ -569,6 +571,8 @@ func toClientOp(in Input) client.Op {
 		op.Kind = ledger.OpReportLost
 	case KindReportFound:
 		op.Kind = ledger.OpReportFound
+	case KindClose:
+		op.Kind = ledger.OpClose
 	}
 	return op
 }
