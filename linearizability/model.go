@@ -710,7 +710,7 @@ func DescribeOperation(in Input, out Output) string {
 	default:
 		ret = fmt.Sprintf("%s seq=%d t=%d", out.Code, out.Seq, out.TimeMs)
 		if out.HasAccount {
-			ret += fmt.Sprintf(" %s posted=%d held=%d", out.Asset, out.Posted, out.Held)
+			ret += fmt.Sprintf(" %s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, stateName(out.Frozen, out.Lost, out.Closed))
 		}
 		if out.Captured != 0 || out.Released != 0 {
 			ret += fmt.Sprintf(" captured=%d released=%d", out.Captured, out.Released)
@@ -740,7 +740,7 @@ func describeLinked(in Input, out Output) string {
 	case NotApplied:
 		s += " -> not applied: " + string(out.Code)
 		if out.Blamed > 0 {
-			s += fmt.Sprintf(" (op %d)", out.Blamed)
+			s += fmt.Sprintf(" (blames op index %d)", out.Blamed-1) // as the server's messages count
 		}
 	}
 	return s

@@ -501,10 +501,21 @@ func TestModelLostCard(t *testing.T) {
 			op(0, 40, 50, debit("k3", 5), ok(3, 102, 0, 0)),
 			op(0, 60, 70, closeIn("c2"), closed(4, 103)),
 			op(0, 80, 90, credit("k5", 5), Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 5, TimeMs: 104, HasAccount: true, Asset: Asset, Closed: true}),
-			op(0, 100, 110, Input{Kind: KindUnfreeze, Asset: Asset, Key: "u"}, fail(ledger.CodeAccountClosed, 6, 105)),
+			op(0, 100, 110, Input{Kind: KindUnfreeze, Asset: Asset, Key: "u"}, Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 6, TimeMs: 105, HasAccount: true, Asset: Asset, Closed: true}),
 			op(0, 120, 130, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: Asset, Closed: true}),
 			op(0, 140, 150, sv(credit("k8", 5)), svOut(ok(8, 106, 5, 0))),
 		}, true},
+		{"a hold settled before the close is closed after it", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 5), ok(1, 100, 5, 0)),
+			op(0, 20, 30, hold("h1", 5, 1000), ok(2, 101, 5, 5)),
+			op(0, 40, 50, capture("k3", "h1"), settled(ok(3, 102, 0, 0), 5, 0)),
+			op(0, 60, 70, closeIn("c4"), closed(4, 103)),
+			op(0, 80, 90, release("k5", "h1"), Output{Status: Known, Code: ledger.CodeHoldClosed, Seq: 5, TimeMs: 104, HasAccount: true, Asset: Asset, Closed: true}),
+		}, true},
+		{"a state change on a closed account reports it active", []porcupine.Operation{
+			op(0, 0, 10, closeIn("c1"), closed(1, 100)),
+			op(0, 20, 30, Input{Kind: KindFreeze, Asset: Asset, Key: "f"}, Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 2, TimeMs: 101, HasAccount: true, Asset: Asset}),
+		}, false},
 		{"a closed account takes a credit", []porcupine.Operation{
 			op(0, 0, 10, closeIn("c1"), closed(1, 100)),
 			op(0, 20, 30, credit("k2", 5), ok(2, 101, 5, 0)),

@@ -513,13 +513,16 @@ func readAccount(ctx context.Context, cl *client.Client, member, asset string) (
 // accountOutput is out describing a, in minor units of the workload's scale
 // for the asset the server reports (the model checks that asset is the one
 // the op acts on), not the scale it reports: an account reported in an
-// asset the workload does not use, or in another scale, is badAmount, which
-// no state matches.
+// asset the workload does not use, in another scale or in a state it does
+// not know, is badAmount, which no state matches.
 func accountOutput(out Output, a *client.Account) Output {
 	sc, known := scaleOf(a.Asset)
 	out.HasAccount, out.Asset = true, a.Asset
 	out.Posted, out.Held = minorUnits(a.Posted, sc), minorUnits(a.Held, sc)
 	out.Frozen, out.Lost, out.Closed = a.State == "FROZEN", a.State == "LOST", a.State == "CLOSED"
+	if stateName(out.Frozen, out.Lost, out.Closed) != a.State {
+		known = false // "" or a state the model has no name for: not ACTIVE
+	}
 	if !known || int32(a.Scale) != sc {
 		out.Posted, out.Held = badAmount, badAmount
 	}

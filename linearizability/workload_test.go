@@ -89,10 +89,17 @@ func TestAccountOutputScale(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: StoredValue, Posted: 137, Lost: true}, out)
 
+	// A state the model has no name for is not read as ACTIVE.
+	for _, state := range []string{"", "SUSPENDED"} {
+		out, err := readOutput(Asset, 0, "1", "0", state)
+		require.NoError(t, err)
+		assert.Equal(t, int64(badAmount), out.Posted, "state %q accepted", state)
+	}
+
 	a = client.Account{Member: "m", Asset: "XYZ", Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
 	assert.Equal(t, int64(badAmount), accountOutput(Output{}, &a).Posted, "unknown asset accepted")
 
-	a = client.Account{Member: "m", Asset: Asset, Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
+	a = client.Account{Member: "m", Asset: Asset, Scale: 0, State: "ACTIVE", Posted: decimal.NewFromInt(137), Held: decimal.Zero}
 	out = accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &a)
 	require.Equal(t, int64(137), out.Posted)
 	credit := Input{Kind: KindCredit, Member: "m", Asset: StoredValue, Key: "k", Amount: 137}
