@@ -60,7 +60,7 @@ func TestUndecidedHistoryFailsTheCheck(t *testing.T) {
 // (2^40 subsets to try) before a read that none of them explains.
 func undecidable(member string) []Entry {
 	entries := []Entry{{Input: Input{Kind: KindCredit, Member: member, Asset: Asset, Key: member + "-c0", Amount: 1},
-		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, Asset: Asset, Posted: 1}, CallNs: 0, ReturnNs: 1}}
+		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, State: ledger.StateActive, Asset: Asset, Posted: 1}, CallNs: 0, ReturnNs: 1}}
 	for i := range 40 {
 		entries = append(entries, Entry{Input: Input{Kind: KindCredit, Member: member, Asset: Asset, Key: fmt.Sprint(member, "-k", i), Amount: int64(1) << i},
 			Output: indeterminate, CallNs: 10, ReturnNs: ReturnNever})
@@ -73,7 +73,7 @@ func undecidable(member string) []Entry {
 func linearizable(member string) []Entry {
 	return []Entry{
 		{Input: Input{Kind: KindCredit, Member: member, Asset: Asset, Key: member + "-c1", Amount: 5},
-			Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, Asset: Asset, Posted: 5}, CallNs: 0, ReturnNs: 10},
+			Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 1, HasAccount: true, State: ledger.StateActive, Asset: Asset, Posted: 5}, CallNs: 0, ReturnNs: 10},
 		{Input: Input{Kind: KindRead, Member: member, Asset: Asset}, Output: read(5, 0, false), CallNs: 20, ReturnNs: 30},
 	}
 }

@@ -106,9 +106,7 @@ type Output struct {
 	Asset      string
 	Posted     int64
 	Held       int64
-	Frozen     bool
-	Lost       bool
-	Closed     bool
+	State      ledger.AccountState // StateUnknown for a state the server named that the ledger has not
 	// Captured and Released are what a successful capture or release moved
 	// out of its hold (minor units; 0 for other kinds).
 	Captured int64
@@ -139,27 +137,11 @@ type modelHold struct {
 	status      holdStatus
 }
 
-// Balance is the model's state of one account: its balances, and its
-// state, ACTIVE unless Frozen, Lost or Closed (at most one of them).
+// Balance is the model's state of one account.
 type Balance struct {
 	Posted int64
 	Held   int64
-	Frozen bool
-	Lost   bool
-	Closed bool
-}
-
-// stateName is the account state of a Balance or Output.
-func stateName(frozen, lost, closed bool) string {
-	switch {
-	case frozen:
-		return "FROZEN"
-	case lost:
-		return "LOST"
-	case closed:
-		return "CLOSED"
-	}
-	return "ACTIVE"
+	State  ledger.AccountState
 }
 
 // State is the model's state of one member: its accounts, one per asset of
@@ -171,6 +153,16 @@ type State struct {
 	LastTime int64  // largest log time an operation of this member was linearized at (a lower bound)
 	LastSeq  uint64 // largest journal sequence seen on this member (the shard's sequence)
 	holds    []modelHold
+}
+
+// initialState is every member's state before its history: each account
+// open, ACTIVE, with nothing posted (the harness opens the accounts first).
+func initialState() State {
+	var s State
+	for i := range s.Accounts {
+		s.Accounts[i].State = ledger.StateActive
+	}
+	return s
 }
 
 // accountIndex is the index in State.Accounts of asset's account, -1 for an
@@ -264,7 +256,7 @@ func apply(s State, in Input, t int64) (State, ledger.Code) {
 		return s, ledger.CodeInternal
 	}
 	a := &s.Accounts[ai] // s is a copy: this changes only the returned state
-	if a.Closed {
+	if a.State == ledger.StateClosed {
 		return s, ledger.CodeAccountClosed // final: every op on it is refused
 	}
 	available := a.Posted - a.Held
@@ -272,7 +264,7 @@ func apply(s State, in Input, t int64) (State, ledger.Code) {
 	case KindCredit:
 		// A lost card still takes value (a refund, a recharge at the
 		// counter); only spending is refused.
-		if a.Frozen {
+		if a.State == ledger.StateFrozen {
 			return s, ledger.CodeAccountFrozen
 		}
 		if limit := assetScales[ai].maxBalance; limit > 0 && a.Posted+in.Amount > limit {
@@ -303,21 +295,27 @@ func apply(s State, in Input, t int64) (State, ledger.Code) {
 		s.holds = append(append([]modelHold(nil), s.holds...),
 			modelHold{key: in.Key, account: ai, amount: in.Amount, expiresAtMs: t + in.TTLMs, status: holdOpen})
 	case KindFreeze, KindUnfreeze:
-		if a.Lost {
+		if a.State == ledger.StateLost {
 			return s, ledger.CodeInvalidState
 		}
-		a.Frozen = in.Kind == KindFreeze
+		a.State = ledger.StateActive
+		if in.Kind == KindFreeze {
+			a.State = ledger.StateFrozen
+		}
 	case KindReportLost, KindReportFound:
-		if a.Frozen {
+		if a.State == ledger.StateFrozen {
 			return s, ledger.CodeInvalidState
 		}
-		a.Lost = in.Kind == KindReportLost
+		a.State = ledger.StateActive
+		if in.Kind == KindReportLost {
+			a.State = ledger.StateLost
+		}
 	case KindClose:
 		// From any state but closed, once nothing is posted or held.
 		if a.Posted != 0 || a.Held != 0 {
 			return s, ledger.CodeBalanceNotZero
 		}
-		*a = Balance{Closed: true}
+		a.State = ledger.StateClosed
 	default:
 		return s, ledger.CodeInternal
 	}
@@ -369,12 +367,12 @@ func settle(s State, in Input) (State, ledger.Code) {
 // spendable is the code an account's state gives a debit, hold or capture:
 // only an active account spends.
 func spendable(a Balance) ledger.Code {
-	switch {
-	case a.Frozen:
+	switch a.State {
+	case ledger.StateFrozen:
 		return ledger.CodeAccountFrozen
-	case a.Lost:
+	case ledger.StateLost:
 		return ledger.CodeAccountLost
-	case a.Closed:
+	case ledger.StateClosed:
 		return ledger.CodeAccountClosed
 	}
 	return ledger.CodeOK
@@ -390,7 +388,7 @@ func accountMatches(s State, ai int, out Output) bool {
 		return false
 	}
 	a := s.Accounts[ai]
-	return out.Posted == a.Posted && out.Held == a.Held && out.Frozen == a.Frozen && out.Lost == a.Lost && out.Closed == a.Closed
+	return out.Posted == a.Posted && out.Held == a.Held && out.State == a.State
 }
 
 // settledMatches reports whether a successful op's captured and released
@@ -428,11 +426,9 @@ func step(s State, in Input, out Output) []State {
 	case NotApplied:
 		// Certainly not applied: no effect. A capture or release that the
 		// edge rejected with HOLD_NOT_FOUND also says the hold did not exist
-		// then.
-		if (in.Kind == KindCapture || in.Kind == KindRelease) && out.Code == ledger.CodeHoldNotFound {
-			if _, found := s.hold(in.HoldKey); found {
-				return nil
-			}
+		// then (holdMissing, as for a linked request of one op).
+		if out.Code == ledger.CodeHoldNotFound && !holdMissing(s, []Input{in}, 0) {
+			return nil
 		}
 		return []State{s}
 	case Indeterminate:
@@ -651,7 +647,7 @@ func statesEqual(a, b State) bool {
 func stateHash(s State) uint64 {
 	h := fnv.New64a()
 	for _, a := range s.Accounts {
-		fmt.Fprintf(h, "%d/%d/%t/%t/%t/", a.Posted, a.Held, a.Frozen, a.Lost, a.Closed)
+		fmt.Fprintf(h, "%d/%d/%d/", a.Posted, a.Held, a.State)
 	}
 	fmt.Fprintf(h, "%d/%d", s.LastTime, s.LastSeq)
 	for _, x := range s.holds {
@@ -665,7 +661,7 @@ func stateHash(s State) uint64 {
 func DescribeState(s State) string {
 	var b strings.Builder
 	for i, a := range s.Accounts {
-		fmt.Fprintf(&b, "%s posted=%d held=%d %s; ", assetScales[i].code, a.Posted, a.Held, stateName(a.Frozen, a.Lost, a.Closed))
+		fmt.Fprintf(&b, "%s posted=%d held=%d %s; ", assetScales[i].code, a.Posted, a.Held, a.State)
 	}
 	fmt.Fprintf(&b, "t=%d seq=%d", s.LastTime, s.LastSeq)
 	var open []string
@@ -706,11 +702,11 @@ func DescribeOperation(in Input, out Output) string {
 	case out.Status == NotApplied:
 		ret = "not applied: " + string(out.Code)
 	case in.Kind == KindRead:
-		ret = fmt.Sprintf("%s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, stateName(out.Frozen, out.Lost, out.Closed))
+		ret = fmt.Sprintf("%s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, out.State)
 	default:
 		ret = fmt.Sprintf("%s seq=%d t=%d", out.Code, out.Seq, out.TimeMs)
 		if out.HasAccount {
-			ret += fmt.Sprintf(" %s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, stateName(out.Frozen, out.Lost, out.Closed))
+			ret += fmt.Sprintf(" %s posted=%d held=%d %s", out.Asset, out.Posted, out.Held, out.State)
 		}
 		if out.Captured != 0 || out.Released != 0 {
 			ret += fmt.Sprintf(" captured=%d released=%d", out.Captured, out.Released)
@@ -753,7 +749,7 @@ func describeLinked(in Input, out Output) string {
 func Model() porcupine.Model {
 	nm := porcupine.NondeterministicModel{
 		Partition: partitionByMember,
-		Init:      func() []any { return []any{State{}} },
+		Init:      func() []any { return []any{initialState()} },
 		Step: func(state, input, output any) []any {
 			next := step(state.(State), input.(Input), output.(Output))
 			out := make([]any, len(next))

@@ -26,7 +26,7 @@ func outOf(r ledger.Result) Output {
 	if r.Account.Key.Program != "" {
 		o.HasAccount, o.Asset = true, r.Account.Key.Asset
 		o.Posted, o.Held = r.Account.PostedMinor, r.Account.HeldMinor
-		o.Frozen, o.Lost, o.Closed = r.Account.State == ledger.StateFrozen, r.Account.State == ledger.StateLost, r.Account.State == ledger.StateClosed
+		o.State = r.Account.State
 	}
 	return o
 }
@@ -55,7 +55,7 @@ func TestModelAgainstLedger(t *testing.T) {
 			cmd(ledger.Request{Ops: []ledger.Op{{Kind: ledger.OpOpenAccount, Program: Program, Member: "a", Asset: a.code,
 				MaxBalanceMinor: a.maxBalance, IdempotencyKey: "o" + a.code}}})
 		}
-		st := State{}
+		st := initialState()
 		var holds []heldHold
 		n := 0
 		gen := func() Input {
@@ -140,7 +140,7 @@ func TestModelAgainstLedger(t *testing.T) {
 				a, _, _ := s.Account(ledger.AccountKey{Program: Program, Member: "a", Asset: as.code})
 				got := step(st, Input{Kind: KindRead, Member: "a", Asset: as.code}, Output{Status: Known, Code: ledger.CodeOK,
 					HasAccount: true, Asset: as.code, Posted: a.PostedMinor, Held: a.HeldMinor,
-					Frozen: a.State == ledger.StateFrozen, Lost: a.State == ledger.StateLost, Closed: a.State == ledger.StateClosed})
+					State: a.State})
 				if len(got) == 0 {
 					t.Fatalf("seed %d op %d: read of %+v refused from %s", seed, i, a, DescribeState(st))
 				}

@@ -15,7 +15,7 @@ func op(client int, call, ret int64, in Input, out Output) porcupine.Operation {
 }
 
 func ok(seq uint64, t int64, posted, held int64) Output {
-	return Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: t, HasAccount: true, Asset: Asset, Posted: posted, Held: held}
+	return Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: t, HasAccount: true, State: ledger.StateActive, Asset: Asset, Posted: posted, Held: held}
 }
 
 func fail(code ledger.Code, seq uint64, t int64) Output {
@@ -23,7 +23,11 @@ func fail(code ledger.Code, seq uint64, t int64) Output {
 }
 
 func read(posted, held int64, frozen bool) Output {
-	return Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: Asset, Posted: posted, Held: held, Frozen: frozen}
+	out := Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, State: ledger.StateActive, Asset: Asset, Posted: posted, Held: held}
+	if frozen {
+		out.State = ledger.StateFrozen
+	}
+	return out
 }
 
 var indeterminate = Output{Status: Indeterminate, Code: ledger.CodeUnavailable}
@@ -127,7 +131,7 @@ func TestModel(t *testing.T) {
 		{"hold capture", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
-			op(0, 40, 50, debit("k3", 30), Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 3, TimeMs: 120, HasAccount: true, Asset: Asset, Posted: 50, Held: 30}),
+			op(0, 40, 50, debit("k3", 30), Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 3, TimeMs: 120, HasAccount: true, State: ledger.StateActive, Asset: Asset, Posted: 50, Held: 30}),
 			op(0, 60, 70, capture("k4", "h1"), settled(ok(4, 130, 20, 0), 30, 0)),
 			op(0, 80, 90, release("k5", "h1"), fail(ledger.CodeHoldClosed, 5, 140)),
 			op(0, 100, 110, readIn, read(20, 0, false)),
@@ -173,10 +177,10 @@ func TestModel(t *testing.T) {
 		}, false},
 		{"frozen account refuses debits", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
-			op(0, 20, 30, Input{Kind: KindFreeze, Asset: Asset, Key: "k2"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 2, TimeMs: 101, HasAccount: true, Asset: Asset, Posted: 50, Frozen: true}),
-			op(0, 40, 50, debit("k3", 10), Output{Status: Known, Code: ledger.CodeAccountFrozen, Seq: 3, TimeMs: 102, HasAccount: true, Asset: Asset, Posted: 50, Frozen: true}),
+			op(0, 20, 30, Input{Kind: KindFreeze, Asset: Asset, Key: "k2"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 2, TimeMs: 101, HasAccount: true, Asset: Asset, Posted: 50, State: ledger.StateFrozen}),
+			op(0, 40, 50, debit("k3", 10), Output{Status: Known, Code: ledger.CodeAccountFrozen, Seq: 3, TimeMs: 102, HasAccount: true, Asset: Asset, Posted: 50, State: ledger.StateFrozen}),
 			op(0, 60, 70, readIn, read(50, 0, true)),
-			op(0, 80, 90, Input{Kind: KindUnfreeze, Asset: Asset, Key: "k4"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 4, TimeMs: 103, HasAccount: true, Asset: Asset, Posted: 50}),
+			op(0, 80, 90, Input{Kind: KindUnfreeze, Asset: Asset, Key: "k4"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 4, TimeMs: 103, HasAccount: true, State: ledger.StateActive, Asset: Asset, Posted: 50}),
 			op(0, 100, 110, debit("k5", 10), ok(5, 104, 40, 0)),
 		}, true},
 		{"indeterminate debit resolves insufficient funds either way", []porcupine.Operation{
@@ -248,7 +252,7 @@ func TestModelLinked(t *testing.T) {
 		}, false},
 		{"a failed request describes the account", []porcupine.Operation{
 			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 80)), linkedOut(lf(1, 100),
-				Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 2, TimeMs: 100, HasAccount: true, Asset: Asset, Posted: 50})),
+				Output{Status: Known, Code: ledger.CodeInsufficientFunds, Seq: 2, TimeMs: 100, HasAccount: true, State: ledger.StateActive, Asset: Asset, Posted: 50})),
 		}, false},
 		{"ops of one request at two log times", []porcupine.Operation{
 			op(0, 0, 10, linked(credit("k1", 50), debit("k2", 30)), linkedOut(ok(1, 100, 50, 0), ok(2, 101, 20, 0))),
@@ -390,12 +394,12 @@ func TestModelTwoAccounts(t *testing.T) {
 			op(0, 0, 10, sv(credit("k1", 50)), ok(1, 100, 50, 0)),
 		}, false},
 		{"a freeze of points leaves stored value active", []porcupine.Operation{
-			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "f"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, Frozen: true}),
+			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "f"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, State: ledger.StateFrozen}),
 			op(0, 20, 30, sv(credit("k1", 50)), svOut(ok(2, 101, 50, 0))),
-			op(0, 40, 50, credit("k2", 5), Output{Status: Known, Code: ledger.CodeAccountFrozen, Seq: 3, TimeMs: 102, HasAccount: true, Asset: Asset, Frozen: true}),
+			op(0, 40, 50, credit("k2", 5), Output{Status: Known, Code: ledger.CodeAccountFrozen, Seq: 3, TimeMs: 102, HasAccount: true, Asset: Asset, State: ledger.StateFrozen}),
 		}, true},
 		{"a frozen points account refuses a stored-value credit", []porcupine.Operation{
-			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "f"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, Frozen: true}),
+			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "f"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, State: ledger.StateFrozen}),
 			op(0, 20, 30, sv(credit("k1", 50)), fail(ledger.CodeAccountFrozen, 2, 101)),
 		}, false},
 		{"a stored-value hold is captured from stored value", []porcupine.Operation{
@@ -453,7 +457,7 @@ func TestModelTwoAccounts(t *testing.T) {
 func closeIn(key string) Input { return Input{Kind: KindClose, Asset: Asset, Key: key} }
 
 func closed(seq uint64, t int64) Output {
-	return Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: t, HasAccount: true, Asset: Asset, Closed: true}
+	return Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: t, HasAccount: true, Asset: Asset, State: ledger.StateClosed}
 }
 
 // TestModelLostCard: a card reported lost takes value but spends none, and
@@ -464,7 +468,7 @@ func TestModelLostCard(t *testing.T) {
 	foundIn := Input{Kind: KindReportFound, Asset: Asset, Key: "f"}
 	lost := func(seq uint64, t, posted, held int64) Output {
 		o := ok(seq, t, posted, held)
-		o.Lost = true
+		o.State = ledger.StateLost
 		return o
 	}
 	cases := []modelCase{
@@ -472,10 +476,10 @@ func TestModelLostCard(t *testing.T) {
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, lostIn, lost(2, 101, 50, 0)),
 			op(0, 40, 50, credit("k3", 5), lost(3, 102, 55, 0)),
-			op(0, 60, 70, debit("k4", 5), Output{Status: Known, Code: ledger.CodeAccountLost, Seq: 4, TimeMs: 103, HasAccount: true, Asset: Asset, Posted: 55, Lost: true}),
+			op(0, 60, 70, debit("k4", 5), Output{Status: Known, Code: ledger.CodeAccountLost, Seq: 4, TimeMs: 103, HasAccount: true, Asset: Asset, Posted: 55, State: ledger.StateLost}),
 			op(0, 80, 90, hold("h1", 5, 1000), fail(ledger.CodeAccountLost, 5, 104)),
 			op(0, 100, 110, Input{Kind: KindFreeze, Asset: Asset, Key: "z"}, fail(ledger.CodeInvalidState, 6, 105)),
-			op(0, 120, 130, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: Asset, Posted: 55, Lost: true}),
+			op(0, 120, 130, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: Asset, Posted: 55, State: ledger.StateLost}),
 			op(0, 140, 150, foundIn, ok(7, 106, 55, 0)),
 			op(0, 160, 170, debit("k8", 5), ok(8, 107, 50, 0)),
 		}, true},
@@ -492,17 +496,17 @@ func TestModelLostCard(t *testing.T) {
 			op(0, 80, 90, release("k5", "h1"), settled(lost(5, 113, 50, 0), 0, 30)),
 		}, true},
 		{"a frozen account reported lost", []porcupine.Operation{
-			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "z"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, Frozen: true}),
+			op(0, 0, 10, Input{Kind: KindFreeze, Asset: Asset, Key: "z"}, Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100, HasAccount: true, Asset: Asset, State: ledger.StateFrozen}),
 			op(0, 20, 30, lostIn, lost(2, 101, 0, 0)),
 		}, false},
 		{"close: only with nothing posted or held, then for good", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 5), ok(1, 100, 5, 0)),
-			op(0, 20, 30, closeIn("c1"), Output{Status: Known, Code: ledger.CodeBalanceNotZero, Seq: 2, TimeMs: 101, HasAccount: true, Asset: Asset, Posted: 5}),
+			op(0, 20, 30, closeIn("c1"), Output{Status: Known, Code: ledger.CodeBalanceNotZero, Seq: 2, TimeMs: 101, HasAccount: true, State: ledger.StateActive, Asset: Asset, Posted: 5}),
 			op(0, 40, 50, debit("k3", 5), ok(3, 102, 0, 0)),
 			op(0, 60, 70, closeIn("c2"), closed(4, 103)),
-			op(0, 80, 90, credit("k5", 5), Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 5, TimeMs: 104, HasAccount: true, Asset: Asset, Closed: true}),
-			op(0, 100, 110, Input{Kind: KindUnfreeze, Asset: Asset, Key: "u"}, Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 6, TimeMs: 105, HasAccount: true, Asset: Asset, Closed: true}),
-			op(0, 120, 130, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: Asset, Closed: true}),
+			op(0, 80, 90, credit("k5", 5), Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 5, TimeMs: 104, HasAccount: true, Asset: Asset, State: ledger.StateClosed}),
+			op(0, 100, 110, Input{Kind: KindUnfreeze, Asset: Asset, Key: "u"}, Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 6, TimeMs: 105, HasAccount: true, Asset: Asset, State: ledger.StateClosed}),
+			op(0, 120, 130, readIn, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: Asset, State: ledger.StateClosed}),
 			op(0, 140, 150, sv(credit("k8", 5)), svOut(ok(8, 106, 5, 0))),
 		}, true},
 		{"a hold settled before the close is closed after it", []porcupine.Operation{
@@ -510,11 +514,11 @@ func TestModelLostCard(t *testing.T) {
 			op(0, 20, 30, hold("h1", 5, 1000), ok(2, 101, 5, 5)),
 			op(0, 40, 50, capture("k3", "h1"), settled(ok(3, 102, 0, 0), 5, 0)),
 			op(0, 60, 70, closeIn("c4"), closed(4, 103)),
-			op(0, 80, 90, release("k5", "h1"), Output{Status: Known, Code: ledger.CodeHoldClosed, Seq: 5, TimeMs: 104, HasAccount: true, Asset: Asset, Closed: true}),
+			op(0, 80, 90, release("k5", "h1"), Output{Status: Known, Code: ledger.CodeHoldClosed, Seq: 5, TimeMs: 104, HasAccount: true, Asset: Asset, State: ledger.StateClosed}),
 		}, true},
 		{"a state change on a closed account reports it active", []porcupine.Operation{
 			op(0, 0, 10, closeIn("c1"), closed(1, 100)),
-			op(0, 20, 30, Input{Kind: KindFreeze, Asset: Asset, Key: "f"}, Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 2, TimeMs: 101, HasAccount: true, Asset: Asset}),
+			op(0, 20, 30, Input{Kind: KindFreeze, Asset: Asset, Key: "f"}, Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 2, TimeMs: 101, HasAccount: true, State: ledger.StateActive, Asset: Asset}),
 		}, false},
 		{"a closed account takes a credit", []porcupine.Operation{
 			op(0, 0, 10, closeIn("c1"), closed(1, 100)),

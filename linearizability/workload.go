@@ -519,9 +519,14 @@ func accountOutput(out Output, a *client.Account) Output {
 	sc, known := scaleOf(a.Asset)
 	out.HasAccount, out.Asset = true, a.Asset
 	out.Posted, out.Held = minorUnits(a.Posted, sc), minorUnits(a.Held, sc)
-	out.Frozen, out.Lost, out.Closed = a.State == "FROZEN", a.State == "LOST", a.State == "CLOSED"
-	if stateName(out.Frozen, out.Lost, out.Closed) != a.State {
-		known = false // "" or a state the model has no name for: not ACTIVE
+	out.State = ledger.StateUnknown
+	for st := ledger.StateActive; st <= ledger.StateClosed; st++ {
+		if st.String() == a.State {
+			out.State = st
+		}
+	}
+	if out.State == ledger.StateUnknown {
+		known = false // "" or a state the ledger has no name for: not ACTIVE
 	}
 	if !known || int32(a.Scale) != sc {
 		out.Posted, out.Held = badAmount, badAmount

@@ -87,7 +87,7 @@ func TestAccountOutputScale(t *testing.T) {
 	}
 	out, err := readOutput(StoredValue, 2, "1.37", "0", "LOST")
 	require.NoError(t, err)
-	assert.Equal(t, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: StoredValue, Posted: 137, Lost: true}, out)
+	assert.Equal(t, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: StoredValue, Posted: 137, State: ledger.StateLost}, out)
 
 	// A state the model has no name for is not read as ACTIVE.
 	for _, state := range []string{"", "SUSPENDED"} {
@@ -104,7 +104,7 @@ func TestAccountOutputScale(t *testing.T) {
 	require.Equal(t, int64(137), out.Posted)
 	credit := Input{Kind: KindCredit, Member: "m", Asset: StoredValue, Key: "k", Amount: 137}
 	out.Seq, out.TimeMs = 1, 1
-	assert.Empty(t, step(State{}, credit, out), "a credit of stored value answered with the points account")
+	assert.Empty(t, step(initialState(), credit, out), "a credit of stored value answered with the points account")
 	credit.Asset = Asset
-	assert.Len(t, step(State{}, credit, out), 1)
+	assert.Len(t, step(initialState(), credit, out), 1)
 }
