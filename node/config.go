@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -176,6 +178,7 @@ func (c *Config) validate() error {
 	}
 	found := false
 	ids := map[string]bool{}
+	addrs := map[string]string{} // advertised address -> peer ID
 	for _, p := range c.Peers {
 		if p.ID == "" || p.RaftAddr == "" || p.GRPCAddr == "" {
 			return fmt.Errorf("node: config: peer %+v needs ID, RaftAddr and GRPCAddr", p)
@@ -184,6 +187,17 @@ func (c *Config) validate() error {
 			return fmt.Errorf("node: config: duplicate peer ID %q", p.ID)
 		}
 		ids[p.ID] = true
+		for _, a := range []struct{ what, addr string }{{"RaftAddr", p.RaftAddr}, {"GRPCAddr", p.GRPCAddr}} {
+			if err := dialable(a.addr); err != nil {
+				return fmt.Errorf("node: config: peer %q %s: %w", p.ID, a.what, err)
+			}
+			// Two peers at one address would have a node's Raft dial itself
+			// or clients take one node for two.
+			if other, ok := addrs[a.addr]; ok {
+				return fmt.Errorf("node: config: peers %q and %q both advertise %s", other, p.ID, a.addr)
+			}
+			addrs[a.addr] = p.ID
+		}
 		if p.ID == c.ID {
 			found = true
 			// Listen where the other nodes will dial unless told otherwise
@@ -220,6 +234,29 @@ func (c *Config) validate() error {
 		return fmt.Errorf("node: config: LeaderLeaseTimeout (%s) must be at most HeartbeatTimeout (%s)", t.LeaderLeaseTimeout, t.HeartbeatTimeout)
 	} else if t.ElectionTimeout < t.HeartbeatTimeout {
 		return fmt.Errorf("node: config: ElectionTimeout (%s) must be at least HeartbeatTimeout (%s)", t.ElectionTimeout, t.HeartbeatTimeout)
+	}
+	return nil
+}
+
+// dialable reports why addr cannot be an advertised address: the other
+// nodes dial a peer's RaftAddr and clients dial its GRPCAddr as given, so
+// it needs a host and a port, and not a wildcard IP. (Dialing 0.0.0.0 or
+// :: reaches whatever listens on the dialer's own host, so a wildcard
+// advertised address would have each node talk to itself; listen on a
+// wildcard with Config.RaftAddr or GRPCAddr instead.)
+func dialable(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", addr, err)
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host: advertise an address the others can dial", addr)
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("%q is a wildcard address: advertise an address the others can dial", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q has no valid port", addr)
 	}
 	return nil
 }

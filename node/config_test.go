@@ -56,6 +56,38 @@ func TestConfigRejectsRaftTimeouts(t *testing.T) {
 	require.NoError(t, c.validate())
 }
 
+// TestConfigRejectsUndialablePeers: every peer address is dialed as given
+// (by the other nodes, or by clients), so a wildcard, a missing host or
+// port, or two peers at one address is refused before anything starts.
+func TestConfigRejectsUndialablePeers(t *testing.T) {
+	for _, tc := range []struct {
+		name, raft, grpc, other, want string
+	}{
+		{"wildcard raft", "0.0.0.0:7201", "10.0.0.1:7101", "10.0.0.2:7201", `peer "n1" RaftAddr: "0.0.0.0:7201" is a wildcard address`},
+		{"wildcard grpc v6", "10.0.0.1:7201", "[::]:7101", "10.0.0.2:7201", `peer "n1" GRPCAddr: "[::]:7101" is a wildcard address`},
+		{"no host", ":7201", "10.0.0.1:7101", "10.0.0.2:7201", `peer "n1" RaftAddr: ":7201" has no host`},
+		{"no port", "10.0.0.1", "10.0.0.1:7101", "10.0.0.2:7201", `peer "n1" RaftAddr: "10.0.0.1" is not host:port`},
+		{"bad port", "10.0.0.1:0", "10.0.0.1:7101", "10.0.0.2:7201", `peer "n1" RaftAddr: "10.0.0.1:0" has no valid port`},
+		{"named port", "db1:raft", "10.0.0.1:7101", "10.0.0.2:7201", `peer "n1" RaftAddr: "db1:raft" has no valid port`},
+		{"shared address", "10.0.0.1:7201", "10.0.0.1:7101", "10.0.0.1:7201", `peers "n1" and "n2" both advertise 10.0.0.1:7201`},
+		{"one port for raft and grpc", "10.0.0.1:7201", "10.0.0.1:7201", "10.0.0.2:7201", `peers "n1" and "n1" both advertise 10.0.0.1:7201`},
+		{"ok", "10.0.0.1:7201", "db1.example:7101", "10.0.0.2:7201", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Config{ID: "n1", DataDir: t.TempDir(), Shards: 1, Peers: []Peer{
+				{ID: "n1", RaftAddr: tc.raft, GRPCAddr: tc.grpc},
+				{ID: "n2", RaftAddr: tc.other, GRPCAddr: "10.0.0.2:7101"},
+			}}
+			err := c.validate()
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
+
 // TestListenAddressesDefaultToOwnPeer: a node told nothing else listens
 // where the others dial it; explicit addresses are kept.
 func TestListenAddressesDefaultToOwnPeer(t *testing.T) {
