@@ -512,15 +512,22 @@ func (f *FSM) NextExpiryMs() (int64, bool, error) {
 // beforeSeq (0: from the newest), optionally only those on asset. It returns
 // the next page token (0 when done).
 func (f *FSM) Journal(program, member, asset string, beforeSeq uint64, limit int) ([]ledger.Record, uint64, error) {
-	snap := f.db.NewSnapshot()
-	defer snap.Close()
-	v := view{r: snapReader(snap), kb: f.kb}
+	// The journal index and the records are read through iterators of one
+	// view (a clone shares it), which a concurrent Restore's excise does not
+	// tear, as it would a Pebble snapshot's (Snapshot, in snapshot.go).
+	lower, upper := shardBounds(f.shard)
+	all, err := f.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, 0, err
+	}
+	defer all.Close()
+	v := view{r: iterReader(all), kb: f.kb}
 	prefix := f.kb.journalPrefix(program, member)
-	upper := prefixEnd(prefix)
+	upper = prefixEnd(prefix)
 	if beforeSeq > 0 {
 		upper = f.kb.journal(program, member, beforeSeq)
 	}
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: upper})
+	it, err := all.Clone(pebble.CloneOptions{IterOptions: &pebble.IterOptions{LowerBound: prefix, UpperBound: upper}})
 	if err != nil {
 		return nil, 0, err
 	}

@@ -35,15 +35,26 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Snapshot captures the shard at the current applied index (raft.FSM). It
-// only takes a Pebble snapshot; the copy happens in Persist, concurrently
-// with new applies.
+// only opens an iterator over the shard; the copy happens in Persist,
+// concurrently with new applies. An open iterator, not a Pebble snapshot:
+// hashicorp/raft may persist a follower's snapshot after the FSM goroutine
+// has restored a leader's (installSnapshot runs while takeSnapshot waits
+// between the two), and Restore's excise deletes the shard's old data from
+// open Pebble snapshots, but not from open iterators. Through a snapshot,
+// Persist wrote an empty shard with a valid count and checksum, which a
+// restart falling back to it would have restored as a blank shard.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &fsmSnapshot{f: f, snap: f.db.NewSnapshot(), index: f.AppliedIndex()}, nil
+	lower, upper := shardBounds(f.shard)
+	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, err
+	}
+	return &fsmSnapshot{f: f, it: it, index: f.AppliedIndex()}, nil
 }
 
 type fsmSnapshot struct {
 	f     *FSM
-	snap  *pebble.Snapshot
+	it    *pebble.Iterator
 	index uint64
 }
 
@@ -55,7 +66,7 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) (err error) {
 			h(cw.n, time.Since(start), err)
 		}
 	}()
-	if err := s.f.writeSnapshot(s.snap, cw); err != nil {
+	if err := s.f.writeSnapshot(s.it, cw); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("fsm: shard %d: persist snapshot at %d: %w", s.f.shard, s.index, err)
 	}
@@ -73,20 +84,15 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (s *fsmSnapshot) Release() { _ = s.snap.Close() }
+func (s *fsmSnapshot) Release() { _ = s.it.Close() }
 
-func (f *FSM) writeSnapshot(snap *pebble.Snapshot, w io.Writer) error {
+func (f *FSM) writeSnapshot(it *pebble.Iterator, w io.Writer) error {
 	bw := bufio.NewWriterSize(w, 1<<20)
 	crc := crc32.New(castagnoli)
 	out := io.MultiWriter(bw, crc)
 	hdr := append([]byte(snapshotMagic), snapshotVersion)
 	hdr = binary.BigEndian.AppendUint32(hdr, f.shard)
 	if _, err := out.Write(hdr); err != nil {
-		return err
-	}
-	lower, upper := shardBounds(f.shard)
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
 		return err
 	}
 	var count uint64
@@ -99,12 +105,11 @@ func (f *FSM) writeSnapshot(snap *pebble.Snapshot, w io.Writer) error {
 		buf = binary.AppendUvarint(buf, uint64(len(v)))
 		buf = append(buf, v...)
 		if _, err := out.Write(buf); err != nil {
-			_ = it.Close()
 			return err
 		}
 		count++
 	}
-	if err := it.Close(); err != nil {
+	if err := it.Error(); err != nil {
 		return err
 	}
 	if _, err := out.Write([]byte{0}); err != nil {
@@ -171,8 +176,9 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	}
 	defer tables.cleanup()
 	var (
-		count uint64
-		prev  []byte
+		count   uint64
+		prev    []byte
+		hasMeta bool
 	)
 	for {
 		tag, err := r.ReadByte()
@@ -201,6 +207,7 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 			if _, err := decodeMeta(v); err != nil {
 				return fmt.Errorf("fsm: restore: record %d: %w", count, err)
 			}
+			hasMeta = true
 		}
 		if err := tables.set(key, v); err != nil {
 			return fmt.Errorf("fsm: restore: record %d: %w", count, err)
@@ -218,6 +225,12 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	}
 	if want := binary.BigEndian.Uint32(trailer[8:]); want != sum {
 		return fmt.Errorf("fsm: restore: checksum mismatch (got %08x want %08x)", sum, want)
+	}
+	// Every apply writes the meta record with the state, so a shard with
+	// state has one; restored without it, the shard would start over at
+	// index 0 and journal sequence 0 over existing journal keys.
+	if count > 0 && !hasMeta {
+		return fmt.Errorf("fsm: restore: snapshot has %d records but no meta record", count)
 	}
 	paths, err := tables.finish()
 	if err != nil {
@@ -350,22 +363,23 @@ func readChunk(r *crcReader, max uint64) ([]byte, error) {
 // index, log time, a hash of every key and value, and the conservation check.
 // Replicas at the same applied index must report the same hash.
 func (f *FSM) State() (StateInfo, error) {
-	snap := f.db.NewSnapshot()
-	defer snap.Close()
+	// One iterator reads the meta record and hashes the keys: it pins one
+	// view of the shard, which a Pebble snapshot does not do against the
+	// excise of a concurrent Restore (the hash and the index it is reported
+	// at would come from two states).
 	var info StateInfo
-	if b, ok, err := snapReader(snap).getValue(f.kb.meta()); err != nil {
+	lower, upper := shardBounds(f.shard)
+	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
 		return info, err
-	} else if ok {
-		m, err := decodeMeta(b)
+	}
+	if it.SeekGE(f.kb.meta()) && bytes.Equal(it.Key(), f.kb.meta()) {
+		m, err := decodeMeta(it.Value())
 		if err != nil {
+			_ = it.Close()
 			return info, err
 		}
 		info.AppliedIndex, info.LastTimeMs = m.appliedIndex, m.lastTimeMs
-	}
-	lower, upper := shardBounds(f.shard)
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
-	if err != nil {
-		return info, err
 	}
 	h := sha256.New()
 	var balances []ledger.Balance

@@ -34,16 +34,27 @@ func dbReader(db *pebble.DB) pebbleReader {
 	}
 }
 
-func snapReader(s *pebble.Snapshot) pebbleReader {
+// iterReader reads through an open iterator (point reads seek it), so every
+// read sees that iterator's one view of the LSM. An open iterator keeps its
+// view through a Restore's excise; a Pebble snapshot does not.
+func iterReader(it *pebble.Iterator) pebbleReader {
 	return pebbleReader{
 		get: func(k []byte) ([]byte, func() error, error) {
-			v, c, err := s.Get(k)
+			if !it.SeekGE(k) || !bytes.Equal(it.Key(), k) {
+				if err := it.Error(); err != nil {
+					return nil, nil, err
+				}
+				return nil, nil, pebble.ErrNotFound
+			}
+			v, err := it.ValueAndErr()
 			if err != nil {
 				return nil, nil, err
 			}
-			return v, c.Close, nil
+			return v, func() error { return nil }, nil
 		},
-		iter: s.NewIter,
+		iter: func(o *pebble.IterOptions) (*pebble.Iterator, error) {
+			return it.Clone(pebble.CloneOptions{IterOptions: o})
+		},
 	}
 }
 
