@@ -156,7 +156,7 @@ func Apply(s Store, timeMs int64, v uint32, r Request) ([]Result, error) {
 }
 
 func applyRequest(s Store, timeMs int64, v uint32, r *Request, out []Result) error {
-	if e := validateRequest(*r); e != nil {
+	if _, e := validateRequest(*r); e != nil {
 		for i := range out {
 			out[i] = Result{Code: e.Code, Message: e.Msg, TimeMs: timeMs}
 		}

@@ -142,25 +142,29 @@ func usesScale(k OpKind) bool {
 // MaxBatchOps ops, no idempotency key twice (ops of one request must be
 // distinguishable on retry), and for a linked request one (program, member)
 // and no DefineAsset (all-or-none is only offered within one shard's member).
-// An op's error is prefixed with its index.
-func ValidateRequest(r Request) error {
-	if e := validateRequest(r); e != nil {
-		return e
+// An op's error is prefixed with its index, and op is that index: the op a
+// refusal is about (the later of two with one key), or -1 when it is about
+// the request as a whole. The API edge passes op on to clients, so a client
+// that packed several callers' ops into one request can fail only the
+// caller whose op it was.
+func ValidateRequest(r Request) (op int, err error) {
+	if i, e := validateRequest(r); e != nil {
+		return i, e
 	}
-	return nil
+	return -1, nil
 }
 
-func validateRequest(r Request) *Error {
+func validateRequest(r Request) (int, *Error) {
 	n := len(r.Ops)
 	if n == 0 {
-		return invalidArg("ops: a request needs at least one operation")
+		return -1, invalidArg("ops: a request needs at least one operation")
 	}
 	if n > MaxBatchOps {
-		return invalidArg("ops: %d operations is above the maximum %d", n, MaxBatchOps)
+		return -1, invalidArg("ops: %d operations is above the maximum %d", n, MaxBatchOps)
 	}
 	for i := range r.Ops {
 		if e := validateOp(r.Ops[i]); e != nil {
-			return &Error{Code: e.Code, Msg: fmt.Sprintf("op %d: %s", i, e.Msg)}
+			return i, &Error{Code: e.Code, Msg: fmt.Sprintf("op %d: %s", i, e.Msg)}
 		}
 	}
 	if n > 1 {
@@ -170,7 +174,7 @@ func validateRequest(r Request) *Error {
 		for i := range r.Ops {
 			key := r.Ops[i].IdempotencyKey
 			if j, dup := seen[key]; dup {
-				return invalidArg("op %d: idempotency_key %q is also used by op %d", i, key, j)
+				return i, invalidArg("op %d: idempotency_key %q is also used by op %d", i, key, j)
 			}
 			seen[key] = i
 		}
@@ -180,15 +184,15 @@ func validateRequest(r Request) *Error {
 		for i := range r.Ops {
 			op := &r.Ops[i]
 			if op.Kind == OpDefineAsset {
-				return invalidArg("op %d: DEFINE_ASSET cannot be part of a linked request", i)
+				return i, invalidArg("op %d: DEFINE_ASSET cannot be part of a linked request", i)
 			}
 			if op.Program != first.Program || op.Member != first.Member {
-				return invalidArg("op %d: a linked request must be on one program and member (%q/%q), got %q/%q",
+				return i, invalidArg("op %d: a linked request must be on one program and member (%q/%q), got %q/%q",
 					i, first.Program, first.Member, op.Program, op.Member)
 			}
 		}
 	}
-	return nil
+	return -1, nil
 }
 
 // checkID checks an identifier (program, member, idempotency key, hold key):

@@ -148,31 +148,33 @@ func TestValidateRequest(t *testing.T) {
 		r    Request
 		code Code
 		msg  string
+		op   int // the op blamed, -1 for none
 	}{
-		{"one op", Request{Ops: []Op{credit("a")}}, CodeOK, ""},
-		{"max ops", Request{Ops: many[:MaxBatchOps]}, CodeOK, ""},
+		{"one op", Request{Ops: []Op{credit("a")}}, CodeOK, "", -1},
+		{"max ops", Request{Ops: many[:MaxBatchOps]}, CodeOK, "", -1},
 		{"linked one member", Request{Linked: true, Ops: []Op{credit("a"), ops[OpHold], func() Op {
 			o := ops[OpCaptureHold]
 			o.IdempotencyKey = "c"
 			return o
-		}()}}, CodeOK, ""},
-		{"unlinked many members", Request{Ops: []Op{credit("a"), func() Op { o := credit("b"); o.Member = "bob"; return o }()}}, CodeOK, ""},
-		{"empty", Request{}, CodeInvalidArgument, "ops:"},
-		{"too many", Request{Ops: many}, CodeInvalidArgument, "ops:"},
+		}()}}, CodeOK, "", -1},
+		{"unlinked many members", Request{Ops: []Op{credit("a"), func() Op { o := credit("b"); o.Member = "bob"; return o }()}}, CodeOK, "", -1},
+		{"empty", Request{}, CodeInvalidArgument, "ops:", -1},
+		{"too many", Request{Ops: many}, CodeInvalidArgument, "ops:", -1},
 		{"invalid op", Request{Ops: []Op{credit("a"), func() Op { o := credit("b"); o.AmountMinor = 0; return o }()}},
-			CodeInvalidAmount, "op 1: amount_minor"},
-		{"duplicate key", Request{Ops: []Op{credit("a"), credit("b"), credit("a")}}, CodeInvalidArgument, "op 2: idempotency_key"},
+			CodeInvalidAmount, "op 1: amount_minor", 1},
+		{"duplicate key", Request{Ops: []Op{credit("a"), credit("b"), credit("a")}}, CodeInvalidArgument, "op 2: idempotency_key", 2},
 		{"linked two members", Request{Linked: true, Ops: []Op{credit("a"), func() Op { o := credit("b"); o.Member = "bob"; return o }()}},
-			CodeInvalidArgument, "op 1:"},
+			CodeInvalidArgument, "op 1:", 1},
 		{"linked two programs", Request{Linked: true, Ops: []Op{credit("a"), func() Op { o := credit("b"); o.Program = "other"; return o }()}},
-			CodeInvalidArgument, "op 1:"},
+			CodeInvalidArgument, "op 1:", 1},
 		{"linked define", Request{Linked: true, Ops: []Op{credit("a"), func() Op { o := ops[OpDefineAsset]; o.IdempotencyKey = "d"; return o }()}},
-			CodeInvalidArgument, "op 1: DEFINE_ASSET"},
+			CodeInvalidArgument, "op 1: DEFINE_ASSET", 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := ValidateRequest(tc.r)
+			op, err := ValidateRequest(tc.r)
 			require.Equal(t, tc.code, CodeOf(err))
+			require.Equal(t, tc.op, op, "blamed op")
 			if tc.code != CodeOK {
 				var e *Error
 				require.ErrorAs(t, err, &e)

@@ -156,6 +156,17 @@ func call[T any](c *testCluster, shard int, fn func(ctx context.Context, cl tall
 	}
 }
 
+// errorMeta is the metadata of err's ErrorInfo (nil if none).
+func errorMeta(err error) map[string]string {
+	st, _ := status.FromError(err)
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.Metadata
+		}
+	}
+	return nil
+}
+
 func reasonOf(err error) ledger.Code {
 	if err == nil {
 		return ledger.CodeOK
@@ -302,6 +313,13 @@ func TestClusterOperations(t *testing.T) {
 	require.Equal(t, ledger.CodeUnknownAsset, reasonOf(err))
 	_, err = c.submit(op(tallypb.OpKind_CREDIT, "", "alice", "CNY", "5"))
 	require.Equal(t, ledger.CodeInvalidArgument, reasonOf(err))
+	// One key on two ops of a request: refused whole, blaming the later op
+	// (a coalescing client fails only that op's caller).
+	_, err = c.submit(op(tallypb.OpKind_CREDIT, "dup-1", "alice", "CNY", "1"), op(tallypb.OpKind_CREDIT, "dup-2", "alice", "CNY", "1"),
+		op(tallypb.OpKind_CREDIT, "dup-1", "alice", "CNY", "2"))
+	require.Equal(t, ledger.CodeInvalidArgument, reasonOf(err))
+	require.Equal(t, "2", errorMeta(err)["op_index"], err.Error())
+	require.Contains(t, err.Error(), `op 2: idempotency_key "dup-1" is also used by op 0`)
 	_, err = c.account("shop", "nobody", "CNY")
 	require.Equal(t, ledger.CodeAccountNotFound, reasonOf(err))
 	acct2, err := c.account("shop", "alice", "CNY")

@@ -96,7 +96,10 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 			}
 		}
 	}
-	if err := ledger.ValidateRequest(lr); err != nil {
+	if i, err := ledger.ValidateRequest(lr); err != nil {
+		if i >= 0 {
+			return nil, blameOp(i, err)
+		}
 		return nil, err
 	}
 	results, err := s.propose(ctx, lr)

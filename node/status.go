@@ -79,6 +79,18 @@ func opError(index int, err error) error {
 	return e
 }
 
+// blameOp is opError for a ledger error whose message already names the op
+// (ledger.ValidateRequest's): it adds the op_index only.
+func blameOp(index int, err error) error {
+	var le *ledger.Error
+	if !errors.As(err, &le) {
+		return opError(index, err)
+	}
+	e := newError(le.Code, le.Msg)
+	e.meta = map[string]string{"op_index": strconv.Itoa(index)}
+	return e
+}
+
 // toStatus turns any error a handler returns into a gRPC status error.
 func toStatus(err error) error {
 	if err == nil {
