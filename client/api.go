@@ -179,9 +179,13 @@ func (c *Client) GetAccount(ctx context.Context, program, member, asset string) 
 }
 
 // GetOperation returns the stored outcome of the operation with idempotency
-// key of program (member routes the read to the member's shard): how to
-// resolve an indeterminate call. found=false means it was never applied and,
-// once no attempt can still be in flight, never will be.
+// key of program (member routes the read to the member's shard).
+// found=false means it had not applied when the read was served; it does
+// not settle an indeterminate call, because an attempt of that call may
+// still be queued at the leader or in a Raft entry not yet committed (even
+// across an election) and apply afterwards. Settle one by re-sending the
+// same operation with the same key: that returns its stored result, or
+// applies it once.
 func (c *Client) GetOperation(ctx context.Context, program, member, key string) (bool, JournalEntry, error) {
 	shard := c.ShardOf(program, member)
 	req := &tallypb.GetOperationRequest{Program: program, Member: member, IdempotencyKey: key}

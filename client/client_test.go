@@ -405,6 +405,19 @@ func TestResultFromProto(t *testing.T) {
 	assert.Error(t, err)
 }
 
+// TestUnreadableResultIsIndeterminate: an answer the client cannot decode
+// came from a server that took the op, so the op may have applied.
+func TestUnreadableResultIsIndeterminate(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{})
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		return &tallypb.SubmitResponse{Results: []*tallypb.OpResult{{Code: "OK", Captured: "1e"}}}, nil, true
+	})
+	_, err := c.Apply(testCtx(t), credit("alice", "k1", "1"))
+	require.Equal(t, ledger.CodeInternal, CodeOf(err), "%v", err)
+	assert.True(t, IsIndeterminate(err), "%v", err)
+}
+
 func TestCoalescing(t *testing.T) {
 	fc := newFakeCluster(t, 1, 2)
 	c := dial(t, fc, Config{Coalesce: true, MaxBatchOps: 100, MaxInflightPerShard: 3})
@@ -822,6 +835,114 @@ func TestCoalescedOpOfGoneCallerIsNotResent(t *testing.T) {
 	found, _, err = c.GetOperation(testCtx(t), testProgram, "bob", "payB")
 	require.NoError(t, err)
 	assert.True(t, found)
+}
+
+// TestCoalescedFallbackStopsForGoneCaller: a batch rejected without an
+// op_index is re-sent one caller at a time, and each of those re-sends
+// lasts only while its own caller waits. It used to run under the batch's
+// context, so an op whose caller had been told "indeterminate" (and found
+// it not applied) was re-sent for as long as another caller of the batch
+// waited, and applied after the caller had settled it.
+func TestCoalescedFallbackStopsForGoneCaller(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1, RequestTimeout: time.Second})
+	gate := make(chan struct{})
+	var failing, aReturned atomic.Bool
+	failing.Store(true)
+	var sentAfterReturn atomic.Int32
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		if req.Ops[0].IdempotencyKey == "blocker" {
+			<-gate
+			return nil, nil, false
+		}
+		for _, op := range req.Ops {
+			// An attempt may race A's return by a moment (its caller's
+			// leaving is noticed between attempts); one well after it,
+			// once the election is over, may not.
+			if op.IdempotencyKey == "payA" && aReturned.Load() && !failing.Load() {
+				sentAfterReturn.Add(1)
+			}
+		}
+		if len(req.Ops) > 1 { // a refusal that names no op
+			return nil, tallyErr(codes.InvalidArgument, ledger.CodeInvalidArgument, "refused whole", nil), true
+		}
+		if failing.Load() {
+			return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "election", nil), true
+		}
+		return nil, nil, false
+	})
+	go func() { _, _ = c.Apply(testCtx(t), credit("alice", "blocker", "1")) }()
+	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	ctxA, cancelA := context.WithTimeout(testCtx(t), time.Second)
+	defer cancelA()
+	doneA := make(chan error, 1)
+	go func() { _, err := c.Apply(ctxA, credit("alice", "payA", "100")); doneA <- err }()
+	require.Eventually(t, func() bool { q := c.queues[0]; q.mu.Lock(); defer q.mu.Unlock(); return len(q.groups) == 1 }, 5*time.Second, time.Millisecond)
+	doneB := make(chan error, 1)
+	go func() { _, err := c.Apply(testCtx(t), credit("bob", "payB", "5")); doneB <- err }()
+	require.Eventually(t, func() bool { q := c.queues[0]; q.mu.Lock(); defer q.mu.Unlock(); return len(q.groups) == 2 }, 5*time.Second, time.Millisecond)
+	close(gate)
+
+	errA := <-doneA
+	require.True(t, IsIndeterminate(errA), "%v", errA)
+	aReturned.Store(true)
+	time.Sleep(200 * time.Millisecond) // B's re-sends go on meanwhile
+	failing.Store(false)
+	require.NoError(t, <-doneB)
+	found, _, err := c.GetOperation(testCtx(t), testProgram, "alice", "payA")
+	require.NoError(t, err)
+	assert.Zero(t, sentAfterReturn.Load(), "payA was sent long after its caller returned")
+	assert.False(t, found, "payA applied after its caller was told indeterminate")
+}
+
+// TestCoalescerKeepsOneKeyPerRequest: two callers sending one key at once
+// (a webhook delivered twice) go in separate requests, so the server's
+// refusal of a key used twice in a request does not fail either, or send
+// the rest of the batch one caller at a time; the second gets the first's
+// result, replayed.
+func TestCoalescerKeepsOneKeyPerRequest(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1})
+	gate := make(chan struct{})
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		if req.Ops[0].IdempotencyKey == "blocker" {
+			<-gate
+		}
+		return nil, nil, false
+	})
+	go func() { _, _ = c.Apply(testCtx(t), credit("alice", "blocker", "1")) }()
+	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	const n = 30
+	results := make([]Result, n+1)
+	errs := make([]error, n+1)
+	var wg sync.WaitGroup
+	for i := range n + 1 {
+		key := fmt.Sprintf("k%d", i)
+		if i == n {
+			key = "k7" // the webhook again
+		}
+		wg.Go(func() { results[i], errs[i] = c.Apply(testCtx(t), credit("alice", key, "1")) })
+		require.Eventually(t, func() bool { q := c.queues[0]; q.mu.Lock(); defer q.mu.Unlock(); return len(q.groups) == i+1 }, 5*time.Second, time.Millisecond)
+	}
+	before := len(fc.nodes[0].recorded())
+	close(gate)
+	wg.Wait()
+	for i, err := range errs {
+		require.NoError(t, err, "caller %d", i)
+		require.Equal(t, ledger.CodeOK, results[i].Code, "caller %d", i)
+	}
+	assert.True(t, results[n].Replayed, "the second delivery replays the first")
+	assert.Equal(t, results[7].Seq, results[n].Seq)
+	reqs := fc.nodes[0].recorded()[before:]
+	assert.Len(t, reqs, 2, "one batch, then the repeated key on its own")
+	for _, r := range reqs {
+		keys := map[string]bool{}
+		for _, op := range r.Ops {
+			assert.False(t, keys[op.IdempotencyKey], "key %s twice in one request", op.IdempotencyKey)
+			keys[op.IdempotencyKey] = true
+		}
+	}
 }
 
 // TestFullBatchAnswerFitsTheClient: the answer to 8,000 holds with long

@@ -158,19 +158,42 @@ func (q *shardQueue) take() []*group {
 		if q.closed {
 			return nil
 		}
-		var batch []*group
+		var (
+			batch []*group
+			keys  map[string]bool // the batch's idempotency keys, once it has two groups
+			later []*group        // groups left for the next batch
+		)
 		nOps, k := 0, 0
 		for ; k < len(q.groups); k++ {
 			g := q.groups[k]
 			if len(batch) > 0 && nOps+len(g.ops) > q.c.cfg.MaxBatchOps {
 				break
 			}
+			if len(batch) > 0 {
+				if keys == nil {
+					keys = make(map[string]bool, 2*nOps)
+					addKeys(keys, batch[0].ops)
+				}
+				// Two callers sending one key at once (a webhook delivered
+				// twice) must not share a request: the server refuses a
+				// request with a key twice. Sent one after the other, the
+				// second gets the first's result, replayed, or
+				// IDEMPOTENCY_KEY_REUSED.
+				if hasKey(keys, g.ops) {
+					later = append(later, g)
+					continue
+				}
+			}
 			if g.state.CompareAndSwap(groupQueued, groupTaken) {
 				batch = append(batch, g)
 				nOps += len(g.ops)
+				if keys != nil {
+					addKeys(keys, g.ops)
+				}
 			}
 		}
-		n := copy(q.groups, q.groups[k:])
+		n := copy(q.groups, later)
+		n += copy(q.groups[n:], q.groups[k:])
 		clear(q.groups[n:])
 		q.groups = q.groups[:n]
 		if len(q.groups) > 0 {
@@ -180,6 +203,21 @@ func (q *shardQueue) take() []*group {
 			return batch
 		}
 	}
+}
+
+func addKeys(keys map[string]bool, ops []*tallypb.Op) {
+	for _, op := range ops {
+		keys[op.GetIdempotencyKey()] = true
+	}
+}
+
+func hasKey(keys map[string]bool, ops []*tallypb.Op) bool {
+	for _, op := range ops {
+		if keys[op.GetIdempotencyKey()] {
+			return true
+		}
+	}
+	return false
 }
 
 // send sends a batch and delivers each group its outcome. The batch lives as
@@ -249,7 +287,13 @@ func (q *shardQueue) send(batch []*group) {
 					answer(k, groupOutcome{err: giveUpError(err, q.shard, e, false)})
 					continue
 				}
-				res, e := q.c.submitDirect(ctx, q.shard, batch[k].ops, false)
+				// Only while this group's caller waits: once it has been
+				// told "indeterminate", its ops must not be sent again.
+				gctx, gcancel := context.WithCancel(ctx)
+				stop := context.AfterFunc(batch[k].ctx, gcancel)
+				res, e := q.c.submitDirect(gctx, q.shard, batch[k].ops, false)
+				stop()
+				gcancel()
 				if e != nil {
 					deliverError(batch, []int{k}, e, answer)
 				} else {

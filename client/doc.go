@@ -21,9 +21,11 @@
 //
 // Indeterminate outcomes. When the context ends after an attempt of a mutating
 // call may have reached a server, the operation may or may not have applied:
-// the error satisfies IsIndeterminate, and GetOperation with the same
-// idempotency key tells which (or re-send with the same key: the ledger
-// answers from its dedup record).
+// the error satisfies IsIndeterminate. Settle it by re-sending the same
+// operation with the same idempotency key: the ledger answers from its dedup
+// record if it applied, and applies it once if not. GetOperation saying "not
+// found" does not settle it: an earlier attempt may still be queued at the
+// leader, or in a Raft entry not yet committed, and apply after the read.
 //
 // Coalescing. With Config.Coalesce, concurrent unlinked submissions are queued
 // per shard and a small, fixed set of sender goroutines per shard sends

@@ -53,7 +53,7 @@ type Error struct {
 func (e *Error) Error() string {
 	s := string(e.Code)
 	if e.Indeterminate {
-		s = "indeterminate outcome (resolve with GetOperation): " + s
+		s = "indeterminate outcome (re-send with the same key to settle it): " + s
 	}
 	if e.Message != "" {
 		s += ": " + e.Message

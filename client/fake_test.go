@@ -199,7 +199,14 @@ func (n *fakeNode) apply(req *tallypb.SubmitRequest) (*tallypb.SubmitResponse, e
 		return nil, tallyErr(codes.InvalidArgument, ledger.CodeInvalidArgument, "no ops", nil)
 	}
 	shard := ledger.ShardOf(req.Ops[0].Program, req.Ops[0].Member, c.shards)
+	keys := map[string]int{}
 	for i, op := range req.Ops {
+		// As ledger.ValidateRequest: one key twice blames the later op.
+		if j, dup := keys[op.IdempotencyKey]; dup {
+			return nil, tallyErr(codes.InvalidArgument, ledger.CodeInvalidArgument,
+				fmt.Sprintf("op %d: idempotency_key %q is also used by op %d", i, op.IdempotencyKey, j), map[string]string{"op_index": strconv.Itoa(i)})
+		}
+		keys[op.IdempotencyKey] = i
 		if ledger.ShardOf(op.Program, op.Member, c.shards) != shard {
 			return nil, tallyErr(codes.InvalidArgument, ledger.Code("WRONG_SHARD"), "ops of several shards", map[string]string{"op_index": strconv.Itoa(i)})
 		}

@@ -17,7 +17,10 @@ type AccountRead struct {
 
 // GetAccounts reads many accounts linearizably: one GetAccounts request per
 // shard (sent concurrently, each at one linearizable point of its shard, not
-// one point across shards), answers in input order.
+// one point across shards), answers in input order. When a shard's read
+// fails, the error says so and that shard's entries stay zero (Found
+// false): a caller must check the error before reading Found as "no such
+// account".
 func (c *Client) GetAccounts(ctx context.Context, keys []ledger.AccountKey) ([]AccountRead, error) {
 	byShard := map[int][]int{}
 	var order []int

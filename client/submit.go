@@ -99,8 +99,11 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 				if err != nil {
 					r = Result{Code: ledger.CodeInternal, Message: "bad result from server: " + err.Error()}
 					if e == nil {
+						// The server took the op and stored an outcome this
+						// client cannot read: it may have applied.
 						e = newError(ledger.CodeInternal, shard, "op %d: bad result from server: %v", i, err)
 						e.OpIndex = i
+						e.Indeterminate = true
 					}
 				}
 				r.Shard = uint32(shard)
