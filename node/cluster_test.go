@@ -393,6 +393,11 @@ func TestClusterOperations(t *testing.T) {
 		keys = append(keys, e.Op.IdempotencyKey)
 	}
 	require.Equal(t, []string{"frz", "cap-9", "order-9", "buy-1", "rc-1", "open-a"}, keys)
+	// An asset filter that is given must be a valid asset code.
+	_, err = call(c, shard, func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.ListJournalResponse, error) {
+		return cl.ListJournal(ctx, &tallypb.ListJournalRequest{Program: "shop", Member: "alice", Asset: "bad\x00code"})
+	})
+	require.Equal(t, ledger.CodeInvalidArgument, reasonOf(err))
 	c.checkReplicas()
 
 	// The nodes' metrics count what they served (leadership may have moved

@@ -9,28 +9,40 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// assetCache remembers asset definitions seen in local state. Assets never
-// change once defined, so a cached definition is always current; only
-// absence must be confirmed by a linearizable read.
+// assetCache remembers asset definitions seen in each shard's local state.
+// Assets never change once defined, so a cached definition is always
+// current; only absence must be confirmed by a linearizable read. It is
+// kept per shard because each shard stores its own copy of every asset:
+// DefineAsset defines it shard by shard and can stop part way (a deadline
+// during an election), and an op let through on a shard that lacks its
+// asset would be recorded as UNKNOWN_ASSET under its key, which then
+// replays for good once the asset is there.
 type assetCache struct {
-	m sync.Map // program + "\x00" + code -> ledger.Asset
+	m sync.Map // assetCacheKey -> ledger.Asset
 }
 
-func (c *assetCache) get(program, code string) (ledger.Asset, bool) {
-	v, ok := c.m.Load(program + "\x00" + code)
+type assetCacheKey struct {
+	shard         uint32
+	program, code string
+}
+
+func (c *assetCache) get(shard uint32, program, code string) (ledger.Asset, bool) {
+	v, ok := c.m.Load(assetCacheKey{shard, program, code})
 	if !ok {
 		return ledger.Asset{}, false
 	}
 	return v.(ledger.Asset), true
 }
 
-func (c *assetCache) put(a ledger.Asset) { c.m.Store(a.Program+"\x00"+a.Code, a) }
+func (c *assetCache) put(shard uint32, a ledger.Asset) {
+	c.m.Store(assetCacheKey{shard, a.Program, a.Code}, a)
+}
 
 // asset returns the definition of (program, code) as shard s knows it. If
 // the local state lacks it, the shard first catches up to a linearizable
 // point, so an asset defined before this request is never reported missing.
 func (n *Node) asset(ctx context.Context, s *shard, program, code string) (ledger.Asset, error) {
-	if a, ok := n.assets.get(program, code); ok {
+	if a, ok := n.assets.get(s.id, program, code); ok {
 		return a, nil
 	}
 	for attempt := 0; attempt < 2; attempt++ {
@@ -39,7 +51,7 @@ func (n *Node) asset(ctx context.Context, s *shard, program, code string) (ledge
 			return ledger.Asset{}, errInternal(err.Error())
 		}
 		if found {
-			n.assets.put(a)
+			n.assets.put(s.id, a)
 			return a, nil
 		}
 		if attempt == 0 {
@@ -127,6 +139,16 @@ func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op, opened r
 	if op.Kind == ledger.OpDefineAsset {
 		return op, ledger.Errorf(ledger.CodeInvalidArgument, "define assets with the DefineAsset call")
 	}
+	// A field the kind does not use is refused, not dropped: an account
+	// opened with an amount would otherwise open empty while its caller
+	// believes it funded, and a retry that changed only that field would
+	// replay rather than be IDEMPOTENCY_KEY_REUSED.
+	if p.GetScale() != 0 {
+		return op, ledger.Errorf(ledger.CodeInvalidArgument, "scale: not used by "+op.Kind.String()+" (the asset's scale applies)")
+	}
+	if p.GetMaxBalance() != "" && op.Kind != ledger.OpOpenAccount {
+		return op, ledger.Errorf(ledger.CodeInvalidArgument, "max_balance: not used by "+op.Kind.String())
+	}
 	// Structural checks first, so a malformed op is rejected before any
 	// lookup (amounts are checked below, after conversion).
 	probe := op
@@ -165,6 +187,9 @@ func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op, opened r
 			return op, ledger.Errorf(ledger.CodeInvalidArgument, "amount: not used by "+op.Kind.String())
 		}
 	case ledger.OpOpenAccount:
+		if p.GetAmount() != "" {
+			return op, ledger.Errorf(ledger.CodeInvalidArgument, "amount: not used by "+op.Kind.String()+" (credit the account after opening it)")
+		}
 		if mb := p.GetMaxBalance(); mb != "" {
 			a, err := n.asset(ctx, s, op.Program, op.Asset)
 			if err != nil {
@@ -193,11 +218,11 @@ func (n *Node) scaleOf(s *shard, program, code string) uint8 {
 	if code == "" {
 		return 0
 	}
-	if a, ok := n.assets.get(program, code); ok {
+	if a, ok := n.assets.get(s.id, program, code); ok {
 		return a.Scale
 	}
 	if a, found, err := s.fsm.Asset(program, code); err == nil && found {
-		n.assets.put(a)
+		n.assets.put(s.id, a)
 		return a.Scale
 	}
 	return 0

@@ -4,9 +4,11 @@ import (
 	"context"
 	"testing"
 
+	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/fsm"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -22,4 +24,68 @@ func TestUnknownWireKindIsRejected(t *testing.T) {
 		require.Error(t, err, "wire kind %d", k)
 		require.Equal(t, ledger.CodeInvalidArgument, ledger.CodeOf(err), "wire kind %d", k)
 	}
+}
+
+// TestEdgeRefusesUnusedFields: a field the op's kind does not use is
+// refused at the edge with INVALID_ARGUMENT naming it; it used to be
+// dropped, so an account "opened with 100.00" opened empty.
+func TestEdgeRefusesUnusedFields(t *testing.T) {
+	n := &Node{}
+	n.assets.put(0, ledger.Asset{Program: "p", Code: "USD", Scale: 2})
+	s := &shard{id: 0, n: n}
+	for _, tc := range []struct {
+		name  string
+		op    *tallypb.Op
+		field string // "" = accepted
+	}{
+		{"open with amount", &tallypb.Op{Kind: tallypb.OpKind_OPEN_ACCOUNT, Amount: "100.00"}, "amount:"},
+		{"credit with max_balance", &tallypb.Op{Kind: tallypb.OpKind_CREDIT, Amount: "1", MaxBalance: "5"}, "max_balance:"},
+		{"freeze with max_balance", &tallypb.Op{Kind: tallypb.OpKind_FREEZE, MaxBalance: "5"}, "max_balance:"},
+		{"credit with scale", &tallypb.Op{Kind: tallypb.OpKind_CREDIT, Amount: "1", Scale: 7}, "scale:"},
+		{"open with scale", &tallypb.Op{Kind: tallypb.OpKind_OPEN_ACCOUNT, Scale: 2}, "scale:"},
+		{"freeze with amount", &tallypb.Op{Kind: tallypb.OpKind_FREEZE, Amount: "1"}, "amount:"},
+		{"open with max_balance", &tallypb.Op{Kind: tallypb.OpKind_OPEN_ACCOUNT, MaxBalance: "25.00"}, ""},
+		{"credit", &tallypb.Op{Kind: tallypb.OpKind_CREDIT, Amount: "1.25"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.op.Program, tc.op.Member, tc.op.Asset, tc.op.IdempotencyKey = "p", "m", "USD", "k1"
+			_, err := n.toLedgerOp(context.Background(), s, tc.op, nil)
+			if tc.field == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Equal(t, ledger.CodeInvalidArgument, ledger.CodeOf(err), "%v", err)
+			require.ErrorContains(t, err, tc.field)
+		})
+	}
+}
+
+// TestAssetCacheIsPerShard: each shard has its own copy of every asset, and
+// a definition cached from one shard must not let an op through on another
+// that lacks the asset or (defined by a DEFINE_ASSET sent to it alone) has
+// it at another scale.
+func TestAssetCacheIsPerShard(t *testing.T) {
+	db, err := fsm.OpenDB(t.TempDir())
+	require.NoError(t, err)
+	defer db.Close()
+	f1, err := fsm.New(db, 1)
+	require.NoError(t, err)
+	data := ledger.AppendCommand(nil, ledger.Command{TimeMs: 1000, Requests: []ledger.Request{{Ops: []ledger.Op{defineAssetOp("p", "USD", "rogue", 0)}}}})
+	r := f1.ApplyBatch([]*raft.Log{{Index: 1, Term: 1, Type: raft.LogCommand, Data: data}})
+	require.Equal(t, ledger.CodeOK, r[0].(fsm.Results)[0][0].Code)
+
+	n := &Node{}
+	n.assets.put(0, ledger.Asset{Program: "p", Code: "USD", Scale: 2}) // learned on shard 0
+	_, ok := n.assets.get(1, "p", "USD")
+	require.False(t, ok, "shard 0's definition served for shard 1")
+	s1 := &shard{id: 1, n: n, fsm: f1}
+	op, err := n.toLedgerOp(context.Background(), s1, &tallypb.Op{Kind: tallypb.OpKind_OPEN_ACCOUNT, Program: "p", Member: "m1",
+		Asset: "USD", IdempotencyKey: "o1", MaxBalance: "10"}, nil)
+	require.NoError(t, err)
+	require.Equal(t, int64(10), op.MaxBalanceMinor, "10 at shard 1's scale 0, not shard 0's scale 2")
+	op, err = n.toLedgerOp(context.Background(), s1, &tallypb.Op{Kind: tallypb.OpKind_CREDIT, Program: "p", Member: "m1",
+		Asset: "USD", IdempotencyKey: "c1", Amount: "5"}, nil)
+	require.NoError(t, err)
+	require.Equal(t, uint8(0), op.Scale)
+	require.Equal(t, int64(5), op.AmountMinor)
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -85,7 +86,9 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 		for i, p := range ops {
 			op, err := sv.n.toLedgerOp(ctx, s, p, opened)
 			if err != nil {
-				if _, ok := err.(*domainError); ok {
+				// Failures of the request (NOT_LEADER, UNAVAILABLE, the
+				// caller's deadline during a leadership check) blame no op.
+				if _, ok := err.(*domainError); ok || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 					return nil, err
 				}
 				return nil, opError(i, err)
@@ -270,7 +273,12 @@ func (sv *server) GetAccounts(ctx context.Context, req *tallypb.GetAccountsReque
 func (sv *server) ListJournal(ctx context.Context, req *tallypb.ListJournalRequest) (_ *tallypb.ListJournalResponse, err error) {
 	start := time.Now()
 	defer func() { sv.observe("ListJournal", start, err); err = toStatus(err) }()
-	if err := validateRead(req.GetProgram(), req.GetMember(), anyAsset, noKey); err != nil {
+	// The asset filter is optional; one that is given must be a valid code.
+	filter := anyAsset
+	if req.GetAsset() != "" {
+		filter = req.GetAsset()
+	}
+	if err := validateRead(req.GetProgram(), req.GetMember(), filter, noKey); err != nil {
 		return nil, err
 	}
 	limit := int(req.GetPageSize())
