@@ -530,6 +530,23 @@ func TestModelLostCard(t *testing.T) {
 			op(0, 40, 50, debit("k3", 5), fail(ledger.CodeInsufficientFunds, 3, 102)),
 			op(0, 60, 70, closeIn("c4"), closed(4, 103)),
 		}, false},
+		{"a cash-out: a linked debit of everything, then the close", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 5), ok(1, 100, 5, 0)),
+			op(0, 20, 30, linked(debit("k2", 5), closeIn("c3")), linkedOut(ok(2, 101, 0, 0), closed(3, 101))),
+			op(0, 40, 50, credit("k4", 5), Output{Status: Known, Code: ledger.CodeAccountClosed, Seq: 4, TimeMs: 102, HasAccount: true, Asset: Asset, State: ledger.StateClosed}),
+		}, true},
+		{"a cash-out that missed a credit fails whole", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 5), ok(1, 100, 5, 0)),
+			op(0, 20, 30, credit("k2", 3), ok(2, 101, 8, 0)),
+			op(0, 40, 50, linked(debit("k3", 5), closeIn("c4")), linkedOut(Output{Status: Known, Code: ledger.CodeLinkedFailed, Seq: 3, TimeMs: 102}, fail(ledger.CodeBalanceNotZero, 4, 102))),
+			op(0, 60, 70, readIn, read(8, 0, false)),
+		}, true},
+		{"a failed cash-out keeps its debit", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 5), ok(1, 100, 5, 0)),
+			op(0, 20, 30, credit("k2", 3), ok(2, 101, 8, 0)),
+			op(0, 40, 50, linked(debit("k3", 5), closeIn("c4")), linkedOut(Output{Status: Known, Code: ledger.CodeLinkedFailed, Seq: 3, TimeMs: 102}, fail(ledger.CodeBalanceNotZero, 4, 102))),
+			op(0, 60, 70, readIn, read(3, 0, false)),
+		}, false},
 		{"a read misses a lost report", []porcupine.Operation{
 			op(0, 0, 10, lostIn, lost(1, 100, 0, 0)),
 			op(0, 20, 30, readIn, read(0, 0, false)),

@@ -103,13 +103,15 @@ var opWeights = [...]struct {
 // linkedWeights is the mix of the ops within a linked request: what a
 // payment system links (a recharge and its bonus, a spend and its points, an
 // authorization and its capture), with debits large enough that some
-// requests fail and must leave nothing behind.
+// requests fail and must leave nothing behind. A rare close mostly finds
+// money in the account and fails the whole request (BALANCE_NOT_ZERO); one
+// that succeeds, mostly on a fresh account, closes it with the request.
 var linkedWeights = [...]struct {
 	kind   Kind
 	weight int
 }{
 	{KindCredit, 30}, {KindDebit, 30}, {KindHold, 18}, {KindCapture, 10}, {KindRelease, 5},
-	{KindFreeze, 2}, {KindUnfreeze, 5}, {KindReportLost, 1}, {KindReportFound, 2},
+	{KindFreeze, 2}, {KindUnfreeze, 5}, {KindReportLost, 1}, {KindReportFound, 2}, {KindClose, 1},
 }
 
 // Linked requests have minLinked to maxLinked ops.
@@ -174,6 +176,10 @@ type worker struct {
 	seq   int
 	// impatient workers make one short call per key and never re-send.
 	impatient bool
+	// last is the account the worker's last single op reported, on
+	// lastMember's account: what a cash-out empties.
+	last       Output
+	lastMember string
 }
 
 func newDirectClients(addrs []string) ([]tallypb.LedgerClient, []*grpc.ClientConn, error) {
@@ -234,6 +240,11 @@ func (w *worker) nextKey() string {
 // next generates the next operation.
 func (w *worker) next() Input {
 	key := w.nextKey()
+	if w.rng.IntN(cashOutEvery) == 0 {
+		if in, ok := w.cashOut(key); ok {
+			return in
+		}
+	}
 	members := w.epochs[0]
 	if w.epochLen > 0 {
 		members = w.epochs[min(int(time.Since(w.began)/w.epochLen), len(w.epochs)-1)]
@@ -312,6 +323,29 @@ func (w *worker) nextLinked(member, key string) Input {
 	return in
 }
 
+// cashOutEvery: one op in cashOutEvery is a cash-out when the worker's
+// last op allows one. Each that succeeds ends an account for the rest of
+// its epoch, so they are rare: a few per minute.
+const cashOutEvery = 2000
+
+// cashOut generates "refund the balance and close the card": a linked
+// debit of everything the worker's last op saw posted on its account, then
+// the account's close. It succeeds when no other worker changed the
+// account in between, so both the success and the BALANCE_NOT_ZERO or
+// INSUFFICIENT_FUNDS that leaves nothing behind run under faults. ok is
+// false when that account had nothing posted, something held, or was not
+// active.
+func (w *worker) cashOut(key string) (Input, bool) {
+	a, member := w.last, w.lastMember
+	if !a.HasAccount || a.Posted <= 0 || a.Held != 0 || a.State != ledger.StateActive {
+		return Input{}, false
+	}
+	return Input{Kind: KindLinked, Member: member, Ops: []Input{
+		{Kind: KindDebit, Member: member, Asset: a.Asset, Key: key, Amount: a.Posted},
+		{Kind: KindClose, Member: member, Asset: a.Asset, Key: w.nextKey()},
+	}}, true
+}
+
 // takeHold picks a hold on member to settle: one of own (the request's
 // own, removed from it) or of the worker's (moved to taken).
 func (w *worker) takeHold(member string, own *[]heldHold) (heldHold, bool) {
@@ -370,6 +404,10 @@ func (w *worker) run(stop <-chan struct{}) {
 		in := w.next()
 		e := w.do(in)
 		w.hist.Add(e)
+		w.last, w.lastMember = Output{}, ""
+		if in.Kind != KindLinked && e.Output.Status == Known {
+			w.last, w.lastMember = e.Output, in.Member
+		}
 		if e.Output.Status == Indeterminate || (e.Output.Status == Known && e.Output.Code == ledger.CodeOK) {
 			w.holds = append(w.holds, opened(in)...)
 			w.closed = append(w.closed, w.taken...)

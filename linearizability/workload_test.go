@@ -68,6 +68,33 @@ func TestWorkloadAssets(t *testing.T) {
 	}
 }
 
+// TestWorkloadCashOut: a cash-out debits exactly what the worker's last op
+// saw posted on its account and then closes that account, in one linked
+// request; with nothing posted, something held, the account not active or
+// no account reported, there is none.
+func TestWorkloadCashOut(t *testing.T) {
+	w := &worker{id: 1, rng: rand.New(rand.NewPCG(7, 7))}
+	_, ok := w.cashOut("k")
+	assert.False(t, ok, "no last op")
+	w.last, w.lastMember = Output{Status: Known, HasAccount: true, Asset: StoredValue, Posted: 1250, State: ledger.StateActive}, "m1"
+	in, ok := w.cashOut("k")
+	require.True(t, ok)
+	assert.Equal(t, Input{Kind: KindLinked, Member: "m1", Ops: []Input{
+		{Kind: KindDebit, Member: "m1", Asset: StoredValue, Key: "k", Amount: 1250},
+		{Kind: KindClose, Member: "m1", Asset: StoredValue, Key: "w1-1"},
+	}}, in)
+	for _, a := range []Output{
+		{Status: Known, HasAccount: true, Asset: Asset, Posted: 42, Held: 1, State: ledger.StateActive},
+		{Status: Known, HasAccount: true, Asset: Asset, Posted: 42, State: ledger.StateFrozen},
+		{Status: Known, HasAccount: true, Asset: Asset, State: ledger.StateActive},
+		{Status: Known, Asset: Asset, Posted: 42, State: ledger.StateActive},
+	} {
+		w.last = a
+		_, ok := w.cashOut("k")
+		assert.False(t, ok, "%+v", a)
+	}
+}
+
 // TestAccountOutputScale: an account reported at the wrong scale (the
 // node's scaleOf falls back to 0) or in an asset the workload does not use
 // must not convert to minor units any state has; one reported in the other
