@@ -214,7 +214,9 @@ func (c *Client) GetOperation(ctx context.Context, program, member, key string) 
 // ListJournal lists a member's successful operations, newest first: up to
 // pageSize (0 = the server's default) with seq < beforeSeq (0 = from the
 // newest). nextBeforeSeq is the beforeSeq of the next page, 0 at the end.
-// asset "" lists every asset.
+// asset "" lists every asset. A server looks at a bounded number of entries
+// per page, so with an asset filter a page may be short, or empty, and not
+// the last: page on until nextBeforeSeq is 0.
 func (c *Client) ListJournal(ctx context.Context, program, member, asset string, pageSize int, beforeSeq uint64) ([]JournalEntry, uint64, error) {
 	if pageSize < 0 {
 		return nil, 0, newError(ledger.CodeInvalidArgument, -1, "list journal: negative page size %d", pageSize)

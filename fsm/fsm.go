@@ -508,9 +508,16 @@ func (f *FSM) NextExpiryMs() (int64, bool, error) {
 	return next, true, nil
 }
 
+// journalScanLimit bounds the journal entries one Journal call looks at. An
+// asset filter skips entries, and without a bound a filter that matches
+// nothing would walk the member's whole journal in one request.
+var journalScanLimit = 10_000
+
 // Journal lists a member's successful operations newest first, with seq <
 // beforeSeq (0: from the newest), optionally only those on asset. It returns
-// the next page token (0 when done).
+// the next page token (0 when done). A page that looked at journalScanLimit
+// entries ends there with a token, so with a filter a page may hold fewer
+// than limit entries, or none, and still not be the last.
 func (f *FSM) Journal(program, member, asset string, beforeSeq uint64, limit int) ([]ledger.Record, uint64, error) {
 	// The journal index and the records are read through iterators of one
 	// view (a clone shares it), which a concurrent Restore's excise does not
@@ -534,11 +541,13 @@ func (f *FSM) Journal(program, member, asset string, beforeSeq uint64, limit int
 	defer it.Close()
 	var out []ledger.Record
 	var next uint64
+	scanned := 0
 	for valid := it.Last(); valid; valid = it.Prev() {
-		if len(out) == limit {
+		if len(out) == limit || scanned == journalScanLimit {
 			next = binary.BigEndian.Uint64(it.Key()[len(prefix):]) + 1
 			break
 		}
+		scanned++
 		rec, ok, err := v.record(program, string(it.Value()))
 		if err != nil {
 			return nil, 0, err

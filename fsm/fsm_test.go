@@ -121,6 +121,39 @@ func TestApplyReadsAndConservation(t *testing.T) {
 	require.Equal(t, "o1", rest[0].Op.IdempotencyKey)
 }
 
+// TestJournalFilterScansBoundedPages: a filter that skips entries ends a
+// page after journalScanLimit of them with a token to go on, and paging on
+// finds every match.
+func TestJournalFilterScansBoundedPages(t *testing.T) {
+	defer func(n int) { journalScanLimit = n }(journalScanLimit)
+	journalScanLimit = 3
+	_, f := openFSM(t, t.TempDir(), 3)
+	ops := []ledger.Op{define("d1", "CNY", 2), define("d2", "PTS", 0), open("o1", "alice", "CNY"), open("o2", "alice", "PTS"),
+		move(ledger.OpCredit, "p1", "alice", "PTS", 5, 0)}
+	for i := range 7 {
+		ops = append(ops, move(ledger.OpCredit, fmt.Sprintf("c%d", i), "alice", "CNY", 100, 2))
+	}
+	f.ApplyBatch([]*raft.Log{logOf(1, cmd(1000, ops...))})
+
+	var got []string
+	pages := 0
+	for before := uint64(0); ; pages++ {
+		require.Less(t, pages, 20)
+		recs, next, err := f.Journal(prog, "alice", "PTS", before, 10)
+		require.NoError(t, err)
+		require.LessOrEqual(t, len(recs), 3)
+		for _, r := range recs {
+			got = append(got, r.Op.IdempotencyKey)
+		}
+		if next == 0 {
+			break
+		}
+		before = next
+	}
+	require.Equal(t, []string{"p1", "o2"}, got)
+	require.Greater(t, pages, 1, "the 7 credits on CNY take more than one page to skip")
+}
+
 func TestAppliedEntriesAreSkippedAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	db, f := openFSM(t, dir, 0)

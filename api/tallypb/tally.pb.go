@@ -1242,7 +1242,7 @@ func (x *ListJournalRequest) GetBeforeSeq() uint64 {
 type ListJournalResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entries       []*JournalEntry        `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
-	NextBeforeSeq uint64                 `protobuf:"varint,2,opt,name=next_before_seq,json=nextBeforeSeq,proto3" json:"next_before_seq,omitempty"` // 0 when there are no more
+	NextBeforeSeq uint64                 `protobuf:"varint,2,opt,name=next_before_seq,json=nextBeforeSeq,proto3" json:"next_before_seq,omitempty"` // 0 when there are no more; with an asset filter a page may be short or empty and not the last
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
