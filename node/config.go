@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -193,10 +194,11 @@ func (c *Config) validate() error {
 			}
 			// Two peers at one address would have a node's Raft dial itself
 			// or clients take one node for two.
-			if other, ok := addrs[a.addr]; ok {
+			key := addrKey(a.addr)
+			if other, ok := addrs[key]; ok {
 				return fmt.Errorf("node: config: peers %q and %q both advertise %s", other, p.ID, a.addr)
 			}
-			addrs[a.addr] = p.ID
+			addrs[key] = p.ID
 		}
 		if p.ID == c.ID {
 			found = true
@@ -259,6 +261,18 @@ func dialable(addr string) error {
 		return fmt.Errorf("%q has no valid port", addr)
 	}
 	return nil
+}
+
+// addrKey is a dialable address in one spelling per endpoint: host names
+// lower-cased, IP literals in their canonical form ([0:0::1] is [::1]).
+// (localhost and 127.0.0.1 still differ: resolving names is not for a
+// config check.)
+func addrKey(addr string) string {
+	host, port, _ := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); ip != nil {
+		host = ip.String()
+	}
+	return net.JoinHostPort(strings.ToLower(host), port)
 }
 
 func (c *Config) peerByID(id string) (Peer, bool) {

@@ -71,6 +71,8 @@ func TestConfigRejectsUndialablePeers(t *testing.T) {
 		{"named port", "db1:raft", "10.0.0.1:7101", "10.0.0.2:7201", `peer "n1" RaftAddr: "db1:raft" has no valid port`},
 		{"shared address", "10.0.0.1:7201", "10.0.0.1:7101", "10.0.0.1:7201", `peers "n1" and "n2" both advertise 10.0.0.1:7201`},
 		{"one port for raft and grpc", "10.0.0.1:7201", "10.0.0.1:7201", "10.0.0.2:7201", `peers "n1" and "n1" both advertise 10.0.0.1:7201`},
+		{"one host in two spellings", "DB1.example:7201", "10.0.0.1:7101", "db1.example:7201", `peers "n1" and "n2" both advertise db1.example:7201`},
+		{"one IPv6 address in two spellings", "[::1]:7201", "10.0.0.1:7101", "[0:0::1]:7201", `peers "n1" and "n2" both advertise [0:0::1]:7201`},
 		{"ok", "10.0.0.1:7201", "db1.example:7101", "10.0.0.2:7201", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
