@@ -126,6 +126,8 @@ server_pids=$(IFS=,; echo "${pids[*]}")
 # json_num FILE KEY: a top-level number of a tally-load JSON report.
 json_num() { sed -n "s/^  \"$2\": \([-0-9.e+]*\),\{0,1\}$/\1/p" "$1" | head -1; }
 json_bool() { sed -n "s/^  \"$2\": \(true\|false\),\{0,1\}$/\1/p" "$1" | head -1; }
+# json_ver FILE KEY: a number in the report's verification object.
+json_ver() { sed -n "s/^    \"$2\": \([-0-9.e+]*\),\{0,1\}$/\1/p" "$1" | head -1; }
 
 failed=0
 best_single=0
@@ -212,7 +214,7 @@ fi
 ratio() { awk -v x="$1" -v b="$2" 'BEGIN { if (b + 0 > 0 && x != "") printf "%.1fx", x / b; else print "-" }'; }
 echo
 echo "== summary ($out)"
-printf '%-17s %11s %9s %9s %9s %9s %6s %7s %-10s %s\n' case ops/s p50_ms p99_ms p999_ms errors lost inv_ok "vs pg" "pg case"
+printf '%-17s %11s %9s %9s %9s %9s %6s %7s %-10s %-8s %s\n' case ops/s p50_ms p99_ms p999_ms errors lost inv_ok "vs pg" "pg case" "acks checked"
 for c in $cases; do
   f="$out/$c.json"
   [ -f "$f" ] || { printf '%-17s %11s\n' "$c" "no result"; continue; }
@@ -220,8 +222,9 @@ for c in $cases; do
   errs=$(awk '/^  "errors": \{$/ {on=1; next} on && /^  \}/ {on=0} on {gsub(/[^0-9]/, "", $2); s += $2} END {print s + 0}' "$f")
   base=$pg_uniform; bcase=uniform
   if [ "$c" = flash-sale ]; then base=$pg_hotspot; bcase=hotspot; fi
-  printf '%-17s %11.0f %9s %9s %9s %9s %6s %7s %-10s %s\n' "$c" "$ops" "$(json_num "$f" p50_ms)" "$(json_num "$f" p99_ms)" \
-    "$(json_num "$f" p999_ms)" "$errs" "$(json_num "$f" lost_acks)" "$(json_bool "$f" invariant_ok)" "$(ratio "$ops" "$base")" "$bcase"
+  printf '%-17s %11.0f %9s %9s %9s %9s %6s %7s %-10s %-8s %s\n' "$c" "$ops" "$(json_num "$f" p50_ms)" "$(json_num "$f" p99_ms)" \
+    "$(json_num "$f" p999_ms)" "$errs" "$(json_num "$f" lost_acks)" "$(json_bool "$f" invariant_ok)" "$(ratio "$ops" "$base")" "$bcase" \
+    "$(json_ver "$f" verified_ops)/$(json_ver "$f" acked_ops)"
 done | tee "$out/summary.txt"
 [ -n "$pg_uniform" ] && echo "PostgreSQL: uniform $pg_uniform tps, hotspot $pg_hotspot tps (${PG_CLIENTS:-64} clients)" | tee -a "$out/summary.txt"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/machine.txt"

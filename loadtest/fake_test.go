@@ -28,6 +28,7 @@ type fakeLedger struct {
 	hideKeys     map[string]bool   // GetOperation: not found
 	wrongSeqKeys map[string]bool   // GetOperation: seq off by one
 	skewMember   map[string]int64  // GetAccount: posted off by this many minor units
+	skewResult   map[string]int64  // GetOperation: the account after it off by this many units
 	indetKeys    map[string]bool   // Submit applies, then reports indeterminate
 	rejectKeys   map[string]bool   // Submit rejects the request (nothing applied)
 	badHashNode  int               // ShardState: this node (1-based) has another hash
@@ -40,7 +41,7 @@ type fakeLedger struct {
 
 func newFakeLedger(shards int) *fakeLedger {
 	f := &fakeLedger{shards: shards, nodes: 3, hideKeys: map[string]bool{}, wrongSeqKeys: map[string]bool{},
-		skewMember: map[string]int64{}, indetKeys: map[string]bool{}, rejectKeys: map[string]bool{},
+		skewMember: map[string]int64{}, skewResult: map[string]int64{}, indetKeys: map[string]bool{}, rejectKeys: map[string]bool{},
 		calls: map[string]int{}, applied: map[string]uint64{}}
 	for range shards {
 		f.stores = append(f.stores, ledger.NewMemStore())
@@ -118,7 +119,7 @@ func (f *fakeLedger) Submit(ctx context.Context, ops []client.Op, linked bool) (
 		}
 		res := f.apply(s, req)
 		for j, i := range parts[s] {
-			out[i] = client.Result{Code: res[j].Code, Message: res[j].Message, Seq: res[j].Seq, Shard: uint32(s)}
+			out[i] = f.result(s, res[j])
 			f.applied[ops[i].IdempotencyKey] = res[j].Seq
 			if f.indetKeys[ops[i].IdempotencyKey] {
 				indet = true
@@ -162,10 +163,35 @@ func (f *fakeLedger) GetOperation(ctx context.Context, program, member, key stri
 		return false, client.JournalEntry{}, nil
 	}
 	seq := rec.Seq
+	r := f.result(s, rec.Result)
 	if f.wrongSeqKeys[key] {
 		seq++
+		r.Seq = seq
 	}
-	return true, client.JournalEntry{Seq: seq, Result: client.Result{Code: rec.Result.Code, Seq: seq}}, nil
+	if d := f.skewResult[key]; d != 0 && r.Account != nil {
+		r.Account.Posted = r.Account.Posted.Add(decimal.New(d, 0))
+	}
+	o := rec.Op
+	op := client.Op{Kind: o.Kind, Program: o.Program, Member: o.Member, Asset: o.Asset, IdempotencyKey: o.IdempotencyKey,
+		HoldKey: o.HoldKey, HoldTTL: time.Duration(o.HoldTTLMs) * time.Millisecond, Memo: o.Memo}
+	if o.AmountMinor != 0 {
+		op.Amount = decimal.New(o.AmountMinor, -int32(o.Scale))
+	}
+	return true, client.JournalEntry{Seq: seq, Op: op, Result: r}, nil
+}
+
+// result is what the client library makes of a stored result on shard s:
+// the account after the op in decimals of its asset's scale.
+func (f *fakeLedger) result(s int, r ledger.Result) client.Result {
+	out := client.Result{Code: r.Code, Message: r.Message, Seq: r.Seq, TimeMs: r.TimeMs, Shard: uint32(s)}
+	if a := r.Account; a.Key.Asset != "" {
+		as, _, _ := f.stores[s].Asset(a.Key.Program, a.Key.Asset)
+		out.Account = &client.Account{Program: a.Key.Program, Member: a.Key.Member, Asset: a.Key.Asset, Scale: as.Scale,
+			State: a.State.String(), Posted: decimal.New(a.PostedMinor, -int32(as.Scale)), Held: decimal.New(a.HeldMinor, -int32(as.Scale))}
+		out.Captured = decimal.New(r.CapturedMinor, -int32(as.Scale))
+		out.Released = decimal.New(r.ReleasedMinor, -int32(as.Scale))
+	}
+	return out
 }
 
 func (f *fakeLedger) ClusterInfo(ctx context.Context) (client.ClusterInfo, error) {

@@ -61,20 +61,29 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultClients        = 256
-	DefaultDuration       = 15 * time.Second
-	DefaultWarmup         = 2 * time.Second
-	DefaultOpTimeout      = 30 * time.Second
-	DefaultHoldTTL        = time.Hour
-	DefaultVerifyOps      = 1_000_000
-	DefaultVerifyBudget   = 30 * time.Second
-	DefaultVerifyAccounts = 20_000
+	DefaultClients   = 256
+	DefaultDuration  = 15 * time.Second
+	DefaultWarmup    = 2 * time.Second
+	DefaultOpTimeout = 30 * time.Second
+	DefaultHoldTTL   = time.Hour
+	// By default every acked op and every account is checked: the run's
+	// verdict is about all of them. A huge run may bound the ops (a
+	// uniform random sample, reported as verify_mode "sample") or the
+	// accounts (the hot ones, the budget and a random sample).
+	DefaultVerifyOps      = -1
+	DefaultVerifyBudget   = -1
+	DefaultVerifyAccounts = 1 << 30
 	// memberSeedMinor and hotSeedMinor are opening balances in points: far
-	// above what a run's random walk of debits takes, so debits fail only
-	// where the scenario means them to. budgetSeedMinor is the campaign
-	// budget in cents (100 million CNY).
+	// above what a run's random walk of debits and holds takes, so debits
+	// do not fail. The flash sale's hot members and the zipf scenario's
+	// zipfRichMembers most popular ones get hotSeedMinor: zipf's first
+	// member takes about 13% of the ops, and with memberSeedMinor its holds
+	// had used up its balance after about 1.5 million ops (a review's
+	// test). budgetSeedMinor is the campaign budget in cents (100 million
+	// CNY).
 	memberSeedMinor = 1_000_000
 	hotSeedMinor    = 1_000_000_000
+	zipfRichMembers = 1000
 	budgetSeedMinor = 10_000_000_000
 	// setupBatchOps is ops per setup request, the server's maximum; setup
 	// sends setupParallel of them at a time.
@@ -236,11 +245,13 @@ func Run(ctx context.Context, l Ledger, coalesce bool, cfg Config) (*Report, err
 	}
 	r.logs = nil
 	vf := &Verifier{
-		L: l, W: w, Program: cfg.Program(), RunID: cfg.RunID, SeedMinor: seedOf(w),
+		L: l, W: w, Program: cfg.Program(), RunID: cfg.RunID, SeedMinor: seedOf(w), OpOf: r.op,
 		MaxOps: cfg.VerifyOps, OpsBudget: cfg.VerifyBudget, MaxAccounts: cfg.VerifyAccounts, Concurrency: verifyConcurrency,
 		ConvergeTimeout: convergeTimeout, Seed: cfg.Seed,
 	}
 	v := vf.Verify(ctx, log)
+	v.UnexpectedCodes += r.badReads.Load()
+	v.UnexpectedExamples = append(v.UnexpectedExamples, r.readExamples...)
 	rep.Verification = v
 	rep.LostAcks = v.LostAcks
 	rep.InvariantOK = v.InvariantOK
@@ -254,7 +265,7 @@ func seedOf(w Workload) func(int) int64 {
 		switch {
 		case i == w.Budget():
 			return budgetSeedMinor
-		case w.Scenario == FlashSale && i < w.HotMembers:
+		case w.Scenario == FlashSale && i < w.HotMembers, w.Scenario == Zipf && i < zipfRichMembers:
 			return hotSeedMinor
 		}
 		return memberSeedMinor
@@ -335,6 +346,11 @@ type runner struct {
 	stop    atomic.Bool
 	logs    [][]ackRecord // per client
 	late    atomic.Int64
+	// badReads counts reads that ended with a code a read never should
+	// (expectedCode); readExamples keeps a few.
+	badReads     atomic.Int64
+	readMu       sync.Mutex
+	readExamples []string
 	// The measured window (see load).
 	warmEnd, loadEnd time.Time
 }
@@ -510,7 +526,13 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			cctx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
 			_, err := r.l.GetAccount(cctx, r.program, r.w.MemberName(specs[0].Account), r.w.AssetOf(specs[0].Account))
 			cancel()
-			codes = append(codes, client.CodeOf(err))
+			code := client.CodeOf(err)
+			if !expectedCode(KindRead, code) && r.badReads.Add(1) <= maxExamples {
+				r.readMu.Lock()
+				r.readExamples = append(r.readExamples, fmt.Sprintf("read of %s/%s: %s", r.w.MemberName(specs[0].Account), r.w.AssetOf(specs[0].Account), code))
+				r.readMu.Unlock()
+			}
+			codes = append(codes, code)
 			end := time.Now()
 			r.rec.Record(int(id), kind, CorrectedLatency(due, end), codes, r.inWindow(due), r.inWindow(end))
 			continue
@@ -528,7 +550,7 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			rec := ackRecord{client: id, spec: s}
 			switch {
 			case k < len(res) && res[k].Seq > 0:
-				rec.state, rec.code, rec.seq = stateAcked, res[k].Code, res[k].Seq
+				rec.state, rec.code, rec.seq, rec.digest = stateAcked, res[k].Code, res[k].Seq, resultDigest(res[k])
 				if s.Kind == KindHold && res[k].Code == ledger.CodeOK {
 					gen.HoldAcked(s)
 				}
@@ -602,11 +624,16 @@ func Summary(out io.Writer, rep *Report) {
 	if v := rep.Verification; v != nil {
 		fmt.Fprintf(&b, "verify (%.1fs): %d of %d acked ops looked up (%s): lost_acks=%d keys_reused=%d; indeterminate %d (applied %d, unresolved %d)\n",
 			v.DurationS, v.VerifiedOps, v.AckedOps, v.VerifyMode, v.LostAcks, v.KeysReused, v.Indeterminate, v.ResolvedApplied, v.UnresolvedOps)
+		fmt.Fprintf(&b, "  failed ops: %d looked up, %d stored anyway; unexpected codes: %d\n", v.FailedChecked, v.FailedStored, v.UnexpectedCodes)
 		fmt.Fprintf(&b, "  balances: %d accounts checked, %d mismatches (%d skipped: unknown outcome)\n",
 			v.AccountsChecked, v.BalanceMismatch, v.AccountsSkipped)
 		fmt.Fprintf(&b, "  invariants over %d shards: conservation_ok=%v replicas_equal=%v invariant_ok=%v\n",
 			v.ShardsChecked, v.ConservationOK, v.ReplicasEqual, v.InvariantOK)
-		for _, s := range append(append(append([]string(nil), v.LostAckExamples...), v.BalanceExamples...), v.InvariantDetails...) {
+		var examples []string
+		for _, e := range [][]string{v.LostAckExamples, v.FailedExamples, v.UnexpectedExamples, v.BalanceExamples, v.InvariantDetails} {
+			examples = append(examples, e...)
+		}
+		for _, s := range examples {
 			fmt.Fprintf(&b, "  ! %s\n", s)
 		}
 	}

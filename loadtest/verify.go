@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -47,6 +48,45 @@ type ackRecord struct {
 	state  opState
 	code   ledger.Code
 	seq    uint64 // journal sequence, when acked
+	// digest is resultDigest of the result the client got, when acked
+	// (of the stored one for an op resolved after the run).
+	digest uint64
+}
+
+// resultDigest hashes what a result says about the op's effect: code,
+// sequence, log time, the account after it and what it moved. The verifier
+// compares the digest of the result a client was acknowledged with to that
+// of the stored result, so that a multi-million op log keeps 8 bytes per op
+// rather than the results.
+func resultDigest(r client.Result) uint64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%s|%d|%d|%s|%s", r.Code, r.Seq, r.TimeMs, r.Captured.String(), r.Released.String())
+	if a := r.Account; a != nil {
+		fmt.Fprintf(h, "|%s/%s/%s|%s|%s|%s", a.Program, a.Member, a.Asset, a.State, a.Posted.String(), a.Held.String())
+	}
+	if hd := r.Hold; hd != nil {
+		fmt.Fprintf(h, "|hold %s|%s|%s|%d", hd.Key, hd.State, hd.Amount.String(), hd.ExpiresAtMs)
+	}
+	return h.Sum64()
+}
+
+// expectedCode reports whether an op of kind may end with code c in a load
+// test: OK, and the refusals a run's random walk can reach (a debit, draw
+// or hold finding too little available, a capture finding its hold
+// expired). Anything else (ACCOUNT_NOT_FOUND, UNKNOWN_ASSET, HOLD_NOT_FOUND,
+// INVALID_AMOUNT, ...) means the ledger or the client mangled an op the
+// generator made right, and fails the run. Codes that say the system did
+// not answer (failed) are counted as errors, not here.
+func expectedCode(kind Kind, c ledger.Code) bool {
+	switch c {
+	case ledger.CodeOK:
+		return true
+	case ledger.CodeInsufficientFunds:
+		return kind == KindDebit || kind == KindDraw || kind == KindHold
+	case ledger.CodeHoldExpired:
+		return kind == KindCapture
+	}
+	return failed(c)
 }
 
 // keyOf is the idempotency key of client's op number seq in run runID.
@@ -62,10 +102,22 @@ type Verification struct {
 	// ("sample": the run had more than the verifier's count or time bound).
 	VerifiedOps int64  `json:"verified_ops"`
 	VerifyMode  string `json:"verify_mode"`
-	// LostAcks counts acknowledged ops not stored, or stored with another
-	// code or sequence number than the client was told.
+	// LostAcks counts acknowledged ops not stored, stored as another op
+	// than the one sent (kind, member, asset, amount, hold), or stored with
+	// another result than the client was told (code, sequence, log time,
+	// the account after it, what it moved).
 	LostAcks        int64    `json:"lost_acks"`
 	LostAckExamples []string `json:"lost_ack_examples,omitempty"`
+	// FailedStored counts ops the client was told certainly failed (or an
+	// indeterminate op resolved as not applied) that are stored anyway.
+	FailedChecked  int64    `json:"failed_checked"`
+	FailedStored   int64    `json:"failed_stored"`
+	FailedExamples []string `json:"failed_stored_examples,omitempty"`
+	// UnexpectedCodes counts ops (reads included) that ended with a code
+	// the workload never provokes (expectedCode): ACCOUNT_NOT_FOUND for an
+	// account setup opened, HOLD_NOT_FOUND for a hold it acked, ...
+	UnexpectedCodes    int64    `json:"unexpected_codes"`
+	UnexpectedExamples []string `json:"unexpected_code_examples,omitempty"`
 	// KeysReused counts ops answered IDEMPOTENCY_KEY_REUSED, which a run
 	// whose every op has its own key must never see.
 	KeysReused       int64    `json:"keys_reused"`
@@ -90,7 +142,16 @@ type Verification struct {
 // looked up, or no account compared.
 func (v *Verification) OK() bool {
 	ran := v.UnresolvedOps == 0 && (v.AckedOps == 0 || v.VerifiedOps > 0) && v.AccountsChecked > 0
-	return ran && v.LostAcks == 0 && v.KeysReused == 0 && v.BalanceMismatch == 0 && v.InvariantOK
+	return ran && v.LostAcks == 0 && v.KeysReused == 0 && v.FailedStored == 0 && v.UnexpectedCodes == 0 &&
+		v.BalanceMismatch == 0 && v.InvariantOK
+}
+
+// unexpected counts an op that ended with a code its kind should never get.
+func (v *Verification) unexpected(what string) {
+	v.UnexpectedCodes++
+	if len(v.UnexpectedExamples) < maxExamples {
+		v.UnexpectedExamples = append(v.UnexpectedExamples, what)
+	}
 }
 
 // maxExamples bounds the examples of each failure kept in a report.
@@ -104,6 +165,8 @@ type Verifier struct {
 	RunID   string
 	// SeedMinor is each account's balance after setup (by account index).
 	SeedMinor func(account int) int64
+	// OpOf is the op client sent for s, what the stored op must be.
+	OpOf func(client int32, s Spec) client.Op
 	// MaxOps and OpsBudget bound how many acknowledged ops are looked up
 	// and for how long: all of them if the bounds allow, else a uniform
 	// random sample (VerifyMode says which). OpsBudget 0 is no time bound.
@@ -129,13 +192,18 @@ func (vf *Verifier) Verify(ctx context.Context, log []ackRecord) *Verification {
 	vf.checkInvariants(ctx, v)
 	vf.resolve(ctx, log, v)
 	for i := range log {
-		if log[i].code == ledger.CodeIdempotencyKeyReused {
+		r := &log[i]
+		if r.code == ledger.CodeIdempotencyKeyReused {
 			// Every op of a run has its own key: the store has mistaken
 			// one for another (or a retry changed its request).
 			v.KeysReused++
 		}
+		if r.state != stateIndeterminate && !expectedCode(r.spec.Kind, r.code) {
+			v.unexpected(fmt.Sprintf("%s %s on %s: %s", keyOf(vf.RunID, r.client, r.spec.Seq), r.spec.Kind, vf.W.MemberName(r.spec.Account), r.code))
+		}
 	}
 	vf.checkAcks(ctx, log, v, rng)
+	vf.checkFailed(ctx, log, v)
 	vf.checkBalances(ctx, log, v, rng)
 	v.DurationS = time.Since(start).Seconds()
 	return v
@@ -178,10 +246,11 @@ func (vf *Verifier) resolve(ctx context.Context, log []ackRecord, v *Verificatio
 		case err != nil:
 			unresolved.Add(1)
 		case found:
-			r.state, r.code, r.seq = stateAcked, e.Result.Code, e.Seq
+			r.state, r.code, r.seq, r.digest = stateAcked, e.Result.Code, e.Seq, resultDigest(e.Result)
 			applied.Add(1)
 		default:
-			r.state = stateFailed
+			// Not applied; its code stays the one that left it unknown.
+			r.state, r.code = stateFailed, codeIndeterminate
 		}
 	})
 	v.ResolvedApplied, v.UnresolvedOps = applied.Load(), unresolved.Load()
@@ -227,6 +296,10 @@ func (vf *Verifier) checkAcks(ctx context.Context, log []ackRecord, v *Verificat
 			why = "not found"
 		case e.Result.Code != r.code || e.Seq != r.seq:
 			why = fmt.Sprintf("stored %s seq %d", e.Result.Code, e.Seq)
+		case vf.OpOf != nil && !sameOp(e.Op, vf.OpOf(r.client, r.spec)):
+			why = fmt.Sprintf("stored as another op: %s %s/%s amount %s hold %q", e.Op.Kind, e.Op.Member, e.Op.Asset, e.Op.Amount, e.Op.HoldKey)
+		case resultDigest(e.Result) != r.digest:
+			why = "stored with another result than the client was told"
 		default:
 			return
 		}
@@ -242,6 +315,48 @@ func (vf *Verifier) checkAcks(ctx context.Context, log []ackRecord, v *Verificat
 	if v.VerifiedOps < v.AckedOps {
 		v.VerifyMode = "sample"
 	}
+}
+
+// sameOp reports whether a stored op is the op sent: kind, member, asset,
+// amount (numerically), hold key and lifetime.
+func sameOp(stored, sent client.Op) bool {
+	return stored.Kind == sent.Kind && stored.Program == sent.Program && stored.Member == sent.Member &&
+		stored.Asset == sent.Asset && stored.Amount.Equal(sent.Amount) && stored.HoldKey == sent.HoldKey &&
+		stored.HoldTTL == sent.HoldTTL && stored.IdempotencyKey == sent.IdempotencyKey
+}
+
+// checkFailed looks up every op the client was told certainly failed (and
+// every indeterminate one resolved as not applied): none may be stored.
+// They are few in a healthy run, so all are looked up.
+func (vf *Verifier) checkFailed(ctx context.Context, log []ackRecord, v *Verification) {
+	var idx []int
+	for i := range log {
+		if log[i].state == stateFailed {
+			idx = append(idx, i)
+		}
+	}
+	var stored atomic.Int64
+	var mu sync.Mutex
+	vf.forEach(len(idx), func(j int) {
+		r := &log[idx[j]]
+		key := keyOf(vf.RunID, r.client, r.spec.Seq)
+		found, e, err := vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
+		var why string
+		switch {
+		case err != nil:
+			why = "lookup failed: " + err.Error()
+		case found:
+			why = fmt.Sprintf("stored %s seq %d", e.Result.Code, e.Seq)
+		default:
+			return
+		}
+		if stored.Add(1) <= maxExamples {
+			mu.Lock()
+			v.FailedExamples = append(v.FailedExamples, fmt.Sprintf("%s %s on %s: told %s, %s", key, r.spec.Kind, vf.W.MemberName(r.spec.Account), r.code, why))
+			mu.Unlock()
+		}
+	})
+	v.FailedChecked, v.FailedStored = int64(len(idx)), stored.Load()
 }
 
 // predicted is an account's balance as the log says it must be.

@@ -86,7 +86,7 @@ func verifyFake(t *testing.T, f *fakeLedger, lie func(log []ackRecord), extra ..
 	}
 	lie(log)
 	log = append(log, extra...)
-	vf := &Verifier{L: f, W: cfg.Workload, Program: cfg.Program(), RunID: cfg.RunID, SeedMinor: seedOf(cfg.Workload),
+	vf := &Verifier{L: f, W: cfg.Workload, Program: cfg.Program(), RunID: cfg.RunID, SeedMinor: seedOf(cfg.Workload), OpOf: r.op,
 		MaxOps: 1 << 30, MaxAccounts: 1 << 30, Concurrency: 8, ConvergeTimeout: 200 * time.Millisecond, Seed: testSeed}
 	return vf.Verify(context.Background(), log)
 }
@@ -121,6 +121,29 @@ func TestVerifierCatchesLies(t *testing.T) {
 		{"client saw another code", func(f *fakeLedger, log []ackRecord) {
 			firstAcked(log, KindHold).code = "INSUFFICIENT_FUNDS"
 		}, func(v *Verification) bool { return v.LostAcks == 1 }},
+		{"stored as another op", func(f *fakeLedger, log []ackRecord) {
+			firstAcked(log, KindCredit).spec.AmountMinor++ // what the client sent is not what is stored
+		}, func(v *Verification) bool {
+			return v.LostAcks == 1 && strings.Contains(v.LostAckExamples[0], "stored as another op")
+		}},
+		{"stored with another result", func(f *fakeLedger, log []ackRecord) {
+			r := firstAcked(log, KindDebit)
+			f.skewResult[keyOf("t", r.client, r.spec.Seq)] = 1
+		}, func(v *Verification) bool {
+			return v.LostAcks == 1 && strings.Contains(v.LostAckExamples[0], "another result")
+		}},
+		{"a failed op is stored", func(f *fakeLedger, log []ackRecord) {
+			r := firstAcked(log, KindCredit)
+			r.state, r.code, r.seq = stateFailed, ledger.CodeUnavailable, 0
+		}, func(v *Verification) bool {
+			return v.FailedStored == 1 && v.FailedChecked >= 1 && strings.Contains(v.FailedExamples[0], "told UNAVAILABLE, stored OK")
+		}},
+		{"an unexpected code", func(f *fakeLedger, log []ackRecord) {
+			r := firstAcked(log, KindHold)
+			r.state, r.code = stateFailed, ledger.CodeAccountNotFound
+		}, func(v *Verification) bool {
+			return v.UnexpectedCodes == 1 && strings.Contains(v.UnexpectedExamples[0], "ACCOUNT_NOT_FOUND")
+		}},
 		{"balance off", func(f *fakeLedger, log []ackRecord) {
 			f.skewMember["m7"] = 1
 		}, func(v *Verification) bool {
@@ -142,6 +165,42 @@ func TestVerifierCatchesLies(t *testing.T) {
 				t.Errorf("verification did not catch it: %+v", v)
 			}
 		})
+	}
+}
+
+// mangleDebits sends every member debit against the wrong asset: the ledger
+// refuses each with ACCOUNT_NOT_FOUND, and no debit moves a balance.
+type mangleDebits struct{ *fakeLedger }
+
+func (m mangleDebits) Submit(ctx context.Context, ops []client.Op, linked bool) ([]client.Result, error) {
+	ops = append([]client.Op(nil), ops...)
+	for i := range ops {
+		if ops[i].Kind == ledger.OpDebit && ops[i].Member != BudgetMember && strings.HasPrefix(ops[i].IdempotencyKey, "t-") {
+			ops[i].Asset = BudgetAsset
+		}
+	}
+	return m.fakeLedger.Submit(ctx, ops, linked)
+}
+
+// TestRunFailsOnUnexpectedCodes: a run whose debits all came back with a
+// code the workload never provokes used to pass, its refusals counted as
+// throughput and its balances predicted from the refusals. (Found by
+// review.)
+func TestRunFailsOnUnexpectedCodes(t *testing.T) {
+	f := newFakeLedger(4)
+	rep, err := Run(context.Background(), mangleDebits{f}, false, Config{Workload: Workload{Members: 200}, Clients: 8,
+		Duration: 300 * time.Millisecond, Warmup: 50 * time.Millisecond, Seed: testSeed, RunID: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := rep.Verification
+	if rep.OK || v.UnexpectedCodes == 0 || !strings.Contains(v.UnexpectedExamples[0], "ACCOUNT_NOT_FOUND") {
+		var b strings.Builder
+		Summary(&b, rep)
+		t.Errorf("every debit refused ACCOUNT_NOT_FOUND and the run passed:\n%s", b.String())
+	}
+	if rep.LostAcks == 0 {
+		t.Errorf("the debits are stored on another asset than sent: %+v", v)
 	}
 }
 

@@ -57,7 +57,7 @@ func run(args []string) int {
 	fs.Float64Var(&cfg.Workload.ZipfS, "zipf-s", loadtest.DefaultZipfS, "zipf exponent (> 1)")
 	fs.IntVar(&cfg.Workload.HotMembers, "hot-members", loadtest.DefaultHotMembers, "flash sale: hot members")
 	fs.Float64Var(&cfg.Workload.HotShare, "hot-share", loadtest.DefaultHotShare, "flash sale: share of ops on the hot set (hot members and budget)")
-	fs.Float64Var(&cfg.Workload.BudgetShare, "budget-share", loadtest.DefaultBudgetShare, "flash sale: share of all ops that draw on the campaign budget")
+	fs.Float64Var(&cfg.Workload.BudgetShare, "budget-share", loadtest.DefaultBudgetShare, "flash sale: share of ops (captures aside) on the campaign budget; its writes are draws (with the default mix, about 0.72 of this share of all ops)")
 	fs.Int64Var(&cfg.Workload.MaxAmountMinor, "max-amount", loadtest.DefaultMaxAmount, "largest amount in minor units (points; cents for budget draws)")
 	fs.IntVar(&cfg.Clients, "clients", loadtest.DefaultClients, "concurrent clients (open loop: most requests in flight)")
 	fs.IntVar(&cfg.Batch, "batch", 1, "operations per request (1: single operations)")
@@ -67,9 +67,9 @@ func run(args []string) int {
 	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed (0: random; printed)")
 	fs.StringVar(&cfg.RunID, "run-id", "", "run ID: program name and key prefix (default: time and random)")
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", loadtest.DefaultOpTimeout, "bound on one call, retries included")
-	fs.IntVar(&cfg.VerifyOps, "verify-ops", loadtest.DefaultVerifyOps, "look up at most this many acked ops, in random order (-1: no limit)")
+	fs.IntVar(&cfg.VerifyOps, "verify-ops", loadtest.DefaultVerifyOps, "look up at most this many acked ops, in random order (-1: all; fewer is a sample, reported as one)")
 	fs.DurationVar(&cfg.VerifyBudget, "verify-budget", loadtest.DefaultVerifyBudget, "stop looking up acked ops after this long (a random sample); negative: no limit")
-	fs.IntVar(&cfg.VerifyAccounts, "verify-accounts", loadtest.DefaultVerifyAccounts, "balances compared: hot accounts plus a sample of this many")
+	fs.IntVar(&cfg.VerifyAccounts, "verify-accounts", loadtest.DefaultVerifyAccounts, "balances compared: all accounts up to this many, else the hot ones plus a sample of this many")
 	if err := fs.Parse(args); err != nil {
 		return exitNoRun
 	}
