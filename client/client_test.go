@@ -1004,6 +1004,58 @@ func TestCoalescedReadRejectionFailsOnlyItsCaller(t *testing.T) {
 	assert.False(t, c.noGetAccounts.Load())
 }
 
+// TestCoalescedReadBatchEndsWithItsLastWaitingCaller: a read the server
+// blamed has its answer, so the batch must not stay alive, retrying the
+// others' reads, for that caller after every other caller has gone. (It
+// did, holding the shard's read sender until the shard answered again.)
+func TestCoalescedReadBatchEndsWithItsLastWaitingCaller(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	fc.getAccounts = true
+	fc.badReadMember = "mallory"
+	gate := make(chan struct{})
+	fc.readHook = func(req *tallypb.GetAccountsRequest) error {
+		for _, r := range req.Accounts {
+			switch r.Member {
+			case "blocker":
+				<-gate
+				return nil
+			case "mallory":
+				return nil // blamed by the node
+			}
+		}
+		return tallyErr(codes.Unavailable, ledger.CodeUnavailable, "election", nil)
+	}
+	c := dial(t, fc, Config{Coalesce: true})
+	go func() { _, _ = c.GetAccount(testCtx(t), testProgram, "blocker", "CNY") }()
+	require.Eventually(t, func() bool { return fc.nodes[0].reads.Load() >= 1 }, 5*time.Second, time.Millisecond)
+	queued := func(n int) func() bool {
+		return func() bool {
+			c.mu.Lock()
+			q := c.readQueues[0]
+			c.mu.Unlock()
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			return len(q.pending) == n
+		}
+	}
+	doneM := make(chan error, 1)
+	go func() { _, err := c.GetAccount(testCtx(t), testProgram, "mallory", "CNY"); doneM <- err }()
+	require.Eventually(t, queued(1), 5*time.Second, time.Millisecond)
+	ctxA, cancelA := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	defer cancelA()
+	doneA := make(chan error, 1)
+	go func() { _, err := c.GetAccount(ctxA, testProgram, "alice", "CNY"); doneA <- err }()
+	require.Eventually(t, queued(2), 5*time.Second, time.Millisecond)
+	close(gate)
+
+	require.Equal(t, ledger.CodeInvalidArgument, CodeOf(<-doneM))
+	require.ErrorIs(t, <-doneA, context.DeadlineExceeded)
+	time.Sleep(100 * time.Millisecond)
+	before := fc.nodes[0].reads.Load()
+	time.Sleep(500 * time.Millisecond)
+	assert.Equal(t, before, fc.nodes[0].reads.Load(), "alice's read retried after every caller still waiting had gone")
+}
+
 // TestCloseFailsInflightCoalescedCallsWithErrClosed: a coalesced request
 // runs under the client's context, which Close cancels; its callers must
 // learn ErrClosed, not a context.Canceled they would take for their own.

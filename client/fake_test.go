@@ -45,6 +45,8 @@ type fakeCluster struct {
 	// with its index, as the node rejects a ref it finds invalid.
 	getAccounts   bool
 	badReadMember string
+	// readHook, if set, runs before GetAccounts; an error is its answer.
+	readHook func(req *tallypb.GetAccountsRequest) error
 }
 
 type fakeNode struct {
@@ -298,6 +300,14 @@ func (n *fakeNode) GetAccount(ctx context.Context, req *tallypb.GetAccountReques
 func (n *fakeNode) GetAccounts(ctx context.Context, req *tallypb.GetAccountsRequest) (*tallypb.GetAccountsResponse, error) {
 	n.reads.Add(1)
 	c := n.c
+	c.mu.Lock()
+	hook := c.readHook
+	c.mu.Unlock()
+	if hook != nil {
+		if err := hook(req); err != nil {
+			return nil, err
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.getAccounts {

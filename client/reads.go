@@ -214,34 +214,42 @@ func (q *readQueue) send(batch []*pendingRead) {
 	life := newBatchLife(q.c.ctx, batch, func(p *pendingRead) context.Context { return p.ctx })
 	defer life.end()
 	ctx := life.ctx
-	for len(batch) > 0 {
-		refs := make([]*tallypb.AccountRef, len(batch))
-		for i, p := range batch {
-			refs[i] = p.ref
+	pending := make([]int, len(batch)) // indexes into batch not yet answered
+	for k := range batch {
+		pending[k] = k
+	}
+	for len(pending) > 0 {
+		refs := make([]*tallypb.AccountRef, len(pending))
+		for i, k := range pending {
+			refs[i] = batch[k].ref
 		}
 		reads, e := q.c.getAccountsPart(ctx, q.shard, refs)
 		switch {
 		case e == nil:
-			for i, p := range batch {
-				p.done <- readOutcome{read: reads[i]}
+			for i, k := range pending {
+				batch[k].done <- readOutcome{read: reads[i]}
 			}
 			return
-		case len(batch) == 1 || !e.rejected():
-			for _, p := range batch {
+		case len(pending) == 1 || !e.rejected():
+			for _, k := range pending {
 				pe := *e
 				pe.OpIndex = -1
-				p.done <- readOutcome{err: &pe}
+				batch[k].done <- readOutcome{err: &pe}
 			}
 			return
-		case e.OpIndex < 0 || e.OpIndex >= len(batch):
-			for _, p := range batch {
-				q.send([]*pendingRead{p})
+		case e.OpIndex < 0 || e.OpIndex >= len(pending):
+			for _, k := range pending {
+				q.send([]*pendingRead{batch[k]})
 			}
 			return
 		}
 		pe := *e
 		pe.OpIndex = -1
-		batch[e.OpIndex].done <- readOutcome{err: &pe}
-		batch = append(batch[:e.OpIndex:e.OpIndex], batch[e.OpIndex+1:]...)
+		k := pending[e.OpIndex]
+		batch[k].done <- readOutcome{err: &pe}
+		// Its caller has its answer: the batch lives on only for the
+		// others (it used to stay alive, and retrying, for this one).
+		life.answered(k)
+		pending = append(pending[:e.OpIndex:e.OpIndex], pending[e.OpIndex+1:]...)
 	}
 }
