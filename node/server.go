@@ -360,6 +360,12 @@ func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest
 	if !req.GetFull() {
 		return resp, nil
 	}
+	select {
+	case s.fullState <- struct{}{}:
+		defer func() { <-s.fullState }()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	info, err := s.fsm.State()
 	if err != nil {
 		return nil, errInternal(err.Error())

@@ -107,6 +107,10 @@ type shard struct {
 	// read that waits for it still honours its deadline).
 	barrier chan struct{}
 	verify  verifier
+	// fullState admits one full state hash (ShardState with full) at a
+	// time: each walks the whole shard and holds its balances in memory,
+	// and any client may ask for one.
+	fullState chan struct{}
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -120,6 +124,7 @@ func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
 		proposeCh: make(chan *proposal, proposeQueueLen),
 		inflight:  make(chan *entry, n.cfg.MaxInflightEntries),
 		barrier:   make(chan struct{}, 1),
+		fullState: make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 
 		answerTimeout: answerTimeout,
