@@ -69,7 +69,7 @@ func run(args []string) int {
 	fs.DurationVar(&cfg.OpTimeout, "op-timeout", loadtest.DefaultOpTimeout, "bound on one call, retries included")
 	fs.IntVar(&cfg.VerifyOps, "verify-ops", loadtest.DefaultVerifyOps, "look up at most this many acked ops, in random order (-1: all; fewer is a sample, reported as one)")
 	fs.DurationVar(&cfg.VerifyBudget, "verify-budget", loadtest.DefaultVerifyBudget, "stop looking up acked ops after this long (a random sample); negative: no limit")
-	fs.IntVar(&cfg.VerifyAccounts, "verify-accounts", loadtest.DefaultVerifyAccounts, "balances compared: all accounts up to this many, else the hot ones plus a sample of this many")
+	fs.IntVar(&cfg.VerifyAccounts, "verify-accounts", loadtest.DefaultVerifyAccounts, "balances compared: all accounts up to this many (0 or less: all), else the hot ones plus a sample of this many")
 	if err := fs.Parse(args); err != nil {
 		return exitNoRun
 	}
