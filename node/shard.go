@@ -69,6 +69,9 @@ func (s *shard) await(f raft.Future) error {
 
 // proposal is one client request waiting to be packed into a log entry.
 type proposal struct {
+	// ctx is the caller's: a proposal whose caller has gone before it is
+	// packed is not proposed (see dropAbandoned).
+	ctx context.Context
 	req ledger.Request
 	res chan proposalResult // buffered: the waiter never blocks
 }
@@ -153,7 +156,7 @@ func (s *shard) propose(ctx context.Context, req ledger.Request) ([]ledger.Resul
 	if s.raft.State() != raft.Leader {
 		return nil, s.notLeader()
 	}
-	p := &proposal{req: req, res: make(chan proposalResult, 1)}
+	p := &proposal{ctx: ctx, req: req, res: make(chan proposalResult, 1)}
 	select {
 	case s.proposeCh <- p:
 	case <-ctx.Done():
@@ -201,6 +204,9 @@ func (s *shard) proposeLoop() {
 				break drain
 			}
 		}
+		if ps, ops = dropAbandoned(ps, ops); len(ps) == 0 {
+			continue
+		}
 		cmd := ledger.Command{TimeMs: time.Now().UnixMilli(), Requests: make([]ledger.Request, len(ps))}
 		for i, p := range ps {
 			cmd.Requests[i] = p.req
@@ -217,6 +223,32 @@ func (s *shard) proposeLoop() {
 			return
 		}
 	}
+}
+
+// dropAbandoned answers, and leaves out of the entry, the proposals whose
+// callers have gone (their deadline passed while they queued, as under
+// overload), and returns the rest and their op count. Nobody waits for
+// those any more, and their callers were told the outcome is unknown, so
+// not applying them is one of the outcomes they allow: it saves the work
+// under overload, and it keeps a request from applying long after its
+// caller gave up on it. (One packed before its caller leaves still may:
+// clients settle an unknown outcome by re-sending with the same keys.)
+func dropAbandoned(ps []*proposal, ops int) ([]*proposal, int) {
+	live := ps[:0]
+	for _, p := range ps {
+		if p.ctx == nil {
+			live = append(live, p)
+			continue
+		}
+		if err := p.ctx.Err(); err != nil {
+			p.res <- proposalResult{err: err}
+			ops -= len(p.req.Ops)
+			continue
+		}
+		live = append(live, p)
+	}
+	clear(ps[len(live):])
+	return live, ops
 }
 
 // completeLoop waits for entries in proposal order and answers their

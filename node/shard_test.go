@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -123,4 +124,31 @@ func TestNoCommandsBetween(t *testing.T) {
 	}
 	require.NoError(t, logs.DeleteRange(1, 2))
 	assert.False(t, noCommandsBetween(logs, 1, 4, 1), "entry 2 compacted away")
+}
+
+// TestDropAbandonedProposals: a proposal whose caller has gone is answered
+// with its caller's reason and left out of the entry; the others keep
+// their order, and the entry's op count follows.
+func TestDropAbandonedProposals(t *testing.T) {
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	mk := func(ctx context.Context, ops int) *proposal {
+		return &proposal{ctx: ctx, req: ledger.Request{Ops: make([]ledger.Op, ops)}, res: make(chan proposalResult, 1)}
+	}
+	a, b, c, d := mk(context.Background(), 2), mk(gone, 3), mk(nil, 1), mk(gone, 4)
+	ps, ops := dropAbandoned([]*proposal{a, b, c, d}, 10)
+	require.Equal(t, []*proposal{a, c}, ps)
+	require.Equal(t, 3, ops)
+	for _, p := range []*proposal{b, d} {
+		select {
+		case r := <-p.res:
+			require.ErrorIs(t, r.err, context.Canceled)
+		default:
+			t.Fatal("an abandoned proposal was not answered")
+		}
+	}
+	require.Empty(t, a.res)
+	ps, ops = dropAbandoned([]*proposal{mk(gone, 5)}, 5)
+	require.Empty(t, ps)
+	require.Zero(t, ops)
 }
