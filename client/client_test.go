@@ -786,6 +786,26 @@ func TestCoalescedReadsFallBackOnOldServers(t *testing.T) {
 // was sent holds "indeterminate" and may settle the op itself. Retries of
 // the batch for the callers that still wait must leave its op out, or it
 // could apply after the caller found it not applied.
+// occupySender sends a "blocker" write, which the test's hook holds, and
+// waits until it is in flight: shard 0's only sender is then busy, and the
+// calls that follow queue behind it.
+func occupySender(t *testing.T, fc *fakeCluster, c *Client) {
+	t.Helper()
+	go func() { _, _ = c.Apply(testCtx(t), credit("alice", "blocker", "1")) }()
+	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+}
+
+// waitQueued waits until shard 0's write queue holds n groups.
+func waitQueued(t *testing.T, c *Client, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		q := c.queues[0]
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.groups) == n
+	}, 5*time.Second, time.Millisecond)
+}
+
 func TestCoalescedOpOfGoneCallerIsNotResent(t *testing.T) {
 	fc := newFakeCluster(t, 1, 1)
 	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1, RequestTimeout: time.Second})
@@ -802,8 +822,7 @@ func TestCoalescedOpOfGoneCallerIsNotResent(t *testing.T) {
 		}
 		return nil, nil, false
 	})
-	go func() { _, _ = c.Apply(testCtx(t), credit("alice", "blocker", "1")) }()
-	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	occupySender(t, fc, c)
 
 	// A and a patient B queue behind the blocker and share the next batch.
 	// A must outlive the blocker and its own batch's send, then give up.
@@ -813,12 +832,7 @@ func TestCoalescedOpOfGoneCallerIsNotResent(t *testing.T) {
 	go func() { _, err := c.Apply(ctxA, credit("alice", "payA", "100")); doneA <- err }()
 	doneB := make(chan error, 1)
 	go func() { _, err := c.Apply(testCtx(t), credit("bob", "payB", "1")); doneB <- err }()
-	require.Eventually(t, func() bool {
-		q := c.queues[0]
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		return len(q.groups) == 2
-	}, 5*time.Second, time.Millisecond)
+	waitQueued(t, c, 2)
 	close(gate)
 
 	errA := <-doneA
@@ -871,17 +885,16 @@ func TestCoalescedFallbackStopsForGoneCaller(t *testing.T) {
 		}
 		return nil, nil, false
 	})
-	go func() { _, _ = c.Apply(testCtx(t), credit("alice", "blocker", "1")) }()
-	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	occupySender(t, fc, c)
 
 	ctxA, cancelA := context.WithTimeout(testCtx(t), time.Second)
 	defer cancelA()
 	doneA := make(chan error, 1)
 	go func() { _, err := c.Apply(ctxA, credit("alice", "payA", "100")); doneA <- err }()
-	require.Eventually(t, func() bool { q := c.queues[0]; q.mu.Lock(); defer q.mu.Unlock(); return len(q.groups) == 1 }, 5*time.Second, time.Millisecond)
+	waitQueued(t, c, 1)
 	doneB := make(chan error, 1)
 	go func() { _, err := c.Apply(testCtx(t), credit("bob", "payB", "5")); doneB <- err }()
-	require.Eventually(t, func() bool { q := c.queues[0]; q.mu.Lock(); defer q.mu.Unlock(); return len(q.groups) == 2 }, 5*time.Second, time.Millisecond)
+	waitQueued(t, c, 2)
 	close(gate)
 
 	errA := <-doneA
@@ -911,8 +924,7 @@ func TestCoalescerKeepsOneKeyPerRequest(t *testing.T) {
 		}
 		return nil, nil, false
 	})
-	go func() { _, _ = c.Apply(testCtx(t), credit("alice", "blocker", "1")) }()
-	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	occupySender(t, fc, c)
 	const n = 30
 	results := make([]Result, n+1)
 	errs := make([]error, n+1)
@@ -923,7 +935,7 @@ func TestCoalescerKeepsOneKeyPerRequest(t *testing.T) {
 			key = "k7" // the webhook again
 		}
 		wg.Go(func() { results[i], errs[i] = c.Apply(testCtx(t), credit("alice", key, "1")) })
-		require.Eventually(t, func() bool { q := c.queues[0]; q.mu.Lock(); defer q.mu.Unlock(); return len(q.groups) == i+1 }, 5*time.Second, time.Millisecond)
+		waitQueued(t, c, i+1)
 	}
 	before := len(fc.nodes[0].recorded())
 	close(gate)
