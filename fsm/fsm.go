@@ -210,6 +210,8 @@ type FSM struct {
 	ov    *ledger.Overlay // ApplyBatch's overlay over store, reused (FSM goroutine only)
 
 	hooks Hooks
+	// maxApplyOps is maxApplyOps; tests lower it.
+	maxApplyOps int
 }
 
 // Hooks let the node observe the FSM (metrics). Each is optional and is
@@ -231,7 +233,7 @@ var (
 
 // New returns the FSM of shard on db, loading its durable applied index.
 func New(db *DB, shard uint32) (*FSM, error) {
-	f := &FSM{shard: shard, db: db.db, sdb: db, kb: keyBuilder{prefix: shardPrefix(shard)}}
+	f := &FSM{shard: shard, db: db.db, sdb: db, kb: keyBuilder{prefix: shardPrefix(shard)}, maxApplyOps: maxApplyOps}
 	if err := f.loadMeta(); err != nil {
 		return nil, err
 	}
@@ -314,27 +316,25 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
-// ApplyBatch applies a batch of committed entries as one Pebble batch
-// (raft.BatchingFSM). Entries at or below the durable applied index were
+// ApplyBatch applies a batch of committed entries as one Pebble batch, or
+// as several of at most maxApplyOps operations each (raft.BatchingFSM). Entries at or below the durable applied index were
 // applied before a restart and are skipped. The response of a command entry
 // is Results. A storage or decode failure panics: the node must stop rather
 // than diverge from its replicas.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
-	start := time.Now()
 	resp := make([]interface{}, len(logs))
 	f.mu.Lock()
-	m := f.m
+	appliedIndex := f.m.appliedIndex
 	f.mu.Unlock()
 
-	st := f.store
-	st.seq = m.seq
-	// Decode first: the operation count sizes the overlay's buffers.
+	// Decode first: the operation counts size the overlay's buffers and
+	// split the batch.
 	cmds := make([]ledger.Command, len(logs))
-	ops := 0
 	var logBytes uint64
+	first, ops := 0, 0
 	for i, l := range logs {
 		logBytes += uint64(len(l.Data))
-		if l.Index <= m.appliedIndex || l.Type != raft.LogCommand {
+		if l.Index <= appliedIndex || l.Type != raft.LogCommand {
 			continue
 		}
 		var err error
@@ -342,11 +342,44 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			panic(fmt.Sprintf("fsm: shard %d: undecodable entry %d (written by a newer tallyd? then upgrade this node): %v",
 				f.shard, l.Index, err))
 		}
+		n := 0
 		for _, r := range cmds[i].Requests {
-			ops += len(r.Ops)
+			n += len(r.Ops)
 		}
+		if ops > 0 && ops+n > f.maxApplyOps {
+			f.applyPart(logs[first:i], cmds[first:i], resp[first:i], ops)
+			first, ops = i, 0
+		}
+		ops += n
 	}
+	f.applyPart(logs[first:], cmds[first:], resp[first:], ops)
 	f.logBytes.Add(logBytes)
+	return resp
+}
+
+// maxApplyOps bounds the operations ApplyBatch writes in one Pebble batch.
+// hashicorp/raft hands the FSM up to MaxAppendEntries (512) entries at once,
+// and a follower catching up under batched load gets entries of up to
+// ~24,000 operations each: one batch of all of them would buffer ~650 bytes
+// of overlay per operation, gigabytes, and could exceed Pebble's 4 GiB batch
+// limit, on every replay after the crash it caused. Each part commits the
+// applied index of its own last entry, so the state DB still holds a prefix
+// of the log.
+const maxApplyOps = 1 << 16
+
+// applyPart applies logs, whose commands are decoded in cmds (ops
+// operations in all), as one Pebble batch, and fills resp.
+func (f *FSM) applyPart(logs []*raft.Log, cmds []ledger.Command, resp []interface{}, ops int) {
+	if len(logs) == 0 {
+		return
+	}
+	start := time.Now()
+	f.mu.Lock()
+	m := f.m
+	f.mu.Unlock()
+
+	st := f.store
+	st.seq = m.seq
 	if f.ov == nil {
 		f.ov = ledger.NewOverlay(st)
 	}
@@ -403,7 +436,6 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	if f.hooks.OnApply != nil {
 		f.hooks.OnApply(m.appliedIndex, applied, ops, time.Since(start))
 	}
-	return resp
 }
 
 // reads gives a view over the live database; callers provide linearizability.

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -871,4 +872,50 @@ func TestRestoreRefusesStateWithoutMeta(t *testing.T) {
 	after, err := g.State()
 	require.NoError(t, err)
 	require.Equal(t, before, after)
+}
+
+// A batch with more operations than maxApplyOps is applied in parts, each
+// committed with the applied index of its own last entry, and gives the same
+// results and state as one part would.
+func TestApplyBatchSplitsLargeBatches(t *testing.T) {
+	logs := randomLogs(7, 300)
+	_, whole := openFSM(t, t.TempDir(), 0)
+	_, split := openFSM(t, t.TempDir(), 0)
+	const limit = 7
+	split.maxApplyOps = limit
+	type part struct {
+		index uint64
+		ops   int
+	}
+	var parts []part
+	split.SetHooks(Hooks{OnApply: func(index uint64, _, ops int, _ time.Duration) {
+		parts = append(parts, part{index, ops})
+	}})
+
+	want := whole.ApplyBatch(logs)
+	got := split.ApplyBatch(logs)
+	require.Equal(t, len(want), len(got))
+	for i := range want {
+		if want[i] == nil {
+			require.Nil(t, got[i], "entry %d", logs[i].Index)
+			continue
+		}
+		require.Equal(t, results(t, want[i]), results(t, got[i]), "entry %d", logs[i].Index)
+	}
+	wantState, err := whole.State()
+	require.NoError(t, err)
+	gotState, err := split.State()
+	require.NoError(t, err)
+	require.Equal(t, wantState.Hash, gotState.Hash)
+	require.Equal(t, logs[len(logs)-1].Index, split.AppliedIndex())
+
+	require.Greater(t, len(parts), 10, "a batch of %d entries was not split", len(logs))
+	for i, p := range parts {
+		// A part holds whole entries: it exceeds the limit only when one
+		// entry does (randomLogs' largest holds 8 ops).
+		require.LessOrEqual(t, p.ops, 8, "part %d", i)
+		if i > 0 {
+			require.Greater(t, p.index, parts[i-1].index, "part %d", i)
+		}
+	}
 }
