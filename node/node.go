@@ -425,21 +425,33 @@ func (n *Node) close() error {
 	// blocks forever: a test's Close hung for 13 minutes that way. While
 	// Raft runs, a transfer resolves within its timeout.
 	n.balancing.Wait()
+	// Every shard is told to stop, and every Raft group to shut down,
+	// before anything is waited for; then the transport is closed, and only
+	// then are the shutdowns awaited. A follower installing a snapshot
+	// reads the stream inside Raft's main loop, and hashicorp/raft sets no
+	// read deadline there: if the sender stalls (a paused leader), the main
+	// loop stays blocked, and so would Shutdown().Error() and a snapshot
+	// loop waiting on raft.Snapshot(), until the connection is closed.
+	var shutdowns []raft.Future
 	for _, s := range n.shards {
-		s.stopLoops()
-	}
-	for _, s := range n.shards {
+		close(s.stop)
 		if s.raft != nil {
-			if err := s.raft.Shutdown().Error(); err != nil {
-				errs = append(errs, err)
-			}
+			shutdowns = append(shutdowns, s.raft.Shutdown())
 		}
 	}
-	n.wg.Wait()
-	n.peers.close()
 	if n.mux != nil {
 		errs = append(errs, n.mux.Close())
 	}
+	for _, f := range shutdowns {
+		if err := f.Error(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, s := range n.shards {
+		s.wg.Wait()
+	}
+	n.wg.Wait()
+	n.peers.close()
 	if n.state != nil {
 		// Flush so a clean restart resumes from the applied index without
 		// replaying the log.
