@@ -66,7 +66,8 @@ type Config struct {
 	// Coalesce queues concurrent unlinked submissions per shard and sends
 	// them together (see the package doc).
 	Coalesce bool
-	// MaxInflightPerShard bounds coalesced Submit RPCs in flight per shard
+	// MaxInflightPerShard bounds coalesced RPCs (Submit or GetAccounts) in
+	// flight per shard
 	// (default DefaultMaxInflightPerShard).
 	MaxInflightPerShard int
 	// BackoffMin and BackoffMax bound the wait between retries (defaults

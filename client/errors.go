@@ -85,8 +85,10 @@ func (e *Error) Is(target error) bool {
 func (e *Error) Unwrap() error { return e.Err }
 
 // IsIndeterminate reports whether err (or any error it wraps or joins) says
-// that mutating operations may or may not have applied. Resolve with
-// GetOperation, or re-send with the same idempotency keys.
+// that mutating operations may or may not have applied. Settle it by
+// re-sending the same operations with the same idempotency keys: each
+// applies once or replays its stored result. (GetOperation's "found" is
+// final; its "not found" is not, while an attempt may still apply.)
 func IsIndeterminate(err error) bool {
 	switch e := err.(type) {
 	case nil:

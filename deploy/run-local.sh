@@ -44,7 +44,8 @@ for _ in $(seq 1 150); do
   for k in 0 1 2; do
     kill -0 "${pids[$k]}" 2>/dev/null || fail "node n$((k + 1)) exited at start"
   done
-  if "$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -q "^$((shards - 1)) *n"; then ready=1; break; fi
+  led=$("$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
+  if [ "$led" = "$shards" ]; then ready=1; break; fi
   sleep 0.2
 done
 [ -n "$ready" ] || fail "no leader for every one of $shards shards after 30 s"

@@ -119,11 +119,14 @@ type Config struct {
 	// dial, so a fault-injection proxy can sit on each link.
 	DialRewrite map[string]string
 	Raft        RaftTuning
-	// MaxOpsPerEntry bounds how many operations the proposer packs into one
-	// log entry.
+	// MaxOpsPerEntry is where the proposer stops adding requests to a log
+	// entry: the request that reaches it is still packed whole, so an entry
+	// holds up to MaxOpsPerEntry + ledger.MaxBatchOps - 1 operations.
 	MaxOpsPerEntry int
-	// MaxInflightEntries bounds a shard's log entries proposed but not yet
-	// applied. While that many are in flight, requests queue and the next
+	// MaxInflightEntries bounds a shard's log entries proposed and queued
+	// for their answer; with the one being answered and the one proposed
+	// and waiting for room, up to MaxInflightEntries+2 are unanswered at
+	// once. While they are in flight, requests queue and the next
 	// entry packs them all: fewer, bigger entries under load (each entry
 	// costs encoding, a log write and a decode on every replica).
 	MaxInflightEntries int

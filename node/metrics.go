@@ -65,7 +65,7 @@ func newMetrics(n *Node) *metrics {
 		}),
 		unanswered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_raft_unanswered_total",
-			Help: "Raft futures (log entries, read barriers, expiry ticks) not answered within 10 s; their requests got UNAVAILABLE. Should stay 0.",
+			Help: "Raft futures (log entries, read barriers, leadership checks, expiry ticks, version raises) not answered within 10 s; their requests got UNAVAILABLE. Should stay 0.",
 		}),
 		applyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tally_apply_batch_ops", Help: "Operations applied in one FSM batch (one Pebble batch).",

@@ -477,10 +477,11 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "tallyctl: %v\n", err)
 	if client.IsIndeterminate(err) {
-		fmt.Fprintf(stderr, "tallyctl: the operation may or may not have applied; check with: tallyctl op --program %s --member %s --key %s\n",
-			a.program, a.member, a.key)
-	}
-	if a.keyGenerated && worthRetrying(err) {
+		// Not "tallyctl op": its "not found" is not final while an attempt
+		// may still apply; a re-send with the key settles it either way.
+		fmt.Fprintf(stderr, "tallyctl: the operation may or may not have applied; re-run the same command with --key %s to settle it (it applies once, or replays the stored outcome)\n",
+			a.key)
+	} else if a.keyGenerated && worthRetrying(err) {
 		fmt.Fprintf(stderr, "tallyctl: idempotency key was %s; re-run with --key %s to retry safely\n", a.key, a.key)
 	}
 	return exitError

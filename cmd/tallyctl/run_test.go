@@ -331,7 +331,7 @@ func TestIndeterminateOutcome(t *testing.T) {
 		"--asset", "CNY", "--amount", "1", "--key", "d-42"}, &stdout, &stderr)
 	assert.Equal(t, exitError, code)
 	assert.Contains(t, stderr.String(), "indeterminate")
-	assert.Contains(t, stderr.String(), "tallyctl op --program shop --member hal --key d-42")
+	assert.Contains(t, stderr.String(), "re-run the same command with --key d-42 to settle it")
 	assert.NotContains(t, stderr.String(), "idempotency key was", "the user chose the key")
 	var out struct {
 		Error struct {

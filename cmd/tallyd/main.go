@@ -5,6 +5,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -21,6 +22,9 @@ import (
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return // the flag package printed the usage
+		}
 		fmt.Fprintln(os.Stderr, "tallyd:", err)
 		os.Exit(1)
 	}
@@ -50,13 +54,13 @@ func run(args []string) error {
 	fs.Uint64Var(&snapEvery, "snapshot-threshold", 0, "log entries after which Raft snapshots regardless of bytes (0: default 1048576)")
 	fs.Uint64Var(&cfg.Raft.SnapshotLogBytes, "snapshot-log-bytes", 0, "least log bytes per shard between snapshots; past it a shard snapshots once its log since the last one is as big as that snapshot (0: default 64 MiB)")
 	fs.Uint64Var(&trailing, "trailing-logs", 0, "log entries kept after a snapshot (0: default 10240)")
-	fs.DurationVar(&cfg.Raft.SnapshotInterval, "snapshot-interval", 0, "how often each shard checks whether to snapshot, randomized up to twice that (0: default 30s)")
+	fs.DurationVar(&cfg.Raft.SnapshotInterval, "snapshot-interval", 0, "how often hashicorp/raft checks its entry-count backstop (--snapshot-threshold), randomized up to twice that (0: default 30s); the log-bytes trigger is checked every second")
 	fs.DurationVar(&cfg.Raft.HeartbeatTimeout, "heartbeat-timeout", 0, "a follower that hears no leader for this long starts an election (0: default 500ms)")
 	fs.DurationVar(&cfg.Raft.ElectionTimeout, "election-timeout", 0, "a candidate that wins no election in this long (randomized up to twice that) starts another (0: default 500ms, or --heartbeat-timeout if longer); raise both on a disk whose syncs take hundreds of ms")
 	fs.DurationVar(&cfg.Raft.LeaderLeaseTimeout, "leader-lease-timeout", 0, "a leader that hears from no quorum for this long steps down; at most --heartbeat-timeout (0: default 500ms, capped by it)")
-	fs.IntVar(&cfg.MaxInflightEntries, "max-inflight-entries", 0, "log entries per shard proposed but not yet applied (0: default)")
+	fs.IntVar(&cfg.MaxInflightEntries, "max-inflight-entries", 0, "log entries per shard queued for their answer once proposed; up to two more can be proposed but unanswered (0: default 4)")
 	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 0, "leadership balancing period (0: 2s, negative: off)")
-	fs.BoolVar(&cfg.RepairLogTail, "repair-log-tail", false, "delete Raft log entries that fail verification at the end of a shard's log instead of refusing to start; safe only if the other nodes hold every committed entry (else wipe this node's data and add it back)")
+	fs.BoolVar(&cfg.RepairLogTail, "repair-log-tail", false, "delete Raft log entries that fail verification at the end of a shard's log instead of refusing to start; safe only while every other node is up and holds every committed entry; wiping this node's data needs the same (README)")
 	fs.Func("max-version", "hold this node's shards at or below this state machine rules version (0: this binary's newest); shards are raised to the newest version every node allows, after which older binaries refuse them, so set it during a rolling upgrade to keep a downgrade possible", func(v string) error {
 		n, err := strconv.ParseUint(v, 10, 32)
 		cfg.MaxVersion = uint32(n)

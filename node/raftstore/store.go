@@ -223,9 +223,10 @@ func (db *DB) shardsOfKind(kind byte) ([]uint32, error) {
 //     then elect a candidate that lacks a committed entry: an acknowledged
 //     write lost, and replicas that already applied it diverging.
 //   - So deletion is an operator's decision (Options.RepairTail, tallyd
-//     --repair-log-tail), safe when the other nodes hold every committed
-//     entry, e.g. they form a quorum that has not lost a node since. The
-//     alternative is to wipe this node's data and add it back.
+//     --repair-log-tail), safe only while every other node is up and holds
+//     every committed entry (in three nodes, a committed entry may be on
+//     this node and only one other). Wiping this node's data and starting
+//     it again needs the same condition: it forgets its vote too.
 //   - An entry in a codec version this build does not know is never deleted:
 //     it is most likely intact and written by a newer build.
 //
@@ -278,9 +279,10 @@ func (db *DB) repairTail(shard uint32, repair bool) error {
 	}
 	if !repair {
 		return fmt.Errorf("%w: shard %d: the last %d log entries (%d-%d) fail verification (%v); refusing to open: "+
-			"deleting them could lose writes this node acknowledged. If the other nodes hold every committed entry "+
-			"(a quorum of them up and healthy), restart with --repair-log-tail to delete them (Raft re-fetches them "+
-			"from the leader), or wipe this node's data and add it back",
+			"deleting them could lose writes this node acknowledged. Only while every other node is up and holds every "+
+			"committed entry (each shard has a leader, and tallyctl state shows the others at one applied index), "+
+			"restart with --repair-log-tail to delete them (Raft re-fetches them from the leader), or wipe this "+
+			"node's data and start it again",
 			ErrCorruptLog, shard, badCount, badLow, badHigh, firstCause)
 	}
 	db.logger.Warn("raftstore: deleting corrupt log tail; Raft will re-fetch these entries from the leader",
