@@ -210,7 +210,7 @@ type FSM struct {
 	ov    *ledger.Overlay // ApplyBatch's overlay over store, reused (FSM goroutine only)
 
 	hooks Hooks
-	// maxApplyOps is maxApplyOps; tests lower it.
+	// maxApplyOps is the constant maxApplyOps; tests lower it.
 	maxApplyOps int
 }
 
@@ -317,8 +317,9 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 }
 
 // ApplyBatch applies a batch of committed entries as one Pebble batch, or
-// as several of at most maxApplyOps operations each (raft.BatchingFSM). Entries at or below the durable applied index were
-// applied before a restart and are skipped. The response of a command entry
+// as several of at most maxApplyOps operations each (raft.BatchingFSM).
+// Entries at or below the durable applied index were applied before a
+// restart and are skipped. The response of a command entry
 // is Results. A storage or decode failure panics: the node must stop rather
 // than diverge from its replicas.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
