@@ -236,12 +236,8 @@ func (s *shard) proposeLoop() {
 func dropAbandoned(ps []*proposal, ops int) ([]*proposal, int) {
 	live := ps[:0]
 	for _, p := range ps {
-		if p.ctx == nil {
-			live = append(live, p)
-			continue
-		}
-		if err := p.ctx.Err(); err != nil {
-			p.res <- proposalResult{err: err}
+		if p.ctx != nil && p.ctx.Err() != nil {
+			p.res <- proposalResult{err: p.ctx.Err()}
 			ops -= len(p.req.Ops)
 			continue
 		}
