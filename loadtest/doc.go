@@ -10,13 +10,15 @@
 // loop (N clients, each one request at a time, single operations or batches
 // of B) or an open loop (requests scheduled at a fixed rate, latency measured
 // from the intended start so that a stalled server cannot hide its stall:
-// coordinated omission). Verify then checks that:
+// coordinated omission). Verify first settles every operation whose outcome
+// the client never learnt by re-sending it with its key, as any client must
+// (it applies once or replays its recorded result), then checks that:
 //
 //   - every acknowledged operation (all of them, or a random sample for
 //     large runs) is stored with the code and sequence number the client
 //     saw: a mismatch or a missing operation is a lost ack;
 //   - final balances of checked accounts equal the balances predicted from
-//     the seeds and the acknowledged (or resolved) operations;
+//     the seeds and the acknowledged (or settled) operations;
 //   - on every node and shard, conservation holds and replicas at the same
 //     applied index have the same state hash.
 //

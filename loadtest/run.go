@@ -622,8 +622,8 @@ func Summary(out io.Writer, rep *Report) {
 	}
 	b.WriteString("\n")
 	if v := rep.Verification; v != nil {
-		fmt.Fprintf(&b, "verify (%.1fs): %d of %d acked ops looked up (%s): lost_acks=%d keys_reused=%d; indeterminate %d (applied %d, unresolved %d)\n",
-			v.DurationS, v.VerifiedOps, v.AckedOps, v.VerifyMode, v.LostAcks, v.KeysReused, v.Indeterminate, v.ResolvedApplied, v.UnresolvedOps)
+		fmt.Fprintf(&b, "verify (%.1fs): %d of %d acked ops looked up (%s): lost_acks=%d keys_reused=%d; indeterminate %d, settled by re-send (recorded %d, refused %d, unresolved %d)\n",
+			v.DurationS, v.VerifiedOps, v.AckedOps, v.VerifyMode, v.LostAcks, v.KeysReused, v.Indeterminate, v.ResolvedApplied, v.ResolvedRefused, v.UnresolvedOps)
 		fmt.Fprintf(&b, "  failed ops: %d looked up, %d stored anyway; unexpected codes: %d\n", v.FailedChecked, v.FailedStored, v.UnexpectedCodes)
 		fmt.Fprintf(&b, "  balances: %d accounts checked, %d mismatches (%d skipped: unknown outcome)\n",
 			v.AccountsChecked, v.BalanceMismatch, v.AccountsSkipped)

@@ -37,7 +37,7 @@ const (
 	// nothing (a rejection, NOT_LEADER).
 	stateFailed
 	// stateIndeterminate: the request gave up after it may have reached a
-	// server; the verifier resolves it with GetOperation.
+	// server; the verifier settles it by re-sending the op with its key.
 	stateIndeterminate
 )
 
@@ -135,7 +135,7 @@ type Verification struct {
 	LostAcks        int64    `json:"lost_acks"`
 	LostAckExamples []string `json:"lost_ack_examples,omitempty"`
 	// FailedStored counts ops the client was told certainly failed (or an
-	// indeterminate op resolved as not applied) that are stored anyway.
+	// indeterminate op whose re-send was refused) that are stored anyway.
 	FailedChecked  int64    `json:"failed_checked"`
 	FailedStored   int64    `json:"failed_stored"`
 	FailedExamples []string `json:"failed_stored_examples,omitempty"`
@@ -146,9 +146,14 @@ type Verification struct {
 	UnexpectedExamples []string `json:"unexpected_code_examples,omitempty"`
 	// KeysReused counts ops answered IDEMPOTENCY_KEY_REUSED, which a run
 	// whose every op has its own key must never see.
-	KeysReused       int64    `json:"keys_reused"`
+	KeysReused int64 `json:"keys_reused"`
+	// Indeterminate counts ops whose outcome the client never learnt; the
+	// verifier re-sent each with its key: ResolvedApplied were recorded
+	// (before, or by the re-send), ResolvedRefused were refused without a
+	// record, UnresolvedOps got no answer.
 	Indeterminate    int64    `json:"indeterminate"`
 	ResolvedApplied  int64    `json:"resolved_applied"`
+	ResolvedRefused  int64    `json:"resolved_refused"`
 	UnresolvedOps    int64    `json:"unresolved_ops"`
 	AccountsChecked  int64    `json:"accounts_checked"`
 	AccountsSkipped  int64    `json:"accounts_skipped"` // touched by an unresolved op
@@ -191,8 +196,12 @@ type Verifier struct {
 	RunID   string
 	// SeedMinor is each account's balance after setup (by account index).
 	SeedMinor func(account int) int64
-	// OpOf is the op client sent for s, what the stored op must be.
+	// OpOf is the op client sent for s: what the stored op must be, and
+	// what is re-sent to settle an op of unknown outcome. Required.
 	OpOf func(client int32, s Spec) client.Op
+	// ResendTries bounds the re-sends of each op of unknown outcome
+	// (0: defaultResendTries).
+	ResendTries int
 	// MaxOps and OpsBudget bound how many acknowledged ops are looked up
 	// and for how long: all of them if the bounds allow, else a uniform
 	// random sample (VerifyMode says which). OpsBudget 0 is no time bound.
@@ -213,10 +222,10 @@ func (vf *Verifier) Verify(ctx context.Context, log []ackRecord) *Verification {
 	start := time.Now()
 	v := &Verification{}
 	rng := rand.New(rand.NewPCG(vf.Seed, 0x5eed))
-	// Invariants first: they wait for every shard's replicas to converge,
-	// so an op still being applied cannot be resolved as "never applied".
-	vf.checkInvariants(ctx, v)
+	// Settle unknown outcomes first: a re-send may apply an op, and the
+	// invariants and balances must be those of the final state.
 	vf.resolve(ctx, log, v)
+	vf.checkInvariants(ctx, v)
 	for i := range log {
 		r := &log[i]
 		if r.code == ledger.CodeIdempotencyKeyReused {
@@ -253,9 +262,14 @@ func (vf *Verifier) forEach(n int, fn func(i int)) {
 	wg.Wait()
 }
 
-// resolve looks up every indeterminate op: applied ones become acked with
-// the stored outcome, the rest failed; ops whose lookup fails stay
-// indeterminate and their accounts are left out of the balance check.
+// resolve settles every indeterminate op the way any client must: by
+// re-sending it with its key. The answer is final: the op applies now or
+// replays the result it was recorded with (a lookup's "not found" is not
+// final, since an attempt still in flight may apply after it). Recorded ops
+// become acked with that result; an op the ledger refuses without recording
+// it (validation, which is the same on every attempt) becomes failed; ops
+// whose re-sends get no answer in ResendTries stay indeterminate, and their
+// accounts are left out of the balance check.
 func (vf *Verifier) resolve(ctx context.Context, log []ackRecord, v *Verification) {
 	var idx []int
 	for i := range log {
@@ -264,22 +278,74 @@ func (vf *Verifier) resolve(ctx context.Context, log []ackRecord, v *Verificatio
 		}
 	}
 	v.Indeterminate = int64(len(idx))
-	var applied, unresolved atomic.Int64
+	if len(idx) > 0 && vf.OpOf == nil {
+		panic("loadtest: a Verifier needs OpOf to settle ops of unknown outcome")
+	}
+	tries := vf.ResendTries
+	if tries <= 0 {
+		tries = defaultResendTries
+	}
+	var recorded, refused, unresolved atomic.Int64
 	vf.forEach(len(idx), func(j int) {
 		r := &log[idx[j]]
-		found, e, err := vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), keyOf(vf.RunID, r.client, r.spec.Seq))
-		switch {
-		case err != nil:
-			unresolved.Add(1)
-		case found:
-			r.state, r.code, r.seq, r.digest = stateAcked, e.Result.Code, e.Seq, resultDigest(e.Result)
-			applied.Add(1)
-		default:
-			// Not applied; its code stays the one that left it unknown.
-			r.state, r.code = stateFailed, codeIndeterminate
+		op := vf.OpOf(r.client, r.spec)
+		backoff := resendBackoff
+		for try := range tries {
+			if try > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, maxResendBackoff)
+			}
+			cctx, cancel := context.WithTimeout(ctx, resendTimeout)
+			res, err := vf.L.Submit(cctx, []client.Op{op}, false)
+			cancel()
+			code := client.CodeOf(err)
+			if len(res) == 1 && res[0].Code != "" {
+				code = res[0].Code
+			}
+			switch {
+			case err == nil && len(res) == 1 && res[0].Seq > 0:
+				r.state, r.code, r.seq, r.digest = stateAcked, res[0].Code, res[0].Seq, resultDigest(res[0])
+				recorded.Add(1)
+				return
+			case !client.IsIndeterminate(err) && !resendAgain(code):
+				// The ledger answered and recorded nothing (a
+				// validation refusal, IDEMPOTENCY_KEY_REUSED): rules
+				// that answer every attempt of the op alike.
+				r.state, r.code = stateFailed, code
+				refused.Add(1)
+				return
+			}
+			if ctx.Err() != nil {
+				break
+			}
 		}
+		unresolved.Add(1)
 	})
-	v.ResolvedApplied, v.UnresolvedOps = applied.Load(), unresolved.Load()
+	v.ResolvedApplied, v.ResolvedRefused, v.UnresolvedOps = recorded.Load(), refused.Load(), unresolved.Load()
+}
+
+// Re-send bounds: a shard that lost its leader elects one in about a second,
+// so ten tries over ~12 s ride out an election without stalling a report on
+// a cluster that stays down.
+const (
+	defaultResendTries = 10
+	resendBackoff      = 50 * time.Millisecond
+	maxResendBackoff   = 2 * time.Second
+	resendTimeout      = 10 * time.Second
+)
+
+// resendAgain reports whether a re-send that ended with code, and no record,
+// is worth another: the request did not reach a leader, or an error left it
+// unanswered.
+func resendAgain(code ledger.Code) bool {
+	switch code {
+	case ledger.CodeOK, ledger.CodeNotLeader, ledger.CodeUnavailable, ledger.CodeInternal:
+		return true
+	}
+	return false
 }
 
 // checkAcks looks up acknowledged ops in a uniformly random order until all
@@ -358,7 +424,7 @@ func opString(o client.Op) string {
 }
 
 // checkFailed looks up every op the client was told certainly failed (and
-// every indeterminate one resolved as not applied): none may be stored.
+// every indeterminate one whose re-send was refused): none may be stored.
 // They are few in a healthy run, so all are looked up.
 func (vf *Verifier) checkFailed(ctx context.Context, log []ackRecord, v *Verification) {
 	var idx []int

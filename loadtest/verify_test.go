@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -214,17 +215,87 @@ func TestRunFailsOnUnexpectedCodes(t *testing.T) {
 	}
 }
 
+// TestVerifierResolvesIndeterminateOps: ops of unknown outcome are settled
+// by re-sending them with their keys: one that applied replays (and must
+// not apply twice, or the balance check fails), one that never reached the
+// ledger applies now, and one the ledger refuses is checked as failed (and
+// fails the run: the workload never sends an op the rules refuse).
 func TestVerifierResolvesIndeterminateOps(t *testing.T) {
 	f := newFakeLedger(4)
+	f.rejectKeys["t-98-1"] = true
 	v := verifyFake(t, f, func(log []ackRecord) {
-		// Pretend the client never learnt two outcomes: one op that
-		// applied, and one (below) whose request never reached the ledger.
 		a := firstAcked(log, KindCredit)
 		a.state, a.code, a.seq = stateIndeterminate, "UNAVAILABLE", 0
-	}, ackRecord{client: 99, spec: Spec{Kind: KindDebit, Account: 5, AmountMinor: 10, Seq: 1}, state: stateIndeterminate})
-	if !v.OK() || v.Indeterminate != 2 || v.ResolvedApplied != 1 || v.UnresolvedOps != 0 {
-		t.Errorf("want both resolved (one applied) and a clean pass: %+v", v)
+	}, ackRecord{client: 99, spec: Spec{Kind: KindDebit, Account: 5, AmountMinor: 10, Seq: 1}, state: stateIndeterminate},
+		ackRecord{client: 98, spec: Spec{Kind: KindCredit, Account: 6, AmountMinor: 10, Seq: 1}, state: stateIndeterminate})
+	if v.Indeterminate != 3 || v.ResolvedApplied != 2 || v.ResolvedRefused != 1 || v.UnresolvedOps != 0 ||
+		v.LostAcks != 0 || v.FailedStored != 0 || v.BalanceMismatch != 0 || !v.InvariantOK {
+		t.Errorf("want all three settled (two recorded, one refused) and every balance right: %+v", v)
 	}
+	if v.OK() || v.UnexpectedCodes != 1 {
+		t.Errorf("the refused op must fail the run as an unexpected code: ok=%v unexpected=%v", v.OK(), v.UnexpectedExamples)
+	}
+	if _, ok := f.applied["t-99-1"]; !ok {
+		t.Error("the op that never reached the ledger was not applied by its re-send")
+	}
+	if v.FailedChecked == 0 {
+		t.Error("the refused op was not checked as failed")
+	}
+}
+
+// TestVerifierSettlesLateApplies: an op whose first attempt applies only
+// after a lookup has said "not found" (it was still queued at a leader) is
+// settled by its re-send. The verifier used to look it up, call it failed,
+// then find it stored and fail the run.
+func TestVerifierSettlesLateApplies(t *testing.T) {
+	f := newFakeLedger(2)
+	cfg := Config{Workload: Workload{Members: 50}, Clients: 2, Duration: 100 * time.Millisecond, Seed: testSeed, RunID: "t"}.withDefaults()
+	log := fakeLoad(t, f, cfg)
+	late := ackRecord{client: 77, spec: Spec{Kind: KindCredit, Account: 3, AmountMinor: 4, Seq: 1}, state: stateIndeterminate}
+	opOf := (&runner{cfg: cfg, w: cfg.Workload, program: cfg.Program()}).op
+	l := &lateLedger{fakeLedger: f, lateKey: keyOf("t", 77, 1), lateOp: opOf(77, late.spec)}
+	vf := &Verifier{L: l, W: cfg.Workload, Program: cfg.Program(), RunID: "t", SeedMinor: seedOf(cfg.Workload), OpOf: opOf,
+		MaxOps: 1 << 30, MaxAccounts: 1 << 30, Concurrency: 2, ConvergeTimeout: time.Second, Seed: 1}
+	v := vf.Verify(context.Background(), append(log, late))
+	if !v.OK() || v.ResolvedApplied != 1 || v.FailedStored != 0 {
+		t.Errorf("want the late op settled as recorded and a pass: %+v", v)
+	}
+	if n := l.lateApplied.Load(); n != 1 {
+		t.Errorf("the late attempt applied %d times", n)
+	}
+}
+
+// lateLedger delivers the first attempt of lateOp late, as a request still
+// queued at a leader would: just after the first lookup of its key has
+// answered "not found", or just before its first re-send.
+type lateLedger struct {
+	*fakeLedger
+	lateKey     string
+	lateOp      client.Op
+	lateApplied atomic.Int64
+}
+
+func (l *lateLedger) deliver(ctx context.Context) {
+	if l.lateApplied.CompareAndSwap(0, 1) {
+		if _, err := l.fakeLedger.Submit(ctx, []client.Op{l.lateOp}, false); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (l *lateLedger) GetOperation(ctx context.Context, program, member, key string) (bool, client.JournalEntry, error) {
+	found, e, err := l.fakeLedger.GetOperation(ctx, program, member, key)
+	if key == l.lateKey {
+		l.deliver(ctx)
+	}
+	return found, e, err
+}
+
+func (l *lateLedger) Submit(ctx context.Context, ops []client.Op, linked bool) ([]client.Result, error) {
+	if len(ops) == 1 && ops[0].IdempotencyKey == l.lateKey {
+		l.deliver(ctx)
+	}
+	return l.fakeLedger.Submit(ctx, ops, linked)
 }
 
 // fakeLoad sets up and runs cfg's load phase against f and returns the log
@@ -287,12 +358,16 @@ func TestPredictFollowsOutcomes(t *testing.T) {
 	}
 }
 
-// lookupDown applied everything but cannot answer GetOperation (a shard
-// without a leader while the verifier runs, say).
+// lookupDown applied everything but cannot answer GetOperation or Submit
+// (a shard without a leader while the verifier runs, say).
 type lookupDown struct{ *fakeLedger }
 
 func (l lookupDown) GetOperation(ctx context.Context, program, member, key string) (bool, client.JournalEntry, error) {
 	return false, client.JournalEntry{}, errors.New("shard unavailable")
+}
+
+func (l lookupDown) Submit(ctx context.Context, ops []client.Op, linked bool) ([]client.Result, error) {
+	return nil, &client.Error{Code: ledger.CodeUnavailable, Shard: -1, OpIndex: -1, Indeterminate: true}
 }
 
 // TestVerifierFailsWhatItCannotCheck: every op came back indeterminate and
@@ -306,6 +381,7 @@ func TestVerifierFailsWhatItCannotCheck(t *testing.T) {
 	log := fakeLoad(t, f, cfg)
 	verify := func(l Ledger, log []ackRecord) *Verification {
 		vf := &Verifier{L: l, W: cfg.Workload, Program: cfg.Program(), RunID: cfg.RunID, SeedMinor: seedOf(cfg.Workload),
+			OpOf: (&runner{cfg: cfg, w: cfg.Workload, program: cfg.Program()}).op, ResendTries: 1,
 			MaxOps: 1 << 30, MaxAccounts: 1 << 30, Concurrency: 8, ConvergeTimeout: 200 * time.Millisecond, Seed: testSeed}
 		return vf.Verify(context.Background(), log)
 	}
