@@ -277,6 +277,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		return nil, fmt.Errorf("node: shard %d: snapshot store: %w", id, err)
 	}
 	snaps := newSyncingSnapshots(fileSnaps, snapDir)
+	snaps.boundReads = func() func() { return n.mux.BoundReads(id, snapshotReadBound) }
 	var snapIndex, snapTerm uint64
 	if metas, err := snaps.List(); err != nil {
 		return nil, fmt.Errorf("node: shard %d: list snapshots: %w", id, err)
@@ -428,10 +429,11 @@ func (n *Node) close() error {
 	// Every shard is told to stop, and every Raft group to shut down,
 	// before anything is waited for; then the transport is closed, and only
 	// then are the shutdowns awaited. A follower installing a snapshot
-	// reads the stream inside Raft's main loop, and hashicorp/raft sets no
-	// read deadline there: if the sender stalls (a paused leader), the main
-	// loop stays blocked, and so would Shutdown().Error() and a snapshot
-	// loop waiting on raft.Snapshot(), until the connection is closed.
+	// reads the stream inside Raft's main loop: if the sender stalls (a
+	// paused leader), the main loop stays blocked until the read bound
+	// (snapshotReadBound, 30 s) fails it, and so would Shutdown().Error()
+	// and a snapshot loop waiting on raft.Snapshot(), unless the
+	// connection is closed first.
 	var shutdowns []raft.Future
 	for _, s := range n.shards {
 		close(s.stop)

@@ -3,6 +3,7 @@ package node
 import (
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -26,7 +27,22 @@ type syncingSnapshots struct {
 	*raft.FileSnapshotStore
 	base         string
 	bytesPerSync int
+	// boundReads, if set, bounds the shard's incoming Raft reads while a
+	// sink is open (see snapshotReadBound); it returns the release.
+	boundReads func() (release func())
 }
+
+// snapshotReadBound is how long a follower installing a snapshot waits for
+// the next bytes of the stream. hashicorp/raft reads the stream inside its
+// main loop with no deadline, so a leader that stalls mid-stream (a paused
+// VM) would keep the follower's shard from voting, and with the stalled
+// leader that can leave the shard with no leader, for as long as the stall
+// lasts. raft's Create is the one hook before the stream is read, and it
+// serves a node's own snapshots too: while any sink is open, every read of
+// a connection peers opened to the shard is bounded (transport
+// Mux.BoundReads). A healthy stream moves every few milliseconds, and an
+// idle connection closed meanwhile is dialed again, so the bound is long.
+const snapshotReadBound = 30 * time.Second
 
 func newSyncingSnapshots(store *raft.FileSnapshotStore, base string) *syncingSnapshots {
 	return &syncingSnapshots{FileSnapshotStore: store, base: base, bytesPerSync: snapshotBytesPerSync}
@@ -35,14 +51,20 @@ func newSyncingSnapshots(store *raft.FileSnapshotStore, base string) *syncingSna
 // Create implements raft.SnapshotStore.
 func (s *syncingSnapshots) Create(version raft.SnapshotVersion, index, term uint64, configuration raft.Configuration,
 	configurationIndex uint64, trans raft.Transport) (raft.SnapshotSink, error) {
+	release := func() {}
+	if s.boundReads != nil {
+		release = s.boundReads()
+	}
 	sink, err := s.FileSnapshotStore.Create(version, index, term, configuration, configurationIndex, trans)
 	if err != nil {
+		release()
 		return nil, err
 	}
 	return &syncingSink{
 		SnapshotSink: sink,
 		path:         filepath.Join(s.base, "snapshots", sink.ID()+".tmp", "state.bin"),
 		every:        s.bytesPerSync,
+		release:      release,
 	}, nil
 }
 
@@ -56,6 +78,7 @@ type syncingSink struct {
 	f        *os.File // the state file, opened for syncing at the first sync
 	off      bool     // the file could not be opened or synced: stop trying
 	syncs    int      // syncs done (for tests)
+	release  func()   // lifts the read bound taken for this sink (idempotent)
 }
 
 func (s *syncingSink) Write(p []byte) (int, error) {
@@ -91,6 +114,7 @@ func (s *syncingSink) sync() {
 }
 
 func (s *syncingSink) closeFile() {
+	s.release()
 	if s.f != nil {
 		_ = s.f.Close()
 		s.f = nil

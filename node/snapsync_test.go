@@ -55,3 +55,37 @@ func TestSyncingSnapshotsCancelLeavesNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, metas)
 }
+
+// TestSnapshotSinksBoundReads: the shard's incoming reads are bounded while
+// any sink is open (a follower reads an installing snapshot's stream only
+// between Create and Close or Cancel) and released on every path out,
+// including a Create that fails.
+func TestSnapshotSinksBoundReads(t *testing.T) {
+	dir := t.TempDir()
+	inner, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, nil)
+	require.NoError(t, err)
+	store := newSyncingSnapshots(inner, dir)
+	holders := 0
+	store.boundReads = func() func() {
+		holders++
+		done := false
+		return func() {
+			if !done {
+				done = true
+				holders--
+			}
+		}
+	}
+	a, err := store.Create(raft.SnapshotVersionMax, 7, 1, raft.Configuration{}, 1, nil)
+	require.NoError(t, err)
+	b, err := store.Create(raft.SnapshotVersionMax, 8, 1, raft.Configuration{}, 1, nil)
+	require.NoError(t, err)
+	require.Equal(t, 2, holders)
+	require.NoError(t, a.Close())
+	require.Equal(t, 1, holders)
+	require.NoError(t, b.Cancel())
+	require.Equal(t, 0, holders)
+	_, err = store.Create(raft.SnapshotVersionMax+1, 9, 1, raft.Configuration{}, 1, nil)
+	require.Error(t, err)
+	require.Equal(t, 0, holders, "a failed Create keeps no bound")
+}

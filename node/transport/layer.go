@@ -1,8 +1,11 @@
 package transport
 
 import (
+	"errors"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -21,6 +24,14 @@ type streamLayer struct {
 	mu     sync.Mutex
 	closed bool
 	conns  map[*trackedConn]struct{} // accepted and dialed, still open
+
+	// Read bound (Mux.BoundReads). boundMu orders changes of the bound
+	// against the deadlines reads set, so that no read sets a deadline
+	// after the bound is lifted. Lock order: boundMu, then mu.
+	boundMu sync.RWMutex
+	bounds  int           // holders of the bound
+	bound   time.Duration // the bound while bounds > 0
+	bounded atomic.Bool   // bounds > 0; read on every Read without the lock
 }
 
 var _ raft.StreamLayer = (*streamLayer)(nil)
@@ -101,33 +112,106 @@ func (l *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 	if err != nil {
 		return nil, err
 	}
-	tc, ok := l.track(c)
+	tc, ok := l.track(c, false)
 	if !ok {
 		return nil, ErrLayerClosed
 	}
 	return tc, nil
 }
 
-// track wraps c so that the layer can close it. If the layer is already
-// closed it closes c and reports false.
-func (l *streamLayer) track(c net.Conn) (*trackedConn, bool) {
+// track wraps c so that the layer can close it; accepted says whether a peer
+// dialed it. If the layer is already closed it closes c and reports false.
+func (l *streamLayer) track(c net.Conn, accepted bool) (*trackedConn, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		_ = c.Close()
 		return nil, false
 	}
-	tc := &trackedConn{Conn: c, layer: l}
+	tc := &trackedConn{Conn: c, layer: l, accepted: accepted}
 	l.conns[tc] = struct{}{}
 	return tc, true
+}
+
+// bindReads adds a holder of the read bound d (the first holder's d counts).
+// Reads already waiting on accepted connections get the deadline too.
+func (l *streamLayer) bindReads(d time.Duration) {
+	l.boundMu.Lock()
+	defer l.boundMu.Unlock()
+	l.bounds++
+	if l.bounds > 1 {
+		return
+	}
+	l.bound = d
+	l.bounded.Store(true)
+	l.setReadDeadlines(time.Now().Add(d))
+}
+
+// unbindReads drops a holder; the last one lifts the bound from every
+// accepted connection.
+func (l *streamLayer) unbindReads() {
+	l.boundMu.Lock()
+	defer l.boundMu.Unlock()
+	l.bounds--
+	if l.bounds > 0 {
+		return
+	}
+	l.bounded.Store(false)
+	l.setReadDeadlines(time.Time{})
+}
+
+// setReadDeadlines sets t on every accepted connection (boundMu held).
+func (l *streamLayer) setReadDeadlines(t time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for c := range l.conns {
+		if c.accepted {
+			_ = c.Conn.SetReadDeadline(t)
+		}
+	}
 }
 
 // trackedConn removes itself from its layer when closed.
 type trackedConn struct {
 	net.Conn
-	layer *streamLayer
-	once  sync.Once
-	err   error
+	layer    *streamLayer
+	accepted bool // a peer dialed it: raft serves the peer's RPCs on it
+	once     sync.Once
+	err      error
+}
+
+// Read implements net.Conn. While the layer's reads are bounded, a read of
+// an accepted connection waits at most the bound for data. Only the bound
+// sets deadlines on accepted connections (raft sets none there), so a
+// timeout means the peer stopped sending: the connection is closed, so that
+// the next read fails at once too (raft drains the rest of a failed
+// snapshot stream, which would otherwise wait again).
+func (c *trackedConn) Read(p []byte) (int, error) {
+	if !c.accepted {
+		return c.Conn.Read(p)
+	}
+	l := c.layer
+	if l.bounded.Load() {
+		l.boundMu.RLock()
+		if l.bounds > 0 {
+			_ = c.Conn.SetReadDeadline(time.Now().Add(l.bound))
+		}
+		l.boundMu.RUnlock()
+	}
+	n, err := c.Conn.Read(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		l.mux.logger.Warn("closing a connection whose peer sent nothing within the read bound",
+			"shard", l.shard, "remote", c.RemoteAddr(), "bound", l.currentBound())
+		_ = c.Close()
+	}
+	return n, err
+}
+
+// currentBound is the read bound, for logs.
+func (l *streamLayer) currentBound() time.Duration {
+	l.boundMu.RLock()
+	defer l.boundMu.RUnlock()
+	return l.bound
 }
 
 func (c *trackedConn) Close() error {

@@ -136,6 +136,32 @@ func (m *Mux) StreamLayer(shard uint32) raft.StreamLayer {
 	return l
 }
 
+// BoundReads bounds, until release is called, how long a read of any
+// connection that a peer opened to shard's layer may wait for data: a read
+// that waits longer than d fails, and its connection is closed. Holders
+// nest; the bound lasts until the last one releases it, and release is
+// idempotent. With no open layer for shard it does nothing.
+//
+// hashicorp/raft sets no read deadline on the connections it serves, and a
+// follower reads an installing snapshot's stream inside its main loop: a
+// leader that stalls mid-stream (a paused VM, whose kernel keeps the
+// connection up) would keep the follower from voting or taking entries for
+// as long as the stall lasts. A node bounds its reads while it writes a
+// snapshot, so a stalled stream fails after d instead. Idle connections of
+// the shard may be closed too while the bound lasts longer than d; their
+// peer dials again.
+func (m *Mux) BoundReads(shard uint32, d time.Duration) (release func()) {
+	m.mu.Lock()
+	l := m.layers[shard]
+	m.mu.Unlock()
+	if l == nil || d <= 0 {
+		return func() {}
+	}
+	l.bindReads(d)
+	var once sync.Once
+	return func() { once.Do(l.unbindReads) }
+}
+
 // Close stops accepting, closes every layer and connection, and waits for the
 // Mux's goroutines to exit. It is safe to call more than once.
 func (m *Mux) Close() error {
@@ -245,7 +271,7 @@ func (m *Mux) handshake(c net.Conn) {
 		_ = c.Close()
 		return
 	}
-	tc, ok := l.track(c)
+	tc, ok := l.track(c, true)
 	if !ok {
 		return // layer closed meanwhile; track closed c
 	}

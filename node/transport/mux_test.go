@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -384,4 +385,134 @@ func TestNoPipelining(t *testing.T) {
 	require.ErrorIs(t, err, raft.ErrPipelineReplicationNotSupported)
 	require.NoError(t, trans.Close())
 	require.NoError(t, m.Close())
+}
+
+// acceptedPair returns both ends of a connection that peer dials to m's
+// layer for shard: the one m's layer accepted, and the one peer dialed.
+func acceptedPair(t *testing.T, m, peer *Mux, shard uint32) (in, out net.Conn) {
+	t.Helper()
+	acceptedCh := make(chan net.Conn, 1)
+	go func() {
+		if c, err := m.StreamLayer(shard).Accept(); err == nil {
+			acceptedCh <- c
+		}
+	}()
+	out, err := peer.StreamLayer(shard).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	require.NoError(t, err)
+	select {
+	case in = <-acceptedCh:
+	case <-time.After(5 * time.Second):
+		t.Fatal("not accepted")
+	}
+	return in, out
+}
+
+// readResult is one read's outcome.
+type readResult struct {
+	b   []byte
+	err error
+	at  time.Time
+}
+
+func readAsync(c net.Conn) <-chan readResult {
+	ch := make(chan readResult, 1)
+	go func() {
+		buf := make([]byte, 16)
+		n, err := c.Read(buf)
+		ch <- readResult{buf[:n], err, time.Now()}
+	}()
+	return ch
+}
+
+// TestBoundReadsFailAStalledStream: while reads are bounded, a peer that
+// keeps sending keeps its connection, and one that stops mid-stream has it
+// closed after the bound, so that a follower reading a snapshot stream
+// from a stalled leader gets its main loop back.
+func TestBoundReadsFailAStalledStream(t *testing.T) {
+	checkNoLeaks(t)
+	muxes := listenN(t, 2, nil)
+	m, peer := muxes[0], muxes[1]
+	defer func() { require.NoError(t, peer.Close()) }()
+	defer func() { require.NoError(t, m.Close()) }()
+	in, out := acceptedPair(t, m, peer, 1)
+	defer out.Close()
+
+	const bound = 200 * time.Millisecond
+	release := m.BoundReads(1, bound)
+	defer release()
+	// A byte every 50 ms: slower than nothing, faster than the bound.
+	for i := range 12 {
+		_, err := out.Write([]byte{byte(i)})
+		require.NoError(t, err)
+		r := <-readAsync(in)
+		require.NoError(t, r.err, "read %d of a stream that keeps moving", i)
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The peer stalls.
+	start := time.Now()
+	r := <-readAsync(in)
+	require.ErrorIs(t, r.err, os.ErrDeadlineExceeded)
+	require.GreaterOrEqual(t, r.at.Sub(start), bound-20*time.Millisecond)
+	require.Less(t, r.at.Sub(start), 10*bound, "a stalled read outlasted its bound")
+	// The connection is closed: the next read (raft drains the rest of a
+	// failed snapshot) fails at once, and the peer sees the close.
+	_, err := in.Read(make([]byte, 1))
+	require.ErrorIs(t, err, net.ErrClosed)
+	require.NoError(t, out.SetReadDeadline(time.Now().Add(5*time.Second)))
+	_, err = out.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.EOF)
+}
+
+// TestBoundReadsLiftedOnRelease: the bound lasts while any holder holds it,
+// reaches a read already waiting, covers only connections peers opened (a
+// node's own dialed connections carry raft's deadlines), and once released
+// leaves a waiting read waiting.
+func TestBoundReadsLiftedOnRelease(t *testing.T) {
+	checkNoLeaks(t)
+	muxes := listenN(t, 2, nil)
+	m, peer := muxes[0], muxes[1]
+	defer func() { require.NoError(t, peer.Close()) }()
+	defer func() { require.NoError(t, m.Close()) }()
+	in, out := acceptedPair(t, m, peer, 1)
+	defer out.Close()
+	_, dialed := acceptedPair(t, peer, m, 1) // m dialed it
+	defer dialed.Close()
+
+	const bound = 150 * time.Millisecond
+	waiting := readAsync(in)
+	dialedRead := readAsync(dialed)
+	r1 := m.BoundReads(1, bound)
+	r2 := m.BoundReads(1, bound)
+	r1()
+	r1() // idempotent: r2 still holds the bound
+	select {
+	case r := <-waiting:
+		require.ErrorIs(t, r.err, os.ErrDeadlineExceeded, "the waiting read gets the bound")
+	case <-time.After(10 * bound):
+		t.Fatal("a read waiting when the bound came ignored it")
+	}
+	r2()
+
+	in2, out2 := acceptedPair(t, m, peer, 1)
+	defer out2.Close()
+	r3 := m.BoundReads(1, bound)
+	waiting = readAsync(in2)
+	r3()
+	select {
+	case r := <-waiting:
+		t.Fatalf("a read ended after the bound was lifted: %v", r.err)
+	case r := <-dialedRead:
+		t.Fatalf("a dialed connection's read ended under the bound: %v", r.err)
+	case <-time.After(4 * bound):
+	}
+	_, err := out2.Write([]byte("y"))
+	require.NoError(t, err)
+	r := <-waiting
+	require.NoError(t, r.err)
+	require.Equal(t, "y", string(r.b))
+	require.NoError(t, dialed.Close())
+	<-dialedRead
+
+	// A shard with no layer: nothing to bound.
+	m.BoundReads(99, bound)()
 }
