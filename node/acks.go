@@ -23,6 +23,11 @@ import (
 type ackTransport struct {
 	*raft.NetworkTransport
 
+	// maxAppendBytes bounds the entries of one AppendEntries RPC (see
+	// appendEntries); send is the RPC (NetworkTransport's; tests fake it).
+	maxAppendBytes int
+	send           func(raft.ServerID, raft.ServerAddress, *raft.AppendEntriesRequest, *raft.AppendEntriesResponse) error
+
 	mu   sync.Mutex
 	acks map[raft.ServerID]ack
 	// wake is closed when an acceptance is recorded, if anyone waits for
@@ -35,19 +40,81 @@ type ack struct {
 	term uint64    // the term it was sent in
 }
 
+// defaultMaxAppendBytes is the most entry data one AppendEntries RPC
+// carries, unless RaftTuning.MaxAppendBytes says otherwise.
+// hashicorp/raft bounds a request by entry count only (MaxAppendEntries),
+// and under batched load an entry holds up to ~24,000 ops at ~85 bytes
+// each: a follower catching up could be sent 512 such entries, about 1 GB,
+// in one RPC, which must fit the follower's memory and arrive within the
+// transport's 10 s timeout or be retried whole, for ever, on a slow link.
+// In steady state a request carries the few entries in flight (at most
+// MaxInflightEntries+2, ~12 MB at the largest), so 16 MB splits only
+// catch-up.
+const defaultMaxAppendBytes = 16 << 20
+
 func newAckTransport(t *raft.NetworkTransport) *ackTransport {
-	return &ackTransport{NetworkTransport: t, acks: map[raft.ServerID]ack{}}
+	tr := &ackTransport{NetworkTransport: t, acks: map[raft.ServerID]ack{}, maxAppendBytes: defaultMaxAppendBytes}
+	if t != nil {
+		tr.send = t.AppendEntries
+	}
+	return tr
 }
 
 // AppendEntries implements raft.Transport and records accepted requests.
 func (t *ackTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress,
 	args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	sent := time.Now()
-	err := t.NetworkTransport.AppendEntries(id, target, args, resp)
+	err := t.appendEntries(id, target, args, resp)
 	if err == nil && resp.Success && resp.Term == args.Term {
 		t.record(id, ack{sent: sent, term: args.Term})
 	}
 	return err
+}
+
+// appendEntries sends args as consecutive RPCs of at most maxAppendBytes
+// of entries each (a single entry goes whole, whatever its size). Each part
+// is an AppendEntries of its own: its previous entry is the last of the
+// part before it, and its commit index is clamped to its last entry, as
+// the Raft paper has it (commitIndex = min(leaderCommit, index of last new
+// entry)); hashicorp/raft's follower takes min(leaderCommit, its own last
+// index), which would let a part commit a stale tail the follower still
+// holds beyond it. The answer is the first part's that fails, else the
+// last part's: raft needs only Success, Term and LastLog, and on success
+// it advances by args' own last entry, which the parts have all stored.
+func (t *ackTransport) appendEntries(id raft.ServerID, target raft.ServerAddress,
+	args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	if len(args.Entries) < 2 || t.maxAppendBytes <= 0 {
+		return t.send(id, target, args, resp)
+	}
+	first, size := 0, 0
+	for i, e := range args.Entries {
+		n := len(e.Data) + len(e.Extensions)
+		if i > first && size+n > t.maxAppendBytes {
+			if err := t.sendPart(id, target, args, first, i, resp); err != nil || !resp.Success {
+				return err
+			}
+			first, size = i, 0
+		}
+		size += n
+	}
+	if first == 0 {
+		return t.send(id, target, args, resp)
+	}
+	return t.sendPart(id, target, args, first, len(args.Entries), resp)
+}
+
+// sendPart sends args.Entries[i:j] as one AppendEntries.
+func (t *ackTransport) sendPart(id raft.ServerID, target raft.ServerAddress,
+	args *raft.AppendEntriesRequest, i, j int, resp *raft.AppendEntriesResponse) error {
+	part := *args
+	part.Entries = args.Entries[i:j]
+	if i > 0 {
+		prev := args.Entries[i-1]
+		part.PrevLogEntry, part.PrevLogTerm = prev.Index, prev.Term
+	}
+	part.LeaderCommitIndex = min(args.LeaderCommitIndex, part.Entries[len(part.Entries)-1].Index)
+	*resp = raft.AppendEntriesResponse{}
+	return t.send(id, target, &part, resp)
 }
 
 func (t *ackTransport) record(id raft.ServerID, a ack) {

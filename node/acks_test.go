@@ -73,3 +73,60 @@ func TestWaitAckedSince(t *testing.T) {
 		t.Fatal("not woken by the second acceptance")
 	}
 }
+
+// TestAppendEntriesSplitsByBytes: a request whose entries exceed the byte
+// bound goes out as consecutive parts, each chained to the one before and
+// committing no further than its own last entry; a part that fails ends
+// the request with its answer; one entry larger than the bound goes whole.
+func TestAppendEntriesSplitsByBytes(t *testing.T) {
+	entries := func(sizes ...int) []*raft.Log {
+		var es []*raft.Log
+		for i, n := range sizes {
+			es = append(es, &raft.Log{Index: uint64(11 + i), Term: 3, Data: make([]byte, n)})
+		}
+		return es
+	}
+	for _, tc := range []struct {
+		name   string
+		sizes  []int
+		failAt int         // part that answers !Success (-1: none)
+		parts  [][2]uint64 // first and last index of each part sent
+	}{
+		{"fits", []int{10, 10, 10}, -1, [][2]uint64{{11, 13}}},
+		{"split", []int{40, 40, 40, 40, 40}, -1, [][2]uint64{{11, 12}, {13, 14}, {15, 15}}},
+		{"oversized entries go alone", []int{500, 10, 500}, -1, [][2]uint64{{11, 11}, {12, 12}, {13, 13}}},
+		{"a failed part ends it", []int{60, 60, 60}, 1, [][2]uint64{{11, 11}, {12, 12}}},
+		{"one entry", []int{500}, -1, [][2]uint64{{11, 11}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := newAckTransport(nil)
+			tr.maxAppendBytes = 100
+			var sent []*raft.AppendEntriesRequest
+			tr.send = func(_ raft.ServerID, _ raft.ServerAddress, a *raft.AppendEntriesRequest, r *raft.AppendEntriesResponse) error {
+				require.Equal(t, raft.AppendEntriesResponse{}, *r, "each part starts from a fresh response")
+				sent = append(sent, a)
+				last := a.Entries[len(a.Entries)-1].Index
+				*r = raft.AppendEntriesResponse{Term: 3, LastLog: last, Success: len(sent)-1 != tc.failAt}
+				return nil
+			}
+			args := &raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 10, PrevLogTerm: 2, Entries: entries(tc.sizes...), LeaderCommitIndex: 99}
+			var resp raft.AppendEntriesResponse
+			require.NoError(t, tr.AppendEntries("n2", "addr", args, &resp))
+			require.Len(t, sent, len(tc.parts))
+			prev, prevTerm := uint64(10), uint64(2)
+			for i, p := range sent {
+				require.Equal(t, tc.parts[i], [2]uint64{p.Entries[0].Index, p.Entries[len(p.Entries)-1].Index}, "part %d", i)
+				require.Equal(t, prev, p.PrevLogEntry, "part %d chains to the one before", i)
+				require.Equal(t, prevTerm, p.PrevLogTerm)
+				if len(sent) == 1 && tc.failAt < 0 {
+					require.Same(t, args, p, "an unsplit request goes as it is")
+				} else {
+					require.Equal(t, p.Entries[len(p.Entries)-1].Index, p.LeaderCommitIndex, "part %d commits no further than its last entry", i)
+				}
+				prev, prevTerm = p.Entries[len(p.Entries)-1].Index, p.Entries[len(p.Entries)-1].Term
+			}
+			require.Equal(t, tc.failAt < 0, resp.Success)
+			require.Equal(t, tc.failAt < 0, tr.ackedSince(3, time.Time{}) == 1, "only a request stored whole is an acceptance")
+		})
+	}
+}

@@ -494,6 +494,29 @@ func TestLeaderFailoverLosesNothing(t *testing.T) {
 	c.checkReplicas()
 }
 
+// TestFollowerCatchesUpInSplitAppends: with a byte bound below one entry,
+// a follower that was down catches up from the log with every entry in an
+// AppendEntries of its own (node/acks.go), and converges on the same state.
+func TestFollowerCatchesUpInSplitAppends(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+		cfg.Raft.MaxAppendBytes = 1
+		cfg.BalanceInterval = -1
+	})
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	victim := (c.leaderOf(0) + 1) % 3
+	c.stop(victim)
+	for i := range 60 {
+		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "ann", "POINTS", "1"))
+	}
+	c.start(victim)
+	c.waitLeaders()
+	c.checkReplicas()
+	a, err := c.account("shop", "ann", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "60", a.Posted)
+}
+
 func TestRestartResumesFromDurableState(t *testing.T) {
 	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
 	c.defineAsset("shop", "POINTS", 0)

@@ -27,9 +27,12 @@ type RaftTuning struct {
 	LeaderLeaseTimeout time.Duration
 	CommitTimeout      time.Duration
 	MaxAppendEntries   int
-	SnapshotThreshold  uint64
-	SnapshotInterval   time.Duration
-	TrailingLogs       uint64
+	// MaxAppendBytes bounds the entry data of one AppendEntries RPC: a
+	// longer request is sent as consecutive RPCs (node/acks.go).
+	MaxAppendBytes    int
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	TrailingLogs      uint64
 	// SnapshotLogBytes is the least log a shard applies between two
 	// snapshots; past it, a shard snapshots once its log since the last
 	// snapshot is as big as that snapshot (node/snaptrigger.go).
@@ -61,6 +64,7 @@ func (t RaftTuning) withDefaults() RaftTuning {
 		LeaderLeaseTimeout: 500 * time.Millisecond,
 		CommitTimeout:      50 * time.Millisecond,
 		MaxAppendEntries:   512,
+		MaxAppendBytes:     defaultMaxAppendBytes,
 		// The entry count is only a backstop (about 1M entries); snapshots
 		// follow the log's bytes (SnapshotLogBytes, snaptrigger.go).
 		SnapshotThreshold: 1 << 20,
@@ -77,6 +81,7 @@ func (t RaftTuning) withDefaults() RaftTuning {
 	setDefault(&t.LeaderLeaseTimeout, min(def.LeaderLeaseTimeout, t.HeartbeatTimeout))
 	setDefault(&t.CommitTimeout, def.CommitTimeout)
 	setDefault(&t.MaxAppendEntries, def.MaxAppendEntries)
+	setDefault(&t.MaxAppendBytes, def.MaxAppendBytes)
 	setDefault(&t.SnapshotThreshold, def.SnapshotThreshold)
 	setDefault(&t.SnapshotInterval, def.SnapshotInterval)
 	setDefault(&t.TrailingLogs, def.TrailingLogs)

@@ -290,6 +290,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	trans := newAckTransport(n.mux.NewTransport(id, transport.TransportConfig{
 		Logger: n.logger.Named(fmt.Sprintf("net%d", id)),
 	}))
+	trans.maxAppendBytes = cfg.Raft.MaxAppendBytes
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
