@@ -48,7 +48,10 @@ func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale u
 	}
 	r, err := resultFromProto(resp.GetResult())
 	if err != nil {
-		return Result{}, newError(ledger.CodeInternal, -1, "define asset: bad result from server: %v", err)
+		// The server answered, so the definition may have applied.
+		e := newError(ledger.CodeInternal, -1, "define asset: bad result from server: %v", err)
+		e.Indeterminate = true
+		return Result{}, e
 	}
 	return r, r.Err()
 }

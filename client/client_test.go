@@ -1106,3 +1106,89 @@ func TestCoalescedCallNeverSentIsNotIndeterminate(t *testing.T) {
 	assert.False(t, IsIndeterminate(err), "never sent: %v", err)
 	assert.Empty(t, fc.nodes[0].recorded())
 }
+
+// TestCoalescedRejectionAfterUnknownAttempt: a coalesced batch whose first
+// attempt ends unknown (UNAVAILABLE) and whose retry is rejected for one
+// caller's op still isolates that op: the innocent caller's op is sent
+// again on its own and succeeds. It used to get "INVALID_ARGUMENT: another
+// operation of the request was rejected" (found by review).
+func TestCoalescedRejectionAfterUnknownAttempt(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1})
+	gate := make(chan struct{})
+	var n atomic.Int32
+	fc.setHook(func(_ *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		switch n.Add(1) {
+		case 1:
+			<-gate // the warm-up request holds the sender; the next two queue
+		case 2:
+			return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "leader stepped down", nil), true
+		}
+		return nil, nil, false
+	})
+	warm := make(chan error, 1)
+	go func() { _, err := c.Apply(testCtx(t), credit("alice", "k0", "1")); warm <- err }()
+	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	var wg sync.WaitGroup
+	var goodErr, badErr error
+	wg.Go(func() { _, goodErr = c.Apply(testCtx(t), credit("alice", "good", "5")) })
+	waitQueued(t, c, 1)
+	bad := credit("bob", "bad", "1")
+	bad.Amount = decimal.NewFromInt(-1)
+	wg.Go(func() { _, badErr = c.Apply(testCtx(t), bad) })
+	waitQueued(t, c, 2)
+	close(gate)
+	wg.Wait()
+	require.NoError(t, <-warm)
+	require.NoError(t, goodErr, "the innocent caller is re-sent and settled")
+	require.Equal(t, ledger.CodeInvalidAmount, CodeOf(badErr), "%v", badErr)
+	var sent [][]string
+	for _, r := range fc.nodes[0].recorded() {
+		var keys []string
+		for _, op := range r.Ops {
+			keys = append(keys, op.IdempotencyKey)
+		}
+		sent = append(sent, keys)
+	}
+	require.Equal(t, [][]string{{"k0"}, {"good", "bad"}, {"good", "bad"}, {"good"}}, sent)
+}
+
+// TestGivenUpCallersLeaveTheQueues: while a shard has no leader, one caller
+// with no deadline keeps its shard's only sender retrying; the callers that
+// time out in the queue behind it must not stay queued (a review found
+// 1,998 of 2,000 write groups left there, and reads were later sent).
+func TestGivenUpCallersLeaveTheQueues(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1})
+	fc.setLeader(0, -1, false)
+	forever, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() { _, _ = c.Apply(forever, credit("alice", "forever", "1")) }()
+	go func() { _, _ = c.GetAccount(forever, testProgram, "alice", "CNY") }()
+	time.Sleep(100 * time.Millisecond)
+	var wg sync.WaitGroup
+	for i := range 500 {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+			defer cancel()
+			_, _ = c.Apply(ctx, credit("bob", fmt.Sprintf("k%d", i), "1"))
+		})
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+			defer cancel()
+			_, _ = c.GetAccount(ctx, testProgram, "bob", "CNY")
+		})
+	}
+	wg.Wait()
+	c.mu.Lock()
+	wq, rq := c.queues[0], c.readQueues[0]
+	c.mu.Unlock()
+	wq.mu.Lock()
+	writes := len(wq.groups)
+	wq.mu.Unlock()
+	rq.mu.Lock()
+	reads := len(rq.pending)
+	rq.mu.Unlock()
+	require.Zero(t, writes, "write groups of callers that gave up still queued")
+	require.Zero(t, reads, "reads of callers that gave up still queued")
+}

@@ -134,6 +134,7 @@ type readQueue struct {
 	cond    sync.Cond
 	pending []*pendingRead
 	closed  bool
+	gone    int // reads given up since the last forget compaction
 }
 
 func (c *Client) readQueueFor(shard int) (*readQueue, *Error) {
@@ -168,8 +169,31 @@ func (q *readQueue) read(ctx context.Context, ref *tallypb.AccountRef) (*tallypb
 	case out := <-p.done:
 		return out.read, out.err
 	case <-ctx.Done():
+		q.forget()
 		return nil, giveUpError(ctx.Err(), q.shard, nil, false)
 	}
+}
+
+// forget counts a read whose caller gave up and, once such reads may be half
+// of the queue, drops them (as shardQueue.forget does for writes): a sender
+// retrying one batch for a caller with no deadline would otherwise leave
+// every read that timed out behind it queued, and send them all later.
+func (q *readQueue) forget() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.gone++
+	if 2*q.gone < len(q.pending) {
+		return
+	}
+	live := q.pending[:0]
+	for _, p := range q.pending {
+		if p.ctx.Err() == nil {
+			live = append(live, p)
+		}
+	}
+	clear(q.pending[len(live):])
+	q.pending = live
+	q.gone = 0
 }
 
 func (q *readQueue) close() {
@@ -193,9 +217,15 @@ func (q *readQueue) sender() {
 			q.mu.Unlock()
 			return
 		}
-		n := min(len(q.pending), q.c.cfg.MaxBatchOps)
-		batch := append([]*pendingRead(nil), q.pending[:n]...)
-		rest := copy(q.pending, q.pending[n:])
+		// Reads whose callers have gone are dropped, not sent.
+		var batch []*pendingRead
+		k := 0
+		for ; k < len(q.pending) && len(batch) < q.c.cfg.MaxBatchOps; k++ {
+			if p := q.pending[k]; p.ctx.Err() == nil {
+				batch = append(batch, p)
+			}
+		}
+		rest := copy(q.pending, q.pending[k:])
 		clear(q.pending[rest:])
 		q.pending = q.pending[:rest]
 		if rest > 0 {
@@ -203,7 +233,9 @@ func (q *readQueue) sender() {
 		}
 		q.mu.Unlock()
 
-		q.send(batch)
+		if len(batch) > 0 {
+			q.send(batch)
+		}
 	}
 }
 
