@@ -213,26 +213,48 @@ func needsAmount(k ledger.OpKind) bool {
 	return k == ledger.OpCredit || k == ledger.OpDebit || k == ledger.OpHold
 }
 
-// scaleOf finds the scale to format an account's amounts; 0 if unknown.
-func (n *Node) scaleOf(s *shard, program, code string) uint8 {
-	if code == "" {
-		return 0
-	}
-	if a, ok := n.assets.get(s.id, program, code); ok {
-		return a.Scale
-	}
-	if a, found, err := s.fsm.Asset(program, code); err == nil && found {
-		n.assets.put(s.id, a)
-		return a.Scale
-	}
-	return 0
+// pbConv formats the ledger values of one shard for the API, each amount at
+// its asset's scale. An asset it cannot read (a storage error, or a stored
+// account or hold whose asset is missing, which breaks an invariant) is kept
+// in err, and the caller answers INTERNAL instead: amounts formatted at a
+// guessed scale would be off by a power of ten, and no client could tell.
+type pbConv struct {
+	n   *Node
+	s   *shard
+	err error
 }
 
-func (n *Node) accountPB(s *shard, a ledger.Account) *tallypb.Account {
+func (n *Node) pb(s *shard) *pbConv { return &pbConv{n: n, s: s} }
+
+// scale is the scale of (program, code); code is never empty here.
+func (c *pbConv) scale(program, code string) uint8 {
+	if a, ok := c.n.assets.get(c.s.id, program, code); ok {
+		return a.Scale
+	}
+	a, found, err := c.s.fsm.Asset(program, code)
+	switch {
+	case err != nil:
+		c.fail(fmt.Errorf("read asset %s/%s: %w", program, code, err))
+		return 0
+	case !found:
+		c.fail(fmt.Errorf("asset %s/%s of a stored value is missing", program, code))
+		return 0
+	}
+	c.n.assets.put(c.s.id, a)
+	return a.Scale
+}
+
+func (c *pbConv) fail(err error) {
+	if c.err == nil {
+		c.err = errInternal(fmt.Sprintf("shard %d: %v", c.s.id, err))
+	}
+}
+
+func (c *pbConv) account(a ledger.Account) *tallypb.Account {
 	if a.Key.Program == "" {
 		return nil
 	}
-	sc := n.scaleOf(s, a.Key.Program, a.Key.Asset)
+	sc := c.scale(a.Key.Program, a.Key.Asset)
 	out := &tallypb.Account{
 		Program:     a.Key.Program,
 		Member:      a.Key.Member,
@@ -251,11 +273,11 @@ func (n *Node) accountPB(s *shard, a ledger.Account) *tallypb.Account {
 	return out
 }
 
-func (n *Node) holdPB(s *shard, h ledger.Hold) *tallypb.Hold {
+func (c *pbConv) hold(h ledger.Hold) *tallypb.Hold {
 	if h.Key == "" {
 		return nil
 	}
-	sc := n.scaleOf(s, h.Program, h.Asset)
+	sc := c.scale(h.Program, h.Asset)
 	return &tallypb.Hold{
 		Key:         h.Key,
 		Asset:       h.Asset,
@@ -266,26 +288,26 @@ func (n *Node) holdPB(s *shard, h ledger.Hold) *tallypb.Hold {
 	}
 }
 
-func (n *Node) resultPB(s *shard, r ledger.Result) *tallypb.OpResult {
+func (c *pbConv) result(r ledger.Result) *tallypb.OpResult {
 	out := &tallypb.OpResult{
 		Code:     string(r.Code),
 		Message:  r.Message,
 		Replayed: r.Replayed,
 		Seq:      r.Seq,
 		TimeMs:   r.TimeMs,
-		Account:  n.accountPB(s, r.Account),
-		Hold:     n.holdPB(s, r.Hold),
-		Shard:    s.id,
+		Account:  c.account(r.Account),
+		Hold:     c.hold(r.Hold),
+		Shard:    c.s.id,
 	}
 	if r.CapturedMinor != 0 || r.ReleasedMinor != 0 {
-		sc := n.scaleOf(s, r.Hold.Program, r.Hold.Asset)
+		sc := c.scale(r.Hold.Program, r.Hold.Asset)
 		out.Captured = ledger.FormatAmount(r.CapturedMinor, sc)
 		out.Released = ledger.FormatAmount(r.ReleasedMinor, sc)
 	}
 	return out
 }
 
-func (n *Node) opPB(s *shard, op ledger.Op) *tallypb.Op {
+func (c *pbConv) op(op ledger.Op) *tallypb.Op {
 	out := &tallypb.Op{
 		Kind:           tallypb.OpKind(op.Kind),
 		Program:        op.Program,
@@ -300,11 +322,11 @@ func (n *Node) opPB(s *shard, op ledger.Op) *tallypb.Op {
 		out.Amount = ledger.FormatAmount(op.AmountMinor, op.Scale)
 	}
 	if op.MaxBalanceMinor != 0 {
-		out.MaxBalance = ledger.FormatAmount(op.MaxBalanceMinor, n.scaleOf(s, op.Program, op.Asset))
+		out.MaxBalance = ledger.FormatAmount(op.MaxBalanceMinor, c.scale(op.Program, op.Asset))
 	}
 	return out
 }
 
-func (n *Node) recordPB(s *shard, rec ledger.Record) *tallypb.JournalEntry {
-	return &tallypb.JournalEntry{Seq: rec.Seq, Op: n.opPB(s, rec.Op), Result: n.resultPB(s, rec.Result)}
+func (c *pbConv) record(rec ledger.Record) *tallypb.JournalEntry {
+	return &tallypb.JournalEntry{Seq: rec.Seq, Op: c.op(rec.Op), Result: c.result(rec.Result)}
 }

@@ -89,3 +89,29 @@ func TestAssetCacheIsPerShard(t *testing.T) {
 	require.Equal(t, uint8(0), op.Scale)
 	require.Equal(t, int64(5), op.AmountMinor)
 }
+
+// TestAmountsNeedTheirAssetsScale: a value whose asset cannot be found is not
+// formatted at a guessed scale (it used to be formatted at scale 0, as a
+// store error still would be: 12.50 CNY shown as 1250); the conversion
+// fails, and the caller answers INTERNAL.
+func TestAmountsNeedTheirAssetsScale(t *testing.T) {
+	db, err := fsm.OpenDB(t.TempDir())
+	require.NoError(t, err)
+	defer db.Close()
+	f, err := fsm.New(db, 0)
+	require.NoError(t, err)
+	data := ledger.AppendCommand(nil, ledger.Command{TimeMs: 1000, Requests: []ledger.Request{{Ops: []ledger.Op{defineAssetOp("p", "CNY", "d", 2)}}}})
+	r := f.ApplyBatch([]*raft.Log{{Index: 1, Term: 1, Type: raft.LogCommand, Data: data}})
+	require.Equal(t, ledger.CodeOK, r[0].(fsm.Results)[0][0].Code)
+	s := &shard{id: 0, n: &Node{}, fsm: f}
+
+	cv := s.n.pb(s)
+	a := cv.account(ledger.Account{Key: ledger.AccountKey{Program: "p", Member: "m", Asset: "CNY"}, PostedMinor: 1250})
+	require.NoError(t, cv.err)
+	require.Equal(t, "12.50", a.GetPosted())
+
+	cv = s.n.pb(s)
+	cv.result(ledger.Result{Code: ledger.CodeOK, Account: ledger.Account{Key: ledger.AccountKey{Program: "p", Member: "m", Asset: "EUR"}, PostedMinor: 1250}})
+	require.Error(t, cv.err, "an account whose asset is missing")
+	require.Equal(t, ledger.CodeInternal, codeOfErr(cv.err))
+}

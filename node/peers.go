@@ -76,7 +76,12 @@ func (n *Node) forwardDefine(ctx context.Context, s *shard, req *tallypb.DefineA
 			rs, err := s.propose(ctx, ledger.Request{Ops: []ledger.Op{defineAssetOp(req.GetProgram(), req.GetAsset(),
 				req.GetIdempotencyKey(), uint8(req.GetScale()))}})
 			if err == nil {
-				return n.resultPB(s, rs[0]), nil
+				cv := n.pb(s)
+				if res := cv.result(rs[0]); cv.err == nil {
+					return res, nil
+				}
+				// Applied but not answerable: try again; the retry
+				// replays the definition.
 			}
 		}
 		select {

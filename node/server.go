@@ -110,9 +110,15 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 		return nil, err
 	}
 	resp := &tallypb.SubmitResponse{Results: make([]*tallypb.OpResult, len(results))}
+	cv := sv.n.pb(s)
 	for i, r := range results {
-		resp.Results[i] = sv.n.resultPB(s, r)
+		resp.Results[i] = cv.result(r)
 		sv.n.metrics.ops.WithLabelValues(lr.Ops[i].Kind.String(), string(r.Code)).Inc()
+	}
+	if cv.err != nil {
+		// Applied, but not answerable: the client takes INTERNAL after
+		// a send as unknown, and a re-send replays the results.
+		return nil, cv.err
 	}
 	return resp, nil
 }
@@ -171,7 +177,10 @@ func (sv *server) DefineAsset(ctx context.Context, req *tallypb.DefineAssetReque
 			rs, err := s.propose(ctx, ledger.Request{Ops: []ledger.Op{op}})
 			switch {
 			case err == nil:
-				res = sv.n.resultPB(s, rs[0])
+				cv := sv.n.pb(s)
+				if res = cv.result(rs[0]); cv.err != nil {
+					return nil, cv.err
+				}
 			case codeOfErr(err) == ledger.CodeNotLeader:
 				// Leadership moved since the check. Answering NOT_LEADER
 				// would tell the client nothing applied, and shards before
@@ -219,7 +228,12 @@ func (sv *server) GetAccount(ctx context.Context, req *tallypb.GetAccountRequest
 	if !found {
 		return nil, ledger.Errorf(ledger.CodeAccountNotFound, "no account "+req.GetProgram()+"/"+req.GetMember()+"/"+req.GetAsset())
 	}
-	return &tallypb.GetAccountResponse{Account: sv.n.accountPB(s, a), AppliedIndex: applied}, nil
+	cv := sv.n.pb(s)
+	pa := cv.account(a)
+	if cv.err != nil {
+		return nil, cv.err
+	}
+	return &tallypb.GetAccountResponse{Account: pa, AppliedIndex: applied}, nil
 }
 
 // GetAccounts reads many accounts of one shard at one linearizable point.
@@ -259,12 +273,16 @@ func (sv *server) GetAccounts(ctx context.Context, req *tallypb.GetAccountsReque
 		return nil, errInternal(err.Error())
 	}
 	resp := &tallypb.GetAccountsResponse{AppliedIndex: applied, Results: make([]*tallypb.AccountRead, len(refs))}
+	cv := sv.n.pb(s)
 	for i := range refs {
 		if !found[i] {
 			resp.Results[i] = &tallypb.AccountRead{Code: string(ledger.CodeAccountNotFound)}
 			continue
 		}
-		resp.Results[i] = &tallypb.AccountRead{Code: string(ledger.CodeOK), Account: sv.n.accountPB(s, accounts[i])}
+		resp.Results[i] = &tallypb.AccountRead{Code: string(ledger.CodeOK), Account: cv.account(accounts[i])}
+	}
+	if cv.err != nil {
+		return nil, cv.err
 	}
 	return resp, nil
 }
@@ -297,8 +315,12 @@ func (sv *server) ListJournal(ctx context.Context, req *tallypb.ListJournalReque
 		return nil, errInternal(err.Error())
 	}
 	resp := &tallypb.ListJournalResponse{NextBeforeSeq: next}
+	cv := sv.n.pb(s)
 	for _, rec := range recs {
-		resp.Entries = append(resp.Entries, sv.n.recordPB(s, rec))
+		resp.Entries = append(resp.Entries, cv.record(rec))
+	}
+	if cv.err != nil {
+		return nil, cv.err
 	}
 	return resp, nil
 }
@@ -321,7 +343,12 @@ func (sv *server) GetOperation(ctx context.Context, req *tallypb.GetOperationReq
 	if !found {
 		return &tallypb.GetOperationResponse{}, nil
 	}
-	return &tallypb.GetOperationResponse{Found: true, Entry: sv.n.recordPB(s, rec)}, nil
+	cv := sv.n.pb(s)
+	entry := cv.record(rec)
+	if cv.err != nil {
+		return nil, cv.err
+	}
+	return &tallypb.GetOperationResponse{Found: true, Entry: entry}, nil
 }
 
 // ClusterInfo reports the nodes and each shard's leader as this node sees it.
