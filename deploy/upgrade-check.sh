@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 old_rev=${1:-2a671b3}
+newest=3 # ledger.MaxVersion of this checkout
 port=${UPGRADE_PORT:-17400}
 work=$(mktemp -d /tmp/tally-upgrade.XXXXXX)
 declare -A pid
@@ -106,12 +107,13 @@ sleep 5 # more than two of the leaders' version checks
 equal
 [ "$(linked credit-m1 10 a1)" = OK ] || fail "version 1: an unlinked op resent linked should replay"
 stopn 3; start 3 new
-for _ in $(seq 1 40); do [ "$(versions)" = "n1:2,2,2 n2:2,2,2 n3:2,2,2 " ] && break; sleep 0.5; done
-[ "$(versions)" = "n1:2,2,2 n2:2,2,2 n3:2,2,2 " ] || fail "not raised after the upgrade: $(versions)"
+raised="n1:$newest,$newest,$newest n2:$newest,$newest,$newest n3:$newest,$newest,$newest "
+for _ in $(seq 1 40); do [ "$(versions)" = "$raised" ] && break; sleep 0.5; done
+[ "$(versions)" = "$raised" ] || fail "not raised after the upgrade: $(versions)"
 equal
 c credit --program shop --member m1 --asset PTS --amount 3 --key fresh >/dev/null
-[ "$(linked fresh 3 a2)" = IDEMPOTENCY_KEY_REUSED ] || fail "version 2: an unlinked op resent linked should be refused"
-[ "$(linked credit-m1 10 a3)" = OK ] || fail "version 2: a version-1 record should still replay"
+[ "$(linked fresh 3 a2)" = IDEMPOTENCY_KEY_REUSED ] || fail "version $newest: an unlinked op resent linked should be refused"
+[ "$(linked credit-m1 10 a3)" = OK ] || fail "version $newest: a version-1 record should still replay"
 equal
 # Going back: n2's Raft log is in codec version 2 (it was never held), which
 # the old build refuses first, deleting nothing; without that log, the raised
@@ -127,7 +129,7 @@ start 2 old; sleep 3
 if kill -0 "${pid[2]}" 2>/dev/null; then fail "the old build runs on raised state"; fi
 unset "pid[2]"
 grep -q "bad length" "$data/n2.log" || fail "the old build stopped, but not for the raised state: $(tail -n 2 "$data/n2.log")"
-echo "ok: versions stayed 1 beside the old node, rose to 2 after it, replicas equal throughout; the old build refuses the new log codec and, by itself, the raised state"
+echo "ok: versions stayed 1 beside the old node, rose to $newest after it, replicas equal throughout; the old build refuses the new log codec and, by itself, the raised state"
 stopn 1; stopn 3
 
 echo "== B: held with --max-version 1, one node back to $old_rev"

@@ -67,7 +67,7 @@ func ApplyCommand(s Store, p Progress, c Command) (Progress, [][]Result, error) 
 		p.Version = c.SetVersion
 	}
 	timeMs := p.TimeMs
-	if _, err := ExpireHolds(s, timeMs); err != nil {
+	if _, err := ExpireHolds(s, timeMs, p.Version); err != nil {
 		return p, nil, err
 	}
 	total := 0
@@ -92,9 +92,9 @@ func ApplyCommand(s Store, p Progress, c Command) (Progress, [][]Result, error) 
 // ExpireHolds releases up to MaxExpiriesPerEntry open holds with
 // ExpiresAtMs <= nowMs, oldest first: the held amount returns to the account's
 // available balance, whatever the account's state (a frozen account's held
-// value still returns), and the hold becomes Expired. It returns how many it
-// released.
-func ExpireHolds(s Store, nowMs int64) (int, error) {
+// value still returns), and the hold becomes Expired (journaled from
+// Version3). It returns how many it released.
+func ExpireHolds(s Store, nowMs int64, v uint32) (int, error) {
 	refs, err := s.ExpiredHolds(nowMs, MaxExpiriesPerEntry)
 	if err != nil {
 		return 0, storeErr("list expired holds", err)
@@ -115,7 +115,7 @@ func ExpireHolds(s Store, nowMs int64) (int, error) {
 		if !found {
 			return 0, fmt.Errorf("%w: open hold %s/%s/%s has no account", ErrInvariant, h.Program, h.Member, h.Key)
 		}
-		if err := expireHold(s, &h, &a, nowMs); err != nil {
+		if err := expireHold(s, &h, &a, nowMs, v); err != nil {
 			return 0, err
 		}
 	}
@@ -186,7 +186,7 @@ func applyOp(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 	if found {
 		return dedupResult(v, &rec, fp, op, timeMs), nil
 	}
-	res, err := evaluate(s, timeMs, op)
+	res, err := evaluate(s, timeMs, v, op)
 	if err != nil {
 		return Result{}, err
 	}
@@ -257,7 +257,7 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 		if found[i] {
 			out[i] = prior[i]
 		} else {
-			res, err := evaluate(ov, timeMs, op)
+			res, err := evaluate(ov, timeMs, v, op)
 			if err != nil {
 				return fmt.Errorf("linked op %d (%s): %w", i, op.Kind, err)
 			}
@@ -354,10 +354,11 @@ func refuseReusedKeys(timeMs int64, ops []Op, found []bool, prior, out []Result)
 	return true
 }
 
-// evaluate runs the rules of one op on s. Failures (domain errors) come back
-// as a Result with no writes made, except that a capture or release of an
-// open hold past its expiry expires it first, exactly as ExpireHolds would.
-func evaluate(s Store, timeMs int64, op *Op) (Result, error) {
+// evaluate runs the rules of one op on s under version v. Failures (domain
+// errors) come back as a Result with no writes made, except that a capture
+// or release of an open hold past its expiry expires it first, exactly as
+// ExpireHolds would.
+func evaluate(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 	switch op.Kind {
 	case OpDefineAsset:
 		return defineAsset(s, op)
@@ -370,7 +371,7 @@ func evaluate(s Store, timeMs int64, op *Op) (Result, error) {
 	case OpHold:
 		return hold(s, timeMs, op)
 	case OpCaptureHold, OpReleaseHold:
-		return settleHold(s, timeMs, op)
+		return settleHold(s, timeMs, v, op)
 	case OpFreeze, OpUnfreeze, OpReportLost, OpReportFound, OpClose:
 		return transition(s, timeMs, op)
 	}
@@ -516,7 +517,7 @@ func hold(s Store, timeMs int64, op *Op) (Result, error) {
 // settleHold runs CaptureHold and ReleaseHold, which share their checks:
 // hold exists, (capture: asset and scale), account exists, hold is open and
 // not expired, (capture: account is active, amount fits the hold).
-func settleHold(s Store, timeMs int64, op *Op) (Result, error) {
+func settleHold(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 	h, found, err := s.Hold(op.Program, op.Member, op.HoldKey)
 	if err != nil {
 		return Result{}, storeErr("read hold", err)
@@ -556,7 +557,7 @@ func settleHold(s Store, timeMs int64, op *Op) (Result, error) {
 		return withHold(withAccount(failf(CodeHoldExpired, "hold %q expired at %d", h.Key, h.ExpiresAtMs), &a), &h), nil
 	case HoldOpen:
 		if h.ExpiresAtMs <= timeMs {
-			if err := expireHold(s, &h, &a, timeMs); err != nil {
+			if err := expireHold(s, &h, &a, timeMs, v); err != nil {
 				return Result{}, err
 			}
 			return withHold(withAccount(failf(CodeHoldExpired, "hold %q expired at %d", h.Key, h.ExpiresAtMs), &a), &h), nil
@@ -730,8 +731,8 @@ func putAccount(s Store, a *Account, timeMs int64) error {
 }
 
 // expireHold releases an open hold's amount back to its account a and marks
-// it Expired.
-func expireHold(s Store, h *Hold, a *Account, timeMs int64) error {
+// it Expired; from Version3 it journals the expiry.
+func expireHold(s Store, h *Hold, a *Account, timeMs int64, v uint32) error {
 	a.HeldMinor -= h.AmountMinor
 	if err := putAccount(s, a, timeMs); err != nil {
 		return err
@@ -740,7 +741,34 @@ func expireHold(s Store, h *Hold, a *Account, timeMs int64) error {
 	if err := s.PutHold(*h); err != nil {
 		return storeErr("put hold", err)
 	}
-	return nil
+	if v < Version3 {
+		return nil
+	}
+	return journalExpiry(s, timeMs, h, a)
+}
+
+// journalExpiry records the expiry of h (now Expired; a is its account after
+// it) as an EXPIRE_HOLD op under ExpiryKey(h.Key), which PutRecord indexes
+// in the member's journal.
+func journalExpiry(s Store, timeMs int64, h *Hold, a *Account) error {
+	asset, found, err := s.Asset(h.Program, h.Asset)
+	if err != nil {
+		return storeErr("read asset", err)
+	}
+	if !found {
+		return fmt.Errorf("%w: hold %s/%s/%s is of an undefined asset %q", ErrInvariant, h.Program, h.Member, h.Key, h.Asset)
+	}
+	op := Op{Kind: OpExpireHold, Program: h.Program, Member: h.Member, Asset: h.Asset, IdempotencyKey: ExpiryKey(h.Key),
+		HoldKey: h.Key, AmountMinor: h.AmountMinor, Scale: asset.Scale}
+	if _, dup, err := s.Record(op.Program, op.IdempotencyKey); err != nil {
+		return storeErr("read record", err)
+	} else if dup {
+		return fmt.Errorf("%w: hold %s/%s/%s expires a second time", ErrInvariant, h.Program, h.Member, h.Key)
+	}
+	res := withHold(withAccount(Result{Code: CodeOK}, a), h)
+	res.ReleasedMinor = h.AmountMinor
+	_, err = record(s, timeMs, &op, fingerprintFor(Version3, &op, false), res)
+	return err
 }
 
 func holdAccountKey(h *Hold) AccountKey {

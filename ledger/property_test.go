@@ -141,6 +141,17 @@ type applied struct {
 	idx int     // its index there
 }
 
+// expiredHolds returns the expired holds of s by (program, member, key).
+func expiredHolds(s *MemStore) map[[3]string]Hold {
+	out := map[[3]string]Hold{}
+	for _, h := range s.Holds() {
+		if h.State == HoldExpired {
+			out[[3]string{h.Program, h.Member, h.Key}] = h
+		}
+	}
+	return out
+}
+
 // TestPropertyRandomCommands applies random commands to a MemStore and, after
 // each, checks conservation per (program, asset), every account invariant,
 // held amounts against open holds, and that re-applying an earlier op with
@@ -219,9 +230,12 @@ func TestPropertyRandomCommands(t *testing.T) {
 		enc := AppendCommand(nil, c)
 		log = append(log, enc)
 
+		expiredBefore := expiredHolds(s)
+		seqBefore := s.LastSeq()
 		p, res, err := ApplyCommand(s, Progress{TimeMs: lastTime, Version: version}, c)
 		require.NoError(t, err, "seed %d command %d", seed, i)
 		now := p.TimeMs
+		fresh := 0
 		require.Equal(t, max(lastTime, c.TimeMs), now)
 		require.Equal(t, max(version, c.SetVersion), p.Version)
 		lastTime, version = now, p.Version
@@ -237,14 +251,39 @@ func TestPropertyRandomCommands(t *testing.T) {
 				if r.Replayed || r.Seq == 0 {
 					continue
 				}
-				// Fresh records take consecutive numbers in op order.
-				require.Equal(t, lastSeq+1, r.Seq, "seed %d command %d", seed, i)
+				// Fresh records take increasing numbers in op order
+				// (from Version3 expiry records take some in between).
+				require.Greater(t, r.Seq, lastSeq, "seed %d command %d", seed, i)
 				lastSeq = r.Seq
+				fresh++
 				require.Equal(t, now, r.TimeMs)
 				history = append(history, applied{op: req.Ops[oi], res: r, req: req, idx: oi})
 			}
 		}
-		require.Equal(t, lastSeq, s.LastSeq())
+		// Every record is an op's or, from Version3, a hold's expiry, and
+		// every hold that expired has its EXPIRE_HOLD record.
+		expired := expiredHolds(s)
+		newExpiries := 0
+		for key, h := range expired {
+			if _, old := expiredBefore[key]; old {
+				continue
+			}
+			newExpiries++
+			rec, found, err := s.Record(h.Program, ExpiryKey(h.Key))
+			require.NoError(t, err)
+			require.Equal(t, p.Version >= Version3, found, "seed %d command %d: expiry record of hold %s", seed, i, h.Key)
+			if found {
+				require.Equal(t, OpExpireHold, rec.Op.Kind)
+				require.Equal(t, h.AmountMinor, rec.Op.AmountMinor)
+				require.Equal(t, h.AmountMinor, rec.Result.ReleasedMinor)
+				require.Equal(t, HoldExpired, rec.Result.Hold.State)
+			}
+		}
+		if p.Version < Version3 {
+			newExpiries = 0
+		}
+		require.Equal(t, seqBefore+uint64(fresh+newExpiries), s.LastSeq(), "seed %d command %d", seed, i)
+		lastSeq = s.LastSeq()
 		checkInvariants(t, s)
 
 		// Re-applying an earlier op with its key is a replay and changes

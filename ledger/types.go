@@ -141,11 +141,14 @@ const (
 	OpReportLost
 	OpReportFound
 	OpClose
+	// OpExpireHold is written by the ledger, never sent: from Version3,
+	// the journal entry of a hold's expiry (ExpiryKey).
+	OpExpireHold
 	opKindEnd
 )
 
 var opKindNames = [...]string{"UNKNOWN", "DEFINE_ASSET", "OPEN_ACCOUNT", "CREDIT", "DEBIT", "HOLD",
-	"CAPTURE_HOLD", "RELEASE_HOLD", "FREEZE", "UNFREEZE", "REPORT_LOST", "REPORT_FOUND", "CLOSE"}
+	"CAPTURE_HOLD", "RELEASE_HOLD", "FREEZE", "UNFREEZE", "REPORT_LOST", "REPORT_FOUND", "CLOSE", "EXPIRE_HOLD"}
 
 func (k OpKind) String() string {
 	if int(k) < len(opKindNames) {
@@ -167,6 +170,9 @@ func (k OpKind) String() string {
 //     the rest of the hold is released.
 //   - ReleaseHold: Program, Member, HoldKey.
 //   - Freeze, Unfreeze, ReportLost, ReportFound, Close: Program, Member, Asset.
+//   - ExpireHold (written by the ledger, refused from clients): Program,
+//     Member, Asset, HoldKey, AmountMinor and Scale (what returned to the
+//     account); IdempotencyKey is ExpiryKey(HoldKey).
 //
 // Scale, for every kind that carries an amount, is the scale the API edge used
 // to convert the amount; apply rejects the op with SCALE_MISMATCH if it is not

@@ -37,6 +37,9 @@ func validateOp(op Op) *Error {
 	if k <= OpUnknown || k >= opKindEnd {
 		return invalidArg("kind: unknown operation kind %d", uint8(k))
 	}
+	if k == OpExpireHold {
+		return invalidArg("kind: %s is written by the ledger when a hold expires; it cannot be sent", k)
+	}
 	if e := checkID("program", op.Program); e != nil {
 		return e
 	}

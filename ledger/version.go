@@ -25,9 +25,19 @@ const (
 	// fails validation records none, so their keys stay free for the
 	// corrected request.
 	Version2 uint32 = 2
+	// Version3 journals every hold expiry: a hold that expires, swept at an
+	// entry's log time or found expired by a capture or release, gets an
+	// EXPIRE_HOLD record (key ExpiryKey(hold key), in the member's journal)
+	// saying what returned to the account, so that the journal explains
+	// every change of an available balance; before, an expiry changed the
+	// held balance with no entry. It also fingerprints a whole-hold capture
+	// (AmountMinor 0) the same whether its Scale is 0 or the asset's: both
+	// are accepted, and a retry in the other form used to get
+	// IDEMPOTENCY_KEY_REUSED (the API edge always sends 0).
+	Version3 uint32 = 3
 
 	// MaxVersion is the newest version this binary applies.
-	MaxVersion = Version2
+	MaxVersion = Version3
 )
 
 // ErrVersion is wrapped when an entry asks for a version this binary does not
@@ -54,8 +64,22 @@ func fingerprintFor(v uint32, op *Op, linked bool) [16]byte {
 	if linked {
 		tag = fingerprintLinkedTag
 	}
+	if v >= Version3 && op.Kind == OpCaptureHold && op.AmountMinor == 0 && op.Scale != 0 {
+		// The form the edge sends, so records of either version match it.
+		whole := *op
+		whole.Scale = 0
+		return taggedFingerprint(tag, &whole)
+	}
 	return taggedFingerprint(tag, op)
 }
+
+// ExpiryKey is the key of the record a hold's expiry is journaled under
+// (Version3). It starts with U+001F, a control character, which no key a
+// client sends may hold (Validate), so it never meets a client's key; and a
+// hold key names one hold of a program, so it names one expiry.
+func ExpiryKey(holdKey string) string { return expiryKeyPrefix + holdKey }
+
+const expiryKeyPrefix = "\x1fexpiry:"
 
 // sameOp reports whether rec records op, given fp = fingerprintFor(v, op,
 // linked). Under version 2 a record written under version 1 still matches

@@ -304,6 +304,12 @@ func checkExactlyOnce(ctx context.Context, cl operationLookup, entries []Entry) 
 		"no write the client was told failed is stored; every linked request is stored whole or not at all"), applied, notApplied
 }
 
+// sameMinor reports whether d is amount minor units of asset.
+func sameMinor(d decimal.Decimal, amount int64, asset string) bool {
+	scale, ok := scaleOf(asset)
+	return ok && minorUnits(d, scale) == amount
+}
+
 // describeKeys names the keys of ins.
 func describeKeys(ins []Input) string {
 	keys := make([]string, len(ins))
@@ -342,7 +348,7 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 	byKey := writesByKey(entries)
 	seenKey := map[string]bool{}
 	seenSeq := map[[2]uint64]string{} // (shard, seq) -> key
-	total := 0
+	total, expiries := 0, 0
 	for _, m := range members {
 		posted := map[string]int64{} // by asset, in its minor units
 		var before uint64
@@ -369,6 +375,29 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 					f.addf("%s: seq %d of shard %d is used by %s and %s", m, j.Seq, j.Result.Shard, other, key)
 				}
 				seenSeq[sk] = key
+				if j.Op.Kind == ledger.OpExpireHold {
+					// The ledger's own entry of a hold's expiry (rules
+					// version 3): of a hold this member got, once (the
+					// key is the hold's), releasing all of it, posting
+					// nothing.
+					h, ok := byKey[j.Op.HoldKey]
+					switch {
+					case key != ledger.ExpiryKey(j.Op.HoldKey):
+						f.addf("%s: expiry entry (seq %d) under key %q for hold %s", m, j.Seq, key, j.Op.HoldKey)
+					case !ok || h.Input.Kind != KindHold || h.Input.Member != m:
+						f.addf("%s: journal has the expiry (seq %d) of hold %s, which no client of this member opened", m, j.Seq, j.Op.HoldKey)
+					case h.Output.Status == NotApplied || (h.Output.Status == Known && h.Output.Code != ledger.CodeOK):
+						f.addf("%s: journal has the expiry (seq %d) of hold %s, which the client saw not opened (%s %s)",
+							m, j.Seq, j.Op.HoldKey, h.Output.Status, h.Output.Code)
+					case h.Output.Status == Known && j.Seq <= h.Output.Seq:
+						f.addf("%s: hold %s (seq %d) expires at seq %d, before it was opened", m, j.Op.HoldKey, h.Output.Seq, j.Seq)
+					case !j.Result.Released.Equal(j.Op.Amount) || !sameMinor(j.Op.Amount, h.Input.Amount, h.Input.Asset):
+						f.addf("%s: expiry (seq %d) of hold %s releases %s of %s, the hold was %d minor units",
+							m, j.Seq, j.Op.HoldKey, j.Result.Released, j.Op.Amount, h.Input.Amount)
+					}
+					expiries++
+					continue
+				}
 				e, ok := byKey[key]
 				switch {
 				case !ok:
@@ -425,8 +454,8 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 			f.addf("%s: acknowledged OK (seq %d) but missing from the journal", key, e.Output.Seq)
 		}
 	}
-	return f.result("journal", fmt.Sprintf("%d journal entries: no key or seq twice, every acknowledged success present, "+
-		"final balances equal the journal's postings", total))
+	return f.result("journal", fmt.Sprintf("%d journal entries (%d hold expiries): no key or seq twice, every acknowledged success present, "+
+		"final balances equal the journal's postings", total, expiries))
 }
 
 // write is one key's op and the outcome the client has for it.

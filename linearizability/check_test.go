@@ -358,3 +358,31 @@ func TestJournalCheckTwoAssets(t *testing.T) {
 		})
 	}
 }
+
+// TestJournalExpiryEntries: a hold's expiry, journaled by the ledger, must
+// be of a hold the member opened, under its key, releasing all of it.
+func TestJournalExpiryEntries(t *testing.T) {
+	h := Entry{Input: Input{Kind: KindHold, Member: "a", Asset: Asset, Key: "h1", Amount: 30, TTLMs: 1000},
+		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}}
+	jh := client.JournalEntry{Seq: 1, Op: toClientOp(h.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 1}}
+	expiry := func(hold string, seq uint64, amount int64) client.JournalEntry {
+		amt := decimal.NewFromInt(amount)
+		return client.JournalEntry{Seq: seq, Op: client.Op{Kind: ledger.OpExpireHold, Program: Program, Member: "a", Asset: Asset,
+			IdempotencyKey: ledger.ExpiryKey(hold), HoldKey: hold, Amount: amt}, Result: client.Result{Code: ledger.CodeOK, Seq: seq, Released: amt}}
+	}
+	for name, tc := range map[string]struct {
+		journal []client.JournalEntry
+		ok      bool
+	}{
+		"honest":          {[]client.JournalEntry{expiry("h1", 2, 30), jh}, true},
+		"unknown hold":    {[]client.JournalEntry{expiry("h9", 2, 30), jh}, false},
+		"partial release": {[]client.JournalEntry{expiry("h1", 2, 20), jh}, false},
+		"before its hold": {[]client.JournalEntry{jh, expiry("h1", 1, 30)}, false},
+		"twice":           {[]client.JournalEntry{expiry("h1", 3, 30), expiry("h1", 2, 30), jh}, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			res := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, []Entry{h}, []string{"a"}, map[string]int64{"a/" + Asset: 0})
+			assert.Equal(t, tc.ok, res.OK, "%s: %v", res.Detail, res.Findings)
+		})
+	}
+}

@@ -123,8 +123,10 @@ func (n *Node) holdAsset(ctx context.Context, s *shard, program, member, key str
 func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op, opened requestHolds) (ledger.Op, error) {
 	// The wire kind is an int32 and ledger.OpKind a uint8: an unknown kind
 	// must not wrap into a known one (264 would be FREEZE).
-	if k := p.GetKind(); k <= tallypb.OpKind_OP_KIND_UNSPECIFIED || k > tallypb.OpKind_CLOSE {
+	if k := p.GetKind(); k <= tallypb.OpKind_OP_KIND_UNSPECIFIED || k > tallypb.OpKind_EXPIRE_HOLD {
 		return ledger.Op{}, ledger.Errorf(ledger.CodeInvalidArgument, fmt.Sprintf("kind: unknown operation kind %d", k))
+	} else if k == tallypb.OpKind_EXPIRE_HOLD {
+		return ledger.Op{}, ledger.Errorf(ledger.CodeInvalidArgument, "kind: EXPIRE_HOLD is written by the ledger when a hold expires; it cannot be sent")
 	}
 	op := ledger.Op{
 		Kind:           ledger.OpKind(p.GetKind()),

@@ -56,6 +56,12 @@ const (
 	OpKind_REPORT_LOST         OpKind = 10
 	OpKind_REPORT_FOUND        OpKind = 11
 	OpKind_CLOSE               OpKind = 12
+	// Written by the ledger, never sent (refused as INVALID_ARGUMENT): the
+	// journal entry of a hold that expired (rules version 3). Its amount is
+	// what returned to the account; its hold_key names the hold; its
+	// idempotency_key is U+001F "expiry:" and the hold key, which no client
+	// key can be.
+	OpKind_EXPIRE_HOLD OpKind = 13
 )
 
 // Enum value maps for OpKind.
@@ -74,6 +80,7 @@ var (
 		10: "REPORT_LOST",
 		11: "REPORT_FOUND",
 		12: "CLOSE",
+		13: "EXPIRE_HOLD",
 	}
 	OpKind_value = map[string]int32{
 		"OP_KIND_UNSPECIFIED": 0,
@@ -89,6 +96,7 @@ var (
 		"REPORT_LOST":         10,
 		"REPORT_FOUND":        11,
 		"CLOSE":               12,
+		"EXPIRE_HOLD":         13,
 	}
 )
 
@@ -1938,7 +1946,7 @@ const file_tally_proto_rawDesc = "" +
 	"lastTimeMs\x12\x18\n" +
 	"\aversion\x18\b \x01(\rR\aversion\x12\x1f\n" +
 	"\vmax_version\x18\t \x01(\rR\n" +
-	"maxVersion*\xd2\x01\n" +
+	"maxVersion*\xe3\x01\n" +
 	"\x06OpKind\x12\x17\n" +
 	"\x13OP_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDEFINE_ASSET\x10\x01\x12\x10\n" +
@@ -1955,7 +1963,8 @@ const file_tally_proto_rawDesc = "" +
 	"\vREPORT_LOST\x10\n" +
 	"\x12\x10\n" +
 	"\fREPORT_FOUND\x10\v\x12\t\n" +
-	"\x05CLOSE\x10\f2\xd6\x04\n" +
+	"\x05CLOSE\x10\f\x12\x0f\n" +
+	"\vEXPIRE_HOLD\x10\r2\xd6\x04\n" +
 	"\x06Ledger\x12;\n" +
 	"\x06Submit\x12\x17.tally.v1.SubmitRequest\x1a\x18.tally.v1.SubmitResponse\x12J\n" +
 	"\vDefineAsset\x12\x1c.tally.v1.DefineAssetRequest\x1a\x1d.tally.v1.DefineAssetResponse\x12G\n" +

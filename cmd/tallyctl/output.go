@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -251,8 +253,12 @@ func (v journalView) text(w io.Writer) {
 		if j.Result.Account != nil {
 			posted = j.Result.Account.Posted
 		}
+		key := j.Op.Key
+		if strings.HasPrefix(key, "\x1f") { // the ledger's own entry (EXPIRE_HOLD): show the control character
+			key = strconv.QuoteToASCII(key)
+		}
 		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, formatTime(e.Result.TimeMs), j.Op.Kind,
-			dash(j.Op.Asset), amount, posted, j.Op.Key, j.Op.Memo)
+			dash(j.Op.Asset), amount, posted, key, j.Op.Memo)
 	}
 	if v.NextBeforeSeq != 0 {
 		fmt.Fprintf(w, "\nmore: --before %d\n", v.NextBeforeSeq)
