@@ -359,6 +359,101 @@ func TestJournalCheckTwoAssets(t *testing.T) {
 	}
 }
 
+// TestReadCannotSeeAnExpiryNotDue: a read answered long before a hold's
+// expiry cannot show it expired. Reads carry no log time, and the model
+// used to try every pending expiry, so a hold lost after a member's last
+// write passed as expired (found by review).
+func TestReadCannotSeeAnExpiryNotDue(t *testing.T) {
+	c1 := Input{Kind: KindCredit, Member: "a", Asset: Asset, Key: "c1", Amount: 100}
+	h1 := Input{Kind: KindHold, Member: "a", Asset: Asset, Key: "h1", Amount: 30, TTLMs: longTTLMs}
+	for _, tc := range []struct {
+		wallMs int64
+		ok     bool
+	}{{1_020, false}, {1_010 + longTTLMs + 1, true}} {
+		gone := read(100, 0, false)
+		gone.WallMs = tc.wallMs
+		entries := []Entry{
+			{Input: c1, Output: ok(1, 1_000, 100, 0), CallNs: 1, ReturnNs: 2},
+			{Input: h1, Output: ok(2, 1_010, 100, 30), CallNs: 3, ReturnNs: 4},
+			{Input: Input{Kind: KindRead, Member: "a", Asset: Asset}, Output: gone, CallNs: 5, ReturnNs: 6},
+		}
+		lin, _ := checkLinearizable(t.Context(), entries, []string{"a"}, 10*time.Second, t.TempDir(), nil)
+		assert.Equal(t, tc.ok, lin.OK, "read at %d ms of a hold expiring at %d: %s", tc.wallMs, 1_010+longTTLMs, lin.Detail)
+	}
+}
+
+// TestResolvedWriteIsPinnedBeforeFinalReads: a write found in the store
+// after the run had applied before the final reads; one that misses its
+// effect fails. Its return stayed at +infinity, and a lost freeze passed.
+func TestResolvedWriteIsPinnedBeforeFinalReads(t *testing.T) {
+	c1 := Input{Kind: KindCredit, Member: "a", Asset: Asset, Key: "c1", Amount: 100}
+	f1 := Input{Kind: KindFreeze, Member: "a", Asset: Asset, Key: "f1"}
+	entries := []Entry{
+		{Input: c1, Output: ok(1, 10, 100, 0), CallNs: 1, ReturnNs: 2},
+		{Input: f1, Output: indeterminate, CallNs: 3, ReturnNs: ReturnNever},
+	}
+	lookup := fakeLookup{
+		"c1": {Seq: 1, Op: toClientOp(c1), Result: client.Result{Code: ledger.CodeOK, Seq: 1, TimeMs: 10}},
+		"f1": {Seq: 2, Op: toClientOp(f1), Result: client.Result{Code: ledger.CodeOK, Seq: 2, TimeMs: 20,
+			Account: &client.Account{Asset: Asset, State: "FROZEN", Posted: decimal.NewFromInt(100), Held: decimal.Zero}}},
+	}
+	ex, applied, _ := checkExactlyOnce(context.Background(), lookup, entries)
+	require.True(t, ex.OK, ex.Detail)
+	require.Equal(t, 1, applied)
+	pinResolved(entries, 50)
+	require.Equal(t, int64(50), entries[1].ReturnNs)
+	for _, tc := range []struct {
+		final Output
+		ok    bool
+	}{{read(100, 0, true), true}, {read(100, 0, false), false}} {
+		es := append(slices.Clone(entries), Entry{ClientID: 9, Input: Input{Kind: KindRead, Member: "a", Asset: Asset}, Output: tc.final, CallNs: 100, ReturnNs: 101})
+		lin, _ := checkLinearizable(t.Context(), es, []string{"a"}, 10*time.Second, t.TempDir(), nil)
+		assert.Equal(t, tc.ok, lin.OK, "final read frozen=%v: %s", tc.final.State == ledger.StateFrozen, lin.Detail)
+	}
+}
+
+// TestRunFloors: a history where nothing applied, faults that did nothing
+// or never happened, and silent links fail their checks; a healthy one
+// passes.
+func TestRunFloors(t *testing.T) {
+	var healthy, refused []Entry
+	for i := range 100 {
+		in := Input{Kind: KindCredit, Member: "a", Asset: Asset, Key: fmt.Sprintf("k%d", i), Amount: 5}
+		healthy = append(healthy, Entry{Input: in, Output: ok(uint64(i+1), int64(i), 5, 0)},
+			Entry{Input: readIn, Output: read(5, 0, false)})
+		refused = append(refused, Entry{Input: in, Output: Output{Status: NotApplied, Code: ledger.CodeInvalidArgument}},
+			Entry{Input: readIn, Output: read(0, 0, false)})
+	}
+	assert.True(t, checkWorkload(healthy).OK)
+	assert.False(t, checkWorkload(refused).OK, "every write refused passed")
+
+	cfg := Config{Faults: []FaultKind{FaultKill, FaultPartition}, FaultRounds: 2}
+	ev := func(k FaultKind, err string) TimelineEvent { return TimelineEvent{Kind: k, What: "x", Err: err} }
+	good := []TimelineEvent{ev(FaultKill, ""), ev(FaultKill, ""), ev(FaultPartition, ""), ev(FaultPartition, "")}
+	assert.True(t, checkFaults(cfg, good, nil).OK)
+	assert.False(t, checkFaults(cfg, good[:3], nil).OK, "a kind injected too few times")
+	assert.False(t, checkFaults(cfg, append(slices.Clone(good), ev(FaultPartition, noEffect)), nil).OK, "a fault with no effect")
+	assert.False(t, checkFaults(cfg, good, []string{"n1 -> n2"}).OK, "a silent link")
+}
+
+// TestShardOrderCheck: across members of a shard, a write sent after
+// another returned must have a later seq and no earlier log time.
+func TestShardOrderCheck(t *testing.T) {
+	// Two members of one shard (of 1), three writes in real-time order.
+	w := func(member, key string, call, ret int64, seq uint64, timeMs int64) Entry {
+		return Entry{Input: Input{Kind: KindCredit, Member: member, Asset: Asset, Key: key, Amount: 1},
+			Output: Output{Status: Known, Code: ledger.CodeOK, Seq: seq, TimeMs: timeMs}, CallNs: call, ReturnNs: ret}
+	}
+	inOrder := []Entry{w("a", "k1", 1, 2, 1, 10), w("b", "k2", 3, 4, 2, 10), w("a", "k3", 5, 6, 3, 11)}
+	assert.True(t, checkShardOrder(inOrder, 1).OK)
+	overlapping := []Entry{w("a", "k1", 1, 4, 2, 10), w("b", "k2", 2, 3, 1, 10)} // concurrent: any order
+	assert.True(t, checkShardOrder(overlapping, 1).OK)
+	seqBack := []Entry{w("a", "k1", 1, 2, 5, 10), w("b", "k2", 3, 4, 4, 10)}
+	assert.False(t, checkShardOrder(seqBack, 1).OK, "a later write with an earlier seq")
+	timeBack := []Entry{w("a", "k1", 1, 2, 1, 10), w("b", "k2", 3, 4, 2, 9)}
+	assert.False(t, checkShardOrder(timeBack, 1).OK, "a later write with an earlier log time")
+}
+
 // TestJournalExpiryEntries: a hold's expiry, journaled by the ledger, must
 // be of a hold the member opened, under its key, releasing all of it.
 func TestJournalExpiryEntries(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -354,6 +355,29 @@ func (c *Cluster) signal(i int, sig syscall.Signal, paused bool) error {
 // SetLink sets the mode and delay of the directed link from -> to.
 func (c *Cluster) SetLink(from, to int, mode LinkMode, delay time.Duration) {
 	c.proxies[[2]int{from, to}].Set(mode, delay)
+}
+
+// hindered is how many times faults have hindered the links' traffic, over
+// every link (Proxy.Hindered).
+func (c *Cluster) hindered() int64 {
+	var n int64
+	for _, p := range c.proxies {
+		n += p.Hindered()
+	}
+	return n
+}
+
+// silentLinks names the links that delivered no byte: Raft traffic does
+// not pass through them, so faults on them would do nothing.
+func (c *Cluster) silentLinks() []string {
+	var out []string
+	for l, p := range c.proxies {
+		if p.Forwarded() == 0 {
+			out = append(out, fmt.Sprintf("%s -> %s", c.NodeID(l[0]), c.NodeID(l[1])))
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Heal resumes paused nodes, restarts dead ones and makes every link pass

@@ -29,7 +29,12 @@
 //     after the run: linearizability per member, conservation per shard, every
 //     acknowledged operation in the record store and journal with the
 //     result the client saw, no key applied twice, every linked request
-//     stored whole or not at all, replicas equal at the same applied index.
+//     stored whole or not at all, replicas equal at the same applied index,
+//     real-time order of sequence numbers and log times across the members
+//     of a shard, and floors that keep a run from passing by doing nothing:
+//     every fault kind injected, each partition and delay seen to cut, hold
+//     back or delay traffic, every Raft link carrying traffic, at least a
+//     quarter of the writes applied OK and each frequent kind at least once.
 //   - Evidence: on failure, porcupine's HTML visualization per failing
 //     account, the fault timeline, node logs and the seed, under a results
 //     folder.
@@ -39,9 +44,13 @@
 // the model expires every open hold with ExpiresAt <= T, exactly as the
 // ledger's ExpireHolds does at the start of every Raft entry. A read
 // carries no log time, so the model lets it observe any expiry prefix
-// consistent with the log times it has seen (it sees one account, so
-// expiries on the other can make several prefixes match; the earliest is
-// kept, as every later one is reachable from it). Per member,
+// consistent with the log times it has seen and due by the wall clock when
+// it was answered (the nodes stamp log time from the same host's clock;
+// without that bound a hold lost after a member's last write passed as
+// expired). It sees one account, so expiries on the other can make several
+// prefixes match; the earliest is kept, as every later one is reachable
+// from it. A write resolved after the run as applied returns when it was
+// looked up, before the final reads. Per member,
 // log time and journal sequence numbers must not go backwards along the
 // linearization.
 //

@@ -102,6 +102,12 @@ func (t *Timeline) String() string {
 	return b.String()
 }
 
+// noEffect is the error of a partition or delay under which no traffic was
+// cut, held back or delayed: the links may not carry Raft traffic (their
+// addresses no longer match the nodes' dial rewrites), and a fault that
+// does nothing must not count as injected.
+const noEffect = "no traffic on the links was cut, held back or delayed"
+
 // nemesis injects faults on a schedule drawn from its random source.
 type nemesis struct {
 	c        *Cluster
@@ -206,11 +212,15 @@ func (n *nemesis) inject(ctx context.Context, kind FaultKind) {
 			what = fmt.Sprintf("cut %s <-> %s", who, n.c.NodeID(others[0]))
 		}
 		ev.What = fmt.Sprintf("%s (%s) for %s", what, mode, d.Round(time.Millisecond))
+		before := n.c.hindered()
 		for _, o := range others {
 			n.c.SetLink(i, o, mode, 0)
 			n.c.SetLink(o, i, mode, 0)
 		}
 		n.sleep(ctx, d)
+		if n.c.hindered() == before {
+			errs = append(errs, noEffect)
+		}
 		for _, o := range others {
 			n.c.SetLink(i, o, LinkPass, 0)
 			n.c.SetLink(o, i, LinkPass, 0)
@@ -236,10 +246,14 @@ func (n *nemesis) inject(ctx context.Context, kind FaultKind) {
 				}
 			}
 		}
+		before := n.c.hindered()
 		for _, l := range links {
 			n.c.SetLink(l[0], l[1], LinkPass, delay)
 		}
 		n.sleep(ctx, d)
+		if n.c.hindered() == before {
+			errs = append(errs, noEffect)
+		}
 		for _, l := range links {
 			n.c.SetLink(l[0], l[1], LinkPass, 0)
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -61,7 +62,21 @@ type Proxy struct {
 	changed chan struct{} // closed and replaced on every mode change
 	closed  bool
 	wg      sync.WaitGroup
+
+	// forwarded counts bytes delivered; hindered counts what a fault did
+	// to the traffic: connections cut or refused (drop), reads held back
+	// (blackhole), chunks delayed. A fault that hinders nothing proves
+	// nothing, so the nemesis checks these moved.
+	forwarded atomic.Int64
+	hindered  atomic.Int64
 }
+
+// Forwarded is how many bytes the link delivered.
+func (p *Proxy) Forwarded() int64 { return p.forwarded.Load() }
+
+// Hindered is how many times a fault cut, refused, held back or delayed
+// the link's traffic.
+func (p *Proxy) Hindered() int64 { return p.hindered.Load() }
 
 // NewProxy listens on a fresh 127.0.0.1 port and forwards to target.
 func NewProxy(name, target string) (*Proxy, error) {
@@ -92,6 +107,7 @@ func (p *Proxy) Set(mode LinkMode, delay time.Duration) {
 		}
 	}
 	p.mu.Unlock()
+	p.hindered.Add(int64(len(drop)))
 	for _, c := range drop {
 		_ = c.Close()
 	}
@@ -147,6 +163,7 @@ func (p *Proxy) acceptLoop() {
 			continue
 		}
 		if mode, _ := p.state(); mode == LinkDrop {
+			p.hindered.Add(1)
 			_ = in.Close()
 			continue
 		}
@@ -191,7 +208,7 @@ type chunk struct {
 // waitFlowing blocks while the link is blackholed and returns the mode it
 // then has (LinkDrop once the proxy is closed).
 func (p *Proxy) waitFlowing() (LinkMode, time.Duration) {
-	for {
+	for held := false; ; held = true {
 		p.mu.Lock()
 		mode, delay, changed, closed := p.mode, p.delay, p.changed, p.closed
 		p.mu.Unlock()
@@ -200,6 +217,9 @@ func (p *Proxy) waitFlowing() (LinkMode, time.Duration) {
 		}
 		if mode != LinkBlackhole {
 			return mode, delay
+		}
+		if !held {
+			p.hindered.Add(1)
 		}
 		select {
 		case <-changed:
@@ -221,13 +241,16 @@ func (p *Proxy) pump(src, dst net.Conn) {
 		defer close(writerDone)
 		for c := range q {
 			if d := time.Until(c.at); d > 0 {
+				p.hindered.Add(1)
 				time.Sleep(d)
 			}
 			mode, _ := p.waitFlowing()
 			if mode == LinkDrop {
 				break
 			}
-			if _, err := dst.Write(c.data); err != nil {
+			n, err := dst.Write(c.data)
+			p.forwarded.Add(int64(n))
+			if err != nil {
 				break
 			}
 		}

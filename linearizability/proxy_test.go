@@ -66,18 +66,32 @@ func TestProxyModes(t *testing.T) {
 	if _, err := roundTrip(c, r, 2*time.Second); err != nil {
 		t.Fatalf("pass: %v", err)
 	}
+	// The counters the nemesis checks a fault's effect with.
+	hindered := p.Hindered()
+	if p.Forwarded() < 10 || hindered != 0 {
+		t.Fatalf("pass: forwarded %d bytes, hindered %d times; want both ways' pings, nothing hindered", p.Forwarded(), hindered)
+	}
+	moved := func(what string) {
+		t.Helper()
+		if p.Hindered() <= hindered {
+			t.Fatalf("%s: the traffic it hindered was not counted", what)
+		}
+		hindered = p.Hindered()
+	}
 
 	p.Set(LinkPass, 150*time.Millisecond)
 	// Each direction is delayed: at least twice the delay per round trip.
 	if d, err := roundTrip(c, r, 3*time.Second); err != nil || d < 300*time.Millisecond {
 		t.Fatalf("delay: round trip %s, %v; want >= 300ms", d, err)
 	}
+	moved("delay")
 
 	// Blackhole: silence, and the stream resumes intact when it heals.
 	p.Set(LinkBlackhole, 0)
 	if _, err := roundTrip(c, r, 300*time.Millisecond); err == nil {
 		t.Fatal("blackhole: got an echo")
 	}
+	moved("blackhole")
 	p.Set(LinkPass, 0)
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 	if line, err := r.ReadString('\n'); err != nil || line != "ping\n" {
@@ -89,6 +103,7 @@ func TestProxyModes(t *testing.T) {
 	if _, err := roundTrip(c, r, time.Second); err == nil {
 		t.Fatal("drop: the connection still works")
 	}
+	moved("drop")
 	if c2, err := net.Dial("tcp", p.Addr()); err == nil {
 		_ = c2.SetDeadline(time.Now().Add(time.Second))
 		_, _ = c2.Write([]byte("ping\n"))

@@ -397,6 +397,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.DiskSync = slices.Clone(probes)
 	probeMu.Unlock()
 	check(ctx, cfg, c, hist, members, rep)
+	rep.Checks = append(rep.Checks, checkFaults(cfg, timeline.Events(), c.silentLinks()), checkWorkload(hist.Entries()),
+		checkShardOrder(hist.Entries(), cfg.Shards))
 	rep.Crashes = c.Crashes()
 	if len(rep.Crashes) > 0 {
 		rep.Checks = append(rep.Checks, CheckResult{Name: "no-crashes", Detail: "nodes exited on their own", Findings: rep.Crashes})
@@ -507,6 +509,7 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	entries := hist.Entries()
 	exactly, applied, notApplied := checkExactlyOnce(ctx, cl, entries)
 	rep.ResolvedApplied, rep.ResolvedNotApplied = applied, notApplied
+	pinResolved(entries, hist.Now())
 	logf("exactly-once: %s (indeterminate writes: %d applied, %d never applied)", exactly.Detail, applied, notApplied)
 
 	// Final linearizable reads of every account join the history: lost
@@ -523,6 +526,7 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 			out, err := readAccount(rctx, cl, m, a.code)
 			cancel()
 			e.ReturnNs = hist.Now()
+			out.WallMs = time.Now().UnixMilli()
 			if err != nil {
 				e.Output, e.ReturnNs, e.Err = Output{Status: Indeterminate, Code: client.CodeOf(err)}, ReturnNever, err.Error()
 				finalFails.addf("%s: final read failed: %v", accountName(m, a.code), err)

@@ -433,6 +433,7 @@ func (w *worker) do(in Input) Entry {
 		out, err := w.read(ctx, in.Member, in.Asset)
 		cancel()
 		e.ReturnNs = w.hist.Now()
+		out.WallMs = time.Now().UnixMilli()
 		if err != nil {
 			// A failed read has no effect: recorded, never constrains.
 			e.Output = Output{Status: Indeterminate, Code: client.CodeOf(err)}
