@@ -1192,3 +1192,49 @@ func TestGivenUpCallersLeaveTheQueues(t *testing.T) {
 	require.Zero(t, writes, "write groups of callers that gave up still queued")
 	require.Zero(t, reads, "reads of callers that gave up still queued")
 }
+
+// TestUnknownOutcomeSurvivesIsolation: groups a (hold h2), b (capture h1)
+// and d (capture h2) share an attempt of unknown outcome; the retry blames
+// b while a's caller leaves, and d, sent alone next, is refused. That
+// refusal proves nothing, since the unknown attempt (with a's hold) may
+// still commit and capture h2: d must be told indeterminate, not
+// HOLD_NOT_FOUND (found by review).
+func TestUnknownOutcomeSurvivesIsolation(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1})
+	gate := make(chan struct{})
+	var n atomic.Int32
+	actx, acancel := context.WithCancel(context.Background())
+	defer acancel()
+	fc.setHook(func(_ *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		switch n.Add(1) {
+		case 1:
+			<-gate
+			return nil, nil, false
+		case 2:
+			return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "leader stepped down", nil), true
+		case 3:
+			acancel()
+			time.Sleep(20 * time.Millisecond)
+			return nil, tallyErr(codes.NotFound, ledger.CodeHoldNotFound, "no hold h1", map[string]string{"op_index": "1"}), true
+		case 4:
+			return nil, tallyErr(codes.NotFound, ledger.CodeHoldNotFound, "no hold h2", map[string]string{"op_index": "0"}), true
+		}
+		return nil, nil, false
+	})
+	warm := make(chan error, 1)
+	go func() { _, err := c.Apply(testCtx(t), credit("alice", "k0", "1")); warm <- err }()
+	require.Eventually(t, func() bool { return fc.nodes[0].inflight.Load() == 1 }, 5*time.Second, time.Millisecond)
+	var wg sync.WaitGroup
+	var dErr error
+	wg.Go(func() { _, _ = c.Apply(actx, credit("alice", "a", "1")) })
+	waitQueued(t, c, 1)
+	wg.Go(func() { _, _ = c.Apply(testCtx(t), credit("alice", "b", "1")) })
+	waitQueued(t, c, 2)
+	wg.Go(func() { _, dErr = c.Apply(testCtx(t), credit("alice", "d", "1")) })
+	waitQueued(t, c, 3)
+	close(gate)
+	wg.Wait()
+	<-warm
+	require.True(t, IsIndeterminate(dErr), "d was in an attempt of unknown outcome: %v", dErr)
+}

@@ -275,8 +275,22 @@ func (q *shardQueue) send(batch []*group) {
 	for k := range batch {
 		pending[k] = k
 	}
+	// unknown: an attempt of this batch may have applied. invoke knows it
+	// per round only, and a later round (after a blamed op is taken out)
+	// carries groups that were in that attempt: an error they get then is
+	// no proof that nothing applied (the attempt may still commit), so it
+	// stays indeterminate.
+	unknown := false
 	for len(pending) > 0 {
 		sent, res, e := q.attempt(ctx, cancel, batch, pending)
+		if e != nil {
+			unknown = unknown || e.Indeterminate
+			if unknown && !e.Indeterminate {
+				ec := *e
+				ec.Indeterminate = true
+				e = &ec
+			}
+		}
 		if sent == nil {
 			// No attempt was made (the client closed, or no leader was
 			// found before the batch ended): every pending group shares
@@ -305,13 +319,14 @@ func (q *shardQueue) send(batch []*group) {
 			return
 		}
 		// A rejection that blames an op isolates it even after an
-		// attempt whose outcome was unknown (a timeout, an election): the
-		// blamed op was in every attempt (groups only leave a batch), and
-		// the rules that reject one never accept it later (an asset or a
-		// hold, once there, stays), so every earlier attempt was rejected
-		// whole as well and the others are safe to send again. Failing
-		// them all instead told innocent callers "INVALID_ARGUMENT" for
-		// ops that were fine, one bad capture failing up to a whole batch.
+		// attempt whose outcome was unknown (a timeout, an election), and
+		// the rest are sent again with the same keys: they apply once or
+		// replay. Failing them all instead told innocent callers
+		// "INVALID_ARGUMENT" for ops that were fine, one bad capture
+		// failing up to a whole batch. Until one gets a result, its
+		// outcome stays unknown (unknown, above): the earlier attempt may
+		// still commit (a capture refused later for want of a hold that
+		// attempt opened, say).
 		if len(sent) <= 1 || !e.rejected() {
 			deliverError(batch, sent, e, answer)
 			return
@@ -330,6 +345,11 @@ func (q *shardQueue) send(batch []*group) {
 				res, e := q.c.submitDirect(gctx, q.shard, batch[k].ops, false)
 				stop()
 				gcancel()
+				if e != nil && unknown && !e.Indeterminate {
+					ec := *e
+					ec.Indeterminate = true
+					e = &ec
+				}
 				if e != nil {
 					deliverError(batch, []int{k}, e, answer)
 				} else {
