@@ -184,7 +184,7 @@ func applyOp(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 		return Result{}, storeErr("read record", err)
 	}
 	if found {
-		return dedupResult(v, &rec, fp, op, timeMs), nil
+		return dedupResult(v, &rec, fp, op, false, timeMs), nil
 	}
 	res, err := evaluate(s, timeMs, v, op)
 	if err != nil {
@@ -194,9 +194,9 @@ func applyOp(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 }
 
 // dedupResult is the result of an op whose key is already recorded; fp is
-// the op's fingerprintFor(v, ...).
-func dedupResult(v uint32, rec *Record, fp [16]byte, op *Op, timeMs int64) Result {
-	if sameOp(v, rec, op, fp) {
+// the op's fingerprintFor(v, op, linked).
+func dedupResult(v uint32, rec *Record, fp [16]byte, op *Op, linked bool, timeMs int64) Result {
+	if sameOp(v, rec, op, linked, fp) {
 		r := rec.Result
 		r.Replayed = true
 		return r
@@ -240,7 +240,7 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 			return storeErr("read record", err)
 		}
 		if found[i] = ok; ok {
-			prior[i] = dedupResult(v, &rec, fps[i], op, timeMs)
+			prior[i] = dedupResult(v, &rec, fps[i], op, true, timeMs)
 		}
 	}
 	if v >= Version2 && refuseReusedKeys(timeMs, ops, found, prior, out) {

@@ -82,11 +82,16 @@ func ExpiryKey(holdKey string) string { return expiryKeyPrefix + holdKey }
 const expiryKeyPrefix = "\x1fexpiry:"
 
 // sameOp reports whether rec records op, given fp = fingerprintFor(v, op,
-// linked). Under version 2 a record written under version 1 still matches
-// the same op whatever its linkage: version 1 did not store linkage, so the
-// retry of an op acknowledged before the upgrade is served its result.
-func sameOp(v uint32, rec *Record, op *Op, fp [16]byte) bool {
+// linked). Records written under older rules still match the same op: under
+// version 2 or later one written under version 1 whatever its linkage
+// (version 1 did not store linkage), and under version 3 one written under
+// version 2 with a whole-hold capture's Scale as it came. So the retry of an
+// op acknowledged before an upgrade is served its result.
+func sameOp(v uint32, rec *Record, op *Op, linked bool, fp [16]byte) bool {
 	if rec.Fingerprint == fp {
+		return true
+	}
+	if v >= Version3 && rec.Fingerprint == fingerprintFor(Version2, op, linked) {
 		return true
 	}
 	return v >= Version2 && rec.Fingerprint == Fingerprint(*op)

@@ -115,3 +115,27 @@ func TestWholeCaptureHasOneFingerprint(t *testing.T) {
 			fingerprintFor(tc.v, &Op{Kind: OpCaptureHold, AmountMinor: 5, Scale: 0}, false))
 	}
 }
+
+// TestVersion2RecordsReplayUnderVersion3: a whole-hold capture recorded
+// under version 2 with the asset's Scale (its fingerprint covered Scale)
+// still replays when retried after the shard rose to version 3, where the
+// op is fingerprinted with Scale 0 (found by review).
+func TestVersion2RecordsReplayUnderVersion3(t *testing.T) {
+	for _, linked := range []bool{false, true} {
+		f := newFixture(t)
+		f.version = Version2
+		f.must(mkHold("h1", "alice", tCNY, 300, 60_000))
+		capture := mkCapture("alice", "h1", 0, 2)
+		capture.IdempotencyKey = "cap"
+		ops := []Op{capture}
+		if linked {
+			ops = append(ops, Op{Kind: OpCredit, Program: tProg, Member: "alice", Asset: tCNY, AmountMinor: 1, Scale: 2, IdempotencyKey: "bonus"})
+		}
+		first := f.applyReq(linked, ops...)
+		require.Equal(t, CodeOK, first[0].Code)
+		f.version = Version3
+		again := f.applyReq(linked, ops...)
+		require.True(t, again[0].Replayed, "linked=%v: %s %s", linked, again[0].Code, again[0].Message)
+		require.Equal(t, first[0].Seq, again[0].Seq)
+	}
+}
