@@ -71,6 +71,14 @@ func (t *ackTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress
 	return err
 }
 
+// AppendEntriesPipeline implements raft.Transport: never. The transport
+// already has pipelining off (transport.noPipelining, hashicorp/raft #612);
+// this keeps it so whatever the transport's config, because a pipelined
+// request would bypass appendEntries and its byte bound.
+func (t *ackTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
+}
+
 // appendEntries sends args as consecutive RPCs of at most maxAppendBytes
 // of entries each (a single entry goes whole, whatever its size). Each part
 // is an AppendEntries of its own: its previous entry is the last of the

@@ -43,6 +43,8 @@ func TestAckedSinceCountsOnlyFreshAcceptances(t *testing.T) {
 	require.Equal(t, 0, tr.ackedSince(6, read))
 	require.Equal(t, 1, tr.ackedSince(6, t0))
 
+	_, err := tr.AppendEntriesPipeline("n2", "addr")
+	require.ErrorIs(t, err, raft.ErrPipelineReplicationNotSupported, "no pipeline can bypass the byte bound")
 	var _ raft.Transport = tr // still a full transport (AppendEntries overridden)
 	var _ raft.WithPreVote = tr
 	var _ raft.WithClose = tr
