@@ -32,9 +32,10 @@
 //     stored whole or not at all, replicas equal at the same applied index,
 //     real-time order of sequence numbers and log times across the members
 //     of a shard, and floors that keep a run from passing by doing nothing:
-//     every fault kind injected, each partition and delay seen to cut, hold
-//     back or delay traffic, every Raft link carrying traffic, at least a
-//     quarter of the writes applied OK and each frequent kind at least once.
+//     every fault kind injected, partitions and delays seen to cut, hold
+//     back or delay traffic, every pair of nodes talking through the
+//     proxies, at least a quarter of the writes applied OK and each
+//     frequent kind answered by the rules.
 //   - Evidence: on failure, porcupine's HTML visualization per failing
 //     account, the fault timeline, node logs and the seed, under a results
 //     folder.
