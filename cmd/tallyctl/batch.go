@@ -17,16 +17,16 @@ import (
 // batchOp is one line of a batch file: JSON, one object per line (or one
 // JSON array). Kinds are the API's names: CREDIT, DEBIT, HOLD, ...
 type batchOp struct {
-	Kind       string `json:"kind"`
-	Program    string `json:"program"`
-	Member     string `json:"member"`
-	Asset      string `json:"asset"`
-	Key        string `json:"key"`
-	Amount     string `json:"amount"`
-	HoldKey    string `json:"hold_key"`
-	TTL        string `json:"ttl"`
-	MaxBalance string `json:"max_balance"`
-	Memo       string `json:"memo"`
+	Kind       string  `json:"kind"`
+	Program    string  `json:"program"`
+	Member     string  `json:"member"`
+	Asset      string  `json:"asset"`
+	Key        string  `json:"key"`
+	Amount     *string `json:"amount"` // nil: absent (a capture of the whole hold)
+	HoldKey    string  `json:"hold_key"`
+	TTL        string  `json:"ttl"`
+	MaxBalance string  `json:"max_balance"`
+	Memo       string  `json:"memo"`
 }
 
 func kindOf(name string) (ledger.OpKind, bool) {
@@ -46,6 +46,7 @@ func toClientOps(raw []batchOp) ([]client.Op, error) {
 		return nil, usageErr("batch has %d operations, at most %d", len(raw), ledger.MaxBatchOps)
 	}
 	ops := make([]client.Op, len(raw))
+	seen := make(map[string]bool, len(raw))
 	for i, b := range raw {
 		kind, ok := kindOf(b.Kind)
 		if !ok {
@@ -54,10 +55,25 @@ func toClientOps(raw []batchOp) ([]client.Op, error) {
 		if b.Key == "" {
 			return nil, usageErr("op %d: \"key\" (idempotency key) is required in a batch", i)
 		}
+		if seen[b.Key] {
+			return nil, usageErr("op %d: key %q is used twice in the batch", i, b.Key)
+		}
+		seen[b.Key] = true
 		op := client.Op{Kind: kind, Program: b.Program, Member: b.Member, Asset: b.Asset, IdempotencyKey: b.Key,
 			HoldKey: b.HoldKey, Memo: b.Memo}
-		if b.Amount != "" {
-			d, err := parseDecimal(fmt.Sprintf("op %d amount", i), b.Amount)
+		if kind == ledger.OpCaptureHold && b.Amount != nil {
+			// A zero amount on the wire means the whole hold: a "0",
+			// "0.00" or "" written here must not capture all of it.
+			d, err := parseDecimal(fmt.Sprintf("op %d amount", i), *b.Amount)
+			if err != nil {
+				return nil, err
+			}
+			if !d.IsPositive() {
+				return nil, usageErr("op %d: a capture's amount must be positive; leave \"amount\" out to capture the whole hold", i)
+			}
+			op.Amount = d
+		} else if b.Amount != nil && *b.Amount != "" {
+			d, err := parseDecimal(fmt.Sprintf("op %d amount", i), *b.Amount)
 			if err != nil {
 				return nil, err
 			}
@@ -127,12 +143,16 @@ func readBatchFile(path string, stdin io.Reader) ([]client.Op, error) {
 type batchView struct {
 	ops     []client.Op
 	results []client.Result
+	unknown []bool // per op: its outcome is unknown (nil: none is)
 }
+
+func (v batchView) isUnknown(i int) bool { return v.unknown != nil && v.unknown[i] }
 
 func (v batchView) jsonValue() any {
 	out := make([]resultJSON, len(v.results))
 	for i, r := range v.results {
 		out[i] = toResultJSON(v.ops[i].IdempotencyKey, r)
+		out[i].Indeterminate = v.isUnknown(i)
 	}
 	return out
 }
@@ -145,7 +165,11 @@ func (v batchView) text(w io.Writer) {
 			posted = r.Account.Posted.StringFixed(int32(r.Account.Scale))
 			avail = r.Account.Available.StringFixed(int32(r.Account.Scale))
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%v\t%s\t%s\n", i, v.ops[i].IdempotencyKey, v.ops[i].Kind, r.Code, r.Replayed, posted, avail)
+		code := string(r.Code)
+		if v.isUnknown(i) {
+			code += " (outcome unknown)"
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%v\t%s\t%s\n", i, v.ops[i].IdempotencyKey, v.ops[i].Kind, code, r.Replayed, posted, avail)
 	}
 }
 
@@ -163,10 +187,18 @@ func batchCommand(stdin io.Reader) command {
 			if err != nil {
 				return nil, err
 			}
+			if linked {
+				for i, op := range ops {
+					if op.Program != ops[0].Program || op.Member != ops[0].Member {
+						return nil, usageErr("op %d: a linked batch is on one member (%s/%s), not %s/%s", i, ops[0].Program, ops[0].Member, op.Program, op.Member)
+					}
+				}
+			}
 			results, err := c.Submit(ctx, ops, linked)
 			if len(results) != len(ops) {
 				return nil, err
 			}
+			unknown := unknownOps(err, ops, c.Shards())
 			if err == nil {
 				// Exit 1, as a single refused operation does: a script
 				// must not read a batch with refusals (or a linked batch
@@ -184,7 +216,46 @@ func batchCommand(stdin io.Reader) command {
 					err = fmt.Errorf("%d of %d operations did not apply (first: op %d, %s)", failed, len(ops), first, results[first].Code)
 				}
 			}
-			return batchView{ops: ops, results: results}, err
+			return batchView{ops: ops, results: results, unknown: unknown}, err
 		},
 	}
+}
+
+// unknownOps marks the ops whose outcome err leaves unknown: those of a
+// shard whose part failed indeterminately (a *client.Error names its
+// shard; -1, or an error without one, covers every op).
+func unknownOps(err error, ops []client.Op, shards int) []bool {
+	if err == nil || !client.IsIndeterminate(err) {
+		return nil
+	}
+	all := false
+	parts := map[int]bool{}
+	var walk func(error)
+	walk = func(err error) {
+		switch e := err.(type) {
+		case *client.Error:
+			if e.Indeterminate {
+				if e.Shard < 0 {
+					all = true
+				}
+				parts[e.Shard] = true
+			} else if e.Err != nil {
+				walk(e.Err)
+			}
+		case interface{ Unwrap() []error }:
+			for _, inner := range e.Unwrap() {
+				walk(inner)
+			}
+		case interface{ Unwrap() error }:
+			walk(e.Unwrap())
+		default:
+			all = true // indeterminate, naming no shard
+		}
+	}
+	walk(err)
+	out := make([]bool, len(ops))
+	for i, op := range ops {
+		out[i] = all || shards <= 0 || parts[ledger.ShardOf(op.Program, op.Member, shards)]
+	}
+	return out
 }

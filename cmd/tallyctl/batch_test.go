@@ -71,3 +71,49 @@ func TestBatchRefusalsExitNonZero(t *testing.T) {
 	assert.Regexp(t, `(?m)^0\s+r1\s+CREDIT\s+OK`, stdout)
 	assert.Regexp(t, `(?m)^1\s+r2\s+DEBIT\s+INSUFFICIENT_FUNDS`, stdout)
 }
+
+// TestBatchMistakesCaughtBeforeSending: a capture whose amount is zero or
+// empty (which the wire reads as "the whole hold"), a key used twice and a
+// linked batch over two members are command-line mistakes: exit 2, nothing
+// sent. A capture with no "amount" takes the whole hold, as `capture`
+// without --amount does. (Found by review: "0.00" captured everything.)
+func TestBatchMistakesCaughtBeforeSending(t *testing.T) {
+	f := startFake(t)
+	for name, tc := range map[string]struct {
+		body   string
+		linked bool
+	}{
+		"zero capture":  {body: `{"kind":"capture_hold","program":"shop","member":"m","hold_key":"h1","amount":"0.00","key":"c1"}`},
+		"empty capture": {body: `{"kind":"capture_hold","program":"shop","member":"m","hold_key":"h1","amount":"","key":"c1"}`},
+		"key twice": {body: `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1","key":"k"}
+{"kind":"CREDIT","program":"shop","member":"eve","asset":"CNY","amount":"2","key":"k"}`},
+		"linked over two members": {body: `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1","key":"k1"}
+{"kind":"CREDIT","program":"shop","member":"eve","asset":"CNY","amount":"2","key":"k2"}`, linked: true},
+	} {
+		args := []string{"batch", "--file", writeFile(t, tc.body)}
+		if tc.linked {
+			args = append(args, "--linked")
+		}
+		code, _, stderr := tallyctl(t, f, args...)
+		assert.Equal(t, exitUsage, code, "%s: %s", name, stderr)
+		assert.Nil(t, f.lastSubmit(), name)
+	}
+	_, _, stderr := tallyctl(t, f, "batch", "--file",
+		writeFile(t, `{"kind":"capture_hold","program":"shop","member":"m","hold_key":"h1","key":"c2"}`))
+	require.NotNil(t, f.lastSubmit(), stderr)
+	assert.Equal(t, "", f.lastSubmit().Ops[0].Amount, "no amount: the whole hold")
+}
+
+// TestBatchUnknownOutcome: a batch whose request ends with an unknown
+// outcome marks its ops unknown and says to re-send the same file (there
+// is no --key to name).
+func TestBatchUnknownOutcome(t *testing.T) {
+	f := startFake(t)
+	f.hang = true
+	path := writeFile(t, `{"kind":"CREDIT","program":"shop","member":"bob","asset":"CNY","amount":"1","key":"u1"}`)
+	code, stdout, stderr := tallyctl(t, f, "--timeout", "1s", "--json", "batch", "--file", path)
+	assert.Equal(t, exitError, code)
+	assert.Contains(t, stderr, "re-run the same batch file unchanged")
+	assert.NotContains(t, stderr, "--key  ")
+	assert.Contains(t, stdout, `"indeterminate": true`)
+}

@@ -120,6 +120,9 @@ type resultJSON struct {
 	Hold     *holdJSON    `json:"hold,omitempty"`
 	Captured string       `json:"captured,omitempty"`
 	Released string       `json:"released,omitempty"`
+	// Indeterminate: a batch op whose part failed with an unknown outcome
+	// (its code then says why); re-sending the batch settles it.
+	Indeterminate bool `json:"indeterminate,omitempty"`
 }
 
 // scaleOf is the scale of the result's account, if it has one.
@@ -294,7 +297,7 @@ func (v opView) jsonValue() any {
 func (v opView) text(w io.Writer) {
 	fmt.Fprintf(w, "key\t%s\n", v.Key)
 	if !v.Found {
-		fmt.Fprintf(w, "found\tfalse (never applied)\n")
+		fmt.Fprintf(w, "found\tfalse (not applied so far; an attempt still in flight may yet apply: re-send with the same key to settle it)\n")
 		return
 	}
 	j := toEntryJSON(v.Entry)

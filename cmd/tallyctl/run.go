@@ -135,9 +135,9 @@ func commandsWith(stdin io.Reader) []command {
 			flags: func(fs *flag.FlagSet, a *args) {
 				fs.StringVar(&a.program, "program", "", "loyalty program")
 				fs.StringVar(&a.asset, "asset", "", "asset code")
-				fs.UintVar(&a.scale, "scale", 0, "decimal places of the asset's amounts")
+				fs.UintVar(&a.scale, "scale", 0, "decimal places of the asset's amounts (required: an asset never changes)")
 			},
-			required: []string{"program", "asset"}, mutating: true,
+			required: []string{"program", "asset", "scale"}, mutating: true,
 			do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
 				if a.scale > ledger.MaxScale {
 					return nil, usageErr("--scale %d is above the maximum %d", a.scale, ledger.MaxScale)
@@ -476,7 +476,10 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		_ = printView(stdout, newErrorView(err, &a), true)
 	}
 	fmt.Fprintf(stderr, "tallyctl: %v\n", err)
-	if client.IsIndeterminate(err) {
+	if client.IsIndeterminate(err) && cmd.name == "batch" {
+		// Every line has its own key: the same file settles it.
+		fmt.Fprintf(stderr, "tallyctl: operations marked unknown may or may not have applied; re-run the same batch file unchanged to settle them (each applies once, or replays its stored outcome)\n")
+	} else if client.IsIndeterminate(err) {
 		// Not "tallyctl op": its "not found" is not final while an attempt
 		// may still apply; a re-send with the key settles it either way.
 		fmt.Fprintf(stderr, "tallyctl: the operation may or may not have applied; re-run the same command with --key %s to settle it (it applies once, or replays the stored outcome)\n",

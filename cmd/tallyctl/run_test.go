@@ -345,3 +345,17 @@ func TestIndeterminateOutcome(t *testing.T) {
 	assert.True(t, out.Error.Indeterminate)
 	assert.Equal(t, "d-42", out.Error.Key)
 }
+
+// TestOpNotFoundIsNotFinal: `op` does not call a missing key "never
+// applied" (an attempt in flight may still apply), and define-asset needs
+// an explicit --scale (an asset never changes).
+func TestOpNotFoundIsNotFinal(t *testing.T) {
+	f := startFake(t)
+	code, stdout, stderr := tallyctl(t, f, "op", "--program", "shop", "--member", "m", "--key", "nope")
+	require.Equal(t, exitOK, code, stderr)
+	assert.NotContains(t, stdout, "never applied")
+	assert.Contains(t, stdout, "re-send with the same key")
+	code, _, stderr = tallyctl(t, f, "define-asset", "--program", "shop", "--asset", "PTS")
+	assert.Equal(t, exitUsage, code, stderr)
+	assert.Contains(t, stderr, "--scale")
+}
