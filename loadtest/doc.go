@@ -25,7 +25,7 @@
 // A run that fails any of them is reported as failed (Report.OK false), and
 // cmd/tally-load exits non-zero.
 //
-// Latencies are HDR histograms in microseconds (1 µs .. 60 s, 3 significant
+// Latencies are HDR histograms in microseconds (1 µs .. 1 h, 3 significant
 // digits), kept per operation kind and striped over a few locks so that
 // hundreds of client goroutines do not serialise on one.
 package loadtest

@@ -122,7 +122,11 @@ func keyOf(runID string, client int32, seq uint64) string {
 
 // Verification is what the checks after a run found.
 type Verification struct {
-	AckedOps int64 `json:"acked_ops"`
+	// SentWrites counts the mutating ops the run sent; AckedOps those the
+	// client got a result for. A run that sent writes and got none acked
+	// fails: it proves nothing (every write refused or unanswered).
+	SentWrites int64 `json:"sent_writes"`
+	AckedOps   int64 `json:"acked_ops"`
 	// VerifiedOps is how many acknowledged ops were looked up; VerifyMode
 	// says whether that is all of them ("all") or a uniform random sample
 	// ("sample": the run had more than the verifier's count or time bound).
@@ -170,9 +174,10 @@ type Verification struct {
 // OK reports whether every check passed. A check that could not run is not
 // a pass: ops whose outcome could not be looked up (they also take their
 // accounts out of the balance check), acknowledged ops of which none was
-// looked up, or no account compared.
+// looked up, no account compared, or writes sent and none acknowledged.
 func (v *Verification) OK() bool {
-	ran := v.UnresolvedOps == 0 && (v.AckedOps == 0 || v.VerifiedOps > 0) && v.AccountsChecked > 0
+	ran := v.UnresolvedOps == 0 && (v.AckedOps == 0 || v.VerifiedOps > 0) && v.AccountsChecked > 0 &&
+		(v.SentWrites == 0 || v.AckedOps > 0)
 	return ran && v.LostAcks == 0 && v.KeysReused == 0 && v.FailedStored == 0 && v.UnexpectedCodes == 0 &&
 		v.BalanceMismatch == 0 && v.InvariantOK
 }
@@ -220,7 +225,7 @@ type Verifier struct {
 // Verify runs every check over log (every op the run sent).
 func (vf *Verifier) Verify(ctx context.Context, log []ackRecord) *Verification {
 	start := time.Now()
-	v := &Verification{}
+	v := &Verification{SentWrites: int64(len(log))}
 	rng := rand.New(rand.NewPCG(vf.Seed, 0x5eed))
 	// Settle unknown outcomes first: a re-send may apply an op, and the
 	// invariants and balances must be those of the final state.

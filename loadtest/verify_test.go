@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -403,4 +405,34 @@ func TestVerifierFailsWhatItCannotCheck(t *testing.T) {
 	if v.OK() {
 		t.Errorf("passed with %d unresolved ops, %d accounts checked, %d skipped", v.UnresolvedOps, v.AccountsChecked, v.AccountsSkipped)
 	}
+}
+
+// writesDown answers reads but refuses every write, as a cluster whose
+// every shard lost its leader would (certainly not applied).
+type writesDown struct{ *fakeLedger }
+
+func (l writesDown) Submit(ctx context.Context, ops []client.Op, linked bool) ([]client.Result, error) {
+	return nil, &client.Error{Code: ledger.CodeUnavailable, Shard: -1, OpIndex: -1}
+}
+
+// TestRunWithNoAckedWriteFails: a run that sent writes and got none
+// acknowledged proves nothing; it used to pass (found by review).
+func TestRunWithNoAckedWriteFails(t *testing.T) {
+	f := newFakeLedger(2)
+	cfg := Config{Workload: Workload{Members: 50}, Clients: 2, Duration: 100 * time.Millisecond, Seed: testSeed, RunID: "t"}.withDefaults()
+	require.NoError(t, setup(context.Background(), f, cfg))
+	l := writesDown{f}
+	r := &runner{cfg: cfg, w: cfg.Workload, l: l, program: cfg.Program(), logs: make([][]ackRecord, cfg.Clients)}
+	r.load(context.Background(), &Report{})
+	var log []ackRecord
+	for _, lg := range r.logs {
+		log = append(log, lg...)
+	}
+	require.NotEmpty(t, log)
+	vf := &Verifier{L: l, W: cfg.Workload, Program: cfg.Program(), RunID: "t", SeedMinor: seedOf(cfg.Workload), OpOf: r.op,
+		MaxOps: 1 << 30, MaxAccounts: 1 << 30, Concurrency: 2, ConvergeTimeout: time.Second, Seed: 1}
+	v := vf.Verify(context.Background(), log)
+	require.Zero(t, v.AckedOps)
+	require.Equal(t, int64(len(log)), v.SentWrites)
+	require.False(t, v.OK(), "no write acknowledged, and the run passed: %+v", v)
 }

@@ -223,6 +223,14 @@ func (c *Config) validate() error {
 	if !found {
 		return fmt.Errorf("node: config: this node %q is not in Peers", c.ID)
 	}
+	if c.MaxOpsPerEntry < 0 || c.MaxInflightEntries < 0 {
+		return fmt.Errorf("node: config: MaxOpsPerEntry (%d) and MaxInflightEntries (%d) must not be negative (0: default)",
+			c.MaxOpsPerEntry, c.MaxInflightEntries)
+	}
+	if c.Raft.MaxAppendEntries < 0 || c.Raft.MaxAppendBytes < 0 {
+		return fmt.Errorf("node: config: MaxAppendEntries (%d) and MaxAppendBytes (%d) must not be negative (0: default)",
+			c.Raft.MaxAppendEntries, c.Raft.MaxAppendBytes)
+	}
 	if c.MaxOpsPerEntry == 0 {
 		c.MaxOpsPerEntry = 16000
 	}

@@ -54,6 +54,13 @@ func TestConfigRejectsRaftTimeouts(t *testing.T) {
 	require.ErrorContains(t, c.validate(), `log level "bogus"`)
 	c.LogLevel = "DEBUG"
 	require.NoError(t, c.validate())
+	// Negative sizes are refused, not a panic at start (makechan).
+	c = base()
+	c.MaxInflightEntries = -1
+	require.ErrorContains(t, c.validate(), "must not be negative")
+	c = base()
+	c.Raft.MaxAppendBytes = -1
+	require.ErrorContains(t, c.validate(), "must not be negative")
 }
 
 // TestConfigRejectsUndialablePeers: every peer address is dialed as given

@@ -89,6 +89,24 @@ func run(args []string) int {
 		return fail("--batch must be positive, got %d", cfg.Batch)
 	case cfg.Workload.ZipfS <= 1:
 		return fail("--zipf-s must be above 1, got %v", cfg.Workload.ZipfS)
+	case cfg.Workload.Members <= 0:
+		return fail("--members must be positive, got %d", cfg.Workload.Members)
+	case cfg.Workload.HotMembers <= 0:
+		return fail("--hot-members must be positive, got %d", cfg.Workload.HotMembers)
+	case cfg.Workload.HotShare <= 0 || cfg.Workload.HotShare > 1:
+		return fail("--hot-share must be in (0, 1], got %v", cfg.Workload.HotShare)
+	case cfg.Workload.BudgetShare <= 0 || cfg.Workload.BudgetShare > 1:
+		return fail("--budget-share must be in (0, 1], got %v", cfg.Workload.BudgetShare)
+	case cfg.Workload.MaxAmountMinor <= 0:
+		return fail("--max-amount must be positive, got %d", cfg.Workload.MaxAmountMinor)
+	case cfg.RatePerSec < 0:
+		return fail("--rate must be positive (or 0: closed loop), got %v", cfg.RatePerSec)
+	case cfg.Duration <= 0:
+		return fail("--duration must be positive, got %v", cfg.Duration)
+	case cfg.Warmup < 0:
+		return fail("--warmup must not be negative, got %v", cfg.Warmup)
+	case cfg.OpTimeout <= 0:
+		return fail("--op-timeout must be positive, got %v", cfg.OpTimeout)
 	}
 	var err error
 	if cfg.Workload.Scenario, err = loadtest.ParseScenario(*scenario); err != nil {
