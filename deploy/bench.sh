@@ -103,12 +103,29 @@ for i in 1 2 3; do
     --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info ${BENCH_TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
+# Ready when every shard has a leader and all three nodes still run: a node
+# that exits at start (a port taken by another cluster, which would then
+# answer instead) must not leave the bench measuring a cluster that is not
+# this fresh one.
+alive() {
+  for k in 0 1 2; do
+    if ! kill -0 "${pids[$k]}" 2>/dev/null; then
+      echo "node n$((k + 1)) exited at start (another cluster on ports $((port + 1))-$((port + 23))? BENCH_PORT moves them); logs in $data" >&2
+      tail -5 "$data"/n*.log >&2
+      exit 1
+    fi
+  done
+}
 ready=0
 for _ in $(seq 1 150); do
-  if "$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -q "^$((shards - 1)) *n"; then ready=1; break; fi
+  alive
+  led=$("$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
+  if [ "$led" = "$shards" ]; then ready=1; break; fi
   sleep 0.2
 done
 if [ "$ready" != 1 ]; then echo "cluster did not elect every shard's leader; logs in $data" >&2; tail -5 "$data"/n*.log >&2; exit 1; fi
+sleep 1
+alive
 server_pids=$(IFS=,; echo "${pids[*]}")
 
 {
