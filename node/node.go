@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +47,9 @@ type Node struct {
 	httpServer *http.Server
 	peers      *peerConns
 	assets     assetCache
+	// misconfigured is set, for good, once a peer runs another shard
+	// count (shardCountLoop); every request is then refused.
+	misconfigured atomic.Pointer[string]
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -172,6 +176,8 @@ func (n *Node) open() error {
 		n.balancing.Add(1)
 		go n.balanceLoop()
 	}
+	n.wg.Add(1)
+	go n.shardCountLoop()
 	return nil
 }
 

@@ -153,6 +153,9 @@ func (s *shard) stopLoops() {
 
 // propose submits a validated request and waits for its results.
 func (s *shard) propose(ctx context.Context, req ledger.Request) ([]ledger.Result, error) {
+	if err := s.n.refuseIfMisconfigured(); err != nil {
+		return nil, err
+	}
 	if s.raft.State() != raft.Leader {
 		return nil, s.notLeader()
 	}
@@ -335,6 +338,9 @@ func (s *shard) notLeader() error {
 // leadership after the call began. Operations acknowledged in this term were
 // applied here before their acknowledgement.
 func (s *shard) linearizable(ctx context.Context) error {
+	if err := s.n.refuseIfMisconfigured(); err != nil {
+		return err
+	}
 	if s.n.cfg.UnsafeLocalReads {
 		return nil
 	}
