@@ -67,6 +67,12 @@ func run(args []string) (int, error) {
 			kinds = append(kinds, linearizability.FaultKind(k))
 		}
 	}
+	if len(kinds) == 0 {
+		return 2, fmt.Errorf("--faults names no fault kind (kill, pause, partition, delay)")
+	}
+	if *shards < 2 {
+		return 2, fmt.Errorf("--shards must be at least 2 (cross-shard routing is part of what is checked), got %d", *shards)
+	}
 	for _, k := range kinds {
 		known := false
 		for _, a := range linearizability.AllFaults {

@@ -75,6 +75,19 @@ func run(args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (boolean flags take --flag or --flag=false)", fs.Arg(0))
 	}
+	if cfg.MetricsAddr == "" {
+		// Both serve on the metrics address: without one they would be
+		// accepted and do nothing.
+		var ignored []string
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "pprof" || f.Name == "raft-metrics" {
+				ignored = append(ignored, "--"+f.Name)
+			}
+		})
+		if len(ignored) > 0 {
+			return fmt.Errorf("%s needs --metrics (the address they are served on)", strings.Join(ignored, " and "))
+		}
+	}
 	cfg.Raft.SnapshotThreshold = snapEvery
 	timeoutsSet := cfg.Raft.HeartbeatTimeout > 0 || cfg.Raft.ElectionTimeout > 0
 	cfg.Raft.TrailingLogs = trailing
