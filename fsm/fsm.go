@@ -212,6 +212,9 @@ type FSM struct {
 	hooks Hooks
 	// maxApplyOps is the constant maxApplyOps; tests lower it.
 	maxApplyOps int
+	// afterCommit, if set (tests only), runs between a batch's Pebble commit
+	// and the publish of its accounts: a descheduled apply goroutine.
+	afterCommit func()
 }
 
 // Hooks let the node observe the FSM (metrics). Each is optional and is
@@ -424,8 +427,15 @@ func (f *FSM) applyPart(logs []*raft.Log, cmds []ledger.Command, resp []interfac
 	if err := b.Set(f.kb.meta(), m.encode(), nil); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: %v", f.shard, err))
 	}
+	// From here until publish, readers read the DB (accountCache): one
+	// that saw this batch there must not be followed by one served the
+	// map as of the batch before.
+	st.accounts.committingBatch(m.appliedIndex)
 	if err := b.Commit(pebble.NoSync); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: commit: %v", f.shard, err))
+	}
+	if f.afterCommit != nil {
+		f.afterCommit()
 	}
 	// Readers may use the new accounts from here: before the applied index
 	// that lets them read is published.

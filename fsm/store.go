@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/tally-ledger/tally/ledger"
@@ -291,10 +292,20 @@ func (c *boundedCache[V]) put(key []byte, v V) {
 // the map's index (the batch's own writes are still in the overlay), so the
 // map never holds a value of another index.
 //
+// Reads must also never go back: once a DB reader has seen a batch, no later
+// reader may be served the map as of the batch before. So the apply loop
+// marks a batch committing (its index) before the Pebble commit, and while
+// that is ahead of the map's index, lookup sends readers to the DB. (A
+// review found the window: a DB read of a linked batch's debited account,
+// then a cached read of its credited one without the credit.)
+//
 // Linearizable account reads at the leader are served from here: it spares
 // each read a seek through the LSM levels.
 type accountCache struct {
-	mu sync.RWMutex
+	// committing is the index of the batch being committed to the DB, or
+	// index when none is.
+	committing atomic.Uint64
+	mu         sync.RWMutex
 	// m maps an encoded account key to its account. Values are pointers so
 	// that replacing a cached account, what nearly every write does, is an
 	// update in place: assigning m[string(key)] allocates the key string
@@ -310,8 +321,14 @@ type cachedAccount struct {
 }
 
 func newAccountCache(max int, index uint64) *accountCache {
-	return &accountCache{m: make(map[string]*ledger.Account), max: max, index: index}
+	c := &accountCache{m: make(map[string]*ledger.Account), max: max, index: index}
+	c.committing.Store(index)
+	return c
 }
+
+// committingBatch marks the batch of index as about to be committed to the
+// DB: until publish, readers read the DB.
+func (c *accountCache) committingBatch(index uint64) { c.committing.Store(index) }
 
 // putLocked adds or replaces key's account; a full map is dropped and
 // refilled, which changes speed, never results. The caller holds mu.
@@ -345,6 +362,7 @@ func (c *accountCache) publish(batch []cachedAccount, index uint64) {
 		c.putLocked(d.key, d.a)
 	}
 	c.index = index
+	c.committing.Store(index)
 	c.mu.Unlock()
 }
 
@@ -353,6 +371,7 @@ func (c *accountCache) reset(index uint64) {
 	c.mu.Lock()
 	c.m = make(map[string]*ledger.Account)
 	c.index = index
+	c.committing.Store(index)
 	c.mu.Unlock()
 }
 
@@ -361,6 +380,9 @@ func (c *accountCache) reset(index uint64) {
 func (c *accountCache) lookup(keys [][]byte) (accounts []ledger.Account, index uint64, ok bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	if c.committing.Load() != c.index {
+		return nil, 0, false // a batch is reaching the DB: the map is behind it
+	}
 	accounts = make([]ledger.Account, len(keys))
 	for i, k := range keys {
 		a, hit := c.m[string(k)]
