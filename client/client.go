@@ -210,17 +210,9 @@ func (c *Client) addNodeAddrLocked(addr string) {
 	c.nodeAddrs = append(c.nodeAddrs, addr)
 }
 
-// applyClusterInfo takes info as the client's routing, unless it names
-// another shard count than the one learnt first: a cluster's count is fixed
-// at bootstrap, so a node reporting another is misconfigured, and routing
-// by it would send a member's ops to another shard, whose dedup does not
-// know their keys. It reports whether info was taken.
-func (c *Client) applyClusterInfo(info ClusterInfo) bool {
+func (c *Client) applyClusterInfo(info ClusterInfo) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.shards != 0 && info.Shards != c.shards {
-		return false
-	}
 	if info.Shards != c.shards {
 		c.shards = info.Shards
 		c.leaders = make([]string, info.Shards)
@@ -237,7 +229,6 @@ func (c *Client) applyClusterInfo(info ClusterInfo) bool {
 	for _, n := range info.Nodes {
 		c.addNodeAddrLocked(n.GRPCAddr)
 	}
-	return true
 }
 
 // clusterInfoFrom asks one node, in one attempt bounded by timeout.
@@ -291,9 +282,6 @@ func (c *Client) refresh(ctx context.Context, wantShard int) {
 		info, err := c.clusterInfoFrom(ctx, addrs[(start+i)%len(addrs)], timeout)
 		if err != nil || info.Shards <= 0 {
 			continue
-		}
-		if n := c.Shards(); n != 0 && info.Shards != n {
-			continue // a misconfigured node: its routing is not the cluster's
 		}
 		if wantShard < 0 || (wantShard < len(info.Leaders) && leaderOf(info, wantShard) != "") {
 			c.applyClusterInfo(info)

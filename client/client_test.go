@@ -1238,23 +1238,3 @@ func TestUnknownOutcomeSurvivesIsolation(t *testing.T) {
 	<-warm
 	require.True(t, IsIndeterminate(dErr), "d was in an attempt of unknown outcome: %v", dErr)
 }
-
-// TestShardCountIsLearntOnce: a node that later reports another shard count
-// (started with another --shards) does not change the client's routing:
-// it would send a member's ops to a shard whose dedup does not know their
-// keys. Found by review.
-func TestShardCountIsLearntOnce(t *testing.T) {
-	fc := newFakeCluster(t, 1, 2)
-	c := dial(t, fc, Config{})
-	require.Equal(t, 2, c.Shards())
-	fc.mu.Lock()
-	fc.shards = 3
-	fc.reported = append(fc.reported, 0)
-	fc.mu.Unlock()
-	c.refresh(testCtx(t), -1)
-	require.Equal(t, 2, c.Shards())
-	info, err := c.ClusterInfo(testCtx(t))
-	require.NoError(t, err)
-	require.Equal(t, 3, info.Shards, "the answer is returned as given")
-	require.Equal(t, 2, c.Shards(), "but not taken for routing")
-}

@@ -515,6 +515,7 @@ func testSnapshotRestoreRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, want.Hash, got.Hash)
 	require.Equal(t, want.AppliedIndex, dst.AppliedIndex())
+	require.Equal(t, dst.store.accounts.index, dst.store.accounts.committing.Load(), "the cache serves again after a restore")
 	for _, code := range []string{"ZZZ", "ZZY"} {
 		_, found, err := dst.Asset(prog, code)
 		require.NoError(t, err)
@@ -573,6 +574,8 @@ func TestRestoreRejectsCorruptSnapshots(t *testing.T) {
 			after, err := dst.State()
 			require.NoError(t, err)
 			require.Equal(t, before.Hash, after.Hash, "a failed restore changes nothing")
+			c := dst.store.accounts
+			require.Equal(t, c.index, c.committing.Load(), "a failed restore leaves the account cache serving")
 			// A stream refused at its header never makes the directory.
 			left, err := os.ReadDir(dstDB.restoreDir())
 			if !errors.Is(err, fs.ErrNotExist) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"time"
@@ -237,6 +238,21 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 		return fmt.Errorf("fsm: restore: %w", err)
 	}
 	lower, upper := shardBounds(f.shard)
+	// From here until loadMeta resets the account cache, readers read the
+	// DB: one that saw the restored state there must not be followed by
+	// one served the cache's older view (accountCache). A failed
+	// replacement leaves the state as it was, and the cache with it.
+	replaced := false
+	if f.store != nil {
+		c := f.store.accounts
+		wasCommitting := c.committing.Load()
+		c.committingBatch(math.MaxUint64)
+		defer func() {
+			if !replaced {
+				c.committingBatch(wasCommitting)
+			}
+		}()
+	}
 	if len(paths) == 0 { // an empty shard: nothing to ingest, only to delete
 		b := f.db.NewBatch()
 		defer b.Close()
@@ -258,6 +274,7 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	if err := f.loadMeta(); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: restore: after replacing the state: %v", f.shard, err))
 	}
+	replaced = true
 	return nil
 }
 

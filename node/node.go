@@ -47,8 +47,8 @@ type Node struct {
 	httpServer *http.Server
 	peers      *peerConns
 	assets     assetCache
-	// misconfigured is set, for good, once a peer runs another shard
-	// count (shardCountLoop); every request is then refused.
+	// misconfigured is set while this node's shard count is not its
+	// cluster's majority's (shardCountLoop); every request is refused.
 	misconfigured atomic.Pointer[string]
 
 	stop chan struct{}

@@ -239,7 +239,7 @@ func unknownOps(err error, ops []client.Op, shards int) []bool {
 					all = true
 				}
 				parts[e.Shard] = true
-			} else if e.Err != nil {
+			} else if e.Err != nil && client.IsIndeterminate(e.Err) {
 				walk(e.Err)
 			}
 		case interface{ Unwrap() []error }:
@@ -248,9 +248,9 @@ func unknownOps(err error, ops []client.Op, shards int) []bool {
 			}
 		case interface{ Unwrap() error }:
 			walk(e.Unwrap())
-		default:
-			all = true // indeterminate, naming no shard
 		}
+		// Anything else is no *client.Error, which alone can say
+		// "indeterminate" (client.IsIndeterminate): a definite failure.
 	}
 	walk(err)
 	out := make([]bool, len(ops))

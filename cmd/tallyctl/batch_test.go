@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -116,4 +121,29 @@ func TestBatchUnknownOutcome(t *testing.T) {
 	assert.Contains(t, stderr, "re-run the same batch file unchanged")
 	assert.NotContains(t, stderr, "--key  ")
 	assert.Contains(t, stdout, `"indeterminate": true`)
+}
+
+// TestUnknownOpsMarksOnlyUnknownParts: a batch over two shards whose one
+// part ended unknown and the other with a definite failure marks only the
+// first part's ops (review: the definite part's were marked too).
+func TestUnknownOpsMarksOnlyUnknownParts(t *testing.T) {
+	var ops []client.Op
+	var shards [2]int // ops per shard
+	for i := 0; len(ops) < 4; i++ {
+		m := fmt.Sprintf("m%d", i)
+		s := ledger.ShardOf("shop", m, 2)
+		if shards[s] == 2 {
+			continue
+		}
+		shards[s]++
+		ops = append(ops, client.Op{Program: "shop", Member: m})
+	}
+	err := errors.Join(
+		&client.Error{Code: ledger.CodeUnavailable, Shard: 0, OpIndex: -1, Indeterminate: true},
+		&client.Error{Code: ledger.CodeUnavailable, Shard: 1, OpIndex: -1, Err: context.DeadlineExceeded})
+	got := unknownOps(err, ops, 2)
+	for i, op := range ops {
+		assert.Equal(t, ledger.ShardOf("shop", op.Member, 2) == 0, got[i], "op %d on shard %d", i, ledger.ShardOf("shop", op.Member, 2))
+	}
+	assert.Nil(t, unknownOps(errors.Join(&client.Error{Code: ledger.CodeInvalidArgument, Shard: 1, OpIndex: 0}), ops, 2))
 }

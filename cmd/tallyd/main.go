@@ -80,7 +80,8 @@ func run(args []string) error {
 		// accepted and do nothing.
 		var ignored []string
 		fs.Visit(func(f *flag.Flag) {
-			if f.Name == "pprof" || f.Name == "raft-metrics" {
+			// Turning an option off needs no address.
+			if (f.Name == "pprof" || f.Name == "raft-metrics") && f.Value.String() == "true" {
 				ignored = append(ignored, "--"+f.Name)
 			}
 		})
