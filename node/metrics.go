@@ -27,6 +27,7 @@ type metrics struct {
 	commitLatency  prometheus.Histogram
 	entryOps       prometheus.Histogram
 	unanswered     prometheus.Counter
+	overloaded     prometheus.Counter
 	applyBatch     prometheus.Histogram
 	applyLatency   prometheus.Histogram
 	appliedIndex   *prometheus.GaugeVec
@@ -67,6 +68,10 @@ func newMetrics(n *Node) *metrics {
 			Name: "tally_raft_unanswered_total",
 			Help: "Raft futures (log entries, read barriers, leadership checks, expiry ticks, version raises) not answered within 10 s; their requests got UNAVAILABLE. Should stay 0.",
 		}),
+		overloaded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tally_overloaded_total",
+			Help: "Requests refused (UNAVAILABLE, nothing proposed) because their shard already had the most operations waiting for an entry.",
+		}),
 		applyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tally_apply_batch_ops", Help: "Operations applied in one FSM batch (one Pebble batch).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 16),
@@ -102,7 +107,7 @@ func newMetrics(n *Node) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1024, 4, 12),
 		}),
 	}
-	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.applyBatch, m.applyLatency,
+	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.overloaded, m.applyBatch, m.applyLatency,
 		m.appliedIndex, m.isLeader, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
 		&stateCollector{n: n},
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(

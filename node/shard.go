@@ -18,6 +18,15 @@ const (
 	// proposeQueueLen bounds requests waiting for the proposer of one shard;
 	// a full queue pushes back on handlers instead of growing memory.
 	proposeQueueLen = 8192
+	// maxQueuedOps bounds the operations of the requests waiting for a
+	// shard's proposer, in its queue or for a place in it. The queue's
+	// length bounds requests, and one may hold 8,000 operations: without
+	// this, an overload could hold gigabytes of decoded requests before
+	// anything pushed back. 2^18 operations (a few hundred bytes each
+	// decoded) is tens of MB per shard, and over 16 entries' worth at
+	// MaxOpsPerEntry: far above what the benchmarks queue (16 clients of
+	// 1,000 operations at most).
+	maxQueuedOps = 1 << 18
 	// applyTimeout bounds how long Raft may take to accept an entry.
 	applyTimeout = 5 * time.Second
 	// expiryTick is how often a leader checks for holds past their expiry.
@@ -99,6 +108,10 @@ type shard struct {
 	trans *ackTransport
 
 	proposeCh chan *proposal
+	// queuedOps counts the operations of requests in proposeCh or waiting
+	// to enter it (reserveQueue); maxQueued bounds it (maxQueuedOps).
+	queuedOps atomic.Int64
+	maxQueued int64
 	inflight  chan *entry
 	// answerTimeout is the package's answerTimeout; tests shorten it.
 	answerTimeout time.Duration
@@ -125,6 +138,7 @@ func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
 		n:         n,
 		fsm:       f,
 		proposeCh: make(chan *proposal, proposeQueueLen),
+		maxQueued: maxQueuedOps,
 		inflight:  make(chan *entry, n.cfg.MaxInflightEntries),
 		barrier:   make(chan struct{}, 1),
 		fullState: make(chan struct{}, 1),
@@ -159,12 +173,17 @@ func (s *shard) propose(ctx context.Context, req ledger.Request) ([]ledger.Resul
 	if s.raft.State() != raft.Leader {
 		return nil, s.notLeader()
 	}
+	if err := s.reserveQueue(len(req.Ops)); err != nil {
+		return nil, err
+	}
 	p := &proposal{ctx: ctx, req: req, res: make(chan proposalResult, 1)}
 	select {
-	case s.proposeCh <- p:
+	case s.proposeCh <- p: // proposeLoop gives its place back when it takes it
 	case <-ctx.Done():
+		s.releaseQueue(len(req.Ops))
 		return nil, ctx.Err()
 	case <-s.stop:
+		s.releaseQueue(len(req.Ops))
 		return nil, errUnavailable("node is shutting down")
 	}
 	select {
@@ -181,6 +200,22 @@ func (s *shard) propose(ctx context.Context, req ledger.Request) ([]ledger.Resul
 	}
 }
 
+// reserveQueue takes a place for ops operations among those waiting for the
+// proposer, or answers UNAVAILABLE when the shard has maxQueued waiting
+// already: nothing of the request was proposed, and the client backs off
+// and retries with the same keys.
+func (s *shard) reserveQueue(ops int) error {
+	if s.queuedOps.Add(int64(ops)) > s.maxQueued {
+		s.queuedOps.Add(-int64(ops))
+		s.n.metrics.overloaded.Inc()
+		return errUnavailable(fmt.Sprintf("shard %d is overloaded: over %d operations wait for their entry; retry later with the same keys", s.id, s.maxQueued))
+	}
+	return nil
+}
+
+// releaseQueue gives back the place of ops operations.
+func (s *shard) releaseQueue(ops int) { s.queuedOps.Add(-int64(ops)) }
+
 // proposeLoop packs whatever requests are queued into one log entry, then
 // hands the entry to completeLoop, so while Raft replicates one entry the
 // next one fills up: batching without a timer.
@@ -192,6 +227,7 @@ func (s *shard) proposeLoop() {
 		var first *proposal
 		select {
 		case first = <-s.proposeCh:
+			s.releaseQueue(len(first.req.Ops))
 		case <-s.stop:
 			return
 		}
@@ -201,6 +237,7 @@ func (s *shard) proposeLoop() {
 		for ops < maxOps {
 			select {
 			case p := <-s.proposeCh:
+				s.releaseQueue(len(p.req.Ops))
 				ps = append(ps, p)
 				ops += len(p.req.Ops)
 			default:

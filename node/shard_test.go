@@ -152,3 +152,28 @@ func TestDropAbandonedProposals(t *testing.T) {
 	require.Empty(t, ps)
 	require.Zero(t, ops)
 }
+
+// TestProposalQueueIsBoundedByOperations: a shard takes requests while the
+// operations waiting for its proposer stay within maxQueued and refuses the
+// next (UNAVAILABLE, counted), whatever their number; giving back places
+// lets requests in again. Before, only the request count was bounded
+// (8,192 of up to 8,000 operations each).
+func TestProposalQueueIsBoundedByOperations(t *testing.T) {
+	n := &Node{logger: hclog.NewNullLogger(), cfg: Config{MaxInflightEntries: 4}}
+	n.metrics = newMetrics(n)
+	s := newShard(n, 3, nil)
+	s.maxQueued = 10_000
+	require.NoError(t, s.reserveQueue(8_000))
+	require.NoError(t, s.reserveQueue(2_000))
+	err := s.reserveQueue(1)
+	var de *domainError
+	require.True(t, errors.As(err, &de), "%v", err)
+	require.Equal(t, ledger.CodeUnavailable, de.code)
+	require.Contains(t, err.Error(), "shard 3 is overloaded")
+	require.Equal(t, int64(10_000), s.queuedOps.Load(), "a refused request keeps no place")
+	s.releaseQueue(8_000)
+	require.NoError(t, s.reserveQueue(8_000))
+	var m dto.Metric
+	require.NoError(t, n.metrics.overloaded.Write(&m))
+	require.Equal(t, 1.0, m.GetCounter().GetValue())
+}
