@@ -222,8 +222,8 @@ func batchCommand(stdin io.Reader) command {
 }
 
 // unknownOps marks the ops whose outcome err leaves unknown: those of a
-// shard whose part failed indeterminately (a *client.Error names its
-// shard; -1, or an error without one, covers every op).
+// shard whose part failed indeterminately (the *client.Error says so and
+// names its shard; shard -1 covers every op).
 func unknownOps(err error, ops []client.Op, shards int) []bool {
 	if err == nil || !client.IsIndeterminate(err) {
 		return nil
