@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -117,14 +118,7 @@ func (q *shardQueue) forget() {
 	if 2*q.abandoned < len(q.groups) {
 		return
 	}
-	live := q.groups[:0]
-	for _, g := range q.groups {
-		if g.state.Load() == groupQueued {
-			live = append(live, g)
-		}
-	}
-	clear(q.groups[len(live):])
-	q.groups = live
+	q.groups = slices.DeleteFunc(q.groups, func(g *group) bool { return g.state.Load() != groupQueued })
 	q.abandoned = 0
 }
 

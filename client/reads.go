@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"github.com/tally-ledger/tally/api/tallypb"
@@ -185,14 +186,7 @@ func (q *readQueue) forget() {
 	if 2*q.gone < len(q.pending) {
 		return
 	}
-	live := q.pending[:0]
-	for _, p := range q.pending {
-		if p.ctx.Err() == nil {
-			live = append(live, p)
-		}
-	}
-	clear(q.pending[len(live):])
-	q.pending = live
+	q.pending = slices.DeleteFunc(q.pending, func(p *pendingRead) bool { return p.ctx.Err() != nil })
 	q.gone = 0
 }
 

@@ -127,6 +127,21 @@ func TestCodecIsCompact(t *testing.T) {
 	require.Len(t, AppendResult(nil, Result{Code: CodeOK, Seq: 1, TimeMs: 1}), 8)
 }
 
+// TestEntryBytesPerOp: an entry of the load tester's batched case (1,000
+// credits, with its program, member and key names) takes under 100 bytes
+// per operation; docs/ARCHITECTURE.md and node/acks.go size AppendEntries
+// requests from this (go test ./ledger -run TestEntryBytesPerOp -v).
+func TestEntryBytesPerOp(t *testing.T) {
+	var req Request
+	for i := range 1000 {
+		req.Ops = append(req.Ops, Op{Kind: OpCredit, Program: "bench-20261124-155941-uniform", Member: fmt.Sprintf("m%d", 50000+i),
+			Asset: "POINTS", AmountMinor: 37, IdempotencyKey: fmt.Sprintf("20261124-155941-uniform-%d-%d", 17, 100000+i)})
+	}
+	n := len(AppendCommand(nil, Command{TimeMs: 1764000000000, Requests: []Request{req}}))
+	t.Logf("%d bytes for 1,000 operations: %.1f per operation", n, float64(n)/1000)
+	require.Less(t, n, 100*1000)
+}
+
 func TestCodecLimits(t *testing.T) {
 	t.Run("op count", func(t *testing.T) {
 		b := []byte{codecVersion, 0}

@@ -44,9 +44,10 @@ type ack struct {
 // carries, unless RaftTuning.MaxAppendBytes says otherwise.
 // hashicorp/raft bounds a request by entry count only (MaxAppendEntries),
 // and under batched load an entry holds up to ~24,000 ops at ~85 bytes
-// each: a follower catching up could be sent 512 such entries, about 1 GB,
-// in one RPC, which must fit the follower's memory and arrive within the
-// transport's 10 s timeout or be retried whole, for ever, on a slow link.
+// each (ledger's TestEntryBytesPerOp): a follower catching up could be
+// sent 512 such entries, about 1 GB, in one RPC, which must fit the
+// follower's memory and arrive within the transport's 10 s timeout or be
+// retried whole, for ever, on a slow link.
 // In steady state a request carries the few entries in flight (at most
 // MaxInflightEntries+2, ~12 MB at the largest), so 16 MB splits only
 // catch-up.

@@ -27,15 +27,8 @@ const peerCheckInterval = 5 * time.Second
 // the refusals within one interval.
 func (n *Node) shardCountLoop() {
 	defer n.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := untilClosed(n.stop)
 	defer cancel()
-	go func() {
-		select {
-		case <-n.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	var last string // the last disagreement logged, so a lasting one is logged once

@@ -36,15 +36,8 @@ func (n *Node) maxVersion() uint32 {
 // (tally_shard_version is read from the FSM at scrape time, not from here).
 func (s *shard) versionLoop() {
 	defer s.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := untilClosed(s.stop)
 	defer cancel()
-	go func() {
-		select {
-		case <-s.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	t := time.NewTicker(versionCheckInterval)
 	defer t.Stop()
 	fails := 0
@@ -118,4 +111,19 @@ func (s *shard) membersMaxVersion(ctx context.Context) uint32 {
 		v = min(v, max(st.GetMaxVersion(), ledger.Version1))
 	}
 	return v
+}
+
+// untilClosed returns a context that ends when stop is closed (or cancel is
+// called): what a node's background loop passes to the RPCs it makes, so
+// that closing the node cuts them short.
+func untilClosed(stop <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }

@@ -387,6 +387,20 @@ func TestNoPipelining(t *testing.T) {
 	require.NoError(t, m.Close())
 }
 
+// boundReadsSetup starts two muxes and a connection the second dials to the
+// first's layer for shard 1, all closed at cleanup (and checked for leaks).
+func boundReadsSetup(t *testing.T) (m, peer *Mux, in, out net.Conn) {
+	t.Helper()
+	checkNoLeaks(t)
+	muxes := listenN(t, 2, nil)
+	m, peer = muxes[0], muxes[1]
+	t.Cleanup(func() { require.NoError(t, peer.Close()) })
+	t.Cleanup(func() { require.NoError(t, m.Close()) })
+	in, out = acceptedPair(t, m, peer, 1)
+	t.Cleanup(func() { _ = out.Close() })
+	return m, peer, in, out
+}
+
 // acceptedPair returns both ends of a connection that peer dials to m's
 // layer for shard: the one m's layer accepted, and the one peer dialed.
 func acceptedPair(t *testing.T, m, peer *Mux, shard uint32) (in, out net.Conn) {
@@ -429,13 +443,7 @@ func readAsync(c net.Conn) <-chan readResult {
 // closed after the bound, so that a follower reading a snapshot stream
 // from a stalled leader gets its main loop back.
 func TestBoundReadsFailAStalledStream(t *testing.T) {
-	checkNoLeaks(t)
-	muxes := listenN(t, 2, nil)
-	m, peer := muxes[0], muxes[1]
-	defer func() { require.NoError(t, peer.Close()) }()
-	defer func() { require.NoError(t, m.Close()) }()
-	in, out := acceptedPair(t, m, peer, 1)
-	defer out.Close()
+	m, _, in, out := boundReadsSetup(t)
 
 	const bound = 200 * time.Millisecond
 	release := m.BoundReads(1, bound)
@@ -468,13 +476,7 @@ func TestBoundReadsFailAStalledStream(t *testing.T) {
 // node's own dialed connections carry raft's deadlines), and once released
 // leaves a waiting read waiting.
 func TestBoundReadsLiftedOnRelease(t *testing.T) {
-	checkNoLeaks(t)
-	muxes := listenN(t, 2, nil)
-	m, peer := muxes[0], muxes[1]
-	defer func() { require.NoError(t, peer.Close()) }()
-	defer func() { require.NoError(t, m.Close()) }()
-	in, out := acceptedPair(t, m, peer, 1)
-	defer out.Close()
+	m, peer, in, _ := boundReadsSetup(t)
 	_, dialed := acceptedPair(t, peer, m, 1) // m dialed it
 	defer dialed.Close()
 
