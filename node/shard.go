@@ -116,13 +116,10 @@ type shard struct {
 	// answerTimeout is the package's answerTimeout; tests shorten it.
 	answerTimeout time.Duration
 
-	// readyTerm is the term in which this node, as leader, has applied every
-	// entry of earlier terms (a Barrier completed); reads need it.
-	readyTerm atomic.Uint64
-	// barrier admits one Barrier call at a time (a 1-slot semaphore, so a
-	// read that waits for it still honours its deadline).
-	barrier chan struct{}
-	verify  verifier
+	// ready tracks the term in which this node, as leader, has applied
+	// every entry of earlier terms (a Barrier completed); reads need it.
+	ready  termBarrier
+	verify verifier
 	// fullState admits one full state hash (ShardState with full) at a
 	// time: each walks the whole shard and holds its balances in memory,
 	// and any client may ask for one.
@@ -140,13 +137,14 @@ func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
 		proposeCh: make(chan *proposal, proposeQueueLen),
 		maxQueued: maxQueuedOps,
 		inflight:  make(chan *entry, n.cfg.MaxInflightEntries),
-		barrier:   make(chan struct{}, 1),
 		fullState: make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 
 		answerTimeout: answerTimeout,
 	}
 	s.verify.s = s
+	s.ready.term = s.raftTerm
+	s.ready.barrier = s.barrier
 	return s
 }
 
@@ -385,20 +383,8 @@ func (s *shard) linearizable(ctx context.Context) error {
 		return s.notLeader()
 	}
 	term := s.raft.CurrentTerm()
-	if s.readyTerm.Load() != term {
-		select {
-		case s.barrier <- struct{}{}:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		if s.readyTerm.Load() != term {
-			if err := s.await(s.raft.Barrier(applyTimeout)); err != nil {
-				<-s.barrier
-				return s.raftError(fmt.Errorf("barrier: %w", err)) // errNotAnswered too: UNAVAILABLE
-			}
-			s.readyTerm.Store(term)
-		}
-		<-s.barrier
+	if err := s.ready.wait(ctx, term); err != nil {
+		return err
 	}
 	if err := s.verify.wait(ctx); err != nil {
 		if ctx.Err() != nil {
@@ -415,6 +401,80 @@ func (s *shard) linearizable(ctx context.Context) error {
 		return errUnavailable("leadership changed during the read")
 	}
 	return nil
+}
+
+func (s *shard) raftTerm() uint64 { return s.raft.CurrentTerm() }
+
+// barrier commits and applies a Barrier entry: once it returns nil, every
+// entry before it, those of earlier terms included, is applied here.
+func (s *shard) barrier() error {
+	if err := s.await(s.raft.Barrier(applyTimeout)); err != nil {
+		return s.raftError(fmt.Errorf("barrier: %w", err)) // errNotAnswered too: UNAVAILABLE
+	}
+	return nil
+}
+
+// termBarrier runs at most one Barrier at a time for the reads that need
+// one (the first reads of a term), in its own goroutine, so each waiting
+// read still leaves at its own deadline: a Barrier can take up to
+// applyTimeout (10 s) when the shard cannot commit.
+type termBarrier struct {
+	// term reads the current Raft term; barrier runs one Barrier.
+	term    func() uint64
+	barrier func() error
+
+	ready atomic.Uint64 // the term of the last Barrier that completed
+	mu    sync.Mutex
+	run   *barrierRun // in flight, or nil
+}
+
+type barrierRun struct {
+	term uint64 // the Raft term when it started
+	done chan struct{}
+	err  error
+}
+
+// wait returns once a Barrier that started in term has completed, joining
+// the one in flight or starting one.
+func (b *termBarrier) wait(ctx context.Context, term uint64) error {
+	for b.ready.Load() != term {
+		b.mu.Lock()
+		r := b.run
+		if r == nil {
+			r = &barrierRun{term: b.term(), done: make(chan struct{})}
+			b.run = r
+			go b.runOne(r)
+		}
+		b.mu.Unlock()
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if r.err != nil {
+			return r.err
+		}
+		if r.term > term {
+			// This node lost and won leadership since the read began.
+			return errUnavailable("leadership changed during the read")
+		}
+		// A run that began in an earlier term vouches for nothing here:
+		// go round and start one in this term.
+	}
+	return nil
+}
+
+func (b *termBarrier) runOne(r *barrierRun) {
+	r.err = b.barrier()
+	if r.err == nil {
+		// A Barrier entry proposed in r.term or later: every entry of the
+		// terms before r.term is applied.
+		b.ready.Store(r.term)
+	}
+	b.mu.Lock()
+	b.run = nil
+	b.mu.Unlock()
+	close(r.done)
 }
 
 // verifier shares one VerifyLeader round among all reads that arrive while

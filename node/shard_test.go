@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -176,4 +177,60 @@ func TestProposalQueueIsBoundedByOperations(t *testing.T) {
 	var m dto.Metric
 	require.NoError(t, n.metrics.overloaded.Write(&m))
 	require.Equal(t, 1.0, m.GetCounter().GetValue())
+}
+
+// A read that needs its term's Barrier leaves at its own deadline even while
+// the Barrier cannot complete (it used to wait for it, up to 10 s), the
+// reads that arrive meanwhile share the one Barrier, and once it completes
+// no read of that term runs another.
+func TestTermBarrierHonoursDeadlines(t *testing.T) {
+	release := make(chan struct{})
+	var calls atomic.Int32
+	var term atomic.Uint64
+	term.Store(3)
+	b := termBarrier{
+		term: term.Load,
+		barrier: func() error {
+			calls.Add(1)
+			<-release
+			return nil
+		},
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	require.ErrorIs(t, b.wait(ctx, 3), context.DeadlineExceeded)
+	require.Less(t, time.Since(start), 5*time.Second)
+
+	waited := make(chan error, 2)
+	for range 2 {
+		go func() { waited <- b.wait(context.Background(), 3) }()
+	}
+	close(release)
+	for range 2 {
+		select {
+		case err := <-waited:
+			require.NoError(t, err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("no answer after the barrier completed")
+		}
+	}
+	require.NoError(t, b.wait(context.Background(), 3))
+	require.Equal(t, int32(1), calls.Load(), "one Barrier for the term")
+
+	// A new term needs a new Barrier; one that fails fails its reads.
+	term.Store(4)
+	failed := errors.New("leadership lost")
+	b.barrier = func() error { calls.Add(1); return failed }
+	require.ErrorIs(t, b.wait(context.Background(), 4), failed)
+	require.Equal(t, int32(2), calls.Load())
+
+	// A read of term 4 that meets a Barrier begun in term 5 knows its
+	// leadership changed.
+	term.Store(5)
+	b.barrier = func() error { return nil }
+	var de *domainError
+	require.True(t, errors.As(b.wait(context.Background(), 4), &de))
+	require.Equal(t, ledger.CodeUnavailable, de.code)
 }
