@@ -2,10 +2,13 @@ package node
 
 import (
 	"context"
+	"math"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/fsm"
@@ -114,4 +117,25 @@ func TestAmountsNeedTheirAssetsScale(t *testing.T) {
 	cv.result(ledger.Result{Code: ledger.CodeOK, Account: ledger.Account{Key: ledger.AccountKey{Program: "p", Member: "m", Asset: "EUR"}, PostedMinor: 1250}})
 	require.Error(t, cv.err, "an account whose asset is missing")
 	require.Equal(t, ledger.CodeInternal, codeOfErr(cv.err))
+}
+
+// TestLargestRequestFits: a Submit of MaxBatchOps operations with every
+// field at its longest valid length stays under the server's message bound
+// (maxRequestBytes), with room to spare, so the bound refuses only requests
+// that are invalid anyway.
+func TestLargestRequestFits(t *testing.T) {
+	long := func(n int) string { return strings.Repeat("x", n) }
+	amount := long(ledger.MaxAmountTextLen)
+	req := &tallypb.SubmitRequest{Linked: true, Shard: proto.Uint32(math.MaxUint32)}
+	for range ledger.MaxBatchOps {
+		req.Ops = append(req.Ops, &tallypb.Op{
+			Kind: tallypb.OpKind_OPEN_ACCOUNT, Program: long(ledger.MaxIDLen), Member: long(ledger.MaxIDLen),
+			Asset: long(ledger.MaxAssetCodeLen), IdempotencyKey: long(ledger.MaxIDLen), Amount: amount,
+			HoldKey: long(ledger.MaxIDLen), HoldTtlMs: math.MaxInt64, MaxBalance: amount,
+			Memo: long(ledger.MaxMemoLen), Scale: math.MaxUint32,
+		})
+	}
+	size := proto.Size(req)
+	t.Logf("largest valid request: %d bytes, bound %d", size, maxRequestBytes)
+	require.Less(t, size, maxRequestBytes*3/4)
 }

@@ -90,6 +90,14 @@ func Start(cfg Config) (*Node, error) {
 	return n, nil
 }
 
+// maxRequestBytes bounds one request message; maxStreamsPerConn bounds the
+// requests one client connection may have open at once (gRPC's default is
+// unbounded); a client past it waits for a stream to end.
+const (
+	maxRequestBytes   = 16 << 20
+	maxStreamsPerConn = 1024
+)
+
 func (n *Node) open() error {
 	cfg := n.cfg
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
@@ -132,9 +140,13 @@ func (n *Node) open() error {
 		// Stop (after GracefulStop's 2 s) waits for running handlers, so
 		// none touches the state DB after Close closes it.
 		grpc.WaitForHandlers(true),
-		// A batch of 8,000 ops with results is a few MiB.
-		grpc.MaxRecvMsgSize(64<<20),
+		// The largest valid request is under 8 MiB (TestLargestRequestFits);
+		// gRPC holds a whole message in memory before the handler sees it,
+		// so this and the stream limit bound what one connection can make
+		// the node hold. Results of 8,000 ops are a few MiB.
+		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.MaxSendMsgSize(64<<20),
+		grpc.MaxConcurrentStreams(maxStreamsPerConn),
 		// Clients ping idle connections (client.Config.KeepaliveTime, 30 s by
 		// default); grpc's default policy would answer pings more often than
 		// every 5 min with GOAWAY.
