@@ -10,10 +10,16 @@
 #      rules apply; a raised node cannot go back (the old build refuses its data).
 #   B. three new nodes held with --max-version 1: one goes back to the old
 #      build on its data, runs, takes writes, and stays equal to the others.
+#   C. from rules version 2 (V2_REV, default 8894e9e, the last build whose
+#      newest version is 2): two new nodes and one V2_REV node stay at 2, and
+#      a hold that expires then gets no EXPIRE_HOLD journal entry; once the
+#      old node is upgraded every shard rises to the newest version and a
+#      hold that expires gets its entry; replicas equal throughout.
 # Needs git, go and python3. Exits non-zero on the first failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 old_rev=${1:-2a671b3}
+v2_rev=${V2_REV:-8894e9e}
 newest=3 # ledger.MaxVersion of this checkout
 port=${UPGRADE_PORT:-17400}
 work=$(mktemp -d /tmp/tally-upgrade.XXXXXX)
@@ -29,12 +35,14 @@ fail() { echo "FAIL: $*" >&2; for f in "$work"/data*/n*.log; do echo "--- $f" >&
 echo "== building $old_rev and this checkout"
 git archive "$old_rev" | tar -x -C "$work" --one-top-level=oldsrc
 (cd "$work/oldsrc" && go build -o "$work/old/" ./cmd/tallyd)
+git archive "$v2_rev" | tar -x -C "$work" --one-top-level=v2src
+(cd "$work/v2src" && go build -o "$work/v2/" ./cmd/tallyd)
 go build -o "$work/new/" ./cmd/tallyd ./cmd/tallyctl
 ctl="$work/new/tallyctl"
 peers="n1=127.0.0.1:$((port + 11))/127.0.0.1:$((port + 1)),n2=127.0.0.1:$((port + 12))/127.0.0.1:$((port + 2)),n3=127.0.0.1:$((port + 13))/127.0.0.1:$((port + 3))"
 addrs="127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2)),127.0.0.1:$((port + 3))"
 data=
-start() { # node, build (old|new), extra flags
+start() { # node, build (old|v2|new), extra flags
   local i=$1 b=$2; shift 2
   "$work/$b/tallyd" --id "n$i" --data "$data/n$i" --shards 3 --bootstrap --grpc "127.0.0.1:$((port + i))" \
     --raft "127.0.0.1:$((port + 10 + i))" --peers "$peers" --log-level info "$@" >>"$data/n$i.log" 2>&1 &
@@ -143,4 +151,42 @@ kill -0 "${pid[2]}" 2>/dev/null || fail "the old build does not run on held data
 c credit --program shop --member m2 --asset PTS --amount 5 --key after-downgrade >/dev/null
 equal
 echo "ok: held nodes stayed at version 1 and one went back to the old build, equal to the others"
+stopn 1; stopn 2; stopn 3
+
+# expire KEY: a 1 s hold of 1 on m3, then waits (up to 20 s) until expiry
+# has released it.
+expire() {
+  c hold --program shop --member m3 --asset PTS --amount 1 --ttl 1s --key "$1" >/dev/null
+  local held=
+  for _ in $(seq 1 40); do
+    held=$(c --json get --program shop --member m3 --asset PTS | python3 -c "import json,sys; print(json.load(sys.stdin)['held'])") || held=
+    [ "$held" = 0 ] && return 0
+    sleep 0.5
+  done
+  fail "hold $1 not released by expiry after 20 s (held $held)"
+}
+# expiries KEY: how many EXPIRE_HOLD entries of m3's journal name hold KEY.
+expiries() {
+  c --json journal --program shop --member m3 --asset PTS --limit 100 |
+    python3 -c "import json,sys; print(sum(1 for e in json.load(sys.stdin)['entries'] if e['op']['kind'] == 'EXPIRE_HOLD' and e['op']['key'] == '\x1fexpiry:$1'))"
+}
+
+echo "== C: rolling upgrade from rules version 2 (n3 runs $v2_rev)"
+data=$work/dataC; mkdir -p "$data"
+start 1 new; start 2 new; start 3 v2
+setup
+sleep 5
+[ "$(versions)" = "n1:2,2,2 n2:2,2,2 n3:2,2,2 " ] || fail "versions with a version-2 node: $(versions)"
+expire h1
+[ "$(expiries h1)" = 0 ] || fail "version 2: a hold expiry was journaled"
+equal
+stopn 3; start 3 new
+for _ in $(seq 1 40); do [ "$(versions)" = "$raised" ] && break; sleep 0.5; done
+[ "$(versions)" = "$raised" ] || fail "not raised from version 2 after the upgrade: $(versions)"
+expire h2
+[ "$(expiries h2)" = 1 ] || fail "version $newest: a hold expiry was not journaled once"
+[ "$(expiries h1)" = 0 ] || fail "version $newest: the hold that expired under version 2 got an entry"
+equal
+echo "ok: versions stayed 2 beside the version-2 node, rose to $newest after it; hold expiries journaled only from then; replicas equal throughout"
+stopn 1; stopn 2; stopn 3
 echo "PASS"
