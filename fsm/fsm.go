@@ -195,9 +195,13 @@ type FSM struct {
 	sdb   *DB // db's wrapper: what Restore needs to write and ingest tables
 	kb    keyBuilder
 
-	// mu guards m; it is held only to copy or replace it.
+	// mu guards m and the restore record; it is held only to copy or
+	// replace them.
 	mu sync.Mutex
 	m  meta
+	// restoredAt, restoredApplied: the durable restore record (restoredKey),
+	// as of the last loadMeta.
+	restoredAt, restoredApplied uint64
 
 	applied atomic.Uint64 // copy of m.appliedIndex for lock-free waits
 
@@ -266,11 +270,35 @@ func (f *FSM) loadMeta() error {
 			return fmt.Errorf("fsm: shard %d: %w", f.shard, err)
 		}
 	}
+	var restoredAt, restoredApplied uint64
+	if b, ok, err := dbReader(f.db).getValue(restoredKey(f.shard)); err != nil {
+		return fmt.Errorf("fsm: shard %d: read restore record: %w", f.shard, err)
+	} else if ok && len(b) == 16 {
+		restoredAt, restoredApplied = binary.BigEndian.Uint64(b), binary.BigEndian.Uint64(b[8:])
+	}
 	f.mu.Lock()
 	f.m = m
+	f.restoredAt, f.restoredApplied = restoredAt, restoredApplied
 	f.mu.Unlock()
 	f.applied.Store(m.appliedIndex)
 	return nil
+}
+
+// StateIndex is the newest Raft index the durable state is known to
+// reflect: the applied index, or S while the state is still the one
+// restored from a snapshot at Raft index S whose own applied index was
+// below S. Such a snapshot ended on entries that are not commands
+// (hashicorp/raft hands no-op and barrier entries to no BatchingFSM, but
+// snapshots at the last index it dispatched), so the state at its applied
+// index is the state at S. An equal applied index identifies the state:
+// replicas apply only committed entries.
+func (f *FSM) StateIndex() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.restoredApplied == f.m.appliedIndex && f.restoredAt > f.m.appliedIndex {
+		return f.restoredAt
+	}
+	return f.m.appliedIndex
 }
 
 // SetHooks installs observers. Call it before Raft starts.
@@ -303,7 +331,7 @@ func (f *FSM) Version() uint32 {
 // snapshot, so a node whose unsynced state writes were lost in a crash must
 // restore that snapshot instead of trusting its own state.
 func (f *FSM) NeedsRestore(snapshotIndex uint64) bool {
-	return f.AppliedIndex() < snapshotIndex
+	return f.StateIndex() < snapshotIndex
 }
 
 // maxRetainedOverlayOps bounds the batch size whose overlay buffers

@@ -19,6 +19,14 @@ const (
 
 const shardPrefixLen = 5
 
+// restoredKey is a node-local record of the shard (outside every shard's
+// range, so no snapshot, state hash or restore excise covers it): the Raft
+// index S of the snapshot the shard was last restored from, and the applied
+// index A written in that snapshot, when A < S (see FSM.StateIndex).
+func restoredKey(shard uint32) []byte {
+	return append(binary.BigEndian.AppendUint32([]byte{'l'}, shard), 'r')
+}
+
 func shardPrefix(shard uint32) []byte {
 	p := make([]byte, shardPrefixLen, 64)
 	p[0] = 's'

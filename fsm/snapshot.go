@@ -177,9 +177,10 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	}
 	defer tables.cleanup()
 	var (
-		count   uint64
-		prev    []byte
-		hasMeta bool
+		count       uint64
+		prev        []byte
+		hasMeta     bool
+		snapApplied uint64 // the applied index in the snapshot's meta
 	)
 	for {
 		tag, err := r.ReadByte()
@@ -205,10 +206,11 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 			return fmt.Errorf("fsm: restore: record %d: keys out of order", count)
 		}
 		if bytes.Equal(key, f.kb.meta()) {
-			if _, err := decodeMeta(v); err != nil {
+			m, err := decodeMeta(v)
+			if err != nil {
 				return fmt.Errorf("fsm: restore: record %d: %w", count, err)
 			}
-			hasMeta = true
+			hasMeta, snapApplied = true, m.appliedIndex
 		}
 		if err := tables.set(key, v); err != nil {
 			return fmt.Errorf("fsm: restore: record %d: %w", count, err)
@@ -265,6 +267,24 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	} else if _, err := f.db.IngestAndExcise(context.Background(), paths, nil, nil, pebble.KeyRange{Start: lower, End: upper}); err != nil {
 		return fmt.Errorf("fsm: restore: ingest: %w", err)
 	}
+	// A snapshot that ended past its applied index, on entries that are
+	// not commands, leaves the state at its Raft index: recorded beside
+	// the state (not in it: replicas' states stay byte-equal), so the next
+	// start does not restore it again (StateIndex). Otherwise the record
+	// goes; it describes the state it came with.
+	rb := f.db.NewBatch()
+	defer rb.Close()
+	if at, ok := snapshotIndexOf(rc); ok && at > snapApplied {
+		err = rb.Set(restoredKey(f.shard), binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, at), snapApplied), nil)
+	} else {
+		err = rb.Delete(restoredKey(f.shard), nil)
+	}
+	if err == nil {
+		err = rb.Commit(pebble.NoSync)
+	}
+	if err != nil {
+		panic(fmt.Sprintf("fsm: shard %d: restore: record the snapshot's index: %v", f.shard, err))
+	}
 	// The state DB has no WAL: flush so the restored state is on disk
 	// before Raft compacts its log past it. (If we crash first, the node
 	// restores the same snapshot again.)
@@ -276,6 +296,26 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	}
 	replaced = true
 	return nil
+}
+
+// SnapshotIndexer is a snapshot stream that knows its snapshot's Raft
+// index. Restore gets only the stream; the node's snapshot store opens
+// streams that say it, and hashicorp/raft passes them on wrapped
+// (raft.ReadCloserWrapper).
+type SnapshotIndexer interface{ SnapshotIndex() uint64 }
+
+func snapshotIndexOf(rc io.ReadCloser) (uint64, bool) {
+	for range 8 {
+		if s, ok := rc.(SnapshotIndexer); ok {
+			return s.SnapshotIndex(), true
+		}
+		w, ok := rc.(raft.ReadCloserWrapper)
+		if !ok {
+			return 0, false
+		}
+		rc = w.WrappedReadCloser()
+	}
+	return 0, false
 }
 
 // tableSet writes a restore's records, in key order, into sstables in a

@@ -325,10 +325,10 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	// The FSM's state is durable up to its applied index; Raft need not
 	// restore a snapshot on start unless that state is behind the snapshot,
 	// and it is not when only entries that change no state lie between.
-	rc.NoSnapshotRestoreOnStart = !f.NeedsRestore(snapIndex) || noCommandsBetween(logs, f.AppliedIndex(), snapIndex, snapTerm)
+	rc.NoSnapshotRestoreOnStart = !f.NeedsRestore(snapIndex) || noCommandsBetween(logs, f.StateIndex(), snapIndex, snapTerm)
 	if !rc.NoSnapshotRestoreOnStart {
 		n.logger.Warn("state is behind the newest snapshot; restoring it", "shard", id,
-			"applied", f.AppliedIndex(), "snapshot", snapIndex)
+			"applied", f.AppliedIndex(), "state", f.StateIndex(), "snapshot", snapIndex)
 	}
 
 	if cfg.Bootstrap {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -67,6 +68,23 @@ func (s *syncingSnapshots) Create(version raft.SnapshotVersion, index, term uint
 		release:      release,
 	}, nil
 }
+
+// Open implements raft.SnapshotStore. The stream says its snapshot's Raft
+// index (fsm.SnapshotIndexer), which FSM.Restore is not told otherwise.
+func (s *syncingSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	meta, rc, err := s.FileSnapshotStore.Open(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return meta, indexedStream{ReadCloser: rc, index: meta.Index}, nil
+}
+
+type indexedStream struct {
+	io.ReadCloser
+	index uint64
+}
+
+func (s indexedStream) SnapshotIndex() uint64 { return s.index }
 
 // syncingSink forwards writes to the store's sink and syncs the state file
 // behind it every `every` bytes.

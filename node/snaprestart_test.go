@@ -1,0 +1,84 @@
+package node
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+)
+
+// restores is the node's count of snapshot restores of its FSMs.
+func restores(t *testing.T, n *Node) float64 {
+	t.Helper()
+	families, err := n.registry().Gather()
+	require.NoError(t, err)
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != "tally_snapshots_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "op" && l.GetValue() == "restore" {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return sum
+}
+
+// TestInstalledSnapshotEndingInNoCommandIsNotRestoredOnRestart: a follower
+// that installed a leader's snapshot whose last entry is not a command (a
+// Barrier here) starts again without restoring that snapshot.
+func TestInstalledSnapshotEndingInNoCommandIsNotRestoredOnRestart(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+		cfg.Raft.SnapshotThreshold = 32
+		cfg.Raft.TrailingLogs = 8
+		cfg.Raft.SnapshotInterval = 100 * time.Millisecond
+		cfg.BalanceInterval = -1
+	})
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	victim := (c.leaderOf(0) + 1) % 3
+	c.stop(victim)
+	for i := 0; i < 120; i++ {
+		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "ann", "POINTS", "1"))
+	}
+	// The leader's newest snapshot ends on a Barrier: past its FSM's
+	// applied index, with no command between.
+	ls := c.nodes[c.leaderOf(0)].shards[0]
+	require.NoError(t, ls.barrier())
+	require.NoError(t, ls.raft.Snapshot().Error())
+	metas, err := ls.snaps.List()
+	require.NoError(t, err)
+	snapIndex, applied := metas[0].Index, ls.fsm.AppliedIndex()
+	require.Less(t, applied, snapIndex)
+
+	c.start(victim)
+	vs := c.nodes[victim].shards[0]
+	require.Eventually(t, func() bool { return vs.raft.AppliedIndex() >= snapIndex && vs.fsm.AppliedIndex() == applied },
+		15*time.Second, 20*time.Millisecond)
+	require.Equal(t, 1.0, restores(t, c.nodes[victim]), "the install restores once")
+	vm, err := vs.snaps.List()
+	require.NoError(t, err)
+	t.Logf("leader: applied %d, snapshot %d; victim after install: FSM applied %d, newest snapshot %d",
+		applied, snapIndex, vs.fsm.AppliedIndex(), vm[0].Index)
+
+	for r := 1; r <= 2; r++ {
+		c.stop(victim)
+		c.start(victim)
+		t.Logf("restart %d: FSM applied %d, restores at start: %v", r, c.nodes[victim].shards[0].fsm.AppliedIndex(), restores(t, c.nodes[victim]))
+		require.Zero(t, restores(t, c.nodes[victim]), "restart %d restored the snapshot again", r)
+	}
+	c.waitLeaders()
+	c.checkReplicas()
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "after", "ann", "POINTS", "1"))
+	c.checkReplicas()
+	a, err := c.account("shop", "ann", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "121", a.Posted)
+}
