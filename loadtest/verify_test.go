@@ -436,3 +436,39 @@ func TestRunWithNoAckedWriteFails(t *testing.T) {
 	require.Equal(t, int64(len(log)), v.SentWrites)
 	require.False(t, v.OK(), "no write acknowledged, and the run passed: %+v", v)
 }
+
+// ctxLedger is the fake ledger honouring its context, as gRPC does.
+type ctxLedger struct{ *fakeLedger }
+
+func (c ctxLedger) GetOperation(ctx context.Context, p, m, k string) (bool, client.JournalEntry, error) {
+	if err := ctx.Err(); err != nil {
+		return false, client.JournalEntry{}, err
+	}
+	return c.fakeLedger.GetOperation(ctx, p, m, k)
+}
+
+// An interrupted run (Ctrl-C) is still verified. It used to verify with
+// the cancelled context, and every acked op's failed lookup counted as a
+// lost ack.
+func TestInterruptedRunIsVerified(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(500*time.Millisecond, cancel)
+	rep, err := Run(ctx, ctxLedger{newFakeLedger(2)}, false, Config{Workload: Workload{Members: 200, Mix: Mix{Credit: 1}},
+		Clients: 4, Duration: 5 * time.Second, Seed: 3})
+	require.NoError(t, err)
+	v := rep.Verification
+	require.Positive(t, v.AckedOps)
+	require.Zero(t, rep.LostAcks, "%v", v.LostAckExamples)
+	require.Zero(t, v.LookupFailed)
+	require.Equal(t, v.AckedOps, v.VerifiedOps)
+	require.True(t, rep.OK)
+}
+
+// A lookup that fails proves neither that the op is stored nor that it is
+// lost: the run fails, with no lost ack claimed.
+func TestFailedLookupFailsTheRunWithoutLostAcks(t *testing.T) {
+	v := &Verification{AckedOps: 10, VerifiedOps: 9, LookupFailed: 1, AccountsChecked: 1, InvariantOK: true}
+	require.False(t, v.OK())
+	v.LookupFailed, v.VerifiedOps = 0, 10
+	require.True(t, v.OK())
+}

@@ -135,6 +135,9 @@ func run(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// The first Ctrl-C ends the load, and the run still verifies what it
+	// acked; a second one, with the signals' default action back, stops it.
+	go func() { <-ctx.Done(); stop() }()
 	dctx, cancel := context.WithTimeout(ctx, *dialTimeout)
 	c, err := client.Dial(dctx, client.Config{
 		Addrs: strings.Split(*addrs, ","), DialTimeout: *dialTimeout,
