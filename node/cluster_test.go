@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -118,6 +119,36 @@ func (c *testCluster) client(addr string) tallypb.LedgerClient {
 		c.conns[addr] = cc
 	}
 	return tallypb.NewLedgerClient(cc)
+}
+
+// metricValues returns a node's series of one metric, keyed by their labels
+// ("k=v,k=v" in name order): counter and gauge values, histogram counts.
+func metricValues(t *testing.T, n *Node, name string) map[string]float64 {
+	t.Helper()
+	families, err := n.registry().Gather()
+	require.NoError(t, err)
+	out := map[string]float64{}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			key := strings.Join(labels, ",")
+			switch {
+			case m.GetCounter() != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				out[key] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
 }
 
 // leaderOf returns the index of the running node leading shard, waiting for one.
@@ -798,22 +829,39 @@ func TestClientCoalescesReads(t *testing.T) {
 	// Reads went out batched: fewer GetAccounts requests than reads.
 	var batches float64
 	for _, n := range c.nodes {
-		families, err := n.registry().Gather()
-		require.NoError(t, err)
-		for _, f := range families {
-			if f.GetName() != "tally_request_duration_seconds" {
-				continue
-			}
-			for _, m := range f.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "rpc" && l.GetValue() == "GetAccounts" {
-						batches += float64(m.GetHistogram().GetSampleCount())
-					}
-				}
+		for labels, v := range metricValues(t, n, "tally_request_duration_seconds") {
+			if strings.Contains(labels, "rpc=GetAccounts") {
+				batches += v
 			}
 		}
 	}
 	require.Greater(t, batches, 0.0)
 	require.Less(t, batches, float64(readers*rounds))
 	t.Logf("%d reads in %v GetAccounts requests", readers*rounds, batches)
+}
+
+// TestOpsMetricCountsEveryAnswer: tally_ops_total counts what a Submit
+// answered, refusals before apply included; a retry answered from its
+// record goes to tally_ops_replayed_total instead of counting again.
+func TestOpsMetricCountsEveryAnswer(t *testing.T) {
+	c := newTestCluster(t, 1, 1, nil)
+	c.defineAsset("shop", "PTS", 0)
+	open := op(tallypb.OpKind_OPEN_ACCOUNT, "o1", "ann", "PTS", "")
+	c.mustSubmit(open)
+	c.mustSubmit(open) // a client's retry
+	c.mustSubmit(op(tallypb.OpKind_DEBIT, "d1", "ann", "PTS", "5"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := c.client(c.cfgs[0].GRPCAddr).Submit(ctx, &tallypb.SubmitRequest{Ops: []*tallypb.Op{
+		op(tallypb.OpKind_CREDIT, "c1", "ann", "PTS", "1.5"),
+	}})
+	require.Equal(t, ledger.CodeScaleMismatch, reasonOf(err))
+
+	n := c.nodes[0]
+	require.Equal(t, map[string]float64{
+		"code=OK,kind=OPEN_ACCOUNT":          1,
+		"code=INSUFFICIENT_FUNDS,kind=DEBIT": 1,
+		"code=SCALE_MISMATCH,kind=CREDIT":    1,
+	}, metricValues(t, n, "tally_ops_total"))
+	require.Equal(t, map[string]float64{"code=OK,kind=OPEN_ACCOUNT": 1}, metricValues(t, n, "tally_ops_replayed_total"))
 }

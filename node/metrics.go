@@ -15,7 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/fsm"
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // metrics are the node's Prometheus metrics, on a registry of its own so
@@ -23,6 +25,7 @@ import (
 type metrics struct {
 	reg            *prometheus.Registry
 	ops            *prometheus.CounterVec
+	opsReplayed    *prometheus.CounterVec
 	requestLatency *prometheus.HistogramVec
 	commitLatency  prometheus.Histogram
 	entryOps       prometheus.Histogram
@@ -30,7 +33,6 @@ type metrics struct {
 	overloaded     prometheus.Counter
 	applyBatch     prometheus.Histogram
 	applyLatency   prometheus.Histogram
-	appliedIndex   *prometheus.GaugeVec
 	isLeader       *prometheus.GaugeVec
 	leaderChanges  *prometheus.CounterVec
 	verifyRounds   prometheus.Counter
@@ -50,7 +52,12 @@ func newMetrics(n *Node) *metrics {
 	m := &metrics{
 		reg: reg,
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tally_ops_total", Help: "Operations applied through this node, by kind and result code.",
+			Name: "tally_ops_total",
+			Help: "Operations answered by this node's Submit, by kind and code: the result of applying them, or the error that refused them before any result (NOT_LEADER, UNAVAILABLE, INVALID_ARGUMENT, DEADLINE_EXCEEDED, ...). Retries answered from their record are in tally_ops_replayed_total.",
+		}, []string{"kind", "code"}),
+		opsReplayed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_ops_replayed_total",
+			Help: "Retried operations answered from their stored record (nothing applied again), by kind and the stored result's code.",
 		}, []string{"kind", "code"}),
 		requestLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tally_request_duration_seconds", Help: "gRPC request latency by method and outcome code.",
@@ -62,7 +69,7 @@ func newMetrics(n *Node) *metrics {
 		}),
 		entryOps: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tally_entry_ops", Help: "Operations packed into one Raft log entry by the leader.",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 15),
+			Buckets: prometheus.ExponentialBuckets(1, 2, 16), // to 32768: entries reach MaxOpsPerEntry+MaxBatchOps-1
 		}),
 		unanswered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_raft_unanswered_total",
@@ -74,15 +81,12 @@ func newMetrics(n *Node) *metrics {
 		}),
 		applyBatch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tally_apply_batch_ops", Help: "Operations applied in one FSM batch (one Pebble batch).",
-			Buckets: prometheus.ExponentialBuckets(1, 2, 16),
+			Buckets: prometheus.ExponentialBuckets(1, 2, 17), // to 65536: parts reach maxApplyOps
 		}),
 		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "tally_apply_batch_seconds", Help: "Time to apply one FSM batch.",
 			Buckets: latencyBuckets,
 		}),
-		appliedIndex: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tally_shard_applied_index", Help: "Last Raft index applied by the shard's state machine.",
-		}, []string{"shard"}),
 		isLeader: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tally_shard_is_leader", Help: "1 if this node leads the shard.",
 		}, []string{"shard"}),
@@ -107,13 +111,25 @@ func newMetrics(n *Node) *metrics {
 			Buckets: prometheus.ExponentialBuckets(1024, 4, 12),
 		}),
 	}
-	reg.MustRegister(m.ops, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.overloaded, m.applyBatch, m.applyLatency,
-		m.appliedIndex, m.isLeader, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
+	reg.MustRegister(m.ops, m.opsReplayed, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.overloaded, m.applyBatch, m.applyLatency,
+		m.isLeader, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
 		&stateCollector{n: n},
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 			// Scheduler latency: how long runnable goroutines wait for a CPU.
 			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$`)})), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// countFailed counts the ops of a Submit that ended with code before any
+// result (NOT_LEADER, UNAVAILABLE, INVALID_ARGUMENT, a deadline, ...).
+func (m *metrics) countFailed(ops []*tallypb.Op, code ledger.Code) {
+	for _, op := range ops {
+		kind := "UNKNOWN" // a kind outside the enum: label values stay bounded
+		if k := op.GetKind(); k > tallypb.OpKind_OP_KIND_UNSPECIFIED && k <= tallypb.OpKind_EXPIRE_HOLD {
+			kind = ledger.OpKind(k).String()
+		}
+		m.ops.WithLabelValues(kind, string(code)).Inc()
+	}
 }
 
 func resultLabel(err error) string {
@@ -123,11 +139,9 @@ func resultLabel(err error) string {
 	return "ok"
 }
 
-func (m *metrics) fsmHooks(shard uint32) fsm.Hooks {
-	label := shardLabel(shard)
+func (m *metrics) fsmHooks() fsm.Hooks {
 	return fsm.Hooks{
-		OnApply: func(appliedIndex uint64, entries, ops int, took time.Duration) {
-			m.appliedIndex.WithLabelValues(label).Set(float64(appliedIndex))
+		OnApply: func(_ uint64, entries, ops int, took time.Duration) {
 			if entries > 0 {
 				m.applyBatch.Observe(float64(ops))
 				m.applyLatency.Observe(took.Seconds())
@@ -151,27 +165,30 @@ func (m *metrics) fsmHooks(shard uint32) fsm.Hooks {
 type stateCollector struct{ n *Node }
 
 var (
-	descCommitIndex = prometheus.NewDesc("tally_shard_commit_index", "Raft commit index known to this node.", []string{"shard"}, nil)
-	descApplyLag    = prometheus.NewDesc("tally_shard_apply_lag_entries", "Commit index minus the FSM's applied index on this node.", []string{"shard"}, nil)
-	descTerm        = prometheus.NewDesc("tally_shard_term", "Current Raft term.", []string{"shard"}, nil)
-	descVersion     = prometheus.NewDesc("tally_shard_version", "Version of the rules the shard's state machine applies (raised through the log once every node allows it).", []string{"shard"}, nil)
-	descLastContact = prometheus.NewDesc("tally_shard_last_contact_seconds", "Time since this follower last heard from its leader (0 on the leader).", []string{"shard"}, nil)
-	descCompactions = prometheus.NewDesc("tally_pebble_compactions_total", "Pebble compactions.", []string{"db"}, nil)
-	descCompactDebt = prometheus.NewDesc("tally_pebble_compaction_debt_bytes", "Pebble's estimated compaction debt.", []string{"db"}, nil)
-	descFlushes     = prometheus.NewDesc("tally_pebble_flushes_total", "Pebble memtable flushes.", []string{"db"}, nil)
-	descWALBytes    = prometheus.NewDesc("tally_pebble_wal_bytes_written_total", "Bytes written to Pebble's WAL.", []string{"db"}, nil)
-	descWALFiles    = prometheus.NewDesc("tally_pebble_wal_files", "Live WAL files.", []string{"db"}, nil)
-	descL0Files     = prometheus.NewDesc("tally_pebble_l0_files", "Files in L0 (write stalls grow with it).", []string{"db"}, nil)
-	descReadAmp     = prometheus.NewDesc("tally_pebble_read_amplification", "Pebble read amplification.", []string{"db"}, nil)
-	descDiskBytes   = prometheus.NewDesc("tally_pebble_disk_bytes", "Disk space used by the Pebble DB.", []string{"db"}, nil)
-	descMemtable    = prometheus.NewDesc("tally_pebble_memtable_bytes", "Memtable bytes.", []string{"db"}, nil)
-	descStalls      = prometheus.NewDesc("tally_pebble_write_stalls_total", "Pebble write stalls (memtables or L0 full: every write waits).", []string{"db"}, nil)
-	descStallTime   = prometheus.NewDesc("tally_pebble_write_stall_seconds_total", "Time spent in finished Pebble write stalls.", []string{"db"}, nil)
-	descWALFsync    = prometheus.NewDesc("tally_pebble_wal_fsync_seconds", "Latency of Pebble's WAL fsyncs (only the Raft log DB has a WAL): every Raft append waits for one on the leader and one on a follower.", []string{"db"}, nil)
+	// The applied index is read at scrape time, not set on apply: a
+	// snapshot restore moves it too.
+	descAppliedIndex = prometheus.NewDesc("tally_shard_applied_index", "Last Raft index applied by the shard's state machine.", []string{"shard"}, nil)
+	descCommitIndex  = prometheus.NewDesc("tally_shard_commit_index", "Raft commit index known to this node.", []string{"shard"}, nil)
+	descApplyLag     = prometheus.NewDesc("tally_shard_apply_lag_entries", "Commit index minus the FSM's applied index on this node.", []string{"shard"}, nil)
+	descTerm         = prometheus.NewDesc("tally_shard_term", "Current Raft term.", []string{"shard"}, nil)
+	descVersion      = prometheus.NewDesc("tally_shard_version", "Version of the rules the shard's state machine applies (raised through the log once every node allows it).", []string{"shard"}, nil)
+	descLastContact  = prometheus.NewDesc("tally_shard_last_contact_seconds", "Time since this follower last heard from its leader (0 on the leader).", []string{"shard"}, nil)
+	descCompactions  = prometheus.NewDesc("tally_pebble_compactions_total", "Pebble compactions.", []string{"db"}, nil)
+	descCompactDebt  = prometheus.NewDesc("tally_pebble_compaction_debt_bytes", "Pebble's estimated compaction debt.", []string{"db"}, nil)
+	descFlushes      = prometheus.NewDesc("tally_pebble_flushes_total", "Pebble memtable flushes.", []string{"db"}, nil)
+	descWALBytes     = prometheus.NewDesc("tally_pebble_wal_bytes_written_total", "Bytes written to Pebble's WAL.", []string{"db"}, nil)
+	descWALFiles     = prometheus.NewDesc("tally_pebble_wal_files", "Live WAL files.", []string{"db"}, nil)
+	descL0Files      = prometheus.NewDesc("tally_pebble_l0_files", "Files in L0 (write stalls grow with it).", []string{"db"}, nil)
+	descReadAmp      = prometheus.NewDesc("tally_pebble_read_amplification", "Pebble read amplification.", []string{"db"}, nil)
+	descDiskBytes    = prometheus.NewDesc("tally_pebble_disk_bytes", "Disk space used by the Pebble DB.", []string{"db"}, nil)
+	descMemtable     = prometheus.NewDesc("tally_pebble_memtable_bytes", "Memtable bytes.", []string{"db"}, nil)
+	descStalls       = prometheus.NewDesc("tally_pebble_write_stalls_total", "Pebble write stalls (memtables or L0 full: every write waits).", []string{"db"}, nil)
+	descStallTime    = prometheus.NewDesc("tally_pebble_write_stall_seconds_total", "Time spent in finished Pebble write stalls.", []string{"db"}, nil)
+	descWALFsync     = prometheus.NewDesc("tally_pebble_wal_fsync_seconds", "Latency of Pebble's WAL fsyncs (only the Raft log DB has a WAL): every Raft append waits for one on the leader and one on a follower.", []string{"db"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCommitIndex, descApplyLag, descTerm, descVersion, descLastContact, descCompactions,
+	for _, d := range []*prometheus.Desc{descAppliedIndex, descCommitIndex, descApplyLag, descTerm, descVersion, descLastContact, descCompactions,
 		descCompactDebt, descFlushes, descWALBytes, descWALFiles, descL0Files, descReadAmp, descDiskBytes, descMemtable, descStalls, descStallTime, descWALFsync} {
 		ch <- d
 	}
@@ -193,6 +210,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		if s.raft.State() != raft.Leader {
 			contact = time.Since(s.raft.LastContact()).Seconds()
 		}
+		ch <- prometheus.MustNewConstMetric(descAppliedIndex, prometheus.GaugeValue, float64(applied), label)
 		ch <- prometheus.MustNewConstMetric(descCommitIndex, prometheus.GaugeValue, float64(commit), label)
 		ch <- prometheus.MustNewConstMetric(descApplyLag, prometheus.GaugeValue, lag, label)
 		ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(s.raft.CurrentTerm()), label)

@@ -347,7 +347,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		}
 	}
 	s := newShard(n, id, f)
-	f.SetHooks(n.metrics.fsmHooks(id))
+	f.SetHooks(n.metrics.fsmHooks())
 	r, err := raft.NewRaft(rc, f, logs, logs, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("node: shard %d: start raft: %w", id, err)

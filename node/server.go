@@ -50,8 +50,16 @@ func codeOfErr(err error) ledger.Code {
 	if err == nil {
 		return ledger.CodeOK
 	}
-	if de, ok := err.(*domainError); ok {
+	var de *domainError
+	if errors.As(err, &de) { // DefineAsset wraps them ("shard %d: %w")
 		return de.code
+	}
+	// As toStatus answers them: not INTERNAL.
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "DEADLINE_EXCEEDED"
+	case errors.Is(err, context.Canceled):
+		return "CANCELLED"
 	}
 	return ledger.CodeOf(err)
 }
@@ -60,7 +68,14 @@ func codeOfErr(err error) ledger.Code {
 // one result per op.
 func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *tallypb.SubmitResponse, err error) {
 	start := time.Now()
-	defer func() { sv.observe("Submit", start, err); err = toStatus(err) }()
+	counted := false
+	defer func() {
+		sv.observe("Submit", start, err)
+		if err != nil && !counted { // refused or failed before apply
+			sv.n.metrics.countFailed(req.GetOps(), codeOfErr(err))
+		}
+		err = toStatus(err)
+	}()
 
 	ops := req.GetOps()
 	if len(ops) == 0 || len(ops) > ledger.MaxBatchOps {
@@ -111,9 +126,14 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 	}
 	resp := &tallypb.SubmitResponse{Results: make([]*tallypb.OpResult, len(results))}
 	cv := sv.n.pb(s)
+	counted = true
 	for i, r := range results {
 		resp.Results[i] = cv.result(r)
-		sv.n.metrics.ops.WithLabelValues(lr.Ops[i].Kind.String(), string(r.Code)).Inc()
+		c := sv.n.metrics.ops
+		if r.Replayed { // a retry answered from its record: counted when it applied
+			c = sv.n.metrics.opsReplayed
+		}
+		c.WithLabelValues(lr.Ops[i].Kind.String(), string(r.Code)).Inc()
 	}
 	if cv.err != nil {
 		// Applied, but not answerable: the client takes INTERNAL after

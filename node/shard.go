@@ -312,11 +312,11 @@ func (s *shard) completeLoop() {
 			failAll(e.proposals, errUnavailable(err.Error()))
 			continue
 		}
-		s.n.metrics.commitLatency.Observe(time.Since(e.start).Seconds())
 		if err != nil {
 			failAll(e.proposals, s.raftError(err))
 			continue
 		}
+		s.n.metrics.commitLatency.Observe(time.Since(e.start).Seconds())
 		results, ok := e.fut.Response().(fsm.Results)
 		if !ok || len(results) != len(e.proposals) {
 			failAll(e.proposals, errInternal("apply returned no results"))

@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,20 +13,10 @@ import (
 
 // restores is the node's count of snapshot restores of its FSMs.
 func restores(t *testing.T, n *Node) float64 {
-	t.Helper()
-	families, err := n.registry().Gather()
-	require.NoError(t, err)
 	var sum float64
-	for _, f := range families {
-		if f.GetName() != "tally_snapshots_total" {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "op" && l.GetValue() == "restore" {
-					sum += m.GetCounter().GetValue()
-				}
-			}
+	for labels, v := range metricValues(t, n, "tally_snapshots_total") {
+		if strings.Contains(labels, "op=restore") {
+			sum += v
 		}
 	}
 	return sum
