@@ -137,8 +137,8 @@ type Verification struct {
 	// another result than the client was told (code, sequence, log time,
 	// the account after it, what it moved).
 	LostAcks int64 `json:"lost_acks"`
-	// LookupFailed counts acked ops whose lookup failed: not checked, so
-	// the run fails, but not evidence of a lost ack.
+	// LookupFailed counts ops (acked, or told failed) whose lookup failed:
+	// not checked, so the run fails, but evidence of nothing.
 	LookupFailed    int64    `json:"lookup_failed"`
 	LostAckExamples []string `json:"lost_ack_examples,omitempty"`
 	// FailedStored counts ops the client was told certainly failed (or an
@@ -412,7 +412,8 @@ func (vf *Verifier) checkAcks(ctx context.Context, log []ackRecord, v *Verificat
 			mu.Unlock()
 		}
 	})
-	v.LostAcks, v.VerifiedOps, v.LookupFailed = lost.Load(), verified.Load(), lookupFailed.Load()
+	v.LostAcks, v.VerifiedOps = lost.Load(), verified.Load()
+	v.LookupFailed += lookupFailed.Load()
 	v.VerifyMode = "all"
 	if v.VerifiedOps < v.AckedOps {
 		v.VerifyMode = "sample"
@@ -443,28 +444,28 @@ func (vf *Verifier) checkFailed(ctx context.Context, log []ackRecord, v *Verific
 			idx = append(idx, i)
 		}
 	}
-	var stored atomic.Int64
+	var stored, lookupFailed atomic.Int64
 	var mu sync.Mutex
 	vf.forEach(len(idx), func(j int) {
 		r := &log[idx[j]]
 		key := keyOf(vf.RunID, r.client, r.spec.Seq)
 		found, e, err := vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
-		var why string
-		switch {
-		case err != nil:
-			why = "lookup failed: " + err.Error()
-		case found:
-			why = fmt.Sprintf("stored %s seq %d", e.Result.Code, e.Seq)
-		default:
+		if err != nil {
+			lookupFailed.Add(1) // fails the run (OK), proves nothing stored
+			return
+		}
+		if !found {
 			return
 		}
 		if stored.Add(1) <= maxExamples {
 			mu.Lock()
-			v.FailedExamples = append(v.FailedExamples, fmt.Sprintf("%s %s on %s: told %s, %s", key, r.spec.Kind, vf.W.MemberName(r.spec.Account), r.code, why))
+			v.FailedExamples = append(v.FailedExamples, fmt.Sprintf("%s %s on %s: told %s, stored %s seq %d",
+				key, r.spec.Kind, vf.W.MemberName(r.spec.Account), r.code, e.Result.Code, e.Seq))
 			mu.Unlock()
 		}
 	})
-	v.FailedChecked, v.FailedStored = int64(len(idx)), stored.Load()
+	v.FailedChecked, v.FailedStored = int64(len(idx))-lookupFailed.Load(), stored.Load()
+	v.LookupFailed += lookupFailed.Load()
 }
 
 // predicted is an account's balance as the log says it must be.
