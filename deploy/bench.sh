@@ -42,6 +42,13 @@
 # Exit status: non-zero if any case failed its checks or could not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Pebble's memtables are 64 MiB arenas that every write inserts into at
+# random: with transparent huge pages in "madvise" mode, glibc backs them
+# with huge pages only when asked (glibc >= 2.35; others ignore it). Batched
+# throughput +15% on the 2-CPU box (docs/BENCHMARKS.md, "Huge pages");
+# GLIBC_TUNABLES= (empty) turns it off. Only tallyd gets it, not the load
+# generator or PostgreSQL.
+tunables=${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}
 secs=${BENCH_SECS:-15}
 warmup=${BENCH_WARMUP:-3s}
 out=${BENCH_OUT:-results/bench/$(date +%Y%m%d-%H%M%S)}
@@ -98,7 +105,7 @@ for i in 1 2 3; do
 done
 echo "== cluster: 3 nodes, $shards shards, data $data, gRPC $addrs"
 for i in 1 2 3; do
-  $(pin "$i") "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
+  $(pin "$i") env GLIBC_TUNABLES="$tunables" "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
     --grpc "127.0.0.1:$((port + i))" --raft "127.0.0.1:$((port + 10 + i))" \
     --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info ${BENCH_TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
@@ -135,6 +142,7 @@ server_pids=$(IFS=,; echo "${pids[*]}")
   echo "go: $(go version 2>/dev/null || echo "none (BENCH_NOBUILD)")"
   echo "cpus: ${BENCH_CPUS:-unpinned} (n1 n2 n3 load)"
   echo "tallyd flags: --shards $shards ${BENCH_TALLYD_FLAGS:-}"
+  echo "tallyd GLIBC_TUNABLES: ${tunables:-none}; transparent huge pages: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown)"
   echo "tally-load flags: ${BENCH_LOAD_FLAGS:-}"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
