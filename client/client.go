@@ -127,8 +127,14 @@ func (c *Client) ShardOf(program, member string) int {
 	return ledger.ShardOf(program, member, c.Shards())
 }
 
-// maxMsgBytes bounds a request or response, as the node's server does. gRPC's
-// default receive limit, 4 MiB, is below the answer to a full request: 8,000
+// MaxOpBytes bounds one op on the wire. A valid op, every field at its
+// longest, is under 1 KiB; Submit refuses a bigger one as INVALID_ARGUMENT,
+// so a request of MaxBatchOps ops stays under the node's 16 MiB message
+// bound (node's TestLargestRequestFits checks both).
+const MaxOpBytes = 2048
+
+// maxMsgBytes bounds a response (and a request, which MaxOpBytes keeps far
+// below the node's own bound). gRPC's default receive limit, 4 MiB, is below the answer to a full request: 8,000
 // hold results with 100-byte names come to 4-5 MB. A response over the limit
 // fails as RESOURCE_EXHAUSTED after the server applied the request, and that
 // code is retried: the applied batch was re-sent (each replay as big) until

@@ -658,6 +658,25 @@ func TestSubmitRefusesAKeyUsedTwice(t *testing.T) {
 	assert.Len(t, fc.nodes[0].recorded(), 2, "both parts were sent")
 }
 
+// An op too big to be valid is refused before anything is sent, as a
+// definite INVALID_ARGUMENT: sent, a request of them could pass the node's
+// message bound and come back RESOURCE_EXHAUSTED, read as "maybe applied".
+func TestSubmitRefusesAnOversizedOp(t *testing.T) {
+	for _, coalesce := range []bool{false, true} {
+		fc := newFakeCluster(t, 1, 1)
+		c := dial(t, fc, Config{Coalesce: coalesce})
+		big := credit("alice", "k2", "1")
+		big.Memo = strings.Repeat("x", MaxOpBytes)
+		_, err := c.Submit(testCtx(t), []Op{credit("alice", "k1", "1"), big}, false)
+		assert.ErrorIs(t, err, ledger.ErrInvalidArgument)
+		var e *Error
+		require.ErrorAs(t, err, &e)
+		assert.Equal(t, 1, e.OpIndex)
+		assert.False(t, IsIndeterminate(err))
+		assert.Empty(t, fc.nodes[0].recorded(), "nothing was sent")
+	}
+}
+
 func TestLinkedValidation(t *testing.T) {
 	fc := newFakeCluster(t, 1, 1)
 	c := dial(t, fc, Config{Coalesce: true})

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -70,6 +72,14 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 			keys[op.IdempotencyKey] = i
 		}
 		wire[i] = opToProto(op)
+		if n := proto.Size(wire[i]); n > MaxOpBytes {
+			// Only an op with over-long fields is this big. Refused here,
+			// a request of them could exceed the node's message bound and
+			// come back RESOURCE_EXHAUSTED, which reads as "maybe applied".
+			e := newError(ledger.CodeInvalidArgument, -1, "submit: op %d is %d bytes on the wire, above the maximum %d of a valid op", i, n, MaxOpBytes)
+			e.OpIndex = i
+			return nil, e
+		}
 		s := ledger.ShardOf(op.Program, op.Member, shards)
 		if _, ok := parts[s]; !ok {
 			order = append(order, s)

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/fsm"
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -138,4 +139,15 @@ func TestLargestRequestFits(t *testing.T) {
 	size := proto.Size(req)
 	t.Logf("largest valid request: %d bytes, bound %d", size, maxRequestBytes)
 	require.Less(t, size, maxRequestBytes*3/4)
+
+	// The client refuses an op over client.MaxOpBytes: the largest valid
+	// one is under it, and a request of MaxBatchOps ops at that size (plus
+	// each op's tag and length) fits the bound.
+	require.LessOrEqual(t, proto.Size(req.Ops[0]), client.MaxOpBytes)
+	big := &tallypb.SubmitRequest{Linked: true, Shard: proto.Uint32(math.MaxUint32)}
+	for range ledger.MaxBatchOps {
+		big.Ops = append(big.Ops, &tallypb.Op{Memo: strings.Repeat("x", client.MaxOpBytes-3)})
+	}
+	require.Equal(t, client.MaxOpBytes, proto.Size(big.Ops[0]))
+	require.Less(t, proto.Size(big), maxRequestBytes)
 }
