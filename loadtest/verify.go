@@ -3,6 +3,7 @@ package loadtest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
@@ -137,8 +138,9 @@ type Verification struct {
 	// another result than the client was told (code, sequence, log time,
 	// the account after it, what it moved).
 	LostAcks int64 `json:"lost_acks"`
-	// LookupFailed counts ops (acked, or told failed) whose lookup failed:
-	// not checked, so the run fails, but evidence of nothing.
+	// LookupFailed counts ops (acked, or told failed) and accounts whose
+	// read failed (or was not tried once maxReadFailures had): not checked,
+	// so the run fails, but evidence of nothing.
 	LookupFailed    int64    `json:"lookup_failed"`
 	LostAckExamples []string `json:"lost_ack_examples,omitempty"`
 	// FailedStored counts ops the client was told certainly failed (or an
@@ -223,6 +225,8 @@ type Verifier struct {
 	// applied index.
 	ConvergeTimeout time.Duration
 	Seed            uint64
+
+	readFailures atomic.Int64 // reads that failed (read)
 }
 
 // Verify runs every check over log (every op the run sent).
@@ -343,7 +347,32 @@ const (
 	resendBackoff      = 50 * time.Millisecond
 	maxResendBackoff   = 2 * time.Second
 	resendTimeout      = 10 * time.Second
+	// lookupTimeout bounds each read of the verification, which runs
+	// without the run's cancellation (an interrupted run is verified too):
+	// a cluster that cannot answer fails the run in bounded time.
+	lookupTimeout = 30 * time.Second
+	// maxReadFailures: after this many failed reads the cluster is not
+	// answering and the run has failed already; the reads left are not
+	// tried, so an unreachable cluster ends the verification soon.
+	maxReadFailures = 64
 )
+
+var errGaveUp = errors.New("not tried: the cluster stopped answering the verification's reads")
+
+// read runs one read of the verification, bounded by lookupTimeout, unless
+// maxReadFailures reads have failed.
+func (vf *Verifier) read(ctx context.Context, f func(context.Context) error) error {
+	if vf.readFailures.Load() >= maxReadFailures {
+		return errGaveUp
+	}
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	err := f(ctx)
+	if err != nil {
+		vf.readFailures.Add(1)
+	}
+	return err
+}
 
 // resendAgain reports whether a re-send that ended with code, and no record,
 // is worth another: the request did not reach a leader, or an error left it
@@ -384,7 +413,12 @@ func (vf *Verifier) checkAcks(ctx context.Context, log []ackRecord, v *Verificat
 		}
 		r := &log[acked[j]]
 		key := keyOf(vf.RunID, r.client, r.spec.Seq)
-		found, e, err := vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
+		var found bool
+		var e client.JournalEntry
+		err := vf.read(ctx, func(ctx context.Context) (err error) {
+			found, e, err = vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
+			return err
+		})
 		if err != nil {
 			// A read that fails cannot prove the op is there, nor that it
 			// is lost: it fails the run (OK) without counting as lost.
@@ -449,7 +483,12 @@ func (vf *Verifier) checkFailed(ctx context.Context, log []ackRecord, v *Verific
 	vf.forEach(len(idx), func(j int) {
 		r := &log[idx[j]]
 		key := keyOf(vf.RunID, r.client, r.spec.Seq)
-		found, e, err := vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
+		var found bool
+		var e client.JournalEntry
+		err := vf.read(ctx, func(ctx context.Context) (err error) {
+			found, e, err = vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
+			return err
+		})
 		if err != nil {
 			lookupFailed.Add(1) // fails the run (OK), proves nothing stored
 			return
@@ -541,7 +580,7 @@ func (vf *Verifier) checkBalances(ctx context.Context, log []ackRecord, v *Verif
 			add(i)
 		}
 	}
-	var checked, skipped, bad atomic.Int64
+	var checked, skipped, bad, lookupFailed atomic.Int64
 	var mu sync.Mutex
 	vf.forEach(len(accounts), func(j int) {
 		i := accounts[j]
@@ -549,20 +588,23 @@ func (vf *Verifier) checkBalances(ctx context.Context, log []ackRecord, v *Verif
 			skipped.Add(1)
 			return
 		}
-		checked.Add(1)
 		member, asset := vf.W.MemberName(i), vf.W.AssetOf(i)
-		acct, err := vf.L.GetAccount(ctx, vf.Program, member, asset)
-		var why string
+		var acct client.Account
+		err := vf.read(ctx, func(ctx context.Context) (err error) {
+			acct, err = vf.L.GetAccount(ctx, vf.Program, member, asset)
+			return err
+		})
 		if err != nil {
-			why = "read failed: " + err.Error()
-		} else {
-			posted, held := toMinor(acct.Posted, vf.W.ScaleOf(i)), toMinor(acct.Held, vf.W.ScaleOf(i))
-			if posted == p[i].postedMinor && held == p[i].heldMinor {
-				return
-			}
-			why = fmt.Sprintf("stored posted %d held %d, predicted posted %d held %d (minor units)",
-				posted, held, p[i].postedMinor, p[i].heldMinor)
+			lookupFailed.Add(1) // fails the run (OK), proves no mismatch
+			return
 		}
+		checked.Add(1)
+		posted, held := toMinor(acct.Posted, vf.W.ScaleOf(i)), toMinor(acct.Held, vf.W.ScaleOf(i))
+		if posted == p[i].postedMinor && held == p[i].heldMinor {
+			return
+		}
+		why := fmt.Sprintf("stored posted %d held %d, predicted posted %d held %d (minor units)",
+			posted, held, p[i].postedMinor, p[i].heldMinor)
 		if bad.Add(1) <= maxExamples {
 			mu.Lock()
 			v.BalanceExamples = append(v.BalanceExamples, member+"/"+asset+": "+why)
@@ -570,6 +612,7 @@ func (vf *Verifier) checkBalances(ctx context.Context, log []ackRecord, v *Verif
 		}
 	})
 	v.AccountsChecked, v.AccountsSkipped, v.BalanceMismatch = checked.Load(), skipped.Load(), bad.Load()
+	v.LookupFailed += lookupFailed.Load()
 }
 
 func toMinor(d decimal.Decimal, scale int32) int64 { return d.Shift(scale).IntPart() }
@@ -587,7 +630,11 @@ func (vf *Verifier) checkInvariants(ctx context.Context, v *Verification) {
 		}
 		v.InvariantDetails = append(v.InvariantDetails, fmt.Sprintf(format, args...))
 	}
-	info, err := vf.L.ClusterInfo(ctx)
+	var info client.ClusterInfo
+	err := vf.read(ctx, func(ctx context.Context) (err error) {
+		info, err = vf.L.ClusterInfo(ctx)
+		return err
+	})
 	if err != nil || info.Shards <= 0 || len(info.Nodes) == 0 {
 		fail(true, "cluster info: %v (%d shards, %d nodes)", err, info.Shards, len(info.Nodes))
 		v.InvariantOK = false
@@ -625,7 +672,10 @@ func (vf *Verifier) converged(ctx context.Context, nodes []client.Node, shard ui
 		same := true
 		var err error
 		for k, n := range nodes {
-			states[k], err = vf.L.ShardState(ctx, n.GRPCAddr, shard)
+			err = vf.read(ctx, func(ctx context.Context) (err error) {
+				states[k], err = vf.L.ShardState(ctx, n.GRPCAddr, shard)
+				return err
+			})
 			if err != nil {
 				break
 			}

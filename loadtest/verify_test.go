@@ -472,3 +472,36 @@ func TestFailedLookupFailsTheRunWithoutLostAcks(t *testing.T) {
 	v.LookupFailed, v.VerifiedOps = 0, 10
 	require.True(t, v.OK())
 }
+
+// deadReads is the fake ledger with every read after the load failing.
+type deadReads struct {
+	*fakeLedger
+	reads atomic.Int64
+}
+
+func (d *deadReads) GetOperation(context.Context, string, string, string) (bool, client.JournalEntry, error) {
+	d.reads.Add(1)
+	return false, client.JournalEntry{}, errors.New("unreachable")
+}
+
+func (d *deadReads) GetAccount(context.Context, string, string, string) (client.Account, error) {
+	d.reads.Add(1)
+	return client.Account{}, errors.New("unreachable")
+}
+
+// A cluster that stops answering fails the verification in bounded time:
+// past maxReadFailures failed reads the rest are not tried, and none of
+// them is claimed as a lost ack or a balance mismatch.
+func TestUnansweredReadsFailTheRunSoon(t *testing.T) {
+	d := &deadReads{fakeLedger: newFakeLedger(2)}
+	rep, err := Run(context.Background(), d, false, Config{Workload: Workload{Members: 200, Mix: Mix{Credit: 1}},
+		Clients: 4, Duration: 300 * time.Millisecond, Seed: 5})
+	require.NoError(t, err)
+	v := rep.Verification
+	require.Positive(t, v.AckedOps)
+	require.False(t, rep.OK)
+	require.Zero(t, rep.LostAcks)
+	require.Zero(t, v.BalanceMismatch)
+	require.GreaterOrEqual(t, v.LookupFailed, v.AckedOps)
+	require.LessOrEqual(t, d.reads.Load(), int64(maxReadFailures+verifyConcurrency))
+}
