@@ -71,7 +71,9 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 	counted := false
 	defer func() {
 		sv.observe("Submit", start, err)
-		if err != nil && !counted { // refused or failed before apply
+		// Refused or failed before apply. A request over MaxBatchOps is
+		// not counted op by op: a 16 MiB one holds millions of empty ops.
+		if err != nil && !counted && len(req.GetOps()) <= ledger.MaxBatchOps {
 			sv.n.metrics.countFailed(req.GetOps(), codeOfErr(err))
 		}
 		err = toStatus(err)

@@ -438,6 +438,10 @@ type barrierRun struct {
 // the one in flight or starting one.
 func (b *termBarrier) wait(ctx context.Context, term uint64) error {
 	for b.ready.Load() != term {
+		if b.term() > term {
+			// This node lost and won leadership since the read began.
+			return errUnavailable("leadership changed during the read")
+		}
 		b.mu.Lock()
 		r := b.run
 		if r == nil {
