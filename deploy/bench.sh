@@ -142,7 +142,7 @@ server_pids=$(IFS=,; echo "${pids[*]}")
   echo "go: $(go version 2>/dev/null || echo "none (BENCH_NOBUILD)")"
   echo "cpus: ${BENCH_CPUS:-unpinned} (n1 n2 n3 load)"
   echo "tallyd flags: --shards $shards ${BENCH_TALLYD_FLAGS:-}"
-  echo "tallyd GLIBC_TUNABLES: ${tunables:-none}; transparent huge pages: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown)"
+  echo "tallyd GLIBC_TUNABLES: ${tunables:-none} (only a cgo build reads it: $(go version -m "$bin/tallyd" 2>/dev/null | grep -o 'CGO_ENABLED=[01]' || echo 'cgo unknown')); transparent huge pages: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown)"
   echo "tally-load flags: ${BENCH_LOAD_FLAGS:-}"
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
