@@ -840,9 +840,10 @@ func TestClientCoalescesReads(t *testing.T) {
 	t.Logf("%d reads in %v GetAccounts requests", readers*rounds, batches)
 }
 
-// TestOpsMetricCountsEveryAnswer: tally_ops_total counts what a Submit
-// answered, refusals before apply included; a retry answered from its
-// record goes to tally_ops_replayed_total instead of counting again.
+// TestOpsMetricCountsEveryAnswer: tally_ops_total counts what a Submit (and
+// DefineAsset, on the shards this node leads) answered, refusals before
+// apply included; a retry answered from its record goes to
+// tally_ops_replayed_total instead of counting again.
 func TestOpsMetricCountsEveryAnswer(t *testing.T) {
 	c := newTestCluster(t, 1, 1, nil)
 	c.defineAsset("shop", "PTS", 0)
@@ -859,6 +860,7 @@ func TestOpsMetricCountsEveryAnswer(t *testing.T) {
 
 	n := c.nodes[0]
 	require.Equal(t, map[string]float64{
+		"code=OK,kind=DEFINE_ASSET":          1,
 		"code=OK,kind=OPEN_ACCOUNT":          1,
 		"code=INSUFFICIENT_FUNDS,kind=DEBIT": 1,
 		"code=SCALE_MISMATCH,kind=CREDIT":    1,

@@ -53,7 +53,7 @@ func newMetrics(n *Node) *metrics {
 		reg: reg,
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_ops_total",
-			Help: "Operations answered by this node's Submit, by kind and code: the result of applying them, or the error that refused them before any result (NOT_LEADER, UNAVAILABLE, INVALID_ARGUMENT, DEADLINE_EXCEEDED, ...). Retries answered from their record are in tally_ops_replayed_total.",
+			Help: "Operations answered by this node's Submit (and DefineAsset, for the shards it leads), by kind and code: the result of applying them, or the error that refused them before any result (NOT_LEADER, UNAVAILABLE, INVALID_ARGUMENT, DEADLINE_EXCEEDED, ...). Retries answered from their record are in tally_ops_replayed_total.",
 		}, []string{"kind", "code"}),
 		opsReplayed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_ops_replayed_total",
@@ -118,6 +118,16 @@ func newMetrics(n *Node) *metrics {
 			// Scheduler latency: how long runnable goroutines wait for a CPU.
 			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$`)})), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// countResult counts one op's result; a retry answered from its record was
+// counted when it applied, and goes to opsReplayed.
+func (m *metrics) countResult(kind ledger.OpKind, r ledger.Result) {
+	c := m.ops
+	if r.Replayed {
+		c = m.opsReplayed
+	}
+	c.WithLabelValues(kind.String(), string(r.Code)).Inc()
 }
 
 // countFailed counts the ops of a Submit that ended with code before any

@@ -131,11 +131,7 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 	counted = true
 	for i, r := range results {
 		resp.Results[i] = cv.result(r)
-		c := sv.n.metrics.ops
-		if r.Replayed { // a retry answered from its record: counted when it applied
-			c = sv.n.metrics.opsReplayed
-		}
-		c.WithLabelValues(lr.Ops[i].Kind.String(), string(r.Code)).Inc()
+		sv.n.metrics.countResult(lr.Ops[i].Kind, r)
 	}
 	if cv.err != nil {
 		// Applied, but not answerable: the client takes INTERNAL after
@@ -199,6 +195,7 @@ func (sv *server) DefineAsset(ctx context.Context, req *tallypb.DefineAssetReque
 			rs, err := s.propose(ctx, ledger.Request{Ops: []ledger.Op{op}})
 			switch {
 			case err == nil:
+				sv.n.metrics.countResult(op.Kind, rs[0]) // as the leaders' Submit counts forwarded ones
 				cv := sv.n.pb(s)
 				if res = cv.result(rs[0]); cv.err != nil {
 					return nil, cv.err
