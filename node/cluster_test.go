@@ -498,6 +498,21 @@ func TestLeaderFailoverLosesNothing(t *testing.T) {
 	newLeader := c.leaderOf(0)
 	require.NotEqual(t, victim, newLeader)
 	t.Logf("new leader of shard 0 after %v", time.Since(start))
+	// Every surviving node saw both leaders of shard 0; only the new one
+	// says it leads.
+	for i, n := range c.nodes {
+		if i == victim {
+			continue
+		}
+		want := 0.0
+		if i == newLeader {
+			want = 1
+		}
+		require.Eventually(t, func() bool {
+			return metricValues(t, n, "tally_shard_leader_changes_total")["shard=0"] >= 2 &&
+				metricValues(t, n, "tally_shard_is_leader")["shard=0"] == want
+		}, 5*time.Second, 20*time.Millisecond, "node %d", i)
+	}
 	// A retry of an acknowledged op does not apply twice.
 	rs := c.mustSubmit(op(tallypb.OpKind_CREDIT, "cr-m0-0", "m0", "POINTS", "10"))
 	require.True(t, rs[0].Replayed)

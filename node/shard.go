@@ -612,17 +612,36 @@ func (s *shard) leaderTick(t *time.Ticker) (running, leads bool) {
 	return true, s.raft.State() == raft.Leader
 }
 
-// observeLoop counts leadership changes and keeps the leader gauge current.
+// observeLoop counts the leaders this node sees take the shard over and keeps
+// the leader gauge current. It watches raft's leader observations, not
+// LeaderCh: LeaderCh tells only this node's own gains and losses, and
+// merges quick flips into one.
 func (s *shard) observeLoop() {
 	defer s.wg.Done()
-	ch := s.raft.LeaderCh()
+	ch := make(chan raft.Observation, 64)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	s.raft.RegisterObserver(obs)
+	defer s.raft.DeregisterObserver(obs)
 	label := shardLabel(s.id)
+	// Raft may have elected a leader before the observer was registered.
+	if _, id := s.raft.LeaderWithID(); id != "" {
+		s.n.metrics.leaderChanges.WithLabelValues(label).Inc()
+		if string(id) == s.n.cfg.ID {
+			s.n.metrics.isLeader.WithLabelValues(label).Set(1)
+		}
+	}
 	for {
 		select {
-		case isLeader := <-ch:
-			s.n.metrics.leaderChanges.WithLabelValues(label).Inc()
+		case o := <-ch:
+			lo := o.Data.(raft.LeaderObservation)
+			if lo.LeaderID != "" { // "" is an election under way
+				s.n.metrics.leaderChanges.WithLabelValues(label).Inc()
+			}
 			v := 0.0
-			if isLeader {
+			if string(lo.LeaderID) == s.n.cfg.ID {
 				v = 1
 			}
 			s.n.metrics.isLeader.WithLabelValues(label).Set(v)
