@@ -90,16 +90,35 @@ func (t *ackTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) 
 // holds beyond it. The answer is the first part's that fails, else the
 // last part's: raft needs only Success, Term and LastLog, and on success
 // it advances by args' own last entry, which the parts have all stored.
+// A part that fails to be sent at all (a broken connection) after earlier
+// parts were stored ends the request as a success for those parts alone:
+// args.Entries is cut to them, so raft advances to their last entry (it
+// reads args after the call) and sends the rest from there, instead of
+// the whole request again, which on a link too slow to carry every part
+// between failures would never finish.
 func (t *ackTransport) appendEntries(id raft.ServerID, target raft.ServerAddress,
 	args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	if len(args.Entries) < 2 || t.maxAppendBytes <= 0 {
 		return t.send(id, target, args, resp)
 	}
+	var stored raft.AppendEntriesResponse // the last part's that succeeded
+	part := func(i, j int) (ok bool, err error) {
+		err = t.sendPart(id, target, args, i, j, resp)
+		if err != nil && i > 0 {
+			args.Entries, *resp = args.Entries[:i], stored
+			return false, nil
+		}
+		if err != nil || !resp.Success {
+			return false, err
+		}
+		stored = *resp
+		return true, nil
+	}
 	first, size := 0, 0
 	for i, e := range args.Entries {
 		n := len(e.Data) + len(e.Extensions)
 		if i > first && size+n > t.maxAppendBytes {
-			if err := t.sendPart(id, target, args, first, i, resp); err != nil || !resp.Success {
+			if ok, err := part(first, i); !ok {
 				return err
 			}
 			first, size = i, 0
@@ -109,7 +128,8 @@ func (t *ackTransport) appendEntries(id raft.ServerID, target raft.ServerAddress
 	if first == 0 {
 		return t.send(id, target, args, resp)
 	}
-	return t.sendPart(id, target, args, first, len(args.Entries), resp)
+	_, err := part(first, len(args.Entries))
+	return err
 }
 
 // sendPart sends args.Entries[i:j] as one AppendEntries.

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -88,17 +89,24 @@ func TestAppendEntriesSplitsByBytes(t *testing.T) {
 		}
 		return es
 	}
+	errBroken := errors.New("connection reset")
 	for _, tc := range []struct {
 		name   string
 		sizes  []int
 		failAt int         // part that answers !Success (-1: none)
+		errAt  int         // part whose send fails (-1: none)
 		parts  [][2]uint64 // first and last index of each part sent
+		// answered: the last index raft is told was stored (0: none, and
+		// the call's error or failure is raft's answer)
+		answered uint64
 	}{
-		{"fits", []int{10, 10, 10}, -1, [][2]uint64{{11, 13}}},
-		{"split", []int{40, 40, 40, 40, 40}, -1, [][2]uint64{{11, 12}, {13, 14}, {15, 15}}},
-		{"oversized entries go alone", []int{500, 10, 500}, -1, [][2]uint64{{11, 11}, {12, 12}, {13, 13}}},
-		{"a failed part ends it", []int{60, 60, 60}, 1, [][2]uint64{{11, 11}, {12, 12}}},
-		{"one entry", []int{500}, -1, [][2]uint64{{11, 11}}},
+		{"fits", []int{10, 10, 10}, -1, -1, [][2]uint64{{11, 13}}, 13},
+		{"split", []int{40, 40, 40, 40, 40}, -1, -1, [][2]uint64{{11, 12}, {13, 14}, {15, 15}}, 15},
+		{"oversized entries go alone", []int{500, 10, 500}, -1, -1, [][2]uint64{{11, 11}, {12, 12}, {13, 13}}, 13},
+		{"a failed part ends it", []int{60, 60, 60}, 1, -1, [][2]uint64{{11, 11}, {12, 12}}, 0},
+		{"one entry", []int{500}, -1, -1, [][2]uint64{{11, 11}}, 11},
+		{"a broken first part is an error", []int{60, 60, 60}, -1, 0, [][2]uint64{{11, 11}}, 0},
+		{"a broken later part keeps the stored ones", []int{60, 60, 60}, -1, 2, [][2]uint64{{11, 11}, {12, 12}, {13, 13}}, 12},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr := newAckTransport(nil)
@@ -108,27 +116,43 @@ func TestAppendEntriesSplitsByBytes(t *testing.T) {
 				require.Equal(t, raft.AppendEntriesResponse{}, *r, "each part starts from a fresh response")
 				sent = append(sent, a)
 				last := a.Entries[len(a.Entries)-1].Index
+				if len(sent)-1 == tc.errAt {
+					return errBroken
+				}
 				*r = raft.AppendEntriesResponse{Term: 3, LastLog: last, Success: len(sent)-1 != tc.failAt}
 				return nil
 			}
 			args := &raft.AppendEntriesRequest{Term: 3, PrevLogEntry: 10, PrevLogTerm: 2, Entries: entries(tc.sizes...), LeaderCommitIndex: 99}
 			var resp raft.AppendEntriesResponse
-			require.NoError(t, tr.AppendEntries("n2", "addr", args, &resp))
+			err := tr.AppendEntries("n2", "addr", args, &resp)
+			if tc.errAt == 0 {
+				require.ErrorIs(t, err, errBroken)
+			} else {
+				require.NoError(t, err)
+			}
 			require.Len(t, sent, len(tc.parts))
 			prev, prevTerm := uint64(10), uint64(2)
 			for i, p := range sent {
 				require.Equal(t, tc.parts[i], [2]uint64{p.Entries[0].Index, p.Entries[len(p.Entries)-1].Index}, "part %d", i)
 				require.Equal(t, prev, p.PrevLogEntry, "part %d chains to the one before", i)
 				require.Equal(t, prevTerm, p.PrevLogTerm)
-				if len(sent) == 1 && tc.failAt < 0 {
+				if len(sent) == 1 && tc.failAt < 0 && tc.errAt < 0 {
 					require.Same(t, args, p, "an unsplit request goes as it is")
 				} else {
 					require.Equal(t, p.Entries[len(p.Entries)-1].Index, p.LeaderCommitIndex, "part %d commits no further than its last entry", i)
 				}
 				prev, prevTerm = p.Entries[len(p.Entries)-1].Index, p.Entries[len(p.Entries)-1].Term
 			}
-			require.Equal(t, tc.failAt < 0, resp.Success)
-			require.Equal(t, tc.failAt < 0, tr.ackedSince(3, time.Time{}) == 1, "only a request stored whole is an acceptance")
+			if tc.answered == 0 {
+				require.False(t, resp.Success)
+				require.Zero(t, tr.ackedSince(3, time.Time{}), "a request not stored is no acceptance")
+				return
+			}
+			// raft advances by args' last entry: cut to what was stored.
+			require.True(t, resp.Success)
+			require.Equal(t, tc.answered, args.Entries[len(args.Entries)-1].Index)
+			require.Equal(t, tc.answered, resp.LastLog)
+			require.Equal(t, 1, tr.ackedSince(3, time.Time{}), "a stored request is an acceptance")
 		})
 	}
 }
