@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 )
 
@@ -27,6 +28,8 @@ type ackTransport struct {
 	// appendEntries); send is the RPC (NetworkTransport's; tests fake it).
 	maxAppendBytes int
 	send           func(raft.ServerID, raft.ServerAddress, *raft.AppendEntriesRequest, *raft.AppendEntriesResponse) error
+	// logger tells of a broken part, which raft does not see as a failure.
+	logger hclog.Logger
 
 	mu   sync.Mutex
 	acks map[raft.ServerID]ack
@@ -54,7 +57,8 @@ type ack struct {
 const defaultMaxAppendBytes = 16 << 20
 
 func newAckTransport(t *raft.NetworkTransport) *ackTransport {
-	tr := &ackTransport{NetworkTransport: t, acks: map[raft.ServerID]ack{}, maxAppendBytes: defaultMaxAppendBytes}
+	tr := &ackTransport{NetworkTransport: t, acks: map[raft.ServerID]ack{}, maxAppendBytes: defaultMaxAppendBytes,
+		logger: hclog.NewNullLogger()}
 	if t != nil {
 		tr.send = t.AppendEntries
 	}
@@ -105,6 +109,8 @@ func (t *ackTransport) appendEntries(id raft.ServerID, target raft.ServerAddress
 	part := func(i, j int) (ok bool, err error) {
 		err = t.sendPart(id, target, args, i, j, resp)
 		if err != nil && i > 0 {
+			t.logger.Warn("appendEntries: a part failed; raft resumes after the parts stored",
+				"peer", id, "stored_through", args.Entries[i-1].Index, "error", err)
 			args.Entries, *resp = args.Entries[:i], stored
 			return false, nil
 		}

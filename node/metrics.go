@@ -91,7 +91,7 @@ func newMetrics(n *Node) *metrics {
 			Name: "tally_shard_is_leader", Help: "1 if this node leads the shard.",
 		}, []string{"shard"}),
 		leaderChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tally_shard_leader_changes_total", Help: "Leaders this node has seen take the shard over (each election that ended with a leader, as this node saw it), per shard. Every node counts each change: take the max over nodes, not the sum.",
+			Name: "tally_shard_leader_changes_total", Help: "Leaders this node has seen take the shard over (another leader, or the same one in a new term), per shard. Every node counts each change: take the max over nodes, not the sum.",
 		}, []string{"shard"}),
 		verifyRounds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_read_verify_rounds_total", Help: "VerifyLeader calls made for linearizable reads (a round makes one, more only if fresh answers do not come within 50 ms).",

@@ -309,6 +309,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		Logger: n.logger.Named(fmt.Sprintf("net%d", id)),
 	}))
 	trans.maxAppendBytes = cfg.Raft.MaxAppendBytes
+	trans.logger = n.logger.Named(fmt.Sprintf("raft%d", id))
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)

@@ -626,25 +626,33 @@ func (s *shard) observeLoop() {
 	s.raft.RegisterObserver(obs)
 	defer s.raft.DeregisterObserver(obs)
 	label := shardLabel(s.id)
-	// Raft may have elected a leader before the observer was registered.
-	if _, id := s.raft.LeaderWithID(); id != "" {
-		s.n.metrics.leaderChanges.WithLabelValues(label).Inc()
+	// A change is a leader other than the last one seen, or the same one in
+	// a new term. A follower whose heartbeat was late forgets its leader
+	// and sees it again with no election (pre-vote changes no term): not a
+	// change. The state is read from raft, not the observation, so an
+	// observation dropped from a full channel heals at the next one.
+	var lastLeader raft.ServerID
+	var lastTerm uint64
+	look := func() {
+		_, id := s.raft.LeaderWithID()
+		v := 0.0
 		if string(id) == s.n.cfg.ID {
-			s.n.metrics.isLeader.WithLabelValues(label).Set(1)
+			v = 1
+		}
+		s.n.metrics.isLeader.WithLabelValues(label).Set(v)
+		if id == "" {
+			return
+		}
+		if term := s.raft.CurrentTerm(); id != lastLeader || term != lastTerm {
+			s.n.metrics.leaderChanges.WithLabelValues(label).Inc()
+			lastLeader, lastTerm = id, term
 		}
 	}
+	look() // raft may have elected a leader before the observer was registered
 	for {
 		select {
-		case o := <-ch:
-			lo := o.Data.(raft.LeaderObservation)
-			if lo.LeaderID != "" { // "" is an election under way
-				s.n.metrics.leaderChanges.WithLabelValues(label).Inc()
-			}
-			v := 0.0
-			if string(lo.LeaderID) == s.n.cfg.ID {
-				v = 1
-			}
-			s.n.metrics.isLeader.WithLabelValues(label).Set(v)
+		case <-ch:
+			look()
 		case <-s.stop:
 			return
 		}
