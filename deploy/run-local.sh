@@ -9,7 +9,7 @@ set -euo pipefail
 # Pebble's memtables are 64 MiB arenas that every write inserts into at
 # random: with transparent huge pages in "madvise" mode, glibc backs them
 # with huge pages only when asked (glibc >= 2.35; others ignore it). Batched
-# throughput +15% on the 2-CPU box (docs/BENCHMARKS.md, "Huge pages");
+# throughput +10-15% on the 2-CPU box (docs/BENCHMARKS.md, "Huge pages");
 # GLIBC_TUNABLES= (empty) turns it off.
 export GLIBC_TUNABLES=${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}
 shards=${SHARDS:-8}
