@@ -134,8 +134,9 @@ func (c *Client) ShardOf(program, member string) int {
 const MaxOpBytes = 2048
 
 // maxMsgBytes bounds a response (and a request, which MaxOpBytes keeps far
-// below the node's own bound). gRPC's default receive limit, 4 MiB, is below the answer to a full request: 8,000
-// hold results with 100-byte names come to 4-5 MB. A response over the limit
+// below the node's own bound). gRPC's default receive limit, 4 MiB, is
+// below the answer to a full request: 8,000 hold results with 100-byte
+// names come to 4-5 MB. A response over the limit
 // fails as RESOURCE_EXHAUSTED after the server applied the request, and that
 // code is retried: the applied batch was re-sent (each replay as big) until
 // the caller gave up, every caller told "indeterminate".
