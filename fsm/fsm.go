@@ -390,7 +390,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 }
 
 // maxApplyOps bounds the operations ApplyBatch writes in one Pebble batch.
-// hashicorp/raft hands the FSM up to MaxAppendEntries (512) entries at once,
+// hashicorp/raft hands the FSM up to MaxAppendEntries (64 by default) entries at once,
 // and a follower catching up under batched load gets entries of up to
 // ~24,000 operations each: one batch of all of them would buffer ~650 bytes
 // of overlay per operation, gigabytes, and could exceed Pebble's 4 GiB batch

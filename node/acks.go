@@ -48,7 +48,8 @@ type ack struct {
 // hashicorp/raft bounds a request by entry count only (MaxAppendEntries),
 // and under batched load an entry holds up to ~24,000 ops at ~85 bytes
 // each (ledger's TestEntryBytesPerOp): a follower catching up could be
-// sent 512 such entries, about 1 GB, in one RPC, which must fit the
+// sent MaxAppendEntries (64) such entries, about 130 MB, in one RPC (1 GB
+// at 512, a setting used before), which must fit the
 // follower's memory and arrive within the transport's 10 s timeout or be
 // retried whole, for ever, on a slow link.
 // In steady state a request carries the few entries in flight (at most

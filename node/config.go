@@ -41,8 +41,13 @@ type RaftTuning struct {
 
 func (t RaftTuning) withDefaults() RaftTuning {
 	// Failover within ~1-2 s on a LAN; hashicorp's 1 s defaults are tuned for
-	// WANs. MaxAppendEntries is raised from 64 so a follower receives, and the
-	// FSM applies, big batches at flash-sale rates. CommitTimeout stays at
+	// WANs. MaxAppendEntries stays at hashicorp's 64: raft reads a whole
+	// request's entries before the transport splits it by bytes, and under
+	// batched load an entry is up to ~2 MB, so 512 (used before) let one
+	// catching-up follower cost the leader ~1 GB per shard; 64 is ~130 MB.
+	// Measured against 512 (docs/BENCHMARKS.md, "MaxAppendEntries"): flash
+	// sale and batched throughput no lower, catch-up after 15 s of load no
+	// slower. CommitTimeout stays at
 	// hashicorp's 50 ms: at 5 ms an idle 3-node, 8-shard cluster burned 0.64
 	// of two cores in replication wake-ups (0.25 at 50 ms), and under load
 	// 50 ms gave 3,232 single ops/s against 2,661 (make bench, same box).
@@ -63,7 +68,7 @@ func (t RaftTuning) withDefaults() RaftTuning {
 		ElectionTimeout:    500 * time.Millisecond,
 		LeaderLeaseTimeout: 500 * time.Millisecond,
 		CommitTimeout:      50 * time.Millisecond,
-		MaxAppendEntries:   512,
+		MaxAppendEntries:   64,
 		MaxAppendBytes:     defaultMaxAppendBytes,
 		// The entry count is only a backstop (about 1M entries); snapshots
 		// follow the log's bytes (SnapshotLogBytes, snaptrigger.go).
