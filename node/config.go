@@ -47,10 +47,12 @@ func (t RaftTuning) withDefaults() RaftTuning {
 	// catching-up follower cost the leader ~1 GB per shard; 64 is ~130 MB.
 	// Measured against 512 (docs/BENCHMARKS.md, "MaxAppendEntries"): flash
 	// sale and batched throughput no lower, catch-up after 15 s of load no
-	// slower. CommitTimeout stays at
-	// hashicorp's 50 ms: at 5 ms an idle 3-node, 8-shard cluster burned 0.64
-	// of two cores in replication wake-ups (0.25 at 50 ms), and under load
-	// 50 ms gave 3,232 single ops/s against 2,661 (make bench, same box).
+	// slower.
+	//
+	// CommitTimeout stays at hashicorp's 50 ms: at 5 ms an idle 3-node,
+	// 8-shard cluster burned 0.64 of two cores in replication wake-ups (0.25
+	// at 50 ms), and under load 50 ms gave 3,232 single ops/s against 2,661
+	// (make bench, same box).
 	// It only delays when followers learn the commit index, not acks.
 	//
 	// LeaderLeaseTimeout is how long a leader goes without hearing from a
