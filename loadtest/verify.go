@@ -359,6 +359,15 @@ const (
 
 var errGaveUp = errors.New("not tried: the cluster stopped answering the verification's reads")
 
+// lookup reads the stored outcome of r's op (key) through read.
+func (vf *Verifier) lookup(ctx context.Context, r *ackRecord, key string) (found bool, e client.JournalEntry, err error) {
+	err = vf.read(ctx, func(ctx context.Context) (err error) {
+		found, e, err = vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
+		return err
+	})
+	return found, e, err
+}
+
 // read runs one read of the verification, bounded by lookupTimeout, unless
 // maxReadFailures reads have failed.
 func (vf *Verifier) read(ctx context.Context, f func(context.Context) error) error {
@@ -413,12 +422,7 @@ func (vf *Verifier) checkAcks(ctx context.Context, log []ackRecord, v *Verificat
 		}
 		r := &log[acked[j]]
 		key := keyOf(vf.RunID, r.client, r.spec.Seq)
-		var found bool
-		var e client.JournalEntry
-		err := vf.read(ctx, func(ctx context.Context) (err error) {
-			found, e, err = vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
-			return err
-		})
+		found, e, err := vf.lookup(ctx, r, key)
 		if err != nil {
 			// A read that fails cannot prove the op is there, nor that it
 			// is lost: it fails the run (OK) without counting as lost.
@@ -483,12 +487,7 @@ func (vf *Verifier) checkFailed(ctx context.Context, log []ackRecord, v *Verific
 	vf.forEach(len(idx), func(j int) {
 		r := &log[idx[j]]
 		key := keyOf(vf.RunID, r.client, r.spec.Seq)
-		var found bool
-		var e client.JournalEntry
-		err := vf.read(ctx, func(ctx context.Context) (err error) {
-			found, e, err = vf.L.GetOperation(ctx, vf.Program, vf.W.MemberName(r.spec.Account), key)
-			return err
-		})
+		found, e, err := vf.lookup(ctx, r, key)
 		if err != nil {
 			lookupFailed.Add(1) // fails the run (OK), proves nothing stored
 			return

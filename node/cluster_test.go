@@ -735,18 +735,25 @@ func TestHoldSettledInItsOwnRequest(t *testing.T) {
 	c.checkReplicas()
 }
 
+// newSnapshottingCluster is three nodes with one shard that snapshots every
+// 32 entries and keeps 8 behind, so a stopped follower soon needs a
+// snapshot to catch up.
+func newSnapshottingCluster(t *testing.T) *testCluster {
+	return newTestCluster(t, 3, 1, func(cfg *Config) {
+		cfg.Raft.SnapshotThreshold = 32
+		cfg.Raft.TrailingLogs = 8
+		cfg.Raft.SnapshotInterval = 100 * time.Millisecond
+		cfg.BalanceInterval = -1
+	})
+}
+
 // TestStateBehindSnapshotIsRestored covers the storage trap: state writes
 // are not fsynced, so after a crash a node's durable applied index can be
 // behind its newest snapshot, and Raft never replays entries at or below a
 // snapshot. The node must restore the snapshot rather than trust its state.
 // Losing the whole state DB is the extreme case of losing unsynced writes.
 func TestStateBehindSnapshotIsRestored(t *testing.T) {
-	c := newTestCluster(t, 3, 1, func(cfg *Config) {
-		cfg.Raft.SnapshotThreshold = 32
-		cfg.Raft.TrailingLogs = 8
-		cfg.Raft.SnapshotInterval = 100 * time.Millisecond
-		cfg.BalanceInterval = -1
-	})
+	c := newSnapshottingCluster(t)
 	c.defineAsset("shop", "POINTS", 0)
 	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
 	for i := 0; i < 120; i++ {

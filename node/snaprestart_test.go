@@ -26,12 +26,7 @@ func restores(t *testing.T, n *Node) float64 {
 // that installed a leader's snapshot whose last entry is not a command (a
 // Barrier here) starts again without restoring that snapshot.
 func TestInstalledSnapshotEndingInNoCommandIsNotRestoredOnRestart(t *testing.T) {
-	c := newTestCluster(t, 3, 1, func(cfg *Config) {
-		cfg.Raft.SnapshotThreshold = 32
-		cfg.Raft.TrailingLogs = 8
-		cfg.Raft.SnapshotInterval = 100 * time.Millisecond
-		cfg.BalanceInterval = -1
-	})
+	c := newSnapshottingCluster(t)
 	c.defineAsset("shop", "POINTS", 0)
 	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
 	victim := (c.leaderOf(0) + 1) % 3
