@@ -369,6 +369,16 @@ func (n *Node) slogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: slog.LevelWarn})).With("node", n.cfg.ID)
 }
 
+// peerRank returns this node's place in Peers.
+func (n *Node) peerRank() int {
+	for i, p := range n.cfg.Peers {
+		if p.ID == n.cfg.ID {
+			return i
+		}
+	}
+	return 0 // validate refuses a config without this node
+}
+
 // ID returns the node's ID.
 func (n *Node) ID() string { return n.cfg.ID }
 

@@ -155,7 +155,8 @@ func (s *shard) start() {
 	go s.expiryLoop()
 	go s.observeLoop()
 	go s.versionLoop()
-	go s.snapshotLoop(s.n.cfg.Raft.SnapshotLogBytes)
+	minBytes := s.n.cfg.Raft.SnapshotLogBytes
+	go s.snapshotLoop(minBytes, snapshotStagger(minBytes, s.n.peerRank()+int(s.id), len(s.n.cfg.Peers)))
 }
 
 func (s *shard) stopLoops() {

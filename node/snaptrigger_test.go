@@ -27,11 +27,23 @@ func TestSnapshotDue(t *testing.T) {
 	}
 }
 
+func TestSnapshotStagger(t *testing.T) {
+	const min = 90
+	require.Equal(t, uint64(0), snapshotStagger(min, 0, 3))
+	require.Equal(t, uint64(30), snapshotStagger(min, 1, 3))
+	require.Equal(t, uint64(60), snapshotStagger(min, 2, 3))
+	require.Equal(t, uint64(0), snapshotStagger(min, 3, 3), "the slot wraps")
+	require.Equal(t, uint64(30), snapshotStagger(min, 4, 3))
+	require.Equal(t, uint64(0), snapshotStagger(min, 1, 1), "a single node has no one to stagger with")
+}
+
 // Snapshots follow the log's bytes, not its entry count: with the entry
 // trigger out of reach, a shard snapshots once its log passes the minimum,
-// then not again until its log is as big as that snapshot.
+// then not again until its log is as big as that snapshot. The replicas
+// take their first snapshot at different points of the log (each a third
+// of the minimum after the one before it), not all at once.
 func TestShardsSnapshotByLogBytes(t *testing.T) {
-	const minBytes = 4 << 10
+	const minBytes = 16 << 10
 	c := newTestCluster(t, 3, 1, func(cfg *Config) {
 		cfg.Raft.SnapshotThreshold = 1 << 40
 		cfg.Raft.SnapshotLogBytes = minBytes
@@ -49,9 +61,9 @@ func TestShardsSnapshotByLogBytes(t *testing.T) {
 		}
 		return metas[0].Index, uint64(metas[0].Size)
 	}
-	waitSnapshot := func(after uint64) {
+	waitSnapshot := func(after uint64, nodes ...int) {
 		deadline := time.Now().Add(10 * time.Second)
-		for i := range c.nodes {
+		for _, i := range nodes {
 			for {
 				if idx, _ := newest(i); idx > after {
 					break
@@ -61,22 +73,40 @@ func TestShardsSnapshotByLogBytes(t *testing.T) {
 			}
 		}
 	}
-	credit := func(from, to int) {
-		for r := from; r < to; r++ {
-			rs := c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("cr-%d", r), "m", "POINTS", "1"))
-			require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	r := 0
+	// creditTo credits one op at a time until every replica's log holds
+	// at least want bytes.
+	creditTo := func(want uint64) {
+		for i := range c.nodes {
+			for c.nodes[i].shards[0].fsm.LogBytes() < want {
+				require.Less(t, r, 20000, "the log never reached %d bytes", want)
+				rs := c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("cr-%d", r), "m", "POINTS", "1"))
+				require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+				r++
+			}
 		}
 	}
 
-	r := 0
-	for c.nodes[0].shards[0].fsm.LogBytes() < minBytes {
-		require.Less(t, r, 10000, "the log never reached %d bytes", minBytes)
-		credit(r, r+10)
-		r += 10
+	// Shard 0's slots follow Peers: node 0 first, then 1, then 2.
+	for i := range c.nodes {
+		creditTo(minBytes + uint64(i)*minBytes/3)
+		waitSnapshot(0, i)
+		if i == len(c.nodes)-1 {
+			break
+		}
+		require.Less(t, c.nodes[i+1].shards[0].fsm.LogBytes(), minBytes+uint64(i+1)*minBytes/3, "one credit overshot a third of the minimum")
+		time.Sleep(2500 * time.Millisecond) // two checks at least
+		for j := i + 1; j < len(c.nodes); j++ {
+			idx, _ := newest(j)
+			require.Zero(t, idx, "node %d snapshotted with node %d", j, i)
+		}
 	}
-	waitSnapshot(0)
 	first, size := newest(0)
 	require.Greater(t, size, uint64(0))
+	i1, _ := newest(1)
+	i2, _ := newest(2)
+	require.Less(t, first, i1)
+	require.Less(t, i1, i2)
 
 	// No new log: no new snapshot, however many checks pass.
 	time.Sleep(2500 * time.Millisecond)
@@ -86,11 +116,7 @@ func TestShardsSnapshotByLogBytes(t *testing.T) {
 	// Enough new log: the next snapshot follows.
 	need := max(uint64(minBytes), size)
 	startBytes := c.nodes[0].shards[0].fsm.LogBytes()
-	for c.nodes[0].shards[0].fsm.LogBytes()-startBytes < need {
-		require.Less(t, r, 20000, "the log never grew by %d bytes", need)
-		credit(r, r+10)
-		r += 10
-	}
-	waitSnapshot(first)
+	creditTo(startBytes + need)
+	waitSnapshot(first, 0)
 	c.checkReplicas()
 }
