@@ -74,16 +74,28 @@ func TestShardsSnapshotByLogBytes(t *testing.T) {
 		}
 	}
 	r := 0
-	// creditTo credits one op at a time until every replica's log holds
-	// at least want bytes.
+	// creditTo credits one op at a time until a replica's log holds at
+	// least want bytes, then waits for the others to apply as much: the
+	// log overshoots want by at most one credit.
 	creditTo := func(want uint64) {
-		for i := range c.nodes {
-			for c.nodes[i].shards[0].fsm.LogBytes() < want {
-				require.Less(t, r, 20000, "the log never reached %d bytes", want)
-				rs := c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("cr-%d", r), "m", "POINTS", "1"))
-				require.Equal(t, "OK", rs[0].Code, rs[0].Message)
-				r++
+		least := func() (lo, hi uint64) {
+			lo = ^uint64(0)
+			for _, n := range c.nodes {
+				b := n.shards[0].fsm.LogBytes()
+				lo, hi = min(lo, b), max(hi, b)
 			}
+			return lo, hi
+		}
+		for _, hi := least(); hi < want; _, hi = least() {
+			require.Less(t, r, 20000, "the log never reached %d bytes", want)
+			rs := c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("cr-%d", r), "m", "POINTS", "1"))
+			require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+			r++
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for lo, _ := least(); lo < want; lo, _ = least() {
+			require.True(t, time.Now().Before(deadline), "the replicas did not apply %d bytes of log", want)
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 
