@@ -35,7 +35,9 @@ type RaftTuning struct {
 	TrailingLogs      uint64
 	// SnapshotLogBytes is the least log a shard applies between two
 	// snapshots; past it, a shard snapshots once its log since the last
-	// snapshot is as big as that snapshot (node/snaptrigger.go).
+	// snapshot is as big as that snapshot. A replica's first snapshot of
+	// a shard waits up to nearly as much again, so that the replicas take
+	// turns (node/snaptrigger.go).
 	SnapshotLogBytes uint64
 }
 

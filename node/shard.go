@@ -156,7 +156,9 @@ func (s *shard) start() {
 	go s.observeLoop()
 	go s.versionLoop()
 	minBytes := s.n.cfg.Raft.SnapshotLogBytes
-	go s.snapshotLoop(minBytes, snapshotStagger(minBytes, s.n.peerRank()+int(s.id), len(s.n.cfg.Peers)))
+	shards := s.n.cfg.Shards
+	slot := s.n.peerRank()*shards + int(s.id)
+	go s.snapshotLoop(minBytes, snapshotStagger(minBytes, slot, len(s.n.cfg.Peers)*shards))
 }
 
 func (s *shard) stopLoops() {

@@ -82,21 +82,27 @@ func snapshotDue(logBytes, minBytes, lastSize uint64) bool {
 }
 
 // snapshotStagger returns the log bytes a replica adds before its shard's
-// first snapshot: slot/slots of minBytes, where the slot is the node's place
-// in Peers (the same order on every node) turned by the shard.
+// first snapshot: slot/slots of minBytes. The caller numbers every (node,
+// shard) pair, node by node in Peers order (the same on every node), so the
+// replicas of a shard are 1/N of the minimum apart and the shards of one
+// node 1/(N*shards).
 //
 // Every replica applies the same log, so a trigger on log bytes alone fires
 // on all of them at the same entry: run 28 (docs/BENCHMARKS.md) saw all three
-// nodes copy the same shard at once, 4-6 s each, and the open loop's
-// p99 went from 15-30 ms to 50-134 ms for those seconds. Staggered, one
-// replica copies at a time: on separate machines the other two, a quorum,
-// commit at full speed meanwhile; three nodes on one small box still share
-// its CPUs, so there the burst is a third as big but comes three times. Only
-// the first threshold moves: each later one is measured from the replica's
-// own last snapshot, so the phases hold (while the minimum sets the period,
-// the replicas stay minBytes/slots apart; once snapshot sizes set it, the
-// period grows with the state and the replicas keep the ratio of their log
-// positions).
+// nodes copy the same shard at once, 4-6 s each, and the open loop's p99
+// went from 15-30 ms to 50-134 ms for those seconds. Staggered, one replica
+// copies at a time: on separate machines the other two, a quorum, commit at
+// full speed meanwhile; three nodes on one small box still share its CPUs,
+// so there the burst is a third as big but comes three times. A shard's
+// replicas do not overlap as long as its log takes longer to grow by
+// minBytes/N than a snapshot takes (at the defaults, under ~4 MiB/s of log
+// per shard; run 29's batched case wrote ~1.1 MiB/s per shard). Only the first
+// threshold moves: each later one is measured from the replica's own last
+// snapshot, so the phases hold (while the minimum sets the period, the
+// replicas stay minBytes/N apart; once snapshot sizes set it, the period
+// grows with the state and the replicas keep the ratio of their log
+// positions), except on a replica that installed a leader's snapshot, which
+// counts from that one.
 func snapshotStagger(minBytes uint64, slot, slots int) uint64 {
 	if slots <= 1 {
 		return 0

@@ -100,13 +100,14 @@ func TestShardsSnapshotByLogBytes(t *testing.T) {
 	}
 
 	// Shard 0's slots follow Peers: node 0 first, then 1, then 2.
+	slots := len(c.nodes) // one shard: a node's slot is its place in Peers
 	for i := range c.nodes {
-		creditTo(minBytes + uint64(i)*minBytes/3)
+		creditTo(minBytes + snapshotStagger(minBytes, i, slots))
 		waitSnapshot(0, i)
 		if i == len(c.nodes)-1 {
 			break
 		}
-		require.Less(t, c.nodes[i+1].shards[0].fsm.LogBytes(), minBytes+uint64(i+1)*minBytes/3, "one credit overshot a third of the minimum")
+		require.Less(t, c.nodes[i+1].shards[0].fsm.LogBytes(), minBytes+snapshotStagger(minBytes, i+1, slots), "one credit overshot a third of the minimum")
 		time.Sleep(2500 * time.Millisecond) // two checks at least
 		for j := i + 1; j < len(c.nodes); j++ {
 			idx, _ := newest(j)
