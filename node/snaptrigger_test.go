@@ -99,7 +99,6 @@ func TestShardsSnapshotByLogBytes(t *testing.T) {
 		}
 	}
 
-	// Shard 0's slots follow Peers: node 0 first, then 1, then 2.
 	slots := len(c.nodes) // one shard: a node's slot is its place in Peers
 	for i := range c.nodes {
 		creditTo(minBytes + snapshotStagger(minBytes, i, slots))
