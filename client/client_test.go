@@ -1257,3 +1257,79 @@ func TestUnknownOutcomeSurvivesIsolation(t *testing.T) {
 	<-warm
 	require.True(t, IsIndeterminate(dErr), "d was in an attempt of unknown outcome: %v", dErr)
 }
+
+// TestCoalescedGoneCallerAfterUnknownAttemptStaysIndeterminate: a batch
+// whose first attempt may have applied (an UNAVAILABLE after it was sent)
+// and whose second is refused whole, with no op named, answers a caller who
+// left meanwhile "indeterminate": the first attempt may still commit. It
+// used to answer that caller with a definite error (found by review).
+func TestCoalescedGoneCallerAfterUnknownAttemptStaysIndeterminate(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1, RequestTimeout: 2 * time.Second})
+	ctxB, cancelB := context.WithCancel(testCtx(t))
+	defer cancelB()
+	var attempts atomic.Int32
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		if len(req.Ops) < 2 {
+			return nil, nil, false // the one-caller re-sends apply
+		}
+		switch attempts.Add(1) {
+		case 1:
+			return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "stepped down", nil), true
+		default:
+			cancelB() // B leaves while its ops are in flight
+			return nil, tallyErr(codes.InvalidArgument, ledger.CodeInvalidArgument, "refused whole", nil), true
+		}
+	})
+	wire := func(member, key string) *tallypb.Op {
+		return &tallypb.Op{Kind: tallypb.OpKind_CREDIT, Program: testProgram, Member: member, Asset: "CNY", IdempotencyKey: key, Amount: "1"}
+	}
+	// Driven at the sender's level, so that B's answer is the sender's,
+	// not its own caller's when its context ends.
+	q := &shardQueue{c: c, shard: 0}
+	q.cond.L = &q.mu
+	a := &group{ctx: testCtx(t), ops: []*tallypb.Op{wire("alice", "payA")}, done: make(chan groupOutcome, 1)}
+	b := &group{ctx: ctxB, ops: []*tallypb.Op{wire("bob", "payB")}, done: make(chan groupOutcome, 1)}
+	q.send([]*group{a, b})
+	outA, outB := <-a.done, <-b.done
+	require.Nil(t, outA.err, "%v", outA.err)
+	require.NotNil(t, outB.err)
+	assert.True(t, outB.err.Indeterminate, "B's ops went out in an attempt that may have applied: %v", outB.err)
+	assert.GreaterOrEqual(t, attempts.Load(), int32(2))
+}
+
+// TestSubmitPartsFailIndependently: a Submit over two shards whose second
+// part fails still returns the first part's outcome, and marks the failed
+// part's ops indeterminate exactly when their error is.
+func TestSubmitPartsFailIndependently(t *testing.T) {
+	fc := newFakeCluster(t, 1, 2)
+	c := dial(t, fc, Config{})
+	m0, m1 := memberOn(testProgram, 0, 2, 0), memberOn(testProgram, 1, 2, 0)
+	for _, tc := range []struct {
+		name          string
+		err           error
+		indeterminate bool
+	}{
+		{"refused", tallyErr(codes.InvalidArgument, ledger.CodeInvalidAmount, "bad amount", map[string]string{"op_index": "0"}), false},
+		{"unknown outcome", tallyErr(codes.Unavailable, ledger.CodeUnavailable, "stepped down", nil), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+				if req.Ops[0].Member == m1 {
+					return nil, tc.err, true
+				}
+				return nil, nil, false
+			})
+			ctx, cancel := context.WithTimeout(testCtx(t), 500*time.Millisecond)
+			defer cancel()
+			res, err := c.Submit(ctx, []Op{credit(m0, "p0-"+tc.name, "1"), credit(m1, "p1-"+tc.name, "1")}, false)
+			require.Error(t, err)
+			assert.Equal(t, tc.indeterminate, IsIndeterminate(err), "%v", err)
+			require.Len(t, res, 2)
+			assert.True(t, res[0].OK(), "the other shard's part applied: %+v", res[0])
+			assert.False(t, res[0].Indeterminate)
+			assert.False(t, res[1].OK())
+			assert.Equal(t, tc.indeterminate, res[1].Indeterminate, "%+v", res[1])
+		})
+	}
+}

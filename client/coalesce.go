@@ -328,8 +328,11 @@ func (q *shardQueue) send(batch []*group) {
 		if e.OpIndex < 0 {
 			for _, k := range sent {
 				if err := context.Cause(batch[k].ctx); err != nil {
-					// Gone meanwhile; the request it was in applied nothing.
-					answer(k, groupOutcome{err: giveUpError(err, q.shard, e, false)})
+					// Gone meanwhile. The request just refused applied
+					// nothing, but an earlier attempt that carried these
+					// ops may still commit: e is indeterminate then
+					// (unknown, above), and so is this answer.
+					answer(k, groupOutcome{err: giveUpError(err, q.shard, e, e.Indeterminate)})
 					continue
 				}
 				// Only while this group's caller waits: once it has been

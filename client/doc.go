@@ -8,7 +8,10 @@
 // one Raft leader. The client caches the shard count and each shard's leader
 // (from ClusterInfo, answered by any node) and keeps one gRPC connection per
 // node address. Submit splits a batch by shard and sends each shard's part to
-// that shard's leader, all parts concurrently.
+// that shard's leader, all parts concurrently. The parts succeed or fail
+// independently: a failed part's error says nothing about the others, so
+// each op's Result, not the call's error, tells what applied
+// (Result.Indeterminate marks the ops of a part whose outcome is unknown).
 //
 // Retries. A request that fails with NOT_LEADER carrying a leader hint is
 // re-sent to the hint at once. NOT_LEADER without a hint, UNAVAILABLE,

@@ -29,8 +29,10 @@ import (
 // index in the error; what only the server checks comes back as results.
 // Any other error
 // still returns len(ops) results: ops of parts that completed hold their
-// outcomes, the others hold the error's code. Use IsIndeterminate to learn
-// whether failed ops may have applied.
+// outcomes, the others hold their part's error code, and Result.Indeterminate
+// where that error is indeterminate (they may have applied). Parts succeed or
+// fail independently: an error, definite or not, says nothing about the ops
+// of other parts, so read the Results, not the error, to learn what applied.
 func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, error) {
 	if len(ops) == 0 {
 		return nil, newError(ledger.CodeInvalidArgument, -1, "submit: no operations")
@@ -100,8 +102,12 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 		if e == nil && len(res) != len(idx) {
 			e = newError(ledger.CodeInternal, shard, "internal: %d results for %d operations", len(res), len(idx))
 		}
-		if e != nil && e.OpIndex >= 0 && e.OpIndex < len(idx) {
-			e.OpIndex = idx[e.OpIndex]
+		if e != nil && e.OpIndex >= 0 {
+			if e.OpIndex < len(idx) {
+				e.OpIndex = idx[e.OpIndex]
+			} else {
+				e.OpIndex = -1 // names no op of this part: no op of the call either
+			}
 		}
 		for j, i := range idx {
 			if j < len(res) && res[j] != nil {
@@ -123,7 +129,7 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 			if e == nil {
 				e = newError(ledger.CodeInternal, shard, "internal: no result for op %d", i)
 			}
-			results[i] = Result{Code: e.Code, Message: e.Message, Shard: uint32(shard)}
+			results[i] = Result{Code: e.Code, Message: e.Message, Shard: uint32(shard), Indeterminate: e.Indeterminate}
 		}
 		if e != nil {
 			errs[k] = e

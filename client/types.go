@@ -71,6 +71,11 @@ type Result struct {
 	Hold     *Hold    // the hold after Hold, CaptureHold, ReleaseHold
 	Captured decimal.Decimal
 	Released decimal.Decimal
+	// Indeterminate marks an op of a Submit part that failed with an
+	// indeterminate error (IsIndeterminate): it may have applied, and Code
+	// is that error's, not the op's outcome. Re-send it with the same key
+	// to learn its outcome.
+	Indeterminate bool
 }
 
 // OK reports whether the operation succeeded.
