@@ -166,13 +166,14 @@ func (t *ackTransport) record(id raft.ServerID, a ack) {
 }
 
 // waitAckedSince waits up to timeout for need followers to have accepted
-// this node as leader of term in requests sent at or after since.
-func (t *ackTransport) waitAckedSince(term uint64, since time.Time, need int, timeout time.Duration) bool {
+// this node as leader of term in requests sent at or after since. Only the
+// followers in voters count (nil: any).
+func (t *ackTransport) waitAckedSince(term uint64, since time.Time, voters map[raft.ServerID]bool, need int, timeout time.Duration) bool {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	for {
 		t.mu.Lock()
-		if t.ackedSinceLocked(term, since) >= need {
+		if t.ackedSinceLocked(term, since, voters) >= need {
 			t.mu.Unlock()
 			return true
 		}
@@ -191,9 +192,12 @@ func (t *ackTransport) waitAckedSince(term uint64, since time.Time, need int, ti
 
 // ackedSinceLocked counts the followers that accepted this node as leader of
 // term in a request sent at or after since. The caller holds mu.
-func (t *ackTransport) ackedSinceLocked(term uint64, since time.Time) int {
+func (t *ackTransport) ackedSinceLocked(term uint64, since time.Time, voters map[raft.ServerID]bool) int {
 	n := 0
-	for _, a := range t.acks {
+	for id, a := range t.acks {
+		if voters != nil && !voters[id] {
+			continue
+		}
 		if a.term == term && !a.sent.Before(since) {
 			n++
 		}

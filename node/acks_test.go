@@ -13,7 +13,7 @@ import (
 func (t *ackTransport) ackedSince(term uint64, since time.Time) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.ackedSinceLocked(term, since)
+	return t.ackedSinceLocked(term, since, nil)
 }
 
 // Only acceptances of requests sent at or after the read's start, in its
@@ -57,10 +57,10 @@ func TestWaitAckedSince(t *testing.T) {
 	tr := newAckTransport(nil)
 	start := time.Now()
 	tr.record("n2", ack{sent: start.Add(-time.Millisecond), term: 3}) // stale
-	require.False(t, tr.waitAckedSince(3, start, 1, 20*time.Millisecond))
+	require.False(t, tr.waitAckedSince(3, start, nil, 1, 20*time.Millisecond))
 
 	done := make(chan bool)
-	go func() { done <- tr.waitAckedSince(3, start, 2, 10*time.Second) }()
+	go func() { done <- tr.waitAckedSince(3, start, nil, 2, 10*time.Second) }()
 	tr.record("n2", ack{sent: start, term: 3})
 	time.Sleep(5 * time.Millisecond)
 	select {
@@ -155,4 +155,31 @@ func TestAppendEntriesSplitsByBytes(t *testing.T) {
 			require.Equal(t, 1, tr.ackedSince(3, time.Time{}), "a stored request is an acceptance")
 		})
 	}
+}
+
+// Only the followers in the voter set count: acceptances from a server
+// outside the shard's Raft configuration make no majority.
+func TestAckedSinceCountsOnlyVoters(t *testing.T) {
+	tr := newAckTransport(nil)
+	read := time.Now()
+	tr.record("n2", ack{sent: read, term: 5})
+	tr.record("old", ack{sent: read, term: 5})
+	voters := map[raft.ServerID]bool{"n2": true, "n3": true}
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	require.Equal(t, 1, tr.ackedSinceLocked(5, read, voters))
+	require.Equal(t, 2, tr.ackedSinceLocked(5, read, nil))
+}
+
+// A read round's majority comes from the voters of the shard's Raft
+// configuration (not --peers): on the leader of a three-voter shard, the two
+// others, of whom one must accept.
+func TestFollowerVotersComeFromRaft(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
+	c.waitLeaders()
+	s := c.nodes[c.leaderOf(0)].shards[0]
+	voters, need := s.followerVoters()
+	require.Len(t, voters, 2)
+	require.False(t, voters[raft.ServerID(s.n.cfg.ID)], "this node is not its own follower")
+	require.Equal(t, 1, need)
 }

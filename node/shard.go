@@ -552,7 +552,7 @@ var errStaleConfirmation = errors.New("node: leadership not confirmed by request
 func (s *shard) confirmLeader() error {
 	start := time.Now()
 	term := s.raft.CurrentTerm()
-	need := len(s.n.cfg.Peers) / 2 // followers that make a majority with this node
+	voters, need := s.followerVoters()
 	s.n.metrics.readRounds.Inc()
 	for try := 0; try < maxVerifyTries; try++ {
 		err := s.await(s.raft.VerifyLeader())
@@ -563,7 +563,7 @@ func (s *shard) confirmLeader() error {
 		// If VerifyLeader was answered by heartbeats sent before start, the
 		// heartbeats it triggered are sent after them and are normally on
 		// their way: wait for those answers rather than trigger more.
-		confirmed := s.trans.waitAckedSince(term, start, need, freshAckWait)
+		confirmed := s.trans.waitAckedSince(term, start, voters, need, freshAckWait)
 		if s.raft.CurrentTerm() != term {
 			return raft.ErrNotLeader
 		}
@@ -572,6 +572,25 @@ func (s *shard) confirmLeader() error {
 		}
 	}
 	return errStaleConfirmation
+}
+
+// followerVoters returns the voters of the shard's Raft configuration other
+// than this node, and how many of them make a majority with it. From Raft's
+// configuration, not --peers: a node restarted with a shorter --peers than
+// the group it belongs to would otherwise count too few acceptances as a
+// majority (found by review), and acceptances from servers outside the
+// configuration count for nothing.
+func (s *shard) followerVoters() (voters map[raft.ServerID]bool, need int) {
+	self := raft.ServerID(s.n.cfg.ID)
+	servers := s.raft.GetConfiguration().Configuration().Servers
+	voters = make(map[raft.ServerID]bool, len(servers))
+	for _, sv := range servers {
+		if sv.Suffrage == raft.Voter && sv.ID != self {
+			voters[sv.ID] = true
+		}
+	}
+	// A majority of the len(voters)+1 voters, this node included.
+	return voters, (len(voters) + 1) / 2
 }
 
 // freshAckWait bounds the wait for answers to the heartbeats a VerifyLeader
