@@ -322,6 +322,14 @@ func TestClusterOperations(t *testing.T) {
 	rs = c.mustSubmit(hold)
 	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
 	require.Equal(t, "79.50", rs[0].Account.Held)
+	// A zero amount is not "the whole hold" (only an empty one is), and a
+	// release takes none.
+	_, err := c.submit(&tallypb.Op{Kind: tallypb.OpKind_CAPTURE_HOLD, Program: "shop", Member: "alice", HoldKey: "order-9",
+		IdempotencyKey: "cap-zero", Amount: "0"})
+	require.Equal(t, ledger.CodeInvalidAmount, reasonOf(err))
+	_, err = c.submit(&tallypb.Op{Kind: tallypb.OpKind_RELEASE_HOLD, Program: "shop", Member: "alice", HoldKey: "order-9",
+		IdempotencyKey: "rel-zero", Amount: "0"})
+	require.Equal(t, ledger.CodeInvalidArgument, reasonOf(err))
 	capture := &tallypb.Op{Kind: tallypb.OpKind_CAPTURE_HOLD, Program: "shop", Member: "alice", HoldKey: "order-9",
 		IdempotencyKey: "cap-9", Amount: "50"}
 	rs = c.mustSubmit(capture)
@@ -342,6 +350,15 @@ func TestClusterOperations(t *testing.T) {
 	require.Equal(t, ledger.CodeInvalidAmount, reasonOf(err))
 	_, err = c.submit(op(tallypb.OpKind_CREDIT, "bad-3", "alice", "GOLD", "5"))
 	require.Equal(t, ledger.CodeUnknownAsset, reasonOf(err))
+	// Opening an account of an asset not yet defined is refused the same
+	// way, before the log: its key stays free for the open once the asset
+	// is there (it was recorded as UNKNOWN_ASSET, and replayed that for good).
+	_, err = c.submit(op(tallypb.OpKind_OPEN_ACCOUNT, "open-gold", "gina", "GOLD", ""))
+	require.Equal(t, ledger.CodeUnknownAsset, reasonOf(err))
+	c.defineAsset("shop", "GOLD", 0)
+	rs = c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "open-gold", "gina", "GOLD", ""))
+	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+	require.False(t, rs[0].Replayed)
 	_, err = c.submit(op(tallypb.OpKind_CREDIT, "", "alice", "CNY", "5"))
 	require.Equal(t, ledger.CodeInvalidArgument, reasonOf(err))
 	// One key on two ops of a request: refused whole, blaming the later op

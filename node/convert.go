@@ -180,23 +180,30 @@ func (n *Node) toLedgerOp(ctx context.Context, s *shard, p *tallypb.Op, opened r
 		if err != nil {
 			return op, err
 		}
-		if amt := p.GetAmount(); op.Kind == ledger.OpCaptureHold && amt != "" && amt != "0" {
+		// Only an empty amount means the whole hold: "0" is an amount that
+		// is not positive (a computed amount that came out zero must not
+		// take the whole hold), and a release takes no amount at all.
+		if amt := p.GetAmount(); op.Kind == ledger.OpCaptureHold && amt != "" {
 			if op.AmountMinor, err = ledger.ParseAmount(amt, a.Scale); err != nil {
 				return op, err
 			}
 			op.Scale = a.Scale
-		} else if amt != "" && amt != "0" {
+		} else if amt != "" {
 			return op, ledger.Errorf(ledger.CodeInvalidArgument, "amount: not used by "+op.Kind.String())
 		}
 	case ledger.OpOpenAccount:
 		if p.GetAmount() != "" {
 			return op, ledger.Errorf(ledger.CodeInvalidArgument, "amount: not used by "+op.Kind.String()+" (credit the account after opening it)")
 		}
+		// The asset is looked up even without a max balance: an open on a
+		// shard that lacks it (before DefineAsset, or one that stopped part
+		// way) is refused here like a credit, not recorded as UNKNOWN_ASSET
+		// under its key, where it would replay for good (found by review).
+		a, err := n.asset(ctx, s, op.Program, op.Asset)
+		if err != nil {
+			return op, err
+		}
 		if mb := p.GetMaxBalance(); mb != "" {
-			a, err := n.asset(ctx, s, op.Program, op.Asset)
-			if err != nil {
-				return op, err
-			}
 			if op.MaxBalanceMinor, err = ledger.ParseAmount(mb, a.Scale); err != nil {
 				return op, err
 			}

@@ -134,7 +134,7 @@ type Op struct {
 	Member         string                 `protobuf:"bytes,3,opt,name=member,proto3" json:"member,omitempty"`
 	Asset          string                 `protobuf:"bytes,4,opt,name=asset,proto3" json:"asset,omitempty"`
 	IdempotencyKey string                 `protobuf:"bytes,5,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
-	// Decimal amount: Credit, Debit, Hold (> 0); CaptureHold ("" or "0" = whole hold).
+	// Decimal amount: Credit, Debit, Hold (> 0); CaptureHold (> 0, or "" = whole hold).
 	Amount string `protobuf:"bytes,6,opt,name=amount,proto3" json:"amount,omitempty"`
 	// CaptureHold, ReleaseHold: the idempotency key of the Hold operation.
 	HoldKey string `protobuf:"bytes,7,opt,name=hold_key,json=holdKey,proto3" json:"hold_key,omitempty"`

@@ -65,7 +65,8 @@ type LedgerClient interface {
 	// point: one leadership check serves them all. The client library batches
 	// concurrent GetAccount calls into it.
 	GetAccounts(ctx context.Context, in *GetAccountsRequest, opts ...grpc.CallOption) (*GetAccountsResponse, error)
-	// ListJournal lists a member's successful operations, newest first.
+	// ListJournal lists a member's successful operations, newest first
+	// (linearizable; served by the shard leader).
 	ListJournal(ctx context.Context, in *ListJournalRequest, opts ...grpc.CallOption) (*ListJournalResponse, error)
 	// GetOperation returns the stored outcome of an operation by its
 	// idempotency key (linearizable). found=true is final; found=false does
@@ -186,7 +187,8 @@ type LedgerServer interface {
 	// point: one leadership check serves them all. The client library batches
 	// concurrent GetAccount calls into it.
 	GetAccounts(context.Context, *GetAccountsRequest) (*GetAccountsResponse, error)
-	// ListJournal lists a member's successful operations, newest first.
+	// ListJournal lists a member's successful operations, newest first
+	// (linearizable; served by the shard leader).
 	ListJournal(context.Context, *ListJournalRequest) (*ListJournalResponse, error)
 	// GetOperation returns the stored outcome of an operation by its
 	// idempotency key (linearizable). found=true is final; found=false does
