@@ -3,6 +3,7 @@ package ledger
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/shopspring/decimal"
 )
@@ -28,7 +29,7 @@ func ParseAmount(s string, scale uint8) (int64, error) {
 		return 0, invalidArg("scale: %d is above the maximum %d", scale, MaxScale)
 	}
 	if len(s) > MaxAmountTextLen {
-		return 0, Errorf(CodeInvalidAmount, fmt.Sprintf("amount: %d characters is above the maximum %d", len(s), MaxAmountTextLen))
+		return 0, tooLongAmount(s, scale)
 	}
 	if !isPlainDecimal(s) {
 		return 0, Errorf(CodeInvalidAmount, fmt.Sprintf("amount: %q is not a plain decimal number", s))
@@ -49,6 +50,31 @@ func ParseAmount(s string, scale uint8) (int64, error) {
 		return 0, Errorf(CodeOverflow, fmt.Sprintf("amount: %q at scale %d does not fit in 64-bit minor units", s, scale))
 	}
 	return bi.Int64(), nil
+}
+
+// tooLongAmount classifies an amount text longer than MaxAmountTextLen
+// without parsing it, with the code its value would get: a plain decimal of
+// more than 19 significant integer digits overflows whatever the scale, and
+// one with more significant decimals than scale is a scale mismatch, as
+// for shorter texts. Any other (zero padding, or not a plain decimal) is
+// refused for its length.
+func tooLongAmount(s string, scale uint8) error {
+	tooLong := Errorf(CodeInvalidAmount, fmt.Sprintf("amount: %d characters is above the maximum %d", len(s), MaxAmountTextLen))
+	if len(s) > 64*MaxAmountTextLen || !isPlainDecimal(s) {
+		return tooLong
+	}
+	if s[0] == '-' || strings.Trim(s, "+0.") == "" {
+		return Errorf(CodeInvalidAmount, "amount: must be greater than zero")
+	}
+	intPart, frac, _ := strings.Cut(strings.TrimPrefix(s, "+"), ".")
+	intPart, frac = strings.TrimLeft(intPart, "0"), strings.TrimRight(frac, "0")
+	switch {
+	case len(intPart) > 19:
+		return Errorf(CodeOverflow, fmt.Sprintf("amount: %d integer digits do not fit in 64-bit minor units", len(intPart)))
+	case len(frac) > int(scale):
+		return Errorf(CodeScaleMismatch, fmt.Sprintf("amount: %d decimal places is more than %d", len(frac), scale))
+	}
+	return tooLong
 }
 
 // isPlainDecimal reports whether s is [+-]?[0-9]+(\.[0-9]+)?.

@@ -58,7 +58,16 @@ func TestParseAmount(t *testing.T) {
 		{"Inf", 0, 0, CodeInvalidAmount},
 		{"+", 0, 0, CodeInvalidAmount},
 		{"١", 0, 0, CodeInvalidAmount}, // non-ASCII digit
-		{strings.Repeat("1", MaxAmountTextLen+1), 0, 0, CodeInvalidAmount},
+		// Longer than MaxAmountTextLen: refused, with the code its value
+		// would get where the text shows it.
+		{strings.Repeat("1", MaxAmountTextLen+1), 0, 0, CodeOverflow},
+		{"0." + strings.Repeat("0", 70) + "1", 2, 0, CodeScaleMismatch},
+		{"5." + strings.Repeat("0", MaxAmountTextLen-1), 2, 0, CodeInvalidAmount}, // 5, padded too long
+		{strings.Repeat("0", MaxAmountTextLen) + "5", 0, 0, CodeInvalidAmount},
+		{"-" + strings.Repeat("1", MaxAmountTextLen), 0, 0, CodeInvalidAmount},
+		{strings.Repeat("0", MaxAmountTextLen+1), 0, 0, CodeInvalidAmount},
+		{strings.Repeat("x", MaxAmountTextLen+1), 0, 0, CodeInvalidAmount},
+		{strings.Repeat("1", 64*MaxAmountTextLen+1), 0, 0, CodeInvalidAmount}, // too long to look at
 		{"1", MaxScale + 1, 0, CodeInvalidArgument},
 	}
 	for _, tc := range cases {
