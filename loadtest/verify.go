@@ -598,12 +598,17 @@ func (vf *Verifier) checkBalances(ctx context.Context, log []ackRecord, v *Verif
 			return
 		}
 		checked.Add(1)
-		posted, held := toMinor(acct.Posted, vf.W.ScaleOf(i)), toMinor(acct.Held, vf.W.ScaleOf(i))
-		if posted == p[i].postedMinor && held == p[i].heldMinor {
+		posted, okP := toMinor(acct.Posted, vf.W.ScaleOf(i))
+		held, okH := toMinor(acct.Held, vf.W.ScaleOf(i))
+		if okP && okH && posted == p[i].postedMinor && held == p[i].heldMinor {
 			return
 		}
 		why := fmt.Sprintf("stored posted %d held %d, predicted posted %d held %d (minor units)",
 			posted, held, p[i].postedMinor, p[i].heldMinor)
+		if !okP || !okH {
+			why = fmt.Sprintf("stored posted %s held %s: not whole minor units of scale %d",
+				acct.Posted, acct.Held, vf.W.ScaleOf(i))
+		}
 		if bad.Add(1) <= maxExamples {
 			mu.Lock()
 			v.BalanceExamples = append(v.BalanceExamples, member+"/"+asset+": "+why)
@@ -614,7 +619,17 @@ func (vf *Verifier) checkBalances(ctx context.Context, log []ackRecord, v *Verif
 	v.LookupFailed += lookupFailed.Load()
 }
 
-func toMinor(d decimal.Decimal, scale int32) int64 { return d.Shift(scale).IntPart() }
+// toMinor converts d to minor units of scale, and reports whether it is
+// exactly a whole number of them that fits an int64: a node answering
+// more decimals than the asset's scale is a mismatch, not truncated into
+// agreement.
+func toMinor(d decimal.Decimal, scale int32) (int64, bool) {
+	m := d.Shift(scale)
+	if !m.IsInteger() || !m.BigInt().IsInt64() {
+		return 0, false
+	}
+	return m.IntPart(), true
+}
 
 // checkInvariants asks every node for every shard's full state once the
 // replicas have reached the same applied index: conservation must hold on

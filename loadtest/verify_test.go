@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/client"
@@ -504,4 +505,24 @@ func TestUnansweredReadsFailTheRunSoon(t *testing.T) {
 	require.Zero(t, v.BalanceMismatch)
 	require.GreaterOrEqual(t, v.LookupFailed, v.AckedOps)
 	require.LessOrEqual(t, d.reads.Load(), int64(maxReadFailures+verifyConcurrency))
+}
+
+func TestToMinorIsExact(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		scale int32
+		want  int64
+		ok    bool
+	}{
+		{"12.50", 2, 1250, true},
+		{"12.5", 2, 1250, true},
+		{"0", 0, 0, true},
+		{"-3.25", 2, -325, true},
+		{"12.505", 2, 0, false}, // a third decimal is not truncated away
+		{"92233720368547758.08", 2, 0, false},
+	} {
+		got, ok := toMinor(decimal.RequireFromString(tc.in), tc.scale)
+		require.Equal(t, tc.ok, ok, tc.in)
+		require.Equal(t, tc.want, got, tc.in)
+	}
 }
