@@ -32,7 +32,11 @@ func (c *Client) Apply(ctx context.Context, op Op) (Result, error) {
 // places of its amounts). It is idempotent per key; defining an existing
 // asset with another scale fails with ASSET_EXISTS. The request goes to the
 // leader of shard 0, which applies it on every shard; NOT_LEADER redirects
-// are followed, to another shard's leader if the answer names one.
+// are followed, to another shard's leader if the answer names one. The
+// shards apply it one after another, and a non-OK result (the key used by
+// another op on some shard, say) can come after earlier shards defined it:
+// defining an asset again with its scale is a no-op, so calling DefineAsset
+// again, with a fresh key if the key was the trouble, completes it.
 func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale uint8, key string) (Result, error) {
 	req := &tallypb.DefineAssetRequest{Program: program, Asset: asset, Scale: uint32(scale), IdempotencyKey: key}
 	var resp *tallypb.DefineAssetResponse
