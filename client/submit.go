@@ -113,10 +113,10 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 			if j < len(res) && res[j] != nil {
 				r, err := resultFromProto(res[j])
 				if err != nil {
-					r = Result{Code: ledger.CodeInternal, Message: "bad result from server: " + err.Error()}
+					// The server took the op and stored an outcome this
+					// client cannot read: it may have applied.
+					r = Result{Code: ledger.CodeInternal, Message: "bad result from server: " + err.Error(), Indeterminate: true}
 					if e == nil {
-						// The server took the op and stored an outcome this
-						// client cannot read: it may have applied.
 						e = newError(ledger.CodeInternal, shard, "op %d: bad result from server: %v", i, err)
 						e.OpIndex = i
 						e.Indeterminate = true

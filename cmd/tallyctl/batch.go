@@ -116,28 +116,90 @@ func readBatchFile(path string, stdin io.Reader) ([]client.Op, error) {
 		return nil, usageErr("%v", err)
 	}
 	trimmed := strings.TrimSpace(string(data))
-	var raw []batchOp
-	// Unknown fields are refused: a misspelt "amout" would otherwise send
-	// an operation without the amount meant.
+	// Each object is read as raw JSON until the end of the input (a
+	// decoder's More stops quietly at a stray "]" or "}", which cut the
+	// rest of a file off), then checked field by field before decoding.
+	var objs []json.RawMessage
 	dec := json.NewDecoder(strings.NewReader(trimmed))
-	dec.DisallowUnknownFields()
 	if strings.HasPrefix(trimmed, "[") {
-		if err := dec.Decode(&raw); err != nil {
+		if _, err := dec.Token(); err != nil {
 			return nil, usageErr("batch file: %v", err)
 		}
-		if dec.More() {
+		for dec.More() {
+			var m json.RawMessage
+			if err := dec.Decode(&m); err != nil {
+				return nil, usageErr("batch file: %v", err)
+			}
+			objs = append(objs, m)
+		}
+		if _, err := dec.Token(); err != nil { // the closing "]"
+			return nil, usageErr("batch file: %v", err)
+		}
+		if _, err := dec.Token(); err != io.EOF {
 			return nil, usageErr("batch file: data after the array")
 		}
-		return toClientOps(raw)
-	}
-	for dec.More() {
-		var b batchOp
-		if err := dec.Decode(&b); err != nil {
-			return nil, usageErr("batch file: %v", err)
+	} else {
+		for {
+			var m json.RawMessage
+			err := dec.Decode(&m)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, usageErr("batch file: %v", err)
+			}
+			objs = append(objs, m)
 		}
-		raw = append(raw, b)
+	}
+	raw := make([]batchOp, len(objs))
+	for i, m := range objs {
+		if err := decodeBatchOp(m, &raw[i]); err != nil {
+			return nil, usageErr("batch file: op %d: %v", i, err)
+		}
 	}
 	return toClientOps(raw)
+}
+
+// batchFields are the names a batch line may use, exactly as written.
+var batchFields = map[string]bool{"kind": true, "program": true, "member": true, "asset": true, "key": true,
+	"amount": true, "hold_key": true, "ttl": true, "max_balance": true, "memo": true}
+
+// decodeBatchOp decodes one batch object strictly. encoding/json matches
+// names case-insensitively and keeps the last of repeated ones, and takes
+// null as "absent": so "amount":"1.00","AMOUNT":"100.00" credited 100, and
+// "amount":null on a capture took the whole hold. Here a name must be one
+// of batchFields exactly, once, and no value may be null; unknown names
+// are refused too (a misspelt "amout" would send an op without its amount).
+func decodeBatchOp(m json.RawMessage, b *batchOp) error {
+	dec := json.NewDecoder(strings.NewReader(string(m)))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return fmt.Errorf("not a JSON object")
+	}
+	seen := make(map[string]bool, len(batchFields))
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		name, _ := t.(string)
+		switch {
+		case !batchFields[name]:
+			return fmt.Errorf("unknown field %q", name)
+		case seen[name]:
+			return fmt.Errorf("field %q given twice", name)
+		}
+		seen[name] = true
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return err
+		}
+		if string(v) == "null" {
+			return fmt.Errorf("field %q is null (leave it out instead)", name)
+		}
+	}
+	strict := json.NewDecoder(strings.NewReader(string(m)))
+	strict.DisallowUnknownFields()
+	return strict.Decode(b)
 }
 
 type batchView struct {
@@ -199,6 +261,16 @@ func batchCommand(stdin io.Reader) command {
 				return nil, err
 			}
 			unknown := unknownOps(err, ops, c.Shards())
+			// The results say it per op too (Result.Indeterminate): an op
+			// whose result could not be read is one.
+			for i, r := range results {
+				if r.Indeterminate {
+					if unknown == nil {
+						unknown = make([]bool, len(ops))
+					}
+					unknown[i] = true
+				}
+			}
 			if err == nil {
 				// Exit 1, as a single refused operation does: a script
 				// must not read a batch with refusals (or a linked batch

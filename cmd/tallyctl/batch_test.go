@@ -147,3 +147,37 @@ func TestUnknownOpsMarksOnlyUnknownParts(t *testing.T) {
 	}
 	assert.Nil(t, unknownOps(errors.Join(&client.Error{Code: ledger.CodeInvalidArgument, Shard: 1, OpIndex: 0}), ops, 2))
 }
+
+// A batch file that says something other than what encoding/json would
+// send is refused before anything is sent (found by review): a stray "]"
+// used to end the file there, a field given twice (or in other case) kept
+// the last value, and "amount": null on a capture took the whole hold.
+func TestBatchRefusesAmbiguousFiles(t *testing.T) {
+	credit := `{"kind":"CREDIT","program":"s","member":"b","asset":"CNY","amount":"1","key":"k1"}`
+	debit := `{"kind":"DEBIT","program":"s","member":"b","asset":"CNY","amount":"1","key":"k2"}`
+	for name, body := range map[string]string{
+		"stray ] between lines":  credit + "\n]\n" + debit,
+		"stray } between lines":  credit + "\n}\n" + debit,
+		"data after the array":   "[" + credit + "]]" + debit,
+		"field twice":            `{"kind":"CREDIT","program":"s","member":"b","asset":"CNY","amount":"1.00","amount":"100.00","key":"k"}`,
+		"field in other case":    `{"kind":"CREDIT","program":"s","member":"b","asset":"CNY","amount":"1.00","AMOUNT":"100.00","key":"k"}`,
+		"null capture amount":    `{"kind":"CAPTURE_HOLD","program":"s","member":"b","hold_key":"h","amount":null,"key":"k"}`,
+		"not an object":          `["CREDIT"]`,
+		"array of non-objects":   `[1, 2]`,
+		"unknown field in array": `[{"kind":"CREDIT","program":"s","member":"b","asset":"CNY","amout":"1","key":"k"}]`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := startFake(t)
+			code, _, stderr := tallyctl(t, f, "batch", "--file", writeFile(t, body))
+			require.Equal(t, exitUsage, code, stderr)
+			require.Nil(t, f.lastSubmit(), "nothing may be sent")
+		})
+	}
+	// The same ops, well formed, in both layouts, go through.
+	for _, body := range []string{credit + "\n" + debit + "\n", "[" + credit + ",\n" + debit + "]"} {
+		f := startFake(t)
+		code, stdout, stderr := tallyctl(t, f, "batch", "--file", writeFile(t, body))
+		require.Equal(t, 0, code, stdout+stderr)
+		require.Len(t, f.lastSubmit().GetOps(), 2)
+	}
+}
