@@ -77,11 +77,31 @@ type ReplicaState struct {
 	Error          string `json:"error,omitempty"`
 }
 
+// replicaStates asks node i (of ClusterSize) for its replica of a shard:
+// a cluster's ShardState calls, or a test's fake.
+type replicaStates interface {
+	ShardState(ctx context.Context, node int, shard uint32) (client.ShardState, error)
+	NodeID(node int) string
+}
+
+// clusterStates asks a running cluster's nodes.
+type clusterStates struct {
+	cl *client.Client
+	c  *Cluster
+}
+
+func (s clusterStates) ShardState(ctx context.Context, node int, shard uint32) (client.ShardState, error) {
+	return s.cl.ShardState(ctx, s.c.GRPCAddr(node), shard)
+}
+
+func (s clusterStates) NodeID(node int) string { return s.c.NodeID(node) }
+
 // checkReplicas waits until every replica of each shard reports the same
 // applied index, then compares their state hashes and conservation checks.
 // Two replicas at the same applied index with different hashes fail at
-// once, whether or not the third has caught up.
-func checkReplicas(ctx context.Context, cl *client.Client, c *Cluster, shards int) (CheckResult, CheckResult, map[int][]ReplicaState) {
+// once, whether or not the third has caught up; so does a replica that
+// answers without a hash (a hash of nothing would match any other).
+func checkReplicas(ctx context.Context, rs replicaStates, shards int) (CheckResult, CheckResult, map[int][]ReplicaState) {
 	var rep, cons findings
 	final := map[int][]ReplicaState{}
 	for shard := 0; shard < shards; shard++ {
@@ -93,11 +113,15 @@ func checkReplicas(ctx context.Context, cl *client.Client, c *Cluster, shards in
 			byIndex := map[uint64][]byte{}
 			mismatch := ""
 			for i := 0; i < ClusterSize; i++ {
-				st, err := cl.ShardState(ctx, c.GRPCAddr(i), uint32(shard))
-				r := ReplicaState{Node: c.NodeID(i)}
-				if err != nil {
+				st, err := rs.ShardState(ctx, i, uint32(shard))
+				r := ReplicaState{Node: rs.NodeID(i)}
+				switch {
+				case err != nil:
 					r.Error = err.Error()
-				} else {
+				case len(st.StateHash) == 0:
+					r.AppliedIndex = st.AppliedIndex
+					mismatch = fmt.Sprintf("applied index %d (%s answered no state hash)", st.AppliedIndex, r.Node)
+				default:
 					r.AppliedIndex, r.StateHash, r.ConservationOK = st.AppliedIndex, hex.EncodeToString(st.StateHash), st.ConservationOK
 					if h, ok := byIndex[st.AppliedIndex]; ok && !bytes.Equal(h, st.StateHash) {
 						mismatch = fmt.Sprintf("applied index %d", st.AppliedIndex)

@@ -491,3 +491,36 @@ func TestJournalExpiryEntries(t *testing.T) {
 		})
 	}
 }
+
+// fakeReplicas answers ShardState from a fixed table: node -> state.
+type fakeReplicas []client.ShardState
+
+func (f fakeReplicas) ShardState(_ context.Context, node int, _ uint32) (client.ShardState, error) {
+	return f[node], nil
+}
+
+func (f fakeReplicas) NodeID(node int) string { return fmt.Sprintf("n%d", node+1) }
+
+// TestReplicaChecksCatchLies: replicas-equal and conservation fail on the
+// histories they exist to catch, and pass on an honest one.
+func TestReplicaChecksCatchLies(t *testing.T) {
+	st := func(index uint64, hash string, conserved bool) client.ShardState {
+		return client.ShardState{AppliedIndex: index, StateHash: []byte(hash), ConservationOK: conserved}
+	}
+	for name, tc := range map[string]struct {
+		replicas           fakeReplicas
+		equalOK, conservOK bool
+	}{
+		"honest":                 {fakeReplicas{st(7, "h", true), st(7, "h", true), st(7, "h", true)}, true, true},
+		"diverged at one index":  {fakeReplicas{st(7, "h", true), st(7, "x", true), st(7, "h", true)}, false, true},
+		"unbalanced shard":       {fakeReplicas{st(7, "h", true), st(7, "h", false), st(7, "h", true)}, true, false},
+		"a replica with no hash": {fakeReplicas{st(7, "", true), st(7, "", true), st(7, "", true)}, false, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			require.Len(t, tc.replicas, ClusterSize)
+			equal, conserv, _ := checkReplicas(context.Background(), tc.replicas, 1)
+			assert.Equal(t, tc.equalOK, equal.OK, "%s: %v", equal.Detail, equal.Findings)
+			assert.Equal(t, tc.conservOK, conserv.OK, "%s: %v", conserv.Detail, conserv.Findings)
+		})
+	}
+}

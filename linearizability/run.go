@@ -502,7 +502,7 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	}
 	defer cl.Close()
 
-	replicas, conservation, states := checkReplicas(ctx, cl, c, cfg.Shards)
+	replicas, conservation, states := checkReplicas(ctx, clusterStates{cl, c}, cfg.Shards)
 	rep.Replicas = states
 	logf("replicas: %s; conservation: %s", replicas.Detail, conservation.Detail)
 
