@@ -527,9 +527,12 @@ func accountName(member, asset string) string { return member + "/" + asset }
 // sequence number appears twice, that every acknowledged successful write
 // is in it with the sequence the client saw, that nothing is in it that the
 // history does not account for (every entry is a successful write of the
-// history, after resolution), and that each account's final posted balance
-// (finalPosted, by accountName) is the sum of its journal's postings.
-func checkJournal(ctx context.Context, cl journalLister, entries []Entry, members []string, finalPosted map[string]int64) CheckResult {
+// history, after resolution), that each account's final posted balance
+// (finalPosted, by accountName) is the sum of its journal's postings, and
+// that its final held balance (finalHeld) is what its journal's holds left
+// held: from rules version 3 a hold's expiry is journaled too, so the
+// journal explains every change of the held balance.
+func checkJournal(ctx context.Context, cl journalLister, entries []Entry, members []string, finalPosted, finalHeld map[string]int64) CheckResult {
 	var f findings
 	byKey := writesByKey(entries)
 	seenKey := map[string]bool{}
@@ -537,6 +540,29 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 	total, expiries := 0, 0
 	for _, m := range members {
 		posted := map[string]int64{} // by asset, in its minor units
+		held := map[string]int64{}   // likewise
+		// addHeld adds what entry j holds (+) or lets go (-), in the asset
+		// of the account it names.
+		addHeld := func(j client.JournalEntry, delta decimal.Decimal) {
+			asset := j.Op.Asset
+			switch {
+			case j.Result.Account != nil:
+				asset = j.Result.Account.Asset
+			case j.Result.Hold != nil:
+				asset = j.Result.Hold.Asset
+			}
+			scale, known := scaleOf(asset)
+			d := minorUnits(delta, scale)
+			switch {
+			case delta.IsZero():
+			case !known:
+				f.addf("%s: journal has %s (seq %d) holding %s in asset %q", m, j.Op.IdempotencyKey, j.Seq, delta, asset)
+			case d == badAmount:
+				f.addf("%s: journal has %s (seq %d) holding %s, not a whole number of minor units at scale %d", m, j.Op.IdempotencyKey, j.Seq, delta, scale)
+			default:
+				held[asset] += d
+			}
+		}
 		var before uint64
 		for page := 0; page < maxJournalPages; page++ {
 			jctx, cancel := context.WithTimeout(ctx, resolveTimeout)
@@ -581,6 +607,7 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 						f.addf("%s: expiry (seq %d) of hold %s releases %s of %s, the hold was %d minor units",
 							m, j.Seq, j.Op.HoldKey, j.Result.Released, j.Op.Amount, h.Input.Amount)
 					}
+					addHeld(j, j.Result.Released.Neg())
 					expiries++
 					continue
 				}
@@ -611,6 +638,14 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 						asset = j.Result.Account.Asset
 					}
 				}
+				switch j.Op.Kind {
+				case ledger.OpHold:
+					addHeld(j, j.Op.Amount)
+				case ledger.OpCaptureHold:
+					addHeld(j, j.Result.Captured.Add(j.Result.Released).Neg())
+				case ledger.OpReleaseHold:
+					addHeld(j, j.Result.Released.Neg())
+				}
 				scale, known := scaleOf(asset)
 				d := minorUnits(delta, scale)
 				switch {
@@ -636,6 +671,9 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 			if fp, ok := finalPosted[name]; ok && posted[a.code] != fp {
 				f.addf("%s: final posted balance %d minor units, but the journal's postings sum to %d", name, fp, posted[a.code])
 			}
+			if fh, ok := finalHeld[name]; ok && held[a.code] != fh {
+				f.addf("%s: final held balance %d minor units, but the journal's holds leave %d held", name, fh, held[a.code])
+			}
 		}
 	}
 	for key, e := range byKey {
@@ -644,7 +682,7 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 		}
 	}
 	return f.result("journal", fmt.Sprintf("%d journal entries (%d hold expiries): no key or seq twice, every acknowledged success present, "+
-		"final balances equal the journal's postings", total, expiries))
+		"final balances equal the journal's postings and holds", total, expiries))
 }
 
 // write is one key's op and the outcome the client has for it.

@@ -218,7 +218,7 @@ func TestJournalCheckCatchesLies(t *testing.T) {
 		"balance is off": {[]client.JournalEntry{j2, j1}, 13},
 	} {
 		t.Run(name, func(t *testing.T) {
-			res := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, entries, []string{"a"}, map[string]int64{"a/" + Asset: tc.final})
+			res := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, entries, []string{"a"}, map[string]int64{"a/" + Asset: tc.final}, nil)
 			assert.Equal(t, name == "honest", res.OK, "%s: %v", res.Detail, res.Findings)
 		})
 	}
@@ -298,7 +298,7 @@ func TestJournalCheckLinked(t *testing.T) {
 		"failed, but one op in it": {failed, []client.JournalEntry{j(0, 1)}, 5, false},
 	} {
 		t.Run(name, func(t *testing.T) {
-			r := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, []Entry{tc.entry}, []string{"a"}, map[string]int64{"a/" + Asset: tc.final})
+			r := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, []Entry{tc.entry}, []string{"a"}, map[string]int64{"a/" + Asset: tc.final}, nil)
 			assert.Equal(t, tc.ok, r.OK, "%s: %v", r.Detail, r.Findings)
 		})
 	}
@@ -353,7 +353,7 @@ func TestJournalCheckTwoAssets(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			journal := []client.JournalEntry{j(capt, client.Result{Account: tc.account, Captured: decimal.RequireFromString("0.30")}),
 				j(h, client.Result{}), j(cp, client.Result{}), j(cr, client.Result{})}
-			res := checkJournal(context.Background(), fakeJournal{"a": journal}, entries, []string{"a"}, tc.final)
+			res := checkJournal(context.Background(), fakeJournal{"a": journal}, entries, []string{"a"}, tc.final, nil)
 			assert.Equal(t, tc.ok, res.OK, "%s: %v", res.Detail, res.Findings)
 		})
 	}
@@ -486,7 +486,7 @@ func TestJournalExpiryEntries(t *testing.T) {
 		"twice":           {[]client.JournalEntry{expiry("h1", 3, 30), expiry("h1", 2, 30), jh}, false},
 	} {
 		t.Run(name, func(t *testing.T) {
-			res := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, []Entry{h}, []string{"a"}, map[string]int64{"a/" + Asset: 0})
+			res := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, []Entry{h}, []string{"a"}, map[string]int64{"a/" + Asset: 0}, nil)
 			assert.Equal(t, tc.ok, res.OK, "%s: %v", res.Detail, res.Findings)
 		})
 	}
@@ -521,6 +521,39 @@ func TestReplicaChecksCatchLies(t *testing.T) {
 			equal, conserv, _ := checkReplicas(context.Background(), tc.replicas, 1)
 			assert.Equal(t, tc.equalOK, equal.OK, "%s: %v", equal.Detail, equal.Findings)
 			assert.Equal(t, tc.conservOK, conserv.OK, "%s: %v", conserv.Detail, conserv.Findings)
+		})
+	}
+}
+
+// TestJournalExplainsHeldBalance: the final held balance must be what the
+// journal's holds, captures, releases and expiries leave: a hold that
+// expired without its EXPIRE_HOLD entry fails (found by review).
+func TestJournalExplainsHeldBalance(t *testing.T) {
+	h := Entry{Input: Input{Kind: KindHold, Member: "a", Asset: Asset, Key: "h1", Amount: 30, TTLMs: 1000},
+		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}}
+	jh := client.JournalEntry{Seq: 1, Op: toClientOp(h.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 1}}
+	amt := decimal.NewFromInt(30)
+	expiry := client.JournalEntry{Seq: 2, Op: client.Op{Kind: ledger.OpExpireHold, Program: Program, Member: "a", Asset: Asset,
+		IdempotencyKey: ledger.ExpiryKey("h1"), HoldKey: "h1", Amount: amt}, Result: client.Result{Code: ledger.CodeOK, Seq: 2, Released: amt}}
+	for name, tc := range map[string]struct {
+		journal []client.JournalEntry
+		held    int64
+		ok      bool
+	}{
+		"hold still open":          {[]client.JournalEntry{jh}, 30, true},
+		"expired, journaled":       {[]client.JournalEntry{expiry, jh}, 0, true},
+		"expired, not journaled":   {[]client.JournalEntry{jh}, 0, false},
+		"journaled, still held":    {[]client.JournalEntry{expiry, jh}, 30, false},
+		"held more than any holds": {nil, 5, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var entries []Entry
+			if tc.journal != nil {
+				entries = []Entry{h}
+			}
+			res := checkJournal(context.Background(), fakeJournal{"a": tc.journal}, entries, []string{"a"},
+				map[string]int64{"a/" + Asset: 0}, map[string]int64{"a/" + Asset: tc.held})
+			assert.Equal(t, tc.ok, res.OK, "%s: %v", res.Detail, res.Findings)
 		})
 	}
 }
