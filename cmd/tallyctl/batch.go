@@ -238,24 +238,28 @@ func (v batchView) text(w io.Writer) {
 func batchCommand(stdin io.Reader) command {
 	var file string
 	var linked bool
+	var ops []client.Op // read by prepare, before the cluster is dialed
 	return command{
 		name: "batch", synopsis: "submit many operations at once (JSON lines or array; --linked: one member, all or none)",
 		flags: func(fs *flag.FlagSet, a *args) {
 			fs.StringVar(&file, "file", "-", "batch file, - for standard input")
 			fs.BoolVar(&linked, "linked", false, "apply all or none (all ops on one member)")
 		},
-		do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
-			ops, err := readBatchFile(file, stdin)
-			if err != nil {
-				return nil, err
+		prepare: func(a *args) error {
+			var err error
+			if ops, err = readBatchFile(file, stdin); err != nil {
+				return err
 			}
 			if linked {
 				for i, op := range ops {
 					if op.Program != ops[0].Program || op.Member != ops[0].Member {
-						return nil, usageErr("op %d: a linked batch is on one member (%s/%s), not %s/%s", i, ops[0].Program, ops[0].Member, op.Program, op.Member)
+						return usageErr("op %d: a linked batch is on one member (%s/%s), not %s/%s", i, ops[0].Program, ops[0].Member, op.Program, op.Member)
 					}
 				}
 			}
+			return nil
+		},
+		do: func(ctx context.Context, c *client.Client, a *args) (view, error) {
 			results, err := c.Submit(ctx, ops, linked)
 			if len(results) != len(ops) {
 				return nil, err

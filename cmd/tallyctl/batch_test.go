@@ -181,3 +181,12 @@ func TestBatchRefusesAmbiguousFiles(t *testing.T) {
 		require.Len(t, f.lastSubmit().GetOps(), 2)
 	}
 }
+
+// A bad batch file is a usage error (exit 2) whether or not the cluster
+// answers: the file is read before the cluster is dialed.
+func TestBatchFileCheckedBeforeDialing(t *testing.T) {
+	// Nothing listens on port 1; the dial would fail with exit 1.
+	code, _, stderr := tallyctl(t, nil, "--addr", "127.0.0.1:1", "batch", "--file", writeFile(t, `{"kind":"CREDIT","amout":"1"}`))
+	require.Equal(t, exitUsage, code, stderr)
+	require.Contains(t, stderr, "amout")
+}

@@ -76,7 +76,11 @@ type command struct {
 	mutating bool // takes --key, generated when absent
 	// dial overrides the addresses to dial (state: the node asked).
 	dial func(g globals, a *args) []string
-	do   func(ctx context.Context, c *client.Client, a *args) (view, error)
+	// prepare, if set, runs before the cluster is dialed: input that can
+	// be checked without it (a batch file) is refused the same, with exit
+	// 2, whether or not the cluster answers.
+	prepare func(a *args) error
+	do      func(ctx context.Context, c *client.Client, a *args) (view, error)
 }
 
 func memberFlags(fs *flag.FlagSet, a *args) {
@@ -452,11 +456,18 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
 	defer cancel()
 
-	c, err := client.Dial(ctx, client.Config{Addrs: addrs, DialTimeout: g.timeout, RequestTimeout: min(g.timeout, client.DefaultRequestTimeout)})
 	var v view
+	var err error
+	if cmd.prepare != nil {
+		err = cmd.prepare(&a)
+	}
 	if err == nil {
-		v, err = cmd.do(ctx, c, &a)
-		_ = c.Close()
+		var c *client.Client
+		c, err = client.Dial(ctx, client.Config{Addrs: addrs, DialTimeout: g.timeout, RequestTimeout: min(g.timeout, client.DefaultRequestTimeout)})
+		if err == nil {
+			v, err = cmd.do(ctx, c, &a)
+			_ = c.Close()
+		}
 	}
 	if v != nil {
 		if perr := printView(stdout, v, g.json); perr != nil {
