@@ -91,6 +91,9 @@ func toClientOps(raw []batchOp) ([]client.Op, error) {
 			if err != nil {
 				return nil, usageErr("op %d: ttl %q: %v", i, b.TTL, err)
 			}
+			if ms := ttl.Milliseconds(); ms <= 0 || ms > ledger.MaxHoldTTLMs {
+				return nil, usageErr("op %d: ttl %s is outside (0, %s]", i, ttl, time.Duration(ledger.MaxHoldTTLMs)*time.Millisecond)
+			}
 			op.HoldTTL = ttl
 		}
 		ops[i] = op

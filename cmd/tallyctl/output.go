@@ -283,10 +283,14 @@ type opView struct {
 
 func (v opView) jsonValue() any {
 	out := struct {
-		Key   string     `json:"key"`
-		Found bool       `json:"found"`
+		Key   string `json:"key"`
+		Found bool   `json:"found"`
+		// Final says whether the answer is final: found is; not found
+		// is not (an attempt still in flight may yet apply), as the text
+		// output says.
+		Final bool       `json:"final"`
 		Entry *entryJSON `json:"entry,omitempty"`
-	}{Key: v.Key, Found: v.Found}
+	}{Key: v.Key, Found: v.Found, Final: v.Found}
 	if v.Found {
 		e := toEntryJSON(v.Entry)
 		out.Entry = &e

@@ -345,6 +345,11 @@ func precheck(a *args, set map[string]bool) error {
 	if set["limit"] && a.limit <= 0 {
 		return usageErr("--limit must be positive, got %d", a.limit)
 	}
+	if set["ttl"] {
+		if ms := a.ttl.Milliseconds(); ms <= 0 || ms > ledger.MaxHoldTTLMs {
+			return usageErr("--ttl %s is outside (0, %s]", a.ttl, time.Duration(ledger.MaxHoldTTLMs)*time.Millisecond)
+		}
+	}
 	return nil
 }
 

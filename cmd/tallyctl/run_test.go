@@ -53,6 +53,8 @@ func TestUsageErrors(t *testing.T) {
 		// Zero is the API's "whole hold"; typed out it must be refused.
 		{"zero capture", []string{"capture", "--program", "p", "--member", "m", "--hold-key", "h", "--amount", "0"}, "INVALID_AMOUNT"},
 		{"negative capture", []string{"capture", "--program", "p", "--member", "m", "--hold-key", "h", "--amount", "-1"}, "not positive"},
+		{"negative ttl", []string{"hold", "--program", "p", "--member", "m", "--asset", "A", "--amount", "1", "--ttl", "-1m"}, "--ttl -1m0s is outside"},
+		{"ttl too long", []string{"hold", "--program", "p", "--member", "m", "--asset", "A", "--amount", "1", "--ttl", "2400h"}, "--ttl 2400h0m0s is outside"},
 	}
 	f := startFake(t)
 	for _, tt := range tests {
@@ -286,7 +288,7 @@ func TestJournalAndOp(t *testing.T) {
 
 	code, stdout, _ = tallyctl(t, f, "--json", "op", "--program", "shop", "--member", "gus", "--key", "nope")
 	require.Equal(t, exitOK, code)
-	assert.JSONEq(t, `{"key":"nope","found":false}`, stdout)
+	assert.JSONEq(t, `{"key":"nope","found":false,"final":false}`, stdout, "not found is not final, as the text says")
 }
 
 func TestClusterAndState(t *testing.T) {
