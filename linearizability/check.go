@@ -291,6 +291,12 @@ func checkExactlyOnce(ctx context.Context, cl operationLookup, entries []Entry) 
 				case r.entry.Result.Code != out.Code || r.entry.Result.Seq != out.Seq || r.entry.Result.TimeMs != out.TimeMs:
 					f.addf("%s: client saw %s seq %d t=%d, store has %s seq %d t=%d", in.Key,
 						out.Code, out.Seq, out.TimeMs, r.entry.Result.Code, r.entry.Result.Seq, r.entry.Result.TimeMs)
+				default:
+					// The record is the result the client was sent: the
+					// account after the op and what it moved must agree too.
+					if st := outputOf(r.entry.Result); !sameEffect(st, out) {
+						f.addf("%s: client saw %s, store has %s", in.Key, describeEffect(out), describeEffect(st))
+					}
 				}
 			}
 		case NotApplied:
@@ -683,6 +689,20 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 	}
 	return f.result("journal", fmt.Sprintf("%d journal entries (%d hold expiries): no key or seq twice, every acknowledged success present, "+
 		"final balances equal the journal's postings and holds", total, expiries))
+}
+
+// sameEffect reports whether two outputs of one op describe the same
+// account after it and the same amounts moved.
+func sameEffect(a, b Output) bool {
+	return a.HasAccount == b.HasAccount && a.Asset == b.Asset && a.Posted == b.Posted && a.Held == b.Held &&
+		a.State == b.State && a.Captured == b.Captured && a.Released == b.Released
+}
+
+func describeEffect(o Output) string {
+	if !o.HasAccount {
+		return fmt.Sprintf("no account, captured %d released %d", o.Captured, o.Released)
+	}
+	return fmt.Sprintf("%s posted %d held %d %s, captured %d released %d", o.Asset, o.Posted, o.Held, o.State, o.Captured, o.Released)
 }
 
 // write is one key's op and the outcome the client has for it.

@@ -167,17 +167,20 @@ func TestExactlyOnceCatchesLies(t *testing.T) {
 	other.Op.Amount = other.Op.Amount.Add(other.Op.Amount)
 	otherAsset := stored(acked, 1)
 	otherAsset.Op.Asset = "XYZ"
+	otherBalance := stored(acked, 1) // the record's account after the op is not what the client saw
+	otherBalance.Result.Account = &client.Account{Asset: Asset, State: "ACTIVE", Posted: decimal.NewFromInt(10)}
 
 	for name, tc := range map[string]struct {
 		entries []Entry
 		lookup  fakeLookup
 	}{
-		"honest":             {[]Entry{acked, failed}, fakeLookup{"c1": stored(acked, 1)}},
-		"acked, other seq":   {[]Entry{acked}, fakeLookup{"c1": stored(acked, 2)}},
-		"acked, missing":     {[]Entry{acked}, fakeLookup{}},
-		"acked, other op":    {[]Entry{acked}, fakeLookup{"c1": other}},
-		"acked, other asset": {[]Entry{acked}, fakeLookup{"c1": otherAsset}},
-		"failed but stored":  {[]Entry{failed}, fakeLookup{"d1": stored(failed, 3)}},
+		"honest":               {[]Entry{acked, failed}, fakeLookup{"c1": stored(acked, 1)}},
+		"acked, other seq":     {[]Entry{acked}, fakeLookup{"c1": stored(acked, 2)}},
+		"acked, missing":       {[]Entry{acked}, fakeLookup{}},
+		"acked, other op":      {[]Entry{acked}, fakeLookup{"c1": other}},
+		"acked, other asset":   {[]Entry{acked}, fakeLookup{"c1": otherAsset}},
+		"acked, other balance": {[]Entry{acked}, fakeLookup{"c1": otherBalance}},
+		"failed but stored":    {[]Entry{failed}, fakeLookup{"d1": stored(failed, 3)}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			res, _, _ := checkExactlyOnce(context.Background(), tc.lookup, append([]Entry(nil), tc.entries...))
