@@ -396,7 +396,8 @@ func TestResolvedWriteIsPinnedBeforeFinalReads(t *testing.T) {
 		{Input: f1, Output: indeterminate, CallNs: 3, ReturnNs: ReturnNever},
 	}
 	lookup := fakeLookup{
-		"c1": {Seq: 1, Op: toClientOp(c1), Result: client.Result{Code: ledger.CodeOK, Seq: 1, TimeMs: 10}},
+		"c1": {Seq: 1, Op: toClientOp(c1), Result: client.Result{Code: ledger.CodeOK, Seq: 1, TimeMs: 10,
+			Account: &client.Account{Asset: Asset, State: "ACTIVE", Posted: decimal.NewFromInt(100), Held: decimal.Zero}}},
 		"f1": {Seq: 2, Op: toClientOp(f1), Result: client.Result{Code: ledger.CodeOK, Seq: 2, TimeMs: 20,
 			Account: &client.Account{Asset: Asset, State: "FROZEN", Posted: decimal.NewFromInt(100), Held: decimal.Zero}}},
 	}
