@@ -74,6 +74,15 @@ func tooLongAmount(s string, scale uint8) error {
 	case len(frac) > int(scale):
 		return Errorf(CodeScaleMismatch, fmt.Sprintf("amount: %d decimal places is more than %d", len(frac), scale))
 	}
+	// At most 19 + 1 + MaxScale characters without the padding: its own
+	// checks find what remains (minor units beyond int64 at this scale).
+	canonical := "0" + intPart
+	if frac != "" {
+		canonical += "." + frac
+	}
+	if _, err := ParseAmount(canonical, scale); err != nil {
+		return err
+	}
 	return tooLong
 }
 
