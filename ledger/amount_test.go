@@ -62,7 +62,7 @@ func TestParseAmount(t *testing.T) {
 		// would get where the text shows it.
 		{strings.Repeat("1", MaxAmountTextLen+1), 0, 0, CodeOverflow},
 		{"0." + strings.Repeat("0", 70) + "1", 2, 0, CodeScaleMismatch},
-		{"5." + strings.Repeat("0", MaxAmountTextLen-1), 2, 0, CodeInvalidAmount}, // 5, padded too long
+		{"5." + strings.Repeat("0", MaxAmountTextLen-1), 2, 0, CodeInvalidAmount},            // 5, padded too long
 		{"9223372036854775807." + strings.Repeat("0", MaxAmountTextLen), 2, 0, CodeOverflow}, // fits at scale 0, not 2
 		{strings.Repeat("0", MaxAmountTextLen) + "5", 0, 0, CodeInvalidAmount},
 		{"-" + strings.Repeat("1", MaxAmountTextLen), 0, 0, CodeInvalidAmount},
