@@ -547,6 +547,22 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 	for _, m := range members {
 		posted := map[string]int64{} // by asset, in its minor units
 		held := map[string]int64{}   // likewise
+		// add adds delta to sums[asset] in the asset's minor units: one
+		// the scale cannot express, or in an asset the workload does not
+		// use, is a finding, not a rounding.
+		add := func(sums map[string]int64, what string, j client.JournalEntry, asset string, delta decimal.Decimal) {
+			scale, known := scaleOf(asset)
+			d := minorUnits(delta, scale)
+			switch {
+			case delta.IsZero():
+			case !known:
+				f.addf("%s: journal has %s (seq %d) %s %s in asset %q", m, j.Op.IdempotencyKey, j.Seq, what, delta, asset)
+			case d == badAmount:
+				f.addf("%s: journal has %s (seq %d) %s %s, not a whole number of minor units at scale %d", m, j.Op.IdempotencyKey, j.Seq, what, delta, scale)
+			default:
+				sums[asset] += d
+			}
+		}
 		// addHeld adds what entry j holds (+) or lets go (-), in the asset
 		// of the account it names.
 		addHeld := func(j client.JournalEntry, delta decimal.Decimal) {
@@ -557,17 +573,7 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 			case j.Result.Hold != nil:
 				asset = j.Result.Hold.Asset
 			}
-			scale, known := scaleOf(asset)
-			d := minorUnits(delta, scale)
-			switch {
-			case delta.IsZero():
-			case !known:
-				f.addf("%s: journal has %s (seq %d) holding %s in asset %q", m, j.Op.IdempotencyKey, j.Seq, delta, asset)
-			case d == badAmount:
-				f.addf("%s: journal has %s (seq %d) holding %s, not a whole number of minor units at scale %d", m, j.Op.IdempotencyKey, j.Seq, delta, scale)
-			default:
-				held[asset] += d
-			}
+			add(held, "holding", j, asset, delta)
 		}
 		var before uint64
 		for page := 0; page < maxJournalPages; page++ {
@@ -652,17 +658,7 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 				case ledger.OpReleaseHold:
 					addHeld(j, j.Result.Released.Neg())
 				}
-				scale, known := scaleOf(asset)
-				d := minorUnits(delta, scale)
-				switch {
-				case delta.IsZero():
-				case !known:
-					f.addf("%s: journal has %s (seq %d) posting %s to an account in asset %q", m, key, j.Seq, delta, asset)
-				case d == badAmount:
-					f.addf("%s: journal has %s (seq %d) posting %s, not a whole number of minor units at scale %d", m, key, j.Seq, delta, scale)
-				default:
-					posted[asset] += d
-				}
+				add(posted, "posting", j, asset, delta)
 			}
 			if next == 0 {
 				break

@@ -171,7 +171,7 @@ var batchFields = map[string]bool{"kind": true, "program": true, "member": true,
 // names case-insensitively and keeps the last of repeated ones, and takes
 // null as "absent": so "amount":"1.00","AMOUNT":"100.00" credited 100, and
 // "amount":null on a capture took the whole hold. Here a name must be one
-// of batchFields exactly, once, and no value may be null; unknown names
+// of batchFields exactly, once, and no value may be null; so unknown names
 // are refused too (a misspelt "amout" would send an op without its amount).
 func decodeBatchOp(m json.RawMessage, b *batchOp) error {
 	dec := json.NewDecoder(strings.NewReader(string(m)))
@@ -200,9 +200,7 @@ func decodeBatchOp(m json.RawMessage, b *batchOp) error {
 			return fmt.Errorf("field %q is null (leave it out instead)", name)
 		}
 	}
-	strict := json.NewDecoder(strings.NewReader(string(m)))
-	strict.DisallowUnknownFields()
-	return strict.Decode(b)
+	return json.Unmarshal(m, b)
 }
 
 type batchView struct {
