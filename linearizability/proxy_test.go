@@ -66,7 +66,12 @@ func TestProxyModes(t *testing.T) {
 	if _, err := roundTrip(c, r, 2*time.Second); err != nil {
 		t.Fatalf("pass: %v", err)
 	}
-	// The counters the nemesis checks a fault's effect with.
+	// The counters the nemesis checks a fault's effect with. The echo's
+	// bytes are counted after the proxy wrote them, so they may reach us
+	// before the count does: wait for it a moment.
+	for deadline := time.Now().Add(time.Second); p.Forwarded() < 10 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	hindered := p.Hindered()
 	if p.Forwarded() < 10 || hindered != 0 {
 		t.Fatalf("pass: forwarded %d bytes, hindered %d times; want both ways' pings, nothing hindered", p.Forwarded(), hindered)
