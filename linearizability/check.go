@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -58,6 +59,16 @@ func (f *findings) addf(format string, args ...any) {
 	f.n++
 	if len(f.list) < maxFindings {
 		f.list = append(f.list, fmt.Sprintf(format, args...))
+	}
+}
+
+// merge adds o's findings to f's.
+func (f *findings) merge(o *findings) {
+	f.n += o.n
+	for _, s := range o.list {
+		if len(f.list) < maxFindings {
+			f.list = append(f.list, s)
+		}
 	}
 }
 
@@ -529,6 +540,14 @@ type journalLister interface {
 // checkJournal's finalPosted.
 func accountName(member, asset string) string { return member + "/" + asset }
 
+// accountReader reads member's account of asset now (linearizably), in the
+// workload's minor units.
+type accountReader func(ctx context.Context, member, asset string) (posted, held int64, err error)
+
+// journalListings bounds how often checkJournal lists one member's journal
+// while the member's balances keep changing under it.
+const journalListings = 5
+
 // checkJournal lists every member's journal and checks that no key and no
 // sequence number appears twice, that every acknowledged successful write
 // is in it with the sequence the client saw, that nothing is in it that the
@@ -537,144 +556,65 @@ func accountName(member, asset string) string { return member + "/" + asset }
 // (finalPosted, by accountName) is the sum of its journal's postings, and
 // that its final held balance (finalHeld) is what its journal's holds left
 // held: from rules version 3 a hold's expiry is journaled too, so the
-// journal explains every change of the held balance.
-func checkJournal(ctx context.Context, cl journalLister, entries []Entry, members []string, finalPosted, finalHeld map[string]int64) CheckResult {
+// journal explains every change of the held balance, and a hold is
+// captured, released or expired once.
+//
+// Holds keep expiring after the workload stops, so a journal listed after
+// the final reads can hold an expiry they did not see. With reread (nil:
+// the finals are taken as current) the member's accounts are read again
+// after each listing, and the listing counts only when they are as before
+// it (after the workload only expiries change them, and those only lower
+// the held balance, so equal reads on both sides pin the listing's state).
+func checkJournal(ctx context.Context, cl journalLister, reread accountReader, entries []Entry, members []string, finalPosted, finalHeld map[string]int64) CheckResult {
 	var f findings
 	byKey := writesByKey(entries)
 	seenKey := map[string]bool{}
 	seenSeq := map[[2]uint64]string{} // (shard, seq) -> key
 	total, expiries := 0, 0
 	for _, m := range members {
-		posted := map[string]int64{} // by asset, in its minor units
-		held := map[string]int64{}   // likewise
-		// add adds delta to sums[asset] in the asset's minor units: one
-		// the scale cannot express, or in an asset the workload does not
-		// use, is a finding, not a rounding.
-		add := func(sums map[string]int64, what string, j client.JournalEntry, asset string, delta decimal.Decimal) {
-			scale, known := scaleOf(asset)
-			d := minorUnits(delta, scale)
-			switch {
-			case delta.IsZero():
-			case !known:
-				f.addf("%s: journal has %s (seq %d) %s %s in asset %q", m, j.Op.IdempotencyKey, j.Seq, what, delta, asset)
-			case d == badAmount:
-				f.addf("%s: journal has %s (seq %d) %s %s, not a whole number of minor units at scale %d", m, j.Op.IdempotencyKey, j.Seq, what, delta, scale)
-			default:
-				sums[asset] += d
-			}
-		}
-		// addHeld adds what entry j holds (+) or lets go (-), in the asset
-		// of the account it names.
-		addHeld := func(j client.JournalEntry, delta decimal.Decimal) {
-			asset := j.Op.Asset
-			switch {
-			case j.Result.Account != nil:
-				asset = j.Result.Account.Asset
-			case j.Result.Hold != nil:
-				asset = j.Result.Hold.Asset
-			}
-			add(held, "holding", j, asset, delta)
-		}
-		var before uint64
-		for page := 0; page < maxJournalPages; page++ {
-			jctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-			js, next, err := cl.ListJournal(jctx, Program, m, "", journalPage, before)
-			cancel()
-			if err != nil {
-				f.addf("%s: ListJournal: %v", m, err)
-				break
-			}
-			for _, j := range js {
-				total++
-				key := j.Op.IdempotencyKey
-				if strings.HasPrefix(key, setupKeyPrefix) {
-					continue // the accounts' opening, before the history
-				}
-				if seenKey[key] {
-					f.addf("%s: key %s is in the journal twice", m, key)
-				}
-				seenKey[key] = true
-				sk := [2]uint64{uint64(j.Result.Shard), j.Seq}
-				if other, dup := seenSeq[sk]; dup {
-					f.addf("%s: seq %d of shard %d is used by %s and %s", m, j.Seq, j.Result.Shard, other, key)
-				}
-				seenSeq[sk] = key
-				if j.Op.Kind == ledger.OpExpireHold {
-					// The ledger's own entry of a hold's expiry (rules
-					// version 3): of a hold this member got, once (the
-					// key is the hold's), releasing all of it, posting
-					// nothing.
-					h, ok := byKey[j.Op.HoldKey]
-					switch {
-					case key != ledger.ExpiryKey(j.Op.HoldKey):
-						f.addf("%s: expiry entry (seq %d) under key %q for hold %s", m, j.Seq, key, j.Op.HoldKey)
-					case !ok || h.Input.Kind != KindHold || h.Input.Member != m:
-						f.addf("%s: journal has the expiry (seq %d) of hold %s, which no client of this member opened", m, j.Seq, j.Op.HoldKey)
-					case h.Output.Status == NotApplied || (h.Output.Status == Known && h.Output.Code != ledger.CodeOK):
-						f.addf("%s: journal has the expiry (seq %d) of hold %s, which the client saw not opened (%s %s)",
-							m, j.Seq, j.Op.HoldKey, h.Output.Status, h.Output.Code)
-					case h.Output.Status == Known && j.Seq <= h.Output.Seq:
-						f.addf("%s: hold %s (seq %d) expires at seq %d, before it was opened", m, j.Op.HoldKey, h.Output.Seq, j.Seq)
-					case !j.Result.Released.Equal(j.Op.Amount) || !sameMinor(j.Op.Amount, h.Input.Amount, h.Input.Asset):
-						f.addf("%s: expiry (seq %d) of hold %s releases %s of %s, the hold was %d minor units",
-							m, j.Seq, j.Op.HoldKey, j.Result.Released, j.Op.Amount, h.Input.Amount)
-					}
-					addHeld(j, j.Result.Released.Neg())
-					expiries++
-					continue
-				}
-				e, ok := byKey[key]
-				switch {
-				case !ok:
-					f.addf("%s: journal has %s (seq %d) that no client sent", m, key, j.Seq)
-				case e.Output.Status != Known || e.Output.Code != ledger.CodeOK:
-					f.addf("%s: journal has %s (seq %d) but the client's outcome is %s %s", m, key, j.Seq, e.Output.Status, e.Output.Code)
-				case e.Output.Seq != j.Seq:
-					f.addf("%s: journal has %s at seq %d, client saw seq %d", m, key, j.Seq, e.Output.Seq)
-				}
-				// Each posting in minor units of its account's asset: one the
-				// scale cannot express is a finding, not a rounding. A
-				// capture names no asset (its hold does); its result names
-				// the account it posted to.
-				var delta decimal.Decimal
-				asset := j.Op.Asset
-				switch j.Op.Kind {
-				case ledger.OpCredit:
-					delta = j.Op.Amount
-				case ledger.OpDebit:
-					delta = j.Op.Amount.Neg()
-				case ledger.OpCaptureHold:
-					delta = j.Result.Captured.Neg()
-					asset = ""
-					if j.Result.Account != nil {
-						asset = j.Result.Account.Asset
-					}
-				}
-				switch j.Op.Kind {
-				case ledger.OpHold:
-					addHeld(j, j.Op.Amount)
-				case ledger.OpCaptureHold:
-					addHeld(j, j.Result.Captured.Add(j.Result.Released).Neg())
-				case ledger.OpReleaseHold:
-					addHeld(j, j.Result.Released.Neg())
-				}
-				add(posted, "posting", j, asset, delta)
-			}
-			if next == 0 {
-				break
-			}
-			before = next
-			if page == maxJournalPages-1 {
-				f.addf("%s: journal longer than %d pages; the rest was not checked", m, maxJournalPages)
-			}
-		}
+		posted, held := map[string]int64{}, map[string]int64{} // m's finals by asset
 		for _, a := range assetScales {
 			name := accountName(m, a.code)
-			if fp, ok := finalPosted[name]; ok && posted[a.code] != fp {
-				f.addf("%s: final posted balance %d minor units, but the journal's postings sum to %d", name, fp, posted[a.code])
+			if v, ok := finalPosted[name]; ok {
+				posted[a.code] = v
 			}
-			if fh, ok := finalHeld[name]; ok && held[a.code] != fh {
-				f.addf("%s: final held balance %d minor units, but the journal's holds leave %d held", name, fh, held[a.code])
+			if v, ok := finalHeld[name]; ok {
+				held[a.code] = v
+			}
+		}
+		var p *journalPass
+		for listing := 1; ; listing++ {
+			p = listJournal(ctx, cl, m, byKey, seenKey, seenSeq)
+			if reread == nil {
+				break
+			}
+			changed, err := rereadAccounts(ctx, reread, m, posted, held)
+			if !changed && err == nil {
+				break
+			}
+			if listing == journalListings {
+				if err != nil {
+					p.f.addf("%s: reading its accounts again after listing its journal: %v", m, err)
+				} else {
+					p.f.addf("%s: balances still changing after %d listings of its journal", m, journalListings)
+				}
+				break
+			}
+		}
+		f.merge(&p.f)
+		total += p.total
+		expiries += p.expiries
+		for k := range p.keys {
+			seenKey[k] = true
+		}
+		maps.Copy(seenSeq, p.seqs)
+		for _, a := range assetScales {
+			name := accountName(m, a.code)
+			if fp, ok := posted[a.code]; ok && p.posted[a.code] != fp {
+				f.addf("%s: final posted balance %d minor units, but the journal's postings sum to %d", name, fp, p.posted[a.code])
+			}
+			if fh, ok := held[a.code]; ok && p.held[a.code] != fh {
+				f.addf("%s: final held balance %d minor units, but the journal's holds leave %d held", name, fh, p.held[a.code])
 			}
 		}
 	}
@@ -685,6 +625,187 @@ func checkJournal(ctx context.Context, cl journalLister, entries []Entry, member
 	}
 	return f.result("journal", fmt.Sprintf("%d journal entries (%d hold expiries): no key or seq twice, every acknowledged success present, "+
 		"final balances equal the journal's postings and holds", total, expiries))
+}
+
+// rereadAccounts reads m's accounts named in posted and held again and
+// reports whether any changed, storing what it read.
+func rereadAccounts(ctx context.Context, reread accountReader, m string, posted, held map[string]int64) (changed bool, err error) {
+	for _, a := range assetScales {
+		fp, okP := posted[a.code]
+		fh, okH := held[a.code]
+		if !okP && !okH {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+		p, h, err := reread(rctx, m, a.code)
+		cancel()
+		if err != nil {
+			return true, fmt.Errorf("%s: %w", accountName(m, a.code), err)
+		}
+		if (okP && p != fp) || (okH && h != fh) {
+			changed = true
+		}
+		posted[a.code], held[a.code] = p, h
+	}
+	return changed, nil
+}
+
+// journalPass is what one listing of a member's journal found: its
+// findings, its entries' keys and (shard, seq) pairs, and its postings and
+// holds summed by asset in minor units.
+type journalPass struct {
+	f               findings
+	keys            map[string]bool
+	seqs            map[[2]uint64]string
+	posted, held    map[string]int64
+	total, expiries int
+}
+
+// listJournal lists member m's journal and checks its entries against the
+// history (byKey) and against the keys and sequences of the members
+// listed before (seenKey, seenSeq; read only).
+func listJournal(ctx context.Context, cl journalLister, m string, byKey map[string]write, seenKey map[string]bool, seenSeq map[[2]uint64]string) *journalPass {
+	p := &journalPass{keys: map[string]bool{}, seqs: map[[2]uint64]string{}, posted: map[string]int64{}, held: map[string]int64{}}
+	// settledBy names the entry that captured, released or expired
+	// each hold: a hold ends once, so a second settling entry (an
+	// expiry of a captured hold, say) is a finding.
+	settledBy := map[string]string{}
+	settle := func(j client.JournalEntry, key string) {
+		if prev, dup := settledBy[j.Op.HoldKey]; dup {
+			p.f.addf("%s: hold %s is settled twice in the journal: by %s and %s (seq %d)", m, j.Op.HoldKey, prev, key, j.Seq)
+			return
+		}
+		settledBy[j.Op.HoldKey] = key
+	}
+	// add adds delta to sums[asset] in the asset's minor units: one
+	// the scale cannot express, or in an asset the workload does not
+	// use, is a finding, not a rounding.
+	add := func(sums map[string]int64, what string, j client.JournalEntry, asset string, delta decimal.Decimal) {
+		scale, known := scaleOf(asset)
+		d := minorUnits(delta, scale)
+		switch {
+		case delta.IsZero():
+		case !known:
+			p.f.addf("%s: journal has %s (seq %d) %s %s in asset %q", m, j.Op.IdempotencyKey, j.Seq, what, delta, asset)
+		case d == badAmount:
+			p.f.addf("%s: journal has %s (seq %d) %s %s, not a whole number of minor units at scale %d", m, j.Op.IdempotencyKey, j.Seq, what, delta, scale)
+		default:
+			sums[asset] += d
+		}
+	}
+	// addHeld adds what entry j holds (+) or lets go (-), in the asset
+	// of the account it names.
+	addHeld := func(j client.JournalEntry, delta decimal.Decimal) {
+		asset := j.Op.Asset
+		switch {
+		case j.Result.Account != nil:
+			asset = j.Result.Account.Asset
+		case j.Result.Hold != nil:
+			asset = j.Result.Hold.Asset
+		}
+		add(p.held, "holding", j, asset, delta)
+	}
+	var before uint64
+	for page := 0; page < maxJournalPages; page++ {
+		jctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+		js, next, err := cl.ListJournal(jctx, Program, m, "", journalPage, before)
+		cancel()
+		if err != nil {
+			p.f.addf("%s: ListJournal: %v", m, err)
+			break
+		}
+		for _, j := range js {
+			p.total++
+			key := j.Op.IdempotencyKey
+			if strings.HasPrefix(key, setupKeyPrefix) {
+				continue // the accounts' opening, before the history
+			}
+			if seenKey[key] || p.keys[key] {
+				p.f.addf("%s: key %s is in the journal twice", m, key)
+			}
+			p.keys[key] = true
+			sk := [2]uint64{uint64(j.Result.Shard), j.Seq}
+			other, dup := seenSeq[sk]
+			if !dup {
+				other, dup = p.seqs[sk]
+			}
+			if dup {
+				p.f.addf("%s: seq %d of shard %d is used by %s and %s", m, j.Seq, j.Result.Shard, other, key)
+			}
+			p.seqs[sk] = key
+			if j.Op.Kind == ledger.OpExpireHold {
+				// The ledger's own entry of a hold's expiry (rules
+				// version 3): of a hold this member got, once (the
+				// key is the hold's), releasing all of it, posting
+				// nothing.
+				h, ok := byKey[j.Op.HoldKey]
+				switch {
+				case key != ledger.ExpiryKey(j.Op.HoldKey):
+					p.f.addf("%s: expiry entry (seq %d) under key %q for hold %s", m, j.Seq, key, j.Op.HoldKey)
+				case !ok || h.Input.Kind != KindHold || h.Input.Member != m:
+					p.f.addf("%s: journal has the expiry (seq %d) of hold %s, which no client of this member opened", m, j.Seq, j.Op.HoldKey)
+				case h.Output.Status == NotApplied || (h.Output.Status == Known && h.Output.Code != ledger.CodeOK):
+					p.f.addf("%s: journal has the expiry (seq %d) of hold %s, which the client saw not opened (%s %s)",
+						m, j.Seq, j.Op.HoldKey, h.Output.Status, h.Output.Code)
+				case h.Output.Status == Known && j.Seq <= h.Output.Seq:
+					p.f.addf("%s: hold %s (seq %d) expires at seq %d, before it was opened", m, j.Op.HoldKey, h.Output.Seq, j.Seq)
+				case !j.Result.Released.Equal(j.Op.Amount) || !sameMinor(j.Op.Amount, h.Input.Amount, h.Input.Asset):
+					p.f.addf("%s: expiry (seq %d) of hold %s releases %s of %s, the hold was %d minor units",
+						m, j.Seq, j.Op.HoldKey, j.Result.Released, j.Op.Amount, h.Input.Amount)
+				}
+				settle(j, key)
+				addHeld(j, j.Result.Released.Neg())
+				p.expiries++
+				continue
+			}
+			e, ok := byKey[key]
+			switch {
+			case !ok:
+				p.f.addf("%s: journal has %s (seq %d) that no client sent", m, key, j.Seq)
+			case e.Output.Status != Known || e.Output.Code != ledger.CodeOK:
+				p.f.addf("%s: journal has %s (seq %d) but the client's outcome is %s %s", m, key, j.Seq, e.Output.Status, e.Output.Code)
+			case e.Output.Seq != j.Seq:
+				p.f.addf("%s: journal has %s at seq %d, client saw seq %d", m, key, j.Seq, e.Output.Seq)
+			}
+			// Each posting in minor units of its account's asset: one the
+			// scale cannot express is a finding, not a rounding. A
+			// capture names no asset (its hold does); its result names
+			// the account it posted to.
+			var delta decimal.Decimal
+			asset := j.Op.Asset
+			switch j.Op.Kind {
+			case ledger.OpCredit:
+				delta = j.Op.Amount
+			case ledger.OpDebit:
+				delta = j.Op.Amount.Neg()
+			case ledger.OpCaptureHold:
+				delta = j.Result.Captured.Neg()
+				asset = ""
+				if j.Result.Account != nil {
+					asset = j.Result.Account.Asset
+				}
+			}
+			switch j.Op.Kind {
+			case ledger.OpHold:
+				addHeld(j, j.Op.Amount)
+			case ledger.OpCaptureHold:
+				settle(j, key)
+				addHeld(j, j.Result.Captured.Add(j.Result.Released).Neg())
+			case ledger.OpReleaseHold:
+				settle(j, key)
+				addHeld(j, j.Result.Released.Neg())
+			}
+			add(p.posted, "posting", j, asset, delta)
+		}
+		if next == 0 {
+			break
+		}
+		before = next
+		if page == maxJournalPages-1 {
+			p.f.addf("%s: journal longer than %d pages; the rest was not checked", m, maxJournalPages)
+		}
+	}
+	return p
 }
 
 // sameEffect reports whether two outputs of one op describe the same

@@ -28,7 +28,10 @@
 //     balance the run's recharges reach), and the checks
 //     after the run: linearizability per member, conservation per shard, every
 //     acknowledged operation in the record store and journal with the
-//     result the client saw, no key applied twice, every linked request
+//     result the client saw, each account's final posted and held
+//     balances explained by its journal (the accounts are read again after
+//     each listing, as holds keep expiring after the workload stops), each
+//     hold settled once, no key applied twice, every linked request
 //     stored whole or not at all, replicas equal at the same applied index,
 //     real-time order of sequence numbers and log times across the members
 //     of a shard, and floors that keep a run from passing by doing nothing:

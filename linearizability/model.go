@@ -418,6 +418,11 @@ func settledMatches(before State, in Input, out Output) bool {
 	return out.Captured == captured && out.Released == released
 }
 
+// movedNothing reports whether an op's answer says it captured and
+// released nothing, as every answer but a capture's or release's success
+// must.
+func movedNothing(out Output) bool { return out.Captured == 0 && out.Released == 0 }
+
 // step is the nondeterministic step function: every state the account can
 // be in after the operation, none if the operation could not have returned
 // out from s.
@@ -433,7 +438,7 @@ func step(s State, in Input, out Output) []State {
 		// Certainly not applied: no effect. A capture or release that the
 		// edge rejected with HOLD_NOT_FOUND also says the hold did not exist
 		// then (holdMissing, as for a linked request of one op).
-		if out.Code == ledger.CodeHoldNotFound && !holdMissing(s, []Input{in}, 0) {
+		if (out.Code == ledger.CodeHoldNotFound && !holdMissing(s, []Input{in}, 0)) || !movedNothing(out) {
 			return nil
 		}
 		return []State{s}
@@ -466,7 +471,8 @@ func step(s State, in Input, out Output) []State {
 	if code != out.Code {
 		return nil
 	}
-	if !accountMatches(n, accountOf(e, in), out) || (code == ledger.CodeOK && !settledMatches(e, in, out)) {
+	if !accountMatches(n, accountOf(e, in), out) || (code == ledger.CodeOK && !settledMatches(e, in, out)) ||
+		(code != ledger.CodeOK && !movedNothing(out)) {
 		return nil
 	}
 	n.LastTime = t
@@ -550,11 +556,11 @@ func stepLinked(s State, in Input, out Output) []State {
 				return nil
 			}
 		case i == failed:
-			if o.Code != codes[i] || o.HasAccount {
+			if o.Code != codes[i] || o.HasAccount || !movedNothing(o) {
 				return nil
 			}
 		default:
-			if o.Code != ledger.CodeLinkedFailed || o.HasAccount {
+			if o.Code != ledger.CodeLinkedFailed || o.HasAccount || !movedNothing(o) {
 				return nil
 			}
 		}

@@ -157,6 +157,15 @@ func TestModel(t *testing.T) {
 			op(0, 40, 50, capture("k3", "h1"), fail(ledger.CodeHoldExpired, 3, 1110)),
 			op(0, 60, 70, readIn, read(50, 0, false)),
 		}, true},
+		{"a refused capture moves nothing", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),
+			op(0, 40, 50, capture("k3", "h1"), settled(fail(ledger.CodeHoldExpired, 3, 1110), 0, 30)),
+		}, false},
+		{"a capture the edge refused moves nothing", []porcupine.Operation{
+			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
+			op(0, 40, 50, capture("k3", "h9"), settled(Output{Status: NotApplied, Code: ledger.CodeHoldNotFound}, 30, 0)),
+		}, false},
 		{"hold cannot expire early", []porcupine.Operation{
 			op(0, 0, 10, credit("k1", 50), ok(1, 100, 50, 0)),
 			op(0, 20, 30, hold("h1", 30, 1000), ok(2, 110, 50, 30)),

@@ -556,7 +556,11 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 			finalReads++
 		}
 	}
-	journal := checkJournal(ctx, cl, entries, members, finalPosted, finalHeld)
+	reread := func(ctx context.Context, member, asset string) (int64, int64, error) {
+		out, err := readAccount(ctx, cl, member, asset)
+		return out.Posted, out.Held, err
+	}
+	journal := checkJournal(ctx, cl, reread, entries, members, finalPosted, finalHeld)
 	logf("journal: %s", journal.Detail)
 
 	lin, accounts := checkLinearizable(ctx, entries, members, cfg.CheckTimeout, cfg.ResultsDir, rep.Timeline)
