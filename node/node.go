@@ -310,6 +310,14 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	}))
 	trans.maxAppendBytes = cfg.Raft.MaxAppendBytes
 	trans.logger = n.logger.Named(fmt.Sprintf("raft%d", id))
+	// Raft owns the transport once it starts; until then a failure here
+	// must close it, or its accept loop outlives the node.
+	started := false
+	defer func() {
+		if !started {
+			_ = trans.Close()
+		}
+	}()
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.ID)
@@ -353,6 +361,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: shard %d: start raft: %w", id, err)
 	}
+	started = true
 	s.raft = r
 	s.snaps = snaps
 	s.trans = trans

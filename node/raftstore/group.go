@@ -197,6 +197,14 @@ func (g *GroupStore) DeleteRange(minIndex, maxIndex uint64) error {
 		// maxIndex+1 or minIndex-1 exist: the store tolerates gaps. The seek
 		// skips the tombstoned span without visiting its keys.
 		if err := g.reloadBoundsLocked(); err != nil {
+			// The delete is committed: the cached bounds must not keep
+			// naming deleted entries. Raft's logs are contiguous, so the
+			// entry next to the deleted span is the new bound.
+			if minIndex <= first {
+				g.firstIndex.Store(maxIndex + 1)
+			} else {
+				g.lastIndex.Store(minIndex - 1)
+			}
 			return err
 		}
 	}

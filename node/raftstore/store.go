@@ -99,9 +99,12 @@ func Open(dir string, opts Options) (*DB, error) {
 	defer cache.Unref() // Pebble holds its own reference while open.
 	stalls := new(pebblestall.Counter)
 	popts := &pebble.Options{
-		Cache:                       cache,
-		EventListener:               stalls.Listener(),
-		FormatMajorVersion:          pebble.FormatNewest,
+		Cache:         cache,
+		EventListener: stalls.Listener(),
+		// Pinned, not FormatNewest: a Pebble upgrade must not ratchet the
+		// log's on-disk format past what the builds LegacyCodec keeps a
+		// downgrade to can open. Raise it deliberately, with the codec.
+		FormatMajorVersion:          pebble.FormatValueSeparation,
 		MemTableSize:                opts.MemTableBytes,
 		MemTableStopWritesThreshold: memTableStopWritesThreshold,
 		L0StopWritesThreshold:       l0StopWritesThreshold,

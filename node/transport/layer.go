@@ -121,15 +121,42 @@ func (l *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 
 // track wraps c so that the layer can close it; accepted says whether a peer
 // dialed it. If the layer is already closed it closes c and reports false.
+// An accepted connection beyond Options.MaxAccepted closes the accepted one
+// that has gone longest without data: a live peer's busy connections are
+// never that one, while connections held open and silent are.
 func (l *streamLayer) track(c net.Conn, accepted bool) (*trackedConn, bool) {
+	tc := &trackedConn{Conn: c, layer: l, accepted: accepted}
+	tc.lastRead.Store(time.Now().UnixNano())
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.closed {
+		l.mu.Unlock()
 		_ = c.Close()
 		return nil, false
 	}
-	tc := &trackedConn{Conn: c, layer: l, accepted: accepted}
+	var evict *trackedConn
+	if accepted {
+		n := 0
+		for o := range l.conns {
+			if !o.accepted {
+				continue
+			}
+			n++
+			if evict == nil || o.lastRead.Load() < evict.lastRead.Load() {
+				evict = o
+			}
+		}
+		if n < l.mux.maxAccepted {
+			evict = nil
+		}
+	}
 	l.conns[tc] = struct{}{}
+	l.mu.Unlock()
+	if evict != nil {
+		l.mux.logger.Warn("too many accepted connections; closing the one idle longest",
+			"shard", l.shard, "remote", evict.RemoteAddr(), "limit", l.mux.maxAccepted,
+			"idle", time.Duration(time.Now().UnixNano()-evict.lastRead.Load()))
+		_ = evict.Close()
+	}
 	return tc, true
 }
 
@@ -176,6 +203,9 @@ type trackedConn struct {
 	net.Conn
 	layer    *streamLayer
 	accepted bool // a peer dialed it: raft serves the peer's RPCs on it
+	// lastRead is when a read last returned data (Unix ns), or when the
+	// connection was tracked: track evicts the accepted one idle longest.
+	lastRead atomic.Int64
 	once     sync.Once
 	err      error
 }
@@ -199,6 +229,9 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		l.boundMu.RUnlock()
 	}
 	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 		l.mux.logger.Warn("closing a connection whose peer sent nothing within the read bound",
 			"shard", l.shard, "remote", c.RemoteAddr(), "bound", l.currentBound())

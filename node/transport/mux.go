@@ -29,6 +29,14 @@ const (
 	// many, new connections are closed at once instead of piling up.
 	maxPendingHandshakes = 1024
 
+	// defaultMaxAccepted bounds the accepted connections one shard's layer
+	// keeps open. hashicorp/raft serves each with a goroutine and ~512 KiB
+	// of buffers and sets no read deadline on them, so without a bound a
+	// client that sends a header and then nothing holds them until TCP
+	// fails. A peer uses at most a few per shard (MaxPool pooled ones plus
+	// those of concurrent RPCs), so 32 leaves room for a cluster of 5-7.
+	defaultMaxAccepted = 32
+
 	// acceptRetryMax caps the backoff after a failing Accept (for example
 	// EMFILE), so the loop neither spins nor stays asleep for long.
 	acceptRetryMax = time.Second
@@ -55,6 +63,9 @@ type Options struct {
 	// HeaderTimeout bounds reading an incoming connection's header; 0 means
 	// defaultHeaderTimeout.
 	HeaderTimeout time.Duration
+	// MaxAccepted bounds the accepted connections each shard keeps open;
+	// 0 means defaultMaxAccepted. One more closes the one idle longest.
+	MaxAccepted int
 	// Logger receives connection-level warnings; nil means hclog.Default().
 	Logger hclog.Logger
 }
@@ -66,6 +77,7 @@ type Mux struct {
 	addr          net.Addr
 	dialRewrite   map[string]string
 	headerTimeout time.Duration
+	maxAccepted   int
 	logger        hclog.Logger
 
 	closeCh chan struct{}
@@ -89,6 +101,7 @@ func Listen(addr string, opts Options) (*Mux, error) {
 		addr:          ln.Addr(),
 		dialRewrite:   make(map[string]string, len(opts.DialRewrite)),
 		headerTimeout: opts.HeaderTimeout,
+		maxAccepted:   opts.MaxAccepted,
 		logger:        opts.Logger,
 		closeCh:       make(chan struct{}),
 		layers:        make(map[uint32]*streamLayer),
@@ -103,6 +116,9 @@ func Listen(addr string, opts Options) (*Mux, error) {
 	}
 	if m.headerTimeout <= 0 {
 		m.headerTimeout = defaultHeaderTimeout
+	}
+	if m.maxAccepted <= 0 {
+		m.maxAccepted = defaultMaxAccepted
 	}
 	if m.logger == nil {
 		m.logger = hclog.Default()

@@ -7,11 +7,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -517,4 +519,76 @@ func TestBoundReadsLiftedOnRelease(t *testing.T) {
 
 	// A shard with no layer: nothing to bound.
 	m.BoundReads(99, bound)()
+}
+
+// TestAcceptedConnectionsBounded: hashicorp/raft holds an accepted
+// connection (a goroutine and its buffers) until the peer hangs up, so
+// clients that send a header and then nothing must not pile up: beyond
+// MaxAccepted the one idle longest is closed (found by review).
+func TestAcceptedConnectionsBounded(t *testing.T) {
+	checkNoLeaks(t)
+	const shard, limit, extra = 3, 4, 2
+	server, err := Listen("127.0.0.1:0", Options{Logger: nullLogger(), MaxAccepted: limit})
+	require.NoError(t, err)
+	layer := server.StreamLayer(shard)
+	var serving sync.WaitGroup
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		for {
+			c, err := layer.Accept()
+			if err != nil {
+				return
+			}
+			serving.Add(1)
+			go func() { // as raft's handleConn: read until the connection fails
+				defer serving.Done()
+				_, _ = io.Copy(io.Discard, c)
+				_ = c.Close()
+			}()
+		}
+	}()
+
+	var conns []net.Conn
+	for i := range limit + extra {
+		conn, err := net.Dial("tcp", server.Addr().String())
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = conn.Write(binary.BigEndian.AppendUint32([]byte{headerMagic, headerVersion}, shard))
+		require.NoError(t, err)
+		conns = append(conns, conn)
+		if i == 0 {
+			// The first one stays busy: it is never the idlest.
+			go func() {
+				for range 40 {
+					if _, err := conn.Write([]byte{0}); err != nil {
+						return
+					}
+					time.Sleep(25 * time.Millisecond)
+				}
+			}()
+		}
+		waitFor(t, 2*time.Second, "the connection to be tracked", func() bool {
+			layer.(*streamLayer).mu.Lock()
+			defer layer.(*streamLayer).mu.Unlock()
+			return len(layer.(*streamLayer).conns) == min(i+1, limit)
+		})
+		time.Sleep(20 * time.Millisecond) // distinct idle times
+	}
+	closed := func(c net.Conn) bool {
+		_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	}
+	assert.False(t, closed(conns[0]), "the busy connection was closed")
+	for i := 1; i <= extra; i++ {
+		assert.True(t, closed(conns[i]), "silent connection %d (among the idlest) still open", i)
+	}
+	for i := extra + 1; i < len(conns); i++ {
+		assert.False(t, closed(conns[i]), "connection %d closed though within the limit", i)
+	}
+	require.NoError(t, server.Close())
+	<-acceptDone
+	serving.Wait()
 }
