@@ -422,7 +422,11 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 				continue
 			}
 		}
-		c.forgetLeader(shard, addr)
+		if !e.overloaded {
+			// A live leader whose queue is full stays the one to ask;
+			// anything else may mean the node or its leadership is gone.
+			c.forgetLeader(shard, addr)
+		}
 		if !wait() {
 			return giveUp()
 		}

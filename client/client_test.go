@@ -262,6 +262,57 @@ func TestNotIndeterminateWhenNothingCouldApply(t *testing.T) {
 		assert.Len(t, fc.nodes[0].recorded(), 3, "NOT_LEADER without hint is retried")
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
 	})
+	// A leader whose queue is full says nothing was proposed: the caller
+	// that gives up meanwhile is told "not applied", and the leader is
+	// asked again without a cluster refresh. Plain UNAVAILABLE, by
+	// contrast, may hide an applied op. (A coalesced caller that leaves
+	// while its batch is being retried may still be told "indeterminate":
+	// it does not wait for the batch's attempt in flight.)
+	for _, tc := range []struct {
+		name          string
+		md            map[string]string
+		coalesce      bool
+		indeterminate bool
+	}{
+		{"overloaded leader", map[string]string{"not_applied": "true", "overloaded": "true"}, false, false},
+		{"refused before proposal", map[string]string{"not_applied": "true"}, false, false},
+		{"plain UNAVAILABLE", nil, false, true},
+		{"plain UNAVAILABLE, coalescing", nil, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := newFakeCluster(t, 1, 1)
+			fc.hint = false
+			c := dial(t, fc, Config{Coalesce: tc.coalesce})
+			infos := fc.totalClusterInfos()
+			// Three answers of the kind under test, then the cluster loses
+			// its leader, so the deadline passes while the client waits for
+			// one, never with an attempt in flight (which may apply).
+			answers, infosAtThird := 0, -1
+			fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+				fc.mu.Lock()
+				answers++
+				if answers > 3 {
+					fc.leader[0], fc.reported[0] = -1, -1
+					fc.mu.Unlock()
+					return nil, tallyErr(codes.FailedPrecondition, ledger.CodeNotLeader, "not the leader", nil), true
+				}
+				fc.mu.Unlock()
+				if answers == 3 {
+					infosAtThird = fc.totalClusterInfos()
+				}
+				return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "shard 0 is overloaded", tc.md), true
+			})
+			ctx, cancel := context.WithTimeout(testCtx(t), 2*time.Second)
+			defer cancel()
+			_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
+			require.Error(t, err)
+			assert.Equal(t, tc.indeterminate, IsIndeterminate(err), "err: %v", err)
+			assert.Equal(t, 4, len(fc.nodes[0].recorded()), "retried until the leader went")
+			if tc.md["overloaded"] == "true" {
+				assert.Equal(t, infos, infosAtThird, "an overloaded leader is still the leader")
+			}
+		})
+	}
 	t.Run("cancelled before the call", func(t *testing.T) {
 		fc := newFakeCluster(t, 1, 1)
 		c := dial(t, fc, Config{})

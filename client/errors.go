@@ -48,6 +48,14 @@ type Error struct {
 	// Err is the underlying cause (a context error, ErrClosed or a gRPC
 	// status error), if any.
 	Err error
+
+	// notProposed: the server said it refused the request before proposing
+	// it (a leader's full queue, its shutdown, a deadline before proposal),
+	// so nothing of it applied although the code is retryable.
+	notProposed bool
+	// overloaded: that refusal came from a live leader's queue bound; the
+	// leader stays the one to ask after the backoff.
+	overloaded bool
 }
 
 func (e *Error) Error() string {
@@ -153,6 +161,8 @@ func fromRPC(err error, shard int) *Error {
 		e.Message = strings.TrimPrefix(e.Message, string(e.Code)+": ")
 		md := info.GetMetadata()
 		e.Leader = md["leader"]
+		e.notProposed = md["not_applied"] == "true"
+		e.overloaded = md["overloaded"] == "true"
 		if s, err := strconv.Atoi(md["shard"]); err == nil && s >= 0 {
 			e.Shard = s
 		}
@@ -200,17 +210,18 @@ func (e *Error) retryable() bool {
 // (a bad or unknown argument, a failed precondition): re-sending it cannot
 // help, and nothing of it applied.
 func (e *Error) rejected() bool {
-	return e.Code != ledger.CodeNotLeader && e.definitelyNotApplied()
+	return e.Code != ledger.CodeNotLeader && e.Code != ledger.CodeUnavailable && e.definitelyNotApplied()
 }
 
 // definitelyNotApplied reports whether the failed attempt certainly did not
-// apply anything: NOT_LEADER (a node answers it before proposing) and
+// apply anything: NOT_LEADER (a node answers it before proposing), a
+// refusal the server marked as before proposal (not_applied), and
 // rejections of the request on its merits. Any other failure after the
 // request left the client (a timeout, a broken connection, UNAVAILABLE from a
 // leader that stepped down mid-commit, an internal error) may hide an applied
 // operation.
 func (e *Error) definitelyNotApplied() bool {
-	if e.Code == ledger.CodeNotLeader {
+	if e.Code == ledger.CodeNotLeader || e.notProposed {
 		return true
 	}
 	switch e.GRPCCode {

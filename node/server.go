@@ -79,48 +79,11 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 		err = toStatus(err)
 	}()
 
-	ops := req.GetOps()
-	if len(ops) == 0 || len(ops) > ledger.MaxBatchOps {
-		return nil, ledger.Errorf(ledger.CodeInvalidArgument,
-			fmt.Sprintf("a batch has 1..%d ops, got %d", ledger.MaxBatchOps, len(ops)))
-	}
-	s, err := sv.submitShard(req)
+	s, lr, err := sv.prepare(ctx, req)
 	if err != nil {
-		return nil, err
-	}
-	lr := ledger.Request{Linked: req.GetLinked(), Ops: make([]ledger.Op, len(ops))}
-	if ops[0].GetKind() == tallypb.OpKind_DEFINE_ASSET {
-		// Only the DefineAsset fan-out sends these, one per shard.
-		if len(ops) != 1 || req.GetLinked() {
-			return nil, ledger.Errorf(ledger.CodeInvalidArgument, "a DEFINE_ASSET submit carries exactly one op")
-		}
-		if ops[0].GetScale() > ledger.MaxScale {
-			return nil, opError(0, ledger.Errorf(ledger.CodeInvalidArgument, "scale above maximum"))
-		}
-		lr.Ops[0] = defineAssetOp(ops[0].GetProgram(), ops[0].GetAsset(), ops[0].GetIdempotencyKey(), uint8(ops[0].GetScale()))
-	} else {
-		var opened requestHolds
-		for i, p := range ops {
-			op, err := sv.n.toLedgerOp(ctx, s, p, opened)
-			if err != nil {
-				// Failures of the request (NOT_LEADER, UNAVAILABLE, the
-				// caller's deadline during a leadership check) blame no op.
-				if _, ok := err.(*domainError); ok || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-					return nil, err
-				}
-				return nil, opError(i, err)
-			}
-			lr.Ops[i] = op
-			if i+1 < len(ops) { // the last op's hold serves no later op
-				opened.add(&lr.Ops[i])
-			}
-		}
-	}
-	if i, err := ledger.ValidateRequest(lr); err != nil {
-		if i >= 0 {
-			return nil, blameOp(i, err)
-		}
-		return nil, err
+		// Nothing was proposed: say so, so that a client can tell this
+		// from an outcome it does not know.
+		return nil, notProposed(err)
 	}
 	results, err := s.propose(ctx, lr)
 	if err != nil {
@@ -139,6 +102,55 @@ func (sv *server) Submit(ctx context.Context, req *tallypb.SubmitRequest) (_ *ta
 		return nil, cv.err
 	}
 	return resp, nil
+}
+
+// prepare finds a Submit's shard and converts and validates its ops at the
+// edge: everything before the proposal.
+func (sv *server) prepare(ctx context.Context, req *tallypb.SubmitRequest) (*shard, ledger.Request, error) {
+	ops := req.GetOps()
+	if len(ops) == 0 || len(ops) > ledger.MaxBatchOps {
+		return nil, ledger.Request{}, ledger.Errorf(ledger.CodeInvalidArgument,
+			fmt.Sprintf("a batch has 1..%d ops, got %d", ledger.MaxBatchOps, len(ops)))
+	}
+	s, err := sv.submitShard(req)
+	if err != nil {
+		return nil, ledger.Request{}, err
+	}
+	lr := ledger.Request{Linked: req.GetLinked(), Ops: make([]ledger.Op, len(ops))}
+	if ops[0].GetKind() == tallypb.OpKind_DEFINE_ASSET {
+		// Only the DefineAsset fan-out sends these, one per shard.
+		if len(ops) != 1 || req.GetLinked() {
+			return nil, ledger.Request{}, ledger.Errorf(ledger.CodeInvalidArgument, "a DEFINE_ASSET submit carries exactly one op")
+		}
+		if ops[0].GetScale() > ledger.MaxScale {
+			return nil, ledger.Request{}, opError(0, ledger.Errorf(ledger.CodeInvalidArgument, "scale above maximum"))
+		}
+		lr.Ops[0] = defineAssetOp(ops[0].GetProgram(), ops[0].GetAsset(), ops[0].GetIdempotencyKey(), uint8(ops[0].GetScale()))
+	} else {
+		var opened requestHolds
+		for i, p := range ops {
+			op, err := sv.n.toLedgerOp(ctx, s, p, opened)
+			if err != nil {
+				// Failures of the request (NOT_LEADER, UNAVAILABLE, the
+				// caller's deadline during a leadership check) blame no op.
+				if _, ok := err.(*domainError); ok || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+					return nil, ledger.Request{}, err
+				}
+				return nil, ledger.Request{}, opError(i, err)
+			}
+			lr.Ops[i] = op
+			if i+1 < len(ops) { // the last op's hold serves no later op
+				opened.add(&lr.Ops[i])
+			}
+		}
+	}
+	if i, err := ledger.ValidateRequest(lr); err != nil {
+		if i >= 0 {
+			return nil, ledger.Request{}, blameOp(i, err)
+		}
+		return nil, ledger.Request{}, err
+	}
+	return s, lr, nil
 }
 
 // submitShard finds the one shard a batch belongs to.

@@ -169,7 +169,7 @@ func (s *shard) stopLoops() {
 // propose submits a validated request and waits for its results.
 func (s *shard) propose(ctx context.Context, req ledger.Request) ([]ledger.Result, error) {
 	if err := s.n.refuseIfMisconfigured(); err != nil {
-		return nil, err
+		return nil, notProposed(err)
 	}
 	if s.raft.State() != raft.Leader {
 		return nil, s.notLeader()
@@ -182,10 +182,10 @@ func (s *shard) propose(ctx context.Context, req ledger.Request) ([]ledger.Resul
 	case s.proposeCh <- p: // proposeLoop gives its place back when it takes it
 	case <-ctx.Done():
 		s.releaseQueue(len(req.Ops))
-		return nil, ctx.Err()
+		return nil, notProposed(ctx.Err())
 	case <-s.stop:
 		s.releaseQueue(len(req.Ops))
-		return nil, errUnavailable("node is shutting down")
+		return nil, notProposed(errUnavailable("node is shutting down"))
 	}
 	select {
 	case r := <-p.res:
@@ -209,7 +209,9 @@ func (s *shard) reserveQueue(ops int) error {
 	if s.queuedOps.Add(int64(ops)) > s.maxQueued {
 		s.queuedOps.Add(-int64(ops))
 		s.n.metrics.overloaded.Inc()
-		return errUnavailable(fmt.Sprintf("shard %d is overloaded: over %d operations wait for their entry; retry later with the same keys", s.id, s.maxQueued))
+		err := notProposed(errUnavailable(fmt.Sprintf("shard %d is overloaded: over %d operations wait for their entry; retry later with the same keys", s.id, s.maxQueued)))
+		err.(*domainError).meta[metaOverloaded] = "true"
+		return err
 	}
 	return nil
 }

@@ -171,6 +171,7 @@ func TestProposalQueueIsBoundedByOperations(t *testing.T) {
 	require.True(t, errors.As(err, &de), "%v", err)
 	require.Equal(t, ledger.CodeUnavailable, de.code)
 	require.Contains(t, err.Error(), "shard 3 is overloaded")
+	require.Equal(t, map[string]string{metaNotApplied: "true", metaOverloaded: "true"}, de.meta, "the client must learn nothing applied")
 	require.Equal(t, int64(10_000), s.queuedOps.Load(), "a refused request keeps no place")
 	s.releaseQueue(8_000)
 	require.NoError(t, s.reserveQueue(8_000))

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"maps"
 	"strconv"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -68,6 +69,40 @@ func errNotLeader(shard uint32, leaderAddr string) error {
 }
 
 func errUnavailable(msg string) error { return newError(ledger.CodeUnavailable, msg) }
+
+// Metadata keys of a refusal before proposal (notProposed): the request
+// certainly applied nothing, so a client may report its operations as not
+// applied rather than unknown (UNAVAILABLE alone means "may have applied").
+const (
+	metaNotApplied = "not_applied" // "true": nothing of the request was proposed
+	metaOverloaded = "overloaded"  // "true": refused by the leader's queue bound; the leader is alive
+)
+
+// notProposed marks err, a failure before the request reached the
+// proposer, as certainly not applied. A context error becomes UNAVAILABLE
+// (marked) too: the deadline passed before anything was proposed.
+func notProposed(err error) error {
+	if err == nil {
+		return nil
+	}
+	var de *domainError
+	var le *ledger.Error
+	switch {
+	case errors.As(err, &de):
+		de = &domainError{code: de.code, msg: de.msg, meta: maps.Clone(de.meta)}
+	case errors.As(err, &le):
+		de = &domainError{code: le.Code, msg: le.Msg}
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		de = &domainError{code: ledger.CodeUnavailable, msg: "before proposing: " + err.Error()}
+	default:
+		de = &domainError{code: ledger.CodeInternal, msg: err.Error()}
+	}
+	if de.meta == nil {
+		de.meta = map[string]string{}
+	}
+	de.meta[metaNotApplied] = "true"
+	return de
+}
 
 func errInternal(msg string) error { return newError(ledger.CodeInternal, msg) }
 

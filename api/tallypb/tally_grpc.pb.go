@@ -11,7 +11,10 @@
 // - NOT_LEADER is FAILED_PRECONDITION, with metadata "leader" (the shard
 //   leader's gRPC address when known) and "shard"; nothing was applied;
 // - UNAVAILABLE or INTERNAL: the outcome may be unknown; re-send the same
-//   operations with the same keys to settle it;
+//   operations with the same keys to settle it. With metadata
+//   "not_applied" = "true" the node refused the request before proposing
+//   it (its shard's queue full: also "overloaded" = "true"; a deadline
+//   before proposal; shutting down): nothing applied; retry later;
 // - metadata "op_index", when present, names the operation of the request
 //   that caused the refusal.
 // A caller's deadline or cancellation comes back as DEADLINE_EXCEEDED or
