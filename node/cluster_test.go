@@ -298,6 +298,16 @@ func TestClusterOperations(t *testing.T) {
 	c.defineAsset("shop", "CNY", 2)
 	c.defineAsset("shop", "POINTS", 0)
 
+	// DEFINE_ASSET by hand, on one shard, is refused: the fan-out alone
+	// sends it (found by review: a client split an asset's scale by shard).
+	for shard := range uint32(2) {
+		_, err := call(c, int(shard), func(ctx context.Context, cl tallypb.LedgerClient) (*tallypb.SubmitResponse, error) {
+			return cl.Submit(ctx, &tallypb.SubmitRequest{Shard: &shard, Ops: []*tallypb.Op{{Kind: tallypb.OpKind_DEFINE_ASSET,
+				Program: "shop", Asset: "GEMS", Scale: 2, IdempotencyKey: "by-hand"}}})
+		})
+		require.Equal(t, ledger.CodeInvalidArgument, reasonOf(err), "shard %d: %v", shard, err)
+	}
+
 	rs := c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "open-a", "alice", "CNY", ""))
 	require.Equal(t, "OK", rs[0].Code, rs[0].Message)
 	rs = c.mustSubmit(op(tallypb.OpKind_CREDIT, "rc-1", "alice", "CNY", "500.00"))

@@ -6,8 +6,12 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
@@ -50,28 +54,52 @@ func (p *peerConns) close() {
 	p.closed = true
 }
 
+// defineFanoutMD is the gRPC metadata key that marks a Submit of
+// DEFINE_ASSET as the DefineAsset fan-out's. Submit refuses DEFINE_ASSET
+// without it, so that no client defines an asset on one shard by hand (at
+// a scale the others do not have). It guards against mistakes, not
+// attackers: the API has no authentication.
+const defineFanoutMD = "tally-define-fanout"
+
+// forwardDefineBudget bounds how long forwardDefine retries one shard
+// whatever the caller's deadline: a shard without a quorum must not hold a
+// handler (and a caller with no deadline) for good.
+const forwardDefineBudget = 30 * time.Second
+
 // forwardDefine sends one shard's DEFINE_ASSET op to that shard's leader,
-// retrying while the leader is unknown or moving, until ctx ends.
+// retrying while the leader is unknown or moving, until ctx ends or
+// forwardDefineBudget passes. An answer that retrying cannot change (the
+// leader refused the op) is returned at once.
 func (n *Node) forwardDefine(ctx context.Context, s *shard, req *tallypb.DefineAssetRequest) (*tallypb.OpResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, forwardDefineBudget)
+	defer cancel()
 	shardID := s.id
 	sub := &tallypb.SubmitRequest{
 		Ops: []*tallypb.Op{{Kind: tallypb.OpKind_DEFINE_ASSET, Program: req.GetProgram(), Asset: req.GetAsset(),
 			IdempotencyKey: req.GetIdempotencyKey(), Scale: req.GetScale()}},
 		Shard: &shardID,
 	}
+	var last error
 	backoff := 10 * time.Millisecond
 	for {
 		_, leaderID := s.raft.LeaderWithID()
 		if p, ok := n.cfg.peerByID(string(leaderID)); ok && p.ID != n.cfg.ID {
 			c, err := n.peers.get(p.GRPCAddr)
 			if err == nil {
-				actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				resp, err := c.Submit(actx, sub)
+				actx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, defineFanoutMD, "1"), 5*time.Second)
+				var resp *tallypb.SubmitResponse
+				resp, err = c.Submit(actx, sub)
 				cancel()
-				if err == nil && len(resp.GetResults()) == 1 {
+				switch {
+				case err == nil && len(resp.GetResults()) == 1:
 					return resp.GetResults()[0], nil
+				case err == nil:
+					err = fmt.Errorf("leader %s answered %d results for one op", p.ID, len(resp.GetResults()))
+				case !retryableRemote(err):
+					return nil, fmt.Errorf("shard %d: leader %s: %w", shardID, p.ID, err)
 				}
 			}
+			last = err
 		} else if ok && p.ID == n.cfg.ID {
 			rs, err := s.propose(ctx, ledger.Request{Ops: []ledger.Op{defineAssetOp(req.GetProgram(), req.GetAsset(),
 				req.GetIdempotencyKey(), uint8(req.GetScale()))}})
@@ -82,15 +110,36 @@ func (n *Node) forwardDefine(ctx context.Context, s *shard, req *tallypb.DefineA
 				}
 				// Applied but not answerable: try again; the retry
 				// replays the definition.
+				err = cv.err
 			}
+			last = err
+		} else {
+			last = errUnavailable(fmt.Sprintf("shard %d has no known leader", shardID))
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("shard %d: %w", shardID, errUnavailable("define asset: "+ctx.Err().Error()))
+			return nil, fmt.Errorf("shard %d: %w", shardID, errUnavailable(fmt.Sprintf("define asset: %v; last: %v", ctx.Err(), last)))
 		case <-time.After(backoff):
 		}
 		if backoff < 500*time.Millisecond {
 			backoff *= 2
 		}
 	}
+}
+
+// retryableRemote reports whether a peer's Submit error may go away on
+// another try: the leader moved or is unreachable, or the try timed out.
+func retryableRemote(err error) bool {
+	st := status.Convert(err)
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == errorDomain {
+			c := ledger.Code(info.GetReason())
+			return c == ledger.CodeNotLeader || c == ledger.CodeUnavailable
+		}
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.ResourceExhausted:
+		return true
+	}
+	return false
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
@@ -118,9 +119,18 @@ func (sv *server) prepare(ctx context.Context, req *tallypb.SubmitRequest) (*sha
 	}
 	lr := ledger.Request{Linked: req.GetLinked(), Ops: make([]ledger.Op, len(ops))}
 	if ops[0].GetKind() == tallypb.OpKind_DEFINE_ASSET {
-		// Only the DefineAsset fan-out sends these, one per shard.
+		// Only the DefineAsset fan-out sends these, one per shard, marked
+		// (defineFanoutMD): by hand, a caller could define an asset on one
+		// shard at a scale the others do not have.
+		if md, _ := metadata.FromIncomingContext(ctx); len(md.Get(defineFanoutMD)) == 0 {
+			return nil, ledger.Request{}, opError(0, ledger.Errorf(ledger.CodeInvalidArgument, "define assets with the DefineAsset call"))
+		}
 		if len(ops) != 1 || req.GetLinked() {
 			return nil, ledger.Request{}, ledger.Errorf(ledger.CodeInvalidArgument, "a DEFINE_ASSET submit carries exactly one op")
+		}
+		if p := ops[0]; p.GetMember() != "" || p.GetAmount() != "" || p.GetHoldKey() != "" || p.GetHoldTtlMs() != 0 ||
+			p.GetMaxBalance() != "" || p.GetMemo() != "" {
+			return nil, ledger.Request{}, opError(0, ledger.Errorf(ledger.CodeInvalidArgument, "DEFINE_ASSET uses only program, asset, idempotency_key and scale"))
 		}
 		if ops[0].GetScale() > ledger.MaxScale {
 			return nil, ledger.Request{}, opError(0, ledger.Errorf(ledger.CodeInvalidArgument, "scale above maximum"))
