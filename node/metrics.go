@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"math"
 	"regexp"
 	"strconv"
 	"sync"
@@ -53,7 +54,7 @@ func newMetrics(n *Node) *metrics {
 		reg: reg,
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_ops_total",
-			Help: "Operations answered by this node's Submit (and DefineAsset, for the shards it leads), by kind and code: the result of applying them, or the error that refused them before any result (NOT_LEADER, UNAVAILABLE, INVALID_ARGUMENT, DEADLINE_EXCEEDED, ...). Retries answered from their record are in tally_ops_replayed_total.",
+			Help: "Operations answered by this node's Submit (and DefineAsset, for the shards it leads), by kind and code: the result of applying them, or the error the request failed with: a refusal before any result (NOT_LEADER, INVALID_ARGUMENT, ...), or UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED, which may also mean an outcome not yet known (the op may have applied; its retry then counts in tally_ops_replayed_total). Retries answered from their record are in tally_ops_replayed_total.",
 		}, []string{"kind", "code"}),
 		opsReplayed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_ops_replayed_total",
@@ -179,10 +180,10 @@ var (
 	// snapshot restore moves it too.
 	descAppliedIndex = prometheus.NewDesc("tally_shard_applied_index", "Last Raft index applied by the shard's state machine.", []string{"shard"}, nil)
 	descCommitIndex  = prometheus.NewDesc("tally_shard_commit_index", "Raft commit index known to this node.", []string{"shard"}, nil)
-	descApplyLag     = prometheus.NewDesc("tally_shard_apply_lag_entries", "Commit index minus the FSM's applied index on this node.", []string{"shard"}, nil)
+	descApplyLag     = prometheus.NewDesc("tally_shard_apply_lag_entries", "Commit index minus the index Raft has handed to the FSM on this node (entries committed but not yet applied).", []string{"shard"}, nil)
 	descTerm         = prometheus.NewDesc("tally_shard_term", "Current Raft term.", []string{"shard"}, nil)
 	descVersion      = prometheus.NewDesc("tally_shard_version", "Version of the rules the shard's state machine applies (raised through the log once every node allows it).", []string{"shard"}, nil)
-	descLastContact  = prometheus.NewDesc("tally_shard_last_contact_seconds", "Time since this follower last heard from its leader (0 on the leader).", []string{"shard"}, nil)
+	descLastContact  = prometheus.NewDesc("tally_shard_last_contact_seconds", "Time since this follower last heard from its leader (0 on the leader, +Inf if it never has).", []string{"shard"}, nil)
 	descCompactions  = prometheus.NewDesc("tally_pebble_compactions_total", "Pebble compactions.", []string{"db"}, nil)
 	descCompactDebt  = prometheus.NewDesc("tally_pebble_compaction_debt_bytes", "Pebble's estimated compaction debt.", []string{"db"}, nil)
 	descFlushes      = prometheus.NewDesc("tally_pebble_flushes_total", "Pebble memtable flushes.", []string{"db"}, nil)
@@ -212,13 +213,22 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		label := shardLabel(s.id)
 		commit := s.raft.CommitIndex()
 		applied := s.fsm.AppliedIndex()
+		// Lag counts from what Raft has handed the FSM, not from the
+		// FSM's own index: Raft hands it commands only, so after a no-op
+		// or a read's barrier an idle shard's FSM index stays below the
+		// commit index for good (a lag of 1 on every quiet shard, found by
+		// review). The FSM's queue behind that is bounded.
 		lag := 0.0
-		if commit > applied {
-			lag = float64(commit - applied)
+		if handed := s.raft.AppliedIndex(); commit > handed {
+			lag = float64(commit - handed)
 		}
 		contact := 0.0
 		if s.raft.State() != raft.Leader {
-			contact = time.Since(s.raft.LastContact()).Seconds()
+			if last := s.raft.LastContact(); last.IsZero() {
+				contact = math.Inf(1) // never heard from a leader
+			} else {
+				contact = time.Since(last).Seconds()
+			}
 		}
 		ch <- prometheus.MustNewConstMetric(descAppliedIndex, prometheus.GaugeValue, float64(applied), label)
 		ch <- prometheus.MustNewConstMetric(descCommitIndex, prometheus.GaugeValue, float64(commit), label)
@@ -342,7 +352,11 @@ func exportRaftMetrics(reg prometheus.Registerer) error {
 	var err error
 	raftMetricsOnce.Do(func() {
 		var sink *gometricsprom.PrometheusSink
-		sink, err = gometricsprom.NewPrometheusSinkFrom(gometricsprom.PrometheusOpts{Registerer: reg, Expiration: time.Minute})
+		// Expiration 0: series never expire. With a minute, a rare counter
+		// (raft_state_candidate, raft_restore, ...) was deleted after a
+		// quiet minute and came back at 1, going backwards (found by
+		// review). raftMetricsAllowed bounds the series instead.
+		sink, err = gometricsprom.NewPrometheusSinkFrom(gometricsprom.PrometheusOpts{Registerer: reg, Expiration: 0})
 		if err != nil {
 			return
 		}
