@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // Peer is one member of the cluster as every node knows it.
@@ -255,14 +258,45 @@ func (c *Config) validate() error {
 	if hclog.LevelFromString(c.LogLevel) == hclog.NoLevel {
 		return fmt.Errorf("node: config: log level %q is not one of trace, debug, info, warn, error", c.LogLevel)
 	}
+	if c.MaxInflightEntries > maxInflightEntries {
+		// Sizes a channel per shard: a typo must not take the memory.
+		return fmt.Errorf("node: config: MaxInflightEntries %d is above %d", c.MaxInflightEntries, maxInflightEntries)
+	}
+	if c.MaxVersion > ledger.MaxVersion {
+		return fmt.Errorf("node: config: MaxVersion %d is above this binary's newest rules version %d", c.MaxVersion, ledger.MaxVersion)
+	}
 	c.Raft = c.Raft.withDefaults()
-	// hashicorp/raft checks these too, but only once the stores are open.
+	// hashicorp/raft checks these too, but only once the stores are open:
+	// a bad value must fail before anything is written to the data dir.
 	if t := c.Raft; t.LeaderLeaseTimeout > t.HeartbeatTimeout {
 		return fmt.Errorf("node: config: LeaderLeaseTimeout (%s) must be at most HeartbeatTimeout (%s)", t.LeaderLeaseTimeout, t.HeartbeatTimeout)
 	} else if t.ElectionTimeout < t.HeartbeatTimeout {
 		return fmt.Errorf("node: config: ElectionTimeout (%s) must be at least HeartbeatTimeout (%s)", t.ElectionTimeout, t.HeartbeatTimeout)
 	}
+	if err := raft.ValidateConfig(c.raftConfig()); err != nil {
+		return fmt.Errorf("node: config: raft: %w", err)
+	}
 	return nil
+}
+
+// maxInflightEntries bounds Config.MaxInflightEntries.
+const maxInflightEntries = 1024
+
+// raftConfig is the hashicorp/raft configuration of every shard of this
+// node, less its logger and restore-on-start choice (openShard's).
+func (c *Config) raftConfig() *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(c.ID)
+	rc.HeartbeatTimeout = c.Raft.HeartbeatTimeout
+	rc.ElectionTimeout = c.Raft.ElectionTimeout
+	rc.LeaderLeaseTimeout = c.Raft.LeaderLeaseTimeout
+	rc.CommitTimeout = c.Raft.CommitTimeout
+	rc.MaxAppendEntries = c.Raft.MaxAppendEntries
+	rc.SnapshotThreshold = c.Raft.SnapshotThreshold
+	rc.SnapshotInterval = c.Raft.SnapshotInterval
+	rc.TrailingLogs = c.Raft.TrailingLogs
+	rc.BatchApplyCh = true
+	return rc
 }
 
 // dialable reports why addr cannot be an advertised address: the other

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // hashicorp/raft refuses a LeaderLeaseTimeout longer than HeartbeatTimeout,
@@ -61,6 +63,20 @@ func TestConfigRejectsRaftTimeouts(t *testing.T) {
 	c = base()
 	c.Raft.MaxAppendBytes = -1
 	require.ErrorContains(t, c.validate(), "must not be negative")
+	// Found by review: these passed validate and failed (or crashed, out
+	// of memory) only after the data directory was written.
+	c = base()
+	c.MaxInflightEntries = 100_000_000_000
+	require.ErrorContains(t, c.validate(), "MaxInflightEntries 100000000000 is above 1024")
+	c = base()
+	c.Raft.HeartbeatTimeout = -time.Second
+	require.ErrorContains(t, c.validate(), "raft:")
+	c = base()
+	c.Raft.SnapshotInterval = -time.Second
+	require.ErrorContains(t, c.validate(), "raft:")
+	c = base()
+	c.MaxVersion = ledger.MaxVersion + 1
+	require.ErrorContains(t, c.validate(), "above this binary's newest rules version")
 }
 
 // TestConfigRejectsUndialablePeers: every peer address is dialed as given

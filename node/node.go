@@ -319,18 +319,8 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		}
 	}()
 
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.ID)
+	rc := cfg.raftConfig()
 	rc.Logger = n.logger.Named(fmt.Sprintf("raft%d", id))
-	rc.HeartbeatTimeout = cfg.Raft.HeartbeatTimeout
-	rc.ElectionTimeout = cfg.Raft.ElectionTimeout
-	rc.LeaderLeaseTimeout = cfg.Raft.LeaderLeaseTimeout
-	rc.CommitTimeout = cfg.Raft.CommitTimeout
-	rc.MaxAppendEntries = cfg.Raft.MaxAppendEntries
-	rc.SnapshotThreshold = cfg.Raft.SnapshotThreshold
-	rc.SnapshotInterval = cfg.Raft.SnapshotInterval
-	rc.TrailingLogs = cfg.Raft.TrailingLogs
-	rc.BatchApplyCh = true
 	// The FSM's state is durable up to its applied index; Raft need not
 	// restore a snapshot on start unless that state is behind the snapshot,
 	// and it is not when only entries that change no state lie between.
