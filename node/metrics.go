@@ -115,6 +115,15 @@ func newMetrics(n *Node) *metrics {
 	reg.MustRegister(m.ops, m.opsReplayed, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.overloaded, m.applyBatch, m.applyLatency,
 		m.isLeader, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
 		&stateCollector{n: n},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tally_admission_refused_total",
+			Help: "Calls refused (UNAVAILABLE, not_applied, overloaded) before their message was read because the node already had the most calls in progress.",
+		}, func() float64 {
+			if n.admission == nil {
+				return 0
+			}
+			return float64(n.admission.refused.Load())
+		}),
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 			// Scheduler latency: how long runnable goroutines wait for a CPU.
 			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$`)})), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

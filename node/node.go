@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
@@ -44,6 +45,8 @@ type Node struct {
 
 	grpcLis    net.Listener
 	grpcServer *grpc.Server
+	admission  *admission    // node-wide bound on calls in progress
+	fullStates chan struct{} // admits maxFullStates full ShardState walks at a time
 	httpServer *http.Server
 	peers      *peerConns
 	assets     assetCache
@@ -82,6 +85,8 @@ func Start(cfg Config) (*Node, error) {
 		}),
 	}
 	n.peers = newPeerConns()
+	n.admission = newAdmission(maxActiveRPCs)
+	n.fullStates = make(chan struct{}, maxFullStates)
 	n.metrics = newMetrics(n)
 	if err := n.open(); err != nil {
 		n.Close()
@@ -136,7 +141,10 @@ func (n *Node) open() error {
 	if n.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
 		return fmt.Errorf("node: listen grpc %s: %w", cfg.GRPCAddr, err)
 	}
+	n.grpcLis = netutil.LimitListener(n.grpcLis, maxClientConns)
 	n.grpcServer = grpc.NewServer(
+		grpc.InTapHandle(n.admission.tap),
+		grpc.UnaryInterceptor(n.admission.intercept),
 		// Stop (after GracefulStop's 2 s) waits for running handlers, so
 		// none touches the state DB after Close closes it.
 		grpc.WaitForHandlers(true),

@@ -428,9 +428,17 @@ func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest
 	if !req.GetFull() {
 		return resp, nil
 	}
+	// One per shard, and at most maxFullStates on the node: each walks a
+	// whole shard, and any client may ask.
 	select {
 	case s.fullState <- struct{}{}:
 		defer func() { <-s.fullState }()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case sv.n.fullStates <- struct{}{}:
+		defer func() { <-sv.n.fullStates }()
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

@@ -1,0 +1,60 @@
+package node
+
+import (
+	"context"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// TestAdmissionBoundsCallsInProgress: while limit handlers run, a new call
+// is refused at the tap, before its message is read, as UNAVAILABLE that
+// says nothing applied and the node is overloaded; once one ends, calls
+// are admitted again.
+func TestAdmissionBoundsCallsInProgress(t *testing.T) {
+	a := newAdmission(2)
+	release := make(chan struct{})
+	running := make(chan struct{})
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := a.intercept(context.Background(), nil, &grpc.UnaryServerInfo{}, func(context.Context, any) (any, error) {
+				running <- struct{}{}
+				<-release
+				return nil, nil
+			})
+			done <- err
+		}()
+	}
+	<-running
+	<-running
+
+	_, err := a.tap(context.Background(), nil)
+	st, ok := status.FromError(err)
+	require.True(t, ok, "%v", err)
+	require.Equal(t, codes.Unavailable, st.Code())
+	var info *errdetails.ErrorInfo
+	for _, d := range st.Details() {
+		if i, ok := d.(*errdetails.ErrorInfo); ok {
+			info = i
+		}
+	}
+	require.NotNil(t, info)
+	require.Equal(t, string(ledger.CodeUnavailable), info.GetReason())
+	require.Equal(t, map[string]string{metaNotApplied: "true", metaOverloaded: "true"}, info.GetMetadata())
+	require.EqualValues(t, 1, a.refused.Load())
+
+	release <- struct{}{}
+	require.NoError(t, <-done)
+	_, err = a.tap(context.Background(), nil)
+	require.NoError(t, err, "a place came free")
+	close(release)
+	require.NoError(t, <-done)
+	require.Zero(t, a.active.Load())
+}
