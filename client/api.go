@@ -262,7 +262,7 @@ func (c *Client) ClusterInfo(ctx context.Context) (ClusterInfo, error) {
 	c.mu.Unlock()
 	var last *Error
 	for _, addr := range addrs {
-		info, e := c.clusterInfoFrom(ctx, addr, c.cfg.RequestTimeout)
+		info, e := c.clusterInfoFrom(ctx, addr, min(c.cfg.RequestTimeout, maxClusterInfoTimeout))
 		if e == nil && info.Shards > 0 {
 			c.applyClusterInfo(info)
 			return info, nil

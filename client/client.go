@@ -64,7 +64,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	var last *Error
 	for backoff := cfg.BackoffMin; ; backoff = c.nextBackoff(backoff) {
 		for _, addr := range cfg.Addrs {
-			info, err := c.clusterInfoFrom(dctx, addr, cfg.RequestTimeout)
+			// Capped per node, as in refresh: one seed that accepts and
+			// never answers must not take the whole DialTimeout.
+			info, err := c.clusterInfoFrom(dctx, addr, min(cfg.RequestTimeout, maxClusterInfoTimeout))
 			if err == nil && info.Shards > 0 {
 				c.applyClusterInfo(info)
 				return c, nil
@@ -345,6 +347,8 @@ type rpcFunc func(ctx context.Context, lc tallypb.LedgerClient) error
 // (DefineAsset): a NOT_LEADER naming another shard moves the call there.
 // Calls that route by member trust their own shard: the hint is for it.
 func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool, call rpcFunc) *Error {
+	ctx, cancel := c.bounded(ctx)
+	defer cancel()
 	var (
 		last           *Error
 		mayHaveApplied bool
@@ -405,12 +409,13 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 		if !e.definitelyNotApplied() {
 			mayHaveApplied = true
 		}
-		if ctx.Err() != nil || c.isClosed() {
-			return giveUp()
-		}
+		// A clear answer beats the context ending at the same moment.
 		if !e.retryable() {
 			e.Indeterminate = mutating && mayHaveApplied
 			return e
+		}
+		if ctx.Err() != nil || c.isClosed() {
+			return giveUp()
 		}
 		if e.Code == ledger.CodeNotLeader {
 			if anyShard && e.Shard >= 0 && e.Shard < c.Shards() {
@@ -431,6 +436,15 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 			return giveUp()
 		}
 	}
+}
+
+// bounded is ctx, bounded by Config.MaxCallDuration when it has no
+// deadline of its own.
+func (c *Client) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok || c.cfg.MaxCallDuration < 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, c.cfg.MaxCallDuration)
 }
 
 func joinAddrs(addrs []string) string {

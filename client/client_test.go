@@ -1384,3 +1384,56 @@ func TestSubmitPartsFailIndependently(t *testing.T) {
 		})
 	}
 }
+
+// TestCallWithoutDeadlineIsBounded: a caller with no deadline against a
+// leader that never answers is released after MaxCallDuration, coalesced
+// or not, as indeterminate (an attempt was out); it waited for good
+// (found by review).
+func TestCallWithoutDeadlineIsBounded(t *testing.T) {
+	for _, coalesce := range []bool{false, true} {
+		t.Run(fmt.Sprintf("coalesce=%v", coalesce), func(t *testing.T) {
+			fc := newFakeCluster(t, 1, 1)
+			c := dial(t, fc, Config{RequestTimeout: 50 * time.Millisecond, MaxCallDuration: 300 * time.Millisecond, Coalesce: coalesce})
+			fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+				<-ctx.Done()
+				return nil, ctx.Err(), true
+			})
+			start := time.Now()
+			_, err := c.Credit(context.Background(), testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
+			require.Error(t, err)
+			assert.Less(t, time.Since(start), 5*time.Second)
+			assert.True(t, IsIndeterminate(err), "err: %v", err)
+			assert.ErrorIs(t, err, context.DeadlineExceeded)
+		})
+	}
+}
+
+// TestDialPassesAHungSeed: a first seed that accepts connections and never
+// answers does not use up the dial timeout; the next seed is asked (found
+// by review: Dial gave each seed the whole RequestTimeout).
+func TestDialPassesAHungSeed(t *testing.T) {
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer hung.Close()
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				_ = c.Close()
+			}
+		}()
+		for {
+			c, err := hung.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	fc := newFakeCluster(t, 1, 1)
+	start := time.Now()
+	c, err := Dial(testCtx(t), Config{Addrs: append([]string{hung.Addr().String()}, fc.addrs()...)})
+	require.NoError(t, err)
+	defer c.Close()
+	assert.Less(t, time.Since(start), 4*time.Second)
+}

@@ -75,6 +75,8 @@ func (c *Client) queue(shard int) (*shardQueue, *Error) {
 
 // submit queues ops as one group and waits for their results.
 func (q *shardQueue) submit(ctx context.Context, ops []*tallypb.Op) ([]*tallypb.OpResult, *Error) {
+	ctx, cancel := q.c.bounded(ctx)
+	defer cancel()
 	if err := ctx.Err(); err != nil {
 		return nil, giveUpError(err, q.shard, nil, false)
 	}
@@ -198,8 +200,10 @@ func (q *shardQueue) take() []*group {
 				}
 				// Two callers sending one key at once (a webhook delivered
 				// twice) must not share a request: the server refuses a
-				// request with a key twice. Sent one after the other, the
-				// second gets the first's result, replayed, or
+				// request with a key twice. Sent in separate requests (one
+				// after the other with one sender per shard; with more,
+				// possibly at once, and the shard's log orders them), the
+				// later gets the earlier's result, replayed, or
 				// IDEMPOTENCY_KEY_REUSED.
 				if hasKey(keys, g.ops) {
 					later = append(later, g)

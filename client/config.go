@@ -35,6 +35,10 @@ const (
 	// must allow pings this often.
 	DefaultKeepaliveTime = 30 * time.Second
 	keepaliveTimeout     = 10 * time.Second
+	// DefaultMaxCallDuration bounds a call whose context has no deadline:
+	// retries against a shard without a leader (or a leader that never
+	// answers) must not hold the caller, and its coalesced batch, for good.
+	DefaultMaxCallDuration = time.Minute
 )
 
 // Internal limits.
@@ -76,6 +80,11 @@ type Config struct {
 	// KeepaliveTime is the gRPC client keepalive interval (default
 	// DefaultKeepaliveTime).
 	KeepaliveTime time.Duration
+	// MaxCallDuration bounds a call whose context has no deadline, retries
+	// included (default DefaultMaxCallDuration; negative: no bound). A call
+	// it ends fails as the context's deadline would: UNAVAILABLE,
+	// indeterminate if an attempt may have applied.
+	MaxCallDuration time.Duration
 }
 
 // withDefaults returns cfg with zero fields set to their defaults and
@@ -101,6 +110,9 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.KeepaliveTime <= 0 {
 		cfg.KeepaliveTime = DefaultKeepaliveTime
+	}
+	if cfg.MaxCallDuration == 0 {
+		cfg.MaxCallDuration = DefaultMaxCallDuration
 	}
 	cfg.Addrs = append([]string(nil), cfg.Addrs...)
 	return cfg

@@ -16,7 +16,10 @@
 // Retries. A request that fails with NOT_LEADER carrying a leader hint is
 // re-sent to the hint at once. NOT_LEADER without a hint, UNAVAILABLE,
 // connection errors and per-attempt timeouts are retried after a jittered,
-// doubling backoff and a ClusterInfo refresh, until the caller's context ends.
+// doubling backoff and a ClusterInfo refresh, until the caller's context ends
+// (or, for a context without a deadline, Config.MaxCallDuration, a minute by
+// default). An UNAVAILABLE that the server marks as refused before proposal
+// (its shard's queue full, say) is retried too, but counts as not applied.
 // Every retry re-sends exactly the same operations with the same idempotency
 // keys, so an operation applies at most once however often it is sent.
 // Rejections of the request itself (INVALID_ARGUMENT, INVALID_AMOUNT, ...) are

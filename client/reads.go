@@ -17,11 +17,12 @@ type AccountRead struct {
 }
 
 // GetAccounts reads many accounts linearizably: one GetAccounts request per
-// shard (sent concurrently, each at one linearizable point of its shard, not
-// one point across shards), answers in input order. When a shard's read
-// fails, the error says so and that shard's entries stay zero (Found
-// false): a caller must check the error before reading Found as "no such
-// account".
+// shard and up to MaxBatchOps accounts (sent concurrently, each at one
+// linearizable point of its shard, not one point across shards or
+// requests), answers in input order. When a request fails, the error says
+// so and its entries stay zero (Found false); an unreadable answer for one
+// account spoils only its entry and its error's OpIndex names it: a caller
+// must check the error before reading Found as "no such account".
 func (c *Client) GetAccounts(ctx context.Context, keys []ledger.AccountKey) ([]AccountRead, error) {
 	byShard := map[int][]int{}
 	var order []int
@@ -62,10 +63,12 @@ func (c *Client) GetAccounts(ctx context.Context, keys []ledger.AccountKey) ([]A
 					fail(e)
 					return
 				}
+				// A bad answer for one account names it and spoils
+				// only its own entry.
 				for n, i := range part {
 					if out[i], e = accountReadFromProto(reads[n], sh); e != nil {
+						e.OpIndex = i
 						fail(e)
-						return
 					}
 				}
 			}()
@@ -157,6 +160,8 @@ func (c *Client) readQueueFor(shard int) (*readQueue, *Error) {
 }
 
 func (q *readQueue) read(ctx context.Context, ref *tallypb.AccountRef) (*tallypb.AccountRead, *Error) {
+	ctx, cancel := q.c.bounded(ctx)
+	defer cancel()
 	p := &pendingRead{ctx: ctx, ref: ref, done: make(chan readOutcome, 1)}
 	q.mu.Lock()
 	if q.closed {
