@@ -1437,3 +1437,58 @@ func TestDialPassesAHungSeed(t *testing.T) {
 	defer c.Close()
 	assert.Less(t, time.Since(start), 4*time.Second)
 }
+
+// TestCoalescingQueueIsBounded: with MaxQueuedOps waiting behind a batch in
+// flight, one more call is refused at once, as not applied (nothing of it
+// was sent); the queued ones go through once the batch returns (found by
+// review: the queues had no bound).
+func TestCoalescingQueueIsBounded(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true, MaxQueuedOps: 2})
+	release := make(chan struct{})
+	var first atomic.Bool
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		if first.CompareAndSwap(false, true) {
+			<-release // the first batch stays in flight
+		}
+		return nil, nil, false
+	})
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	send := func(i int) {
+		defer wg.Done()
+		_, errs[i] = c.Credit(testCtx(t), testProgram, "alice", "CNY", decimal.NewFromInt(1), fmt.Sprintf("k%d", i), "")
+	}
+	wg.Add(1)
+	go send(0)
+	require.Eventually(t, first.Load, 5*time.Second, time.Millisecond)
+	wg.Add(2)
+	go send(1)
+	go send(2)
+	q, e := c.queue(0)
+	require.Nil(t, e)
+	require.Eventually(t, func() bool {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return q.queued == 2
+	}, 5*time.Second, time.Millisecond)
+
+	_, err := c.Credit(testCtx(t), testProgram, "alice", "CNY", decimal.NewFromInt(1), "k3", "")
+	require.Error(t, err)
+	assert.Equal(t, ledger.CodeUnavailable, CodeOf(err))
+	assert.False(t, IsIndeterminate(err), "nothing was sent: %v", err)
+
+	close(release)
+	wg.Wait()
+	for i, err := range errs {
+		assert.NoError(t, err, "call %d", i)
+	}
+	q.mu.Lock()
+	assert.Zero(t, q.queued, "the count follows the queue")
+	q.mu.Unlock()
+	for _, req := range fc.nodes[0].recorded() {
+		for _, op := range req.GetOps() {
+			assert.NotEqual(t, "k3", op.GetIdempotencyKey(), "the refused call was sent")
+		}
+	}
+}

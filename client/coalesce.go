@@ -52,6 +52,17 @@ type shardQueue struct {
 	// abandoned counts groups abandoned since the queue was last
 	// compacted (forget): an upper bound of those still in groups.
 	abandoned int
+	// queued is the number of ops in groups, whatever their state: it
+	// bounds the queue (Config.MaxQueuedOps).
+	queued int
+}
+
+// queueFull is the error of a call refused because its shard's queue holds
+// queued ops already: nothing of it was sent.
+func queueFull(shard, queued int) *Error {
+	e := newError(ledger.CodeUnavailable, shard, "the client's queue for shard %d holds %d operations; retry later with the same keys", shard, queued)
+	e.notProposed, e.overloaded = true, true
+	return e
 }
 
 // queue returns shard's queue, starting it (and its senders) on first use.
@@ -86,7 +97,13 @@ func (q *shardQueue) submit(ctx context.Context, ops []*tallypb.Op) ([]*tallypb.
 		q.mu.Unlock()
 		return nil, giveUpError(ErrClosed, q.shard, nil, false)
 	}
+	if q.queued > 0 && q.queued+len(ops) > q.c.cfg.MaxQueuedOps {
+		queued := q.queued
+		q.mu.Unlock()
+		return nil, queueFull(q.shard, queued)
+	}
 	q.groups = append(q.groups, g)
+	q.queued += len(ops)
 	q.cond.Signal()
 	q.mu.Unlock()
 
@@ -120,7 +137,13 @@ func (q *shardQueue) forget() {
 	if 2*q.abandoned < len(q.groups) {
 		return
 	}
-	q.groups = slices.DeleteFunc(q.groups, func(g *group) bool { return g.state.Load() != groupQueued })
+	q.groups = slices.DeleteFunc(q.groups, func(g *group) bool {
+		gone := g.state.Load() != groupQueued
+		if gone {
+			q.queued -= len(g.ops)
+		}
+		return gone
+	})
 	q.abandoned = 0
 }
 
@@ -147,6 +170,7 @@ func (q *shardQueue) close() {
 		}
 	}
 	q.groups = nil
+	q.queued = 0
 	q.cond.Broadcast()
 }
 
@@ -187,12 +211,13 @@ func (q *shardQueue) take() []*group {
 			keys  map[string]bool // the batch's idempotency keys, once it has two groups
 			later []*group        // groups left for the next batch
 		)
-		nOps, k := 0, 0
+		nOps, k, scanned := 0, 0, 0
 		for ; k < len(q.groups); k++ {
 			g := q.groups[k]
 			if len(batch) > 0 && nOps+len(g.ops) > q.c.cfg.MaxBatchOps {
 				break
 			}
+			scanned += len(g.ops)
 			if len(batch) > 0 {
 				if keys == nil {
 					keys = make(map[string]bool, 2*nOps)
@@ -218,6 +243,12 @@ func (q *shardQueue) take() []*group {
 				}
 			}
 		}
+		// Taken and dropped groups leave the queue; those left for later
+		// stay in it.
+		for _, g := range later {
+			scanned -= len(g.ops)
+		}
+		q.queued -= scanned
 		n := copy(q.groups, later)
 		n += copy(q.groups[n:], q.groups[k:])
 		clear(q.groups[n:])

@@ -39,6 +39,9 @@ const (
 	// retries against a shard without a leader (or a leader that never
 	// answers) must not hold the caller, and its coalesced batch, for good.
 	DefaultMaxCallDuration = time.Minute
+	// DefaultMaxQueuedOps bounds the operations (and, separately, the reads)
+	// waiting in one shard's coalescing queue: 32 full requests.
+	DefaultMaxQueuedOps = 32 * ledger.MaxBatchOps
 )
 
 // Internal limits.
@@ -85,6 +88,11 @@ type Config struct {
 	// it ends fails as the context's deadline would: UNAVAILABLE,
 	// indeterminate if an attempt may have applied.
 	MaxCallDuration time.Duration
+	// MaxQueuedOps bounds the operations, and separately the reads, waiting
+	// in one shard's coalescing queue (default DefaultMaxQueuedOps). A call
+	// that would pass it fails at once with UNAVAILABLE, not indeterminate:
+	// nothing of it was sent. (A call into an empty queue is always taken.)
+	MaxQueuedOps int
 }
 
 // withDefaults returns cfg with zero fields set to their defaults and
@@ -113,6 +121,9 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.MaxCallDuration == 0 {
 		cfg.MaxCallDuration = DefaultMaxCallDuration
+	}
+	if cfg.MaxQueuedOps <= 0 {
+		cfg.MaxQueuedOps = DefaultMaxQueuedOps
 	}
 	cfg.Addrs = append([]string(nil), cfg.Addrs...)
 	return cfg

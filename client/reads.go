@@ -168,6 +168,10 @@ func (q *readQueue) read(ctx context.Context, ref *tallypb.AccountRef) (*tallypb
 		q.mu.Unlock()
 		return nil, giveUpError(ErrClosed, q.shard, nil, false)
 	}
+	if n := len(q.pending); n > 0 && n >= q.c.cfg.MaxQueuedOps {
+		q.mu.Unlock()
+		return nil, queueFull(q.shard, n)
+	}
 	q.pending = append(q.pending, p)
 	q.cond.Signal()
 	q.mu.Unlock()
