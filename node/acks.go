@@ -31,6 +31,12 @@ type ackTransport struct {
 	// logger tells of a broken part, which raft does not see as a failure.
 	logger hclog.Logger
 
+	// guard, when set, refuses this replica's votes until it may vote
+	// (voteGuard); guardStop ends its consumer when the transport closes.
+	guard     *voteGuard
+	guardStop chan struct{}
+	closeOnce sync.Once
+
 	mu   sync.Mutex
 	acks map[raft.ServerID]ack
 	// wake is closed when an acceptance is recorded, if anyone waits for
@@ -64,6 +70,39 @@ func newAckTransport(t *raft.NetworkTransport) *ackTransport {
 		tr.send = t.AppendEntries
 	}
 	return tr
+}
+
+// Consumer implements raft.Transport: the RPCs for raft, less the votes
+// the guard refuses (it answers those itself).
+func (t *ackTransport) Consumer() <-chan raft.RPC {
+	if t.guard == nil {
+		return t.NetworkTransport.Consumer()
+	}
+	return guardedConsumer(t.NetworkTransport.Consumer(), t.guard, t.guardStop)
+}
+
+// SetHeartbeatHandler implements raft.Transport. Heartbeats skip Consumer,
+// and the guard learns the leader's commit index from them too.
+func (t *ackTransport) SetHeartbeatHandler(cb func(raft.RPC)) {
+	if t.guard == nil || cb == nil {
+		t.NetworkTransport.SetHeartbeatHandler(cb)
+		return
+	}
+	g := t.guard
+	t.NetworkTransport.SetHeartbeatHandler(func(rpc raft.RPC) {
+		g.observe(rpc.Command)
+		cb(rpc)
+	})
+}
+
+// Close implements raft.WithClose.
+func (t *ackTransport) Close() error {
+	t.closeOnce.Do(func() {
+		if t.guardStop != nil {
+			close(t.guardStop)
+		}
+	})
+	return t.NetworkTransport.Close()
 }
 
 // AppendEntries implements raft.Transport and records accepted requests.

@@ -939,3 +939,46 @@ func TestApplyLagZeroWhenIdle(t *testing.T) {
 	require.Less(t, metricValues(t, n, "tally_shard_applied_index")["shard=0"], metricValues(t, n, "tally_shard_commit_index")["shard=0"],
 		"the FSM's index is below the commit index here, so the lag above did not come from it")
 }
+
+// TestWipedReplicaCannotElectALaggard: a write committed on n1 and n2 while
+// n3 was down must survive n2 coming back wiped beside n3 alone. Without
+// the vote guard, n2 (empty log, empty configuration) voted for n3, which
+// lacked the write, and n3's leadership erased it. With it, the shard waits
+// for n1; then the write is there and n2, caught up, votes again.
+func TestWipedReplicaCannotElectALaggard(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	for i := range c.nodes { // n3 holds the open before it goes
+		require.Eventually(t, func() bool {
+			return c.nodes[i].shards[0].fsm.AppliedIndex() >= c.nodes[c.leaderOf(0)].shards[0].fsm.AppliedIndex()
+		},
+			10*time.Second, 10*time.Millisecond)
+	}
+	c.stop(2)
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "w", "ann", "POINTS", "100")) // on n1 and n2 only
+	c.stop(0)
+	c.stop(1)
+	require.NoError(t, os.RemoveAll(c.cfgs[1].DataDir))
+	require.NoError(t, os.MkdirAll(c.cfgs[1].DataDir, 0o755))
+	c.start(1)
+	c.start(2)
+
+	// n2 refuses its vote, so n3 (without the write) cannot lead.
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, i := range []int{1, 2} {
+			require.False(t, c.nodes[i].IsLeader(0), "n%d leads with n1 down: n2's vote elected a laggard", i+1)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.start(0)
+	c.waitLeaders()
+	a, err := c.account("shop", "ann", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "100", a.Posted, "the acknowledged write was lost")
+	g := c.nodes[1].shards[0].trans.guard
+	require.NotNil(t, g)
+	require.Eventually(t, func() bool { return !g.on.Load() }, 10*time.Second, 20*time.Millisecond, "n2 never caught up")
+	c.checkReplicas()
+}

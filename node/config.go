@@ -148,8 +148,8 @@ type Config struct {
 	// costs encoding, a log write and a decode on every replica).
 	MaxInflightEntries int
 	// RepairLogTail deletes a damaged tail of a shard's Raft log at start
-	// instead of refusing to start (raftstore.Options.RepairTail): safe only
-	// when the other nodes hold every committed entry.
+	// instead of refusing to start (raftstore.Options.RepairTail); every
+	// shard then refuses to vote until it has caught up (voteGuard).
 	RepairLogTail bool
 	// MaxVersion holds this node's shards at or below a rules version
 	// (ledger.Version1...): the shards of the cluster are raised to the

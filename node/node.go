@@ -338,11 +338,16 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 			"applied", f.AppliedIndex(), "state", f.StateIndex(), "snapshot", snapIndex)
 	}
 
+	has, err := raft.HasExistingState(logs, logs, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("node: shard %d: %w", id, err)
+	}
+	if !has || cfg.RepairLogTail {
+		// No state (a new shard, or wiped data) or a repaired log tail:
+		// this replica may lack entries it acknowledged (voteGuard).
+		trans.guard, trans.guardStop = newVoteGuard(), make(chan struct{})
+	}
 	if cfg.Bootstrap {
-		has, err := raft.HasExistingState(logs, logs, snaps)
-		if err != nil {
-			return nil, fmt.Errorf("node: shard %d: %w", id, err)
-		}
 		if !has {
 			var servers []raft.Server
 			for _, p := range cfg.Peers {

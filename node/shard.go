@@ -149,6 +149,10 @@ func newShard(n *Node, id uint32, f *fsm.FSM) *shard {
 }
 
 func (s *shard) start() {
+	if s.trans != nil && s.trans.guard != nil {
+		s.wg.Add(1)
+		go s.guardLoop()
+	}
 	s.wg.Add(6)
 	go s.proposeLoop()
 	go s.completeLoop()

@@ -226,10 +226,9 @@ func (db *DB) shardsOfKind(kind byte) ([]uint32, error) {
 //     then elect a candidate that lacks a committed entry: an acknowledged
 //     write lost, and replicas that already applied it diverging.
 //   - So deletion is an operator's decision (Options.RepairTail, tallyd
-//     --repair-log-tail), safe only while every other node is up and holds
-//     every committed entry (in three nodes, a committed entry may be on
-//     this node and only one other). Wiping this node's data and starting
-//     it again needs the same condition: it forgets its vote too.
+//     --repair-log-tail), and a node started with it refuses to vote until
+//     it has caught up (package node's vote guard, which also covers a
+//     node whose data was wiped: it forgets its vote too).
 //   - An entry in a codec version this build does not know is never deleted:
 //     it is most likely intact and written by a newer build.
 //

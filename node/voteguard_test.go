@@ -1,0 +1,56 @@
+package node
+
+import (
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"github.com/stretchr/testify/require"
+)
+
+// TestVoteGuardRules: a guarded replica refuses votes and pre-votes, and
+// lifts only for a new shard (a majority reporting nothing applied) or
+// once its log reaches both the first commit index a leader sent and the
+// highest applied index a peer reported; after that, votes in terms up to
+// the lift's are still refused.
+func TestVoteGuardRules(t *testing.T) {
+	g := newVoteGuard()
+	require.True(t, g.refuses(7))
+
+	answered := func(cmd any) (bool, any) {
+		ch := make(chan raft.RPCResponse, 1)
+		ok := g.filter(raft.RPC{Command: cmd, RespChan: ch})
+		if !ok {
+			return false, nil
+		}
+		return true, (<-ch).Response
+	}
+	ok, resp := answered(&raft.RequestVoteRequest{Term: 7})
+	require.True(t, ok)
+	require.False(t, resp.(*raft.RequestVoteResponse).Granted)
+	require.EqualValues(t, 7, resp.(*raft.RequestVoteResponse).Term)
+	ok, resp = answered(&raft.RequestPreVoteRequest{Term: 7})
+	require.True(t, ok)
+	require.False(t, resp.(*raft.RequestPreVoteResponse).Granted)
+
+	// Nothing known yet: a minority of fresh replicas lifts nothing.
+	require.False(t, g.mayLift(0, 1, 3))
+	require.True(t, g.mayLift(0, 2, 3), "a majority reports a new shard")
+	require.True(t, g.mayLift(0, 1, 1), "a one-node cluster")
+
+	// An AppendEntries passes through and tells the leader's commit index.
+	ok, _ = answered(&raft.AppendEntriesRequest{LeaderCommitIndex: 40})
+	require.False(t, ok)
+	g.observe(&raft.AppendEntriesRequest{LeaderCommitIndex: 90}) // only the first counts
+	require.EqualValues(t, 40, g.firstCommit.Load())
+	g.peerApplied.Store(55)
+	require.False(t, g.mayLift(39, 1, 3))
+	require.False(t, g.mayLift(54, 1, 3), "a peer applied more than this log holds")
+	require.True(t, g.mayLift(55, 1, 3))
+
+	g.liftTerm.Store(9)
+	g.on.Store(false)
+	require.True(t, g.refuses(9), "a term it may have voted in before")
+	require.False(t, g.refuses(10))
+	ok, _ = answered(&raft.RequestVoteRequest{Term: 10})
+	require.False(t, ok, "raft decides once lifted")
+}
