@@ -18,6 +18,9 @@
 # over 1 ms for a CPU. Every process it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for tool in curl setsid; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "ab.sh: $tool not found (curl scrapes the nodes' metrics; setsid is in util-linux)" >&2; exit 2; }
+done
 # Pebble's memtables are 64 MiB arenas that every write inserts into at
 # random: with transparent huge pages in "madvise" mode, glibc backs them
 # with huge pages only when asked (glibc >= 2.35; others ignore it). Batched
@@ -32,45 +35,133 @@ if [ -z "${BIN:-}" ]; then
   go build -o "$BIN/" ./cmd/tallyd ./cmd/tallyctl ./cmd/tally-load
 fi
 data=$(mktemp -d /tmp/tally-ab.XXXXXX)
-pids=()
+pids=()   # the nodes
+window=   # the subshell that scrapes the measured window
+# cleanup stops what this script started: the window subshell (its curls
+# have time limits), then the nodes, waiting only for those.
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  trap - EXIT INT TERM HUP
+  # Wait only on a process that the kill found: bash's wait on a child that
+  # is already gone can block (seen after a Ctrl-C with bash 5.2).
+  if [ -n "$window" ] && kill -TERM "$window" 2>/dev/null; then wait "$window" 2>/dev/null || true; fi
+  local live=()
+  for p in "${pids[@]}"; do if kill -TERM "$p" 2>/dev/null; then live+=("$p"); fi; done
+  for p in "${live[@]}"; do wait "$p" 2>/dev/null || true; done
   [ -n "${AB_KEEP:-}" ] || rm -rf "$data"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 peers=""; addrs=""
 for i in 1 2 3; do
   peers+="${peers:+,}n$i=127.0.0.1:$((port + 10 + i))/127.0.0.1:$((port + i))"
   addrs+="${addrs:+,}127.0.0.1:$((port + i))"
 done
+# Each node in a session of its own (setsid): a Ctrl-C at the terminal
+# reaches this script and tally-load but not the nodes, so tally-load's
+# verification still finds the cluster up; the trap stops the nodes after.
 for i in 1 2 3; do
   # shellcheck disable=SC2086 # TALLYD_FLAGS is a list of flags
-  GLIBC_TUNABLES="$tunables" "$BIN/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap --grpc "127.0.0.1:$((port + i))" \
+  GLIBC_TUNABLES="$tunables" setsid "$BIN/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap --grpc "127.0.0.1:$((port + i))" \
     --raft "127.0.0.1:$((port + 10 + i))" --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" --pprof \
     ${TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
-for _ in $(seq 1 150); do
-  "$BIN/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -q "^$((shards - 1)) *n" && break
+# Ready when every shard has a leader and all three nodes still run: a node
+# that exits at start (a port taken by another cluster, which would then
+# answer instead) must not leave this measuring a cluster that is not this
+# fresh one. Bounded by time (one tallyctl call can take its whole 1 s).
+alive() {
+  for k in 0 1 2; do
+    if ! kill -0 "${pids[$k]}" 2>/dev/null; then
+      echo "node n$((k + 1)) exited at start (another cluster on ports $((port + 1))-$((port + 23))? AB_PORT moves them); logs in $data" >&2
+      tail -n 5 "$data"/n*.log >&2
+      AB_KEEP=1
+      exit 1
+    fi
+  done
+}
+ready=0
+deadline=$((SECONDS + 30))
+while [ "$SECONDS" -lt "$deadline" ]; do
+  alive
+  led=$("$BIN/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
+  if [ "$led" = "$shards" ]; then ready=1; break; fi
   sleep 0.2
 done
-scrape() { for i in 1 2 3; do curl -s "http://127.0.0.1:$((port + 20 + i))/metrics" >"$data/$1.n$i" || true; done; }
+if [ "$ready" != 1 ]; then
+  echo "cluster did not elect every one of $shards shards' leaders within 30 s; logs in $data" >&2
+  tail -n 5 "$data"/n*.log >&2
+  AB_KEEP=1
+  exit 1
+fi
+sleep 1
+alive
+scrape() { for i in 1 2 3; do curl -s --max-time 5 "http://127.0.0.1:$((port + 20 + i))/metrics" >"$data/$1.n$i" || true; done; }
 (for _ in $(seq 1 600); do grep -q 'measure\]' "$data/progress" 2>/dev/null && break; sleep 0.5; done
  scrape m0
  if [ -n "${AB_PROFILE:-}" ]; then
-   curl -s -o "$AB_PROFILE" "http://127.0.0.1:$((port + 21))/debug/pprof/profile?seconds=8"
+   curl -s --max-time 20 -o "$AB_PROFILE" "http://127.0.0.1:$((port + 21))/debug/pprof/profile?seconds=8" || true
  else
    sleep 8
  fi
  scrape m1) &
 window=$!
 server_pids=$(IFS=,; echo "${pids[*]}")
+# run_load OUT ERR CMD...: runs the load generator with its stdout in OUT and
+# its stderr in ERR, in the background, and waits for it; sets rc to its exit
+# status. A signal to this script while it runs does not stop the nodes under
+# it: a Ctrl-C at the terminal reaches tally-load as well (it ends the load,
+# verifies what it acked, and a second Ctrl-C stops it), TERM and HUP are
+# passed on to it as TERM (the same); once it has exited, this script exits
+# with the signal's status (exit_if_signalled, after showing its summary;
+# the EXIT trap then stops the nodes).
+sig_status=  # exit status owed to a signal that came during the load
+sig_count=0
+load_pid=
+during_load() {
+  sig_status=$1
+  sig_count=$((sig_count + 1))
+  if [ "$2" = pass ] && [ -n "$load_pid" ]; then kill -TERM "$load_pid" 2>/dev/null || true; fi
+}
+exit_if_signalled() { if [ -n "$sig_status" ]; then exit "$sig_status"; fi; }
+run_load() {
+  local o=$1 e=$2 seen
+  shift 2
+  "$@" >"$o" 2>"$e" &
+  load_pid=$!
+  trap 'during_load 130 terminal' INT
+  trap 'during_load 143 pass' TERM
+  trap 'during_load 129 pass' HUP
+  # wait returns early (over 128) when a trapped signal comes: wait again
+  # until it returns with no signal meanwhile, which is the load's status.
+  while :; do
+    seen=$sig_count
+    rc=0
+    wait "$load_pid" || rc=$?
+    [ "$sig_count" != "$seen" ] || break
+  done
+  load_pid=
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+}
 rc=0
-"$BIN/tally-load" --addrs "$addrs" --server-pids "$server_pids" --members "${MEMBERS:-20000}" \
-  --verify-budget 5s "$@" 2>"$data/progress" | grep -E '^(throughput|latency|cpu|result)' || rc=$?
-wait "$window" || true
+run_load "$data/summary" "$data/progress" "$BIN/tally-load" --addrs "$addrs" --server-pids "$server_pids" \
+  --members "${MEMBERS:-20000}" --verify-budget 5s "$@"
+grep -E '^(throughput|latency|cpu|result)' "$data/summary" || true
+exit_if_signalled
+# The window's wait for the measured window is over once tally-load is: if
+# that never started (tally-load failed early), stop the subshell; else let
+# it finish its scrapes (bounded: 8 s and curl time limits).
+if ! grep -q 'measure\]' "$data/progress" 2>/dev/null; then
+  kill -TERM "$window" 2>/dev/null || true
+  echo "tally-load exited $rc before its measured window:" >&2
+  tail -n 5 "$data/progress" >&2
+fi
+if kill -0 "$window" 2>/dev/null; then wait "$window" 2>/dev/null || true; fi
+window=
 for i in 1 2 3; do
   [ -s "$data/m1.n$i" ] || continue
   awk -v node="n$i" '

@@ -42,6 +42,9 @@
 # Exit status: non-zero if any case failed its checks or could not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for tool in curl setsid; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: $tool not found (curl takes the nodes' metrics and profiles; setsid is in util-linux)" >&2; exit 2; }
+done
 # Pebble's memtables are 64 MiB arenas that every write inserts into at
 # random: with transparent huge pages in "madvise" mode, glibc backs them
 # with huge pages only when asked (glibc >= 2.35; others ignore it). Batched
@@ -77,7 +80,20 @@ if [ -n "${BENCH_CPUS:-}" ] && [ "${#cpus[@]}" != 4 ]; then echo "BENCH_CPUS nee
 pin() { if [ -n "${BENCH_CPUS:-}" ]; then echo "taskset -c ${cpus[$1 - 1]}"; fi; }
 
 data=$(mktemp -d /tmp/tally-bench.XXXXXX)
-pids=()
+pids=()    # the nodes
+helpers=() # the running case's profile and stall subshells
+# stop_helpers stops the profile and stall subshells (a stall subshell left
+# running could later STOP and CONT reused pids), then lets any node that a
+# stopped stall left stopped go on.
+stop_helpers() {
+  # Wait only on a process that the kill found: bash's wait on a child that
+  # is already gone can block (seen after a Ctrl-C with bash 5.2).
+  local live=()
+  for p in "${helpers[@]}"; do if kill -TERM "$p" 2>/dev/null; then live+=("$p"); fi; done
+  for p in "${live[@]}"; do wait "$p" 2>/dev/null || true; done
+  helpers=()
+  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; done
+}
 stop_cluster() {
   # CONT first: a node left stopped by BENCH_STALL would never act on TERM.
   for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill -TERM "$p" 2>/dev/null || true; done
@@ -85,13 +101,16 @@ stop_cluster() {
   pids=()
 }
 cleanup() {
-  trap - EXIT INT TERM
+  trap - EXIT INT TERM HUP
+  stop_helpers
   stop_cluster
   cp "$data"/n*.log "$out/" 2>/dev/null || true
   rm -rf "$data"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 pprof_flag=
 profile=${BENCH_PROFILE:-1}
@@ -104,8 +123,12 @@ for i in 1 2 3; do
   addrs+="${addrs:+,}127.0.0.1:$((port + i))"
 done
 echo "== cluster: 3 nodes, $shards shards, data $data, gRPC $addrs"
+# Each node in a session of its own (setsid): a Ctrl-C at the terminal
+# reaches this script and tally-load but not the nodes, so tally-load's
+# verification still finds the cluster up; the trap stops the nodes after.
 for i in 1 2 3; do
-  $(pin "$i") env GLIBC_TUNABLES="$tunables" "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
+  # shellcheck disable=SC2086 # BENCH_TALLYD_FLAGS is a list of flags
+  $(pin "$i") setsid env GLIBC_TUNABLES="$tunables" "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
     --grpc "127.0.0.1:$((port + i))" --raft "127.0.0.1:$((port + 10 + i))" \
     --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info ${BENCH_TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
@@ -123,14 +146,16 @@ alive() {
     fi
   done
 }
+# Bounded by time, not tries: one tallyctl call can take its whole 1 s.
 ready=0
-for _ in $(seq 1 150); do
+deadline=$((SECONDS + 30))
+while [ "$SECONDS" -lt "$deadline" ]; do
   alive
   led=$("$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
   if [ "$led" = "$shards" ]; then ready=1; break; fi
   sleep 0.2
 done
-if [ "$ready" != 1 ]; then echo "cluster did not elect every shard's leader; logs in $data" >&2; tail -5 "$data"/n*.log >&2; exit 1; fi
+if [ "$ready" != 1 ]; then echo "cluster did not elect every one of $shards shards' leaders within 30 s; logs in $data" >&2; tail -5 "$data"/n*.log >&2; exit 1; fi
 sleep 1
 alive
 server_pids=$(IFS=,; echo "${pids[*]}")
@@ -154,6 +179,44 @@ json_bool() { sed -n "s/^  \"$2\": \(true\|false\),\{0,1\}$/\1/p" "$1" | head -1
 # json_ver FILE KEY: a number in the report's verification object.
 json_ver() { sed -n "s/^    \"$2\": \([-0-9.e+]*\),\{0,1\}$/\1/p" "$1" | head -1; }
 
+# run_load OUT ERR CMD...: runs the load generator with its stdout in OUT and
+# its stderr in ERR, in the background, and waits for it; sets rc to its exit
+# status. A signal to this script while it runs does not stop the nodes under
+# it: a Ctrl-C at the terminal reaches tally-load as well (it ends the load,
+# verifies what it acked, and a second Ctrl-C stops it), TERM and HUP are
+# passed on to it as TERM (the same); once it has exited, this script exits
+# with the signal's status (exit_if_signalled, after showing its summary;
+# the EXIT trap then stops the nodes).
+sig_status=  # exit status owed to a signal that came during the load
+sig_count=0
+load_pid=
+during_load() {
+  sig_status=$1
+  sig_count=$((sig_count + 1))
+  if [ "$2" = pass ] && [ -n "$load_pid" ]; then kill -TERM "$load_pid" 2>/dev/null || true; fi
+}
+exit_if_signalled() { if [ -n "$sig_status" ]; then exit "$sig_status"; fi; }
+run_load() {
+  local o=$1 e=$2 seen
+  shift 2
+  "$@" >"$o" 2>"$e" &
+  load_pid=$!
+  trap 'during_load 130 terminal' INT
+  trap 'during_load 143 pass' TERM
+  trap 'during_load 129 pass' HUP
+  # wait returns early (over 128) when a trapped signal comes: wait again
+  # until it returns with no signal meanwhile, which is the load's status.
+  while :; do
+    seen=$sig_count
+    rc=0
+    wait "$load_pid" || rc=$?
+    [ "$sig_count" != "$seen" ] || break
+  done
+  load_pid=
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+}
 failed=0
 best_single=0
 run_case() {
@@ -165,8 +228,9 @@ run_case() {
     # Profile the measured window: wait for its first progress line (setup
     # and warmup take a while and vary).
     (for _ in $(seq 1 600); do grep -q 'measure\]' "$out/$name.progress" 2>/dev/null && break; sleep 0.5; done
-     curl -s -o "$out/$name.n1.cpu.prof" "http://127.0.0.1:$((port + 21))/debug/pprof/profile?seconds=10" || true) &
+     curl -s --max-time 25 -o "$out/$name.n1.cpu.prof" "http://127.0.0.1:$((port + 21))/debug/pprof/profile?seconds=10" || true) &
     prof_pid=$!
+    helpers+=("$prof_pid")
   fi
   local stall_pid=
   if [ -n "${BENCH_STALL:-}" ]; then
@@ -178,15 +242,28 @@ run_case() {
      kill -CONT "${pids[@]}"
      echo "stalled all nodes for ${ms} ms at $(date -u +%T.%N)" >>"$out/$name.stall") &
     stall_pid=$!
+    helpers+=("$stall_pid")
   fi
   local rc=0
-  $(pin 4) "$bin/tally-load" --addrs "$addrs" --duration "${secs}s" --warmup "$warmup" --server-pids "$server_pids" \
-    --json "$out/$name.json" --plot "$out/$name.html" ${BENCH_LOAD_FLAGS:-} "$@" 2>"$out/$name.progress" | tee "$out/$name.txt" || rc=$?
-  if [ -n "$prof_pid" ]; then wait "$prof_pid" 2>/dev/null || true; fi
-  if [ -n "$stall_pid" ]; then wait "$stall_pid" 2>/dev/null || true; fi
+  # tally-load's stdout is its summary at the end: shown once it exits.
+  # shellcheck disable=SC2046,SC2086 # pin's prefix and BENCH_LOAD_FLAGS are lists of words
+  run_load "$out/$name.txt" "$out/$name.progress" $(pin 4) "$bin/tally-load" --addrs "$addrs" --duration "${secs}s" \
+    --warmup "$warmup" --server-pids "$server_pids" --json "$out/$name.json" --plot "$out/$name.html" ${BENCH_LOAD_FLAGS:-} "$@"
+  cat "$out/$name.txt"
+  exit_if_signalled
+  # The load is over: a stall now would only stall the next case. A profile
+  # whose measured window began is let finish (curl's time limit bounds it);
+  # one still waiting for a window that never began (tally-load failed
+  # early) is stopped, as it would otherwise poll for 300 s.
+  if [ -n "$stall_pid" ]; then kill -TERM "$stall_pid" 2>/dev/null || true; fi
+  if [ -n "$prof_pid" ] && ! grep -q 'measure\]' "$out/$name.progress" 2>/dev/null; then kill -TERM "$prof_pid" 2>/dev/null || true; fi
+  for p in $prof_pid $stall_pid; do if kill -0 "$p" 2>/dev/null; then wait "$p" 2>/dev/null || true; fi; done
+  helpers=()
+  # A stall stopped between its STOP and CONT leaves the nodes stopped.
+  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null || true; done
   # Each node's counters after the case (snapshots, write stalls, Raft
   # timings): diff two cases' files to see what one case did.
-  for i in 1 2 3; do curl -s -o "$out/$name.n$i.metrics" "http://127.0.0.1:$((port + 20 + i))/metrics" || true; done
+  for i in 1 2 3; do curl -s --max-time 10 -o "$out/$name.n$i.metrics" "http://127.0.0.1:$((port + 20 + i))/metrics" || true; done
   if [ "$rc" != 0 ]; then
     echo "!! $name: tally-load exited $rc"
     tail -3 "$out/$name.progress"

@@ -11,7 +11,8 @@
 # (gRPC) and +11..13 (Raft), default 7700. Every process it starts is
 # stopped on exit, and its data folder removed.
 set -euo pipefail
-bin=$1
+command -v python3 >/dev/null 2>&1 || { echo "catchup.sh: python3 not found (it reads tallyctl's JSON and times the catch-up)" >&2; exit 2; }
+bin=${1:?usage: deploy/catchup.sh BIN_DIR [batch|single]}
 mode=${2:-batch}
 port=${CATCHUP_PORT:-7700}
 data=$(mktemp -d /tmp/tally-catchup.XXXXXX)
@@ -35,11 +36,12 @@ idx() {
 }
 start 1; start 2; start 3
 up=
-for _ in $(seq 1 100); do
+deadline=$((SECONDS + 20)) # by time, not tries: one tallyctl call can take its whole 1 s
+while [ "$SECONDS" -lt "$deadline" ]; do
   [ "$("$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE '^[0-9]+ +n' || true)" = 3 ] && { up=1; break; }
   sleep 0.2
 done
-[ -n "$up" ] || { echo "no leader for every shard after 20 s" >&2; exit 1; }
+[ -n "$up" ] || { echo "no leader for every shard within 20 s" >&2; exit 1; }
 kill -TERM "${pid[3]}"; wait "${pid[3]}" 2>/dev/null || true; unset "pid[3]"
 case "$mode" in
   batch) args=(--scenario uniform --clients 16 --batch 1000) ;;

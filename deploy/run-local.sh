@@ -26,8 +26,15 @@ stop() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   echo "stopped."
 }
-trap stop INT TERM EXIT
+trap stop EXIT
+trap 'stop; exit 0' INT
+trap 'stop; exit 143' TERM
+# The logs are appended to across runs: a marker line before each start lets
+# fail show only this run's lines.
+marker="=== run-local.sh: start at $(date -u +%Y-%m-%dT%H:%M:%SZ), pid $$"
 for i in 1 2 3; do
+  echo "$marker" >>"$data/n$i.log"
+  # shellcheck disable=SC2086 # TALLYD_FLAGS is a list of flags
   "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
     --grpc "127.0.0.1:710$i" --raft "127.0.0.1:720$i" --metrics "127.0.0.1:730$i" \
     --peers "$peers" ${TALLYD_FLAGS:-} >>"$data/n$i.log" 2>&1 &
@@ -38,15 +45,20 @@ addrs=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
 # the others).
 fail() {
   echo "tally: $1" >&2
-  for i in 1 2 3; do echo "--- last lines of $data/n$i.log:" >&2; tail -n 5 "$data/n$i.log" >&2 || true; done
+  for i in 1 2 3; do
+    echo "--- last lines of $data/n$i.log (this start):" >&2
+    awk -v m="$marker" '$0 == m { n = 0; next } { l[++n] = $0 } END { for (k = (n > 5 ? n - 4 : 1); k <= n; k++) print l[k] }' "$data/n$i.log" >&2 || true
+  done
   exit 1
 }
 # Ready when every one of this cluster's shards has a leader. Every node
 # must still be running: a node that exits at start (data of another shard
 # count, a data directory in use, a port taken) must not be hidden behind a
 # cluster answering from elsewhere.
+# Bounded by time, not tries: one tallyctl call can take its whole 1 s.
 ready=
-for _ in $(seq 1 150); do
+deadline=$((SECONDS + 30))
+while [ "$SECONDS" -lt "$deadline" ]; do
   for k in 0 1 2; do
     kill -0 "${pids[$k]}" 2>/dev/null || fail "node n$((k + 1)) exited at start"
   done

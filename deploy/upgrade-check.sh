@@ -3,7 +3,8 @@
 # `make test`: it builds an old revision). Usage:
 #   deploy/upgrade-check.sh [OLD_REV]    # default 2a671b3, the last build before rules versions
 # Builds OLD_REV's and this checkout's tallyd, then on 127.0.0.1 (ports
-# UPGRADE_PORT+1..3 for gRPC, +11..13 for Raft; default 17400):
+# UPGRADE_PORT+1..3 for gRPC, +11..13 for Raft; default 10400, below the
+# 12000 and up that internal/freeport draws test ports from):
 #   A. two new nodes and one old: shards stay at rules version 1 and every
 #      replica has the same state hash; the old node is upgraded: every shard
 #      is raised to the newest version, replicas still equal, and the new
@@ -18,10 +19,13 @@
 # Needs git, go and python3. Exits non-zero on the first failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for tool in git go python3; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "upgrade-check.sh: $tool not found (needs git, go and python3)" >&2; exit 2; }
+done
 old_rev=${1:-2a671b3}
 v2_rev=${V2_REV:-8894e9e}
 newest=3 # ledger.MaxVersion of this checkout
-port=${UPGRADE_PORT:-17400}
+port=${UPGRADE_PORT:-10400}
 work=$(mktemp -d /tmp/tally-upgrade.XXXXXX)
 declare -A pid
 cleanup() {
@@ -77,7 +81,7 @@ equal() {
 }
 # versions: every node's version of every shard, as "n1:v,v,v n2:..."
 versions() {
-  local out= a b c
+  local out='' a b c
   for i in 1 2 3; do
     a=$(state "$i" 0 version) || exit 1
     b=$(state "$i" 1 version) || exit 1
@@ -96,9 +100,12 @@ linked() {
     python3 -c "import json,sys; d=json.load(sys.stdin); r=d['results'] if isinstance(d,dict) else d; print(r[0]['code'])" || true
 }
 setup() {
-  local up=
-  for _ in $(seq 1 100); do c cluster 2>/dev/null | grep -q '^2 *n' && { up=1; break; }; sleep 0.2; done
-  [ -n "$up" ] || fail "no leader for every shard after 20 s"
+  local up='' deadline=$((SECONDS + 20)) # by time, not tries: a cluster call can take seconds
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    [ "$("$ctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE '^[0-9]+ +n' || true)" = 3 ] && { up=1; break; }
+    sleep 0.2
+  done
+  [ -n "$up" ] || fail "no leader for every shard within 20 s"
   c define-asset --program shop --asset PTS --scale 0 --key define >/dev/null
   for m in m1 m2 m3 m4 m5 m6; do
     c open --program shop --member "$m" --asset PTS --key "open-$m" >/dev/null
