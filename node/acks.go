@@ -81,18 +81,22 @@ func (t *ackTransport) Consumer() <-chan raft.RPC {
 	return guardedConsumer(t.NetworkTransport.Consumer(), t.guard, t.guardStop)
 }
 
-// SetHeartbeatHandler implements raft.Transport. Heartbeats skip Consumer,
-// and the guard learns the leader's commit index from them too.
-func (t *ackTransport) SetHeartbeatHandler(cb func(raft.RPC)) {
-	if t.guard == nil || cb == nil {
-		t.NetworkTransport.SetHeartbeatHandler(cb)
-		return
+// RequestVote implements raft.Transport: a guarded replica does not run
+// for leader (voteGuard), whatever its log; raft counts the error as a
+// vote not granted.
+func (t *ackTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	if t.guard != nil && t.guard.on.Load() {
+		return errGuarded
 	}
-	g := t.guard
-	t.NetworkTransport.SetHeartbeatHandler(func(rpc raft.RPC) {
-		g.observe(rpc.Command)
-		cb(rpc)
-	})
+	return t.NetworkTransport.RequestVote(id, target, args, resp)
+}
+
+// RequestPreVote implements raft.WithPreVote, as RequestVote.
+func (t *ackTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	if t.guard != nil && t.guard.on.Load() {
+		return errGuarded
+	}
+	return t.NetworkTransport.RequestPreVote(id, target, args, resp)
 }
 
 // Close implements raft.WithClose.

@@ -24,6 +24,7 @@ import (
 	"github.com/tally-ledger/tally/internal/diskprobe"
 	"github.com/tally-ledger/tally/internal/freeport"
 	"github.com/tally-ledger/tally/ledger"
+	"github.com/tally-ledger/tally/node/raftstore"
 )
 
 // testCluster runs nodes in this process on 127.0.0.1 ports chosen at run
@@ -980,5 +981,50 @@ func TestWipedReplicaCannotElectALaggard(t *testing.T) {
 	g := c.nodes[1].shards[0].trans.guard
 	require.NotNil(t, g)
 	require.Eventually(t, func() bool { return !g.on.Load() }, 10*time.Second, 20*time.Millisecond, "n2 never caught up")
+	c.checkReplicas()
+}
+
+// TestRepairedReplicaCannotLead: a replica whose repaired log lost a
+// committed write must not be elected by the laggard either (found by
+// review: the guard first kept it from voting but not from running, and
+// n2's short log won n3's vote, erased the write on n1 and n3 and left the
+// replicas different).
+func TestRepairedReplicaCannotLead(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	for i := range c.nodes {
+		require.Eventually(t, func() bool {
+			return c.nodes[i].shards[0].fsm.AppliedIndex() >= c.nodes[c.leaderOf(0)].shards[0].fsm.AppliedIndex()
+		}, 10*time.Second, 10*time.Millisecond)
+	}
+	c.stop(2)
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "w", "ann", "POINTS", "100")) // on n1 and n2 only
+	wIdx := c.nodes[c.leaderOf(0)].shards[0].fsm.AppliedIndex()
+	c.stop(0)
+	c.stop(1)
+	// Delete n2's log from w on, as --repair-log-tail does to a damaged tail.
+	db, err := raftstore.Open(filepath.Join(c.cfgs[1].DataDir, "raft"), raftstore.Options{})
+	require.NoError(t, err)
+	g := db.Group(0)
+	last, err := g.LastIndex()
+	require.NoError(t, err)
+	require.NoError(t, g.DeleteRange(wIdx, last))
+	require.NoError(t, db.Close())
+	c.cfgs[1].RepairLogTail = true
+	c.start(1)
+	c.start(2)
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, i := range []int{1, 2} {
+			require.False(t, c.nodes[i].IsLeader(0), "n%d leads with n1 down: the repaired replica or the laggard won", i+1)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.start(0)
+	c.waitLeaders()
+	a, err := c.account("shop", "ann", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "100", a.Posted, "the acknowledged write was lost")
 	c.checkReplicas()
 }

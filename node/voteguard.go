@@ -2,6 +2,8 @@ package node
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,24 +13,30 @@ import (
 	"github.com/tally-ledger/tally/api/tallypb"
 )
 
-// voteGuard keeps a shard's replica from voting until it holds what it may
-// have helped commit before. A replica that starts with no Raft state for
-// the shard (its data wiped, or a node that never had any) or whose log
-// tail was repaired (--repair-log-tail) has lost entries, and its vote
-// record, that it may have acknowledged; hashicorp/raft would let it vote
-// at once, for any candidate (with an empty configuration it checks no
-// membership either), so its vote could elect a node that lacks an entry
-// a majority had stored (2 of 3 with this node), and that entry, a client's
-// acknowledged write, would be lost. The guard refuses its votes and
-// pre-votes until one of:
+// voteGuard keeps a shard's replica out of elections until it holds what
+// it may have helped commit before. A replica that starts with no Raft
+// state for the shard (its data wiped, or a node that never had any) or
+// whose log tail was repaired (--repair-log-tail) has lost entries, and
+// its vote record, that it may have acknowledged; hashicorp/raft would let
+// it vote at once, for any candidate (with an empty configuration it
+// checks no membership either), and run for leader with its short log. Its
+// vote could elect a node that lacks an entry a majority had stored (2 of
+// 3 with this node), or its own short log could win the votes of such a
+// node; either way that entry, a client's acknowledged write, would be
+// lost. While the guard is on, the replica answers votes and pre-votes
+// "no" and sends none (its transport refuses to), until one of:
 //
-//   - it has caught up: its log reaches the highest of the first commit
-//     index a leader sent it and every applied index the other replicas
-//     reported since it started (every entry it helped commit is at or
-//     below both); or
+//   - it has caught up with a leader of the current term: a leader is
+//     known, its log's last entry is of the current term (so by Raft's log
+//     matching it holds that leader's log up to there, which holds every
+//     entry committed in earlier terms: leader completeness), and its last
+//     index reaches both the highest commit index a leader sent it (entries
+//     committed in this term) and every applied index the other replicas
+//     reported since it started; or
 //   - the shard is new: a majority of the replicas (this one included)
 //     report an applied index of 0, so nothing was ever committed to lose
-//     (every replica of a new cluster starts guarded, and this lifts it).
+//     (every replica of a new cluster starts guarded, and this lifts it);
+//     or the cluster has one node.
 //
 // After it lifts, votes in terms up to the one current then are still
 // refused: the replica may have voted in those before it lost its record.
@@ -36,9 +44,10 @@ import (
 type voteGuard struct {
 	on       atomic.Bool
 	liftTerm atomic.Uint64
-	// firstCommit is the commit index of the first AppendEntries that
-	// carried one (heartbeats included), 0 before any.
-	firstCommit atomic.Uint64
+	// maxCommit is the highest commit index an AppendEntries carried
+	// (hashicorp/raft's heartbeats carry none; replication sends one at
+	// least every CommitTimeout), 0 before any.
+	maxCommit atomic.Uint64
 	// peerApplied is the highest applied index a peer reported.
 	peerApplied atomic.Uint64
 }
@@ -46,6 +55,10 @@ type voteGuard struct {
 // voteGuardPoll is how often a guarded replica asks the others for their
 // applied index and checks whether it may lift the guard.
 const voteGuardPoll = 250 * time.Millisecond
+
+// errGuarded is what a guarded replica's transport answers raft's own vote
+// and pre-vote requests with: raft counts an error as a vote not granted.
+var errGuarded = errors.New("node: this replica may lack committed entries and does not run for leader until it has caught up")
 
 func newVoteGuard() *voteGuard {
 	g := &voteGuard{}
@@ -60,8 +73,13 @@ func (g *voteGuard) refuses(term uint64) bool {
 
 // observe notes what an incoming RPC tells the guard.
 func (g *voteGuard) observe(cmd any) {
-	if ae, ok := cmd.(*raft.AppendEntriesRequest); ok && ae.LeaderCommitIndex > 0 {
-		g.firstCommit.CompareAndSwap(0, ae.LeaderCommitIndex)
+	if ae, ok := cmd.(*raft.AppendEntriesRequest); ok {
+		for {
+			cur := g.maxCommit.Load()
+			if ae.LeaderCommitIndex <= cur || g.maxCommit.CompareAndSwap(cur, ae.LeaderCommitIndex) {
+				return
+			}
+		}
 	}
 }
 
@@ -89,15 +107,22 @@ func (g *voteGuard) filter(rpc raft.RPC) bool {
 	return false
 }
 
-// mayLift reports whether the guard may lift, given this replica's last
-// log index, and whether the shard is new (fresh: replicas that reported
-// an applied index of 0, this one included, of voters).
-func (g *voteGuard) mayLift(lastIndex uint64, fresh, voters int) bool {
-	if 2*fresh > voters {
+// replicaLog is what mayLift needs to know of the replica's Raft state.
+type replicaLog struct {
+	leaderKnown         bool
+	lastIndex, lastTerm uint64
+	currentTerm         uint64
+	fresh, voters       int // replicas reporting applied index 0 (this one included), of voters
+}
+
+// mayLift reports whether the guard may lift (see voteGuard).
+func (g *voteGuard) mayLift(r replicaLog) bool {
+	if r.voters <= 1 || 2*r.fresh > r.voters {
 		return true
 	}
-	first := g.firstCommit.Load()
-	return first > 0 && lastIndex >= max(first, g.peerApplied.Load())
+	commit := g.maxCommit.Load()
+	return r.leaderKnown && commit > 0 && r.lastTerm == r.currentTerm &&
+		r.lastIndex >= max(commit, g.peerApplied.Load())
 }
 
 // guardedConsumer passes the transport's RPCs on to raft, answering the
@@ -137,13 +162,23 @@ func (s *shard) guardLoop() {
 			return
 		case <-t.C:
 		}
-		fresh := s.pollPeersApplied(g)
-		if g.mayLift(s.raft.LastIndex(), fresh, len(s.n.cfg.Peers)) {
-			g.liftTerm.Store(s.raft.CurrentTerm())
+		r := replicaLog{voters: len(s.n.cfg.Peers)}
+		if r.voters > 1 {
+			r.fresh = s.pollPeersApplied(g)
+		}
+		_, leader := s.raft.LeaderWithID()
+		r.leaderKnown = leader != ""
+		r.currentTerm = s.raft.CurrentTerm()
+		r.lastIndex = s.raft.LastIndex()
+		if last, err := strconv.ParseUint(s.raft.Stats()["last_log_term"], 10, 64); err == nil {
+			r.lastTerm = last
+		}
+		if g.mayLift(r) {
+			g.liftTerm.Store(r.currentTerm)
 			g.on.Store(false)
-			s.n.logger.Info("replica may vote again", "shard", s.id, "last_index", s.raft.LastIndex(),
-				"new_shard", 2*fresh > len(s.n.cfg.Peers), "first_commit_seen", g.firstCommit.Load(),
-				"peer_applied", g.peerApplied.Load(), "votes_refused_up_to_term", g.liftTerm.Load())
+			s.n.logger.Info("replica may vote again", "shard", s.id, "last_index", r.lastIndex, "last_term", r.lastTerm,
+				"new_shard", 2*r.fresh > r.voters, "commit_seen", g.maxCommit.Load(),
+				"peer_applied", g.peerApplied.Load(), "votes_refused_up_to_term", r.currentTerm)
 		}
 	}
 }

@@ -33,19 +33,26 @@ func TestVoteGuardRules(t *testing.T) {
 	require.False(t, resp.(*raft.RequestPreVoteResponse).Granted)
 
 	// Nothing known yet: a minority of fresh replicas lifts nothing.
-	require.False(t, g.mayLift(0, 1, 3))
-	require.True(t, g.mayLift(0, 2, 3), "a majority reports a new shard")
-	require.True(t, g.mayLift(0, 1, 1), "a one-node cluster")
+	require.False(t, g.mayLift(replicaLog{fresh: 1, voters: 3}))
+	require.True(t, g.mayLift(replicaLog{fresh: 2, voters: 3}), "a majority reports a new shard")
+	require.True(t, g.mayLift(replicaLog{voters: 1}), "a one-node cluster")
 
 	// An AppendEntries passes through and tells the leader's commit index.
 	ok, _ = answered(&raft.AppendEntriesRequest{LeaderCommitIndex: 40})
 	require.False(t, ok)
-	g.observe(&raft.AppendEntriesRequest{LeaderCommitIndex: 90}) // only the first counts
-	require.EqualValues(t, 40, g.firstCommit.Load())
+	g.observe(&raft.AppendEntriesRequest{LeaderCommitIndex: 30}) // the highest counts
+	require.EqualValues(t, 40, g.maxCommit.Load())
 	g.peerApplied.Store(55)
-	require.False(t, g.mayLift(39, 1, 3))
-	require.False(t, g.mayLift(54, 1, 3), "a peer applied more than this log holds")
-	require.True(t, g.mayLift(55, 1, 3))
+	caughtUp := replicaLog{leaderKnown: true, lastIndex: 55, lastTerm: 4, currentTerm: 4, fresh: 1, voters: 3}
+	require.True(t, g.mayLift(caughtUp))
+	for name, r := range map[string]replicaLog{
+		"short of the commit index":       {leaderKnown: true, lastIndex: 39, lastTerm: 4, currentTerm: 4, fresh: 1, voters: 3},
+		"short of a peer's applied index": {leaderKnown: true, lastIndex: 54, lastTerm: 4, currentTerm: 4, fresh: 1, voters: 3},
+		"no entry of the current term":    {leaderKnown: true, lastIndex: 60, lastTerm: 3, currentTerm: 4, fresh: 1, voters: 3},
+		"no leader known":                 {leaderKnown: false, lastIndex: 60, lastTerm: 4, currentTerm: 4, fresh: 1, voters: 3},
+	} {
+		require.False(t, g.mayLift(r), name)
+	}
 
 	g.liftTerm.Store(9)
 	g.on.Store(false)
