@@ -526,3 +526,31 @@ func TestToMinorIsExact(t *testing.T) {
 		require.Equal(t, tc.want, got, tc.in)
 	}
 }
+
+// TestReusedRunIDIsRefused: a second run with the same run id would replay
+// the first one's operations (cheap dedup hits, counted as throughput), so
+// its setup fails (found by review).
+func TestReusedRunIDIsRefused(t *testing.T) {
+	f := newFakeLedger(2)
+	rep := fakeRun(t, f, Config{})
+	if !rep.OK {
+		t.Fatal("first run failed")
+	}
+	cfg := Config{Workload: Workload{Members: 200}, Duration: 100 * time.Millisecond, Warmup: 10 * time.Millisecond, Clients: 2,
+		Seed: testSeed, RunID: "t"}
+	if _, err := Run(context.Background(), f, false, cfg); err == nil || !strings.Contains(err.Error(), "already set up") {
+		t.Fatalf("second run with the same run id: %v", err)
+	}
+}
+
+// TestSampledPassSaysSo: a run whose acks were looked up by sample passes,
+// but its result line says it was a sample.
+func TestSampledPassSaysSo(t *testing.T) {
+	f := newFakeLedger(2)
+	rep := fakeRun(t, f, Config{VerifyOps: 5})
+	var b strings.Builder
+	Summary(&b, rep)
+	if !rep.OK || !strings.Contains(b.String(), "result: PASS (acks sampled: 5 of") {
+		t.Fatalf("summary:\n%s", b.String())
+	}
+}
