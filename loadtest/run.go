@@ -408,6 +408,7 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 		defer warm.Stop()
 		end := time.NewTimer(time.Until(r.loadEnd))
 		defer end.Stop()
+		cancelled := ctx.Done()
 		ended := false
 		endWindow := func() {
 			if ended {
@@ -437,8 +438,9 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 					fmt.Fprintln(cfg.Progress)
 				}
 				return
-			case <-ctx.Done():
+			case <-cancelled:
 				r.stop.Store(true)
+				cancelled = nil // once: a closed channel would spin the loop
 			}
 		}
 	}()
@@ -514,7 +516,14 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			}
 			due = sched.Due(i)
 			if d := time.Until(due); d > 0 {
-				time.Sleep(d)
+				// A Ctrl-C must not wait out a far slot.
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return
+				}
 			} else if -d > lateThreshold {
 				r.late.Add(1)
 			}
