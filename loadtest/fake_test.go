@@ -28,6 +28,7 @@ type fakeLedger struct {
 	hideKeys     map[string]bool   // GetOperation: not found
 	wrongSeqKeys map[string]bool   // GetOperation: seq off by one
 	skewMember   map[string]int64  // GetAccount: posted off by this many minor units
+	otherReads   bool              // GetAccount: answers with another member's name
 	skewResult   map[string]int64  // GetOperation: the account after it off by this many units
 	indetKeys    map[string]bool   // Submit applies, then reports indeterminate
 	rejectKeys   map[string]bool   // Submit rejects the request (nothing applied)
@@ -146,6 +147,9 @@ func (f *fakeLedger) GetAccount(ctx context.Context, program, member, asset stri
 	}
 	as, _, _ := f.stores[s].Asset(program, asset)
 	posted := a.PostedMinor + f.skewMember[member]
+	if f.otherReads {
+		member += "-other"
+	}
 	return client.Account{Program: program, Member: member, Asset: asset, Scale: as.Scale,
 		Posted: decimal.New(posted, -int32(as.Scale)), Held: decimal.New(a.HeldMinor, -int32(as.Scale))}, nil
 }

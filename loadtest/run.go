@@ -545,13 +545,24 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 		}
 		codes = codes[:0]
 		if kind == KindRead {
+			member, asset := r.w.MemberName(specs[0].Account), r.w.AssetOf(specs[0].Account)
 			cctx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
-			_, err := r.l.GetAccount(cctx, r.program, r.w.MemberName(specs[0].Account), r.w.AssetOf(specs[0].Account))
+			acct, err := r.l.GetAccount(cctx, r.program, member, asset)
 			cancel()
 			code := client.CodeOf(err)
-			if !expectedCode(KindRead, code) && r.badReads.Add(1) <= maxExamples {
+			bad := ""
+			switch {
+			case !expectedCode(KindRead, code):
+				bad = string(code)
+			case err == nil && (acct.Program != r.program || acct.Member != member || acct.Asset != asset || acct.Posted.IsNegative()):
+				// An answer about another account (or an impossible
+				// balance) is no answer: it must not count as a read.
+				bad = fmt.Sprintf("answered with %s/%s/%s posted %s", acct.Program, acct.Member, acct.Asset, acct.Posted)
+				code = ledger.CodeInternal
+			}
+			if bad != "" && r.badReads.Add(1) <= maxExamples {
 				r.readMu.Lock()
-				r.readExamples = append(r.readExamples, fmt.Sprintf("read of %s/%s: %s", r.w.MemberName(specs[0].Account), r.w.AssetOf(specs[0].Account), code))
+				r.readExamples = append(r.readExamples, fmt.Sprintf("read of %s/%s: %s", member, asset, bad))
 				r.readMu.Unlock()
 			}
 			codes = append(codes, code)

@@ -554,3 +554,20 @@ func TestSampledPassSaysSo(t *testing.T) {
 		t.Fatalf("summary:\n%s", b.String())
 	}
 }
+
+// TestReadsOfAnotherAccountFail: a read answered with another account is
+// no answer: the run fails and names it (found by review: reads were
+// checked for their code only).
+func TestReadsOfAnotherAccountFail(t *testing.T) {
+	f := newFakeLedger(2)
+	f.otherReads = true
+	rep := fakeRun(t, f, Config{Workload: Workload{Mix: Mix{Read: 100}}})
+	var b strings.Builder
+	Summary(&b, rep)
+	if rep.OK || rep.Verification.UnexpectedCodes == 0 || !strings.Contains(b.String(), "answered with") {
+		t.Fatalf("summary:\n%s", b.String())
+	}
+	if rep.AnsweredOps != 0 {
+		t.Errorf("%d wrong reads counted as answered", rep.AnsweredOps)
+	}
+}
