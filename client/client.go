@@ -439,9 +439,10 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 }
 
 // bounded is ctx, bounded by Config.MaxCallDuration when it has no
-// deadline of its own.
+// deadline of its own and is not a coalesced batch's (whose callers are
+// bounded each).
 func (c *Client) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok || c.cfg.MaxCallDuration < 0 {
+	if _, ok := ctx.Deadline(); ok || c.cfg.MaxCallDuration < 0 || ctx.Value(batchLifeKey{}) != nil {
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, c.cfg.MaxCallDuration)

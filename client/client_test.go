@@ -1492,3 +1492,25 @@ func TestCoalescingQueueIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxCallDurationLeavesCallerDeadlines: MaxCallDuration bounds only
+// calls without a deadline; a coalesced caller with its own longer one is
+// retried until it (found by review: the batch's own context, which has
+// none, was bounded, cutting such callers short).
+func TestMaxCallDurationLeavesCallerDeadlines(t *testing.T) {
+	for _, coalesce := range []bool{false, true} {
+		t.Run(fmt.Sprintf("coalesce=%v", coalesce), func(t *testing.T) {
+			fc := newFakeCluster(t, 1, 1)
+			c := dial(t, fc, Config{RequestTimeout: 50 * time.Millisecond, MaxCallDuration: 200 * time.Millisecond, Coalesce: coalesce})
+			fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+				return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "busy", nil), true
+			})
+			ctx, cancel := context.WithTimeout(testCtx(t), time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
+			require.Error(t, err)
+			assert.Greater(t, time.Since(start), 800*time.Millisecond, "gave up before the caller's own deadline: %v", err)
+		})
+	}
+}

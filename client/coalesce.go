@@ -489,9 +489,15 @@ type batchLife struct {
 
 // newBatchLife starts the life of batch, whose k-th caller waits under
 // callerCtx(batch[k]).
+// batchLifeKey marks a batch's context: it ends when its last caller
+// leaves, and each caller's own context is already bounded, so
+// Client.bounded leaves it alone (found by review: bounding it cut callers
+// with a longer deadline of their own short).
+type batchLifeKey struct{}
+
 func newBatchLife[T any](parent context.Context, batch []T, callerCtx func(T) context.Context) *batchLife {
 	b := &batchLife{stops: make([]func() bool, len(batch))}
-	b.ctx, b.cancel = context.WithCancel(parent)
+	b.ctx, b.cancel = context.WithCancel(context.WithValue(parent, batchLifeKey{}, true))
 	b.live.Store(int32(len(batch)))
 	for k, c := range batch {
 		b.stops[k] = context.AfterFunc(callerCtx(c), b.leave)

@@ -210,7 +210,18 @@ func (e *Error) retryable() bool {
 // (a bad or unknown argument, a failed precondition): re-sending it cannot
 // help, and nothing of it applied.
 func (e *Error) rejected() bool {
-	return e.Code != ledger.CodeNotLeader && e.Code != ledger.CodeUnavailable && e.definitelyNotApplied()
+	return e.Code != ledger.CodeNotLeader && meritCode(e.GRPCCode)
+}
+
+// meritCode reports whether a gRPC code says the server refused the
+// request on its merits (nothing of it applied).
+func meritCode(c codes.Code) bool {
+	switch c {
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.OutOfRange, codes.NotFound,
+		codes.AlreadyExists, codes.PermissionDenied, codes.Unauthenticated, codes.Unimplemented:
+		return true
+	}
+	return false
 }
 
 // definitelyNotApplied reports whether the failed attempt certainly did not
@@ -221,15 +232,7 @@ func (e *Error) rejected() bool {
 // leader that stepped down mid-commit, an internal error) may hide an applied
 // operation.
 func (e *Error) definitelyNotApplied() bool {
-	if e.Code == ledger.CodeNotLeader || e.notProposed {
-		return true
-	}
-	switch e.GRPCCode {
-	case codes.InvalidArgument, codes.FailedPrecondition, codes.OutOfRange, codes.NotFound,
-		codes.AlreadyExists, codes.PermissionDenied, codes.Unauthenticated, codes.Unimplemented:
-		return true
-	}
-	return false
+	return e.Code == ledger.CodeNotLeader || e.notProposed || meritCode(e.GRPCCode)
 }
 
 // giveUpError is the error of a call that its context (cause: the context's

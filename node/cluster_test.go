@@ -1028,3 +1028,33 @@ func TestRepairedReplicaCannotLead(t *testing.T) {
 	require.Equal(t, "100", a.Posted, "the acknowledged write was lost")
 	c.checkReplicas()
 }
+
+// TestDefineAssetPartlyAppliedIsUnknown: shard 0 defines the asset, then
+// shard 1 refuses before proposal (its queue is full): the answer must
+// not say nothing applied (found by review: it carried not_applied, which
+// the client takes as "certainly not applied").
+func TestDefineAssetPartlyAppliedIsUnknown(t *testing.T) {
+	c := newTestCluster(t, 1, 2, nil)
+	c.nodes[0].shards[1].maxQueued = 0
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := c.client(c.cfgs[0].GRPCAddr).DefineAsset(ctx, &tallypb.DefineAssetRequest{
+		Program: "shop", Asset: "CNY", Scale: 2, IdempotencyKey: "d1"})
+	require.Equal(t, ledger.CodeUnavailable, reasonOf(err), "%v", err)
+	require.Empty(t, errorMeta(err)[metaNotApplied], "%v", err)
+	// Shard 0 has the asset: an open on one of its members is answered.
+	for m := 0; ; m++ {
+		member := fmt.Sprintf("m%d", m)
+		if ledger.ShardOf("shop", member, 2) != 0 {
+			continue
+		}
+		rs := c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o-"+member, member, "CNY", ""))
+		require.Equal(t, "OK", rs[0].Code, rs[0].Message)
+		break
+	}
+	// Once shard 1 takes requests again, the same call completes it.
+	c.nodes[0].shards[1].maxQueued = maxQueuedOps
+	_, err = c.client(c.cfgs[0].GRPCAddr).DefineAsset(ctx, &tallypb.DefineAssetRequest{
+		Program: "shop", Asset: "CNY", Scale: 2, IdempotencyKey: "d1"})
+	require.NoError(t, err)
+}

@@ -133,12 +133,14 @@ func retryableRemote(err error) bool {
 	st := status.Convert(err)
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == errorDomain {
+			// INTERNAL from a leader may be "applied, answer not
+			// rendered": a retry replays the stored result.
 			c := ledger.Code(info.GetReason())
-			return c == ledger.CodeNotLeader || c == ledger.CodeUnavailable
+			return c == ledger.CodeNotLeader || c == ledger.CodeUnavailable || c == ledger.CodeInternal
 		}
 	}
 	switch st.Code() {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.ResourceExhausted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.ResourceExhausted, codes.Internal, codes.Unknown:
 		return true
 	}
 	return false

@@ -202,7 +202,20 @@ func defineAssetOp(program, code, key string, scale uint8) ledger.Op {
 // idempotency key, so a retry after a partial failure completes the rest.
 func (sv *server) DefineAsset(ctx context.Context, req *tallypb.DefineAssetRequest) (_ *tallypb.DefineAssetResponse, err error) {
 	start := time.Now()
-	defer func() { sv.observe("DefineAsset", start, err); err = toStatus(err) }()
+	reached := 0 // the shard being defined; those before it have the asset
+	defer func() {
+		if err != nil && reached > 0 {
+			// Whatever refused shard reached (a full queue, a deadline, a
+			// leader's refusal) says nothing of the shards before it, which
+			// have the asset: not "not applied", nor a refusal on the
+			// merits, but unknown, which a retry with the key completes
+			// (found by review: a full queue on shard 1 answered
+			// not_applied after shard 0 had applied).
+			err = errUnavailable(fmt.Sprintf("%v (shards 0..%d have the asset: call DefineAsset again with the same key to finish)", err, reached-1))
+		}
+		sv.observe("DefineAsset", start, err)
+		err = toStatus(err)
+	}()
 	if req.GetScale() > ledger.MaxScale {
 		return nil, ledger.Errorf(ledger.CodeInvalidArgument, fmt.Sprintf("scale %d is above %d", req.GetScale(), ledger.MaxScale))
 	}
@@ -212,6 +225,7 @@ func (sv *server) DefineAsset(ctx context.Context, req *tallypb.DefineAssetReque
 	}
 	var first *tallypb.OpResult
 	for i, s := range sv.n.shards {
+		reached = i
 		var res *tallypb.OpResult
 		if s.raft.State() == raft.Leader {
 			rs, err := s.propose(ctx, ledger.Request{Ops: []ledger.Op{op}})
