@@ -203,7 +203,10 @@ type Report struct {
 	ServerNumCPU    int     `json:"server_num_cpu,omitempty"`
 
 	Timeline []Tick `json:"timeline"`
-	OK       bool   `json:"ok"`
+	// Interrupted is set when the run was cancelled (Ctrl-C) before its
+	// window ended: DurationS is then the part that ran.
+	Interrupted bool `json:"interrupted,omitempty"`
+	OK          bool `json:"ok"`
 }
 
 // Run sets up, loads and verifies. coalesce says whether l coalesces (it is
@@ -452,6 +455,7 @@ func (r *runner) load(ctx context.Context, rep *Report) {
 	secs := cfg.Duration.Seconds()
 	if ctx.Err() != nil { // cancelled: the window ended early
 		secs = min(max(time.Since(r.warmEnd).Seconds(), 0), secs)
+		rep.Interrupted = true
 	}
 	rep.DurationS = secs
 	rep.Ops, rep.Requests, rep.AnsweredOps = t.Ops, t.Requests, t.Answered
@@ -640,6 +644,9 @@ func Summary(out io.Writer, rep *Report) {
 	fmt.Fprintf(&b, "scenario %s, %d members, mix %s, batch %d, coalesce %v, %s\n",
 		rep.Scenario, rep.Members, rep.Mix, rep.Batch, rep.Coalesce, mode)
 	fmt.Fprintf(&b, "setup %.1fs; measured %.1fs: %d ops in %d requests\n", rep.SetupS, rep.DurationS, rep.Ops, rep.Requests)
+	if rep.Interrupted {
+		b.WriteString("interrupted: the measured window was cut short (the figures are of the part that ran)\n")
+	}
 	sent := "sent"
 	if rep.Mode == "open" {
 		sent = "due on the schedule" // the offered rate, answered or not

@@ -463,6 +463,10 @@ func TestInterruptedRunIsVerified(t *testing.T) {
 	require.Zero(t, v.LookupFailed)
 	require.Equal(t, v.AckedOps, v.VerifiedOps)
 	require.True(t, rep.OK)
+	require.True(t, rep.Interrupted, "the report must say the window was cut short")
+	var b strings.Builder
+	Summary(&b, rep)
+	require.Contains(t, b.String(), "interrupted:")
 }
 
 // A lookup that fails proves neither that the op is stored nor that it is
