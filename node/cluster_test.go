@@ -941,59 +941,17 @@ func TestApplyLagZeroWhenIdle(t *testing.T) {
 		"the FSM's index is below the commit index here, so the lag above did not come from it")
 }
 
-// TestWipedReplicaCannotElectALaggard: a write committed on n1 and n2 while
-// n3 was down must survive n2 coming back wiped beside n3 alone. Without
-// the vote guard, n2 (empty log, empty configuration) voted for n3, which
-// lacked the write, and n3's leadership erased it. With it, the shard waits
-// for n1; then the write is there and n2, caught up, votes again.
-func TestWipedReplicaCannotElectALaggard(t *testing.T) {
+// lostWriteScenario runs the case a replica that lost its data (or its
+// log's tail) must not turn into a lost write: a write w committed on n1
+// and n2 while n3 was down; then n1 stays down, lose(n2's config, w's
+// index) takes n2's copy away, and n2 and n3 start. Neither may lead (n2's
+// vote or its short log would elect a leader without w); once n1 is back,
+// w is there and the replicas agree.
+func lostWriteScenario(t *testing.T, lose func(cfg *Config, wIdx uint64)) *testCluster {
 	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
 	c.defineAsset("shop", "POINTS", 0)
 	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
 	for i := range c.nodes { // n3 holds the open before it goes
-		require.Eventually(t, func() bool {
-			return c.nodes[i].shards[0].fsm.AppliedIndex() >= c.nodes[c.leaderOf(0)].shards[0].fsm.AppliedIndex()
-		},
-			10*time.Second, 10*time.Millisecond)
-	}
-	c.stop(2)
-	c.mustSubmit(op(tallypb.OpKind_CREDIT, "w", "ann", "POINTS", "100")) // on n1 and n2 only
-	c.stop(0)
-	c.stop(1)
-	require.NoError(t, os.RemoveAll(c.cfgs[1].DataDir))
-	require.NoError(t, os.MkdirAll(c.cfgs[1].DataDir, 0o755))
-	c.start(1)
-	c.start(2)
-
-	// n2 refuses its vote, so n3 (without the write) cannot lead.
-	deadline := time.Now().Add(4 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, i := range []int{1, 2} {
-			require.False(t, c.nodes[i].IsLeader(0), "n%d leads with n1 down: n2's vote elected a laggard", i+1)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	c.start(0)
-	c.waitLeaders()
-	a, err := c.account("shop", "ann", "POINTS")
-	require.NoError(t, err)
-	require.Equal(t, "100", a.Posted, "the acknowledged write was lost")
-	g := c.nodes[1].shards[0].trans.guard
-	require.NotNil(t, g)
-	require.Eventually(t, func() bool { return !g.on.Load() }, 10*time.Second, 20*time.Millisecond, "n2 never caught up")
-	c.checkReplicas()
-}
-
-// TestRepairedReplicaCannotLead: a replica whose repaired log lost a
-// committed write must not be elected by the laggard either (found by
-// review: the guard first kept it from voting but not from running, and
-// n2's short log won n3's vote, erased the write on n1 and n3 and left the
-// replicas different).
-func TestRepairedReplicaCannotLead(t *testing.T) {
-	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
-	c.defineAsset("shop", "POINTS", 0)
-	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
-	for i := range c.nodes {
 		require.Eventually(t, func() bool {
 			return c.nodes[i].shards[0].fsm.AppliedIndex() >= c.nodes[c.leaderOf(0)].shards[0].fsm.AppliedIndex()
 		}, 10*time.Second, 10*time.Millisecond)
@@ -1003,21 +961,13 @@ func TestRepairedReplicaCannotLead(t *testing.T) {
 	wIdx := c.nodes[c.leaderOf(0)].shards[0].fsm.AppliedIndex()
 	c.stop(0)
 	c.stop(1)
-	// Delete n2's log from w on, as --repair-log-tail does to a damaged tail.
-	db, err := raftstore.Open(filepath.Join(c.cfgs[1].DataDir, "raft"), raftstore.Options{})
-	require.NoError(t, err)
-	g := db.Group(0)
-	last, err := g.LastIndex()
-	require.NoError(t, err)
-	require.NoError(t, g.DeleteRange(wIdx, last))
-	require.NoError(t, db.Close())
-	c.cfgs[1].RepairLogTail = true
+	lose(&c.cfgs[1], wIdx)
 	c.start(1)
 	c.start(2)
 	deadline := time.Now().Add(4 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, i := range []int{1, 2} {
-			require.False(t, c.nodes[i].IsLeader(0), "n%d leads with n1 down: the repaired replica or the laggard won", i+1)
+			require.False(t, c.nodes[i].IsLeader(0), "n%d leads with n1 down: a leader without the write", i+1)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -1027,6 +977,39 @@ func TestRepairedReplicaCannotLead(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "100", a.Posted, "the acknowledged write was lost")
 	c.checkReplicas()
+	return c
+}
+
+// TestWipedReplicaCannotElectALaggard: n2 comes back wiped. Without the
+// vote guard, n2 (empty log, empty configuration) voted for n3, which
+// lacked the write, and n3's leadership erased it. With it, the shard
+// waits for n1; then n2, caught up, votes again.
+func TestWipedReplicaCannotElectALaggard(t *testing.T) {
+	c := lostWriteScenario(t, func(cfg *Config, _ uint64) {
+		require.NoError(t, os.RemoveAll(cfg.DataDir))
+		require.NoError(t, os.MkdirAll(cfg.DataDir, 0o755))
+	})
+	g := c.nodes[1].shards[0].trans.guard
+	require.NotNil(t, g)
+	require.Eventually(t, func() bool { return !g.on.Load() }, 10*time.Second, 20*time.Millisecond, "n2 never caught up")
+}
+
+// TestRepairedReplicaCannotLead: n2 comes back with its log deleted from
+// the write on, as --repair-log-tail does to a damaged tail. It must not
+// be elected by the laggard either (found by review: the guard first kept
+// it from voting but not from running, and n2's short log won n3's vote,
+// erased the write on n1 and n3 and left the replicas different).
+func TestRepairedReplicaCannotLead(t *testing.T) {
+	lostWriteScenario(t, func(cfg *Config, wIdx uint64) {
+		db, err := raftstore.Open(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{})
+		require.NoError(t, err)
+		g := db.Group(0)
+		last, err := g.LastIndex()
+		require.NoError(t, err)
+		require.NoError(t, g.DeleteRange(wIdx, last))
+		require.NoError(t, db.Close())
+		cfg.RepairLogTail = true
+	})
 }
 
 // TestDefineAssetPartlyAppliedIsUnknown: shard 0 defines the asset, then
