@@ -305,5 +305,6 @@ func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (Sha
 		LastTimeMs:        resp.GetLastTimeMs(),
 		Version:           resp.GetVersion(),
 		MaxVersion:        resp.GetMaxVersion(),
+		VoteGuarded:       resp.GetVoteGuarded(),
 	}, nil
 }

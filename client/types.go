@@ -131,6 +131,10 @@ type ShardState struct {
 	// MaxVersion the newest that node allows (0: it predates versions).
 	Version    uint32
 	MaxVersion uint32
+	// VoteGuarded is set while that replica refuses to vote or run for
+	// leader because it may lack entries it acknowledged (wiped data, a
+	// repaired log tail) and has not caught up yet.
+	VoteGuarded bool
 }
 
 // opToProto converts an op for the wire. Amounts that an op kind does not

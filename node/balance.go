@@ -90,5 +90,7 @@ func (n *Node) caughtUp(p Peer, s *shard) bool {
 	if err != nil {
 		return false
 	}
-	return st.GetAppliedIndex()+balanceCatchUpEntries >= s.fsm.AppliedIndex()
+	// A replica under its vote guard cannot win an election: a transfer
+	// to it costs the shard an election and wins nothing (found by review).
+	return !st.GetVoteGuarded() && st.GetAppliedIndex()+balanceCatchUpEntries >= s.fsm.AppliedIndex()
 }

@@ -943,11 +943,11 @@ func TestApplyLagZeroWhenIdle(t *testing.T) {
 
 // lostWriteScenario runs the case a replica that lost its data (or its
 // log's tail) must not turn into a lost write: a write w committed on n1
-// and n2 while n3 was down; then n1 stays down, lose(n2's config, w's
-// index) takes n2's copy away, and n2 and n3 start. Neither may lead (n2's
+// and n2 while n3 was down; then n1 stays down, lose(c, w's index) takes
+// n2's copy away (and whatever else the case needs), and n2 and n3 start. Neither may lead (n2's
 // vote or its short log would elect a leader without w); once n1 is back,
 // w is there and the replicas agree.
-func lostWriteScenario(t *testing.T, lose func(cfg *Config, wIdx uint64)) *testCluster {
+func lostWriteScenario(t *testing.T, lose func(c *testCluster, wIdx uint64)) *testCluster {
 	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
 	c.defineAsset("shop", "POINTS", 0)
 	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
@@ -961,7 +961,7 @@ func lostWriteScenario(t *testing.T, lose func(cfg *Config, wIdx uint64)) *testC
 	wIdx := c.nodes[c.leaderOf(0)].shards[0].fsm.AppliedIndex()
 	c.stop(0)
 	c.stop(1)
-	lose(&c.cfgs[1], wIdx)
+	lose(c, wIdx)
 	c.start(1)
 	c.start(2)
 	deadline := time.Now().Add(4 * time.Second)
@@ -985,10 +985,7 @@ func lostWriteScenario(t *testing.T, lose func(cfg *Config, wIdx uint64)) *testC
 // lacked the write, and n3's leadership erased it. With it, the shard
 // waits for n1; then n2, caught up, votes again.
 func TestWipedReplicaCannotElectALaggard(t *testing.T) {
-	c := lostWriteScenario(t, func(cfg *Config, _ uint64) {
-		require.NoError(t, os.RemoveAll(cfg.DataDir))
-		require.NoError(t, os.MkdirAll(cfg.DataDir, 0o755))
-	})
+	c := lostWriteScenario(t, func(c *testCluster, _ uint64) { wipe(t, c.cfgs[1].DataDir) })
 	g := c.nodes[1].shards[0].trans.guard
 	require.NotNil(t, g)
 	require.Eventually(t, func() bool { return !g.on.Load() }, 10*time.Second, 20*time.Millisecond, "n2 never caught up")
@@ -1000,7 +997,8 @@ func TestWipedReplicaCannotElectALaggard(t *testing.T) {
 // it from voting but not from running, and n2's short log won n3's vote,
 // erased the write on n1 and n3 and left the replicas different).
 func TestRepairedReplicaCannotLead(t *testing.T) {
-	lostWriteScenario(t, func(cfg *Config, wIdx uint64) {
+	lostWriteScenario(t, func(c *testCluster, wIdx uint64) {
+		cfg := &c.cfgs[1]
 		db, err := raftstore.Open(filepath.Join(cfg.DataDir, "raft"), raftstore.Options{})
 		require.NoError(t, err)
 		g := db.Group(0)
@@ -1010,6 +1008,24 @@ func TestRepairedReplicaCannotLead(t *testing.T) {
 		require.NoError(t, db.Close())
 		cfg.RepairLogTail = true
 	})
+}
+
+// TestWipedReplicaBesideALaggardWithoutState: as above, and n3 also lost
+// its state DB (whose writes are not synced), so it reports applied index 0
+// though its Raft log is whole. n2 must not take that for a new shard
+// (found by review: the rule counted applied index 0, n2 lifted its guard,
+// voted for n3, and the write was lost).
+func TestWipedReplicaBesideALaggardWithoutState(t *testing.T) {
+	lostWriteScenario(t, func(c *testCluster, _ uint64) {
+		wipe(t, c.cfgs[1].DataDir)
+		require.NoError(t, os.RemoveAll(filepath.Join(c.cfgs[2].DataDir, "state")))
+	})
+}
+
+// wipe empties a node's data directory, as an operator replacing its disk.
+func wipe(t *testing.T, dir string) {
+	require.NoError(t, os.RemoveAll(dir))
+	require.NoError(t, os.MkdirAll(dir, 0o755))
 }
 
 // TestDefineAssetPartlyAppliedIsUnknown: shard 0 defines the asset, then
@@ -1040,4 +1056,35 @@ func TestDefineAssetPartlyAppliedIsUnknown(t *testing.T) {
 	_, err = c.client(c.cfgs[0].GRPCAddr).DefineAsset(ctx, &tallypb.DefineAssetRequest{
 		Program: "shop", Asset: "CNY", Scale: 2, IdempotencyKey: "d1"})
 	require.NoError(t, err)
+}
+
+// TestWipedReplicaCaughtUpBySnapshotLifts: a wiped replica that catches up
+// by the leader's snapshot alone, on a quiet shard, may vote again (found
+// by review: the guard compared the term of the log's stale last entry,
+// not the snapshot's, and stayed on until the next write).
+func TestWipedReplicaCaughtUpBySnapshotLifts(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+		cfg.Raft.SnapshotThreshold = 1 << 20 // snapshots only when asked
+		cfg.Raft.SnapshotInterval = time.Hour
+		cfg.Raft.TrailingLogs = 2
+		cfg.BalanceInterval = -1
+	})
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	for i := range 20 {
+		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "ann", "POINTS", "1"))
+	}
+	l := c.leaderOf(0)
+	victim := (l + 1) % 3
+	ls := c.nodes[l].shards[0]
+	require.Eventually(t, func() bool { return ls.fsm.Version() >= c.nodes[l].maxVersion() }, 10*time.Second, 50*time.Millisecond)
+	c.stop(victim)
+	require.NoError(t, ls.raft.Snapshot().Error()) // the log before it goes
+	wipe(t, c.cfgs[victim].DataDir)
+	c.start(victim)
+	g := c.nodes[victim].shards[0].trans.guard
+	require.NotNil(t, g)
+	require.Eventually(t, func() bool { return !g.on.Load() }, 10*time.Second, 50*time.Millisecond,
+		"a replica caught up by snapshot stayed guarded on a quiet shard")
+	c.checkReplicas()
 }

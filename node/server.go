@@ -438,7 +438,10 @@ func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest
 		LastTimeMs:   s.fsm.LastTimeMs(),
 		Version:      s.fsm.Version(),
 		MaxVersion:   sv.n.maxVersion(),
+		VoteGuarded:  s.trans != nil && s.trans.guard != nil && s.trans.guard.on.Load(),
 	}
+	last := s.raft.LastIndex()
+	resp.RaftLastIndex = &last
 	if !req.GetFull() {
 		return resp, nil
 	}

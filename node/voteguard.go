@@ -34,9 +34,14 @@ import (
 //     committed in this term) and every applied index the other replicas
 //     reported since it started; or
 //   - the shard is new: a majority of the replicas (this one included)
-//     report an applied index of 0, so nothing was ever committed to lose
-//     (every replica of a new cluster starts guarded, and this lifts it);
-//     or the cluster has one node.
+//     hold no Raft log beyond the bootstrap configuration (last index at
+//     most 1, log or snapshot), so nothing was ever committed to lose
+//     (every replica of a new cluster starts guarded, and this lifts it).
+//     The Raft log, not the FSM's applied index: a replica whose state DB
+//     lost its unsynced writes reports applied index 0 with a full log
+//     (found by review: counting it as new lost a write); a replica of a
+//     binary that does not report its log never counts; or
+//   - the cluster has one node.
 //
 // After it lifts, votes in terms up to the one current then are still
 // refused: the replica may have voted in those before it lost its record.
@@ -110,9 +115,37 @@ func (g *voteGuard) filter(rpc raft.RPC) bool {
 // replicaLog is what mayLift needs to know of the replica's Raft state.
 type replicaLog struct {
 	leaderKnown         bool
-	lastIndex, lastTerm uint64
+	lastIndex, lastTerm uint64 // of the last entry, in the log or the snapshot
 	currentTerm         uint64
-	fresh, voters       int // replicas reporting applied index 0 (this one included), of voters
+	fresh, voters       int // replicas with no log beyond the bootstrap configuration (this one included), of voters
+}
+
+// newShardLastIndex is the most a replica of a new shard holds: the
+// bootstrap configuration entry.
+const newShardLastIndex = 1
+
+// lastEntry reads a replica's last entry (index and term, in its log or
+// its snapshot, whichever is later, as raft's own vote check does) and its
+// current term from one raft.Stats: a snapshot install leaves the log's
+// last entry behind (found by review: a replica caught up by snapshot on a
+// quiet shard compared a stale entry's term and never lifted).
+func lastEntry(stats map[string]string) (index, term, current uint64, ok bool) {
+	get := func(k string) (uint64, bool) {
+		v, err := strconv.ParseUint(stats[k], 10, 64)
+		return v, err == nil
+	}
+	logIndex, ok1 := get("last_log_index")
+	logTerm, ok2 := get("last_log_term")
+	snapIndex, ok3 := get("last_snapshot_index")
+	snapTerm, ok4 := get("last_snapshot_term")
+	current, ok5 := get("term")
+	if !(ok1 && ok2 && ok3 && ok4 && ok5) {
+		return 0, 0, 0, false
+	}
+	if snapIndex > logIndex {
+		return snapIndex, snapTerm, current, true
+	}
+	return logIndex, logTerm, current, true
 }
 
 // mayLift reports whether the guard may lift (see voteGuard).
@@ -163,15 +196,17 @@ func (s *shard) guardLoop() {
 		case <-t.C:
 		}
 		r := replicaLog{voters: len(s.n.cfg.Peers)}
-		if r.voters > 1 {
-			r.fresh = s.pollPeersApplied(g)
-		}
 		_, leader := s.raft.LeaderWithID()
 		r.leaderKnown = leader != ""
-		r.currentTerm = s.raft.CurrentTerm()
-		r.lastIndex = s.raft.LastIndex()
-		if last, err := strconv.ParseUint(s.raft.Stats()["last_log_term"], 10, 64); err == nil {
-			r.lastTerm = last
+		var ok bool
+		if r.lastIndex, r.lastTerm, r.currentTerm, ok = lastEntry(s.raft.Stats()); !ok {
+			continue
+		}
+		if r.voters > 1 {
+			r.fresh = s.pollPeers(g)
+			if r.lastIndex <= newShardLastIndex {
+				r.fresh++
+			}
 		}
 		if g.mayLift(r) {
 			g.liftTerm.Store(r.currentTerm)
@@ -183,18 +218,15 @@ func (s *shard) guardLoop() {
 	}
 }
 
-// pollPeersApplied asks every other replica for its applied index of the
-// shard, records the highest in g, and returns how many replicas, this one
-// included, reported 0. This one counts only while it has applied nothing.
-func (s *shard) pollPeersApplied(g *voteGuard) int {
+// pollPeers asks every other replica for its view of the shard, records
+// the highest applied index in g, and returns how many of them hold no log
+// beyond the bootstrap configuration.
+func (s *shard) pollPeers(g *voteGuard) int {
 	var (
 		mu    sync.Mutex
 		fresh int
 		wg    sync.WaitGroup
 	)
-	if s.fsm.AppliedIndex() == 0 {
-		fresh = 1
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), voteGuardPoll)
 	defer cancel()
 	for _, p := range s.n.cfg.Peers {
@@ -219,7 +251,7 @@ func (s *shard) pollPeersApplied(g *voteGuard) int {
 					break
 				}
 			}
-			if applied == 0 {
+			if resp.RaftLastIndex != nil && resp.GetRaftLastIndex() <= newShardLastIndex {
 				mu.Lock()
 				fresh++
 				mu.Unlock()

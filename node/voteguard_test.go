@@ -61,3 +61,20 @@ func TestVoteGuardRules(t *testing.T) {
 	ok, _ = answered(&raft.RequestVoteRequest{Term: 10})
 	require.False(t, ok, "raft decides once lifted")
 }
+
+// TestLastEntryCountsTheSnapshot: after a snapshot install with no entry
+// after it, the last entry is the snapshot's, as raft's own vote check
+// has it (found by review: the log's stale last term kept a replica
+// caught up by snapshot guarded on a quiet shard).
+func TestLastEntryCountsTheSnapshot(t *testing.T) {
+	stats := map[string]string{"last_log_index": "1", "last_log_term": "1", "last_snapshot_index": "25", "last_snapshot_term": "2", "term": "2"}
+	index, term, current, ok := lastEntry(stats)
+	require.True(t, ok)
+	require.Equal(t, [3]uint64{25, 2, 2}, [3]uint64{index, term, current})
+	stats["last_log_index"], stats["last_log_term"] = "30", "2"
+	index, term, _, _ = lastEntry(stats)
+	require.Equal(t, [2]uint64{30, 2}, [2]uint64{index, term})
+	delete(stats, "term")
+	_, _, _, ok = lastEntry(stats)
+	require.False(t, ok, "a missing figure is not a zero")
+}

@@ -1713,8 +1713,16 @@ type ShardStateResponse struct {
 	// The version of the rules the shard applies (1 until an entry raised it),
 	// and the newest version this node's binary applies and may be raised to
 	// (0 from a binary that predates versions: it applies only version 1).
-	Version       uint32 `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
-	MaxVersion    uint32 `protobuf:"varint,9,opt,name=max_version,json=maxVersion,proto3" json:"max_version,omitempty"`
+	Version    uint32 `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
+	MaxVersion uint32 `protobuf:"varint,9,opt,name=max_version,json=maxVersion,proto3" json:"max_version,omitempty"`
+	// This replica's Raft log: its last index (log or snapshot), absent from
+	// binaries before it. A replica whose last index is at most 1 holds only
+	// the bootstrap configuration: a new shard (node/voteguard.go).
+	RaftLastIndex *uint64 `protobuf:"varint,10,opt,name=raft_last_index,json=raftLastIndex,proto3,oneof" json:"raft_last_index,omitempty"`
+	// Set while this replica refuses to vote and to run for leader because
+	// it may lack entries it acknowledged (wiped data, a repaired log tail):
+	// leadership is not transferred to it.
+	VoteGuarded   bool `protobuf:"varint,11,opt,name=vote_guarded,json=voteGuarded,proto3" json:"vote_guarded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1810,6 +1818,20 @@ func (x *ShardStateResponse) GetMaxVersion() uint32 {
 		return x.MaxVersion
 	}
 	return 0
+}
+
+func (x *ShardStateResponse) GetRaftLastIndex() uint64 {
+	if x != nil && x.RaftLastIndex != nil {
+		return *x.RaftLastIndex
+	}
+	return 0
+}
+
+func (x *ShardStateResponse) GetVoteGuarded() bool {
+	if x != nil {
+		return x.VoteGuarded
+	}
+	return false
 }
 
 var File_tally_proto protoreflect.FileDescriptor
@@ -1936,7 +1958,7 @@ const file_tally_proto_rawDesc = "" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\"=\n" +
 	"\x11ShardStateRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
-	"\x04full\x18\x02 \x01(\bR\x04full\"\xbb\x02\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\"\x9f\x03\n" +
 	"\x12ShardStateResponse\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x1d\n" +
@@ -1949,7 +1971,11 @@ const file_tally_proto_rawDesc = "" +
 	"lastTimeMs\x12\x18\n" +
 	"\aversion\x18\b \x01(\rR\aversion\x12\x1f\n" +
 	"\vmax_version\x18\t \x01(\rR\n" +
-	"maxVersion*\xe3\x01\n" +
+	"maxVersion\x12+\n" +
+	"\x0fraft_last_index\x18\n" +
+	" \x01(\x04H\x00R\rraftLastIndex\x88\x01\x01\x12!\n" +
+	"\fvote_guarded\x18\v \x01(\bR\vvoteGuardedB\x12\n" +
+	"\x10_raft_last_index*\xe3\x01\n" +
 	"\x06OpKind\x12\x17\n" +
 	"\x13OP_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDEFINE_ASSET\x10\x01\x12\x10\n" +
@@ -2068,6 +2094,7 @@ func file_tally_proto_init() {
 		return
 	}
 	file_tally_proto_msgTypes[4].OneofWrappers = []any{}
+	file_tally_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -381,8 +381,9 @@ func (v stateView) jsonValue() any {
 		LastTimeMs        int64  `json:"last_time_ms"`
 		Version           uint32 `json:"version"`
 		MaxVersion        uint32 `json:"max_version"`
+		VoteGuarded       bool   `json:"vote_guarded"`
 	}{v.Node, v.Shard, v.Leader, v.AppliedIndex, hex.EncodeToString(v.StateHash), v.ConservationOK, v.ConservationError,
-		v.LastTimeMs, v.Version, v.MaxVersion}
+		v.LastTimeMs, v.Version, v.MaxVersion, v.VoteGuarded}
 }
 
 func (v stateView) text(w io.Writer) {
@@ -401,6 +402,9 @@ func (v stateView) text(w io.Writer) {
 		fmt.Fprintf(w, "rules version\t1 (this node predates rules versions)\n")
 	} else {
 		fmt.Fprintf(w, "rules version\t%d (this node allows up to %d)\n", v.Version, v.MaxVersion)
+	}
+	if v.VoteGuarded {
+		fmt.Fprintf(w, "vote guard\ton: may lack entries it acknowledged; does not vote or run for leader until caught up\n")
 	}
 }
 
