@@ -30,7 +30,7 @@ type fakeLedger struct {
 	skewMember   map[string]int64  // GetAccount: posted off by this many minor units
 	otherReads   bool              // GetAccount: answers with another member's name
 	skewResult   map[string]int64  // GetOperation: the account after it off by this many units
-	indetKeys    map[string]bool   // Submit applies, then reports indeterminate
+	indetKeys    map[string]bool   // Submit applies, then reports indeterminate (once per key)
 	rejectKeys   map[string]bool   // Submit rejects the request (nothing applied)
 	badHashNode  int               // ShardState: this node (1-based) has another hash
 	badConsNode  int               // ShardState: this node reports broken conservation
@@ -124,12 +124,14 @@ func (f *fakeLedger) Submit(ctx context.Context, ops []client.Op, linked bool) (
 			f.applied[ops[i].IdempotencyKey] = res[j].Seq
 			if f.indetKeys[ops[i].IdempotencyKey] {
 				indet = true
+				delete(f.indetKeys, ops[i].IdempotencyKey) // once: a re-send learns the outcome
 			}
 		}
 	}
 	if indet {
+		// As the client marks the ops of a part whose outcome is unknown.
 		for i := range out {
-			out[i] = client.Result{Code: ledger.CodeUnavailable}
+			out[i] = client.Result{Code: ledger.CodeUnavailable, Indeterminate: true}
 		}
 		return out, &client.Error{Code: ledger.CodeUnavailable, Shard: -1, OpIndex: -1, Indeterminate: true}
 	}

@@ -575,3 +575,21 @@ func TestReadsOfAnotherAccountFail(t *testing.T) {
 		t.Errorf("%d wrong reads counted as answered", rep.AnsweredOps)
 	}
 }
+
+// TestRunResolvesIndeterminateBatches: a batch the ledger applied but
+// answered as indeterminate (its ops marked so, as the client marks the
+// ops of a part whose outcome is unknown) is settled by re-sending: its
+// ops are recorded, not lost, and the run passes.
+func TestRunResolvesIndeterminateBatches(t *testing.T) {
+	f := newFakeLedger(4)
+	for seq := range uint64(20) {
+		f.indetKeys[keyOf("t", 0, seq)] = true
+	}
+	rep := fakeRun(t, f, Config{Batch: 10, Clients: 2})
+	v := rep.Verification
+	var b strings.Builder
+	Summary(&b, rep)
+	if !rep.OK || v.Indeterminate == 0 || v.ResolvedApplied != v.Indeterminate || v.FailedStored != 0 {
+		t.Fatalf("indeterminate %d, resolved applied %d, failed stored %d:\n%s", v.Indeterminate, v.ResolvedApplied, v.FailedStored, b.String())
+	}
+}
