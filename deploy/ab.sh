@@ -68,36 +68,10 @@ for i in 1 2 3; do
     ${TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
-# Ready when every shard has a leader and all three nodes still run: a node
-# that exits at start (a port taken by another cluster, which would then
-# answer instead) must not leave this measuring a cluster that is not this
-# fresh one. Bounded by time (one tallyctl call can take its whole 1 s).
-alive() {
-  for k in 0 1 2; do
-    if ! kill -0 "${pids[$k]}" 2>/dev/null; then
-      echo "node n$((k + 1)) exited at start (another cluster on ports $((port + 1))-$((port + 23))? AB_PORT moves them); logs in $data" >&2
-      tail -n 5 "$data"/n*.log >&2
-      AB_KEEP=1
-      exit 1
-    fi
-  done
-}
-ready=0
-deadline=$((SECONDS + 30))
-while [ "$SECONDS" -lt "$deadline" ]; do
-  alive
-  led=$("$BIN/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
-  if [ "$led" = "$shards" ]; then ready=1; break; fi
-  sleep 0.2
-done
-if [ "$ready" != 1 ]; then
-  echo "cluster did not elect every one of $shards shards' leaders within 30 s; logs in $data" >&2
-  tail -n 5 "$data"/n*.log >&2
-  AB_KEEP=1
-  exit 1
-fi
-sleep 1
-alive
+# shellcheck source=deploy/common.sh
+source deploy/common.sh
+on_start_failure() { AB_KEEP=1; } # the message points at the data folder
+cluster_ready "$BIN/tallyctl" AB_PORT
 scrape() { for i in 1 2 3; do curl -s --max-time 5 "http://127.0.0.1:$((port + 20 + i))/metrics" >"$data/$1.n$i" || true; done; }
 (for _ in $(seq 1 600); do grep -q 'measure\]' "$data/progress" 2>/dev/null && break; sleep 0.5; done
  scrape m0
@@ -109,9 +83,6 @@ scrape() { for i in 1 2 3; do curl -s --max-time 5 "http://127.0.0.1:$((port + 2
  scrape m1) &
 window=$!
 server_pids=$(IFS=,; echo "${pids[*]}")
-# run_load and exit_if_signalled: see deploy/runload.sh.
-# shellcheck source=deploy/runload.sh
-source deploy/runload.sh
 rc=0
 run_load "$data/summary" "$data/progress" "$BIN/tally-load" --addrs "$addrs" --server-pids "$server_pids" \
   --members "${MEMBERS:-20000}" --verify-budget 5s "$@"

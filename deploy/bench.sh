@@ -133,31 +133,9 @@ for i in 1 2 3; do
     --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info ${BENCH_TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
-# Ready when every shard has a leader and all three nodes still run: a node
-# that exits at start (a port taken by another cluster, which would then
-# answer instead) must not leave the bench measuring a cluster that is not
-# this fresh one.
-alive() {
-  for k in 0 1 2; do
-    if ! kill -0 "${pids[$k]}" 2>/dev/null; then
-      echo "node n$((k + 1)) exited at start (another cluster on ports $((port + 1))-$((port + 23))? BENCH_PORT moves them); logs in $data" >&2
-      tail -5 "$data"/n*.log >&2
-      exit 1
-    fi
-  done
-}
-# Bounded by time, not tries: one tallyctl call can take its whole 1 s.
-ready=0
-deadline=$((SECONDS + 30))
-while [ "$SECONDS" -lt "$deadline" ]; do
-  alive
-  led=$("$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
-  if [ "$led" = "$shards" ]; then ready=1; break; fi
-  sleep 0.2
-done
-if [ "$ready" != 1 ]; then echo "cluster did not elect every one of $shards shards' leaders within 30 s; logs in $data" >&2; tail -5 "$data"/n*.log >&2; exit 1; fi
-sleep 1
-alive
+# shellcheck source=deploy/common.sh
+source deploy/common.sh
+cluster_ready "$bin/tallyctl" BENCH_PORT
 server_pids=$(IFS=,; echo "${pids[*]}")
 
 {
@@ -179,9 +157,6 @@ json_bool() { sed -n "s/^  \"$2\": \(true\|false\),\{0,1\}$/\1/p" "$1" | head -1
 # json_ver FILE KEY: a number in the report's verification object.
 json_ver() { sed -n "s/^    \"$2\": \([-0-9.e+]*\),\{0,1\}$/\1/p" "$1" | head -1; }
 
-# run_load and exit_if_signalled: see deploy/runload.sh.
-# shellcheck source=deploy/runload.sh
-source deploy/runload.sh
 failed=0
 best_single=0
 run_case() {

@@ -471,17 +471,27 @@ func TestShardOrderCheck(t *testing.T) {
 	assert.False(t, checkShardOrder(timeBack, 1).OK, "a later write with an earlier log time")
 }
 
+// holdOfA is member a's hold h1 of 30 (seq 1, log time 100) as its client
+// saw it, and its journal entry.
+func holdOfA() (Entry, client.JournalEntry) {
+	h := Entry{Input: Input{Kind: KindHold, Member: "a", Asset: Asset, Key: "h1", Amount: 30, TTLMs: 1000},
+		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}}
+	return h, client.JournalEntry{Seq: 1, Op: toClientOp(h.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 1}}
+}
+
+// expiryOfA is the ledger's journal entry (at seq) of the expiry of member
+// a's hold, releasing amount.
+func expiryOfA(hold string, seq uint64, amount int64) client.JournalEntry {
+	amt := decimal.NewFromInt(amount)
+	return client.JournalEntry{Seq: seq, Op: client.Op{Kind: ledger.OpExpireHold, Program: Program, Member: "a", Asset: Asset,
+		IdempotencyKey: ledger.ExpiryKey(hold), HoldKey: hold, Amount: amt}, Result: client.Result{Code: ledger.CodeOK, Seq: seq, Released: amt}}
+}
+
 // TestJournalExpiryEntries: a hold's expiry, journaled by the ledger, must
 // be of a hold the member opened, under its key, releasing all of it.
 func TestJournalExpiryEntries(t *testing.T) {
-	h := Entry{Input: Input{Kind: KindHold, Member: "a", Asset: Asset, Key: "h1", Amount: 30, TTLMs: 1000},
-		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}}
-	jh := client.JournalEntry{Seq: 1, Op: toClientOp(h.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 1}}
-	expiry := func(hold string, seq uint64, amount int64) client.JournalEntry {
-		amt := decimal.NewFromInt(amount)
-		return client.JournalEntry{Seq: seq, Op: client.Op{Kind: ledger.OpExpireHold, Program: Program, Member: "a", Asset: Asset,
-			IdempotencyKey: ledger.ExpiryKey(hold), HoldKey: hold, Amount: amt}, Result: client.Result{Code: ledger.CodeOK, Seq: seq, Released: amt}}
-	}
+	h, jh := holdOfA()
+	expiry := expiryOfA
 	for name, tc := range map[string]struct {
 		journal []client.JournalEntry
 		ok      bool
@@ -536,12 +546,8 @@ func TestReplicaChecksCatchLies(t *testing.T) {
 // journal's holds, captures, releases and expiries leave: a hold that
 // expired without its EXPIRE_HOLD entry fails (found by review).
 func TestJournalExplainsHeldBalance(t *testing.T) {
-	h := Entry{Input: Input{Kind: KindHold, Member: "a", Asset: Asset, Key: "h1", Amount: 30, TTLMs: 1000},
-		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}}
-	jh := client.JournalEntry{Seq: 1, Op: toClientOp(h.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 1}}
-	amt := decimal.NewFromInt(30)
-	expiry := client.JournalEntry{Seq: 2, Op: client.Op{Kind: ledger.OpExpireHold, Program: Program, Member: "a", Asset: Asset,
-		IdempotencyKey: ledger.ExpiryKey("h1"), HoldKey: "h1", Amount: amt}, Result: client.Result{Code: ledger.CodeOK, Seq: 2, Released: amt}}
+	h, jh := holdOfA()
+	expiry := expiryOfA("h1", 2, 30)
 	for name, tc := range map[string]struct {
 		journal []client.JournalEntry
 		held    int64
@@ -569,16 +575,12 @@ func TestJournalExplainsHeldBalance(t *testing.T) {
 // expires (or again captures) a captured hold is named as such, not only
 // as a held sum that does not add up.
 func TestJournalHoldSettledOnce(t *testing.T) {
-	h := Entry{Input: Input{Kind: KindHold, Member: "a", Asset: Asset, Key: "h1", Amount: 30, TTLMs: 1000},
-		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}}
+	h, jh := holdOfA()
 	c := Entry{Input: Input{Kind: KindCapture, Member: "a", Asset: Asset, Key: "c1", HoldKey: "h1"},
 		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 2, TimeMs: 200, Captured: 30}}
-	amt := decimal.NewFromInt(30)
-	jh := client.JournalEntry{Seq: 1, Op: toClientOp(h.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 1}}
-	jc := client.JournalEntry{Seq: 2, Op: toClientOp(c.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 2, Captured: amt,
+	jc := client.JournalEntry{Seq: 2, Op: toClientOp(c.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 2, Captured: decimal.NewFromInt(30),
 		Account: &client.Account{Asset: Asset}}}
-	expiry := client.JournalEntry{Seq: 3, Op: client.Op{Kind: ledger.OpExpireHold, Program: Program, Member: "a", Asset: Asset,
-		IdempotencyKey: ledger.ExpiryKey("h1"), HoldKey: "h1", Amount: amt}, Result: client.Result{Code: ledger.CodeOK, Seq: 3, Released: amt}}
+	expiry := expiryOfA("h1", 3, 30)
 	final := map[string]int64{"a/" + Asset: 0}
 	posted := map[string]int64{"a/" + Asset: -30}
 
@@ -596,12 +598,8 @@ func TestJournalHoldSettledOnce(t *testing.T) {
 // again after it); balances that disagree with the journal on both sides
 // of the listing, or never stop changing, are.
 func TestJournalListedAfterAnExpiry(t *testing.T) {
-	h := Entry{Input: Input{Kind: KindHold, Member: "a", Asset: Asset, Key: "h1", Amount: 30, TTLMs: 1000},
-		Output: Output{Status: Known, Code: ledger.CodeOK, Seq: 1, TimeMs: 100}}
-	jh := client.JournalEntry{Seq: 1, Op: toClientOp(h.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 1}}
-	amt := decimal.NewFromInt(30)
-	expiry := client.JournalEntry{Seq: 2, Op: client.Op{Kind: ledger.OpExpireHold, Program: Program, Member: "a", Asset: Asset,
-		IdempotencyKey: ledger.ExpiryKey("h1"), HoldKey: "h1", Amount: amt}, Result: client.Result{Code: ledger.CodeOK, Seq: 2, Released: amt}}
+	h, jh := holdOfA()
+	expiry := expiryOfA("h1", 2, 30)
 	journal := fakeJournal{"a": {expiry, jh}}
 	// The final reads saw the hold open (held 30); the journal has its expiry.
 	posted, held := map[string]int64{"a/" + Asset: 0}, map[string]int64{"a/" + Asset: 30}

@@ -115,9 +115,9 @@ func (r *Recorder) SetMeasuring(on bool) { r.measuring.Store(on) }
 // counting those by when they were due reported the offered rate, not the
 // achieved one). Every request counts in the live interval. The latency
 // percentiles are those of answered requests (at least one op answered);
-// a request whose every op failed goes to a latency of its own (a failure
-// that comes back at once made p50 0.025 ms in a review's test, where
-// every answered request took 20 ms).
+// a request whose every op failed goes to a latency of its own: failures
+// that come back at once would pull the percentiles far below what every
+// answered request took (TestFailedRequestsLeaveThePercentiles).
 func (r *Recorder) Record(client int, kind Kind, lat time.Duration, codes []ledger.Code, measured, endedIn bool) {
 	nFailed := int64(0)
 	for _, c := range codes {
