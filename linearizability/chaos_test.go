@@ -22,8 +22,10 @@ const (
 )
 
 // tallydPath is the tallyd binary TestMain builds (without -race, to leave
-// the CPU to the cluster); "" under -short.
-var tallydPath string
+// the CPU to the cluster); "" under -short. unsafeTallydPath is the same
+// built with -tags tally_unsafe, the only kind that takes
+// --unsafe-local-reads.
+var tallydPath, unsafeTallydPath string
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
@@ -45,12 +47,18 @@ func runTests(m *testing.M) int {
 		}
 		defer os.RemoveAll(dir)
 		tallydPath = filepath.Join(dir, "tallyd")
-		cmd := exec.Command("go", "build", "-o", tallydPath, "./cmd/tallyd")
-		cmd.Dir = ".."
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "building tallyd:", err)
-			return 1
+		unsafeTallydPath = filepath.Join(dir, "tallyd-unsafe")
+		for _, b := range [][]string{
+			{"-o", tallydPath},
+			{"-tags", "tally_unsafe", "-o", unsafeTallydPath},
+		} {
+			cmd := exec.Command("go", append(append([]string{"build"}, b...), "./cmd/tallyd")...)
+			cmd.Dir = ".."
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Run(); err != nil {
+				fmt.Fprintln(os.Stderr, "building tallyd:", err)
+				return 1
+			}
 		}
 	}
 	return m.Run()
@@ -198,7 +206,7 @@ func TestChaosCatchesStaleReads(t *testing.T) {
 	dir := resultsDir(t, seed)
 	t.Logf("seed %d (replay: %s=%d), results %s", seed, envSeed, seed, dir)
 	cfg := Config{
-		Tallyd: tallydPath, Seed: seed, ResultsDir: dir, Logf: t.Logf,
+		Tallyd: unsafeTallydPath, Seed: seed, ResultsDir: dir, Logf: t.Logf,
 		Shards: 2, Clients: 6, Accounts: 6, UnsafeLocalReads: true,
 		Faults: []FaultKind{FaultPartition}, FaultRounds: 4,
 		Timing:      Timing{FaultMin: 3 * time.Second, FaultMax: 5 * time.Second, GapMin: 500 * time.Millisecond, GapMax: time.Second},

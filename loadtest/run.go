@@ -165,6 +165,8 @@ type Report struct {
 	// inside the window with an answer (OK or a business refusal, not a
 	// failure), so an open loop that falls behind reports the rate it
 	// achieved, not the one it offered, and failing fast does not count.
+	// RequestsPerSec is Requests over the window: the rate sent (closed
+	// loop) or due (open loop), answered or failed; the offered rate.
 	Ops            int64                   `json:"ops"`
 	AnsweredOps    int64                   `json:"answered_ops"`
 	Requests       int64                   `json:"requests"`

@@ -164,7 +164,8 @@ type Config struct {
 	BalanceInterval time.Duration
 	// UnsafeLocalReads serves reads from local state on any node, leader or
 	// not, without confirming anything: NOT linearizable. It exists only so
-	// the fault harness can prove its checker catches stale reads.
+	// the fault harness can prove its checker catches stale reads, and only
+	// builds with the tally_unsafe tag accept it (UnsafeReadsBuilt).
 	UnsafeLocalReads bool
 	// LogLevel is hclog's level for Raft logs ("warn" by default).
 	LogLevel  string
@@ -187,6 +188,9 @@ const MaxShards = 256
 func (c *Config) validate() error {
 	if c.ID == "" {
 		return errors.New("node: config: ID is required")
+	}
+	if c.UnsafeLocalReads && !UnsafeReadsBuilt {
+		return errors.New("node: config: UnsafeLocalReads needs a build with -tags tally_unsafe (test builds only)")
 	}
 	if c.DataDir == "" {
 		return errors.New("node: config: DataDir is required")

@@ -77,6 +77,14 @@ func TestConfigRejectsRaftTimeouts(t *testing.T) {
 	c = base()
 	c.MaxVersion = ledger.MaxVersion + 1
 	require.ErrorContains(t, c.validate(), "above this binary's newest rules version")
+	// Non-linearizable reads: only a test build (-tags tally_unsafe).
+	c = base()
+	c.UnsafeLocalReads = true
+	if UnsafeReadsBuilt {
+		require.NoError(t, c.validate())
+	} else {
+		require.ErrorContains(t, c.validate(), "-tags tally_unsafe")
+	}
 }
 
 // TestConfigRejectsUndialablePeers: every peer address is dialed as given

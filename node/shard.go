@@ -385,7 +385,7 @@ func (s *shard) linearizable(ctx context.Context) error {
 	if err := s.n.refuseIfMisconfigured(); err != nil {
 		return err
 	}
-	if s.n.cfg.UnsafeLocalReads {
+	if UnsafeReadsBuilt && s.n.cfg.UnsafeLocalReads {
 		return nil
 	}
 	if s.raft.State() != raft.Leader {

@@ -44,7 +44,7 @@ func run(args []string) (int, error) {
 		minOps   = fs.Int("min-ops", 0, "keep the (healed) workload going until this many operations")
 		faults   = fs.String("faults", "kill,pause,partition,delay", "fault kinds, comma-separated")
 		coalesce = fs.Bool("coalesce", false, "all workers share one coalescing client (batched Submits and GetAccounts reads)")
-		unsafe   = fs.Bool("unsafe-local-reads", false, "BROKEN ON PURPOSE: nodes serve reads locally and reads go to random nodes; the run must fail")
+		unsafe   = fs.Bool("unsafe-local-reads", false, "BROKEN ON PURPOSE: nodes serve reads locally and reads go to random nodes; the run must fail (needs a tallyd built with -tags tally_unsafe)")
 		tallyd   = fs.String("tallyd", "", "tallyd binary (default: build ./cmd/tallyd)")
 		keep     = fs.Bool("keep-data", false, "keep the nodes' data directories after a passing run")
 		timeout  = fs.Duration("check-timeout", time.Minute, "porcupine time limit per member (an undecided member fails the run)")

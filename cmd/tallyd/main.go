@@ -66,7 +66,9 @@ func run(args []string) error {
 		cfg.MaxVersion = uint32(n)
 		return err
 	})
-	fs.BoolVar(&cfg.UnsafeLocalReads, "unsafe-local-reads", false, "BROKEN ON PURPOSE: serve reads from any replica without checks (only to prove the linearizability checker catches it)")
+	if node.UnsafeReadsBuilt { // test builds only (-tags tally_unsafe)
+		fs.BoolVar(&cfg.UnsafeLocalReads, "unsafe-local-reads", false, "BROKEN ON PURPOSE: serve reads from any replica without checks (only to prove the linearizability checker catches it)")
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
