@@ -7,7 +7,10 @@
 // - malformed input, or an amount that does not fit the asset's scale, is
 //   refused before the log: INVALID_ARGUMENT (reasons INVALID_ARGUMENT,
 //   INVALID_AMOUNT, SCALE_MISMATCH, OVERFLOW, WRONG_SHARD, ...), or
-//   NOT_FOUND for UNKNOWN_ASSET and HOLD_NOT_FOUND;
+//   NOT_FOUND for UNKNOWN_ASSET, HOLD_NOT_FOUND and ACCOUNT_NOT_FOUND.
+//   INVALID_AMOUNT and OVERFLOW can also be an operation's recorded
+//   outcome (a capture above its hold, a credit past the int64 range):
+//   its key is then spent, as for any other outcome;
 // - NOT_LEADER is FAILED_PRECONDITION, with metadata "leader" (the shard
 //   leader's gRPC address when known) and "shard"; nothing was applied;
 // - UNAVAILABLE or INTERNAL: the outcome may be unknown; re-send the same
@@ -1722,7 +1725,11 @@ type ShardStateResponse struct {
 	// Set while this replica refuses to vote and to run for leader because
 	// it may lack entries it acknowledged (wiped data, a repaired log tail):
 	// leadership is not transferred to it.
-	VoteGuarded   bool `protobuf:"varint,11,opt,name=vote_guarded,json=voteGuarded,proto3" json:"vote_guarded,omitempty"`
+	VoteGuarded bool `protobuf:"varint,11,opt,name=vote_guarded,json=voteGuarded,proto3" json:"vote_guarded,omitempty"`
+	// Set while this node refuses every request because its shard count
+	// differs from the cluster's (node/peercheck.go): leadership is not
+	// transferred to it.
+	Misconfigured bool `protobuf:"varint,12,opt,name=misconfigured,proto3" json:"misconfigured,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1830,6 +1837,13 @@ func (x *ShardStateResponse) GetRaftLastIndex() uint64 {
 func (x *ShardStateResponse) GetVoteGuarded() bool {
 	if x != nil {
 		return x.VoteGuarded
+	}
+	return false
+}
+
+func (x *ShardStateResponse) GetMisconfigured() bool {
+	if x != nil {
+		return x.Misconfigured
 	}
 	return false
 }
@@ -1958,7 +1972,7 @@ const file_tally_proto_rawDesc = "" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\"=\n" +
 	"\x11ShardStateRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
-	"\x04full\x18\x02 \x01(\bR\x04full\"\x9f\x03\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\"\xc5\x03\n" +
 	"\x12ShardStateResponse\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x1d\n" +
@@ -1974,7 +1988,8 @@ const file_tally_proto_rawDesc = "" +
 	"maxVersion\x12+\n" +
 	"\x0fraft_last_index\x18\n" +
 	" \x01(\x04H\x00R\rraftLastIndex\x88\x01\x01\x12!\n" +
-	"\fvote_guarded\x18\v \x01(\bR\vvoteGuardedB\x12\n" +
+	"\fvote_guarded\x18\v \x01(\bR\vvoteGuarded\x12$\n" +
+	"\rmisconfigured\x18\f \x01(\bR\rmisconfiguredB\x12\n" +
 	"\x10_raft_last_index*\xe3\x01\n" +
 	"\x06OpKind\x12\x17\n" +
 	"\x13OP_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +

@@ -7,7 +7,10 @@
 // - malformed input, or an amount that does not fit the asset's scale, is
 //   refused before the log: INVALID_ARGUMENT (reasons INVALID_ARGUMENT,
 //   INVALID_AMOUNT, SCALE_MISMATCH, OVERFLOW, WRONG_SHARD, ...), or
-//   NOT_FOUND for UNKNOWN_ASSET and HOLD_NOT_FOUND;
+//   NOT_FOUND for UNKNOWN_ASSET, HOLD_NOT_FOUND and ACCOUNT_NOT_FOUND.
+//   INVALID_AMOUNT and OVERFLOW can also be an operation's recorded
+//   outcome (a capture above its hold, a credit past the int64 range):
+//   its key is then spent, as for any other outcome;
 // - NOT_LEADER is FAILED_PRECONDITION, with metadata "leader" (the shard
 //   leader's gRPC address when known) and "shard"; nothing was applied;
 // - UNAVAILABLE or INTERNAL: the outcome may be unknown; re-send the same
