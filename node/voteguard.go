@@ -36,7 +36,14 @@ import (
 //   - the shard is new: a majority of the replicas (this one included)
 //     hold no Raft log beyond the bootstrap configuration (last index at
 //     most 1, log or snapshot), so nothing was ever committed to lose
-//     (every replica of a new cluster starts guarded, and this lifts it).
+//     (every replica of a new cluster starts guarded, and this lifts it),
+//     and no replica that answered holds more. A replica that holds more
+//     proves the shard is not new: two of three replicas wiped look like a
+//     new majority, and lifting then let them elect one of themselves and
+//     replace the third's log, every acknowledged write with it. They
+//     stay guarded instead (no leader until an operator restores them
+//     from the third, README); if the third is down when they start,
+//     nothing can tell, a known limit.
 //     The Raft log, not the FSM's applied index: a replica whose state DB
 //     lost its unsynced writes reports applied index 0 with a full log
 //     (found by review: counting it as new lost a write); a replica of a
@@ -118,6 +125,7 @@ type replicaLog struct {
 	lastIndex, lastTerm uint64 // of the last entry, in the log or the snapshot
 	currentTerm         uint64
 	fresh, voters       int // replicas with no log beyond the bootstrap configuration (this one included), of voters
+	seasoned            int // replicas that answered with a log beyond it
 }
 
 // newShardLastIndex is the most a replica of a new shard holds: the
@@ -150,7 +158,7 @@ func lastEntry(stats map[string]string) (index, term, current uint64, ok bool) {
 
 // mayLift reports whether the guard may lift (see voteGuard).
 func (g *voteGuard) mayLift(r replicaLog) bool {
-	if r.voters <= 1 || 2*r.fresh > r.voters {
+	if r.voters <= 1 || (2*r.fresh > r.voters && r.seasoned == 0) {
 		return true
 	}
 	commit := g.maxCommit.Load()
@@ -203,7 +211,7 @@ func (s *shard) guardLoop() {
 			continue
 		}
 		if r.voters > 1 {
-			r.fresh = s.pollPeers(g)
+			r.fresh, r.seasoned = s.pollPeers(g)
 			if r.lastIndex <= newShardLastIndex {
 				r.fresh++
 			}
@@ -212,7 +220,7 @@ func (s *shard) guardLoop() {
 			g.liftTerm.Store(r.currentTerm)
 			g.on.Store(false)
 			s.n.logger.Info("replica may vote again", "shard", s.id, "last_index", r.lastIndex, "last_term", r.lastTerm,
-				"new_shard", 2*r.fresh > r.voters, "commit_seen", g.maxCommit.Load(),
+				"new_shard", 2*r.fresh > r.voters && r.seasoned == 0, "commit_seen", g.maxCommit.Load(),
 				"peer_applied", g.peerApplied.Load(), "votes_refused_up_to_term", r.currentTerm)
 		}
 	}
@@ -220,12 +228,11 @@ func (s *shard) guardLoop() {
 
 // pollPeers asks every other replica for its view of the shard, records
 // the highest applied index in g, and returns how many of them hold no log
-// beyond the bootstrap configuration.
-func (s *shard) pollPeers(g *voteGuard) int {
+// beyond the bootstrap configuration and how many hold more.
+func (s *shard) pollPeers(g *voteGuard) (fresh, seasoned int) {
 	var (
-		mu    sync.Mutex
-		fresh int
-		wg    sync.WaitGroup
+		mu sync.Mutex
+		wg sync.WaitGroup
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), voteGuardPoll)
 	defer cancel()
@@ -251,13 +258,18 @@ func (s *shard) pollPeers(g *voteGuard) int {
 					break
 				}
 			}
-			if resp.RaftLastIndex != nil && resp.GetRaftLastIndex() <= newShardLastIndex {
-				mu.Lock()
-				fresh++
-				mu.Unlock()
+			if resp.RaftLastIndex == nil {
+				return // a binary that does not report its log: neither
 			}
+			mu.Lock()
+			if resp.GetRaftLastIndex() <= newShardLastIndex {
+				fresh++
+			} else {
+				seasoned++
+			}
+			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	return fresh
+	return fresh, seasoned
 }

@@ -1,10 +1,14 @@
 package node
 
 import (
+	"os"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/api/tallypb"
 )
 
 // TestVoteGuardRules: a guarded replica refuses votes and pre-votes, and
@@ -35,6 +39,8 @@ func TestVoteGuardRules(t *testing.T) {
 	// Nothing known yet: a minority of fresh replicas lifts nothing.
 	require.False(t, g.mayLift(replicaLog{fresh: 1, voters: 3}))
 	require.True(t, g.mayLift(replicaLog{fresh: 2, voters: 3}), "a majority reports a new shard")
+	require.False(t, g.mayLift(replicaLog{fresh: 2, seasoned: 1, voters: 3}),
+		"two wiped replicas beside one that holds the log: not a new shard")
 	require.True(t, g.mayLift(replicaLog{voters: 1}), "a one-node cluster")
 
 	// An AppendEntries passes through and tells the leader's commit index.
@@ -77,4 +83,46 @@ func TestLastEntryCountsTheSnapshot(t *testing.T) {
 	delete(stats, "term")
 	_, _, _, ok = lastEntry(stats)
 	require.False(t, ok, "a missing figure is not a zero")
+}
+
+// TestTwoWipedReplicasBesideTheLogStayGuarded: two of three replicas come
+// back wiped while the third, which holds the log, is up. Together they
+// look like a new shard, and the guard used to lift on that (a majority
+// holds no log): they could elect one of themselves and replace the
+// third's log. The third's answer proves the shard is not new, so they
+// stay guarded and the shard has no leader; the operator's way out is the
+// README's: stop the nodes and copy the third's data to the other two.
+func TestTwoWipedReplicasBesideTheLogStayGuarded(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "w", "ann", "POINTS", "100"))
+	c.stop(1)
+	c.stop(2)
+	require.Eventually(t, func() bool { return !c.nodes[0].IsLeader(0) }, 10*time.Second, 20*time.Millisecond,
+		"n1 keeps leading without a quorum")
+	for _, i := range []int{1, 2} {
+		wipe(t, c.cfgs[i].DataDir)
+		c.start(i)
+	}
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, i := range []int{1, 2} {
+			require.True(t, c.nodes[i].shards[0].trans.guard.on.Load(), "n%d lifted its guard beside a replica holding the log", i+1)
+		}
+	}
+	for i := range c.nodes {
+		c.stop(i)
+	}
+	for _, i := range []int{1, 2} {
+		wipe(t, c.cfgs[i].DataDir)
+		require.NoError(t, os.CopyFS(c.cfgs[i].DataDir, os.DirFS(c.cfgs[0].DataDir)))
+	}
+	for i := range c.nodes {
+		c.start(i)
+	}
+	c.waitLeaders()
+	a, err := c.account("shop", "ann", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "100", a.Posted)
+	c.checkReplicas()
 }
