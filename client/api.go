@@ -113,7 +113,8 @@ func (c *Client) Unfreeze(ctx context.Context, program, member, asset, key strin
 	return c.stateOp(ctx, ledger.OpUnfreeze, program, member, asset, key)
 }
 
-// ReportLost marks an account's card lost: no debits or holds until found.
+// ReportLost marks an account's card lost: debits, holds and captures are
+// refused (ACCOUNT_LOST) until it is found; credits and releases still apply.
 func (c *Client) ReportLost(ctx context.Context, program, member, asset, key string) (Result, error) {
 	return c.stateOp(ctx, ledger.OpReportLost, program, member, asset, key)
 }

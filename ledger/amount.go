@@ -53,11 +53,13 @@ func ParseAmount(s string, scale uint8) (int64, error) {
 }
 
 // tooLongAmount classifies an amount text longer than MaxAmountTextLen
-// without parsing it, with the code its value would get: a plain decimal of
-// more than 19 significant integer digits overflows whatever the scale, and
-// one with more significant decimals than scale is a scale mismatch, as
-// for shorter texts. Any other (zero padding, or not a plain decimal) is
-// refused for its length.
+// without parsing it, with the code its value would get as a shorter text:
+// more significant decimals than scale is a scale mismatch, and otherwise
+// more than 19 significant integer digits overflows whatever the scale.
+// Decimals are checked first because ParseAmount checks them first, so
+// zero padding never changes the code ("99999999999999999999.123" at
+// scale 2 is SCALE_MISMATCH padded or not). Any other (zero padding, or not
+// a plain decimal) is refused for its length.
 func tooLongAmount(s string, scale uint8) error {
 	tooLong := Errorf(CodeInvalidAmount, fmt.Sprintf("amount: %d characters is above the maximum %d", len(s), MaxAmountTextLen))
 	if len(s) > 64*MaxAmountTextLen || !isPlainDecimal(s) {
@@ -69,10 +71,10 @@ func tooLongAmount(s string, scale uint8) error {
 	intPart, frac, _ := strings.Cut(strings.TrimPrefix(s, "+"), ".")
 	intPart, frac = strings.TrimLeft(intPart, "0"), strings.TrimRight(frac, "0")
 	switch {
-	case len(intPart) > 19:
-		return Errorf(CodeOverflow, fmt.Sprintf("amount: %d integer digits do not fit in 64-bit minor units", len(intPart)))
 	case len(frac) > int(scale):
 		return Errorf(CodeScaleMismatch, fmt.Sprintf("amount: %d decimal places is more than %d", len(frac), scale))
+	case len(intPart) > 19:
+		return Errorf(CodeOverflow, fmt.Sprintf("amount: %d integer digits do not fit in 64-bit minor units", len(intPart)))
 	}
 	// At most 19 + 1 + MaxScale characters without the padding: its own
 	// checks find what remains (minor units beyond int64 at this scale).

@@ -69,6 +69,10 @@ func TestParseAmount(t *testing.T) {
 		{strings.Repeat("0", MaxAmountTextLen+1), 0, 0, CodeInvalidAmount},
 		{strings.Repeat("x", MaxAmountTextLen+1), 0, 0, CodeInvalidAmount},
 		{strings.Repeat("1", 64*MaxAmountTextLen+1), 0, 0, CodeInvalidAmount}, // too long to look at
+		// Too many decimals and too many integer digits: decimals are
+		// checked first, padded or not, so padding never changes the code.
+		{"99999999999999999999.123", 2, 0, CodeScaleMismatch},
+		{strings.Repeat("0", 48) + "99999999999999999999.123", 2, 0, CodeScaleMismatch},
 		{"1", MaxScale + 1, 0, CodeInvalidArgument},
 	}
 	for _, tc := range cases {

@@ -226,9 +226,14 @@ func record(s Store, timeMs int64, op *Op, fp [16]byte, res Result) (Result, err
 }
 
 func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error {
-	// Every op's record is read once, before anything is evaluated: records
-	// are never written to the overlay, and keys within a request are
-	// distinct, so no op's evaluation or record changes another op's record.
+	// Every op's record is read once, before anything is evaluated. The ops'
+	// own records go to s, not the overlay; the only record written to the
+	// overlay is, from Version3, the EXPIRE_HOLD record of a hold that a
+	// capture or release finds expired (expireHold, journalExpiry), under an
+	// ExpiryKey, which no client key equals (and that op fails with
+	// HOLD_EXPIRED, so the overlay and that record are dropped). Keys within
+	// a request are distinct, so no op's evaluation or record changes
+	// another op's record.
 	fps := make([][16]byte, len(ops))
 	found := make([]bool, len(ops))
 	prior := make([]Result, len(ops)) // for found ops: the replay, or KEY_REUSED
@@ -615,8 +620,10 @@ func settleHold(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 }
 
 // transition runs the state-only operations: Freeze, Unfreeze, ReportLost,
-// ReportFound, Close. Asking for the state an account is already in is a
-// successful no-op (retries and double clicks are harmless).
+// ReportFound, Close. A Freeze, Unfreeze, ReportLost or ReportFound that asks
+// for the state the account is already in is a successful no-op (retries and
+// double clicks are harmless); a Close of a closed account is ACCOUNT_CLOSED,
+// as is any of these on a closed account (nextState: closed is final).
 func transition(s Store, timeMs int64, op *Op) (Result, error) {
 	a, fail, ok, err := lookup(s, op)
 	if !ok || err != nil {

@@ -15,5 +15,9 @@
 //     and (program, asset) all balances, control included, sum to zero;
 //   - every operation that reaches the rules is recorded under its
 //     (program, idempotency key), failures included, so a retry returns the
-//     first outcome and never applies twice.
+//     first outcome and never applies twice. The exceptions record nothing:
+//     a request that fails validation at apply (every op gets the error);
+//     an op whose key is already recorded for a different op (it gets
+//     IDEMPOTENCY_KEY_REUSED); and, from Version2, a linked request that
+//     contains such an op (refuseReusedKeys).
 package ledger

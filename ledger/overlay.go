@@ -10,7 +10,12 @@ import (
 
 // SeqPeeker is implemented by stores that can tell the next journal sequence
 // number without taking it. An Overlay needs it from its base only if
-// NextSeq is called on the overlay (Apply never does).
+// NextSeq is called on the overlay, which happens in two places: the FSM
+// applies each batch of entries on an overlay over its state store, so every
+// record takes its sequence number there; and from Version3 a linked
+// request's capture or release that finds its hold expired journals the
+// expiry (journalExpiry) on the request's own overlay, which stacks on the
+// FSM's.
 type SeqPeeker interface {
 	PeekSeq() (uint64, error)
 }

@@ -121,7 +121,7 @@ type Hold struct {
 	AmountMinor int64
 	State       HoldState
 	CreatedAtMs int64
-	ExpiresAtMs int64 // log time after which the hold is released
+	ExpiresAtMs int64 // log time at which the hold expires: an entry at that log time or later releases it (ExpireHolds)
 }
 
 // OpKind is the kind of a mutating operation.

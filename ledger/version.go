@@ -33,7 +33,10 @@ const (
 	// held balance with no entry. It also fingerprints a whole-hold capture
 	// (AmountMinor 0) the same whether its Scale is 0 or the asset's: both
 	// are accepted, and a retry in the other form used to get
-	// IDEMPOTENCY_KEY_REUSED (the API edge always sends 0).
+	// IDEMPOTENCY_KEY_REUSED (the API edge always sends 0). That holds for
+	// captures recorded under Version3, and under Version2 with Scale 0; a
+	// record of Version1, or of Version2 with the asset's Scale, still
+	// matches only the form it records (sameOp).
 	Version3 uint32 = 3
 
 	// MaxVersion is the newest version this binary applies.
@@ -44,10 +47,11 @@ const (
 // know. It is fatal: the node must be upgraded before it may apply the entry.
 var ErrVersion = errors.New("ledger: state machine version not supported by this binary")
 
-// Fingerprint tags. Version 1 hashed fingerprintTag ('F') and the op; version
-// 2 hashes a tag that says whether the op was linked, so a version-2
-// fingerprint never equals a version-1 one (but with probability 2^-128) and
-// a record tells by its fingerprint which rules wrote it.
+// Fingerprint tags. Version 1 hashed fingerprintTag ('F') and the op; from
+// version 2 the tag says whether the op was linked, so such a fingerprint
+// never equals a version-1 one (but with probability 2^-128) and a record
+// tells by its fingerprint whether version 1 wrote it. Versions 2 and 3 share
+// these tags: a fingerprint does not tell them apart.
 const (
 	fingerprintUnlinkedTag byte = 'U'
 	fingerprintLinkedTag   byte = 'L'
