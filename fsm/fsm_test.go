@@ -878,6 +878,51 @@ func TestRestoreRefusesStateWithoutMeta(t *testing.T) {
 	require.Equal(t, before, after)
 }
 
+// TestRestoreRefusesStateAppliedPastSnapshotIndex: a snapshot whose meta
+// says applied index A can stand for Raft index A or later (the entries
+// after A that are not commands change nothing), never earlier: restored at
+// S < A, the shard would skip the committed entries S+1..A as applied. Such
+// a stream is refused and changes nothing; at or past A it is restored.
+func TestRestoreRefusesStateAppliedPastSnapshotIndex(t *testing.T) {
+	_, src := openFSM(t, t.TempDir(), 5)
+	src.ApplyBatch(randomLogs(9, 20))
+	a := src.AppliedIndex()
+	require.Greater(t, a, uint64(1))
+	data := snapshotBytes(t, src)
+	want, err := src.State()
+	require.NoError(t, err)
+
+	for _, tc := range []struct {
+		name   string
+		stream func() io.ReadCloser
+		ok     bool
+	}{
+		{"one below applied", func() io.ReadCloser { return indexedReader{io.NopCloser(bytes.NewReader(data)), a - 1} }, false},
+		{"far below, wrapped", func() io.ReadCloser { return wrapped{indexedReader{io.NopCloser(bytes.NewReader(data)), 1}} }, false},
+		{"at applied", func() io.ReadCloser { return indexedReader{io.NopCloser(bytes.NewReader(data)), a} }, true},
+		{"past applied", func() io.ReadCloser { return wrapped{indexedReader{io.NopCloser(bytes.NewReader(data)), a + 2}} }, true},
+		{"index not said", func() io.ReadCloser { return io.NopCloser(bytes.NewReader(data)) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, dst := openFSM(t, t.TempDir(), 5)
+			dst.ApplyBatch(randomLogs(11, 5))
+			before, err := dst.State()
+			require.NoError(t, err)
+			err = dst.Restore(tc.stream())
+			after, serr := dst.State()
+			require.NoError(t, serr)
+			if !tc.ok {
+				require.ErrorContains(t, err, "applied to")
+				require.Equal(t, before, after, "a refused restore changes nothing")
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, want.Hash, after.Hash)
+			require.Equal(t, a, dst.AppliedIndex())
+		})
+	}
+}
+
 // A batch with more operations than maxApplyOps is applied in parts, each
 // committed with the applied index of its own last entry, and gives the same
 // results and state as one part would.

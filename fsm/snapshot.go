@@ -137,10 +137,11 @@ var restoreTableBytes = 128 << 20
 
 // Restore replaces the shard's state with a snapshot (raft.FSM). It writes
 // the stream into sstables beside the state DB, checking everything that
-// can reject it (framing, key order, count, checksum, the meta record) on
-// the way, and only then ingests them with the shard's key range excised,
-// in one atomic step (pebble's IngestAndExcise, as CockroachDB applies
-// snapshots): a failed restore changes nothing, a crash leaves the old state
+// can reject it (framing, key order, count, checksum, the meta record and
+// its applied index against the snapshot's Raft index) on the way, and
+// only then ingests them with the shard's key range excised, in one atomic
+// step (pebble's IngestAndExcise, as CockroachDB applies snapshots): a
+// failed restore changes nothing, a crash leaves the old state
 // or the new one, and no part of the shard is held in memory. It used to
 // write the shard as one batch, which needed memory for all of it and which
 // Pebble refuses (with a panic) at 4 GiB. The ingested state is flushed, so
@@ -156,6 +157,9 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 			h(time.Since(start), err)
 		}
 	}()
+	// The snapshot's Raft index, where the stream says it (every stream
+	// the node's snapshot store opens does).
+	snapIndex, indexed := snapshotIndexOf(rc)
 	br := bufio.NewReaderSize(rc, 1<<20)
 	crc := crc32.New(castagnoli)
 	r := &crcReader{r: br, crc: crc}
@@ -209,6 +213,13 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 			m, err := decodeMeta(v)
 			if err != nil {
 				return fmt.Errorf("fsm: restore: record %d: %w", count, err)
+			}
+			// A state applied past the snapshot's own index is not the
+			// state at that index: ApplyBatch would skip the committed
+			// entries between the two as applied already, and the replica
+			// would diverge without a word.
+			if indexed && m.appliedIndex > snapIndex {
+				return fmt.Errorf("fsm: restore: snapshot at raft index %d holds state applied to %d", snapIndex, m.appliedIndex)
 			}
 			hasMeta, snapApplied = true, m.appliedIndex
 		}
@@ -274,8 +285,8 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	// goes; it describes the state it came with.
 	rb := f.db.NewBatch()
 	defer rb.Close()
-	if at, ok := snapshotIndexOf(rc); ok && at > snapApplied {
-		err = rb.Set(restoredKey(f.shard), binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, at), snapApplied), nil)
+	if indexed && snapIndex > snapApplied {
+		err = rb.Set(restoredKey(f.shard), binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, snapIndex), snapApplied), nil)
 	} else {
 		err = rb.Delete(restoredKey(f.shard), nil)
 	}

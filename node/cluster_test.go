@@ -788,19 +788,16 @@ func TestStateBehindSnapshotIsRestored(t *testing.T) {
 		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "ann", "POINTS", "1"))
 	}
 	victim := (c.leaderOf(0) + 1) % 3
-	snapDir := filepath.Join(c.cfgs[victim].DataDir, "snapshots", "shard-000")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		entries, _ := os.ReadDir(snapDir)
-		if len(entries) > 0 {
-			break
-		}
-		require.True(t, time.Now().Before(deadline), "no snapshot on node %d", victim)
-		time.Sleep(50 * time.Millisecond)
-	}
+	// The snapshot store lists finished snapshots only; the directory
+	// holds the store's own "snapshots" folder from the start.
+	require.Eventually(t, func() bool {
+		m, err := c.nodes[victim].shards[0].snaps.List()
+		return err == nil && len(m) > 0
+	}, 15*time.Second, 50*time.Millisecond, "no snapshot on node %d", victim)
 	c.stop(victim)
 	require.NoError(t, os.RemoveAll(filepath.Join(c.cfgs[victim].DataDir, "state")))
 	c.start(victim)
+	require.Equal(t, 1.0, restores(t, c.nodes[victim]), "the wiped state is restored from the snapshot")
 	c.waitLeaders()
 	c.mustSubmit(op(tallypb.OpKind_CREDIT, "after", "ann", "POINTS", "1"))
 	c.checkReplicas()

@@ -1,9 +1,12 @@
 package node
 
 import (
+	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -44,6 +47,38 @@ type syncingSnapshots struct {
 // Mux.BoundReads). A healthy stream moves every few milliseconds, and an
 // idle connection closed meanwhile is dialed again, so the bound is long.
 const snapshotReadBound = 30 * time.Second
+
+// removeCrashedSinks removes the directories of snapshot sinks a crash left
+// open in the FileSnapshotStore at base (<base>/snapshots/<id>.tmp, the
+// layout syncingSink's path also relies on) and returns their paths. Such a
+// directory holds whatever was written before the crash, up to a whole
+// shard, and nothing else ever removes it: the store's List skips it and
+// its Reap ignores it. Call it only before the store is opened, when no
+// sink can be open. A directory that cannot be removed is left and
+// reported; the others are removed anyway.
+func removeCrashedSinks(base string) (removed []string, err error) {
+	dir := filepath.Join(base, "snapshots")
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil // a new shard: no store yet
+	}
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasSuffix(e.Name(), ".tmp") {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		if err := os.RemoveAll(path); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, path)
+	}
+	return removed, errors.Join(errs...)
+}
 
 func newSyncingSnapshots(store *raft.FileSnapshotStore, base string) *syncingSnapshots {
 	return &syncingSnapshots{FileSnapshotStore: store, base: base, bytesPerSync: snapshotBytesPerSync}

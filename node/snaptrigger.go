@@ -11,6 +11,15 @@ import (
 // snapshot. The check reads one counter.
 const snapshotCheckTick = time.Second
 
+// snapshotRetryMax bounds the wait between attempts after failed
+// snapshots. Each attempt streams the whole shard to disk: retried every
+// tick, a full disk would have every shard stream a snapshot into ENOSPC
+// every second, taking I/O from the Raft log and flooding the node's log
+// with warnings. Doubling from one tick reaches the bound at the 9th
+// failure in a row; a few minutes is short next to how long the log takes
+// to outgrow a snapshot, so a fixed disk is soon used again.
+const snapshotRetryMax = 4 * time.Minute
+
 // snapshotLoop snapshots the shard when the log it has applied since its last
 // snapshot is at least as big as that snapshot, and at least minBytes.
 //
@@ -41,12 +50,14 @@ func (s *shard) snapshotLoop(minBytes, firstExtra uint64) {
 	// the FSM, so counting from zero counts it.
 	var base uint64
 	lastIndex, lastSize := newest()
+	var retry snapshotRetry
 	for {
 		select {
 		case <-t.C:
 		case <-s.stop:
 			return
 		}
+		retry.elapse(snapshotCheckTick)
 		applied := s.fsm.LogBytes()
 		need := applied - base
 		if lastIndex == 0 {
@@ -56,9 +67,14 @@ func (s *shard) snapshotLoop(minBytes, firstExtra uint64) {
 			continue
 		}
 		// Raft may have snapshotted on its own (the entry-count backstop):
-		// then the log is measured from now.
+		// then the log is measured from now, and any backoff ends, since
+		// whatever made ours fail has passed.
 		if index, size := newest(); index != lastIndex {
 			lastIndex, lastSize, base = index, size, applied
+			retry.succeeded()
+			continue
+		}
+		if !retry.ready() {
 			continue
 		}
 		err := s.raft.Snapshot().Error()
@@ -66,13 +82,48 @@ func (s *shard) snapshotLoop(minBytes, firstExtra uint64) {
 		case err == nil, errors.Is(err, raft.ErrNothingNewToSnapshot):
 			base = applied
 			lastIndex, lastSize = newest()
+			retry.succeeded()
 		case errors.Is(err, raft.ErrRaftShutdown):
 			return
 		default:
-			// Retried on a later tick; the log keeps growing meanwhile.
-			s.n.logger.Warn("snapshot failed", "shard", s.id, "error", err)
+			// Retried after a backoff; the log keeps growing meanwhile.
+			wait := retry.failed()
+			s.n.logger.Warn("snapshot failed", "shard", s.id, "error", err, "retry_in", wait)
 		}
 	}
+}
+
+// snapshotRetry spaces out snapshot attempts after failures: the wait
+// starts at one check tick and doubles with each failure in a row, up to
+// snapshotRetryMax; a success starts over.
+type snapshotRetry struct {
+	backoff time.Duration // the wait after the last failure; 0 after a success
+	wait    time.Duration // left of it before the next attempt
+}
+
+// elapse counts time passing (a check tick).
+func (r *snapshotRetry) elapse(d time.Duration) { r.wait = max(r.wait-d, 0) }
+
+// ready reports whether an attempt may be made now.
+func (r *snapshotRetry) ready() bool { return r.wait == 0 }
+
+// failed records a failed attempt and returns the wait before the next.
+func (r *snapshotRetry) failed() time.Duration {
+	r.backoff = nextSnapshotRetry(r.backoff)
+	r.wait = r.backoff
+	return r.backoff
+}
+
+// succeeded ends the backoff.
+func (r *snapshotRetry) succeeded() { *r = snapshotRetry{} }
+
+// nextSnapshotRetry returns the wait after a failure that follows a wait of
+// prev (0: the first failure).
+func nextSnapshotRetry(prev time.Duration) time.Duration {
+	if prev <= 0 {
+		return snapshotCheckTick
+	}
+	return min(2*prev, snapshotRetryMax)
 }
 
 // snapshotDue reports whether logBytes of log since the last snapshot (of

@@ -37,6 +37,61 @@ func TestSnapshotStagger(t *testing.T) {
 	require.Equal(t, uint64(0), snapshotStagger(min, 1, 1), "a single node has no one to stagger with")
 }
 
+func TestNextSnapshotRetry(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		prev, want time.Duration
+	}{
+		{"first failure: the next tick", 0, snapshotCheckTick},
+		{"doubles", snapshotCheckTick, 2 * snapshotCheckTick},
+		{"doubles again", 8 * time.Second, 16 * time.Second},
+		{"capped", 3 * time.Minute, snapshotRetryMax},
+		{"stays capped", snapshotRetryMax, snapshotRetryMax},
+	} {
+		require.Equal(t, tc.want, nextSnapshotRetry(tc.prev), tc.name)
+	}
+}
+
+// TestSnapshotRetrySpacesFailures runs snapshotLoop's retry gate over check
+// ticks with a snapshot due at every one: failed attempts come further and
+// further apart, never more than snapshotRetryMax, and a success brings
+// back an attempt per tick (and starts the next backoff over).
+func TestSnapshotRetrySpacesFailures(t *testing.T) {
+	maxTicks := int(snapshotRetryMax / snapshotCheckTick)
+	for _, tc := range []struct {
+		name  string
+		fails func(attempt int) bool // attempts count from 1
+		ticks int
+		want  []int // the ticks with an attempt
+	}{
+		{"never failing", func(int) bool { return false }, 5, []int{1, 2, 3, 4, 5}},
+		{"disk full for ten minutes", func(int) bool { return true }, 600,
+			[]int{1, 2, 4, 8, 16, 32, 64, 128, 256, 256 + maxTicks}},
+		{"recovers after three failures", func(a int) bool { return a <= 3 }, 12,
+			[]int{1, 2, 4, 8, 9, 10, 11, 12}},
+		{"fails again after a success", func(a int) bool { return a != 3 }, 20,
+			[]int{1, 2, 4, 5, 6, 8, 12, 20}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r snapshotRetry
+			var got []int
+			for tick := 1; tick <= tc.ticks; tick++ {
+				r.elapse(snapshotCheckTick)
+				if !r.ready() {
+					continue
+				}
+				got = append(got, tick)
+				if tc.fails(len(got)) {
+					r.failed()
+				} else {
+					r.succeeded()
+				}
+			}
+			require.Equal(t, tc.want, got)
+		})
+	}
+}
+
 // Snapshots follow the log's bytes, not its entry count: with the entry
 // trigger out of reach, a shard snapshots once its log passes the minimum,
 // then not again until its log is as big as that snapshot. The replicas
