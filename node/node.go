@@ -50,8 +50,9 @@ type Node struct {
 	httpServer *http.Server
 	peers      *peerConns
 	assets     assetCache
-	// misconfigured is set while this node's shard count is not its
-	// cluster's majority's (shardCountLoop); every request is refused.
+	// misconfigured is set while a majority of this node's cluster is not
+	// known to run its shard count, from Start on (shardCountLoop); every
+	// request is refused.
 	misconfigured atomic.Pointer[string]
 
 	stop chan struct{}
@@ -88,6 +89,7 @@ func Start(cfg Config) (*Node, error) {
 	n.admission = newAdmission(maxActiveRPCs)
 	n.fullStates = make(chan struct{}, maxFullStates)
 	n.metrics = newMetrics(n)
+	n.refuseUntilAgreed() // before open serves anything
 	if err := n.open(); err != nil {
 		n.Close()
 		return nil, err
@@ -298,6 +300,16 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		return nil, err
 	}
 	snapDir := filepath.Join(cfg.DataDir, "snapshots", fmt.Sprintf("shard-%03d", id))
+	// A crash while a snapshot was written or received left its sink's
+	// directory, which the store never removes. Leaving one is only lost
+	// disk, so a failure here does not stop the shard.
+	removed, err := removeCrashedSinks(snapDir)
+	for _, path := range removed {
+		n.logger.Warn("removed an unfinished snapshot left by a crash", "shard", id, "path", path)
+	}
+	if err != nil {
+		n.logger.Warn("could not remove unfinished snapshots", "shard", id, "error", err)
+	}
 	fileSnaps, err := raft.NewFileSnapshotStoreWithLogger(snapDir, 2, n.logger.Named(fmt.Sprintf("snap%d", id)))
 	if err != nil {
 		return nil, fmt.Errorf("node: shard %d: snapshot store: %w", id, err)

@@ -6,12 +6,21 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/tally-ledger/tally/api/tallypb"
 )
 
-// peerCheckInterval is how often a node compares its shard count with its
-// peers'.
-const peerCheckInterval = 5 * time.Second
+const (
+	// peerCheckInterval is how often a node compares its shard count with
+	// its peers' once a check has reached a verdict.
+	peerCheckInterval = 5 * time.Second
+	// peerCheckRetry is how often it asks until the first verdict: a node
+	// starts refused, and one whose peers come up just after it should
+	// serve within a moment of them, not a whole interval later.
+	peerCheckRetry = 250 * time.Millisecond
+)
 
 // shardCountLoop compares, at start and every peerCheckInterval, this node's
 // shard count with its peers' (ClusterInfo). The count is pinned per data
@@ -19,12 +28,20 @@ const peerCheckInterval = 5 * time.Second
 // another --shards maps members to shards differently: what it proposes for
 // a member goes to another shard than the others would pick, whose dedup
 // does not know the keys there, so one key could apply on two shards. The
-// node in the minority is the wrong one: a node whose count a majority of
-// the cluster (itself included) does not share refuses every operation and
-// read (misconfigured) until a check finds it in one again; a node in the
-// majority only warns. A peer that does not answer, or answers as another
-// node, proves nothing; the check repeats, so fixing the wrong node ends
-// the refusals within one interval.
+// node in the minority is the wrong one, and it cannot tell itself apart
+// from the others until they answer: so a node serves only while a majority
+// of the whole cluster (itself included) is known to share its count. It
+// starts refusing every operation and read (refuseUntilAgreed) and serves
+// once a check hears that majority; it refuses again when a check finds
+// that no majority can share its count any more (enough peers answer with
+// another); a node in the majority only warns. A peer that does not
+// answer, or answers as another node, proves nothing either way: a check
+// that hears too little to decide keeps the previous verdict, so silence
+// neither lifts a refusal nor imposes one (found by review: one silent
+// round made a node shown misconfigured serve again). Until the first
+// verdict the check repeats every peerCheckRetry, then every
+// peerCheckInterval, so fixing the wrong node ends the refusals within one
+// interval.
 func (n *Node) shardCountLoop() {
 	defer n.wg.Done()
 	ctx, cancel := untilClosed(n.stop)
@@ -32,34 +49,58 @@ func (n *Node) shardCountLoop() {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	var last string // the last disagreement logged, so a lasting one is logged once
+	decided := false
 	for {
 		select {
 		case <-t.C:
 		case <-ctx.Done():
 			return
 		}
-		last = n.checkPeerShardCounts(ctx, last)
-		t.Reset(peerCheckInterval)
+		var conclusive bool
+		last, conclusive = n.checkPeerShardCounts(ctx, last)
+		decided = decided || conclusive
+		if decided {
+			t.Reset(peerCheckInterval)
+		} else {
+			t.Reset(peerCheckRetry)
+		}
 	}
 }
 
-// checkPeerShardCounts asks every peer once and sets or clears
-// n.misconfigured; it logs a disagreement when it differs from last, and
-// returns it ("" when none).
-func (n *Node) checkPeerShardCounts(ctx context.Context, last string) string {
+// refuseUntilAgreed sets the refusal a node starts with, before it serves:
+// until a majority of its cluster is known to run its shard count, it may
+// be the one started with the wrong --shards (found by review: a node
+// served until its first check had heard a disagreement). A one-node
+// cluster is its own majority.
+func (n *Node) refuseUntilAgreed() {
+	peers := len(n.cfg.Peers)
+	if peers < 2 {
+		return
+	}
+	msg := fmt.Sprintf("shard count not yet confirmed: this node (%s) runs %d shards and has not yet heard %d of the cluster's %d nodes (itself included) run the same; it refuses every request until it does (every node must be started with the same --shards)",
+		n.cfg.ID, n.cfg.Shards, peers/2+1, peers)
+	n.misconfigured.Store(&msg)
+}
+
+// checkPeerShardCounts asks every peer once. It clears n.misconfigured when
+// a majority of the cluster (this node included) answered with this node's
+// count, and sets it when so many answered with another that no majority
+// can share it; otherwise (too many silent) it leaves it as it was. It
+// logs a disagreement when it differs from last, and returns the one to
+// remember ("" when none) and whether the check reached a verdict.
+func (n *Node) checkPeerShardCounts(ctx context.Context, last string) (string, bool) {
 	agree := 1 // this node
 	var others []string
+	// A refusing node asks on new connections: the shared one to a peer
+	// that was down when it was first used waits out gRPC's reconnect
+	// backoff (1 s, growing), and a node started just before its peers
+	// would refuse that much longer than needed.
+	fresh := n.misconfigured.Load() != nil
 	for _, p := range n.cfg.Peers {
 		if p.ID == n.cfg.ID {
 			continue
 		}
-		c, err := n.peers.get(p.GRPCAddr)
-		if err != nil {
-			continue
-		}
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		resp, err := c.ClusterInfo(cctx, &tallypb.ClusterInfoRequest{})
-		cancel()
+		resp, err := n.clusterInfo(ctx, p, fresh)
 		if err != nil || resp.GetNodeId() != p.ID {
 			continue
 		}
@@ -69,24 +110,51 @@ func (n *Node) checkPeerShardCounts(ctx context.Context, last string) string {
 			others = append(others, fmt.Sprintf("node %s runs %d shards", p.ID, got))
 		}
 	}
-	if len(others) == 0 {
-		n.misconfigured.Store(nil)
-		return ""
+	cluster := len(n.cfg.Peers)
+	disagreement := ""
+	if len(others) > 0 {
+		disagreement = fmt.Sprintf("%s and this node (%s) %d", strings.Join(others, ", "), n.cfg.ID, len(n.shards))
 	}
-	disagreement := fmt.Sprintf("%s and this node (%s) %d", strings.Join(others, ", "), n.cfg.ID, len(n.shards))
-	if 2*agree > len(n.cfg.Peers) {
+	switch {
+	case 2*agree > cluster:
 		n.misconfigured.Store(nil)
-		if disagreement != last {
+		if disagreement != "" && disagreement != last {
 			n.logger.Warn("cluster misconfigured: " + disagreement + "; every node must be started with the same --shards (the others refuse requests until they are)")
 		}
-		return disagreement
+		return disagreement, true
+	case 2*(cluster-len(others)) <= cluster:
+		// Even if every silent peer ran this node's count, this node and
+		// they would not be a majority.
+		msg := "cluster misconfigured: " + disagreement + "; every node must be started with the same --shards, and this node refuses every request until a majority of the cluster runs its count"
+		n.misconfigured.Store(&msg)
+		if disagreement != last {
+			n.logger.Error(msg)
+		}
+		return disagreement, true
 	}
-	msg := "cluster misconfigured: " + disagreement + "; every node must be started with the same --shards, and this node refuses every request until a majority of the cluster runs its count"
-	n.misconfigured.Store(&msg)
-	if disagreement != last {
-		n.logger.Error(msg)
+	return last, false
+}
+
+// clusterInfo asks peer p for its ClusterInfo, on a new connection if
+// fresh, else on the node's shared one.
+func (n *Node) clusterInfo(ctx context.Context, p Peer, fresh bool) (*tallypb.ClusterInfoResponse, error) {
+	var c tallypb.LedgerClient
+	if fresh {
+		cc, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, err
+		}
+		defer cc.Close()
+		c = tallypb.NewLedgerClient(cc)
+	} else {
+		var err error
+		if c, err = n.peers.get(p.GRPCAddr); err != nil {
+			return nil, err
+		}
 	}
-	return disagreement
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return c.ClusterInfo(ctx, &tallypb.ClusterInfoRequest{})
 }
 
 // refuseIfMisconfigured is the error every request gets while this node's

@@ -216,6 +216,12 @@ func (sv *server) DefineAsset(ctx context.Context, req *tallypb.DefineAssetReque
 		sv.observe("DefineAsset", start, err)
 		err = toStatus(err)
 	}()
+	// Checked here, not only by propose: shards this node does not lead are
+	// forwarded, and a node with the wrong count would define the asset on
+	// its shards only and answer OK (found by review).
+	if err := sv.n.refuseIfMisconfigured(); err != nil {
+		return nil, notProposed(err)
+	}
 	if req.GetScale() > ledger.MaxScale {
 		return nil, ledger.Errorf(ledger.CodeInvalidArgument, fmt.Sprintf("scale %d is above %d", req.GetScale(), ledger.MaxScale))
 	}
@@ -439,6 +445,8 @@ func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest
 		Version:      s.fsm.Version(),
 		MaxVersion:   sv.n.maxVersion(),
 		VoteGuarded:  s.trans != nil && s.trans.guard != nil && s.trans.guard.on.Load(),
+		// Peers' balancers hand no shard to a node that refuses requests.
+		Misconfigured: sv.n.misconfigured.Load() != nil,
 	}
 	last := s.raft.LastIndex()
 	resp.RaftLastIndex = &last

@@ -1726,9 +1726,10 @@ type ShardStateResponse struct {
 	// it may lack entries it acknowledged (wiped data, a repaired log tail):
 	// leadership is not transferred to it.
 	VoteGuarded bool `protobuf:"varint,11,opt,name=vote_guarded,json=voteGuarded,proto3" json:"vote_guarded,omitempty"`
-	// Set while this node refuses every request because its shard count
-	// differs from the cluster's (node/peercheck.go): leadership is not
-	// transferred to it.
+	// Set while this node refuses every request because a majority of its
+	// cluster is not known to run its shard count (from start until that is
+	// confirmed, or once shown to differ; node/peercheck.go): leadership is
+	// not transferred to it.
 	Misconfigured bool `protobuf:"varint,12,opt,name=misconfigured,proto3" json:"misconfigured,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
