@@ -3,7 +3,9 @@ package node
 import (
 	"context"
 	"testing"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -57,4 +59,25 @@ func TestAdmissionBoundsCallsInProgress(t *testing.T) {
 	close(release)
 	require.NoError(t, <-done)
 	require.Zero(t, a.active.Load())
+}
+
+// TestCloseWaitsForRunningHandlers: Close must not close the state DB
+// under a handler still running (a full ShardState walk after the gRPC
+// server's forced stop), and must not wait for ever on one that hangs.
+func TestCloseWaitsForRunningHandlers(t *testing.T) {
+	n := &Node{admission: newAdmission(maxActiveRPCs), logger: hclog.NewNullLogger()}
+	n.admission.active.Add(1)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		n.admission.active.Add(-1)
+	}()
+	start := time.Now()
+	n.waitHandlers(10 * time.Second)
+	require.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond, "returned with a handler running")
+	require.Zero(t, n.admission.active.Load())
+
+	n.admission.active.Add(1) // one that never ends
+	start = time.Now()
+	n.waitHandlers(50 * time.Millisecond)
+	require.Less(t, time.Since(start), 5*time.Second)
 }

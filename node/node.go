@@ -456,6 +456,25 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
+// closeHandlersWait bounds how long Close waits for running gRPC handlers
+// before it closes the state DB anyway.
+const closeHandlersWait = 30 * time.Second
+
+// waitHandlers waits, at most d, until no gRPC handler runs.
+func (n *Node) waitHandlers(d time.Duration) {
+	if n.admission == nil {
+		return
+	}
+	deadline := time.Now().Add(d)
+	for n.admission.active.Load() > 0 {
+		if time.Now().After(deadline) {
+			n.logger.Warn("closing the state DB with gRPC handlers still running", "handlers", n.admission.active.Load())
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func (n *Node) close() error {
 	close(n.stop)
 	var errs []error
@@ -508,6 +527,12 @@ func (n *Node) close() error {
 	}
 	n.wg.Wait()
 	n.peers.close()
+	// grpcServer.Stop (after the grace period) does not wait for handlers
+	// that are still running, and a full ShardState walk or a read may be
+	// iterating the state DB: closing it under them would fail them with a
+	// closed-DB panic (found by review). Raft is down, so handlers waiting
+	// on it have returned; a walk ends within its shard's size.
+	n.waitHandlers(closeHandlersWait)
 	if n.state != nil {
 		// Flush so a clean restart resumes from the applied index without
 		// replaying the log.
