@@ -448,8 +448,8 @@ func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest
 		// Peers' balancers hand no shard to a node that refuses requests.
 		Misconfigured: sv.n.misconfigured.Load() != nil,
 	}
-	last := s.raft.LastIndex()
-	resp.RaftLastIndex = &last
+	last, term := s.raft.LastIndex(), s.raft.CurrentTerm()
+	resp.RaftLastIndex, resp.RaftTerm = &last, &term
 	if !req.GetFull() {
 		return resp, nil
 	}

@@ -53,6 +53,24 @@ import (
 // After it lifts, votes in terms up to the one current then are still
 // refused: the replica may have voted in those before it lost its record.
 // Refusing a vote never breaks safety; it can only delay an election.
+//
+// Its acknowledgements are guarded too. A stale leader (one paused or cut
+// off while the others elected a successor and committed with this
+// replica's old self) that reaches this replica while the up-to-date one
+// is down would otherwise commit with its help at indexes the successor
+// had committed: those writes lost. So until the append gate opens, the
+// replica answers a leader's AppendEntries and InstallSnapshot with an
+// error (raft retries after a backoff) unless its term T is confirmed:
+// enough other replicas report a current term of at most T that no term
+// above T can have had a majority, however this replica voted before it
+// lost its state (N - majority + 1 of the others: both others of three).
+// Terms only grow, so such a report, taken any time after, proves that
+// no leader of a later term was elected before it. The gate opens for
+// good once the replica holds an entry of a confirmed term (it persists
+// its term and log from then on, and raft itself refuses older leaders),
+// or with the new-shard and one-node rules above. Heartbeats bypass it
+// (hashicorp/raft answers them off the RPC channel), but they carry no
+// entries, and a leader commits only what a majority stored.
 type voteGuard struct {
 	on       atomic.Bool
 	liftTerm atomic.Uint64
@@ -62,6 +80,64 @@ type voteGuard struct {
 	maxCommit atomic.Uint64
 	// peerApplied is the highest applied index a peer reported.
 	peerApplied atomic.Uint64
+
+	// appendOpen is set once the append gate has opened (for good);
+	// leaderTerm is the highest term of the entries and snapshots offered
+	// while it was shut, and confirmedTerm a term the other replicas
+	// confirmed (see voteGuard).
+	appendOpen    atomic.Bool
+	leaderTerm    atomic.Uint64
+	confirmedTerm atomic.Uint64
+}
+
+// errAppendGuarded answers a guarded replica's entries and snapshots from
+// a leader whose term is not confirmed yet.
+var errAppendGuarded = errors.New("node: this replica lost its Raft state and takes no entries until the other replicas confirm the leader's term")
+
+// storeMax raises v to x if x is higher, and returns the value it leaves.
+func storeMax(v *atomic.Uint64, x uint64) uint64 {
+	for {
+		cur := v.Load()
+		if x <= cur {
+			return cur
+		}
+		if v.CompareAndSwap(cur, x) {
+			return x
+		}
+	}
+}
+
+// admits reports whether the append gate lets an AppendEntries or
+// InstallSnapshot of term through: open, or term is the newest offered
+// and confirmed.
+func (g *voteGuard) admits(term uint64) bool {
+	if g.appendOpen.Load() {
+		return true
+	}
+	newest := storeMax(&g.leaderTerm, term)
+	return term == newest && term <= g.confirmedTerm.Load()
+}
+
+// termConfirmed reports whether the terms the other replicas reported
+// (one each) confirm term t in a cluster of voters: at least
+// voters - majority + 1 of them report at most t, so no majority can have
+// gone past t even counting this replica's lost self.
+func termConfirmed(reported []uint64, voters int, t uint64) bool {
+	need := voters - (voters/2 + 1) + 1
+	n := 0
+	for _, r := range reported {
+		if r <= t {
+			n++
+		}
+	}
+	return t > 0 && n >= need
+}
+
+// open lifts both the append gate and the vote guard.
+func (g *voteGuard) open(term uint64) {
+	g.appendOpen.Store(true)
+	g.liftTerm.Store(term)
+	g.on.Store(false)
 }
 
 // voteGuardPoll is how often a guarded replica asks the others for their
@@ -86,12 +162,7 @@ func (g *voteGuard) refuses(term uint64) bool {
 // observe notes what an incoming RPC tells the guard.
 func (g *voteGuard) observe(cmd any) {
 	if ae, ok := cmd.(*raft.AppendEntriesRequest); ok {
-		for {
-			cur := g.maxCommit.Load()
-			if ae.LeaderCommitIndex <= cur || g.maxCommit.CompareAndSwap(cur, ae.LeaderCommitIndex) {
-				return
-			}
-		}
+		storeMax(&g.maxCommit, ae.LeaderCommitIndex)
 	}
 }
 
@@ -113,8 +184,20 @@ func (g *voteGuard) filter(rpc raft.RPC) bool {
 				Term: req.Term, Granted: false}, nil)
 			return true
 		}
-	default:
-		g.observe(rpc.Command)
+	case *raft.AppendEntriesRequest:
+		if !g.admits(req.Term) {
+			rpc.Respond(nil, errAppendGuarded)
+			return true
+		}
+		g.observe(req)
+	case *raft.InstallSnapshotRequest:
+		// Answered without reading the snapshot: the transport then finds
+		// the rest of the stream where it expects the next request, and
+		// drops the connection; raft sends the snapshot again later.
+		if !g.admits(req.Term) {
+			rpc.Respond(nil, errAppendGuarded)
+			return true
+		}
 	}
 	return false
 }
@@ -124,8 +207,9 @@ type replicaLog struct {
 	leaderKnown         bool
 	lastIndex, lastTerm uint64 // of the last entry, in the log or the snapshot
 	currentTerm         uint64
-	fresh, voters       int // replicas with no log beyond the bootstrap configuration (this one included), of voters
-	seasoned            int // replicas that answered with a log beyond it
+	fresh, voters       int      // replicas with no log beyond the bootstrap configuration (this one included), of voters
+	seasoned            int      // replicas that answered with a log beyond it
+	peerTerms           []uint64 // the current terms the other replicas reported
 }
 
 // newShardLastIndex is the most a replica of a new shard holds: the
@@ -162,7 +246,7 @@ func (g *voteGuard) mayLift(r replicaLog) bool {
 		return true
 	}
 	commit := g.maxCommit.Load()
-	return r.leaderKnown && commit > 0 && r.lastTerm == r.currentTerm &&
+	return g.appendOpen.Load() && r.leaderKnown && commit > 0 && r.lastTerm == r.currentTerm &&
 		r.lastIndex >= max(commit, g.peerApplied.Load())
 }
 
@@ -210,15 +294,28 @@ func (s *shard) guardLoop() {
 		if r.lastIndex, r.lastTerm, r.currentTerm, ok = lastEntry(s.raft.Stats()); !ok {
 			continue
 		}
+		offered := g.leaderTerm.Load() // before the poll: see voteGuard
 		if r.voters > 1 {
-			r.fresh, r.seasoned = s.pollPeers(g)
+			r.fresh, r.seasoned, r.peerTerms = s.pollPeers(g)
 			if r.lastIndex <= newShardLastIndex {
 				r.fresh++
 			}
 		}
+		if !g.appendOpen.Load() {
+			switch {
+			case r.voters <= 1 || (2*r.fresh > r.voters && r.seasoned == 0):
+				g.appendOpen.Store(true)
+			case g.confirmedTerm.Load() > 0 && r.lastTerm >= g.confirmedTerm.Load():
+				// It holds an entry of a confirmed term: from here on
+				// its own persisted term and log guard it.
+				g.appendOpen.Store(true)
+				s.n.logger.Info("replica takes entries again", "shard", s.id, "term", g.confirmedTerm.Load())
+			case offered > g.confirmedTerm.Load() && termConfirmed(r.peerTerms, r.voters, offered):
+				g.confirmedTerm.Store(offered)
+			}
+		}
 		if g.mayLift(r) {
-			g.liftTerm.Store(r.currentTerm)
-			g.on.Store(false)
+			g.open(r.currentTerm)
 			s.n.logger.Info("replica may vote again", "shard", s.id, "last_index", r.lastIndex, "last_term", r.lastTerm,
 				"new_shard", 2*r.fresh > r.voters && r.seasoned == 0, "commit_seen", g.maxCommit.Load(),
 				"peer_applied", g.peerApplied.Load(), "votes_refused_up_to_term", r.currentTerm)
@@ -229,7 +326,7 @@ func (s *shard) guardLoop() {
 // pollPeers asks every other replica for its view of the shard, records
 // the highest applied index in g, and returns how many of them hold no log
 // beyond the bootstrap configuration and how many hold more.
-func (s *shard) pollPeers(g *voteGuard) (fresh, seasoned int) {
+func (s *shard) pollPeers(g *voteGuard) (fresh, seasoned int, terms []uint64) {
 	var (
 		mu sync.Mutex
 		wg sync.WaitGroup
@@ -262,6 +359,9 @@ func (s *shard) pollPeers(g *voteGuard) (fresh, seasoned int) {
 				return // a binary that does not report its log: neither
 			}
 			mu.Lock()
+			if resp.RaftTerm != nil {
+				terms = append(terms, resp.GetRaftTerm())
+			}
 			if resp.GetRaftLastIndex() <= newShardLastIndex {
 				fresh++
 			} else {
@@ -271,5 +371,5 @@ func (s *shard) pollPeers(g *voteGuard) (fresh, seasoned int) {
 		}()
 	}
 	wg.Wait()
-	return fresh, seasoned
+	return fresh, seasoned, terms
 }

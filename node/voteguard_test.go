@@ -43,7 +43,11 @@ func TestVoteGuardRules(t *testing.T) {
 		"two wiped replicas beside one that holds the log: not a new shard")
 	require.True(t, g.mayLift(replicaLog{voters: 1}), "a one-node cluster")
 
-	// An AppendEntries passes through and tells the leader's commit index.
+	// Once the append gate is open, an AppendEntries passes through and
+	// tells the leader's commit index (TestAppendGateRules: before).
+	require.False(t, g.mayLift(replicaLog{leaderKnown: true, lastIndex: 55, lastTerm: 4, currentTerm: 4, fresh: 1, voters: 3}),
+		"caught up, but only through a gate that is shut")
+	g.appendOpen.Store(true)
 	ok, _ = answered(&raft.AppendEntriesRequest{LeaderCommitIndex: 40})
 	require.False(t, ok)
 	g.observe(&raft.AppendEntriesRequest{LeaderCommitIndex: 30}) // the highest counts
@@ -125,4 +129,53 @@ func TestTwoWipedReplicasBesideTheLogStayGuarded(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "100", a.Posted)
 	c.checkReplicas()
+}
+
+// TestAppendGateRules: a guarded replica takes a leader's entries and
+// snapshots only in a term the other replicas confirmed (no majority past
+// it), only from the newest term offered, and for good once it opens. A
+// stale leader, whose term the others have left behind, gets errors: it
+// cannot commit with this replica's help.
+func TestAppendGateRules(t *testing.T) {
+	for name, c := range map[string]struct {
+		reported []uint64
+		voters   int
+		term     uint64
+		want     bool
+	}{
+		"both others at the term":          {[]uint64{5, 5}, 3, 5, true},
+		"one behind, one at it":            {[]uint64{4, 5}, 3, 5, true},
+		"one past it: a stale leader":      {[]uint64{5, 6}, 3, 5, false},
+		"one silent":                       {[]uint64{5}, 3, 5, false},
+		"none":                             {nil, 3, 5, false},
+		"five nodes: three of four others": {[]uint64{5, 5, 5, 9}, 5, 5, true},
+		"five nodes: two of four":          {[]uint64{5, 5, 9, 9}, 5, 5, false},
+		"two nodes: the other":             {[]uint64{5}, 2, 5, true},
+		"no term offered yet":              {[]uint64{0, 0}, 3, 0, false},
+	} {
+		require.Equal(t, c.want, termConfirmed(c.reported, c.voters, c.term), name)
+	}
+
+	g := newVoteGuard()
+	refused := func(cmd any) bool {
+		ch := make(chan raft.RPCResponse, 1)
+		if !g.filter(raft.RPC{Command: cmd, RespChan: ch}) {
+			return false
+		}
+		resp := <-ch
+		require.ErrorIs(t, resp.Error, errAppendGuarded)
+		return true
+	}
+	require.True(t, refused(&raft.AppendEntriesRequest{Term: 5, LeaderCommitIndex: 40}), "term not confirmed")
+	require.True(t, refused(&raft.InstallSnapshotRequest{Term: 5}), "term not confirmed")
+	require.Zero(t, g.maxCommit.Load(), "a refused request tells nothing")
+	g.confirmedTerm.Store(5)
+	require.False(t, refused(&raft.AppendEntriesRequest{Term: 5, LeaderCommitIndex: 40}))
+	require.False(t, refused(&raft.InstallSnapshotRequest{Term: 5}))
+	require.EqualValues(t, 40, g.maxCommit.Load())
+	require.True(t, refused(&raft.AppendEntriesRequest{Term: 4}), "an older leader than one offered")
+	require.True(t, refused(&raft.AppendEntriesRequest{Term: 6}), "a newer term, not confirmed yet")
+	require.True(t, refused(&raft.AppendEntriesRequest{Term: 5}), "no longer the newest term offered")
+	g.appendOpen.Store(true)
+	require.False(t, refused(&raft.AppendEntriesRequest{Term: 4}), "open: raft decides")
 }

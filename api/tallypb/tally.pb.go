@@ -1731,6 +1731,11 @@ type ShardStateResponse struct {
 	// confirmed, or once shown to differ; node/peercheck.go): leadership is
 	// not transferred to it.
 	Misconfigured bool `protobuf:"varint,12,opt,name=misconfigured,proto3" json:"misconfigured,omitempty"`
+	// This replica's current Raft term, absent from binaries before it. A
+	// replica under the vote guard takes a leader's entries only once enough
+	// other replicas report a term no newer than that leader's
+	// (node/voteguard.go): a stale leader must not commit with its help.
+	RaftTerm      *uint64 `protobuf:"varint,13,opt,name=raft_term,json=raftTerm,proto3,oneof" json:"raft_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1847,6 +1852,13 @@ func (x *ShardStateResponse) GetMisconfigured() bool {
 		return x.Misconfigured
 	}
 	return false
+}
+
+func (x *ShardStateResponse) GetRaftTerm() uint64 {
+	if x != nil && x.RaftTerm != nil {
+		return *x.RaftTerm
+	}
+	return 0
 }
 
 var File_tally_proto protoreflect.FileDescriptor
@@ -1973,7 +1985,7 @@ const file_tally_proto_rawDesc = "" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\"=\n" +
 	"\x11ShardStateRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
-	"\x04full\x18\x02 \x01(\bR\x04full\"\xc5\x03\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\"\xf5\x03\n" +
 	"\x12ShardStateResponse\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x1d\n" +
@@ -1990,8 +2002,11 @@ const file_tally_proto_rawDesc = "" +
 	"\x0fraft_last_index\x18\n" +
 	" \x01(\x04H\x00R\rraftLastIndex\x88\x01\x01\x12!\n" +
 	"\fvote_guarded\x18\v \x01(\bR\vvoteGuarded\x12$\n" +
-	"\rmisconfigured\x18\f \x01(\bR\rmisconfiguredB\x12\n" +
-	"\x10_raft_last_index*\xe3\x01\n" +
+	"\rmisconfigured\x18\f \x01(\bR\rmisconfigured\x12 \n" +
+	"\traft_term\x18\r \x01(\x04H\x01R\braftTerm\x88\x01\x01B\x12\n" +
+	"\x10_raft_last_indexB\f\n" +
+	"\n" +
+	"_raft_term*\xe3\x01\n" +
 	"\x06OpKind\x12\x17\n" +
 	"\x13OP_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDEFINE_ASSET\x10\x01\x12\x10\n" +
