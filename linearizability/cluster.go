@@ -75,7 +75,7 @@ type procNode struct {
 }
 
 // Cluster is three tallyd processes on 127.0.0.1 with a Proxy on every
-// directed Raft link. Methods are safe for concurrent use.
+// directed Raft link; nodes can be killed, wiped, restarted, paused. Methods are safe for concurrent use.
 type Cluster struct {
 	cfg     ClusterConfig
 	mu      sync.Mutex
@@ -332,6 +332,37 @@ func (c *Cluster) Restart(ctx context.Context, i int) error {
 		return err
 	}
 	return c.waitReady(ctx, i)
+}
+
+// Wipe deletes node i's whole data directory, as an operator replacing
+// its disk would; its log file, outside it, stays. The node must be down
+// (Kill it first); Restart then starts it with the same ID, addresses and
+// flags on an empty directory.
+func (c *Cluster) Wipe(i int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock() // no spawn while the directory goes
+	n := c.nodes[i]
+	if n.cmd != nil {
+		return fmt.Errorf("%s is running: kill it before wiping its data", n.id)
+	}
+	if err := os.RemoveAll(n.dataDir); err != nil {
+		return fmt.Errorf("wipe %s: %w", n.id, err)
+	}
+	if _, err := os.Stat(n.dataDir); !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("wipe %s: %s still there (%v)", n.id, n.dataDir, err)
+	}
+	if logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+		fmt.Fprintf(logf, "=== %s wiped data directory %s\n", time.Now().Format(time.RFC3339Nano), n.dataDir)
+		logf.Close()
+	}
+	return nil
+}
+
+// Paused reports whether node i is stopped by Pause.
+func (c *Cluster) Paused(i int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[i].paused
 }
 
 // Pause stops node i with SIGSTOP; Resume continues it.

@@ -19,8 +19,16 @@
 //     never. They are never dropped and never assumed failed.
 //   - Cluster: three tallyd processes on 127.0.0.1 with a fault-injection
 //     proxy on every directed Raft link (drop, blackhole, delay), kill -9
-//     and restart, SIGSTOP/SIGCONT.
-//   - Run: a seeded fault schedule (nemesis), concurrent workers issuing
+//     and restart, SIGSTOP/SIGCONT, and wiping a killed node's data
+//     directory before its restart.
+//   - Run: a seeded fault schedule (nemesis; one fault at a time, each
+//     undone before the next: AllFaults, plus the opt-in wipe, which
+//     restarts a node on an empty data directory, obeys Tally's operator
+//     rule (never while a node is down or paused or does not answer, or
+//     while any replica of any shard reports vote_guarded; a wipe the rule
+//     holds back past wipeWait is skipped and shows in the timeline as
+//     wipe-skipped) and waits, bounded, for the wiped node's replicas to
+//     leave their vote guard), concurrent workers issuing
 //     operations through package client with the retries a payment system
 //     makes (same idempotency key), on every member's two accounts: points
 //     (scale 0) and stored value (scale 2, amounts in fen: every amount
@@ -63,6 +71,7 @@
 //	go test -race -run TestChaos ./linearizability/       # CI profile (part of make test)
 //	TALLY_CHAOS_SEED=1234 go test -run TestChaos ./linearizability/   # replay a seed
 //	make chaos CHAOS_DURATION=30m                           # long run (cmd/tally-chaos)
+//	make chaos CHAOS_ARGS=--faults=kill,pause,partition,delay,wipe   # with wipes
 //
 // Results go under ./results/ (TALLY_CHAOS_RESULTS overrides it for tests):
 // summary.txt and summary.json, timeline.txt, history.jsonl, the nodes'

@@ -28,10 +28,44 @@ const (
 	// FaultDelay: delay every Raft message to and from a node (or on every
 	// link).
 	FaultDelay FaultKind = "delay"
+	// FaultWipe: kill -9 a node, delete its whole data directory (an
+	// operator replacing its disk) and restart it with the same ID,
+	// addresses and flags, --bootstrap included: it starts with no Raft
+	// state, so every replica on it starts under its vote guard and
+	// catches up from the leaders by log or snapshot. Opt-in (not in
+	// AllFaults). Tally's operator rule is obeyed: a node is wiped only
+	// while every node runs, unpaused, and answers, and no replica of any
+	// shard on any node is vote guarded (wipeBlocked); else the nemesis
+	// waits, up to wipeWait, and records a skip (FaultWipeSkipped).
+	FaultWipe FaultKind = "wipe"
+	// FaultWipeSkipped marks a wipe the operator rule held back for
+	// wipeWait, in the timeline. It is no fault and cannot be asked for:
+	// checkFaults does not count it as a wipe injected.
+	FaultWipeSkipped FaultKind = "wipe-skipped"
 )
 
-// AllFaults are the kinds a full run injects.
+// AllFaults are the kinds a full run injects (the CI profile wants every
+// one of them).
 var AllFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay}
+
+// KnownFaults are every kind a run can be asked to inject: AllFaults and
+// the opt-in FaultWipe.
+var KnownFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay, FaultWipe}
+
+// Bounds of the wipe fault.
+const (
+	// wipeWait bounds waiting for the operator rule to allow a wipe
+	// (wipeBlocked); past it the wipe is skipped.
+	wipeWait = 15 * time.Second
+	// wipeRejoin bounds waiting, after the restart, for every replica of
+	// the wiped node to leave its vote guard (caught up with a leader).
+	// No other fault is injected meanwhile, so the cluster is healthy but
+	// for the catch-up; a node still guarded after it is an error of the
+	// fault, which checkFaults reports.
+	wipeRejoin = 60 * time.Second
+	// wipePoll is how often the rule and the rejoin are polled.
+	wipePoll = 250 * time.Millisecond
+)
 
 // Timing of the nemesis: how long a fault lasts and the calm between two.
 type Timing struct {
@@ -105,6 +139,9 @@ func (t *Timeline) String() string {
 		if ev.NoEffect {
 			b.WriteString("  (no traffic on its links to hinder)")
 		}
+		if ev.Kind == FaultWipeSkipped {
+			b.WriteString("  (not injected)")
+		}
 		b.WriteByte('\n')
 	}
 	return b.String()
@@ -122,7 +159,8 @@ type nemesis struct {
 	direct   []tallypb.LedgerClient // raw connections to each node
 }
 
-// run injects faults, one at a time, in rounds of every kind in a seeded
+// run injects faults, one at a time (never two at once: each inject undoes
+// its fault before it returns), in rounds of every kind in a seeded
 // order, until at least minRounds rounds are done and minDuration has
 // passed, or ctx ends. The cluster is healed when it returns.
 func (n *nemesis) run(ctx context.Context, minRounds int, minDuration time.Duration) {
@@ -225,6 +263,8 @@ func (n *nemesis) inject(ctx context.Context, kind FaultKind) {
 			n.c.SetLink(i, o, LinkPass, 0)
 			n.c.SetLink(o, i, LinkPass, 0)
 		}
+	case FaultWipe:
+		n.wipe(ctx, d, &ev, note)
 	case FaultDelay:
 		delay := time.Duration(20+n.rng.IntN(280)) * time.Millisecond
 		var links [][2]int
@@ -259,4 +299,129 @@ func (n *nemesis) inject(ctx context.Context, kind FaultKind) {
 	ev.EndNs = n.hist.Now()
 	ev.Err = strings.Join(errs, "; ")
 	n.timeline.add(ev)
+}
+
+// wipe injects FaultWipe on a node drawn uniformly at random, leader of
+// some shards or not: with shards spread over the nodes most nodes lead
+// something, and a leader's wipe is the harder case (an election among
+// the two others, then the ex-leader's catch-up without a vote). Safety
+// does not depend on the choice: the rule that every other node runs and
+// no replica is guarded makes the two others a majority holding every
+// committed entry, and the wiped node's guard keeps it from voting until
+// it holds them again.
+func (n *nemesis) wipe(ctx context.Context, d time.Duration, ev *TimelineEvent, note func(error)) {
+	i := n.rng.IntN(ClusterSize)
+	who := n.c.NodeID(i)
+	began := time.Now()
+	var leads []int
+	for {
+		why, l := n.wipeBlocked(ctx, i)
+		if why == "" {
+			leads = l
+			break
+		}
+		if time.Since(began) >= wipeWait || ctx.Err() != nil {
+			ev.Kind = FaultWipeSkipped
+			ev.What = fmt.Sprintf("wipe %s skipped after %s: %s", who, time.Since(began).Round(time.Millisecond), why)
+			return
+		}
+		n.sleep(ctx, wipePoll)
+	}
+	if len(leads) > 0 {
+		who = fmt.Sprintf("%s (leader of shards %v)", who, leads)
+	}
+	ev.AtNs = n.hist.Now() // the wipe starts now, not when the rule was first polled
+	ev.What = fmt.Sprintf("kill -9 %s, wipe its data directory, restart after %s", who, d.Round(time.Millisecond))
+	if waited := time.Since(began); waited >= wipePoll {
+		ev.What += fmt.Sprintf(" (waited %s for the wipe rule)", waited.Round(time.Millisecond))
+	}
+	if err := n.c.Kill(i); err != nil {
+		// Not known dead: its directory must not go.
+		note(err)
+		note(n.c.Restart(ctx, i))
+		return
+	}
+	note(n.c.Wipe(i))
+	n.sleep(ctx, d)
+	if err := n.c.Restart(ctx, i); err != nil {
+		note(err)
+		return
+	}
+	restarted := time.Now()
+	guarded, err := n.rejoin(ctx, i)
+	switch {
+	case err == nil:
+		ev.What += fmt.Sprintf("; every replica out of its vote guard %s after the restart", time.Since(restarted).Round(time.Millisecond))
+	case ctx.Err() != nil:
+		ev.What += "; the run ended before it left its vote guard"
+	default:
+		note(fmt.Errorf("%s: %w (shards still vote guarded: %v)", n.c.NodeID(i), err, guarded))
+	}
+}
+
+// wipeBlocked applies the operator rule to wiping node target: it returns
+// why a wipe must wait ("" when it may go ahead), and the shards target
+// leads. A node that is down or paused blocks it, as does one that does
+// not answer ShardState for every shard (unknown counts as guarded), one
+// still confirming its shard count (just started), and any replica, on
+// any node, under its vote guard: it may lack entries it acknowledged,
+// and with the wiped node it would make two of three replicas that
+// cannot vote.
+func (n *nemesis) wipeBlocked(ctx context.Context, target int) (string, []int) {
+	for j := 0; j < ClusterSize; j++ {
+		if !n.c.Running(j) {
+			return n.c.NodeID(j) + " is down", nil
+		}
+		if n.c.Paused(j) {
+			return n.c.NodeID(j) + " is paused", nil
+		}
+	}
+	var leads []int
+	for j, lc := range n.direct {
+		for shard := 0; shard < n.shards; shard++ {
+			actx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			st, err := lc.ShardState(actx, &tallypb.ShardStateRequest{Shard: uint32(shard)})
+			cancel()
+			switch {
+			case err != nil:
+				return fmt.Sprintf("%s did not answer for shard %d (unknown counts as guarded): %v", n.c.NodeID(j), shard, err), nil
+			case st.GetVoteGuarded():
+				return fmt.Sprintf("shard %d on %s is vote guarded", shard, n.c.NodeID(j)), nil
+			case st.GetMisconfigured():
+				return fmt.Sprintf("%s has not confirmed its shard count yet", n.c.NodeID(j)), nil
+			}
+			if j == target && st.GetLeader() {
+				leads = append(leads, shard)
+			}
+		}
+	}
+	return "", leads
+}
+
+// rejoin waits, up to wipeRejoin, until no replica on node i is vote
+// guarded, and returns the shards still guarded (or unknown) when it gives
+// up.
+func (n *nemesis) rejoin(ctx context.Context, i int) ([]int, error) {
+	deadline := time.Now().Add(wipeRejoin)
+	for {
+		var guarded []int
+		for shard := 0; shard < n.shards; shard++ {
+			actx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			st, err := n.direct[i].ShardState(actx, &tallypb.ShardStateRequest{Shard: uint32(shard)})
+			cancel()
+			if err != nil || st.GetVoteGuarded() {
+				guarded = append(guarded, shard)
+			}
+		}
+		if len(guarded) == 0 {
+			return nil, nil
+		}
+		if ctx.Err() != nil {
+			return guarded, ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return guarded, fmt.Errorf("still vote guarded %s after the restart", wipeRejoin)
+		}
+		n.sleep(ctx, wipePoll)
+	}
 }

@@ -1,11 +1,13 @@
 // Command tally-chaos runs Tally's fault harness for as long as asked: a
 // three-node cluster of tallyd processes on 127.0.0.1 under kill -9,
-// SIGSTOP pauses, partitions and delays, with concurrent clients, then the
+// SIGSTOP pauses, partitions and delays (and, opt-in with --faults, wipes
+// of a node's data directory), with concurrent clients, then the
 // checks (linearizability per member, exactly-once, journal, conservation,
 // replica equality) and a summary. Exit status 1 when a check fails.
 //
 //	go run ./cmd/tally-chaos --duration 30m --results ./results/chaos
 //	go run ./cmd/tally-chaos --seed 1234 ...   # replay a seed
+//	go run ./cmd/tally-chaos --faults kill,pause,partition,delay,wipe ...
 package main
 
 import (
@@ -31,6 +33,15 @@ func main() {
 	os.Exit(code)
 }
 
+// kindList renders fault kinds for help and errors: "kill, pause, ...".
+func kindList(kinds []linearizability.FaultKind) string {
+	parts := make([]string, len(kinds))
+	for i, k := range kinds {
+		parts[i] = string(k)
+	}
+	return strings.Join(parts, ", ")
+}
+
 func run(args []string) (int, error) {
 	fs := flag.NewFlagSet("tally-chaos", flag.ContinueOnError)
 	var (
@@ -42,7 +53,8 @@ func run(args []string) (int, error) {
 		accounts = fs.Int("accounts", 16, "members over all shards (per epoch), each with a points and a stored-value account")
 		epoch    = fs.Duration("epoch", time.Minute, "move the workload to fresh members this often, so per-member histories stay checkable (0: never)")
 		minOps   = fs.Int("min-ops", 0, "keep the (healed) workload going until this many operations")
-		faults   = fs.String("faults", "kill,pause,partition,delay", "fault kinds, comma-separated")
+		faults   = fs.String("faults", "kill,pause,partition,delay", "fault kinds, comma-separated: "+kindList(linearizability.KnownFaults)+
+			"; wipe (kill -9 a node, delete its data directory, restart it empty; only while no replica is vote guarded and every node is up) is opt-in")
 		coalesce = fs.Bool("coalesce", false, "all workers share one coalescing client (batched Submits and GetAccounts reads)")
 		unsafe   = fs.Bool("unsafe-local-reads", false, "BROKEN ON PURPOSE: nodes serve reads locally and reads go to random nodes; the run must fail (needs a tallyd built with -tags tally_unsafe)")
 		tallyd   = fs.String("tallyd", "", "tallyd binary (default: build ./cmd/tallyd)")
@@ -68,18 +80,18 @@ func run(args []string) (int, error) {
 		}
 	}
 	if len(kinds) == 0 {
-		return 2, fmt.Errorf("--faults names no fault kind (kill, pause, partition, delay)")
+		return 2, fmt.Errorf("--faults names no fault kind (%s)", kindList(linearizability.KnownFaults))
 	}
 	if *shards < 2 {
 		return 2, fmt.Errorf("--shards must be at least 2 (cross-shard routing is part of what is checked), got %d", *shards)
 	}
 	for _, k := range kinds {
 		known := false
-		for _, a := range linearizability.AllFaults {
+		for _, a := range linearizability.KnownFaults {
 			known = known || k == a
 		}
 		if !known {
-			return 2, fmt.Errorf("--faults: unknown kind %q", k)
+			return 2, fmt.Errorf("--faults: unknown kind %q (known: %s)", k, kindList(linearizability.KnownFaults))
 		}
 	}
 	dir, err := filepath.Abs(filepath.Join(*results, fmt.Sprintf("%s-seed%d", time.Now().Format("20060102-150405"), *seed)))
