@@ -75,7 +75,8 @@ type procNode struct {
 }
 
 // Cluster is three tallyd processes on 127.0.0.1 with a Proxy on every
-// directed Raft link; nodes can be killed, wiped, restarted, paused. Methods are safe for concurrent use.
+// directed Raft link; nodes can be killed, wiped, restarted and paused.
+// Methods are safe for concurrent use.
 type Cluster struct {
 	cfg     ClusterConfig
 	mu      sync.Mutex
