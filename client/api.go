@@ -307,5 +307,6 @@ func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (Sha
 		Version:           resp.GetVersion(),
 		MaxVersion:        resp.GetMaxVersion(),
 		VoteGuarded:       resp.GetVoteGuarded(),
+		Misconfigured:     resp.GetMisconfigured(),
 	}, nil
 }

@@ -135,6 +135,9 @@ type ShardState struct {
 	// leader because it may lack entries it acknowledged (wiped data, a
 	// repaired log tail) and has not caught up yet.
 	VoteGuarded bool
+	// Misconfigured is set while that node refuses every request because
+	// a majority of its cluster is not known to run its shard count.
+	Misconfigured bool
 }
 
 // opToProto converts an op for the wire. Amounts that an op kind does not

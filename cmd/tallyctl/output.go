@@ -382,8 +382,9 @@ func (v stateView) jsonValue() any {
 		Version           uint32 `json:"version"`
 		MaxVersion        uint32 `json:"max_version"`
 		VoteGuarded       bool   `json:"vote_guarded"`
+		Misconfigured     bool   `json:"misconfigured"`
 	}{v.Node, v.Shard, v.Leader, v.AppliedIndex, hex.EncodeToString(v.StateHash), v.ConservationOK, v.ConservationError,
-		v.LastTimeMs, v.Version, v.MaxVersion, v.VoteGuarded}
+		v.LastTimeMs, v.Version, v.MaxVersion, v.VoteGuarded, v.Misconfigured}
 }
 
 func (v stateView) text(w io.Writer) {
@@ -405,6 +406,9 @@ func (v stateView) text(w io.Writer) {
 	}
 	if v.VoteGuarded {
 		fmt.Fprintf(w, "vote guard\ton: may lack entries it acknowledged; does not vote or run for leader until caught up\n")
+	}
+	if v.Misconfigured {
+		fmt.Fprintf(w, "refusing\tevery request: a majority of the cluster is not known to run this node's shard count (its log says why)\n")
 	}
 }
 

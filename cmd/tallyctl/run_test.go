@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/client"
 )
 
 // tallyctl runs the CLI against f and returns exit status, stdout, stderr.
@@ -360,4 +361,25 @@ func TestOpNotFoundIsNotFinal(t *testing.T) {
 	code, _, stderr = tallyctl(t, f, "define-asset", "--program", "shop", "--asset", "PTS")
 	assert.Equal(t, exitUsage, code, stderr)
 	assert.Contains(t, stderr, "--scale")
+}
+
+// TestStateViewShowsRefusals: `state` tells an operator why a node does
+// not serve or vote: its vote guard, and a shard count a majority is not
+// known to share.
+func TestStateViewShowsRefusals(t *testing.T) {
+	v := stateView{Node: "n3", ShardState: client.ShardState{ConservationOK: true, MaxVersion: 3, Version: 3}}
+	var quiet bytes.Buffer
+	v.text(&quiet)
+	assert.NotContains(t, quiet.String(), "vote guard")
+	assert.NotContains(t, quiet.String(), "refusing")
+
+	v.VoteGuarded, v.Misconfigured = true, true
+	var loud bytes.Buffer
+	v.text(&loud)
+	assert.Contains(t, loud.String(), "vote guard\ton")
+	assert.Contains(t, loud.String(), "refusing\tevery request")
+	b, err := json.Marshal(v.jsonValue())
+	require.NoError(t, err)
+	assert.Contains(t, string(b), `"vote_guarded":true`)
+	assert.Contains(t, string(b), `"misconfigured":true`)
 }
