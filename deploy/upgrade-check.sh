@@ -90,6 +90,18 @@ versions() {
   done
   echo "$out"
 }
+
+# versions_are WANT WHAT: the versions, read again for up to 10 s while a
+# node does not answer (an election), must be WANT.
+versions_are() {
+  local got=''
+  for _ in $(seq 1 20); do
+    got=$(versions) && break
+    sleep 0.5
+  done
+  [ "$got" = "$1" ] || fail "$2: $got"
+}
+
 # linked KEY1 AMOUNT1 KEY2: a linked credit pair on member m1; prints the first
 # op's code (empty if there is none: the comparison then fails). tallyctl exits
 # non-zero when an op is refused, which is what some checks expect, so its
@@ -118,7 +130,7 @@ data=$work/dataA; mkdir -p "$data"
 start 1 new; start 2 new; start 3 old
 setup
 sleep 5 # more than two of the leaders' version checks
-[ "$(versions)" = "n1:1,1,1 n2:1,1,1 n3:0,0,0 " ] || fail "versions with an old node: $(versions)"
+versions_are "n1:1,1,1 n2:1,1,1 n3:0,0,0 " "versions with an old node"
 equal
 [ "$(linked credit-m1 10 a1)" = OK ] || fail "version 1: an unlinked op resent linked should replay"
 stopn 3; start 3 new
@@ -152,7 +164,7 @@ data=$work/dataB; mkdir -p "$data"
 for i in 1 2 3; do start "$i" new --max-version 1; done
 setup
 sleep 5
-[ "$(versions)" = "n1:1,1,1 n2:1,1,1 n3:1,1,1 " ] || fail "versions while held: $(versions)"
+versions_are "n1:1,1,1 n2:1,1,1 n3:1,1,1 " "versions while held"
 stopn 2; start 2 old; sleep 3
 kill -0 "${pid[2]}" 2>/dev/null || fail "the old build does not run on held data"
 c credit --program shop --member m2 --asset PTS --amount 5 --key after-downgrade >/dev/null
@@ -183,7 +195,7 @@ data=$work/dataC; mkdir -p "$data"
 start 1 new; start 2 new; start 3 v2
 setup
 sleep 5
-[ "$(versions)" = "n1:2,2,2 n2:2,2,2 n3:2,2,2 " ] || fail "versions with a version-2 node: $(versions)"
+versions_are "n1:2,2,2 n2:2,2,2 n3:2,2,2 " "versions with a version-2 node"
 expire h1
 [ "$(expiries h1)" = 0 ] || fail "version 2: a hold expiry was journaled"
 equal
