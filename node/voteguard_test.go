@@ -5,10 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/node/transport"
 )
 
 // TestVoteGuardRules: a guarded replica refuses votes and pre-votes, and
@@ -178,4 +180,55 @@ func TestAppendGateRules(t *testing.T) {
 	require.True(t, refused(&raft.AppendEntriesRequest{Term: 5}), "no longer the newest term offered")
 	g.appendOpen.Store(true)
 	require.False(t, refused(&raft.AppendEntriesRequest{Term: 4}), "open: raft decides")
+}
+
+// TestWipedReplicaTakesNoEntriesFromAnUnconfirmedLeader: a wiped replica
+// whose peers do not answer cannot tell a current leader from a stale one
+// (paused while the others moved on), so it takes no entries: a forged
+// AppendEntries in the last term it could know of gets an error, where
+// hashicorp/raft alone would store the entry and answer success, letting
+// such a leader commit with its help. Once the others answer, it catches
+// up and the acknowledged write is there.
+func TestWipedReplicaTakesNoEntriesFromAnUnconfirmedLeader(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "w", "ann", "POINTS", "100"))
+	l := c.leaderOf(0)
+	v := (l + 1) % 3
+	term := c.nodes[l].shards[0].raft.CurrentTerm()
+	for i := range c.nodes {
+		c.stop(i)
+	}
+	wipe(t, c.cfgs[v].DataDir)
+	c.start(v)
+
+	mux, err := transport.Listen("127.0.0.1:0", transport.Options{})
+	require.NoError(t, err)
+	defer mux.Close()
+	nt := mux.NewTransport(0, transport.TransportConfig{Logger: hclog.NewNullLogger()})
+	defer nt.Close()
+	stale := c.cfgs[l]
+	req := &raft.AppendEntriesRequest{
+		RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte(stale.ID), Addr: []byte(stale.RaftAddr)},
+		Term:      term, PrevLogEntry: 1, PrevLogTerm: 1, LeaderCommitIndex: 2,
+		Entries: []*raft.Log{{Index: 2, Term: term, Type: raft.LogNoop}},
+	}
+	var resp raft.AppendEntriesResponse
+	err = nt.AppendEntries(raft.ServerID(c.cfgs[v].ID), raft.ServerAddress(c.cfgs[v].RaftAddr), req, &resp)
+	require.ErrorContains(t, err, "takes no entries", "a wiped replica took a leader's entries with no other replica to confirm its term")
+	require.EqualValues(t, 1, c.nodes[v].shards[0].raft.LastIndex())
+
+	for i := range c.nodes {
+		if i != v {
+			c.start(i)
+		}
+	}
+	c.waitLeaders()
+	g := c.nodes[v].shards[0].trans.guard
+	require.Eventually(t, func() bool { return !g.on.Load() }, 20*time.Second, 50*time.Millisecond, "the wiped replica never caught up")
+	a, err := c.account("shop", "ann", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "100", a.Posted)
+	c.checkReplicas()
 }
