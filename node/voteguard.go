@@ -166,8 +166,9 @@ func (g *voteGuard) observe(cmd any) {
 	}
 }
 
-// filter answers a vote or pre-vote the guard refuses; it reports whether
-// it answered rpc (which then must not reach raft).
+// filter answers the votes, pre-votes, entries and snapshots the guard
+// refuses; it reports whether it answered rpc (which then must not reach
+// raft).
 func (g *voteGuard) filter(rpc raft.RPC) bool {
 	switch req := rpc.Command.(type) {
 	case *raft.RequestVoteRequest:
@@ -348,13 +349,7 @@ func (s *shard) pollPeers(g *voteGuard) (fresh, seasoned int, terms []uint64) {
 			if err != nil {
 				return
 			}
-			applied := resp.GetAppliedIndex()
-			for {
-				cur := g.peerApplied.Load()
-				if applied <= cur || g.peerApplied.CompareAndSwap(cur, applied) {
-					break
-				}
-			}
+			storeMax(&g.peerApplied, resp.GetAppliedIndex())
 			if resp.RaftLastIndex == nil {
 				return // a binary that does not report its log: neither
 			}
