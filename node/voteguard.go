@@ -213,6 +213,11 @@ type replicaLog struct {
 	peerTerms           []uint64 // the current terms the other replicas reported
 }
 
+// newShard reports whether the replicas look like those of a new shard: a
+// majority hold no log beyond the bootstrap configuration and none that
+// answered holds more (see voteGuard).
+func (r replicaLog) newShard() bool { return 2*r.fresh > r.voters && r.seasoned == 0 }
+
 // newShardLastIndex is the most a replica of a new shard holds: the
 // bootstrap configuration entry.
 const newShardLastIndex = 1
@@ -243,7 +248,7 @@ func lastEntry(stats map[string]string) (index, term, current uint64, ok bool) {
 
 // mayLift reports whether the guard may lift (see voteGuard).
 func (g *voteGuard) mayLift(r replicaLog) bool {
-	if r.voters <= 1 || (2*r.fresh > r.voters && r.seasoned == 0) {
+	if r.voters <= 1 || r.newShard() {
 		return true
 	}
 	commit := g.maxCommit.Load()
@@ -303,9 +308,9 @@ func (s *shard) guardLoop() {
 			}
 		}
 		if !g.appendOpen.Load() {
+			// (A new shard or a one-node cluster opens it below, with
+			// the vote guard.)
 			switch {
-			case r.voters <= 1 || (2*r.fresh > r.voters && r.seasoned == 0):
-				g.appendOpen.Store(true)
 			case g.confirmedTerm.Load() > 0 && r.lastTerm >= g.confirmedTerm.Load():
 				// It holds an entry of a confirmed term: from here on
 				// its own persisted term and log guard it.
@@ -318,7 +323,7 @@ func (s *shard) guardLoop() {
 		if g.mayLift(r) {
 			g.open(r.currentTerm)
 			s.n.logger.Info("replica may vote again", "shard", s.id, "last_index", r.lastIndex, "last_term", r.lastTerm,
-				"new_shard", 2*r.fresh > r.voters && r.seasoned == 0, "commit_seen", g.maxCommit.Load(),
+				"new_shard", r.newShard(), "commit_seen", g.maxCommit.Load(),
 				"peer_applied", g.peerApplied.Load(), "votes_refused_up_to_term", r.currentTerm)
 		}
 	}
