@@ -23,7 +23,10 @@
 // Every retry re-sends exactly the same operations with the same idempotency
 // keys, so an operation applies at most once however often it is sent.
 // Rejections of the request itself (INVALID_ARGUMENT, INVALID_AMOUNT, ...) are
-// never retried.
+// never retried. Nor is an op whose own Result has Code UNAVAILABLE: the
+// ledger neither applied nor recorded it (a debit or hold that only holds
+// past their expiry, not yet released, refused); send it again with the same
+// key.
 //
 // Indeterminate outcomes. When the context ends after an attempt of a mutating
 // call may have reached a server, the operation may or may not have applied:

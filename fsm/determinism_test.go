@@ -13,8 +13,8 @@ import (
 	"github.com/tally-ledger/tally/ledger"
 )
 
-// determinismLogs is randomLogs made harder: a raise to rules version 3
-// (journaled expiries) part way, linked requests, a burst of 2,500 holds
+// determinismLogs is randomLogs made harder: a raise to the newest rules
+// version (journaled expiries, unrecorded backlog refusals) part way, linked requests, a burst of 2,500 holds
 // expiring at once (more than one entry's expiry sweep takes), config
 // entries between commands, and leader clocks that go backwards.
 func determinismLogs(seed int64) []*raft.Log {
@@ -32,10 +32,10 @@ func determinismLogs(seed int64) []*raft.Log {
 			panic(err)
 		}
 		if i == 20 {
-			c.SetVersion = ledger.Version3
+			c.SetVersion = ledger.MaxVersion
 		}
-		if rng.Intn(5) == 0 {
-			c.TimeMs -= int64(rng.Intn(100)) // skewed leader clock
+		if rng.Intn(5) == 0 && (i < 60 || i > 72) {
+			c.TimeMs -= int64(rng.Intn(100)) // skewed leader clock (not while m9's debits run, below)
 		}
 		if i > 3 && rng.Intn(4) == 0 {
 			m := fmt.Sprintf("m%d", 1+rng.Intn(4))
@@ -52,7 +52,19 @@ func determinismLogs(seed int64) []*raft.Log {
 				c.Requests = append(c.Requests, ledger.Request{Ops: []ledger.Op{op}})
 			}
 			credit := move(ledger.OpCredit, "burst-credit", "m1", "PTS", 100000, 0)
-			c.Requests = append([]ledger.Request{{Ops: []ledger.Op{credit}}}, c.Requests...)
+			// m9's hold of its whole balance expires with the burst and,
+			// after it in the sweep's order, waits for the third sweep.
+			m9 := []ledger.Op{open("o-m9", "m9", "PTS"), move(ledger.OpCredit, "m9-credit", "m9", "PTS", 3000, 0),
+				move(ledger.OpHold, "m9-hold", "m9", "PTS", 3000, 0)}
+			m9[2].HoldTTLMs = 5
+			c.Requests = append([]ledger.Request{{Ops: []ledger.Op{credit}}, {Ops: m9}}, c.Requests...)
+		}
+		if i > 60 && i <= 72 {
+			// Refused (recorded) before the expiry, UNAVAILABLE (not
+			// recorded) while the sweeps catch up, applied after.
+			c.Requests = append(c.Requests, ledger.Request{Ops: []ledger.Op{
+				move(ledger.OpDebit, fmt.Sprintf("m9-debit-%d", i), "m9", "PTS", 1000, 0),
+				move(ledger.OpDebit, "m9-retry", "m9", "PTS", 1000, 0)}})
 		}
 		add(ledger.AppendCommand(nil, c), raft.LogCommand)
 		if rng.Intn(15) == 0 {
@@ -112,7 +124,7 @@ func TestDeterminismAcrossGroupingsAndRestore(t *testing.T) {
 		require.Equal(t, sa.Hash, sc.Hash, "seed %d: restored half way", s)
 		require.Equal(t, ra, rb, "seed %d: results of another grouping", s)
 		require.Equal(t, ra, rc, "seed %d: results after the restore", s)
-		require.Equal(t, ledger.Version3, a.Version())
+		require.Equal(t, ledger.MaxVersion, a.Version())
 		// The burst really expired, over several entries' sweeps, each
 		// journaled.
 		for j := 0; j < 2500; j++ {
@@ -121,7 +133,24 @@ func TestDeterminismAcrossGroupingsAndRestore(t *testing.T) {
 			require.True(t, found)
 			require.Equal(t, ledger.HoldExpired, h.State, "burst-%d", j)
 		}
-		_, found, err := a.Record(prog, ledger.ExpiryKey("burst-2499"))
+		// While the burst waited, some of m1's debits were answered
+		// UNAVAILABLE, unrecorded, rather than refused for good.
+		unavailable := 0
+		for _, entry := range ra {
+			for _, req := range entry {
+				for _, r := range req {
+					if r.Code == ledger.CodeUnavailable {
+						unavailable++
+					}
+				}
+			}
+		}
+		require.NotZero(t, unavailable, "seed %d", s)
+		rec, found, err := a.Record(prog, "m9-retry")
+		require.NoError(t, err)
+		require.True(t, found)
+		require.Equal(t, ledger.CodeOK, rec.Result.Code)
+		_, found, err = a.Record(prog, ledger.ExpiryKey("burst-2499"))
 		require.NoError(t, err)
 		require.True(t, found, "the last burst hold's expiry is journaled")
 	}

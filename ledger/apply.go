@@ -190,6 +190,10 @@ func applyOp(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if unrecorded(&res) {
+		res.TimeMs = timeMs
+		return res, nil
+	}
 	return record(s, timeMs, op, fp, res)
 }
 
@@ -275,6 +279,26 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 		}
 	}
 
+	if failed >= 0 && fresh[failed] && unrecorded(&out[failed]) {
+		// Nothing is recorded, as when a key is reused: the same request
+		// sent again is judged afresh.
+		refused := Result{
+			Code:    CodeLinkedFailed,
+			Message: fmt.Sprintf("not applied: linked op %d (%s) failed with %s; nothing recorded", failed, ops[failed].Kind, out[failed].Code),
+			TimeMs:  timeMs,
+		}
+		for i := range ops {
+			switch {
+			case i == failed:
+				out[i] = Result{Code: out[i].Code, Message: out[i].Message, TimeMs: timeMs}
+			case found[i]:
+				out[i] = prior[i]
+			default:
+				out[i] = refused
+			}
+		}
+		return nil
+	}
 	if failed < 0 {
 		if err := ov.Commit(); err != nil {
 			return err
@@ -372,9 +396,9 @@ func evaluate(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 	case OpCredit:
 		return credit(s, timeMs, op)
 	case OpDebit:
-		return debit(s, timeMs, op)
+		return debit(s, timeMs, v, op)
 	case OpHold:
-		return hold(s, timeMs, op)
+		return hold(s, timeMs, v, op)
 	case OpCaptureHold, OpReleaseHold:
 		return settleHold(s, timeMs, v, op)
 	case OpFreeze, OpUnfreeze, OpReportLost, OpReportFound, OpClose:
@@ -470,7 +494,7 @@ func post(s Store, timeMs int64, op *Op, a *Account, posted, controlDelta int64)
 	return Result{Code: CodeOK, Account: *a}, nil
 }
 
-func debit(s Store, timeMs int64, op *Op) (Result, error) {
+func debit(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 	a, fail, ok, err := lookup(s, op)
 	if !ok || err != nil {
 		return fail, err
@@ -479,12 +503,12 @@ func debit(s Store, timeMs int64, op *Op) (Result, error) {
 		return stateFailure(&a, op.Kind), nil
 	}
 	if a.AvailableMinor() < op.AmountMinor {
-		return insufficient(&a, op), nil
+		return insufficient(s, timeMs, v, &a, op)
 	}
 	return post(s, timeMs, op, &a, a.PostedMinor-op.AmountMinor, op.AmountMinor)
 }
 
-func hold(s Store, timeMs int64, op *Op) (Result, error) {
+func hold(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 	a, fail, ok, err := lookup(s, op)
 	if !ok || err != nil {
 		return fail, err
@@ -493,7 +517,7 @@ func hold(s Store, timeMs int64, op *Op) (Result, error) {
 		return stateFailure(&a, op.Kind), nil
 	}
 	if a.AvailableMinor() < op.AmountMinor {
-		return insufficient(&a, op), nil
+		return insufficient(s, timeMs, v, &a, op)
 	}
 	expiresAtMs, ok := add64(timeMs, op.HoldTTLMs)
 	if !ok {
@@ -798,10 +822,37 @@ func stateFailure(a *Account, k OpKind) Result {
 	return withAccount(failf(code, "%s refused: account %s is %s", k, a.Key, a.State), a)
 }
 
-func insufficient(a *Account, op *Op) Result {
+// insufficient is the answer to a debit or hold that a's available balance
+// does not cover: INSUFFICIENT_FUNDS, recorded like any outcome. But from
+// Version4, when the amount fits a's posted balance and the shard still holds
+// open holds past their expiry, part of a's held amount may be due back: more
+// holds expired at once than an entry releases (MaxExpiriesPerEntry), and the
+// rest wait for the next entries. Judged now, the op would be refused, and the
+// refusal recorded under its key, on a balance the rules say is already
+// available. It is answered UNAVAILABLE instead and not recorded (unrecorded),
+// so that the same op sent again once the expiries are released is judged
+// then. Holds are created with a positive TTL, so after the entry's own
+// sweep an expired open hold exists only when that sweep stopped at its bound.
+func insufficient(s Store, timeMs int64, v uint32, a *Account, op *Op) (Result, error) {
+	if v >= Version4 && op.AmountMinor <= a.PostedMinor {
+		pending, err := s.ExpiredHolds(timeMs, 1)
+		if err != nil {
+			return Result{}, storeErr("list expired holds", err)
+		}
+		if len(pending) > 0 {
+			return withAccount(failf(CodeUnavailable, "%s of %d: account %s has %d available (posted %d, held %d), "+
+				"and this shard has holds past their expiry still to release; not applied and not recorded: "+
+				"send it again with the same key", op.Kind, op.AmountMinor, a.Key, a.AvailableMinor(), a.PostedMinor, a.HeldMinor), a), nil
+		}
+	}
 	return withAccount(failf(CodeInsufficientFunds, "%s of %d: account %s has %d available (posted %d, held %d)",
-		op.Kind, op.AmountMinor, a.Key, a.AvailableMinor(), a.PostedMinor, a.HeldMinor), a)
+		op.Kind, op.AmountMinor, a.Key, a.AvailableMinor(), a.PostedMinor, a.HeldMinor), a), nil
 }
+
+// unrecorded reports whether evaluate's result res is left unrecorded: the
+// op was not applied, and its key stays free for the same op sent again
+// (insufficient, from Version4). Every other outcome is recorded.
+func unrecorded(res *Result) bool { return res.Code == CodeUnavailable }
 
 func unknownAsset(program, code string) Result {
 	return failf(CodeUnknownAsset, "asset %s of program %q is not defined", code, program)

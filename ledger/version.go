@@ -38,9 +38,19 @@ const (
 	// record of Version1, or of Version2 with the asset's Scale, still
 	// matches only the form it records (sameOp).
 	Version3 uint32 = 3
+	// Version4 stops recording refusals that the expiry bound makes wrong.
+	// An entry releases at most MaxExpiriesPerEntry expired holds, and the
+	// rest wait for the next entries; meanwhile a debit or hold whose
+	// amount the account's posted balance covers, but whose available
+	// balance, with expired holds still counted as held, does not, used to
+	// be refused INSUFFICIENT_FUNDS and that refusal recorded under its key
+	// for good. From Version4, while the shard has expired holds to release,
+	// such an op is answered UNAVAILABLE and not recorded (insufficient), and
+	// a linked request holding one records none of its ops.
+	Version4 uint32 = 4
 
 	// MaxVersion is the newest version this binary applies.
-	MaxVersion = Version3
+	MaxVersion = Version4
 )
 
 // ErrVersion is wrapped when an entry asks for a version this binary does not

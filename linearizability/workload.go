@@ -454,6 +454,18 @@ func (w *worker) do(in Input) Entry {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		out, err := w.call(ctx, in)
 		cancel()
+		if err == nil && out.Code == ledger.CodeUnavailable {
+			// Answered but neither applied nor recorded: a refusal while
+			// the shard releases a backlog of expired holds (ledger.Version4).
+			// Like a refusal before the proposal.
+			e.Err = string(out.Code)
+			if !indeterminate {
+				e.ReturnNs = w.hist.Now()
+				e.Output = Output{Status: NotApplied, Code: out.Code}
+				return e
+			}
+			continue
+		}
 		if err == nil {
 			// The op got a result (OK or a domain code).
 			e.ReturnNs = w.hist.Now()
