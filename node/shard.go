@@ -605,7 +605,11 @@ const freshAckWait = 50 * time.Millisecond
 
 // expiryLoop makes hold expiry happen without traffic: when an open hold's
 // expiry time has passed, the leader proposes an empty command (a tick),
-// whose apply releases expired holds at that entry's log time.
+// whose apply releases expired holds at that entry's log time. An entry
+// releases at most ledger.MaxExpiriesPerEntry, so while expired holds remain
+// after a tick the loop proposes the next at once rather than at the next
+// tick of the timer: until they are released, debits and holds that only
+// they refuse are answered UNAVAILABLE (ledger.Version4).
 func (s *shard) expiryLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(expiryTick)
@@ -616,16 +620,23 @@ func (s *shard) expiryLoop() {
 		if !running {
 			return
 		}
-		if !leads {
-			continue
+		for leads {
+			next, ok, err := s.fsm.NextExpiryMs()
+			now := time.Now().UnixMilli()
+			if err != nil || !ok || next > now {
+				break
+			}
+			buf = ledger.AppendCommand(buf[:0], ledger.Command{TimeMs: now})
+			if err := s.await(s.raft.Apply(append([]byte(nil), buf...), applyTimeout)); err != nil {
+				break // not the leader any more, or stopping: the timer's next tick looks again
+			}
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+			leads = s.raft.State() == raft.Leader
 		}
-		next, ok, err := s.fsm.NextExpiryMs()
-		now := time.Now().UnixMilli()
-		if err != nil || !ok || next > now {
-			continue
-		}
-		buf = ledger.AppendCommand(buf[:0], ledger.Command{TimeMs: now})
-		_ = s.await(s.raft.Apply(append([]byte(nil), buf...), applyTimeout))
 	}
 }
 
