@@ -16,6 +16,10 @@
 #      a hold that expires then gets no EXPIRE_HOLD journal entry; once the
 #      old node is upgraded every shard rises to the newest version and a
 #      hold that expires gets its entry; replicas equal throughout.
+#   D. from rules version 3 (V3_REV, default 9929075, the last build whose
+#      newest version is 3): two new nodes and one V3_REV node stay at 3; once
+#      the old node is upgraded every shard rises to the newest version;
+#      replicas equal throughout.
 # Needs git, go and python3. Exits non-zero on the first failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +28,8 @@ for tool in git go python3; do
 done
 old_rev=${1:-2a671b3}
 v2_rev=${V2_REV:-8894e9e}
-newest=3 # ledger.MaxVersion of this checkout
+v3_rev=${V3_REV:-9929075}
+newest=4 # ledger.MaxVersion of this checkout
 port=${UPGRADE_PORT:-10400}
 work=$(mktemp -d /tmp/tally-upgrade.XXXXXX)
 declare -A pid
@@ -41,12 +46,14 @@ git archive "$old_rev" | tar -x -C "$work" --one-top-level=oldsrc
 (cd "$work/oldsrc" && go build -o "$work/old/" ./cmd/tallyd)
 git archive "$v2_rev" | tar -x -C "$work" --one-top-level=v2src
 (cd "$work/v2src" && go build -o "$work/v2/" ./cmd/tallyd)
+git archive "$v3_rev" | tar -x -C "$work" --one-top-level=v3src
+(cd "$work/v3src" && go build -o "$work/v3/" ./cmd/tallyd)
 go build -o "$work/new/" ./cmd/tallyd ./cmd/tallyctl
 ctl="$work/new/tallyctl"
 peers="n1=127.0.0.1:$((port + 11))/127.0.0.1:$((port + 1)),n2=127.0.0.1:$((port + 12))/127.0.0.1:$((port + 2)),n3=127.0.0.1:$((port + 13))/127.0.0.1:$((port + 3))"
 addrs="127.0.0.1:$((port + 1)),127.0.0.1:$((port + 2)),127.0.0.1:$((port + 3))"
 data=
-start() { # node, build (old|v2|new), extra flags
+start() { # node, build (old|v2|v3|new), extra flags
   local i=$1 b=$2; shift 2
   "$work/$b/tallyd" --id "n$i" --data "$data/n$i" --shards 3 --bootstrap --grpc "127.0.0.1:$((port + i))" \
     --raft "127.0.0.1:$((port + 10 + i))" --peers "$peers" --log-level info "$@" >>"$data/n$i.log" 2>&1 &
@@ -207,5 +214,24 @@ expire h2
 [ "$(expiries h1)" = 0 ] || fail "version $newest: the hold that expired under version 2 got an entry"
 equal
 echo "ok: versions stayed 2 beside the version-2 node, rose to $newest after it; hold expiries journaled only from then; replicas equal throughout"
+stopn 1; stopn 2; stopn 3
+
+echo "== D: rolling upgrade from rules version 3 (n3 runs $v3_rev)"
+data=$work/dataD; mkdir -p "$data"
+start 1 new; start 2 new; start 3 v3
+setup
+sleep 5
+versions_are "n1:3,3,3 n2:3,3,3 n3:3,3,3 " "versions with a version-3 node"
+expire d1
+c debit --program shop --member m4 --asset PTS --amount 4 --key d-debit >/dev/null
+equal
+stopn 3; start 3 new
+for _ in $(seq 1 40); do [ "$(versions)" = "$raised" ] && break; sleep 0.5; done
+[ "$(versions)" = "$raised" ] || fail "not raised from version 3 after the upgrade: $(versions)"
+expire d2
+[ "$(expiries d2)" = 1 ] || fail "version $newest: a hold expiry was not journaled once"
+c debit --program shop --member m4 --asset PTS --amount 4 --key d-debit2 >/dev/null
+equal
+echo "ok: versions stayed 3 beside the version-3 node, rose to $newest after it; replicas equal throughout"
 stopn 1; stopn 2; stopn 3
 echo "PASS"
