@@ -157,7 +157,8 @@ type Config struct {
 	// it on a node during a rolling upgrade to keep a downgrade possible:
 	// once a shard is raised, older binaries refuse to open it. At 1 the
 	// node also writes its Raft log in the codec older builds read
-	// (raftstore.Options.LegacyCodec).
+	// (raftstore.Options.LegacyCodec). A node whose shard is already above
+	// MaxVersion refuses to start: versions never go down.
 	MaxVersion uint32
 	// BalanceInterval is how often the node hands leadership of shards it
 	// leads to their preferred node; 0 = 2 s, negative disables it.

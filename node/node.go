@@ -299,6 +299,14 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	if err != nil {
 		return nil, err
 	}
+	if v := f.Version(); cfg.MaxVersion != 0 && v > cfg.MaxVersion {
+		// The operator means to keep a downgrade possible, but this shard
+		// was raised already and never goes back: say so rather than run
+		// on a promise the node cannot keep.
+		return nil, fmt.Errorf("node: shard %d is at rules version %d, above --max-version %d: a shard's version never goes down, "+
+			"so this node cannot hold it there (an older build will not open this data); start it with --max-version %d or without the flag",
+			id, v, cfg.MaxVersion, v)
+	}
 	snapDir := filepath.Join(cfg.DataDir, "snapshots", fmt.Sprintf("shard-%03d", id))
 	// A crash while a snapshot was written or received left its sink's
 	// directory, which the store never removes. Leaving one is only lost

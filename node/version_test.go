@@ -105,4 +105,13 @@ func TestShardsRaiseTheirVersionOnceEveryNodeMay(t *testing.T) {
 	a, err := c.account("shop", "kim", "POINTS")
 	require.NoError(t, err)
 	require.Equal(t, "10", a.GetPosted(), "5 + 1 (c2) + 2 (c3) + 1 (c5) + 1 (c4, resent)")
+
+	// A raised shard never goes back: a node started with --max-version
+	// below it is refused, not left to run on a promise it cannot keep.
+	c.stop(2)
+	c.cfgs[2].MaxVersion = ledger.Version1
+	_, err = Start(c.cfgs[2])
+	require.ErrorContains(t, err, "above --max-version 1")
+	c.cfgs[2].MaxVersion = ledger.MaxVersion
+	c.start(2)
 }
