@@ -67,8 +67,18 @@ func ApplyCommand(s Store, p Progress, c Command) (Progress, [][]Result, error) 
 		p.Version = c.SetVersion
 	}
 	timeMs := p.TimeMs
-	if _, err := ExpireHolds(s, timeMs, p.Version); err != nil {
+	released, err := ExpireHolds(s, timeMs, p.Version)
+	if err != nil {
 		return p, nil, err
+	}
+	// The sweep stopped at its bound: expired holds may remain, still
+	// counted as held, for the whole entry (its ops create no expired hold:
+	// a hold's TTL is positive).
+	backlog := false
+	if p.Version >= Version4 && released == MaxExpiriesPerEntry {
+		if backlog, err = expiredHoldsRemain(s, timeMs); err != nil {
+			return p, nil, err
+		}
 	}
 	total := 0
 	for i := range c.Requests {
@@ -81,7 +91,7 @@ func ApplyCommand(s Store, p Progress, c Command) (Progress, [][]Result, error) 
 		n := len(c.Requests[i].Ops)
 		out := flat[:n:n]
 		flat = flat[n:]
-		if err := applyRequest(s, timeMs, p.Version, &c.Requests[i], out); err != nil {
+		if err := applyRequest(s, timeMs, p.Version, backlog, &c.Requests[i], out); err != nil {
 			return p, nil, fmt.Errorf("request %d: %w", i, err)
 		}
 		results[i] = out
@@ -149,13 +159,32 @@ func ExpireHolds(s Store, nowMs int64, v uint32) (int, error) {
 // ApplyCommand.
 func Apply(s Store, timeMs int64, v uint32, r Request) ([]Result, error) {
 	out := make([]Result, len(r.Ops))
-	if err := applyRequest(s, timeMs, max(v, Version1), &r, out); err != nil {
+	// Apply releases no expired hold: any there is, is still to release.
+	backlog := false
+	if v >= Version4 {
+		var err error
+		if backlog, err = expiredHoldsRemain(s, timeMs); err != nil {
+			return nil, err
+		}
+	}
+	if err := applyRequest(s, timeMs, max(v, Version1), backlog, &r, out); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func applyRequest(s Store, timeMs int64, v uint32, r *Request, out []Result) error {
+// expiredHoldsRemain reports whether s holds an open hold expired at timeMs.
+func expiredHoldsRemain(s Store, timeMs int64) (bool, error) {
+	refs, err := s.ExpiredHolds(timeMs, 1)
+	if err != nil {
+		return false, storeErr("list expired holds", err)
+	}
+	return len(refs) > 0, nil
+}
+
+// backlog, from Version4, says that expired holds wait to be released
+// (insufficient).
+func applyRequest(s Store, timeMs int64, v uint32, backlog bool, r *Request, out []Result) error {
 	if _, e := validateRequest(*r); e != nil {
 		for i := range out {
 			out[i] = Result{Code: e.Code, Message: e.Msg, TimeMs: timeMs}
@@ -164,10 +193,10 @@ func applyRequest(s Store, timeMs int64, v uint32, r *Request, out []Result) err
 	}
 	// A linked request of one op is that op: its all-or-none is the op's own.
 	if r.Linked && len(r.Ops) > 1 {
-		return applyLinked(s, timeMs, v, r.Ops, out)
+		return applyLinked(s, timeMs, v, backlog, r.Ops, out)
 	}
 	for i := range r.Ops {
-		res, err := applyOp(s, timeMs, v, &r.Ops[i])
+		res, err := applyOp(s, timeMs, v, backlog, &r.Ops[i])
 		if err != nil {
 			return fmt.Errorf("op %d (%s): %w", i, r.Ops[i].Kind, err)
 		}
@@ -177,7 +206,7 @@ func applyRequest(s Store, timeMs int64, v uint32, r *Request, out []Result) err
 }
 
 // applyOp deduplicates, evaluates and records one op on s.
-func applyOp(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
+func applyOp(s Store, timeMs int64, v uint32, backlog bool, op *Op) (Result, error) {
 	fp := fingerprintFor(v, op, false)
 	rec, found, err := s.Record(op.Program, op.IdempotencyKey)
 	if err != nil {
@@ -186,7 +215,7 @@ func applyOp(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 	if found {
 		return dedupResult(v, &rec, fp, op, false, timeMs), nil
 	}
-	res, err := evaluate(s, timeMs, v, op)
+	res, err := evaluate(s, timeMs, v, backlog, op)
 	if err != nil {
 		return Result{}, err
 	}
@@ -229,7 +258,7 @@ func record(s Store, timeMs int64, op *Op, fp [16]byte, res Result) (Result, err
 	return res, nil
 }
 
-func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error {
+func applyLinked(s Store, timeMs int64, v uint32, backlog bool, ops []Op, out []Result) error {
 	// Every op's record is read once, before anything is evaluated. The ops'
 	// own records go to s, not the overlay; the only record written to the
 	// overlay is, from Version3, the EXPIRE_HOLD record of a hold that a
@@ -266,7 +295,7 @@ func applyLinked(s Store, timeMs int64, v uint32, ops []Op, out []Result) error 
 		if found[i] {
 			out[i] = prior[i]
 		} else {
-			res, err := evaluate(ov, timeMs, v, op)
+			res, err := evaluate(ov, timeMs, v, backlog, op)
 			if err != nil {
 				return fmt.Errorf("linked op %d (%s): %w", i, op.Kind, err)
 			}
@@ -387,7 +416,7 @@ func refuseReusedKeys(timeMs int64, ops []Op, found []bool, prior, out []Result)
 // errors) come back as a Result with no writes made, except that a capture
 // or release of an open hold past its expiry expires it first, exactly as
 // ExpireHolds would.
-func evaluate(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
+func evaluate(s Store, timeMs int64, v uint32, backlog bool, op *Op) (Result, error) {
 	switch op.Kind {
 	case OpDefineAsset:
 		return defineAsset(s, op)
@@ -396,9 +425,9 @@ func evaluate(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 	case OpCredit:
 		return credit(s, timeMs, op)
 	case OpDebit:
-		return debit(s, timeMs, v, op)
+		return debit(s, timeMs, backlog, op)
 	case OpHold:
-		return hold(s, timeMs, v, op)
+		return hold(s, timeMs, backlog, op)
 	case OpCaptureHold, OpReleaseHold:
 		return settleHold(s, timeMs, v, op)
 	case OpFreeze, OpUnfreeze, OpReportLost, OpReportFound, OpClose:
@@ -494,7 +523,7 @@ func post(s Store, timeMs int64, op *Op, a *Account, posted, controlDelta int64)
 	return Result{Code: CodeOK, Account: *a}, nil
 }
 
-func debit(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
+func debit(s Store, timeMs int64, backlog bool, op *Op) (Result, error) {
 	a, fail, ok, err := lookup(s, op)
 	if !ok || err != nil {
 		return fail, err
@@ -503,12 +532,12 @@ func debit(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 		return stateFailure(&a, op.Kind), nil
 	}
 	if a.AvailableMinor() < op.AmountMinor {
-		return insufficient(s, timeMs, v, &a, op)
+		return insufficient(backlog, &a, op), nil
 	}
 	return post(s, timeMs, op, &a, a.PostedMinor-op.AmountMinor, op.AmountMinor)
 }
 
-func hold(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
+func hold(s Store, timeMs int64, backlog bool, op *Op) (Result, error) {
 	a, fail, ok, err := lookup(s, op)
 	if !ok || err != nil {
 		return fail, err
@@ -517,7 +546,7 @@ func hold(s Store, timeMs int64, v uint32, op *Op) (Result, error) {
 		return stateFailure(&a, op.Kind), nil
 	}
 	if a.AvailableMinor() < op.AmountMinor {
-		return insufficient(s, timeMs, v, &a, op)
+		return insufficient(backlog, &a, op), nil
 	}
 	expiresAtMs, ok := add64(timeMs, op.HoldTTLMs)
 	if !ok {
@@ -824,29 +853,21 @@ func stateFailure(a *Account, k OpKind) Result {
 
 // insufficient is the answer to a debit or hold that a's available balance
 // does not cover: INSUFFICIENT_FUNDS, recorded like any outcome. But from
-// Version4, when the amount fits a's posted balance and the shard still holds
-// open holds past their expiry, part of a's held amount may be due back: more
-// holds expired at once than an entry releases (MaxExpiriesPerEntry), and the
-// rest wait for the next entries. Judged now, the op would be refused, and the
-// refusal recorded under its key, on a balance the rules say is already
-// available. It is answered UNAVAILABLE instead and not recorded (unrecorded),
-// so that the same op sent again once the expiries are released is judged
-// then. Holds are created with a positive TTL, so after the entry's own
-// sweep an expired open hold exists only when that sweep stopped at its bound.
-func insufficient(s Store, timeMs int64, v uint32, a *Account, op *Op) (Result, error) {
-	if v >= Version4 && op.AmountMinor <= a.PostedMinor {
-		pending, err := s.ExpiredHolds(timeMs, 1)
-		if err != nil {
-			return Result{}, storeErr("list expired holds", err)
-		}
-		if len(pending) > 0 {
-			return withAccount(failf(CodeUnavailable, "%s of %d: account %s has %d available (posted %d, held %d), "+
-				"and this shard has holds past their expiry still to release; not applied and not recorded: "+
-				"send it again with the same key", op.Kind, op.AmountMinor, a.Key, a.AvailableMinor(), a.PostedMinor, a.HeldMinor), a), nil
-		}
+// Version4, when the entry's sweep stopped at its bound (MaxExpiriesPerEntry)
+// with expired holds left to release (backlog), part of a's held amount may
+// be due back. Judged now, an op whose amount a's posted balance covers
+// would be refused, and the refusal recorded under its key, on a balance the
+// rules say is already available. It is answered UNAVAILABLE instead and not
+// recorded (unrecorded), so that the same op sent again once the expiries
+// are released is judged then.
+func insufficient(backlog bool, a *Account, op *Op) Result {
+	if backlog && op.AmountMinor <= a.PostedMinor {
+		return withAccount(failf(CodeUnavailable, "%s of %d: account %s has %d available (posted %d, held %d), "+
+			"and this shard has holds past their expiry still to release; not applied and not recorded: "+
+			"send it again with the same key", op.Kind, op.AmountMinor, a.Key, a.AvailableMinor(), a.PostedMinor, a.HeldMinor), a)
 	}
 	return withAccount(failf(CodeInsufficientFunds, "%s of %d: account %s has %d available (posted %d, held %d)",
-		op.Kind, op.AmountMinor, a.Key, a.AvailableMinor(), a.PostedMinor, a.HeldMinor), a), nil
+		op.Kind, op.AmountMinor, a.Key, a.AvailableMinor(), a.PostedMinor, a.HeldMinor), a)
 }
 
 // unrecorded reports whether evaluate's result res is left unrecorded: the
