@@ -153,7 +153,10 @@ func ExpireHolds(s Store, nowMs int64, v uint32) (int, error) {
 // alone and nothing is evaluated or recorded (refuseReusedKeys).
 //
 // A request that fails ValidateRequest gets that error on every op, and
-// nothing is recorded (an invalid op may not even have a usable key).
+// nothing is recorded (an invalid op may not even have a usable key). From
+// Version4, an op answered UNAVAILABLE (insufficient) is not recorded, nor is
+// a later op of the same member in the request (answered UNAVAILABLE too,
+// unless recorded before), nor any op of a linked request that holds one.
 //
 // The error is fatal (Store failure, invariant violation), as for
 // ApplyCommand.
@@ -195,18 +198,38 @@ func applyRequest(s Store, timeMs int64, v uint32, backlog bool, r *Request, out
 	if r.Linked && len(r.Ops) > 1 {
 		return applyLinked(s, timeMs, v, backlog, r.Ops, out)
 	}
+	// deferred lists the ops answered UNAVAILABLE (insufficient), which
+	// only a backlog causes. A later op of the same member is answered so
+	// too, unless recorded already: it may depend on the deferred one (the
+	// capture of a hold it opens) or on the order of the two (two debits),
+	// and a request's ops of one member apply in the order given.
+	var deferred []int
 	for i := range r.Ops {
-		res, err := applyOp(s, timeMs, v, backlog, &r.Ops[i])
+		op := &r.Ops[i]
+		after := false
+		for _, j := range deferred {
+			if r.Ops[j].Program == op.Program && r.Ops[j].Member == op.Member {
+				after = true
+				break
+			}
+		}
+		res, err := applyOp(s, timeMs, v, backlog, op, after)
 		if err != nil {
-			return fmt.Errorf("op %d (%s): %w", i, r.Ops[i].Kind, err)
+			return fmt.Errorf("op %d (%s): %w", i, op.Kind, err)
+		}
+		if unrecorded(&res) && !after {
+			deferred = append(deferred, i)
 		}
 		out[i] = res
 	}
 	return nil
 }
 
-// applyOp deduplicates, evaluates and records one op on s.
-func applyOp(s Store, timeMs int64, v uint32, backlog bool, op *Op) (Result, error) {
+// applyOp deduplicates, evaluates and records one op on s. after says that
+// an earlier op of the request on the same member was not applied and not
+// recorded: the op is then only answered from its record, or else deferred
+// the same way.
+func applyOp(s Store, timeMs int64, v uint32, backlog bool, op *Op, after bool) (Result, error) {
 	fp := fingerprintFor(v, op, false)
 	rec, found, err := s.Record(op.Program, op.IdempotencyKey)
 	if err != nil {
@@ -214,6 +237,10 @@ func applyOp(s Store, timeMs int64, v uint32, backlog bool, op *Op) (Result, err
 	}
 	if found {
 		return dedupResult(v, &rec, fp, op, false, timeMs), nil
+	}
+	if after {
+		return Result{Code: CodeUnavailable, TimeMs: timeMs, Message: "an earlier op of this request on the same member was not applied; " +
+			"not applied and not recorded: send it again with the same key"}, nil
 	}
 	res, err := evaluate(s, timeMs, v, backlog, op)
 	if err != nil {

@@ -18,6 +18,9 @@
 //     first outcome and never applies twice. The exceptions record nothing:
 //     a request that fails validation at apply (every op gets the error);
 //     an op whose key is already recorded for a different op (it gets
-//     IDEMPOTENCY_KEY_REUSED); and, from Version2, a linked request that
-//     contains such an op (refuseReusedKeys).
+//     IDEMPOTENCY_KEY_REUSED); from Version2, a linked request that
+//     contains such an op (refuseReusedKeys); and, from Version4, an op
+//     answered UNAVAILABLE while expired holds wait to be released
+//     (insufficient), the later ops of its member in its request, and a
+//     linked request that contains one.
 package ledger

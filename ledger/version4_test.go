@@ -42,11 +42,11 @@ func TestExpiryBacklogRefusalIsNotRecorded(t *testing.T) {
 				{Kind: OpCredit, Program: tProg, Member: "alice", Asset: tPts, AmountMinor: 1, IdempotencyKey: "l1"},
 				{Kind: OpDebit, Program: tProg, Member: "alice", Asset: tPts, AmountMinor: 20, IdempotencyKey: "l2"},
 			}}
-			c := Command{TimeMs: now, Requests: []Request{{Ops: []Op{debit, hold, tooMuch}}, linked}}
+			c := Command{TimeMs: now, Requests: []Request{{Ops: []Op{debit, hold}}, linked, {Ops: []Op{tooMuch}}}}
 			p, res, err := ApplyCommand(f.s, Progress{TimeMs: t0, Version: v}, c)
 			require.NoError(t, err)
 			require.Equal(t, HoldOpen, f.hold("alice", "ha").State, "the entry's sweep stopped at its bound")
-			require.Equal(t, CodeInsufficientFunds, res[0][2].Code, "more than the posted balance")
+			require.Equal(t, CodeInsufficientFunds, res[2][0].Code, "more than the posted balance")
 			requireRecorded(t, f, "d2", true)
 			if v < Version4 {
 				require.Equal(t, CodeInsufficientFunds, res[0][0].Code)
@@ -118,4 +118,48 @@ func requireRecorded(t *testing.T, f *fixture, key string, want bool) {
 	_, found, err := f.s.Record(tProg, key)
 	require.NoError(t, err)
 	require.Equal(t, want, found, "record of %s", key)
+}
+
+// TestExpiryBacklogDefersTheMembersLaterOps: in an unlinked request, the ops
+// of a member after one answered UNAVAILABLE are answered so too, unrecorded,
+// unless recorded already: they may depend on it (a capture of the hold it
+// opens) or on the order of the two (debits), and a request's ops of one
+// member apply in the order given. Ops of other members are judged as usual.
+// (Found by review: the capture was recorded HOLD_NOT_FOUND for good, and
+// the second debit applied before the first.)
+func TestExpiryBacklogDefersTheMembersLaterOps(t *testing.T) {
+	f := newFixture(t)
+	f.must(mkCredit("bob", tPts, 50))
+	recorded := f.applyOne(Op{Kind: OpCredit, Program: tProg, Member: "alice", Asset: tPts, AmountMinor: 1, IdempotencyKey: "c0"})
+	require.Equal(t, CodeOK, recorded.Code)
+	now := expiryBacklog(t, f) // alice's 101 POINTS all in "ha", expired, unreleased
+	req := Request{Ops: []Op{
+		{Kind: OpDebit, Program: tProg, Member: "alice", Asset: tPts, AmountMinor: 80, IdempotencyKey: "d80"},
+		mkHold("h2", "alice", tPts, 20, 60_000),
+		{Kind: OpCaptureHold, Program: tProg, Member: "alice", HoldKey: "h2", IdempotencyKey: "cap"},
+		{Kind: OpDebit, Program: tProg, Member: "bob", Asset: tPts, AmountMinor: 5, IdempotencyKey: "bob"},
+		{Kind: OpCredit, Program: tProg, Member: "alice", Asset: tPts, AmountMinor: 1, IdempotencyKey: "c0"},
+	}}
+	p, res, err := ApplyCommand(f.s, Progress{TimeMs: t0, Version: Version4}, Command{TimeMs: now, Requests: []Request{req}})
+	require.NoError(t, err)
+	for i, key := range []string{"d80", "h2", "cap"} {
+		require.Equal(t, CodeUnavailable, res[0][i].Code, "%s: %s", key, res[0][i].Message)
+		requireRecorded(t, f, key, false)
+	}
+	require.Equal(t, CodeOK, res[0][3].Code, "another member")
+	require.False(t, res[0][3].Replayed)
+	require.True(t, res[0][4].Replayed, "recorded before: its record answers")
+	require.Equal(t, recorded.Seq, res[0][4].Seq)
+
+	// Once the hold is released, the same request applies in order.
+	_, res, err = ApplyCommand(f.s, p, Command{TimeMs: now, Requests: []Request{req}})
+	require.NoError(t, err)
+	for i := range 3 {
+		require.Equal(t, CodeOK, res[0][i].Code, "op %d: %s", i, res[0][i].Message)
+		require.False(t, res[0][i].Replayed)
+	}
+	require.True(t, res[0][3].Replayed)
+	require.Equal(t, HoldCaptured, f.hold("alice", "h2").State)
+	require.Equal(t, int64(101-80-20), f.account("alice", tPts).PostedMinor)
+	checkInvariants(t, f.s)
 }
