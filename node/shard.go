@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -620,12 +621,22 @@ func (s *shard) expiryLoop() {
 		if !running {
 			return
 		}
+		// tickMs is the log time of the last tick proposed: a hold that
+		// expired by then and is still open was left by that tick's bound.
+		// Holds that expire after it, one by one, wait for the timer: each
+		// would otherwise chain another entry.
+		tickMs := int64(math.MaxInt64)
 		for leads {
 			next, ok, err := s.fsm.NextExpiryMs()
-			now := time.Now().UnixMilli()
-			if err != nil || !ok || next > now {
+			// Log time, not this node's clock, says what has expired: a
+			// leader whose clock is behind the last entry's time still
+			// proposes ticks for holds expired by then (apply uses the later
+			// of the two).
+			now := max(time.Now().UnixMilli(), s.fsm.LastTimeMs())
+			if err != nil || !ok || next > now || (tickMs != math.MaxInt64 && next > tickMs) {
 				break
 			}
+			tickMs = now
 			buf = ledger.AppendCommand(buf[:0], ledger.Command{TimeMs: now})
 			if err := s.await(s.raft.Apply(append([]byte(nil), buf...), applyTimeout)); err != nil {
 				break // not the leader any more, or stopping: the timer's next tick looks again
