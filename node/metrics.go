@@ -54,7 +54,7 @@ func newMetrics(n *Node) *metrics {
 		reg: reg,
 		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_ops_total",
-			Help: "Operations answered by this node's Submit (and DefineAsset, for the shards it leads), by kind and code: the result of applying them, or the error the request failed with: a refusal before any result (NOT_LEADER, INVALID_ARGUMENT, ...), or UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED, which may also mean an outcome not yet known (the op may have applied; its retry then counts in tally_ops_replayed_total). Retries answered from their record are in tally_ops_replayed_total.",
+			Help: "Operations answered by this node's Submit (and DefineAsset, for the shards it leads), by kind and code: the result of applying them (from rules version 4 that includes UNAVAILABLE, not applied and not recorded, for an op deferred while its shard has expired holds to release), or the error the request failed with: a refusal before any result (NOT_LEADER, INVALID_ARGUMENT, ...), or UNAVAILABLE, DEADLINE_EXCEEDED or CANCELLED, which may also mean an outcome not yet known (the op may have applied; its retry then counts in tally_ops_replayed_total). Retries answered from their record are in tally_ops_replayed_total.",
 		}, []string{"kind", "code"}),
 		opsReplayed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_ops_replayed_total",

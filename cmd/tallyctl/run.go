@@ -507,14 +507,18 @@ func run(argv []string, stdout, stderr io.Writer) int {
 }
 
 // worthRetrying reports whether re-running the command with the same key
-// could succeed: the cluster was unreachable or the outcome is unknown, as
-// opposed to a request or an operation the ledger refused.
+// could succeed: the cluster was unreachable, the outcome is unknown, or the
+// ledger deferred the operation (an op answered UNAVAILABLE, not recorded,
+// while its shard releases expired holds), as opposed to a request or an
+// operation the ledger refused.
 func worthRetrying(err error) bool {
 	if client.IsIndeterminate(err) {
 		return true
 	}
 	switch client.CodeOf(err) {
-	case ledger.CodeUnavailable, ledger.CodeNotLeader, ledger.CodeInternal:
+	case ledger.CodeUnavailable:
+		return true
+	case ledger.CodeNotLeader, ledger.CodeInternal:
 		return isRequestError(err)
 	}
 	return false

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // tallyctl runs the CLI against f and returns exit status, stdout, stderr.
@@ -382,4 +383,25 @@ func TestStateViewShowsRefusals(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, string(b), `"vote_guarded":true`)
 	assert.Contains(t, string(b), `"misconfigured":true`)
+}
+
+// TestWorthRetrying: the hint to re-run with the same key is for failures a
+// re-run can fix: an unreachable cluster, an unknown outcome, and an
+// operation the ledger deferred (its own result UNAVAILABLE, not recorded,
+// while its shard releases expired holds); not for refusals.
+func TestWorthRetrying(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{ledger.Errorf(ledger.CodeUnavailable, "deferred"), true},
+		{&client.Error{Code: ledger.CodeUnavailable}, true},
+		{&client.Error{Code: ledger.CodeNotLeader}, true},
+		{&client.Error{Code: ledger.CodeInternal, Indeterminate: true}, true},
+		{ledger.Errorf(ledger.CodeInsufficientFunds, "refused"), false},
+		{ledger.Errorf(ledger.CodeInternal, "an op's own result"), false},
+		{&client.Error{Code: ledger.CodeInvalidAmount}, false},
+	} {
+		assert.Equal(t, tc.want, worthRetrying(tc.err), "%v", tc.err)
+	}
 }
