@@ -81,6 +81,30 @@ func (t *ackTransport) Consumer() <-chan raft.RPC {
 	return guardedConsumer(t.NetworkTransport.Consumer(), t.guard, t.guardStop)
 }
 
+// SetHeartbeatHandler implements raft.Transport. hashicorp/raft answers
+// heartbeats off the RPC channel, so they would bypass the guard's consumer;
+// on a guarded replica they pass the append gate as entries do. A leader
+// counts a heartbeat's success as a fresh confirmation of its leadership
+// (AppendEntries above, waitAckedSince): a stale leader's heartbeat answered
+// by a wiped replica, whose term is 0, would otherwise let that leader and
+// the replica make a majority and serve reads without writes a later term
+// committed (found by review: a read answered posted=10 after a credit to
+// 110 was acknowledged, TestWipedReplicaConfirmsNoStaleLeaderRead).
+func (t *ackTransport) SetHeartbeatHandler(cb func(raft.RPC)) {
+	if t.guard == nil || cb == nil {
+		t.NetworkTransport.SetHeartbeatHandler(cb)
+		return
+	}
+	g := t.guard
+	t.NetworkTransport.SetHeartbeatHandler(func(rpc raft.RPC) {
+		if req, ok := rpc.Command.(*raft.AppendEntriesRequest); ok && !g.admits(req.Term) {
+			rpc.Respond(nil, errAppendGuarded)
+			return
+		}
+		cb(rpc)
+	})
+}
+
 // RequestVote implements raft.Transport: a guarded replica does not run
 // for leader (voteGuard), whatever its log; raft counts the error as a
 // vote not granted.

@@ -68,9 +68,10 @@ import (
 // no leader of a later term was elected before it. The gate opens for
 // good once the replica holds an entry of a confirmed term (it persists
 // its term and log from then on, and raft itself refuses older leaders),
-// or with the new-shard and one-node rules above. Heartbeats bypass it
-// (hashicorp/raft answers them off the RPC channel), but they carry no
-// entries, and a leader commits only what a majority stored.
+// or with the new-shard and one-node rules above. Heartbeats pass the gate
+// too (ackTransport.SetHeartbeatHandler): they carry no entries, but a
+// leader counts their success as a confirmation of its leadership for
+// reads.
 type voteGuard struct {
 	on       atomic.Bool
 	liftTerm atomic.Uint64

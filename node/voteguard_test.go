@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"os"
 	"testing"
 	"time"
@@ -231,4 +232,104 @@ func TestWipedReplicaTakesNoEntriesFromAnUnconfirmedLeader(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "100", a.Posted)
 	c.checkReplicas()
+}
+
+// TestWipedReplicaConfirmsNoStaleLeaderRead: n1 leads shard 0 in term T and
+// is cut off (its lease is long, as a paused leader's effectively is). The
+// others elect a leader in T+1 and commit W. The other follower is then
+// wiped and restarted (vote guarded), cut from the new leader, and
+// reconnected to n1 only. Its append gate refuses n1's entries (T is not
+// confirmed), and must refuse n1's heartbeats too: n1 counts a heartbeat's
+// success as a confirmation of its leadership, and would then answer a
+// linearizable read without W (found by review: posted=10, not 110). n1
+// must answer no read, or one with W.
+func TestWipedReplicaConfirmsNoStaleLeaderRead(t *testing.T) {
+	proxies := map[[2]string]*linkProxy{}
+	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+		cfg.BalanceInterval = -1
+		if cfg.ID == "n1" {
+			cfg.Raft.HeartbeatTimeout = 20 * time.Second
+			cfg.Raft.ElectionTimeout = 20 * time.Second
+			cfg.Raft.LeaderLeaseTimeout = 20 * time.Second
+		}
+		cfg.DialRewrite = map[string]string{}
+		for _, p := range cfg.Peers {
+			if p.ID == cfg.ID {
+				continue
+			}
+			px := newLinkProxy(t, p.RaftAddr)
+			proxies[[2]string{cfg.ID, p.ID}] = px
+			cfg.DialRewrite[p.RaftAddr] = px.addr()
+		}
+	})
+	cut := func(a, b string, on bool) {
+		proxies[[2]string{a, b}].setCut(on)
+		proxies[[2]string{b, a}].setCut(on)
+	}
+	// n1 leads shard 0.
+	require.Eventually(t, func() bool { return !c.nodes[0].shards[0].trans.guard.on.Load() }, 20*time.Second, 20*time.Millisecond)
+	for !c.nodes[0].IsLeader(0) {
+		l := c.leaderOf(0)
+		if l != 0 {
+			_ = c.nodes[l].shards[0].raft.LeadershipTransferToServer(raft.ServerID("n1"), raft.ServerAddress(c.cfgs[0].RaftAddr)).Error()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "pre", "ann", "POINTS", "10"))
+	read := func(i int) (*tallypb.GetAccountResponse, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return c.client(c.cfgs[i].GRPCAddr).GetAccount(ctx, &tallypb.GetAccountRequest{Program: "shop", Member: "ann", Asset: "POINTS"})
+	}
+	r, err := read(0)
+	require.NoError(t, err) // n1's term barrier is done
+	require.Equal(t, "10", r.GetAccount().GetPosted())
+	termT := c.nodes[0].shards[0].raft.CurrentTerm()
+
+	// Cut n1 off; n2/n3 elect a new leader and commit W.
+	cut("n1", "n2", true)
+	cut("n1", "n3", true)
+	var b int
+	require.Eventually(t, func() bool {
+		for _, i := range []int{1, 2} {
+			if c.nodes[i].IsLeader(0) {
+				b = i
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 10*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	resp, err := c.client(c.cfgs[b].GRPCAddr).Submit(ctx, &tallypb.SubmitRequest{Ops: []*tallypb.Op{op(tallypb.OpKind_CREDIT, "W", "ann", "POINTS", "100")}})
+	cancel()
+	require.NoError(t, err)
+	require.Equal(t, "OK", resp.GetResults()[0].GetCode())
+	t.Logf("W acknowledged by n%d in term %d (n1 still leads term %d: %v)", b+1, c.nodes[b].shards[0].raft.CurrentTerm(), termT, c.nodes[0].IsLeader(0))
+
+	// The other replica loses its data and comes back beside n1 only.
+	o := 3 - b // the other of 1, 2
+	ids := []string{"n1", "n2", "n3"}
+	cut(ids[b], ids[o], true)
+	c.stop(o)
+	wipe(t, c.cfgs[o].DataDir)
+	c.start(o)
+	_, err = read(0)
+	require.Error(t, err, "control: cut off from both, n1 must not confirm a read")
+	cut("n1", ids[o], false)
+
+	deadline := time.Now().Add(8 * time.Second)
+	for time.Now().Before(deadline) {
+		r, err := read(0)
+		if err == nil {
+			t.Logf("n1 (leader=%v, term %d) answered posted=%s applied=%d; n%d guarded=%v",
+				c.nodes[0].IsLeader(0), c.nodes[0].shards[0].raft.CurrentTerm(), r.GetAccount().GetPosted(), r.GetAppliedIndex(),
+				o+1, c.nodes[o].shards[0].trans.guard.on.Load())
+			require.Equal(t, "110", r.GetAccount().GetPosted(), "stale read: W was acknowledged before this read began")
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Log("n1 answered no read in 8 s")
 }
