@@ -535,11 +535,13 @@ func (n *Node) close() error {
 	}
 	n.wg.Wait()
 	n.peers.close()
-	// grpcServer.Stop (after the grace period) does not wait for handlers
-	// that are still running, and a full ShardState walk or a read may be
-	// iterating the state DB: closing it under them would fail them with a
-	// closed-DB panic (found by review). Raft is down, so handlers waiting
-	// on it have returned; a walk ends within its shard's size.
+	// A full ShardState walk or a read may be iterating the state DB:
+	// closing it under them would fail them with a closed-DB panic (found
+	// by review). grpcServer.Stop waits for running handlers
+	// (WaitForHandlers), having cancelled their contexts; this checks
+	// again, bounded, for any handler the admission count still sees.
+	// Raft is down, so handlers waiting on it have returned; a walk ends
+	// within its shard's size.
 	n.waitHandlers(closeHandlersWait)
 	if n.state != nil {
 		// Flush so a clean restart resumes from the applied index without

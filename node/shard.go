@@ -465,15 +465,16 @@ func (b *termBarrier) wait(ctx context.Context, term uint64) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if r.err != nil {
+		if r.err != nil && r.term >= term {
 			return r.err
 		}
 		if r.term > term {
 			// This node lost and won leadership since the read began.
 			return errUnavailable("leadership changed during the read")
 		}
-		// A run that began in an earlier term vouches for nothing here:
-		// go round and start one in this term.
+		// A run that began in an earlier term vouches for nothing here,
+		// and its failure (leadership lost then) says nothing of this
+		// term either: go round and start one in this term.
 	}
 	return nil
 }

@@ -234,4 +234,29 @@ func TestTermBarrierHonoursDeadlines(t *testing.T) {
 	var de *domainError
 	require.True(t, errors.As(b.wait(context.Background(), 4), &de))
 	require.Equal(t, ledger.CodeUnavailable, de.code)
+
+	// A read of term 7 that joins a Barrier begun in term 6, which then
+	// fails (leadership lost in 6), runs one of its own instead of taking
+	// that failure (found by review: one spurious failure per change).
+	term.Store(6)
+	unblock := make(chan struct{})
+	var runs atomic.Int32
+	b.barrier = func() error {
+		if runs.Add(1) == 1 {
+			<-unblock
+			return failed
+		}
+		return nil
+	}
+	first := make(chan error, 1)
+	go func() { first <- b.wait(context.Background(), 6) }()
+	require.Eventually(t, func() bool { return runs.Load() == 1 }, 10*time.Second, time.Millisecond)
+	term.Store(7)
+	second := make(chan error, 1)
+	go func() { second <- b.wait(context.Background(), 7) }()
+	time.Sleep(20 * time.Millisecond) // let it join the term-6 run (it would also pass if not yet)
+	close(unblock)
+	require.ErrorIs(t, <-first, failed)
+	require.NoError(t, <-second)
+	require.Equal(t, int32(2), runs.Load())
 }
