@@ -16,8 +16,10 @@ import (
 // *Error; the Result is then zero) or, when the request went through but the
 // operation failed, the op's code as a *ledger.Error, so that
 // errors.Is(err, ledger.ErrInsufficientFunds) works; the Result is returned in
-// both of the latter cases. A replayed result (same key, same op) is OK with
-// Replayed set.
+// both of the latter cases. An operation answered UNAVAILABLE after an
+// earlier attempt of unknown outcome (Result.Indeterminate) returns its
+// Result with an *Error of that code that satisfies IsIndeterminate. A
+// replayed result (same key, same op) is OK with Replayed set.
 
 // Apply submits one op; the convenience methods below are built on it.
 func (c *Client) Apply(ctx context.Context, op Op) (Result, error) {

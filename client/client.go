@@ -226,11 +226,14 @@ func (c *Client) applyClusterInfo(info ClusterInfo) {
 		c.shards = info.Shards
 		c.leaders = make([]string, info.Shards)
 	}
-	for i := range c.leaders {
-		c.leaders[i] = ""
-	}
+	// A shard the answer names no leader of keeps the one cached: refresh
+	// applies an answer that lacks the wanted shard's leader (a node cut off
+	// from the cluster knows none) when no node knows better, and clearing
+	// every shard's entry then sent every other shard's next call to a
+	// refresh of its own. A stale entry costs one NOT_LEADER or failed
+	// attempt, after which invoke forgets it.
 	for _, l := range info.Leaders {
-		if int(l.Shard) < len(c.leaders) {
+		if int(l.Shard) < len(c.leaders) && l.LeaderAddr != "" {
 			c.leaders[l.Shard] = l.LeaderAddr
 		}
 		c.addNodeAddrLocked(l.LeaderAddr)
@@ -347,13 +350,22 @@ type rpcFunc func(ctx context.Context, lc tallypb.LedgerClient) error
 // (DefineAsset): a NOT_LEADER naming another shard moves the call there.
 // Calls that route by member trust their own shard: the hint is for it.
 func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool, call rpcFunc) *Error {
+	e, _ := c.invokeTracked(ctx, shard, mutating, anyShard, call)
+	return e
+}
+
+// invokeTracked is invoke that also reports, when the call succeeds, whether
+// an earlier attempt of it may have applied (an unknown outcome before the
+// one that answered). That attempt may still commit after the answer: an
+// answer that left an op unrecorded (UNAVAILABLE, rules version 4) is then
+// no proof that the op did not apply (see unsettled).
+func (c *Client) invokeTracked(ctx context.Context, shard int, mutating, anyShard bool, call rpcFunc) (e *Error, mayHaveApplied bool) {
 	ctx, cancel := c.bounded(ctx)
 	defer cancel()
 	var (
-		last           *Error
-		mayHaveApplied bool
-		redirects      int
-		backoff        = c.cfg.BackoffMin
+		last      *Error
+		redirects int
+		backoff   = c.cfg.BackoffMin
 	)
 	giveUp := func() *Error {
 		// A closed client cancels the contexts of coalesced requests too:
@@ -372,7 +384,7 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 	}
 	for {
 		if ctx.Err() != nil || c.isClosed() {
-			return giveUp()
+			return giveUp(), mayHaveApplied
 		}
 		addr := c.leader(shard)
 		if addr == "" {
@@ -380,7 +392,7 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 			if addr = c.leader(shard); addr == "" {
 				last = newError(ledger.CodeUnavailable, shard, "no known leader of shard %d", shard)
 				if !wait() {
-					return giveUp()
+					return giveUp(), mayHaveApplied
 				}
 				continue
 			}
@@ -388,13 +400,13 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 		lc, err := c.ledgerClient(addr)
 		if err != nil {
 			if errors.Is(err, ErrClosed) {
-				return giveUp()
+				return giveUp(), mayHaveApplied
 			}
 			// An address gRPC cannot parse: ask the cluster again.
 			last = &Error{Code: ledger.CodeUnavailable, Message: "node " + addr, Shard: shard, OpIndex: -1, Err: err}
 			c.forgetLeader(shard, addr)
 			if !wait() {
-				return giveUp()
+				return giveUp(), mayHaveApplied
 			}
 			continue
 		}
@@ -402,7 +414,7 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 		err = call(actx, lc)
 		cancel()
 		if err == nil {
-			return nil
+			return nil, mayHaveApplied
 		}
 		e := fromRPC(err, shard)
 		last = e
@@ -412,10 +424,10 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 		// A clear answer beats the context ending at the same moment.
 		if !e.retryable() {
 			e.Indeterminate = mutating && mayHaveApplied
-			return e
+			return e, mayHaveApplied
 		}
 		if ctx.Err() != nil || c.isClosed() {
-			return giveUp()
+			return giveUp(), mayHaveApplied
 		}
 		if e.Code == ledger.CodeNotLeader {
 			if anyShard && e.Shard >= 0 && e.Shard < c.Shards() {
@@ -433,7 +445,7 @@ func (c *Client) invoke(ctx context.Context, shard int, mutating, anyShard bool,
 			c.forgetLeader(shard, addr)
 		}
 		if !wait() {
-			return giveUp()
+			return giveUp(), mayHaveApplied
 		}
 	}
 }

@@ -225,17 +225,26 @@ func TestIndeterminateOnTimeout(t *testing.T) {
 }
 
 func TestNotIndeterminateWhenNothingCouldApply(t *testing.T) {
-	t.Run("no leader", func(t *testing.T) {
-		fc := newFakeCluster(t, 2, 1)
-		fc.setLeader(0, -1, false)
-		c := dial(t, fc, Config{})
-		ctx, cancel := context.WithTimeout(testCtx(t), 100*time.Millisecond)
-		defer cancel()
-		_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
-		require.Error(t, err)
-		assert.False(t, IsIndeterminate(err), "err: %v", err)
-		assert.ErrorIs(t, err, errUnavailable)
-	})
+	// Coalesced too: the sender takes the group at once and then finds no
+	// leader, so the caller's deadline passes with its group taken and
+	// never sent. It used to be told "indeterminate" (found by review).
+	for _, coalesce := range []bool{false, true} {
+		t.Run(fmt.Sprintf("no leader, coalesce=%v", coalesce), func(t *testing.T) {
+			fc := newFakeCluster(t, 2, 1)
+			fc.setLeader(0, -1, false)
+			c := dial(t, fc, Config{Coalesce: coalesce})
+			ctx, cancel := context.WithTimeout(testCtx(t), 100*time.Millisecond)
+			defer cancel()
+			_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
+			require.Error(t, err)
+			assert.False(t, IsIndeterminate(err), "err: %v", err)
+			assert.ErrorIs(t, err, errUnavailable)
+			assert.ErrorIs(t, err, context.DeadlineExceeded)
+			for _, n := range fc.nodes {
+				assert.Empty(t, n.recorded(), "nothing was sent")
+			}
+		})
+	}
 	t.Run("only NOT_LEADER answers", func(t *testing.T) {
 		fc := newFakeCluster(t, 2, 1)
 		fc.hint = false
@@ -265,9 +274,10 @@ func TestNotIndeterminateWhenNothingCouldApply(t *testing.T) {
 	// A leader whose queue is full says nothing was proposed: the caller
 	// that gives up meanwhile is told "not applied", and the leader is
 	// asked again without a cluster refresh. Plain UNAVAILABLE, by
-	// contrast, may hide an applied op. (A coalesced caller that leaves
-	// while its batch is being retried may still be told "indeterminate":
-	// it does not wait for the batch's attempt in flight.)
+	// contrast, may hide an applied op. Coalesced callers are told the
+	// same: their group goes back to "taken" after each answer that proves
+	// nothing applied (they were told "indeterminate", and often with the
+	// batch's internal Canceled as the cause, found by review).
 	for _, tc := range []struct {
 		name          string
 		md            map[string]string
@@ -275,7 +285,9 @@ func TestNotIndeterminateWhenNothingCouldApply(t *testing.T) {
 		indeterminate bool
 	}{
 		{"overloaded leader", map[string]string{"not_applied": "true", "overloaded": "true"}, false, false},
+		{"overloaded leader, coalescing", map[string]string{"not_applied": "true", "overloaded": "true"}, true, false},
 		{"refused before proposal", map[string]string{"not_applied": "true"}, false, false},
+		{"refused before proposal, coalescing", map[string]string{"not_applied": "true"}, true, false},
 		{"plain UNAVAILABLE", nil, false, true},
 		{"plain UNAVAILABLE, coalescing", nil, true, true},
 	} {
@@ -307,6 +319,8 @@ func TestNotIndeterminateWhenNothingCouldApply(t *testing.T) {
 			_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
 			require.Error(t, err)
 			assert.Equal(t, tc.indeterminate, IsIndeterminate(err), "err: %v", err)
+			assert.ErrorIs(t, err, context.DeadlineExceeded, "the caller's own reason")
+			assert.NotErrorIs(t, err, context.Canceled)
 			assert.Equal(t, 4, len(fc.nodes[0].recorded()), "retried until the leader went")
 			if tc.md["overloaded"] == "true" {
 				assert.Equal(t, infos, infosAtThird, "an overloaded leader is still the leader")
@@ -799,6 +813,14 @@ func TestAttemptClassification(t *testing.T) {
 			assert.Equal(t, tt.retryable, e.retryable())
 			assert.Equal(t, tt.notApply, e.definitelyNotApplied())
 			assert.Equal(t, 3, e.Shard)
+			// Giving up after any of these is no refusal on the merits: a
+			// give-up after NOT_LEADER (FailedPrecondition) took the last
+			// attempt's gRPC code and read as rejected(), so a coalesced
+			// batch split its callers as if one op were bad (found by
+			// review).
+			g := giveUpError(context.DeadlineExceeded, 3, e, false)
+			assert.False(t, g.rejected(), "give-up after %v: %v", tt.err, g)
+			assert.Equal(t, codes.Unavailable, g.GRPCCode)
 		})
 	}
 }
@@ -1341,6 +1363,8 @@ func TestCoalescedGoneCallerAfterUnknownAttemptStaysIndeterminate(t *testing.T) 
 	q.cond.L = &q.mu
 	a := &group{ctx: testCtx(t), ops: []*tallypb.Op{wire("alice", "payA")}, done: make(chan groupOutcome, 1)}
 	b := &group{ctx: ctxB, ops: []*tallypb.Op{wire("bob", "payB")}, done: make(chan groupOutcome, 1)}
+	a.state.Store(groupTaken) // as take leaves them
+	b.state.Store(groupTaken)
 	q.send([]*group{a, b})
 	outA, outB := <-a.done, <-b.done
 	require.Nil(t, outA.err, "%v", outA.err)
@@ -1511,6 +1535,307 @@ func TestMaxCallDurationLeavesCallerDeadlines(t *testing.T) {
 			_, err := c.Credit(ctx, testProgram, "alice", "CNY", decimal.NewFromInt(1), "k1", "")
 			require.Error(t, err)
 			assert.Greater(t, time.Since(start), 800*time.Millisecond, "gave up before the caller's own deadline: %v", err)
+		})
+	}
+}
+
+// TestOpUnavailableAfterUnknownAttemptIsIndeterminate: rules version 4
+// answers some ops UNAVAILABLE, neither applied nor recorded. After an
+// earlier attempt of the same request whose outcome is unknown (here a
+// timeout), that answer settles nothing: the earlier attempt may still
+// commit, and the key it would use is still free. Such results are
+// Indeterminate, and Apply's error says so; they were reported as plain "not
+// applied" (found by review). Answers that are recorded, or that follow only
+// attempts known to have applied nothing, stay as they are.
+func TestOpUnavailableAfterUnknownAttemptIsIndeterminate(t *testing.T) {
+	unavailable := &tallypb.OpResult{Code: string(ledger.CodeUnavailable), Message: "expired holds still to release; not applied and not recorded"}
+	linkedFailed := &tallypb.OpResult{Code: string(ledger.CodeLinkedFailed), Message: "not applied: linked op 0 failed; nothing recorded"}
+	insufficient := &tallypb.OpResult{Code: string(ledger.CodeInsufficientFunds), Message: "available 0.00"}
+	for _, tc := range []struct {
+		name     string
+		coalesce bool
+		linked   bool
+		first    string // how the first attempt ends: "timeout", "not leader" or "" (it answers)
+		answer   []*tallypb.OpResult
+		want     []bool // Result.Indeterminate per op
+	}{
+		{"after a timeout", false, false, "timeout", []*tallypb.OpResult{unavailable}, []bool{true}},
+		{"after a timeout, coalescing", true, false, "timeout", []*tallypb.OpResult{unavailable}, []bool{true}},
+		{"linked, after a timeout", false, true, "timeout", []*tallypb.OpResult{unavailable, linkedFailed}, []bool{true, true}},
+		{"recorded refusal after a timeout", false, false, "timeout", []*tallypb.OpResult{insufficient}, []bool{false}},
+		{"recorded refusal after a timeout, coalescing", true, false, "timeout", []*tallypb.OpResult{insufficient}, []bool{false}},
+		{"first answer", false, false, "", []*tallypb.OpResult{unavailable}, []bool{false}},
+		{"first answer, coalescing", true, false, "", []*tallypb.OpResult{unavailable}, []bool{false}},
+		{"after NOT_LEADER", false, false, "not leader", []*tallypb.OpResult{unavailable}, []bool{false}},
+		{"after NOT_LEADER, coalescing", true, false, "not leader", []*tallypb.OpResult{unavailable}, []bool{false}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := newFakeCluster(t, 1, 1)
+			c := dial(t, fc, Config{Coalesce: tc.coalesce, RequestTimeout: 100 * time.Millisecond})
+			var attempts atomic.Int32
+			fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+				if attempts.Add(1) == 1 {
+					switch tc.first {
+					case "timeout": // it may yet commit, after the answer below
+						<-ctx.Done()
+						return nil, ctx.Err(), true
+					case "not leader":
+						return nil, tallyErr(codes.FailedPrecondition, ledger.CodeNotLeader, "not the leader", nil), true
+					}
+				}
+				return &tallypb.SubmitResponse{Results: tc.answer}, nil, true
+			})
+			ops := make([]Op, len(tc.answer))
+			for i := range ops {
+				ops[i] = Op{Kind: ledger.OpDebit, Program: testProgram, Member: "alice", Asset: "CNY",
+					IdempotencyKey: fmt.Sprintf("pay-%d", i), Amount: decimal.NewFromInt(1)}
+			}
+			res, err := c.Submit(testCtx(t), ops, tc.linked)
+			require.NoError(t, err, "the request got its results")
+			require.Len(t, res, len(ops))
+			for i, r := range res {
+				assert.Equal(t, ledger.Code(tc.answer[i].Code), r.Code, "op %d", i)
+				assert.Equal(t, tc.want[i], r.Indeterminate, "op %d: %+v", i, r)
+				assert.Equal(t, tc.want[i], IsIndeterminate(r.Err()), "op %d: %v", i, r.Err())
+				assert.ErrorIs(t, r.Err(), &ledger.Error{Code: r.Code}, "op %d: the code still matches", i)
+			}
+			if tc.linked {
+				return
+			}
+			// Apply, sent again the same way, returns the same verdict.
+			attempts.Store(0)
+			op := ops[0]
+			op.IdempotencyKey = "apply"
+			r, err := c.Apply(testCtx(t), op)
+			require.Error(t, err)
+			assert.Equal(t, ledger.Code(tc.answer[0].Code), r.Code)
+			assert.Equal(t, tc.want[0], IsIndeterminate(err), "%v", err)
+			assert.Equal(t, ledger.Code(tc.answer[0].Code), CodeOf(err))
+		})
+	}
+}
+
+// TestCoalescedCallerLearnsItsOwnReason: coalesced callers whose deadline
+// passes while their batch is retried (every answer "overloaded, not
+// applied") are told their own context.DeadlineExceeded, never the
+// Canceled with which the batch ends once its last caller has gone, and
+// "before any attempt" only when no attempt carried their op. Most were told
+// Canceled, some "indeterminate ... before any attempt" (found by review).
+// Whether a call ends with an attempt in flight (indeterminate, rightly) is
+// up to timing, so that is not asserted.
+func TestCoalescedCallerLearnsItsOwnReason(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{Coalesce: true})
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "overloaded",
+			map[string]string{"not_applied": "true", "overloaded": "true"}), true
+	})
+	sentKeys := func() map[string]bool {
+		keys := map[string]bool{}
+		for _, req := range fc.nodes[0].recorded() {
+			for _, op := range req.GetOps() {
+				keys[op.GetIdempotencyKey()] = true
+			}
+		}
+		return keys
+	}
+	for i := range 20 {
+		key := fmt.Sprintf("k%d", i)
+		ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Millisecond)
+		_, err := c.Apply(ctx, credit("alice", key, "1"))
+		cancel()
+		require.Error(t, err)
+		assert.ErrorIs(t, err, context.DeadlineExceeded, "call %d: %v", i, err)
+		assert.NotErrorIs(t, err, context.Canceled, "call %d: %v", i, err)
+		if strings.Contains(err.Error(), "before any attempt") {
+			assert.False(t, IsIndeterminate(err), "call %d: %v", i, err)
+			assert.False(t, sentKeys()[key], "call %d was sent: %v", i, err)
+		}
+	}
+}
+
+// TestSettleGivesTheCallersCause: the outcome a coalesced caller receives
+// after its own context ended carries that context's error as its cause,
+// keeps its indeterminacy, and leaves answers from a server and ErrClosed
+// alone.
+func TestSettleGivesTheCallersCause(t *testing.T) {
+	q := &shardQueue{shard: 0}
+	ended, cancel := context.WithTimeout(context.Background(), -time.Second)
+	defer cancel()
+	overloaded := fromRPC(tallyErr(codes.Unavailable, ledger.CodeUnavailable, "overloaded", map[string]string{"not_applied": "true"}), 0)
+	refused := fromRPC(tallyErr(codes.InvalidArgument, ledger.CodeInvalidAmount, "bad amount", nil), 0)
+	for _, tc := range []struct {
+		name          string
+		ctx           context.Context
+		err           *Error
+		want          error // a cause errors.Is must find
+		indeterminate bool
+	}{
+		{"batch gave up", ended, giveUpError(context.Canceled, 0, overloaded, false), context.DeadlineExceeded, false},
+		{"batch gave up, unknown", ended, giveUpError(context.Canceled, 0, overloaded, true), context.DeadlineExceeded, true},
+		{"attempt cut short, unknown", ended, &Error{Code: ledger.CodeUnavailable, OpIndex: -1, Indeterminate: true,
+			Err: status.Error(codes.Canceled, "canceled")}, context.DeadlineExceeded, true},
+		{"closed", ended, giveUpError(ErrClosed, 0, overloaded, true), ErrClosed, true},
+		{"refused", ended, refused, ledger.ErrInvalidAmount, false},
+		{"caller still waits", context.Background(), giveUpError(context.Canceled, 0, nil, false), context.Canceled, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := q.settle(tc.ctx, tc.err)
+			assert.ErrorIs(t, got, tc.want)
+			if tc.want == context.DeadlineExceeded {
+				assert.NotErrorIs(t, got, context.Canceled)
+			}
+			assert.Equal(t, tc.indeterminate, IsIndeterminate(got), "%v", got)
+		})
+	}
+}
+
+// TestMaxCallDurationBoundsTheWholeCall: a Submit sent as several chunks
+// (MaxBatchOps 1 here), each slow but quicker than MaxCallDuration, ends at
+// MaxCallDuration, with the later chunks never sent. The bound applied to
+// each chunk, so such a call could take any multiple of it (found by
+// review). Generous margins: each chunk takes 400 ms of a 1 s bound.
+func TestMaxCallDurationBoundsTheWholeCall(t *testing.T) {
+	const busyFor = 400 * time.Millisecond
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{MaxBatchOps: 1, MaxCallDuration: time.Second})
+	firstSeen := map[string]time.Time{}
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		fc.mu.Lock()
+		k := req.Ops[0].IdempotencyKey
+		if _, ok := firstSeen[k]; !ok {
+			firstSeen[k] = time.Now()
+		}
+		busy := time.Since(firstSeen[k]) < busyFor
+		fc.mu.Unlock()
+		if busy {
+			return nil, tallyErr(codes.Unavailable, ledger.CodeUnavailable, "overloaded", map[string]string{"not_applied": "true", "overloaded": "true"}), true
+		}
+		return nil, nil, false
+	})
+	ops := []Op{credit("alice", "a", "1"), credit("alice", "b", "1"), credit("alice", "c", "1"), credit("alice", "d", "1")}
+	res, err := c.Submit(context.Background(), ops, false)
+	require.Error(t, err, "4 chunks of 400 ms each do not fit in 1 s")
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	require.Len(t, res, 4)
+	assert.False(t, res[3].OK(), "%+v", res[3])
+	fc.mu.Lock()
+	_, sentD := firstSeen["d"]
+	fc.mu.Unlock()
+	assert.False(t, sentD, "the last chunk was sent after the call's bound")
+}
+
+// TestUnsentChunksAreNotIndeterminate: when a chunk of a split Submit ends
+// indeterminate, the chunks after it were never sent: their ops are
+// UNAVAILABLE and not indeterminate; only the failed chunk's are. All were
+// marked Indeterminate (found by review).
+func TestUnsentChunksAreNotIndeterminate(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{MaxBatchOps: 1, RequestTimeout: 30 * time.Millisecond})
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		<-ctx.Done() // a leader that never answers
+		return nil, ctx.Err(), true
+	})
+	ctx, cancel := context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	defer cancel()
+	res, err := c.Submit(ctx, []Op{credit("alice", "a", "1"), credit("alice", "b", "1"), credit("alice", "c", "1")}, false)
+	require.Error(t, err)
+	assert.True(t, IsIndeterminate(err), "chunk a was sent: %v", err)
+	for _, r := range fc.nodes[0].recorded() {
+		require.Equal(t, "a", r.Ops[0].IdempotencyKey, "only the first chunk is sent")
+	}
+	require.Len(t, res, 3)
+	assert.True(t, res[0].Indeterminate, "%+v", res[0])
+	for _, r := range res[1:] {
+		assert.Equal(t, ledger.CodeUnavailable, r.Code)
+		assert.False(t, r.Indeterminate, "never sent: %+v", r)
+		assert.Contains(t, r.Message, "not sent")
+	}
+}
+
+// TestCoalescedReadBatchUnimplementedAnsweredAtOnce: a server from before
+// GetAccounts answers a coalesced batch of reads Unimplemented; every caller
+// of the batch learns it from that answer and reads one by one. The batch
+// used to be re-sent one read at a time, each to the same refusal (found by
+// review).
+func TestCoalescedReadBatchUnimplementedAnsweredAtOnce(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	gate := make(chan struct{})
+	var batches atomic.Int32
+	fc.readHook = func(req *tallypb.GetAccountsRequest) error {
+		if batches.Add(1) == 1 {
+			<-gate // the first read holds the only sender; the others queue
+		}
+		return nil
+	}
+	c := dial(t, fc, Config{Coalesce: true, MaxInflightPerShard: 1})
+	_, err := c.Credit(testCtx(t), testProgram, "alice", "CNY", decimal.NewFromInt(5), "seed", "")
+	require.NoError(t, err)
+	const readers = 5
+	var wg sync.WaitGroup
+	errs := make([]error, readers+1)
+	wg.Go(func() { _, errs[readers] = c.GetAccount(testCtx(t), testProgram, "alice", "CNY") })
+	require.Eventually(t, func() bool { return batches.Load() == 1 }, 5*time.Second, time.Millisecond)
+	for i := range readers {
+		wg.Go(func() { _, errs[i] = c.GetAccount(testCtx(t), testProgram, "alice", "CNY") })
+	}
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		q := c.readQueues[0]
+		c.mu.Unlock()
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.pending) == readers
+	}, 5*time.Second, time.Millisecond)
+	close(gate)
+	wg.Wait()
+	for i, err := range errs {
+		assert.NoError(t, err, "reader %d", i)
+	}
+	assert.True(t, c.noGetAccounts.Load())
+	assert.Equal(t, int32(2), batches.Load(), "GetAccounts requests: the first read's, then the batch's, once")
+}
+
+// TestGetAccountsErrorNamesNoKeyOutOfRange: an op_index past the request it
+// answers names no key, so the error's OpIndex is -1, as Submit's is.
+func TestGetAccountsErrorNamesNoKeyOutOfRange(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	fc.getAccounts = true
+	fc.readHook = func(req *tallypb.GetAccountsRequest) error {
+		return tallyErr(codes.InvalidArgument, ledger.CodeInvalidArgument, "op 7: bad account", map[string]string{"op_index": "7"})
+	}
+	c := dial(t, fc, Config{})
+	_, err := c.GetAccounts(testCtx(t), []ledger.AccountKey{
+		{Program: testProgram, Member: "alice", Asset: "CNY"}, {Program: testProgram, Member: "bob", Asset: "CNY"}})
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, ledger.CodeInvalidArgument, e.Code)
+	assert.Equal(t, -1, e.OpIndex, "%v", e)
+}
+
+// TestClusterInfoKeepsLeadersItDoesNotName: an answer that names no leader
+// for a shard (a node cut off from the cluster, which refresh applies when
+// no node knows better) leaves the cached leader of that shard; it used to
+// clear every shard's, sending each shard's next call to a refresh of its
+// own (found by review). A leader it names replaces the cached one, and a
+// new shard count starts afresh.
+func TestClusterInfoKeepsLeadersItDoesNotName(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		info    ClusterInfo
+		leaders []string
+	}{
+		{"names none", ClusterInfo{Shards: 2, Leaders: []ShardLeader{{Shard: 0}, {Shard: 1}}}, []string{"a:1", "b:1"}},
+		{"names one", ClusterInfo{Shards: 2, Leaders: []ShardLeader{{Shard: 0, LeaderAddr: "c:1"}}}, []string{"c:1", "b:1"}},
+		{"new shard count", ClusterInfo{Shards: 3, Leaders: []ShardLeader{{Shard: 2, LeaderAddr: "c:1"}}}, []string{"", "", "c:1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &Client{}
+			c.applyClusterInfo(ClusterInfo{Shards: 2, Leaders: []ShardLeader{{Shard: 0, LeaderAddr: "a:1"}, {Shard: 1, LeaderAddr: "b:1"}}})
+			c.applyClusterInfo(tc.info)
+			for s, want := range tc.leaders {
+				assert.Equal(t, want, c.leader(s), "shard %d", s)
+			}
 		})
 	}
 }

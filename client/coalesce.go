@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -19,13 +20,24 @@ import (
 // senders are busy the queue grows into the next, larger batch. Goroutines
 // per shard are fixed; ops cost a queue slot and a channel, not a goroutine.
 
-// Group states. A group moves from queued to taken (a sender owns it; it may
-// reach a server) or to abandoned (its caller gave up first; it is never
-// sent). The compare-and-swap between the two decides whether a caller whose
-// context ends gets a plain or an indeterminate error.
+// Group states. A sender moves a group from queued to taken when it takes
+// it into a batch, and from taken to sending just before an attempt carries
+// it. An attempt whose answer proves that it applied nothing (NOT_LEADER, a
+// refusal before proposal or on the merits) moves the group back to taken,
+// unless an earlier attempt may have applied it (unknown): it then stays
+// sending. A caller whose context ends moves its group from queued or taken
+// to abandoned and is told "not applied"; no attempt carries an abandoned
+// group, so that answer stays true. A caller that finds its group sending is
+// told "indeterminate". Each race between a caller and a sender is decided
+// by one compare-and-swap: a group is abandoned or carried, never both.
+//
+// Deciding this at the queue alone (queued: not applied, otherwise
+// indeterminate) told a caller "indeterminate" when its batch had found no
+// leader to send to, or every answer had been "not applied".
 const (
 	groupQueued int32 = iota
 	groupTaken
+	groupSending
 	groupAbandoned
 )
 
@@ -33,12 +45,49 @@ type group struct {
 	ctx   context.Context
 	ops   []*tallypb.Op
 	state atomic.Int32
-	done  chan groupOutcome // buffered: a sender never blocks on a caller
+	// unknown is set once an attempt that carried the group may have
+	// applied it; it never clears. Only the sender sets it.
+	unknown atomic.Bool
+	// last is the error of the last attempt that carried the group, for the
+	// message of a caller that gives up.
+	last atomic.Pointer[Error]
+	done chan groupOutcome // buffered: a sender never blocks on a caller
 }
 
 type groupOutcome struct {
 	results []*tallypb.OpResult
+	// unknown, with results: an attempt before the one that answered may
+	// have applied the group (see unsettled).
+	unknown bool
 	err     *Error // OpIndex relative to the group
+}
+
+// carry reports whether the next attempt may carry g, and marks it sending
+// if so: only while its caller waits (one that left may be settling the op
+// itself), and never once it has been abandoned.
+func (g *group) carry() bool {
+	return g.ctx.Err() == nil && (g.state.CompareAndSwap(groupTaken, groupSending) || g.state.Load() == groupSending)
+}
+
+// attempted records the failed attempt that carried g: back to taken if it
+// certainly applied nothing of g and no earlier one may have.
+func (g *group) attempted(e *Error) {
+	g.last.Store(e)
+	if e.definitelyNotApplied() && !g.unknown.Load() {
+		g.state.CompareAndSwap(groupSending, groupTaken)
+		return
+	}
+	g.unknown.Store(true)
+}
+
+// leave is the answer of a taken group whose caller has gone (cause, its
+// context's error): not applied if no attempt may have carried it (it is
+// abandoned then, and never sent), indeterminate otherwise.
+func (g *group) leave(cause error, shard int) *Error {
+	if g.state.CompareAndSwap(groupTaken, groupAbandoned) || g.state.Load() == groupAbandoned {
+		return giveUpError(cause, shard, g.last.Load(), false)
+	}
+	return giveUpError(cause, shard, g.last.Load(), true)
 }
 
 type shardQueue struct {
@@ -84,23 +133,25 @@ func (c *Client) queue(shard int) (*shardQueue, *Error) {
 	return q, nil
 }
 
-// submit queues ops as one group and waits for their results.
-func (q *shardQueue) submit(ctx context.Context, ops []*tallypb.Op) ([]*tallypb.OpResult, *Error) {
+// submit queues ops as one group and waits for their results; unknown
+// reports, with results, that an attempt before the one that answered may
+// have applied them.
+func (q *shardQueue) submit(ctx context.Context, ops []*tallypb.Op) (res []*tallypb.OpResult, unknown bool, e *Error) {
 	ctx, cancel := q.c.bounded(ctx)
 	defer cancel()
 	if err := ctx.Err(); err != nil {
-		return nil, giveUpError(err, q.shard, nil, false)
+		return nil, false, giveUpError(err, q.shard, nil, false)
 	}
 	g := &group{ctx: ctx, ops: ops, done: make(chan groupOutcome, 1)}
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
-		return nil, giveUpError(ErrClosed, q.shard, nil, false)
+		return nil, false, giveUpError(ErrClosed, q.shard, nil, false)
 	}
 	if q.queued > 0 && q.queued+len(ops) > q.c.cfg.MaxQueuedOps {
 		queued := q.queued
 		q.mu.Unlock()
-		return nil, queueFull(q.shard, queued)
+		return nil, false, queueFull(q.shard, queued)
 	}
 	q.groups = append(q.groups, g)
 	q.queued += len(ops)
@@ -109,19 +160,19 @@ func (q *shardQueue) submit(ctx context.Context, ops []*tallypb.Op) ([]*tallypb.
 
 	select {
 	case out := <-g.done:
-		return out.results, q.settle(ctx, out.err)
+		return out.results, out.unknown, q.settle(ctx, out.err)
 	case <-ctx.Done():
 	}
 	if g.state.CompareAndSwap(groupQueued, groupAbandoned) {
 		q.forget()
-		return nil, giveUpError(ctx.Err(), q.shard, nil, false)
+		return nil, false, giveUpError(ctx.Err(), q.shard, nil, false)
 	}
 	select {
 	case out := <-g.done: // finished meanwhile: the outcome beats a guess
-		return out.results, q.settle(ctx, out.err)
+		return out.results, out.unknown, q.settle(ctx, out.err)
 	default:
 	}
-	return nil, giveUpError(ctx.Err(), q.shard, nil, true)
+	return nil, false, g.leave(ctx.Err(), q.shard)
 }
 
 // forget counts a group abandoned in the queue and, once such groups may be
@@ -147,14 +198,23 @@ func (q *shardQueue) forget() {
 	q.abandoned = 0
 }
 
-// settle picks the error a caller sees. An indeterminate failure that comes
-// back once the caller's own context has ended was caused by it (a batch is
-// cancelled when its last caller leaves), so the caller is told its own
-// reason (context.DeadlineExceeded or Canceled), still as indeterminate,
-// whichever of the two it noticed first.
+// settle picks the error a caller sees once its outcome has come. One that
+// comes back after the caller's own context has ended was caused by it (a
+// batch is cancelled when its last caller leaves), so the caller is told its
+// own reason (context.DeadlineExceeded or Canceled), as errors.go promises,
+// not the batch's internal Canceled; an indeterminate failure stays so.
 func (q *shardQueue) settle(ctx context.Context, err *Error) *Error {
-	if err != nil && err.Indeterminate && ctx.Err() != nil {
-		return giveUpError(ctx.Err(), q.shard, err, true)
+	cause := ctx.Err()
+	if err == nil || cause == nil || errors.Is(err, ErrClosed) {
+		return err
+	}
+	if errors.Is(err.Err, context.Canceled) || errors.Is(err.Err, context.DeadlineExceeded) {
+		ec := *err
+		ec.Err = cause
+		return &ec
+	}
+	if err.Indeterminate {
+		return giveUpError(cause, q.shard, err, true)
 	}
 	return err
 }
@@ -280,8 +340,8 @@ func hasKey(keys map[string]bool, ops []*tallypb.Op) bool {
 // send sends a batch and delivers each group its outcome. The batch lives as
 // long as one of its callers still waits (and the client is open), and each
 // attempt carries only the ops of callers that still wait. A caller that
-// gave up after its group was taken has been told "indeterminate" and may
-// settle the operation itself (by re-sending it with its keys); were
+// gave up after an attempt carried its group has been told "indeterminate"
+// and may settle the operation itself (by re-sending it with its keys); were
 // the sender to go on re-sending that op for the callers that still wait,
 // it could apply long after the caller settled it, and a caller with no
 // deadline would keep it alive for good.
@@ -293,56 +353,52 @@ func hasKey(keys map[string]bool, ops []*tallypb.Op) bool {
 func (q *shardQueue) send(batch []*group) {
 	life := newBatchLife(q.c.ctx, batch, func(g *group) context.Context { return g.ctx })
 	defer life.end()
-	ctx, cancel := life.ctx, life.cancel
 	// answer hands group k its outcome; its caller no longer waits.
 	answer := func(k int, out groupOutcome) {
 		batch[k].done <- out
 		life.answered(k)
 	}
-
 	pending := make([]int, len(batch)) // indexes into batch not yet answered
 	for k := range batch {
 		pending[k] = k
 	}
-	// unknown: an attempt of this batch may have applied. invoke knows it
-	// per round only, and a later round (after a blamed op is taken out)
-	// carries groups that were in that attempt: an error they get then is
-	// no proof that nothing applied (the attempt may still commit), so it
-	// stays indeterminate.
-	unknown := false
+	q.sendGroups(life.ctx, life.cancel, batch, pending, answer)
+}
+
+// sendGroups sends the pending groups of batch under ctx (cancel ends it)
+// until each has its answer.
+//
+// Whether a group's outcome is unknown is the group's own (group.unknown):
+// invoke knows it per round only, and a later round (after a blamed op is
+// taken out) carries groups that were in an attempt of an earlier one: an
+// error they get then is no proof that nothing applied (the attempt may
+// still commit), so it stays indeterminate.
+func (q *shardQueue) sendGroups(ctx context.Context, cancel context.CancelFunc, batch []*group, pending []int, answer func(int, groupOutcome)) {
 	for len(pending) > 0 {
 		sent, res, e := q.attempt(ctx, cancel, batch, pending)
-		if e != nil {
-			unknown = unknown || e.Indeterminate
-			if unknown && !e.Indeterminate {
-				ec := *e
-				ec.Indeterminate = true
-				e = &ec
-			}
-		}
-		if sent == nil {
-			// No attempt was made (the client closed, or no leader was
-			// found before the batch ended): every pending group shares
-			// the outcome, which says nothing was sent.
-			sent = pending
-		}
-		// Groups left out of the last attempt gave up before it: they hold
-		// "indeterminate" if an earlier attempt carried them, and this
-		// answer is only there so that every group gets exactly one.
+		// The last attempt's outcome answers the groups it carried or, if
+		// no attempt was made (the client closed, or no leader was found
+		// before the batch ended), every group whose caller still waits.
+		// A group left out had its caller gone: leave answers it, as that
+		// caller did itself (one answer per group all the same).
 		inSent := make(map[int]bool, len(sent))
 		for _, k := range sent {
 			inSent[k] = true
 		}
+		var carried []int
 		for _, k := range pending {
-			if !inSent[k] {
-				answer(k, groupOutcome{err: giveUpError(context.Cause(batch[k].ctx), q.shard, e, true)})
+			g := batch[k]
+			if inSent[k] || (sent == nil && g.ctx.Err() == nil) {
+				carried = append(carried, k)
+			} else {
+				answer(k, groupOutcome{err: g.leave(g.ctx.Err(), q.shard)})
 			}
 		}
 		if e == nil {
 			off := 0
 			for _, k := range sent {
 				n := len(batch[k].ops)
-				answer(k, groupOutcome{results: res[off : off+n]})
+				answer(k, groupOutcome{results: res[off : off+n], unknown: batch[k].unknown.Load()})
 				off += n
 			}
 			return
@@ -353,40 +409,27 @@ func (q *shardQueue) send(batch []*group) {
 		// replay. Failing them all instead told innocent callers
 		// "INVALID_ARGUMENT" for ops that were fine, one bad capture
 		// failing up to a whole batch. Until one gets a result, its
-		// outcome stays unknown (unknown, above): the earlier attempt may
+		// outcome stays unknown (group.unknown): the earlier attempt may
 		// still commit (a capture refused later for want of a hold that
 		// attempt opened, say).
-		if len(sent) <= 1 || !e.rejected() {
-			deliverError(batch, sent, e, answer)
+		if len(carried) <= 1 || !e.rejected() {
+			deliverError(batch, carried, e, answer)
 			return
 		}
 		if e.OpIndex < 0 {
 			for _, k := range sent {
-				if err := context.Cause(batch[k].ctx); err != nil {
-					// Gone meanwhile. The request just refused applied
-					// nothing, but an earlier attempt that carried these
-					// ops may still commit: e is indeterminate then
-					// (unknown, above), and so is this answer.
-					answer(k, groupOutcome{err: giveUpError(err, q.shard, e, e.Indeterminate)})
+				g := batch[k]
+				if err := g.ctx.Err(); err != nil {
+					answer(k, groupOutcome{err: g.leave(err, q.shard)})
 					continue
 				}
 				// Only while this group's caller waits: once it has been
 				// told "indeterminate", its ops must not be sent again.
 				gctx, gcancel := context.WithCancel(ctx)
-				stop := context.AfterFunc(batch[k].ctx, gcancel)
-				res, e := q.c.submitDirect(gctx, q.shard, batch[k].ops, false)
+				stop := context.AfterFunc(g.ctx, gcancel)
+				q.sendGroups(gctx, gcancel, batch, []int{k}, answer)
 				stop()
 				gcancel()
-				if e != nil && unknown && !e.Indeterminate {
-					ec := *e
-					ec.Indeterminate = true
-					e = &ec
-				}
-				if e != nil {
-					deliverError(batch, []int{k}, e, answer)
-				} else {
-					answer(k, groupOutcome{results: res})
-				}
 			}
 			return
 		}
@@ -402,8 +445,10 @@ func (q *shardQueue) send(batch []*group) {
 			deliverError(batch, sent, e, answer)
 			return
 		}
+		g := batch[sent[blamed]]
 		ge := *e
 		ge.OpIndex -= off
+		ge.Indeterminate = e.Indeterminate || g.unknown.Load()
 		answer(sent[blamed], groupOutcome{err: &ge})
 		pending = append(sent[:blamed:blamed], sent[blamed+1:]...)
 	}
@@ -414,7 +459,7 @@ func (q *shardQueue) send(batch []*group) {
 // carried (in order; the results and an error's OpIndex follow it). Every
 // retry drops the groups whose callers have gone meanwhile. If none is left
 // the call ends as given up (cancel ends ctx, which the callers' leaving
-// is about to do anyway).
+// is about to do anyway). sent is nil if no attempt was made.
 func (q *shardQueue) attempt(ctx context.Context, cancel context.CancelFunc, batch []*group, pending []int) (sent []int, res []*tallypb.OpResult, e *Error) {
 	var (
 		resp *tallypb.SubmitResponse
@@ -423,7 +468,7 @@ func (q *shardQueue) attempt(ctx context.Context, cancel context.CancelFunc, bat
 	e = q.c.invoke(ctx, q.shard, true, false, func(actx context.Context, lc tallypb.LedgerClient) error {
 		sent, ops = sent[:0], ops[:0]
 		for _, k := range pending {
-			if batch[k].ctx.Err() == nil {
+			if batch[k].carry() {
 				sent = append(sent, k)
 				ops = append(ops, batch[k].ops...)
 			}
@@ -434,6 +479,12 @@ func (q *shardQueue) attempt(ctx context.Context, cancel context.CancelFunc, bat
 		}
 		r, err := lc.Submit(actx, &tallypb.SubmitRequest{Ops: ops})
 		if err != nil {
+			// Classified as invoke does, before its next attempt reads
+			// the states.
+			ae := fromRPC(err, q.shard)
+			for _, k := range sent {
+				batch[k].attempted(ae)
+			}
 			return err
 		}
 		resp = r
@@ -445,6 +496,9 @@ func (q *shardQueue) attempt(ctx context.Context, cancel context.CancelFunc, bat
 	if got := len(resp.GetResults()); got != len(ops) {
 		e := newError(ledger.CodeInternal, q.shard, "server returned %d results for %d operations", got, len(ops))
 		e.Indeterminate = true // it did something; we cannot tell what
+		for _, k := range sent {
+			batch[k].unknown.Store(true)
+		}
 		return sent, nil, e
 	}
 	return sent, resp.GetResults(), nil
@@ -459,6 +513,7 @@ func deliverError(batch []*group, sent []int, e *Error, answer func(int, groupOu
 		g := batch[k]
 		ge := *e
 		ge.OpIndex = -1
+		ge.Indeterminate = e.Indeterminate || g.unknown.Load()
 		if e.OpIndex >= off && e.OpIndex < off+len(g.ops) {
 			ge.OpIndex = e.OpIndex - off
 		} else if e.rejected() && e.OpIndex >= 0 {
@@ -466,7 +521,7 @@ func deliverError(batch []*group, sent []int, e *Error, answer func(int, groupOu
 			// keeps a code that says so: a caller that reads the code
 			// before IsIndeterminate must not take it for a refusal.
 			ge.Code = ledger.CodeInvalidArgument
-			if e.Indeterminate {
+			if ge.Indeterminate {
 				ge.Code = ledger.CodeUnavailable
 			}
 			ge.Message = "another operation of the request was rejected: " + e.Message

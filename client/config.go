@@ -84,7 +84,8 @@ type Config struct {
 	// DefaultKeepaliveTime).
 	KeepaliveTime time.Duration
 	// MaxCallDuration bounds a call whose context has no deadline, retries
-	// included (default DefaultMaxCallDuration; negative: no bound). A call
+	// and every chunk of a split Submit or GetAccounts included (default
+	// DefaultMaxCallDuration; negative: no bound). A call
 	// it ends fails as the context's deadline would: UNAVAILABLE,
 	// indeterminate if an attempt may have applied.
 	MaxCallDuration time.Duration

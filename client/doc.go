@@ -18,23 +18,31 @@
 // connection errors and per-attempt timeouts are retried after a jittered,
 // doubling backoff and a ClusterInfo refresh, until the caller's context ends
 // (or, for a context without a deadline, Config.MaxCallDuration, a minute by
-// default). An UNAVAILABLE that the server marks as refused before proposal
+// default; it bounds the whole call, every chunk and retry of it). An
+// UNAVAILABLE that the server marks as refused before proposal
 // (its shard's queue full, say) is retried too, but counts as not applied.
 // Every retry re-sends exactly the same operations with the same idempotency
 // keys, so an operation applies at most once however often it is sent.
 // Rejections of the request itself (INVALID_ARGUMENT, INVALID_AMOUNT, ...) are
 // never retried. Nor is an op whose own Result has Code UNAVAILABLE: the
-// ledger neither applied nor recorded it (a debit or hold that only holds
-// past their expiry, not yet released, refused); send it again with the same
-// key.
+// ledger neither applied nor recorded it (a debit or hold that the posted
+// balance covers but the available one does not, while the shard still has
+// expired holds to release, and the later ops of that member in the
+// request); send it again with the same key. If an earlier attempt of that request had an unknown outcome, such a
+// result is Indeterminate (for a linked request, all its results are): the
+// earlier attempt may still apply, since the refusal left the key free.
 //
 // Indeterminate outcomes. When the context ends after an attempt of a mutating
 // call may have reached a server, the operation may or may not have applied:
-// the error satisfies IsIndeterminate. Settle it by re-sending the same
-// operation with the same idempotency key: the ledger answers from its dedup
-// record if it applied, and applies it once if not. GetOperation saying "not
-// found" does not settle it: an earlier attempt may still be queued at the
-// leader, or in a Raft entry not yet committed, and apply after the read.
+// the error satisfies IsIndeterminate (as does Result.Err of an Indeterminate
+// result). Settle it by re-sending the same operation with the same
+// idempotency key: the ledger answers from its dedup record if it applied,
+// and applies it once if not. GetOperation saying "not found" does not settle
+// it: an earlier attempt may still be queued at the leader, or in a Raft
+// entry not yet committed, and apply after the read. A call that gives up
+// when no attempt may have carried its operations (none was sent, or every
+// answer proved that nothing applied) is not indeterminate, coalesced or not.
+// Either way the cause is the caller's own context error.
 //
 // Coalescing. With Config.Coalesce, concurrent unlinked submissions are queued
 // per shard and a small, fixed set of sender goroutines per shard sends
@@ -44,7 +52,9 @@
 // as a single call is, as long as one of its callers waits, and each attempt
 // carries only the operations of callers that still wait: once a call has
 // returned (indeterminate or not), no attempt made after it carries its
-// operations. One caller's operation rejected on its merits fails only that
-// caller; the rest are sent again. Concurrent GetAccount calls are coalesced
-// into GetAccounts the same way.
+// operations. A caller that leaves while an attempt carrying its operations
+// is in flight, or after one of unknown outcome, is told indeterminate;
+// otherwise, not applied. One caller's operation rejected on its merits fails
+// only that caller; the rest are sent again. Concurrent GetAccount calls are
+// coalesced into GetAccounts the same way.
 package client

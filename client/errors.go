@@ -42,8 +42,9 @@ type Error struct {
 	// Indeterminate is set when an attempt may have reached a server before
 	// the call gave up: the operations may or may not have applied.
 	Indeterminate bool
-	// GRPCCode is the gRPC status code of the last attempt (codes.OK when the
-	// error arose in the client).
+	// GRPCCode is the gRPC status code of the last attempt: codes.OK when the
+	// error arose in the client, codes.Unavailable for a call given up (its
+	// context ended or the client closed) whatever its last attempt got.
 	GRPCCode codes.Code
 	// Err is the underlying cause (a context error, ErrClosed or a gRPC
 	// status error), if any.
@@ -236,14 +237,23 @@ func (e *Error) definitelyNotApplied() bool {
 }
 
 // giveUpError is the error of a call that its context (cause: the context's
-// error) or Close (cause: ErrClosed) ended; last is the last attempt's error.
+// error) or Close (cause: ErrClosed) ended; last is the last attempt's error,
+// nil if no attempt was answered.
+//
+// Its GRPCCode is Unavailable, never the last attempt's: a give-up after
+// NOT_LEADER (FailedPrecondition) would otherwise read as rejected(), a
+// refusal on the merits, and a coalesced batch would isolate its callers as
+// if one op were bad.
 func giveUpError(cause error, shard int, last *Error, indeterminate bool) *Error {
-	e := &Error{Code: ledger.CodeUnavailable, Shard: shard, OpIndex: -1, Indeterminate: indeterminate, Err: cause}
-	if last != nil {
+	e := &Error{Code: ledger.CodeUnavailable, Shard: shard, OpIndex: -1, Indeterminate: indeterminate,
+		GRPCCode: codes.Unavailable, Err: cause}
+	switch {
+	case last != nil:
 		e.Message = "gave up after: " + last.Error()
-		e.GRPCCode = last.GRPCCode
 		e.Leader = last.Leader
-	} else {
+	case indeterminate:
+		e.Message = "gave up with an attempt in flight"
+	default:
 		e.Message = "gave up before any attempt"
 	}
 	return e

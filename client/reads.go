@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sync"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -23,7 +25,11 @@ type AccountRead struct {
 // so and its entries stay zero (Found false); an unreadable answer for one
 // account spoils only its entry and its error's OpIndex names it: a caller
 // must check the error before reading Found as "no such account".
+//
+// Config.MaxCallDuration bounds the whole call, not each request of it.
 func (c *Client) GetAccounts(ctx context.Context, keys []ledger.AccountKey) ([]AccountRead, error) {
+	ctx, cancel := c.bounded(ctx)
+	defer cancel()
 	byShard := map[int][]int{}
 	var order []int
 	for i, k := range keys {
@@ -59,6 +65,8 @@ func (c *Client) GetAccounts(ctx context.Context, keys []ledger.AccountKey) ([]A
 				if e != nil {
 					if e.OpIndex >= 0 && e.OpIndex < len(part) {
 						e.OpIndex = part[e.OpIndex] // an index into keys
+					} else {
+						e.OpIndex = -1 // names no read of this request: no key either
 					}
 					fail(e)
 					return
@@ -265,7 +273,11 @@ func (q *readQueue) send(batch []*pendingRead) {
 				batch[k].done <- readOutcome{read: reads[i]}
 			}
 			return
-		case len(pending) == 1 || !e.rejected():
+		case len(pending) == 1 || !e.rejected() || e.GRPCCode == codes.Unimplemented:
+			// Unimplemented is the server's (one from before
+			// GetAccounts), not any read's: every caller learns it now
+			// and reads one by one, rather than each read being sent
+			// alone to a server that cannot serve it.
 			for _, k := range pending {
 				pe := *e
 				pe.OpIndex = -1

@@ -30,9 +30,14 @@ import (
 // Any other error
 // still returns len(ops) results: ops of parts that completed hold their
 // outcomes, the others hold their part's error code, and Result.Indeterminate
-// where that error is indeterminate (they may have applied). Parts succeed or
-// fail independently: an error, definite or not, says nothing about the ops
-// of other parts, so read the Results, not the error, to learn what applied.
+// where that error is indeterminate (they may have applied); ops of chunks
+// after a failed chunk were never sent and hold UNAVAILABLE, not
+// indeterminate. Parts succeed or fail independently: an error, definite or
+// not, says nothing about the ops of other parts, so read the Results, not
+// the error, to learn what applied. A result can be Indeterminate with a nil
+// error too: an op answered UNAVAILABLE (not applied, not recorded) after an
+// earlier attempt of its request whose outcome is unknown (see
+// Result.Indeterminate). Config.MaxCallDuration bounds the whole call.
 func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, error) {
 	if len(ops) == 0 {
 		return nil, newError(ledger.CodeInvalidArgument, -1, "submit: no operations")
@@ -89,6 +94,10 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 		parts[s] = append(parts[s], i)
 	}
 
+	// Config.MaxCallDuration bounds the call, not each request of it: a
+	// part sent as many chunks must not hold its caller once per chunk.
+	ctx, cancel := c.bounded(ctx)
+	defer cancel()
 	results := make([]Result, len(ops))
 	errs := make([]error, len(order))
 	runPart := func(k int) {
@@ -98,7 +107,8 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 		for j, i := range idx {
 			partOps[j] = wire[i]
 		}
-		res, e := c.submitPart(ctx, shard, partOps, linked)
+		out, e := c.submitPart(ctx, shard, partOps, linked)
+		res := out.results
 		if e == nil && len(res) != len(idx) {
 			e = newError(ledger.CodeInternal, shard, "internal: %d results for %d operations", len(res), len(idx))
 		}
@@ -122,12 +132,22 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 						e.Indeterminate = true
 					}
 				}
+				if j < len(out.unsettled) && out.unsettled[j] {
+					r.Indeterminate = true
+				}
 				r.Shard = uint32(shard)
 				results[i] = r
 				continue
 			}
 			if e == nil {
 				e = newError(ledger.CodeInternal, shard, "internal: no result for op %d", i)
+			}
+			if j >= out.unsent {
+				// A chunk after the one that failed: never sent, so not
+				// applied, whatever the failed chunk's outcome.
+				results[i] = Result{Code: ledger.CodeUnavailable, Shard: uint32(shard),
+					Message: "not sent: an earlier chunk of this shard's operations failed"}
+				continue
 			}
 			results[i] = Result{Code: e.Code, Message: e.Message, Shard: uint32(shard), Indeterminate: e.Indeterminate}
 		}
@@ -147,41 +167,61 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 	return results, joinErrors(errs)
 }
 
+// partOutcome is what one shard's part of a Submit got back.
+type partOutcome struct {
+	// results holds one result per op of the part, nil where none came
+	// back (the part, or its chunk, failed).
+	results []*tallypb.OpResult
+	// unsettled, nil or one per op, marks results that leave their op's
+	// outcome open (see unsettled).
+	unsettled []bool
+	// unsent is the index of the first op never sent, len(ops) if every op
+	// was: the chunks after a failed one are not sent.
+	unsent int
+}
+
 // submitPart sends ops of one shard and returns their results. On error the
 // results of the chunks that completed are returned (nil entries for the
 // rest) and the error's OpIndex is relative to ops.
-func (c *Client) submitPart(ctx context.Context, shard int, ops []*tallypb.Op, linked bool) ([]*tallypb.OpResult, *Error) {
+func (c *Client) submitPart(ctx context.Context, shard int, ops []*tallypb.Op, linked bool) (partOutcome, *Error) {
 	if c.cfg.Coalesce && !linked && len(ops) <= c.cfg.MaxBatchOps {
 		q, err := c.queue(shard)
 		if err != nil {
-			return nil, err
+			return partOutcome{unsent: len(ops)}, err
 		}
-		return q.submit(ctx, ops)
+		res, unknown, err := q.submit(ctx, ops)
+		return partOutcome{results: res, unsettled: unsettled(res, false, unknown), unsent: len(ops)}, err
 	}
-	out := make([]*tallypb.OpResult, 0, len(ops))
+	out := partOutcome{results: make([]*tallypb.OpResult, 0, len(ops)), unsent: len(ops)}
 	for start := 0; start < len(ops); start += c.cfg.MaxBatchOps {
 		end := min(start+c.cfg.MaxBatchOps, len(ops))
-		res, e := c.submitDirect(ctx, shard, ops[start:end], linked)
+		res, unknown, e := c.submitDirect(ctx, shard, ops[start:end], linked)
 		if e != nil {
 			if e.OpIndex >= 0 {
 				e.OpIndex += start
 			}
-			if start == 0 {
-				return nil, e
-			}
-			return append(out, make([]*tallypb.OpResult, len(ops)-start)...), e
+			out.results = append(out.results, make([]*tallypb.OpResult, len(ops)-start)...)
+			out.unsent = end
+			return out, e
 		}
-		out = append(out, res...)
+		if u := unsettled(res, linked, unknown); u != nil {
+			if out.unsettled == nil {
+				out.unsettled = make([]bool, len(ops))
+			}
+			copy(out.unsettled[start:], u)
+		}
+		out.results = append(out.results, res...)
 	}
 	return out, nil
 }
 
 // submitDirect sends one Submit RPC's worth of ops (<= MaxBatchOps) to the
-// leader of shard, with retries.
-func (c *Client) submitDirect(ctx context.Context, shard int, ops []*tallypb.Op, linked bool) ([]*tallypb.OpResult, *Error) {
+// leader of shard, with retries. unknown reports that an attempt before the
+// one that answered may have applied.
+func (c *Client) submitDirect(ctx context.Context, shard int, ops []*tallypb.Op, linked bool) (res []*tallypb.OpResult, unknown bool, e *Error) {
 	req := &tallypb.SubmitRequest{Ops: ops, Linked: linked}
 	var resp *tallypb.SubmitResponse
-	e := c.invoke(ctx, shard, true, false, func(actx context.Context, lc tallypb.LedgerClient) error {
+	e, unknown = c.invokeTracked(ctx, shard, true, false, func(actx context.Context, lc tallypb.LedgerClient) error {
 		r, err := lc.Submit(actx, req)
 		if err != nil {
 			return err
@@ -190,14 +230,55 @@ func (c *Client) submitDirect(ctx context.Context, shard int, ops []*tallypb.Op,
 		return nil
 	})
 	if e != nil {
-		return nil, e
+		return nil, unknown, e
 	}
 	if got := len(resp.GetResults()); got != len(ops) {
 		e := newError(ledger.CodeInternal, shard, "server returned %d results for %d operations", got, len(ops))
 		e.Indeterminate = true // it did something; we cannot tell what
-		return nil, e
+		return nil, true, e
 	}
-	return resp.GetResults(), nil
+	return resp.GetResults(), unknown, nil
+}
+
+// unsettled marks the results of one request that leave their op's outcome
+// open, given that an earlier attempt of the request may have applied
+// (unknown); nil when none does.
+//
+// An op answered UNAVAILABLE (rules version 4: refused only because expired
+// holds wait to be released) was neither applied nor recorded, so its key
+// stays free, and the earlier attempt, if it still sits in the leader's
+// queue or in an uncommitted Raft entry, may apply it afterwards. Every other
+// answer is recorded under the key, and the earlier attempt would replay it.
+// In a linked request such an op leaves the whole request unrecorded: its
+// other ops' LINKED_FAILED are open too (replays excepted, which report a
+// stored outcome).
+func unsettled(res []*tallypb.OpResult, linked, unknown bool) []bool {
+	if !unknown {
+		return nil
+	}
+	var marks []bool
+	mark := func(j int) {
+		if marks == nil {
+			marks = make([]bool, len(res))
+		}
+		marks[j] = true
+	}
+	for j, r := range res {
+		if r.GetCode() != string(ledger.CodeUnavailable) {
+			continue
+		}
+		if !linked {
+			mark(j)
+			continue
+		}
+		for k, o := range res {
+			if !o.GetReplayed() {
+				mark(k)
+			}
+		}
+		break
+	}
+	return marks
 }
 
 // joinErrors returns nil, the one non-nil error, or all of them joined.

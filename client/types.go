@@ -71,10 +71,13 @@ type Result struct {
 	Hold     *Hold    // the hold after Hold, CaptureHold, ReleaseHold
 	Captured decimal.Decimal
 	Released decimal.Decimal
-	// Indeterminate marks an op of a Submit part that failed with an
-	// indeterminate error (IsIndeterminate): it may have applied, and Code
-	// is that error's, not the op's outcome. Re-send it with the same key
-	// to learn its outcome.
+	// Indeterminate marks an op whose outcome is unknown: it may have
+	// applied. Either its Submit part failed with an indeterminate error
+	// (IsIndeterminate), and Code is that error's, not the op's outcome; or
+	// the op was answered UNAVAILABLE, unrecorded (or, linked, its request
+	// was), after an earlier attempt of the same request whose outcome is
+	// unknown and which may still apply, since the unrecorded answer leaves
+	// its key free. Re-send it with the same key to learn its outcome.
 	Indeterminate bool
 }
 
@@ -82,10 +85,16 @@ type Result struct {
 func (r Result) OK() bool { return r.Code == ledger.CodeOK }
 
 // Err returns nil for OK and a *ledger.Error with the result's code
-// otherwise, so errors.Is(r.Err(), ledger.ErrInsufficientFunds) works.
+// otherwise, so errors.Is(r.Err(), ledger.ErrInsufficientFunds) works. An
+// Indeterminate result's error is an *Error with that code instead, so that
+// IsIndeterminate sees it (errors.Is matches the code all the same): a
+// caller that checks only the error must not take it for a refusal.
 func (r Result) Err() error {
-	if r.Code == ledger.CodeOK {
+	switch {
+	case r.Code == ledger.CodeOK:
 		return nil
+	case r.Indeterminate:
+		return &Error{Code: r.Code, Message: r.Message, Shard: int(r.Shard), OpIndex: -1, Indeterminate: true}
 	}
 	return ledger.Errorf(r.Code, r.Message)
 }

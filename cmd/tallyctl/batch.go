@@ -280,17 +280,30 @@ func batchCommand(stdin io.Reader) command {
 				// Exit 1, as a single refused operation does: a script
 				// must not read a batch with refusals (or a linked batch
 				// that applied nothing) as a success.
-				failed, first := 0, -1
+				// An op can be indeterminate with no error: answered
+				// UNAVAILABLE (not recorded) after an attempt whose
+				// outcome is unknown, which may still apply it.
+				failed, open, first := 0, 0, -1
 				for i, r := range results {
-					if r.Code != ledger.CodeOK {
+					switch {
+					case r.Code == ledger.CodeOK:
+					case r.Indeterminate:
+						open++
+					default:
 						failed++
 						if first < 0 {
 							first = i
 						}
 					}
 				}
-				if failed > 0 {
+				switch {
+				case failed > 0 && open > 0:
+					err = fmt.Errorf("%d of %d operations did not apply (first: op %d, %s), and %d may or may not have: re-run with the same keys to settle them",
+						failed, len(ops), first, results[first].Code, open)
+				case failed > 0:
 					err = fmt.Errorf("%d of %d operations did not apply (first: op %d, %s)", failed, len(ops), first, results[first].Code)
+				case open > 0:
+					err = fmt.Errorf("%d of %d operations may or may not have applied: re-run with the same keys to settle them", open, len(ops))
 				}
 			}
 			return batchView{ops: ops, results: results, unknown: unknown}, err
