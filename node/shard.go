@@ -353,17 +353,21 @@ func failAll(ps []*proposal, err error) {
 }
 
 // raftError maps a failed Apply to what the client should do. NOT_LEADER is
-// returned only when the entry was certainly not appended; anything else is
-// UNAVAILABLE, and the client, retrying with the same idempotency keys,
-// learns the outcome either way.
+// returned only when the entry was certainly not appended, and so is
+// UNAVAILABLE marked not_applied (notProposed): hashicorp/raft (v1.8.0)
+// answers ErrEnqueueTimeout when the entry never reached its queue (ApplyLog's
+// timer) and ErrLeadershipTransferInProgress from the leader loop before it
+// dispatches the entry; the balancer's transfers make the second common, and
+// unmarked it read as "may have applied". Anything else is UNAVAILABLE,
+// and the client, retrying with the same idempotency keys, learns the
+// outcome either way (ErrRaftShutdown, say, also answers entries already
+// appended).
 func (s *shard) raftError(err error) error {
 	switch {
 	case errors.Is(err, raft.ErrNotLeader):
 		return s.notLeader()
-	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrLeadershipTransferInProgress),
-		errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrRaftShutdown),
-		errors.Is(err, raft.ErrAbortedByRestore):
-		return errUnavailable(err.Error())
+	case errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return notProposed(errUnavailable(err.Error()))
 	}
 	return errUnavailable(err.Error())
 }

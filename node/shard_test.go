@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -259,4 +260,27 @@ func TestTermBarrierHonoursDeadlines(t *testing.T) {
 	require.ErrorIs(t, <-first, failed)
 	require.NoError(t, <-second)
 	require.Equal(t, int32(2), runs.Load())
+}
+
+// TestRaftErrorSaysWhatWasNotAppended: a failed Apply is marked not_applied
+// exactly when hashicorp/raft certainly did not append the entry.
+func TestRaftErrorSaysWhatWasNotAppended(t *testing.T) {
+	s := &shard{}
+	for _, tc := range []struct {
+		err        error
+		notApplied bool
+	}{
+		{raft.ErrEnqueueTimeout, true},
+		{raft.ErrLeadershipTransferInProgress, true},
+		{fmt.Errorf("barrier: %w", raft.ErrEnqueueTimeout), true},
+		{raft.ErrLeadershipLost, false},
+		{raft.ErrRaftShutdown, false},
+		{raft.ErrAbortedByRestore, false},
+		{errors.New("something else"), false},
+	} {
+		var de *domainError
+		require.True(t, errors.As(s.raftError(tc.err), &de), "%v", tc.err)
+		require.Equal(t, ledger.CodeUnavailable, de.code, "%v", tc.err)
+		require.Equal(t, tc.notApplied, de.meta[metaNotApplied] == "true", "%v", tc.err)
+	}
 }
