@@ -522,6 +522,14 @@ func (w *worker) call(ctx context.Context, in Input) (Output, error) {
 	if len(res) != len(ops) {
 		return Output{}, fmt.Errorf("linked request of %d ops got %d results", len(ops), len(res))
 	}
+	for _, r := range res {
+		if r.Indeterminate {
+			// Answered without a record (UNAVAILABLE, rules version 4)
+			// after an attempt of unknown outcome, which may still apply
+			// the request: its outcome is open, as the client says.
+			return Output{}, &client.Error{Code: r.Code, Message: r.Message, Shard: int(r.Shard), OpIndex: -1, Indeterminate: true}
+		}
+	}
 	return linkedOutput(res), nil
 }
 

@@ -298,12 +298,12 @@ func batchCommand(stdin io.Reader) command {
 				}
 				switch {
 				case failed > 0 && open > 0:
-					err = fmt.Errorf("%d of %d operations did not apply (first: op %d, %s), and %d may or may not have: re-run with the same keys to settle them",
+					err = fmt.Errorf("%d of %d operations did not apply (first: op %d, %s), and %d may or may not have: re-run with the same keys until each gets an answer other than UNAVAILABLE",
 						failed, len(ops), first, results[first].Code, open)
 				case failed > 0:
 					err = fmt.Errorf("%d of %d operations did not apply (first: op %d, %s)", failed, len(ops), first, results[first].Code)
 				case open > 0:
-					err = fmt.Errorf("%d of %d operations may or may not have applied: re-run with the same keys to settle them", open, len(ops))
+					err = fmt.Errorf("%d of %d operations may or may not have applied: re-run with the same keys until each gets an answer other than UNAVAILABLE", open, len(ops))
 				}
 			}
 			return batchView{ops: ops, results: results, unknown: unknown}, err

@@ -494,11 +494,11 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "tallyctl: %v\n", err)
 	if client.IsIndeterminate(err) && cmd.name == "batch" {
 		// Every line has its own key: the same file settles it.
-		fmt.Fprintf(stderr, "tallyctl: operations marked unknown may or may not have applied; re-run the same batch file unchanged to settle them (each applies once, or replays its stored outcome)\n")
+		fmt.Fprintf(stderr, "tallyctl: operations marked unknown may or may not have applied; re-run the same batch file unchanged to settle them (each applies once, or replays its stored outcome; an UNAVAILABLE answer settles nothing: run it again)\n")
 	} else if client.IsIndeterminate(err) {
 		// Not "tallyctl op": its "not found" is not final while an attempt
 		// may still apply; a re-send with the key settles it either way.
-		fmt.Fprintf(stderr, "tallyctl: the operation may or may not have applied; re-run the same command with --key %s to settle it (it applies once, or replays the stored outcome)\n",
+		fmt.Fprintf(stderr, "tallyctl: the operation may or may not have applied; re-run the same command with --key %s to settle it (it applies once, or replays the stored outcome; an UNAVAILABLE answer settles nothing: run it again)\n",
 			a.key)
 	} else if a.keyGenerated && worthRetrying(err) {
 		fmt.Fprintf(stderr, "tallyctl: idempotency key was %s; re-run with --key %s to retry safely\n", a.key, a.key)
