@@ -12,14 +12,19 @@ import (
 )
 
 // Convenience methods apply one operation each (coalesced with other callers'
-// when Config.Coalesce is set). Their error is the request-level error (an
-// *Error; the Result is then zero) or, when the request went through but the
-// operation failed, the op's code as a *ledger.Error, so that
-// errors.Is(err, ledger.ErrInsufficientFunds) works; the Result is returned in
-// both of the latter cases. An operation answered UNAVAILABLE after an
-// earlier attempt of unknown outcome (Result.Indeterminate) returns its
-// Result with an *Error of that code that satisfies IsIndeterminate. A
-// replayed result (same key, same op) is OK with Replayed set.
+// when Config.Coalesce is set). They return one of:
+//   - a request-level failure: an *Error and a zero Result;
+//   - the op's own outcome, a failure: its Result and the op's code as a
+//     *ledger.Error, so that errors.Is(err, ledger.ErrInsufficientFunds)
+//     works;
+//   - an op answered UNAVAILABLE (not applied, not recorded) while an attempt
+//     of unknown outcome may still apply it (Result.Indeterminate): its
+//     Result and an *Error of that code that satisfies IsIndeterminate;
+//   - success: the Result and nil.
+//
+// Whatever the case, errors.Is matches the code, and IsIndeterminate tells
+// whether the op may have applied. A replayed result (same key, same op) is
+// OK with Replayed set.
 
 // Apply submits one op; the convenience methods below are built on it.
 func (c *Client) Apply(ctx context.Context, op Op) (Result, error) {
@@ -41,6 +46,9 @@ func (c *Client) Apply(ctx context.Context, op Op) (Result, error) {
 // again, with a fresh key if the key was the trouble, completes it.
 func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale uint8, key string) (Result, error) {
 	req := &tallypb.DefineAssetRequest{Program: program, Asset: asset, Scale: uint32(scale), IdempotencyKey: key}
+	// It does not go through Submit, so it applies the rule of open keys
+	// (openkeys.go) itself.
+	open := openKey{program: program, key: key}
 	var resp *tallypb.DefineAssetResponse
 	if e := c.invoke(ctx, 0, true, true, func(actx context.Context, lc tallypb.LedgerClient) error {
 		r, err := lc.DefineAsset(actx, req)
@@ -50,6 +58,11 @@ func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale u
 		resp = r
 		return nil
 	}); e != nil {
+		if e.Indeterminate {
+			c.open.answer(open, answerUnknown)
+		} else if c.open.answer(open, answerUnrecorded) {
+			e = stillOpen(e)
+		}
 		return Result{}, e
 	}
 	r, err := resultFromProto(resp.GetResult())
@@ -57,7 +70,15 @@ func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale u
 		// The server answered, so the definition may have applied.
 		e := newError(ledger.CodeInternal, -1, "define asset: bad result from server: %v", err)
 		e.Indeterminate = true
+		c.open.answer(open, answerUnknown)
 		return Result{}, e
+	}
+	a := answerRecorded
+	if !recordsAnswer(resp.GetResult(), false) {
+		a = answerUnrecorded
+	}
+	if c.open.answer(open, a) {
+		r.Indeterminate = true
 	}
 	return r, r.Err()
 }

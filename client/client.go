@@ -33,6 +33,11 @@ type Client struct {
 	// Unimplemented (a node from before it): reads then go one by one.
 	noGetAccounts atomic.Bool
 
+	// open records the keys of calls that ended indeterminate, so that a
+	// later answer for one that records nothing is not taken for "not
+	// applied" (see openkeys.go).
+	open *openKeys
+
 	mu         sync.Mutex
 	closed     bool
 	conns      map[string]*grpc.ClientConn // one per node address
@@ -53,7 +58,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, newError(ledger.CodeInvalidArgument, -1, "client config: no addresses")
 	}
 	c := &Client{cfg: cfg, conns: make(map[string]*grpc.ClientConn), queues: make(map[int]*shardQueue),
-		readQueues: make(map[int]*readQueue)}
+		readQueues: make(map[int]*readQueue), open: newOpenKeys()}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	for _, a := range cfg.Addrs {
 		c.addNodeAddrLocked(a)

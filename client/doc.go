@@ -28,21 +28,38 @@
 // ledger neither applied nor recorded it (a debit or hold that the posted
 // balance covers but the available one does not, while the shard still has
 // expired holds to release, and the later ops of that member in the
-// request); send it again with the same key. If an earlier attempt of that request had an unknown outcome, such a
-// result is Indeterminate (for a linked request, all its results are): the
-// earlier attempt may still apply, since the refusal left the key free.
+// request, or in later chunks of a split Submit); send it again with the
+// same key. If an earlier attempt of that request had an unknown outcome,
+// such a result is Indeterminate (for a linked request, all its results
+// are): the earlier attempt may still apply, since the refusal left the key
+// free. The same holds after an earlier call that left the key
+// indeterminate (below).
 //
 // Indeterminate outcomes. When the context ends after an attempt of a mutating
 // call may have reached a server, the operation may or may not have applied:
 // the error satisfies IsIndeterminate (as does Result.Err of an Indeterminate
 // result). Settle it by re-sending the same operation with the same
-// idempotency key: the ledger answers from its dedup record if it applied,
-// and applies it once if not. GetOperation saying "not found" does not settle
-// it: an earlier attempt may still be queued at the leader, or in a Raft
-// entry not yet committed, and apply after the read. A call that gives up
-// when no attempt may have carried its operations (none was sent, or every
-// answer proved that nothing applied) is not indeterminate, coalesced or not.
-// Either way the cause is the caller's own context error.
+// idempotency key until an answer the ledger recorded comes back: the
+// ledger answers from its dedup record if it applied, and applies it once,
+// recording the outcome, if not. Only a recorded answer settles it: OK, a
+// refusal such as INSUFFICIENT_FUNDS, a replay, IDEMPOTENCY_KEY_REUSED. An
+// answer that records nothing does not (an op-level UNAVAILABLE, a refusal
+// before proposal such as a full queue, NOT_LEADER, a request rejected as
+// invalid, a call given up before any attempt carried the op, an op held
+// back): it says only that this call applied nothing,
+// and the key stays free for the earlier call's attempt, which may still be
+// queued at the leader, or in a Raft entry not yet committed, and apply
+// afterwards. Within one Client the library knows this: for a key that one
+// of its calls left indeterminate in the last two minutes, such an answer is
+// reported Indeterminate too (Result.Indeterminate; IsIndeterminate holds for
+// the error of Apply and of the Submit part), until a recorded answer comes.
+// Across processes (another Client, a re-run of tallyctl) it cannot: there
+// the caller must keep re-sending until a recorded answer comes. For the same
+// reason GetOperation saying "not found" does not settle it. A call that
+// gives up when no attempt may have carried its operations (none was sent,
+// or every answer proved that nothing applied) is not indeterminate,
+// coalesced or not, unless an earlier call left a key of it open. Either way
+// the cause is the caller's own context error.
 //
 // Coalescing. With Config.Coalesce, concurrent unlinked submissions are queued
 // per shard and a small, fixed set of sender goroutines per shard sends
@@ -51,7 +68,7 @@
 // many single-operation calls into few large Raft entries. A batch is retried
 // as a single call is, as long as one of its callers waits, and each attempt
 // carries only the operations of callers that still wait: once a call has
-// returned (indeterminate or not), no attempt made after it carries its
+// returned (indeterminate or not), no attempt decided after it carries its
 // operations. A caller that leaves while an attempt carrying its operations
 // is in flight, or after one of unknown outcome, is told indeterminate;
 // otherwise, not applied. One caller's operation rejected on its merits fails

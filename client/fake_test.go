@@ -47,6 +47,9 @@ type fakeCluster struct {
 	badReadMember string
 	// readHook, if set, runs before GetAccounts; an error is its answer.
 	readHook func(req *tallypb.GetAccountsRequest) error
+	// defineHook, if set, runs before DefineAsset; handled=true makes its
+	// answer final.
+	defineHook func(ctx context.Context) (resp *tallypb.DefineAssetResponse, err error, handled bool)
 }
 
 type fakeNode struct {
@@ -273,6 +276,14 @@ func (c *fakeCluster) applyOpLocked(op *tallypb.Op, shard int) *tallypb.OpResult
 
 func (n *fakeNode) DefineAsset(ctx context.Context, req *tallypb.DefineAssetRequest) (*tallypb.DefineAssetResponse, error) {
 	c := n.c
+	c.mu.Lock()
+	hook := c.defineHook
+	c.mu.Unlock()
+	if hook != nil {
+		if resp, err, handled := hook(ctx); handled {
+			return resp, err
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := n.notLeaderLocked(0); err != nil {

@@ -16,10 +16,13 @@ import (
 // The ops are split by shard; each shard's part goes to that shard's leader,
 // all parts concurrently. A part larger than Config.MaxBatchOps is sent as
 // consecutive chunks, one after another, so that the ops of one member apply
-// in the order given. With linked=true all ops must be on one member (one
-// program and member) and at most MaxBatchOps: they apply all or none.
-// With Config.Coalesce, unlinked parts may share a request with other
-// callers' ops; each caller still gets exactly its own results.
+// in the order given: as the ledger does within one request, once an op of a
+// member is answered UNAVAILABLE (not applied, not recorded), that member's
+// ops in later chunks are not sent and hold UNAVAILABLE, "not sent". With
+// linked=true all ops must be on one member (one program and member) and at
+// most MaxBatchOps: they apply all or none. With Config.Coalesce, unlinked
+// parts may share a request with other callers' ops; each caller still gets
+// exactly its own results.
 //
 // Retries follow the package doc. The error is request-level: nil when every
 // part got its results (check each Result's Code), else an *Error (or several
@@ -27,17 +30,19 @@ import (
 // ops, DEFINE_ASSET, a linked request over members or MaxBatchOps, a key used
 // twice) is refused before anything is sent, with nil results and the op's
 // index in the error; what only the server checks comes back as results.
-// Any other error
-// still returns len(ops) results: ops of parts that completed hold their
-// outcomes, the others hold their part's error code, and Result.Indeterminate
-// where that error is indeterminate (they may have applied); ops of chunks
-// after a failed chunk were never sent and hold UNAVAILABLE, not
-// indeterminate. Parts succeed or fail independently: an error, definite or
-// not, says nothing about the ops of other parts, so read the Results, not
-// the error, to learn what applied. A result can be Indeterminate with a nil
-// error too: an op answered UNAVAILABLE (not applied, not recorded) after an
-// earlier attempt of its request whose outcome is unknown (see
-// Result.Indeterminate). Config.MaxCallDuration bounds the whole call.
+// Any other error still returns len(ops) results: ops of parts that
+// completed hold their outcomes, the others hold their part's error code,
+// and Result.Indeterminate where that error is indeterminate (they may have
+// applied); ops of chunks after a failed chunk were never sent and hold
+// UNAVAILABLE, not indeterminate. Parts succeed or fail independently: an
+// error, definite or not, says nothing about the ops of other parts, so read
+// the Results, not the error, to learn what applied. A result can be
+// Indeterminate with a nil error too: an op answered UNAVAILABLE (not
+// applied, not recorded) after an earlier attempt of its request whose
+// outcome is unknown (see Result.Indeterminate). An answer that records
+// nothing for a key that an earlier call left indeterminate is Indeterminate
+// too, and so is its part's error if it has one (see the package doc).
+// Config.MaxCallDuration bounds the whole call.
 func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, error) {
 	if len(ops) == 0 {
 		return nil, newError(ledger.CodeInvalidArgument, -1, "submit: no operations")
@@ -99,6 +104,9 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 	ctx, cancel := c.bounded(ctx)
 	defer cancel()
 	results := make([]Result, len(ops))
+	// recorded marks the ops whose answer the ledger recorded under their
+	// key: only such an answer settles a key an earlier call left open.
+	recorded := make([]bool, len(ops))
 	errs := make([]error, len(order))
 	runPart := func(k int) {
 		shard := order[k]
@@ -119,6 +127,7 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 				e.OpIndex = -1 // names no op of this part: no op of the call either
 			}
 		}
+		linkedUnrecorded := linked && linkedRecordsNothing(res)
 		for j, i := range idx {
 			if j < len(res) && res[j] != nil {
 				r, err := resultFromProto(res[j])
@@ -135,6 +144,7 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 				if j < len(out.unsettled) && out.unsettled[j] {
 					r.Indeterminate = true
 				}
+				recorded[i] = !r.Indeterminate && recordsAnswer(res[j], linkedUnrecorded)
 				r.Shard = uint32(shard)
 				results[i] = r
 				continue
@@ -164,7 +174,98 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 		}
 		wg.Wait()
 	}
+	if !c.open.empty() || anyIndeterminate(results) {
+		c.settleOpenKeys(ops, results, recorded, order, parts, errs)
+	}
 	return results, joinErrors(errs)
+}
+
+func anyIndeterminate(results []Result) bool {
+	for _, r := range results {
+		if r.Indeterminate {
+			return true
+		}
+	}
+	return false
+}
+
+// settleOpenKeys applies a Submit's answers to the record of open keys
+// (openkeys.go): the keys of Indeterminate results are recorded, recorded
+// answers settle theirs, and an answer that records nothing for a key still
+// open is made Indeterminate, with its part's error, if any, made
+// indeterminate too (IsIndeterminate then holds for Apply's error). Every
+// mutating call but DefineAsset goes through Submit, so this is the one
+// place that applies the rule to ops.
+func (c *Client) settleOpenKeys(ops []Op, results []Result, recorded []bool, order []int, parts map[int][]int, errs []error) {
+	o := c.open
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	defer func() { o.n.Store(int64(len(o.at))) }()
+	now := o.now()
+	o.pruneLocked(now)
+	for k, shard := range order {
+		marked := false
+		for _, i := range parts[shard] {
+			a := answerUnrecorded
+			switch {
+			case results[i].Indeterminate:
+				a = answerUnknown
+			case recorded[i]:
+				a = answerRecorded
+			}
+			if o.answerLocked(openKey{program: ops[i].Program, key: ops[i].IdempotencyKey}, a, now) {
+				results[i].Indeterminate = true
+				marked = true
+			}
+		}
+		if e, ok := errs[k].(*Error); ok && marked && !e.Indeterminate {
+			errs[k] = stillOpen(e)
+		}
+	}
+}
+
+// stillOpen is e, a "not applied" answer, made indeterminate because an
+// earlier call left an op's key open.
+func stillOpen(e *Error) *Error {
+	ec := *e
+	ec.Indeterminate = true
+	ec.Message += "; an earlier call with the same key had an unknown outcome and this answer recorded nothing, so that call's attempt may still apply"
+	return &ec
+}
+
+// recordsAnswer reports whether the ledger recorded r under its op's key, so
+// that an earlier attempt of the op would replay it: a replay, or any answer
+// but UNAVAILABLE (rules version 4: neither applied nor recorded) and, when
+// linkedUnrecorded, a fresh LINKED_FAILED. IDEMPOTENCY_KEY_REUSED is not
+// recorded for this op, but the key is recorded for another, so this op can
+// never apply under it: that settles it too.
+func recordsAnswer(r *tallypb.OpResult, linkedUnrecorded bool) bool {
+	switch {
+	case r.GetReplayed():
+		return true
+	case r.GetCode() == string(ledger.CodeUnavailable):
+		return false
+	case linkedUnrecorded && r.GetCode() == string(ledger.CodeLinkedFailed):
+		return false
+	}
+	return true
+}
+
+// linkedRecordsNothing reports whether a linked request's answers leave its
+// fresh LINKED_FAILED results unrecorded: one of its ops was answered
+// UNAVAILABLE (rules version 4), or refused for a key recorded for another
+// op (from rules version 2; under version 1 those results are recorded,
+// and taking them for unrecorded errs on the safe side).
+func linkedRecordsNothing(res []*tallypb.OpResult) bool {
+	for _, r := range res {
+		if r.GetReplayed() {
+			continue
+		}
+		if c := ledger.Code(r.GetCode()); c == ledger.CodeUnavailable || c == ledger.CodeIdempotencyKeyReused {
+			return true
+		}
+	}
+	return false
 }
 
 // partOutcome is what one shard's part of a Submit got back.
@@ -193,26 +294,112 @@ func (c *Client) submitPart(ctx context.Context, shard int, ops []*tallypb.Op, l
 		return partOutcome{results: res, unsettled: unsettled(res, false, unknown), unsent: len(ops)}, err
 	}
 	out := partOutcome{results: make([]*tallypb.OpResult, 0, len(ops)), unsent: len(ops)}
+	// Within one request the ledger answers the later ops of a member
+	// UNAVAILABLE (unrecorded) after one of its ops was (rules version 4),
+	// so that they apply in order or not at all. Across chunks the client
+	// does the same: a later chunk does not send the ops of a member with
+	// an op answered UNAVAILABLE in an earlier one. Sent, a Capture could
+	// be refused HOLD_NOT_FOUND, recorded, for want of the Hold deferred
+	// before it, its key spent (found by review).
+	var deferred map[memberRef]bool
 	for start := 0; start < len(ops); start += c.cfg.MaxBatchOps {
 		end := min(start+c.cfg.MaxBatchOps, len(ops))
-		res, unknown, e := c.submitDirect(ctx, shard, ops[start:end], linked)
+		chunk := ops[start:end]
+		sent, pos := heldBack(chunk, deferred)
+		var (
+			res     []*tallypb.OpResult
+			unknown bool
+			e       *Error
+		)
+		if len(sent) > 0 {
+			res, unknown, e = c.submitDirect(ctx, shard, sent, linked)
+		}
+		marks := unsettled(res, linked, unknown)
+		// chunkRes is res spread over chunk: the held-back ops get their
+		// "not sent" answer, even when the chunk failed.
+		chunkRes := res
+		if pos != nil {
+			chunkRes = make([]*tallypb.OpResult, len(chunk))
+			for j := range chunkRes {
+				chunkRes[j] = &tallypb.OpResult{Code: string(ledger.CodeUnavailable),
+					Message: "not sent: an earlier op of this member in the call was not applied; send it again with the same key"}
+			}
+			var spread []bool
+			if marks != nil {
+				spread = make([]bool, len(chunk))
+			}
+			for n, j := range pos {
+				chunkRes[j] = nil
+				if e == nil {
+					chunkRes[j] = res[n]
+				}
+				if marks != nil {
+					spread[j] = marks[n]
+				}
+			}
+			marks = spread
+			if e != nil && e.OpIndex >= 0 {
+				if e.OpIndex < len(pos) {
+					e.OpIndex = pos[e.OpIndex]
+				} else {
+					e.OpIndex = -1 // names no op that was sent
+				}
+			}
+		}
 		if e != nil {
 			if e.OpIndex >= 0 {
 				e.OpIndex += start
 			}
-			out.results = append(out.results, make([]*tallypb.OpResult, len(ops)-start)...)
+			tail := make([]*tallypb.OpResult, len(ops)-start)
+			if pos != nil {
+				copy(tail, chunkRes) // the held-back answers; nil for the rest
+			}
+			out.results = append(out.results, tail...)
 			out.unsent = end
 			return out, e
 		}
-		if u := unsettled(res, linked, unknown); u != nil {
+		if marks != nil {
 			if out.unsettled == nil {
 				out.unsettled = make([]bool, len(ops))
 			}
-			copy(out.unsettled[start:], u)
+			copy(out.unsettled[start:], marks)
 		}
-		out.results = append(out.results, res...)
+		out.results = append(out.results, chunkRes...)
+		for j, r := range chunkRes {
+			if r.GetCode() == string(ledger.CodeUnavailable) && !r.GetReplayed() {
+				if deferred == nil {
+					deferred = make(map[memberRef]bool)
+				}
+				deferred[memberRef{program: chunk[j].GetProgram(), member: chunk[j].GetMember()}] = true
+			}
+		}
 	}
 	return out, nil
+}
+
+// memberRef names a member: the ledger orders the ops of one member.
+type memberRef struct{ program, member string }
+
+// heldBack returns the ops of chunk to send: all of them (pos nil) unless
+// some are of deferred members, which are held back; pos then gives the
+// index in chunk of each op sent.
+func heldBack(chunk []*tallypb.Op, deferred map[memberRef]bool) (sent []*tallypb.Op, pos []int) {
+	if len(deferred) == 0 {
+		return chunk, nil
+	}
+	for j, op := range chunk {
+		if !deferred[memberRef{program: op.GetProgram(), member: op.GetMember()}] {
+			sent = append(sent, op)
+			pos = append(pos, j)
+		}
+	}
+	if len(pos) == len(chunk) {
+		return chunk, nil
+	}
+	if pos == nil {
+		pos = []int{} // none sent: every op held back
+	}
+	return sent, pos
 }
 
 // submitDirect sends one Submit RPC's worth of ops (<= MaxBatchOps) to the

@@ -77,7 +77,10 @@ type Result struct {
 	// the op was answered UNAVAILABLE, unrecorded (or, linked, its request
 	// was), after an earlier attempt of the same request whose outcome is
 	// unknown and which may still apply, since the unrecorded answer leaves
-	// its key free. Re-send it with the same key to learn its outcome.
+	// its key free; or the answer recorded nothing (not applied by this
+	// call) while an earlier call of this Client left the key indeterminate
+	// (see the package doc). Re-send it with the same key until an answer
+	// the ledger recorded comes back.
 	Indeterminate bool
 }
 
