@@ -17,14 +17,21 @@ import (
 //   - the op's own outcome, a failure: its Result and the op's code as a
 //     *ledger.Error, so that errors.Is(err, ledger.ErrInsufficientFunds)
 //     works;
-//   - an op answered UNAVAILABLE (not applied, not recorded) while an attempt
-//     of unknown outcome may still apply it (Result.Indeterminate): its
-//     Result and an *Error of that code that satisfies IsIndeterminate;
+//   - an op answered with something the ledger did not record (UNAVAILABLE,
+//     say: not applied by this call) while an attempt of unknown outcome may
+//     still apply it (Result.Indeterminate): its Result and an *Error of
+//     that code that satisfies IsIndeterminate;
 //   - success: the Result and nil.
 //
 // Whatever the case, errors.Is matches the code, and IsIndeterminate tells
-// whether the op may have applied. A replayed result (same key, same op) is
-// OK with Replayed set.
+// whether the op may have applied as far as this Client knows: it remembers
+// the keys of its own indeterminate calls, each for a window that every
+// unrecorded answer for it renews (see the package doc). A key left
+// indeterminate by another process (another Client, a tallyctl run), or
+// re-sent only after the window, is not known here: there a "not applied"
+// answer does not settle it, and the caller must keep re-sending until a
+// recorded answer comes. A replayed result (same key, same op) is OK with
+// Replayed set.
 
 // Apply submits one op; the convenience methods below are built on it.
 func (c *Client) Apply(ctx context.Context, op Op) (Result, error) {
@@ -48,7 +55,7 @@ func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale u
 	req := &tallypb.DefineAssetRequest{Program: program, Asset: asset, Scale: uint32(scale), IdempotencyKey: key}
 	// It does not go through Submit, so it applies the rule of open keys
 	// (openkeys.go) itself.
-	open := openKey{program: program, key: key}
+	open := openKey{program: program, key: key, shard: defineAssetShard}
 	var resp *tallypb.DefineAssetResponse
 	if e := c.invoke(ctx, 0, true, true, func(actx context.Context, lc tallypb.LedgerClient) error {
 		r, err := lc.DefineAsset(actx, req)
@@ -74,7 +81,7 @@ func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale u
 		return Result{}, e
 	}
 	a := answerRecorded
-	if !recordsAnswer(resp.GetResult(), false) {
+	if !recordsAnswer(resp.GetResult()) {
 		a = answerUnrecorded
 	}
 	if c.open.answer(open, a) {
@@ -110,10 +117,13 @@ func (c *Client) Hold(ctx context.Context, program, member, asset string, amount
 // whole hold" (a computed amount that came out zero must not take it all);
 // use CaptureHoldAll for that.
 func (c *Client) CaptureHold(ctx context.Context, program, member, holdKey string, amount decimal.Decimal, key string) (Result, error) {
+	op := Op{Kind: ledger.OpCaptureHold, Program: program, Member: member, HoldKey: holdKey, Amount: amount, IdempotencyKey: key}
 	if !amount.IsPositive() {
-		return Result{}, newError(ledger.CodeInvalidAmount, -1, "capture: amount %s is not positive (CaptureHoldAll captures the whole hold)", amount)
+		// Indeterminate if the key is open, as Submit's own refusals are.
+		return Result{}, c.refusedLocally(newError(ledger.CodeInvalidAmount, -1,
+			"capture: amount %s is not positive (CaptureHoldAll captures the whole hold)", amount), []Op{op}, c.Shards())
 	}
-	return c.Apply(ctx, Op{Kind: ledger.OpCaptureHold, Program: program, Member: member, HoldKey: holdKey, Amount: amount, IdempotencyKey: key})
+	return c.Apply(ctx, op)
 }
 
 // CaptureHoldAll debits the whole hold named holdKey.

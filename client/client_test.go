@@ -1550,7 +1550,10 @@ func TestMaxCallDurationLeavesCallerDeadlines(t *testing.T) {
 func TestOpUnavailableAfterUnknownAttemptIsIndeterminate(t *testing.T) {
 	unavailable := &tallypb.OpResult{Code: string(ledger.CodeUnavailable), Message: "expired holds still to release; not applied and not recorded"}
 	linkedFailed := &tallypb.OpResult{Code: string(ledger.CodeLinkedFailed), Message: "not applied: linked op 0 failed; nothing recorded"}
-	insufficient := &tallypb.OpResult{Code: string(ledger.CodeInsufficientFunds), Message: "available 0.00"}
+	insufficient := &tallypb.OpResult{Code: string(ledger.CodeInsufficientFunds), Message: "available 0.00", Seq: 5}
+	// A request that fails validation at apply: every op gets the error,
+	// with no sequence number, and nothing is recorded.
+	invalid := &tallypb.OpResult{Code: string(ledger.CodeInvalidArgument), Message: "memo: not valid UTF-8"}
 	for _, tc := range []struct {
 		name     string
 		coalesce bool
@@ -1564,6 +1567,7 @@ func TestOpUnavailableAfterUnknownAttemptIsIndeterminate(t *testing.T) {
 		{"linked, after a timeout", false, true, "timeout", []*tallypb.OpResult{unavailable, linkedFailed}, []bool{true, true}},
 		{"recorded refusal after a timeout", false, false, "timeout", []*tallypb.OpResult{insufficient}, []bool{false}},
 		{"recorded refusal after a timeout, coalescing", true, false, "timeout", []*tallypb.OpResult{insufficient}, []bool{false}},
+		{"unrecorded refusal after a timeout", false, false, "timeout", []*tallypb.OpResult{invalid}, []bool{true}},
 		{"first answer", false, false, "", []*tallypb.OpResult{unavailable}, []bool{false}},
 		{"first answer, coalescing", true, false, "", []*tallypb.OpResult{unavailable}, []bool{false}},
 		{"after NOT_LEADER", false, false, "not leader", []*tallypb.OpResult{unavailable}, []bool{false}},

@@ -41,21 +41,34 @@
 // result). Settle it by re-sending the same operation with the same
 // idempotency key until an answer the ledger recorded comes back: the
 // ledger answers from its dedup record if it applied, and applies it once,
-// recording the outcome, if not. Only a recorded answer settles it: OK, a
-// refusal such as INSUFFICIENT_FUNDS, a replay, IDEMPOTENCY_KEY_REUSED. An
-// answer that records nothing does not (an op-level UNAVAILABLE, a refusal
-// before proposal such as a full queue, NOT_LEADER, a request rejected as
-// invalid, a call given up before any attempt carried the op, an op held
-// back): it says only that this call applied nothing,
-// and the key stays free for the earlier call's attempt, which may still be
-// queued at the leader, or in a Raft entry not yet committed, and apply
-// afterwards. Within one Client the library knows this: for a key that one
-// of its calls left indeterminate in the last two minutes, such an answer is
-// reported Indeterminate too (Result.Indeterminate; IsIndeterminate holds for
-// the error of Apply and of the Submit part), until a recorded answer comes.
-// Across processes (another Client, a re-run of tallyctl) it cannot: there
-// the caller must keep re-sending until a recorded answer comes. For the same
-// reason GetOperation saying "not found" does not settle it. A call that
+// recording the outcome, if not. Only a recorded answer settles it: a replay,
+// or an outcome with a sequence number (Result.Seq), which the ledger stamps
+// on what it records (OK, a refusal such as INSUFFICIENT_FUNDS), and
+// IDEMPOTENCY_KEY_REUSED. An answer that records nothing does not (an
+// op-level UNAVAILABLE, a refusal without a sequence number, as for a
+// request that fails validation when applied, a refusal before proposal
+// such as a full queue, NOT_LEADER, a request rejected as invalid, by the
+// server or by the client before sending, a call given up before any
+// attempt carried the op, an op held back): it says only that this call
+// applied nothing, and the key stays free for the earlier call's attempt,
+// which may still be queued at the leader, or in a Raft entry not yet
+// committed (which can commit whenever a quorum returns), and apply
+// afterwards. Within one Client, and for a while, the library knows this: a
+// key that one of its calls left indeterminate stays open until a recorded
+// answer comes, or until two minutes pass without an answer for it (every
+// unrecorded answer for it starts the two minutes again), and meanwhile such
+// an answer is reported Indeterminate too (Result.Indeterminate;
+// IsIndeterminate holds for the error of Apply, of the Submit part, and of a
+// call refused before sending). Keys are told apart by shard, as the ledger
+// deduplicates them (a DefineAsset key apart from every shard's). If more
+// keys are open than the record holds (65,536), the oldest is forgotten, and
+// for two minutes after that every unrecorded answer, for any key, is
+// reported Indeterminate. Two calls that send one key at the same time are
+// not covered: each is judged by the record as it stands when its answer
+// comes. Past the window, and across processes (another Client, a re-run of
+// tallyctl), the library cannot know: there the caller must keep re-sending
+// until a recorded answer comes. For the same reason GetOperation saying
+// "not found" does not settle it. A call that
 // gives up when no attempt may have carried its operations (none was sent,
 // or every answer proved that nothing applied) is not indeterminate,
 // coalesced or not, unless an earlier call left a key of it open. Either way

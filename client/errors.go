@@ -96,8 +96,11 @@ func (e *Error) Unwrap() error { return e.Err }
 // IsIndeterminate reports whether err (or any error it wraps or joins) says
 // that mutating operations may or may not have applied. Settle it by
 // re-sending the same operations with the same idempotency keys: each
-// applies once or replays its stored result. (GetOperation's "found" is
-// final; its "not found" is not, while an attempt may still apply.)
+// applies once or replays its stored result. Only an answer the ledger
+// recorded settles it; false for a re-send's error is final only within
+// this Client's record of open keys (see the package doc). (GetOperation's
+// "found" is final; its "not found" is not, while an attempt may still
+// apply.)
 func IsIndeterminate(err error) bool {
 	switch e := err.(type) {
 	case nil:

@@ -264,11 +264,13 @@ func (c *fakeCluster) applyOpLocked(op *tallypb.Op, shard int) *tallypb.OpResult
 	res.Account = &tallypb.Account{Program: op.Program, Member: op.Member, Asset: op.Asset, Scale: 2, State: "ACTIVE",
 		Posted: bal.StringFixed(2), Held: "0.00", Available: bal.StringFixed(2), MaxBalance: op.MaxBalance,
 		OpenedAtMs: 1000, UpdatedAtMs: 1000}
+	// As the ledger, every outcome is recorded with a sequence number, a
+	// refusal too; the journal lists successes.
+	c.seq++
+	res.Seq = c.seq
+	entry := &tallypb.JournalEntry{Seq: c.seq, Op: proto.Clone(op).(*tallypb.Op), Result: res}
+	c.records[op.IdempotencyKey] = entry
 	if res.Code == string(ledger.CodeOK) {
-		c.seq++
-		res.Seq = c.seq
-		entry := &tallypb.JournalEntry{Seq: c.seq, Op: proto.Clone(op).(*tallypb.Op), Result: res}
-		c.records[op.IdempotencyKey] = entry
 		c.journal = append(c.journal, entry)
 	}
 	return res
@@ -289,7 +291,8 @@ func (n *fakeNode) DefineAsset(ctx context.Context, req *tallypb.DefineAssetRequ
 	if err := n.notLeaderLocked(0); err != nil {
 		return nil, err
 	}
-	return &tallypb.DefineAssetResponse{Result: &tallypb.OpResult{Code: "OK", Message: req.Asset + "/" + strconv.Itoa(int(req.Scale))}}, nil
+	c.seq++
+	return &tallypb.DefineAssetResponse{Result: &tallypb.OpResult{Code: "OK", Message: req.Asset + "/" + strconv.Itoa(int(req.Scale)), Seq: c.seq}}, nil
 }
 
 func (n *fakeNode) GetAccount(ctx context.Context, req *tallypb.GetAccountRequest) (*tallypb.GetAccountResponse, error) {

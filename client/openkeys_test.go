@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -183,8 +185,10 @@ func TestNotAppliedAnswerLeavesAnOpenKeyOpen(t *testing.T) {
 }
 
 // TestOpenKeysExpireAndAreBounded: the record of open keys forgets a key
-// openKeyTTL after the call that left it open, and, full, forgets the
-// oldest first; settled keys leave nothing behind.
+// openKeyTTL after the last answer that left it open, and, full, forgets
+// the oldest first, opening an overflow window of openKeyTTL in which every
+// unrecorded answer is indeterminate: the dropped key's used to read "not
+// applied" at once (found by review). Settled keys leave nothing behind.
 func TestOpenKeysExpireAndAreBounded(t *testing.T) {
 	fc := newFakeCluster(t, 1, 1)
 	c := dial(t, fc, Config{RequestTimeout: 50 * time.Millisecond})
@@ -224,14 +228,24 @@ func TestOpenKeysExpireAndAreBounded(t *testing.T) {
 		require.Equal(t, r.Indeterminate, IsIndeterminate(err), "%v", err)
 		return r.Indeterminate
 	}
-	assert.False(t, open("a"), "the oldest key is forgotten first")
-	assert.True(t, open("b"))
-	assert.True(t, open("c"))
-	// b was recorded at t0+1s, c at t0+2s; it is now t0+3s.
+	// recorded reports whether key is in the record (as of the last call).
+	recorded := func(key string) bool {
+		c.open.mu.Lock()
+		defer c.open.mu.Unlock()
+		_, ok := c.open.at[openKey{program: testProgram, key: key, shard: 0}]
+		return ok
+	}
+	// b was recorded at t0+1s, c at t0+2s, when a was dropped; it is now
+	// t0+3s.
+	assert.Equal(t, []bool{false, true, true}, []bool{recorded("a"), recorded("b"), recorded("c")}, "the oldest key is dropped first")
+	assert.True(t, open("a"), "dropped for room: the overflow window covers it")
+	assert.True(t, open("never-open"), "the overflow window covers every key")
 	advance(openKeyTTL - 2*time.Second)
-	assert.False(t, open("b"), "expired")
-	assert.True(t, open("c"), "a second short of expiry")
+	assert.True(t, open("a"), "the window is open a second more")
+	assert.False(t, recorded("b"), "expired")
+	assert.True(t, recorded("c"), "a second short of expiry")
 	advance(time.Second)
+	assert.False(t, open("a"), "the window is closed")
 	assert.False(t, open("c"), "expired")
 	assert.True(t, c.open.empty())
 
@@ -326,4 +340,245 @@ func TestChunksHoldBackTheLaterOpsOfADeferredMember(t *testing.T) {
 			assert.Equal(t, tc.sent, sent)
 		})
 	}
+}
+
+// holdThenAnswer makes the cluster hold every Submit attempt until its
+// deadline while phase is 0 (so a call ends indeterminate), and answer
+// answer(req) after.
+func holdThenAnswer(fc *fakeCluster, phase *atomic.Int32, answer func(req *tallypb.SubmitRequest) *tallypb.SubmitResponse) {
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		if phase.Load() == 0 {
+			<-ctx.Done()
+			return nil, ctx.Err(), true
+		}
+		return answer(req), nil, true
+	})
+}
+
+// TestUnrecordedRefusalDoesNotSettleAnOpenKey: a request that fails
+// ledger.ValidateRequest at apply gets the error on every op, with no
+// sequence number, and records nothing. Such an answer was taken for
+// recorded (any op-level code but UNAVAILABLE was): it settled the key, and
+// a later UNAVAILABLE for it read "not applied" (found by review). Only a
+// replay, a result with a sequence number, or IDEMPOTENCY_KEY_REUSED
+// settles a key.
+func TestUnrecordedRefusalDoesNotSettleAnOpenKey(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{RequestTimeout: 50 * time.Millisecond})
+	var phase atomic.Int32 // 0: hold; 1: INVALID_ARGUMENT, seq 0; 2: UNAVAILABLE
+	holdThenAnswer(fc, &phase, func(req *tallypb.SubmitRequest) *tallypb.SubmitResponse {
+		code := ledger.CodeInvalidArgument
+		if phase.Load() == 2 {
+			code = ledger.CodeUnavailable
+		}
+		resp := &tallypb.SubmitResponse{}
+		for range req.Ops {
+			resp.Results = append(resp.Results, &tallypb.OpResult{Code: string(code), Message: "op 0: memo: not valid UTF-8"})
+		}
+		return resp
+	})
+	op := credit("alice", "pay-1", "10")
+	leaveIndeterminate(t, c, op)
+
+	phase.Store(1)
+	r, err := c.Apply(testCtx(t), op)
+	assert.Equal(t, ledger.CodeInvalidArgument, r.Code)
+	assert.True(t, r.Indeterminate, "an unrecorded refusal for an open key: %+v", r)
+	assert.True(t, IsIndeterminate(err), "%v", err)
+
+	phase.Store(2)
+	r, err = c.Apply(testCtx(t), op)
+	assert.True(t, r.Indeterminate, "the unrecorded refusal settled the key: %+v", r)
+	assert.True(t, IsIndeterminate(err), "%v", err)
+	assert.False(t, c.open.empty())
+}
+
+// TestRecordedAnswerOnAnotherShardLeavesAnOpenKeyOpen: the ledger
+// deduplicates a key on its member's shard only, so a recorded answer for
+// the same key on another shard (the key reused for another member) says
+// nothing of the first. It used to settle the key, which the record kept by
+// program and key alone (found by review).
+func TestRecordedAnswerOnAnotherShardLeavesAnOpenKeyOpen(t *testing.T) {
+	fc := newFakeCluster(t, 1, 2)
+	c := dial(t, fc, Config{RequestTimeout: 50 * time.Millisecond})
+	alice := "alice"
+	bob := memberOn(testProgram, 1-ledger.ShardOf(testProgram, alice, 2), 2, 0)
+	var phase atomic.Int32
+	holdThenAnswer(fc, &phase, func(req *tallypb.SubmitRequest) *tallypb.SubmitResponse {
+		if req.Ops[0].Member == bob {
+			return &tallypb.SubmitResponse{Results: []*tallypb.OpResult{{Code: string(ledger.CodeOK), Seq: 7}}}
+		}
+		return &tallypb.SubmitResponse{Results: []*tallypb.OpResult{{Code: string(ledger.CodeUnavailable), Message: "not recorded"}}}
+	})
+	leaveIndeterminate(t, c, credit(alice, "order-9", "10"))
+
+	phase.Store(1)
+	_, err := c.Apply(testCtx(t), credit(bob, "order-9", "1")) // recorded on bob's shard only
+	require.NoError(t, err)
+	r, err := c.Apply(testCtx(t), credit(alice, "order-9", "10"))
+	assert.Equal(t, ledger.CodeUnavailable, r.Code)
+	assert.True(t, r.Indeterminate, "alice's shard recorded nothing under order-9: %+v", r)
+	assert.True(t, IsIndeterminate(err), "%v", err)
+}
+
+// TestUnrecordedAnswersKeepAnOpenKeyOpen: every unrecorded answer for an
+// open key re-stamps it, so that openKeyTTL counts from the last sign that
+// the key is still unsettled. A caller re-sending every minute through a
+// loss of quorum (an entry already in a follower's log may commit when it
+// returns) was told "not applied" two minutes after the first call (found
+// by review). A key left alone for openKeyTTL is forgotten.
+func TestUnrecordedAnswersKeepAnOpenKeyOpen(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{RequestTimeout: 50 * time.Millisecond})
+	var mu sync.Mutex
+	now := time.Unix(1_000_000, 0)
+	c.open.now = func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	advance := func(d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		now = now.Add(d)
+	}
+	var phase atomic.Int32
+	holdThenAnswer(fc, &phase, func(req *tallypb.SubmitRequest) *tallypb.SubmitResponse {
+		return &tallypb.SubmitResponse{Results: []*tallypb.OpResult{{Code: string(ledger.CodeUnavailable), Message: "not recorded"}}}
+	})
+	op := credit("alice", "pay-1", "10")
+	leaveIndeterminate(t, c, op)
+
+	phase.Store(1)
+	for i, d := range []time.Duration{time.Minute, 55 * time.Second, 10 * time.Second, openKeyTTL - time.Second} {
+		advance(d)
+		r, err := c.Apply(testCtx(t), op)
+		assert.True(t, r.Indeterminate, "re-send %d: no recorded answer ever came: %+v", i, r)
+		assert.True(t, IsIndeterminate(err), "re-send %d: %v", i, err)
+	}
+	advance(openKeyTTL)
+	r, err := c.Apply(testCtx(t), op)
+	assert.False(t, r.Indeterminate, "left alone for openKeyTTL: %+v", r)
+	assert.False(t, IsIndeterminate(err), "%v", err)
+	assert.True(t, c.open.empty())
+}
+
+// TestDefineAssetKeyIsSettledOnlyByDefineAsset: DefineAsset applies on
+// every shard, so its key is recorded apart from any shard's: a Submit's
+// recorded answer under the same key does not settle it, nor does a
+// DefineAsset's recorded answer settle a Submit's key.
+func TestDefineAssetKeyIsSettledOnlyByDefineAsset(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	fc.hint = false
+	c := dial(t, fc, Config{RequestTimeout: 50 * time.Millisecond})
+	var phase atomic.Int32 // 0: hold; 1: answer; 2: NOT_LEADER
+	fc.mu.Lock()
+	fc.defineHook = func(ctx context.Context) (*tallypb.DefineAssetResponse, error, bool) {
+		switch phase.Load() {
+		case 0:
+			<-ctx.Done()
+			return nil, ctx.Err(), true
+		case 2:
+			loseLeader(fc)
+			return nil, tallyErr(codes.FailedPrecondition, ledger.CodeNotLeader, "not the leader", nil), true
+		}
+		return &tallypb.DefineAssetResponse{Result: &tallypb.OpResult{Code: string(ledger.CodeOK), Seq: 3}}, nil, true
+	}
+	fc.mu.Unlock()
+	holdThenAnswer(fc, &phase, func(req *tallypb.SubmitRequest) *tallypb.SubmitResponse {
+		if phase.Load() == 1 {
+			return &tallypb.SubmitResponse{Results: []*tallypb.OpResult{{Code: string(ledger.CodeOK), Seq: 4}}}
+		}
+		return &tallypb.SubmitResponse{Results: []*tallypb.OpResult{{Code: string(ledger.CodeUnavailable), Message: "not recorded"}}}
+	})
+	ctx, cancel := context.WithTimeout(testCtx(t), 150*time.Millisecond)
+	_, err := c.DefineAsset(ctx, testProgram, "CNY", 2, "k-define")
+	cancel()
+	require.True(t, IsIndeterminate(err), "%v", err)
+	leaveIndeterminate(t, c, credit("alice", "k-credit", "1"))
+
+	phase.Store(1) // each key's recorded answer from the other call
+	_, err = c.Apply(testCtx(t), credit("alice", "k-define", "1"))
+	require.NoError(t, err)
+	_, err = c.DefineAsset(testCtx(t), testProgram, "CNY", 2, "k-credit")
+	require.NoError(t, err)
+
+	phase.Store(2) // unrecorded answers: both keys are still open
+	ctx, cancel = context.WithTimeout(testCtx(t), 300*time.Millisecond)
+	_, err = c.DefineAsset(ctx, testProgram, "CNY", 2, "k-define")
+	cancel()
+	assert.True(t, IsIndeterminate(err), "a Submit's answer settled a DefineAsset key: %v", err)
+	fc.setLeader(0, 0, false)
+	r, err := c.Apply(testCtx(t), credit("alice", "k-credit", "1"))
+	assert.True(t, r.Indeterminate, "a DefineAsset's answer settled a Submit key: %+v", r)
+	assert.True(t, IsIndeterminate(err), "%v", err)
+}
+
+// TestClientRefusalOfAnOpenKeyIsIndeterminate: a call the client refuses
+// before sending (one key twice, an oversize op, a linked call over
+// members, a capture of a non-positive amount) applied nothing, but an
+// earlier call with one of its keys may still apply: its error is
+// indeterminate too, as an unrecorded answer from the ledger would be.
+func TestClientRefusalOfAnOpenKeyIsIndeterminate(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{RequestTimeout: 50 * time.Millisecond})
+	var phase atomic.Int32
+	holdThenAnswer(fc, &phase, func(req *tallypb.SubmitRequest) *tallypb.SubmitResponse {
+		t.Errorf("sent: %v", req.Ops)
+		return nil
+	})
+	leaveIndeterminate(t, c, credit("alice", "pay-1", "10"))
+	phase.Store(1)
+	oversize := func(key string) Op {
+		op := credit("alice", key, "10")
+		op.Memo = strings.Repeat("m", MaxOpBytes)
+		return op
+	}
+	for _, tc := range []struct {
+		name string
+		call func(key string) error
+	}{
+		{"key used twice", func(key string) error {
+			_, err := c.Submit(testCtx(t), []Op{credit("alice", key, "10"), credit("bob", key, "1")}, false)
+			return err
+		}},
+		{"oversize op", func(key string) error {
+			_, err := c.Apply(testCtx(t), oversize(key))
+			return err
+		}},
+		{"linked over members", func(key string) error {
+			_, err := c.Submit(testCtx(t), []Op{credit("alice", key, "10"), credit("bob", key+"-b", "1")}, true)
+			return err
+		}},
+		{"capture of zero", func(key string) error {
+			_, err := c.CaptureHold(testCtx(t), testProgram, "alice", "hold-1", decimal.Zero, key)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call("pay-1")
+			require.Error(t, err)
+			assert.True(t, IsIndeterminate(err), "refused with an open key: %v", err)
+			err = tc.call("pay-2")
+			require.Error(t, err)
+			assert.False(t, IsIndeterminate(err), "refused with no open key: %v", err)
+		})
+	}
+	assert.False(t, c.open.empty(), "a client refusal settles nothing")
+}
+
+// TestChunkErrorBeyondItsOpsNamesNoOp: a chunk's error whose op_index is
+// past the chunk names no op of it; it named an op of a later chunk.
+func TestChunkErrorBeyondItsOpsNamesNoOp(t *testing.T) {
+	fc := newFakeCluster(t, 1, 1)
+	c := dial(t, fc, Config{MaxBatchOps: 2})
+	fc.setHook(func(n *fakeNode, req *tallypb.SubmitRequest, ctx context.Context) (*tallypb.SubmitResponse, error, bool) {
+		return nil, tallyErr(codes.InvalidArgument, ledger.CodeInvalidArgument, "op 3: bad", map[string]string{"op_index": "3"}), true
+	})
+	ops := []Op{credit("alice", "a1", "1"), credit("alice", "a2", "1"), credit("alice", "a3", "1"), credit("alice", "a4", "1")}
+	_, err := c.Submit(testCtx(t), ops, false)
+	var e *Error
+	require.ErrorAs(t, err, &e)
+	assert.Equal(t, ledger.CodeInvalidArgument, e.Code)
+	assert.Equal(t, -1, e.OpIndex, "%v", e)
 }

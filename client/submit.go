@@ -28,8 +28,10 @@ import (
 // part got its results (check each Result's Code), else an *Error (or several
 // joined, one per failed part). Invalid input that the client can see (no
 // ops, DEFINE_ASSET, a linked request over members or MaxBatchOps, a key used
-// twice) is refused before anything is sent, with nil results and the op's
-// index in the error; what only the server checks comes back as results.
+// twice, an oversize op) is refused before anything is sent, with nil
+// results and the op's index in the error (an indeterminate error if a key
+// of the call is still open: see the package doc); what only the server
+// checks comes back as results.
 // Any other error still returns len(ops) results: ops of parts that
 // completed hold their outcomes, the others hold their part's error code,
 // and Result.Indeterminate where that error is indeterminate (they may have
@@ -47,11 +49,11 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 	if len(ops) == 0 {
 		return nil, newError(ledger.CodeInvalidArgument, -1, "submit: no operations")
 	}
-	if linked && len(ops) > c.cfg.MaxBatchOps {
-		return nil, newError(ledger.CodeInvalidArgument, -1,
-			"submit: %d linked operations is above the maximum %d of one request", len(ops), c.cfg.MaxBatchOps)
-	}
 	shards := c.Shards()
+	if linked && len(ops) > c.cfg.MaxBatchOps {
+		return nil, c.refusedLocally(newError(ledger.CodeInvalidArgument, -1,
+			"submit: %d linked operations is above the maximum %d of one request", len(ops), c.cfg.MaxBatchOps), ops, shards)
+	}
 	wire := make([]*tallypb.Op, len(ops))
 	parts := make(map[int][]int) // shard -> indices into ops, in order
 	var order []int              // shards in order of first appearance
@@ -68,18 +70,18 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 		if op.Kind == ledger.OpDefineAsset {
 			e := newError(ledger.CodeInvalidArgument, -1, "submit: DEFINE_ASSET applies on every shard: use DefineAsset")
 			e.OpIndex = i
-			return nil, e
+			return nil, c.refusedLocally(e, ops, shards)
 		}
 		if linked && (op.Program != ops[0].Program || op.Member != ops[0].Member) {
 			e := newError(ledger.CodeInvalidArgument, -1, "submit: linked operations must all be on one member")
 			e.OpIndex = i
-			return nil, e
+			return nil, c.refusedLocally(e, ops, shards)
 		}
 		if keys != nil && op.IdempotencyKey != "" {
 			if j, dup := keys[op.IdempotencyKey]; dup {
 				e := newError(ledger.CodeInvalidArgument, -1, "submit: op %d: idempotency key %q is also used by op %d", i, op.IdempotencyKey, j)
 				e.OpIndex = i
-				return nil, e
+				return nil, c.refusedLocally(e, ops, shards)
 			}
 			keys[op.IdempotencyKey] = i
 		}
@@ -90,7 +92,7 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 			// come back RESOURCE_EXHAUSTED, which reads as "maybe applied".
 			e := newError(ledger.CodeInvalidArgument, -1, "submit: op %d is %d bytes on the wire, above the maximum %d of a valid op", i, n, MaxOpBytes)
 			e.OpIndex = i
-			return nil, e
+			return nil, c.refusedLocally(e, ops, shards)
 		}
 		s := ledger.ShardOf(op.Program, op.Member, shards)
 		if _, ok := parts[s]; !ok {
@@ -127,7 +129,6 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 				e.OpIndex = -1 // names no op of this part: no op of the call either
 			}
 		}
-		linkedUnrecorded := linked && linkedRecordsNothing(res)
 		for j, i := range idx {
 			if j < len(res) && res[j] != nil {
 				r, err := resultFromProto(res[j])
@@ -144,7 +145,7 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 				if j < len(out.unsettled) && out.unsettled[j] {
 					r.Indeterminate = true
 				}
-				recorded[i] = !r.Indeterminate && recordsAnswer(res[j], linkedUnrecorded)
+				recorded[i] = !r.Indeterminate && recordsAnswer(res[j])
 				r.Shard = uint32(shard)
 				results[i] = r
 				continue
@@ -200,7 +201,7 @@ func (c *Client) settleOpenKeys(ops []Op, results []Result, recorded []bool, ord
 	o := c.open
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	defer func() { o.n.Store(int64(len(o.at))) }()
+	defer o.publishLocked()
 	now := o.now()
 	o.pruneLocked(now)
 	for k, shard := range order {
@@ -213,7 +214,7 @@ func (c *Client) settleOpenKeys(ops []Op, results []Result, recorded []bool, ord
 			case recorded[i]:
 				a = answerRecorded
 			}
-			if o.answerLocked(openKey{program: ops[i].Program, key: ops[i].IdempotencyKey}, a, now) {
+			if o.answerLocked(openKey{program: ops[i].Program, key: ops[i].IdempotencyKey, shard: shard}, a, now) {
 				results[i].Indeterminate = true
 				marked = true
 			}
@@ -225,47 +226,45 @@ func (c *Client) settleOpenKeys(ops []Op, results []Result, recorded []bool, ord
 }
 
 // stillOpen is e, a "not applied" answer, made indeterminate because an
-// earlier call left an op's key open.
+// earlier call may have left an op's key open (openkeys.go).
 func stillOpen(e *Error) *Error {
 	ec := *e
 	ec.Indeterminate = true
-	ec.Message += "; an earlier call with the same key had an unknown outcome and this answer recorded nothing, so that call's attempt may still apply"
+	ec.Message += "; nothing was recorded under the key, and an earlier call of this client with the same key had an unknown outcome and may still apply"
 	return &ec
 }
 
-// recordsAnswer reports whether the ledger recorded r under its op's key, so
-// that an earlier attempt of the op would replay it: a replay, or any answer
-// but UNAVAILABLE (rules version 4: neither applied nor recorded) and, when
-// linkedUnrecorded, a fresh LINKED_FAILED. IDEMPOTENCY_KEY_REUSED is not
-// recorded for this op, but the key is recorded for another, so this op can
-// never apply under it: that settles it too.
-func recordsAnswer(r *tallypb.OpResult, linkedUnrecorded bool) bool {
-	switch {
-	case r.GetReplayed():
-		return true
-	case r.GetCode() == string(ledger.CodeUnavailable):
-		return false
-	case linkedUnrecorded && r.GetCode() == string(ledger.CodeLinkedFailed):
-		return false
+// refusedLocally is e, the refusal of ops by the client before anything
+// was sent, made indeterminate if a key of ops is open: like an unrecorded
+// answer, it says only that this call applied nothing.
+func (c *Client) refusedLocally(e *Error, ops []Op, shards int) *Error {
+	if c.open.empty() {
+		return e
 	}
-	return true
+	keys := make([]openKey, len(ops))
+	for i, op := range ops {
+		keys[i] = openKey{program: op.Program, key: op.IdempotencyKey, shard: defineAssetShard}
+		if op.Kind != ledger.OpDefineAsset {
+			keys[i].shard = ledger.ShardOf(op.Program, op.Member, shards)
+		}
+	}
+	if c.open.anyOpen(keys) {
+		return stillOpen(e)
+	}
+	return e
 }
 
-// linkedRecordsNothing reports whether a linked request's answers leave its
-// fresh LINKED_FAILED results unrecorded: one of its ops was answered
-// UNAVAILABLE (rules version 4), or refused for a key recorded for another
-// op (from rules version 2; under version 1 those results are recorded,
-// and taking them for unrecorded errs on the safe side).
-func linkedRecordsNothing(res []*tallypb.OpResult) bool {
-	for _, r := range res {
-		if r.GetReplayed() {
-			continue
-		}
-		if c := ledger.Code(r.GetCode()); c == ledger.CodeUnavailable || c == ledger.CodeIdempotencyKeyReused {
-			return true
-		}
-	}
-	return false
+// recordsAnswer reports whether the ledger recorded r under its op's key, so
+// that an earlier attempt of the op would replay it: exactly a replay or an
+// answer with a sequence number, which the ledger stamps on every outcome it
+// records (refusals included) and on nothing else; an answer it does not
+// record (UNAVAILABLE, a fresh LINKED_FAILED of a linked request that
+// records nothing, a request that fails validation at apply) has none.
+// IDEMPOTENCY_KEY_REUSED is not recorded for this op, but the key is
+// recorded for another, so this op can never apply under it: that settles
+// it too.
+func recordsAnswer(r *tallypb.OpResult) bool {
+	return r.GetReplayed() || r.GetSeq() != 0 || r.GetCode() == string(ledger.CodeIdempotencyKeyReused)
 }
 
 // partOutcome is what one shard's part of a Submit got back.
@@ -291,7 +290,7 @@ func (c *Client) submitPart(ctx context.Context, shard int, ops []*tallypb.Op, l
 			return partOutcome{unsent: len(ops)}, err
 		}
 		res, unknown, err := q.submit(ctx, ops)
-		return partOutcome{results: res, unsettled: unsettled(res, false, unknown), unsent: len(ops)}, err
+		return partOutcome{results: res, unsettled: unsettled(res, unknown), unsent: len(ops)}, err
 	}
 	out := partOutcome{results: make([]*tallypb.OpResult, 0, len(ops)), unsent: len(ops)}
 	// Within one request the ledger answers the later ops of a member
@@ -314,7 +313,10 @@ func (c *Client) submitPart(ctx context.Context, shard int, ops []*tallypb.Op, l
 		if len(sent) > 0 {
 			res, unknown, e = c.submitDirect(ctx, shard, sent, linked)
 		}
-		marks := unsettled(res, linked, unknown)
+		if e != nil && e.OpIndex >= len(sent) {
+			e.OpIndex = -1 // names no op that was sent
+		}
+		marks := unsettled(res, unknown)
 		// chunkRes is res spread over chunk: the held-back ops get their
 		// "not sent" answer, even when the chunk failed.
 		chunkRes := res
@@ -339,11 +341,7 @@ func (c *Client) submitPart(ctx context.Context, shard int, ops []*tallypb.Op, l
 			}
 			marks = spread
 			if e != nil && e.OpIndex >= 0 {
-				if e.OpIndex < len(pos) {
-					e.OpIndex = pos[e.OpIndex]
-				} else {
-					e.OpIndex = -1 // names no op that was sent
-				}
+				e.OpIndex = pos[e.OpIndex]
 			}
 		}
 		if e != nil {
@@ -431,39 +429,26 @@ func (c *Client) submitDirect(ctx context.Context, shard int, ops []*tallypb.Op,
 // open, given that an earlier attempt of the request may have applied
 // (unknown); nil when none does.
 //
-// An op answered UNAVAILABLE (rules version 4: refused only because expired
-// holds wait to be released) was neither applied nor recorded, so its key
-// stays free, and the earlier attempt, if it still sits in the leader's
-// queue or in an uncommitted Raft entry, may apply it afterwards. Every other
-// answer is recorded under the key, and the earlier attempt would replay it.
-// In a linked request such an op leaves the whole request unrecorded: its
-// other ops' LINKED_FAILED are open too (replays excepted, which report a
-// stored outcome).
-func unsettled(res []*tallypb.OpResult, linked, unknown bool) []bool {
+// An answer the ledger did not record (recordsAnswer: an op answered
+// UNAVAILABLE under rules version 4, refused only because expired holds
+// wait to be released; the LINKED_FAILED of a linked request that records
+// nothing; a request that fails validation at apply) leaves the op's key
+// free, and the earlier attempt, if it still sits in the leader's queue or
+// in an uncommitted Raft entry, may apply it afterwards. A recorded answer
+// is what the earlier attempt would replay.
+func unsettled(res []*tallypb.OpResult, unknown bool) []bool {
 	if !unknown {
 		return nil
 	}
 	var marks []bool
-	mark := func(j int) {
+	for j, r := range res {
+		if recordsAnswer(r) {
+			continue
+		}
 		if marks == nil {
 			marks = make([]bool, len(res))
 		}
 		marks[j] = true
-	}
-	for j, r := range res {
-		if r.GetCode() != string(ledger.CodeUnavailable) {
-			continue
-		}
-		if !linked {
-			mark(j)
-			continue
-		}
-		for k, o := range res {
-			if !o.GetReplayed() {
-				mark(k)
-			}
-		}
-		break
 	}
 	return marks
 }

@@ -79,7 +79,7 @@ type Result struct {
 	// unknown and which may still apply, since the unrecorded answer leaves
 	// its key free; or the answer recorded nothing (not applied by this
 	// call) while an earlier call of this Client left the key indeterminate
-	// (see the package doc). Re-send it with the same key until an answer
+	// (or the record of such keys overflowed; see the package doc). Re-send it with the same key until an answer
 	// the ledger recorded comes back.
 	Indeterminate bool
 }
