@@ -153,7 +153,8 @@ func (f *fakeLedger) GetAccount(ctx context.Context, program, member, asset stri
 		member += "-other"
 	}
 	return client.Account{Program: program, Member: member, Asset: asset, Scale: as.Scale,
-		Posted: decimal.New(posted, -int32(as.Scale)), Held: decimal.New(a.HeldMinor, -int32(as.Scale))}, nil
+		Posted: decimal.New(posted, -int32(as.Scale)), Held: decimal.New(a.HeldMinor, -int32(as.Scale)),
+		Available: decimal.New(posted-a.HeldMinor, -int32(as.Scale))}, nil
 }
 
 func (f *fakeLedger) GetOperation(ctx context.Context, program, member, key string) (bool, client.JournalEntry, error) {

@@ -560,11 +560,13 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			switch {
 			case !expectedCode(KindRead, code):
 				bad = string(code)
-			case err == nil && (acct.Program != r.program || acct.Member != member || acct.Asset != asset || acct.Posted.IsNegative()):
+			case err == nil:
 				// An answer about another account (or an impossible
 				// balance) is no answer: it must not count as a read.
-				bad = fmt.Sprintf("answered with %s/%s/%s posted %s", acct.Program, acct.Member, acct.Asset, acct.Posted)
-				code = ledger.CodeInternal
+				if why := impossibleRead(&acct, r.program, member, asset); why != "" {
+					bad = why
+					code = ledger.CodeInternal
+				}
 			}
 			if bad != "" && r.badReads.Add(1) <= maxExamples {
 				r.readMu.Lock()
@@ -704,4 +706,22 @@ func Summary(out io.Writer, rep *Report) {
 		b.WriteString("result: FAIL\n")
 	}
 	_, _ = io.WriteString(out, b.String())
+}
+
+// impossibleRead says what is wrong with acct as the answer to a read of
+// program/member/asset, or "" if nothing is: it names another account, or
+// holds balances the ledger's invariants forbid (ledger.CheckAccount) or
+// that do not add up (available = posted - held).
+func impossibleRead(acct *client.Account, program, member, asset string) string {
+	switch {
+	case acct.Program != program || acct.Member != member || acct.Asset != asset:
+		return fmt.Sprintf("answered with account %s/%s/%s", acct.Program, acct.Member, acct.Asset)
+	case acct.Held.IsNegative() || acct.Held.GreaterThan(acct.Posted):
+		return fmt.Sprintf("held %s outside [0, posted %s]", acct.Held, acct.Posted)
+	case !acct.Available.Equal(acct.Posted.Sub(acct.Held)):
+		return fmt.Sprintf("available %s is not posted %s - held %s", acct.Available, acct.Posted, acct.Held)
+	case acct.MaxBalance != nil && acct.Posted.GreaterThan(*acct.MaxBalance):
+		return fmt.Sprintf("posted %s above its max balance %s", acct.Posted, acct.MaxBalance)
+	}
+	return ""
 }
