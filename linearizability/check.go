@@ -305,7 +305,7 @@ func checkExactlyOnce(ctx context.Context, cl operationLookup, entries []Entry) 
 				default:
 					// The record is the result the client was sent: the
 					// account after the op and what it moved must agree too.
-					if st := outputOf(r.entry.Result); !sameEffect(st, out) {
+					if st := outputOf(r.entry.Result, in.Member); !sameEffect(st, out) {
 						f.addf("%s: client saw %s, store has %s", in.Key, describeEffect(out), describeEffect(st))
 					}
 				}
@@ -325,9 +325,9 @@ func checkExactlyOnce(ctx context.Context, cl operationLookup, entries []Entry) 
 					for j, r := range res[i] {
 						rs[j] = r.entry.Result
 					}
-					e.Output = linkedOutput(rs)
+					e.Output = linkedOutput(rs, ins)
 				} else {
-					e.Output = outputOf(res[i][0].entry.Result)
+					e.Output = outputOf(res[i][0].entry.Result, ins[0].Member)
 				}
 				e.Output.Replayed = false
 				e.Resolved = true
@@ -440,6 +440,95 @@ func checkWorkload(entries []Entry) CheckResult {
 		okWrites, writes, answered, reads))
 }
 
+// legitimateRefusals are the request-level codes with which this workload's
+// writes may be refused without effect (NotApplied): NOT_LEADER (answered
+// before proposing), UNAVAILABLE that the client calls certainly not
+// applied (a refusal the node marked not_applied before proposal, its
+// queue full or its shutdown, or a call given up before any attempt could
+// apply), and HOLD_NOT_FOUND from the edge, which the model judges (the
+// hold must not exist then). The workload sends only well-formed ops on
+// open accounts of defined assets, so any other refusal at the edge
+// (INSUFFICIENT_FUNDS, UNKNOWN_ASSET, ACCOUNT_NOT_FOUND, INVALID_AMOUNT,
+// ...) is the edge deciding what only the rules may, or a wrong answer:
+// "no effect" alone, which the model checks, would let a server refuse
+// payable debits.
+var legitimateRefusals = map[ledger.Code]bool{
+	ledger.CodeNotLeader:    true,
+	ledger.CodeUnavailable:  true,
+	ledger.CodeHoldNotFound: true,
+}
+
+// checkRefusals judges the codes of the writes refused without effect
+// (NotApplied), as the model cannot: only legitimateRefusals may refuse a
+// write. It also fails on any op that the rules answered UNAVAILABLE
+// (deferred while its shard releases a backlog of more than
+// ledger.MaxExpiriesPerEntry expired holds, rules version 4), counted apart
+// from request-level UNAVAILABLE: this workload opens a few holds a second
+// per member and settles most of them, so no shard can build such a
+// backlog, and the answer is unexplained. Writes resolved after the run are
+// skipped: their lookup, not a code, says they did not apply.
+func checkRefusals(entries []Entry) CheckResult {
+	var f findings
+	refused := map[ledger.Code]int{}
+	opUnavailable := 0
+	for _, e := range entries {
+		if e.Input.Kind == KindRead || e.Resolved {
+			continue
+		}
+		name := e.Input.Key
+		if e.Input.Kind == KindLinked {
+			name = "linked request " + describeKeys(e.Input.Ops)
+		}
+		byRules := e.OpUnavailable
+		if e.Output.Status == Known {
+			for _, o := range append([]Output{e.Output}, e.Output.Ops...) {
+				if o.Code == ledger.CodeUnavailable {
+					byRules++
+					break
+				}
+			}
+		}
+		if byRules > 0 {
+			opUnavailable++
+			f.addf("%s (%s %s): the op itself was answered UNAVAILABLE %d time(s), a deferral for a backlog of over %d expired holds "+
+				"(rules version 4) that this workload cannot build: unexplained", name, e.Input.Kind, e.Input.Member, byRules, ledger.MaxExpiriesPerEntry)
+			continue
+		}
+		if e.Output.Status != NotApplied {
+			continue
+		}
+		refused[e.Output.Code]++
+		if !legitimateRefusals[e.Output.Code] {
+			f.addf("%s (%s %s): refused with %s and certainly not applied; in this workload only NOT_LEADER, UNAVAILABLE "+
+				"before proposal and HOLD_NOT_FOUND may refuse a write (err: %s)", name, e.Input.Kind, e.Input.Member, e.Output.Code, e.Err)
+		}
+	}
+	return f.result("refusals", fmt.Sprintf("%d writes refused without effect, each with NOT_LEADER, UNAVAILABLE or HOLD_NOT_FOUND (%s); "+
+		"no op answered UNAVAILABLE by the rules", sum(refused), formatCodes(refused)))
+}
+
+// sum is the total of counts.
+func sum[K comparable](counts map[K]int) int {
+	n := 0
+	for _, c := range counts {
+		n += c
+	}
+	return n
+}
+
+// formatCodes renders counts by code, sorted.
+func formatCodes(counts map[ledger.Code]int) string {
+	if len(counts) == 0 {
+		return "none"
+	}
+	parts := make([]string, 0, len(counts))
+	for c, n := range counts {
+		parts = append(parts, fmt.Sprintf("%s=%d", c, n))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, " ")
+}
+
 // checkShardOrder checks real-time order across the members of a shard,
 // which the per-member histories cannot: a write that was called after
 // another write of its shard returned must have a later journal sequence
@@ -496,7 +585,117 @@ func checkShardOrder(entries []Entry, shards int) CheckResult {
 			}
 		}
 	}
-	return f.result("shard-order", fmt.Sprintf("%d writes: each one sent after another of its shard returned has a later seq and no earlier log time", checked))
+	logged := checkShardLog(entries, shards, &f)
+	return f.result("shard-order", fmt.Sprintf("%d writes: each one sent after another of its shard returned has a later seq and no earlier log time; "+
+		"%d results with a seq: none shares a seq with another key, and log time never decreases along each shard's seq", checked, logged))
+}
+
+// checkShardLog adds to f what breaks the order of each shard's log as the
+// results show it, whatever their real-time order: every result with a
+// sequence number (each op of a linked request, writes resolved after the
+// run too), sorted by it, must have a non-decreasing log time, and no
+// sequence number may be given to two keys. The per-member histories see
+// one member's writes only, and checkShardOrder's real-time rule only
+// writes that did not overlap, so two concurrent writes of two members
+// could otherwise run log time backwards. It returns how many results it
+// compared.
+func checkShardLog(entries []Entry, shards int, f *findings) int {
+	type logged struct {
+		seq    uint64
+		timeMs int64
+		key    string
+	}
+	byShard := make([][]logged, shards)
+	for _, e := range entries {
+		if e.Input.Kind == KindRead || e.Output.Status != Known {
+			continue
+		}
+		s := ledger.ShardOf(Program, e.Input.Member, shards)
+		if e.Input.Kind != KindLinked {
+			if e.Output.Seq != 0 {
+				byShard[s] = append(byShard[s], logged{e.Output.Seq, e.Output.TimeMs, e.Input.Key})
+			}
+			continue
+		}
+		for j, o := range e.Output.Ops {
+			if o.Seq != 0 && j < len(e.Input.Ops) {
+				byShard[s] = append(byShard[s], logged{o.Seq, o.TimeMs, e.Input.Ops[j].Key})
+			}
+		}
+	}
+	n := 0
+	for s, ls := range byShard {
+		slices.SortFunc(ls, func(a, b logged) int {
+			return cmp.Or(cmp.Compare(a.seq, b.seq), cmp.Compare(a.key, b.key))
+		})
+		n += len(ls)
+		for i := 1; i < len(ls); i++ {
+			prev, cur := ls[i-1], ls[i]
+			switch {
+			case cur.seq == prev.seq && cur.key != prev.key:
+				f.addf("shard %d: seq %d was given to both %s and %s", s, cur.seq, prev.key, cur.key)
+			case cur.timeMs < prev.timeMs:
+				f.addf("shard %d: %s (seq %d) has log time %d, before %s (seq %d, log time %d)", s,
+					cur.key, cur.seq, cur.timeMs, prev.key, prev.seq, prev.timeMs)
+			}
+		}
+	}
+	return n
+}
+
+// writeClockSlackMs is how far a write's log time may lie outside the wall
+// clock of its call and its last answer (checkWriteTimes). The nodes stamp
+// log time from this host's clock when they propose, after the request
+// arrived and before the answer left, so only reading one clock in
+// different processes separates them (microseconds), plus rounding to ms.
+// Two seconds is generous, many times any such skew, and still far below
+// what the model would need to notice a wrong time: holds of the workload
+// live seconds, and a leader stamping entries 10 s ahead expires them at
+// once (a clock step on the host during a run would also trip it, which is
+// worth knowing).
+const writeClockSlackMs = 2_000
+
+// checkWriteTimes checks that every write's log time lies within the wall
+// clock of the write: no earlier than its first call (a replayed result
+// carries the first application's time, after the first call began) and no
+// later than its last answer. Nothing else bounds it: the model only keeps
+// one member's log time from decreasing, so a leader whose clock runs ahead
+// expires holds early and passes. A write resolved after the run has no
+// upper bound (it may have applied after its last answer); entries without
+// wall times (hand-made histories) are skipped.
+func checkWriteTimes(entries []Entry) CheckResult {
+	var f findings
+	checked := 0
+	for _, e := range entries {
+		if e.Input.Kind == KindRead || e.Output.Status != Known || e.CallWallMs == 0 {
+			continue
+		}
+		outs, keys := []Output{e.Output}, []string{e.Input.Key}
+		if e.Input.Kind == KindLinked {
+			outs, keys = e.Output.Ops, make([]string, len(e.Output.Ops))
+			for j := range keys {
+				if j < len(e.Input.Ops) {
+					keys[j] = e.Input.Ops[j].Key
+				}
+			}
+		}
+		for j, o := range outs {
+			if o.Seq == 0 {
+				continue // not recorded: no log time to bound
+			}
+			checked++
+			switch {
+			case o.TimeMs < e.CallWallMs-writeClockSlackMs:
+				f.addf("%s (seq %d): log time %d is %d ms before its first call (wall clock %d)", keys[j], o.Seq,
+					o.TimeMs, e.CallWallMs-o.TimeMs, e.CallWallMs)
+			case !e.Resolved && e.ReturnWallMs != 0 && o.TimeMs > e.ReturnWallMs+writeClockSlackMs:
+				f.addf("%s (seq %d): log time %d is %d ms after its last answer (wall clock %d)", keys[j], o.Seq,
+					o.TimeMs, o.TimeMs-e.ReturnWallMs, e.ReturnWallMs)
+			}
+		}
+	}
+	return f.result("write-times", fmt.Sprintf("%d write results: log time within %d ms of the wall clock between the first call and the last answer",
+		checked, writeClockSlackMs))
 }
 
 // pinResolved sets the return time of every write resolved as applied

@@ -243,7 +243,7 @@ func TestExactlyOnceLinked(t *testing.T) {
 		return client.JournalEntry{Seq: seq, Op: toClientOp(in.Ops[i]), Result: client.Result{Code: code, Seq: seq, TimeMs: 100}}
 	}
 	failedLookup := fakeLookup{"l1": stored(0, ledger.CodeLinkedFailed), "l2": stored(1, ledger.CodeInsufficientFunds)}
-	acked := Entry{Input: in, Output: linkedOutput([]client.Result{failedLookup["l1"].Result, failedLookup["l2"].Result}), ReturnNs: 10}
+	acked := Entry{Input: in, Output: linkedOutput([]client.Result{failedLookup["l1"].Result, failedLookup["l2"].Result}, in.Ops), ReturnNs: 10}
 	require.Equal(t, ledger.CodeInsufficientFunds, acked.Output.Code, "the request's code is the failing op's")
 	pending := Entry{Input: in, Output: indeterminate, ReturnNs: ReturnNever}
 
@@ -285,9 +285,9 @@ func TestJournalCheckLinked(t *testing.T) {
 		return client.Result{Code: code, Seq: seq, TimeMs: 100}
 	}
 	applied := Entry{Input: Input{Kind: KindLinked, Member: "a", Ops: ops},
-		Output: linkedOutput([]client.Result{res(1, ledger.CodeOK), res(2, ledger.CodeOK)})}
+		Output: linkedOutput([]client.Result{res(1, ledger.CodeOK), res(2, ledger.CodeOK)}, ops)}
 	failed := applied
-	failed.Output = linkedOutput([]client.Result{res(1, ledger.CodeLinkedFailed), res(2, ledger.CodeInsufficientFunds)})
+	failed.Output = linkedOutput([]client.Result{res(1, ledger.CodeLinkedFailed), res(2, ledger.CodeInsufficientFunds)}, ops)
 	j := func(i int, seq uint64) client.JournalEntry {
 		return client.JournalEntry{Seq: seq, Op: toClientOp(ops[i]), Result: res(seq, ledger.CodeOK)}
 	}
@@ -400,9 +400,11 @@ func TestResolvedWriteIsPinnedBeforeFinalReads(t *testing.T) {
 	}
 	lookup := fakeLookup{
 		"c1": {Seq: 1, Op: toClientOp(c1), Result: client.Result{Code: ledger.CodeOK, Seq: 1, TimeMs: 10,
-			Account: &client.Account{Asset: Asset, State: "ACTIVE", Posted: decimal.NewFromInt(100), Held: decimal.Zero}}},
+			Account: &client.Account{Program: Program, Member: "a", Asset: Asset, State: "ACTIVE", Posted: decimal.NewFromInt(100),
+				Held: decimal.Zero, Available: decimal.NewFromInt(100)}}},
 		"f1": {Seq: 2, Op: toClientOp(f1), Result: client.Result{Code: ledger.CodeOK, Seq: 2, TimeMs: 20,
-			Account: &client.Account{Asset: Asset, State: "FROZEN", Posted: decimal.NewFromInt(100), Held: decimal.Zero}}},
+			Account: &client.Account{Program: Program, Member: "a", Asset: Asset, State: "FROZEN", Posted: decimal.NewFromInt(100),
+				Held: decimal.Zero, Available: decimal.NewFromInt(100)}}},
 	}
 	ex, applied, _ := checkExactlyOnce(context.Background(), lookup, entries)
 	require.True(t, ex.OK, ex.Detail)

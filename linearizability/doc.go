@@ -16,7 +16,10 @@
 //     Operations whose outcome the
 //     client never learned are indeterminate: they return at +infinity and
 //     the model lets them take effect at any point after their call, or
-//     never. They are never dropped and never assumed failed.
+//     never. They are never dropped, and never assumed failed on the
+//     client's word: after the run each is looked up in the store and
+//     pinned as applied, or, if no record holds its key, as never applied
+//     (an attempt still in flight then would be caught by the final reads).
 //   - Cluster: three tallyd processes on 127.0.0.1 with a fault-injection
 //     proxy on every directed Raft link (drop, blackhole, delay), kill -9
 //     and restart, SIGSTOP/SIGCONT, and wiping a killed node's data
@@ -42,7 +45,14 @@
 //     hold settled once, no key applied twice, every linked request
 //     stored whole or not at all, replicas equal at the same applied index,
 //     real-time order of sequence numbers and log times across the members
-//     of a shard, and floors that keep a run from passing by doing nothing:
+//     of a shard, and over all of a shard's sequence numbers (none given to
+//     two keys, log time never going back), each write's log time within 2 s
+//     of its calls by the wall clock, every refusal that applied nothing
+//     one this workload can meet (NOT_LEADER, UNAVAILABLE, HOLD_NOT_FOUND;
+//     never an op's own UNAVAILABLE, a deferral for an expiry backlog the
+//     workload cannot build), every account a result or read reports the
+//     one asked about with available = posted - held, and floors that keep
+//     a run from passing by doing nothing:
 //     every fault kind injected, partitions and delays seen to cut, hold
 //     back or delay traffic, every pair of nodes talking through the
 //     proxies, at least a quarter of the writes applied OK and each

@@ -27,6 +27,16 @@ type Entry struct {
 	// Resolved is set when an indeterminate outcome was learnt after the
 	// run from GetOperation.
 	Resolved bool `json:"resolved,omitempty"`
+	// OpUnavailable counts the calls that the op itself (not the request)
+	// answered UNAVAILABLE: deferred while its shard releases a backlog of
+	// expired holds (ledger.Version4). checkRefusals fails the run on any.
+	OpUnavailable int `json:"op_unavailable,omitempty"`
+	// CallWallMs and ReturnWallMs are the wall clock (ms) at the first call
+	// and at the last answer (0: not recorded, for hand-made histories).
+	// The nodes stamp log time from the same host's clock, so a write's
+	// log time lies between them (checkWriteTimes).
+	CallWallMs   int64 `json:"call_wall_ms,omitempty"`
+	ReturnWallMs int64 `json:"return_wall_ms,omitempty"`
 }
 
 // History records operations concurrently. Times are nanoseconds of the

@@ -123,6 +123,24 @@ type Output struct {
 	// Blamed is, for a KindLinked request the edge refused (NotApplied),
 	// 1 + the index of the op it blamed; 0 when none was named.
 	Blamed int
+	// Wrong says what the account reported got wrong that the model keeps
+	// no state for (another member's account, an available balance other
+	// than posted - held: accountOutput); "" if nothing. No state explains
+	// an output with it set, or with an op's set.
+	Wrong string
+}
+
+// wrongAnswer reports whether out, or one of its ops' outputs, is Wrong.
+func wrongAnswer(out Output) bool {
+	if out.Wrong != "" {
+		return true
+	}
+	for _, o := range out.Ops {
+		if o.Wrong != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // holdStatus is the lifecycle of a hold in the model.
@@ -427,6 +445,9 @@ func movedNothing(out Output) bool { return out.Captured == 0 && out.Released ==
 // be in after the operation, none if the operation could not have returned
 // out from s.
 func step(s State, in Input, out Output) []State {
+	if wrongAnswer(out) {
+		return nil
+	}
 	switch in.Kind {
 	case KindRead:
 		return stepRead(s, in, out)
@@ -737,6 +758,9 @@ func DescribeOperation(in Input, out Output) string {
 		if out.Replayed {
 			ret += " (replayed)"
 		}
+	}
+	if out.Wrong != "" {
+		ret += " (wrong: " + out.Wrong + ")"
 	}
 	return call + " -> " + ret
 }

@@ -398,7 +398,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	probeMu.Unlock()
 	check(ctx, cfg, c, hist, members, rep)
 	rep.Checks = append(rep.Checks, checkFaults(cfg, timeline.Events(), c.silentLinks()), checkWorkload(hist.Entries()),
-		checkShardOrder(hist.Entries(), cfg.Shards))
+		checkRefusals(hist.Entries()), checkShardOrder(hist.Entries(), cfg.Shards), checkWriteTimes(hist.Entries()))
 	rep.Crashes = c.Crashes()
 	if len(rep.Crashes) > 0 {
 		rep.Checks = append(rep.Checks, CheckResult{Name: "no-crashes", Detail: "nodes exited on their own", Findings: rep.Crashes})
@@ -578,7 +578,13 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 			rep.Outcomes[string(e.Output.Code)]++
 		case NotApplied:
 			// By code: many "gave up before any attempt" (UNAVAILABLE)
-			// mean requests queued behind slow commits.
+			// mean requests queued behind slow commits. The op's own
+			// UNAVAILABLE (a backlog deferral) apart: checkRefusals
+			// fails on it.
+			if e.OpUnavailable > 0 {
+				rep.Outcomes[e.Output.Status.String()+":op-"+string(e.Output.Code)]++
+				break
+			}
 			rep.Outcomes[e.Output.Status.String()+":"+string(e.Output.Code)]++
 		default:
 			rep.Outcomes[e.Output.Status.String()]++

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"time"
 
 	"github.com/shopspring/decimal"
@@ -426,7 +427,7 @@ func (w *worker) run(stop <-chan struct{}) {
 // do performs one operation: calls with the same idempotency key until the
 // outcome is known, certainly not applied, or maxOpCalls calls were made.
 func (w *worker) do(in Input) Entry {
-	e := Entry{ClientID: w.id, Input: in, CallNs: w.hist.Now()}
+	e := Entry{ClientID: w.id, Input: in, CallNs: w.hist.Now(), CallWallMs: time.Now().UnixMilli()}
 	if in.Kind == KindRead {
 		e.Attempts = 1
 		ctx, cancel := context.WithTimeout(context.Background(), opAttemptTimeout)
@@ -434,6 +435,7 @@ func (w *worker) do(in Input) Entry {
 		cancel()
 		e.ReturnNs = w.hist.Now()
 		out.WallMs = time.Now().UnixMilli()
+		e.ReturnWallMs = out.WallMs
 		if err != nil {
 			// A failed read has no effect: recorded, never constrains.
 			e.Output = Output{Status: Indeterminate, Code: client.CodeOf(err)}
@@ -454,11 +456,15 @@ func (w *worker) do(in Input) Entry {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		out, err := w.call(ctx, in)
 		cancel()
+		e.ReturnWallMs = time.Now().UnixMilli()
 		if err == nil && out.Code == ledger.CodeUnavailable {
 			// Answered but neither applied nor recorded: a refusal while
 			// the shard releases a backlog of expired holds (ledger.Version4).
-			// Like a refusal before the proposal.
+			// Like a refusal before the proposal, but counted apart
+			// (OpUnavailable): checkRefusals fails the run on it, as this
+			// workload cannot build such a backlog.
 			e.Err = string(out.Code)
+			e.OpUnavailable++
 			if !indeterminate {
 				e.ReturnNs = w.hist.Now()
 				e.Output = Output{Status: NotApplied, Code: out.Code}
@@ -509,7 +515,7 @@ func (w *worker) call(ctx context.Context, in Input) (Output, error) {
 		if err != nil && errors.As(err, &ce) {
 			return Output{}, err
 		}
-		return outputOf(res), nil
+		return outputOf(res, in.Member), nil
 	}
 	ops := make([]client.Op, len(in.Ops))
 	for i, op := range in.Ops {
@@ -530,16 +536,20 @@ func (w *worker) call(ctx context.Context, in Input) (Output, error) {
 			return Output{}, &client.Error{Code: r.Code, Message: r.Message, Shard: int(r.Shard), OpIndex: -1, Indeterminate: true}
 		}
 	}
-	return linkedOutput(res), nil
+	return linkedOutput(res, in.Ops), nil
 }
 
-// linkedOutput is the outcome of a linked request with results rs: Known,
-// each op's output, and the request's code (OK, or the code of the op that
-// failed: the others have LINKED_FAILED).
-func linkedOutput(rs []client.Result) Output {
+// linkedOutput is the outcome of a linked request of ops with results rs
+// (one per op): Known, each op's output, and the request's code (OK, or the
+// code of the op that failed: the others have LINKED_FAILED).
+func linkedOutput(rs []client.Result, ops []Input) Output {
 	out := Output{Status: Known, Code: ledger.CodeOK}
-	for _, r := range rs {
-		o := outputOf(r)
+	for i, r := range rs {
+		member := ""
+		if i < len(ops) {
+			member = ops[i].Member
+		}
+		o := outputOf(r, member)
 		out.Ops = append(out.Ops, o)
 		out.TimeMs = o.TimeMs
 		if o.Code != ledger.CodeOK && (out.Code == ledger.CodeOK || out.Code == ledger.CodeLinkedFailed) {
@@ -557,8 +567,7 @@ func (w *worker) read(ctx context.Context, member, asset string) (Output, error)
 		if err != nil {
 			return Output{}, err
 		}
-		a := resp.GetAccount()
-		return readOutput(a.GetAsset(), a.GetScale(), a.GetPosted(), a.GetHeld(), a.GetState())
+		return readOutput(resp.GetAccount(), member)
 	}
 	return readAccount(ctx, w.cl, member, asset)
 }
@@ -569,15 +578,19 @@ func readAccount(ctx context.Context, cl *client.Client, member, asset string) (
 	if err != nil {
 		return Output{}, err
 	}
-	return accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &a), nil
+	return accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &a, member), nil
 }
 
-// accountOutput is out describing a, in minor units of the workload's scale
-// for the asset the server reports (the model checks that asset is the one
-// the op acts on), not the scale it reports: an account reported in an
-// asset the workload does not use, in another scale or in a state it does
-// not know, is badAmount, which no state matches.
-func accountOutput(out Output, a *client.Account) Output {
+// accountOutput is out describing a, the account of member the op acts on,
+// in minor units of the workload's scale for the asset the server reports
+// (the model checks that asset is the one the op acts on), not the scale it
+// reports: an account reported in an asset the workload does not use, in
+// another scale or in a state it does not know, is badAmount, which no
+// state matches. What the model keeps no state for is checked here and set
+// in Wrong, which the model never accepts: the account is the program's
+// and member's, its available balance is posted - held, and its balance
+// limit is the one the harness opened it with.
+func accountOutput(out Output, a *client.Account, member string) Output {
 	sc, known := scaleOf(a.Asset)
 	out.HasAccount, out.Asset = true, a.Asset
 	out.Posted, out.Held = minorUnits(a.Posted, sc), minorUnits(a.Held, sc)
@@ -593,23 +606,61 @@ func accountOutput(out Output, a *client.Account) Output {
 	if !known || int32(a.Scale) != sc {
 		out.Posted, out.Held = badAmount, badAmount
 	}
+	out.Wrong = wrongAccount(a, member, out.Posted, out.Held, sc)
 	return out
 }
 
-// readOutput is a read of an account as the server reported it on the wire,
-// checked as accountOutput checks one from the client library.
-func readOutput(asset string, scale uint32, posted, held, state string) (Output, error) {
-	p, err := decimal.NewFromString(posted)
-	if err != nil {
-		return Output{}, fmt.Errorf("posted %q: %w", posted, err)
+// wrongAccount says what a, reported for member's account with posted and
+// held minor units at scale sc, gets wrong apart from its balances ("" if
+// nothing): another program or member, an available balance other than
+// posted - held, or a balance limit other than the one the harness opened
+// the account with.
+func wrongAccount(a *client.Account, member string, posted, held int64, sc int32) string {
+	var wrong []string
+	if a.Program != Program || a.Member != member {
+		wrong = append(wrong, fmt.Sprintf("account of %s/%s, not %s/%s", a.Program, a.Member, Program, member))
 	}
-	h, err := decimal.NewFromString(held)
-	if err != nil {
-		return Output{}, fmt.Errorf("held %q: %w", held, err)
+	if posted != badAmount && held != badAmount {
+		if avail := minorUnits(a.Available, sc); avail != posted-held {
+			wrong = append(wrong, fmt.Sprintf("available %s is not posted - held (%d - %d minor units)", a.Available, posted, held))
+		}
 	}
-	// A scale beyond uint8 is a wrong one: kept wrong, not wrapped.
-	return accountOutput(Output{Status: Known, Code: ledger.CodeOK},
-		&client.Account{Asset: asset, Scale: uint8(min(scale, math.MaxUint8)), State: state, Posted: p, Held: h}), nil
+	if i := accountIndex(a.Asset); i >= 0 {
+		want := assetScales[i].maxBalance
+		switch {
+		case want == 0 && a.MaxBalance != nil:
+			wrong = append(wrong, fmt.Sprintf("max balance %s, opened with none", a.MaxBalance))
+		case want != 0 && (a.MaxBalance == nil || minorUnits(*a.MaxBalance, sc) != want):
+			wrong = append(wrong, fmt.Sprintf("max balance %v, opened with %d minor units", a.MaxBalance, want))
+		}
+	}
+	return strings.Join(wrong, "; ")
+}
+
+// readOutput is a read of member's account as the server reported it on
+// the wire (a), checked as accountOutput checks one from the client library.
+func readOutput(a *tallypb.Account, member string) (Output, error) {
+	ca := client.Account{Program: a.GetProgram(), Member: a.GetMember(), Asset: a.GetAsset(),
+		// A scale beyond uint8 is a wrong one: kept wrong, not wrapped.
+		Scale: uint8(min(a.GetScale(), math.MaxUint8)), State: a.GetState()}
+	for _, d := range []struct {
+		name, s string
+		to      *decimal.Decimal
+	}{{"posted", a.GetPosted(), &ca.Posted}, {"held", a.GetHeld(), &ca.Held}, {"available", a.GetAvailable(), &ca.Available}} {
+		v, err := decimal.NewFromString(d.s)
+		if err != nil {
+			return Output{}, fmt.Errorf("%s %q: %w", d.name, d.s, err)
+		}
+		*d.to = v
+	}
+	if a.GetMaxBalance() != "" {
+		v, err := decimal.NewFromString(a.GetMaxBalance())
+		if err != nil {
+			return Output{}, fmt.Errorf("max balance %q: %w", a.GetMaxBalance(), err)
+		}
+		ca.MaxBalance = &v
+	}
+	return accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &ca, member), nil
 }
 
 // toClientOp is the op the workload sends for in: its amount at the scale of
@@ -647,11 +698,11 @@ func toClientOp(in Input) client.Op {
 	return op
 }
 
-// outputOf converts an operation's result.
-func outputOf(r client.Result) Output {
+// outputOf converts the result of an op on member's account.
+func outputOf(r client.Result, member string) Output {
 	out := Output{Status: Known, Code: r.Code, Seq: r.Seq, TimeMs: r.TimeMs, Replayed: r.Replayed}
 	if r.Account != nil {
-		out = accountOutput(out, r.Account)
+		out = accountOutput(out, r.Account, member)
 	}
 	if !r.Captured.IsZero() || !r.Released.IsZero() {
 		// Only a capture or release moves a hold, and its result names the

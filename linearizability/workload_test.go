@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/ledger"
 )
@@ -95,6 +96,17 @@ func TestWorkloadCashOut(t *testing.T) {
 	}
 }
 
+// wire is an account of member "m" as a node reports it, posted (nothing
+// held) at scale in asset.
+func wire(asset string, scale uint32, posted, state string) *tallypb.Account {
+	a := &tallypb.Account{Program: Program, Member: "m", Asset: asset, Scale: scale, State: state,
+		Posted: posted, Held: "0", Available: posted}
+	if asset == StoredValue {
+		a.MaxBalance = "25.00"
+	}
+	return a
+}
+
 // TestAccountOutputScale: an account reported at the wrong scale (the
 // node's scaleOf falls back to 0) or in an asset the workload does not use
 // must not convert to minor units any state has; one reported in the other
@@ -102,32 +114,34 @@ func TestWorkloadCashOut(t *testing.T) {
 func TestAccountOutputScale(t *testing.T) {
 	// 1.37 CNY reported as "137" at scale 0: a 100x error the client sees.
 	a := client.Account{Member: "m", Asset: StoredValue, Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
-	out := accountOutput(Output{}, &a)
+	out := accountOutput(Output{}, &a, "m")
 	assert.NotEqual(t, int64(137), out.Posted, "wrong scale accepted")
 
 	// The same through the broken variant's direct reads, and a scale that
 	// would wrap to the right one in a uint8.
 	for _, scale := range []uint32{0, 258} {
-		out, err := readOutput(StoredValue, scale, "137", "0", "ACTIVE")
+		out, err := readOutput(wire(StoredValue, scale, "137", "ACTIVE"), "m")
 		require.NoError(t, err)
 		assert.NotEqual(t, int64(137), out.Posted, "wrong scale %d accepted", scale)
 	}
-	out, err := readOutput(StoredValue, 2, "1.37", "0", "LOST")
+	out, err := readOutput(wire(StoredValue, 2, "1.37", "LOST"), "m")
 	require.NoError(t, err)
 	assert.Equal(t, Output{Status: Known, Code: ledger.CodeOK, HasAccount: true, Asset: StoredValue, Posted: 137, State: ledger.StateLost}, out)
 
 	// A state the model has no name for is not read as ACTIVE.
 	for _, state := range []string{"", "SUSPENDED"} {
-		out, err := readOutput(Asset, 0, "1", "0", state)
+		out, err := readOutput(wire(Asset, 0, "1", state), "m")
 		require.NoError(t, err)
 		assert.Equal(t, int64(badAmount), out.Posted, "state %q accepted", state)
 	}
 
 	a = client.Account{Member: "m", Asset: "XYZ", Scale: 0, Posted: decimal.NewFromInt(137), Held: decimal.Zero}
-	assert.Equal(t, int64(badAmount), accountOutput(Output{}, &a).Posted, "unknown asset accepted")
+	assert.Equal(t, int64(badAmount), accountOutput(Output{}, &a, "m").Posted, "unknown asset accepted")
 
-	a = client.Account{Member: "m", Asset: Asset, Scale: 0, State: "ACTIVE", Posted: decimal.NewFromInt(137), Held: decimal.Zero}
-	out = accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &a)
+	a = client.Account{Program: Program, Member: "m", Asset: Asset, Scale: 0, State: "ACTIVE", Posted: decimal.NewFromInt(137),
+		Held: decimal.Zero, Available: decimal.NewFromInt(137)}
+	out = accountOutput(Output{Status: Known, Code: ledger.CodeOK}, &a, "m")
+	require.Empty(t, out.Wrong)
 	require.Equal(t, int64(137), out.Posted)
 	credit := Input{Kind: KindCredit, Member: "m", Asset: StoredValue, Key: "k", Amount: 137}
 	out.Seq, out.TimeMs = 1, 1
