@@ -148,6 +148,20 @@ func (o *openKeys) publishLocked() {
 	o.active.Store(len(o.at) > 0 || !o.overflowUntil.IsZero())
 }
 
+// lock takes o.mu and prunes the record at the time it returns; unlock
+// publishes the record and releases o.mu.
+func (o *openKeys) lock() (now time.Time) {
+	o.mu.Lock()
+	now = o.now()
+	o.pruneLocked(now)
+	return now
+}
+
+func (o *openKeys) unlock() {
+	o.publishLocked()
+	o.mu.Unlock()
+}
+
 // overflowingLocked reports whether the overflow window is open at now.
 func (o *openKeys) overflowingLocked(now time.Time) bool {
 	return !o.overflowUntil.IsZero() && now.Before(o.overflowUntil)
@@ -186,11 +200,8 @@ func (o *openKeys) anyOpen(keys []openKey) bool {
 	if o.empty() {
 		return false
 	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	defer o.publishLocked()
-	now := o.now()
-	o.pruneLocked(now)
+	now := o.lock()
+	defer o.unlock()
 	overflowing := o.overflowingLocked(now)
 	for _, k := range keys {
 		if k.key == "" {
@@ -208,11 +219,8 @@ func (o *openKeys) answer(k openKey, a answerKind) bool {
 	if a != answerUnknown && o.empty() {
 		return false
 	}
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	defer o.publishLocked()
-	now := o.now()
-	o.pruneLocked(now)
+	now := o.lock()
+	defer o.unlock()
 	return o.answerLocked(k, a, now)
 }
 

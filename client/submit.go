@@ -199,11 +199,8 @@ func anyIndeterminate(results []Result) bool {
 // place that applies the rule to ops.
 func (c *Client) settleOpenKeys(ops []Op, results []Result, recorded []bool, order []int, parts map[int][]int, errs []error) {
 	o := c.open
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	defer o.publishLocked()
-	now := o.now()
-	o.pruneLocked(now)
+	now := o.lock()
+	defer o.unlock()
 	for k, shard := range order {
 		marked := false
 		for _, i := range parts[shard] {
