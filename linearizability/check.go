@@ -769,7 +769,7 @@ func checkJournal(ctx context.Context, cl journalLister, reread accountReader, e
 	byKey := writesByKey(entries)
 	seenKey := map[string]bool{}
 	seenSeq := map[[2]uint64]string{} // (shard, seq) -> key
-	total, expiries := 0, 0
+	total, expiries, overdue := 0, 0, 0
 	for _, m := range members {
 		posted, held := map[string]int64{}, map[string]int64{} // m's finals by asset
 		for _, a := range assetScales {
@@ -803,6 +803,7 @@ func checkJournal(ctx context.Context, cl journalLister, reread accountReader, e
 		f.merge(&p.f)
 		total += p.total
 		expiries += p.expiries
+		overdue += p.overdue
 		for k := range p.keys {
 			seenKey[k] = true
 		}
@@ -823,7 +824,8 @@ func checkJournal(ctx context.Context, cl journalLister, reread accountReader, e
 		}
 	}
 	return f.result("journal", fmt.Sprintf("%d journal entries (%d hold expiries): no key or seq twice, every acknowledged success present, "+
-		"final balances equal the journal's postings and holds", total, expiries))
+		"final balances equal the journal's postings and holds; %d holds over %d s past their expiry, each ended",
+		total, expiries, overdue, expiredHoldSlackMs/1000))
 }
 
 // rereadAccounts reads m's accounts named in posted and held again and
@@ -858,6 +860,7 @@ type journalPass struct {
 	seqs            map[[2]uint64]string
 	posted, held    map[string]int64
 	total, expiries int
+	overdue         int // holds past their expiry (and the slack) when listed
 }
 
 // listJournal lists member m's journal and checks its entries against the
@@ -869,6 +872,10 @@ func listJournal(ctx context.Context, cl journalLister, m string, byKey map[stri
 	// each hold: a hold ends once, so a second settling entry (an
 	// expiry of a captured hold, say) is a finding.
 	settledBy := map[string]string{}
+	// expiresAt is each hold's expiry (log time, which the nodes stamp from
+	// this host's clock), by hold key; listedAt is when the listing began.
+	expiresAt := map[string]int64{}
+	listedAt := time.Now().UnixMilli()
 	settle := func(j client.JournalEntry, key string) {
 		if prev, dup := settledBy[j.Op.HoldKey]; dup {
 			p.f.addf("%s: hold %s is settled twice in the journal: by %s and %s (seq %d)", m, j.Op.HoldKey, prev, key, j.Seq)
@@ -987,6 +994,12 @@ func listJournal(ctx context.Context, cl journalLister, m string, byKey map[stri
 			switch j.Op.Kind {
 			case ledger.OpHold:
 				addHeld(j, j.Op.Amount)
+				switch {
+				case j.Result.Hold != nil && j.Result.Hold.ExpiresAtMs != 0:
+					expiresAt[key] = j.Result.Hold.ExpiresAtMs
+				case j.Result.TimeMs != 0:
+					expiresAt[key] = j.Result.TimeMs + j.Op.HoldTTL.Milliseconds()
+				}
 			case ledger.OpCaptureHold:
 				settle(j, key)
 				addHeld(j, j.Result.Captured.Add(j.Result.Released).Neg())
@@ -1004,8 +1017,28 @@ func listJournal(ctx context.Context, cl journalLister, m string, byKey map[stri
 			p.f.addf("%s: journal longer than %d pages; the rest was not checked", m, maxJournalPages)
 		}
 	}
+	// A hold long past its expiry must have ended: the leader ticks for
+	// expired holds every 250 ms, and the listing comes after the heal and
+	// the final reads, which needed a leader of every shard. Without this,
+	// an expiry that never fires passed: a read has no lower bound on what
+	// has expired (found by review).
+	for _, k := range slices.Sorted(maps.Keys(expiresAt)) {
+		if expiresAt[k] >= listedAt-expiredHoldSlackMs {
+			continue
+		}
+		p.overdue++
+		if _, done := settledBy[k]; !done {
+			p.f.addf("%s: hold %s expired at %d, %d ms before its journal was listed, and the journal has it still open",
+				m, k, expiresAt[k], listedAt-expiresAt[k])
+		}
+	}
 	return p
 }
+
+// expiredHoldSlackMs is how long past its expiry a hold may stay open in
+// the journal listed after the run: ticks come every 250 ms while a shard
+// has a leader; 10 s also covers an election just before the listing.
+const expiredHoldSlackMs = 10_000
 
 // sameEffect reports whether two outputs of one op describe the same
 // account after it and the same amounts moved.

@@ -42,7 +42,8 @@
 //     result the client saw, each account's final posted and held
 //     balances explained by its journal (the accounts are read again after
 //     each listing, as holds keep expiring after the workload stops), each
-//     hold settled once, no key applied twice, every linked request
+//     hold settled once, each hold over 10 s past its expiry when listed
+//     ended (captured, released or expired), no key applied twice, every linked request
 //     stored whole or not at all, replicas equal at the same applied index,
 //     real-time order of sequence numbers and log times across the members
 //     of a shard, and over all of a shard's sequence numbers (none given to

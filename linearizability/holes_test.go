@@ -5,8 +5,10 @@ package linearizability
 // accepts the honest answers next to them.
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/anishathalye/porcupine"
 	"github.com/shopspring/decimal"
@@ -195,4 +197,45 @@ func TestCheckWriteTimes(t *testing.T) {
 	r := checkWriteTimes([]Entry{linked})
 	assert.False(t, r.OK)
 	assert.Len(t, r.Findings, 2)
+}
+
+// TestJournalCheckCatchesAHoldThatNeverExpires: a hold long past its expiry
+// that the journal listed after the run still has open (no capture, release
+// or expiry entry) is a finding; a reads-only model cannot see it, as a read
+// has no lower bound on what has expired (found by review). A hold not yet
+// due, or one whose expiry is journaled, passes.
+func TestJournalCheckCatchesAHoldThatNeverExpires(t *testing.T) {
+	now := time.Now().UnixMilli()
+	for name, tc := range map[string]struct {
+		ttlMs   int64
+		expired bool // the journal has its expiry
+		want    bool
+	}{
+		"a minute overdue, still open": {ttlMs: 1_000, want: false},
+		"overdue, expiry journaled":    {ttlMs: 1_000, expired: true, want: true},
+		"not due yet":                  {ttlMs: 120_000, want: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			at := now - 61_000 // the hold's log time
+			c := Entry{Input: Input{Kind: KindCredit, Member: "a", Asset: Asset, Key: "c1", Amount: 100},
+				Output: ok(1, at-10, 100, 0), CallNs: 1, ReturnNs: 2}
+			h := Entry{Input: Input{Kind: KindHold, Member: "a", Asset: Asset, Key: "h1", Amount: 30, TTLMs: tc.ttlMs},
+				Output: ok(2, at, 100, 30), CallNs: 3, ReturnNs: 4}
+			held := int64(30)
+			journal := []client.JournalEntry{
+				{Seq: 2, Op: toClientOp(h.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 2, TimeMs: at}},
+				{Seq: 1, Op: toClientOp(c.Input), Result: client.Result{Code: ledger.CodeOK, Seq: 1, TimeMs: at - 10}},
+			}
+			if tc.expired {
+				held = 0
+				exp := client.JournalEntry{Seq: 3, Op: client.Op{Kind: ledger.OpExpireHold, Program: Program, Member: "a", Asset: Asset,
+					IdempotencyKey: ledger.ExpiryKey("h1"), HoldKey: "h1", Amount: decimal.NewFromInt(30)},
+					Result: client.Result{Code: ledger.CodeOK, Seq: 3, TimeMs: at + tc.ttlMs, Released: decimal.NewFromInt(30)}}
+				journal = append([]client.JournalEntry{exp}, journal...)
+			}
+			j := checkJournal(context.Background(), fakeJournal{"a": journal}, nil, []Entry{c, h}, []string{"a"},
+				map[string]int64{"a/" + Asset: 100}, map[string]int64{"a/" + Asset: held})
+			assert.Equal(t, tc.want, j.OK, "%s %v", j.Detail, j.Findings)
+		})
+	}
 }
