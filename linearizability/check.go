@@ -458,6 +458,17 @@ var legitimateRefusals = map[ledger.Code]bool{
 	ledger.CodeHoldNotFound: true,
 }
 
+// wrongReadCodes are the codes a read of this workload's accounts can only
+// get by a wrong answer: a replica that answers from state older than the
+// account's opening, say. A transport failure or a timeout (UNAVAILABLE,
+// NOT_LEADER, INTERNAL from a broken connection) stays a failed read.
+var wrongReadCodes = map[ledger.Code]bool{
+	ledger.CodeAccountNotFound: true,
+	ledger.CodeUnknownAsset:    true,
+	ledger.CodeInvalidArgument: true,
+	ledger.CodeWrongShard:      true,
+}
+
 // checkRefusals judges the codes of the writes refused without effect
 // (NotApplied), as the model cannot: only legitimateRefusals may refuse a
 // write. It also fails on any op that the rules answered UNAVAILABLE
@@ -466,13 +477,23 @@ var legitimateRefusals = map[ledger.Code]bool{
 // from request-level UNAVAILABLE: this workload opens a few holds a second
 // per member and settles most of them, so no shard can build such a
 // backlog, and the answer is unexplained. Writes resolved after the run are
-// skipped: their lookup, not a code, says they did not apply.
+// skipped: their lookup, not a code, says they did not apply. A failed
+// read constrains nothing in the model, but one answered with a code that
+// says the account is not there (wrongReadCodes) is a wrong answer, not a
+// failure: every account is opened before the workload starts.
 func checkRefusals(entries []Entry) CheckResult {
 	var f findings
 	refused := map[ledger.Code]int{}
 	opUnavailable := 0
 	for _, e := range entries {
-		if e.Input.Kind == KindRead || e.Resolved {
+		if e.Input.Kind == KindRead {
+			if e.Output.Status == Indeterminate && wrongReadCodes[e.Output.Code] {
+				f.addf("read of %s/%s answered %s, but the account was opened before the workload (err: %s)",
+					e.Input.Member, e.Input.Asset, e.Output.Code, e.Err)
+			}
+			continue
+		}
+		if e.Resolved {
 			continue
 		}
 		name := e.Input.Key

@@ -51,7 +51,8 @@
 //     of its calls by the wall clock, every refusal that applied nothing
 //     one this workload can meet (NOT_LEADER, UNAVAILABLE, HOLD_NOT_FOUND;
 //     never an op's own UNAVAILABLE, a deferral for an expiry backlog the
-//     workload cannot build), every account a result or read reports the
+//     workload cannot build), no read answered as if its account did not
+//     exist (ACCOUNT_NOT_FOUND, ...), every account a result or read reports the
 //     one asked about with available = posted - held, and floors that keep
 //     a run from passing by doing nothing:
 //     every fault kind injected, partitions and delays seen to cut, hold

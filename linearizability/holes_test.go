@@ -239,3 +239,24 @@ func TestJournalCheckCatchesAHoldThatNeverExpires(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckRefusalsJudgesFailedReads: a read that fails constrains nothing
+// in the model, but ACCOUNT_NOT_FOUND (or another code that says the
+// account is not there) for an account opened before the workload is a
+// wrong answer; a timeout or NOT_LEADER is a failed read.
+func TestCheckRefusalsJudgesFailedReads(t *testing.T) {
+	readFailed := func(code ledger.Code) Entry {
+		return Entry{Input: Input{Kind: KindRead, Member: "a", Asset: Asset},
+			Output: Output{Status: Indeterminate, Code: code}, Err: string(code), CallNs: 1, ReturnNs: ReturnNever}
+	}
+	for code, want := range map[ledger.Code]bool{
+		ledger.CodeUnavailable:     true,
+		ledger.CodeNotLeader:       true,
+		ledger.CodeInternal:        true,
+		ledger.CodeAccountNotFound: false,
+		ledger.CodeUnknownAsset:    false,
+	} {
+		r := checkRefusals([]Entry{readFailed(code)})
+		assert.Equal(t, want, r.OK, "%s: %s %v", code, r.Detail, r.Findings)
+	}
+}
