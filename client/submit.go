@@ -106,9 +106,6 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 	ctx, cancel := c.bounded(ctx)
 	defer cancel()
 	results := make([]Result, len(ops))
-	// recorded marks the ops whose answer the ledger recorded under their
-	// key: only such an answer settles a key an earlier call left open.
-	recorded := make([]bool, len(ops))
 	errs := make([]error, len(order))
 	runPart := func(k int) {
 		shard := order[k]
@@ -145,7 +142,6 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 				if j < len(out.unsettled) && out.unsettled[j] {
 					r.Indeterminate = true
 				}
-				recorded[i] = !r.Indeterminate && recordsAnswer(res[j])
 				r.Shard = uint32(shard)
 				results[i] = r
 				continue
@@ -176,7 +172,7 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 		wg.Wait()
 	}
 	if !c.open.empty() || anyIndeterminate(results) {
-		c.settleOpenKeys(ops, results, recorded, order, parts, errs)
+		c.settleOpenKeys(ops, results, order, parts, errs)
 	}
 	return results, joinErrors(errs)
 }
@@ -197,7 +193,7 @@ func anyIndeterminate(results []Result) bool {
 // indeterminate too (IsIndeterminate then holds for Apply's error). Every
 // mutating call but DefineAsset goes through Submit, so this is the one
 // place that applies the rule to ops.
-func (c *Client) settleOpenKeys(ops []Op, results []Result, recorded []bool, order []int, parts map[int][]int, errs []error) {
+func (c *Client) settleOpenKeys(ops []Op, results []Result, order []int, parts map[int][]int, errs []error) {
 	o := c.open
 	now := o.lock()
 	defer o.unlock()
@@ -208,7 +204,7 @@ func (c *Client) settleOpenKeys(ops []Op, results []Result, recorded []bool, ord
 			switch {
 			case results[i].Indeterminate:
 				a = answerUnknown
-			case recorded[i]:
+			case recordedOutcome(results[i].Replayed, results[i].Seq, results[i].Code):
 				a = answerRecorded
 			}
 			if o.answerLocked(openKey{program: ops[i].Program, key: ops[i].IdempotencyKey, shard: shard}, a, now) {
@@ -261,7 +257,14 @@ func (c *Client) refusedLocally(e *Error, ops []Op, shards int) *Error {
 // recorded for another, so this op can never apply under it: that settles
 // it too.
 func recordsAnswer(r *tallypb.OpResult) bool {
-	return r.GetReplayed() || r.GetSeq() != 0 || r.GetCode() == string(ledger.CodeIdempotencyKeyReused)
+	return recordedOutcome(r.GetReplayed(), r.GetSeq(), ledger.Code(r.GetCode()))
+}
+
+// recordedOutcome is recordsAnswer's rule, for a result already read (a
+// Result keeps the three fields it looks at; one the client made up for a
+// failed or unsent op has no sequence number).
+func recordedOutcome(replayed bool, seq uint64, code ledger.Code) bool {
+	return replayed || seq != 0 || code == ledger.CodeIdempotencyKeyReused
 }
 
 // partOutcome is what one shard's part of a Submit got back.

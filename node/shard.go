@@ -626,10 +626,10 @@ func (s *shard) expiryLoop() {
 		if !running {
 			return
 		}
-		// tickMs is the log time of the last tick proposed: a hold that
-		// expired by then and is still open was left by that tick's bound.
-		// Holds that expire after it, one by one, wait for the timer: each
-		// would otherwise chain another entry.
+		// tickMs is the log time of the last tick proposed (none yet: no
+		// bound): a hold that expired by then and is still open was left by
+		// that tick's bound. Holds that expire after it, one by one, wait
+		// for the timer: each would otherwise chain another entry.
 		tickMs := int64(math.MaxInt64)
 		for leads {
 			next, ok, err := s.fsm.NextExpiryMs()
@@ -638,7 +638,7 @@ func (s *shard) expiryLoop() {
 			// proposes ticks for holds expired by then (apply uses the later
 			// of the two).
 			now := max(time.Now().UnixMilli(), s.fsm.LastTimeMs())
-			if err != nil || !ok || next > now || (tickMs != math.MaxInt64 && next > tickMs) {
+			if err != nil || !ok || next > now || next > tickMs {
 				break
 			}
 			tickMs = now
