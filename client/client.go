@@ -159,15 +159,19 @@ func (c *Client) ledgerClient(addr string) (tallypb.LedgerClient, error) {
 	}
 	cc, ok := c.conns[addr]
 	if !ok {
-		var err error
-		cc, err = grpc.NewClient(addr,
+		opts := []grpc.DialOption{
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsgBytes), grpc.MaxCallSendMsgSize(maxMsgBytes)),
 			grpc.WithKeepaliveParams(keepalive.ClientParameters{
 				Time:    c.cfg.KeepaliveTime,
 				Timeout: keepaliveTimeout,
 			}),
-		)
+		}
+		if c.cfg.Dialer != nil {
+			opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
+		}
+		var err error
+		cc, err = grpc.NewClient(addr, opts...)
 		if err != nil {
 			return nil, err
 		}

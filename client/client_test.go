@@ -85,6 +85,33 @@ func TestRoutingByShard(t *testing.T) {
 	assert.Equal(t, len(ops), total, "every op sent exactly once")
 }
 
+// TestDialerCarriesEveryConnection: with Config.Dialer set, every node's
+// connection is opened through it (the chaos harness relies on this to put
+// its fault proxies on the client's links).
+func TestDialerCarriesEveryConnection(t *testing.T) {
+	fc := newFakeCluster(t, 3, 6)
+	var mu sync.Mutex
+	dialed := map[string]int{}
+	var d net.Dialer
+	c := dial(t, fc, Config{Dialer: func(ctx context.Context, addr string) (net.Conn, error) {
+		mu.Lock()
+		dialed[addr]++
+		mu.Unlock()
+		return d.DialContext(ctx, "tcp", addr)
+	}})
+	var ops []Op
+	for i := range 60 {
+		ops = append(ops, credit(fmt.Sprintf("member-%d", i), fmt.Sprintf("k%d", i), "1"))
+	}
+	_, err := c.Submit(testCtx(t), ops, false)
+	require.NoError(t, err)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, a := range fc.addrs() {
+		assert.NotZero(t, dialed[a], "node %s reached without the dialer", a)
+	}
+}
+
 func TestBatchSplittingKeepsOrder(t *testing.T) {
 	fc := newFakeCluster(t, 1, 4)
 	c := dial(t, fc, Config{MaxBatchOps: 10})

@@ -1,6 +1,8 @@
 package client
 
 import (
+	"context"
+	"net"
 	"time"
 
 	"github.com/tally-ledger/tally/ledger"
@@ -94,6 +96,11 @@ type Config struct {
 	// that would pass it fails at once with UNAVAILABLE, not indeterminate:
 	// nothing of it was sent. (A call into an empty queue is always taken.)
 	MaxQueuedOps int
+	// Dialer, when set, opens the connection to each node's gRPC address
+	// ("host:port", as given in Addrs or learnt from ClusterInfo) instead of
+	// a plain TCP dial: a tunnel, a proxy, or a test's fault injector on the
+	// client's links (package linearizability).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // withDefaults returns cfg with zero fields set to their defaults and

@@ -355,12 +355,12 @@ func sameMinor(d decimal.Decimal, amount int64, asset string) bool {
 }
 
 // checkFaults checks that the faults happened: every configured kind was
-// injected at least FaultRounds times without error, some of each partition
-// and delay hindered traffic (one may legitimately find none: two followers
-// of a third node's shards exchange nothing), and every pair of nodes
-// exchanged traffic through the proxies. Without it a run whose faults did
-// nothing, say because Raft traffic bypassed the proxies, passed: nothing
-// else notices.
+// injected at least FaultRounds times without error, some of each
+// partition, delay and client fault hindered traffic (one may legitimately
+// find none: two followers of a third node's shards exchange nothing), and
+// every pair of nodes, and the workers with the nodes, exchanged traffic
+// through the proxies. Without it a run whose faults did nothing, say
+// because Raft traffic bypassed the proxies, passed: nothing else notices.
 func checkFaults(cfg Config, events []TimelineEvent, silentPairs []string) CheckResult {
 	var f findings
 	counts, effective := map[FaultKind]int{}, map[FaultKind]int{}
@@ -378,14 +378,14 @@ func checkFaults(cfg Config, events []TimelineEvent, silentPairs []string) Check
 		if counts[k] < cfg.FaultRounds {
 			f.addf("%d faults of kind %s injected, want >= %d", counts[k], k, cfg.FaultRounds)
 		}
-		if (k == FaultPartition || k == FaultDelay) && counts[k] > 0 && effective[k] == 0 {
+		if (k == FaultPartition || k == FaultDelay || k == FaultClient) && counts[k] > 0 && effective[k] == 0 {
 			f.addf("none of the %d faults of kind %s hindered any traffic", counts[k], k)
 		}
 	}
 	for _, l := range silentPairs {
-		f.addf("nodes %s exchanged no traffic through the proxies: faults on their links did nothing", l)
+		f.addf("%s: no traffic through the proxies, so faults on these links did nothing", l)
 	}
-	return f.result("faults", fmt.Sprintf("every kind injected >= %d times, partitions and delays with an effect; every node pair's links carried traffic", cfg.FaultRounds))
+	return f.result("faults", fmt.Sprintf("every kind injected >= %d times, partitions, delays and client faults with an effect; every node pair's links and the clients' links carried traffic", cfg.FaultRounds))
 }
 
 // minOKShare is the least share of writes that must end OK (checkWorkload):

@@ -75,16 +75,20 @@ type procNode struct {
 }
 
 // Cluster is three tallyd processes on 127.0.0.1 with a Proxy on every
-// directed Raft link; nodes can be killed, wiped, restarted and paused.
+// directed Raft link and one on the workers' links to each node's gRPC
+// listener; nodes can be killed, wiped, restarted and paused.
 // Methods are safe for concurrent use.
 type Cluster struct {
 	cfg     ClusterConfig
 	mu      sync.Mutex
 	nodes   []*procNode
 	proxies map[[2]int]*Proxy // [from, to] -> proxy of the link
-	closed  bool
-	crashes []string // nodes that exited without being killed
-	slow    bool     // started with the slow-disk Raft timeouts
+	// clientProxies[i] carries the workers' connections to node i's gRPC
+	// listener (ClientDialer); the nemesis and the checker dial directly.
+	clientProxies []*Proxy
+	closed        bool
+	crashes       []string // nodes that exited without being killed
+	slow          bool     // started with the slow-disk Raft timeouts
 }
 
 // SlowDisk reports whether the nodes run with the slow-disk Raft timeouts.
@@ -205,6 +209,13 @@ func (c *Cluster) start(ctx context.Context) error {
 				n.args = append(n.args, d.flag, d.v.String())
 			}
 		}
+	}
+	for _, n := range c.nodes {
+		p, err := NewProxy("clients->"+n.id, n.grpcAddr)
+		if err != nil {
+			return err
+		}
+		c.clientProxies = append(c.clientProxies, p)
 	}
 	release() // the nodes bind their ports now; the proxies keep theirs
 	for i := range c.nodes {
@@ -388,12 +399,45 @@ func (c *Cluster) SetLink(from, to int, mode LinkMode, delay time.Duration) {
 	c.proxies[[2]int{from, to}].Set(mode, delay)
 }
 
+// SetClientLink sets the mode and delay of the workers' links to node i.
+func (c *Cluster) SetClientLink(i int, mode LinkMode, delay time.Duration) {
+	c.clientProxies[i].Set(mode, delay)
+}
+
+// ClientDialer is a client.Config.Dialer that reaches each node through its
+// client proxy (an address of no node is dialled directly).
+func (c *Cluster) ClientDialer() func(ctx context.Context, addr string) (net.Conn, error) {
+	via := map[string]string{}
+	for i, n := range c.nodes {
+		via[n.grpcAddr] = c.clientProxies[i].Addr()
+	}
+	var d net.Dialer
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		if p, ok := via[addr]; ok {
+			addr = p
+		}
+		return d.DialContext(ctx, "tcp", addr)
+	}
+}
+
 // hindered is how many times faults have hindered the links' traffic, over
-// every link (Proxy.Hindered).
+// every link, Raft's and the clients' (Proxy.Hindered).
 func (c *Cluster) hindered() int64 {
 	var n int64
 	for _, p := range c.proxies {
 		n += p.Hindered()
+	}
+	for _, p := range c.clientProxies {
+		n += p.Hindered()
+	}
+	return n
+}
+
+// clientTraffic is how many bytes the workers' links delivered.
+func (c *Cluster) clientTraffic() int64 {
+	var n int64
+	for _, p := range c.clientProxies {
+		n += p.Forwarded()
 	}
 	return n
 }
@@ -402,8 +446,13 @@ func (c *Cluster) hindered() int64 {
 // way: Raft traffic does not pass through them, so faults on them would do
 // nothing. (A pair, not a link: a node dials only while it leads or
 // campaigns, so one leading nothing may never use its own outgoing links.)
+// The workers' links count as one: a node that leads no shard may never
+// hear from them.
 func (c *Cluster) silentLinks() []string {
 	var out []string
+	if c.clientTraffic() == 0 {
+		out = append(out, "the workers' clients -> every node")
+	}
 	for a := 0; a < ClusterSize; a++ {
 		for b := a + 1; b < ClusterSize; b++ {
 			if c.proxies[[2]int{a, b}].Forwarded()+c.proxies[[2]int{b, a}].Forwarded() == 0 {
@@ -418,6 +467,9 @@ func (c *Cluster) silentLinks() []string {
 // without delay.
 func (c *Cluster) Heal(ctx context.Context) error {
 	for _, p := range c.proxies {
+		p.Set(LinkPass, 0)
+	}
+	for _, p := range c.clientProxies {
 		p.Set(LinkPass, 0)
 	}
 	var errs []error
@@ -488,6 +540,9 @@ func (c *Cluster) Close() {
 		}
 	}
 	for _, p := range c.proxies {
+		p.Close()
+	}
+	for _, p := range c.clientProxies {
 		p.Close()
 	}
 }

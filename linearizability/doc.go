@@ -21,8 +21,8 @@
 //     pinned as applied, or, if no record holds its key, as never applied
 //     (an attempt still in flight then would be caught by the final reads).
 //   - Cluster: three tallyd processes on 127.0.0.1 with a fault-injection
-//     proxy on every directed Raft link (drop, blackhole, delay), kill -9
-//     and restart, SIGSTOP/SIGCONT, and wiping a killed node's data
+//     proxy on every directed Raft link and on the workers' links to each
+//     node's gRPC listener (drop, blackhole, delay), kill -9 and restart, SIGSTOP/SIGCONT, and wiping a killed node's data
 //     directory before its restart.
 //   - Run: a seeded fault schedule (nemesis; one fault at a time, each
 //     undone before the next: AllFaults, plus the opt-in wipe, which
@@ -55,9 +55,9 @@
 //     exist (ACCOUNT_NOT_FOUND, ...), every account a result or read reports the
 //     one asked about with available = posted - held, and floors that keep
 //     a run from passing by doing nothing:
-//     every fault kind injected, partitions and delays seen to cut, hold
-//     back or delay traffic, every pair of nodes talking through the
-//     proxies, at least a quarter of the writes applied OK and each
+//     every fault kind injected, partitions, delays and client faults seen
+//     to cut, hold back or delay traffic, every pair of nodes, and the
+//     workers with the nodes, talking through the proxies, at least a quarter of the writes applied OK and each
 //     frequent kind answered by the rules.
 //   - Evidence: on failure, porcupine's HTML visualization per failing
 //     account, the fault timeline, node logs and the seed, under a results
@@ -83,7 +83,7 @@
 //	go test -race -run TestChaos ./linearizability/       # CI profile (part of make test)
 //	TALLY_CHAOS_SEED=1234 go test -run TestChaos ./linearizability/   # replay a seed
 //	make chaos CHAOS_DURATION=30m                           # long run (cmd/tally-chaos)
-//	make chaos CHAOS_ARGS=--faults=kill,pause,partition,delay,wipe   # with wipes
+//	make chaos CHAOS_ARGS=--faults=kill,pause,partition,delay,client,wipe   # with wipes
 //
 // Results go under ./results/ (TALLY_CHAOS_RESULTS overrides it for tests):
 // summary.txt and summary.json, timeline.txt, history.jsonl, the nodes'

@@ -28,6 +28,13 @@ const (
 	// FaultDelay: delay every Raft message to and from a node (or on every
 	// link).
 	FaultDelay FaultKind = "delay"
+	// FaultClient: cut (drop), silence (blackhole) or delay the workers'
+	// connections to a node (a leader preferred), while the nodes' own
+	// links stay whole. Requests the node already took still apply, but
+	// their answers are lost or late: the client must report them
+	// indeterminate, and its retries under the same keys must replay, not
+	// apply again.
+	FaultClient FaultKind = "client"
 	// FaultWipe: kill -9 a node, delete its whole data directory (an
 	// operator replacing its disk) and restart it with the same ID,
 	// addresses and flags, --bootstrap included: it starts with no Raft
@@ -46,11 +53,11 @@ const (
 
 // AllFaults are the kinds a full run injects (the CI profile wants every
 // one of them).
-var AllFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay}
+var AllFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay, FaultClient}
 
 // KnownFaults are every kind a run can be asked to inject: AllFaults and
 // the opt-in FaultWipe.
-var KnownFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay, FaultWipe}
+var KnownFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay, FaultClient, FaultWipe}
 
 // Bounds of the wipe fault.
 const (
@@ -265,6 +272,21 @@ func (n *nemesis) inject(ctx context.Context, kind FaultKind) {
 		}
 	case FaultWipe:
 		n.wipe(ctx, d, &ev, note)
+	case FaultClient:
+		i, who := n.target(ctx)
+		mode, delay := []LinkMode{LinkPass, LinkDrop, LinkBlackhole}[n.rng.IntN(3)], time.Duration(0)
+		switch mode {
+		case LinkPass:
+			delay = time.Duration(20+n.rng.IntN(280)) * time.Millisecond
+			ev.What = fmt.Sprintf("delay the clients' links to %s by %s for %s", who, delay, d.Round(time.Millisecond))
+		default:
+			ev.What = fmt.Sprintf("cut the clients' links to %s (%s) for %s", who, mode, d.Round(time.Millisecond))
+		}
+		before := n.c.hindered()
+		n.c.SetClientLink(i, mode, delay)
+		n.sleep(ctx, d)
+		ev.NoEffect = n.c.hindered() == before
+		n.c.SetClientLink(i, LinkPass, 0)
 	case FaultDelay:
 		delay := time.Duration(20+n.rng.IntN(280)) * time.Millisecond
 		var links [][2]int

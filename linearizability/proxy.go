@@ -46,10 +46,11 @@ const (
 	proxyQueueChunks = 256
 )
 
-// Proxy forwards one directed Raft link, from node A's dialer to node B's
-// Raft listener. Both directions of each TCP connection pass through it
-// (requests and their responses), so cutting a link A->B silences every RPC
-// that A sends to B; B's RPCs to A use the proxy B->A.
+// Proxy forwards one directed link: from node A's dialer to node B's Raft
+// listener, or from the workers' clients to a node's gRPC listener. Both
+// directions of each TCP connection pass through it (requests and their
+// responses), so cutting a link A->B silences every RPC that A sends to B;
+// B's RPCs to A use the proxy B->A.
 type Proxy struct {
 	name   string
 	target string

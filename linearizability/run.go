@@ -327,7 +327,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	var workers []*worker
 	var shared *client.Client
 	if cfg.Coalesce {
-		shared, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout, Coalesce: true})
+		shared, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout, Coalesce: true, Dialer: c.ClientDialer()})
 		if err != nil {
 			return nil, fmt.Errorf("dial: %w", err)
 		}
@@ -336,7 +336,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	for i := 0; i < cfg.Clients; i++ {
 		cl := shared
 		if cl == nil {
-			if cl, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout}); err != nil {
+			if cl, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout, Dialer: c.ClientDialer()}); err != nil {
 				return nil, fmt.Errorf("dial: %w", err)
 			}
 			clients = append(clients, cl)
