@@ -341,5 +341,6 @@ func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (Sha
 		MaxVersion:        resp.GetMaxVersion(),
 		VoteGuarded:       resp.GetVoteGuarded(),
 		Misconfigured:     resp.GetMisconfigured(),
+		NodeID:            resp.GetNodeId(),
 	}, nil
 }

@@ -150,6 +150,8 @@ type ShardState struct {
 	// Misconfigured is set while that node refuses every request because
 	// a majority of its cluster is not known to run its shard count.
 	Misconfigured bool
+	// NodeID is the answering node's ID ("" from a binary before it).
+	NodeID string
 }
 
 // opToProto converts an op for the wire. Amounts that an op kind does not

@@ -32,6 +32,11 @@ func (p peerWithShards) ClusterInfo(context.Context, *tallypb.ClusterInfoRequest
 	return &tallypb.ClusterInfoResponse{Shards: p.shards.Load(), NodeId: p.id}, nil
 }
 
+// ShardState answers as node p.id, which allows the newest rules version.
+func (p peerWithShards) ShardState(_ context.Context, req *tallypb.ShardStateRequest) (*tallypb.ShardStateResponse, error) {
+	return &tallypb.ShardStateResponse{Shard: req.GetShard(), MaxVersion: ledger.MaxVersion, NodeId: p.id}, nil
+}
+
 // fakePeer serves peerWithShards on 127.0.0.1 and returns its Peer and
 // shard count (which the test may change).
 func fakePeer(t *testing.T, id string, shards uint32) (Peer, *atomic.Uint32) {

@@ -447,6 +447,7 @@ func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest
 		VoteGuarded:  s.trans != nil && s.trans.guard != nil && s.trans.guard.on.Load(),
 		// Peers' balancers hand no shard to a node that refuses requests.
 		Misconfigured: sv.n.misconfigured.Load() != nil,
+		NodeId:        sv.n.cfg.ID,
 	}
 	last, term := s.raft.LastIndex(), s.raft.CurrentTerm()
 	resp.RaftLastIndex, resp.RaftTerm = &last, &term

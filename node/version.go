@@ -78,8 +78,9 @@ func (s *shard) versionLoop() {
 
 // membersMaxVersion is the newest rules version every member of the shard's
 // Raft configuration may apply: the least of their maxVersion, and version 1
-// if any member is unknown, does not answer, or predates versions (it
-// reports 0).
+// if any member is unknown, does not answer, answers as another node (its
+// address in --peers is wrong, or the answer comes from a binary that does
+// not name itself), or predates versions (it reports 0).
 func (s *shard) membersMaxVersion(ctx context.Context) uint32 {
 	f := s.raft.GetConfiguration()
 	if f.Error() != nil {
@@ -105,7 +106,7 @@ func (s *shard) membersMaxVersion(ctx context.Context) uint32 {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		st, err := c.ShardState(rctx, &tallypb.ShardStateRequest{Shard: s.id})
 		cancel()
-		if err != nil {
+		if err != nil || st.GetNodeId() != string(srv.ID) {
 			return ledger.Version1
 		}
 		v = min(v, max(st.GetMaxVersion(), ledger.Version1))

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -114,4 +115,30 @@ func TestShardsRaiseTheirVersionOnceEveryNodeMay(t *testing.T) {
 	require.ErrorContains(t, err, "above --max-version 1")
 	c.cfgs[2].MaxVersion = ledger.MaxVersion
 	c.start(2)
+}
+
+// A node's --peers names the wrong gRPC address for n2: another node (n9)
+// answers there, allowing the newest version, while n2 allows only version
+// 1. The leader must not take n9's answer for n2's and raise the shard past
+// what n2 allows (each ShardState answer names its node).
+func TestVersionLoopTakesOnlyTheAskedNodesAnswer(t *testing.T) {
+	impostor, _ := fakePeer(t, "n9", 1)
+	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+		switch cfg.ID {
+		case "n1":
+			cfg.Peers = slices.Clone(cfg.Peers)
+			cfg.Peers[1].GRPCAddr = impostor.GRPCAddr
+		case "n2":
+			cfg.MaxVersion = ledger.Version1
+		}
+	})
+	// Shard 0 prefers n1 (the balancer hands it over).
+	deadline := time.Now().Add(20 * time.Second)
+	for !c.nodes[0].IsLeader(0) {
+		require.True(t, time.Now().Before(deadline), "n1 never led shard 0")
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(3 * versionCheckInterval)
+	require.True(t, c.nodes[0].IsLeader(0), "n1 lost shard 0 during the test: inconclusive")
+	require.True(t, allAt(c.versions(), ledger.Version1), "raised past n2's --max-version on n9's word: %v", c.versions())
 }

@@ -352,7 +352,10 @@ func (s *shard) pollPeers(g *voteGuard) (fresh, seasoned int, terms []uint64) {
 		go func() {
 			defer wg.Done()
 			resp, err := c.ShardState(ctx, &tallypb.ShardStateRequest{Shard: s.id})
-			if err != nil {
+			if err != nil || resp.GetNodeId() != p.ID {
+				// Another node's answer (p's address is wrong in --peers)
+				// would count that node twice; one from a binary that
+				// does not name itself cannot be told apart from it.
 				return
 			}
 			storeMax(&g.peerApplied, resp.GetAppliedIndex())

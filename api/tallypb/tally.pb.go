@@ -1735,7 +1735,12 @@ type ShardStateResponse struct {
 	// replica under the vote guard takes a leader's entries only once enough
 	// other replicas report a term no newer than that leader's
 	// (node/voteguard.go): a stale leader must not commit with its help.
-	RaftTerm      *uint64 `protobuf:"varint,13,opt,name=raft_term,json=raftTerm,proto3,oneof" json:"raft_term,omitempty"`
+	RaftTerm *uint64 `protobuf:"varint,13,opt,name=raft_term,json=raftTerm,proto3,oneof" json:"raft_term,omitempty"`
+	// The answering node's ID, absent from binaries before it. A node asking
+	// a peer about a shard (its vote guard, balancer and rules-version loop)
+	// takes only an answer from the node it meant to ask: with a peer's
+	// address wrong in --peers, another node's answer would count twice.
+	NodeId        string `protobuf:"bytes,14,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1859,6 +1864,13 @@ func (x *ShardStateResponse) GetRaftTerm() uint64 {
 		return *x.RaftTerm
 	}
 	return 0
+}
+
+func (x *ShardStateResponse) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
 }
 
 var File_tally_proto protoreflect.FileDescriptor
@@ -1985,7 +1997,7 @@ const file_tally_proto_rawDesc = "" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\"=\n" +
 	"\x11ShardStateRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
-	"\x04full\x18\x02 \x01(\bR\x04full\"\xf5\x03\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\"\x8e\x04\n" +
 	"\x12ShardStateResponse\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x1d\n" +
@@ -2003,7 +2015,8 @@ const file_tally_proto_rawDesc = "" +
 	" \x01(\x04H\x00R\rraftLastIndex\x88\x01\x01\x12!\n" +
 	"\fvote_guarded\x18\v \x01(\bR\vvoteGuarded\x12$\n" +
 	"\rmisconfigured\x18\f \x01(\bR\rmisconfigured\x12 \n" +
-	"\traft_term\x18\r \x01(\x04H\x01R\braftTerm\x88\x01\x01B\x12\n" +
+	"\traft_term\x18\r \x01(\x04H\x01R\braftTerm\x88\x01\x01\x12\x17\n" +
+	"\anode_id\x18\x0e \x01(\tR\x06nodeIdB\x12\n" +
 	"\x10_raft_last_indexB\f\n" +
 	"\n" +
 	"_raft_term*\xe3\x01\n" +

@@ -372,6 +372,7 @@ type stateView struct {
 func (v stateView) jsonValue() any {
 	return struct {
 		Node              string `json:"node"`
+		NodeID            string `json:"node_id"`
 		Shard             uint32 `json:"shard"`
 		Leader            bool   `json:"leader"`
 		AppliedIndex      uint64 `json:"applied_index"`
@@ -383,12 +384,13 @@ func (v stateView) jsonValue() any {
 		MaxVersion        uint32 `json:"max_version"`
 		VoteGuarded       bool   `json:"vote_guarded"`
 		Misconfigured     bool   `json:"misconfigured"`
-	}{v.Node, v.Shard, v.Leader, v.AppliedIndex, hex.EncodeToString(v.StateHash), v.ConservationOK, v.ConservationError,
+	}{v.Node, v.NodeID, v.Shard, v.Leader, v.AppliedIndex, hex.EncodeToString(v.StateHash), v.ConservationOK, v.ConservationError,
 		v.LastTimeMs, v.Version, v.MaxVersion, v.VoteGuarded, v.Misconfigured}
 }
 
 func (v stateView) text(w io.Writer) {
 	fmt.Fprintf(w, "node\t%s\n", v.Node)
+	fmt.Fprintf(w, "node id\t%s\n", dash(v.NodeID))
 	fmt.Fprintf(w, "shard\t%d\n", v.Shard)
 	fmt.Fprintf(w, "leader\t%t\n", v.Leader)
 	fmt.Fprintf(w, "applied index\t%d\n", v.AppliedIndex)

@@ -368,9 +368,10 @@ func TestOpNotFoundIsNotFinal(t *testing.T) {
 // not serve or vote: its vote guard, and a shard count a majority is not
 // known to share.
 func TestStateViewShowsRefusals(t *testing.T) {
-	v := stateView{Node: "n3", ShardState: client.ShardState{ConservationOK: true, MaxVersion: 3, Version: 3}}
+	v := stateView{Node: "127.0.0.1:7103", ShardState: client.ShardState{ConservationOK: true, MaxVersion: 3, Version: 3, NodeID: "n3"}}
 	var quiet bytes.Buffer
 	v.text(&quiet)
+	assert.Contains(t, quiet.String(), "node id\tn3")
 	assert.NotContains(t, quiet.String(), "vote guard")
 	assert.NotContains(t, quiet.String(), "refusing")
 
