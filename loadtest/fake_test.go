@@ -194,7 +194,8 @@ func (f *fakeLedger) result(s int, r ledger.Result) client.Result {
 	if a := r.Account; a.Key.Asset != "" {
 		as, _, _ := f.stores[s].Asset(a.Key.Program, a.Key.Asset)
 		out.Account = &client.Account{Program: a.Key.Program, Member: a.Key.Member, Asset: a.Key.Asset, Scale: as.Scale,
-			State: a.State.String(), Posted: decimal.New(a.PostedMinor, -int32(as.Scale)), Held: decimal.New(a.HeldMinor, -int32(as.Scale))}
+			State: a.State.String(), Posted: decimal.New(a.PostedMinor, -int32(as.Scale)), Held: decimal.New(a.HeldMinor, -int32(as.Scale)),
+			Available: decimal.New(a.PostedMinor-a.HeldMinor, -int32(as.Scale))}
 		out.Captured = decimal.New(r.CapturedMinor, -int32(as.Scale))
 		out.Released = decimal.New(r.ReleasedMinor, -int32(as.Scale))
 	}

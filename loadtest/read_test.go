@@ -29,10 +29,11 @@ func TestImpossibleRead(t *testing.T) {
 		"available ignores holds": {func(a *client.Account) { a.Available = d("50") }, true},
 		"over its max":            {func(a *client.Account) { a.Posted, a.Available = d("120"), d("100") }, true},
 		"no max":                  {func(a *client.Account) { a.MaxBalance = nil; a.Posted, a.Available = d("120"), d("100") }, false},
+		"another scale":           {func(a *client.Account) { a.Scale = 2 }, true},
 	} {
 		a := ok
 		tc.edit(&a)
-		why := impossibleRead(&a, "p", "m", "PTS")
+		why := impossibleRead(&a, "p", "m", "PTS", 0)
 		assert.Equal(t, tc.bad, why != "", "%s: %q", name, why)
 	}
 }

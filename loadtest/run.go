@@ -262,6 +262,7 @@ func Run(ctx context.Context, l Ledger, coalesce bool, cfg Config) (*Report, err
 	v := vf.Verify(context.WithoutCancel(ctx), log)
 	v.UnexpectedCodes += r.badReads.Load()
 	v.UnexpectedExamples = append(v.UnexpectedExamples, r.readExamples...)
+	v.SentReads, v.AnsweredReads = r.sentReads.Load(), r.answeredReads.Load()
 	rep.Verification = v
 	rep.LostAcks = v.LostAcks
 	rep.InvariantOK = v.InvariantOK
@@ -289,10 +290,9 @@ func setup(ctx context.Context, l Ledger, cfg Config) error {
 	// A program set up before (a --run-id used again) would turn the run's
 	// first operations into replays of the earlier run's: cheap dedup hits
 	// counted as throughput (found by review). Its budget account exists
-	// only if a setup got that far. (A read that fails says nothing; the
-	// setup's own writes then meet the same trouble.)
-	if _, err := l.GetAccount(ctx, program, BudgetMember, BudgetAsset); err == nil {
-		return fmt.Errorf("program %s is already set up (a run id used before): pick another --run-id", program)
+	// only if a setup got that far.
+	if err := notSetUp(ctx, l, program); err != nil {
+		return err
 	}
 	if c, ok := l.(interface {
 		DefineAsset(ctx context.Context, program, asset string, scale uint8, key string) (client.Result, error)
@@ -355,6 +355,46 @@ func setup(ctx context.Context, l Ledger, cfg Config) error {
 	return firstErr
 }
 
+// Bounds of notSetUp's probe.
+const (
+	setupProbeAttempts = 20
+	setupProbeWait     = 250 * time.Millisecond
+)
+
+// badAnswer counts an answer that fails the run (badReads) and keeps the
+// first few as examples.
+func (r *runner) badAnswer(format string, args ...any) {
+	if r.badReads.Add(1) <= maxExamples {
+		r.readMu.Lock()
+		r.readExamples = append(r.readExamples, fmt.Sprintf(format, args...))
+		r.readMu.Unlock()
+	}
+}
+
+// notSetUp returns nil once a read of program's budget account says it does
+// not exist. A read that fails (an election, a node restarting) says
+// nothing either way, so it is asked again, a bounded number of times: a
+// setup that went ahead on one failed read reused an earlier run's keys,
+// and its replays passed every check (found by review).
+func notSetUp(ctx context.Context, l Ledger, program string) error {
+	var err error
+	for range setupProbeAttempts {
+		_, err = l.GetAccount(ctx, program, BudgetMember, BudgetAsset)
+		switch client.CodeOf(err) {
+		case ledger.CodeOK:
+			return fmt.Errorf("program %s is already set up (a run id used before): pick another --run-id", program)
+		case ledger.CodeAccountNotFound, ledger.CodeUnknownAsset:
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(setupProbeWait):
+		}
+	}
+	return fmt.Errorf("could not tell whether program %s is already set up: %w", program, err)
+}
+
 type runner struct {
 	cfg     Config
 	w       Workload
@@ -365,10 +405,15 @@ type runner struct {
 	logs    [][]ackRecord // per client
 	late    atomic.Int64
 	// badReads counts reads that ended with a code a read never should
-	// (expectedCode); readExamples keeps a few.
-	badReads     atomic.Int64
-	readMu       sync.Mutex
-	readExamples []string
+	// (expectedCode), and reads and write results that describe an
+	// impossible account (impossibleRead); readExamples keeps a few.
+	badReads atomic.Int64
+	// sentReads and answeredReads count the load's reads and those
+	// answered (with a possible account): a run that sent reads and had
+	// none answered proves nothing about them.
+	sentReads, answeredReads atomic.Int64
+	readMu                   sync.Mutex
+	readExamples             []string
 	// The measured window (see load).
 	warmEnd, loadEnd time.Time
 }
@@ -563,15 +608,17 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 			case err == nil:
 				// An answer about another account (or an impossible
 				// balance) is no answer: it must not count as a read.
-				if why := impossibleRead(&acct, r.program, member, asset); why != "" {
+				if why := impossibleRead(&acct, r.program, member, asset, r.w.ScaleOf(specs[0].Account)); why != "" {
 					bad = why
 					code = ledger.CodeInternal
 				}
 			}
-			if bad != "" && r.badReads.Add(1) <= maxExamples {
-				r.readMu.Lock()
-				r.readExamples = append(r.readExamples, fmt.Sprintf("read of %s/%s: %s", member, asset, bad))
-				r.readMu.Unlock()
+			r.sentReads.Add(1)
+			if err == nil && bad == "" {
+				r.answeredReads.Add(1)
+			}
+			if bad != "" {
+				r.badAnswer("read of %s/%s: %s", member, asset, bad)
 			}
 			codes = append(codes, code)
 			end := time.Now()
@@ -601,8 +648,21 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 				if s.Kind == KindHold && res[k].Code == ledger.CodeOK {
 					gen.HoldAcked(s)
 				}
+				if a := res[k].Account; a != nil {
+					member, asset := r.w.MemberName(s.Account), r.w.AssetOf(s.Account)
+					if why := impossibleRead(a, r.program, member, asset, r.w.ScaleOf(s.Account)); why != "" {
+						r.badAnswer("%s result on %s/%s: %s", s.Kind, member, asset, why)
+					}
+				}
 			case indeterminate:
 				rec.state, rec.code = stateIndeterminate, codeIndeterminate
+			case k < len(res) && res[k].Code != "" && !failed(res[k].Code):
+				// The ledger stamps a seq on every outcome it records,
+				// refusals included: an outcome without one was recorded
+				// nowhere, yet the client was told it (found by review).
+				// As an ack of seq 0 its lookup finds no record, or
+				// another seq: a lost ack.
+				rec.state, rec.code, rec.digest = stateAcked, res[k].Code, resultDigest(res[k])
 			default:
 				rec.state = stateFailed
 				rec.code = client.CodeOf(err)
@@ -682,7 +742,10 @@ func Summary(out io.Writer, rep *Report) {
 	if v := rep.Verification; v != nil {
 		fmt.Fprintf(&b, "verify (%.1fs): %d of %d acked ops looked up (%s): lost_acks=%d keys_reused=%d lookup_failed=%d; indeterminate %d, settled by re-send (recorded %d, refused %d, unresolved %d)\n",
 			v.DurationS, v.VerifiedOps, v.AckedOps, v.VerifyMode, v.LostAcks, v.KeysReused, v.LookupFailed, v.Indeterminate, v.ResolvedApplied, v.ResolvedRefused, v.UnresolvedOps)
-		fmt.Fprintf(&b, "  failed ops: %d looked up, %d stored anyway; unexpected codes: %d\n", v.FailedChecked, v.FailedStored, v.UnexpectedCodes)
+		fmt.Fprintf(&b, "  failed ops: %d looked up, %d stored anyway; unexpected codes and impossible answers: %d\n", v.FailedChecked, v.FailedStored, v.UnexpectedCodes)
+		if v.SentReads > 0 {
+			fmt.Fprintf(&b, "  reads: %d of %d answered\n", v.AnsweredReads, v.SentReads)
+		}
 		fmt.Fprintf(&b, "  balances: %d accounts checked, %d mismatches (%d skipped: unknown outcome)\n",
 			v.AccountsChecked, v.BalanceMismatch, v.AccountsSkipped)
 		fmt.Fprintf(&b, "  invariants over %d shards: conservation_ok=%v replicas_equal=%v invariant_ok=%v\n",
@@ -712,10 +775,12 @@ func Summary(out io.Writer, rep *Report) {
 // program/member/asset, or "" if nothing is: it names another account, or
 // holds balances the ledger's invariants forbid (ledger.CheckAccount) or
 // that do not add up (available = posted - held).
-func impossibleRead(acct *client.Account, program, member, asset string) string {
+func impossibleRead(acct *client.Account, program, member, asset string, scale int32) string {
 	switch {
 	case acct.Program != program || acct.Member != member || acct.Asset != asset:
 		return fmt.Sprintf("answered with account %s/%s/%s", acct.Program, acct.Member, acct.Asset)
+	case int32(acct.Scale) != scale:
+		return fmt.Sprintf("scale %d, the asset's is %d", acct.Scale, scale)
 	case acct.Held.IsNegative() || acct.Held.GreaterThan(acct.Posted):
 		return fmt.Sprintf("held %s outside [0, posted %s]", acct.Held, acct.Posted)
 	case !acct.Available.Equal(acct.Posted.Sub(acct.Held)):

@@ -128,6 +128,11 @@ type Verification struct {
 	// fails: it proves nothing (every write refused or unanswered).
 	SentWrites int64 `json:"sent_writes"`
 	AckedOps   int64 `json:"acked_ops"`
+	// SentReads counts the load's reads and AnsweredReads those answered
+	// with a possible account; a run that sent reads and had none answered
+	// fails as one without acks does.
+	SentReads     int64 `json:"sent_reads"`
+	AnsweredReads int64 `json:"answered_reads"`
 	// VerifiedOps is how many acknowledged ops were looked up; VerifyMode
 	// says whether that is all of them ("all") or a uniform random sample
 	// ("sample": the run had more than the verifier's count or time bound).
@@ -179,10 +184,11 @@ type Verification struct {
 // OK reports whether every check passed. A check that could not run is not
 // a pass: ops whose outcome could not be looked up (they also take their
 // accounts out of the balance check), acknowledged ops of which none was
-// looked up, no account compared, or writes sent and none acknowledged.
+// looked up, no account compared, or writes (or reads) sent and none
+// acknowledged (answered).
 func (v *Verification) OK() bool {
 	ran := v.UnresolvedOps == 0 && v.LookupFailed == 0 && (v.AckedOps == 0 || v.VerifiedOps > 0) && v.AccountsChecked > 0 &&
-		(v.SentWrites == 0 || v.AckedOps > 0)
+		(v.SentWrites == 0 || v.AckedOps > 0) && (v.SentReads == 0 || v.AnsweredReads > 0)
 	return ran && v.LostAcks == 0 && v.KeysReused == 0 && v.FailedStored == 0 && v.UnexpectedCodes == 0 &&
 		v.BalanceMismatch == 0 && v.InvariantOK
 }
@@ -671,6 +677,9 @@ func (vf *Verifier) checkInvariants(ctx context.Context, v *Verification) {
 		}
 		v.ShardsChecked++
 	}
+	// A shard whose replicas could not be compared had its conservation
+	// checked nowhere: not a pass (found by review).
+	v.ConservationOK = v.ConservationOK && v.ShardsChecked == info.Shards
 	v.InvariantOK = v.ConservationOK && v.ReplicasEqual
 }
 
@@ -688,6 +697,11 @@ func (vf *Verifier) converged(ctx context.Context, nodes []client.Node, shard ui
 		for k, n := range nodes {
 			err = vf.read(ctx, func(ctx context.Context) (err error) {
 				states[k], err = vf.L.ShardState(ctx, n.GRPCAddr, shard)
+				if err == nil && states[k].NodeID != "" && states[k].NodeID != n.ID {
+					// Another node at n's address: comparing it with
+					// itself would prove nothing.
+					return fmt.Errorf("node %s's address %s answered as %s", n.ID, n.GRPCAddr, states[k].NodeID)
+				}
 				return err
 			})
 			if err != nil {

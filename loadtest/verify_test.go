@@ -478,10 +478,12 @@ func TestFailedLookupFailsTheRunWithoutLostAcks(t *testing.T) {
 	require.True(t, v.OK())
 }
 
-// deadReads is the fake ledger with every read after the load failing.
+// deadReads is the fake ledger with every read after the load failing
+// (setup's probe of the program is answered: no such account).
 type deadReads struct {
 	*fakeLedger
-	reads atomic.Int64
+	reads  atomic.Int64
+	probed atomic.Bool
 }
 
 func (d *deadReads) GetOperation(context.Context, string, string, string) (bool, client.JournalEntry, error) {
@@ -490,6 +492,9 @@ func (d *deadReads) GetOperation(context.Context, string, string, string) (bool,
 }
 
 func (d *deadReads) GetAccount(context.Context, string, string, string) (client.Account, error) {
+	if !d.probed.Swap(true) {
+		return client.Account{}, &client.Error{Code: ledger.CodeAccountNotFound, Shard: -1, OpIndex: -1}
+	}
 	d.reads.Add(1)
 	return client.Account{}, errors.New("unreachable")
 }
