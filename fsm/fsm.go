@@ -210,6 +210,17 @@ type FSM struct {
 	// uses it to size its snapshot schedule to the log (see LogBytes).
 	logBytes atomic.Uint64
 
+	// given is the highest Raft index this FSM is known to follow: the
+	// last entry handed to ApplyBatch (skipped replays included) or the
+	// index of a snapshot it restored. hashicorp/raft labels a snapshot
+	// with the last index it dispatched, which is at least given; Snapshot
+	// refuses while given is below the applied index (see there). It
+	// starts at 0, not at the snapshot Raft starts after: Raft may fall
+	// back to an older one than the newest when that fails to load, and a
+	// shard that restarted with its state at its newest snapshot has
+	// nothing to snapshot until a new command, which moves given past it.
+	given atomic.Uint64
+
 	store *stateStore     // used only by Raft's FSM goroutine, but for its accounts cache
 	ov    *ledger.Overlay // ApplyBatch's overlay over store, reused (FSM goroutine only)
 
@@ -386,6 +397,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	f.applyPart(logs[first:], cmds[first:], resp[first:], ops)
 	f.logBytes.Add(logBytes)
+	if n := len(logs); n > 0 {
+		f.given.Store(max(f.given.Load(), logs[n-1].Index))
+	}
 	return resp
 }
 

@@ -44,7 +44,20 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // open Pebble snapshots, but not from open iterators. Through a snapshot,
 // Persist wrote an empty shard with a valid count and checksum, which a
 // restart falling back to it would have restored as a blank shard.
+//
+// It refuses while Raft replays entries the durable state already holds
+// (after a restart with that state ahead of the newest snapshot): Raft
+// would label the snapshot with the last entry it replayed, below the
+// state's applied index, and Restore refuses such a snapshot, so no
+// follower could install it, and one that stored it before trying (as
+// hashicorp/raft does) could not start its shard once two were kept
+// (found by review). Raft retries a refused snapshot later; the replay
+// reaches the applied index, which is always an entry it hands over.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	if given, applied := f.given.Load(), f.AppliedIndex(); given < applied {
+		return nil, fmt.Errorf("fsm: shard %d: no snapshot while the log replays: the state is applied to %d, the replay is at %d",
+			f.shard, applied, given)
+	}
 	lower, upper := shardBounds(f.shard)
 	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
@@ -305,6 +318,12 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	if err := f.loadMeta(); err != nil {
 		panic(fmt.Sprintf("fsm: shard %d: restore: after replacing the state: %v", f.shard, err))
 	}
+	// Raft dispatches from the snapshot's index on (a stream that does not
+	// say it is taken at its state's).
+	if !indexed {
+		snapIndex = f.AppliedIndex()
+	}
+	f.given.Store(max(snapIndex, f.AppliedIndex()))
 	replaced = true
 	return nil
 }
