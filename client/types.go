@@ -148,7 +148,8 @@ type ShardState struct {
 	// repaired log tail) and has not caught up yet.
 	VoteGuarded bool
 	// Misconfigured is set while that node refuses every request because
-	// a majority of its cluster is not known to run its shard count.
+	// a majority of its cluster is not known to run its shard count, or
+	// its clock is known to be off from a majority's.
 	Misconfigured bool
 	// NodeID is the answering node's ID ("" from a binary before it).
 	NodeID string

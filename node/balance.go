@@ -52,7 +52,7 @@ func (n *Node) balanceLoop() {
 		case <-n.stop:
 			return
 		}
-		refusing := n.misconfigured.Load() != nil
+		refusing := n.refusal() != nil
 		for i, s := range n.shards {
 			pref := order[i%len(order)]
 			if _, id := s.raft.LeaderWithID(); string(id) == pref.ID {

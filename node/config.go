@@ -163,6 +163,15 @@ type Config struct {
 	// BalanceInterval is how often the node hands leadership of shards it
 	// leads to their preferred node; 0 = 2 s, negative disables it.
 	BalanceInterval time.Duration
+	// MaxClockOffset is how far this node's wall clock may be from its
+	// peers' before it refuses every request (node/peercheck.go): a leader
+	// stamps log time from its clock, and one far ahead would expire holds
+	// early and push the shard's log time, which never goes back, into the
+	// future. 0 = DefaultMaxClockOffset; negative disables the check.
+	MaxClockOffset time.Duration
+	// Clock is the wall clock the node stamps log entries with and compares
+	// with its peers' (nil: time.Now); tests skew it.
+	Clock func() time.Time
 	// UnsafeLocalReads serves reads from local state on any node, leader or
 	// not, without confirming anything: NOT linearizable. It exists only so
 	// the fault harness can prove its checker catches stale reads, and only
@@ -178,6 +187,10 @@ type Config struct {
 // 6,531-7,101 coalesced single ops/s and 24,100-24,400 batched (B=1000);
 // 4 gave 8,123 and 29,500; 2 gave 7,579 and 25,600.
 const defaultMaxInflightEntries = 4
+
+// DefaultMaxClockOffset: see Config.MaxClockOffset. Half a second is what
+// CockroachDB allows by default; NTP keeps clocks within a few milliseconds.
+const DefaultMaxClockOffset = 500 * time.Millisecond
 
 // DefaultShards is the number of shards a cluster gets unless told otherwise.
 const DefaultShards = 8
@@ -253,6 +266,12 @@ func (c *Config) validate() error {
 	}
 	if c.MaxInflightEntries == 0 {
 		c.MaxInflightEntries = defaultMaxInflightEntries
+	}
+	if c.MaxClockOffset == 0 {
+		c.MaxClockOffset = DefaultMaxClockOffset
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
 	}
 	if c.BalanceInterval == 0 {
 		c.BalanceInterval = 2 * time.Second

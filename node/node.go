@@ -54,6 +54,13 @@ type Node struct {
 	// known to run its shard count, from Start on (shardCountLoop); every
 	// request is refused.
 	misconfigured atomic.Pointer[string]
+	// clockSkewed is set while this node's clock is known to be off from a
+	// majority of its cluster's by more than cfg.MaxClockOffset
+	// (judgeClock); every request is refused, as for misconfigured.
+	clockSkewed atomic.Pointer[string]
+	// clockLogged is the last clock disagreement logged (judgeClock; used
+	// by the peer check's goroutine alone).
+	clockLogged string
 
 	stop chan struct{}
 	wg   sync.WaitGroup

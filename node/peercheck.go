@@ -96,20 +96,27 @@ func (n *Node) checkPeerShardCounts(ctx context.Context, last string) (string, b
 	// backoff (1 s, growing), and a node started just before its peers
 	// would refuse that much longer than needed.
 	fresh := n.misconfigured.Load() != nil
+	var clocks clockVotes
 	for _, p := range n.cfg.Peers {
 		if p.ID == n.cfg.ID {
 			continue
 		}
+		sent := n.cfg.Clock()
 		resp, err := n.clusterInfo(ctx, p, fresh)
+		got := n.cfg.Clock()
 		if err != nil || resp.GetNodeId() != p.ID {
 			continue
 		}
+		clocks.add(p.ID, resp.GetNowMs(), sent, got, n.cfg.MaxClockOffset)
 		if got := int(resp.GetShards()); got == len(n.shards) {
 			agree++
 		} else {
 			others = append(others, fmt.Sprintf("node %s runs %d shards", p.ID, got))
 		}
 	}
+	// The clock's verdict first: a node starts refused for its shard
+	// count, and must not serve for a moment between the two.
+	n.judgeClock(clocks)
 	cluster := len(n.cfg.Peers)
 	disagreement := ""
 	if len(others) > 0 {
@@ -135,6 +142,68 @@ func (n *Node) checkPeerShardCounts(ctx context.Context, last string) (string, b
 	return last, false
 }
 
+// clockVotes counts, over one round of ClusterInfo calls, the peers whose
+// clocks agree with this node's and describes those that do not.
+type clockVotes struct {
+	agree  int
+	others []string
+}
+
+// add compares peer id's clock, read as nowMs by an answer to a call sent
+// at sent and answered at got (this node's clock), with this node's. The
+// peer read its clock somewhere in [sent, got]: it agrees when it lies
+// within maxOffset of that interval. A peer that does not report its clock
+// (a binary before it, nowMs 0) is not counted.
+func (v *clockVotes) add(id string, nowMs int64, sent, got time.Time, maxOffset time.Duration) {
+	if nowMs == 0 {
+		return
+	}
+	lo, hi := sent.Add(-maxOffset).UnixMilli(), got.Add(maxOffset).UnixMilli()
+	if nowMs >= lo && nowMs <= hi {
+		v.agree++
+		return
+	}
+	off := time.Duration(nowMs-sent.Add(got.Sub(sent)/2).UnixMilli()) * time.Millisecond
+	v.others = append(v.others, fmt.Sprintf("%s's clock is %s from this node's", id, off.Round(time.Millisecond)))
+}
+
+// judgeClock sets or clears n.clockSkewed from one round's votes, as the
+// shard-count check judges counts: a node whose clock agrees with a
+// majority of its cluster (itself included) serves; one that so many
+// peers disagree with that no majority can agree with it refuses every
+// request, and hands its shards to peers that serve (balanceLoop), since
+// a leader stamps log time from its clock (a clock ahead would expire
+// holds early and move the shard's log time, which never goes back, into
+// the future); too little heard keeps the verdict. In a three-node
+// cluster with one node down the two left cannot tell which clock is
+// wrong and keep theirs. A negative MaxClockOffset disables the check.
+func (n *Node) judgeClock(v clockVotes) {
+	if n.cfg.MaxClockOffset < 0 {
+		return
+	}
+	cluster := len(n.cfg.Peers)
+	disagreement := strings.Join(v.others, ", ")
+	switch {
+	case 2*(1+v.agree) > cluster:
+		if n.clockSkewed.Swap(nil) != nil {
+			n.logger.Info("this node's clock agrees with a majority of its cluster again; it serves")
+		}
+		if disagreement != "" && disagreement != n.clockLogged {
+			n.logger.Warn("clocks disagree: " + disagreement + fmt.Sprintf(" (more than --max-clock-offset %s); that node refuses requests", n.cfg.MaxClockOffset))
+		}
+	case 2*(cluster-len(v.others)) <= cluster:
+		msg := fmt.Sprintf("clock skewed: %s (more than --max-clock-offset %s), and no majority of the cluster can agree with it; this node refuses every request until its clock is corrected (it would stamp log time that expires holds at the wrong time)",
+			disagreement, n.cfg.MaxClockOffset)
+		n.clockSkewed.Store(&msg)
+		if disagreement != n.clockLogged {
+			n.logger.Error(msg)
+		}
+	default:
+		return
+	}
+	n.clockLogged = disagreement
+}
+
 // clusterInfo asks peer p for its ClusterInfo, on a new connection if
 // fresh, else on the node's shared one.
 func (n *Node) clusterInfo(ctx context.Context, p Peer, fresh bool) (*tallypb.ClusterInfoResponse, error) {
@@ -157,10 +226,20 @@ func (n *Node) clusterInfo(ctx context.Context, p Peer, fresh bool) (*tallypb.Cl
 	return c.ClusterInfo(ctx, &tallypb.ClusterInfoRequest{})
 }
 
-// refuseIfMisconfigured is the error every request gets while this node's
-// shard count is not its cluster's majority's (nil otherwise).
-func (n *Node) refuseIfMisconfigured() error {
+// refusal says why this node refuses every request: its shard count is not
+// known to be its cluster's majority's, or its clock is known to be off
+// from the majority's (nil while it serves).
+func (n *Node) refusal() *string {
 	if m := n.misconfigured.Load(); m != nil {
+		return m
+	}
+	return n.clockSkewed.Load()
+}
+
+// refuseIfMisconfigured is the error every request gets while this node
+// refuses them (refusal; nil otherwise).
+func (n *Node) refuseIfMisconfigured() error {
+	if m := n.refusal(); m != nil {
 		return errUnavailable(*m)
 	}
 	return nil

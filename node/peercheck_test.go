@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -61,7 +62,7 @@ func stoppablePeer(t *testing.T, id string, shards uint32) (Peer, *atomic.Uint32
 
 // refusal is n's refusal message ("" while it serves).
 func refusal(n *Node) string {
-	if m := n.misconfigured.Load(); m != nil {
+	if m := n.refusal(); m != nil {
 		return *m
 	}
 	return ""
@@ -274,4 +275,76 @@ func TestMisconfiguredNodeRefusesDefineAsset(t *testing.T) {
 		require.NoError(t, err)
 		require.False(t, defined, "shard %d", i)
 	}
+}
+
+// TestSkewedClockRefusesAndStampsNothing: a node whose clock is ten minutes
+// ahead of its peers' refuses every request and leads nothing that stamps
+// log time, though shard 0 prefers it: without the check it led shard 0
+// and stamped every entry ten minutes ahead, expiring holds early and
+// moving the shard's log time into the future for good.
+func TestSkewedClockRefusesAndStampsNothing(t *testing.T) {
+	const skew = 10 * time.Minute
+	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+		if cfg.ID == "n1" {
+			cfg.Clock = func() time.Time { return time.Now().Add(skew) }
+		}
+	})
+	require.Eventually(t, func() bool { return strings.Contains(refusal(c.nodes[0]), "clock skewed") }, 10*time.Second, 50*time.Millisecond)
+	assert.Empty(t, refusal(c.nodes[1]))
+	assert.Empty(t, refusal(c.nodes[2]))
+
+	// (c.defineAsset asks n1, which refuses.)
+	_, err := call(c, 0, func(ctx context.Context, _ tallypb.LedgerClient) (*tallypb.DefineAssetResponse, error) {
+		return c.client(c.cfgs[1].GRPCAddr).DefineAsset(ctx, &tallypb.DefineAssetRequest{Program: "shop", Asset: "POINTS", IdempotencyKey: "define"})
+	})
+	require.NoError(t, err)
+	var results []*tallypb.OpResult
+	results = append(results, c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "open", "kim", "POINTS", ""))...)
+	results = append(results, c.mustSubmit(op(tallypb.OpKind_CREDIT, "c1", "kim", "POINTS", "50"))...)
+	hold := op(tallypb.OpKind_HOLD, "h1", "kim", "POINTS", "20")
+	hold.HoldTtlMs = 60_000
+	results = append(results, c.mustSubmit(hold)...)
+	// Balancing rounds (500 ms here) in which n1 would take shard 0 back.
+	time.Sleep(2 * time.Second)
+	results = append(results, c.mustSubmit(op(tallypb.OpKind_CREDIT, "c2", "kim", "POINTS", "1"))...)
+	for _, r := range results {
+		require.Equal(t, "OK", r.GetCode(), r.GetMessage())
+		off := time.Since(time.UnixMilli(r.GetTimeMs()))
+		require.Less(t, off.Abs(), 5*time.Second, "an entry stamped %s off the real clock", off)
+	}
+	require.False(t, c.nodes[0].IsLeader(0), "a node that refuses requests kept the shard")
+	a, err := c.account("shop", "kim", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "20", a.GetHeld(), "the hold expired early")
+	_, err = c.client(c.cfgs[0].GRPCAddr).GetAccount(context.Background(), &tallypb.GetAccountRequest{Program: "shop", Member: "kim", Asset: "POINTS"})
+	require.ErrorContains(t, err, "clock skewed")
+}
+
+// TestClockVotes: a peer's clock agrees when it lies within the offset of
+// the interval the call took; a peer that reports no clock is not counted.
+func TestClockVotes(t *testing.T) {
+	sent := time.UnixMilli(1_000_000)
+	got := sent.Add(40 * time.Millisecond)
+	const maxOffset = 500 * time.Millisecond
+	for _, tc := range []struct {
+		name  string
+		nowMs int64
+		agree int
+		other bool
+	}{
+		{"mid-call", sent.Add(20 * time.Millisecond).UnixMilli(), 1, false},
+		{"just within, behind", sent.Add(-maxOffset).UnixMilli(), 1, false},
+		{"just within, ahead", got.Add(maxOffset).UnixMilli(), 1, false},
+		{"behind", sent.Add(-maxOffset - time.Millisecond).UnixMilli(), 0, true},
+		{"ahead", got.Add(maxOffset + time.Millisecond).UnixMilli(), 0, true},
+		{"an old binary", 0, 0, false},
+	} {
+		var v clockVotes
+		v.add("n2", tc.nowMs, sent, got, maxOffset)
+		assert.Equal(t, tc.agree, v.agree, tc.name)
+		assert.Equal(t, tc.other, len(v.others) == 1, tc.name)
+	}
+	var v clockVotes
+	v.add("n2", got.Add(10*time.Minute).UnixMilli(), sent, got, maxOffset)
+	assert.Contains(t, v.others[0], "n2's clock is 10m0.02s from this node's")
 }

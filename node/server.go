@@ -415,7 +415,7 @@ func (sv *server) GetOperation(ctx context.Context, req *tallypb.GetOperationReq
 // ClusterInfo reports the nodes and each shard's leader as this node sees it.
 func (sv *server) ClusterInfo(ctx context.Context, _ *tallypb.ClusterInfoRequest) (*tallypb.ClusterInfoResponse, error) {
 	n := sv.n
-	resp := &tallypb.ClusterInfoResponse{Shards: uint32(len(n.shards)), NodeId: n.cfg.ID}
+	resp := &tallypb.ClusterInfoResponse{Shards: uint32(len(n.shards)), NodeId: n.cfg.ID, NowMs: n.cfg.Clock().UnixMilli()}
 	for _, p := range n.cfg.Peers {
 		resp.Nodes = append(resp.Nodes, &tallypb.NodeInfo{Id: p.ID, GrpcAddr: p.GRPCAddr, RaftAddr: p.RaftAddr})
 	}
@@ -446,7 +446,7 @@ func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest
 		MaxVersion:   sv.n.maxVersion(),
 		VoteGuarded:  s.trans != nil && s.trans.guard != nil && s.trans.guard.on.Load(),
 		// Peers' balancers hand no shard to a node that refuses requests.
-		Misconfigured: sv.n.misconfigured.Load() != nil,
+		Misconfigured: sv.n.refusal() != nil,
 		NodeId:        sv.n.cfg.ID,
 	}
 	last, term := s.raft.LastIndex(), s.raft.CurrentTerm()

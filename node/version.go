@@ -46,7 +46,7 @@ func (s *shard) versionLoop() {
 		if !running {
 			return
 		}
-		if !leads {
+		if !leads || s.n.refusal() != nil { // its clock may be why it refuses
 			fails = 0
 			continue
 		}
@@ -55,7 +55,7 @@ func (s *shard) versionLoop() {
 			fails = 0
 			continue
 		}
-		c := ledger.AppendCommand(nil, ledger.Command{TimeMs: time.Now().UnixMilli(), SetVersion: target})
+		c := ledger.AppendCommand(nil, ledger.Command{TimeMs: s.n.cfg.Clock().UnixMilli(), SetVersion: target})
 		err := s.await(s.raft.Apply(c, applyTimeout))
 		switch {
 		case err == nil:

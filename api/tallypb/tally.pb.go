@@ -1583,11 +1583,14 @@ func (x *ShardLeader) GetLeaderGrpcAddr() string {
 }
 
 type ClusterInfoResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Shards        uint32                 `protobuf:"varint,1,opt,name=shards,proto3" json:"shards,omitempty"`
-	Nodes         []*NodeInfo            `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Leaders       []*ShardLeader         `protobuf:"bytes,3,rep,name=leaders,proto3" json:"leaders,omitempty"`
-	NodeId        string                 `protobuf:"bytes,4,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Shards  uint32                 `protobuf:"varint,1,opt,name=shards,proto3" json:"shards,omitempty"`
+	Nodes   []*NodeInfo            `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Leaders []*ShardLeader         `protobuf:"bytes,3,rep,name=leaders,proto3" json:"leaders,omitempty"`
+	NodeId  string                 `protobuf:"bytes,4,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The answering node's wall clock (Unix ms) when it answered; 0 from
+	// binaries before it. Nodes compare clocks with it (node/peercheck.go).
+	NowMs         int64 `protobuf:"varint,5,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1648,6 +1651,13 @@ func (x *ClusterInfoResponse) GetNodeId() string {
 		return x.NodeId
 	}
 	return ""
+}
+
+func (x *ClusterInfoResponse) GetNowMs() int64 {
+	if x != nil {
+		return x.NowMs
+	}
+	return 0
 }
 
 type ShardStateRequest struct {
@@ -1728,8 +1738,8 @@ type ShardStateResponse struct {
 	VoteGuarded bool `protobuf:"varint,11,opt,name=vote_guarded,json=voteGuarded,proto3" json:"vote_guarded,omitempty"`
 	// Set while this node refuses every request because a majority of its
 	// cluster is not known to run its shard count (from start until that is
-	// confirmed, or once shown to differ; node/peercheck.go): leadership is
-	// not transferred to it.
+	// confirmed, or once shown to differ; node/peercheck.go), or its clock is
+	// known to be off from a majority's: leadership is not transferred to it.
 	Misconfigured bool `protobuf:"varint,12,opt,name=misconfigured,proto3" json:"misconfigured,omitempty"`
 	// This replica's current Raft term, absent from binaries before it. A
 	// replica under the vote guard takes a leader's entries only once enough
@@ -1989,12 +1999,13 @@ const file_tally_proto_rawDesc = "" +
 	"\vShardLeader\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12(\n" +
-	"\x10leader_grpc_addr\x18\x03 \x01(\tR\x0eleaderGrpcAddr\"\xa1\x01\n" +
+	"\x10leader_grpc_addr\x18\x03 \x01(\tR\x0eleaderGrpcAddr\"\xb8\x01\n" +
 	"\x13ClusterInfoResponse\x12\x16\n" +
 	"\x06shards\x18\x01 \x01(\rR\x06shards\x12(\n" +
 	"\x05nodes\x18\x02 \x03(\v2\x12.tally.v1.NodeInfoR\x05nodes\x12/\n" +
 	"\aleaders\x18\x03 \x03(\v2\x15.tally.v1.ShardLeaderR\aleaders\x12\x17\n" +
-	"\anode_id\x18\x04 \x01(\tR\x06nodeId\"=\n" +
+	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12\x15\n" +
+	"\x06now_ms\x18\x05 \x01(\x03R\x05nowMs\"=\n" +
 	"\x11ShardStateRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
 	"\x04full\x18\x02 \x01(\bR\x04full\"\x8e\x04\n" +

@@ -410,7 +410,7 @@ func (v stateView) text(w io.Writer) {
 		fmt.Fprintf(w, "vote guard\ton: may lack entries it acknowledged; does not vote or run for leader until caught up\n")
 	}
 	if v.Misconfigured {
-		fmt.Fprintf(w, "refusing\tevery request: a majority of the cluster is not known to run this node's shard count (its log says why)\n")
+		fmt.Fprintf(w, "refusing\tevery request: a majority of the cluster is not known to run this node's shard count, or its clock is off from theirs (its log says why)\n")
 	}
 }
 
