@@ -300,6 +300,20 @@ func noCommandsBetween(logs raft.LogStore, applied, snapIndex, snapTerm uint64) 
 	return l.Term == snapTerm
 }
 
+// hasLogState reports whether a shard's Raft log or stable store holds
+// anything: a term, or an entry.
+func hasLogState(logs *raftstore.GroupStore) (bool, error) {
+	term, err := logs.GetUint64([]byte("CurrentTerm")) // hashicorp/raft's key
+	if err != nil && !errors.Is(err, raftstore.ErrKeyNotFound) {
+		return false, err
+	}
+	last, err := logs.LastIndex()
+	if err != nil {
+		return false, err
+	}
+	return term != 0 || last != 0, nil
+}
+
 func (n *Node) openShard(id uint32) (*shard, error) {
 	cfg := n.cfg
 	f, err := fsm.New(n.state, id)
@@ -369,9 +383,18 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: shard %d: %w", id, err)
 	}
-	if !has || cfg.RepairLogTail {
-		// No state (a new shard, or wiped data) or a repaired log tail:
-		// this replica may lack entries it acknowledged (voteGuard).
+	// HasExistingState counts snapshots too, but a snapshot keeps neither
+	// the votes this replica cast nor what it acknowledged after it: one
+	// whose raft folder was lost while its snapshots remain is as wiped
+	// (found by review).
+	logState, err := hasLogState(logs)
+	if err != nil {
+		return nil, fmt.Errorf("node: shard %d: %w", id, err)
+	}
+	if !logState || cfg.RepairLogTail {
+		// No Raft log or term (a new shard, or wiped data) or a repaired
+		// log tail: this replica may lack entries it acknowledged
+		// (voteGuard).
 		trans.guard, trans.guardStop = newVoteGuard(), make(chan struct{})
 	}
 	if cfg.Bootstrap {

@@ -2,7 +2,9 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -332,4 +334,43 @@ func TestWipedReplicaConfirmsNoStaleLeaderRead(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Log("n1 answered no read in 8 s")
+}
+
+// TestSnapshotOnlyReplicaIsGuarded: a replica whose raft folder (log, term,
+// votes) was lost while its snapshots remain has forgotten its votes and
+// what it acknowledged after the snapshot, as a wiped one has; it must
+// start under the vote guard (found by review: hashicorp/raft's
+// HasExistingState counts snapshots, and it started unguarded).
+func TestSnapshotOnlyReplicaIsGuarded(t *testing.T) {
+	c := newSnapshottingCluster(t)
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	for i := 0; i < 80; i++ {
+		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "ann", "POINTS", "1"))
+	}
+	victim := 2
+	require.Eventually(t, func() bool {
+		m, err := c.nodes[victim].shards[0].snaps.List()
+		return err == nil && len(m) > 0
+	}, 15*time.Second, 50*time.Millisecond, "no snapshot on node %d", victim)
+	for i := range c.nodes {
+		c.stop(i)
+	}
+	require.NoError(t, os.RemoveAll(filepath.Join(c.cfgs[victim].DataDir, "raft")))
+	c.start(victim) // alone: no leader, so the guard cannot lift yet
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.client(c.cfgs[victim].GRPCAddr).ShardState(ctx, &tallypb.ShardStateRequest{Shard: 0})
+	require.NoError(t, err)
+	require.True(t, st.GetVoteGuarded(), "a replica with snapshots but no Raft log or term started unguarded")
+
+	c.start(0)
+	c.start(1)
+	c.waitLeaders()
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "after", "ann", "POINTS", "1"))
+	require.Eventually(t, func() bool {
+		st, err := c.client(c.cfgs[victim].GRPCAddr).ShardState(context.Background(), &tallypb.ShardStateRequest{Shard: 0})
+		return err == nil && !st.GetVoteGuarded()
+	}, 20*time.Second, 100*time.Millisecond, "the guard never lifted")
+	c.checkReplicas()
 }
