@@ -62,8 +62,9 @@ CHAOS_SEED     ?= 0
 # a SIGTERM to make reaches tally-chaos, which stops its nodes and summarizes.
 chaos:
 	@mkdir -p "$(BIN)"
-	$(GO) build -o "$(BIN)/" ./cmd/tallyd ./cmd/tally-chaos
-	exec "$(BIN)/tally-chaos" --tallyd "$(BIN)/tallyd" --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED) --results results/chaos $(CHAOS_ARGS)
+	$(GO) build -o "$(BIN)/" ./cmd/tally-chaos
+	$(GO) build -tags tally_unsafe -o "$(BIN)/tallyd-unsafe" ./cmd/tallyd
+	exec "$(BIN)/tally-chaos" --tallyd "$(BIN)/tallyd-unsafe" --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED) --results results/chaos $(CHAOS_ARGS)
 
 ## bench: the standard benchmark (deploy/bench.sh; BENCH_SECS, BENCH_CASES, ...) against a fresh local
 ## three-node cluster, then the PostgreSQL baseline, with ratios (results under ./results/bench/).

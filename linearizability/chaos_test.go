@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -121,13 +122,14 @@ func needCluster(t *testing.T) {
 }
 
 // CIProfile is the fault run of `make test`: at least 5,000 operations, at
-// least 3 faults of each kind over 2 shards, within about 3 minutes on two
-// cores with the race detector on the test process.
+// least 3 faults of each kind (AllFaults and skewed clocks) over 2 shards,
+// within about 3 minutes on two cores with the race detector on the test
+// process. tallyd must be a tally_unsafe build (FaultClock).
 func CIProfile(tallyd string, seed uint64, dir string, logf func(string, ...any)) Config {
 	return Config{
 		Tallyd: tallyd, Seed: seed, ResultsDir: dir, Logf: logf,
 		Shards: 2, Clients: 8, Accounts: 12,
-		Faults: AllFaults, FaultRounds: 3, Duration: 60 * time.Second,
+		Faults: append(slices.Clone(AllFaults), FaultClock), FaultRounds: 3, Duration: 60 * time.Second,
 		// Fresh members every 20 s keep each history to a few hundred
 		// operations, which porcupine decides well within CheckTimeout (an
 		// undecided history fails the check).
@@ -161,14 +163,17 @@ func opsFloor(minOps int, slowestSync time.Duration) int {
 	return minOps
 }
 
-// TestChaos is the CI profile: Tally under kill -9, pauses, partitions and
-// delays must stay linearizable, exactly-once, conserving and convergent.
+// TestChaos is the CI profile: Tally under kill -9, pauses, partitions,
+// delays, cut client links and skewed clocks must stay linearizable,
+// exactly-once, conserving and convergent.
 func TestChaos(t *testing.T) {
 	needCluster(t)
 	seed := testSeed(t)
 	dir := resultsDir(t, seed)
 	t.Logf("seed %d (replay: %s=%d), results %s", seed, envSeed, seed, dir)
-	cfg := CIProfile(tallydPath, seed, dir, t.Logf)
+	// The tally_unsafe build, for --unsafe-clock-offset: its code is the
+	// release build's but for the flags only that tag accepts.
+	cfg := CIProfile(unsafeTallydPath, seed, dir, t.Logf)
 	// Odd seeds run the workers through one coalescing client (batched
 	// Submits, GetAccounts reads), even seeds through a client each: over
 	// CI runs both paths meet the faults, and a seed replays its mode.
@@ -190,7 +195,7 @@ func TestChaos(t *testing.T) {
 		t.Logf("WARNING: a median disk sync took %s (an SSD takes about 1 ms); every commit waits for two, so the floor was %d operations, not %d",
 			rep.SlowestSync(), floor, cfg.MinOps)
 	}
-	for _, k := range AllFaults {
+	for _, k := range cfg.Faults {
 		if rep.Faults[k] < 3 {
 			t.Errorf("%d faults of kind %s, want >= 3", rep.Faults[k], k)
 		}

@@ -68,6 +68,9 @@ type procNode struct {
 	dataDir  string
 	logPath  string
 	args     []string
+	// extra are flags of this run of the process alone (RestartWith); a
+	// plain Restart drops them.
+	extra []string
 
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd's Wait returns
@@ -247,8 +250,9 @@ func (c *Cluster) spawn(i int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(logf, "=== %s start %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(n.args, " "))
-	cmd := exec.Command(c.cfg.Tallyd, n.args...)
+	args := append(append([]string(nil), n.args...), n.extra...)
+	fmt.Fprintf(logf, "=== %s start %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
+	cmd := exec.Command(c.cfg.Tallyd, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group, so a kill reaches anything the node starts; and
 	// die with the harness if it dies without cleaning up.
@@ -340,6 +344,15 @@ func (c *Cluster) Kill(i int) error {
 
 // Restart starts node i again with the same data directory and flags.
 func (c *Cluster) Restart(ctx context.Context, i int) error {
+	return c.RestartWith(ctx, i, nil)
+}
+
+// RestartWith starts node i again with the same data directory and flags,
+// and extra flags for this run of the process alone.
+func (c *Cluster) RestartWith(ctx context.Context, i int, extra []string) error {
+	c.mu.Lock()
+	c.nodes[i].extra = extra
+	c.mu.Unlock()
 	if err := c.spawn(i); err != nil {
 		return err
 	}
@@ -479,6 +492,14 @@ func (c *Cluster) Heal(ctx context.Context) error {
 		c.mu.Unlock()
 		if paused {
 			errs = append(errs, c.Resume(i))
+		}
+		// A node left running with flags of a fault (a skewed clock) is
+		// started again without them.
+		c.mu.Lock()
+		faulty := len(c.nodes[i].extra) > 0
+		c.mu.Unlock()
+		if faulty && c.Running(i) {
+			errs = append(errs, c.Kill(i))
 		}
 		// A restart can fail if another socket took the node's port while
 		// it was down; try a few times.

@@ -22,10 +22,13 @@
 //     (an attempt still in flight then would be caught by the final reads).
 //   - Cluster: three tallyd processes on 127.0.0.1 with a fault-injection
 //     proxy on every directed Raft link and on the workers' links to each
-//     node's gRPC listener (drop, blackhole, delay), kill -9 and restart, SIGSTOP/SIGCONT, and wiping a killed node's data
-//     directory before its restart.
+//     node's gRPC listener (drop, blackhole, delay), kill -9 and restart
+//     (with a skewed clock too: tallyd --unsafe-clock-offset, in builds
+//     with -tags tally_unsafe), SIGSTOP/SIGCONT, and wiping a killed
+//     node's data directory before its restart.
 //   - Run: a seeded fault schedule (nemesis; one fault at a time, each
-//     undone before the next: AllFaults, plus the opt-in wipe, which
+//     undone before the next: AllFaults, plus the opt-in clock (which
+//     needs that build; the CI profile has it) and wipe, which
 //     restarts a node on an empty data directory, obeys Tally's operator
 //     rule (never while a node is down or paused or does not answer, or
 //     while any replica of any shard reports vote_guarded; a wipe the rule
@@ -83,7 +86,7 @@
 //	go test -race -run TestChaos ./linearizability/       # CI profile (part of make test)
 //	TALLY_CHAOS_SEED=1234 go test -run TestChaos ./linearizability/   # replay a seed
 //	make chaos CHAOS_DURATION=30m                           # long run (cmd/tally-chaos)
-//	make chaos CHAOS_ARGS=--faults=kill,pause,partition,delay,client,wipe   # with wipes
+//	make chaos CHAOS_ARGS=--faults=kill,pause,partition,delay,client,clock,wipe   # with wipes
 //
 // Results go under ./results/ (TALLY_CHAOS_RESULTS overrides it for tests):
 // summary.txt and summary.json, timeline.txt, history.jsonl, the nodes'

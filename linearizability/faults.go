@@ -35,6 +35,15 @@ const (
 	// indeterminate, and its retries under the same keys must replay, not
 	// apply again.
 	FaultClient FaultKind = "client"
+	// FaultClock: kill -9 a node (a leader preferred) and restart it with
+	// its wall clock 2 s to 10 min off (tallyd --unsafe-clock-offset, a
+	// tally_unsafe build only), then, after the fault, again with the true
+	// clock. Its peers' clocks disagree with it, so it must refuse every
+	// request and stamp no entry: checkWriteTimes fails a write stamped
+	// more than 2 s off, and the fault fails unless the node, at the end,
+	// refuses a read for its clock. Opt-in (not in AllFaults: it needs
+	// that build).
+	FaultClock FaultKind = "clock"
 	// FaultWipe: kill -9 a node, delete its whole data directory (an
 	// operator replacing its disk) and restart it with the same ID,
 	// addresses and flags, --bootstrap included: it starts with no Raft
@@ -57,7 +66,7 @@ var AllFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay, F
 
 // KnownFaults are every kind a run can be asked to inject: AllFaults and
 // the opt-in FaultWipe.
-var KnownFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay, FaultClient, FaultWipe}
+var KnownFaults = []FaultKind{FaultKill, FaultPause, FaultPartition, FaultDelay, FaultClient, FaultWipe, FaultClock}
 
 // Bounds of the wipe fault.
 const (
@@ -272,6 +281,29 @@ func (n *nemesis) inject(ctx context.Context, kind FaultKind) {
 		}
 	case FaultWipe:
 		n.wipe(ctx, d, &ev, note)
+	case FaultClock:
+		i, who := n.target(ctx)
+		off := time.Duration(2000+n.rng.IntN(598_000)) * time.Millisecond
+		if n.rng.IntN(2) == 0 {
+			off = -off
+		}
+		ev.What = fmt.Sprintf("kill -9 %s, restart it with its clock %s off for %s, then with the true clock", who, off, d.Round(time.Millisecond))
+		if err := n.c.Kill(i); err != nil {
+			note(err)
+			break
+		}
+		note(n.c.RestartWith(ctx, i, []string{"--unsafe-clock-offset", off.String()}))
+		n.sleep(ctx, d)
+		// By now its peers' clocks have been compared with its own
+		// (within a second of its start): it must refuse for its clock.
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := n.direct[i].GetAccount(actx, &tallypb.GetAccountRequest{Program: Program, Member: "clock-probe", Asset: "PTS"})
+		cancel()
+		if ctx.Err() == nil && (err == nil || !strings.Contains(err.Error(), "clock skewed")) {
+			note(fmt.Errorf("%s, its clock %s off, did not refuse a read for it: %v", n.c.NodeID(i), off, err))
+		}
+		note(n.c.Kill(i))
+		note(n.c.Restart(ctx, i))
 	case FaultClient:
 		i, who := n.target(ctx)
 		mode, delay := []LinkMode{LinkPass, LinkDrop, LinkBlackhole}[n.rng.IntN(3)], time.Duration(0)

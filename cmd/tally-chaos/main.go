@@ -1,14 +1,17 @@
 // Command tally-chaos runs Tally's fault harness for as long as asked: a
 // three-node cluster of tallyd processes on 127.0.0.1 under kill -9,
-// SIGSTOP pauses, partitions and delays, cut or slowed client links (and,
-// opt-in with --faults, wipes of a node's data directory), with concurrent
-// clients, then the
+// SIGSTOP pauses, partitions and delays, cut or slowed client links, nodes
+// restarted with a skewed clock (and, opt-in with --faults, wipes of a
+// node's data directory), with concurrent clients, then the
 // checks (linearizability per member, exactly-once, journal, conservation,
 // replica equality) and a summary. Exit status 1 when a check fails.
 //
 //	go run ./cmd/tally-chaos --duration 30m --results ./results/chaos
 //	go run ./cmd/tally-chaos --seed 1234 ...   # replay a seed
-//	go run ./cmd/tally-chaos --faults kill,pause,partition,delay,client,wipe ...
+//	go run ./cmd/tally-chaos --faults kill,pause,partition,delay,client,clock,wipe ...
+//
+// Skewed clocks and --unsafe-local-reads need a tallyd built with -tags
+// tally_unsafe (the one it builds without --tallyd; make chaos passes one).
 package main
 
 import (
@@ -54,7 +57,7 @@ func run(args []string) (int, error) {
 		accounts = fs.Int("accounts", 16, "members over all shards (per epoch), each with a points and a stored-value account")
 		epoch    = fs.Duration("epoch", time.Minute, "move the workload to fresh members this often, so per-member histories stay checkable (0: never)")
 		minOps   = fs.Int("min-ops", 0, "keep the (healed) workload going until this many operations")
-		faults   = fs.String("faults", "kill,pause,partition,delay,client", "fault kinds, comma-separated: "+kindList(linearizability.KnownFaults)+
+		faults   = fs.String("faults", "kill,pause,partition,delay,client,clock", "fault kinds, comma-separated: "+kindList(linearizability.KnownFaults)+
 			"; wipe (kill -9 a node, delete its data directory, restart it empty; only while no replica is vote guarded and every node is up) is opt-in")
 		coalesce = fs.Bool("coalesce", false, "all workers share one coalescing client (batched Submits and GetAccounts reads)")
 		unsafe   = fs.Bool("unsafe-local-reads", false, "BROKEN ON PURPOSE: nodes serve reads locally and reads go to random nodes; the run must fail (needs a tallyd built with -tags tally_unsafe)")
@@ -106,7 +109,9 @@ func run(args []string) (int, error) {
 		}
 		defer os.RemoveAll(bin)
 		*tallyd = filepath.Join(bin, "tallyd")
-		cmd := exec.Command("go", "build", "-o", *tallyd, "./cmd/tallyd")
+		// The tally_unsafe build: the release build's code, plus the
+		// flags a skewed clock and --unsafe-local-reads need.
+		cmd := exec.Command("go", "build", "-tags", "tally_unsafe", "-o", *tallyd, "./cmd/tallyd")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			return 1, fmt.Errorf("build tallyd (run from the repository root, or pass --tallyd): %w", err)

@@ -69,6 +69,11 @@ func run(args []string) error {
 	})
 	if node.UnsafeReadsBuilt { // test builds only (-tags tally_unsafe)
 		fs.BoolVar(&cfg.UnsafeLocalReads, "unsafe-local-reads", false, "BROKEN ON PURPOSE: serve reads from any replica without checks (only to prove the linearizability checker catches it)")
+		fs.Func("unsafe-clock-offset", "BROKEN ON PURPOSE: run this node's wall clock this far off (the fault harness's skewed clock)", func(v string) error {
+			off, err := time.ParseDuration(v)
+			cfg.Clock = func() time.Time { return time.Now().Add(off) }
+			return err
+		})
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
