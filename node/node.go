@@ -58,6 +58,11 @@ type Node struct {
 	// majority of its cluster's by more than cfg.MaxClockOffset
 	// (judgeClock); every request is refused, as for misconfigured.
 	clockSkewed atomic.Pointer[string]
+	// clockRef is this node's wall clock (ms) and a monotonic reading
+	// taken together when a check last found its clock agreeing with a
+	// majority's: stampMs measures how far the wall clock has stepped
+	// since.
+	clockRef atomic.Pointer[clockReading]
 	// clockLogged is the last clock disagreement logged (judgeClock; used
 	// by the peer check's goroutine alone).
 	clockLogged string

@@ -185,6 +185,7 @@ func (n *Node) judgeClock(v clockVotes) {
 	disagreement := strings.Join(v.others, ", ")
 	switch {
 	case 2*(1+v.agree) > cluster:
+		n.clockRef.Store(&clockReading{wallMs: n.cfg.Clock().UnixMilli(), mono: time.Now()})
 		if n.clockSkewed.Swap(nil) != nil {
 			n.logger.Info("this node's clock agrees with a majority of its cluster again; it serves")
 		}
@@ -202,6 +203,39 @@ func (n *Node) judgeClock(v clockVotes) {
 		return
 	}
 	n.clockLogged = disagreement
+}
+
+// clockReading is a wall-clock reading with a monotonic one taken with it.
+type clockReading struct {
+	wallMs int64
+	mono   time.Time
+}
+
+// stampMs is the log time this node stamps an entry with now: its wall
+// clock. It fails while the node refuses requests (refusal), and when the
+// wall clock has stepped by more than MaxClockOffset against the monotonic
+// clock since a check last found it agreeing with the majority's (an NTP
+// step, an operator's date, a VM resumed): the peer check runs every 5 s,
+// and until its next round the step would go into the log unchecked. The
+// node then refuses as one whose clock is off, until a round finds it
+// agreeing again. Every entry a node proposes takes its time from here.
+func (n *Node) stampMs() (int64, error) {
+	if m := n.refusal(); m != nil {
+		return 0, errUnavailable(*m)
+	}
+	nowMs := n.cfg.Clock().UnixMilli()
+	if ref := n.clockRef.Load(); ref != nil && n.cfg.MaxClockOffset > 0 {
+		step := time.Duration(nowMs-ref.wallMs)*time.Millisecond - time.Since(ref.mono)
+		if step.Abs() > n.cfg.MaxClockOffset {
+			msg := fmt.Sprintf("clock skewed: this node's wall clock stepped %s since its last check against its peers (more than --max-clock-offset %s); it refuses every request until a check finds its clock agreeing with a majority of the cluster's",
+				step.Round(time.Millisecond), n.cfg.MaxClockOffset)
+			if n.clockSkewed.CompareAndSwap(nil, &msg) {
+				n.logger.Error(msg)
+			}
+			return 0, errUnavailable(msg)
+		}
+	}
+	return nowMs, nil
 }
 
 // clusterInfo asks peer p for its ClusterInfo, on a new connection if

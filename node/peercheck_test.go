@@ -348,3 +348,29 @@ func TestClockVotes(t *testing.T) {
 	v.add("n2", got.Add(10*time.Minute).UnixMilli(), sent, got, maxOffset)
 	assert.Contains(t, v.others[0], "n2's clock is 10m0.02s from this node's")
 }
+
+// TestSteppedClockStampsNothing: a leader whose wall clock steps ten
+// minutes ahead between two peer checks stamps no entry with it: without
+// the step check every write until the next round (up to 5 s) was stamped
+// ten minutes ahead.
+func TestSteppedClockStampsNothing(t *testing.T) {
+	var offset atomic.Int64
+	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+		if cfg.ID == "n1" {
+			cfg.Clock = func() time.Time { return time.Now().Add(time.Duration(offset.Load())) }
+		}
+	})
+	// Shard 0 prefers n1.
+	require.Eventually(t, func() bool { return c.nodes[0].IsLeader(0) && refusal(c.nodes[0]) == "" }, 20*time.Second, 50*time.Millisecond)
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "open", "kim", "POINTS", ""))
+	offset.Store(int64(10 * time.Minute))
+	for i := range 5 {
+		for _, r := range c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "kim", "POINTS", "1")) {
+			require.Equal(t, "OK", r.GetCode(), r.GetMessage())
+			off := time.Since(time.UnixMilli(r.GetTimeMs()))
+			require.Less(t, off.Abs(), 5*time.Second, "an entry stamped %s off the real clock", off)
+		}
+	}
+	require.Contains(t, refusal(c.nodes[0]), "clock skewed")
+}

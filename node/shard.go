@@ -255,7 +255,12 @@ func (s *shard) proposeLoop() {
 		if ps, ops = dropAbandoned(ps, ops); len(ps) == 0 {
 			continue
 		}
-		cmd := ledger.Command{TimeMs: s.n.cfg.Clock().UnixMilli(), Requests: make([]ledger.Request, len(ps))}
+		nowMs, err := s.n.stampMs()
+		if err != nil {
+			failAll(ps, notProposed(err))
+			continue
+		}
+		cmd := ledger.Command{TimeMs: nowMs, Requests: make([]ledger.Request, len(ps))}
 		for i, p := range ps {
 			cmd.Requests[i] = p.req
 		}
@@ -631,16 +636,17 @@ func (s *shard) expiryLoop() {
 		// that tick's bound. Holds that expire after it, one by one, wait
 		// for the timer: each would otherwise chain another entry.
 		tickMs := int64(math.MaxInt64)
-		// A node that refuses requests stamps no entry either: its clock
-		// may be the reason.
-		for leads && s.n.refusal() == nil {
+		for leads {
 			next, ok, err := s.fsm.NextExpiryMs()
 			// Log time, not this node's clock, says what has expired: a
 			// leader whose clock is behind the last entry's time still
 			// proposes ticks for holds expired by then (apply uses the later
 			// of the two).
-			now := max(s.n.cfg.Clock().UnixMilli(), s.fsm.LastTimeMs())
-			if err != nil || !ok || next > now || next > tickMs {
+			// A node that refuses requests stamps no entry either: its
+			// clock may be the reason.
+			stamp, serr := s.n.stampMs()
+			now := max(stamp, s.fsm.LastTimeMs())
+			if serr != nil || err != nil || !ok || next > now || next > tickMs {
 				break
 			}
 			tickMs = now

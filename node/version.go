@@ -46,7 +46,7 @@ func (s *shard) versionLoop() {
 		if !running {
 			return
 		}
-		if !leads || s.n.refusal() != nil { // its clock may be why it refuses
+		if !leads {
 			fails = 0
 			continue
 		}
@@ -55,8 +55,12 @@ func (s *shard) versionLoop() {
 			fails = 0
 			continue
 		}
-		c := ledger.AppendCommand(nil, ledger.Command{TimeMs: s.n.cfg.Clock().UnixMilli(), SetVersion: target})
-		err := s.await(s.raft.Apply(c, applyTimeout))
+		nowMs, err := s.n.stampMs()
+		if err != nil {
+			continue // it refuses requests, perhaps for its clock: it stamps nothing
+		}
+		c := ledger.AppendCommand(nil, ledger.Command{TimeMs: nowMs, SetVersion: target})
+		err = s.await(s.raft.Apply(c, applyTimeout))
 		switch {
 		case err == nil:
 			s.n.logger.Info("raised the shard's rules version", "shard", s.id, "from", from, "to", target)
