@@ -142,3 +142,17 @@ func TestReusedRunIDIsRefusedAfterAFailedProbe(t *testing.T) {
 	_, err = Run(context.Background(), flakyFirstRead{f, new(atomic.Bool)}, false, cfg)
 	require.ErrorContains(t, err, "already set up")
 }
+
+// TestStaleReadFailsTheRun: a read sent after a write's acknowledgement
+// that reports the account as last updated before that write is stale,
+// however consistent its balances (a review named this a limit: stale reads passed).
+func TestStaleReadFailsTheRun(t *testing.T) {
+	for _, stale := range []int64{0, 5_000} {
+		f := newFakeLedger(2)
+		f.staleMs = stale
+		rep, err := Run(context.Background(), f, false, Config{Workload: Workload{Scenario: FlashSale, Members: 200},
+			Clients: 4, Duration: 300 * time.Millisecond, Warmup: 50 * time.Millisecond, Seed: testSeed, RunID: "t"})
+		require.NoError(t, err)
+		require.Equal(t, stale == 0, rep.OK, "reads %d ms stale", stale)
+	}
+}

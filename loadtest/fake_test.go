@@ -29,6 +29,7 @@ type fakeLedger struct {
 	wrongSeqKeys map[string]bool   // GetOperation: seq off by one
 	skewMember   map[string]int64  // GetAccount: posted off by this many minor units
 	otherReads   bool              // GetAccount: answers with another member's name
+	staleMs      int64             // GetAccount: reports the account updated this much earlier
 	skewResult   map[string]int64  // GetOperation: the account after it off by this many units
 	indetKeys    map[string]bool   // Submit applies, then reports indeterminate (once per key)
 	rejectKeys   map[string]bool   // Submit rejects the request (nothing applied)
@@ -154,7 +155,7 @@ func (f *fakeLedger) GetAccount(ctx context.Context, program, member, asset stri
 	}
 	return client.Account{Program: program, Member: member, Asset: asset, Scale: as.Scale,
 		Posted: decimal.New(posted, -int32(as.Scale)), Held: decimal.New(a.HeldMinor, -int32(as.Scale)),
-		Available: decimal.New(posted-a.HeldMinor, -int32(as.Scale))}, nil
+		Available: decimal.New(posted-a.HeldMinor, -int32(as.Scale)), UpdatedAtMs: a.UpdatedAtMs - f.staleMs}, nil
 }
 
 func (f *fakeLedger) GetOperation(ctx context.Context, program, member, key string) (bool, client.JournalEntry, error) {
@@ -195,7 +196,7 @@ func (f *fakeLedger) result(s int, r ledger.Result) client.Result {
 		as, _, _ := f.stores[s].Asset(a.Key.Program, a.Key.Asset)
 		out.Account = &client.Account{Program: a.Key.Program, Member: a.Key.Member, Asset: a.Key.Asset, Scale: as.Scale,
 			State: a.State.String(), Posted: decimal.New(a.PostedMinor, -int32(as.Scale)), Held: decimal.New(a.HeldMinor, -int32(as.Scale)),
-			Available: decimal.New(a.PostedMinor-a.HeldMinor, -int32(as.Scale))}
+			Available: decimal.New(a.PostedMinor-a.HeldMinor, -int32(as.Scale)), UpdatedAtMs: a.UpdatedAtMs}
 		out.Captured = decimal.New(r.CapturedMinor, -int32(as.Scale))
 		out.Released = decimal.New(r.ReleasedMinor, -int32(as.Scale))
 	}

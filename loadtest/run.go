@@ -244,7 +244,7 @@ func Run(ctx context.Context, l Ledger, coalesce bool, cfg Config) (*Report, err
 	}
 	rep.SetupS = time.Since(setupStart).Seconds()
 
-	r := &runner{cfg: cfg, w: w, l: l, program: cfg.Program(), logs: make([][]ackRecord, cfg.Clients)}
+	r := newRunner(cfg, w, l)
 	r.load(ctx, rep)
 
 	var log []ackRecord
@@ -361,6 +361,16 @@ const (
 	setupProbeWait     = 250 * time.Millisecond
 )
 
+// atomicMax raises v to at least x.
+func atomicMax(v *atomic.Int64, x int64) {
+	for {
+		old := v.Load()
+		if old >= x || v.CompareAndSwap(old, x) {
+			return
+		}
+	}
+}
+
 // badAnswer counts an answer that fails the run (badReads) and keeps the
 // first few as examples.
 func (r *runner) badAnswer(format string, args ...any) {
@@ -395,6 +405,11 @@ func notSetUp(ctx context.Context, l Ledger, program string) error {
 	return fmt.Errorf("could not tell whether program %s is already set up: %w", program, err)
 }
 
+func newRunner(cfg Config, w Workload, l Ledger) *runner {
+	return &runner{cfg: cfg, w: w, l: l, program: cfg.Program(), logs: make([][]ackRecord, cfg.Clients),
+		updated: make([]atomic.Int64, w.Accounts())}
+}
+
 type runner struct {
 	cfg     Config
 	w       Workload
@@ -412,6 +427,12 @@ type runner struct {
 	// answered (with a possible account): a run that sent reads and had
 	// none answered proves nothing about them.
 	sentReads, answeredReads atomic.Int64
+	// updated[i] is the latest UpdatedAtMs of account i that any
+	// acknowledged write's result reported. Log time never goes back, so
+	// a read sent after that acknowledgement must report at least it: a
+	// smaller one is a stale read (a replica behind, a cache), which the
+	// other read checks cannot see.
+	updated []atomic.Int64
 	readMu                   sync.Mutex
 	readExamples             []string
 	// The measured window (see load).
@@ -597,6 +618,7 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 		codes = codes[:0]
 		if kind == KindRead {
 			member, asset := r.w.MemberName(specs[0].Account), r.w.AssetOf(specs[0].Account)
+			floor := r.updated[specs[0].Account].Load()
 			cctx, cancel := context.WithTimeout(ctx, r.cfg.OpTimeout)
 			acct, err := r.l.GetAccount(cctx, r.program, member, asset)
 			cancel()
@@ -610,6 +632,10 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 				// balance) is no answer: it must not count as a read.
 				if why := impossibleRead(&acct, r.program, member, asset, r.w.ScaleOf(specs[0].Account)); why != "" {
 					bad = why
+					code = ledger.CodeInternal
+				} else if acct.UpdatedAtMs < floor {
+					bad = fmt.Sprintf("stale: updated at %d, before %d, which a write acknowledged before the read was sent reported",
+						acct.UpdatedAtMs, floor)
 					code = ledger.CodeInternal
 				}
 			}
@@ -649,6 +675,7 @@ func (r *runner) client(ctx context.Context, id int32, sched *Schedule, count ui
 					gen.HoldAcked(s)
 				}
 				if a := res[k].Account; a != nil {
+					atomicMax(&r.updated[s.Account], a.UpdatedAtMs)
 					member, asset := r.w.MemberName(s.Account), r.w.AssetOf(s.Account)
 					if why := impossibleRead(a, r.program, member, asset, r.w.ScaleOf(s.Account)); why != "" {
 						r.badAnswer("%s result on %s/%s: %s", s.Kind, member, asset, why)

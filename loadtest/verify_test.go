@@ -79,7 +79,7 @@ func verifyFake(t *testing.T, f *fakeLedger, lie func(log []ackRecord), extra ..
 	if err := setup(context.Background(), f, cfg); err != nil {
 		t.Fatal(err)
 	}
-	r := &runner{cfg: cfg, w: cfg.Workload, l: f, program: cfg.Program(), logs: make([][]ackRecord, cfg.Clients)}
+	r := newRunner(cfg, cfg.Workload, f)
 	r.load(context.Background(), &Report{})
 	var log []ackRecord
 	for _, l := range r.logs {
@@ -308,7 +308,7 @@ func fakeLoad(t *testing.T, f *fakeLedger, cfg Config) []ackRecord {
 	if err := setup(context.Background(), f, cfg); err != nil {
 		t.Fatal(err)
 	}
-	r := &runner{cfg: cfg, w: cfg.Workload, l: f, program: cfg.Program(), logs: make([][]ackRecord, cfg.Clients)}
+	r := newRunner(cfg, cfg.Workload, f)
 	r.load(context.Background(), &Report{})
 	var log []ackRecord
 	for _, l := range r.logs {
@@ -423,7 +423,7 @@ func TestRunWithNoAckedWriteFails(t *testing.T) {
 	cfg := Config{Workload: Workload{Members: 50}, Clients: 2, Duration: 100 * time.Millisecond, Seed: testSeed, RunID: "t"}.withDefaults()
 	require.NoError(t, setup(context.Background(), f, cfg))
 	l := writesDown{f}
-	r := &runner{cfg: cfg, w: cfg.Workload, l: l, program: cfg.Program(), logs: make([][]ackRecord, cfg.Clients)}
+	r := newRunner(cfg, cfg.Workload, l)
 	r.load(context.Background(), &Report{})
 	var log []ackRecord
 	for _, lg := range r.logs {
