@@ -432,9 +432,9 @@ type runner struct {
 	// a read sent after that acknowledgement must report at least it: a
 	// smaller one is a stale read (a replica behind, a cache), which the
 	// other read checks cannot see.
-	updated []atomic.Int64
-	readMu                   sync.Mutex
-	readExamples             []string
+	updated      []atomic.Int64
+	readMu       sync.Mutex
+	readExamples []string
 	// The measured window (see load).
 	warmEnd, loadEnd time.Time
 }
