@@ -129,8 +129,8 @@ func (n *Node) caughtUp(p Peer, s *shard) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	st, err := c.ShardState(ctx, &tallypb.ShardStateRequest{Shard: s.id})
-	if err != nil || st.GetNodeId() != p.ID {
-		return false // not p's answer, or one that does not say whose it is
+	if err != nil || !answersAs(st.GetNodeId(), p.ID) {
+		return false
 	}
 	// A replica under its vote guard cannot win an election: a transfer
 	// to it costs the shard an election and wins nothing (found by review).

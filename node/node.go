@@ -63,6 +63,9 @@ type Node struct {
 	// majority's: stampMs measures how far the wall clock has stepped
 	// since.
 	clockRef atomic.Pointer[clockReading]
+	// clockUnconfirmed is the clock refusal a node starts with (set before
+	// it serves, then only read).
+	clockUnconfirmed *string
 	// clockLogged is the last clock disagreement logged (judgeClock; used
 	// by the peer check's goroutine alone).
 	clockLogged string

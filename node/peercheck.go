@@ -39,9 +39,9 @@ const (
 // that hears too little to decide keeps the previous verdict, so silence
 // neither lifts a refusal nor imposes one (found by review: one silent
 // round made a node shown misconfigured serve again). Until the first
-// verdict the check repeats every peerCheckRetry, then every
-// peerCheckInterval, so fixing the wrong node ends the refusals within one
-// interval.
+// verdict (and the node's clock is confirmed: judgeClock) the check
+// repeats every peerCheckRetry, then every peerCheckInterval, so fixing
+// the wrong node ends the refusals within one interval.
 func (n *Node) shardCountLoop() {
 	defer n.wg.Done()
 	ctx, cancel := untilClosed(n.stop)
@@ -59,7 +59,8 @@ func (n *Node) shardCountLoop() {
 		var conclusive bool
 		last, conclusive = n.checkPeerShardCounts(ctx, last)
 		decided = decided || conclusive
-		if decided {
+		// Until its clock is confirmed too (refuseUntilAgreed).
+		if decided && (n.clockUnconfirmed == nil || n.clockSkewed.Load() != n.clockUnconfirmed) {
 			t.Reset(peerCheckInterval)
 		} else {
 			t.Reset(peerCheckRetry)
@@ -80,6 +81,15 @@ func (n *Node) refuseUntilAgreed() {
 	msg := fmt.Sprintf("shard count not yet confirmed: this node (%s) runs %d shards and has not yet heard %d of the cluster's %d nodes (itself included) run the same; it refuses every request until it does (every node must be started with the same --shards)",
 		n.cfg.ID, n.cfg.Shards, peers/2+1, peers)
 	n.misconfigured.Store(&msg)
+	if n.cfg.MaxClockOffset >= 0 {
+		// The clock too: heard by one peer of two, a node whose clock
+		// disagrees cannot be told from one whose peer's does (found by
+		// review: it served, stamping ten minutes ahead).
+		clock := fmt.Sprintf("clock not yet confirmed: this node (%s) has not yet heard %d of the cluster's %d nodes (itself included) agree with its clock; it refuses every request until it does",
+			n.cfg.ID, peers/2+1, peers)
+		n.clockUnconfirmed = &clock
+		n.clockSkewed.Store(&clock)
+	}
 }
 
 // checkPeerShardCounts asks every peer once. It clears n.misconfigured when
@@ -96,7 +106,7 @@ func (n *Node) checkPeerShardCounts(ctx context.Context, last string) (string, b
 	// backoff (1 s, growing), and a node started just before its peers
 	// would refuse that much longer than needed.
 	fresh := n.misconfigured.Load() != nil
-	var clocks clockVotes
+	clocks := clockVotes{start: n.readClock(), prev: n.clockSkewed.Load()}
 	for _, p := range n.cfg.Peers {
 		if p.ID == n.cfg.ID {
 			continue
@@ -107,6 +117,7 @@ func (n *Node) checkPeerShardCounts(ctx context.Context, last string) (string, b
 		if err != nil || resp.GetNodeId() != p.ID {
 			continue
 		}
+		clocks.answered++
 		clocks.add(p.ID, resp.GetNowMs(), sent, got, n.cfg.MaxClockOffset)
 		if got := int(resp.GetShards()); got == len(n.shards) {
 			agree++
@@ -145,8 +156,15 @@ func (n *Node) checkPeerShardCounts(ctx context.Context, last string) (string, b
 // clockVotes counts, over one round of ClusterInfo calls, the peers whose
 // clocks agree with this node's and describes those that do not.
 type clockVotes struct {
-	agree  int
-	others []string
+	// start is this node's clock when the round began, and prev its clock
+	// refusal then (judgeClock).
+	start clockReading
+	prev  *string
+	// answered counts the peers that answered as themselves; agree and
+	// others those of them that reported their clock.
+	answered int
+	agree    int
+	others   []string
 }
 
 // add compares peer id's clock, read as nowMs by an answer to a call sent
@@ -176,18 +194,31 @@ func (v *clockVotes) add(id string, nowMs int64, sent, got time.Time, maxOffset 
 // holds early and move the shard's log time, which never goes back, into
 // the future); too little heard keeps the verdict. In a three-node
 // cluster with one node down the two left cannot tell which clock is
-// wrong and keep theirs. A negative MaxClockOffset disables the check.
+// wrong and keep theirs. A node starts refused until its clock is
+// confirmed (refuseUntilAgreed), unless enough peers answer and none
+// reports a clock (binaries before the check), when it cannot be checked.
+// A negative MaxClockOffset disables the check.
+//
+// A round during which the wall clock stepped judged some peers against
+// the clock before the step and some after it (and a call across the step
+// agrees with either): it decides nothing. A refusal set during the round
+// (stampMs saw a step) is not lifted by it either; the round's votes may
+// predate the step (found by review: such a round lifted the refusal and
+// took the stepped clock for its reference).
 func (n *Node) judgeClock(v clockVotes) {
 	if n.cfg.MaxClockOffset < 0 {
+		return
+	}
+	if n.stepSince(v.start).Abs() > n.cfg.MaxClockOffset {
 		return
 	}
 	cluster := len(n.cfg.Peers)
 	disagreement := strings.Join(v.others, ", ")
 	switch {
 	case 2*(1+v.agree) > cluster:
-		n.clockRef.Store(&clockReading{wallMs: n.cfg.Clock().UnixMilli(), mono: time.Now()})
-		if n.clockSkewed.Swap(nil) != nil {
-			n.logger.Info("this node's clock agrees with a majority of its cluster again; it serves")
+		n.clockRef.Store(&v.start)
+		if v.prev != nil && n.clockSkewed.CompareAndSwap(v.prev, nil) {
+			n.logger.Info("this node's clock agrees with a majority of its cluster; it serves")
 		}
 		if disagreement != "" && disagreement != n.clockLogged {
 			n.logger.Warn("clocks disagree: " + disagreement + fmt.Sprintf(" (more than --max-clock-offset %s); that node refuses requests", n.cfg.MaxClockOffset))
@@ -200,9 +231,24 @@ func (n *Node) judgeClock(v clockVotes) {
 			n.logger.Error(msg)
 		}
 	default:
+		if v.prev != nil && v.prev == n.clockUnconfirmed && len(v.others) == 0 && v.agree == 0 && 2*(1+v.answered) > cluster &&
+			n.clockSkewed.CompareAndSwap(v.prev, nil) {
+			n.logger.Warn("no peer reports its clock (binaries before the clock check): this node's clock is not checked")
+		}
 		return
 	}
 	n.clockLogged = disagreement
+}
+
+// readClock reads the wall and the monotonic clocks together.
+func (n *Node) readClock() clockReading {
+	return clockReading{wallMs: n.cfg.Clock().UnixMilli(), mono: time.Now()}
+}
+
+// stepSince is how far the wall clock has moved against the monotonic
+// clock since r.
+func (n *Node) stepSince(r clockReading) time.Duration {
+	return time.Duration(n.cfg.Clock().UnixMilli()-r.wallMs)*time.Millisecond - time.Since(r.mono)
 }
 
 // clockReading is a wall-clock reading with a monotonic one taken with it.
@@ -223,10 +269,8 @@ func (n *Node) stampMs() (int64, error) {
 	if m := n.refusal(); m != nil {
 		return 0, errUnavailable(*m)
 	}
-	nowMs := n.cfg.Clock().UnixMilli()
 	if ref := n.clockRef.Load(); ref != nil && n.cfg.MaxClockOffset > 0 {
-		step := time.Duration(nowMs-ref.wallMs)*time.Millisecond - time.Since(ref.mono)
-		if step.Abs() > n.cfg.MaxClockOffset {
+		if step := n.stepSince(*ref); step.Abs() > n.cfg.MaxClockOffset {
 			msg := fmt.Sprintf("clock skewed: this node's wall clock stepped %s since its last check against its peers (more than --max-clock-offset %s); it refuses every request until a check finds its clock agreeing with a majority of the cluster's",
 				step.Round(time.Millisecond), n.cfg.MaxClockOffset)
 			if n.clockSkewed.CompareAndSwap(nil, &msg) {
@@ -235,7 +279,7 @@ func (n *Node) stampMs() (int64, error) {
 			return 0, errUnavailable(msg)
 		}
 	}
-	return nowMs, nil
+	return n.cfg.Clock().UnixMilli(), nil
 }
 
 // clusterInfo asks peer p for its ClusterInfo, on a new connection if

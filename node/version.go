@@ -83,8 +83,8 @@ func (s *shard) versionLoop() {
 // membersMaxVersion is the newest rules version every member of the shard's
 // Raft configuration may apply: the least of their maxVersion, and version 1
 // if any member is unknown, does not answer, answers as another node (its
-// address in --peers is wrong, or the answer comes from a binary that does
-// not name itself), or predates versions (it reports 0).
+// address in --peers is wrong: answersAs), or predates versions (it
+// reports 0).
 func (s *shard) membersMaxVersion(ctx context.Context) uint32 {
 	f := s.raft.GetConfiguration()
 	if f.Error() != nil {
@@ -110,13 +110,21 @@ func (s *shard) membersMaxVersion(ctx context.Context) uint32 {
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
 		st, err := c.ShardState(rctx, &tallypb.ShardStateRequest{Shard: s.id})
 		cancel()
-		if err != nil || st.GetNodeId() != string(srv.ID) {
+		if err != nil || !answersAs(st.GetNodeId(), string(srv.ID)) {
 			return ledger.Version1
 		}
 		v = min(v, max(st.GetMaxVersion(), ledger.Version1))
 	}
 	return v
 }
+
+// answersAs reports whether a ShardState answer naming node got may be
+// taken for peer want's: it names want, or nothing (a binary before
+// node_id, whose answers were taken as before: refusing them stalled a
+// guarded replica beside peers on the previous release, found by review).
+// An answer naming another node is that node's, reached at the address
+// --peers wrongly gives for want: it would count that node twice.
+func answersAs(got, want string) bool { return got == "" || got == want }
 
 // untilClosed returns a context that ends when stop is closed (or cancel is
 // called): what a node's background loop passes to the RPCs it makes, so

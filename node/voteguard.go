@@ -352,11 +352,8 @@ func (s *shard) pollPeers(g *voteGuard) (fresh, seasoned int, terms []uint64) {
 		go func() {
 			defer wg.Done()
 			resp, err := c.ShardState(ctx, &tallypb.ShardStateRequest{Shard: s.id})
-			if err != nil || resp.GetNodeId() != p.ID {
-				// Another node's answer (p's address is wrong in --peers)
-				// would count that node twice; one from a binary that
-				// does not name itself cannot be told apart from it.
-				return
+			if err != nil || !answersAs(resp.GetNodeId(), p.ID) {
+				return // another node's answer would count that node twice
 			}
 			storeMax(&g.peerApplied, resp.GetAppliedIndex())
 			if resp.RaftLastIndex == nil {
