@@ -433,13 +433,20 @@ func (c *Cluster) ClientDialer() func(ctx context.Context, addr string) (net.Con
 	}
 }
 
-// hindered is how many times faults have hindered the links' traffic, over
-// every link, Raft's and the clients' (Proxy.Hindered).
+// hindered is how many times faults have hindered the Raft links' traffic,
+// over every link (Proxy.Hindered).
 func (c *Cluster) hindered() int64 {
 	var n int64
 	for _, p := range c.proxies {
 		n += p.Hindered()
 	}
+	return n
+}
+
+// clientHindered is hindered for the workers' links. (Apart: client faults
+// run beside the others, nemesis.run.)
+func (c *Cluster) clientHindered() int64 {
+	var n int64
 	for _, p := range c.clientProxies {
 		n += p.Hindered()
 	}

@@ -27,7 +27,8 @@
 //     with -tags tally_unsafe), SIGSTOP/SIGCONT, and wiping a killed
 //     node's data directory before its restart.
 //   - Run: a seeded fault schedule (nemesis; one fault at a time, each
-//     undone before the next: AllFaults, plus the opt-in clock (which
+//     undone before the next, but for client-link faults, which touch no
+//     node and run on their own schedule beside the others: AllFaults, plus the opt-in clock (which
 //     needs that build; the CI profile has it) and wipe, which
 //     restarts a node on an empty data directory, obeys Tally's operator
 //     rule (never while a node is down or paused or does not answer, or
