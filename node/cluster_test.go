@@ -806,6 +806,26 @@ func TestHoldSettledInItsOwnRequest(t *testing.T) {
 // newSnapshottingCluster is three nodes with one shard that snapshots every
 // 32 entries and keeps 8 behind, so a stopped follower soon needs a
 // snapshot to catch up.
+// creditAnn defines POINTS, opens ann's account and credits it 1 n times.
+func (c *testCluster) creditAnn(n int) {
+	c.t.Helper()
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	for i := range n {
+		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "ann", "POINTS", "1"))
+	}
+}
+
+// waitSnapshot waits until node i holds a finished snapshot of shard 0
+// (the store lists finished ones only; its folder exists from the start).
+func (c *testCluster) waitSnapshot(i int) {
+	c.t.Helper()
+	require.Eventually(c.t, func() bool {
+		m, err := c.nodes[i].shards[0].snaps.List()
+		return err == nil && len(m) > 0
+	}, 15*time.Second, 50*time.Millisecond, "no snapshot on node %d", i)
+}
+
 func newSnapshottingCluster(t *testing.T) *testCluster {
 	return newTestCluster(t, 3, 1, func(cfg *Config) {
 		cfg.Raft.SnapshotThreshold = 32
@@ -822,18 +842,9 @@ func newSnapshottingCluster(t *testing.T) *testCluster {
 // Losing the whole state DB is the extreme case of losing unsynced writes.
 func TestStateBehindSnapshotIsRestored(t *testing.T) {
 	c := newSnapshottingCluster(t)
-	c.defineAsset("shop", "POINTS", 0)
-	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
-	for i := 0; i < 120; i++ {
-		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "ann", "POINTS", "1"))
-	}
+	c.creditAnn(120)
 	victim := (c.leaderOf(0) + 1) % 3
-	// The snapshot store lists finished snapshots only; the directory
-	// holds the store's own "snapshots" folder from the start.
-	require.Eventually(t, func() bool {
-		m, err := c.nodes[victim].shards[0].snaps.List()
-		return err == nil && len(m) > 0
-	}, 15*time.Second, 50*time.Millisecond, "no snapshot on node %d", victim)
+	c.waitSnapshot(victim)
 	c.stop(victim)
 	require.NoError(t, os.RemoveAll(filepath.Join(c.cfgs[victim].DataDir, "state")))
 	c.start(victim)

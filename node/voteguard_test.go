@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -343,16 +342,9 @@ func TestWipedReplicaConfirmsNoStaleLeaderRead(t *testing.T) {
 // HasExistingState counts snapshots, and it started unguarded).
 func TestSnapshotOnlyReplicaIsGuarded(t *testing.T) {
 	c := newSnapshottingCluster(t)
-	c.defineAsset("shop", "POINTS", 0)
-	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
-	for i := 0; i < 80; i++ {
-		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("c%d", i), "ann", "POINTS", "1"))
-	}
+	c.creditAnn(80)
 	victim := 2
-	require.Eventually(t, func() bool {
-		m, err := c.nodes[victim].shards[0].snaps.List()
-		return err == nil && len(m) > 0
-	}, 15*time.Second, 50*time.Millisecond, "no snapshot on node %d", victim)
+	c.waitSnapshot(victim)
 	for i := range c.nodes {
 		c.stop(i)
 	}
