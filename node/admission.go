@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/tap"
+
+	"github.com/tally-ledger/tally/api/tallypb"
 )
 
 // Node-wide bounds on the client API. maxStreamsPerConn bounds one
@@ -23,6 +25,14 @@ const (
 	// maxFullStates bounds the full ShardState walks (a whole shard each)
 	// running at once on the node.
 	maxFullStates = 2
+	// peerReserve admits calls of the methods nodes ask each other
+	// (ClusterInfo, ShardState) up to this many past maxActiveRPCs: under a
+	// flood of client calls, peers' shard-count and clock checks, vote
+	// guard polls, balancer and version loop must still be answered, or a
+	// node restarted meanwhile stays refused until the flood ends (it
+	// serves only once a majority has confirmed its shard count and clock).
+	// Both are cheap but for a full ShardState, which maxFullStates bounds.
+	peerReserve = 256
 )
 
 // admission refuses new calls while maxActiveRPCs handlers run. Its tap
@@ -41,8 +51,13 @@ type admission struct {
 func newAdmission(limit int64) *admission { return &admission{limit: limit} }
 
 // tap is a grpc.InTapHandle.
-func (a *admission) tap(ctx context.Context, _ *tap.Info) (context.Context, error) {
-	if a.active.Load() >= a.limit {
+func (a *admission) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	limit := a.limit
+	if info != nil && (info.FullMethodName == tallypb.Ledger_ClusterInfo_FullMethodName ||
+		info.FullMethodName == tallypb.Ledger_ShardState_FullMethodName) {
+		limit += peerReserve
+	}
+	if a.active.Load() >= limit {
 		a.refused.Add(1)
 		// Refused before the request was read: nothing of it can apply.
 		err := notProposed(errUnavailable(fmt.Sprintf("node is overloaded: %d calls in progress; retry later with the same keys", a.limit)))

@@ -11,7 +11,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 
+	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -51,6 +53,18 @@ func TestAdmissionBoundsCallsInProgress(t *testing.T) {
 	require.Equal(t, string(ledger.CodeUnavailable), info.GetReason())
 	require.Equal(t, map[string]string{metaNotApplied: "true", metaOverloaded: "true"}, info.GetMetadata())
 	require.EqualValues(t, 1, a.refused.Load())
+
+	// The calls nodes make to each other get a reserve past the limit.
+	for _, m := range []string{tallypb.Ledger_ClusterInfo_FullMethodName, tallypb.Ledger_ShardState_FullMethodName} {
+		_, err = a.tap(context.Background(), &tap.Info{FullMethodName: m})
+		require.NoError(t, err, m)
+	}
+	a.active.Add(peerReserve)
+	_, err = a.tap(context.Background(), &tap.Info{FullMethodName: tallypb.Ledger_ClusterInfo_FullMethodName})
+	require.Error(t, err, "past the reserve too")
+	_, err = a.tap(context.Background(), &tap.Info{FullMethodName: tallypb.Ledger_Submit_FullMethodName})
+	require.Error(t, err)
+	a.active.Add(-peerReserve)
 
 	release <- struct{}{}
 	require.NoError(t, <-done)
