@@ -43,6 +43,18 @@ func dial(t *testing.T, fc *fakeCluster, cfg Config) *Client {
 	return c
 }
 
+// readsQueued reports whether n reads wait in shard 0's coalescing queue.
+func readsQueued(c *Client, n int) func() bool {
+	return func() bool {
+		c.mu.Lock()
+		q := c.readQueues[0]
+		c.mu.Unlock()
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		return len(q.pending) == n
+	}
+}
+
 func credit(member, key, amount string) Op {
 	return Op{Kind: ledger.OpCredit, Program: testProgram, Member: member, Asset: "CNY", IdempotencyKey: key, Amount: decimal.RequireFromString(amount)}
 }
@@ -1159,24 +1171,14 @@ func TestCoalescedReadBatchEndsWithItsLastWaitingCaller(t *testing.T) {
 	c := dial(t, fc, Config{Coalesce: true})
 	go func() { _, _ = c.GetAccount(testCtx(t), testProgram, "blocker", "CNY") }()
 	require.Eventually(t, func() bool { return fc.nodes[0].reads.Load() >= 1 }, 5*time.Second, time.Millisecond)
-	queued := func(n int) func() bool {
-		return func() bool {
-			c.mu.Lock()
-			q := c.readQueues[0]
-			c.mu.Unlock()
-			q.mu.Lock()
-			defer q.mu.Unlock()
-			return len(q.pending) == n
-		}
-	}
 	doneM := make(chan error, 1)
 	go func() { _, err := c.GetAccount(testCtx(t), testProgram, "mallory", "CNY"); doneM <- err }()
-	require.Eventually(t, queued(1), 5*time.Second, time.Millisecond)
+	require.Eventually(t, readsQueued(c, 1), 5*time.Second, time.Millisecond)
 	ctxA, cancelA := context.WithTimeout(testCtx(t), 300*time.Millisecond)
 	defer cancelA()
 	doneA := make(chan error, 1)
 	go func() { _, err := c.GetAccount(ctxA, testProgram, "alice", "CNY"); doneA <- err }()
-	require.Eventually(t, queued(2), 5*time.Second, time.Millisecond)
+	require.Eventually(t, readsQueued(c, 2), 5*time.Second, time.Millisecond)
 	close(gate)
 
 	require.Equal(t, ledger.CodeInvalidArgument, CodeOf(<-doneM))
@@ -1810,14 +1812,7 @@ func TestCoalescedReadBatchUnimplementedAnsweredAtOnce(t *testing.T) {
 	for i := range readers {
 		wg.Go(func() { _, errs[i] = c.GetAccount(testCtx(t), testProgram, "alice", "CNY") })
 	}
-	require.Eventually(t, func() bool {
-		c.mu.Lock()
-		q := c.readQueues[0]
-		c.mu.Unlock()
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		return len(q.pending) == readers
-	}, 5*time.Second, time.Millisecond)
+	require.Eventually(t, readsQueued(c, readers), 5*time.Second, time.Millisecond)
 	close(gate)
 	wg.Wait()
 	for i, err := range errs {
