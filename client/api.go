@@ -56,6 +56,8 @@ func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale u
 	// It does not go through Submit, so it applies the rule of open keys
 	// (openkeys.go) itself.
 	open := openKey{program: program, key: key, shard: defineAssetShard}
+	fl := c.open.inflight.take(c.open.inflight.add(make([]flightHold, 0, 1), open))
+	defer fl.end()
 	var resp *tallypb.DefineAssetResponse
 	if e := c.invoke(ctx, 0, true, true, func(actx context.Context, lc tallypb.LedgerClient) error {
 		r, err := lc.DefineAsset(actx, req)
@@ -67,7 +69,7 @@ func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale u
 	}); e != nil {
 		if e.Indeterminate {
 			c.open.answer(open, answerUnknown)
-		} else if c.open.answer(open, answerUnrecorded) {
+		} else if c.open.answer(open, answerUnrecorded) || fl.overlapped(open) {
 			e = stillOpen(e)
 		}
 		return Result{}, e
@@ -84,7 +86,7 @@ func (c *Client) DefineAsset(ctx context.Context, program, asset string, scale u
 	if !recordsAnswer(resp.GetResult()) {
 		a = answerUnrecorded
 	}
-	if c.open.answer(open, a) {
+	if c.open.answer(open, a) || (a == answerUnrecorded && fl.overlapped(open)) {
 		r.Indeterminate = true
 	}
 	return r, r.Err()

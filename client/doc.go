@@ -63,9 +63,12 @@
 // deduplicates them (a DefineAsset key apart from every shard's). If more
 // keys are open than the record holds (65,536), the oldest is forgotten, and
 // for two minutes after that every unrecorded answer, for any key, is
-// reported Indeterminate. Two calls that send one key at the same time are
-// not covered: each is judged by the record as it stands when its answer
-// comes. Past the window, and across processes (another Client, a re-run of
+// reported Indeterminate. So is an unrecorded answer for a key that another
+// call of this Client sent at some time during this call (a webhook
+// delivered twice, a re-send while the first call still waits): that call
+// may have applied the op, or may still. (Calls are counted by a hash of
+// the key, so an unrelated call can, rarely, make such an answer
+// Indeterminate too.) Past the window, and across processes (another Client, a re-run of
 // tallyctl), the library cannot know: there the caller must keep re-sending
 // until a recorded answer comes. For the same reason GetOperation saying
 // "not found" does not settle it. A call that

@@ -48,9 +48,8 @@ import (
 //
 // Other processes (another Client, a tallyctl re-run) know nothing of this
 // record, nor does this Client past its window; the package doc tells
-// callers the rule. Calls that send one key at the same time are not
-// covered: a call is judged by the record as it stands when its answer
-// comes, which does not hold a key whose call is still in flight.
+// callers the rule. Calls of this Client that send one key at the same time
+// do not see each other here; inflight.go covers them.
 const (
 	// maxOpenKeys bounds the record (a key of up to a few hundred bytes
 	// costs that much plus the map's overhead: some tens of MiB at most).
@@ -122,6 +121,8 @@ type openKeys struct {
 	overflowUntil time.Time
 	// max is maxOpenKeys; tests lower it.
 	max int
+	// inflight counts the calls in progress by key (inflight.go).
+	inflight *inflightKeys
 }
 
 type openStamp struct {
@@ -135,7 +136,8 @@ type openRef struct {
 }
 
 func newOpenKeys() *openKeys {
-	return &openKeys{now: time.Now, at: make(map[openKey]openStamp), max: maxOpenKeys}
+	return &openKeys{now: time.Now, at: make(map[openKey]openStamp), max: maxOpenKeys,
+		inflight: newInflightKeys()}
 }
 
 // empty reports whether no key is recorded and the record has not

@@ -66,6 +66,7 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 	if len(ops) > 1 {
 		keys = make(map[string]int, len(ops))
 	}
+	holds := make([]flightHold, 0, len(ops))
 	for i, op := range ops {
 		if op.Kind == ledger.OpDefineAsset {
 			e := newError(ledger.CodeInvalidArgument, -1, "submit: DEFINE_ASSET applies on every shard: use DefineAsset")
@@ -99,7 +100,12 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 			order = append(order, s)
 		}
 		parts[s] = append(parts[s], i)
+		holds = c.open.inflight.add(holds, openKey{program: op.Program, key: op.IdempotencyKey, shard: s})
 	}
+	// Held until the answers are settled (the deferred end runs after
+	// settleOpenKeys): see inflight.go.
+	fl := c.open.inflight.take(holds)
+	defer fl.end()
 
 	// Config.MaxCallDuration bounds the call, not each request of it: a
 	// part sent as many chunks must not hold its caller once per chunk.
@@ -171,8 +177,8 @@ func (c *Client) Submit(ctx context.Context, ops []Op, linked bool) ([]Result, e
 		}
 		wg.Wait()
 	}
-	if !c.open.empty() || anyIndeterminate(results) {
-		c.settleOpenKeys(ops, results, order, parts, errs)
+	if !c.open.empty() || anyIndeterminate(results) || fl.anyOverlapped() {
+		c.settleOpenKeys(ops, results, order, parts, errs, fl)
 	}
 	return results, joinErrors(errs)
 }
@@ -189,11 +195,12 @@ func anyIndeterminate(results []Result) bool {
 // settleOpenKeys applies a Submit's answers to the record of open keys
 // (openkeys.go): the keys of Indeterminate results are recorded, recorded
 // answers settle theirs, and an answer that records nothing for a key still
-// open is made Indeterminate, with its part's error, if any, made
-// indeterminate too (IsIndeterminate then holds for Apply's error). Every
-// mutating call but DefineAsset goes through Submit, so this is the one
-// place that applies the rule to ops.
-func (c *Client) settleOpenKeys(ops []Op, results []Result, order []int, parts map[int][]int, errs []error) {
+// open, or for a key that another call of this Client sent during this one
+// (fl, inflight.go), is made Indeterminate, with its part's error, if any,
+// made indeterminate too (IsIndeterminate then holds for Apply's error).
+// Every mutating call but DefineAsset goes through Submit, so this is the
+// one place that applies the rule to ops.
+func (c *Client) settleOpenKeys(ops []Op, results []Result, order []int, parts map[int][]int, errs []error, fl flight) {
 	o := c.open
 	now := o.lock()
 	defer o.unlock()
@@ -207,7 +214,8 @@ func (c *Client) settleOpenKeys(ops []Op, results []Result, order []int, parts m
 			case recordedOutcome(results[i].Replayed, results[i].Seq, results[i].Code):
 				a = answerRecorded
 			}
-			if o.answerLocked(openKey{program: ops[i].Program, key: ops[i].IdempotencyKey, shard: shard}, a, now) {
+			k := openKey{program: ops[i].Program, key: ops[i].IdempotencyKey, shard: shard}
+			if o.answerLocked(k, a, now) || (a == answerUnrecorded && fl.overlapped(k)) {
 				results[i].Indeterminate = true
 				marked = true
 			}
@@ -219,21 +227,20 @@ func (c *Client) settleOpenKeys(ops []Op, results []Result, order []int, parts m
 }
 
 // stillOpen is e, a "not applied" answer, made indeterminate because an
-// earlier call may have left an op's key open (openkeys.go).
+// earlier call may have left an op's key open (openkeys.go), or another
+// call sent the key meanwhile (inflight.go).
 func stillOpen(e *Error) *Error {
 	ec := *e
 	ec.Indeterminate = true
-	ec.Message += "; nothing was recorded under the key, and an earlier call of this client with the same key had an unknown outcome and may still apply"
+	ec.Message += "; nothing was recorded under the key, and another call of this client with the same key (one with an unknown outcome, or one sent meanwhile) may have applied it or may still apply it"
 	return &ec
 }
 
 // refusedLocally is e, the refusal of ops by the client before anything
-// was sent, made indeterminate if a key of ops is open: like an unrecorded
-// answer, it says only that this call applied nothing.
+// was sent, made indeterminate if a key of ops is open, or held by a call in
+// progress (inflight.go): like an unrecorded answer, it says only that this
+// call applied nothing.
 func (c *Client) refusedLocally(e *Error, ops []Op, shards int) *Error {
-	if c.open.empty() {
-		return e
-	}
 	keys := make([]openKey, len(ops))
 	for i, op := range ops {
 		keys[i] = openKey{program: op.Program, key: op.IdempotencyKey, shard: defineAssetShard}
@@ -241,7 +248,7 @@ func (c *Client) refusedLocally(e *Error, ops []Op, shards int) *Error {
 			keys[i].shard = ledger.ShardOf(op.Program, op.Member, shards)
 		}
 	}
-	if c.open.anyOpen(keys) {
+	if c.open.anyOpen(keys) || c.open.inflight.held(keys) {
 		return stillOpen(e)
 	}
 	return e
