@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
@@ -159,8 +160,12 @@ func (c *Client) ledgerClient(addr string) (tallypb.LedgerClient, error) {
 	}
 	cc, ok := c.conns[addr]
 	if !ok {
+		creds := insecure.NewCredentials()
+		if c.cfg.TLS != nil {
+			creds = credentials.NewTLS(c.cfg.TLS)
+		}
 		opts := []grpc.DialOption{
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithTransportCredentials(creds),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsgBytes), grpc.MaxCallSendMsgSize(maxMsgBytes)),
 			grpc.WithKeepaliveParams(keepalive.ClientParameters{
 				Time:    c.cfg.KeepaliveTime,

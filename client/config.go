@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"time"
 
@@ -101,6 +102,11 @@ type Config struct {
 	// a plain TCP dial: a tunnel, a proxy, or a test's fault injector on the
 	// client's links (package linearizability).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+	// TLS, when set, makes every connection mutual TLS with this
+	// configuration: a certificate to present, and the CA the nodes'
+	// certificates must chain to (internal/tlsfiles.Files.Client builds one
+	// from PEM files). Nil: plaintext.
+	TLS *tls.Config
 }
 
 // withDefaults returns cfg with zero fields set to their defaults and

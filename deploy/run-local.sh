@@ -4,7 +4,9 @@
 # foreground; Ctrl-C stops all three nodes cleanly.
 #   Node i (1..3): gRPC 127.0.0.1:710i, Raft 127.0.0.1:720i, metrics 127.0.0.1:730i.
 # Environment: SHARDS (default 8, fixed at first start), DATA (default ./data),
-# BIN (default ./bin), TALLYD_FLAGS (extra tallyd flags, e.g. --pprof).
+# BIN (default ./bin), TALLYD_FLAGS (extra tallyd flags, e.g. --pprof),
+# TLS=1 (mutual TLS on every link, with a development CA and certificates
+# that 'tallyctl certs' writes under $DATA/tls on first use).
 set -euo pipefail
 # Pebble's memtables are 64 MiB arenas that every write inserts into at
 # random: with transparent huge pages in "madvise" mode, glibc backs them
@@ -17,6 +19,13 @@ data=${DATA:-./data}
 bin=${BIN:-./bin}
 peers="n1=127.0.0.1:7201/127.0.0.1:7101,n2=127.0.0.1:7202/127.0.0.1:7102,n3=127.0.0.1:7203/127.0.0.1:7103"
 mkdir -p "$data"
+tls_node=()
+tls_ctl=()
+if [ -n "${TLS:-}" ]; then
+  [ -f "$data/tls/ca.pem" ] || "$bin/tallyctl" certs --dir "$data/tls" --hosts 127.0.0.1,localhost >/dev/null
+  tls_node=(--tls-cert "$data/tls/node.pem" --tls-key "$data/tls/node-key.pem" --tls-ca "$data/tls/ca.pem")
+  tls_ctl=(--tls-cert "$data/tls/client.pem" --tls-key "$data/tls/client-key.pem" --tls-ca "$data/tls/ca.pem")
+fi
 pids=()
 stop() {
   trap - INT TERM EXIT
@@ -37,7 +46,7 @@ for i in 1 2 3; do
   # shellcheck disable=SC2086 # TALLYD_FLAGS is a list of flags
   "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
     --grpc "127.0.0.1:710$i" --raft "127.0.0.1:720$i" --metrics "127.0.0.1:730$i" \
-    --peers "$peers" ${TALLYD_FLAGS:-} >>"$data/n$i.log" 2>&1 &
+    --peers "$peers" "${tls_node[@]}" ${TALLYD_FLAGS:-} >>"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
 addrs=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
@@ -62,7 +71,7 @@ while [ "$SECONDS" -lt "$deadline" ]; do
   for k in 0 1 2; do
     kill -0 "${pids[$k]}" 2>/dev/null || fail "node n$((k + 1)) exited at start"
   done
-  led=$("$bin/tallyctl" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
+  led=$("$bin/tallyctl" "${tls_ctl[@]}" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
   if [ "$led" = "$shards" ]; then ready=1; break; fi
   sleep 0.2
 done
@@ -74,22 +83,23 @@ for k in 0 1 2; do
   kill -0 "${pids[$k]}" 2>/dev/null || fail "node n$((k + 1)) exited at start (another cluster on these ports or this data directory?)"
 done
 grep -h 'WARNING: this disk' "$data"/n[123].log 2>/dev/null | tail -n 1 || true
+ctl="./bin/tallyctl${tls_ctl[*]:+ ${tls_ctl[*]}}"
 cat <<MSG
-Tally: 3 nodes, $shards shards, data under $data/ (logs: $data/n*.log)
+Tally: 3 nodes, $shards shards, data under $data/ (logs: $data/n*.log)${TLS:+, mutual TLS (certificates in $data/tls)}
   node  gRPC             Raft             metrics
   n1    127.0.0.1:7101   127.0.0.1:7201   http://127.0.0.1:7301/metrics
   n2    127.0.0.1:7102   127.0.0.1:7202   http://127.0.0.1:7302/metrics
   n3    127.0.0.1:7103   127.0.0.1:7203   http://127.0.0.1:7303/metrics
 
 Try, in another terminal:
-  ./bin/tallyctl define-asset --program shop1 --asset POINTS --scale 0
-  ./bin/tallyctl open   --program shop1 --member alice --asset POINTS
-  ./bin/tallyctl credit --program shop1 --member alice --asset POINTS --amount 500
-  ./bin/tallyctl debit  --program shop1 --member alice --asset POINTS --amount 120
-  ./bin/tallyctl hold   --program shop1 --member alice --asset POINTS --amount 50 --ttl 15m --key order-42
-  ./bin/tallyctl capture --program shop1 --member alice --hold-key order-42
-  ./bin/tallyctl get    --program shop1 --member alice --asset POINTS
-  ./bin/tallyctl cluster
+  $ctl define-asset --program shop1 --asset POINTS --scale 0
+  $ctl open   --program shop1 --member alice --asset POINTS
+  $ctl credit --program shop1 --member alice --asset POINTS --amount 500
+  $ctl debit  --program shop1 --member alice --asset POINTS --amount 120
+  $ctl hold   --program shop1 --member alice --asset POINTS --amount 50 --ttl 15m --key order-42
+  $ctl capture --program shop1 --member alice --hold-key order-42
+  $ctl get    --program shop1 --member alice --asset POINTS
+  $ctl cluster
 Ctrl-C stops the cluster; 'make run' again resumes with the same data.
 MSG
 # Exit (and stop the others) as soon as any node exits.

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -172,6 +173,10 @@ type Config struct {
 	// Clock is the wall clock the node stamps log entries with and compares
 	// with its peers' (nil: time.Now); tests skew it.
 	Clock func() time.Time
+	// ServerTLS, if set, makes the node's gRPC and Raft listeners mutual
+	// TLS (internal/tlsfiles.Files.Server); PeerTLS is then what it dials
+	// its peers with (Files.Client). Both or neither.
+	ServerTLS, PeerTLS *tls.Config
 	// UnsafeLocalReads serves reads from local state on any node, leader or
 	// not, without confirming anything: NOT linearizable. It exists only so
 	// the fault harness can prove its checker catches stale reads, and only
@@ -208,6 +213,9 @@ func (c *Config) validate() error {
 	}
 	if c.DataDir == "" {
 		return errors.New("node: config: DataDir is required")
+	}
+	if (c.ServerTLS == nil) != (c.PeerTLS == nil) {
+		return errors.New("node: config: ServerTLS and PeerTLS go together: a node dials its peers as they dial it")
 	}
 	if c.Shards < 1 || c.Shards > MaxShards {
 		return fmt.Errorf("node: config: Shards must be 1..%d, got %d", MaxShards, c.Shards)

@@ -100,7 +100,7 @@ func Start(cfg Config) (*Node, error) {
 			Output: out,
 		}),
 	}
-	n.peers = newPeerConns()
+	n.peers = newPeerConns(n.peerCreds())
 	n.admission = newAdmission(maxActiveRPCs)
 	n.fullStates = make(chan struct{}, maxFullStates)
 	n.metrics = newMetrics(n)
@@ -141,7 +141,8 @@ func (n *Node) open() error {
 	if n.state, err = fsm.OpenDB(filepath.Join(cfg.DataDir, "state")); err != nil {
 		return err
 	}
-	if n.mux, err = transport.Listen(cfg.RaftAddr, transport.Options{DialRewrite: cfg.DialRewrite}); err != nil {
+	if n.mux, err = transport.Listen(cfg.RaftAddr, transport.Options{DialRewrite: cfg.DialRewrite,
+		ServerTLS: cfg.ServerTLS, ClientTLS: cfg.PeerTLS}); err != nil {
 		return err
 	}
 	for i := 0; i < cfg.Shards; i++ {
@@ -160,6 +161,7 @@ func (n *Node) open() error {
 	}
 	n.grpcLis = netutil.LimitListener(n.grpcLis, maxClientConns)
 	n.grpcServer = grpc.NewServer(
+		grpc.Creds(n.serverCreds()),
 		grpc.InTapHandle(n.admission.tap),
 		grpc.UnaryInterceptor(n.admission.intercept),
 		// Stop (after GracefulStop's 2 s) waits for running handlers, so

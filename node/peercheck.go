@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 )
@@ -287,7 +286,7 @@ func (n *Node) stampMs() (int64, error) {
 func (n *Node) clusterInfo(ctx context.Context, p Peer, fresh bool) (*tallypb.ClusterInfoResponse, error) {
 	var c tallypb.LedgerClient
 	if fresh {
-		cc, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(p.GRPCAddr, grpc.WithTransportCredentials(n.peerCreds()))
 		if err != nil {
 			return nil, err
 		}

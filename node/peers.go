@@ -9,6 +9,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -20,12 +21,15 @@ import (
 // peerConns keeps one gRPC connection per peer for node-to-node calls (the
 // DefineAsset fan-out and leadership balancing).
 type peerConns struct {
+	creds  credentials.TransportCredentials
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool // a handler still running after close must not dial anew
 }
 
-func newPeerConns() *peerConns { return &peerConns{conns: map[string]*grpc.ClientConn{}} }
+func newPeerConns(creds credentials.TransportCredentials) *peerConns {
+	return &peerConns{creds: creds, conns: map[string]*grpc.ClientConn{}}
+}
 
 func (p *peerConns) get(addr string) (tallypb.LedgerClient, error) {
 	p.mu.Lock()
@@ -36,7 +40,7 @@ func (p *peerConns) get(addr string) (tallypb.LedgerClient, error) {
 	if c, ok := p.conns[addr]; ok {
 		return tallypb.NewLedgerClient(c), nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.creds))
 	if err != nil {
 		return nil, err
 	}
@@ -144,4 +148,22 @@ func retryableRemote(err error) bool {
 		return true
 	}
 	return false
+}
+
+// peerCreds is what the node dials its peers' gRPC with: Config.PeerTLS, or
+// plaintext.
+func (n *Node) peerCreds() credentials.TransportCredentials {
+	if n.cfg.PeerTLS != nil {
+		return credentials.NewTLS(n.cfg.PeerTLS)
+	}
+	return insecure.NewCredentials()
+}
+
+// serverCreds is what the node's gRPC server takes connections with:
+// Config.ServerTLS, or plaintext.
+func (n *Node) serverCreds() credentials.TransportCredentials {
+	if n.cfg.ServerTLS != nil {
+		return credentials.NewTLS(n.cfg.ServerTLS)
+	}
+	return insecure.NewCredentials()
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/internal/tlsfiles"
 	"github.com/tally-ledger/tally/loadtest"
 )
 
@@ -53,6 +54,8 @@ func run(args []string) int {
 		cpuProfile  = fs.String("cpuprofile", "", "write the load generator's CPU profile to this file")
 		dialTimeout = fs.Duration("dial-timeout", 10*time.Second, "how long to wait for the cluster to answer")
 	)
+	var tlsFiles tlsfiles.Files
+	tlsFiles.AddFlags(fs)
 	fs.IntVar(&cfg.Workload.Members, "members", loadtest.DefaultMembers, "members (POINTS accounts)")
 	fs.Float64Var(&cfg.Workload.ZipfS, "zipf-s", loadtest.DefaultZipfS, "zipf exponent (> 1)")
 	fs.IntVar(&cfg.Workload.HotMembers, "hot-members", loadtest.DefaultHotMembers, "flash sale: hot members")
@@ -138,10 +141,14 @@ func run(args []string) int {
 	// The first Ctrl-C ends the load, and the run still verifies what it
 	// acked; a second one, with the signals' default action back, stops it.
 	go func() { <-ctx.Done(); stop() }()
+	tlsCfg, err := tlsFiles.Client()
+	if err != nil {
+		return fail("%v", err)
+	}
 	dctx, cancel := context.WithTimeout(ctx, *dialTimeout)
 	c, err := client.Dial(dctx, client.Config{
 		Addrs: strings.Split(*addrs, ","), DialTimeout: *dialTimeout,
-		Coalesce: *coalesce, MaxInflightPerShard: *inflight,
+		Coalesce: *coalesce, MaxInflightPerShard: *inflight, TLS: tlsCfg,
 	})
 	cancel()
 	if err != nil {

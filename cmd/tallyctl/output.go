@@ -13,6 +13,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/internal/tlsfiles"
 )
 
 // view is what a command prints: aligned text by default, JSON with --json.
@@ -437,3 +438,18 @@ func (v errorView) jsonValue() any {
 }
 
 func (v errorView) text(w io.Writer) { fmt.Fprintf(w, "error\t%v\n", v.err) }
+
+// certsView is what tallyctl certs wrote.
+type certsView tlsfiles.Generated
+
+func (v certsView) text(w io.Writer) {
+	fmt.Fprintf(w, "ca\t%s\n", v.CA)
+	fmt.Fprintf(w, "node\t--tls-cert %s --tls-key %s --tls-ca %s\n", v.Node.Cert, v.Node.Key, v.Node.CA)
+	fmt.Fprintf(w, "client\t--tls-cert %s --tls-key %s --tls-ca %s\n", v.User.Cert, v.User.Key, v.User.CA)
+}
+
+func (v certsView) jsonValue() any {
+	return map[string]any{"ca": v.CA,
+		"node":   map[string]string{"cert": v.Node.Cert, "key": v.Node.Key, "ca": v.Node.CA},
+		"client": map[string]string{"cert": v.User.Cert, "key": v.User.Key, "ca": v.User.CA}}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -15,6 +16,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/internal/tlsfiles"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -40,9 +42,11 @@ type globals struct {
 	addrs   string
 	json    bool
 	timeout time.Duration
+	tls     tlsfiles.Files
 }
 
 func (g *globals) register(fs *flag.FlagSet) {
+	g.tls.AddFlags(fs)
 	fs.StringVar(&g.addrs, "addr", g.addrs, "comma-separated gRPC addresses of cluster nodes")
 	fs.BoolVar(&g.json, "json", g.json, "print JSON instead of aligned text")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "bound on the whole command, retries included")
@@ -63,6 +67,8 @@ type args struct {
 	before                 uint64
 	node                   string
 	shard                  uint
+	dir, hosts             string
+	valid                  time.Duration
 }
 
 // command is one tallyctl command.
@@ -81,6 +87,8 @@ type command struct {
 	// 2, whether or not the cluster answers.
 	prepare func(a *args) error
 	do      func(ctx context.Context, c *client.Client, a *args) (view, error)
+	// local, if set, is the command instead of do: it needs no cluster.
+	local func(a *args) (view, error)
 }
 
 func memberFlags(fs *flag.FlagSet, a *args) {
@@ -317,6 +325,25 @@ func commandsWith(stdin io.Reader) []command {
 			},
 		},
 		batchCommand(stdin),
+		{
+			name: "certs", synopsis: "write a development CA, a node certificate and a client certificate for mutual TLS (--tls-cert/--tls-key/--tls-ca)",
+			flags: func(fs *flag.FlagSet, a *args) {
+				fs.StringVar(&a.dir, "dir", "", "directory to write ca.pem, node.pem, client.pem and their keys into")
+				fs.StringVar(&a.hosts, "hosts", "127.0.0.1,localhost", "IP addresses and DNS names the nodes are reached by, comma-separated")
+				fs.DurationVar(&a.valid, "valid", 365*24*time.Hour, "validity of the certificates")
+			},
+			required: []string{"dir"},
+			local: func(a *args) (view, error) {
+				if a.valid <= 0 {
+					return nil, usageErr("--valid must be positive, got %v", a.valid)
+				}
+				g, err := tlsfiles.Generate(a.dir, splitAddrs(a.hosts), a.valid)
+				if err != nil {
+					return nil, err
+				}
+				return certsView(g), nil
+			},
+		},
 	}
 }
 
@@ -450,11 +477,16 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		a.key, a.keyGenerated = newKey(), true
 	}
 
+	if err := g.tls.Check(); err != nil {
+		fmt.Fprintf(stderr, "tallyctl %s: %v\n", cmd.name, err)
+		return exitUsage
+	}
+
 	addrs := splitAddrs(g.addrs)
 	if cmd.dial != nil {
 		addrs = cmd.dial(g, &a)
 	}
-	if len(addrs) == 0 {
+	if len(addrs) == 0 && cmd.local == nil {
 		fmt.Fprintf(stderr, "tallyctl: --addr names no address\n")
 		return exitUsage
 	}
@@ -466,9 +498,15 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	if cmd.prepare != nil {
 		err = cmd.prepare(&a)
 	}
-	if err == nil {
+	if cmd.local != nil {
+		v, err = cmd.local(&a)
+	} else if err == nil {
 		var c *client.Client
-		c, err = client.Dial(ctx, client.Config{Addrs: addrs, DialTimeout: g.timeout, RequestTimeout: min(g.timeout, client.DefaultRequestTimeout)})
+		var tlsCfg *tls.Config
+		if tlsCfg, err = g.tls.Client(); err == nil {
+			c, err = client.Dial(ctx, client.Config{Addrs: addrs, DialTimeout: g.timeout,
+				RequestTimeout: min(g.timeout, client.DefaultRequestTimeout), TLS: tlsCfg})
+		}
 		if err == nil {
 			v, err = cmd.do(ctx, c, &a)
 			_ = c.Close()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -404,5 +405,27 @@ func TestWorthRetrying(t *testing.T) {
 		{&client.Error{Code: ledger.CodeInvalidAmount}, false},
 	} {
 		assert.Equal(t, tc.want, worthRetrying(tc.err), "%v", tc.err)
+	}
+}
+
+// TestCertsAndTLSFlags: certs writes a CA and two certificates without a
+// cluster; the TLS flags go together, before or after the command.
+func TestCertsAndTLSFlags(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tls")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"--json", "certs", "--dir", dir}, &stdout, &stderr)
+	require.Equal(t, exitOK, code, stderr.String())
+	for _, f := range []string{"ca.pem", "ca-key.pem", "node.pem", "node-key.pem", "client.pem", "client-key.pem"} {
+		require.FileExists(t, filepath.Join(dir, f))
+	}
+	require.Contains(t, stdout.String(), filepath.Join(dir, "client.pem"))
+	for _, args := range [][]string{
+		{"--tls-cert", "c.pem", "get", "--program", "p", "--member", "m", "--asset", "A"},
+		{"get", "--tls-key", "k.pem", "--program", "p", "--member", "m", "--asset", "A"},
+	} {
+		stderr.Reset()
+		code = run(args, &stdout, &stderr)
+		assert.Equal(t, exitUsage, code, args)
+		assert.Contains(t, stderr.String(), "go together", args)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/tally-ledger/tally/internal/diskprobe"
+	"github.com/tally-ledger/tally/internal/tlsfiles"
 	"github.com/tally-ledger/tally/node"
 )
 
@@ -67,6 +68,8 @@ func run(args []string) error {
 		cfg.MaxVersion = uint32(n)
 		return err
 	})
+	var tlsFiles tlsfiles.Files
+	tlsFiles.AddFlags(fs)
 	if node.UnsafeReadsBuilt { // test builds only (-tags tally_unsafe)
 		fs.BoolVar(&cfg.UnsafeLocalReads, "unsafe-local-reads", false, "BROKEN ON PURPOSE: serve reads from any replica without checks (only to prove the linearizability checker catches it)")
 		fs.Func("unsafe-clock-offset", "BROKEN ON PURPOSE: run this node's wall clock this far off (the fault harness's skewed clock)", func(v string) error {
@@ -97,10 +100,16 @@ func run(args []string) error {
 			return fmt.Errorf("%s needs --metrics (the address they are served on)", strings.Join(ignored, " and "))
 		}
 	}
+	var err error
+	if cfg.ServerTLS, err = tlsFiles.Server(); err != nil {
+		return err
+	}
+	if cfg.PeerTLS, err = tlsFiles.Client(); err != nil {
+		return err
+	}
 	cfg.Raft.SnapshotThreshold = snapEvery
 	timeoutsSet := cfg.Raft.HeartbeatTimeout > 0 || cfg.Raft.ElectionTimeout > 0
 	cfg.Raft.TrailingLogs = trailing
-	var err error
 	if cfg.Peers, err = parsePeers(peers); err != nil {
 		return err
 	}

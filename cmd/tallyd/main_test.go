@@ -31,6 +31,8 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	require.ErrorContains(t, run([]string{"--bootstrap", "false", "--id", "n1"}), `unexpected argument "false"`)
 	require.ErrorContains(t, run([]string{"--max-version", "-1"}), "max-version")
 	require.ErrorContains(t, run([]string{"--max-version", "4294967296"}), "max-version")
+	require.ErrorContains(t, run([]string{"--tls-cert", "node.pem"}), "go together")
+	require.ErrorContains(t, run([]string{"--tls-cert", "x.pem", "--tls-key", "x-key.pem", "--tls-ca", "ca.pem"}), "x.pem")
 }
 
 func TestListenWarnings(t *testing.T) {

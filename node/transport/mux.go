@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -68,6 +69,11 @@ type Options struct {
 	MaxAccepted int
 	// Logger receives connection-level warnings; nil means hclog.Default().
 	Logger hclog.Logger
+	// ServerTLS, if set, makes every accepted connection TLS (before its
+	// header), with this configuration; ClientTLS does the same for dialled
+	// ones, its ServerName set to the host of the address dialled (before
+	// DialRewrite). A cluster sets both or neither.
+	ServerTLS, ClientTLS *tls.Config
 }
 
 // Mux accepts the connections of all Raft groups of a node on one listener
@@ -76,6 +82,8 @@ type Mux struct {
 	ln            net.Listener
 	addr          net.Addr
 	dialRewrite   map[string]string
+	serverTLS     *tls.Config
+	clientTLS     *tls.Config
 	headerTimeout time.Duration
 	maxAccepted   int
 	logger        hclog.Logger
@@ -100,6 +108,8 @@ func Listen(addr string, opts Options) (*Mux, error) {
 		ln:            ln,
 		addr:          ln.Addr(),
 		dialRewrite:   make(map[string]string, len(opts.DialRewrite)),
+		serverTLS:     opts.ServerTLS,
+		clientTLS:     opts.ClientTLS,
 		headerTimeout: opts.HeaderTimeout,
 		maxAccepted:   opts.MaxAccepted,
 		logger:        opts.Logger,
@@ -254,18 +264,29 @@ func (m *Mux) acceptLoop() {
 	}
 }
 
-// handshake reads c's header and hands c to its shard's layer, or closes it.
-func (m *Mux) handshake(c net.Conn) {
+// handshake reads c's header (after a TLS handshake, with ServerTLS) and
+// hands c to its shard's layer, or closes it.
+func (m *Mux) handshake(raw net.Conn) {
 	defer m.wg.Done()
 	var h [headerBytes]byte
-	_ = c.SetReadDeadline(time.Now().Add(m.headerTimeout))
-	_, err := io.ReadFull(c, h[:])
+	c := raw
+	// The deadline bounds the TLS handshake too, which writes.
+	_ = raw.SetDeadline(time.Now().Add(m.headerTimeout))
+	var err error
+	if m.serverTLS != nil {
+		tc := tls.Server(raw, m.serverTLS)
+		err = tc.Handshake()
+		c = tc
+	}
 	if err == nil {
-		err = c.SetReadDeadline(time.Time{})
+		_, err = io.ReadFull(c, h[:])
+	}
+	if err == nil {
+		err = raw.SetDeadline(time.Time{})
 	}
 
 	m.mu.Lock()
-	delete(m.pending, c)
+	delete(m.pending, raw)
 	m.mu.Unlock()
 
 	if err != nil {
@@ -312,21 +333,34 @@ func (m *Mux) dial(shard uint32, address raft.ServerAddress, timeout time.Durati
 		target = rewritten
 	}
 	d := net.Dialer{Timeout: timeout}
-	c, err := d.Dial("tcp", target)
+	raw, err := d.Dial("tcp", target)
 	if err != nil {
 		return nil, err
 	}
 	if timeout <= 0 {
 		timeout = m.headerTimeout
 	}
+	c := raw
+	_ = raw.SetDeadline(time.Now().Add(timeout))
+	if m.clientTLS != nil {
+		cfg := m.clientTLS.Clone()
+		if host, _, err := net.SplitHostPort(string(address)); err == nil && cfg.ServerName == "" {
+			cfg.ServerName = host
+		}
+		tc := tls.Client(raw, cfg)
+		if err := tc.Handshake(); err != nil {
+			_ = raw.Close()
+			return nil, fmt.Errorf("transport: tls handshake with %s: %w", target, err)
+		}
+		c = tc
+	}
 	h := [headerBytes]byte{headerMagic, headerVersion}
 	binary.BigEndian.PutUint32(h[2:], shard)
-	_ = c.SetWriteDeadline(time.Now().Add(timeout))
 	if _, err := c.Write(h[:]); err != nil {
 		_ = c.Close()
 		return nil, fmt.Errorf("transport: write header to %s: %w", target, err)
 	}
-	if err := c.SetWriteDeadline(time.Time{}); err != nil {
+	if err := raw.SetDeadline(time.Time{}); err != nil {
 		_ = c.Close()
 		return nil, err
 	}

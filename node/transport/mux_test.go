@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/internal/tlsfiles"
 )
 
 // cluster is one Raft group per shard, each replicated on every mux.
@@ -591,4 +593,60 @@ func TestAcceptedConnectionsBounded(t *testing.T) {
 	require.NoError(t, server.Close())
 	<-acceptDone
 	serving.Wait()
+}
+
+// TestTLS: muxes with certificates from one CA carry Raft over TLS; a
+// plaintext dial to them is dropped before its header reaches a layer, and
+// a dial with another CA's certificate fails its handshake.
+func TestTLS(t *testing.T) {
+	checkNoLeaks(t)
+	gen, err := tlsfiles.Generate(t.TempDir(), []string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	other, err := tlsfiles.Generate(t.TempDir(), []string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	withTLS := func(f tlsfiles.Files) Options {
+		server, err := f.Server()
+		require.NoError(t, err)
+		client, err := f.Client()
+		require.NoError(t, err)
+		return Options{Logger: nullLogger(), ServerTLS: server, ClientTLS: client}
+	}
+	muxes := listenN(t, 3, func(int) Options { return withTLS(gen.Node) })
+	c := startCluster(t, muxes, []uint32{0, 1})
+	c.applyAndCheck(t, 20)
+	c.shutdown(t)
+
+	m := listenN(t, 1, func(int) Options { return withTLS(gen.Node) })[0]
+	t.Cleanup(func() { require.NoError(t, m.Close()) })
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := m.StreamLayer(5).Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	plain := listenN(t, 1, nil)[0]
+	t.Cleanup(func() { require.NoError(t, plain.Close()) })
+	out, err := plain.StreamLayer(5).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	require.NoError(t, err, "the header goes out before anything is read")
+	_ = out.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = out.Read(make([]byte, 1))
+	require.Error(t, err, "a plaintext connection to a TLS mux is dropped")
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "dropped, not left open: %v", err)
+	_ = out.Close()
+
+	stranger := listenN(t, 1, func(int) Options { return withTLS(other.Node) })[0]
+	t.Cleanup(func() { require.NoError(t, stranger.Close()) })
+	_, err = stranger.StreamLayer(5).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	require.Error(t, err, "another CA's certificate")
+
+	select {
+	case c := <-accepted:
+		t.Fatalf("a layer accepted %v", c.RemoteAddr())
+	default:
+	}
 }

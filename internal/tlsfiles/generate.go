@@ -1,0 +1,134 @@
+package tlsfiles
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Generated names the files Generate writes in its directory: a CA, a
+// certificate for the nodes (server and client use, for the hosts given) and
+// one for clients (client use only).
+type Generated struct {
+	CA   string // ca.pem; its key, ca-key.pem, lies beside it
+	Node Files  // node.pem, node-key.pem
+	User Files  // client.pem, client-key.pem
+}
+
+// Generate writes a new development CA and two certificates signed by it
+// into dir (created 0700; keys written 0600), valid for validFor from now.
+// hosts are the IP addresses and DNS names the nodes are reached by. It is
+// for local clusters and tests: a production CA keeps its key elsewhere.
+func Generate(dir string, hosts []string, validFor time.Duration) (Generated, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Generated{}, fmt.Errorf("tls: %w", err)
+	}
+	g := Generated{
+		CA:   filepath.Join(dir, "ca.pem"),
+		Node: Files{Cert: filepath.Join(dir, "node.pem"), Key: filepath.Join(dir, "node-key.pem")},
+		User: Files{Cert: filepath.Join(dir, "client.pem"), Key: filepath.Join(dir, "client-key.pem")},
+	}
+	g.Node.CA, g.User.CA = g.CA, g.CA
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return Generated{}, err
+	}
+	caTmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: "tally development CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(validFor),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	caDER, err := sign(caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return Generated{}, err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return Generated{}, err
+	}
+	if err := writePEM(g.CA, "CERTIFICATE", caDER, 0o644); err != nil {
+		return Generated{}, err
+	}
+	if err := writeKey(filepath.Join(dir, "ca-key.pem"), caKey); err != nil {
+		return Generated{}, err
+	}
+	leaf := func(f Files, cn string, usage []x509.ExtKeyUsage, hosts []string) error {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return err
+		}
+		tmpl := &x509.Certificate{
+			Subject:     pkix.Name{CommonName: cn},
+			NotBefore:   now.Add(-time.Hour),
+			NotAfter:    now.Add(validFor),
+			KeyUsage:    x509.KeyUsageDigitalSignature,
+			ExtKeyUsage: usage,
+		}
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			} else {
+				tmpl.DNSNames = append(tmpl.DNSNames, h)
+			}
+		}
+		der, err := sign(tmpl, caCert, &key.PublicKey, caKey)
+		if err != nil {
+			return err
+		}
+		if err := writePEM(f.Cert, "CERTIFICATE", der, 0o644); err != nil {
+			return err
+		}
+		return writeKey(f.Key, key)
+	}
+	if err := leaf(g.Node, "tally node", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, hosts); err != nil {
+		return Generated{}, err
+	}
+	if err := leaf(g.User, "tally client", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil); err != nil {
+		return Generated{}, err
+	}
+	return g, nil
+}
+
+// sign makes a certificate of tmpl, signed by parent's key, with a random
+// 128-bit serial number (RFC 5280 wants them unique per CA).
+func sign(tmpl, parent *x509.Certificate, pub, signer any) ([]byte, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SerialNumber = serial
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		return nil, fmt.Errorf("tls: sign %q: %w", tmpl.Subject.CommonName, err)
+	}
+	return der, nil
+}
+
+func writeKey(path string, key *ecdsa.PrivateKey) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	return writePEM(path, "PRIVATE KEY", der, 0o600)
+}
+
+func writePEM(path, typ string, der []byte, mode os.FileMode) error {
+	b := pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
+	if err := os.WriteFile(path, b, mode); err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,103 @@
+// Package tlsfiles loads the mutual-TLS settings of tallyd, tallyctl and
+// tally-load from PEM files, and writes a development CA and certificates
+// (tallyctl certs).
+//
+// Every connection of a cluster with TLS on is mutual TLS under one CA:
+// clients' gRPC calls, the nodes' calls to each other, and Raft traffic.
+// A node presents its certificate as a server and as a client (peers dial
+// it); a client presents one too, and a node refuses a connection without a
+// certificate the CA signed. That is authentication only: any holder of a
+// certificate from the CA may call every RPC.
+package tlsfiles
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+)
+
+// Files names a certificate, its private key, and the CA certificate(s)
+// that peers' certificates must chain to, all PEM.
+type Files struct {
+	Cert, Key, CA string
+}
+
+// AddFlags registers --tls-cert, --tls-key and --tls-ca on fs, into f, with
+// f's values as defaults (so that a second flag set, as tallyctl's command
+// flags after its global ones, keeps what the first set).
+func (f *Files) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&f.Cert, "tls-cert", f.Cert, "PEM certificate to present (with --tls-key and --tls-ca: mutual TLS; none of the three: plaintext)")
+	fs.StringVar(&f.Key, "tls-key", f.Key, "PEM private key of --tls-cert")
+	fs.StringVar(&f.CA, "tls-ca", f.CA, "PEM CA certificate the other side's certificate must chain to")
+}
+
+// Enabled reports whether any file is named; Check then wants all three.
+func (f Files) Enabled() bool { return f.Cert != "" || f.Key != "" || f.CA != "" }
+
+// Check reports an error unless all three files are named, or none.
+func (f Files) Check() error {
+	if f.Enabled() && (f.Cert == "" || f.Key == "" || f.CA == "") {
+		return errors.New("tls: --tls-cert, --tls-key and --tls-ca go together: name all three, or none for plaintext")
+	}
+	return nil
+}
+
+// load reads the key pair and the CA pool.
+func (f Files) load() (tls.Certificate, *x509.CertPool, error) {
+	if err := f.Check(); err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("tls: load %s and %s: %w", f.Cert, f.Key, err)
+	}
+	pem, err := os.ReadFile(f.CA)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("tls: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return tls.Certificate{}, nil, fmt.Errorf("tls: %s holds no PEM certificate", f.CA)
+	}
+	return cert, pool, nil
+}
+
+// Server is the configuration of a node's listeners: it presents the
+// certificate and requires a client certificate the CA signed. Nil, nil when
+// no file is named.
+func (f Files) Server() (*tls.Config, error) {
+	if !f.Enabled() {
+		return nil, nil
+	}
+	cert, pool, err := f.load()
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+		MinVersion:   tls.VersionTLS13,
+	}, nil
+}
+
+// Client is the configuration of a connection to a node: it presents the
+// certificate and verifies the node's against the CA (and its name against
+// the address dialled). Nil, nil when no file is named.
+func (f Files) Client() (*tls.Config, error) {
+	if !f.Enabled() {
+		return nil, nil
+	}
+	cert, pool, err := f.load()
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		MinVersion:   tls.VersionTLS13,
+	}, nil
+}

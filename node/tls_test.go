@@ -1,0 +1,76 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/internal/tlsfiles"
+)
+
+// TestMutualTLS: a cluster whose nodes have certificates from one CA elects
+// leaders (Raft over TLS), confirms its peers (gRPC between nodes over TLS),
+// and serves a client with a certificate from that CA: DefineAsset fans out
+// to every shard's leader, and writes commit and read back. A client without
+// TLS, without a certificate, or with one from another CA is refused.
+func TestMutualTLS(t *testing.T) {
+	gen, err := tlsfiles.Generate(t.TempDir(), []string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	other, err := tlsfiles.Generate(t.TempDir(), []string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	serverTLS, err := gen.Node.Server()
+	require.NoError(t, err)
+	peerTLS, err := gen.Node.Client()
+	require.NoError(t, err)
+	c := newTestCluster(t, 3, 3, func(cfg *Config) {
+		cfg.ServerTLS, cfg.PeerTLS = serverTLS, peerTLS
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	userTLS, err := gen.User.Client()
+	require.NoError(t, err)
+	addrs := []string{c.cfgs[0].GRPCAddr, c.cfgs[1].GRPCAddr, c.cfgs[2].GRPCAddr}
+	cl, err := client.Dial(ctx, client.Config{Addrs: addrs, TLS: userTLS})
+	require.NoError(t, err)
+	defer cl.Close()
+	r, err := cl.DefineAsset(ctx, "shop", "POINTS", 0, "define-points")
+	require.NoError(t, err, "%+v", r)
+	members := []string{"ann", "bob", "cy", "dee", "eve", "fay"}
+	for _, m := range members {
+		_, err := cl.OpenAccount(ctx, "shop", m, "POINTS", nil, "open-"+m)
+		require.NoError(t, err)
+		_, err = cl.Credit(ctx, "shop", m, "POINTS", decimal.NewFromInt(25), "credit-"+m, "")
+		require.NoError(t, err)
+	}
+	for _, m := range members {
+		a, err := cl.GetAccount(ctx, "shop", m, "POINTS")
+		require.NoError(t, err)
+		assert.True(t, a.Posted.Equal(decimal.NewFromInt(25)), "%s: %v", m, a.Posted)
+	}
+
+	// Refused: the handshake fails, so no call gets through.
+	noCert := userTLS.Clone()
+	noCert.Certificates = nil
+	otherTLS, err := other.User.Client()
+	require.NoError(t, err)
+	for name, cfg := range map[string]*tls.Config{"plaintext": nil, "no certificate": noCert, "another CA": otherTLS} {
+		dctx, dcancel := context.WithTimeout(ctx, 2*time.Second)
+		bad, err := client.Dial(dctx, client.Config{Addrs: addrs[:1], TLS: cfg, DialTimeout: time.Second})
+		if err == nil {
+			_, err = bad.GetAccount(dctx, "shop", "ann", "POINTS")
+			_ = bad.Close()
+		}
+		dcancel()
+		assert.Error(t, err, name)
+	}
+	_, err = c.client(addrs[0]).GetAccount(ctx, &tallypb.GetAccountRequest{Program: "shop", Member: "ann", Asset: "POINTS"})
+	assert.Error(t, err, "plaintext stub")
+}
