@@ -178,7 +178,10 @@ func TestChaos(t *testing.T) {
 	// Submits, GetAccounts reads), even seeds through a client each: over
 	// CI runs both paths meet the faults, and a seed replays its mode.
 	cfg.Coalesce = seed%2 == 1
-	t.Logf("coalescing client: %v", cfg.Coalesce)
+	// Seeds whose second bit is set run every link mutual TLS: the four
+	// combinations with coalescing each come up, and a seed replays its own.
+	cfg.TLS = seed&2 != 0
+	t.Logf("coalescing client: %v, mutual TLS: %v", cfg.Coalesce, cfg.TLS)
 	ctx, cancel := runContext(t, 8*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, cfg)

@@ -2,6 +2,7 @@ package linearizability
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -14,11 +15,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/internal/diskprobe"
 	"github.com/tally-ledger/tally/internal/freeport"
+	"github.com/tally-ledger/tally/internal/tlsfiles"
 )
 
 // ClusterSize is the number of tallyd processes: the smallest cluster that
@@ -58,6 +61,9 @@ type ClusterConfig struct {
 	ElectionTimeout    time.Duration
 	LeaderLeaseTimeout time.Duration
 	DiskProbe          *diskprobe.Result
+	// TLS runs every link mutual TLS, with a CA and certificates written
+	// under Dir/tls (internal/tlsfiles): the proxies then carry TLS.
+	TLS bool
 }
 
 // procNode is one tallyd process slot.
@@ -92,6 +98,22 @@ type Cluster struct {
 	closed        bool
 	crashes       []string // nodes that exited without being killed
 	slow          bool     // started with the slow-disk Raft timeouts
+	// tlsArgs are tallyd's --tls-* flags and clientTLS what clients dial
+	// with, under ClusterConfig.TLS; nil otherwise.
+	tlsArgs   []string
+	clientTLS *tls.Config
+}
+
+// ClientTLS is the client.Config.TLS of the cluster's clients: nil unless
+// it runs with ClusterConfig.TLS.
+func (c *Cluster) ClientTLS() *tls.Config { return c.clientTLS }
+
+// creds are the gRPC credentials of a direct connection to a node.
+func (c *Cluster) creds() credentials.TransportCredentials {
+	if c.clientTLS != nil {
+		return credentials.NewTLS(c.clientTLS)
+	}
+	return insecure.NewCredentials()
 }
 
 // SlowDisk reports whether the nodes run with the slow-disk Raft timeouts.
@@ -135,6 +157,16 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 				diskprobe.SlowHeartbeatTimeout, diskprobe.SlowElectionTimeout, diskprobe.SlowLeaseTimeout
 			c.slow = true
 		}
+	}
+	if cfg.TLS {
+		g, err := tlsfiles.Generate(filepath.Join(cfg.Dir, "tls"), []string{"127.0.0.1"}, 24*time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		if c.clientTLS, err = g.User.Client(); err != nil {
+			return nil, err
+		}
+		c.tlsArgs = []string{"--tls-cert", g.Node.Cert, "--tls-key", g.Node.Key, "--tls-ca", g.Node.CA}
 	}
 	if err := c.start(ctx); err != nil {
 		c.Close()
@@ -188,6 +220,7 @@ func (c *Cluster) start(ctx context.Context) error {
 		n.args = []string{"--id", n.id, "--data", n.dataDir, "--grpc", n.grpcAddr, "--raft", n.raftAddr,
 			"--shards", fmt.Sprint(c.cfg.Shards), "--bootstrap", "--peers", strings.Join(peers, ","),
 			"--raft-dial-rewrite", strings.Join(rewrite, ",")}
+		n.args = append(n.args, c.tlsArgs...)
 		if c.cfg.UnsafeLocalReads {
 			n.args = append(n.args, "--unsafe-local-reads")
 		}
@@ -281,7 +314,7 @@ func (c *Cluster) spawn(i int) error {
 // waitReady waits until node i answers ClusterInfo.
 func (c *Cluster) waitReady(ctx context.Context, i int) error {
 	addr := c.GRPCAddr(i)
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(c.creds()))
 	if err != nil {
 		return err
 	}

@@ -58,6 +58,8 @@ type Config struct {
 	// UnsafeLocalReads is the deliberately broken variant: nodes run with
 	// --unsafe-local-reads and reads go straight to a random node.
 	UnsafeLocalReads bool
+	// TLS runs every link of the cluster mutual TLS (ClusterConfig.TLS).
+	TLS bool
 	// CheckTimeout bounds porcupine per member; an undecided member
 	// fails the linearizability check. Run's context bounds the checks as
 	// a whole: members not checked when it ends fail the check too.
@@ -143,6 +145,8 @@ type Report struct {
 	// SlowDiskTimeouts is set when the first probe found a slow disk and
 	// the nodes ran with the longer Raft timeouts.
 	SlowDiskTimeouts bool `json:"slow_disk_timeouts"`
+	// TLS is set when every link ran mutual TLS.
+	TLS bool `json:"tls"`
 }
 
 // SlowestSync is the highest median sync latency of all the disk probes:
@@ -202,6 +206,9 @@ func (r *Report) Summary() string {
 	}
 	if r.SlowDiskTimeouts {
 		fmt.Fprintf(&b, "  slow disk: nodes ran with %s\n", diskprobe.SlowTimeoutFlags())
+	}
+	if r.TLS {
+		fmt.Fprintf(&b, "  mutual TLS on every link (clients, peers, Raft)\n")
 	}
 	for _, c := range r.Checks {
 		mark := "ok  "
@@ -275,7 +282,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	clusterDir := filepath.Join(cfg.ResultsDir, "cluster")
 	ccfg := ClusterConfig{Tallyd: cfg.Tallyd, Dir: clusterDir, Shards: cfg.Shards,
 		UnsafeLocalReads: cfg.UnsafeLocalReads, SnapshotThreshold: cfg.SnapshotThreshold,
-		SnapshotLogBytes: cfg.SnapshotLogBytes, TrailingLogs: cfg.TrailingLogs}
+		SnapshotLogBytes: cfg.SnapshotLogBytes, TrailingLogs: cfg.TrailingLogs, TLS: cfg.TLS}
 	if len(probes) > 0 {
 		// StartCluster need not probe the same disk again.
 		first := probes[0]
@@ -315,7 +322,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			cl.Close()
 		}
 	}()
-	direct, directConns, err := newDirectClients(c.GRPCAddrs())
+	direct, directConns, err := newDirectClients(c.GRPCAddrs(), c.creds())
 	if err != nil {
 		return nil, err
 	}
@@ -327,7 +334,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	var workers []*worker
 	var shared *client.Client
 	if cfg.Coalesce {
-		shared, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout, Coalesce: true, Dialer: c.ClientDialer()})
+		shared, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), TLS: c.ClientTLS(), RequestTimeout: requestTimeout, Coalesce: true, Dialer: c.ClientDialer()})
 		if err != nil {
 			return nil, fmt.Errorf("dial: %w", err)
 		}
@@ -336,7 +343,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	for i := 0; i < cfg.Clients; i++ {
 		cl := shared
 		if cl == nil {
-			if cl, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: requestTimeout, Dialer: c.ClientDialer()}); err != nil {
+			if cl, err = client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), TLS: c.ClientTLS(), RequestTimeout: requestTimeout, Dialer: c.ClientDialer()}); err != nil {
 				return nil, fmt.Errorf("dial: %w", err)
 			}
 			clients = append(clients, cl)
@@ -392,7 +399,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	rep := &Report{Seed: cfg.Seed, ResultsDir: cfg.ResultsDir, Broken: cfg.UnsafeLocalReads, Shards: cfg.Shards,
 		Clients: cfg.Clients, Members: len(members), Accounts: len(members) * len(assetScales), Workload: workload, Timeline: timeline.Events(), Faults: timeline.Counts(),
-		SlowDiskTimeouts: c.SlowDisk()}
+		SlowDiskTimeouts: c.SlowDisk(), TLS: cfg.TLS}
 	probeMu.Lock()
 	rep.DiskSync = slices.Clone(probes)
 	probeMu.Unlock()
@@ -434,7 +441,7 @@ const setupKeyPrefix = "setup-"
 func setup(ctx context.Context, c *Cluster, members []string) error {
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	cl, err := client.Dial(sctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: 2 * time.Second})
+	cl, err := client.Dial(sctx, client.Config{Addrs: c.GRPCAddrs(), TLS: c.ClientTLS(), RequestTimeout: 2 * time.Second})
 	if err != nil {
 		return err
 	}
@@ -512,7 +519,7 @@ const setupBatch = 256
 // check runs every check after the run and fills rep.
 func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members []string, rep *Report) {
 	logf := cfg.Logf
-	cl, err := client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), RequestTimeout: 3 * time.Second, DialTimeout: 30 * time.Second})
+	cl, err := client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), TLS: c.ClientTLS(), RequestTimeout: 3 * time.Second, DialTimeout: 30 * time.Second})
 	if err != nil {
 		rep.Checks = append(rep.Checks, CheckResult{Name: "checker-client", Detail: "could not dial the healed cluster: " + err.Error()})
 		return

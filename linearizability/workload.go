@@ -11,7 +11,7 @@ import (
 
 	"github.com/shopspring/decimal"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/client"
@@ -183,11 +183,11 @@ type worker struct {
 	lastMember string
 }
 
-func newDirectClients(addrs []string) ([]tallypb.LedgerClient, []*grpc.ClientConn, error) {
+func newDirectClients(addrs []string, creds credentials.TransportCredentials) ([]tallypb.LedgerClient, []*grpc.ClientConn, error) {
 	var lcs []tallypb.LedgerClient
 	var ccs []*grpc.ClientConn
 	for _, a := range addrs {
-		cc, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(a, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			for _, c := range ccs {
 				c.Close()

@@ -60,6 +60,7 @@ func run(args []string) (int, error) {
 		faults   = fs.String("faults", "kill,pause,partition,delay,client,clock", "fault kinds, comma-separated: "+kindList(linearizability.KnownFaults)+
 			"; wipe (kill -9 a node, delete its data directory, restart it empty; only while no replica is vote guarded and every node is up) is opt-in")
 		coalesce = fs.Bool("coalesce", false, "all workers share one coalescing client (batched Submits and GetAccounts reads)")
+		useTLS   = fs.Bool("tls", false, "run every link mutual TLS, with a CA and certificates written under the results directory")
 		unsafe   = fs.Bool("unsafe-local-reads", false, "BROKEN ON PURPOSE: nodes serve reads locally and reads go to random nodes; the run must fail (needs a tallyd built with -tags tally_unsafe)")
 		tallyd   = fs.String("tallyd", "", "tallyd binary (default: build ./cmd/tallyd)")
 		keep     = fs.Bool("keep-data", false, "keep the nodes' data directories after a passing run")
@@ -133,7 +134,7 @@ func run(args []string) (int, error) {
 		Shards: *shards, Clients: *clients, Accounts: *accounts, EpochLength: *epoch,
 		Faults: kinds, FaultRounds: 1, Duration: *duration,
 		MinOps: *minOps, MaxDuration: *duration + 10*time.Minute,
-		Coalesce: *coalesce, UnsafeLocalReads: *unsafe, CheckTimeout: *timeout,
+		Coalesce: *coalesce, UnsafeLocalReads: *unsafe, CheckTimeout: *timeout, TLS: *useTLS,
 		SnapshotThreshold: *snap, SnapshotLogBytes: *snapLog, TrailingLogs: *trailing,
 		Logf: logf,
 	})
