@@ -10,7 +10,8 @@
 # Environment: BIN (folder with tallyd, tallyctl, tally-load; default: build
 # ./bin), TALLYD_FLAGS (extra tallyd flags), SHARDS (default 3), MEMBERS
 # (default 20000), AB_PORT (first port, default 7500), AB_PROFILE=FILE (8 s
-# CPU profile of n1 in the window), AB_KEEP=1 (keep the data folder). Prints tally-load's summary, then per
+# CPU profile of n1 in the window), AB_KEEP=1 (keep the data folder), AB_TLS=1
+# (mutual TLS on every link, certificates from tallyctl certs). Prints tally-load's summary, then per
 # node the mean of each timing over the window (metrics scraped when the
 # measured window starts and 8 s later): entry size, propose-to-apply,
 # hashicorp/raft's commitTime, leader log write, follower log write, the
@@ -61,11 +62,18 @@ done
 # Each node in a session of its own (setsid): a Ctrl-C at the terminal
 # reaches this script and tally-load but not the nodes, so tally-load's
 # verification still finds the cluster up; the trap stops the nodes after.
+tls_node=()
+tls_client=()
+if [ -n "${AB_TLS:-}" ]; then
+  "$BIN/tallyctl" certs --dir "$data/tls" --hosts 127.0.0.1 >/dev/null
+  tls_node=(--tls-cert "$data/tls/node.pem" --tls-key "$data/tls/node-key.pem" --tls-ca "$data/tls/ca.pem")
+  tls_client=(--tls-cert "$data/tls/client.pem" --tls-key "$data/tls/client-key.pem" --tls-ca "$data/tls/ca.pem")
+fi
 for i in 1 2 3; do
   # shellcheck disable=SC2086 # TALLYD_FLAGS is a list of flags
   GLIBC_TUNABLES="$tunables" setsid "$BIN/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap --grpc "127.0.0.1:$((port + i))" \
     --raft "127.0.0.1:$((port + 10 + i))" --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" --pprof \
-    ${TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
+    ${tls_node[@]+"${tls_node[@]}"} ${TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
 # shellcheck source=deploy/common.sh
@@ -84,7 +92,7 @@ scrape() { for i in 1 2 3; do curl -s --max-time 5 "http://127.0.0.1:$((port + 2
 window=$!
 server_pids=$(IFS=,; echo "${pids[*]}")
 rc=0
-run_load "$data/summary" "$data/progress" "$BIN/tally-load" --addrs "$addrs" --server-pids "$server_pids" \
+run_load "$data/summary" "$data/progress" "$BIN/tally-load" ${tls_client[@]+"${tls_client[@]}"} --addrs "$addrs" --server-pids "$server_pids" \
   --members "${MEMBERS:-20000}" --verify-budget 5s "$@"
 grep -E '^(throughput|latency|cpu|result)' "$data/summary" || true
 exit_if_signalled

@@ -26,7 +26,7 @@ cluster_ready() {
   local deadline=$((SECONDS + 30)) led
   while [ "$SECONDS" -lt "$deadline" ]; do
     cluster_alive "$2"
-    led=$("$1" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
+    led=$("$1" ${tls_client[@]+"${tls_client[@]}"} --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
     if [ "$led" = "$shards" ]; then
       sleep 1
       cluster_alive "$2"
