@@ -58,7 +58,7 @@ func TestMutualTLS(t *testing.T) {
 
 	// Refused: the handshake fails, so no call gets through.
 	noCert := userTLS.Clone()
-	noCert.Certificates = nil
+	noCert.GetClientCertificate = nil
 	otherTLS, err := other.User.Client()
 	require.NoError(t, err)
 	for name, cfg := range map[string]*tls.Config{"plaintext": nil, "no certificate": noCert, "another CA": otherTLS} {

@@ -65,41 +65,45 @@ func Generate(dir string, hosts []string, validFor time.Duration) (Generated, er
 	if err := writeKey(filepath.Join(dir, "ca-key.pem"), caKey); err != nil {
 		return Generated{}, err
 	}
-	leaf := func(f Files, cn string, usage []x509.ExtKeyUsage, hosts []string) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return err
-		}
-		tmpl := &x509.Certificate{
-			Subject:     pkix.Name{CommonName: cn},
-			NotBefore:   now.Add(-time.Hour),
-			NotAfter:    now.Add(validFor),
-			KeyUsage:    x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: usage,
-		}
-		for _, h := range hosts {
-			if ip := net.ParseIP(h); ip != nil {
-				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-			} else {
-				tmpl.DNSNames = append(tmpl.DNSNames, h)
-			}
-		}
-		der, err := sign(tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		if err := writePEM(f.Cert, "CERTIFICATE", der, 0o644); err != nil {
-			return err
-		}
-		return writeKey(f.Key, key)
-	}
-	if err := leaf(g.Node, "tally node", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, hosts); err != nil {
+	if err := issue(g.Node, caCert, caKey, "tally node", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, hosts, validFor); err != nil {
 		return Generated{}, err
 	}
-	if err := leaf(g.User, "tally client", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil); err != nil {
+	if err := issue(g.User, caCert, caKey, "tally client", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, validFor); err != nil {
 		return Generated{}, err
 	}
 	return g, nil
+}
+
+// issue writes a new key and a certificate for it, signed by the CA, to f's
+// Cert and Key.
+func issue(f Files, caCert *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, usage []x509.ExtKeyUsage, hosts []string, validFor time.Duration) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn},
+		NotBefore:   now.Add(-time.Hour),
+		NotAfter:    now.Add(validFor),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: usage,
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := sign(tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	if err := writePEM(f.Cert, "CERTIFICATE", der, 0o644); err != nil {
+		return err
+	}
+	return writeKey(f.Key, key)
 }
 
 // sign makes a certificate of tmpl, signed by parent's key, with a random

@@ -45,59 +45,62 @@ func (f Files) Check() error {
 	return nil
 }
 
-// load reads the key pair and the CA pool.
-func (f Files) load() (tls.Certificate, *x509.CertPool, error) {
+// load reads the key pair (kept re-read as its files change: keyPair) and
+// the CA pool.
+func (f Files) load() (*keyPair, *x509.CertPool, error) {
 	if err := f.Check(); err != nil {
-		return tls.Certificate{}, nil, err
+		return nil, nil, err
 	}
-	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	pair, err := newKeyPair(f.Cert, f.Key)
 	if err != nil {
-		return tls.Certificate{}, nil, fmt.Errorf("tls: load %s and %s: %w", f.Cert, f.Key, err)
+		return nil, nil, err
 	}
 	pem, err := os.ReadFile(f.CA)
 	if err != nil {
-		return tls.Certificate{}, nil, fmt.Errorf("tls: %w", err)
+		return nil, nil, fmt.Errorf("tls: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return tls.Certificate{}, nil, fmt.Errorf("tls: %s holds no PEM certificate", f.CA)
+		return nil, nil, fmt.Errorf("tls: %s holds no PEM certificate", f.CA)
 	}
-	return cert, pool, nil
+	return pair, pool, nil
 }
 
 // Server is the configuration of a node's listeners: it presents the
 // certificate and requires a client certificate the CA signed. Nil, nil when
-// no file is named.
+// no file is named. A certificate rotated in place (both files replaced) is
+// presented from the next handshake on, within a second (keyPair).
 func (f Files) Server() (*tls.Config, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
-	cert, pool, err := f.load()
+	pair, pool, err := f.load()
 	if err != nil {
 		return nil, err
 	}
 	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pool,
-		MinVersion:   tls.VersionTLS13,
+		GetCertificate: pair.getCertificate,
+		ClientAuth:     tls.RequireAndVerifyClientCert,
+		ClientCAs:      pool,
+		MinVersion:     tls.VersionTLS13,
 	}, nil
 }
 
 // Client is the configuration of a connection to a node: it presents the
 // certificate and verifies the node's against the CA (and its name against
-// the address dialled). Nil, nil when no file is named.
+// the address dialled). Nil, nil when no file is named. A certificate
+// rotated in place is presented from the next handshake on (keyPair).
 func (f Files) Client() (*tls.Config, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
-	cert, pool, err := f.load()
+	pair, pool, err := f.load()
 	if err != nil {
 		return nil, err
 	}
 	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-		MinVersion:   tls.VersionTLS13,
+		GetClientCertificate: pair.getClientCertificate,
+		RootCAs:              pool,
+		MinVersion:           tls.VersionTLS13,
 	}, nil
 }

@@ -1,9 +1,14 @@
 package tlsfiles
 
 import (
+	"crypto/ecdsa"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"flag"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -74,4 +79,77 @@ func TestGeneratedFilesHandshake(t *testing.T) {
 	none, err := Files{}.Server()
 	assert.NoError(t, err)
 	assert.Nil(t, none)
+}
+
+// loadCA reads the CA that Generate wrote into dir.
+func loadCA(t *testing.T, dir string) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	certPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	require.NoError(t, err)
+	b, _ := pem.Decode(certPEM)
+	cert, err := x509.ParseCertificate(b.Bytes)
+	require.NoError(t, err)
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "ca-key.pem"))
+	require.NoError(t, err)
+	b, _ = pem.Decode(keyPEM)
+	key, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	require.NoError(t, err)
+	return cert, key.(*ecdsa.PrivateKey)
+}
+
+// TestRotatedCertificateIsPresented: certificates replaced in place are
+// presented from the next handshake on, by a server and by a client, without
+// a new tls.Config; a pair that does not load leaves the last good one.
+func TestRotatedCertificateIsPresented(t *testing.T) {
+	dir := t.TempDir()
+	g, err := Generate(dir, []string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	server, err := g.Node.Server()
+	require.NoError(t, err)
+	clientSerials := make(chan string, 8)
+	server.VerifyConnection = func(cs tls.ConnectionState) error {
+		clientSerials <- cs.PeerCertificates[0].SerialNumber.String()
+		return nil
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", server)
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.(*tls.Conn).Handshake()
+			_ = c.Close()
+		}
+	}()
+	client, err := g.User.Client()
+	require.NoError(t, err)
+	handshake := func() (serverSerial, clientSerial string) {
+		t.Helper()
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", ln.Addr().String(), client)
+		require.NoError(t, err)
+		defer c.Close()
+		select {
+		case clientSerial = <-clientSerials:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the server saw no client certificate")
+		}
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String(), clientSerial
+	}
+	s1, c1 := handshake()
+
+	caCert, caKey := loadCA(t, dir)
+	require.NoError(t, issue(g.Node, caCert, caKey, "tally node", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, []string{"127.0.0.1"}, time.Hour))
+	require.NoError(t, issue(g.User, caCert, caKey, "tally client", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, time.Hour))
+	time.Sleep(reloadCheck + 100*time.Millisecond)
+	s2, c2 := handshake()
+	assert.NotEqual(t, s1, s2, "the server presents the rotated certificate")
+	assert.NotEqual(t, c1, c2, "the client presents the rotated certificate")
+
+	require.NoError(t, os.WriteFile(g.Node.Cert, []byte("not a certificate"), 0o644))
+	time.Sleep(reloadCheck + 100*time.Millisecond)
+	s3, _ := handshake()
+	assert.Equal(t, s2, s3, "a pair that does not load leaves the last good one")
 }
