@@ -19,12 +19,16 @@ data=${DATA:-./data}
 bin=${BIN:-./bin}
 peers="n1=127.0.0.1:7201/127.0.0.1:7101,n2=127.0.0.1:7202/127.0.0.1:7102,n3=127.0.0.1:7203/127.0.0.1:7103"
 mkdir -p "$data"
+# The arrays are expanded as ${a[@]+"${a[@]}"}: bash before 4.4 (macOS's
+# 3.2) takes an empty array for an unbound variable under set -u.
 tls_node=()
 tls_ctl=()
+ctl=./bin/tallyctl
 if [ -n "${TLS:-}" ]; then
   [ -f "$data/tls/ca.pem" ] || "$bin/tallyctl" certs --dir "$data/tls" --hosts 127.0.0.1,localhost >/dev/null
   tls_node=(--tls-cert "$data/tls/node.pem" --tls-key "$data/tls/node-key.pem" --tls-ca "$data/tls/ca.pem")
   tls_ctl=(--tls-cert "$data/tls/client.pem" --tls-key "$data/tls/client-key.pem" --tls-ca "$data/tls/ca.pem")
+  ctl="$ctl ${tls_ctl[*]}"
 fi
 pids=()
 stop() {
@@ -46,7 +50,7 @@ for i in 1 2 3; do
   # shellcheck disable=SC2086 # TALLYD_FLAGS is a list of flags
   "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
     --grpc "127.0.0.1:710$i" --raft "127.0.0.1:720$i" --metrics "127.0.0.1:730$i" \
-    --peers "$peers" "${tls_node[@]}" ${TALLYD_FLAGS:-} >>"$data/n$i.log" 2>&1 &
+    --peers "$peers" ${tls_node[@]+"${tls_node[@]}"} ${TALLYD_FLAGS:-} >>"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
 addrs=127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103
@@ -71,7 +75,7 @@ while [ "$SECONDS" -lt "$deadline" ]; do
   for k in 0 1 2; do
     kill -0 "${pids[$k]}" 2>/dev/null || fail "node n$((k + 1)) exited at start"
   done
-  led=$("$bin/tallyctl" "${tls_ctl[@]}" --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
+  led=$("$bin/tallyctl" ${tls_ctl[@]+"${tls_ctl[@]}"} --addr "$addrs" --timeout 1s cluster 2>/dev/null | grep -cE "^[0-9]+ +n" || true)
   if [ "$led" = "$shards" ]; then ready=1; break; fi
   sleep 0.2
 done
@@ -83,7 +87,6 @@ for k in 0 1 2; do
   kill -0 "${pids[$k]}" 2>/dev/null || fail "node n$((k + 1)) exited at start (another cluster on these ports or this data directory?)"
 done
 grep -h 'WARNING: this disk' "$data"/n[123].log 2>/dev/null | tail -n 1 || true
-ctl="./bin/tallyctl${tls_ctl[*]:+ ${tls_ctl[*]}}"
 cat <<MSG
 Tally: 3 nodes, $shards shards, data under $data/ (logs: $data/n*.log)${TLS:+, mutual TLS (certificates in $data/tls)}
   node  gRPC             Raft             metrics

@@ -26,8 +26,10 @@ type Generated struct {
 
 // Generate writes a new development CA and two certificates signed by it
 // into dir (created 0700; keys written 0600), valid for validFor from now.
-// hosts are the IP addresses and DNS names the nodes are reached by. It is
-// for local clusters and tests: a production CA keeps its key elsewhere.
+// hosts are the IP addresses and DNS names the nodes are reached by. It
+// refuses a dir that holds any of its files already: a new CA there would
+// orphan every certificate the old one signed. It is for local clusters and
+// tests: a production CA keeps its key elsewhere.
 func Generate(dir string, hosts []string, validFor time.Duration) (Generated, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return Generated{}, fmt.Errorf("tls: %w", err)
@@ -36,6 +38,13 @@ func Generate(dir string, hosts []string, validFor time.Duration) (Generated, er
 		CA:   filepath.Join(dir, "ca.pem"),
 		Node: Files{Cert: filepath.Join(dir, "node.pem"), Key: filepath.Join(dir, "node-key.pem")},
 		User: Files{Cert: filepath.Join(dir, "client.pem"), Key: filepath.Join(dir, "client-key.pem")},
+	}
+	for _, p := range []string{g.CA, filepath.Join(dir, "ca-key.pem"), g.Node.Cert, g.Node.Key, g.User.Cert, g.User.Key} {
+		if _, err := os.Lstat(p); err == nil {
+			return Generated{}, fmt.Errorf("tls: %s exists: remove the old files or choose another directory", p)
+		} else if !os.IsNotExist(err) {
+			return Generated{}, fmt.Errorf("tls: %w", err)
+		}
 	}
 	g.Node.CA, g.User.CA = g.CA, g.CA
 	now := time.Now()
@@ -129,10 +138,33 @@ func writeKey(path string, key *ecdsa.PrivateKey) error {
 	return writePEM(path, "PRIVATE KEY", der, 0o600)
 }
 
-func writePEM(path, typ string, der []byte, mode os.FileMode) error {
-	b := pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der})
-	if err := os.WriteFile(path, b, mode); err != nil {
+// writePEM writes a PEM file with mode through a temporary file renamed
+// into place: a reader (a node re-reading a rotated certificate) never sees
+// half a file, and a key gets its mode even where a file with a looser one
+// was (os.WriteFile keeps an existing file's mode; found by review).
+func writePEM(path, typ string, der []byte, mode os.FileMode) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return fmt.Errorf("tls: %w", err)
 	}
-	return nil
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+			err = fmt.Errorf("tls: write %s: %w", path, err)
+		}
+	}()
+	if err := f.Chmod(mode); err != nil {
+		return err
+	}
+	if err := pem.Encode(f, &pem.Block{Type: typ, Bytes: der}); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }

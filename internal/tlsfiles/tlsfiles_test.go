@@ -153,3 +153,31 @@ func TestRotatedCertificateIsPresented(t *testing.T) {
 	s3, _ := handshake()
 	assert.Equal(t, s2, s3, "a pair that does not load leaves the last good one")
 }
+
+// TestGenerateKeepsKeysPrivateAndOldFiles: keys are 0600 even where a
+// looser file was (os.WriteFile kept an existing file's mode; found by
+// review), and Generate refuses a directory that holds its files already
+// rather than orphan the certificates of the CA it would replace.
+func TestGenerateKeepsKeysPrivateAndOldFiles(t *testing.T) {
+	g, err := Generate(t.TempDir(), []string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	dir := filepath.Dir(g.CA)
+	for _, f := range []string{"ca-key.pem", "node-key.pem", "client-key.pem"} {
+		st, err := os.Stat(filepath.Join(dir, f))
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), f)
+	}
+	_, err = Generate(dir, []string{"127.0.0.1"}, time.Hour)
+	require.ErrorContains(t, err, "exists")
+
+	// A rotation over a world-readable key file leaves it private.
+	require.NoError(t, os.Chmod(g.Node.Key, 0o644))
+	caCert, caKey := loadCA(t, dir)
+	require.NoError(t, issue(g.Node, caCert, caKey, "tally node", nil, nil, time.Hour))
+	st, err := os.Stat(g.Node.Key)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	left, err := filepath.Glob(filepath.Join(dir, ".*"))
+	require.NoError(t, err)
+	assert.Empty(t, left, "no temporary file left")
+}

@@ -108,7 +108,7 @@ func (l *streamLayer) Dial(address raft.ServerAddress, timeout time.Duration) (n
 		return nil, ErrLayerClosed
 	default:
 	}
-	c, err := l.mux.dial(l.shard, address, timeout)
+	c, err := l.mux.dial(l.shard, address, timeout, l.closeCh)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -322,7 +323,11 @@ func (m *Mux) handshake(raw net.Conn) {
 }
 
 // dial connects to address (after DialRewrite) and writes the shard header.
-func (m *Mux) dial(shard uint32, address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+// Closing the Mux or stop (the layer's) ends a dial in progress: a paused
+// peer completes the TCP connect from its backlog but never the TLS
+// handshake, which would otherwise hold a closing node for the whole
+// timeout (found by review).
+func (m *Mux) dial(shard uint32, address raft.ServerAddress, timeout time.Duration, stop <-chan struct{}) (net.Conn, error) {
 	select {
 	case <-m.closeCh:
 		return nil, ErrMuxClosed
@@ -332,8 +337,18 @@ func (m *Mux) dial(shard uint32, address raft.ServerAddress, timeout time.Durati
 	if rewritten, ok := m.dialRewrite[target]; ok {
 		target = rewritten
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.closeCh:
+		case <-stop:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
 	d := net.Dialer{Timeout: timeout}
-	raw, err := d.Dial("tcp", target)
+	raw, err := d.DialContext(ctx, "tcp", target)
 	if err != nil {
 		return nil, err
 	}
@@ -348,7 +363,7 @@ func (m *Mux) dial(shard uint32, address raft.ServerAddress, timeout time.Durati
 			cfg.ServerName = host
 		}
 		tc := tls.Client(raw, cfg)
-		if err := tc.Handshake(); err != nil {
+		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = raw.Close()
 			return nil, fmt.Errorf("transport: tls handshake with %s: %w", target, err)
 		}

@@ -650,3 +650,57 @@ func TestTLS(t *testing.T) {
 	default:
 	}
 }
+
+// TestCloseEndsADialInProgress: a paused peer completes the TCP connect
+// from its backlog and never answers. A TLS dial then waited in its
+// handshake for the whole dial timeout (raft's 10 s) after Mux.Close or the
+// layer's Close, holding up a closing node (found by review).
+func TestCloseEndsADialInProgress(t *testing.T) {
+	checkNoLeaks(t)
+	gen, err := tlsfiles.Generate(t.TempDir(), []string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	server, err := gen.Node.Server()
+	require.NoError(t, err)
+	client, err := gen.Node.Client()
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name         string
+		tls, byLayer bool
+	}{
+		{"plaintext, mux closed", false, false},
+		{"tls, mux closed", true, false},
+		{"tls, layer closed", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := Options{Logger: nullLogger()}
+			if tc.tls {
+				o.ServerTLS, o.ClientTLS = server, client
+			}
+			m := listenN(t, 1, func(int) Options { return o })[0]
+			defer m.Close()
+			paused, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			defer paused.Close()
+			layer := m.StreamLayer(1)
+			done := make(chan error, 1)
+			go func() {
+				c, err := layer.Dial(raft.ServerAddress(paused.Addr().String()), 10*time.Second)
+				if c != nil {
+					_ = c.Close()
+				}
+				done <- err
+			}()
+			time.Sleep(300 * time.Millisecond)
+			if tc.byLayer {
+				require.NoError(t, layer.Close())
+			} else {
+				require.NoError(t, m.Close())
+			}
+			select {
+			case <-done:
+			case <-time.After(2 * time.Second):
+				t.Fatal("the dial still runs 2 s after Close")
+			}
+		})
+	}
+}
