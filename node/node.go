@@ -142,7 +142,7 @@ func (n *Node) open() error {
 		return err
 	}
 	if n.mux, err = transport.Listen(cfg.RaftAddr, transport.Options{DialRewrite: cfg.DialRewrite,
-		ServerTLS: cfg.ServerTLS, ClientTLS: cfg.PeerTLS}); err != nil {
+		ServerTLS: cfg.ServerTLS, ClientTLS: cfg.PeerTLS, VerifyPeer: n.verifyPeerCert}); err != nil {
 		return err
 	}
 	for i := 0; i < cfg.Shards; i++ {

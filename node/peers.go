@@ -2,7 +2,9 @@ package node
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
+	"net"
 	"sync"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/tally-ledger/tally/api/tallypb"
@@ -166,4 +169,39 @@ func (n *Node) serverCreds() credentials.TransportCredentials {
 		return credentials.NewTLS(n.cfg.ServerTLS)
 	}
 	return insecure.NewCredentials()
+}
+
+// verifyPeerCert accepts a certificate valid for the host of one of the
+// cluster's addresses (--peers, Raft or gRPC): a node's, as every node's
+// certificate must name its host for its peers and clients to verify it.
+// One CA may sign clients' certificates too; those name no node's host, and
+// must neither speak Raft nor pass for a node (fromPeer).
+func (n *Node) verifyPeerCert(leaf *x509.Certificate) error {
+	for _, p := range n.cfg.Peers {
+		for _, addr := range []string{p.RaftAddr, p.GRPCAddr} {
+			if host, _, err := net.SplitHostPort(addr); err == nil && leaf.VerifyHostname(host) == nil {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("certificate %q is valid for no node's address", leaf.Subject.CommonName)
+}
+
+// fromPeer reports whether a gRPC call comes from a node of the cluster as
+// far as this node can tell: with TLS, the caller's verified certificate
+// passes verifyPeerCert; without TLS there is nothing to tell by, and every
+// caller passes.
+func (n *Node) fromPeer(ctx context.Context) bool {
+	if n.cfg.ServerTLS == nil {
+		return true
+	}
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.PeerCertificates) == 0 {
+		return false
+	}
+	return n.verifyPeerCert(ti.State.PeerCertificates[0]) == nil
 }

@@ -121,8 +121,9 @@ func (sv *server) prepare(ctx context.Context, req *tallypb.SubmitRequest) (*sha
 	if ops[0].GetKind() == tallypb.OpKind_DEFINE_ASSET {
 		// Only the DefineAsset fan-out sends these, one per shard, marked
 		// (defineFanoutMD): by hand, a caller could define an asset on one
-		// shard at a scale the others do not have.
-		if md, _ := metadata.FromIncomingContext(ctx); len(md.Get(defineFanoutMD)) == 0 {
+		// shard at a scale the others do not have. With TLS the mark counts
+		// only from a node's certificate (fromPeer).
+		if md, _ := metadata.FromIncomingContext(ctx); len(md.Get(defineFanoutMD)) == 0 || !sv.n.fromPeer(ctx) {
 			return nil, ledger.Request{}, opError(0, ledger.Errorf(ledger.CodeInvalidArgument, "define assets with the DefineAsset call"))
 		}
 		if len(ops) != 1 || req.GetLinked() {

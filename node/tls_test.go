@@ -9,10 +9,14 @@ import (
 	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/internal/tlsfiles"
+	"github.com/tally-ledger/tally/ledger"
 )
 
 // TestMutualTLS: a cluster whose nodes have certificates from one CA elects
@@ -73,4 +77,21 @@ func TestMutualTLS(t *testing.T) {
 	}
 	_, err = c.client(addrs[0]).GetAccount(ctx, &tallypb.GetAccountRequest{Program: "shop", Member: "ann", Asset: "POINTS"})
 	assert.Error(t, err, "plaintext stub")
+
+	// The DefineAsset fan-out's mark counts only from a node's certificate:
+	// a client's, signed by the same CA, names no node's host.
+	fanout := func(cfg *tls.Config) error {
+		cc, err := grpc.NewClient(addrs[0], grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		require.NoError(t, err)
+		defer cc.Close()
+		shard := uint32(0)
+		_, err = tallypb.NewLedgerClient(cc).Submit(metadata.AppendToOutgoingContext(ctx, defineFanoutMD, "1"),
+			&tallypb.SubmitRequest{Shard: &shard, Ops: []*tallypb.Op{{Kind: tallypb.OpKind_DEFINE_ASSET,
+				Program: "shop", Asset: "GEMS", IdempotencyKey: "define-gems"}}})
+		return err
+	}
+	err = fanout(userTLS)
+	assert.Equal(t, ledger.CodeInvalidArgument, reasonOf(err), "a client's certificate passed for a node's: %v", err)
+	err = fanout(peerTLS)
+	assert.NotEqual(t, ledger.CodeInvalidArgument, reasonOf(err), "a node's certificate: %v", err)
 }

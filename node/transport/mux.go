@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -75,6 +76,11 @@ type Options struct {
 	// ones, its ServerName set to the host of the address dialled (before
 	// DialRewrite). A cluster sets both or neither.
 	ServerTLS, ClientTLS *tls.Config
+	// VerifyPeer, with ServerTLS, vets the certificate of every accepted
+	// connection after its handshake: one it refuses is dropped before its
+	// header is read. The CA's signature is not enough where the CA also
+	// signs clients' certificates: a client must not speak Raft.
+	VerifyPeer func(leaf *x509.Certificate) error
 }
 
 // Mux accepts the connections of all Raft groups of a node on one listener
@@ -85,6 +91,7 @@ type Mux struct {
 	dialRewrite   map[string]string
 	serverTLS     *tls.Config
 	clientTLS     *tls.Config
+	verifyPeer    func(*x509.Certificate) error
 	headerTimeout time.Duration
 	maxAccepted   int
 	logger        hclog.Logger
@@ -111,6 +118,7 @@ func Listen(addr string, opts Options) (*Mux, error) {
 		dialRewrite:   make(map[string]string, len(opts.DialRewrite)),
 		serverTLS:     opts.ServerTLS,
 		clientTLS:     opts.ClientTLS,
+		verifyPeer:    opts.VerifyPeer,
 		headerTimeout: opts.HeaderTimeout,
 		maxAccepted:   opts.MaxAccepted,
 		logger:        opts.Logger,
@@ -277,6 +285,13 @@ func (m *Mux) handshake(raw net.Conn) {
 	if m.serverTLS != nil {
 		tc := tls.Server(raw, m.serverTLS)
 		err = tc.Handshake()
+		if certs := tc.ConnectionState().PeerCertificates; err == nil && m.verifyPeer != nil {
+			if len(certs) == 0 {
+				err = errors.New("no client certificate")
+			} else if err = m.verifyPeer(certs[0]); err != nil {
+				m.logger.Warn("dropping connection: its certificate is not a peer's", "remote", raw.RemoteAddr(), "error", err)
+			}
+		}
 		c = tc
 	}
 	if err == nil {

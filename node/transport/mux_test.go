@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -616,7 +617,11 @@ func TestTLS(t *testing.T) {
 	c.applyAndCheck(t, 20)
 	c.shutdown(t)
 
-	m := listenN(t, 1, func(int) Options { return withTLS(gen.Node) })[0]
+	// A certificate from the CA that names no node (a client's) may not
+	// speak Raft: VerifyPeer wants the nodes' host.
+	mOpts := withTLS(gen.Node)
+	mOpts.VerifyPeer = func(leaf *x509.Certificate) error { return leaf.VerifyHostname("127.0.0.1") }
+	m := listenN(t, 1, func(int) Options { return mOpts })[0]
 	t.Cleanup(func() { require.NoError(t, m.Close()) })
 	accepted := make(chan net.Conn, 2)
 	go func() {
@@ -639,6 +644,16 @@ func TestTLS(t *testing.T) {
 	require.False(t, errors.As(err, &ne) && ne.Timeout(), "dropped, not left open: %v", err)
 	_ = out.Close()
 
+	client := listenN(t, 1, func(int) Options { return withTLS(gen.User) })[0]
+	t.Cleanup(func() { require.NoError(t, client.Close()) })
+	out, err = client.StreamLayer(5).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	require.NoError(t, err, "the client's side of the handshake succeeds")
+	_ = out.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = out.Read(make([]byte, 1))
+	require.Error(t, err, "a client's certificate is dropped")
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "dropped, not left open: %v", err)
+	_ = out.Close()
+
 	stranger := listenN(t, 1, func(int) Options { return withTLS(other.Node) })[0]
 	t.Cleanup(func() { require.NoError(t, stranger.Close()) })
 	_, err = stranger.StreamLayer(5).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
@@ -648,6 +663,18 @@ func TestTLS(t *testing.T) {
 	case c := <-accepted:
 		t.Fatalf("a layer accepted %v", c.RemoteAddr())
 	default:
+	}
+	// A node's certificate passes.
+	peer := listenN(t, 1, func(int) Options { return withTLS(gen.Node) })[0]
+	t.Cleanup(func() { require.NoError(t, peer.Close()) })
+	out, err = peer.StreamLayer(5).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
+	require.NoError(t, err)
+	defer out.Close()
+	select {
+	case c := <-accepted:
+		_ = c.Close()
+	case <-time.After(5 * time.Second):
+		t.Fatal("a node's certificate was not accepted")
 	}
 }
 
