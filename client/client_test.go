@@ -1865,3 +1865,12 @@ func TestClusterInfoKeepsLeadersItDoesNotName(t *testing.T) {
 		})
 	}
 }
+
+// TestLoadTLSWantsEveryFile: the library's TLS helper refuses to make a
+// plaintext config out of missing names.
+func TestLoadTLSWantsEveryFile(t *testing.T) {
+	_, err := LoadTLS("client.pem", "", "ca.pem")
+	require.Error(t, err)
+	_, err = LoadTLS("", "", "")
+	require.Error(t, err)
+}

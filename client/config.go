@@ -3,9 +3,11 @@ package client
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"time"
 
+	"github.com/tally-ledger/tally/internal/tlsfiles"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -107,6 +109,18 @@ type Config struct {
 	// certificates must chain to (internal/tlsfiles.Files.Client builds one
 	// from PEM files). Nil: plaintext.
 	TLS *tls.Config
+}
+
+// LoadTLS makes a Config.TLS from PEM files: this client's certificate and
+// key, which are re-read when they change (a certificate rotated in place is
+// presented from the next connection on), and the CA the nodes'
+// certificates must chain to, read once. The nodes' names are verified
+// against the addresses dialled.
+func LoadTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	if certFile == "" || keyFile == "" || caFile == "" {
+		return nil, errors.New("client: LoadTLS needs a certificate, its key and a CA file")
+	}
+	return tlsfiles.Files{Cert: certFile, Key: keyFile, CA: caFile}.Client()
 }
 
 // withDefaults returns cfg with zero fields set to their defaults and

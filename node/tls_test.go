@@ -39,7 +39,7 @@ func TestMutualTLS(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	userTLS, err := gen.User.Client()
+	userTLS, err := client.LoadTLS(gen.User.Cert, gen.User.Key, gen.User.CA)
 	require.NoError(t, err)
 	addrs := []string{c.cfgs[0].GRPCAddr, c.cfgs[1].GRPCAddr, c.cfgs[2].GRPCAddr}
 	cl, err := client.Dial(ctx, client.Config{Addrs: addrs, TLS: userTLS})
