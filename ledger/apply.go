@@ -59,6 +59,13 @@ type Progress struct {
 func ApplyCommand(s Store, p Progress, c Command) (Progress, [][]Result, error) {
 	p.TimeMs = max(c.TimeMs, p.TimeMs)
 	p.Version = max(p.Version, Version1)
+	if p.Version > MaxVersion {
+		// The fsm refuses such state when it loads it; a caller that did
+		// not would apply a newer version's entries under this binary's
+		// rules, and its replicas would diverge from newer ones.
+		return p, nil, fmt.Errorf("%w: the shard is at version %d, this binary applies up to %d",
+			ErrVersion, p.Version, MaxVersion)
+	}
 	if c.SetVersion > p.Version {
 		if c.SetVersion > MaxVersion {
 			return p, nil, fmt.Errorf("%w: the entry raises the shard to version %d, this binary applies up to %d",

@@ -49,6 +49,13 @@ func TestVersionRaisedThroughTheLog(t *testing.T) {
 		Requests: []Request{{Ops: f.keyed([]Op{mkCredit("alice", tPts, 1)})}}})
 	require.True(t, errors.Is(err, ErrVersion), "%v", err)
 	require.Equal(t, before, snap(f.s), "nothing applies under rules this binary does not know")
+	// Nor on a shard already past them (found by review: only SetVersion
+	// was checked, so a caller that skipped the fsm's check of its stored
+	// version applied a newer version's entries under these rules).
+	_, _, err = ApplyCommand(f.s, Progress{TimeMs: t0, Version: MaxVersion + 1}, Command{TimeMs: t0,
+		Requests: []Request{{Ops: f.keyed([]Op{mkCredit("alice", tPts, 1)})}}})
+	require.True(t, errors.Is(err, ErrVersion), "%v", err)
+	require.Equal(t, before, snap(f.s), "nothing applies on a shard past this binary's rules")
 
 	// The raised version governs the requests of the same entry.
 	op := f.keyed([]Op{mkCredit("alice", tPts, 1)})[0]
