@@ -31,6 +31,9 @@ type Entry struct {
 	// answered UNAVAILABLE: deferred while its shard releases a backlog of
 	// expired holds (ledger.Version4). checkRefusals fails the run on any.
 	OpUnavailable int `json:"op_unavailable,omitempty"`
+	// Hedged counts the calls made while an earlier call with the key was
+	// still waiting (a hedging worker's second call).
+	Hedged int `json:"hedged,omitempty"`
 	// CallWallMs and ReturnWallMs are the wall clock (ms) at the first call
 	// and at the last answer (0: not recorded, for hand-made histories).
 	// The nodes stamp log time from the same host's clock, so a write's

@@ -147,6 +147,9 @@ type Report struct {
 	SlowDiskTimeouts bool `json:"slow_disk_timeouts"`
 	// TLS is set when every link ran mutual TLS.
 	TLS bool `json:"tls"`
+	// HedgedWrites counts the writes sent a second time, with the same
+	// key and client, while the first call still waited.
+	HedgedWrites int `json:"hedged_writes"`
 }
 
 // SlowestSync is the highest median sync latency of all the disk probes:
@@ -195,6 +198,7 @@ func (r *Report) Summary() string {
 	fmt.Fprintf(&b, "  ops: %d  by kind: %s\n", r.Ops, formatCounts(r.OpsBy))
 	fmt.Fprintf(&b, "  outcomes: %s\n", formatCounts(r.Outcomes))
 	fmt.Fprintf(&b, "  indeterminate writes resolved after the run: %d applied, %d never applied\n", r.ResolvedApplied, r.ResolvedNotApplied)
+	fmt.Fprintf(&b, "  hedged writes (a second call with the key while the first waited): %d\n", r.HedgedWrites)
 	fc := map[string]int{}
 	for k, v := range r.Faults {
 		fc[string(k)] = v
@@ -349,7 +353,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			clients = append(clients, cl)
 		}
 		w := &worker{id: i, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1)), cl: cl, hist: hist,
-			epochs: epochs, epochLen: cfg.EpochLength, began: time.Now(), impatient: i%4 == 3}
+			epochs: epochs, epochLen: cfg.EpochLength, began: time.Now(), impatient: i%4 == 3, hedging: i%4 == 2}
 		if cfg.UnsafeLocalReads {
 			w.direct = direct
 		}
@@ -580,6 +584,9 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	rep.OpsBy, rep.Outcomes = map[string]int{}, map[string]int{}
 	for _, e := range entries[:rep.Ops] {
 		rep.OpsBy[e.Input.Kind.String()]++
+		if e.Hedged > 0 {
+			rep.HedgedWrites++
+		}
 		switch e.Output.Status {
 		case Known:
 			rep.Outcomes[string(e.Output.Code)]++

@@ -75,6 +75,10 @@ const (
 	// system re-sends an indeterminate request with the same key a few
 	// times, then leaves it for reconciliation.
 	maxOpCalls = 3
+	// hedgeMinMs and hedgeMaxMs bound how long a hedging worker waits for
+	// its first call before it sends the second.
+	hedgeMinMs = 2
+	hedgeMaxMs = 60
 	// requestTimeout is the client library's per-RPC timeout: a node that
 	// does not answer within it is presumed gone.
 	requestTimeout = time.Second
@@ -177,6 +181,11 @@ type worker struct {
 	seq   int
 	// impatient workers make one short call per key and never re-send.
 	impatient bool
+	// hedging workers send each write a second time, with the same key and
+	// client, when the first call has not answered within hedgeMinMs to
+	// hedgeMaxMs, and take the first answer that says something for
+	// certain (hedged).
+	hedging bool
 	// last is the account the worker's last single op reported, on
 	// lastMember's account: what a cash-out empties.
 	last       Output
@@ -453,9 +462,18 @@ func (w *worker) do(in Input) Entry {
 	indeterminate := false
 	for e.Attempts < calls {
 		e.Attempts++
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		out, err := w.call(ctx, in)
-		cancel()
+		var out Output
+		var err error
+		if w.hedging {
+			var twice bool
+			if out, err, twice = w.hedged(timeout, in); twice {
+				e.Hedged++
+			}
+		} else {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			out, err = w.call(ctx, in)
+			cancel()
+		}
 		e.ReturnWallMs = time.Now().UnixMilli()
 		if err == nil && out.Code == ledger.CodeUnavailable {
 			// Answered but neither applied nor recorded: a refusal while
@@ -504,6 +522,50 @@ func (w *worker) do(in Input) Entry {
 	e.ReturnNs = ReturnNever
 	e.Output = Output{Status: Indeterminate, Code: ledger.CodeUnavailable}
 	return e
+}
+
+// hedged is call as a payment service that hedges makes it (or a webhook
+// delivered twice): a second call with the same key, on the same client,
+// when the first has not answered within a random delay, and the first
+// answer that says something for certain, an outcome or "not applied",
+// cancelling the other call. An indeterminate answer waits for the other
+// call's; both indeterminate, the last is returned. The client must not
+// answer "not applied" for a key that another of its calls sent meanwhile
+// (client/inflight.go): that call may have applied the op, or may still,
+// and the checks then find a write stored that its client was told had
+// failed.
+func (w *worker) hedged(timeout time.Duration, in Input) (out Output, err error, sentTwice bool) {
+	type answer struct {
+		out Output
+		err error
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel() // the call still running, if one is
+	answers := make(chan answer, 2)
+	send := func() {
+		out, err := w.call(ctx, in)
+		answers <- answer{out, err}
+	}
+	go send()
+	delay := time.NewTimer(time.Duration(hedgeMinMs+w.rng.IntN(hedgeMaxMs-hedgeMinMs)) * time.Millisecond)
+	defer delay.Stop()
+	select {
+	case a := <-answers:
+		return a.out, a.err, false // answered before the hedge was due
+	case <-delay.C:
+	}
+	go send()
+	var last answer
+	for range 2 {
+		last = <-answers
+		if last.err == nil || !client.IsIndeterminate(last.err) {
+			var ce *client.Error
+			if last.err == nil || errors.As(last.err, &ce) {
+				return last.out, last.err, true
+			}
+		}
+	}
+	return last.out, last.err, true
 }
 
 // call makes one call of the client library for a write: the result of an
