@@ -1,6 +1,8 @@
 package node
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"math"
 	"regexp"
@@ -127,7 +129,32 @@ func newMetrics(n *Node) *metrics {
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
 			// Scheduler latency: how long runnable goroutines wait for a CPU.
 			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$`)})), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if n.cfg.ServerTLS != nil && n.cfg.ServerTLS.GetCertificate != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tally_tls_certificate_expiry_timestamp_seconds",
+			Help: "When the certificate this node presents now expires (Unix time); a certificate rotated in place shows within a second of its next use.",
+		}, func() float64 { return certExpiry(n.cfg.ServerTLS) }))
+	}
 	return m
+}
+
+// certExpiry is the NotAfter of the certificate cfg presents now, as Unix
+// seconds; 0 if it has none.
+func certExpiry(cfg *tls.Config) float64 {
+	c, err := cfg.GetCertificate(&tls.ClientHelloInfo{})
+	if err != nil || c == nil {
+		return 0
+	}
+	leaf := c.Leaf
+	if leaf == nil && len(c.Certificate) > 0 {
+		if leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+			return 0
+		}
+	}
+	if leaf == nil {
+		return 0
+	}
+	return float64(leaf.NotAfter.Unix())
 }
 
 // countResult counts one op's result; a retry answered from its record was

@@ -36,6 +36,8 @@ func TestMutualTLS(t *testing.T) {
 	c := newTestCluster(t, 3, 3, func(cfg *Config) {
 		cfg.ServerTLS, cfg.PeerTLS = serverTLS, peerTLS
 	})
+	expiry := metricValues(t, c.nodes[0], "tally_tls_certificate_expiry_timestamp_seconds")[""]
+	assert.InDelta(t, float64(time.Now().Add(time.Hour).Unix()), expiry, 60, "the node certificate's expiry")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
