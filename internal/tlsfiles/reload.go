@@ -1,6 +1,7 @@
 package tlsfiles
 
 import (
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"os"
@@ -12,62 +13,57 @@ import (
 const reloadCheck = time.Second
 
 // keyPair serves a certificate and its key from their files, re-read when
-// either file changes (its modification time or size), so that a rotated
-// certificate is used for new connections without a restart. A pair that
-// fails to load (one file replaced and not yet the other, say) leaves the
-// last good one in use, and is tried again at the next check. The CA pool is
-// read once: a new CA takes a restart (or a bundle of old and new CA
-// certificates, given ahead of the rotation).
+// either file's contents change, so that a rotated certificate is used for
+// new connections without a restart. The files are compared by content, not
+// by modification time and size: a certificate reissued within the same
+// second can have both the same (a coarse file system, a PEM of the same
+// length). A pair that fails to load (one file replaced and not yet the
+// other, say) leaves the last good one in use, and is tried again at the
+// next check. The CA pool is read once: a new CA takes a restart (or a
+// bundle of old and new CA certificates, given ahead of the rotation).
 type keyPair struct {
 	certFile, keyFile string
 	now               func() time.Time // tests move it
 
 	mu        sync.Mutex
 	cert      *tls.Certificate
-	stamps    [2]fileStamp
+	certPEM   []byte // what cert was loaded from
+	keyPEM    []byte
 	checkedAt time.Time
-}
-
-type fileStamp struct {
-	mod  time.Time
-	size int64
 }
 
 func newKeyPair(certFile, keyFile string) (*keyPair, error) {
 	p := &keyPair{certFile: certFile, keyFile: keyFile, now: time.Now}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := p.loadLocked(); err != nil {
+	certPEM, keyPEM, err := p.read()
+	if err != nil {
+		return nil, err
+	}
+	if err := p.loadLocked(certPEM, keyPEM); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
-func (p *keyPair) stampsNow() ([2]fileStamp, error) {
-	var s [2]fileStamp
-	for i, name := range []string{p.certFile, p.keyFile} {
-		fi, err := os.Stat(name)
-		if err != nil {
-			return s, fmt.Errorf("tls: %w", err)
-		}
-		s[i] = fileStamp{mod: fi.ModTime(), size: fi.Size()}
+// read reads both files (a few KiB, at most once per reloadCheck).
+func (p *keyPair) read() (certPEM, keyPEM []byte, err error) {
+	if certPEM, err = os.ReadFile(p.certFile); err != nil {
+		return nil, nil, fmt.Errorf("tls: %w", err)
 	}
-	return s, nil
+	if keyPEM, err = os.ReadFile(p.keyFile); err != nil {
+		return nil, nil, fmt.Errorf("tls: %w", err)
+	}
+	return certPEM, keyPEM, nil
 }
 
-// loadLocked reads the pair. The stamps are taken before the read, so a
-// file changed during it is read again at the next check.
-func (p *keyPair) loadLocked() error {
+func (p *keyPair) loadLocked(certPEM, keyPEM []byte) error {
 	p.checkedAt = p.now()
-	stamps, err := p.stampsNow()
-	if err != nil {
-		return err
-	}
-	cert, err := tls.LoadX509KeyPair(p.certFile, p.keyFile)
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return fmt.Errorf("tls: load %s and %s: %w", p.certFile, p.keyFile, err)
 	}
-	p.cert, p.stamps = &cert, stamps
+	p.cert, p.certPEM, p.keyPEM = &cert, certPEM, keyPEM
 	return nil
 }
 
@@ -80,13 +76,11 @@ func (p *keyPair) current() *tls.Certificate {
 		return p.cert
 	}
 	p.checkedAt = p.now()
-	stamps, err := p.stampsNow()
-	if err == nil && stamps == p.stamps {
+	certPEM, keyPEM, err := p.read()
+	if err != nil || (bytes.Equal(certPEM, p.certPEM) && bytes.Equal(keyPEM, p.keyPEM)) {
 		return p.cert
 	}
-	if err == nil {
-		_ = p.loadLocked() // a failure keeps the last good pair
-	}
+	_ = p.loadLocked(certPEM, keyPEM) // a failure keeps the last good pair
 	return p.cert
 }
 
