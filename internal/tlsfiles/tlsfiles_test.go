@@ -24,21 +24,7 @@ func TestGeneratedFilesHandshake(t *testing.T) {
 	require.NoError(t, err)
 	server, err := g.Node.Server()
 	require.NoError(t, err)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", server)
-	require.NoError(t, err)
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = c.Write([]byte("ok"))
-			}()
-		}
-	}()
+	ln := serveTLS(t, server, func(c net.Conn) { _, _ = c.Write([]byte("ok")) })
 	for _, f := range []Files{g.Node, g.User} {
 		cfg, err := f.Client()
 		require.NoError(t, err)
@@ -81,6 +67,28 @@ func TestGeneratedFilesHandshake(t *testing.T) {
 	assert.Nil(t, none)
 }
 
+// serveTLS accepts TLS connections on 127.0.0.1 with cfg until the test
+// ends, handing each to handle and closing it after.
+func serveTLS(t *testing.T, cfg *tls.Config, handle func(net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln
+}
+
 // loadCA reads the CA that Generate wrote into dir.
 func loadCA(t *testing.T, dir string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
@@ -111,19 +119,7 @@ func TestRotatedCertificateIsPresented(t *testing.T) {
 		clientSerials <- cs.PeerCertificates[0].SerialNumber.String()
 		return nil
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", server)
-	require.NoError(t, err)
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.(*tls.Conn).Handshake()
-			_ = c.Close()
-		}
-	}()
+	ln := serveTLS(t, server, func(c net.Conn) { _ = c.(*tls.Conn).Handshake() })
 	client, err := g.User.Client()
 	require.NoError(t, err)
 	handshake := func() (serverSerial, clientSerial string) {

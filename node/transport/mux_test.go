@@ -637,22 +637,13 @@ func TestTLS(t *testing.T) {
 	t.Cleanup(func() { require.NoError(t, plain.Close()) })
 	out, err := plain.StreamLayer(5).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
 	require.NoError(t, err, "the header goes out before anything is read")
-	_ = out.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err = out.Read(make([]byte, 1))
-	require.Error(t, err, "a plaintext connection to a TLS mux is dropped")
-	var ne net.Error
-	require.False(t, errors.As(err, &ne) && ne.Timeout(), "dropped, not left open: %v", err)
-	_ = out.Close()
+	requireDropped(t, out, "a plaintext connection to a TLS mux")
 
 	client := listenN(t, 1, func(int) Options { return withTLS(gen.User) })[0]
 	t.Cleanup(func() { require.NoError(t, client.Close()) })
 	out, err = client.StreamLayer(5).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
 	require.NoError(t, err, "the client's side of the handshake succeeds")
-	_ = out.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, err = out.Read(make([]byte, 1))
-	require.Error(t, err, "a client's certificate is dropped")
-	require.False(t, errors.As(err, &ne) && ne.Timeout(), "dropped, not left open: %v", err)
-	_ = out.Close()
+	requireDropped(t, out, "a client's certificate")
 
 	stranger := listenN(t, 1, func(int) Options { return withTLS(other.Node) })[0]
 	t.Cleanup(func() { require.NoError(t, stranger.Close()) })
@@ -676,6 +667,18 @@ func TestTLS(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a node's certificate was not accepted")
 	}
+}
+
+// requireDropped closes out after checking that the other side closed it
+// (a read fails at once, not at its deadline).
+func requireDropped(t *testing.T, out net.Conn, what string) {
+	t.Helper()
+	defer out.Close()
+	_ = out.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := out.Read(make([]byte, 1))
+	require.Error(t, err, "%s is dropped", what)
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "%s: dropped, not left open: %v", what, err)
 }
 
 // TestCloseEndsADialInProgress: a paused peer completes the TCP connect
