@@ -453,3 +453,24 @@ func (v certsView) jsonValue() any {
 		"node":   map[string]string{"cert": v.Node.Cert, "key": v.Node.Key, "ca": v.Node.CA},
 		"client": map[string]string{"cert": v.User.Cert, "key": v.User.Key, "ca": v.User.CA}}
 }
+
+// issuedView is what tallyctl issue-cert wrote.
+type issuedView struct {
+	tlsfiles.Files
+	node bool
+}
+
+func (v issuedView) kind() string {
+	if v.node {
+		return "node"
+	}
+	return "client"
+}
+
+func (v issuedView) text(w io.Writer) {
+	fmt.Fprintf(w, "%s\t--tls-cert %s --tls-key %s\n", v.kind(), v.Cert, v.Key)
+}
+
+func (v issuedView) jsonValue() any {
+	return map[string]string{"kind": v.kind(), "cert": v.Cert, "key": v.Key}
+}

@@ -68,6 +68,7 @@ type args struct {
 	node                   string
 	shard                  uint
 	dir, hosts             string
+	certOut, keyOut        string
 	valid                  time.Duration
 }
 
@@ -342,6 +343,27 @@ func commandsWith(stdin io.Reader) []command {
 					return nil, err
 				}
 				return certsView(g), nil
+			},
+		},
+		{
+			name: "issue-cert", synopsis: "write a new certificate and key signed by the CA that certs wrote (a node's with --hosts, else a client's); replacing a node's files in place rotates its certificate without a restart",
+			flags: func(fs *flag.FlagSet, a *args) {
+				fs.StringVar(&a.dir, "ca-dir", "", "directory holding ca.pem and ca-key.pem")
+				fs.StringVar(&a.certOut, "cert", "", "certificate file to write (replaced through a rename)")
+				fs.StringVar(&a.keyOut, "key", "", "private key file to write (0600, replaced through a rename)")
+				fs.StringVar(&a.hosts, "hosts", "", "a node certificate's IP addresses and DNS names, comma-separated; empty: a client certificate")
+				fs.DurationVar(&a.valid, "valid", 365*24*time.Hour, "validity of the certificate")
+			},
+			required: []string{"ca-dir", "cert", "key"},
+			local: func(a *args) (view, error) {
+				if a.valid <= 0 {
+					return nil, usageErr("--valid must be positive, got %v", a.valid)
+				}
+				out := tlsfiles.Files{Cert: a.certOut, Key: a.keyOut}
+				if err := tlsfiles.Issue(a.dir, out, splitAddrs(a.hosts), a.valid); err != nil {
+					return nil, err
+				}
+				return issuedView{Files: out, node: a.hosts != ""}, nil
 			},
 		},
 	}

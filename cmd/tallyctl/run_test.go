@@ -14,6 +14,7 @@ import (
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/internal/tlsfiles"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -428,4 +429,29 @@ func TestCertsAndTLSFlags(t *testing.T) {
 		assert.Equal(t, exitUsage, code, args)
 		assert.Contains(t, stderr.String(), "go together", args)
 	}
+}
+
+// TestIssueCert: issue-cert writes a node or a client certificate from the
+// CA that certs wrote, and refuses a directory without one.
+func TestIssueCert(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tls")
+	var stdout, stderr bytes.Buffer
+	require.Equal(t, exitOK, run([]string{"certs", "--dir", dir}, &stdout, &stderr), stderr.String())
+	for _, args := range [][]string{
+		{"issue-cert", "--ca-dir", dir, "--cert", filepath.Join(dir, "n2.pem"), "--key", filepath.Join(dir, "n2-key.pem"), "--hosts", "10.0.0.2"},
+		{"issue-cert", "--ca-dir", dir, "--cert", filepath.Join(dir, "svc.pem"), "--key", filepath.Join(dir, "svc-key.pem")},
+	} {
+		stdout.Reset()
+		require.Equal(t, exitOK, run(args, &stdout, &stderr), stderr.String())
+	}
+	n2, err := tlsfiles.Files{Cert: filepath.Join(dir, "n2.pem"), Key: filepath.Join(dir, "n2-key.pem"), CA: filepath.Join(dir, "ca.pem")}.Server()
+	require.NoError(t, err)
+	c, err := n2.GetCertificate(nil)
+	require.NoError(t, err)
+	require.NoError(t, c.Leaf.VerifyHostname("10.0.0.2"))
+	assert.Contains(t, stdout.String(), "client")
+	stderr.Reset()
+	code := run([]string{"issue-cert", "--ca-dir", t.TempDir(), "--cert", "x.pem", "--key", "x-key.pem"}, &stdout, &stderr)
+	assert.Equal(t, exitError, code)
+	assert.Contains(t, stderr.String(), "ca.pem")
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -81,6 +82,65 @@ func Generate(dir string, hosts []string, validFor time.Duration) (Generated, er
 		return Generated{}, err
 	}
 	return g, nil
+}
+
+// Issue writes a new key and a certificate for it to out.Cert and out.Key,
+// signed by the CA in caDir (ca.pem and ca-key.pem, as Generate writes
+// them): a node's (server and client use, valid for hosts) when hosts is
+// not empty, else a client's. The files are replaced through a rename, so a
+// node re-reading its certificate (a rotation in place) never sees half of
+// one; it does see a new certificate before the new key, and keeps the old
+// pair until both match.
+func Issue(caDir string, out Files, hosts []string, validFor time.Duration) error {
+	if out.Cert == "" || out.Key == "" {
+		return errors.New("tls: a certificate and a key file to write are required")
+	}
+	if validFor <= 0 {
+		return fmt.Errorf("tls: validity %v is not positive", validFor)
+	}
+	caCert, caKey, err := LoadCA(caDir)
+	if err != nil {
+		return err
+	}
+	if len(hosts) > 0 {
+		return issue(out, caCert, caKey, "tally node", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, hosts, validFor)
+	}
+	return issue(out, caCert, caKey, "tally client", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, validFor)
+}
+
+// LoadCA reads the CA certificate and key that Generate wrote into dir.
+func LoadCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	certPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls: %w", err)
+	}
+	b, _ := pem.Decode(certPEM)
+	if b == nil {
+		return nil, nil, fmt.Errorf("tls: %s holds no PEM block", filepath.Join(dir, "ca.pem"))
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls: %w", err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, "ca-key.pem"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls: %w", err)
+	}
+	if b, _ = pem.Decode(keyPEM); b == nil {
+		return nil, nil, fmt.Errorf("tls: %s holds no PEM block", filepath.Join(dir, "ca-key.pem"))
+	}
+	key, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls: %w", err)
+	}
+	ec, ok := key.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, nil, fmt.Errorf("tls: %s: not an ECDSA key", filepath.Join(dir, "ca-key.pem"))
+	}
+	if !cert.IsCA {
+		return nil, nil, fmt.Errorf("tls: %s is not a CA certificate", filepath.Join(dir, "ca.pem"))
+	}
+	return cert, ec, nil
 }
 
 // issue writes a new key and a certificate for it, signed by the CA, to f's

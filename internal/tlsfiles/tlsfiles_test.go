@@ -1,10 +1,7 @@
 package tlsfiles
 
 import (
-	"crypto/ecdsa"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"flag"
 	"net"
 	"os"
@@ -89,22 +86,6 @@ func serveTLS(t *testing.T, cfg *tls.Config, handle func(net.Conn)) net.Listener
 	return ln
 }
 
-// loadCA reads the CA that Generate wrote into dir.
-func loadCA(t *testing.T, dir string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	certPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
-	require.NoError(t, err)
-	b, _ := pem.Decode(certPEM)
-	cert, err := x509.ParseCertificate(b.Bytes)
-	require.NoError(t, err)
-	keyPEM, err := os.ReadFile(filepath.Join(dir, "ca-key.pem"))
-	require.NoError(t, err)
-	b, _ = pem.Decode(keyPEM)
-	key, err := x509.ParsePKCS8PrivateKey(b.Bytes)
-	require.NoError(t, err)
-	return cert, key.(*ecdsa.PrivateKey)
-}
-
 // TestRotatedCertificateIsPresented: certificates replaced in place are
 // presented from the next handshake on, by a server and by a client, without
 // a new tls.Config; a pair that does not load leaves the last good one.
@@ -136,9 +117,8 @@ func TestRotatedCertificateIsPresented(t *testing.T) {
 	}
 	s1, c1 := handshake()
 
-	caCert, caKey := loadCA(t, dir)
-	require.NoError(t, issue(g.Node, caCert, caKey, "tally node", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, []string{"127.0.0.1"}, time.Hour))
-	require.NoError(t, issue(g.User, caCert, caKey, "tally client", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, time.Hour))
+	require.NoError(t, Issue(dir, g.Node, []string{"127.0.0.1"}, time.Hour))
+	require.NoError(t, Issue(dir, g.User, nil, time.Hour))
 	time.Sleep(reloadCheck + 100*time.Millisecond)
 	s2, c2 := handshake()
 	assert.NotEqual(t, s1, s2, "the server presents the rotated certificate")
@@ -168,8 +148,7 @@ func TestGenerateKeepsKeysPrivateAndOldFiles(t *testing.T) {
 
 	// A rotation over a world-readable key file leaves it private.
 	require.NoError(t, os.Chmod(g.Node.Key, 0o644))
-	caCert, caKey := loadCA(t, dir)
-	require.NoError(t, issue(g.Node, caCert, caKey, "tally node", nil, nil, time.Hour))
+	require.NoError(t, Issue(dir, g.Node, []string{"127.0.0.1"}, time.Hour))
 	st, err := os.Stat(g.Node.Key)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
