@@ -118,6 +118,10 @@ type Config struct {
 	MetricsAddr string // listen address for /metrics; "" disables it
 	// Pprof also serves Go's /debug/pprof/ on MetricsAddr, for profiling.
 	Pprof bool
+	// MetricsTLS, if set, serves MetricsAddr over HTTPS with this
+	// configuration (tallyd --metrics-tls: ServerTLS's, so a scraper needs
+	// a certificate from the CA); nil: plain HTTP.
+	MetricsTLS *tls.Config
 	// RaftMetrics exports hashicorp/raft's own timings (raft_commitTime,
 	// raft_rpc_appendEntries_storeLogs, raft_replication_appendEntries_rpc,
 	// ...) as Prometheus summaries on /metrics. Raft reports them through a

@@ -204,10 +204,15 @@ func (n *Node) open() error {
 			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		}
-		n.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		n.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, TLSConfig: cfg.MetricsTLS}
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
+			if cfg.MetricsTLS != nil {
+				// The certificate comes from TLSConfig (GetCertificate).
+				_ = n.httpServer.ServeTLS(lis, "", "")
+				return
+			}
 			_ = n.httpServer.Serve(lis)
 		}()
 	}

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"net/http"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ func TestMutualTLS(t *testing.T) {
 	require.NoError(t, err)
 	c := newTestCluster(t, 3, 3, func(cfg *Config) {
 		cfg.ServerTLS, cfg.PeerTLS = serverTLS, peerTLS
+		cfg.MetricsAddr, cfg.MetricsTLS = freeAddr(t), serverTLS
 	})
 	expiry := metricValues(t, c.nodes[0], "tally_tls_certificate_expiry_timestamp_seconds")[""]
 	assert.InDelta(t, float64(time.Now().Add(time.Hour).Unix()), expiry, 60, "the node certificate's expiry")
@@ -96,4 +98,22 @@ func TestMutualTLS(t *testing.T) {
 	assert.Equal(t, ledger.CodeInvalidArgument, reasonOf(err), "a client's certificate passed for a node's: %v", err)
 	err = fanout(peerTLS)
 	assert.NotEqual(t, ledger.CodeInvalidArgument, reasonOf(err), "a node's certificate: %v", err)
+
+	// Metrics over HTTPS: a scraper needs a certificate from the CA.
+	scrape := func(scheme string, cfg *tls.Config) (int, error) {
+		hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+		resp, err := hc.Get(scheme + "://" + c.cfgs[0].MetricsAddr + "/metrics")
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	code, err := scrape("https", userTLS)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, code)
+	_, err = scrape("https", noCert)
+	assert.Error(t, err, "a scraper without a certificate")
+	code, err = scrape("http", nil)
+	assert.True(t, err != nil || code != http.StatusOK, "plain HTTP: %d", code)
 }

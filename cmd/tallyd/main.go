@@ -70,6 +70,7 @@ func run(args []string) error {
 	})
 	var tlsFiles tlsfiles.Files
 	tlsFiles.AddFlags(fs)
+	metricsTLS := fs.Bool("metrics-tls", false, "serve --metrics (and --pprof) over HTTPS with the --tls-* certificate, requiring a client certificate from the CA (a scraper's)")
 	if node.UnsafeReadsBuilt { // test builds only (-tags tally_unsafe)
 		fs.BoolVar(&cfg.UnsafeLocalReads, "unsafe-local-reads", false, "BROKEN ON PURPOSE: serve reads from any replica without checks (only to prove the linearizability checker catches it)")
 		fs.Func("unsafe-clock-offset", "BROKEN ON PURPOSE: run this node's wall clock this far off (the fault harness's skewed clock)", func(v string) error {
@@ -92,7 +93,7 @@ func run(args []string) error {
 		var ignored []string
 		fs.Visit(func(f *flag.Flag) {
 			// Turning an option off needs no address.
-			if (f.Name == "pprof" || f.Name == "raft-metrics") && f.Value.String() == "true" {
+			if (f.Name == "pprof" || f.Name == "raft-metrics" || f.Name == "metrics-tls") && f.Value.String() == "true" {
 				ignored = append(ignored, "--"+f.Name)
 			}
 		})
@@ -106,6 +107,12 @@ func run(args []string) error {
 	}
 	if cfg.PeerTLS, err = tlsFiles.Client(); err != nil {
 		return err
+	}
+	if *metricsTLS {
+		if cfg.ServerTLS == nil {
+			return errors.New("--metrics-tls needs --tls-cert, --tls-key and --tls-ca")
+		}
+		cfg.MetricsTLS = cfg.ServerTLS
 	}
 	cfg.Raft.SnapshotThreshold = snapEvery
 	timeoutsSet := cfg.Raft.HeartbeatTimeout > 0 || cfg.Raft.ElectionTimeout > 0

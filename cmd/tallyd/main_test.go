@@ -32,6 +32,8 @@ func TestRunRejectsBadConfig(t *testing.T) {
 	require.ErrorContains(t, run([]string{"--max-version", "-1"}), "max-version")
 	require.ErrorContains(t, run([]string{"--max-version", "4294967296"}), "max-version")
 	require.ErrorContains(t, run([]string{"--tls-cert", "node.pem"}), "go together")
+	require.ErrorContains(t, run([]string{"--metrics-tls"}), "needs --metrics")
+	require.ErrorContains(t, run([]string{"--metrics-tls", "--metrics", "127.0.0.1:0"}), "needs --tls-cert")
 	require.ErrorContains(t, run([]string{"--tls-cert", "x.pem", "--tls-key", "x-key.pem", "--tls-ca", "ca.pem"}), "x.pem")
 }
 
