@@ -18,6 +18,9 @@
 # AppendEntries round trip, and the share of goroutine wakeups that waited
 # over 1 ms for a CPU. Every process it starts is stopped on exit.
 set -euo pipefail
+# tallyctl and tally-load read TALLY_TLS_* when no flag names the files; this
+# script's cluster gets its TLS, if any, from its own flags.
+unset TALLY_TLS_CERT TALLY_TLS_KEY TALLY_TLS_CA
 cd "$(dirname "$0")/.."
 for tool in curl setsid; do
   command -v "$tool" >/dev/null 2>&1 || { echo "ab.sh: $tool not found (curl scrapes the nodes' metrics; setsid is in util-linux)" >&2; exit 2; }

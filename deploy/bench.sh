@@ -41,6 +41,9 @@
 # info: elections, snapshots) when the run ends.
 # Exit status: non-zero if any case failed its checks or could not run.
 set -euo pipefail
+# tallyctl and tally-load read TALLY_TLS_* when no flag names the files; this
+# script's cluster gets its TLS, if any, from its own flags.
+unset TALLY_TLS_CERT TALLY_TLS_KEY TALLY_TLS_CA
 cd "$(dirname "$0")/.."
 for tool in curl setsid; do
   command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: $tool not found (curl takes the nodes' metrics and profiles; setsid is in util-linux)" >&2; exit 2; }

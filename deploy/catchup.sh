@@ -11,6 +11,9 @@
 # (gRPC) and +11..13 (Raft), default 7700. Every process it starts is
 # stopped on exit, and its data folder removed.
 set -euo pipefail
+# tallyctl and tally-load read TALLY_TLS_* when no flag names the files; this
+# script's clusters are plaintext.
+unset TALLY_TLS_CERT TALLY_TLS_KEY TALLY_TLS_CA
 command -v python3 >/dev/null 2>&1 || { echo "catchup.sh: python3 not found (it reads tallyctl's JSON and times the catch-up)" >&2; exit 2; }
 bin=${1:?usage: deploy/catchup.sh BIN_DIR [batch|single]}
 mode=${2:-batch}

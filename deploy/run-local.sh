@@ -8,6 +8,9 @@
 # TLS=1 (mutual TLS on every link, with a development CA and certificates
 # that 'tallyctl certs' writes under $DATA/tls on first use).
 set -euo pipefail
+# tallyctl and tally-load read TALLY_TLS_* when no flag names the files; this
+# script's cluster gets its TLS, if any, from its own flags.
+unset TALLY_TLS_CERT TALLY_TLS_KEY TALLY_TLS_CA
 # Pebble's memtables are 64 MiB arenas that every write inserts into at
 # random: with transparent huge pages in "madvise" mode, glibc backs them
 # with huge pages only when asked (glibc >= 2.35; others ignore it). Batched
@@ -23,12 +26,13 @@ mkdir -p "$data"
 # 3.2) takes an empty array for an unbound variable under set -u.
 tls_node=()
 tls_ctl=()
-ctl=./bin/tallyctl
+tls_hint=
 if [ -n "${TLS:-}" ]; then
   [ -f "$data/tls/ca.pem" ] || "$bin/tallyctl" certs --dir "$data/tls" --hosts 127.0.0.1,localhost >/dev/null
   tls_node=(--tls-cert "$data/tls/node.pem" --tls-key "$data/tls/node-key.pem" --tls-ca "$data/tls/ca.pem")
   tls_ctl=(--tls-cert "$data/tls/client.pem" --tls-key "$data/tls/client-key.pem" --tls-ca "$data/tls/ca.pem")
-  ctl="$ctl ${tls_ctl[*]}"
+  tls_hint="  export TALLY_TLS_CERT=$data/tls/client.pem TALLY_TLS_KEY=$data/tls/client-key.pem TALLY_TLS_CA=$data/tls/ca.pem
+"
 fi
 pids=()
 stop() {
@@ -95,14 +99,14 @@ Tally: 3 nodes, $shards shards, data under $data/ (logs: $data/n*.log)${TLS:+, m
   n3    127.0.0.1:7103   127.0.0.1:7203   http://127.0.0.1:7303/metrics
 
 Try, in another terminal:
-  $ctl define-asset --program shop1 --asset POINTS --scale 0
-  $ctl open   --program shop1 --member alice --asset POINTS
-  $ctl credit --program shop1 --member alice --asset POINTS --amount 500
-  $ctl debit  --program shop1 --member alice --asset POINTS --amount 120
-  $ctl hold   --program shop1 --member alice --asset POINTS --amount 50 --ttl 15m --key order-42
-  $ctl capture --program shop1 --member alice --hold-key order-42
-  $ctl get    --program shop1 --member alice --asset POINTS
-  $ctl cluster
+$tls_hint  ./bin/tallyctl define-asset --program shop1 --asset POINTS --scale 0
+  ./bin/tallyctl open   --program shop1 --member alice --asset POINTS
+  ./bin/tallyctl credit --program shop1 --member alice --asset POINTS --amount 500
+  ./bin/tallyctl debit  --program shop1 --member alice --asset POINTS --amount 120
+  ./bin/tallyctl hold   --program shop1 --member alice --asset POINTS --amount 50 --ttl 15m --key order-42
+  ./bin/tallyctl capture --program shop1 --member alice --hold-key order-42
+  ./bin/tallyctl get    --program shop1 --member alice --asset POINTS
+  ./bin/tallyctl cluster
 Ctrl-C stops the cluster; 'make run' again resumes with the same data.
 MSG
 # Exit (and stop the others) as soon as any node exits.

@@ -22,6 +22,9 @@
 #      replicas equal throughout.
 # Needs git, go and python3. Exits non-zero on the first failed check.
 set -euo pipefail
+# tallyctl and tally-load read TALLY_TLS_* when no flag names the files; this
+# script's clusters are plaintext.
+unset TALLY_TLS_CERT TALLY_TLS_KEY TALLY_TLS_CA
 cd "$(dirname "$0")/.."
 for tool in git go python3; do
   command -v "$tool" >/dev/null 2>&1 || { echo "upgrade-check.sh: $tool not found (needs git, go and python3)" >&2; exit 2; }

@@ -55,6 +55,7 @@ func run(args []string) int {
 		dialTimeout = fs.Duration("dial-timeout", 10*time.Second, "how long to wait for the cluster to answer")
 	)
 	var tlsFiles tlsfiles.Files
+	tlsFiles.FromEnv()
 	tlsFiles.AddFlags(fs)
 	fs.IntVar(&cfg.Workload.Members, "members", loadtest.DefaultMembers, "members (POINTS accounts)")
 	fs.Float64Var(&cfg.Workload.ZipfS, "zipf-s", loadtest.DefaultZipfS, "zipf exponent (> 1)")

@@ -419,6 +419,7 @@ func newKey() string {
 // run is tallyctl: args without the program name; it returns the exit status.
 func run(argv []string, stdout, stderr io.Writer) int {
 	g := globals{addrs: defaultAddrs, timeout: defaultTimeout}
+	g.tls.FromEnv()
 	top := flag.NewFlagSet("tallyctl", flag.ContinueOnError)
 	top.SetOutput(stderr)
 	g.register(top)

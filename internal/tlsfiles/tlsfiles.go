@@ -25,9 +25,32 @@ type Files struct {
 	Cert, Key, CA string
 }
 
+// Environment variables that name the files when the flags do not.
+const (
+	EnvCert = "TALLY_TLS_CERT"
+	EnvKey  = "TALLY_TLS_KEY"
+	EnvCA   = "TALLY_TLS_CA"
+)
+
+// FromEnv fills the names f lacks from the environment (TALLY_TLS_CERT,
+// TALLY_TLS_KEY, TALLY_TLS_CA): for the clients' tools, tallyctl and
+// tally-load, so that an operator need not repeat three flags. tallyd does
+// not read them: a node's TLS is in its command line.
+func (f *Files) FromEnv() {
+	for _, v := range []struct {
+		dst *string
+		env string
+	}{{&f.Cert, EnvCert}, {&f.Key, EnvKey}, {&f.CA, EnvCA}} {
+		if *v.dst == "" {
+			*v.dst = os.Getenv(v.env)
+		}
+	}
+}
+
 // AddFlags registers --tls-cert, --tls-key and --tls-ca on fs, into f, with
 // f's values as defaults (so that a second flag set, as tallyctl's command
-// flags after its global ones, keeps what the first set).
+// flags after its global ones, keeps what the first set, and FromEnv's
+// names stand until a flag says otherwise).
 func (f *Files) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&f.Cert, "tls-cert", f.Cert, "PEM certificate to present (with --tls-key and --tls-ca: mutual TLS; none of the three: plaintext)")
 	fs.StringVar(&f.Key, "tls-key", f.Key, "PEM private key of --tls-cert")
