@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -454,4 +455,13 @@ func TestIssueCert(t *testing.T) {
 	code := run([]string{"issue-cert", "--ca-dir", t.TempDir(), "--cert", "x.pem", "--key", "x-key.pem"}, &stdout, &stderr)
 	assert.Equal(t, exitError, code)
 	assert.Contains(t, stderr.String(), "ca.pem")
+}
+
+// TestMain runs the tests without the caller's TALLY_TLS_* (tallyctl reads
+// them): the fake clusters here are plaintext.
+func TestMain(m *testing.M) {
+	for _, v := range []string{tlsfiles.EnvCert, tlsfiles.EnvKey, tlsfiles.EnvCA} {
+		_ = os.Unsetenv(v)
+	}
+	os.Exit(m.Run())
 }
