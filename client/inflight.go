@@ -139,8 +139,13 @@ func (fl flight) overlapped(k openKey) bool {
 	return fl.holdOverlapped(fl.holds[i])
 }
 
+// holdOverlapped: another call held h's slot when this one took it, took it
+// since (overlaps moved), or holds it now. The last covers the window in
+// take between a later call's count and its bump of overlaps (found by
+// review); this call holds the slot once, so any count above 1 is another's.
 func (fl flight) holdOverlapped(h flightHold) bool {
-	return h.overlapped || fl.f.slots[h.slot].overlaps.Load() != h.seen
+	s := &fl.f.slots[h.slot]
+	return h.overlapped || s.overlaps.Load() != h.seen || s.calls.Load() > 1
 }
 
 // anyOverlapped reports whether another call held one of this call's slots
