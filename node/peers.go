@@ -172,11 +172,16 @@ func (n *Node) serverCreds() credentials.TransportCredentials {
 }
 
 // verifyPeerCert accepts a certificate valid for the host of one of the
-// cluster's addresses (--peers, Raft or gRPC): a node's, as every node's
-// certificate must name its host for its peers and clients to verify it.
-// One CA may sign clients' certificates too; those name no node's host, and
-// must neither speak Raft nor pass for a node (fromPeer).
+// cluster's addresses (--peers, Raft or gRPC) and for serving: a node's, as
+// every node's certificate must name its host for its peers and clients to
+// verify it as a server. One CA may sign clients' certificates too; those
+// must neither speak Raft nor pass for a node (fromPeer). A client-only
+// certificate (no server use) is refused even when one of its names, a
+// wildcard say, matches a node's host (found by review).
 func (n *Node) verifyPeerCert(leaf *x509.Certificate) error {
+	if !servesTLS(leaf) {
+		return fmt.Errorf("certificate %q is not for server use, as a node's must be", leaf.Subject.CommonName)
+	}
 	for _, p := range n.cfg.Peers {
 		for _, addr := range []string{p.RaftAddr, p.GRPCAddr} {
 			if host, _, err := net.SplitHostPort(addr); err == nil && leaf.VerifyHostname(host) == nil {
@@ -185,6 +190,20 @@ func (n *Node) verifyPeerCert(leaf *x509.Certificate) error {
 		}
 	}
 	return fmt.Errorf("certificate %q is valid for no node's address", leaf.Subject.CommonName)
+}
+
+// servesTLS reports whether leaf may authenticate a TLS server: no extended
+// key usage at all, or server (or any) use among them.
+func servesTLS(leaf *x509.Certificate) bool {
+	if len(leaf.ExtKeyUsage) == 0 && len(leaf.UnknownExtKeyUsage) == 0 {
+		return true
+	}
+	for _, u := range leaf.ExtKeyUsage {
+		if u == x509.ExtKeyUsageServerAuth || u == x509.ExtKeyUsageAny {
+			return true
+		}
+	}
+	return false
 }
 
 // fromPeer reports whether a gRPC call comes from a node of the cluster as

@@ -3,6 +3,8 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -116,4 +118,32 @@ func TestMutualTLS(t *testing.T) {
 	assert.Error(t, err, "a scraper without a certificate")
 	code, err = scrape("http", nil)
 	assert.True(t, err != nil || code != http.StatusOK, "plain HTTP: %d", code)
+}
+
+// TestVerifyPeerCert: a node's certificate is one for server use that names
+// the host of a --peers address, by IP (v4 or v6) or DNS name; a client-only
+// certificate is refused even when a wildcard of its matches a node's host
+// (found by review).
+func TestVerifyPeerCert(t *testing.T) {
+	n := &Node{cfg: Config{Peers: []Peer{
+		{ID: "n1", RaftAddr: "node-a.example.com:7201", GRPCAddr: "node-a.example.com:7101"},
+		{ID: "n2", RaftAddr: "[::1]:7202", GRPCAddr: "[::1]:7102"},
+	}}}
+	server := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	client := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	for _, tc := range []struct {
+		name string
+		cert x509.Certificate
+		ok   bool
+	}{
+		{"node by DNS name", x509.Certificate{DNSNames: []string{"NODE-A.example.com"}, ExtKeyUsage: server}, true},
+		{"node by IPv6", x509.Certificate{IPAddresses: []net.IP{net.ParseIP("::1")}, ExtKeyUsage: server}, true},
+		{"no extended key usage", x509.Certificate{DNSNames: []string{"node-a.example.com"}}, true},
+		{"another host", x509.Certificate{DNSNames: []string{"node-z.example.com"}, ExtKeyUsage: server}, false},
+		{"client-only wildcard", x509.Certificate{DNSNames: []string{"*.example.com"}, ExtKeyUsage: client}, false},
+		{"client-only, no names", x509.Certificate{ExtKeyUsage: client}, false},
+	} {
+		err := n.verifyPeerCert(&tc.cert)
+		assert.Equal(t, tc.ok, err == nil, "%s: %v", tc.name, err)
+	}
 }
