@@ -3,6 +3,7 @@ package tlsfiles
 import (
 	"bytes"
 	"crypto/tls"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"sync"
@@ -59,6 +60,18 @@ func (p *keyPair) read() (certPEM, keyPEM []byte, err error) {
 
 func (p *keyPair) loadLocked(certPEM, keyPEM []byte) error {
 	p.checkedAt = p.now()
+	// tls.X509KeyPair stops at the first block that does not decode and
+	// drops the rest: a chain file caught half rewritten in place would
+	// load as the leaf without its intermediate, and be served (found by
+	// review). A file must be whole PEM blocks to its end.
+	for _, f := range []struct {
+		name string
+		b    []byte
+	}{{p.certFile, certPEM}, {p.keyFile, keyPEM}} {
+		if !wholePEM(f.b) {
+			return fmt.Errorf("tls: %s ends in something that is not a whole PEM block (being written?)", f.name)
+		}
+	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return fmt.Errorf("tls: load %s and %s: %w", p.certFile, p.keyFile, err)
@@ -82,6 +95,20 @@ func (p *keyPair) current() *tls.Certificate {
 	}
 	_ = p.loadLocked(certPEM, keyPEM) // a failure keeps the last good pair
 	return p.cert
+}
+
+// wholePEM reports whether b is one or more PEM blocks and nothing after
+// them but white space.
+func wholePEM(b []byte) bool {
+	blocks := 0
+	for {
+		block, rest := pem.Decode(b)
+		if block == nil {
+			return blocks > 0 && len(bytes.TrimSpace(rest)) == 0
+		}
+		blocks++
+		b = rest
+	}
 }
 
 func (p *keyPair) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {

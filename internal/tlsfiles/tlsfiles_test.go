@@ -164,3 +164,35 @@ func TestGenerateKeepsKeysPrivateAndOldFiles(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, left, "no temporary file left")
 }
+
+// TestHalfWrittenFileIsNotServed: a certificate file caught half rewritten
+// in place (its last block cut) loaded as what came before the cut, and was
+// served; it now counts as a failed load, and the last good pair stays
+// (found by review).
+func TestHalfWrittenFileIsNotServed(t *testing.T) {
+	g, err := Generate(t.TempDir(), []string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	certPEM, err := os.ReadFile(g.Node.Cert)
+	require.NoError(t, err)
+	caPEM, err := os.ReadFile(g.CA)
+	require.NoError(t, err)
+	// A chain file: the leaf, then the CA as if it were an intermediate.
+	require.NoError(t, os.WriteFile(g.Node.Cert, append(append([]byte{}, certPEM...), caPEM...), 0o644))
+	p, err := newKeyPair(g.Node.Cert, g.Node.Key)
+	require.NoError(t, err)
+	require.Len(t, p.current().Certificate, 2)
+	now := time.Now()
+	p.now = func() time.Time { return now }
+
+	chain := append(append([]byte{}, certPEM...), caPEM...)
+	require.NoError(t, os.WriteFile(g.Node.Cert, chain[:len(chain)-100], 0o644))
+	now = now.Add(2 * reloadCheck)
+	assert.Len(t, p.current().Certificate, 2, "the cut chain was served")
+
+	require.NoError(t, os.WriteFile(g.Node.Cert, certPEM, 0o644))
+	now = now.Add(2 * reloadCheck)
+	assert.Len(t, p.current().Certificate, 1, "a whole file loads")
+	assert.True(t, wholePEM(certPEM))
+	assert.False(t, wholePEM(nil))
+	assert.False(t, wholePEM([]byte("junk")))
+}
