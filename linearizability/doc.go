@@ -38,8 +38,8 @@
 //     leave their vote guard), concurrent workers issuing
 //     operations through package client with the retries a payment system
 //     makes (same idempotency key; some workers also hedge: a second call
-//     with the key, on the same client, while the first still waits, taking
-//     the first answer that says something for certain), on every member's two accounts: points
+//     with the key, on the same client, while the first still waits, ending on
+//     the first recorded outcome, else on both answers), on every member's two accounts: points
 //     (scale 0) and stored value (scale 2, amounts in fen: every amount
 //     crosses the edge as a decimal and is checked exact; capped at a
 //     balance the run's recharges reach), and the checks

@@ -183,8 +183,7 @@ type worker struct {
 	impatient bool
 	// hedging workers send each write a second time, with the same key and
 	// client, when the first call has not answered within hedgeMinMs to
-	// hedgeMaxMs, and take the first answer that says something for
-	// certain (hedged).
+	// hedgeMaxMs (hedged).
 	hedging bool
 	// last is the account the worker's last single op reported, on
 	// lastMember's account: what a cash-out empties.
@@ -526,14 +525,16 @@ func (w *worker) do(in Input) Entry {
 
 // hedged is call as a payment service that hedges makes it (or a webhook
 // delivered twice): a second call with the same key, on the same client,
-// when the first has not answered within a random delay, and the first
-// answer that says something for certain, an outcome or "not applied",
-// cancelling the other call. An indeterminate answer waits for the other
-// call's; both indeterminate, the last is returned. The client must not
-// answer "not applied" for a key that another of its calls sent meanwhile
-// (client/inflight.go): that call may have applied the op, or may still,
-// and the checks then find a write stored that its client was told had
-// failed.
+// when the first has not answered within a random delay. A recorded outcome
+// from either ends it at once (the other call can only replay it). Any
+// other answer waits for the other call's, as a careful hedger must: the
+// other call may still apply the op, so "not applied" holds only when both
+// say so; a recorded outcome from the other wins, else either's
+// indeterminate answer. (Taking the first "not applied" at once was
+// unsound: a second call sent just before it, but counted in by the client
+// only after it, may apply the op afterwards; found by review.) The client
+// must not answer "not applied" for a key that another of its calls sent
+// meanwhile (client/inflight.go): that call may have applied the op.
 func (w *worker) hedged(timeout time.Duration, in Input) (out Output, err error, sentTwice bool) {
 	type answer struct {
 		out Output
@@ -555,17 +556,45 @@ func (w *worker) hedged(timeout time.Duration, in Input) (out Output, err error,
 	case <-delay.C:
 	}
 	go send()
-	var last answer
-	for range 2 {
-		last = <-answers
-		if last.err == nil || !client.IsIndeterminate(last.err) {
-			var ce *client.Error
-			if last.err == nil || errors.As(last.err, &ce) {
-				return last.out, last.err, true
-			}
+	first := <-answers
+	if recordedAnswer(first.out, first.err) {
+		return first.out, first.err, true
+	}
+	second := <-answers
+	switch {
+	case recordedAnswer(second.out, second.err):
+		return second.out, second.err, true
+	case indeterminateAnswer(first.err):
+		return first.out, first.err, true
+	case indeterminateAnswer(second.err):
+		return second.out, second.err, true
+	}
+	return first.out, first.err, true
+}
+
+// recordedAnswer reports whether a call's answer is an outcome the ledger
+// recorded under the key (a sequence number, or a replay), which any other
+// call with the key can only replay.
+func recordedAnswer(out Output, err error) bool {
+	if err != nil {
+		return false
+	}
+	if out.Seq != 0 || out.Replayed {
+		return true
+	}
+	for _, o := range out.Ops {
+		if o.Seq != 0 || o.Replayed {
+			return true
 		}
 	}
-	return last.out, last.err, true
+	return false
+}
+
+// indeterminateAnswer reports whether a call's error leaves its outcome
+// open: the client says so, or the error is not the client's.
+func indeterminateAnswer(err error) bool {
+	var ce *client.Error
+	return err != nil && (!errors.As(err, &ce) || client.IsIndeterminate(err))
 }
 
 // call makes one call of the client library for a write: the result of an
