@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -204,7 +205,14 @@ func (n *Node) open() error {
 			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		}
-		n.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, TLSConfig: cfg.MetricsTLS}
+		// A clone: ServeTLS adds its protocols to the server's TLSConfig,
+		// which may be ServerTLS, shared with gRPC and the Raft mux (and, in
+		// tests, with other nodes).
+		var metricsTLS *tls.Config
+		if cfg.MetricsTLS != nil {
+			metricsTLS = cfg.MetricsTLS.Clone()
+		}
+		n.httpServer = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, TLSConfig: metricsTLS}
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
