@@ -94,19 +94,14 @@ func (f Files) load() (*keyPair, *x509.CertPool, error) {
 // no file is named. A certificate rotated in place (both files replaced) is
 // presented from the next handshake on, within a second (keyPair).
 func (f Files) Server() (*tls.Config, error) {
-	if !f.Enabled() {
-		return nil, nil
-	}
-	pair, pool, err := f.load()
-	if err != nil {
-		return nil, err
-	}
-	return &tls.Config{
-		GetCertificate: pair.getCertificate,
-		ClientAuth:     tls.RequireAndVerifyClientCert,
-		ClientCAs:      pool,
-		MinVersion:     tls.VersionTLS13,
-	}, nil
+	return f.config(func(pair *keyPair, pool *x509.CertPool) *tls.Config {
+		return &tls.Config{
+			GetCertificate: pair.getCertificate,
+			ClientAuth:     tls.RequireAndVerifyClientCert,
+			ClientCAs:      pool,
+			MinVersion:     tls.VersionTLS13,
+		}
+	})
 }
 
 // Client is the configuration of a connection to a node: it presents the
@@ -114,6 +109,18 @@ func (f Files) Server() (*tls.Config, error) {
 // the address dialled). Nil, nil when no file is named. A certificate
 // rotated in place is presented from the next handshake on (keyPair).
 func (f Files) Client() (*tls.Config, error) {
+	return f.config(func(pair *keyPair, pool *x509.CertPool) *tls.Config {
+		return &tls.Config{
+			GetClientCertificate: pair.getClientCertificate,
+			RootCAs:              pool,
+			MinVersion:           tls.VersionTLS13,
+		}
+	})
+}
+
+// config loads the files and builds one side's configuration from them:
+// nil, nil when no file is named.
+func (f Files) config(side func(*keyPair, *x509.CertPool) *tls.Config) (*tls.Config, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
@@ -121,9 +128,5 @@ func (f Files) Client() (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
-		GetClientCertificate: pair.getClientCertificate,
-		RootCAs:              pool,
-		MinVersion:           tls.VersionTLS13,
-	}, nil
+	return side(pair, pool), nil
 }
