@@ -38,6 +38,7 @@ type metrics struct {
 	applyLatency   prometheus.Histogram
 	isLeader       *prometheus.GaugeVec
 	leaderChanges  *prometheus.CounterVec
+	raftDrops      *prometheus.CounterVec
 	verifyRounds   prometheus.Counter
 	readRounds     prometheus.Counter
 	snapshots      *prometheus.CounterVec
@@ -96,6 +97,9 @@ func newMetrics(n *Node) *metrics {
 		leaderChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tally_shard_leader_changes_total", Help: "Leaders this node has seen take the shard over (another leader, or the same one in a new term), per shard. Every node counts each change: take the max over nodes, not the sum.",
 		}, []string{"shard"}),
+		raftDrops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_raft_connections_dropped_total", Help: "Connections to the Raft port dropped before any shard saw them, by reason: tls (the handshake failed), not_peer (a certificate that is not a node's), no_header, bad_header, unknown_shard.",
+		}, []string{"reason"}),
 		verifyRounds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_read_verify_rounds_total", Help: "VerifyLeader calls made for linearizable reads (a round makes one, more only if fresh answers do not come within 50 ms).",
 		}),
@@ -115,7 +119,7 @@ func newMetrics(n *Node) *metrics {
 		}),
 	}
 	reg.MustRegister(m.ops, m.opsReplayed, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.overloaded, m.applyBatch, m.applyLatency,
-		m.isLeader, m.leaderChanges, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
+		m.isLeader, m.leaderChanges, m.raftDrops, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
 		&stateCollector{n: n},
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "tally_admission_refused_total",

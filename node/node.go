@@ -143,7 +143,8 @@ func (n *Node) open() error {
 		return err
 	}
 	if n.mux, err = transport.Listen(cfg.RaftAddr, transport.Options{DialRewrite: cfg.DialRewrite,
-		ServerTLS: cfg.ServerTLS, ClientTLS: cfg.PeerTLS, VerifyPeer: n.verifyPeerCert}); err != nil {
+		ServerTLS: cfg.ServerTLS, ClientTLS: cfg.PeerTLS, VerifyPeer: n.verifyPeerCert,
+		OnDrop: func(reason string) { n.metrics.raftDrops.WithLabelValues(reason).Inc() }}); err != nil {
 		return err
 	}
 	for i := 0; i < cfg.Shards; i++ {

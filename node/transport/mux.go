@@ -81,6 +81,12 @@ type Options struct {
 	// header is read. The CA's signature is not enough where the CA also
 	// signs clients' certificates: a client must not speak Raft.
 	VerifyPeer func(leaf *x509.Certificate) error
+	// OnDrop, if set, is told why the Mux dropped an accepted connection
+	// before handing it to a layer: "tls" (the handshake failed), "not_peer"
+	// (VerifyPeer refused its certificate, or it had none), "no_header",
+	// "bad_header" or "unknown_shard". Drops while the Mux closes are not
+	// told. A node counts them (tally_raft_connections_dropped_total).
+	OnDrop func(reason string)
 }
 
 // Mux accepts the connections of all Raft groups of a node on one listener
@@ -92,6 +98,7 @@ type Mux struct {
 	serverTLS     *tls.Config
 	clientTLS     *tls.Config
 	verifyPeer    func(*x509.Certificate) error
+	onDrop        func(string)
 	headerTimeout time.Duration
 	maxAccepted   int
 	logger        hclog.Logger
@@ -119,6 +126,7 @@ func Listen(addr string, opts Options) (*Mux, error) {
 		serverTLS:     opts.ServerTLS,
 		clientTLS:     opts.ClientTLS,
 		verifyPeer:    opts.VerifyPeer,
+		onDrop:        opts.OnDrop,
 		headerTimeout: opts.HeaderTimeout,
 		maxAccepted:   opts.MaxAccepted,
 		logger:        opts.Logger,
@@ -282,14 +290,21 @@ func (m *Mux) handshake(raw net.Conn) {
 	// The deadline bounds the TLS handshake too, which writes.
 	_ = raw.SetDeadline(time.Now().Add(m.headerTimeout))
 	var err error
+	reason := "no_header"
 	if m.serverTLS != nil {
 		tc := tls.Server(raw, m.serverTLS)
-		err = tc.Handshake()
+		if err = tc.Handshake(); err != nil {
+			reason = "tls"
+		}
 		if certs := tc.ConnectionState().PeerCertificates; err == nil && m.verifyPeer != nil {
+			reason = "not_peer"
 			if len(certs) == 0 {
 				err = errors.New("no client certificate")
 			} else if err = m.verifyPeer(certs[0]); err != nil {
 				m.logger.Warn("dropping connection: its certificate is not a peer's", "remote", raw.RemoteAddr(), "error", err)
+			}
+			if err == nil {
+				reason = "no_header"
 			}
 		}
 		c = tc
@@ -306,12 +321,14 @@ func (m *Mux) handshake(raw net.Conn) {
 	m.mu.Unlock()
 
 	if err != nil {
-		m.logger.Debug("dropping connection: no header", "remote", c.RemoteAddr(), "error", err)
+		m.logger.Debug("dropping connection: no header", "remote", c.RemoteAddr(), "reason", reason, "error", err)
+		m.dropped(reason)
 		_ = c.Close()
 		return
 	}
 	if h[0] != headerMagic || h[1] != headerVersion {
 		m.logger.Warn("dropping connection: bad header", "remote", c.RemoteAddr(), "magic", h[0], "version", h[1])
+		m.dropped("bad_header")
 		_ = c.Close()
 		return
 	}
@@ -321,6 +338,7 @@ func (m *Mux) handshake(raw net.Conn) {
 	m.mu.Unlock()
 	if l == nil {
 		m.logger.Warn("dropping connection: unknown shard", "remote", c.RemoteAddr(), "shard", shard)
+		m.dropped("unknown_shard")
 		_ = c.Close()
 		return
 	}
@@ -334,6 +352,19 @@ func (m *Mux) handshake(raw net.Conn) {
 		_ = tc.Close()
 	case <-m.closeCh:
 		_ = tc.Close()
+	}
+}
+
+// dropped tells OnDrop, unless the Mux is closing (it closes the
+// connections still in their handshake).
+func (m *Mux) dropped(reason string) {
+	if m.onDrop == nil {
+		return
+	}
+	select {
+	case <-m.closeCh:
+	default:
+		m.onDrop(reason)
 	}
 }
 

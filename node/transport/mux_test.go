@@ -241,7 +241,14 @@ func TestDialRewriteOption(t *testing.T) {
 func TestBadHeaderIsDropped(t *testing.T) {
 	checkNoLeaks(t)
 	const shard = 7
-	server, err := Listen("127.0.0.1:0", Options{Logger: nullLogger(), HeaderTimeout: 300 * time.Millisecond})
+	var dropsMu sync.Mutex
+	drops := map[string]int{}
+	server, err := Listen("127.0.0.1:0", Options{Logger: nullLogger(), HeaderTimeout: 300 * time.Millisecond,
+		OnDrop: func(reason string) {
+			dropsMu.Lock()
+			defer dropsMu.Unlock()
+			drops[reason]++
+		}})
 	require.NoError(t, err)
 	client := listenN(t, 1, nil)[0]
 	layer := server.StreamLayer(shard)
@@ -264,15 +271,16 @@ func TestBadHeaderIsDropped(t *testing.T) {
 		return binary.BigEndian.AppendUint32([]byte{magic, version}, s)
 	}
 	cases := []struct {
-		name string
-		send []byte
+		name   string
+		send   []byte
+		reason string // what OnDrop is told
 	}{
-		{"bad magic", header(0x00, headerVersion, shard)},
-		{"bad version", header(headerMagic, headerVersion+1, shard)},
-		{"unknown shard", header(headerMagic, headerVersion, shard+1)},
-		{"short header then silence", []byte{headerMagic, headerVersion}},
-		{"silence", nil},
-		{"http", []byte("GET / HTTP/1.1\r\n\r\n")},
+		{"bad magic", header(0x00, headerVersion, shard), "bad_header"},
+		{"bad version", header(headerMagic, headerVersion+1, shard), "bad_header"},
+		{"unknown shard", header(headerMagic, headerVersion, shard+1), "unknown_shard"},
+		{"short header then silence", []byte{headerMagic, headerVersion}, "no_header"},
+		{"silence", nil, "no_header"},
+		{"http", []byte("GET / HTTP/1.1\r\n\r\n"), "bad_header"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -299,6 +307,13 @@ func TestBadHeaderIsDropped(t *testing.T) {
 			require.False(t, errors.As(err, &ne) && ne.Timeout(), "server never closed the connection")
 		})
 	}
+	want := map[string]int{}
+	for _, tc := range cases {
+		want[tc.reason]++
+	}
+	dropsMu.Lock()
+	assert.Equal(t, want, drops, "every drop told, with its reason")
+	dropsMu.Unlock()
 	require.NoError(t, server.Close())
 	require.NoError(t, client.Close())
 	<-acceptDone
@@ -621,6 +636,18 @@ func TestTLS(t *testing.T) {
 	// speak Raft: VerifyPeer wants the nodes' host.
 	mOpts := withTLS(gen.Node)
 	mOpts.VerifyPeer = func(leaf *x509.Certificate) error { return leaf.VerifyHostname("127.0.0.1") }
+	var dropsMu sync.Mutex
+	drops := map[string]int{}
+	mOpts.OnDrop = func(reason string) {
+		dropsMu.Lock()
+		defer dropsMu.Unlock()
+		drops[reason]++
+	}
+	dropped := func(reason string) int {
+		dropsMu.Lock()
+		defer dropsMu.Unlock()
+		return drops[reason]
+	}
 	m := listenN(t, 1, func(int) Options { return mOpts })[0]
 	t.Cleanup(func() { require.NoError(t, m.Close()) })
 	accepted := make(chan net.Conn, 2)
@@ -638,12 +665,14 @@ func TestTLS(t *testing.T) {
 	out, err := plain.StreamLayer(5).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
 	require.NoError(t, err, "the header goes out before anything is read")
 	requireDropped(t, out, "a plaintext connection to a TLS mux")
+	waitFor(t, 5*time.Second, "the plaintext drop counted", func() bool { return dropped("tls") == 1 })
 
 	client := listenN(t, 1, func(int) Options { return withTLS(gen.User) })[0]
 	t.Cleanup(func() { require.NoError(t, client.Close()) })
 	out, err = client.StreamLayer(5).Dial(raft.ServerAddress(m.Addr().String()), time.Second)
 	require.NoError(t, err, "the client's side of the handshake succeeds")
 	requireDropped(t, out, "a client's certificate")
+	waitFor(t, 5*time.Second, "the client certificate's drop counted", func() bool { return dropped("not_peer") == 1 })
 
 	stranger := listenN(t, 1, func(int) Options { return withTLS(other.Node) })[0]
 	t.Cleanup(func() { require.NoError(t, stranger.Close()) })
