@@ -25,7 +25,7 @@ import (
 // indeterminate although it need not be: the safe side (the caller re-sends
 // under the same key and learns the outcome), and only unrecorded answers,
 // which are rare, are affected. For a call during which N ops of other calls
-// start, the chance of that is about N/flightSlots.
+// are in progress or start, the chance of that is about N/flightSlots.
 const flightSlots = 1 << 15
 
 type flightSlot struct {

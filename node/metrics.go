@@ -98,7 +98,7 @@ func newMetrics(n *Node) *metrics {
 			Name: "tally_shard_leader_changes_total", Help: "Leaders this node has seen take the shard over (another leader, or the same one in a new term), per shard. Every node counts each change: take the max over nodes, not the sum.",
 		}, []string{"shard"}),
 		raftDrops: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tally_raft_connections_dropped_total", Help: "Connections to the Raft port dropped before any shard saw them, by reason: tls (the handshake failed), not_peer (a certificate that is not a node's), no_header, bad_header, unknown_shard.",
+			Name: "tally_raft_connections_dropped_total", Help: "Connections to the Raft port dropped before any shard saw them, by reason: tls (the handshake failed or timed out), not_peer (a certificate that is not a node's), no_header, bad_header, unknown_shard. Connections refused because too many are in their handshake are not counted.",
 		}, []string{"reason"}),
 		verifyRounds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tally_read_verify_rounds_total", Help: "VerifyLeader calls made for linearizable reads (a round makes one, more only if fresh answers do not come within 50 ms).",

@@ -20,8 +20,8 @@ const reloadCheck = time.Second
 // second can have both the same (a coarse file system, a PEM of the same
 // length). A pair that fails to load (one file replaced and not yet the
 // other, say) leaves the last good one in use, and is tried again at the
-// next check. The CA pool is read once: a new CA takes a restart (or a
-// bundle of old and new CA certificates, given ahead of the rotation).
+// next check. The CA pool is read once: a new CA takes a restart, first
+// with a bundle of old and new CA certificates, then the rotation.
 type keyPair struct {
 	certFile, keyFile string
 	now               func() time.Time // tests move it
@@ -63,7 +63,9 @@ func (p *keyPair) loadLocked(certPEM, keyPEM []byte) error {
 	// tls.X509KeyPair stops at the first block that does not decode and
 	// drops the rest: a chain file caught half rewritten in place would
 	// load as the leaf without its intermediate, and be served (found by
-	// review). A file must be whole PEM blocks to its end.
+	// review). A file must end with a whole PEM block (pem.Decode skips
+	// text before a block, so only what follows the last one is checked:
+	// enough for a file cut short).
 	for _, f := range []struct {
 		name string
 		b    []byte
@@ -97,8 +99,8 @@ func (p *keyPair) current() *tls.Certificate {
 	return p.cert
 }
 
-// wholePEM reports whether b is one or more PEM blocks and nothing after
-// them but white space.
+// wholePEM reports whether b holds at least one PEM block and nothing after
+// its last block but white space (pem.Decode skips text before a block).
 func wholePEM(b []byte) bool {
 	blocks := 0
 	for {

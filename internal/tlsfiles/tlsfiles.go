@@ -6,8 +6,9 @@
 // clients' gRPC calls, the nodes' calls to each other, and Raft traffic.
 // A node presents its certificate as a server and as a client (peers dial
 // it); a client presents one too, and a node refuses a connection without a
-// certificate the CA signed. That is authentication only: any holder of a
-// certificate from the CA may call every RPC.
+// certificate the CA signed. Beyond that, only a node's certificate
+// (node.verifyPeerCert) may speak Raft or pass the DefineAsset fan-out's
+// mark; any certificate from the CA may call every client RPC.
 package tlsfiles
 
 import (

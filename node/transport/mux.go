@@ -82,9 +82,11 @@ type Options struct {
 	// signs clients' certificates: a client must not speak Raft.
 	VerifyPeer func(leaf *x509.Certificate) error
 	// OnDrop, if set, is told why the Mux dropped an accepted connection
-	// before handing it to a layer: "tls" (the handshake failed), "not_peer"
+	// before handing it to a layer: "tls" (the handshake failed or timed
+	// out), "not_peer"
 	// (VerifyPeer refused its certificate, or it had none), "no_header",
-	// "bad_header" or "unknown_shard". Drops while the Mux closes are not
+	// "bad_header" or "unknown_shard". Drops while the Mux closes, and
+	// connections refused because maxPendingHandshakes are waiting, are not
 	// told. A node counts them (tally_raft_connections_dropped_total).
 	OnDrop func(reason string)
 }
