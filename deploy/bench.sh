@@ -27,6 +27,7 @@
 # flags for every case, e.g. "--max-inflight-per-shard 2"), BENCH_CASES (a subset, e.g.
 # "uniform-single flash-sale"), BENCH_SKIP_PG=1 (no baseline),
 # BENCH_NOBUILD=1 (use the binaries already in bin/: for a machine without Go),
+# BENCH_TLS=1 (mutual TLS on every link, certificates from tallyctl certs),
 # BENCH_CPUS="<n1> <n2> <n3> <load>" (taskset CPU lists, e.g. "0-3 4-7 8-11
 # 12-15": each node and the load generator on their own cores, as on separate
 # machines; the PostgreSQL baseline then runs unpinned, on every CPU, unless
@@ -125,7 +126,14 @@ for i in 1 2 3; do
   peers+="${peers:+,}n$i=127.0.0.1:$((port + 10 + i))/127.0.0.1:$((port + i))"
   addrs+="${addrs:+,}127.0.0.1:$((port + i))"
 done
-echo "== cluster: 3 nodes, $shards shards, data $data, gRPC $addrs"
+tls_node=()
+tls_client=()
+if [ -n "${BENCH_TLS:-}" ]; then
+  "$bin/tallyctl" certs --dir "$data/tls" --hosts 127.0.0.1 >/dev/null
+  tls_node=(--tls-cert "$data/tls/node.pem" --tls-key "$data/tls/node-key.pem" --tls-ca "$data/tls/ca.pem")
+  tls_client=(--tls-cert "$data/tls/client.pem" --tls-key "$data/tls/client-key.pem" --tls-ca "$data/tls/ca.pem")
+fi
+echo "== cluster: 3 nodes, $shards shards, data $data, gRPC $addrs${BENCH_TLS:+, mutual TLS}"
 # Each node in a session of its own (setsid): a Ctrl-C at the terminal
 # reaches this script and tally-load but not the nodes, so tally-load's
 # verification still finds the cluster up; the trap stops the nodes after.
@@ -133,7 +141,7 @@ for i in 1 2 3; do
   # shellcheck disable=SC2086 # BENCH_TALLYD_FLAGS is a list of flags
   $(pin "$i") setsid env GLIBC_TUNABLES="$tunables" "$bin/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap \
     --grpc "127.0.0.1:$((port + i))" --raft "127.0.0.1:$((port + 10 + i))" \
-    --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info ${BENCH_TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
+    --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info ${tls_node[@]+"${tls_node[@]}"} ${BENCH_TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
 # shellcheck source=deploy/common.sh
@@ -150,6 +158,7 @@ server_pids=$(IFS=,; echo "${pids[*]}")
   echo "tallyd flags: --shards $shards ${BENCH_TALLYD_FLAGS:-}"
   echo "tallyd GLIBC_TUNABLES: ${tunables:-none} (only a cgo build reads it: $(go version -m "$bin/tallyd" 2>/dev/null | grep -o 'CGO_ENABLED=[01]' || echo 'cgo unknown')); transparent huge pages: $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown)"
   echo "tally-load flags: ${BENCH_LOAD_FLAGS:-}"
+  if [ -n "${BENCH_TLS:-}" ]; then echo "tls: mutual TLS on every link"; else echo "tls: off"; fi
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out/machine.txt"
@@ -190,7 +199,7 @@ run_case() {
   local rc=0
   # tally-load's stdout is its summary at the end: shown once it exits.
   # shellcheck disable=SC2046,SC2086 # pin's prefix and BENCH_LOAD_FLAGS are lists of words
-  run_load "$out/$name.txt" "$out/$name.progress" $(pin 4) "$bin/tally-load" --addrs "$addrs" --duration "${secs}s" \
+  run_load "$out/$name.txt" "$out/$name.progress" $(pin 4) "$bin/tally-load" ${tls_client[@]+"${tls_client[@]}"} --addrs "$addrs" --duration "${secs}s" \
     --warmup "$warmup" --server-pids "$server_pids" --json "$out/$name.json" --plot "$out/$name.html" ${BENCH_LOAD_FLAGS:-} "$@"
   cat "$out/$name.txt"
   exit_if_signalled
