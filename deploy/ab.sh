@@ -62,16 +62,12 @@ for i in 1 2 3; do
   peers+="${peers:+,}n$i=127.0.0.1:$((port + 10 + i))/127.0.0.1:$((port + i))"
   addrs+="${addrs:+,}127.0.0.1:$((port + i))"
 done
+# shellcheck source=deploy/common.sh
+source deploy/common.sh
+if [ -n "${AB_TLS:-}" ]; then tls_setup "$BIN/tallyctl" "$data/tls"; fi
 # Each node in a session of its own (setsid): a Ctrl-C at the terminal
 # reaches this script and tally-load but not the nodes, so tally-load's
 # verification still finds the cluster up; the trap stops the nodes after.
-tls_node=()
-tls_client=()
-if [ -n "${AB_TLS:-}" ]; then
-  "$BIN/tallyctl" certs --dir "$data/tls" --hosts 127.0.0.1 >/dev/null
-  tls_node=(--tls-cert "$data/tls/node.pem" --tls-key "$data/tls/node-key.pem" --tls-ca "$data/tls/ca.pem")
-  tls_client=(--tls-cert "$data/tls/client.pem" --tls-key "$data/tls/client-key.pem" --tls-ca "$data/tls/ca.pem")
-fi
 for i in 1 2 3; do
   # shellcheck disable=SC2086 # TALLYD_FLAGS is a list of flags
   GLIBC_TUNABLES="$tunables" setsid "$BIN/tallyd" --id "n$i" --data "$data/n$i" --shards "$shards" --bootstrap --grpc "127.0.0.1:$((port + i))" \
@@ -79,8 +75,6 @@ for i in 1 2 3; do
     ${tls_node[@]+"${tls_node[@]}"} ${TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
-# shellcheck source=deploy/common.sh
-source deploy/common.sh
 on_start_failure() { AB_KEEP=1; } # the message points at the data folder
 cluster_ready "$BIN/tallyctl" AB_PORT
 scrape() { for i in 1 2 3; do curl -s --max-time 5 "http://127.0.0.1:$((port + 20 + i))/metrics" >"$data/$1.n$i" || true; done; }

@@ -126,13 +126,9 @@ for i in 1 2 3; do
   peers+="${peers:+,}n$i=127.0.0.1:$((port + 10 + i))/127.0.0.1:$((port + i))"
   addrs+="${addrs:+,}127.0.0.1:$((port + i))"
 done
-tls_node=()
-tls_client=()
-if [ -n "${BENCH_TLS:-}" ]; then
-  "$bin/tallyctl" certs --dir "$data/tls" --hosts 127.0.0.1 >/dev/null
-  tls_node=(--tls-cert "$data/tls/node.pem" --tls-key "$data/tls/node-key.pem" --tls-ca "$data/tls/ca.pem")
-  tls_client=(--tls-cert "$data/tls/client.pem" --tls-key "$data/tls/client-key.pem" --tls-ca "$data/tls/ca.pem")
-fi
+# shellcheck source=deploy/common.sh
+source deploy/common.sh
+if [ -n "${BENCH_TLS:-}" ]; then tls_setup "$bin/tallyctl" "$data/tls"; fi
 echo "== cluster: 3 nodes, $shards shards, data $data, gRPC $addrs${BENCH_TLS:+, mutual TLS}"
 # Each node in a session of its own (setsid): a Ctrl-C at the terminal
 # reaches this script and tally-load but not the nodes, so tally-load's
@@ -144,8 +140,6 @@ for i in 1 2 3; do
     --metrics "127.0.0.1:$((port + 20 + i))" --peers "$peers" $pprof_flag --log-level info ${tls_node[@]+"${tls_node[@]}"} ${BENCH_TALLYD_FLAGS:-} >"$data/n$i.log" 2>&1 &
   pids+=($!)
 done
-# shellcheck source=deploy/common.sh
-source deploy/common.sh
 cluster_ready "$bin/tallyctl" BENCH_PORT
 server_pids=$(IFS=,; echo "${pids[*]}")
 

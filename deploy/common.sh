@@ -4,6 +4,19 @@
 # They set pids (the nodes), data, port, addrs and shards, and may define
 # on_start_failure (run before a failed start exits).
 
+# tls_setup TALLYCTL DIR writes a development CA and certificates under DIR
+# (tallyctl certs) and sets tls_node (tallyd's --tls-* flags) and tls_client
+# (tallyctl's and tally-load's), which stay empty without it. Expand them as
+# ${a[@]+"${a[@]}"}: bash before 4.4 takes an empty array for an unbound
+# variable under set -u.
+tls_node=()
+tls_client=()
+tls_setup() {
+  "$1" certs --dir "$2" --hosts 127.0.0.1 >/dev/null
+  tls_node=(--tls-cert "$2/node.pem" --tls-key "$2/node-key.pem" --tls-ca "$2/ca.pem")
+  tls_client=(--tls-cert "$2/client.pem" --tls-key "$2/client-key.pem" --tls-ca "$2/ca.pem")
+}
+
 # cluster_alive KNOB exits 1 if a node has exited: a node that exits at
 # start (a port taken by another cluster, which would then answer instead)
 # must not leave the script measuring a cluster that is not its fresh one.
