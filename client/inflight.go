@@ -1,6 +1,7 @@
 package client
 
 import (
+	"encoding/binary"
 	"hash/maphash"
 	"slices"
 	"sync/atomic"
@@ -54,10 +55,7 @@ func (f *inflightKeys) slotOf(k openKey) uint32 {
 	_, _ = h.WriteString(k.key)
 	_ = h.WriteByte(0)
 	var b [8]byte
-	for i := range b {
-		b[i] = byte(int64(k.shard) >> (8 * i))
-	}
-	_, _ = h.Write(b[:])
+	_, _ = h.Write(binary.LittleEndian.AppendUint64(b[:0], uint64(int64(k.shard))))
 	return uint32(h.Sum64() % flightSlots)
 }
 

@@ -37,6 +37,7 @@ func newKeyPair(certFile, keyFile string) (*keyPair, error) {
 	p := &keyPair{certFile: certFile, keyFile: keyFile, now: time.Now}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.checkedAt = p.now()
 	certPEM, keyPEM, err := p.read()
 	if err != nil {
 		return nil, err
@@ -59,7 +60,6 @@ func (p *keyPair) read() (certPEM, keyPEM []byte, err error) {
 }
 
 func (p *keyPair) loadLocked(certPEM, keyPEM []byte) error {
-	p.checkedAt = p.now()
 	// tls.X509KeyPair stops at the first block that does not decode and
 	// drops the rest: a chain file caught half rewritten in place would
 	// load as the leaf without its intermediate, and be served (found by
