@@ -120,18 +120,21 @@ func TestShardsRaiseTheirVersionOnceEveryNodeMay(t *testing.T) {
 // A node's --peers names the wrong gRPC address for n2: another node (n9)
 // answers there, allowing the newest version, while n2 allows only version
 // 1. The leader must not take n9's answer for n2's and raise the shard past
-// what n2 allows (each ShardState answer names its node).
+// what n2 allows (each ShardState answer names its node). n1 gets the wrong
+// address on a restart: a new cluster's replicas lift their vote guards
+// only once every node has answered (node/voteguard.go), and n1 would
+// never hear n2.
 func TestVersionLoopTakesOnlyTheAskedNodesAnswer(t *testing.T) {
 	impostor, _ := fakePeer(t, "n9", 1)
 	c := newTestCluster(t, 3, 1, func(cfg *Config) {
-		switch cfg.ID {
-		case "n1":
-			cfg.Peers = slices.Clone(cfg.Peers)
-			cfg.Peers[1].GRPCAddr = impostor.GRPCAddr
-		case "n2":
+		if cfg.ID == "n2" {
 			cfg.MaxVersion = ledger.Version1
 		}
 	})
+	c.stop(0)
+	c.cfgs[0].Peers = slices.Clone(c.cfgs[0].Peers)
+	c.cfgs[0].Peers[1].GRPCAddr = impostor.GRPCAddr
+	c.start(0)
 	// Shard 0 prefers n1 (the balancer hands it over).
 	deadline := time.Now().Add(20 * time.Second)
 	for !c.nodes[0].IsLeader(0) {

@@ -33,17 +33,17 @@ import (
 //     index reaches both the highest commit index a leader sent it (entries
 //     committed in this term) and every applied index the other replicas
 //     reported since it started; or
-//   - the shard is new: a majority of the replicas (this one included)
-//     hold no Raft log beyond the bootstrap configuration (last index at
+//   - the shard is new: every replica (this one included) answers and
+//     holds no Raft log beyond the bootstrap configuration (last index at
 //     most 1, log or snapshot), so nothing was ever committed to lose
-//     (every replica of a new cluster starts guarded, and this lifts it),
-//     and no replica that answered holds more. A replica that holds more
-//     proves the shard is not new: two of three replicas wiped look like a
-//     new majority, and lifting then let them elect one of themselves and
-//     replace the third's log, every acknowledged write with it. They
-//     stay guarded instead (no leader until an operator restores them
-//     from the third, README); if the third is down when they start,
-//     nothing can tell, a known limit.
+//     (every replica of a new cluster starts guarded, and this lifts it
+//     once all have started). A majority is not enough: two of three
+//     replicas wiped look like a new majority whether the third, which
+//     holds the log, answers or is down, and lifting then let them elect
+//     one of themselves and replace the third's log, every acknowledged
+//     write with it. They stay guarded instead (no leader until an
+//     operator restores them from the third, README). The price: a new
+//     cluster takes no writes until every node has started once.
 //     The Raft log, not the FSM's applied index: a replica whose state DB
 //     lost its unsynced writes reports applied index 0 with a full log
 //     (found by review: counting it as new lost a write); a replica of a
@@ -145,6 +145,9 @@ func (g *voteGuard) open(term uint64) {
 // applied index and checks whether it may lift the guard.
 const voteGuardPoll = 250 * time.Millisecond
 
+// guardReport is how often a replica still guarded logs what it waits for.
+const guardReport = 30 * time.Second
+
 // errGuarded is what a guarded replica's transport answers raft's own vote
 // and pre-vote requests with: raft counts an error as a vote not granted.
 var errGuarded = errors.New("node: this replica may lack committed entries and does not run for leader until it has caught up")
@@ -214,10 +217,10 @@ type replicaLog struct {
 	peerTerms           []uint64 // the current terms the other replicas reported
 }
 
-// newShard reports whether the replicas look like those of a new shard: a
-// majority hold no log beyond the bootstrap configuration and none that
-// answered holds more (see voteGuard).
-func (r replicaLog) newShard() bool { return 2*r.fresh > r.voters && r.seasoned == 0 }
+// newShard reports whether the replicas look like those of a new shard:
+// every one answered and holds no log beyond the bootstrap configuration
+// (see voteGuard).
+func (r replicaLog) newShard() bool { return r.fresh == r.voters && r.seasoned == 0 }
 
 // newShardLastIndex is the most a replica of a new shard holds: the
 // bootstrap configuration entry.
@@ -288,6 +291,10 @@ func (s *shard) guardLoop() {
 	g := s.trans.guard
 	t := time.NewTicker(voteGuardPoll)
 	defer t.Stop()
+	// An operator who finds a shard without a leader should learn why from
+	// the log, not only from tallyctl state: say what the guard waits for
+	// every guardReport while it lasts.
+	nextReport := time.Now().Add(guardReport)
 	for g.on.Load() {
 		select {
 		case <-s.stop:
@@ -321,12 +328,19 @@ func (s *shard) guardLoop() {
 				g.confirmedTerm.Store(offered)
 			}
 		}
-		if g.mayLift(r) {
-			g.open(r.currentTerm)
-			s.n.logger.Info("replica may vote again", "shard", s.id, "last_index", r.lastIndex, "last_term", r.lastTerm,
-				"new_shard", r.newShard(), "commit_seen", g.maxCommit.Load(),
-				"peer_applied", g.peerApplied.Load(), "votes_refused_up_to_term", r.currentTerm)
+		if !g.mayLift(r) {
+			if now := time.Now(); now.After(nextReport) {
+				nextReport = now.Add(guardReport)
+				s.n.logger.Warn("replica still refuses to vote: it waits to catch up with a leader, or for every replica to answer as new",
+					"shard", s.id, "leader_known", r.leaderKnown, "last_index", r.lastIndex, "replicas_new", r.fresh,
+					"replicas_with_log", r.seasoned, "replicas", r.voters, "takes_entries", g.appendOpen.Load())
+			}
+			continue
 		}
+		g.open(r.currentTerm)
+		s.n.logger.Info("replica may vote again", "shard", s.id, "last_index", r.lastIndex, "last_term", r.lastTerm,
+			"new_shard", r.newShard(), "commit_seen", g.maxCommit.Load(),
+			"peer_applied", g.peerApplied.Load(), "votes_refused_up_to_term", r.currentTerm)
 	}
 }
 

@@ -40,9 +40,12 @@ func TestVoteGuardRules(t *testing.T) {
 	require.True(t, ok)
 	require.False(t, resp.(*raft.RequestPreVoteResponse).Granted)
 
-	// Nothing known yet: a minority of fresh replicas lifts nothing.
+	// Nothing known yet: fresh replicas short of all lift nothing.
 	require.False(t, g.mayLift(replicaLog{fresh: 1, voters: 3}))
-	require.True(t, g.mayLift(replicaLog{fresh: 2, voters: 3}), "a majority reports a new shard")
+	require.False(t, g.mayLift(replicaLog{fresh: 2, voters: 3}),
+		"two wiped replicas while the third, which may hold the log, does not answer")
+	require.True(t, g.mayLift(replicaLog{fresh: 3, voters: 3}), "every replica reports a new shard")
+	require.False(t, g.mayLift(replicaLog{fresh: 4, voters: 5}))
 	require.False(t, g.mayLift(replicaLog{fresh: 2, seasoned: 1, voters: 3}),
 		"two wiped replicas beside one that holds the log: not a new shard")
 	require.True(t, g.mayLift(replicaLog{voters: 1}), "a one-node cluster")
@@ -98,8 +101,11 @@ func TestLastEntryCountsTheSnapshot(t *testing.T) {
 // look like a new shard, and the guard used to lift on that (a majority
 // holds no log): they could elect one of themselves and replace the
 // third's log. The third's answer proves the shard is not new, so they
-// stay guarded and the shard has no leader; the operator's way out is the
-// README's: stop the nodes and copy the third's data to the other two.
+// stay guarded and the shard has no leader. Then the third goes down: a
+// new shard needs every replica's answer, so they stay guarded still (a
+// majority's used to lift them, losing the write). The operator's way out
+// is the README's: stop the nodes and copy the third's data to the other
+// two.
 func TestTwoWipedReplicasBesideTheLogStayGuarded(t *testing.T) {
 	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
 	c.defineAsset("shop", "POINTS", 0)
@@ -113,12 +119,17 @@ func TestTwoWipedReplicasBesideTheLogStayGuarded(t *testing.T) {
 		wipe(t, c.cfgs[i].DataDir)
 		c.start(i)
 	}
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		for _, i := range []int{1, 2} {
-			require.True(t, c.nodes[i].shards[0].trans.guard.on.Load(), "n%d lifted its guard beside a replica holding the log", i+1)
+	stayGuarded := func(why string) {
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			for _, i := range []int{1, 2} {
+				require.True(t, c.nodes[i].shards[0].trans.guard.on.Load(), "n%d lifted its guard %s", i+1, why)
+			}
 		}
 	}
-	for i := range c.nodes {
+	stayGuarded("beside a replica holding the log")
+	c.stop(0)
+	stayGuarded("while the replica holding the log is down")
+	for _, i := range []int{1, 2} {
 		c.stop(i)
 	}
 	for _, i := range []int{1, 2} {
