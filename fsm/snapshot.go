@@ -173,92 +173,19 @@ func (f *FSM) Restore(rc io.ReadCloser) (err error) {
 	// The snapshot's Raft index, where the stream says it (every stream
 	// the node's snapshot store opens does).
 	snapIndex, indexed := snapshotIndexOf(rc)
-	br := bufio.NewReaderSize(rc, 1<<20)
-	crc := crc32.New(castagnoli)
-	r := &crcReader{r: br, crc: crc}
-
-	hdr := make([]byte, len(snapshotMagic)+1+4)
-	if _, err := io.ReadFull(r, hdr); err != nil {
-		return fmt.Errorf("fsm: restore: header: %w", err)
-	}
-	if string(hdr[:len(snapshotMagic)]) != snapshotMagic || hdr[len(snapshotMagic)] != snapshotVersion {
-		return errors.New("fsm: restore: not a tally snapshot (bad magic or version)")
-	}
-	if shard := binary.BigEndian.Uint32(hdr[len(snapshotMagic)+1:]); shard != f.shard {
-		return fmt.Errorf("fsm: restore: snapshot of shard %d offered to shard %d", shard, f.shard)
-	}
-
 	tables, err := newTableSet(f.sdb, f.shard)
 	if err != nil {
 		return fmt.Errorf("fsm: restore: %w", err)
 	}
 	defer tables.cleanup()
-	var (
-		count       uint64
-		prev        []byte
-		hasMeta     bool
-		snapApplied uint64 // the applied index in the snapshot's meta
-	)
-	for {
-		tag, err := r.ReadByte()
-		if err != nil {
-			return fmt.Errorf("fsm: restore: record %d: %w", count, err)
-		}
-		if tag == 0 {
-			break
-		}
-		if tag != 1 {
-			return fmt.Errorf("fsm: restore: record %d: bad tag %d", count, tag)
-		}
-		k, err := readChunk(r, maxSnapshotKeyBytes)
-		if err != nil {
-			return fmt.Errorf("fsm: restore: record %d key: %w", count, err)
-		}
-		v, err := readChunk(r, maxSnapshotValueBytes)
-		if err != nil {
-			return fmt.Errorf("fsm: restore: record %d value: %w", count, err)
-		}
-		key := append(shardPrefix(f.shard), k...)
-		if prev != nil && bytes.Compare(key, prev) <= 0 {
-			return fmt.Errorf("fsm: restore: record %d: keys out of order", count)
-		}
-		if bytes.Equal(key, f.kb.meta()) {
-			m, err := decodeMeta(v)
-			if err != nil {
-				return fmt.Errorf("fsm: restore: record %d: %w", count, err)
-			}
-			// A state applied past the snapshot's own index is not the
-			// state at that index: ApplyBatch would skip the committed
-			// entries between the two as applied already, and the replica
-			// would diverge without a word.
-			if indexed && m.appliedIndex > snapIndex {
-				return fmt.Errorf("fsm: restore: snapshot at raft index %d holds state applied to %d", snapIndex, m.appliedIndex)
-			}
-			hasMeta, snapApplied = true, m.appliedIndex
-		}
-		if err := tables.set(key, v); err != nil {
-			return fmt.Errorf("fsm: restore: record %d: %w", count, err)
-		}
-		prev = key
-		count++
+	if !indexed {
+		snapIndex = math.MaxUint64
 	}
-	sum := crc.Sum32()
-	trailer := make([]byte, 12)
-	if _, err := io.ReadFull(br, trailer); err != nil {
-		return fmt.Errorf("fsm: restore: trailer: %w", err)
+	info, err := readSnapshot(rc, f.shard, snapIndex, tables.set)
+	if err != nil {
+		return fmt.Errorf("fsm: restore: %w", err)
 	}
-	if n := binary.BigEndian.Uint64(trailer); n != count {
-		return fmt.Errorf("fsm: restore: snapshot has %d records, trailer says %d", count, n)
-	}
-	if want := binary.BigEndian.Uint32(trailer[8:]); want != sum {
-		return fmt.Errorf("fsm: restore: checksum mismatch (got %08x want %08x)", sum, want)
-	}
-	// Every apply writes the meta record with the state, so a shard with
-	// state has one; restored without it, the shard would start over at
-	// index 0 and journal sequence 0 over existing journal keys.
-	if count > 0 && !hasMeta {
-		return fmt.Errorf("fsm: restore: snapshot has %d records but no meta record", count)
-	}
+	snapApplied := info.AppliedIndex
 	paths, err := tables.finish()
 	if err != nil {
 		return fmt.Errorf("fsm: restore: %w", err)
@@ -346,6 +273,115 @@ func snapshotIndexOf(rc io.ReadCloser) (uint64, bool) {
 		rc = w.WrappedReadCloser()
 	}
 	return 0, false
+}
+
+// SnapshotInfo is what a check of a snapshot stream found in it.
+type SnapshotInfo struct {
+	Records      uint64 // key-value records, the meta included
+	AppliedIndex uint64 // the applied index in the state's meta (0 for an empty shard)
+	Version      uint32 // the rules version of the state (ledger.Version1 for an empty shard)
+}
+
+// CheckSnapshot reads a whole snapshot stream of shard and checks it as
+// Restore would before changing anything: header, key order, meta (a
+// rules version this binary applies) and trailer (record count and
+// CRC-32C). A backup is checked with it before hashicorp/raft's Restore
+// takes it, since raft panics when the FSM refuses a snapshot it restores
+// for a user.
+func CheckSnapshot(r io.Reader, shard uint32) (SnapshotInfo, error) {
+	return readSnapshot(r, shard, math.MaxUint64, nil)
+}
+
+// readSnapshot reads a snapshot stream of shard, checks it, and hands each
+// record, its key with the shard prefix, to put (when not nil) in key
+// order; the trailer is checked after the last one. A meta whose applied
+// index is past snapIndex is refused: that state is not the state at the
+// snapshot's index (ApplyBatch would skip the committed entries between
+// the two as applied already, and the replica would diverge without a
+// word).
+func readSnapshot(rd io.Reader, shard uint32, snapIndex uint64, put func(key, value []byte) error) (SnapshotInfo, error) {
+	info := SnapshotInfo{Version: ledger.Version1}
+	br := bufio.NewReaderSize(rd, 1<<20)
+	crc := crc32.New(castagnoli)
+	r := &crcReader{r: br, crc: crc}
+
+	hdr := make([]byte, len(snapshotMagic)+1+4)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return info, fmt.Errorf("header: %w", err)
+	}
+	if string(hdr[:len(snapshotMagic)]) != snapshotMagic || hdr[len(snapshotMagic)] != snapshotVersion {
+		return info, errors.New("not a tally snapshot (bad magic or version)")
+	}
+	if got := binary.BigEndian.Uint32(hdr[len(snapshotMagic)+1:]); got != shard {
+		return info, fmt.Errorf("snapshot of shard %d offered to shard %d", got, shard)
+	}
+	kb := keyBuilder{prefix: shardPrefix(shard)}
+	metaKey := kb.meta()
+	var (
+		count   uint64
+		prev    []byte
+		hasMeta bool
+	)
+	for {
+		tag, err := r.ReadByte()
+		if err != nil {
+			return info, fmt.Errorf("record %d: %w", count, err)
+		}
+		if tag == 0 {
+			break
+		}
+		if tag != 1 {
+			return info, fmt.Errorf("record %d: bad tag %d", count, tag)
+		}
+		k, err := readChunk(r, maxSnapshotKeyBytes)
+		if err != nil {
+			return info, fmt.Errorf("record %d key: %w", count, err)
+		}
+		v, err := readChunk(r, maxSnapshotValueBytes)
+		if err != nil {
+			return info, fmt.Errorf("record %d value: %w", count, err)
+		}
+		key := append(shardPrefix(shard), k...)
+		if prev != nil && bytes.Compare(key, prev) <= 0 {
+			return info, fmt.Errorf("record %d: keys out of order", count)
+		}
+		if bytes.Equal(key, metaKey) {
+			m, err := decodeMeta(v)
+			if err != nil {
+				return info, fmt.Errorf("record %d: %w", count, err)
+			}
+			if m.appliedIndex > snapIndex {
+				return info, fmt.Errorf("snapshot at raft index %d holds state applied to %d", snapIndex, m.appliedIndex)
+			}
+			hasMeta, info.AppliedIndex, info.Version = true, m.appliedIndex, max(m.version, ledger.Version1)
+		}
+		if put != nil {
+			if err := put(key, v); err != nil {
+				return info, fmt.Errorf("record %d: %w", count, err)
+			}
+		}
+		prev = key
+		count++
+	}
+	sum := crc.Sum32()
+	trailer := make([]byte, 12)
+	if _, err := io.ReadFull(br, trailer); err != nil {
+		return info, fmt.Errorf("trailer: %w", err)
+	}
+	if n := binary.BigEndian.Uint64(trailer); n != count {
+		return info, fmt.Errorf("snapshot has %d records, trailer says %d", count, n)
+	}
+	if want := binary.BigEndian.Uint32(trailer[8:]); want != sum {
+		return info, fmt.Errorf("checksum mismatch (got %08x want %08x)", sum, want)
+	}
+	// Every apply writes the meta record with the state, so a shard with
+	// state has one; restored without it, the shard would start over at
+	// index 0 and journal sequence 0 over existing journal keys.
+	if count > 0 && !hasMeta {
+		return info, fmt.Errorf("snapshot has %d records but no meta record", count)
+	}
+	info.Records = count
+	return info, nil
 }
 
 // tableSet writes a restore's records, in key order, into sstables in a

@@ -48,6 +48,7 @@ type Node struct {
 	grpcServer *grpc.Server
 	admission  *admission    // node-wide bound on calls in progress
 	fullStates chan struct{} // admits maxFullStates full ShardState walks at a time
+	backupMu   sync.Mutex    // held by the one Backup or Restore running (node/backup.go)
 	httpServer *http.Server
 	peers      *peerConns
 	assets     assetCache

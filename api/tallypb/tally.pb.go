@@ -1883,6 +1883,355 @@ func (x *ShardStateResponse) GetNodeId() string {
 	return ""
 }
 
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_tally_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *BackupRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+// BackupHeader describes one shard's backup.
+type BackupHeader struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The cluster's shard count: a backup restores only into a cluster with
+	// the same count (members map to shards by it).
+	Shards uint32 `protobuf:"varint,2,opt,name=shards,proto3" json:"shards,omitempty"`
+	// The snapshot's Raft index and term, and hashicorp/raft's snapshot
+	// format version.
+	RaftIndex       uint64 `protobuf:"varint,3,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	RaftTerm        uint64 `protobuf:"varint,4,opt,name=raft_term,json=raftTerm,proto3" json:"raft_term,omitempty"`
+	SnapshotVersion int32  `protobuf:"varint,5,opt,name=snapshot_version,json=snapshotVersion,proto3" json:"snapshot_version,omitempty"`
+	// The number of bytes that follow.
+	Size int64 `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
+	// What the snapshot holds: the applied index and rules version in its
+	// state (from the leader's check of the stream; 0 when not known).
+	AppliedIndex  uint64 `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Version       uint32 `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupHeader) Reset() {
+	*x = BackupHeader{}
+	mi := &file_tally_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupHeader) ProtoMessage() {}
+
+func (x *BackupHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupHeader.ProtoReflect.Descriptor instead.
+func (*BackupHeader) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *BackupHeader) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetShards() uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetRaftTerm() uint64 {
+	if x != nil {
+		return x.RaftTerm
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetSnapshotVersion() int32 {
+	if x != nil {
+		return x.SnapshotVersion
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *BackupHeader) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+// BackupChunk: the first carries the header (and no data), then data, and
+// the last the SHA-256 of all data bytes (and no data).
+type BackupChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *BackupHeader          `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Sha256        []byte                 `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_tally_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *BackupChunk) GetHeader() *BackupHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *BackupChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *BackupChunk) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+// RestoreChunk: the first carries the header and confirm (and no data),
+// then data, and the last the SHA-256 of all data bytes (and no data).
+type RestoreChunk struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *BackupHeader          `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	// Must be true: a restore discards every operation applied since the
+	// backup.
+	Confirm       bool   `protobuf:"varint,2,opt,name=confirm,proto3" json:"confirm,omitempty"`
+	Data          []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	Sha256        []byte `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreChunk) Reset() {
+	*x = RestoreChunk{}
+	mi := &file_tally_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreChunk) ProtoMessage() {}
+
+func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
+func (*RestoreChunk) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RestoreChunk) GetHeader() *BackupHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *RestoreChunk) GetConfirm() bool {
+	if x != nil {
+		return x.Confirm
+	}
+	return false
+}
+
+func (x *RestoreChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *RestoreChunk) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+type RestoreResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Raft index the restored state took (past the shard's log; every
+	// replica installs the snapshot there).
+	RaftIndex uint64 `protobuf:"varint,1,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	// The applied index and rules version of the restored state.
+	AppliedIndex  uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Version       uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreResponse) Reset() {
+	*x = RestoreResponse{}
+	mi := &file_tally_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreResponse) ProtoMessage() {}
+
+func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
+func (*RestoreResponse) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RestoreResponse) GetRaftIndex() uint64 {
+	if x != nil {
+		return x.RaftIndex
+	}
+	return 0
+}
+
+func (x *RestoreResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *RestoreResponse) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 var File_tally_proto protoreflect.FileDescriptor
 
 const file_tally_proto_rawDesc = "" +
@@ -2030,7 +2379,33 @@ const file_tally_proto_rawDesc = "" +
 	"\anode_id\x18\x0e \x01(\tR\x06nodeIdB\x12\n" +
 	"\x10_raft_last_indexB\f\n" +
 	"\n" +
-	"_raft_term*\xe3\x01\n" +
+	"_raft_term\"%\n" +
+	"\rBackupRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xf6\x01\n" +
+	"\fBackupHeader\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x16\n" +
+	"\x06shards\x18\x02 \x01(\rR\x06shards\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\x03 \x01(\x04R\traftIndex\x12\x1b\n" +
+	"\traft_term\x18\x04 \x01(\x04R\braftTerm\x12)\n" +
+	"\x10snapshot_version\x18\x05 \x01(\x05R\x0fsnapshotVersion\x12\x12\n" +
+	"\x04size\x18\x06 \x01(\x03R\x04size\x12#\n" +
+	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12\x18\n" +
+	"\aversion\x18\b \x01(\rR\aversion\"i\n" +
+	"\vBackupChunk\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.tally.v1.BackupHeaderR\x06header\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\fR\x06sha256\"\x84\x01\n" +
+	"\fRestoreChunk\x12.\n" +
+	"\x06header\x18\x01 \x01(\v2\x16.tally.v1.BackupHeaderR\x06header\x12\x18\n" +
+	"\aconfirm\x18\x02 \x01(\bR\aconfirm\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\fR\x06sha256\"o\n" +
+	"\x0fRestoreResponse\x12\x1d\n" +
+	"\n" +
+	"raft_index\x18\x01 \x01(\x04R\traftIndex\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion*\xe3\x01\n" +
 	"\x06OpKind\x12\x17\n" +
 	"\x13OP_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDEFINE_ASSET\x10\x01\x12\x10\n" +
@@ -2048,7 +2423,7 @@ const file_tally_proto_rawDesc = "" +
 	"\x12\x10\n" +
 	"\fREPORT_FOUND\x10\v\x12\t\n" +
 	"\x05CLOSE\x10\f\x12\x0f\n" +
-	"\vEXPIRE_HOLD\x10\r2\xd6\x04\n" +
+	"\vEXPIRE_HOLD\x10\r2\xd2\x05\n" +
 	"\x06Ledger\x12;\n" +
 	"\x06Submit\x12\x17.tally.v1.SubmitRequest\x1a\x18.tally.v1.SubmitResponse\x12J\n" +
 	"\vDefineAsset\x12\x1c.tally.v1.DefineAssetRequest\x1a\x1d.tally.v1.DefineAssetResponse\x12G\n" +
@@ -2059,7 +2434,9 @@ const file_tally_proto_rawDesc = "" +
 	"\fGetOperation\x12\x1d.tally.v1.GetOperationRequest\x1a\x1e.tally.v1.GetOperationResponse\x12J\n" +
 	"\vClusterInfo\x12\x1c.tally.v1.ClusterInfoRequest\x1a\x1d.tally.v1.ClusterInfoResponse\x12G\n" +
 	"\n" +
-	"ShardState\x12\x1b.tally.v1.ShardStateRequest\x1a\x1c.tally.v1.ShardStateResponseB+Z)github.com/tally-ledger/tally/api/tallypbb\x06proto3"
+	"ShardState\x12\x1b.tally.v1.ShardStateRequest\x1a\x1c.tally.v1.ShardStateResponse\x12:\n" +
+	"\x06Backup\x12\x17.tally.v1.BackupRequest\x1a\x15.tally.v1.BackupChunk0\x01\x12>\n" +
+	"\aRestore\x12\x16.tally.v1.RestoreChunk\x1a\x19.tally.v1.RestoreResponse(\x01B+Z)github.com/tally-ledger/tally/api/tallypbb\x06proto3"
 
 var (
 	file_tally_proto_rawDescOnce sync.Once
@@ -2074,7 +2451,7 @@ func file_tally_proto_rawDescGZIP() []byte {
 }
 
 var file_tally_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tally_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_tally_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_tally_proto_goTypes = []any{
 	(OpKind)(0),                  // 0: tally.v1.OpKind
 	(*Op)(nil),                   // 1: tally.v1.Op
@@ -2102,6 +2479,11 @@ var file_tally_proto_goTypes = []any{
 	(*ClusterInfoResponse)(nil),  // 23: tally.v1.ClusterInfoResponse
 	(*ShardStateRequest)(nil),    // 24: tally.v1.ShardStateRequest
 	(*ShardStateResponse)(nil),   // 25: tally.v1.ShardStateResponse
+	(*BackupRequest)(nil),        // 26: tally.v1.BackupRequest
+	(*BackupHeader)(nil),         // 27: tally.v1.BackupHeader
+	(*BackupChunk)(nil),          // 28: tally.v1.BackupChunk
+	(*RestoreChunk)(nil),         // 29: tally.v1.RestoreChunk
+	(*RestoreResponse)(nil),      // 30: tally.v1.RestoreResponse
 }
 var file_tally_proto_depIdxs = []int32{
 	0,  // 0: tally.v1.Op.kind:type_name -> tally.v1.OpKind
@@ -2120,27 +2502,33 @@ var file_tally_proto_depIdxs = []int32{
 	15, // 13: tally.v1.GetOperationResponse.entry:type_name -> tally.v1.JournalEntry
 	21, // 14: tally.v1.ClusterInfoResponse.nodes:type_name -> tally.v1.NodeInfo
 	22, // 15: tally.v1.ClusterInfoResponse.leaders:type_name -> tally.v1.ShardLeader
-	5,  // 16: tally.v1.Ledger.Submit:input_type -> tally.v1.SubmitRequest
-	7,  // 17: tally.v1.Ledger.DefineAsset:input_type -> tally.v1.DefineAssetRequest
-	9,  // 18: tally.v1.Ledger.GetAccount:input_type -> tally.v1.GetAccountRequest
-	12, // 19: tally.v1.Ledger.GetAccounts:input_type -> tally.v1.GetAccountsRequest
-	16, // 20: tally.v1.Ledger.ListJournal:input_type -> tally.v1.ListJournalRequest
-	18, // 21: tally.v1.Ledger.GetOperation:input_type -> tally.v1.GetOperationRequest
-	20, // 22: tally.v1.Ledger.ClusterInfo:input_type -> tally.v1.ClusterInfoRequest
-	24, // 23: tally.v1.Ledger.ShardState:input_type -> tally.v1.ShardStateRequest
-	6,  // 24: tally.v1.Ledger.Submit:output_type -> tally.v1.SubmitResponse
-	8,  // 25: tally.v1.Ledger.DefineAsset:output_type -> tally.v1.DefineAssetResponse
-	10, // 26: tally.v1.Ledger.GetAccount:output_type -> tally.v1.GetAccountResponse
-	14, // 27: tally.v1.Ledger.GetAccounts:output_type -> tally.v1.GetAccountsResponse
-	17, // 28: tally.v1.Ledger.ListJournal:output_type -> tally.v1.ListJournalResponse
-	19, // 29: tally.v1.Ledger.GetOperation:output_type -> tally.v1.GetOperationResponse
-	23, // 30: tally.v1.Ledger.ClusterInfo:output_type -> tally.v1.ClusterInfoResponse
-	25, // 31: tally.v1.Ledger.ShardState:output_type -> tally.v1.ShardStateResponse
-	24, // [24:32] is the sub-list for method output_type
-	16, // [16:24] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	27, // 16: tally.v1.BackupChunk.header:type_name -> tally.v1.BackupHeader
+	27, // 17: tally.v1.RestoreChunk.header:type_name -> tally.v1.BackupHeader
+	5,  // 18: tally.v1.Ledger.Submit:input_type -> tally.v1.SubmitRequest
+	7,  // 19: tally.v1.Ledger.DefineAsset:input_type -> tally.v1.DefineAssetRequest
+	9,  // 20: tally.v1.Ledger.GetAccount:input_type -> tally.v1.GetAccountRequest
+	12, // 21: tally.v1.Ledger.GetAccounts:input_type -> tally.v1.GetAccountsRequest
+	16, // 22: tally.v1.Ledger.ListJournal:input_type -> tally.v1.ListJournalRequest
+	18, // 23: tally.v1.Ledger.GetOperation:input_type -> tally.v1.GetOperationRequest
+	20, // 24: tally.v1.Ledger.ClusterInfo:input_type -> tally.v1.ClusterInfoRequest
+	24, // 25: tally.v1.Ledger.ShardState:input_type -> tally.v1.ShardStateRequest
+	26, // 26: tally.v1.Ledger.Backup:input_type -> tally.v1.BackupRequest
+	29, // 27: tally.v1.Ledger.Restore:input_type -> tally.v1.RestoreChunk
+	6,  // 28: tally.v1.Ledger.Submit:output_type -> tally.v1.SubmitResponse
+	8,  // 29: tally.v1.Ledger.DefineAsset:output_type -> tally.v1.DefineAssetResponse
+	10, // 30: tally.v1.Ledger.GetAccount:output_type -> tally.v1.GetAccountResponse
+	14, // 31: tally.v1.Ledger.GetAccounts:output_type -> tally.v1.GetAccountsResponse
+	17, // 32: tally.v1.Ledger.ListJournal:output_type -> tally.v1.ListJournalResponse
+	19, // 33: tally.v1.Ledger.GetOperation:output_type -> tally.v1.GetOperationResponse
+	23, // 34: tally.v1.Ledger.ClusterInfo:output_type -> tally.v1.ClusterInfoResponse
+	25, // 35: tally.v1.Ledger.ShardState:output_type -> tally.v1.ShardStateResponse
+	28, // 36: tally.v1.Ledger.Backup:output_type -> tally.v1.BackupChunk
+	30, // 37: tally.v1.Ledger.Restore:output_type -> tally.v1.RestoreResponse
+	28, // [28:38] is the sub-list for method output_type
+	18, // [18:28] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_tally_proto_init() }
@@ -2156,7 +2544,7 @@ func file_tally_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tally_proto_rawDesc), len(file_tally_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

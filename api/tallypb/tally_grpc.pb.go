@@ -52,6 +52,8 @@ const (
 	Ledger_GetOperation_FullMethodName = "/tally.v1.Ledger/GetOperation"
 	Ledger_ClusterInfo_FullMethodName  = "/tally.v1.Ledger/ClusterInfo"
 	Ledger_ShardState_FullMethodName   = "/tally.v1.Ledger/ShardState"
+	Ledger_Backup_FullMethodName       = "/tally.v1.Ledger/Backup"
+	Ledger_Restore_FullMethodName      = "/tally.v1.Ledger/Restore"
 )
 
 // LedgerClient is the client API for Ledger service.
@@ -86,6 +88,15 @@ type LedgerClient interface {
 	// state hash and conservation check. Not linearizable: for operators and
 	// the fault harness, which compare replicas at the same applied index.
 	ShardState(ctx context.Context, in *ShardStateRequest, opts ...grpc.CallOption) (*ShardStateResponse, error)
+	// Backup streams a snapshot of one shard, taken for it by the shard's
+	// leader (NOT_LEADER elsewhere): a header first, then the snapshot's
+	// bytes, then their SHA-256.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
+	// Restore replaces one shard's state, on every replica, with a backup's,
+	// through the shard's leader: a header (with confirm set) first, then the
+	// backup's bytes, then their SHA-256. Every operation applied since the
+	// backup is gone, its idempotency key with it.
+	Restore(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreChunk, RestoreResponse], error)
 }
 
 type ledgerClient struct {
@@ -176,6 +187,38 @@ func (c *ledgerClient) ShardState(ctx context.Context, in *ShardStateRequest, op
 	return out, nil
 }
 
+func (c *ledgerClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Ledger_ServiceDesc.Streams[0], Ledger_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ledger_BackupClient = grpc.ServerStreamingClient[BackupChunk]
+
+func (c *ledgerClient) Restore(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreChunk, RestoreResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Ledger_ServiceDesc.Streams[1], Ledger_Restore_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RestoreChunk, RestoreResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ledger_RestoreClient = grpc.ClientStreamingClient[RestoreChunk, RestoreResponse]
+
 // LedgerServer is the server API for Ledger service.
 // All implementations must embed UnimplementedLedgerServer
 // for forward compatibility.
@@ -208,6 +251,15 @@ type LedgerServer interface {
 	// state hash and conservation check. Not linearizable: for operators and
 	// the fault harness, which compare replicas at the same applied index.
 	ShardState(context.Context, *ShardStateRequest) (*ShardStateResponse, error)
+	// Backup streams a snapshot of one shard, taken for it by the shard's
+	// leader (NOT_LEADER elsewhere): a header first, then the snapshot's
+	// bytes, then their SHA-256.
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error
+	// Restore replaces one shard's state, on every replica, with a backup's,
+	// through the shard's leader: a header (with confirm set) first, then the
+	// backup's bytes, then their SHA-256. Every operation applied since the
+	// backup is gone, its idempotency key with it.
+	Restore(grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]) error
 	mustEmbedUnimplementedLedgerServer()
 }
 
@@ -241,6 +293,12 @@ func (UnimplementedLedgerServer) ClusterInfo(context.Context, *ClusterInfoReques
 }
 func (UnimplementedLedgerServer) ShardState(context.Context, *ShardStateRequest) (*ShardStateResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ShardState not implemented")
+}
+func (UnimplementedLedgerServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method Backup not implemented")
+}
+func (UnimplementedLedgerServer) Restore(grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method Restore not implemented")
 }
 func (UnimplementedLedgerServer) mustEmbedUnimplementedLedgerServer() {}
 func (UnimplementedLedgerServer) testEmbeddedByValue()                {}
@@ -407,6 +465,24 @@ func _Ledger_ShardState_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Ledger_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(LedgerServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ledger_BackupServer = grpc.ServerStreamingServer[BackupChunk]
+
+func _Ledger_Restore_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(LedgerServer).Restore(&grpc.GenericServerStream[RestoreChunk, RestoreResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ledger_RestoreServer = grpc.ClientStreamingServer[RestoreChunk, RestoreResponse]
+
 // Ledger_ServiceDesc is the grpc.ServiceDesc for Ledger service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -447,6 +523,17 @@ var Ledger_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Ledger_ShardState_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Backup",
+			Handler:       _Ledger_Backup_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Restore",
+			Handler:       _Ledger_Restore_Handler,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "tally.proto",
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"net"
 	"sort"
 	"strconv"
@@ -37,6 +39,7 @@ type fakeLedger struct {
 	records  map[string]*tallypb.JournalEntry
 	journal  []*tallypb.JournalEntry
 	seq      uint64
+	restored map[uint32][]byte // Restore's data by shard
 }
 
 func startFake(t *testing.T) *fakeLedger {
@@ -199,4 +202,57 @@ func (f *fakeLedger) ShardState(_ context.Context, req *tallypb.ShardStateReques
 	}
 	return &tallypb.ShardStateResponse{Shard: req.Shard, AppliedIndex: 42, StateHash: []byte{0xde, 0xad, 0xbe, 0xef},
 		ConservationOk: true, Leader: true, LastTimeMs: 1700000000000, Version: 2, MaxVersion: 2}, nil
+}
+
+// fakeBackup is shard's backup as the fake streams it: big enough to take
+// several chunks.
+func fakeBackup(shard uint32) []byte {
+	return bytes.Repeat([]byte{'a' + byte(shard)}, 600<<10)
+}
+
+func (f *fakeLedger) Backup(req *tallypb.BackupRequest, stream tallypb.Ledger_BackupServer) error {
+	data := fakeBackup(req.GetShard())
+	if err := stream.Send(&tallypb.BackupChunk{Header: &tallypb.BackupHeader{Shard: req.GetShard(), Shards: uint32(f.shards),
+		RaftIndex: 10, RaftTerm: 2, SnapshotVersion: 1, Size: int64(len(data)), AppliedIndex: 9, Version: 4}}); err != nil {
+		return err
+	}
+	for len(data) > 0 {
+		n := min(len(data), 256<<10)
+		if err := stream.Send(&tallypb.BackupChunk{Data: data[:n]}); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	sum := sha256.Sum256(fakeBackup(req.GetShard()))
+	return stream.Send(&tallypb.BackupChunk{Sha256: sum[:]})
+}
+
+// Restore records what it was sent, whole, per shard.
+func (f *fakeLedger) Restore(stream tallypb.Ledger_RestoreServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	var data []byte
+	for {
+		c, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if c.GetSha256() != nil {
+			sum := sha256.Sum256(data)
+			if !first.GetConfirm() || !bytes.Equal(sum[:], c.GetSha256()) || int64(len(data)) != first.GetHeader().GetSize() {
+				return tallyErr(codes.InvalidArgument, ledger.CodeInvalidArgument, "bad restore stream", nil)
+			}
+			break
+		}
+		data = append(data, c.GetData()...)
+	}
+	f.mu.Lock()
+	if f.restored == nil {
+		f.restored = make(map[uint32][]byte)
+	}
+	f.restored[first.GetHeader().GetShard()] = data
+	f.mu.Unlock()
+	return stream.SendAndClose(&tallypb.RestoreResponse{RaftIndex: 20, AppliedIndex: first.GetHeader().GetAppliedIndex(), Version: 4})
 }

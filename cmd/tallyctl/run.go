@@ -90,6 +90,9 @@ type command struct {
 	do      func(ctx context.Context, c *client.Client, a *args) (view, error)
 	// local, if set, is the command instead of do: it needs no cluster.
 	local func(a *args) (view, error)
+	// timeout, if set, replaces defaultTimeout when --timeout is not given
+	// (backup and restore move whole shards).
+	timeout time.Duration
 }
 
 func memberFlags(fs *flag.FlagSet, a *args) {
@@ -326,6 +329,8 @@ func commandsWith(stdin io.Reader) []command {
 			},
 		},
 		batchCommand(stdin),
+		backupCommand(),
+		restoreCommand(),
 		{
 			name: "certs", synopsis: "write a development CA, a node certificate and a client certificate for mutual TLS (--tls-cert/--tls-key/--tls-ca)",
 			flags: func(fs *flag.FlagSet, a *args) {
@@ -475,6 +480,11 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	}
 	set := make(map[string]bool)
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	timeoutSet := set["timeout"]
+	top.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	if cmd.timeout > 0 && !timeoutSet {
+		g.timeout = cmd.timeout
+	}
 	var missing []string
 	for _, name := range cmd.required {
 		if !set[name] {

@@ -1,0 +1,259 @@
+package node
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/fsm"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// Backups and restores go through hashicorp/raft's own user snapshots:
+// Backup asks the shard's leader for a snapshot (raft.Snapshot, or the
+// newest one stored when nothing was applied since) and streams it;
+// Restore hands a backup to raft.Restore on the leader, which writes it
+// as a snapshot past the end of the log and restores the leader's FSM from
+// it, so every follower installs it as it would any snapshot that passed
+// it by. Raft panics when the FSM refuses a snapshot it restores for a
+// user, so the backup is spooled to disk and checked whole (SHA-256,
+// header, key order, meta, CRC) before raft sees it.
+
+// backupChunkBytes is the data carried by one BackupChunk or RestoreChunk.
+const backupChunkBytes = 256 << 10
+
+// restoreTimeout bounds raft.Restore: the wait to reach the leader loop
+// and then for the no-op entry after it, which commits once a majority
+// holds the restored state.
+const restoreTimeout = 5 * time.Minute
+
+func (sv *server) shardByID(id uint32) (*shard, error) {
+	if int(id) >= len(sv.n.shards) {
+		return nil, newError(ledger.CodeInvalidArgument, fmt.Sprintf("shard %d: the cluster has %d shards", id, len(sv.n.shards)))
+	}
+	return sv.n.shards[id], nil
+}
+
+// exclusive runs one backup or restore at a time on this node: each reads
+// or writes a whole shard, and an operator's script gone wrong should not
+// run many at once.
+func (sv *server) exclusive() (release func(), err error) {
+	if !sv.n.backupMu.TryLock() {
+		return nil, errUnavailable("another backup or restore is running on this node")
+	}
+	return sv.n.backupMu.Unlock, nil
+}
+
+// Backup streams a snapshot of one shard from its leader (see above).
+func (sv *server) Backup(req *tallypb.BackupRequest, stream tallypb.Ledger_BackupServer) (err error) {
+	start := time.Now()
+	defer func() { sv.observe("Backup", start, err); err = toStatus(err) }()
+	s, err := sv.shardByID(req.GetShard())
+	if err != nil {
+		return err
+	}
+	release, err := sv.exclusive()
+	if err != nil {
+		return err
+	}
+	defer release()
+	// Every operation acknowledged before the call is applied here once
+	// this holds (the leader applies before it acknowledges), so the
+	// snapshot taken after it holds them all.
+	if err := s.linearizable(stream.Context()); err != nil {
+		return err
+	}
+	meta, err := s.backupSnapshot()
+	if err != nil {
+		return err
+	}
+	// Read it twice, to check it before sending a byte, so a backup that
+	// arrives whole is one that Restore will take.
+	_, rc, err := s.snaps.Open(meta.ID)
+	if err != nil {
+		return errUnavailable(fmt.Sprintf("open snapshot %s: %v", meta.ID, err))
+	}
+	info, err := fsm.CheckSnapshot(rc, s.id)
+	_ = rc.Close()
+	if err != nil {
+		return errInternal(fmt.Sprintf("snapshot %s fails its check: %v", meta.ID, err))
+	}
+	_, rc, err = s.snaps.Open(meta.ID)
+	if err != nil {
+		return errUnavailable(fmt.Sprintf("open snapshot %s: %v", meta.ID, err))
+	}
+	defer rc.Close()
+	hdr := &tallypb.BackupHeader{
+		Shard: s.id, Shards: uint32(len(sv.n.shards)), RaftIndex: meta.Index, RaftTerm: meta.Term,
+		SnapshotVersion: int32(meta.Version), Size: meta.Size, AppliedIndex: info.AppliedIndex, Version: info.Version,
+	}
+	if err := stream.Send(&tallypb.BackupChunk{Header: hdr}); err != nil {
+		return err
+	}
+	h := sha256.New()
+	buf := make([]byte, backupChunkBytes)
+	var sent int64
+	for {
+		n, rerr := io.ReadFull(rc, buf)
+		if n > 0 {
+			h.Write(buf[:n])
+			sent += int64(n)
+			if err := stream.Send(&tallypb.BackupChunk{Data: buf[:n]}); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			return errUnavailable(fmt.Sprintf("read snapshot %s: %v", meta.ID, rerr))
+		}
+	}
+	if sent != meta.Size {
+		return errInternal(fmt.Sprintf("snapshot %s: read %d bytes, its meta says %d", meta.ID, sent, meta.Size))
+	}
+	return stream.Send(&tallypb.BackupChunk{Sha256: h.Sum(nil)})
+}
+
+// backupSnapshot takes a snapshot of the shard for a backup, or finds the
+// newest stored one when nothing was applied since it (raft refuses to
+// take another then).
+func (s *shard) backupSnapshot() (*raft.SnapshotMeta, error) {
+	fut := s.raft.Snapshot()
+	err := fut.Error()
+	if err == nil {
+		meta, rc, err := fut.Open()
+		if err != nil {
+			return nil, errUnavailable(fmt.Sprintf("open the snapshot taken: %v", err))
+		}
+		_ = rc.Close()
+		return meta, nil
+	}
+	if !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		return nil, errUnavailable(fmt.Sprintf("take a snapshot: %v", err))
+	}
+	list, err := s.snaps.List()
+	if err != nil {
+		return nil, errUnavailable(fmt.Sprintf("list snapshots: %v", err))
+	}
+	if len(list) == 0 {
+		return nil, errUnavailable("nothing new to snapshot, and no snapshot stored")
+	}
+	return list[0], nil // newest first
+}
+
+// Restore replaces one shard's state with a backup's (see above).
+func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
+	start := time.Now()
+	defer func() { sv.observe("Restore", start, err); err = toStatus(err) }()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hdr := first.GetHeader()
+	switch {
+	case hdr == nil:
+		return newError(ledger.CodeInvalidArgument, "restore: the first message must carry the backup's header")
+	case !first.GetConfirm():
+		return newError(ledger.CodeInvalidArgument, "restore: confirm must be set: every operation applied since the backup is discarded")
+	case hdr.GetShards() != uint32(len(sv.n.shards)):
+		return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: a backup of a cluster of %d shards cannot restore into one of %d: members map to other shards",
+			hdr.GetShards(), len(sv.n.shards)))
+	case hdr.GetSize() < 0:
+		return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: size %d", hdr.GetSize()))
+	case raft.SnapshotVersion(hdr.GetSnapshotVersion()) < raft.SnapshotVersionMin || raft.SnapshotVersion(hdr.GetSnapshotVersion()) > raft.SnapshotVersionMax:
+		return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: raft snapshot version %d", hdr.GetSnapshotVersion()))
+	}
+	s, err := sv.shardByID(hdr.GetShard())
+	if err != nil {
+		return err
+	}
+	release, err := sv.exclusive()
+	if err != nil {
+		return err
+	}
+	defer release()
+	if err := s.linearizable(stream.Context()); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(sv.n.cfg.DataDir, "restore-*.tmp")
+	if err != nil {
+		return errUnavailable(fmt.Sprintf("restore: spool file: %v", err))
+	}
+	defer func() {
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+	}()
+	if err := spoolBackup(stream, f, hdr.GetSize()); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return errUnavailable(fmt.Sprintf("restore: %v", err))
+	}
+	info, err := fsm.CheckSnapshot(f, s.id)
+	if err != nil {
+		return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: the backup fails its check: %v", err))
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return errUnavailable(fmt.Sprintf("restore: %v", err))
+	}
+	meta := &raft.SnapshotMeta{
+		Version: raft.SnapshotVersion(hdr.GetSnapshotVersion()), Index: hdr.GetRaftIndex(), Term: hdr.GetRaftTerm(), Size: hdr.GetSize(),
+	}
+	sv.n.logger.Warn("restoring a shard from a backup: operations applied since it are discarded",
+		"shard", s.id, "backup_raft_index", meta.Index, "backup_applied_index", info.AppliedIndex, "version", info.Version)
+	if err := s.raft.Restore(meta, f, restoreTimeout); err != nil {
+		return s.raftError(fmt.Errorf("restore: %w", err))
+	}
+	sv.n.logger.Warn("shard restored from a backup", "shard", s.id, "raft_index", s.raft.LastIndex())
+	return stream.SendAndClose(&tallypb.RestoreResponse{
+		RaftIndex: s.raft.LastIndex(), AppliedIndex: info.AppliedIndex, Version: info.Version,
+	})
+}
+
+// spoolBackup writes a restore's data chunks to f, checking that they are
+// size bytes whose SHA-256 the last message carries.
+func spoolBackup(stream tallypb.Ledger_RestoreServer, f *os.File, size int64) error {
+	h := sha256.New()
+	var got int64
+	for {
+		c, err := stream.Recv()
+		if err == io.EOF {
+			return newError(ledger.CodeInvalidArgument, "restore: the stream ended without the backup's SHA-256")
+		}
+		if err != nil {
+			return err
+		}
+		if c.GetHeader() != nil {
+			return newError(ledger.CodeInvalidArgument, "restore: a second header")
+		}
+		if sum := c.GetSha256(); sum != nil {
+			if len(c.GetData()) > 0 {
+				return newError(ledger.CodeInvalidArgument, "restore: data in the SHA-256 message")
+			}
+			if got != size {
+				return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: %d bytes received, the header says %d", got, size))
+			}
+			if !bytes.Equal(sum, h.Sum(nil)) {
+				return newError(ledger.CodeInvalidArgument, "restore: SHA-256 mismatch: the backup was damaged on its way")
+			}
+			return nil
+		}
+		d := c.GetData()
+		if got+int64(len(d)) > size {
+			return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: more than the %d bytes the header says", size))
+		}
+		h.Write(d)
+		if _, err := f.Write(d); err != nil {
+			return errUnavailable(fmt.Sprintf("restore: spool: %v", err))
+		}
+		got += int64(len(d))
+	}
+}

@@ -1,0 +1,126 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/ledger"
+)
+
+// TestBackupAndRestore: a backup of a shard, restored after more writes,
+// brings every replica back to it: the writes since are gone, their keys
+// free again, and the state survives a restart of every node. A backup
+// that is damaged, of another shard or of a cluster with another shard
+// count, or sent without confirm, is refused and changes nothing.
+func TestBackupAndRestore(t *testing.T) {
+	c := newTestCluster(t, 3, 2, func(cfg *Config) { cfg.BalanceInterval = -1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
+	require.NoError(t, err)
+	defer cl.Close()
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "c1", "ann", "POINTS", "100"))
+	shard := cl.ShardOf("shop", "ann")
+	posted := func() string {
+		a, err := cl.GetAccount(ctx, "shop", "ann", "POINTS")
+		require.NoError(t, err)
+		return a.Posted.String()
+	}
+	code := func(err error) ledger.Code {
+		var ce *client.Error
+		require.True(t, errors.As(err, &ce), "%v", err)
+		return ce.Code
+	}
+
+	var backup bytes.Buffer
+	hdr, err := cl.Backup(ctx, shard, &backup)
+	require.NoError(t, err)
+	require.EqualValues(t, shard, hdr.Shard)
+	require.EqualValues(t, 2, hdr.Shards)
+	require.EqualValues(t, backup.Len(), hdr.Size)
+	require.NotZero(t, hdr.AppliedIndex)
+	sum := sha256.Sum256(backup.Bytes())
+	require.Equal(t, hex.EncodeToString(sum[:]), hdr.SHA256)
+	// Nothing applied since: raft takes no new snapshot, and the newest
+	// stored one is the backup.
+	var again bytes.Buffer
+	hdr2, err := cl.Backup(ctx, shard, &again)
+	require.NoError(t, err)
+	require.Equal(t, hdr.AppliedIndex, hdr2.AppliedIndex)
+
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "c2", "ann", "POINTS", "50"))
+	require.Equal(t, "150", posted())
+
+	restore := func(h client.BackupHeader, b []byte) error {
+		_, err := cl.Restore(ctx, h, bytes.NewReader(b))
+		return err
+	}
+	// Refused, changing nothing.
+	damaged := bytes.Clone(backup.Bytes())
+	damaged[len(damaged)/2] ^= 0x40
+	dh := hdr
+	dsum := sha256.Sum256(damaged)
+	dh.SHA256 = hex.EncodeToString(dsum[:])
+	err = restore(dh, damaged)
+	require.Equal(t, ledger.CodeInvalidArgument, code(err), "a backup that fails its check: %v", err)
+	require.ErrorContains(t, err, "fails its check")
+	wrongSum := hdr
+	wrongSum.SHA256 = hex.EncodeToString(make([]byte, sha256.Size))
+	require.Equal(t, ledger.CodeInvalidArgument, code(restore(wrongSum, backup.Bytes())), "damaged on its way")
+	otherCount := hdr
+	otherCount.Shards = 3
+	require.Equal(t, ledger.CodeInvalidArgument, code(restore(otherCount, backup.Bytes())), "another shard count")
+	otherShard := hdr
+	otherShard.Shard = uint32(1 - shard)
+	err = restore(otherShard, backup.Bytes())
+	require.Equal(t, ledger.CodeInvalidArgument, code(err), "another shard's backup")
+	require.ErrorContains(t, err, "offered to shard")
+	leader := c.leaderOf(shard)
+	rs, err := c.client(c.cfgs[leader].GRPCAddr).Restore(ctx)
+	require.NoError(t, err)
+	require.NoError(t, rs.Send(&tallypb.RestoreChunk{Header: &tallypb.BackupHeader{
+		Shard: hdr.Shard, Shards: hdr.Shards, SnapshotVersion: hdr.SnapshotVersion, Size: hdr.Size}}))
+	_, err = rs.CloseAndRecv()
+	require.ErrorContains(t, err, "confirm must be set")
+	require.Equal(t, "150", posted())
+	c.checkReplicas()
+
+	res, err := cl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
+	require.NoError(t, err)
+	require.Equal(t, hdr.AppliedIndex, res.AppliedIndex)
+	require.Greater(t, res.RaftIndex, hdr.RaftIndex)
+	require.Equal(t, "100", posted(), "c2 came after the backup")
+	c.checkReplicas()
+	found, _, err := cl.GetOperation(ctx, "shop", "ann", "c2")
+	require.NoError(t, err)
+	require.False(t, found, "c2's record is gone with it")
+	r, err := cl.Credit(ctx, "shop", "ann", "POINTS", decimal.NewFromInt(50), "c2", "")
+	require.NoError(t, err)
+	require.False(t, r.Replayed, "c2 applies again")
+	require.Equal(t, "150", posted())
+
+	for i := range c.nodes {
+		c.stop(i)
+	}
+	for i := range c.nodes {
+		c.start(i)
+	}
+	c.waitLeaders()
+	require.Equal(t, "150", posted())
+	r, err = cl.Credit(ctx, "shop", "ann", "POINTS", decimal.NewFromInt(50), "c2", "")
+	require.NoError(t, err)
+	require.True(t, r.Replayed)
+	c.checkReplicas()
+}
