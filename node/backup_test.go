@@ -123,4 +123,35 @@ func TestBackupAndRestore(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, r.Replayed)
 	c.checkReplicas()
+
+	// An asset defined after a backup is gone after its restore, and may
+	// be defined again at another scale: the nodes must forget the
+	// definition they cached (they used to convert amounts at the old
+	// scale, and the ledger recorded SCALE_MISMATCH under the op's key).
+	var all []client.BackupHeader
+	var files [][]byte
+	for s := range 2 {
+		var b bytes.Buffer
+		h, err := cl.Backup(ctx, s, &b)
+		require.NoError(t, err)
+		all, files = append(all, h), append(files, b.Bytes())
+	}
+	c.defineAsset("shop", "GEM", 2)
+	_, err = cl.OpenAccount(ctx, "shop", "ann", "GEM", nil, "o-gem")
+	require.NoError(t, err)
+	_, err = cl.Credit(ctx, "shop", "ann", "GEM", decimal.RequireFromString("1.50"), "g1", "")
+	require.NoError(t, err)
+	for s := range 2 {
+		require.NoError(t, restore(all[s], files[s]))
+	}
+	c.defineAsset("shop", "GEM", 0)
+	_, err = cl.OpenAccount(ctx, "shop", "ann", "GEM", nil, "o-gem")
+	require.NoError(t, err)
+	r, err = cl.Credit(ctx, "shop", "ann", "GEM", decimal.NewFromInt(5), "g2", "")
+	require.NoError(t, err, "credit at the new scale")
+	require.Equal(t, ledger.CodeOK, r.Code, r.Message)
+	a, err := cl.GetAccount(ctx, "shop", "ann", "GEM")
+	require.NoError(t, err)
+	require.Equal(t, "5", a.Posted.String())
+	c.checkReplicas()
 }

@@ -4,21 +4,30 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/ledger"
 )
 
 // assetCache remembers asset definitions seen in each shard's local state.
-// Assets never change once defined, so a cached definition is always
-// current; only absence must be confirmed by a linearizable read. It is
-// kept per shard because each shard stores its own copy of every asset:
-// DefineAsset defines it shard by shard and can stop part way (a deadline
-// during an election), and an op let through on a shard that lacks its
-// asset would be recorded as UNKNOWN_ASSET under its key, which then
-// replays for good once the asset is there.
+// Assets never change once defined, so a cached definition is current
+// until a restore from a backup takes the shard back to before it (and
+// the asset may then be defined again at another scale): forgetShard
+// drops the shard's definitions after every snapshot restore. Only
+// absence must be confirmed by a linearizable read. It is kept per shard
+// because each shard stores its own copy of every asset: DefineAsset
+// defines it shard by shard and can stop part way (a deadline during an
+// election), and an op let through on a shard that lacks its asset would
+// be recorded as UNKNOWN_ASSET under its key, which then replays for good
+// once the asset is there.
 type assetCache struct {
 	m sync.Map // assetCacheKey -> ledger.Asset
+	// gen counts forgetShard calls. A definition read from a shard's state
+	// is cached only if no restore came between the read and the put:
+	// otherwise it may be the old state's, put after forgetShard ran.
+	mu  sync.Mutex // serializes put and forgetShard
+	gen atomic.Uint64
 }
 
 type assetCacheKey struct {
@@ -34,8 +43,29 @@ func (c *assetCache) get(shard uint32, program, code string) (ledger.Asset, bool
 	return v.(ledger.Asset), true
 }
 
-func (c *assetCache) put(shard uint32, a ledger.Asset) {
-	c.m.Store(assetCacheKey{shard, a.Program, a.Code}, a)
+// generation is read before a definition is read from a shard's state,
+// and handed to put with it.
+func (c *assetCache) generation() uint64 { return c.gen.Load() }
+
+func (c *assetCache) put(shard uint32, a ledger.Asset, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen.Load() == gen {
+		c.m.Store(assetCacheKey{shard, a.Program, a.Code}, a)
+	}
+}
+
+// forgetShard drops shard's definitions: its state was replaced.
+func (c *assetCache) forgetShard(shard uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen.Add(1)
+	c.m.Range(func(k, _ any) bool {
+		if k.(assetCacheKey).shard == shard {
+			c.m.Delete(k)
+		}
+		return true
+	})
 }
 
 // asset returns the definition of (program, code) as shard s knows it. If
@@ -46,12 +76,13 @@ func (n *Node) asset(ctx context.Context, s *shard, program, code string) (ledge
 		return a, nil
 	}
 	for attempt := 0; attempt < 2; attempt++ {
+		gen := n.assets.generation()
 		a, found, err := s.fsm.Asset(program, code)
 		if err != nil {
 			return ledger.Asset{}, errInternal(err.Error())
 		}
 		if found {
-			n.assets.put(s.id, a)
+			n.assets.put(s.id, a, gen)
 			return a, nil
 		}
 		if attempt == 0 {
@@ -240,6 +271,7 @@ func (c *pbConv) scale(program, code string) uint8 {
 	if a, ok := c.n.assets.get(c.s.id, program, code); ok {
 		return a.Scale
 	}
+	gen := c.n.assets.generation()
 	a, found, err := c.s.fsm.Asset(program, code)
 	switch {
 	case err != nil:
@@ -249,7 +281,7 @@ func (c *pbConv) scale(program, code string) uint8 {
 		c.fail(fmt.Errorf("asset %s/%s of a stored value is missing", program, code))
 		return 0
 	}
-	c.n.assets.put(c.s.id, a)
+	c.n.assets.put(c.s.id, a, gen)
 	return a.Scale
 }
 

@@ -35,7 +35,7 @@ func TestUnknownWireKindIsRejected(t *testing.T) {
 // dropped, so an account "opened with 100.00" opened empty.
 func TestEdgeRefusesUnusedFields(t *testing.T) {
 	n := &Node{}
-	n.assets.put(0, ledger.Asset{Program: "p", Code: "USD", Scale: 2})
+	n.assets.put(0, ledger.Asset{Program: "p", Code: "USD", Scale: 2}, n.assets.generation())
 	s := &shard{id: 0, n: n}
 	for _, tc := range []struct {
 		name  string
@@ -79,7 +79,7 @@ func TestAssetCacheIsPerShard(t *testing.T) {
 	require.Equal(t, ledger.CodeOK, r[0].(fsm.Results)[0][0].Code)
 
 	n := &Node{}
-	n.assets.put(0, ledger.Asset{Program: "p", Code: "USD", Scale: 2}) // learned on shard 0
+	n.assets.put(0, ledger.Asset{Program: "p", Code: "USD", Scale: 2}, n.assets.generation()) // learned on shard 0
 	_, ok := n.assets.get(1, "p", "USD")
 	require.False(t, ok, "shard 0's definition served for shard 1")
 	s1 := &shard{id: 1, n: n, fsm: f1}
@@ -150,4 +150,26 @@ func TestLargestRequestFits(t *testing.T) {
 	}
 	require.Equal(t, client.MaxOpBytes, proto.Size(big.Ops[0]))
 	require.Less(t, proto.Size(big), maxRequestBytes)
+}
+
+// TestAssetCacheForgetsARestoredShard: a restore drops the shard's cached
+// definitions, and a definition read before it (from the state it
+// replaced) is not cached after it.
+func TestAssetCacheForgetsARestoredShard(t *testing.T) {
+	var c assetCache
+	usd := ledger.Asset{Program: "p", Code: "USD", Scale: 2}
+	c.put(0, usd, c.generation())
+	c.put(1, usd, c.generation())
+	before := c.generation() // a read of shard 0's old state begins
+	c.forgetShard(0)
+	_, ok := c.get(0, "p", "USD")
+	require.False(t, ok)
+	_, ok = c.get(1, "p", "USD")
+	require.True(t, ok, "another shard's definitions stay")
+	c.put(0, usd, before)
+	_, ok = c.get(0, "p", "USD")
+	require.False(t, ok, "a definition read before the restore was cached after it")
+	c.put(0, usd, c.generation())
+	_, ok = c.get(0, "p", "USD")
+	require.True(t, ok)
 }

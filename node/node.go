@@ -434,7 +434,15 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		}
 	}
 	s := newShard(n, id, f)
-	f.SetHooks(n.metrics.fsmHooks())
+	hooks := n.metrics.fsmHooks()
+	onRestore := hooks.OnRestore
+	hooks.OnRestore = func(took time.Duration, err error) {
+		onRestore(took, err)
+		// A restore from a backup can take the shard back to before an
+		// asset was defined (see assetCache).
+		n.assets.forgetShard(id)
+	}
+	f.SetHooks(hooks)
 	r, err := raft.NewRaft(rc, f, logs, logs, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("node: shard %d: start raft: %w", id, err)
