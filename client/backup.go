@@ -25,14 +25,23 @@ type BackupHeader struct {
 	SnapshotVersion int32  `json:"snapshot_version"`
 	Size            int64  `json:"size"`   // bytes of the backup
 	SHA256          string `json:"sha256"` // of those bytes, hex
-	// The applied index and rules version of the state it holds.
-	AppliedIndex uint64 `json:"applied_index"`
-	Version      uint32 `json:"version"`
+	// The applied index, rules version and hash (hex; what ShardState
+	// reports at that applied index) of the state it holds, and whether
+	// its balances pass the conservation check.
+	AppliedIndex   uint64 `json:"applied_index"`
+	Version        uint32 `json:"version"`
+	StateHash      string `json:"state_hash"`
+	ConservationOK bool   `json:"conservation_ok"`
 }
 
-func (h BackupHeader) proto() *tallypb.BackupHeader {
+func (h BackupHeader) proto() (*tallypb.BackupHeader, error) {
+	stateHash, err := hex.DecodeString(h.StateHash)
+	if err != nil {
+		return nil, newError(ledger.CodeInvalidArgument, int(h.Shard), "restore: the header's state hash %q is not hex", h.StateHash)
+	}
 	return &tallypb.BackupHeader{Shard: h.Shard, Shards: h.Shards, RaftIndex: h.RaftIndex, RaftTerm: h.RaftTerm,
-		SnapshotVersion: h.SnapshotVersion, Size: h.Size, AppliedIndex: h.AppliedIndex, Version: h.Version}
+		SnapshotVersion: h.SnapshotVersion, Size: h.Size, AppliedIndex: h.AppliedIndex, Version: h.Version,
+		StateHash: stateHash, ConservationOk: h.ConservationOK}, nil
 }
 
 // RestoreResult is what a shard's leader answers a Restore with.
@@ -40,6 +49,7 @@ type RestoreResult struct {
 	RaftIndex    uint64 // the Raft index the restored state took
 	AppliedIndex uint64 // of the restored state
 	Version      uint32 // its rules version
+	StateHash    string // its hash, hex
 }
 
 // Backup writes a backup of shard to w: a snapshot its leader takes for it
@@ -62,7 +72,8 @@ func (c *Client) Backup(ctx context.Context, shard int, w io.Writer) (BackupHead
 			return true, newError(ledger.CodeInternal, shard, "backup: the first message is not the shard's header")
 		}
 		hdr = BackupHeader{Shard: ph.GetShard(), Shards: ph.GetShards(), RaftIndex: ph.GetRaftIndex(), RaftTerm: ph.GetRaftTerm(),
-			SnapshotVersion: ph.GetSnapshotVersion(), Size: ph.GetSize(), AppliedIndex: ph.GetAppliedIndex(), Version: ph.GetVersion()}
+			SnapshotVersion: ph.GetSnapshotVersion(), Size: ph.GetSize(), AppliedIndex: ph.GetAppliedIndex(), Version: ph.GetVersion(),
+			StateHash: hex.EncodeToString(ph.GetStateHash()), ConservationOK: ph.GetConservationOk()}
 		h := sha256.New()
 		var got int64
 		for {
@@ -108,6 +119,10 @@ func (c *Client) Restore(ctx context.Context, hdr BackupHeader, r io.ReadSeeker)
 	if err != nil || len(sum) != sha256.Size {
 		return RestoreResult{}, newError(ledger.CodeInvalidArgument, shard, "restore: the header's SHA-256 %q is not one", hdr.SHA256)
 	}
+	ph, err := hdr.proto()
+	if err != nil {
+		return RestoreResult{}, err
+	}
 	var res RestoreResult
 	e := c.leaderStream(ctx, shard, func(ctx context.Context, lc tallypb.LedgerClient) (bool, error) {
 		if _, err := r.Seek(0, io.SeekStart); err != nil {
@@ -120,7 +135,7 @@ func (c *Client) Restore(ctx context.Context, hdr BackupHeader, r io.ReadSeeker)
 		// A refusal (NOT_LEADER, a bad header) ends the stream: Send then
 		// says io.EOF, and CloseAndRecv has the server's answer.
 		send := func(m *tallypb.RestoreChunk) bool { return stream.Send(m) == nil }
-		ok := send(&tallypb.RestoreChunk{Header: hdr.proto(), Confirm: true})
+		ok := send(&tallypb.RestoreChunk{Header: ph, Confirm: true})
 		buf := make([]byte, 256<<10)
 		for ok {
 			n, rerr := io.ReadFull(r, buf)
@@ -144,7 +159,8 @@ func (c *Client) Restore(ctx context.Context, hdr BackupHeader, r io.ReadSeeker)
 			// alone.
 			return false, err
 		}
-		res = RestoreResult{RaftIndex: resp.GetRaftIndex(), AppliedIndex: resp.GetAppliedIndex(), Version: resp.GetVersion()}
+		res = RestoreResult{RaftIndex: resp.GetRaftIndex(), AppliedIndex: resp.GetAppliedIndex(), Version: resp.GetVersion(),
+			StateHash: hex.EncodeToString(resp.GetStateHash())}
 		return true, nil
 	})
 	if e != nil {

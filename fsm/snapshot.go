@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"io"
 	"math"
@@ -280,6 +281,11 @@ type SnapshotInfo struct {
 	Records      uint64 // key-value records, the meta included
 	AppliedIndex uint64 // the applied index in the state's meta (0 for an empty shard)
 	Version      uint32 // the rules version of the state (ledger.Version1 for an empty shard)
+	// Hash is the state's hash, as FSM.State computes it, and
+	// Conservation is non-nil when the state breaks conservation. Only
+	// CheckSnapshot computes them.
+	Hash         []byte
+	Conservation error
 }
 
 // CheckSnapshot reads a whole snapshot stream of shard and checks it as
@@ -289,7 +295,13 @@ type SnapshotInfo struct {
 // takes it, since raft panics when the FSM refuses a snapshot it restores
 // for a user.
 func CheckSnapshot(r io.Reader, shard uint32) (SnapshotInfo, error) {
-	return readSnapshot(r, shard, math.MaxUint64, nil)
+	var h stateHasher
+	info, err := readSnapshot(r, shard, math.MaxUint64, h.add)
+	if err != nil {
+		return info, err
+	}
+	info.Hash, info.Conservation = h.sum()
+	return info, nil
 }
 
 // readSnapshot reads a snapshot stream of shard, checks it, and hands each
@@ -504,44 +516,74 @@ func (f *FSM) State() (StateInfo, error) {
 		}
 		info.AppliedIndex, info.LastTimeMs = m.appliedIndex, m.lastTimeMs
 	}
-	h := sha256.New()
-	var balances []ledger.Balance
-	var lenBuf []byte
+	var h stateHasher
 	for valid := it.First(); valid; valid = it.Next() {
-		k, v := it.Key(), it.Value()
-		lenBuf = binary.AppendUvarint(lenBuf[:0], uint64(len(k)))
-		h.Write(lenBuf)
-		h.Write(k)
-		lenBuf = binary.AppendUvarint(lenBuf[:0], uint64(len(v)))
-		h.Write(lenBuf)
-		h.Write(v)
-		switch k[shardPrefixLen] {
-		case tagAccount:
-			a, err := ledger.DecodeAccount(v)
-			if err != nil {
-				_ = it.Close()
-				return info, err
-			}
-			balances = append(balances, ledger.Balance{Program: a.Key.Program, Member: a.Key.Member,
-				Asset: a.Key.Asset, PostedMinor: a.PostedMinor})
-		case tagControl:
-			parts := splitKey(k[shardPrefixLen+1:])
-			if len(parts) != 2 || len(v) != 8 {
-				_ = it.Close()
-				return info, fmt.Errorf("fsm: malformed control key %q", k)
-			}
-			balances = append(balances, ledger.Balance{Program: parts[0], Member: ledger.ControlMember,
-				Asset: parts[1], PostedMinor: int64(binary.BigEndian.Uint64(v))})
+		if err := h.add(it.Key(), it.Value()); err != nil {
+			_ = it.Close()
+			return info, err
 		}
 	}
 	if err := it.Close(); err != nil {
 		return info, err
 	}
-	info.Hash = h.Sum(nil)
-	if err := ledger.Conservation(balances); err != nil {
-		info.Conservation = fmt.Errorf("%w: %v", ErrConservation, err)
-	}
+	info.Hash, info.Conservation = h.sum()
 	return info, nil
+}
+
+// stateHasher hashes a shard's keys (with the shard prefix) and values,
+// given in key order, and checks conservation over its accounts and
+// control balances: FSM.State over the DB, and CheckSnapshot over a
+// snapshot stream, so a backup's hash is the one its shard reports at
+// the backup's applied index.
+type stateHasher struct {
+	h        hash.Hash
+	balances []ledger.Balance
+	lenBuf   []byte
+}
+
+func (s *stateHasher) add(k, v []byte) error {
+	if s.h == nil {
+		s.h = sha256.New()
+	}
+	s.lenBuf = binary.AppendUvarint(s.lenBuf[:0], uint64(len(k)))
+	s.h.Write(s.lenBuf)
+	s.h.Write(k)
+	s.lenBuf = binary.AppendUvarint(s.lenBuf[:0], uint64(len(v)))
+	s.h.Write(s.lenBuf)
+	s.h.Write(v)
+	if len(k) <= shardPrefixLen {
+		return fmt.Errorf("fsm: key %q outside every shard's layout", k)
+	}
+	switch k[shardPrefixLen] {
+	case tagAccount:
+		a, err := ledger.DecodeAccount(v)
+		if err != nil {
+			return err
+		}
+		s.balances = append(s.balances, ledger.Balance{Program: a.Key.Program, Member: a.Key.Member,
+			Asset: a.Key.Asset, PostedMinor: a.PostedMinor})
+	case tagControl:
+		parts := splitKey(k[shardPrefixLen+1:])
+		if len(parts) != 2 || len(v) != 8 {
+			return fmt.Errorf("fsm: malformed control key %q", k)
+		}
+		s.balances = append(s.balances, ledger.Balance{Program: parts[0], Member: ledger.ControlMember,
+			Asset: parts[1], PostedMinor: int64(binary.BigEndian.Uint64(v))})
+	}
+	return nil
+}
+
+// sum returns the hash, and a non-nil error when some (program, asset)
+// does not sum to zero.
+func (s *stateHasher) sum() ([]byte, error) {
+	if s.h == nil {
+		s.h = sha256.New()
+	}
+	var conservation error
+	if err := ledger.Conservation(s.balances); err != nil {
+		conservation = fmt.Errorf("%w: %v", ErrConservation, err)
+	}
+	return s.h.Sum(nil), conservation
 }
 
 func splitKey(b []byte) []string {

@@ -93,6 +93,12 @@ func (sv *server) Backup(req *tallypb.BackupRequest, stream tallypb.Ledger_Backu
 	hdr := &tallypb.BackupHeader{
 		Shard: s.id, Shards: uint32(len(sv.n.shards)), RaftIndex: meta.Index, RaftTerm: meta.Term,
 		SnapshotVersion: int32(meta.Version), Size: meta.Size, AppliedIndex: info.AppliedIndex, Version: info.Version,
+		StateHash: info.Hash, ConservationOk: info.Conservation == nil,
+	}
+	if info.Conservation != nil {
+		// Sent all the same: the operator decides what a copy of a broken
+		// state is worth, and tallyctl backup exits non-zero on it.
+		sv.n.logger.Error("backup of a state that breaks conservation", "shard", s.id, "applied_index", info.AppliedIndex, "error", info.Conservation)
 	}
 	if err := stream.Send(&tallypb.BackupChunk{Header: hdr}); err != nil {
 		return err
@@ -201,6 +207,9 @@ func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
 	if err != nil {
 		return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: the backup fails its check: %v", err))
 	}
+	if h := hdr.GetStateHash(); len(h) > 0 && !bytes.Equal(h, info.Hash) {
+		return newError(ledger.CodeInvalidArgument, "restore: the backup's state hash differs from its header's")
+	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return errUnavailable(fmt.Sprintf("restore: %v", err))
 	}
@@ -214,7 +223,7 @@ func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
 	}
 	sv.n.logger.Warn("shard restored from a backup", "shard", s.id, "raft_index", s.raft.LastIndex())
 	return stream.SendAndClose(&tallypb.RestoreResponse{
-		RaftIndex: s.raft.LastIndex(), AppliedIndex: info.AppliedIndex, Version: info.Version,
+		RaftIndex: s.raft.LastIndex(), AppliedIndex: info.AppliedIndex, Version: info.Version, StateHash: info.Hash,
 	})
 }
 

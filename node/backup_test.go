@@ -53,6 +53,17 @@ func TestBackupAndRestore(t *testing.T) {
 	require.NotZero(t, hdr.AppliedIndex)
 	sum := sha256.Sum256(backup.Bytes())
 	require.Equal(t, hex.EncodeToString(sum[:]), hdr.SHA256)
+	require.True(t, hdr.ConservationOK)
+	// The backup's state is the one every replica reports at its index.
+	stateHash := func(i int) (uint64, string) {
+		st, err := c.client(c.cfgs[i].GRPCAddr).ShardState(ctx, &tallypb.ShardStateRequest{Shard: uint32(shard), Full: true})
+		require.NoError(t, err)
+		return st.GetAppliedIndex(), hex.EncodeToString(st.GetStateHash())
+	}
+	c.checkReplicas()
+	index, h := stateHash(0)
+	require.Equal(t, hdr.AppliedIndex, index)
+	require.Equal(t, hdr.StateHash, h)
 	// Nothing applied since: raft takes no new snapshot, and the newest
 	// stored one is the backup.
 	var again bytes.Buffer
@@ -76,6 +87,9 @@ func TestBackupAndRestore(t *testing.T) {
 	err = restore(dh, damaged)
 	require.Equal(t, ledger.CodeInvalidArgument, code(err), "a backup that fails its check: %v", err)
 	require.ErrorContains(t, err, "fails its check")
+	otherState := hdr
+	otherState.StateHash = hex.EncodeToString(make([]byte, sha256.Size))
+	require.Equal(t, ledger.CodeInvalidArgument, code(restore(otherState, backup.Bytes())), "a state hash that is not the backup's")
 	wrongSum := hdr
 	wrongSum.SHA256 = hex.EncodeToString(make([]byte, sha256.Size))
 	require.Equal(t, ledger.CodeInvalidArgument, code(restore(wrongSum, backup.Bytes())), "damaged on its way")
@@ -101,6 +115,13 @@ func TestBackupAndRestore(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, hdr.AppliedIndex, res.AppliedIndex)
 	require.Greater(t, res.RaftIndex, hdr.RaftIndex)
+	require.Equal(t, hdr.StateHash, res.StateHash)
+	c.checkReplicas()
+	for i := range c.nodes {
+		index, h := stateHash(i)
+		require.Equal(t, hdr.AppliedIndex, index)
+		require.Equal(t, hdr.StateHash, h, "node %d after the restore", i)
+	}
 	require.Equal(t, "100", posted(), "c2 came after the backup")
 	c.checkReplicas()
 	found, _, err := cl.GetOperation(ctx, "shop", "ann", "c2")

@@ -1943,10 +1943,15 @@ type BackupHeader struct {
 	Size int64 `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
 	// What the snapshot holds: the applied index and rules version in its
 	// state (from the leader's check of the stream; 0 when not known).
-	AppliedIndex  uint64 `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	Version       uint32 `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AppliedIndex uint64 `protobuf:"varint,7,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Version      uint32 `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
+	// The state's hash, as ShardState reports it at that applied index
+	// (SHA-256 over the shard's keys and values), and whether its balances
+	// pass the conservation check.
+	StateHash      []byte `protobuf:"bytes,9,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
+	ConservationOk bool   `protobuf:"varint,10,opt,name=conservation_ok,json=conservationOk,proto3" json:"conservation_ok,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *BackupHeader) Reset() {
@@ -2033,6 +2038,20 @@ func (x *BackupHeader) GetVersion() uint32 {
 		return x.Version
 	}
 	return 0
+}
+
+func (x *BackupHeader) GetStateHash() []byte {
+	if x != nil {
+		return x.StateHash
+	}
+	return nil
+}
+
+func (x *BackupHeader) GetConservationOk() bool {
+	if x != nil {
+		return x.ConservationOk
+	}
+	return false
 }
 
 // BackupChunk: the first carries the header (and no data), then data, and
@@ -2174,9 +2193,10 @@ type RestoreResponse struct {
 	// The Raft index the restored state took (past the shard's log; every
 	// replica installs the snapshot there).
 	RaftIndex uint64 `protobuf:"varint,1,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
-	// The applied index and rules version of the restored state.
+	// The applied index, rules version and hash of the restored state.
 	AppliedIndex  uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	Version       uint32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	StateHash     []byte `protobuf:"bytes,4,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2230,6 +2250,13 @@ func (x *RestoreResponse) GetVersion() uint32 {
 		return x.Version
 	}
 	return 0
+}
+
+func (x *RestoreResponse) GetStateHash() []byte {
+	if x != nil {
+		return x.StateHash
+	}
+	return nil
 }
 
 var File_tally_proto protoreflect.FileDescriptor
@@ -2381,7 +2408,7 @@ const file_tally_proto_rawDesc = "" +
 	"\n" +
 	"_raft_term\"%\n" +
 	"\rBackupRequest\x12\x14\n" +
-	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xf6\x01\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xbe\x02\n" +
 	"\fBackupHeader\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x16\n" +
 	"\x06shards\x18\x02 \x01(\rR\x06shards\x12\x1d\n" +
@@ -2391,7 +2418,11 @@ const file_tally_proto_rawDesc = "" +
 	"\x10snapshot_version\x18\x05 \x01(\x05R\x0fsnapshotVersion\x12\x12\n" +
 	"\x04size\x18\x06 \x01(\x03R\x04size\x12#\n" +
 	"\rapplied_index\x18\a \x01(\x04R\fappliedIndex\x12\x18\n" +
-	"\aversion\x18\b \x01(\rR\aversion\"i\n" +
+	"\aversion\x18\b \x01(\rR\aversion\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\t \x01(\fR\tstateHash\x12'\n" +
+	"\x0fconservation_ok\x18\n" +
+	" \x01(\bR\x0econservationOk\"i\n" +
 	"\vBackupChunk\x12.\n" +
 	"\x06header\x18\x01 \x01(\v2\x16.tally.v1.BackupHeaderR\x06header\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
@@ -2400,12 +2431,14 @@ const file_tally_proto_rawDesc = "" +
 	"\x06header\x18\x01 \x01(\v2\x16.tally.v1.BackupHeaderR\x06header\x12\x18\n" +
 	"\aconfirm\x18\x02 \x01(\bR\aconfirm\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12\x16\n" +
-	"\x06sha256\x18\x04 \x01(\fR\x06sha256\"o\n" +
+	"\x06sha256\x18\x04 \x01(\fR\x06sha256\"\x8e\x01\n" +
 	"\x0fRestoreResponse\x12\x1d\n" +
 	"\n" +
 	"raft_index\x18\x01 \x01(\x04R\traftIndex\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\rR\aversion*\xe3\x01\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion\x12\x1d\n" +
+	"\n" +
+	"state_hash\x18\x04 \x01(\fR\tstateHash*\xe3\x01\n" +
 	"\x06OpKind\x12\x17\n" +
 	"\x13OP_KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fDEFINE_ASSET\x10\x01\x12\x10\n" +

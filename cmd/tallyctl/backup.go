@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tally-ledger/tally/client"
+	"github.com/tally-ledger/tally/fsm"
 )
 
 // A backup directory holds one file per shard (shardFile) and
@@ -90,9 +91,76 @@ func backupCommand() command {
 			if err := writeSynced(filepath.Join(dir, manifestName), append(b, '\n')); err != nil {
 				return nil, err
 			}
-			return backupView{Dir: dir, Manifest: m}, syncDir(dir)
+			if err := syncDir(dir); err != nil {
+				return nil, err
+			}
+			for _, h := range m.Backups {
+				if !h.ConservationOK {
+					// Kept, and said: the operator decides what a copy of a
+					// broken state is worth.
+					return backupView{Dir: dir, Manifest: m}, fmt.Errorf("shard %d: the state backed up breaks conservation (the node's log says how); the backup is written all the same", h.Shard)
+				}
+			}
+			return backupView{Dir: dir, Manifest: m}, nil
 		},
 	}
+}
+
+func verifyBackupCommand() command {
+	var dir string
+	return command{
+		name:     "verify-backup",
+		synopsis: "check a backup directory without a cluster: every shard file's size and SHA-256, its snapshot's framing, order and checksum, its state hash and conservation",
+		flags: func(fs *flag.FlagSet, a *args) {
+			fs.StringVar(&dir, "dir", "", "backup directory (written by backup)")
+		},
+		required: []string{"dir"},
+		local: func(a *args) (view, error) {
+			m, err := readManifest(dir)
+			if err != nil {
+				return nil, err
+			}
+			v := verifyView{Dir: dir}
+			var failed []string
+			for _, h := range m.Backups {
+				r := verifiedShard{Shard: h.Shard, AppliedIndex: h.AppliedIndex, StateHash: h.StateHash}
+				if err := verifyBackupFile(filepath.Join(dir, shardFile(h.Shard)), h); err != nil {
+					r.Error = err.Error()
+					failed = append(failed, fmt.Sprintf("shard %d", h.Shard))
+				}
+				v.Shards = append(v.Shards, r)
+			}
+			if len(failed) > 0 {
+				return v, fmt.Errorf("%d of %d shards fail: %v", len(failed), len(m.Backups), failed)
+			}
+			return v, nil
+		},
+	}
+}
+
+// verifyBackupFile checks a shard's file as a restore would, and its
+// state against the manifest's hash and the conservation check.
+func verifyBackupFile(path string, h client.BackupHeader) error {
+	if err := checkBackupFile(path, h); err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	info, err := fsm.CheckSnapshot(f, h.Shard)
+	switch {
+	case err != nil:
+		return err
+	case hex.EncodeToString(info.Hash) != h.StateHash:
+		return fmt.Errorf("state hash %x, the manifest says %s", info.Hash, h.StateHash)
+	case info.AppliedIndex != h.AppliedIndex:
+		return fmt.Errorf("applied index %d, the manifest says %d", info.AppliedIndex, h.AppliedIndex)
+	case info.Conservation != nil:
+		return info.Conservation
+	}
+	return nil
 }
 
 // backupShard writes shard's backup to path through a temporary file,
@@ -203,7 +271,8 @@ func restoreCommand() command {
 				if err != nil {
 					return v, fmt.Errorf("shard %d: %w (shards before it in this list were restored: %v)", s, err, v.Restored)
 				}
-				v.Restored = append(v.Restored, restoredShard{Shard: s, RaftIndex: res.RaftIndex, AppliedIndex: res.AppliedIndex, Version: res.Version})
+				v.Restored = append(v.Restored, restoredShard{Shard: s, RaftIndex: res.RaftIndex, AppliedIndex: res.AppliedIndex,
+					Version: res.Version, StateHash: res.StateHash})
 			}
 			return v, nil
 		},
@@ -268,7 +337,33 @@ func (v backupView) jsonValue() any { return v }
 func (v backupView) text(w io.Writer) {
 	fmt.Fprintf(w, "backup of %d of %d shards in %s (taken %s)\n", len(v.Manifest.Backups), v.Manifest.Shards, v.Dir, v.Manifest.TakenAt)
 	for _, h := range v.Manifest.Backups {
-		fmt.Fprintf(w, "  shard %d: %d bytes, applied index %d, rules version %d, sha256 %s\n", h.Shard, h.Size, h.AppliedIndex, h.Version, h.SHA256)
+		fmt.Fprintf(w, "  shard %d: %d bytes, applied index %d, rules version %d, state hash %s, conservation ok %v\n",
+			h.Shard, h.Size, h.AppliedIndex, h.Version, h.StateHash, h.ConservationOK)
+	}
+}
+
+type verifiedShard struct {
+	Shard        uint32 `json:"shard"`
+	AppliedIndex uint64 `json:"applied_index"`
+	StateHash    string `json:"state_hash"`
+	Error        string `json:"error,omitempty"`
+}
+
+type verifyView struct {
+	Dir    string          `json:"dir"`
+	Shards []verifiedShard `json:"shards"`
+}
+
+func (v verifyView) jsonValue() any { return v }
+
+func (v verifyView) text(w io.Writer) {
+	fmt.Fprintf(w, "backup %s: %d shards\n", v.Dir, len(v.Shards))
+	for _, s := range v.Shards {
+		status := "ok"
+		if s.Error != "" {
+			status = "FAILS: " + s.Error
+		}
+		fmt.Fprintf(w, "  shard %d: applied index %d, state hash %s: %s\n", s.Shard, s.AppliedIndex, s.StateHash, status)
 	}
 }
 
@@ -277,6 +372,7 @@ type restoredShard struct {
 	RaftIndex    uint64 `json:"raft_index"`
 	AppliedIndex uint64 `json:"applied_index"`
 	Version      uint32 `json:"version"`
+	StateHash    string `json:"state_hash"`
 }
 
 type restoreView struct {
@@ -289,6 +385,7 @@ func (v restoreView) jsonValue() any { return v }
 func (v restoreView) text(w io.Writer) {
 	fmt.Fprintf(w, "restored %d shards from %s\n", len(v.Restored), v.Dir)
 	for _, r := range v.Restored {
-		fmt.Fprintf(w, "  shard %d: applied index %d, rules version %d, now at raft index %d\n", r.Shard, r.AppliedIndex, r.Version, r.RaftIndex)
+		fmt.Fprintf(w, "  shard %d: applied index %d, rules version %d, state hash %s, now at raft index %d\n",
+			r.Shard, r.AppliedIndex, r.Version, r.StateHash, r.RaftIndex)
 	}
 }

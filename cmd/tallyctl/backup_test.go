@@ -34,6 +34,30 @@ func TestBackupAndRestoreFiles(t *testing.T) {
 	require.Equal(t, exitUsage, code, "a second backup into the same directory")
 	require.Contains(t, errOut, "not empty")
 
+	// Shard 0's file is an empty shard's snapshot; shard 1's is no
+	// snapshot at all.
+	code, out, errOut = tallyctl(t, nil, "verify-backup", "--dir", dir)
+	require.Equal(t, exitError, code)
+	require.Contains(t, out, "shard 0: applied index 0, state hash "+m.Backups[0].StateHash+": ok")
+	require.Contains(t, out, "shard 1: applied index 0")
+	require.Contains(t, out, "not a tally snapshot")
+	require.Contains(t, errOut, "1 of 2 shards fail")
+	raw0, err := os.ReadFile(filepath.Join(dir, shardFile(0)))
+	require.NoError(t, err)
+	raw0[len(raw0)-1] ^= 1 // the snapshot's CRC; the manifest's SHA-256 then fails first
+	require.NoError(t, os.WriteFile(filepath.Join(dir, shardFile(0)), raw0, 0o644))
+	code, out, _ = tallyctl(t, nil, "verify-backup", "--dir", dir)
+	require.Equal(t, exitError, code)
+	require.Contains(t, out, "shard 0: applied index 0, state hash "+m.Backups[0].StateHash+": FAILS")
+	raw0[len(raw0)-1] ^= 1
+	require.NoError(t, os.WriteFile(filepath.Join(dir, shardFile(0)), raw0, 0o644))
+
+	f.brokenBackup = true
+	code, _, errOut = tallyctl(t, f, "backup", "--dir", filepath.Join(t.TempDir(), "b2"))
+	require.Equal(t, exitError, code, "a backup of a state that breaks conservation is written, and said")
+	require.Contains(t, errOut, "breaks conservation")
+	f.brokenBackup = false
+
 	code, _, errOut = tallyctl(t, f, "restore", "--dir", dir)
 	require.Equal(t, exitUsage, code)
 	require.Contains(t, errOut, "--confirm")

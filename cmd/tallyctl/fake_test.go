@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
+	"hash/crc32"
 	"net"
 	"sort"
 	"strconv"
@@ -40,7 +42,12 @@ type fakeLedger struct {
 	journal  []*tallypb.JournalEntry
 	seq      uint64
 	restored map[uint32][]byte // Restore's data by shard
+	// brokenBackup makes Backup report a state that breaks conservation.
+	brokenBackup bool
 }
+
+// emptyStateHash is an empty shard's state hash: SHA-256 of nothing.
+var emptyStateHash = sha256.Sum256(nil)
 
 func startFake(t *testing.T) *fakeLedger {
 	t.Helper()
@@ -204,16 +211,26 @@ func (f *fakeLedger) ShardState(_ context.Context, req *tallypb.ShardStateReques
 		ConservationOk: true, Leader: true, LastTimeMs: 1700000000000, Version: 2, MaxVersion: 2}, nil
 }
 
-// fakeBackup is shard's backup as the fake streams it: big enough to take
-// several chunks.
+// fakeBackup is shard's backup as the fake streams it: for shard 0 an
+// empty shard's snapshot in fsm's format (header, end tag, record count
+// and CRC-32C), which verify-backup accepts; for the others bytes that
+// are no snapshot, big enough to take several chunks.
 func fakeBackup(shard uint32) []byte {
-	return bytes.Repeat([]byte{'a' + byte(shard)}, 600<<10)
+	if shard != 0 {
+		return bytes.Repeat([]byte{'a' + byte(shard)}, 600<<10)
+	}
+	b := binary.BigEndian.AppendUint32(append([]byte("TALLYSNP"), 1), shard)
+	b = append(b, 0)
+	sum := crc32.Checksum(b, crc32.MakeTable(crc32.Castagnoli))
+	b = binary.BigEndian.AppendUint64(b, 0)
+	return binary.BigEndian.AppendUint32(b, sum)
 }
 
 func (f *fakeLedger) Backup(req *tallypb.BackupRequest, stream tallypb.Ledger_BackupServer) error {
 	data := fakeBackup(req.GetShard())
 	if err := stream.Send(&tallypb.BackupChunk{Header: &tallypb.BackupHeader{Shard: req.GetShard(), Shards: uint32(f.shards),
-		RaftIndex: 10, RaftTerm: 2, SnapshotVersion: 1, Size: int64(len(data)), AppliedIndex: 9, Version: 4}}); err != nil {
+		RaftIndex: 10, RaftTerm: 2, SnapshotVersion: 1, Size: int64(len(data)), StateHash: emptyStateHash[:],
+		ConservationOk: !f.brokenBackup, Version: 1}}); err != nil {
 		return err
 	}
 	for len(data) > 0 {

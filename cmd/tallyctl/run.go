@@ -331,6 +331,7 @@ func commandsWith(stdin io.Reader) []command {
 		batchCommand(stdin),
 		backupCommand(),
 		restoreCommand(),
+		verifyBackupCommand(),
 		{
 			name: "certs", synopsis: "write a development CA, a node certificate and a client certificate for mutual TLS (--tls-cert/--tls-key/--tls-ca)",
 			flags: func(fs *flag.FlagSet, a *args) {
