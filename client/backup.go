@@ -154,9 +154,10 @@ func (c *Client) Restore(ctx context.Context, hdr BackupHeader, r io.ReadSeeker)
 		}
 		resp, err := stream.CloseAndRecv()
 		if err != nil {
-			// Only a refusal before the leader took the backup is safe
-			// to send again elsewhere; leaderStream retries NOT_LEADER
-			// alone.
+			// leaderStream sends it again elsewhere on NOT_LEADER alone,
+			// which a node answers only before it hands the backup to
+			// raft (after that, any failure is UNAVAILABLE: the restore
+			// may have taken effect).
 			return false, err
 		}
 		res = RestoreResult{RaftIndex: resp.GetRaftIndex(), AppliedIndex: resp.GetAppliedIndex(), Version: resp.GetVersion(),
@@ -201,7 +202,13 @@ func (c *Client) leaderStream(ctx context.Context, shard int, attempt func(conte
 			if err != nil {
 				return &Error{Code: ledger.CodeUnavailable, Message: "node " + addr, Shard: shard, OpIndex: -1, Err: err}
 			}
-			started, err := attempt(ctx, lc)
+			// Its own context, ended with it: a stream the attempt gives
+			// up on (a local read or write error) must end at the server
+			// too, or its handler waits, holding the node's one backup or
+			// restore slot, until ctx ends.
+			actx, cancel := context.WithCancel(ctx)
+			started, err := attempt(actx, lc)
+			cancel()
 			if err == nil {
 				return nil
 			}

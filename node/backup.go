@@ -3,10 +3,10 @@ package node
 import (
 	"bytes"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -25,6 +25,17 @@ import (
 // it by. Raft panics when the FSM refuses a snapshot it restores for a
 // user, so the backup is spooled to disk and checked whole (SHA-256,
 // header, key order, meta, CRC) before raft sees it.
+
+// restoreSpoolPattern names the file a restore is spooled to in the data
+// directory; removeRestoreSpools deletes those a crash left at start.
+const restoreSpoolPattern = "restore-*.tmp"
+
+func removeRestoreSpools(dataDir string) {
+	left, _ := filepath.Glob(filepath.Join(dataDir, restoreSpoolPattern))
+	for _, p := range left {
+		_ = os.Remove(p)
+	}
+}
 
 // backupChunkBytes is the data carried by one BackupChunk or RestoreChunk.
 const backupChunkBytes = 256 << 10
@@ -70,22 +81,13 @@ func (sv *server) Backup(req *tallypb.BackupRequest, stream tallypb.Ledger_Backu
 	if err := s.linearizable(stream.Context()); err != nil {
 		return err
 	}
-	meta, err := s.backupSnapshot()
+	meta, info, err := s.backupSnapshot(s.fsm.AppliedIndex())
 	if err != nil {
 		return err
 	}
-	// Read it twice, to check it before sending a byte, so a backup that
-	// arrives whole is one that Restore will take.
+	// Read it twice (backupSnapshot checked it), so a backup that arrives
+	// whole is one that Restore will take.
 	_, rc, err := s.snaps.Open(meta.ID)
-	if err != nil {
-		return errUnavailable(fmt.Sprintf("open snapshot %s: %v", meta.ID, err))
-	}
-	info, err := fsm.CheckSnapshot(rc, s.id)
-	_ = rc.Close()
-	if err != nil {
-		return errInternal(fmt.Sprintf("snapshot %s fails its check: %v", meta.ID, err))
-	}
-	_, rc, err = s.snaps.Open(meta.ID)
 	if err != nil {
 		return errUnavailable(fmt.Sprintf("open snapshot %s: %v", meta.ID, err))
 	}
@@ -128,31 +130,43 @@ func (sv *server) Backup(req *tallypb.BackupRequest, stream tallypb.Ledger_Backu
 	return stream.Send(&tallypb.BackupChunk{Sha256: h.Sum(nil)})
 }
 
-// backupSnapshot takes a snapshot of the shard for a backup, or finds the
-// newest stored one when nothing was applied since it (raft refuses to
-// take another then).
-func (s *shard) backupSnapshot() (*raft.SnapshotMeta, error) {
+// backupSnapshot takes a snapshot of the shard for a backup and checks
+// it. When raft takes none (nothing new since the last one, or the FSM
+// refuses while it has been handed no entry since a restart: a quiet
+// shard), the newest stored snapshot serves if its state is applied to at
+// least applied, the FSM's applied index once the backup's read check
+// passed: it then holds every operation acknowledged before the call.
+func (s *shard) backupSnapshot(applied uint64) (*raft.SnapshotMeta, fsm.SnapshotInfo, error) {
+	var meta *raft.SnapshotMeta
 	fut := s.raft.Snapshot()
-	err := fut.Error()
-	if err == nil {
-		meta, rc, err := fut.Open()
+	took := fut.Error()
+	if took == nil {
+		m, rc, err := fut.Open()
 		if err != nil {
-			return nil, errUnavailable(fmt.Sprintf("open the snapshot taken: %v", err))
+			return nil, fsm.SnapshotInfo{}, errUnavailable(fmt.Sprintf("open the snapshot taken: %v", err))
 		}
 		_ = rc.Close()
-		return meta, nil
+		meta = m
+	} else {
+		list, err := s.snaps.List()
+		if err != nil || len(list) == 0 {
+			return nil, fsm.SnapshotInfo{}, errUnavailable(fmt.Sprintf("take a snapshot: %v; and no stored one (%v)", took, err))
+		}
+		meta = list[0] // newest first
 	}
-	if !errors.Is(err, raft.ErrNothingNewToSnapshot) {
-		return nil, errUnavailable(fmt.Sprintf("take a snapshot: %v", err))
-	}
-	list, err := s.snaps.List()
+	_, rc, err := s.snaps.Open(meta.ID)
 	if err != nil {
-		return nil, errUnavailable(fmt.Sprintf("list snapshots: %v", err))
+		return nil, fsm.SnapshotInfo{}, errUnavailable(fmt.Sprintf("open snapshot %s: %v", meta.ID, err))
 	}
-	if len(list) == 0 {
-		return nil, errUnavailable("nothing new to snapshot, and no snapshot stored")
+	info, err := fsm.CheckSnapshot(rc, s.id)
+	_ = rc.Close()
+	if err != nil {
+		return nil, fsm.SnapshotInfo{}, errInternal(fmt.Sprintf("snapshot %s fails its check: %v", meta.ID, err))
 	}
-	return list[0], nil // newest first
+	if took != nil && info.AppliedIndex < applied {
+		return nil, fsm.SnapshotInfo{}, errUnavailable(fmt.Sprintf("take a snapshot: %v; the newest stored one is applied to %d, the shard to %d", took, info.AppliedIndex, applied))
+	}
+	return meta, info, nil
 }
 
 // Restore replaces one shard's state with a backup's (see above).
@@ -189,7 +203,7 @@ func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
 	if err := s.linearizable(stream.Context()); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(sv.n.cfg.DataDir, "restore-*.tmp")
+	f, err := os.CreateTemp(sv.n.cfg.DataDir, restoreSpoolPattern)
 	if err != nil {
 		return errUnavailable(fmt.Sprintf("restore: spool file: %v", err))
 	}
@@ -210,16 +224,31 @@ func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
 	if h := hdr.GetStateHash(); len(h) > 0 && !bytes.Equal(h, info.Hash) {
 		return newError(ledger.CodeInvalidArgument, "restore: the backup's state hash differs from its header's")
 	}
+	if max := sv.n.maxVersion(); info.Version > max {
+		// This binary applies it, but the operator holds the node back
+		// (--max-version) to keep a downgrade possible.
+		return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: the backup is at rules version %d, above this node's --max-version %d", info.Version, max))
+	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return errUnavailable(fmt.Sprintf("restore: %v", err))
 	}
+	// raft labels the restored snapshot max(Index, its last index) + 1, and
+	// the FSM refuses (raft then panics) a snapshot whose state is applied
+	// past its label: the header's index is the client's word, the state's
+	// applied index is checked.
 	meta := &raft.SnapshotMeta{
-		Version: raft.SnapshotVersion(hdr.GetSnapshotVersion()), Index: hdr.GetRaftIndex(), Term: hdr.GetRaftTerm(), Size: hdr.GetSize(),
+		Version: raft.SnapshotVersion(hdr.GetSnapshotVersion()), Index: max(hdr.GetRaftIndex(), info.AppliedIndex),
+		Term: hdr.GetRaftTerm(), Size: hdr.GetSize(),
 	}
 	sv.n.logger.Warn("restoring a shard from a backup: operations applied since it are discarded",
 		"shard", s.id, "backup_raft_index", meta.Index, "backup_applied_index", info.AppliedIndex, "version", info.Version)
 	if err := s.raft.Restore(meta, f, restoreTimeout); err != nil {
-		return s.raftError(fmt.Errorf("restore: %w", err))
+		// Not NOT_LEADER, which a client may take for "nothing done" and
+		// send elsewhere: raft may have restored this node's state and
+		// failed only on the no-op after it (leadership lost, a timeout),
+		// and a leader that lost it before a majority held the restore
+		// can keep it while the others do not. The operator checks.
+		return errUnavailable(fmt.Sprintf("restore: %v: the restore may or may not have taken effect; compare every replica's state (tallyctl state --node ADDR --shard %d) and run it again if they differ or miss it", err, s.id))
 	}
 	sv.n.logger.Warn("shard restored from a backup", "shard", s.id, "raft_index", s.raft.LastIndex())
 	return stream.SendAndClose(&tallypb.RestoreResponse{

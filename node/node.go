@@ -143,6 +143,8 @@ func (n *Node) open() error {
 	if n.state, err = fsm.OpenDB(filepath.Join(cfg.DataDir, "state")); err != nil {
 		return err
 	}
+	// Under the Raft log's directory lock: no other tallyd spools here.
+	removeRestoreSpools(cfg.DataDir)
 	if n.mux, err = transport.Listen(cfg.RaftAddr, transport.Options{DialRewrite: cfg.DialRewrite,
 		ServerTLS: cfg.ServerTLS, ClientTLS: cfg.PeerTLS, VerifyPeer: n.verifyPeerCert,
 		OnDrop: func(reason string) { n.metrics.raftDrops.WithLabelValues(reason).Inc() }}); err != nil {

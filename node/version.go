@@ -31,8 +31,9 @@ func (n *Node) maxVersion() uint32 {
 // switches rules at the same index; until every member reports a binary that
 // applies the new rules, the shard keeps the old ones, so a rolling upgrade
 // never has replicas disagree about an entry. A member that does not answer
-// counts as one that cannot, since it may run an old binary. Once the shard
-// is at this node's newest version the loop has nothing left to do and ends
+// counts as one that cannot, since it may run an old binary. The loop runs
+// for the node's life, idle while the shard is at this node's newest
+// version: a restore from a backup can take the shard back to an older one
 // (tally_shard_version is read from the FSM at scrape time, not from here).
 func (s *shard) versionLoop() {
 	defer s.wg.Done()
@@ -41,12 +42,12 @@ func (s *shard) versionLoop() {
 	t := time.NewTicker(versionCheckInterval)
 	defer t.Stop()
 	fails := 0
-	for s.fsm.Version() < s.n.maxVersion() {
+	for {
 		running, leads := s.leaderTick(t)
 		if !running {
 			return
 		}
-		if !leads {
+		if !leads || s.fsm.Version() >= s.n.maxVersion() {
 			fails = 0
 			continue
 		}

@@ -46,8 +46,10 @@ import (
 //     cluster takes no writes until every node has started once.
 //     The Raft log, not the FSM's applied index: a replica whose state DB
 //     lost its unsynced writes reports applied index 0 with a full log
-//     (found by review: counting it as new lost a write); a replica of a
-//     binary that does not report its log never counts; or
+//     (found by review: counting it as new lost a write). A replica of a
+//     binary that does not report its log (builds before raft_last_index)
+//     counts as new when it has applied nothing, as those builds' own
+//     guard had it: the lost-writes case stays open for them alone; or
 //   - the cluster has one node.
 //
 // After it lifts, votes in terms up to the one current then are still
@@ -371,7 +373,20 @@ func (s *shard) pollPeers(g *voteGuard) (fresh, seasoned int, terms []uint64) {
 			}
 			storeMax(&g.peerApplied, resp.GetAppliedIndex())
 			if resp.RaftLastIndex == nil {
-				return // a binary that does not report its log: neither
+				// A binary from before raft_last_index: its applied index
+				// is all it tells, as the guard of those builds used it.
+				// Nothing applied counts as new (so a new cluster with
+				// such a node starts, as deploy/upgrade-check.sh does),
+				// although a state DB that lost its unsynced writes says
+				// 0 too; anything applied proves the shard is not new.
+				mu.Lock()
+				if resp.GetAppliedIndex() == 0 {
+					fresh++
+				} else {
+					seasoned++
+				}
+				mu.Unlock()
+				return
 			}
 			mu.Lock()
 			if resp.RaftTerm != nil {
