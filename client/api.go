@@ -342,6 +342,7 @@ func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (Sha
 		Version:           resp.GetVersion(),
 		MaxVersion:        resp.GetMaxVersion(),
 		VoteGuarded:       resp.GetVoteGuarded(),
+		RaftLastIndex:     resp.GetRaftLastIndex(),
 		Misconfigured:     resp.GetMisconfigured(),
 		NodeID:            resp.GetNodeId(),
 	}, nil

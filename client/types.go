@@ -153,6 +153,9 @@ type ShardState struct {
 	Misconfigured bool
 	// NodeID is the answering node's ID ("" from a binary before it).
 	NodeID string
+	// RaftLastIndex is the index of that replica's last Raft entry, in its
+	// log or its snapshot (0 from a binary before it).
+	RaftLastIndex uint64
 }
 
 // opToProto converts an op for the wire. Amounts that an op kind does not

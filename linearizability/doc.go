@@ -59,8 +59,10 @@
 //     never an op's own UNAVAILABLE, a deferral for an expiry backlog the
 //     workload cannot build), no read answered as if its account did not
 //     exist (ACCOUNT_NOT_FOUND, ...), every account a result or read reports the
-//     one asked about with available = posted - held, and floors that keep
-//     a run from passing by doing nothing:
+//     one asked about with available = posted - held, every shard backed up
+//     (conservation in the backup) and restored from that backup on every
+//     replica, last of all, and floors that keep a run from passing by
+//     doing nothing:
 //     every fault kind injected, partitions, delays and client faults seen
 //     to cut, hold back or delay traffic, every pair of nodes, and the
 //     workers with the nodes, talking through the proxies, at least a quarter of the writes applied OK and each

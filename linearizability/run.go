@@ -579,7 +579,10 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	logf("linearizability: %s", lin.Detail)
 
 	final := finalFails.result("final-reads", fmt.Sprintf("all %d accounts read after the heal", finalReads))
-	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas, final)
+	// Last: a restore discards what was applied after its backup.
+	backup := checkBackupRestore(ctx, cl, clusterStates{cl, c}, cfg.Shards)
+	logf("backup-restore: %s", backup.Detail)
+	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas, final, backup)
 	rep.Ops = len(entries) - finalReads
 	rep.OpsBy, rep.Outcomes = map[string]int{}, map[string]int{}
 	for _, e := range entries[:rep.Ops] {
