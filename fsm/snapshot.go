@@ -536,9 +536,9 @@ func (f *FSM) State() (StateInfo, error) {
 // snapshot stream, so a backup's hash is the one its shard reports at
 // the backup's applied index.
 type stateHasher struct {
-	h        hash.Hash
-	balances []ledger.Balance
-	lenBuf   []byte
+	h      hash.Hash
+	sums   ledger.ConservationSums // one per (program, asset): memory does not grow with accounts
+	lenBuf []byte
 }
 
 func (s *stateHasher) add(k, v []byte) error {
@@ -560,14 +560,14 @@ func (s *stateHasher) add(k, v []byte) error {
 		if err != nil {
 			return err
 		}
-		s.balances = append(s.balances, ledger.Balance{Program: a.Key.Program, Member: a.Key.Member,
+		s.sums.Add(ledger.Balance{Program: a.Key.Program, Member: a.Key.Member,
 			Asset: a.Key.Asset, PostedMinor: a.PostedMinor})
 	case tagControl:
 		parts := splitKey(k[shardPrefixLen+1:])
 		if len(parts) != 2 || len(v) != 8 {
 			return fmt.Errorf("fsm: malformed control key %q", k)
 		}
-		s.balances = append(s.balances, ledger.Balance{Program: parts[0], Member: ledger.ControlMember,
+		s.sums.Add(ledger.Balance{Program: parts[0], Member: ledger.ControlMember,
 			Asset: parts[1], PostedMinor: int64(binary.BigEndian.Uint64(v))})
 	}
 	return nil
@@ -580,7 +580,7 @@ func (s *stateHasher) sum() ([]byte, error) {
 		s.h = sha256.New()
 	}
 	var conservation error
-	if err := ledger.Conservation(s.balances); err != nil {
+	if err := s.sums.Check(); err != nil {
 		conservation = fmt.Errorf("%w: %v", ErrConservation, err)
 	}
 	return s.h.Sum(nil), conservation

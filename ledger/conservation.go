@@ -24,28 +24,51 @@ type Balance struct {
 // lists every unbalanced (program, asset), sorted; the input may be in any
 // order.
 func Conservation(balances []Balance) error {
-	type pair struct{ program, asset string }
-	type sum128 struct{ hi, lo uint64 } // two's complement
-	sums := make(map[pair]*sum128)
-	var pairs []pair // first-seen order, sorted below: never map order
+	var s ConservationSums
 	for i := range balances {
-		b := &balances[i]
-		p := pair{b.Program, b.Asset}
-		s, ok := sums[p]
-		if !ok {
-			s = new(sum128)
-			sums[p] = s
-			pairs = append(pairs, p)
-		}
-		var ext uint64 // sign extension of PostedMinor to 128 bits
-		if b.PostedMinor < 0 {
-			ext = ^uint64(0)
-		}
-		var carry uint64
-		s.lo, carry = bits.Add64(s.lo, uint64(b.PostedMinor), 0)
-		s.hi, _ = bits.Add64(s.hi, ext, carry)
+		s.Add(balances[i])
 	}
-	slices.SortFunc(pairs, func(a, b pair) int {
+	return s.Check()
+}
+
+// ConservationSums is Conservation over balances added one at a time: a
+// scan of a shard's state keeps one sum per (program, asset), not every
+// account. The zero value is ready to use.
+type ConservationSums struct {
+	sums  map[conservationPair]*sum128
+	pairs []conservationPair // first-seen order, sorted by Check: never map order
+}
+
+type conservationPair struct{ program, asset string }
+
+type sum128 struct{ hi, lo uint64 } // two's complement
+
+// Add adds one balance to its (program, asset)'s sum.
+func (c *ConservationSums) Add(b Balance) {
+	if c.sums == nil {
+		c.sums = make(map[conservationPair]*sum128)
+	}
+	p := conservationPair{b.Program, b.Asset}
+	s, ok := c.sums[p]
+	if !ok {
+		s = new(sum128)
+		c.sums[p] = s
+		c.pairs = append(c.pairs, p)
+	}
+	var ext uint64 // sign extension of PostedMinor to 128 bits
+	if b.PostedMinor < 0 {
+		ext = ^uint64(0)
+	}
+	var carry uint64
+	s.lo, carry = bits.Add64(s.lo, uint64(b.PostedMinor), 0)
+	s.hi, _ = bits.Add64(s.hi, ext, carry)
+}
+
+// Check reports every (program, asset) whose balances do not sum to zero,
+// as Conservation does.
+func (c *ConservationSums) Check() error {
+	pairs := slices.Clone(c.pairs)
+	slices.SortFunc(pairs, func(a, b conservationPair) int {
 		if c := strings.Compare(a.program, b.program); c != 0 {
 			return c
 		}
@@ -53,7 +76,7 @@ func Conservation(balances []Balance) error {
 	})
 	var bad []string
 	for _, p := range pairs {
-		s := sums[p]
+		s := c.sums[p]
 		if s.hi != 0 || s.lo != 0 {
 			bad = append(bad, fmt.Sprintf("%s/%s sums to %s", p.program, p.asset, format128(s.hi, s.lo)))
 		}

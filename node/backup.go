@@ -224,20 +224,28 @@ func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
 	if h := hdr.GetStateHash(); len(h) > 0 && !bytes.Equal(h, info.Hash) {
 		return newError(ledger.CodeInvalidArgument, "restore: the backup's state hash differs from its header's")
 	}
-	if max := sv.n.maxVersion(); info.Version > max {
-		// This binary applies it, but the operator holds the node back
-		// (--max-version) to keep a downgrade possible.
-		return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: the backup is at rules version %d, above this node's --max-version %d", info.Version, max))
+	// Every replica installs the backup, so every one must apply its
+	// rules: up to the version the shard is at (raised only once every
+	// member allowed it), or what every member allows now (a member that
+	// does not answer counts as one allowing version 1, as for a raise;
+	// --max-version and older binaries count). A replica that cannot
+	// restore it would never catch up, and one held back by --max-version
+	// would not start again.
+	if allowed := max(s.fsm.Version(), s.membersMaxVersion(stream.Context())); info.Version > allowed {
+		return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: the backup is at rules version %d; the shard is at %d, and not every member allows more "+
+			"(one does not answer, runs an older binary, or is held back by --max-version)", info.Version, s.fsm.Version()))
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return errUnavailable(fmt.Sprintf("restore: %v", err))
 	}
 	// raft labels the restored snapshot max(Index, its last index) + 1, and
 	// the FSM refuses (raft then panics) a snapshot whose state is applied
-	// past its label: the header's index is the client's word, the state's
-	// applied index is checked.
+	// past its label. The header's Raft index is the client's word, which
+	// the backup's SHA-256 does not cover: too low, the label fell below
+	// the state; near the top of uint64, the + 1 wrapped to 0 (both found
+	// by review). The state's applied index, checked above, serves.
 	meta := &raft.SnapshotMeta{
-		Version: raft.SnapshotVersion(hdr.GetSnapshotVersion()), Index: max(hdr.GetRaftIndex(), info.AppliedIndex),
+		Version: raft.SnapshotVersion(hdr.GetSnapshotVersion()), Index: info.AppliedIndex,
 		Term: hdr.GetRaftTerm(), Size: hdr.GetSize(),
 	}
 	sv.n.logger.Warn("restoring a shard from a backup: operations applied since it are discarded",

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"testing"
 	"time"
 
@@ -203,15 +204,57 @@ func TestRestoreIntoANewCluster(t *testing.T) {
 	dcl, err := client.Dial(ctx, client.Config{Addrs: []string{dst.cfgs[0].GRPCAddr}})
 	require.NoError(t, err)
 	defer dcl.Close()
-	h := hdr
-	h.RaftIndex = 0
-	res, err := dcl.Restore(ctx, h, bytes.NewReader(backup.Bytes()))
+	// Near the top of uint64, raft's + 1 wrapped the label to 0.
+	for _, index := range []uint64{0, math.MaxUint64} {
+		h := hdr
+		h.RaftIndex = index
+		res, err := dcl.Restore(ctx, h, bytes.NewReader(backup.Bytes()))
+		require.NoError(t, err)
+		require.Greater(t, res.RaftIndex, hdr.AppliedIndex)
+		a, err := dcl.GetAccount(ctx, "shop", "m7", "POINTS")
+		require.NoError(t, err)
+		require.Equal(t, "70", a.Posted.String())
+		dst.checkReplicas()
+	}
+}
+
+// TestRestoreAboveAMembersVersionIsRefused: a backup at a rules version
+// the shard is not at and a member does not allow (--max-version here) is
+// refused by a leader that allows it: that member would install a state
+// it must not apply and then not start again (found by review: only the
+// leader's own limit was checked).
+func TestRestoreAboveAMembersVersionIsRefused(t *testing.T) {
+	src := newTestCluster(t, 1, 1, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	require.Eventually(t, func() bool { return src.nodes[0].shards[0].fsm.Version() == ledger.MaxVersion },
+		20*time.Second, 50*time.Millisecond)
+	src.defineAsset("shop", "POINTS", 0)
+	scl, err := client.Dial(ctx, client.Config{Addrs: []string{src.cfgs[0].GRPCAddr}})
 	require.NoError(t, err)
-	require.Greater(t, res.RaftIndex, hdr.AppliedIndex)
-	a, err := dcl.GetAccount(ctx, "shop", "m7", "POINTS")
+	defer scl.Close()
+	var backup bytes.Buffer
+	hdr, err := scl.Backup(ctx, 0, &backup)
 	require.NoError(t, err)
-	require.Equal(t, "70", a.Posted.String())
-	dst.checkReplicas()
+	require.EqualValues(t, ledger.MaxVersion, hdr.Version)
+
+	dst := newTestCluster(t, 3, 1, func(cfg *Config) {
+		if cfg.ID != "n1" {
+			cfg.MaxVersion = ledger.Version1
+		}
+	})
+	// Shard 0 prefers n1 (the balancer hands it over), which allows the
+	// newest version itself.
+	require.Eventually(t, func() bool { return dst.nodes[0].IsLeader(0) }, 20*time.Second, 50*time.Millisecond)
+	dcl, err := client.Dial(ctx, client.Config{Addrs: []string{dst.cfgs[0].GRPCAddr}})
+	require.NoError(t, err)
+	defer dcl.Close()
+	_, err = dcl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
+	require.ErrorContains(t, err, "not every member allows more")
+	require.True(t, dst.nodes[0].IsLeader(0), "n1 lost shard 0 during the test: inconclusive")
+	for _, n := range dst.nodes {
+		require.EqualValues(t, ledger.Version1, n.shards[0].fsm.Version())
+	}
 }
 
 // TestRestoreRaisesTheVersionAgain: a backup at an older rules version

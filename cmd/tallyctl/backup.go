@@ -157,8 +157,12 @@ func verifyBackupFile(path string, h client.BackupHeader) error {
 		return fmt.Errorf("state hash %x, the manifest says %s", info.Hash, h.StateHash)
 	case info.AppliedIndex != h.AppliedIndex:
 		return fmt.Errorf("applied index %d, the manifest says %d", info.AppliedIndex, h.AppliedIndex)
+	case info.Version != h.Version:
+		return fmt.Errorf("rules version %d, the manifest says %d", info.Version, h.Version)
 	case info.Conservation != nil:
 		return info.Conservation
+	case !h.ConservationOK:
+		return errors.New("the manifest says conservation failed, the file's state passes it: the manifest is not this file's")
 	}
 	return nil
 }
@@ -290,6 +294,9 @@ func readManifest(dir string) (backupManifest, error) {
 	}
 	if m.Format != manifestFormat {
 		return m, fmt.Errorf("%s: format %d, this tallyctl reads %d", manifestName, m.Format, manifestFormat)
+	}
+	if len(m.Backups) == 0 {
+		return m, fmt.Errorf("%s lists no shard", manifestName)
 	}
 	for _, h := range m.Backups {
 		if h.Shards != m.Shards || h.Shard >= m.Shards {
