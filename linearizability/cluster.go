@@ -98,15 +98,22 @@ type Cluster struct {
 	closed        bool
 	crashes       []string // nodes that exited without being killed
 	slow          bool     // started with the slow-disk Raft timeouts
-	// tlsArgs are tallyd's --tls-* flags and clientTLS what clients dial
-	// with, under ClusterConfig.TLS; nil otherwise.
-	tlsArgs   []string
-	clientTLS *tls.Config
+	// tlsArgs are tallyd's --tls-* flags, clientTLS what clients dial
+	// with and operatorTLS what an operator's tallyctl dials with (a
+	// node's certificate, which backups and restores need), under
+	// ClusterConfig.TLS; nil otherwise.
+	tlsArgs     []string
+	clientTLS   *tls.Config
+	operatorTLS *tls.Config
 }
 
 // ClientTLS is the client.Config.TLS of the cluster's clients: nil unless
 // it runs with ClusterConfig.TLS.
 func (c *Cluster) ClientTLS() *tls.Config { return c.clientTLS }
+
+// OperatorTLS is the client.Config.TLS of an operator's client (backups
+// and restores): nil unless it runs with ClusterConfig.TLS.
+func (c *Cluster) OperatorTLS() *tls.Config { return c.operatorTLS }
 
 // creds are the gRPC credentials of a direct connection to a node.
 func (c *Cluster) creds() credentials.TransportCredentials {
@@ -164,6 +171,9 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 			return nil, err
 		}
 		if c.clientTLS, err = g.User.Client(); err != nil {
+			return nil, err
+		}
+		if c.operatorTLS, err = g.Node.Client(); err != nil {
 			return nil, err
 		}
 		c.tlsArgs = []string{"--tls-cert", g.Node.Cert, "--tls-key", g.Node.Key, "--tls-ca", g.Node.CA}

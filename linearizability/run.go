@@ -579,8 +579,15 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	logf("linearizability: %s", lin.Detail)
 
 	final := finalFails.result("final-reads", fmt.Sprintf("all %d accounts read after the heal", finalReads))
-	// Last: a restore discards what was applied after its backup.
-	backup := checkBackupRestore(ctx, cl, clusterStates{cl, c}, cfg.Shards)
+	// Last: a restore discards what was applied after its backup. With
+	// TLS it takes an operator's (a node's) certificate.
+	backup := CheckResult{Name: "backup-restore"}
+	if ocl, err := client.Dial(ctx, client.Config{Addrs: c.GRPCAddrs(), TLS: c.OperatorTLS(), RequestTimeout: 3 * time.Second, DialTimeout: 30 * time.Second}); err != nil {
+		backup.Detail = "could not dial the healed cluster as an operator: " + err.Error()
+	} else {
+		backup = checkBackupRestore(ctx, ocl, clusterStates{cl, c}, cfg.Shards)
+		_ = ocl.Close()
+	}
 	logf("backup-restore: %s", backup.Detail)
 	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas, final, backup)
 	rep.Ops = len(entries) - finalReads

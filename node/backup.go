@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/fsm"
@@ -45,6 +48,18 @@ const backupChunkBytes = 256 << 10
 // holds the restored state.
 const restoreTimeout = 5 * time.Minute
 
+// operatorOnly refuses a backup or restore over TLS from a certificate
+// that is not a node's (fromPeer): a restore rolls a shard back, and a
+// backup copies every account, which the order and payment services that
+// hold client certificates have no business doing. Operators run tallyctl
+// with a node's certificate. Without TLS there is no identity to check.
+func (sv *server) operatorOnly(ctx context.Context, what string) error {
+	if sv.n.fromPeer(ctx) {
+		return nil
+	}
+	return status.Error(codes.PermissionDenied, what+" needs a node's certificate (run tallyctl with --tls-cert and --tls-key of a node)")
+}
+
 func (sv *server) shardByID(id uint32) (*shard, error) {
 	if int(id) >= len(sv.n.shards) {
 		return nil, newError(ledger.CodeInvalidArgument, fmt.Sprintf("shard %d: the cluster has %d shards", id, len(sv.n.shards)))
@@ -66,6 +81,9 @@ func (sv *server) exclusive() (release func(), err error) {
 func (sv *server) Backup(req *tallypb.BackupRequest, stream tallypb.Ledger_BackupServer) (err error) {
 	start := time.Now()
 	defer func() { sv.observe("Backup", start, err); err = toStatus(err) }()
+	if err := sv.operatorOnly(stream.Context(), "a backup"); err != nil {
+		return err
+	}
 	s, err := sv.shardByID(req.GetShard())
 	if err != nil {
 		return err
@@ -173,6 +191,9 @@ func (s *shard) backupSnapshot(applied uint64) (*raft.SnapshotMeta, fsm.Snapshot
 func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
 	start := time.Now()
 	defer func() { sv.observe("Restore", start, err); err = toStatus(err) }()
+	if err := sv.operatorOnly(stream.Context(), "a restore"); err != nil {
+		return err
+	}
 	first, err := stream.Recv()
 	if err != nil {
 		return err

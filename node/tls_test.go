@@ -1,9 +1,11 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net"
 	"net/http"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 
@@ -100,6 +103,28 @@ func TestMutualTLS(t *testing.T) {
 	assert.Equal(t, ledger.CodeInvalidArgument, reasonOf(err), "a client's certificate passed for a node's: %v", err)
 	err = fanout(peerTLS)
 	assert.NotEqual(t, ledger.CodeInvalidArgument, reasonOf(err), "a node's certificate: %v", err)
+
+	// Backups and restores take a node's certificate: an order service's
+	// client certificate cannot copy every account or roll a shard back.
+	grpcCode := func(err error) codes.Code {
+		var ce *client.Error
+		if errors.As(err, &ce) {
+			return ce.GRPCCode
+		}
+		return codes.OK
+	}
+	var backup bytes.Buffer
+	_, err = cl.Backup(ctx, 0, &backup)
+	assert.Equal(t, codes.PermissionDenied, grpcCode(err), "a client's certificate took a backup: %v", err)
+	nodeCl, err := client.Dial(ctx, client.Config{Addrs: addrs, TLS: peerTLS})
+	require.NoError(t, err)
+	defer nodeCl.Close()
+	hdr, err := nodeCl.Backup(ctx, 0, &backup)
+	require.NoError(t, err, "a node's certificate")
+	_, err = cl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
+	assert.Equal(t, codes.PermissionDenied, grpcCode(err), "a client's certificate restored a shard: %v", err)
+	_, err = nodeCl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
+	require.NoError(t, err, "a node's certificate")
 
 	// Metrics over HTTPS: a scraper needs a certificate from the CA.
 	scrape := func(scheme string, cfg *tls.Config) (int, error) {
