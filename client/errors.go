@@ -193,6 +193,8 @@ func codeOfGRPC(c codes.Code) ledger.Code {
 		return ledger.CodeInvalidArgument
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.ResourceExhausted:
 		return ledger.CodeUnavailable
+	case codes.PermissionDenied, codes.Unauthenticated:
+		return ledger.CodePermissionDenied
 	}
 	return ledger.CodeInternal
 }

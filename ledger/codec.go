@@ -77,6 +77,7 @@ var codeTable = [...]Code{
 	23: CodeUnavailable,
 	24: CodeInternal,
 	25: CodeWrongShard,
+	26: CodePermissionDenied,
 }
 
 func codeIndex(c Code) byte {

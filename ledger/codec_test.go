@@ -214,7 +214,7 @@ func TestCodeTableCoversEveryCode(t *testing.T) {
 		CodeUnknownAsset, CodeAssetExists, CodeAccountNotFound, CodeAccountExists, CodeAccountFrozen,
 		CodeAccountLost, CodeAccountClosed, CodeInvalidState, CodeBalanceNotZero, CodeInsufficientFunds,
 		CodeHoldNotFound, CodeHoldExpired, CodeHoldClosed, CodeLimitExceeded, CodeIdempotencyKeyReused,
-		CodeLinkedFailed, CodeNotLeader, CodeUnavailable, CodeInternal, CodeWrongShard} {
+		CodeLinkedFailed, CodeNotLeader, CodeUnavailable, CodeInternal, CodeWrongShard, CodePermissionDenied} {
 		require.True(t, seen[c], "code %s has no byte", c)
 	}
 	// The table is part of the format.

@@ -33,6 +33,10 @@ const (
 	CodeUnavailable          Code = "UNAVAILABLE"
 	CodeInternal             Code = "INTERNAL"
 	CodeWrongShard           Code = "WRONG_SHARD" // a Submit whose ops span shards
+	// CodePermissionDenied refuses a call the caller's certificate does not
+	// allow (over TLS, a backup or restore without a node's certificate).
+	// A request-level code: no operation's result is ever this.
+	CodePermissionDenied Code = "PERMISSION_DENIED"
 )
 
 // Error is a domain error: a stable code and a readable message.

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/fsm"
@@ -57,7 +55,7 @@ func (sv *server) operatorOnly(ctx context.Context, what string) error {
 	if sv.n.fromPeer(ctx) {
 		return nil
 	}
-	return status.Error(codes.PermissionDenied, what+" needs a node's certificate (run tallyctl with --tls-cert and --tls-key of a node)")
+	return newError(ledger.CodePermissionDenied, what+" needs a node's certificate (run tallyctl with --tls-cert and --tls-key of a node)")
 }
 
 func (sv *server) shardByID(id uint32) (*shard, error) {

@@ -34,6 +34,8 @@ func grpcCode(c ledger.Code) codes.Code {
 		return codes.FailedPrecondition
 	case ledger.CodeUnavailable:
 		return codes.Unavailable
+	case ledger.CodePermissionDenied:
+		return codes.PermissionDenied
 	}
 	return codes.Internal
 }

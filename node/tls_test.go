@@ -106,7 +106,7 @@ func TestMutualTLS(t *testing.T) {
 
 	// Backups and restores take a node's certificate: an order service's
 	// client certificate cannot copy every account or roll a shard back.
-	grpcCode := func(err error) codes.Code {
+	statusOf := func(err error) codes.Code {
 		var ce *client.Error
 		if errors.As(err, &ce) {
 			return ce.GRPCCode
@@ -115,14 +115,15 @@ func TestMutualTLS(t *testing.T) {
 	}
 	var backup bytes.Buffer
 	_, err = cl.Backup(ctx, 0, &backup)
-	assert.Equal(t, codes.PermissionDenied, grpcCode(err), "a client's certificate took a backup: %v", err)
+	assert.Equal(t, codes.PermissionDenied, statusOf(err), "a client's certificate took a backup: %v", err)
+	assert.Equal(t, ledger.CodePermissionDenied, client.CodeOf(err))
 	nodeCl, err := client.Dial(ctx, client.Config{Addrs: addrs, TLS: peerTLS})
 	require.NoError(t, err)
 	defer nodeCl.Close()
 	hdr, err := nodeCl.Backup(ctx, 0, &backup)
 	require.NoError(t, err, "a node's certificate")
 	_, err = cl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
-	assert.Equal(t, codes.PermissionDenied, grpcCode(err), "a client's certificate restored a shard: %v", err)
+	assert.Equal(t, codes.PermissionDenied, statusOf(err), "a client's certificate restored a shard: %v", err)
 	_, err = nodeCl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
 	require.NoError(t, err, "a node's certificate")
 

@@ -19,7 +19,9 @@
 //   it (its shard's queue full: also "overloaded" = "true"; a deadline
 //   before proposal; shutting down): nothing applied; retry later;
 // - metadata "op_index", when present, names the operation of the request
-//   that caused the refusal.
+//   that caused the refusal;
+// - PERMISSION_DENIED (reason PERMISSION_DENIED): over TLS, a Backup or
+//   Restore from a certificate that is not a node's.
 // A caller's deadline or cancellation comes back as DEADLINE_EXCEEDED or
 // CANCELED without an ErrorInfo.
 
