@@ -32,6 +32,7 @@ if [ -n "${TLS:-}" ]; then
   tls_node=(--tls-cert "$data/tls/node.pem" --tls-key "$data/tls/node-key.pem" --tls-ca "$data/tls/ca.pem")
   tls_ctl=(--tls-cert "$data/tls/client.pem" --tls-key "$data/tls/client-key.pem" --tls-ca "$data/tls/ca.pem")
   tls_hint="  export TALLY_TLS_CERT=$data/tls/client.pem TALLY_TLS_KEY=$data/tls/client-key.pem TALLY_TLS_CA=$data/tls/ca.pem
+  # backups and restores take a node's certificate: tallyctl --tls-cert $data/tls/node.pem --tls-key $data/tls/node-key.pem backup --dir DIR
 "
 fi
 pids=()

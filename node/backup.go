@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"golang.org/x/sys/unix"
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/fsm"
@@ -36,6 +37,22 @@ func removeRestoreSpools(dataDir string) {
 	for _, p := range left {
 		_ = os.Remove(p)
 	}
+}
+
+// restoreCopies is how many times a backup's size a restore needs free on
+// the leader's data disk (see Restore).
+const restoreCopies = 3
+
+// diskFree is freeBytes; a test stands in a full disk.
+var diskFree = freeBytes
+
+// freeBytes is the space left to unprivileged writers on dir's disk.
+func freeBytes(dir string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return st.Bavail * uint64(st.Bsize), nil
 }
 
 // backupChunkBytes is the data carried by one BackupChunk or RestoreChunk.
@@ -221,6 +238,13 @@ func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
 	defer release()
 	if err := s.linearizable(stream.Context()); err != nil {
 		return err
+	}
+	// Three copies of the backup lie on the data disk at once: the spool,
+	// raft's snapshot of it, and the FSM's tables to ingest. Out of space
+	// on the last, the FSM's restore fails and raft panics the leader.
+	if free, err := diskFree(sv.n.cfg.DataDir); err == nil && free/restoreCopies < uint64(hdr.GetSize()) {
+		return errUnavailable(fmt.Sprintf("restore: %d bytes free on the data disk; a %d-byte backup needs %d times that",
+			free, hdr.GetSize(), restoreCopies))
 	}
 	f, err := os.CreateTemp(sv.n.cfg.DataDir, restoreSpoolPattern)
 	if err != nil {

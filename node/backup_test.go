@@ -110,6 +110,13 @@ func TestBackupAndRestore(t *testing.T) {
 		Shard: hdr.Shard, Shards: hdr.Shards, SnapshotVersion: hdr.SnapshotVersion, Size: hdr.Size}}))
 	_, err = rs.CloseAndRecv()
 	require.ErrorContains(t, err, "confirm must be set")
+	// A disk without room for three copies: refused before raft, whose
+	// panic a full disk would otherwise cause.
+	diskFree = func(string) (uint64, error) { return uint64(3*hdr.Size - 1), nil }
+	err = restore(hdr, backup.Bytes())
+	diskFree = freeBytes
+	require.Equal(t, ledger.CodeUnavailable, code(err), "%v", err)
+	require.ErrorContains(t, err, "bytes free on the data disk")
 	require.Equal(t, "150", posted())
 	c.checkReplicas()
 

@@ -483,6 +483,10 @@ func run(argv []string, stdout, stderr io.Writer) int {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	timeoutSet := set["timeout"]
 	top.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	// Finding the cluster is bounded as for any command: a long command's
+	// own bound is for its transfer, not for a node that is down or a
+	// certificate that is refused (found by review: backup waited 30 min).
+	dialTimeout := g.timeout
 	if cmd.timeout > 0 && !timeoutSet {
 		g.timeout = cmd.timeout
 	}
@@ -538,7 +542,7 @@ func run(argv []string, stdout, stderr io.Writer) int {
 		var c *client.Client
 		var tlsCfg *tls.Config
 		if tlsCfg, err = g.tls.Client(); err == nil {
-			c, err = client.Dial(ctx, client.Config{Addrs: addrs, DialTimeout: g.timeout,
+			c, err = client.Dial(ctx, client.Config{Addrs: addrs, DialTimeout: dialTimeout,
 				RequestTimeout: min(g.timeout, client.DefaultRequestTimeout), TLS: tlsCfg})
 		}
 		if err == nil {

@@ -7,8 +7,9 @@
 // A node presents its certificate as a server and as a client (peers dial
 // it); a client presents one too, and a node refuses a connection without a
 // certificate the CA signed. Beyond that, only a node's certificate
-// (node.verifyPeerCert) may speak Raft or pass the DefineAsset fan-out's
-// mark; any certificate from the CA may call every client RPC.
+// (node.verifyPeerCert) may speak Raft, pass the DefineAsset fan-out's
+// mark, or call Backup and Restore; any certificate from the CA may call
+// every other client RPC.
 package tlsfiles
 
 import (
