@@ -82,14 +82,22 @@ func (sv *server) shardByID(id uint32) (*shard, error) {
 	return sv.n.shards[id], nil
 }
 
-// exclusive runs one backup or restore at a time on this node: each reads
-// or writes a whole shard, and an operator's script gone wrong should not
-// run many at once.
-func (sv *server) exclusive() (release func(), err error) {
-	if !sv.n.backupMu.TryLock() {
-		return nil, errUnavailable("another backup or restore is running on this node")
+// leadShard takes the node's one backup or restore slot (each reads or
+// writes a whole shard, and an operator's script gone wrong should not run
+// many at once) and returns shard id once this node leads it, checked as
+// a linearizable read checks it. The caller calls release when done.
+func (sv *server) leadShard(ctx context.Context, id uint32) (s *shard, release func(), err error) {
+	if s, err = sv.shardByID(id); err != nil {
+		return nil, nil, err
 	}
-	return sv.n.backupMu.Unlock, nil
+	if !sv.n.backupMu.TryLock() {
+		return nil, nil, errUnavailable("another backup or restore is running on this node")
+	}
+	if err := s.linearizable(ctx); err != nil {
+		sv.n.backupMu.Unlock()
+		return nil, nil, err
+	}
+	return s, sv.n.backupMu.Unlock, nil
 }
 
 // Backup streams a snapshot of one shard from its leader (see above).
@@ -99,21 +107,14 @@ func (sv *server) Backup(req *tallypb.BackupRequest, stream tallypb.Ledger_Backu
 	if err := sv.operatorOnly(stream.Context(), "a backup"); err != nil {
 		return err
 	}
-	s, err := sv.shardByID(req.GetShard())
-	if err != nil {
-		return err
-	}
-	release, err := sv.exclusive()
+	// Every operation acknowledged before the call is applied here once
+	// the leader's read check passed (the leader applies before it
+	// acknowledges), so the snapshot taken after it holds them all.
+	s, release, err := sv.leadShard(stream.Context(), req.GetShard())
 	if err != nil {
 		return err
 	}
 	defer release()
-	// Every operation acknowledged before the call is applied here once
-	// this holds (the leader applies before it acknowledges), so the
-	// snapshot taken after it holds them all.
-	if err := s.linearizable(stream.Context()); err != nil {
-		return err
-	}
 	meta, info, err := s.backupSnapshot(s.fsm.AppliedIndex())
 	if err != nil {
 		return err
@@ -227,18 +228,11 @@ func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
 	case raft.SnapshotVersion(hdr.GetSnapshotVersion()) < raft.SnapshotVersionMin || raft.SnapshotVersion(hdr.GetSnapshotVersion()) > raft.SnapshotVersionMax:
 		return newError(ledger.CodeInvalidArgument, fmt.Sprintf("restore: raft snapshot version %d", hdr.GetSnapshotVersion()))
 	}
-	s, err := sv.shardByID(hdr.GetShard())
-	if err != nil {
-		return err
-	}
-	release, err := sv.exclusive()
+	s, release, err := sv.leadShard(stream.Context(), hdr.GetShard())
 	if err != nil {
 		return err
 	}
 	defer release()
-	if err := s.linearizable(stream.Context()); err != nil {
-		return err
-	}
 	// Three copies of the backup lie on the data disk at once: the spool,
 	// raft's snapshot of it, and the FSM's tables to ingest. Out of space
 	// on the last, the FSM's restore fails and raft panics the leader.

@@ -200,12 +200,7 @@ func TestRestoreIntoANewCluster(t *testing.T) {
 		src.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, fmt.Sprint("o", i), fmt.Sprint("m", i), "POINTS", ""))
 	}
 	src.mustSubmit(op(tallypb.OpKind_CREDIT, "c", "m7", "POINTS", "70"))
-	scl, err := client.Dial(ctx, client.Config{Addrs: []string{src.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer scl.Close()
-	var backup bytes.Buffer
-	hdr, err := scl.Backup(ctx, 0, &backup)
-	require.NoError(t, err)
+	hdr, backup := backupShard0(ctx, t, src)
 
 	dst := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
 	dcl, err := client.Dial(ctx, client.Config{Addrs: []string{dst.cfgs[0].GRPCAddr}})
@@ -237,12 +232,7 @@ func TestRestoreAboveAMembersVersionIsRefused(t *testing.T) {
 	require.Eventually(t, func() bool { return src.nodes[0].shards[0].fsm.Version() == ledger.MaxVersion },
 		20*time.Second, 50*time.Millisecond)
 	src.defineAsset("shop", "POINTS", 0)
-	scl, err := client.Dial(ctx, client.Config{Addrs: []string{src.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer scl.Close()
-	var backup bytes.Buffer
-	hdr, err := scl.Backup(ctx, 0, &backup)
-	require.NoError(t, err)
+	hdr, backup := backupShard0(ctx, t, src)
 	require.EqualValues(t, ledger.MaxVersion, hdr.Version)
 
 	dst := newTestCluster(t, 3, 1, func(cfg *Config) {
@@ -375,4 +365,16 @@ func TestBackupOfAQuietShardAfterRestart(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, hdr.StateHash, h2.StateHash)
 	require.Equal(t, hdr.AppliedIndex, h2.AppliedIndex)
+}
+
+// backupShard0 backs up shard 0 of c through a client of its own.
+func backupShard0(ctx context.Context, t *testing.T, c *testCluster) (client.BackupHeader, *bytes.Buffer) {
+	t.Helper()
+	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
+	require.NoError(t, err)
+	defer cl.Close()
+	var b bytes.Buffer
+	hdr, err := cl.Backup(ctx, 0, &b)
+	require.NoError(t, err)
+	return hdr, &b
 }

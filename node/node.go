@@ -28,6 +28,7 @@ import (
 
 	"github.com/tally-ledger/tally/api/tallypb"
 	"github.com/tally-ledger/tally/fsm"
+	"github.com/tally-ledger/tally/internal/atomicfile"
 	"github.com/tally-ledger/tally/ledger"
 	"github.com/tally-ledger/tally/node/raftstore"
 	"github.com/tally-ledger/tally/node/transport"
@@ -259,41 +260,10 @@ func (n *Node) checkShardCount() error {
 // writeFileAtomic writes path so that a crash leaves it absent or whole,
 // never empty or torn (a torn SHARDS file would stop the node at start).
 func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("node: %w", err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		err = syncDir(filepath.Dir(path))
-	}
-	if err != nil {
+	if err := atomicfile.Write(path, func(w io.Writer) error { _, err := w.Write(b); return err }); err != nil {
 		return fmt.Errorf("node: write %s: %w", path, err)
 	}
 	return nil
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // maxNoCommandScan bounds the entries noCommandsBetween reads.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tally-ledger/tally/client"
 	"github.com/tally-ledger/tally/fsm"
+	"github.com/tally-ledger/tally/internal/atomicfile"
 )
 
 // A backup directory holds one file per shard (shardFile) and
@@ -88,10 +89,10 @@ func backupCommand() command {
 			if err != nil {
 				return nil, err
 			}
-			if err := writeSynced(filepath.Join(dir, manifestName), append(b, '\n')); err != nil {
-				return nil, err
-			}
-			if err := syncDir(dir); err != nil {
+			if err := atomicfile.Write(filepath.Join(dir, manifestName), func(w io.Writer) error {
+				_, err := w.Write(append(b, '\n'))
+				return err
+			}); err != nil {
 				return nil, err
 			}
 			for _, h := range m.Backups {
@@ -167,55 +168,15 @@ func verifyBackupFile(path string, h client.BackupHeader) error {
 	return nil
 }
 
-// backupShard writes shard's backup to path through a temporary file,
-// synced before the rename.
+// backupShard writes shard's backup to path, whole or not at all.
 func backupShard(ctx context.Context, c *client.Client, shard int, path string) (client.BackupHeader, error) {
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return client.BackupHeader{}, err
-	}
-	defer os.Remove(tmp) // after the rename: nothing
-	h, err := c.Backup(ctx, shard, f)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
+	var h client.BackupHeader
+	err := atomicfile.Write(path, func(w io.Writer) error {
+		var err error
+		h, err = c.Backup(ctx, shard, w)
+		return err
+	})
 	return h, err
-}
-
-func writeSynced(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp)
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func restoreCommand() command {
