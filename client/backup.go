@@ -155,9 +155,9 @@ func (c *Client) Restore(ctx context.Context, hdr BackupHeader, r io.ReadSeeker)
 		resp, err := stream.CloseAndRecv()
 		if err != nil {
 			// leaderStream sends it again elsewhere on NOT_LEADER alone,
-			// which a node answers only before it hands the backup to
-			// raft (after that, any failure is UNAVAILABLE: the restore
-			// may have taken effect).
+			// which a node answers only while it has restored nothing
+			// (any later failure is UNAVAILABLE: the restore may have
+			// taken effect).
 			return false, err
 		}
 		res = RestoreResult{RaftIndex: resp.GetRaftIndex(), AppliedIndex: resp.GetAppliedIndex(), Version: resp.GetVersion(),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -38,6 +39,10 @@ func removeRestoreSpools(dataDir string) {
 		_ = os.Remove(p)
 	}
 }
+
+// beforeRaftRestore, when a test sets it, runs in Restore just before the
+// backup is handed to raft.
+var beforeRaftRestore func(*shard)
 
 // restoreCopies is how many times a backup's size a restore needs free on
 // the leader's data disk (see Restore).
@@ -287,12 +292,21 @@ func (sv *server) Restore(stream tallypb.Ledger_RestoreServer) (err error) {
 	}
 	sv.n.logger.Warn("restoring a shard from a backup: operations applied since it are discarded",
 		"shard", s.id, "backup_raft_index", meta.Index, "backup_applied_index", info.AppliedIndex, "version", info.Version)
+	restoresBefore := s.restores.Load()
+	if h := beforeRaftRestore; h != nil {
+		h(s)
+	}
 	if err := s.raft.Restore(meta, f, restoreTimeout); err != nil {
-		// Not NOT_LEADER, which a client may take for "nothing done" and
-		// send elsewhere: raft may have restored this node's state and
-		// failed only on the no-op after it (leadership lost, a timeout),
-		// and a leader that lost it before a majority held the restore
-		// can keep it while the others do not. The operator checks.
+		// NOT_LEADER, which a client takes for "nothing done" and sends
+		// elsewhere, only when raft refused before it restored this
+		// node's state (it does that first, and panics if it fails):
+		// after, it may have failed only on the no-op that follows
+		// (leadership lost, a timeout), and a leader that lost it before
+		// a majority held the restore can keep it while the others do
+		// not. The operator checks.
+		if errors.Is(err, raft.ErrNotLeader) && s.restores.Load() == restoresBefore {
+			return s.notLeader()
+		}
 		return errUnavailable(fmt.Sprintf("restore: %v: the restore may or may not have taken effect; compare every replica's state (tallyctl state --node ADDR --shard %d) and run it again if they differ or miss it", err, s.id))
 	}
 	sv.n.logger.Warn("shard restored from a backup", "shard", s.id, "raft_index", s.raft.LastIndex())

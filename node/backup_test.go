@@ -378,3 +378,39 @@ func backupShard0(ctx context.Context, t *testing.T, c *testCluster) (client.Bac
 	require.NoError(t, err)
 	return hdr, &b
 }
+
+// TestRestoreAfterLosingLeadershipGoesElsewhere: a leader that loses the
+// shard between its checks and raft (a long spool, an election) had
+// restored nothing, and says NOT_LEADER, so the client sends the restore
+// to the new leader; raft's refusal used to come back as UNAVAILABLE,
+// "may or may not have taken effect", which sent the operator comparing
+// replicas for nothing.
+func TestRestoreAfterLosingLeadershipGoesElsewhere(t *testing.T) {
+	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c.defineAsset("shop", "POINTS", 0)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
+	hdr, backup := backupShard0(ctx, t, c)
+	c.mustSubmit(op(tallypb.OpKind_CREDIT, "c", "ann", "POINTS", "9"))
+
+	moved := 0
+	beforeRaftRestore = func(s *shard) {
+		if moved > 0 {
+			return
+		}
+		moved++
+		require.NoError(t, s.raft.LeadershipTransfer().Error())
+	}
+	defer func() { beforeRaftRestore = nil }()
+	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
+	require.NoError(t, err)
+	defer cl.Close()
+	_, err = cl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
+	require.NoError(t, err)
+	require.Equal(t, 1, moved)
+	a, err := cl.GetAccount(ctx, "shop", "ann", "POINTS")
+	require.NoError(t, err)
+	require.Equal(t, "0", a.Posted.String(), "the credit after the backup is gone")
+	c.checkReplicas()
+}

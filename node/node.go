@@ -413,6 +413,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		// A restore from a backup can take the shard back to before an
 		// asset was defined (see assetCache).
 		n.assets.forgetShard(id)
+		s.restores.Add(1)
 	}
 	f.SetHooks(hooks)
 	r, err := raft.NewRaft(rc, f, logs, logs, snaps, trans)
