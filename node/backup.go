@@ -21,13 +21,14 @@ import (
 
 // Backups and restores go through hashicorp/raft's own user snapshots:
 // Backup asks the shard's leader for a snapshot (raft.Snapshot, or the
-// newest one stored when nothing was applied since) and streams it;
-// Restore hands a backup to raft.Restore on the leader, which writes it
-// as a snapshot past the end of the log and restores the leader's FSM from
-// it, so every follower installs it as it would any snapshot that passed
-// it by. Raft panics when the FSM refuses a snapshot it restores for a
-// user, so the backup is spooled to disk and checked whole (SHA-256,
-// header, key order, meta, CRC) before raft sees it.
+// newest one stored when raft takes none and that one is current) and
+// streams it; Restore hands a backup to raft.Restore on the leader, which
+// writes it as a snapshot past the end of the log and restores the
+// leader's FSM from it, so every follower installs it as it would any
+// snapshot that passed it by. Raft panics when the FSM refuses a snapshot
+// it restores for a user, so the backup is spooled to disk and checked
+// whole (SHA-256, header, key order, meta, CRC, state hash, rules version
+// against the members', free space) before raft sees it.
 
 // restoreSpoolPattern names the file a restore is spooled to in the data
 // directory; removeRestoreSpools deletes those a crash left at start.
