@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/shopspring/decimal"
 	"github.com/stretchr/testify/require"
 
@@ -350,10 +351,29 @@ func TestBackupOfAQuietShardAfterRestart(t *testing.T) {
 	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
 	require.NoError(t, err)
 	defer cl.Close()
+	// The FSM must be handed nothing after the restart, whichever node
+	// leads then: every replica snapshots after the last command (the
+	// version raise is one too), so none replays an entry. Otherwise raft
+	// takes a snapshot and the stored one is never needed (the test
+	// passed without the fix when the new leader was not the old one).
+	require.Eventually(t, func() bool {
+		for _, n := range c.nodes {
+			if n.shards[0].fsm.Version() != ledger.MaxVersion {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 50*time.Millisecond)
 	c.defineAsset("shop", "POINTS", 0)
 	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
 	hdr, err := cl.Backup(ctx, 0, io.Discard)
 	require.NoError(t, err)
+	c.checkReplicas()
+	for i, n := range c.nodes {
+		if err := n.shards[0].raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+			t.Fatalf("n%d: snapshot: %v", i+1, err)
+		}
+	}
 	for i := range c.nodes {
 		c.stop(i)
 	}

@@ -101,15 +101,16 @@ type entry struct {
 
 // shard is one Raft group on this node.
 type shard struct {
+	id    uint32
+	n     *Node
+	raft  *raft.Raft
+	fsm   *fsm.FSM
+	snaps raft.SnapshotStore
+	trans *ackTransport
+
 	// restores counts the FSM's snapshot restores, so a failed Restore
 	// call can tell whether raft got as far as this node's state.
 	restores atomic.Uint64
-	id       uint32
-	n        *Node
-	raft     *raft.Raft
-	fsm      *fsm.FSM
-	snaps    raft.SnapshotStore
-	trans    *ackTransport
 
 	proposeCh chan *proposal
 	// queuedOps counts the operations of requests in proposeCh or waiting
