@@ -230,6 +230,8 @@ type FSM struct {
 	// afterCommit, if set (tests only), runs between a batch's Pebble commit
 	// and the publish of its accounts: a descheduled apply goroutine.
 	afterCommit func()
+
+	chk checks // consistency checks (check.go)
 }
 
 // Hooks let the node observe the FSM (metrics). Each is optional and is
@@ -242,6 +244,9 @@ type Hooks struct {
 	OnSnapshot func(bytes int64, took time.Duration, err error)
 	// OnRestore runs after a snapshot was restored (or failed).
 	OnRestore func(took time.Duration, err error)
+	// OnCheck runs after each consistency check (check.go), on the
+	// goroutine that hashed the state.
+	OnCheck func(Check)
 }
 
 var (
@@ -377,23 +382,32 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	first, ops := 0, 0
 	for i, l := range logs {
 		logBytes += uint64(len(l.Data))
-		if l.Index <= appliedIndex || l.Type != raft.LogCommand {
+		if l.Index <= appliedIndex {
 			continue
 		}
-		var err error
-		if cmds[i], err = ledger.DecodeCommand(l.Data); err != nil {
-			panic(fmt.Sprintf("fsm: shard %d: undecodable entry %d (written by a newer tallyd? then upgrade this node): %v",
-				f.shard, l.Index, err))
+		if l.Type == raft.LogCommand {
+			var err error
+			if cmds[i], err = ledger.DecodeCommand(l.Data); err != nil {
+				panic(fmt.Sprintf("fsm: shard %d: undecodable entry %d (written by a newer tallyd? then upgrade this node): %v",
+					f.shard, l.Index, err))
+			}
+			n := 0
+			for _, r := range cmds[i].Requests {
+				n += len(r.Ops)
+			}
+			if ops > 0 && ops+n > f.maxApplyOps {
+				f.applyPart(logs[first:i], cmds[first:i], resp[first:i], ops)
+				first, ops = i, 0
+			}
+			ops += n
 		}
-		n := 0
-		for _, r := range cmds[i].Requests {
-			n += len(r.Ops)
+		if f.isCheckIndex(l.Index) {
+			// The batch ends here so that the check sees the state as
+			// of this entry, as every other replica's does.
+			f.applyPart(logs[first:i+1], cmds[first:i+1], resp[first:i+1], ops)
+			first, ops = i+1, 0
+			f.startCheck(l.Index)
 		}
-		if ops > 0 && ops+n > f.maxApplyOps {
-			f.applyPart(logs[first:i], cmds[first:i], resp[first:i], ops)
-			first, ops = i, 0
-		}
-		ops += n
 	}
 	f.applyPart(logs[first:], cmds[first:], resp[first:], ops)
 	f.logBytes.Add(logBytes)

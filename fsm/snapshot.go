@@ -14,6 +14,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -502,28 +503,41 @@ func (f *FSM) State() (StateInfo, error) {
 	// view of the shard, which a Pebble snapshot does not do against the
 	// excise of a concurrent Restore (the hash and the index it is reported
 	// at would come from two states).
-	var info StateInfo
 	lower, upper := shardBounds(f.shard)
 	it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
 	if err != nil {
-		return info, err
+		return StateInfo{}, err
 	}
+	return f.hashView(it, nil)
+}
+
+// hashView summarizes the shard state that it, an iterator over the whole
+// shard, sees (State), and closes it. A non-nil stop that turns true ends
+// the walk early with errCheckStopped.
+func (f *FSM) hashView(it *pebble.Iterator, stop *atomic.Bool) (info StateInfo, err error) {
+	defer func() {
+		if cerr := it.Close(); err == nil {
+			err = cerr
+		}
+	}()
 	if it.SeekGE(f.kb.meta()) && bytes.Equal(it.Key(), f.kb.meta()) {
 		m, err := decodeMeta(it.Value())
 		if err != nil {
-			_ = it.Close()
 			return info, err
 		}
 		info.AppliedIndex, info.LastTimeMs = m.appliedIndex, m.lastTimeMs
 	}
 	var h stateHasher
+	n := 0
 	for valid := it.First(); valid; valid = it.Next() {
+		if n++; stop != nil && n%4096 == 0 && stop.Load() {
+			return info, errCheckStopped
+		}
 		if err := h.add(it.Key(), it.Value()); err != nil {
-			_ = it.Close()
 			return info, err
 		}
 	}
-	if err := it.Close(); err != nil {
+	if err := it.Error(); err != nil {
 		return info, err
 	}
 	info.Hash, info.Conservation = h.sum()
