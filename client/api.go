@@ -331,7 +331,15 @@ func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (Sha
 	if err != nil {
 		return ShardState{}, fromRPC(err, int(shard))
 	}
+	var checks []ReplicaCheck
+	for _, r := range resp.GetReplicaChecks() {
+		checks = append(checks, ReplicaCheck{NodeID: r.GetNodeId(), Index: r.GetIndex(), Match: r.GetMatch()})
+	}
 	return ShardState{
+		CheckIndex:        resp.GetCheckIndex(),
+		CheckHash:         resp.GetCheckHash(),
+		CheckError:        resp.GetCheckError(),
+		ReplicaChecks:     checks,
 		Shard:             resp.GetShard(),
 		AppliedIndex:      resp.GetAppliedIndex(),
 		StateHash:         resp.GetStateHash(),

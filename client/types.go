@@ -156,6 +156,26 @@ type ShardState struct {
 	// RaftLastIndex is the index of that replica's last Raft entry, in its
 	// log or its snapshot (0 from a binary before it).
 	RaftLastIndex uint64
+	// CheckIndex, CheckHash and CheckError are that replica's newest
+	// consistency check: its state hash right after applying entry
+	// CheckIndex (0: none yet), which every replica computes at the same
+	// indexes. CheckError says the walk failed or the state breaks
+	// conservation.
+	CheckIndex uint64
+	CheckHash  []byte
+	CheckError string
+	// ReplicaChecks, from the shard's leader, are its newest comparisons
+	// of its checks with the other replicas'.
+	ReplicaChecks []ReplicaCheck
+}
+
+// ReplicaCheck is a leader's comparison of its consistency check with
+// another replica's: Match is false when that replica's state hash
+// differed after the same log entries.
+type ReplicaCheck struct {
+	NodeID string
+	Index  uint64
+	Match  bool
 }
 
 // opToProto converts an op for the wire. Amounts that an op kind does not

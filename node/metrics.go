@@ -44,6 +44,11 @@ type metrics struct {
 	snapshots      *prometheus.CounterVec
 	snapshotTime   *prometheus.HistogramVec
 	snapshotBytes  prometheus.Histogram
+	checks         *prometheus.CounterVec
+	checkTime      prometheus.Histogram
+	replicaChecks  *prometheus.CounterVec
+	// replicasDiverged is set by the leader's comparisons (consistency.go).
+	replicasDiverged *prometheus.GaugeVec
 }
 
 func shardLabel(id uint32) string { return strconv.FormatUint(uint64(id), 10) }
@@ -117,9 +122,26 @@ func newMetrics(n *Node) *metrics {
 			Name: "tally_snapshot_bytes", Help: "Size of persisted FSM snapshots.",
 			Buckets: prometheus.ExponentialBuckets(1024, 4, 12),
 		}),
+		checks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_consistency_checks_total",
+			Help: "This replica's consistency checks (a hash of the shard's whole state at a log index every replica hashes at; --check-every), by result: ok, error (the walk failed), conservation (the state does not sum to zero).",
+		}, []string{"shard", "result"}),
+		checkTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tally_consistency_check_seconds", Help: "Time to hash a shard's state for a consistency check.",
+			Buckets: latencyBuckets,
+		}),
+		replicaChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tally_replica_checks_total",
+			Help: "A shard leader's comparisons of its consistency check with another replica's at the same index, by result: match, mismatch (the replica's state differs: alert), error (the replica's walk failed).",
+		}, []string{"shard", "result"}),
+		replicasDiverged: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tally_replicas_diverged",
+			Help: "Replicas of the shard whose newest compared state hash differed from this leader's (0 when none, and on non-leaders): alert on any value above 0.",
+		}, []string{"shard"}),
 	}
 	reg.MustRegister(m.ops, m.opsReplayed, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.overloaded, m.applyBatch, m.applyLatency,
 		m.isLeader, m.leaderChanges, m.raftDrops, m.verifyRounds, m.readRounds, m.snapshots, m.snapshotTime, m.snapshotBytes,
+		m.checks, m.checkTime, m.replicaChecks, m.replicasDiverged,
 		&stateCollector{n: n},
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "tally_admission_refused_total",

@@ -317,6 +317,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.SetCheckEvery(cfg.checkEvery())
 	if v := f.Version(); cfg.MaxVersion != 0 && v > cfg.MaxVersion {
 		// The operator means to keep a downgrade possible, but this shard
 		// was raised already and never goes back: say so rather than run
@@ -415,6 +416,7 @@ func (n *Node) openShard(id uint32) (*shard, error) {
 		n.assets.forgetShard(id)
 		s.restores.Add(1)
 	}
+	hooks.OnCheck = func(c fsm.Check) { n.observeCheck(id, c) }
 	f.SetHooks(hooks)
 	r, err := raft.NewRaft(rc, f, logs, logs, snaps, trans)
 	if err != nil {
@@ -568,6 +570,8 @@ func (n *Node) close() error {
 	}
 	for _, s := range n.shards {
 		s.wg.Wait()
+		// A consistency check's walk holds a state DB iterator.
+		s.fsm.StopChecks()
 	}
 	n.wg.Wait()
 	n.peers.close()

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/tally-ledger/tally/api/tallypb"
+	"github.com/tally-ledger/tally/fsm"
 	"github.com/tally-ledger/tally/ledger"
 )
 
@@ -452,6 +453,20 @@ func (sv *server) ShardState(ctx context.Context, req *tallypb.ShardStateRequest
 	}
 	last, term := s.raft.LastIndex(), s.raft.CurrentTerm()
 	resp.RaftLastIndex, resp.RaftTerm = &last, &term
+	var check fsm.Check
+	var ok bool
+	if req.CheckIndex != nil {
+		check, ok = s.fsm.CheckAt(req.GetCheckIndex())
+	} else {
+		check, ok = s.fsm.LastCheck()
+	}
+	if ok {
+		resp.CheckIndex, resp.CheckHash = check.Index, check.Hash
+		if err := errors.Join(check.Err, check.Conservation); err != nil {
+			resp.CheckError = err.Error()
+		}
+	}
+	resp.ReplicaChecks = s.checks.list()
 	if !req.GetFull() {
 		return resp, nil
 	}

@@ -129,6 +129,9 @@ type shard struct {
 	// time: each walks the whole shard and holds its balances in memory,
 	// and any client may ask for one.
 	fullState chan struct{}
+	// checks is this node's comparisons of the shard's consistency checks
+	// while it leads (consistency.go).
+	checks replicaChecks
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -158,7 +161,8 @@ func (s *shard) start() {
 		s.wg.Add(1)
 		go s.guardLoop()
 	}
-	s.wg.Add(6)
+	s.wg.Add(7)
+	go s.consistencyLoop()
 	go s.proposeLoop()
 	go s.completeLoop()
 	go s.expiryLoop()

@@ -1667,7 +1667,10 @@ type ShardStateRequest struct {
 	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
 	// Also compute state_hash and the conservation check: a full scan of the
 	// shard, so only ask when comparing replicas.
-	Full          bool `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	Full bool `protobuf:"varint,2,opt,name=full,proto3" json:"full,omitempty"`
+	// Report this replica's consistency check at this index, if it keeps
+	// one; absent: its newest.
+	CheckIndex    *uint64 `protobuf:"varint,3,opt,name=check_index,json=checkIndex,proto3,oneof" json:"check_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1716,6 +1719,13 @@ func (x *ShardStateRequest) GetFull() bool {
 	return false
 }
 
+func (x *ShardStateRequest) GetCheckIndex() uint64 {
+	if x != nil && x.CheckIndex != nil {
+		return *x.CheckIndex
+	}
+	return 0
+}
+
 type ShardStateResponse struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Shard             uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -1752,7 +1762,19 @@ type ShardStateResponse struct {
 	// a peer about a shard (its vote guard, balancer and rules-version loop)
 	// takes only an answer from the node it meant to ask: with a peer's
 	// address wrong in --peers, another node's answer would count twice.
-	NodeId        string `protobuf:"bytes,14,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	NodeId string `protobuf:"bytes,14,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// This replica's consistency check (fsm/check.go): the state hash it
+	// computed right after applying entry check_index, which every replica
+	// computes at the same indexes; check_index is 0 when it keeps none
+	// (the one asked for, or any). check_error is set when the walk failed
+	// or the state breaks conservation (check_hash is then empty, or the
+	// state's).
+	CheckIndex uint64 `protobuf:"varint,15,opt,name=check_index,json=checkIndex,proto3" json:"check_index,omitempty"`
+	CheckHash  []byte `protobuf:"bytes,16,opt,name=check_hash,json=checkHash,proto3" json:"check_hash,omitempty"`
+	CheckError string `protobuf:"bytes,17,opt,name=check_error,json=checkError,proto3" json:"check_error,omitempty"`
+	// From the shard's leader: the other replicas' checks it compared with
+	// its own (node/consistency.go), the newest comparison of each.
+	ReplicaChecks []*ReplicaCheck `protobuf:"bytes,18,rep,name=replica_checks,json=replicaChecks,proto3" json:"replica_checks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1885,6 +1907,97 @@ func (x *ShardStateResponse) GetNodeId() string {
 	return ""
 }
 
+func (x *ShardStateResponse) GetCheckIndex() uint64 {
+	if x != nil {
+		return x.CheckIndex
+	}
+	return 0
+}
+
+func (x *ShardStateResponse) GetCheckHash() []byte {
+	if x != nil {
+		return x.CheckHash
+	}
+	return nil
+}
+
+func (x *ShardStateResponse) GetCheckError() string {
+	if x != nil {
+		return x.CheckError
+	}
+	return ""
+}
+
+func (x *ShardStateResponse) GetReplicaChecks() []*ReplicaCheck {
+	if x != nil {
+		return x.ReplicaChecks
+	}
+	return nil
+}
+
+// ReplicaCheck is a leader's comparison of its consistency check with
+// another replica's at one index.
+type ReplicaCheck struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Index  uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	// The replica's state hash there equals the leader's.
+	Match         bool `protobuf:"varint,3,opt,name=match,proto3" json:"match,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaCheck) Reset() {
+	*x = ReplicaCheck{}
+	mi := &file_tally_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaCheck) ProtoMessage() {}
+
+func (x *ReplicaCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_tally_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaCheck.ProtoReflect.Descriptor instead.
+func (*ReplicaCheck) Descriptor() ([]byte, []int) {
+	return file_tally_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ReplicaCheck) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ReplicaCheck) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ReplicaCheck) GetMatch() bool {
+	if x != nil {
+		return x.Match
+	}
+	return false
+}
+
 type BackupRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -1894,7 +2007,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_tally_proto_msgTypes[25]
+	mi := &file_tally_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1906,7 +2019,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[25]
+	mi := &file_tally_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1919,7 +2032,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{25}
+	return file_tally_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *BackupRequest) GetShard() uint32 {
@@ -1958,7 +2071,7 @@ type BackupHeader struct {
 
 func (x *BackupHeader) Reset() {
 	*x = BackupHeader{}
-	mi := &file_tally_proto_msgTypes[26]
+	mi := &file_tally_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2083,7 @@ func (x *BackupHeader) String() string {
 func (*BackupHeader) ProtoMessage() {}
 
 func (x *BackupHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[26]
+	mi := &file_tally_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2096,7 @@ func (x *BackupHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupHeader.ProtoReflect.Descriptor instead.
 func (*BackupHeader) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{26}
+	return file_tally_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *BackupHeader) GetShard() uint32 {
@@ -2069,7 +2182,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_tally_proto_msgTypes[27]
+	mi := &file_tally_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2194,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[27]
+	mi := &file_tally_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2207,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{27}
+	return file_tally_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BackupChunk) GetHeader() *BackupHeader {
@@ -2134,7 +2247,7 @@ type RestoreChunk struct {
 
 func (x *RestoreChunk) Reset() {
 	*x = RestoreChunk{}
-	mi := &file_tally_proto_msgTypes[28]
+	mi := &file_tally_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2146,7 +2259,7 @@ func (x *RestoreChunk) String() string {
 func (*RestoreChunk) ProtoMessage() {}
 
 func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[28]
+	mi := &file_tally_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2159,7 +2272,7 @@ func (x *RestoreChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreChunk.ProtoReflect.Descriptor instead.
 func (*RestoreChunk) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{28}
+	return file_tally_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RestoreChunk) GetHeader() *BackupHeader {
@@ -2205,7 +2318,7 @@ type RestoreResponse struct {
 
 func (x *RestoreResponse) Reset() {
 	*x = RestoreResponse{}
-	mi := &file_tally_proto_msgTypes[29]
+	mi := &file_tally_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2217,7 +2330,7 @@ func (x *RestoreResponse) String() string {
 func (*RestoreResponse) ProtoMessage() {}
 
 func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tally_proto_msgTypes[29]
+	mi := &file_tally_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2230,7 +2343,7 @@ func (x *RestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreResponse.ProtoReflect.Descriptor instead.
 func (*RestoreResponse) Descriptor() ([]byte, []int) {
-	return file_tally_proto_rawDescGZIP(), []int{29}
+	return file_tally_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RestoreResponse) GetRaftIndex() uint64 {
@@ -2383,10 +2496,13 @@ const file_tally_proto_rawDesc = "" +
 	"\x05nodes\x18\x02 \x03(\v2\x12.tally.v1.NodeInfoR\x05nodes\x12/\n" +
 	"\aleaders\x18\x03 \x03(\v2\x15.tally.v1.ShardLeaderR\aleaders\x12\x17\n" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12\x15\n" +
-	"\x06now_ms\x18\x05 \x01(\x03R\x05nowMs\"=\n" +
+	"\x06now_ms\x18\x05 \x01(\x03R\x05nowMs\"s\n" +
 	"\x11ShardStateRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
-	"\x04full\x18\x02 \x01(\bR\x04full\"\x8e\x04\n" +
+	"\x04full\x18\x02 \x01(\bR\x04full\x12$\n" +
+	"\vcheck_index\x18\x03 \x01(\x04H\x00R\n" +
+	"checkIndex\x88\x01\x01B\x0e\n" +
+	"\f_check_index\"\xae\x05\n" +
 	"\x12ShardStateResponse\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x1d\n" +
@@ -2405,10 +2521,21 @@ const file_tally_proto_rawDesc = "" +
 	"\fvote_guarded\x18\v \x01(\bR\vvoteGuarded\x12$\n" +
 	"\rmisconfigured\x18\f \x01(\bR\rmisconfigured\x12 \n" +
 	"\traft_term\x18\r \x01(\x04H\x01R\braftTerm\x88\x01\x01\x12\x17\n" +
-	"\anode_id\x18\x0e \x01(\tR\x06nodeIdB\x12\n" +
+	"\anode_id\x18\x0e \x01(\tR\x06nodeId\x12\x1f\n" +
+	"\vcheck_index\x18\x0f \x01(\x04R\n" +
+	"checkIndex\x12\x1d\n" +
+	"\n" +
+	"check_hash\x18\x10 \x01(\fR\tcheckHash\x12\x1f\n" +
+	"\vcheck_error\x18\x11 \x01(\tR\n" +
+	"checkError\x12=\n" +
+	"\x0ereplica_checks\x18\x12 \x03(\v2\x16.tally.v1.ReplicaCheckR\rreplicaChecksB\x12\n" +
 	"\x10_raft_last_indexB\f\n" +
 	"\n" +
-	"_raft_term\"%\n" +
+	"_raft_term\"S\n" +
+	"\fReplicaCheck\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x14\n" +
+	"\x05match\x18\x03 \x01(\bR\x05match\"%\n" +
 	"\rBackupRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xbe\x02\n" +
 	"\fBackupHeader\x12\x14\n" +
@@ -2486,7 +2613,7 @@ func file_tally_proto_rawDescGZIP() []byte {
 }
 
 var file_tally_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tally_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_tally_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_tally_proto_goTypes = []any{
 	(OpKind)(0),                  // 0: tally.v1.OpKind
 	(*Op)(nil),                   // 1: tally.v1.Op
@@ -2514,11 +2641,12 @@ var file_tally_proto_goTypes = []any{
 	(*ClusterInfoResponse)(nil),  // 23: tally.v1.ClusterInfoResponse
 	(*ShardStateRequest)(nil),    // 24: tally.v1.ShardStateRequest
 	(*ShardStateResponse)(nil),   // 25: tally.v1.ShardStateResponse
-	(*BackupRequest)(nil),        // 26: tally.v1.BackupRequest
-	(*BackupHeader)(nil),         // 27: tally.v1.BackupHeader
-	(*BackupChunk)(nil),          // 28: tally.v1.BackupChunk
-	(*RestoreChunk)(nil),         // 29: tally.v1.RestoreChunk
-	(*RestoreResponse)(nil),      // 30: tally.v1.RestoreResponse
+	(*ReplicaCheck)(nil),         // 26: tally.v1.ReplicaCheck
+	(*BackupRequest)(nil),        // 27: tally.v1.BackupRequest
+	(*BackupHeader)(nil),         // 28: tally.v1.BackupHeader
+	(*BackupChunk)(nil),          // 29: tally.v1.BackupChunk
+	(*RestoreChunk)(nil),         // 30: tally.v1.RestoreChunk
+	(*RestoreResponse)(nil),      // 31: tally.v1.RestoreResponse
 }
 var file_tally_proto_depIdxs = []int32{
 	0,  // 0: tally.v1.Op.kind:type_name -> tally.v1.OpKind
@@ -2537,33 +2665,34 @@ var file_tally_proto_depIdxs = []int32{
 	15, // 13: tally.v1.GetOperationResponse.entry:type_name -> tally.v1.JournalEntry
 	21, // 14: tally.v1.ClusterInfoResponse.nodes:type_name -> tally.v1.NodeInfo
 	22, // 15: tally.v1.ClusterInfoResponse.leaders:type_name -> tally.v1.ShardLeader
-	27, // 16: tally.v1.BackupChunk.header:type_name -> tally.v1.BackupHeader
-	27, // 17: tally.v1.RestoreChunk.header:type_name -> tally.v1.BackupHeader
-	5,  // 18: tally.v1.Ledger.Submit:input_type -> tally.v1.SubmitRequest
-	7,  // 19: tally.v1.Ledger.DefineAsset:input_type -> tally.v1.DefineAssetRequest
-	9,  // 20: tally.v1.Ledger.GetAccount:input_type -> tally.v1.GetAccountRequest
-	12, // 21: tally.v1.Ledger.GetAccounts:input_type -> tally.v1.GetAccountsRequest
-	16, // 22: tally.v1.Ledger.ListJournal:input_type -> tally.v1.ListJournalRequest
-	18, // 23: tally.v1.Ledger.GetOperation:input_type -> tally.v1.GetOperationRequest
-	20, // 24: tally.v1.Ledger.ClusterInfo:input_type -> tally.v1.ClusterInfoRequest
-	24, // 25: tally.v1.Ledger.ShardState:input_type -> tally.v1.ShardStateRequest
-	26, // 26: tally.v1.Ledger.Backup:input_type -> tally.v1.BackupRequest
-	29, // 27: tally.v1.Ledger.Restore:input_type -> tally.v1.RestoreChunk
-	6,  // 28: tally.v1.Ledger.Submit:output_type -> tally.v1.SubmitResponse
-	8,  // 29: tally.v1.Ledger.DefineAsset:output_type -> tally.v1.DefineAssetResponse
-	10, // 30: tally.v1.Ledger.GetAccount:output_type -> tally.v1.GetAccountResponse
-	14, // 31: tally.v1.Ledger.GetAccounts:output_type -> tally.v1.GetAccountsResponse
-	17, // 32: tally.v1.Ledger.ListJournal:output_type -> tally.v1.ListJournalResponse
-	19, // 33: tally.v1.Ledger.GetOperation:output_type -> tally.v1.GetOperationResponse
-	23, // 34: tally.v1.Ledger.ClusterInfo:output_type -> tally.v1.ClusterInfoResponse
-	25, // 35: tally.v1.Ledger.ShardState:output_type -> tally.v1.ShardStateResponse
-	28, // 36: tally.v1.Ledger.Backup:output_type -> tally.v1.BackupChunk
-	30, // 37: tally.v1.Ledger.Restore:output_type -> tally.v1.RestoreResponse
-	28, // [28:38] is the sub-list for method output_type
-	18, // [18:28] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	26, // 16: tally.v1.ShardStateResponse.replica_checks:type_name -> tally.v1.ReplicaCheck
+	28, // 17: tally.v1.BackupChunk.header:type_name -> tally.v1.BackupHeader
+	28, // 18: tally.v1.RestoreChunk.header:type_name -> tally.v1.BackupHeader
+	5,  // 19: tally.v1.Ledger.Submit:input_type -> tally.v1.SubmitRequest
+	7,  // 20: tally.v1.Ledger.DefineAsset:input_type -> tally.v1.DefineAssetRequest
+	9,  // 21: tally.v1.Ledger.GetAccount:input_type -> tally.v1.GetAccountRequest
+	12, // 22: tally.v1.Ledger.GetAccounts:input_type -> tally.v1.GetAccountsRequest
+	16, // 23: tally.v1.Ledger.ListJournal:input_type -> tally.v1.ListJournalRequest
+	18, // 24: tally.v1.Ledger.GetOperation:input_type -> tally.v1.GetOperationRequest
+	20, // 25: tally.v1.Ledger.ClusterInfo:input_type -> tally.v1.ClusterInfoRequest
+	24, // 26: tally.v1.Ledger.ShardState:input_type -> tally.v1.ShardStateRequest
+	27, // 27: tally.v1.Ledger.Backup:input_type -> tally.v1.BackupRequest
+	30, // 28: tally.v1.Ledger.Restore:input_type -> tally.v1.RestoreChunk
+	6,  // 29: tally.v1.Ledger.Submit:output_type -> tally.v1.SubmitResponse
+	8,  // 30: tally.v1.Ledger.DefineAsset:output_type -> tally.v1.DefineAssetResponse
+	10, // 31: tally.v1.Ledger.GetAccount:output_type -> tally.v1.GetAccountResponse
+	14, // 32: tally.v1.Ledger.GetAccounts:output_type -> tally.v1.GetAccountsResponse
+	17, // 33: tally.v1.Ledger.ListJournal:output_type -> tally.v1.ListJournalResponse
+	19, // 34: tally.v1.Ledger.GetOperation:output_type -> tally.v1.GetOperationResponse
+	23, // 35: tally.v1.Ledger.ClusterInfo:output_type -> tally.v1.ClusterInfoResponse
+	25, // 36: tally.v1.Ledger.ShardState:output_type -> tally.v1.ShardStateResponse
+	29, // 37: tally.v1.Ledger.Backup:output_type -> tally.v1.BackupChunk
+	31, // 38: tally.v1.Ledger.Restore:output_type -> tally.v1.RestoreResponse
+	29, // [29:39] is the sub-list for method output_type
+	19, // [19:29] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_tally_proto_init() }
@@ -2572,6 +2701,7 @@ func file_tally_proto_init() {
 		return
 	}
 	file_tally_proto_msgTypes[4].OneofWrappers = []any{}
+	file_tally_proto_msgTypes[23].OneofWrappers = []any{}
 	file_tally_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2579,7 +2709,7 @@ func file_tally_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tally_proto_rawDesc), len(file_tally_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

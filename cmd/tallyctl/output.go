@@ -372,21 +372,40 @@ type stateView struct {
 
 func (v stateView) jsonValue() any {
 	return struct {
-		Node              string `json:"node"`
-		NodeID            string `json:"node_id"`
-		Shard             uint32 `json:"shard"`
-		Leader            bool   `json:"leader"`
-		AppliedIndex      uint64 `json:"applied_index"`
-		StateHash         string `json:"state_hash"`
-		ConservationOK    bool   `json:"conservation_ok"`
-		ConservationError string `json:"conservation_error,omitempty"`
-		LastTimeMs        int64  `json:"last_time_ms"`
-		Version           uint32 `json:"version"`
-		MaxVersion        uint32 `json:"max_version"`
-		VoteGuarded       bool   `json:"vote_guarded"`
-		Misconfigured     bool   `json:"misconfigured"`
+		Node              string             `json:"node"`
+		NodeID            string             `json:"node_id"`
+		Shard             uint32             `json:"shard"`
+		Leader            bool               `json:"leader"`
+		AppliedIndex      uint64             `json:"applied_index"`
+		StateHash         string             `json:"state_hash"`
+		ConservationOK    bool               `json:"conservation_ok"`
+		ConservationError string             `json:"conservation_error,omitempty"`
+		LastTimeMs        int64              `json:"last_time_ms"`
+		Version           uint32             `json:"version"`
+		MaxVersion        uint32             `json:"max_version"`
+		VoteGuarded       bool               `json:"vote_guarded"`
+		Misconfigured     bool               `json:"misconfigured"`
+		CheckIndex        uint64             `json:"check_index"`
+		CheckHash         string             `json:"check_hash"`
+		CheckError        string             `json:"check_error,omitempty"`
+		ReplicaChecks     []replicaCheckJSON `json:"replica_checks"`
 	}{v.Node, v.NodeID, v.Shard, v.Leader, v.AppliedIndex, hex.EncodeToString(v.StateHash), v.ConservationOK, v.ConservationError,
-		v.LastTimeMs, v.Version, v.MaxVersion, v.VoteGuarded, v.Misconfigured}
+		v.LastTimeMs, v.Version, v.MaxVersion, v.VoteGuarded, v.Misconfigured,
+		v.CheckIndex, hex.EncodeToString(v.CheckHash), v.CheckError, replicaChecksJSON(v.ReplicaChecks)}
+}
+
+type replicaCheckJSON struct {
+	NodeID string `json:"node_id"`
+	Index  uint64 `json:"index"`
+	Match  bool   `json:"match"`
+}
+
+func replicaChecksJSON(rs []client.ReplicaCheck) []replicaCheckJSON {
+	out := []replicaCheckJSON{}
+	for _, r := range rs {
+		out = append(out, replicaCheckJSON{r.NodeID, r.Index, r.Match})
+	}
+	return out
 }
 
 func (v stateView) text(w io.Writer) {
@@ -412,6 +431,21 @@ func (v stateView) text(w io.Writer) {
 	}
 	if v.Misconfigured {
 		fmt.Fprintf(w, "refusing\tevery request: a majority of the cluster is not known to run this node's shard count, or its clock is off from theirs (its log says why)\n")
+	}
+	switch {
+	case v.CheckIndex == 0:
+		fmt.Fprintf(w, "consistency check\tnone yet\n")
+	case v.CheckError != "":
+		fmt.Fprintf(w, "consistency check\tat index %d: FAILED: %s\n", v.CheckIndex, v.CheckError)
+	default:
+		fmt.Fprintf(w, "consistency check\tat index %d: %s\n", v.CheckIndex, hex.EncodeToString(v.CheckHash))
+	}
+	for _, r := range v.ReplicaChecks {
+		verdict := "same state"
+		if !r.Match {
+			verdict = "DIFFERENT STATE: this replica's and the leader's diverged (README, \"Replica consistency checks\")"
+		}
+		fmt.Fprintf(w, "replica %s\tat index %d: %s\n", r.NodeID, r.Index, verdict)
 	}
 }
 

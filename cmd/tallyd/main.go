@@ -62,6 +62,7 @@ func run(args []string) error {
 	fs.IntVar(&cfg.MaxInflightEntries, "max-inflight-entries", 0, "log entries per shard queued for their answer once proposed; up to two more can be proposed but unanswered (0: default 4)")
 	fs.DurationVar(&cfg.BalanceInterval, "balance-interval", 0, "leadership balancing period (0: 2s, negative: off)")
 	fs.DurationVar(&cfg.MaxClockOffset, "max-clock-offset", 0, "refuse every request while this node's wall clock is known to differ from a majority of its peers' by more than this (it stamps log time, which expires holds); 0: 500ms, negative: no check")
+	fs.Int64Var(&cfg.CheckEvery, "check-every", 0, "every replica hashes its shard's whole state after each log entry whose index is a multiple of this, and the leader compares the hashes (replica consistency checks); every node must use the same value (0: default 32768, negative: off)")
 	fs.BoolVar(&cfg.RepairLogTail, "repair-log-tail", false, "delete Raft log entries that fail verification at the end of a shard's log instead of refusing to start; the node then refuses to vote until it has caught up, as a node whose data was wiped does (README)")
 	fs.Func("max-version", "hold this node's shards at or below this state machine rules version (0: this binary's newest); shards are raised to the newest version every node allows, after which older binaries refuse them, so set it during a rolling upgrade to keep a downgrade possible", func(v string) error {
 		n, err := strconv.ParseUint(v, 10, 32)

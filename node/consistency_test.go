@@ -1,0 +1,100 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tally-ledger/tally/api/tallypb"
+)
+
+// TestReplicaChecksFindADivergedReplica: replicas hash their state at the
+// same log indexes and the leader compares. While they agree every
+// comparison matches; once one replica's state DB holds a key that no
+// entry wrote (a bad disk, a bug), the leader reports that replica, and
+// only it, as diverged.
+func TestReplicaChecksFindADivergedReplica(t *testing.T) {
+	const every = 8
+	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+		cfg.CheckEvery = every
+		cfg.checkInterval = 50 * time.Millisecond
+	})
+	c.creditAnn(3 * every)
+
+	// waitCompared waits until the shard's leader has compared a check at
+	// or after index from with both other replicas, and returns the
+	// leader and its comparisons.
+	waitCompared := func(from uint64) (leader int, byNode map[string]*tallypb.ReplicaCheck) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			leader = c.leaderOf(0)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			st, err := c.client(c.cfgs[leader].GRPCAddr).ShardState(ctx, &tallypb.ShardStateRequest{Shard: 0})
+			if err != nil || !st.GetLeader() || st.GetCheckIndex() < from {
+				return false
+			}
+			byNode = map[string]*tallypb.ReplicaCheck{}
+			for _, r := range st.GetReplicaChecks() {
+				if r.GetIndex() == st.GetCheckIndex() {
+					byNode[r.GetNodeId()] = r
+				}
+			}
+			return len(byNode) == 2
+		}, 30*time.Second, 20*time.Millisecond, "the leader compared no check at or after %d with both replicas", from)
+		return leader, byNode
+	}
+
+	leader, byNode := waitCompared(every)
+	for id, r := range byNode {
+		require.True(t, r.GetMatch(), "replica %s differs at %d before anything was changed", id, r.GetIndex())
+	}
+	require.Zero(t, metricValues(t, c.nodes[leader], "tally_replicas_diverged")["shard=0"])
+	require.Positive(t, metricValues(t, c.nodes[leader], "tally_replica_checks_total")["result=match,shard=0"])
+	for i, n := range c.nodes {
+		require.Positive(t, metricValues(t, n, "tally_consistency_checks_total")["result=ok,shard=0"], "node %d", i)
+	}
+
+	// Write a key into a follower's shard that no entry wrote.
+	bad := (leader + 1) % 3
+	c.stop(bad)
+	db, err := pebble.Open(filepath.Join(c.cfgs[bad].DataDir, "state"), &pebble.Options{})
+	require.NoError(t, err)
+	it, err := db.NewIter(nil)
+	require.NoError(t, err)
+	var meta []byte
+	for valid := it.First(); valid; valid = it.Next() {
+		// The meta record: the shard prefix ('s', then the shard), then
+		// tag 'm' (fsm/keys.go).
+		if k := it.Key(); len(k) == 6 && k[0] == 's' && k[5] == 'm' {
+			meta = append([]byte(nil), k...)
+		}
+	}
+	require.NoError(t, it.Close())
+	require.NotNil(t, meta, "no meta record in the state DB")
+	require.NoError(t, db.Set(append(meta[:5:5], "zstray"...), []byte("written by no entry"), pebble.Sync))
+	require.NoError(t, db.Close())
+	c.start(bad)
+
+	applied := c.nodes[c.leaderOf(0)].shards[0].fsm.AppliedIndex()
+	for i := range 2 * every {
+		c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("after%d", i), "ann", "POINTS", "1"))
+	}
+	leader, byNode = waitCompared(applied + 1)
+	badID := c.cfgs[bad].ID
+	wantDiverged := 1
+	if leader == bad {
+		wantDiverged = 2 // it differs from both, which agree with each other
+	}
+	for id, r := range byNode {
+		require.Equal(t, leader != bad && id != badID, r.GetMatch(), "replica %s at %d (leader n%d, changed %s)",
+			id, r.GetIndex(), leader+1, badID)
+	}
+	require.Equal(t, float64(wantDiverged), metricValues(t, c.nodes[leader], "tally_replicas_diverged")["shard=0"])
+	require.Positive(t, metricValues(t, c.nodes[leader], "tally_replica_checks_total")["result=mismatch,shard=0"])
+}
