@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -86,6 +88,9 @@ type ReplicaState struct {
 	StateHash      string `json:"state_hash"`
 	ConservationOK bool   `json:"conservation_ok"`
 	Error          string `json:"error,omitempty"`
+	// Compared is, from the shard's leader, its newest comparison of its
+	// consistency check with each other replica's.
+	Compared []client.ReplicaCheck `json:"compared,omitempty"`
 }
 
 // replicaStates asks node i (of ClusterSize) for its replica of a shard:
@@ -134,6 +139,7 @@ func checkReplicas(ctx context.Context, rs replicaStates, shards int) (CheckResu
 					mismatch = fmt.Sprintf("applied index %d (%s answered no state hash)", st.AppliedIndex, r.Node)
 				default:
 					r.AppliedIndex, r.StateHash, r.ConservationOK = st.AppliedIndex, hex.EncodeToString(st.StateHash), st.ConservationOK
+					r.Compared = st.ReplicaChecks
 					if h, ok := byIndex[st.AppliedIndex]; ok && !bytes.Equal(h, st.StateHash) {
 						mismatch = fmt.Sprintf("applied index %d", st.AppliedIndex)
 					}
@@ -162,6 +168,44 @@ func checkReplicas(ctx context.Context, rs replicaStates, shards int) (CheckResu
 	}
 	return rep.result("replicas-equal", fmt.Sprintf("every shard's %d replicas have the same state hash at the same applied index", ClusterSize)),
 		cons.result("conservation", "every replica of every shard: balances of each asset sum to zero"), final
+}
+
+// divergedMarker starts the error a shard's leader logs when a replica's
+// consistency check differs from its own (node/consistency.go).
+const divergedMarker = "REPLICA STATE DIFFERS"
+
+// checkReplicaChecks fails on any replica consistency check that differed
+// during the run, as its leader logged it (logPaths: the node logs, which
+// survive restarts), or at its end, as the final leaders report it
+// (final: checkReplicas' states). The checks compare replicas at the same
+// log index while the run goes on, not only once it has quiesced.
+func checkReplicaChecks(final map[int][]ReplicaState, logPaths []string) CheckResult {
+	var f findings
+	matched := 0
+	for shard := 0; shard < len(final); shard++ {
+		for _, r := range final[shard] {
+			for _, c := range r.Compared {
+				if c.Match {
+					matched++
+					continue
+				}
+				f.addf("shard %d: leader %s found %s's state different at index %d", shard, r.Node, c.NodeID, c.Index)
+			}
+		}
+	}
+	for _, p := range logPaths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.addf("%s: could not look for mismatches: %v", p, err)
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, divergedMarker) {
+				f.addf("%s: %s", filepath.Base(p), line)
+			}
+		}
+	}
+	return f.result("replica-checks", fmt.Sprintf("no consistency check differed during the run; the final leaders' newest comparisons: %d, all equal", matched))
 }
 
 // backupTimeout bounds one shard's backup, and then its restore, in

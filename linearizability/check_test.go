@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -624,4 +626,34 @@ func TestJournalListedAfterAnExpiry(t *testing.T) {
 			assert.Equal(t, tc.ok, res.OK, "%s: %v", res.Detail, res.Findings)
 		})
 	}
+}
+
+// TestReplicaChecksFailOnAnyMismatch: a mismatch a leader logged during
+// the run fails the check even when the final leaders' comparisons all
+// match (the node that saw it was restarted since), and so does one the
+// final leaders report.
+func TestReplicaChecksFailOnAnyMismatch(t *testing.T) {
+	dir := t.TempDir()
+	clean, dirty := filepath.Join(dir, "n1.log"), filepath.Join(dir, "n2.log")
+	require.NoError(t, os.WriteFile(clean, []byte("2026-11-25T16:00:00Z [WARN]  something else\n"), 0o644))
+	require.NoError(t, os.WriteFile(dirty, []byte("a\n2026-11-25T16:00:01Z [ERROR] "+divergedMarker+": ... shard=1 replica=n3 index=512\nb\n"), 0o644))
+	equal := map[int][]ReplicaState{0: {{Node: "n1", Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 256, Match: true}}}, {Node: "n2"}}}
+
+	r := checkReplicaChecks(equal, []string{clean})
+	require.True(t, r.OK, "%+v", r)
+	require.Contains(t, r.Detail, "comparisons: 1")
+
+	r = checkReplicaChecks(equal, []string{clean, dirty})
+	require.False(t, r.OK)
+	require.Len(t, r.Findings, 1)
+	require.Contains(t, r.Findings[0], "n2.log")
+	require.Contains(t, r.Findings[0], "index=512")
+
+	differ := map[int][]ReplicaState{0: {{Node: "n1", Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 256, Match: true}, {NodeID: "n3", Index: 256}}}}}
+	r = checkReplicaChecks(differ, []string{clean})
+	require.False(t, r.OK)
+	require.Equal(t, []string{"shard 0: leader n1 found n3's state different at index 256"}, r.Findings)
+
+	r = checkReplicaChecks(equal, []string{filepath.Join(dir, "missing.log")})
+	require.False(t, r.OK, "a log that cannot be read was taken as clean")
 }

@@ -53,6 +53,9 @@ type ClusterConfig struct {
 	SnapshotThreshold uint64
 	SnapshotLogBytes  uint64
 	TrailingLogs      uint64
+	// CheckEvery is passed to tallyd as --check-every (0: its default):
+	// small values make replica consistency checks happen within a run.
+	CheckEvery int64
 	// HeartbeatTimeout, ElectionTimeout and LeaderLeaseTimeout are passed
 	// to tallyd. Left at 0, StartCluster probes the disk under Dir (or
 	// takes DiskProbe) and on a slow one uses diskprobe's slow-disk
@@ -242,6 +245,9 @@ func (c *Cluster) start(ctx context.Context) error {
 		}
 		if c.cfg.TrailingLogs > 0 {
 			n.args = append(n.args, "--trailing-logs", fmt.Sprint(c.cfg.TrailingLogs))
+		}
+		if c.cfg.CheckEvery != 0 {
+			n.args = append(n.args, "--check-every", fmt.Sprint(c.cfg.CheckEvery))
 		}
 		for _, d := range []struct {
 			flag string

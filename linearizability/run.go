@@ -64,10 +64,12 @@ type Config struct {
 	// fails the linearizability check. Run's context bounds the checks as
 	// a whole: members not checked when it ends fail the check too.
 	CheckTimeout time.Duration
-	// SnapshotThreshold, SnapshotLogBytes, TrailingLogs: see ClusterConfig.
+	// SnapshotThreshold, SnapshotLogBytes, TrailingLogs, CheckEvery: see
+	// ClusterConfig.
 	SnapshotThreshold uint64
 	SnapshotLogBytes  uint64
 	TrailingLogs      uint64
+	CheckEvery        int64
 	// Logf receives progress lines (nil: silent).
 	Logf func(format string, args ...any)
 }
@@ -286,7 +288,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	clusterDir := filepath.Join(cfg.ResultsDir, "cluster")
 	ccfg := ClusterConfig{Tallyd: cfg.Tallyd, Dir: clusterDir, Shards: cfg.Shards,
 		UnsafeLocalReads: cfg.UnsafeLocalReads, SnapshotThreshold: cfg.SnapshotThreshold,
-		SnapshotLogBytes: cfg.SnapshotLogBytes, TrailingLogs: cfg.TrailingLogs, TLS: cfg.TLS}
+		SnapshotLogBytes: cfg.SnapshotLogBytes, TrailingLogs: cfg.TrailingLogs, CheckEvery: cfg.CheckEvery, TLS: cfg.TLS}
 	if len(probes) > 0 {
 		// StartCluster need not probe the same disk again.
 		first := probes[0]
@@ -533,6 +535,8 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	replicas, conservation, states := checkReplicas(ctx, clusterStates{cl, c}, cfg.Shards)
 	rep.Replicas = states
 	logf("replicas: %s; conservation: %s", replicas.Detail, conservation.Detail)
+	consistency := checkReplicaChecks(states, c.LogPaths())
+	logf("replica-checks: %s", consistency.Detail)
 
 	entries := hist.Entries()
 	exactly, applied, notApplied := checkExactlyOnce(ctx, cl, entries)
@@ -589,7 +593,7 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 		_ = ocl.Close()
 	}
 	logf("backup-restore: %s", backup.Detail)
-	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas, final, backup)
+	rep.Checks = append(rep.Checks, lin, exactly, journal, conservation, replicas, consistency, final, backup)
 	rep.Ops = len(entries) - finalReads
 	rep.OpsBy, rep.Outcomes = map[string]int{}, map[string]int{}
 	for _, e := range entries[:rep.Ops] {

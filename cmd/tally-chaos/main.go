@@ -68,6 +68,7 @@ func run(args []string) (int, error) {
 		snap     = fs.Uint64("snapshot-threshold", 1024, "tallyd --snapshot-threshold (small: snapshots happen during the run)")
 		snapLog  = fs.Uint64("snapshot-log-bytes", 256<<10, "tallyd --snapshot-log-bytes (small: byte-triggered snapshots happen during the run too)")
 		trailing = fs.Uint64("trailing-logs", 256, "tallyd --trailing-logs")
+		every    = fs.Int64("check-every", 256, "tallyd --check-every (small: replica consistency checks happen during the run, and the harness fails on any mismatch)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2, err
@@ -135,7 +136,7 @@ func run(args []string) (int, error) {
 		Faults: kinds, FaultRounds: 1, Duration: *duration,
 		MinOps: *minOps, MaxDuration: *duration + 10*time.Minute,
 		Coalesce: *coalesce, UnsafeLocalReads: *unsafe, CheckTimeout: *timeout, TLS: *useTLS,
-		SnapshotThreshold: *snap, SnapshotLogBytes: *snapLog, TrailingLogs: *trailing,
+		SnapshotThreshold: *snap, SnapshotLogBytes: *snapLog, TrailingLogs: *trailing, CheckEvery: *every,
 		Logf: logf,
 	})
 	if err != nil {
