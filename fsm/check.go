@@ -47,9 +47,11 @@ type Check struct {
 	// Err is set.
 	Hash []byte
 	// Conservation is non-nil when some (program, asset) of the state
-	// does not sum to zero.
+	// does not sum to zero, or when an account or control record does not
+	// decode: its bytes are hashed all the same, so a replica holding
+	// bytes no entry wrote reports a hash that differs from the others'.
 	Conservation error
-	// Err is set when the walk failed.
+	// Err is set when the walk failed (reading the DB).
 	Err error
 	// Took is how long the walk took.
 	Took time.Duration

@@ -4,6 +4,7 @@ import (
 	"math/rand"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
 )
@@ -83,4 +84,42 @@ func TestChecksHashTheStateAtTheirIndex(t *testing.T) {
 	parts.ApplyBatch([]*raft.Log{{Index: 220, Term: 1, Type: raft.LogNoop}})
 	_, ok = parts.CheckAt(220)
 	require.False(t, ok, "a check started after StopChecks")
+}
+
+// TestCheckHashesRecordsThatDoNotDecode: a replica whose account record
+// holds bytes no entry wrote still reports a hash (which then differs from
+// the other replicas'), not only a failed walk that a leader cannot compare.
+func TestCheckHashesRecordsThatDoNotDecode(t *testing.T) {
+	logs := randomLogs(5, 17) // indexes 1-19
+	logs = append(logs, &raft.Log{Index: 20, Term: 1, Type: raft.LogNoop})
+	var checks [2]Check
+	for i := range checks {
+		_, f := openFSM(t, t.TempDir(), 0)
+		f.SetCheckEvery(20)
+		f.ApplyBatch(logs[:19])
+		if i == 1 {
+			lower, upper := shardBounds(0)
+			it, err := f.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+			require.NoError(t, err)
+			var account []byte
+			for valid := it.First(); valid && account == nil; valid = it.Next() {
+				if it.Key()[shardPrefixLen] == tagAccount {
+					account = append([]byte(nil), it.Key()...)
+				}
+			}
+			require.NoError(t, it.Close())
+			require.NotNil(t, account)
+			require.NoError(t, f.db.Set(account, []byte("garbage"), pebble.NoSync))
+		}
+		f.ApplyBatch(logs[19:])
+		f.chk.wg.Wait()
+		var ok bool
+		checks[i], ok = f.CheckAt(20)
+		require.True(t, ok)
+		require.NoError(t, checks[i].Err)
+		require.NotNil(t, checks[i].Hash)
+	}
+	require.NoError(t, checks[0].Conservation)
+	require.ErrorContains(t, checks[1].Conservation, "does not decode")
+	require.NotEqual(t, checks[0].Hash, checks[1].Hash)
 }

@@ -512,8 +512,9 @@ func (f *FSM) State() (StateInfo, error) {
 }
 
 // hashView summarizes the shard state that it, an iterator over the whole
-// shard, sees (State), and closes it. A non-nil stop that turns true ends
-// the walk early with errCheckStopped.
+// shard, sees (State), and closes it. A non-nil stop makes it a
+// consistency check's walk: one that turns true ends it early with
+// errCheckStopped, and the hasher is lenient (stateHasher).
 func (f *FSM) hashView(it *pebble.Iterator, stop *atomic.Bool) (info StateInfo, err error) {
 	defer func() {
 		if cerr := it.Close(); err == nil {
@@ -527,7 +528,7 @@ func (f *FSM) hashView(it *pebble.Iterator, stop *atomic.Bool) (info StateInfo, 
 		}
 		info.AppliedIndex, info.LastTimeMs = m.appliedIndex, m.lastTimeMs
 	}
-	var h stateHasher
+	h := stateHasher{lenient: stop != nil}
 	n := 0
 	for valid := it.First(); valid; valid = it.Next() {
 		if n++; stop != nil && n%4096 == 0 && stop.Load() {
@@ -553,9 +554,28 @@ type stateHasher struct {
 	h      hash.Hash
 	sums   ledger.ConservationSums // one per (program, asset): memory does not grow with accounts
 	lenBuf []byte
+	// lenient hashers (consistency checks) hash past a key or value that
+	// does not decode, keeping the first such error in broken, which sum
+	// reports; strict ones (State, CheckSnapshot) stop at it.
+	lenient bool
+	broken  error
 }
 
 func (s *stateHasher) add(k, v []byte) error {
+	err := s.hashAndSum(k, v)
+	if err != nil && s.lenient {
+		// The bytes are hashed already: keep the first such error and go
+		// on, so that a replica holding bytes no entry wrote still reports
+		// a hash, which then differs from the others'.
+		if s.broken == nil {
+			s.broken = err
+		}
+		return nil
+	}
+	return err
+}
+
+func (s *stateHasher) hashAndSum(k, v []byte) error {
 	if s.h == nil {
 		s.h = sha256.New()
 	}
@@ -588,7 +608,8 @@ func (s *stateHasher) add(k, v []byte) error {
 }
 
 // sum returns the hash, and a non-nil error when some (program, asset)
-// does not sum to zero.
+// does not sum to zero, or when a lenient hasher met a record that does
+// not decode (its sums then leave that record out).
 func (s *stateHasher) sum() ([]byte, error) {
 	if s.h == nil {
 		s.h = sha256.New()
@@ -596,6 +617,9 @@ func (s *stateHasher) sum() ([]byte, error) {
 	var conservation error
 	if err := s.sums.Check(); err != nil {
 		conservation = fmt.Errorf("%w: %v", ErrConservation, err)
+	}
+	if s.broken != nil {
+		conservation = errors.Join(conservation, fmt.Errorf("%w: a record does not decode: %v", ErrConservation, s.broken))
 	}
 	return s.h.Sum(nil), conservation
 }
