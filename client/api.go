@@ -333,7 +333,7 @@ func (c *Client) ShardState(ctx context.Context, addr string, shard uint32) (Sha
 	}
 	var checks []ReplicaCheck
 	for _, r := range resp.GetReplicaChecks() {
-		checks = append(checks, ReplicaCheck{NodeID: r.GetNodeId(), Index: r.GetIndex(), Match: r.GetMatch()})
+		checks = append(checks, ReplicaCheck{NodeID: r.GetNodeId(), Index: r.GetIndex(), Match: r.GetMatch(), Error: r.GetError()})
 	}
 	return ShardState{
 		CheckIndex:        resp.GetCheckIndex(),

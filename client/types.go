@@ -171,11 +171,13 @@ type ShardState struct {
 
 // ReplicaCheck is a leader's comparison of its consistency check with
 // another replica's: Match is false when that replica's state hash
-// differed after the same log entries.
+// differed after the same log entries, or its walk failed.
 type ReplicaCheck struct {
 	NodeID string
 	Index  uint64
 	Match  bool
+	// Error is set when that replica's walk failed (Match is then false).
+	Error string
 }
 
 // opToProto converts an op for the wire. Amounts that an op kind does not

@@ -38,7 +38,8 @@ type replicaChecks struct {
 	byNode map[string]*tallypb.ReplicaCheck
 }
 
-// record keeps a comparison and reports how many replicas differ now.
+// record keeps a comparison and reports how many replicas' newest one did
+// not match (a different hash, or a walk that failed).
 func (rc *replicaChecks) record(c *tallypb.ReplicaCheck) (diverged int) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
@@ -79,7 +80,7 @@ func (rc *replicaChecks) list() []*tallypb.ReplicaCheck {
 	defer rc.mu.Unlock()
 	out := make([]*tallypb.ReplicaCheck, 0, len(rc.byNode))
 	for _, r := range rc.byNode {
-		out = append(out, &tallypb.ReplicaCheck{NodeId: r.NodeId, Index: r.Index, Match: r.Match})
+		out = append(out, &tallypb.ReplicaCheck{NodeId: r.NodeId, Index: r.Index, Match: r.Match, Error: r.Error})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].NodeId < out[j].NodeId })
 	return out
@@ -132,8 +133,11 @@ func (s *shard) consistencyLoop() {
 	}
 }
 
-// compareReplicas asks every other member of the shard that was not yet
-// compared at own.Index for its check there.
+// compareReplicas compares own, the leader's newest check, with every
+// other member of the shard not yet compared at its index. A member with
+// no result there (it lags behind, or skipped that index while walking
+// the one before) is compared at its own newest instead, if the leader
+// keeps that one.
 func (s *shard) compareReplicas(ctx context.Context, own fsm.Check) {
 	f := s.raft.GetConfiguration()
 	if f.Error() != nil {
@@ -143,7 +147,6 @@ func (s *shard) compareReplicas(ctx context.Context, own fsm.Check) {
 	for _, p := range s.n.cfg.Peers {
 		grpcAddr[raft.ServerID(p.ID)] = p.GRPCAddr
 	}
-	label := shardLabel(s.id)
 	for _, srv := range f.Configuration().Servers {
 		id := string(srv.ID)
 		if id == s.n.cfg.ID || s.checks.compared(id) >= own.Index {
@@ -157,35 +160,70 @@ func (s *shard) compareReplicas(ctx context.Context, own fsm.Check) {
 		if err != nil {
 			continue
 		}
+		// ask returns the member's check at index (nil: its newest); nil
+		// when it does not answer, or answers as another node.
+		ask := func(index *uint64) *tallypb.ShardStateResponse {
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			st, err := c.ShardState(rctx, &tallypb.ShardStateRequest{Shard: s.id, CheckIndex: index})
+			if err != nil || st.GetNodeId() != id {
+				return nil // down, an older binary, or another node at its address
+			}
+			return st
+		}
 		index := own.Index
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		st, err := c.ShardState(rctx, &tallypb.ShardStateRequest{Shard: s.id, CheckIndex: &index})
-		cancel()
-		if err != nil || st.GetNodeId() != id || st.GetCheckIndex() != own.Index {
-			// Down, an older binary, another node at its address, or
-			// its walk not done (or skipped): asked again next tick
-			// while this is the leader's newest check.
+		mine, st := own, ask(&index)
+		if st == nil {
 			continue
 		}
-		if st.GetCheckError() != "" && len(st.GetCheckHash()) == 0 {
-			s.n.logger.Warn("a replica's consistency check failed", "shard", s.id, "replica", id,
-				"index", own.Index, "error", st.GetCheckError())
-			s.n.metrics.replicaChecks.WithLabelValues(label, "error").Inc()
-			continue
+		if st.GetCheckIndex() != own.Index {
+			if st = ask(nil); st == nil || st.GetCheckIndex() <= s.checks.compared(id) {
+				continue // asked again next tick
+			}
+			if mine, ok = s.fsm.CheckAt(st.GetCheckIndex()); !ok || mine.Hash == nil {
+				continue
+			}
 		}
-		match := bytes.Equal(st.GetCheckHash(), own.Hash)
-		diverged := s.checks.record(&tallypb.ReplicaCheck{NodeId: id, Index: own.Index, Match: match})
-		s.n.metrics.replicasDiverged.WithLabelValues(label).Set(float64(diverged))
-		if match {
-			s.n.metrics.replicaChecks.WithLabelValues(label, "match").Inc()
-			s.n.logger.Info("replica state matches", "shard", s.id, "replica", id, "index", own.Index)
-			continue
+		s.compareReplica(id, mine, st)
+	}
+}
+
+// compareReplica records and reports how replica id's answer st compares
+// with the leader's check mine, at the same index.
+func (s *shard) compareReplica(id string, mine fsm.Check, st *tallypb.ShardStateResponse) {
+	label := shardLabel(s.id)
+	r := &tallypb.ReplicaCheck{NodeId: id, Index: mine.Index}
+	switch {
+	case len(st.GetCheckHash()) == 0:
+		// Its walk failed (reading its DB): no state to compare, and a
+		// replica that cannot read its state is not a healthy one.
+		r.Error = st.GetCheckError()
+		if r.Error == "" {
+			r.Error = "no hash"
 		}
+	default:
+		r.Match = bytes.Equal(st.GetCheckHash(), mine.Hash)
+	}
+	diverged := s.checks.record(r)
+	s.n.metrics.replicasDiverged.WithLabelValues(label).Set(float64(diverged))
+	switch {
+	case r.Error != "":
+		s.n.metrics.replicaChecks.WithLabelValues(label, "error").Inc()
+		s.n.logger.Warn("a replica's consistency check failed", "shard", s.id, "replica", id,
+			"index", mine.Index, "error", r.Error)
+	case r.Match:
+		s.n.metrics.replicaChecks.WithLabelValues(label, "match").Inc()
+		s.n.logger.Info("replica state matches", "shard", s.id, "replica", id, "index", mine.Index)
+	default:
 		s.n.metrics.replicaChecks.WithLabelValues(label, "mismatch").Inc()
-		s.n.logger.Error("REPLICA STATE DIFFERS: a replica's state hash differs from the leader's after the same log entries; "+
-			"compare a third replica's, then rebuild the wrong one (README, \"Replica consistency checks\")",
-			"shard", s.id, "replica", id, "index", own.Index,
-			"leader_hash", hex.EncodeToString(own.Hash), "replica_hash", hex.EncodeToString(st.GetCheckHash()),
+		s.n.logger.Error(divergedMessage, "shard", s.id, "replica", id, "index", mine.Index,
+			"leader_hash", hex.EncodeToString(mine.Hash), "replica_hash", hex.EncodeToString(st.GetCheckHash()),
 			"replica_error", st.GetCheckError())
 	}
 }
+
+// divergedMessage starts the error a leader logs for a replica whose state
+// differs from its own; the chaos harness looks for it in node logs
+// (linearizability/check.go, divergedMarker).
+const divergedMessage = "REPLICA STATE DIFFERS: a replica's state hash differs from the leader's after the same log entries; " +
+	"compare a third replica's, then rebuild the wrong one (README, \"Replica consistency checks\")"

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"path/filepath"
@@ -15,16 +16,52 @@ import (
 
 // TestReplicaChecksFindADivergedReplica: replicas hash their state at the
 // same log indexes and the leader compares. While they agree every
-// comparison matches; once one replica's state DB holds a key that no
+// comparison matches; once one replica's state DB holds bytes that no
 // entry wrote (a bad disk, a bug), the leader reports that replica, and
-// only it, as diverged.
+// only it, as diverged: a key too many, or an account record that no
+// longer decodes (which once made the replica's walk fail, and the leader
+// count an error rather than a divergence).
 func TestReplicaChecksFindADivergedReplica(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// change returns the write to make in the replica's state DB,
+		// given its keys.
+		change func(t *testing.T, keys [][]byte) (key, value []byte)
+	}{
+		{"stray key", func(t *testing.T, keys [][]byte) ([]byte, []byte) {
+			for _, k := range keys {
+				// The meta record: the shard prefix ('s', then the
+				// shard), then tag 'm' (fsm/keys.go).
+				if len(k) == 6 && k[0] == 's' && k[5] == 'm' {
+					return append(k[:5:5], "zstray"...), []byte("written by no entry")
+				}
+			}
+			t.Fatal("no meta record in the state DB")
+			return nil, nil
+		}},
+		{"account that does not decode", func(t *testing.T, keys [][]byte) ([]byte, []byte) {
+			for _, k := range keys {
+				// bob's account (tag 'A'), which no later entry touches.
+				if len(k) > 6 && k[0] == 's' && k[5] == 'A' && bytes.Contains(k, []byte("bob")) {
+					return k, []byte("garbage")
+				}
+			}
+			t.Fatal("no account of bob in the state DB")
+			return nil, nil
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testReplicaChecksFindADivergedReplica(t, tc.change) })
+	}
+}
+
+func testReplicaChecksFindADivergedReplica(t *testing.T, change func(t *testing.T, keys [][]byte) (key, value []byte)) {
 	const every = 8
 	c := newTestCluster(t, 3, 1, func(cfg *Config) {
 		cfg.CheckEvery = every
 		cfg.checkInterval = 50 * time.Millisecond
 	})
 	c.creditAnn(3 * every)
+	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "ob", "bob", "POINTS", ""))
 
 	// waitCompared waits until the shard's leader has compared a check at
 	// or after index from with both other replicas, and returns the
@@ -60,24 +97,23 @@ func TestReplicaChecksFindADivergedReplica(t *testing.T) {
 		require.Positive(t, metricValues(t, n, "tally_consistency_checks_total")["result=ok,shard=0"], "node %d", i)
 	}
 
-	// Write a key into a follower's shard that no entry wrote.
+	// Write into a follower's shard what no entry wrote.
 	bad := (leader + 1) % 3
+	want := c.nodes[leader].shards[0].fsm.AppliedIndex()
+	require.Eventually(t, func() bool { return c.nodes[bad].shards[0].fsm.AppliedIndex() >= want },
+		10*time.Second, 10*time.Millisecond, "the replica to change did not catch up")
 	c.stop(bad)
 	db, err := pebble.Open(filepath.Join(c.cfgs[bad].DataDir, "state"), &pebble.Options{})
 	require.NoError(t, err)
 	it, err := db.NewIter(nil)
 	require.NoError(t, err)
-	var meta []byte
+	var keys [][]byte
 	for valid := it.First(); valid; valid = it.Next() {
-		// The meta record: the shard prefix ('s', then the shard), then
-		// tag 'm' (fsm/keys.go).
-		if k := it.Key(); len(k) == 6 && k[0] == 's' && k[5] == 'm' {
-			meta = append([]byte(nil), k...)
-		}
+		keys = append(keys, append([]byte(nil), it.Key()...))
 	}
 	require.NoError(t, it.Close())
-	require.NotNil(t, meta, "no meta record in the state DB")
-	require.NoError(t, db.Set(append(meta[:5:5], "zstray"...), []byte("written by no entry"), pebble.Sync))
+	k, v := change(t, keys)
+	require.NoError(t, db.Set(k, v, pebble.Sync))
 	require.NoError(t, db.Close())
 	c.start(bad)
 

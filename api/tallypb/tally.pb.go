@@ -1942,7 +1942,10 @@ type ReplicaCheck struct {
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	Index  uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
 	// The replica's state hash there equals the leader's.
-	Match         bool `protobuf:"varint,3,opt,name=match,proto3" json:"match,omitempty"`
+	Match bool `protobuf:"varint,3,opt,name=match,proto3" json:"match,omitempty"`
+	// Set when the replica's walk there failed (no hash to compare): match
+	// is then false.
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1996,6 +1999,13 @@ func (x *ReplicaCheck) GetMatch() bool {
 		return x.Match
 	}
 	return false
+}
+
+func (x *ReplicaCheck) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
 }
 
 type BackupRequest struct {
@@ -2531,11 +2541,12 @@ const file_tally_proto_rawDesc = "" +
 	"\x0ereplica_checks\x18\x12 \x03(\v2\x16.tally.v1.ReplicaCheckR\rreplicaChecksB\x12\n" +
 	"\x10_raft_last_indexB\f\n" +
 	"\n" +
-	"_raft_term\"S\n" +
+	"_raft_term\"i\n" +
 	"\fReplicaCheck\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x14\n" +
-	"\x05match\x18\x03 \x01(\bR\x05match\"%\n" +
+	"\x05match\x18\x03 \x01(\bR\x05match\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"%\n" +
 	"\rBackupRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xbe\x02\n" +
 	"\fBackupHeader\x12\x14\n" +

@@ -398,12 +398,13 @@ type replicaCheckJSON struct {
 	NodeID string `json:"node_id"`
 	Index  uint64 `json:"index"`
 	Match  bool   `json:"match"`
+	Error  string `json:"error,omitempty"`
 }
 
 func replicaChecksJSON(rs []client.ReplicaCheck) []replicaCheckJSON {
 	out := []replicaCheckJSON{}
 	for _, r := range rs {
-		out = append(out, replicaCheckJSON{r.NodeID, r.Index, r.Match})
+		out = append(out, replicaCheckJSON{r.NodeID, r.Index, r.Match, r.Error})
 	}
 	return out
 }
@@ -442,7 +443,10 @@ func (v stateView) text(w io.Writer) {
 	}
 	for _, r := range v.ReplicaChecks {
 		verdict := "same state"
-		if !r.Match {
+		switch {
+		case r.Error != "":
+			verdict = "CHECK FAILED on that replica: " + r.Error
+		case !r.Match:
 			verdict = "DIFFERENT STATE: this replica's and the leader's diverged (README, \"Replica consistency checks\")"
 		}
 		fmt.Fprintf(w, "replica %s\tat index %d: %s\n", r.NodeID, r.Index, verdict)

@@ -403,15 +403,17 @@ func TestStateViewShowsRefusals(t *testing.T) {
 func TestStateViewShowsReplicaChecks(t *testing.T) {
 	v := stateView{Node: "127.0.0.1:7101", ShardState: client.ShardState{ConservationOK: true, NodeID: "n1", Leader: true,
 		CheckIndex: 4096, CheckHash: []byte{0xab, 0xcd},
-		ReplicaChecks: []client.ReplicaCheck{{NodeID: "n2", Index: 4096, Match: true}, {NodeID: "n3", Index: 4096}}}}
+		ReplicaChecks: []client.ReplicaCheck{{NodeID: "n2", Index: 4096, Match: true}, {NodeID: "n3", Index: 4096},
+			{NodeID: "n4", Index: 4096, Error: "disk"}}}}
 	var out bytes.Buffer
 	v.text(&out)
 	assert.Contains(t, out.String(), "consistency check\tat index 4096: abcd")
 	assert.Contains(t, out.String(), "replica n2\tat index 4096: same state")
 	assert.Contains(t, out.String(), "replica n3\tat index 4096: DIFFERENT STATE")
+	assert.Contains(t, out.String(), "replica n4\tat index 4096: CHECK FAILED on that replica: disk")
 	b, err := json.Marshal(v.jsonValue())
 	require.NoError(t, err)
-	assert.Contains(t, string(b), `"replica_checks":[{"node_id":"n2","index":4096,"match":true},{"node_id":"n3","index":4096,"match":false}]`)
+	assert.Contains(t, string(b), `"replica_checks":[{"node_id":"n2","index":4096,"match":true},{"node_id":"n3","index":4096,"match":false},{"node_id":"n4","index":4096,"match":false,"error":"disk"}]`)
 }
 
 // TestWorthRetrying: the hint to re-run with the same key is for failures a
