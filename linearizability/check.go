@@ -170,43 +170,102 @@ func checkReplicas(ctx context.Context, rs replicaStates, shards int) (CheckResu
 		cons.result("conservation", "every replica of every shard: balances of each asset sum to zero"), final
 }
 
-// divergedMarker starts the error a shard's leader logs when a replica's
-// consistency check differs from its own (node/consistency.go).
-const divergedMarker = "REPLICA STATE DIFFERS"
+// checkFailureMarkers start what a node logs when a replica consistency
+// check fails (node/consistency.go): a leader that found a replica's state
+// different (divergedMessage), or a replica's walk that failed or found
+// its own state broken (observeCheck, compareReplica).
+var checkFailureMarkers = []string{"REPLICA STATE DIFFERS", "consistency check failed", "consistency check: the shard's state"}
 
 // checkReplicaChecks fails on any replica consistency check that differed
-// during the run, as its leader logged it (logPaths: the node logs, which
-// survive restarts), or at its end, as the final leaders report it
-// (final: checkReplicas' states). The checks compare replicas at the same
-// log index while the run goes on, not only once it has quiesced.
-func checkReplicaChecks(final map[int][]ReplicaState, logPaths []string) CheckResult {
+// or failed during the run, as the nodes logged it (logPaths: their logs,
+// which survive restarts), or at its end, as the final leaders report it
+// (final: checkReplicas' states, with their comparisons). A shard that
+// applied at least 4*every entries must show a comparison at the end
+// (every: tallyd's --check-every; 0 or less, none required): without one,
+// checks that never meet (or never run) would pass unseen.
+func checkReplicaChecks(final map[int][]ReplicaState, logPaths []string, every int64) CheckResult {
 	var f findings
 	matched := 0
 	for shard := 0; shard < len(final); shard++ {
+		compared := 0
+		var applied uint64
 		for _, r := range final[shard] {
+			applied = max(applied, r.AppliedIndex)
 			for _, c := range r.Compared {
-				if c.Match {
+				compared++
+				switch {
+				case c.Error != "":
+					f.addf("shard %d: leader %s: %s's check at index %d failed: %s", shard, r.Node, c.NodeID, c.Index, c.Error)
+				case !c.Match:
+					f.addf("shard %d: leader %s found %s's state different at index %d", shard, r.Node, c.NodeID, c.Index)
+				default:
 					matched++
-					continue
 				}
-				f.addf("shard %d: leader %s found %s's state different at index %d", shard, r.Node, c.NodeID, c.Index)
 			}
+		}
+		if every > 0 && applied >= 4*uint64(every) && compared == 0 {
+			f.addf("shard %d: no leader reports a replica comparison, though the shard applied %d entries (--check-every %d)",
+				shard, applied, every)
 		}
 	}
 	for _, p := range logPaths {
 		b, err := os.ReadFile(p)
 		if err != nil {
-			f.addf("%s: could not look for mismatches: %v", p, err)
+			f.addf("%s: could not look for failed checks: %v", p, err)
 			continue
 		}
 		for _, line := range strings.Split(string(b), "\n") {
-			if strings.Contains(line, divergedMarker) {
-				f.addf("%s: %s", filepath.Base(p), line)
+			for _, m := range checkFailureMarkers {
+				if strings.Contains(line, m) {
+					f.addf("%s: %s", filepath.Base(p), line)
+					break
+				}
 			}
 		}
 	}
-	return f.result("replica-checks", fmt.Sprintf("no consistency check differed during the run; the final leaders' newest comparisons: %d, all equal", matched))
+	return f.result("replica-checks", fmt.Sprintf("no consistency check differed or failed during the run; the final leaders' newest comparisons: %d, all equal", matched))
 }
+
+// awaitComparisons waits, at most compareWait, until a leader of each
+// shard that applied at least 4*every entries reports a replica comparison
+// (a new leader compares within 5 s), and puts what the leaders report
+// into final.
+func awaitComparisons(ctx context.Context, rs replicaStates, final map[int][]ReplicaState, every int64) {
+	if every <= 0 {
+		return
+	}
+	deadline := time.Now().Add(compareWait)
+	for shard := 0; shard < len(final); shard++ {
+		states := final[shard]
+		var applied uint64
+		for _, r := range states {
+			applied = max(applied, r.AppliedIndex)
+		}
+		if applied < 4*uint64(every) {
+			continue
+		}
+		for {
+			found := false
+			for i := range states {
+				if i >= ClusterSize {
+					break
+				}
+				st, err := rs.ShardState(ctx, i, uint32(shard))
+				if err == nil && st.Leader && len(st.ReplicaChecks) > 0 {
+					states[i].Compared = st.ReplicaChecks
+					found = true
+				}
+			}
+			if found || !time.Now().Before(deadline) || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(pollInterval)
+		}
+	}
+}
+
+// compareWait bounds awaitComparisons.
+const compareWait = 20 * time.Second
 
 // backupTimeout bounds one shard's backup, and then its restore, in
 // checkBackupRestore.

@@ -628,32 +628,43 @@ func TestJournalListedAfterAnExpiry(t *testing.T) {
 	}
 }
 
-// TestReplicaChecksFailOnAnyMismatch: a mismatch a leader logged during
-// the run fails the check even when the final leaders' comparisons all
-// match (the node that saw it was restarted since), and so does one the
-// final leaders report.
+// TestReplicaChecksFailOnAnyMismatch: a mismatch or failed walk a node
+// logged during the run fails the check even when the final leaders'
+// comparisons all match (the node that saw it was restarted since), and so
+// does one the final leaders report, or none at all from a shard that
+// applied enough entries to have checked.
 func TestReplicaChecksFailOnAnyMismatch(t *testing.T) {
 	dir := t.TempDir()
-	clean, dirty := filepath.Join(dir, "n1.log"), filepath.Join(dir, "n2.log")
+	clean, dirty, failed := filepath.Join(dir, "n1.log"), filepath.Join(dir, "n2.log"), filepath.Join(dir, "n3.log")
 	require.NoError(t, os.WriteFile(clean, []byte("2026-11-25T16:00:00Z [WARN]  something else\n"), 0o644))
-	require.NoError(t, os.WriteFile(dirty, []byte("a\n2026-11-25T16:00:01Z [ERROR] "+divergedMarker+": ... shard=1 replica=n3 index=512\nb\n"), 0o644))
-	equal := map[int][]ReplicaState{0: {{Node: "n1", Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 256, Match: true}}}, {Node: "n2"}}}
+	require.NoError(t, os.WriteFile(dirty, []byte("a\n2026-11-25T16:00:01Z [ERROR] REPLICA STATE DIFFERS: ... shard=1 replica=n3 index=512\nb\n"), 0o644))
+	require.NoError(t, os.WriteFile(failed, []byte("2026-11-25T16:00:01Z [WARN]  consistency check failed: shard=1 index=512\n"), 0o644))
+	equal := map[int][]ReplicaState{0: {{Node: "n1", AppliedIndex: 4096, Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 256, Match: true}}}, {Node: "n2", AppliedIndex: 4096}}}
 
-	r := checkReplicaChecks(equal, []string{clean})
+	r := checkReplicaChecks(equal, []string{clean}, 256)
 	require.True(t, r.OK, "%+v", r)
 	require.Contains(t, r.Detail, "comparisons: 1")
 
-	r = checkReplicaChecks(equal, []string{clean, dirty})
+	r = checkReplicaChecks(equal, []string{clean, dirty, failed}, 256)
 	require.False(t, r.OK)
-	require.Len(t, r.Findings, 1)
+	require.Len(t, r.Findings, 2)
 	require.Contains(t, r.Findings[0], "n2.log")
 	require.Contains(t, r.Findings[0], "index=512")
+	require.Contains(t, r.Findings[1], "n3.log")
 
-	differ := map[int][]ReplicaState{0: {{Node: "n1", Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 256, Match: true}, {NodeID: "n3", Index: 256}}}}}
-	r = checkReplicaChecks(differ, []string{clean})
+	differ := map[int][]ReplicaState{0: {{Node: "n1", Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 256, Match: true},
+		{NodeID: "n3", Index: 256}, {NodeID: "n4", Index: 256, Error: "disk"}}}}}
+	r = checkReplicaChecks(differ, []string{clean}, 256)
 	require.False(t, r.OK)
-	require.Equal(t, []string{"shard 0: leader n1 found n3's state different at index 256"}, r.Findings)
+	require.Equal(t, []string{"shard 0: leader n1 found n3's state different at index 256",
+		"shard 0: leader n1: n4's check at index 256 failed: disk"}, r.Findings)
 
-	r = checkReplicaChecks(equal, []string{filepath.Join(dir, "missing.log")})
+	none := map[int][]ReplicaState{0: {{Node: "n1", AppliedIndex: 1024}, {Node: "n2", AppliedIndex: 1024}}}
+	r = checkReplicaChecks(none, []string{clean}, 256)
+	require.False(t, r.OK, "a shard past 4 check indexes with no comparison passed")
+	require.True(t, checkReplicaChecks(none, []string{clean}, 257).OK, "a shard short of 4 check indexes needs no comparison")
+	require.True(t, checkReplicaChecks(none, []string{clean}, 0).OK)
+
+	r = checkReplicaChecks(equal, []string{filepath.Join(dir, "missing.log")}, 256)
 	require.False(t, r.OK, "a log that cannot be read was taken as clean")
 }

@@ -535,7 +535,8 @@ func check(ctx context.Context, cfg Config, c *Cluster, hist *History, members [
 	replicas, conservation, states := checkReplicas(ctx, clusterStates{cl, c}, cfg.Shards)
 	rep.Replicas = states
 	logf("replicas: %s; conservation: %s", replicas.Detail, conservation.Detail)
-	consistency := checkReplicaChecks(states, c.LogPaths())
+	awaitComparisons(ctx, clusterStates{cl, c}, states, cfg.CheckEvery)
+	consistency := checkReplicaChecks(states, c.LogPaths(), cfg.CheckEvery)
 	logf("replica-checks: %s", consistency.Detail)
 
 	entries := hist.Entries()
