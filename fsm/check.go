@@ -16,15 +16,14 @@ import (
 // byte for byte: the state hash covers every key and value, the meta
 // record and its applied index included. A replica that does not (a bug
 // in the rules or in Pebble, a disk that returned other bytes than it was
-// given, a snapshot installed wrongly, a restore that a deposed leader left
-// half done) would go on answering reads and applying entries on its own
-// wrong state for as long as nobody compared. So, once SetCheckEvery has
-// set n, every replica hashes its whole state right after applying each
-// entry whose index is a multiple of n: ApplyBatch ends its Pebble batch at
-// that entry, takes an iterator (a point-in-time view, cheap to take) and
-// hands it to a goroutine that hashes it while apply goes on. Every replica
-// therefore hashes the state as of the same entries, whatever batches Raft
-// handed it. The node's leader compares its hashes with the others'
+// given, a snapshot installed wrongly) would go on answering reads and
+// applying entries on its own wrong state for as long as nobody compared.
+// So, once SetCheckEvery has set n, every replica hashes its whole state
+// right after applying each entry whose index is a multiple of n:
+// ApplyBatch ends its Pebble batch at that entry, takes an iterator (a
+// point-in-time view, cheap to take) and hands it to a goroutine that
+// hashes it while apply goes on. Every replica therefore hashes the state
+// as of the same entries, whatever batches Raft handed it. The node's leader compares its hashes with the others'
 // (node/consistency.go).
 //
 // A replica may have no result at a check index: it installed a snapshot
