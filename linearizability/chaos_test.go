@@ -137,7 +137,7 @@ func CIProfile(tallyd string, seed uint64, dir string, logf func(string, ...any)
 		MinOps:      5000, MaxDuration: 210 * time.Second,
 		CheckTimeout:      20 * time.Second,
 		SnapshotThreshold: 1024, SnapshotLogBytes: 256 << 10, TrailingLogs: 256,
-		CheckEvery: 256,
+		CheckEvery: 64,
 	}
 }
 

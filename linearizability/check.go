@@ -88,9 +88,13 @@ type ReplicaState struct {
 	StateHash      string `json:"state_hash"`
 	ConservationOK bool   `json:"conservation_ok"`
 	Error          string `json:"error,omitempty"`
-	// Compared is, from the shard's leader, its newest comparison of its
-	// consistency check with each other replica's.
-	Compared []client.ReplicaCheck `json:"compared,omitempty"`
+	// Leader, CheckIndex and Compared: whether the node led the shard,
+	// the index of its newest consistency check (0: none since it
+	// started), and, from a leader, its newest comparison with each other
+	// replica's.
+	Leader     bool                  `json:"leader,omitempty"`
+	CheckIndex uint64                `json:"check_index,omitempty"`
+	Compared   []client.ReplicaCheck `json:"compared,omitempty"`
 }
 
 // replicaStates asks node i (of ClusterSize) for its replica of a shard:
@@ -139,7 +143,7 @@ func checkReplicas(ctx context.Context, rs replicaStates, shards int) (CheckResu
 					mismatch = fmt.Sprintf("applied index %d (%s answered no state hash)", st.AppliedIndex, r.Node)
 				default:
 					r.AppliedIndex, r.StateHash, r.ConservationOK = st.AppliedIndex, hex.EncodeToString(st.StateHash), st.ConservationOK
-					r.Compared = st.ReplicaChecks
+					r.Leader, r.CheckIndex, r.Compared = st.Leader, st.CheckIndex, st.ReplicaChecks
 					if h, ok := byIndex[st.AppliedIndex]; ok && !bytes.Equal(h, st.StateHash) {
 						mismatch = fmt.Sprintf("applied index %d", st.AppliedIndex)
 					}
@@ -179,20 +183,24 @@ var checkFailureMarkers = []string{"REPLICA STATE DIFFERS", "consistency check f
 // checkReplicaChecks fails on any replica consistency check that differed
 // or failed during the run, as the nodes logged it (logPaths: their logs,
 // which survive restarts), or at its end, as the final leaders report it
-// (final: checkReplicas' states, with their comparisons). A shard that
-// applied at least 4*every entries must show a comparison at the end
-// (every: tallyd's --check-every; 0 or less, none required): without one,
-// checks that never meet (or never run) would pass unseen.
+// (final: checkReplicas' states, as awaitComparisons left them). It also
+// fails when the checks cannot have worked (every: tallyd's
+// --check-every; 0 or less, no such floor):
+//   - no replica of any shard reports a check, though a shard applied at
+//     least 4*every entries (a node's checks are kept in memory, so every
+//     node would have to have restarted since its shards' last check
+//     index);
+//   - a leader reports no comparison although another replica's newest
+//     check is at the leader's own newest index (it compares within 5 s).
 func checkReplicaChecks(final map[int][]ReplicaState, logPaths []string, every int64) CheckResult {
 	var f findings
 	matched := 0
+	checked, busy := false, false
 	for shard := 0; shard < len(final); shard++ {
-		compared := 0
-		var applied uint64
 		for _, r := range final[shard] {
-			applied = max(applied, r.AppliedIndex)
+			checked = checked || r.CheckIndex > 0
+			busy = busy || (every > 0 && r.AppliedIndex >= 4*uint64(every))
 			for _, c := range r.Compared {
-				compared++
 				switch {
 				case c.Error != "":
 					f.addf("shard %d: leader %s: %s's check at index %d failed: %s", shard, r.Node, c.NodeID, c.Index, c.Error)
@@ -203,10 +211,13 @@ func checkReplicaChecks(final map[int][]ReplicaState, logPaths []string, every i
 				}
 			}
 		}
-		if every > 0 && applied >= 4*uint64(every) && compared == 0 {
-			f.addf("shard %d: no leader reports a replica comparison, though the shard applied %d entries (--check-every %d)",
-				shard, applied, every)
+		if every > 0 && comparisonDue(final[shard]) {
+			f.addf("shard %d: its leader reports no replica comparison, though another replica's newest check is at the leader's newest index: %s",
+				shard, describeChecks(final[shard]))
 		}
+	}
+	if busy && !checked {
+		f.addf("no replica reports a consistency check, though a shard applied at least %d entries (--check-every %d)", 4*every, every)
 	}
 	for _, p := range logPaths {
 		b, err := os.ReadFile(p)
@@ -226,10 +237,34 @@ func checkReplicaChecks(final map[int][]ReplicaState, logPaths []string, every i
 	return f.result("replica-checks", fmt.Sprintf("no consistency check differed or failed during the run; the final leaders' newest comparisons: %d, all equal", matched))
 }
 
-// awaitComparisons waits, at most compareWait, until a leader of each
-// shard that applied at least 4*every entries reports a replica comparison
-// (a new leader compares within 5 s), and puts what the leaders report
-// into final.
+// comparisonDue reports whether a shard's leader should report a
+// comparison: another replica's newest check is at the leader's newest
+// index, and the leader reports none.
+func comparisonDue(states []ReplicaState) bool {
+	for _, l := range states {
+		if !l.Leader || l.CheckIndex == 0 || len(l.Compared) > 0 {
+			continue
+		}
+		for _, r := range states {
+			if r.Node != l.Node && r.CheckIndex == l.CheckIndex {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func describeChecks(states []ReplicaState) string {
+	var parts []string
+	for _, r := range states {
+		parts = append(parts, fmt.Sprintf("%s (leader %v) check %d, %d compared", r.Node, r.Leader, r.CheckIndex, len(r.Compared)))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// awaitComparisons waits, at most compareWait, until no shard's leader
+// owes a comparison (comparisonDue), updating final with what the nodes
+// report.
 func awaitComparisons(ctx context.Context, rs replicaStates, final map[int][]ReplicaState, every int64) {
 	if every <= 0 {
 		return
@@ -237,29 +272,16 @@ func awaitComparisons(ctx context.Context, rs replicaStates, final map[int][]Rep
 	deadline := time.Now().Add(compareWait)
 	for shard := 0; shard < len(final); shard++ {
 		states := final[shard]
-		var applied uint64
-		for _, r := range states {
-			applied = max(applied, r.AppliedIndex)
-		}
-		if applied < 4*uint64(every) {
-			continue
-		}
-		for {
-			found := false
+		for comparisonDue(states) && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(pollInterval)
 			for i := range states {
 				if i >= ClusterSize {
 					break
 				}
-				st, err := rs.ShardState(ctx, i, uint32(shard))
-				if err == nil && st.Leader && len(st.ReplicaChecks) > 0 {
-					states[i].Compared = st.ReplicaChecks
-					found = true
+				if st, err := rs.ShardState(ctx, i, uint32(shard)); err == nil {
+					states[i].Leader, states[i].CheckIndex, states[i].Compared = st.Leader, st.CheckIndex, st.ReplicaChecks
 				}
 			}
-			if found || !time.Now().Before(deadline) || ctx.Err() != nil {
-				break
-			}
-			time.Sleep(pollInterval)
 		}
 	}
 }

@@ -639,7 +639,8 @@ func TestReplicaChecksFailOnAnyMismatch(t *testing.T) {
 	require.NoError(t, os.WriteFile(clean, []byte("2026-11-25T16:00:00Z [WARN]  something else\n"), 0o644))
 	require.NoError(t, os.WriteFile(dirty, []byte("a\n2026-11-25T16:00:01Z [ERROR] REPLICA STATE DIFFERS: ... shard=1 replica=n3 index=512\nb\n"), 0o644))
 	require.NoError(t, os.WriteFile(failed, []byte("2026-11-25T16:00:01Z [WARN]  consistency check failed: shard=1 index=512\n"), 0o644))
-	equal := map[int][]ReplicaState{0: {{Node: "n1", AppliedIndex: 4096, Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 256, Match: true}}}, {Node: "n2", AppliedIndex: 4096}}}
+	equal := map[int][]ReplicaState{0: {{Node: "n1", Leader: true, AppliedIndex: 4096, CheckIndex: 4096,
+		Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 4096, Match: true}}}, {Node: "n2", AppliedIndex: 4096, CheckIndex: 4096}}}
 
 	r := checkReplicaChecks(equal, []string{clean}, 256)
 	require.True(t, r.OK, "%+v", r)
@@ -659,11 +660,27 @@ func TestReplicaChecksFailOnAnyMismatch(t *testing.T) {
 	require.Equal(t, []string{"shard 0: leader n1 found n3's state different at index 256",
 		"shard 0: leader n1: n4's check at index 256 failed: disk"}, r.Findings)
 
+	// No check anywhere: none ran, though the shard applied enough.
 	none := map[int][]ReplicaState{0: {{Node: "n1", AppliedIndex: 1024}, {Node: "n2", AppliedIndex: 1024}}}
 	r = checkReplicaChecks(none, []string{clean}, 256)
-	require.False(t, r.OK, "a shard past 4 check indexes with no comparison passed")
-	require.True(t, checkReplicaChecks(none, []string{clean}, 257).OK, "a shard short of 4 check indexes needs no comparison")
+	require.False(t, r.OK, "a shard past 4 check indexes with no check passed")
+	require.True(t, checkReplicaChecks(none, []string{clean}, 257).OK, "a shard short of 4 check indexes needs no check")
 	require.True(t, checkReplicaChecks(none, []string{clean}, 0).OK)
+
+	// A leader that shares its newest check index with another replica
+	// owes a comparison; one restarted since (no check yet), or whose
+	// newest index no other replica has, does not.
+	owed := map[int][]ReplicaState{0: {{Node: "n1", Leader: true, AppliedIndex: 1024, CheckIndex: 1024},
+		{Node: "n2", AppliedIndex: 1024, CheckIndex: 1024}, {Node: "n3", AppliedIndex: 1024}}}
+	r = checkReplicaChecks(owed, []string{clean}, 256)
+	require.False(t, r.OK)
+	require.Contains(t, r.Findings[0], "its leader reports no replica comparison")
+	restarted := map[int][]ReplicaState{0: {{Node: "n1", Leader: true, AppliedIndex: 1030},
+		{Node: "n2", AppliedIndex: 1030, CheckIndex: 1024}, {Node: "n3", AppliedIndex: 1030, CheckIndex: 1024}}}
+	require.True(t, checkReplicaChecks(restarted, []string{clean}, 256).OK)
+	alone := map[int][]ReplicaState{0: {{Node: "n1", Leader: true, AppliedIndex: 1030, CheckIndex: 1024},
+		{Node: "n2", AppliedIndex: 1030}, {Node: "n3", AppliedIndex: 1030, CheckIndex: 768}}}
+	require.True(t, checkReplicaChecks(alone, []string{clean}, 256).OK)
 
 	r = checkReplicaChecks(equal, []string{filepath.Join(dir, "missing.log")}, 256)
 	require.False(t, r.OK, "a log that cannot be read was taken as clean")

@@ -20,10 +20,11 @@ import (
 // others after raft restored a backup into its own state, but before any
 // follower installed it, answers UNAVAILABLE ("may or may not have taken
 // effect"). It keeps the backup's state, and applies none of the new
-// leader's entries: hashicorp/raft burned an index past its log for the
-// restore, and the new leader's AppendEntries fail on that hole, so it
-// stays behind (its applied index shows it) while the others go on with
-// the state from before the restore. Restoring again, through the new
+// leader's entries: hashicorp/raft deleted its whole log for the restore
+// (the log store is monotonic: raftstore), and the new leader's
+// AppendEntries fail for want of the entries before theirs, so it stays
+// behind (its applied index shows it) while the others go on with the
+// state from before the restore. Restoring again, through the new
 // leader, gives every replica the backup's state. (The notes had said the
 // ex-leader would apply the new entries over the backup and diverge
 // silently; this is what hashicorp/raft v1.8.0 does.)
@@ -112,9 +113,12 @@ func TestRestoreCutShortLeavesAReplicaBehind(t *testing.T) {
 		require.NoError(t, err)
 		return st
 	}
-	// n1 holds the backup's state and stays there; the others have the
-	// state from before the restore and everything after it.
+	// n1 hears from the new leader (it takes its term)...
 	other := state(b)
+	require.Eventually(t, func() bool { return state(0).GetRaftTerm() == other.GetRaftTerm() }, 20*time.Second, 20*time.Millisecond,
+		"n1 never heard from the new leader")
+	// ... but holds the backup's state and stays there; the others have
+	// the state from before the restore and everything after it.
 	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
 		st := state(0)

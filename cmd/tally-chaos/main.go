@@ -68,7 +68,7 @@ func run(args []string) (int, error) {
 		snap     = fs.Uint64("snapshot-threshold", 1024, "tallyd --snapshot-threshold (small: snapshots happen during the run)")
 		snapLog  = fs.Uint64("snapshot-log-bytes", 256<<10, "tallyd --snapshot-log-bytes (small: byte-triggered snapshots happen during the run too)")
 		trailing = fs.Uint64("trailing-logs", 256, "tallyd --trailing-logs")
-		every    = fs.Int64("check-every", 256, "tallyd --check-every (small: replica consistency checks happen during the run, and the harness fails on any mismatch)")
+		every    = fs.Int64("check-every", 64, "tallyd --check-every (small: replica consistency checks happen during the run, and the harness fails on any mismatch)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2, err
