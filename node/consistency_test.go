@@ -95,6 +95,9 @@ func testReplicaChecksFindADivergedReplica(t *testing.T, change func(t *testing.
 	require.Positive(t, metricValues(t, c.nodes[leader], "tally_replica_checks_total")["result=match,shard=0"])
 	for i, n := range c.nodes {
 		require.Positive(t, metricValues(t, n, "tally_consistency_checks_total")["result=ok,shard=0"], "node %d", i)
+		last, ok := n.shards[0].fsm.LastCheck()
+		require.True(t, ok)
+		require.Equal(t, float64(last.Index), metricValues(t, n, "tally_consistency_check_index")["shard=0"], "node %d", i)
 	}
 
 	// Write into a follower's shard what no entry wrote.

@@ -244,6 +244,7 @@ var (
 	descCommitIndex  = prometheus.NewDesc("tally_shard_commit_index", "Raft commit index known to this node.", []string{"shard"}, nil)
 	descApplyLag     = prometheus.NewDesc("tally_shard_apply_lag_entries", "Commit index minus the index Raft has handed to the FSM on this node (entries committed but not yet applied).", []string{"shard"}, nil)
 	descTerm         = prometheus.NewDesc("tally_shard_term", "Current Raft term.", []string{"shard"}, nil)
+	descCheckIndex   = prometheus.NewDesc("tally_consistency_check_index", "Log index of this replica's newest consistency check (0: none since the node started; --check-every).", []string{"shard"}, nil)
 	descVersion      = prometheus.NewDesc("tally_shard_version", "Version of the rules the shard's state machine applies (raised through the log once every node allows it).", []string{"shard"}, nil)
 	descLastContact  = prometheus.NewDesc("tally_shard_last_contact_seconds", "Time since this follower last heard from its leader (0 on the leader, +Inf if it never has).", []string{"shard"}, nil)
 	descCompactions  = prometheus.NewDesc("tally_pebble_compactions_total", "Pebble compactions.", []string{"db"}, nil)
@@ -261,7 +262,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descAppliedIndex, descCommitIndex, descApplyLag, descTerm, descVersion, descLastContact, descCompactions,
+	for _, d := range []*prometheus.Desc{descAppliedIndex, descCommitIndex, descApplyLag, descTerm, descVersion, descCheckIndex, descLastContact, descCompactions,
 		descCompactDebt, descFlushes, descWALBytes, descWALFiles, descL0Files, descReadAmp, descDiskBytes, descMemtable, descStalls, descStallTime, descWALFsync} {
 		ch <- d
 	}
@@ -297,6 +298,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descApplyLag, prometheus.GaugeValue, lag, label)
 		ch <- prometheus.MustNewConstMetric(descTerm, prometheus.GaugeValue, float64(s.raft.CurrentTerm()), label)
 		ch <- prometheus.MustNewConstMetric(descVersion, prometheus.GaugeValue, float64(s.fsm.Version()), label)
+		checkIndex := 0.0
+		if c, ok := s.fsm.LastCheck(); ok {
+			checkIndex = float64(c.Index)
+		}
+		ch <- prometheus.MustNewConstMetric(descCheckIndex, prometheus.GaugeValue, checkIndex, label)
 		ch <- prometheus.MustNewConstMetric(descLastContact, prometheus.GaugeValue, contact, label)
 	}
 	if c.n.logs != nil {
