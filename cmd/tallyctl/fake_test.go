@@ -33,6 +33,9 @@ type fakeLedger struct {
 	election bool
 	// hang makes Submit never answer (until the caller gives up).
 	hang bool
+	// compared is what ShardState reports as the leader's comparisons of
+	// its consistency check (at index 40) with other replicas'.
+	compared []*tallypb.ReplicaCheck
 
 	mu       sync.Mutex
 	submits  []*tallypb.SubmitRequest
@@ -204,11 +207,12 @@ func (f *fakeLedger) ListJournal(_ context.Context, req *tallypb.ListJournalRequ
 }
 
 func (f *fakeLedger) ShardState(_ context.Context, req *tallypb.ShardStateRequest) (*tallypb.ShardStateResponse, error) {
-	if !req.Full {
-		return nil, status.Error(codes.InvalidArgument, "test expects a full state request")
+	resp := &tallypb.ShardStateResponse{Shard: req.Shard, AppliedIndex: 42, Leader: true, LastTimeMs: 1700000000000, Version: 2, MaxVersion: 2,
+		NodeId: "n1", CheckIndex: 40, CheckHash: []byte{0xc0, 0xff, 0xee}, ReplicaChecks: f.compared}
+	if req.Full {
+		resp.StateHash, resp.ConservationOk = []byte{0xde, 0xad, 0xbe, 0xef}, true
 	}
-	return &tallypb.ShardStateResponse{Shard: req.Shard, AppliedIndex: 42, StateHash: []byte{0xde, 0xad, 0xbe, 0xef},
-		ConservationOk: true, Leader: true, LastTimeMs: 1700000000000, Version: 2, MaxVersion: 2}, nil
+	return resp, nil
 }
 
 // fakeBackup is shard's backup as the fake streams it: for shard 0 an

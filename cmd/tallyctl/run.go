@@ -54,6 +54,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 
 // args holds every command flag; each command registers the ones it uses.
 type args struct {
+	replicaShard           int // replicas --shard (-1: every shard)
 	program, member, asset string
 	key                    string
 	keyGenerated           bool
@@ -328,6 +329,7 @@ func commandsWith(stdin io.Reader) []command {
 				return stateView{Node: a.node, ShardState: st}, nil
 			},
 		},
+		replicasCommand(),
 		batchCommand(stdin),
 		backupCommand(),
 		restoreCommand(),

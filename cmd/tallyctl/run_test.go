@@ -492,3 +492,51 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+// TestReplicasCommand: `replicas` lists every shard's replicas by their
+// newest consistency check, without a full scan (the fake answers one
+// without a state hash), and exits non-zero, naming the shard, when a
+// leader reports a replica it found different.
+func TestReplicasCommand(t *testing.T) {
+	f := startFake(t)
+	var out, errOut bytes.Buffer
+	code := run([]string{"--addr", f.addr, "replicas"}, &out, &errOut)
+	require.Equal(t, exitOK, code, errOut.String())
+	assert.Contains(t, out.String(), "no replicas differ")
+	assert.Equal(t, 2, strings.Count(out.String(), "c0ffee"), out.String())
+
+	f.compared = []*tallypb.ReplicaCheck{{NodeId: "n2", Index: 40, Match: true}, {NodeId: "n3", Index: 40}}
+	out.Reset()
+	errOut.Reset()
+	code = run([]string{"--addr", f.addr, "replicas", "--shard", "1"}, &out, &errOut)
+	require.Equal(t, exitError, code)
+	assert.Contains(t, out.String(), "shard 1: leader n1: n3's state differs at index 40")
+	assert.NotContains(t, out.String(), "n2's state differs")
+	assert.Contains(t, errOut.String(), "shard(s) 1")
+
+	code = run([]string{"--addr", f.addr, "replicas", "--shard", "2"}, &out, &errOut)
+	require.Equal(t, exitError, code)
+}
+
+// TestReplicaProblems: replicas that report different hashes at one check
+// index differ, whatever their leader says; replicas at different indexes,
+// or with no check yet, are not compared.
+func TestReplicaProblems(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rows []replicaRow
+		want []string
+	}{
+		{"equal", []replicaRow{{Node: "n1", CheckIndex: 64, CheckHash: "aa"}, {Node: "n2", CheckIndex: 64, CheckHash: "aa"}}, []string{}},
+		{"different at one index", []replicaRow{{Node: "n1", CheckIndex: 64, CheckHash: "aa"}, {Node: "n2", CheckIndex: 64, CheckHash: "bb"}},
+			[]string{"n1 and n2: different state at index 64"}},
+		{"other indexes", []replicaRow{{Node: "n1", CheckIndex: 64, CheckHash: "aa"}, {Node: "n2", CheckIndex: 128, CheckHash: "bb"}, {Node: "n3"}}, []string{}},
+		{"no answer", []replicaRow{{Node: "n1", CheckIndex: 64, CheckHash: "aa"}, {Node: "n2", Error: "UNAVAILABLE"}}, []string{}},
+		{"failed check", []replicaRow{{Node: "n1", CheckIndex: 64, CheckError: "disk"}}, []string{"n1: check at index 64: disk"}},
+		{"leader's verdicts", []replicaRow{{Node: "n1", Leader: true, CheckIndex: 64, CheckHash: "aa",
+			Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 64, Error: "disk"}, {NodeID: "n3", Index: 32}}}},
+			[]string{"leader n1: n2's check at index 64 failed: disk", "leader n1: n3's state differs at index 32"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { assert.Equal(t, tc.want, replicaProblems(tc.rows)) })
+	}
+}
