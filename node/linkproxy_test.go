@@ -5,6 +5,9 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
 
 	"github.com/stretchr/testify/require"
 )
@@ -76,5 +79,40 @@ func (p *linkProxy) setCut(cut bool) {
 			_ = c.Close()
 		}
 		p.conns = map[net.Conn]struct{}{}
+	}
+}
+
+// newPartitionableCluster is newTestCluster of three nodes whose Raft links
+// each run through a linkProxy (tune, if set, runs first); cut(a, b, on)
+// cuts, or heals, both directions between the nodes with IDs a and b.
+func newPartitionableCluster(t *testing.T, shards int, tune func(*Config)) (c *testCluster, cut func(a, b string, on bool)) {
+	proxies := map[[2]string]*linkProxy{}
+	c = newTestCluster(t, 3, shards, func(cfg *Config) {
+		if tune != nil {
+			tune(cfg)
+		}
+		cfg.DialRewrite = map[string]string{}
+		for _, p := range cfg.Peers {
+			if p.ID == cfg.ID {
+				continue
+			}
+			px := newLinkProxy(t, p.RaftAddr)
+			proxies[[2]string{cfg.ID, p.ID}] = px
+			cfg.DialRewrite[p.RaftAddr] = px.addr()
+		}
+	})
+	return c, func(a, b string, on bool) {
+		proxies[[2]string{a, b}].setCut(on)
+		proxies[[2]string{b, a}].setCut(on)
+	}
+}
+
+// makeLeader moves the leadership of shard to node i.
+func (c *testCluster) makeLeader(shard, i int) {
+	for !c.nodes[i].IsLeader(shard) {
+		if l := c.leaderOf(shard); l != i {
+			_ = c.nodes[l].shards[shard].raft.LeadershipTransferToServer(raft.ServerID(c.cfgs[i].ID), raft.ServerAddress(c.cfgs[i].RaftAddr)).Error()
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

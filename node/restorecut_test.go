@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tally-ledger/tally/api/tallypb"
@@ -29,32 +28,12 @@ import (
 // ex-leader would apply the new entries over the backup and diverge
 // silently; this is what hashicorp/raft v1.8.0 does.)
 func TestRestoreCutShortLeavesAReplicaBehind(t *testing.T) {
-	proxies := map[[2]string]*linkProxy{}
-	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+	c, cut := newPartitionableCluster(t, 1, func(cfg *Config) {
 		cfg.BalanceInterval = -1
 		cfg.CheckEvery = 4
 		cfg.checkInterval = 50 * time.Millisecond
-		cfg.DialRewrite = map[string]string{}
-		for _, p := range cfg.Peers {
-			if p.ID == cfg.ID {
-				continue
-			}
-			px := newLinkProxy(t, p.RaftAddr)
-			proxies[[2]string{cfg.ID, p.ID}] = px
-			cfg.DialRewrite[p.RaftAddr] = px.addr()
-		}
 	})
-	cut := func(a, b string, on bool) {
-		proxies[[2]string{a, b}].setCut(on)
-		proxies[[2]string{b, a}].setCut(on)
-	}
-	for !c.nodes[0].IsLeader(0) {
-		l := c.leaderOf(0)
-		if l != 0 {
-			_ = c.nodes[l].shards[0].raft.LeadershipTransferToServer(raft.ServerID("n1"), raft.ServerAddress(c.cfgs[0].RaftAddr)).Error()
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	c.makeLeader(0, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	c.defineAsset("shop", "POINTS", 0)

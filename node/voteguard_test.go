@@ -256,37 +256,17 @@ func TestWipedReplicaTakesNoEntriesFromAnUnconfirmedLeader(t *testing.T) {
 // linearizable read without W (found by review: posted=10, not 110). n1
 // must answer no read, or one with W.
 func TestWipedReplicaConfirmsNoStaleLeaderRead(t *testing.T) {
-	proxies := map[[2]string]*linkProxy{}
-	c := newTestCluster(t, 3, 1, func(cfg *Config) {
+	c, cut := newPartitionableCluster(t, 1, func(cfg *Config) {
 		cfg.BalanceInterval = -1
 		if cfg.ID == "n1" {
 			cfg.Raft.HeartbeatTimeout = 20 * time.Second
 			cfg.Raft.ElectionTimeout = 20 * time.Second
 			cfg.Raft.LeaderLeaseTimeout = 20 * time.Second
 		}
-		cfg.DialRewrite = map[string]string{}
-		for _, p := range cfg.Peers {
-			if p.ID == cfg.ID {
-				continue
-			}
-			px := newLinkProxy(t, p.RaftAddr)
-			proxies[[2]string{cfg.ID, p.ID}] = px
-			cfg.DialRewrite[p.RaftAddr] = px.addr()
-		}
 	})
-	cut := func(a, b string, on bool) {
-		proxies[[2]string{a, b}].setCut(on)
-		proxies[[2]string{b, a}].setCut(on)
-	}
 	// n1 leads shard 0.
 	require.Eventually(t, func() bool { return !c.nodes[0].shards[0].trans.guard.on.Load() }, 20*time.Second, 20*time.Millisecond)
-	for !c.nodes[0].IsLeader(0) {
-		l := c.leaderOf(0)
-		if l != 0 {
-			_ = c.nodes[l].shards[0].raft.LeadershipTransferToServer(raft.ServerID("n1"), raft.ServerAddress(c.cfgs[0].RaftAddr)).Error()
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	c.makeLeader(0, 0)
 	c.defineAsset("shop", "POINTS", 0)
 	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
 	c.mustSubmit(op(tallypb.OpKind_CREDIT, "pre", "ann", "POINTS", "10"))
