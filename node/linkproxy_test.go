@@ -116,3 +116,20 @@ func (c *testCluster) makeLeader(shard, i int) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// leaderAmong waits, at most d, until one of nodes leads shard, and
+// returns it.
+func (c *testCluster) leaderAmong(shard int, d time.Duration, nodes ...int) int {
+	c.t.Helper()
+	b := -1
+	require.Eventually(c.t, func() bool {
+		for _, i := range nodes {
+			if c.nodes[i].IsLeader(shard) {
+				b = i
+				return true
+			}
+		}
+		return false
+	}, d, 10*time.Millisecond, "none of nodes %v leads shard %d", nodes, shard)
+	return b
+}

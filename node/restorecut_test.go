@@ -66,16 +66,7 @@ func TestRestoreCutShortLeavesAReplicaBehind(t *testing.T) {
 	require.Contains(t, err.Error(), "may or may not have taken effect")
 
 	// n2 and n3 elect a leader and go on: 12 credits, 3 check indexes.
-	var b int
-	require.Eventually(t, func() bool {
-		for _, i := range []int{1, 2} {
-			if c.nodes[i].IsLeader(0) {
-				b = i
-				return true
-			}
-		}
-		return false
-	}, 20*time.Second, 10*time.Millisecond)
+	b := c.leaderAmong(0, 20*time.Second, 1, 2)
 	for i := range 12 {
 		sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
 		resp, err := c.client(c.cfgs[b].GRPCAddr).Submit(sctx, &tallypb.SubmitRequest{Ops: []*tallypb.Op{

@@ -283,16 +283,7 @@ func TestWipedReplicaConfirmsNoStaleLeaderRead(t *testing.T) {
 	// Cut n1 off; n2/n3 elect a new leader and commit W.
 	cut("n1", "n2", true)
 	cut("n1", "n3", true)
-	var b int
-	require.Eventually(t, func() bool {
-		for _, i := range []int{1, 2} {
-			if c.nodes[i].IsLeader(0) {
-				b = i
-				return true
-			}
-		}
-		return false
-	}, 10*time.Second, 10*time.Millisecond)
+	b := c.leaderAmong(0, 10*time.Second, 1, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	resp, err := c.client(c.cfgs[b].GRPCAddr).Submit(ctx, &tallypb.SubmitRequest{Ops: []*tallypb.Op{op(tallypb.OpKind_CREDIT, "W", "ann", "POINTS", "100")}})
 	cancel()
