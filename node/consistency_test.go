@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -56,19 +57,31 @@ func TestReplicaChecksFindADivergedReplica(t *testing.T) {
 
 func testReplicaChecksFindADivergedReplica(t *testing.T, change func(t *testing.T, keys [][]byte) (key, value []byte)) {
 	const every = 8
+	logs := map[string]*lockedBuffer{}
 	c := newTestCluster(t, 3, 1, func(cfg *Config) {
 		cfg.CheckEvery = every
 		cfg.checkInterval = 50 * time.Millisecond
+		logs[cfg.ID] = &lockedBuffer{}
+		cfg.LogOutput = logs[cfg.ID]
 	})
 	c.creditAnn(3 * every)
 	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "ob", "bob", "POINTS", ""))
 
 	// waitCompared waits until the shard's leader has compared a check at
 	// or after index from with both other replicas, and returns the
-	// leader and its comparisons.
+	// leader and its comparisons. A replica skips a check index that
+	// comes while it still hashes the one before (under -race, walks are
+	// slow), so while it waits it adds an entry now and then: check
+	// indexes keep coming until one is on every replica.
+	nudges := 0
 	waitCompared := func(from uint64) (leader int, byNode map[string]*tallypb.ReplicaCheck) {
 		t.Helper()
+		polls := 0
 		require.Eventually(t, func() bool {
+			if polls++; polls%10 == 0 {
+				nudges++
+				c.mustSubmit(op(tallypb.OpKind_CREDIT, fmt.Sprintf("nudge%d", nudges), "ann", "POINTS", "1"))
+			}
 			leader = c.leaderOf(0)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -136,4 +149,26 @@ func testReplicaChecksFindADivergedReplica(t *testing.T, change func(t *testing.
 	}
 	require.Equal(t, float64(wantDiverged), metricValues(t, c.nodes[leader], "tally_replicas_diverged")["shard=0"])
 	require.Positive(t, metricValues(t, c.nodes[leader], "tally_replica_checks_total")["result=mismatch,shard=0"])
+	// The line the chaos harness looks for in node logs
+	// (linearizability/check.go, checkFailureMarkers).
+	require.Contains(t, logs[c.cfgs[leader].ID].String(), "REPLICA STATE DIFFERS")
+	require.Contains(t, logs[c.cfgs[leader].ID].String(), "replica="+badID)
+}
+
+// lockedBuffer is a log output that nodes' goroutines may write at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
