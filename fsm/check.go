@@ -23,8 +23,8 @@ import (
 // ApplyBatch ends its Pebble batch at that entry, takes an iterator (a
 // point-in-time view, cheap to take) and hands it to a goroutine that
 // hashes it while apply goes on. Every replica therefore hashes the state
-// as of the same entries, whatever batches Raft handed it. The node's leader compares its hashes with the others'
-// (node/consistency.go).
+// as of the same entries, whatever batches Raft handed it. The node's
+// leader compares its hashes with the others' (node/consistency.go).
 //
 // A replica may have no result at a check index: it installed a snapshot
 // past it, applied it before a restart, or was still hashing the one

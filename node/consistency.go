@@ -21,10 +21,11 @@ import (
 // leader for the same log: the leader logs it as an error and counts it
 // (tally_replica_checks_total{result="mismatch"}, and
 // tally_replicas_diverged, which stays up until a later check matches or
-// the node stops leading the shard), and ShardState reports it. Nothing is repaired automatically: which side is
-// wrong takes a third replica's hash or an operator (README, "Replica
-// consistency checks"): a diverged replica is rebuilt from the others by
-// wiping its data, or the shard restored from a backup.
+// the node stops leading the shard), and ShardState reports it. Nothing
+// is repaired automatically: which side is wrong takes a third replica's
+// hash or an operator (README, "Replica consistency checks"): a diverged
+// replica is rebuilt from the others by wiping its data, or the shard
+// restored from a backup.
 
 // consistencyInterval is how often a shard's leader looks for a newer
 // check of its own to compare, and asks replicas that had not finished
@@ -223,7 +224,8 @@ func (s *shard) compareReplica(id string, mine fsm.Check, st *tallypb.ShardState
 }
 
 // divergedMessage starts the error a leader logs for a replica whose state
-// differs from its own; the chaos harness looks for it in node logs
-// (linearizability/check.go, divergedMarker).
+// differs from its own; the chaos harness looks for its first words in
+// node logs (linearizability/check.go, checkFailureMarkers), as it does
+// for observeCheck's and compareReplica's warnings.
 const divergedMessage = "REPLICA STATE DIFFERS: a replica's state hash differs from the leader's after the same log entries; " +
 	"compare a third replica's, then rebuild the wrong one (README, \"Replica consistency checks\")"

@@ -136,7 +136,7 @@ func newMetrics(n *Node) *metrics {
 		}, []string{"shard", "result"}),
 		replicasDiverged: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tally_replicas_diverged",
-			Help: "Replicas of the shard whose newest compared state hash differed from this leader's (0 when none, and on non-leaders): alert on any value above 0.",
+			Help: "Replicas of the shard whose newest comparison did not match this leader's check: a different state hash, or a walk that failed (0 when none, and on non-leaders): alert on any value above 0.",
 		}, []string{"shard"}),
 	}
 	reg.MustRegister(m.ops, m.opsReplayed, m.requestLatency, m.commitLatency, m.entryOps, m.unanswered, m.overloaded, m.applyBatch, m.applyLatency,
