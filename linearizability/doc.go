@@ -51,6 +51,9 @@
 //     hold settled once, each hold over 10 s past its expiry when listed
 //     ended (captured, released or expired), no key applied twice, every linked request
 //     stored whole or not at all, replicas equal at the same applied index,
+//     no replica consistency check (tallyd --check-every) that differed or
+//     failed during the run, by the nodes' logs and the final leaders'
+//     comparisons, and checks seen to run and to be compared,
 //     real-time order of sequence numbers and log times across the members
 //     of a shard, and over all of a shard's sequence numbers (none given to
 //     two keys, log time never going back), each write's log time within 2 s
