@@ -17,7 +17,9 @@ import (
 // checks (README, "Replica consistency checks") without scanning any
 // state: it reads each node's newest check and its leader's comparisons,
 // and exits non-zero when two replicas report different hashes at the
-// same index or a leader reports a replica it found different.
+// same index, a check failed, a leader reports a replica it found
+// different, or a node does not answer (a cron job must not read
+// silence as agreement).
 func replicasCommand() command {
 	return command{
 		name:     "replicas",
@@ -30,16 +32,14 @@ func replicasCommand() command {
 			if err != nil {
 				return nil, err
 			}
-			if a.replicaShard >= info.Shards {
-				return nil, fmt.Errorf("shard %d: the cluster has %d shards", a.replicaShard, info.Shards)
+			shards, err := selectedShards(info.Shards, a.replicaShard)
+			if err != nil {
+				return nil, err
 			}
 			nodes := append([]client.Node(nil), info.Nodes...)
 			sort.Slice(nodes, func(i, j int) bool { return nodes[i].ID < nodes[j].ID })
 			var v replicasView
-			for shard := range info.Shards {
-				if a.replicaShard >= 0 && shard != a.replicaShard {
-					continue
-				}
+			for _, shard := range shards {
 				sv := shardReplicas{Shard: uint32(shard)}
 				for _, n := range nodes {
 					st, err := c.ShardSummary(ctx, n.GRPCAddr, uint32(shard))
@@ -62,7 +62,8 @@ func replicasCommand() command {
 				}
 			}
 			if len(bad) > 0 {
-				return v, fmt.Errorf("replicas differ, or a check failed, on shard(s) %s (README, \"Replica consistency checks\")", strings.Join(bad, ", "))
+				return v, fmt.Errorf("replicas differ, a check failed, or a node did not answer, on shard(s) %s (README, \"Replica consistency checks\")",
+					strings.Join(bad, ", "))
 			}
 			return v, nil
 		},
@@ -92,23 +93,31 @@ type replicasView struct {
 	Shards []shardReplicas `json:"shards"`
 }
 
-// replicaProblems lists what a shard's replicas show wrong: two with
-// different hashes at one check index, a check that failed, and a
-// replica the leader found different or whose walk failed.
+// replicaProblems lists what a shard's replicas show wrong: a node that
+// did not answer (it may be the one whose state differs), two with
+// different hashes at one check index, a check that failed, and a replica
+// the leader found different or whose walk failed.
 func replicaProblems(rows []replicaRow) []string {
 	problems := []string{}
 	byIndex := map[uint64]replicaRow{}
 	for _, r := range rows {
-		if r.Error != "" || r.CheckIndex == 0 {
+		if r.Error != "" {
+			problems = append(problems, fmt.Sprintf("%s: no answer: %s", r.Node, r.Error))
+			continue
+		}
+		if r.CheckIndex == 0 {
 			continue
 		}
 		if r.CheckError != "" {
 			problems = append(problems, fmt.Sprintf("%s: check at index %d: %s", r.Node, r.CheckIndex, r.CheckError))
 		}
-		if o, ok := byIndex[r.CheckIndex]; ok && o.CheckHash != r.CheckHash {
-			problems = append(problems, fmt.Sprintf("%s and %s: different state at index %d", o.Node, r.Node, r.CheckIndex))
+		if r.CheckHash != "" {
+			// A walk that failed has no hash to compare.
+			if o, ok := byIndex[r.CheckIndex]; ok && o.CheckHash != r.CheckHash {
+				problems = append(problems, fmt.Sprintf("%s and %s: different state at index %d", o.Node, r.Node, r.CheckIndex))
+			}
+			byIndex[r.CheckIndex] = r
 		}
-		byIndex[r.CheckIndex] = r
 		for _, c := range r.Compared {
 			switch {
 			case c.Error != "":

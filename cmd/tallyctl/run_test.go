@@ -515,7 +515,7 @@ func TestReplicasCommand(t *testing.T) {
 	assert.Contains(t, errOut.String(), "shard(s) 1")
 
 	code = run([]string{"--addr", f.addr, "replicas", "--shard", "2"}, &out, &errOut)
-	require.Equal(t, exitError, code)
+	require.Equal(t, exitUsage, code, "a shard the cluster does not have")
 }
 
 // TestReplicaProblems: replicas that report different hashes at one check
@@ -531,8 +531,10 @@ func TestReplicaProblems(t *testing.T) {
 		{"different at one index", []replicaRow{{Node: "n1", CheckIndex: 64, CheckHash: "aa"}, {Node: "n2", CheckIndex: 64, CheckHash: "bb"}},
 			[]string{"n1 and n2: different state at index 64"}},
 		{"other indexes", []replicaRow{{Node: "n1", CheckIndex: 64, CheckHash: "aa"}, {Node: "n2", CheckIndex: 128, CheckHash: "bb"}, {Node: "n3"}}, []string{}},
-		{"no answer", []replicaRow{{Node: "n1", CheckIndex: 64, CheckHash: "aa"}, {Node: "n2", Error: "UNAVAILABLE"}}, []string{}},
-		{"failed check", []replicaRow{{Node: "n1", CheckIndex: 64, CheckError: "disk"}}, []string{"n1: check at index 64: disk"}},
+		{"no answer", []replicaRow{{Node: "n1", CheckIndex: 64, CheckHash: "aa"}, {Node: "n2", Error: "UNAVAILABLE"}},
+			[]string{"n2: no answer: UNAVAILABLE"}},
+		{"failed check", []replicaRow{{Node: "n1", CheckIndex: 64, CheckHash: "aa"}, {Node: "n2", CheckIndex: 64, CheckError: "disk"}},
+			[]string{"n2: check at index 64: disk"}},
 		{"leader's verdicts", []replicaRow{{Node: "n1", Leader: true, CheckIndex: 64, CheckHash: "aa",
 			Compared: []client.ReplicaCheck{{NodeID: "n2", Index: 64, Error: "disk"}, {NodeID: "n3", Index: 32}}}},
 			[]string{"leader n1: n2's check at index 64 failed: disk", "leader n1: n3's state differs at index 32"}},
