@@ -30,9 +30,7 @@ func TestBackupAndRestore(t *testing.T) {
 	c := newTestCluster(t, 3, 2, func(cfg *Config) { cfg.BalanceInterval = -1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer cl.Close()
+	cl := c.dial(ctx, 0)
 	c.defineAsset("shop", "POINTS", 0)
 	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
 	c.mustSubmit(op(tallypb.OpKind_CREDIT, "c1", "ann", "POINTS", "100"))
@@ -204,9 +202,7 @@ func TestRestoreIntoANewCluster(t *testing.T) {
 	hdr, backup := backupShard0(ctx, t, src)
 
 	dst := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
-	dcl, err := client.Dial(ctx, client.Config{Addrs: []string{dst.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer dcl.Close()
+	dcl := dst.dial(ctx, 0)
 	// Near the top of uint64, raft's + 1 wrapped the label to 0.
 	for _, index := range []uint64{0, math.MaxUint64} {
 		h := hdr
@@ -244,10 +240,8 @@ func TestRestoreAboveAMembersVersionIsRefused(t *testing.T) {
 	// Shard 0 prefers n1 (the balancer hands it over), which allows the
 	// newest version itself.
 	require.Eventually(t, func() bool { return dst.nodes[0].IsLeader(0) }, 20*time.Second, 50*time.Millisecond)
-	dcl, err := client.Dial(ctx, client.Config{Addrs: []string{dst.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer dcl.Close()
-	_, err = dcl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
+	dcl := dst.dial(ctx, 0)
+	_, err := dcl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
 	require.ErrorContains(t, err, "not every member allows more")
 	require.True(t, dst.nodes[0].IsLeader(0), "n1 lost shard 0 during the test: inconclusive")
 	for _, n := range dst.nodes {
@@ -266,9 +260,7 @@ func TestRestoreRaisesTheVersionAgain(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer cl.Close()
+	cl := c.dial(ctx, 0)
 	c.defineAsset("shop", "POINTS", 0)
 	var backup bytes.Buffer
 	hdr, err := cl.Backup(ctx, 0, &backup)
@@ -324,9 +316,7 @@ func TestBackupSlotFreedByAFailedRestore(t *testing.T) {
 	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer cl.Close()
+	cl := c.dial(ctx, 0)
 	c.defineAsset("shop", "POINTS", 0)
 	c.mustSubmit(op(tallypb.OpKind_OPEN_ACCOUNT, "o", "ann", "POINTS", ""))
 	var backup bytes.Buffer
@@ -348,9 +338,7 @@ func TestBackupOfAQuietShardAfterRestart(t *testing.T) {
 	c := newTestCluster(t, 3, 1, func(cfg *Config) { cfg.BalanceInterval = -1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer cl.Close()
+	cl := c.dial(ctx, 0)
 	// The FSM must be handed nothing after the restart, whichever node
 	// leads then: every replica snapshots after the last command (the
 	// version raise is one too), so none replays an entry. Otherwise raft
@@ -390,9 +378,7 @@ func TestBackupOfAQuietShardAfterRestart(t *testing.T) {
 // backupShard0 backs up shard 0 of c through a client of its own.
 func backupShard0(ctx context.Context, t *testing.T, c *testCluster) (client.BackupHeader, *bytes.Buffer) {
 	t.Helper()
-	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer cl.Close()
+	cl := c.dial(ctx, 0)
 	var b bytes.Buffer
 	hdr, err := cl.Backup(ctx, 0, &b)
 	require.NoError(t, err)
@@ -423,10 +409,8 @@ func TestRestoreAfterLosingLeadershipGoesElsewhere(t *testing.T) {
 		require.NoError(t, s.raft.LeadershipTransfer().Error())
 	}
 	defer func() { beforeRaftRestore = nil }()
-	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer cl.Close()
-	_, err = cl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
+	cl := c.dial(ctx, 0)
+	_, err := cl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
 	require.NoError(t, err)
 	require.Equal(t, 1, moved)
 	a, err := cl.GetAccount(ctx, "shop", "ann", "POINTS")

@@ -111,6 +111,16 @@ func (c *testCluster) waitLeaders() {
 	}
 }
 
+// dial returns a Go client of the cluster that starts from node i, closed
+// when the test ends.
+func (c *testCluster) dial(ctx context.Context, i int) *client.Client {
+	c.t.Helper()
+	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[i].GRPCAddr}})
+	require.NoError(c.t, err)
+	c.t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
 func (c *testCluster) client(addr string) tallypb.LedgerClient {
 	cc, ok := c.conns[addr]
 	if !ok {
@@ -670,10 +680,8 @@ func TestExpiryTicksFollowTheTimer(t *testing.T) {
 	c := newTestCluster(t, 3, 1, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cl, err := client.Dial(ctx, client.Config{Addrs: []string{c.cfgs[0].GRPCAddr}})
-	require.NoError(t, err)
-	defer cl.Close()
-	_, err = cl.DefineAsset(ctx, "p", "PTS", 0, "def")
+	cl := c.dial(ctx, 0)
+	_, err := cl.DefineAsset(ctx, "p", "PTS", 0, "def")
 	require.NoError(t, err)
 	_, err = cl.OpenAccount(ctx, "p", "m", "PTS", nil, "open")
 	require.NoError(t, err)

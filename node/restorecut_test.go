@@ -53,14 +53,11 @@ func TestRestoreCutShortLeavesAReplicaBehind(t *testing.T) {
 		cut("n1", "n3", true)
 	}
 	defer func() { beforeRaftRestore = nil }()
-	restore := func(addr string) error {
-		cl, err := client.Dial(ctx, client.Config{Addrs: []string{addr}})
-		require.NoError(t, err)
-		defer cl.Close()
-		_, err = cl.Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
+	restore := func(i int) error {
+		_, err := c.dial(ctx, i).Restore(ctx, hdr, bytes.NewReader(backup.Bytes()))
 		return err
 	}
-	err := restore(c.cfgs[0].GRPCAddr)
+	err := restore(0)
 	require.Error(t, err)
 	require.Equal(t, ledger.CodeUnavailable, client.CodeOf(err), "%v", err)
 	require.Contains(t, err.Error(), "may or may not have taken effect")
@@ -101,7 +98,7 @@ func TestRestoreCutShortLeavesAReplicaBehind(t *testing.T) {
 	require.NotEqual(t, hdr.StateHash, hex.EncodeToString(other.GetStateHash()))
 
 	// Restoring again, through the new leader, heals it.
-	require.NoError(t, restore(c.cfgs[b].GRPCAddr))
+	require.NoError(t, restore(b))
 	c.checkReplicas()
 	require.Equal(t, hdr.StateHash, hex.EncodeToString(state(0).GetStateHash()))
 }
